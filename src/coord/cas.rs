@@ -1,0 +1,139 @@
+//! "Read latest, mutate, conditional write; on conflict re-read and retry."
+//!
+//! The one compare-and-swap loop behind the config, the partition manifests
+//! and every other shared JSON object. It knows nothing about what the
+//! object means (compare slatedb's `slatedb-txn-obj`): callers pass a
+//! function from the current value to the next one.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::error::{excerpt, CoordError};
+use crate::store::{ETag, ObjectStore, StoreError};
+
+/// Jittered exponential backoff for lost races and transient errors.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_secs(2),
+            max_attempts: 40,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `attempt` (1-based): full jitter over an
+    /// exponentially growing cap.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let cap = self
+            .base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max);
+        let cap_ms = cap.as_millis().max(1) as u64;
+        Duration::from_millis(rand::random::<u64>() % cap_ms + 1)
+    }
+}
+
+/// Reads and parses a JSON object; `None` if it does not exist. Unparsable
+/// bytes are reported as [`CoordError::Corrupt`] naming the key.
+pub async fn read_json<T: DeserializeOwned>(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> Result<Option<(T, ETag)>, CoordError> {
+    match store.get(key).await {
+        Ok(got) => Ok(Some((parse_json(key, &got.bytes)?, got.etag))),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Parses JSON bytes from `key`, or a [`CoordError::Corrupt`] naming it.
+pub fn parse_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoordError> {
+    serde_json::from_slice(bytes).map_err(|e| CoordError::Corrupt {
+        key: key.to_string(),
+        reason: format!("not valid shoal json: {e}"),
+        found: excerpt(bytes),
+    })
+}
+
+/// What the mutate function decided.
+pub enum Step<T> {
+    /// Write this value (create-only if the object is missing, else
+    /// compare-and-swap against the ETag that was read).
+    Write(T),
+    /// Nothing to change; return the current value as it is.
+    Keep(T),
+}
+
+/// Runs the compare-and-swap loop on `key`. `mutate` sees the current
+/// value (`None` if missing) and may be called several times, so it must
+/// be a pure function of its input. Returns the value now stored and its
+/// ETag.
+pub async fn update_json<T, F>(
+    store: &dyn ObjectStore,
+    key: &str,
+    backoff: Backoff,
+    mut mutate: F,
+) -> Result<(T, ETag), CoordError>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnMut(Option<T>) -> Result<Step<T>, CoordError>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = read_json::<T>(store, key).await;
+        let current = match current {
+            Ok(c) => c,
+            Err(CoordError::Store(e)) if e.is_retryable() && attempt < backoff.max_attempts => {
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let (value, etag) = match current {
+            Some((v, e)) => (Some(v), Some(e)),
+            None => (None, None),
+        };
+        let next = match mutate(value)? {
+            Step::Keep(v) => {
+                return match etag {
+                    Some(e) => Ok((v, e)),
+                    None => Err(CoordError::Store(StoreError::NotFound {
+                        key: key.to_string(),
+                    })),
+                };
+            }
+            Step::Write(v) => v,
+        };
+        let bytes = Bytes::from(serde_json::to_vec_pretty(&next).expect("serializable"));
+        let written = match &etag {
+            None => store.put_if_absent(key, bytes).await,
+            Some(e) => store.put_if_match(key, bytes, e).await,
+        };
+        match written {
+            Ok(new_etag) => return Ok((next, new_etag)),
+            Err(e) if (e.is_conflict() || e.is_retryable()) && attempt < backoff.max_attempts => {
+                tracing::debug!(key, attempt, error = %e, "compare-and-swap retry");
+                tokio::time::sleep(backoff.delay(attempt)).await;
+            }
+            Err(e) if e.is_conflict() => {
+                return Err(CoordError::Contention {
+                    key: key.to_string(),
+                    attempts: attempt,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

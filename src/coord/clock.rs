@@ -1,0 +1,95 @@
+//! Time is injected: protocol code asks a [`Clock`] for the wall time and
+//! sleeps with tokio (which tests pause and advance), never the OS directly.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A source of wall-clock time.
+pub trait Clock: Send + Sync + Debug {
+    fn now(&self) -> SystemTime;
+}
+
+pub type DynClock = Arc<dyn Clock>;
+
+/// The operating system's wall clock: what production uses. (Monotonic
+/// time would be wrong here: a frozen Lambda sandbox does not advance it,
+/// and heartbeat ages are compared across machines.)
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Wall time that follows tokio's clock: the system time at creation plus
+/// the tokio time elapsed since. Under `tokio::time::pause()` it stands
+/// still until the test calls `tokio::time::advance`, so heartbeat ages
+/// and timeouts are tested without real sleeps.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    base_wall: SystemTime,
+    base: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn new() -> Self {
+        TokioClock {
+            base_wall: SystemTime::now(),
+            base: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> SystemTime {
+        self.base_wall + self.base.elapsed()
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC: `2026-11-21T10:30:00.123Z`.
+pub fn format_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Parses what [`format_time`] writes (and other RFC 3339 UTC forms).
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s).ok()
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_round_trips_through_rfc3339() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        let s = format_time(t);
+        assert!(s.ends_with('Z') && s.contains('T'), "{s}");
+        assert_eq!(parse_time(&s), Some(t));
+        assert_eq!(parse_time("not a time"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_clock_follows_paused_time() {
+        let c = TokioClock::new();
+        let t0 = c.now();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(c.now().duration_since(t0).unwrap(), Duration::from_secs(61));
+    }
+}

@@ -1,0 +1,316 @@
+//! Joining a bucket: [`Cluster::join`] probes the store, loads or creates
+//! the shared config, picks a role, registers this instance and starts its
+//! heartbeat; [`Cluster::leave`] stops the heartbeat and removes the record.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::clock::{format_time, DynClock, SystemClock};
+use super::config::{load_or_create, Config, RequestedSettings};
+use super::error::CoordError;
+use super::instance::{self, InstanceMetrics, InstanceRecord};
+use super::role::{detect_role, Role, RoleEnv};
+use crate::store::{probe_conditional_writes, Counted, ObjectStore};
+
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How to join.
+#[derive(Clone, Debug)]
+pub struct JoinOptions {
+    /// Settings this instance needs; `None` fields adopt the bucket's.
+    pub settings: RequestedSettings,
+    /// Explicit role (beats `BRAINY_ROLE` and detection).
+    pub role: Option<Role>,
+    /// Instance id; defaults to `BRAINY_INSTANCE_ID`, else one is generated.
+    pub instance_id: Option<String>,
+    pub heartbeat_interval: Duration,
+    /// Run the heartbeat as a background task. Lambda handlers turn this
+    /// off and call [`Cluster::heartbeat_if_due`] per invocation instead,
+    /// since a frozen sandbox runs no background work.
+    pub background_heartbeat: bool,
+    /// Check that the store enforces conditional writes before relying on it.
+    pub probe: bool,
+    pub clock: DynClock,
+    pub env: RoleEnv,
+}
+
+impl Default for JoinOptions {
+    fn default() -> Self {
+        JoinOptions {
+            settings: RequestedSettings::default(),
+            role: None,
+            instance_id: std::env::var("BRAINY_INSTANCE_ID")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            background_heartbeat: true,
+            probe: true,
+            clock: Arc::new(SystemClock),
+            env: RoleEnv::from_process(),
+        }
+    }
+}
+
+struct Inner {
+    store: Arc<Counted>,
+    config: Config,
+    role: Role,
+    clock: DynClock,
+    metrics: Arc<InstanceMetrics>,
+    /// The record as last written; heartbeats update it.
+    record: tokio::sync::Mutex<InstanceRecord>,
+    timeout: Duration,
+    interval: Duration,
+    last_cleanup: Mutex<Option<SystemTime>>,
+}
+
+/// A joined instance. Dropping it stops the heartbeat but leaves the
+/// record to expire; call [`Cluster::leave`] for a clean shutdown.
+pub struct Cluster {
+    inner: Arc<Inner>,
+    heartbeat: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some((stop, _)) = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Cluster {
+    /// Opens `url` and joins it (see [`Cluster::join`]).
+    pub async fn join_url(url: &str, opts: JoinOptions) -> Result<Cluster, CoordError> {
+        Cluster::join(crate::store::open(url).await?, opts).await
+    }
+
+    /// Probes the store, loads or creates the config, detects the role,
+    /// registers this instance and starts heartbeating. Nothing is written
+    /// when the requested settings are invalid or contradict the bucket.
+    pub async fn join(store: Arc<Counted>, opts: JoinOptions) -> Result<Cluster, CoordError> {
+        opts.settings.validate()?;
+        let instance_id = instance::instance_id(opts.instance_id.as_deref())?;
+        // Check the role env before writing anything, so a typo fails fast.
+        if let Some(v) = &opts.env.brainy_role {
+            v.parse::<Role>()?;
+        }
+        if opts.probe {
+            probe_conditional_writes(store.as_ref()).await?;
+        }
+        let config = load_or_create(store.as_ref(), &opts.settings, opts.clock.as_ref()).await?;
+        let timeout = Duration::from_secs(config.settings.instance_timeout_seconds);
+        let now = opts.clock.now();
+        let live = instance::live_records(store.as_ref(), now, timeout).await?;
+        let embedded = !store.describe().starts_with("s3://");
+        let role = detect_role(opts.role, &opts.env, &live, embedded)?;
+        let metrics = Arc::new(InstanceMetrics::default());
+        let stamp = format_time(now);
+        let record = InstanceRecord {
+            instance_id: instance_id.clone(),
+            role,
+            status: "active".into(),
+            host: instance::host_name(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: stamp.clone(),
+            last_heartbeat: stamp,
+            heartbeat_seq: 1,
+            metrics: metrics.snapshot(store.counts()),
+            extra: Default::default(),
+        };
+        instance::write_record(store.as_ref(), &record).await?;
+        tracing::info!(instance = %instance_id, %role, store = %store.describe(), "joined");
+        let inner = Arc::new(Inner {
+            store,
+            config,
+            role,
+            clock: opts.clock,
+            metrics,
+            record: tokio::sync::Mutex::new(record),
+            timeout,
+            interval: opts.heartbeat_interval,
+            last_cleanup: Mutex::new(None),
+        });
+        if role.writes() {
+            inner.cleanup_if_due().await;
+        }
+        let cluster = Cluster {
+            inner: inner.clone(),
+            heartbeat: Mutex::new(None),
+        };
+        if opts.background_heartbeat {
+            let (stop, stopped) = oneshot::channel();
+            let task = tokio::spawn(heartbeat_loop(inner, stopped));
+            *cluster.heartbeat.lock().unwrap() = Some((stop, task));
+        }
+        Ok(cluster)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn role(&self) -> Role {
+        self.inner.role
+    }
+
+    pub fn store(&self) -> &Arc<Counted> {
+        &self.inner.store
+    }
+
+    pub fn clock(&self) -> &DynClock {
+        &self.inner.clock
+    }
+
+    /// Counters the read and write paths update; published by heartbeats.
+    pub fn metrics(&self) -> &Arc<InstanceMetrics> {
+        &self.inner.metrics
+    }
+
+    pub async fn instance_id(&self) -> String {
+        self.inner.record.lock().await.instance_id.clone()
+    }
+
+    /// This instance's record as last written.
+    pub async fn record(&self) -> InstanceRecord {
+        self.inner.record.lock().await.clone()
+    }
+
+    /// How long an instance stays alive without a heartbeat.
+    pub fn instance_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Instances whose last heartbeat is younger than the timeout
+    /// (one LIST plus one GET per instance).
+    pub async fn live_instances(&self) -> Result<Vec<InstanceRecord>, CoordError> {
+        instance::live_records(
+            self.inner.store.as_ref(),
+            self.inner.clock.now(),
+            self.inner.timeout,
+        )
+        .await
+    }
+
+    /// Writes one heartbeat now (and, for writers, removes stale records
+    /// when due).
+    pub async fn heartbeat_now(&self) -> Result<(), CoordError> {
+        self.inner.beat().await
+    }
+
+    /// Heartbeats only if the last one is at least an interval old: what a
+    /// Lambda handler calls at the start of each invocation.
+    pub async fn heartbeat_if_due(&self) -> Result<bool, CoordError> {
+        let last = self.inner.record.lock().await.last_heartbeat.clone();
+        let due = match super::clock::parse_time(&last) {
+            Some(t) => self
+                .inner
+                .clock
+                .now()
+                .duration_since(t)
+                .map(|age| age >= self.inner.interval)
+                .unwrap_or(false),
+            None => true,
+        };
+        if due {
+            self.inner.beat().await?;
+        }
+        Ok(due)
+    }
+
+    /// Stops the heartbeat task (waiting for it) without removing the
+    /// record: what a crash looks like to other instances.
+    pub async fn stop_heartbeat(&self) {
+        let hb = self.heartbeat.lock().unwrap().take();
+        if let Some((stop, task)) = hb {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+
+    /// Clean shutdown: stops the heartbeat and removes this instance's
+    /// record.
+    pub async fn leave(self) -> Result<(), CoordError> {
+        self.stop_heartbeat().await;
+        let id = self.instance_id().await;
+        instance::remove_record(self.inner.store.as_ref(), &id).await?;
+        tracing::info!(instance = %id, "left");
+        Ok(())
+    }
+}
+
+impl Inner {
+    async fn beat(&self) -> Result<(), CoordError> {
+        let mut rec = self.record.lock().await;
+        let mut next = rec.clone();
+        next.last_heartbeat = format_time(self.clock.now());
+        next.heartbeat_seq += 1;
+        next.metrics = self.metrics.snapshot(self.store.counts());
+        instance::write_record(self.store.as_ref(), &next).await?;
+        *rec = next;
+        drop(rec);
+        if self.role.writes() {
+            self.cleanup_if_due().await;
+        }
+        Ok(())
+    }
+
+    /// Writers remove stale records at most every half timeout: often
+    /// enough that dead instances vanish within ~1.5 timeouts, rarely
+    /// enough that the LIST + GETs stay cheap.
+    async fn cleanup_if_due(&self) {
+        let now = self.clock.now();
+        {
+            let mut last = self.last_cleanup.lock().unwrap();
+            let due =
+                last.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= self.timeout / 2);
+            if !due {
+                return;
+            }
+            *last = Some(now);
+        }
+        let me = self.record.lock().await.instance_id.clone();
+        match instance::remove_stale(self.store.as_ref(), now, self.timeout, &me).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(?removed, "removed stale instance records")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "stale instance cleanup failed; will retry"),
+        }
+    }
+}
+
+/// Heartbeats every interval until stopped. A failed heartbeat is logged
+/// and retried sooner (1 s, doubling, capped at the interval); it never
+/// stops the instance or its queries.
+async fn heartbeat_loop(inner: Arc<Inner>, mut stop: oneshot::Receiver<()>) {
+    let mut delay = inner.interval;
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        match inner.beat().await {
+            Ok(()) => {
+                failures = 0;
+                delay = inner.interval;
+            }
+            Err(e) => {
+                failures += 1;
+                delay = (Duration::from_secs(1) * 2u32.saturating_pow(failures - 1))
+                    .min(inner.interval);
+                tracing::warn!(error = %e, failures, retry_in = ?delay, "heartbeat failed");
+            }
+        }
+    }
+}

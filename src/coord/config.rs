@@ -1,0 +1,420 @@
+//! The shared config `_brainy/config.json` (DESIGN section 3).
+//!
+//! The Brainy schema, camelCase, extended with shoal's own settings:
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "updated": "2026-11-21T10:30:00.000Z",
+//!   "settings": {
+//!     "partitionStrategy": "hash",
+//!     "partitionCount": 100,
+//!     "embeddingModel": "all-MiniLM-L6-v2",
+//!     "dimensions": 384,
+//!     "distanceMetric": "cosine",
+//!     "instanceTimeoutSeconds": 60
+//!   }
+//! }
+//! ```
+//!
+//! Fields this version does not know are kept when the config is rewritten
+//! (forward compatibility). The first instance creates the object with a
+//! create-only put; a racing loser re-reads and adopts the winner's
+//! settings. Every later change is a compare-and-swap.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::cas::{self, Backoff, Step};
+use super::clock::{format_time, Clock};
+use super::error::{excerpt, CoordError};
+use super::paths::{CONFIG_KEY, VECTORS_PREFIX};
+use crate::store::{ETag, ObjectStore, StoreError};
+
+/// Current config format version.
+pub const CONFIG_VERSION: u32 = 1;
+pub const DEFAULT_PARTITION_COUNT: u32 = 100;
+pub const DEFAULT_INSTANCE_TIMEOUT_SECONDS: u64 = 60;
+pub const DEFAULT_EMBEDDING_MODEL: &str = "unspecified";
+pub const MAX_PARTITION_COUNT: u32 = 4096;
+pub const MAX_DIMENSIONS: u32 = 65536;
+
+/// How vectors are compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Cosine similarity; vectors are normalized on write.
+    Cosine,
+    /// Euclidean (L2) distance.
+    Euclidean,
+    /// Inner product.
+    Dot,
+}
+
+impl Metric {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::Euclidean => "euclidean",
+            Metric::Dot => "dot",
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Metric {
+    type Err = CoordError;
+    fn from_str(s: &str) -> Result<Self, CoordError> {
+        match s {
+            "cosine" => Ok(Metric::Cosine),
+            "euclidean" => Ok(Metric::Euclidean),
+            "dot" => Ok(Metric::Dot),
+            other => Err(CoordError::InvalidSetting {
+                setting: "distanceMetric",
+                value: format!("{other:?}"),
+                expected: "one of cosine, euclidean, dot".into(),
+            }),
+        }
+    }
+}
+
+/// The whole config object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    pub version: u32,
+    pub updated: String,
+    pub settings: Settings,
+    /// Top-level fields written by newer versions; preserved.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `config.settings`. Strings are kept as found so that validation can
+/// name a bad value instead of failing inside the JSON parser.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    pub partition_strategy: String,
+    pub partition_count: u32,
+    pub embedding_model: String,
+    pub dimensions: u32,
+    pub distance_metric: String,
+    /// Seconds after its last heartbeat that an instance counts as gone.
+    #[serde(default = "default_instance_timeout")]
+    pub instance_timeout_seconds: u64,
+    /// Settings written by newer versions; preserved.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn default_instance_timeout() -> u64 {
+    DEFAULT_INSTANCE_TIMEOUT_SECONDS
+}
+
+impl Settings {
+    /// The validated metric. Only call on validated settings.
+    pub fn metric(&self) -> Metric {
+        self.distance_metric
+            .parse()
+            .expect("settings were validated when loaded")
+    }
+
+    /// Checks every field; the error names the setting and the value.
+    pub fn validate(&self) -> Result<(), CoordError> {
+        if self.partition_strategy != "hash" {
+            return Err(CoordError::InvalidSetting {
+                setting: "partitionStrategy",
+                value: format!("{:?}", self.partition_strategy),
+                expected: "only \"hash\" is supported".into(),
+            });
+        }
+        check_partition_count(self.partition_count)?;
+        check_dimensions(self.dimensions)?;
+        Metric::from_str(&self.distance_metric)?;
+        if self.instance_timeout_seconds == 0 {
+            return Err(CoordError::InvalidSetting {
+                setting: "instanceTimeoutSeconds",
+                value: "0".into(),
+                expected: "at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_partition_count(n: u32) -> Result<(), CoordError> {
+    if !(1..=MAX_PARTITION_COUNT).contains(&n) {
+        return Err(CoordError::InvalidSetting {
+            setting: "partitionCount",
+            value: n.to_string(),
+            expected: format!("between 1 and {MAX_PARTITION_COUNT}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_dimensions(n: u32) -> Result<(), CoordError> {
+    if !(1..=MAX_DIMENSIONS).contains(&n) {
+        return Err(CoordError::InvalidSetting {
+            setting: "dimensions",
+            value: n.to_string(),
+            expected: format!("between 1 and {MAX_DIMENSIONS}"),
+        });
+    }
+    Ok(())
+}
+
+/// What an instance asks for. `None` means "whatever the bucket has" (or
+/// the default, when this instance creates the config).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestedSettings {
+    pub partition_count: Option<u32>,
+    pub dimensions: Option<u32>,
+    pub distance_metric: Option<Metric>,
+    pub embedding_model: Option<String>,
+    pub instance_timeout_seconds: Option<u64>,
+}
+
+impl RequestedSettings {
+    /// Validates the requested values before anything is written.
+    pub fn validate(&self) -> Result<(), CoordError> {
+        if let Some(n) = self.partition_count {
+            check_partition_count(n)?;
+        }
+        if let Some(n) = self.dimensions {
+            check_dimensions(n)?;
+        }
+        if self.instance_timeout_seconds == Some(0) {
+            return Err(CoordError::InvalidSetting {
+                setting: "instanceTimeoutSeconds",
+                value: "0".into(),
+                expected: "at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The first contradiction between these and the bucket's settings.
+    pub fn contradiction(&self, bucket: &Settings) -> Option<CoordError> {
+        let c = |setting, bucket: String, requested: String| CoordError::Contradiction {
+            setting,
+            bucket,
+            requested,
+        };
+        if let Some(n) = self.dimensions.filter(|&n| n != bucket.dimensions) {
+            return Some(c(
+                "dimensions",
+                bucket.dimensions.to_string(),
+                n.to_string(),
+            ));
+        }
+        if let Some(m) = self
+            .distance_metric
+            .filter(|m| m.as_str() != bucket.distance_metric)
+        {
+            return Some(c(
+                "distanceMetric",
+                bucket.distance_metric.clone(),
+                m.to_string(),
+            ));
+        }
+        if let Some(n) = self
+            .partition_count
+            .filter(|&n| n != bucket.partition_count)
+        {
+            return Some(c(
+                "partitionCount",
+                bucket.partition_count.to_string(),
+                n.to_string(),
+            ));
+        }
+        if let Some(m) = self
+            .embedding_model
+            .as_ref()
+            .filter(|m| **m != bucket.embedding_model)
+        {
+            return Some(c(
+                "embeddingModel",
+                bucket.embedding_model.clone(),
+                m.clone(),
+            ));
+        }
+        None
+    }
+
+    /// A fresh config from these settings plus defaults.
+    fn to_config(&self, now: String) -> Result<Config, CoordError> {
+        let dimensions = self.dimensions.ok_or_else(|| {
+            CoordError::MissingSetting(format!(
+                "the bucket has no {CONFIG_KEY} yet and no dimensions were given: pass the \
+                 vector dimensions (e.g. `shoal init --dimensions 384`) to create the index"
+            ))
+        })?;
+        Ok(Config {
+            version: CONFIG_VERSION,
+            updated: now,
+            settings: Settings {
+                partition_strategy: "hash".into(),
+                partition_count: self.partition_count.unwrap_or(DEFAULT_PARTITION_COUNT),
+                embedding_model: self
+                    .embedding_model
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_EMBEDDING_MODEL.into()),
+                dimensions,
+                distance_metric: self.distance_metric.unwrap_or(Metric::Cosine).to_string(),
+                instance_timeout_seconds: self
+                    .instance_timeout_seconds
+                    .unwrap_or(DEFAULT_INSTANCE_TIMEOUT_SECONDS),
+                extra: Map::new(),
+            },
+            extra: Map::new(),
+        })
+    }
+}
+
+/// Parses and validates config bytes read from `key`.
+pub fn parse_config(key: &str, bytes: &[u8]) -> Result<Config, CoordError> {
+    let config: Config = cas::parse_json(key, bytes)?;
+    if config.version > CONFIG_VERSION {
+        return Err(CoordError::Corrupt {
+            key: key.into(),
+            reason: format!(
+                "config version {} is newer than this shoal understands ({CONFIG_VERSION}); \
+                 upgrade shoal",
+                config.version
+            ),
+            found: excerpt(bytes),
+        });
+    }
+    config
+        .settings
+        .validate()
+        .map_err(|e| CoordError::Corrupt {
+            key: key.into(),
+            reason: e.to_string(),
+            found: excerpt(bytes),
+        })?;
+    Ok(config)
+}
+
+/// Reads the bucket's config, if there is one.
+pub async fn read_config(store: &dyn ObjectStore) -> Result<Option<(Config, ETag)>, CoordError> {
+    match store.get(CONFIG_KEY).await {
+        Ok(got) => Ok(Some((parse_config(CONFIG_KEY, &got.bytes)?, got.etag))),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Loads the bucket's config, creating it from `requested` if missing.
+/// Refuses (naming the setting and both values) if `requested`
+/// contradicts what the bucket has. Writes nothing when it refuses.
+pub async fn load_or_create(
+    store: &dyn ObjectStore,
+    requested: &RequestedSettings,
+    clock: &dyn Clock,
+) -> Result<Config, CoordError> {
+    requested.validate()?;
+    loop {
+        if let Some((config, _)) = read_config(store).await? {
+            if let Some(err) = requested.contradiction(&config.settings) {
+                return Err(err);
+            }
+            return Ok(config);
+        }
+        let fresh = requested.to_config(format_time(clock.now()))?;
+        let bytes = serde_json::to_vec_pretty(&fresh).expect("serializable");
+        match store.put_if_absent(CONFIG_KEY, bytes.into()).await {
+            Ok(_) => return Ok(fresh),
+            // Another instance created it first: loop to re-read and adopt it.
+            Err(StoreError::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Read-modify-write of the config with compare-and-swap, retried on
+/// conflict; `updated` is refreshed. `change` may run several times.
+pub async fn update_config<F>(
+    store: &dyn ObjectStore,
+    clock: &dyn Clock,
+    mut change: F,
+) -> Result<Config, CoordError>
+where
+    F: FnMut(&mut Config) -> Result<(), CoordError>,
+{
+    let (config, _) = cas::update_json::<Value, _>(store, CONFIG_KEY, Backoff::default(), |cur| {
+        let cur = cur.ok_or_else(|| {
+            CoordError::MissingSetting(format!("cannot update {CONFIG_KEY}: it does not exist"))
+        })?;
+        let bytes = serde_json::to_vec(&cur).expect("serializable");
+        let mut config = parse_config(CONFIG_KEY, &bytes)?;
+        change(&mut config)?;
+        config.settings.validate()?;
+        config.updated = format_time(clock.now());
+        Ok(Step::Write(
+            serde_json::to_value(&config).expect("serializable"),
+        ))
+    })
+    .await?;
+    let bytes = serde_json::to_vec(&config).expect("serializable");
+    parse_config(CONFIG_KEY, &bytes)
+}
+
+/// Changes settings. `partitionCount`, `dimensions` and `distanceMetric`
+/// decide how stored data is laid out and compared, so they are refused
+/// once anything exists under `vectors/` (checked with one LIST; this is an
+/// administrative call, never on the query path).
+pub async fn change_settings(
+    store: &dyn ObjectStore,
+    clock: &dyn Clock,
+    requested: &RequestedSettings,
+) -> Result<Config, CoordError> {
+    requested.validate()?;
+    let has_data = !store.list(VECTORS_PREFIX).await?.is_empty();
+    update_config(store, clock, |config| {
+        let s = &mut config.settings;
+        if has_data {
+            if let Some(CoordError::Contradiction {
+                setting,
+                bucket,
+                requested,
+            }) = requested.contradiction(s)
+            {
+                if setting != "embeddingModel" {
+                    return Err(CoordError::Immutable {
+                        setting,
+                        from: bucket,
+                        to: requested,
+                    });
+                }
+            }
+        }
+        if let Some(n) = requested.partition_count {
+            s.partition_count = n;
+        }
+        if let Some(n) = requested.dimensions {
+            s.dimensions = n;
+        }
+        if let Some(m) = requested.distance_metric {
+            s.distance_metric = m.to_string();
+        }
+        if let Some(m) = &requested.embedding_model {
+            s.embedding_model = m.clone();
+        }
+        if let Some(t) = requested.instance_timeout_seconds {
+            s.instance_timeout_seconds = t;
+        }
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,82 @@
+//! Errors of the coordination layer.
+
+use crate::store::{ProbeError, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// An object in the bucket is not what shoal wrote.
+    #[error("corrupt object {key}: {reason}; found: {found}")]
+    Corrupt {
+        key: String,
+        reason: String,
+        found: String,
+    },
+    /// A setting has a value shoal does not accept.
+    #[error("invalid setting {setting} = {value}: {expected}")]
+    InvalidSetting {
+        setting: &'static str,
+        value: String,
+        expected: String,
+    },
+    /// This instance asked for settings the bucket already has otherwise.
+    #[error(
+        "setting {setting} contradicts the bucket's config: the bucket has {bucket}, this \
+         instance asked for {requested}; use the bucket's value or a different bucket/prefix"
+    )]
+    Contradiction {
+        setting: &'static str,
+        bucket: String,
+        requested: String,
+    },
+    /// A setting that shapes stored data cannot change once data exists.
+    #[error(
+        "setting {setting} cannot change from {from} to {to}: the bucket already holds data \
+         under vectors/"
+    )]
+    Immutable {
+        setting: &'static str,
+        from: String,
+        to: String,
+    },
+    /// No config in the bucket and not enough settings to create one.
+    #[error("{0}")]
+    MissingSetting(String),
+    /// Compare-and-swap kept losing.
+    #[error("gave up updating {key} after {attempts} attempts: too much contention")]
+    Contention { key: String, attempts: u32 },
+    #[error("invalid role {value:?}: allowed values are reader, writer, both")]
+    InvalidRole { value: String },
+}
+
+impl CoordError {
+    /// Whether retrying the operation later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CoordError::Store(e) => e.is_retryable(),
+            CoordError::Contention { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// A short, printable excerpt of bytes found in the bucket, for errors.
+pub(crate) fn excerpt(bytes: &[u8]) -> String {
+    const MAX: usize = 120;
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]);
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if bytes.len() > MAX {
+        out.push_str(&format!("... ({} bytes)", bytes.len()));
+    }
+    if out.trim().is_empty() {
+        format!("{} bytes of non-text or whitespace", bytes.len())
+    } else {
+        format!("`{out}`")
+    }
+}

@@ -1,0 +1,56 @@
+//! The bucket layout, in one place (DESIGN section 1). Every key shoal
+//! reads or writes is built here.
+
+/// The shared settings object.
+pub const CONFIG_KEY: &str = "_brainy/config.json";
+/// Folder of per-instance heartbeat records.
+pub const INSTANCES_PREFIX: &str = "_brainy/instances/";
+/// Scratch folder used by the conditional-write probe.
+pub const PROBE_PREFIX: &str = "_brainy/probe/";
+/// Folder holding every partition.
+pub const VECTORS_PREFIX: &str = "vectors/";
+
+/// `_brainy/instances/<id>.json`
+pub fn instance_key(instance_id: &str) -> String {
+    format!("{INSTANCES_PREFIX}{instance_id}.json")
+}
+
+/// The instance id encoded in an instance record's key, if it is one.
+pub fn instance_id_from_key(key: &str) -> Option<&str> {
+    key.strip_prefix(INSTANCES_PREFIX)?.strip_suffix(".json")
+}
+
+/// `vectors/p007`: `p` plus the index zero-padded to at least 3 digits.
+pub fn partition_dir(partition: u32) -> String {
+    format!("{VECTORS_PREFIX}p{partition:03}")
+}
+
+/// `vectors/p007/manifest.json`
+pub fn manifest_key(partition: u32) -> String {
+    format!("{}/manifest.json", partition_dir(partition))
+}
+
+/// `vectors/p007/<segment-id>.seg`
+pub fn segment_key(partition: u32, segment_id: &str) -> String {
+    format!("{}/{segment_id}.seg", partition_dir(partition))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_design() {
+        assert_eq!(partition_dir(0), "vectors/p000");
+        assert_eq!(partition_dir(99), "vectors/p099");
+        assert_eq!(partition_dir(4095), "vectors/p4095");
+        assert_eq!(manifest_key(7), "vectors/p007/manifest.json");
+        assert_eq!(segment_key(12, "abc"), "vectors/p012/abc.seg");
+        assert_eq!(instance_key("i-1"), "_brainy/instances/i-1.json");
+        assert_eq!(
+            instance_id_from_key("_brainy/instances/i-1.json"),
+            Some("i-1")
+        );
+        assert_eq!(instance_id_from_key("_brainy/config.json"), None);
+    }
+}

@@ -1,0 +1,24 @@
+//! shoal: serverless vector search whose only shared state is an S3 bucket.
+//!
+//! # Layout
+//!
+//! Each module owns one part of the design (see `ARCHITECTURE.md` and the
+//! shared DESIGN.md it follows):
+//!
+//! - [`store`]: the [`store::ObjectStore`] trait (get, ranged get,
+//!   conditional get, create-only and compare-and-swap put, delete, list),
+//!   its three backends (S3, local directory, memory) chosen by URL, request
+//!   counters, the conditional-write probe and the conformance suite every
+//!   backend passes.
+//!
+//! - [`coord`]: the protocol on top of the store: the shared config
+//!   `_brainy/config.json`, the instance registry and heartbeats, role
+//!   detection, hash partitioning, the bucket key layout, the generic
+//!   compare-and-swap loop and the injected clock. Depends only on the
+//!   store trait.
+//!
+//! Planned rooms, added by later work: `segment`, `index`, `writer`,
+//! `reader`, `compact`, `api`.
+
+pub mod coord;
+pub mod store;
