@@ -93,3 +93,25 @@ mod tests {
         assert_eq!(c.now().duration_since(t0).unwrap(), Duration::from_secs(61));
     }
 }
+
+/// A wall clock that moves only when told to: for tests that talk to a
+/// real server, where pausing tokio's clock would also fire the HTTP
+/// client's timeouts.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::Mutex<SystemTime>);
+
+impl ManualClock {
+    pub fn new(start: SystemTime) -> Self {
+        ManualClock(std::sync::Mutex::new(start))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap()
+    }
+}

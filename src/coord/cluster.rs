@@ -9,10 +9,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::clock::{format_time, DynClock, SystemClock};
-use super::config::{load_or_create, Config, RequestedSettings};
+use super::config::{load_or_create, read_config, Config, RequestedSettings};
 use super::error::CoordError;
 use super::instance::{self, InstanceMetrics, InstanceRecord};
-use super::role::{detect_role, Role, RoleEnv};
+use super::role::{detect_role, preferred_role, Role, RoleEnv};
 use crate::store::{probe_conditional_writes, Counted, ObjectStore};
 
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
@@ -99,9 +99,15 @@ impl Cluster {
     pub async fn join(store: Arc<Counted>, opts: JoinOptions) -> Result<Cluster, CoordError> {
         opts.settings.validate()?;
         let instance_id = instance::instance_id(opts.instance_id.as_deref())?;
-        // Check the role env before writing anything, so a typo fails fast.
-        if let Some(v) = &opts.env.brainy_role {
-            v.parse::<Role>()?;
+        let embedded = !store.describe().starts_with("s3://");
+        // Decided before anything is written, so a bad BRAINY_ROLE fails fast.
+        let preferred = preferred_role(opts.role, &opts.env, embedded)?;
+        // A joiner that contradicts an existing config is refused before it
+        // writes anything, probe objects included.
+        if let Some((existing, _)) = read_config(store.as_ref()).await? {
+            if let Some(err) = opts.settings.contradiction(&existing.settings) {
+                return Err(err);
+            }
         }
         if opts.probe {
             probe_conditional_writes(store.as_ref()).await?;
@@ -109,9 +115,13 @@ impl Cluster {
         let config = load_or_create(store.as_ref(), &opts.settings, opts.clock.as_ref()).await?;
         let timeout = Duration::from_secs(config.settings.instance_timeout_seconds);
         let now = opts.clock.now();
-        let live = instance::live_records(store.as_ref(), now, timeout).await?;
-        let embedded = !store.describe().starts_with("s3://");
-        let role = detect_role(opts.role, &opts.env, &live, embedded)?;
+        let role = match preferred {
+            Some(role) => role,
+            None => {
+                let live = instance::live_records(store.as_ref(), now, timeout).await?;
+                detect_role(None, &opts.env, &live, embedded)?
+            }
+        };
         let metrics = Arc::new(InstanceMetrics::default());
         let stamp = format_time(now);
         let record = InstanceRecord {

@@ -418,3 +418,131 @@ pub async fn change_settings(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+      "version": 1,
+      "updated": "2026-11-21T10:30:00Z",
+      "settings": {
+        "partitionStrategy": "hash",
+        "partitionCount": 100,
+        "embeddingModel": "text-embedding-ada-002",
+        "dimensions": 1536,
+        "distanceMetric": "cosine",
+        "futureSetting": {"x": 1}
+      },
+      "futureTopLevel": [1, 2]
+    }"#;
+
+    #[test]
+    fn parses_the_brainy_schema_and_keeps_unknown_fields() {
+        let c = parse_config(CONFIG_KEY, GOOD.as_bytes()).unwrap();
+        assert_eq!(c.settings.dimensions, 1536);
+        assert_eq!(c.settings.metric(), Metric::Cosine);
+        assert_eq!(
+            c.settings.instance_timeout_seconds, 60,
+            "default when absent"
+        );
+        let out = serde_json::to_value(&c).unwrap();
+        assert_eq!(out["settings"]["futureSetting"]["x"], 1);
+        assert_eq!(out["futureTopLevel"][1], 2);
+        assert_eq!(out["settings"]["partitionStrategy"], "hash");
+        assert_eq!(out["settings"]["distanceMetric"], "cosine");
+    }
+
+    fn bad(field: &str, value: &str) -> String {
+        let v: Value = serde_json::from_str(GOOD).unwrap();
+        let mut v = v;
+        v["settings"][field] = serde_json::from_str(value).unwrap();
+        parse_config(CONFIG_KEY, v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        let m = bad("partitionStrategy", "\"range\"");
+        assert!(
+            m.contains("partitionStrategy") && m.contains("\"range\""),
+            "{m}"
+        );
+        assert!(m.contains(CONFIG_KEY), "{m}");
+        let m = bad("partitionCount", "0");
+        assert!(
+            m.contains("partitionCount = 0") && m.contains("between 1 and 4096"),
+            "{m}"
+        );
+        let m = bad("partitionCount", "4097");
+        assert!(m.contains("partitionCount = 4097"), "{m}");
+        let m = bad("dimensions", "0");
+        assert!(m.contains("dimensions = 0") && m.contains("65536"), "{m}");
+        let m = bad("dimensions", "70000");
+        assert!(m.contains("dimensions = 70000"), "{m}");
+        let m = bad("distanceMetric", "\"manhattan\"");
+        assert!(
+            m.contains("distanceMetric") && m.contains("cosine, euclidean, dot"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn corrupt_config_names_the_key_and_shows_what_was_found() {
+        let m = parse_config(CONFIG_KEY, b"<html>oops</html>")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains(CONFIG_KEY) && m.contains("<html>oops</html>"),
+            "{m}"
+        );
+        let m = parse_config(CONFIG_KEY, b"{\"version\": 1}")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains(CONFIG_KEY) && m.contains("missing field"), "{m}");
+        let m = parse_config(CONFIG_KEY, &[0xff, 0xfe, 0, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains(CONFIG_KEY), "{m}");
+    }
+
+    #[test]
+    fn newer_config_versions_are_refused() {
+        let v = GOOD.replace("\"version\": 1", "\"version\": 99");
+        let m = parse_config(CONFIG_KEY, v.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("version 99") && m.contains("upgrade shoal"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn requested_settings_are_validated() {
+        let r = RequestedSettings {
+            partition_count: Some(0),
+            ..Default::default()
+        };
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("partitionCount = 0"));
+        let r = RequestedSettings {
+            dimensions: Some(65537),
+            ..Default::default()
+        };
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("dimensions = 65537"));
+        assert!("l1"
+            .parse::<Metric>()
+            .unwrap_err()
+            .to_string()
+            .contains("\"l1\""));
+    }
+}

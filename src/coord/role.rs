@@ -128,21 +128,159 @@ pub fn detect_role(
     live: &[InstanceRecord],
     embedded_store: bool,
 ) -> Result<Role, CoordError> {
-    if let Some(r) = explicit {
-        return Ok(r);
-    }
-    if let Some(v) = &env.brainy_role {
-        return v.parse();
-    }
-    if env.lambda_function.is_some() {
-        return Ok(Role::Reader);
-    }
-    if embedded_store {
-        return Ok(Role::Both);
+    if let Some(role) = preferred_role(explicit, env, embedded_store)? {
+        return Ok(role);
     }
     if live.iter().any(|r| r.role.writes()) {
         Ok(Role::Reader)
     } else {
         Ok(Role::Writer)
+    }
+}
+
+/// The rules of [`detect_role`] that do not need the live instances;
+/// `None` means "look at who is alive". Lets a joiner skip listing
+/// instances when the answer does not depend on them.
+pub fn preferred_role(
+    explicit: Option<Role>,
+    env: &RoleEnv,
+    embedded_store: bool,
+) -> Result<Option<Role>, CoordError> {
+    if let Some(r) = explicit {
+        return Ok(Some(r));
+    }
+    if let Some(v) = &env.brainy_role {
+        return v.parse().map(Some);
+    }
+    if env.lambda_function.is_some() {
+        return Ok(Some(Role::Reader));
+    }
+    if embedded_store {
+        return Ok(Some(Role::Both));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coord::instance::{InstanceRecord, MetricsSnapshot};
+
+    fn rec(id: &str, role: Role) -> InstanceRecord {
+        InstanceRecord {
+            instance_id: id.into(),
+            role,
+            status: "active".into(),
+            host: "h".into(),
+            pid: 1,
+            version: "0".into(),
+            started_at: "2026-11-21T10:00:00Z".into(),
+            last_heartbeat: "2026-11-21T10:00:00Z".into(),
+            heartbeat_seq: 1,
+            metrics: MetricsSnapshot::default(),
+            extra: Default::default(),
+        }
+    }
+
+    fn env(role: Option<&str>, lambda: Option<&str>) -> RoleEnv {
+        RoleEnv {
+            brainy_role: role.map(String::from),
+            lambda_function: lambda.map(String::from),
+        }
+    }
+
+    #[test]
+    fn explicit_option_wins_over_env_lambda_and_live_writers() {
+        let live = [rec("w", Role::Writer)];
+        let r = detect_role(
+            Some(Role::Writer),
+            &env(Some("reader"), Some("fn")),
+            &live,
+            true,
+        );
+        assert_eq!(r.unwrap(), Role::Writer);
+    }
+
+    #[test]
+    fn brainy_role_env_wins_without_an_option() {
+        let r = detect_role(None, &env(Some("Writer"), Some("fn")), &[], true);
+        assert_eq!(r.unwrap(), Role::Writer);
+        let r = detect_role(
+            None,
+            &env(Some("both"), None),
+            &[rec("w", Role::Writer)],
+            false,
+        );
+        assert_eq!(r.unwrap(), Role::Both);
+    }
+
+    #[test]
+    fn invalid_brainy_role_names_the_allowed_values() {
+        let e = detect_role(None, &env(Some("leader"), None), &[], false).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("\"leader\""), "{msg}");
+        assert!(msg.contains("reader, writer, both"), "{msg}");
+    }
+
+    #[test]
+    fn inside_lambda_is_a_reader_even_with_no_writer() {
+        let r = detect_role(None, &env(None, Some("shoal-reader")), &[], false);
+        assert_eq!(r.unwrap(), Role::Reader);
+    }
+
+    #[test]
+    fn local_directory_without_explicit_role_is_both() {
+        let r = detect_role(None, &env(None, None), &[rec("w", Role::Writer)], true);
+        assert_eq!(r.unwrap(), Role::Both);
+    }
+
+    #[test]
+    fn no_live_writer_makes_a_writer() {
+        let live = [rec("r1", Role::Reader), rec("r2", Role::Reader)];
+        assert_eq!(
+            detect_role(None, &env(None, None), &live, false).unwrap(),
+            Role::Writer
+        );
+        assert_eq!(
+            detect_role(None, &env(None, None), &[], false).unwrap(),
+            Role::Writer
+        );
+    }
+
+    #[test]
+    fn a_live_writer_or_both_makes_a_reader() {
+        let live = [rec("r", Role::Reader), rec("w", Role::Writer)];
+        assert_eq!(
+            detect_role(None, &env(None, None), &live, false).unwrap(),
+            Role::Reader
+        );
+        let live = [rec("b", Role::Both)];
+        assert_eq!(
+            detect_role(None, &env(None, None), &live, false).unwrap(),
+            Role::Reader
+        );
+    }
+
+    /// Two instances that look at the registry before either has
+    /// registered both see no writer and both become writers. Allowed:
+    /// commits are compare-and-swaps on partition manifests, so concurrent
+    /// writers never lose or duplicate records (see the module docs).
+    #[test]
+    fn racing_joiners_may_both_become_writers() {
+        let seen_by_a: Vec<InstanceRecord> = vec![];
+        let seen_by_b: Vec<InstanceRecord> = vec![];
+        let a = detect_role(None, &env(None, None), &seen_by_a, false).unwrap();
+        let b = detect_role(None, &env(None, None), &seen_by_b, false).unwrap();
+        assert_eq!((a, b), (Role::Writer, Role::Writer));
+    }
+
+    #[test]
+    fn presets_follow_the_role() {
+        assert_eq!(Role::Reader.preset().segment_cache_fraction, 0.8);
+        assert!(Role::Reader.preset().aggressive_prefetch);
+        assert_eq!(Role::Reader.preset().cache_ttl, Duration::from_secs(3600));
+        assert_eq!(Role::Writer.preset().segment_cache_fraction, 0.2);
+        assert_eq!(Role::Writer.preset().write_buffer_records, 10_000);
+        assert_eq!(Role::Writer.preset().cache_ttl, Duration::from_secs(60));
     }
 }

@@ -1,7 +1,8 @@
 //! Store decorators that misbehave on purpose, for tests.
 //!
 //! [`IgnoreConditions`] models servers that accept conditional headers and
-//! ignore them, so tests can prove the probe refuses such a store.
+//! ignore them, so tests can prove the probe refuses such a store;
+//! [`FailNext`] fails the next N calls of one kind with a transient error.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -43,5 +44,98 @@ impl ObjectStore for IgnoreConditions {
     }
     fn describe(&self) -> String {
         format!("{} (conditions ignored)", self.0.describe())
+    }
+}
+
+/// Kinds of store call, for targeting faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Get,
+    Put,
+    List,
+    Head,
+    Delete,
+}
+
+/// Fails the next `n` calls of one kind with a transient error (like a 503
+/// SlowDown), then behaves normally.
+#[derive(Debug)]
+pub struct FailNext {
+    inner: DynStore,
+    op: Op,
+    remaining: std::sync::atomic::AtomicU64,
+}
+
+impl FailNext {
+    pub fn new(inner: DynStore, op: Op, n: u64) -> Self {
+        FailNext {
+            inner,
+            op,
+            remaining: n.into(),
+        }
+    }
+
+    /// Arms `n` more failures.
+    pub fn fail_next(&self, n: u64) {
+        self.remaining.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn trip(&self, op: Op, key: &str) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if op == self.op
+            && self
+                .remaining
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(super::StoreError::transient(
+                key,
+                "injected fault: 503 SlowDown",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FailNext {
+    async fn get(&self, key: &str) -> Result<GetResult> {
+        self.trip(Op::Get, key)?;
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Bytes> {
+        self.trip(Op::Get, key)?;
+        self.inner.get_range(key, range).await
+    }
+    async fn get_if_changed(&self, key: &str, etag: &ETag) -> Result<Conditional> {
+        self.trip(Op::Get, key)?;
+        self.inner.get_if_changed(key, etag).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        self.trip(Op::Head, key)?;
+        self.inner.head(key).await
+    }
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
+        self.trip(Op::Put, key)?;
+        self.inner.put(key, bytes).await
+    }
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<ETag> {
+        self.trip(Op::Put, key)?;
+        self.inner.put_if_absent(key, bytes).await
+    }
+    async fn put_if_match(&self, key: &str, bytes: Bytes, etag: &ETag) -> Result<ETag> {
+        self.trip(Op::Put, key)?;
+        self.inner.put_if_match(key, bytes, etag).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.trip(Op::Delete, key)?;
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.trip(Op::List, prefix)?;
+        self.inner.list(prefix).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
 }

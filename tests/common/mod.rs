@@ -67,3 +67,37 @@ pub async fn s3_store_with_prefix(prefix: &str) -> Option<Arc<Counted>> {
 pub fn dyn_store(s: Arc<Counted>) -> DynStore {
     s
 }
+
+/// Instantiates `async fn name(store: Arc<Counted>)` scenarios once per
+/// backend: `memory::name`, `local::name`, `s3::name`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(crate::common::memory_store()).await;
+                }
+            )+
+        }
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let (store, _dir) = crate::common::local_store();
+                    super::$name(store).await;
+                }
+            )+
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(store) = crate::common::s3_store().await else { return };
+                    super::$name(store).await;
+                }
+            )+
+        }
+    };
+}

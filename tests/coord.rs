@@ -1,0 +1,492 @@
+//! Coordination on every backend: config creation races, contradictions,
+//! heartbeats, stale-instance cleanup, clean shutdown.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use shoal::coord::clock::{DynClock, ManualClock};
+use shoal::coord::config::{change_settings, read_config, update_config};
+use shoal::coord::instance::list_records;
+use shoal::coord::paths::{CONFIG_KEY, INSTANCES_PREFIX};
+use shoal::coord::role::RoleEnv;
+use shoal::coord::{Cluster, CoordError, JoinOptions, Metric, RequestedSettings, Role};
+use shoal::store::{Counted, ObjectStore};
+
+backend_tests!(
+    eight_concurrent_joins_create_one_config,
+    joiner_with_other_dimensions_is_refused_and_writes_nothing,
+    joiner_without_settings_adopts_the_buckets,
+    heartbeats_advance_and_writers_remove_silent_instances,
+    fifty_instances_heartbeating_lose_no_updates,
+    leave_removes_the_record,
+    corrupt_config_is_reported_with_its_key,
+    concurrent_config_updates_all_apply_and_keep_unknown_fields,
+    shape_settings_cannot_change_once_data_exists,
+    invalid_role_env_is_refused_before_anything_is_written,
+);
+
+fn settings(dims: u32) -> RequestedSettings {
+    RequestedSettings {
+        partition_count: Some(16),
+        dimensions: Some(dims),
+        distance_metric: Some(Metric::Cosine),
+        embedding_model: Some("all-MiniLM-L6-v2".into()),
+        instance_timeout_seconds: None,
+    }
+}
+
+fn opts(clock: &Arc<ManualClock>, role: Option<Role>, settings: RequestedSettings) -> JoinOptions {
+    JoinOptions {
+        settings,
+        role,
+        instance_id: None,
+        background_heartbeat: false,
+        clock: clock.clone() as DynClock,
+        env: RoleEnv::default(),
+        ..Default::default()
+    }
+}
+
+fn manual_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(SystemTime::now()))
+}
+
+async fn instance_keys(store: &Counted) -> Vec<String> {
+    store
+        .list(INSTANCES_PREFIX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect()
+}
+
+async fn eight_concurrent_joins_create_one_config(store: Arc<Counted>) {
+    let clock = manual_clock();
+    let joins: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, o) = (store.clone(), opts(&clock, None, settings(384)));
+            tokio::spawn(async move { Cluster::join(s, o).await })
+        })
+        .collect();
+    let mut clusters = Vec::new();
+    for j in joins {
+        clusters.push(j.await.unwrap().expect("join"));
+    }
+    let configs = store.list("_brainy/config").await.unwrap();
+    assert_eq!(configs.len(), 1, "exactly one config object: {configs:?}");
+    let (stored, _) = read_config(store.as_ref()).await.unwrap().unwrap();
+    for c in &clusters {
+        assert_eq!(
+            c.config().settings,
+            stored.settings,
+            "every instance agrees"
+        );
+    }
+    assert_eq!(stored.settings.dimensions, 384);
+    assert_eq!(stored.settings.partition_count, 16);
+    assert_eq!(
+        instance_keys(&store).await.len(),
+        8,
+        "one record per instance"
+    );
+    let mut ids: Vec<String> = Vec::new();
+    for c in &clusters {
+        ids.push(c.instance_id().await);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "instance ids are unique");
+}
+
+async fn joiner_with_other_dimensions_is_refused_and_writes_nothing(store: Arc<Counted>) {
+    let clock = manual_clock();
+    let _first = Cluster::join(store.clone(), opts(&clock, None, settings(384)))
+        .await
+        .unwrap();
+    let before = instance_keys(&store).await;
+    let puts = store.counts().put;
+    let err = Cluster::join(store.clone(), opts(&clock, None, settings(768)))
+        .await
+        .err()
+        .expect("a joiner with 768 dimensions must be refused");
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            CoordError::Contradiction {
+                setting: "dimensions",
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("384") && msg.contains("768"),
+        "names both values: {msg}"
+    );
+    assert_eq!(
+        instance_keys(&store).await,
+        before,
+        "no instance record written"
+    );
+    let (cfg, _) = read_config(store.as_ref()).await.unwrap().unwrap();
+    assert_eq!(cfg.settings.dimensions, 384);
+    assert_eq!(store.counts().put, puts, "a refused joiner writes nothing");
+}
+
+async fn joiner_without_settings_adopts_the_buckets(store: Arc<Counted>) {
+    let clock = manual_clock();
+    let mut first = settings(128);
+    first.partition_count = Some(8);
+    first.distance_metric = Some(Metric::Dot);
+    Cluster::join(store.clone(), opts(&clock, None, first))
+        .await
+        .unwrap();
+    let c = Cluster::join(
+        store.clone(),
+        opts(&clock, None, RequestedSettings::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.config().settings.partition_count, 8);
+    assert_eq!(c.config().settings.dimensions, 128);
+    assert_eq!(c.config().settings.metric(), Metric::Dot);
+}
+
+async fn heartbeats_advance_and_writers_remove_silent_instances(store: Arc<Counted>) {
+    let clock = manual_clock();
+    let writer = Cluster::join(store.clone(), opts(&clock, Some(Role::Writer), settings(8)))
+        .await
+        .unwrap();
+    let reader = Cluster::join(store.clone(), opts(&clock, Some(Role::Reader), settings(8)))
+        .await
+        .unwrap();
+    let reader_id = reader.instance_id().await;
+    let first = reader.record().await.last_heartbeat;
+    clock.advance(Duration::from_secs(10));
+    reader.heartbeat_now().await.unwrap();
+    let recs = list_records(store.as_ref()).await.unwrap();
+    let stored = recs.iter().find(|r| r.instance_id == reader_id).unwrap();
+    assert!(
+        stored.last_heartbeat > first,
+        "heartbeat advanced lastHeartbeat"
+    );
+    assert_eq!(stored.heartbeat_seq, 2);
+    assert_eq!(writer.live_instances().await.unwrap().len(), 2);
+
+    // The reader goes silent (crash: no leave). The writer keeps beating.
+    for _ in 0..6 {
+        clock.advance(Duration::from_secs(10));
+        writer.heartbeat_now().await.unwrap();
+    }
+    // 60 s after its last heartbeat: no longer alive ...
+    let live: Vec<String> = writer
+        .live_instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.instance_id)
+        .collect();
+    assert!(
+        !live.contains(&reader_id),
+        "silent instance still alive: {live:?}"
+    );
+    // ... and the writer's cleanup (due every half timeout) removes it.
+    clock.advance(Duration::from_secs(30));
+    writer.heartbeat_now().await.unwrap();
+    let keys = instance_keys(&store).await;
+    assert_eq!(keys.len(), 1, "stale record removed: {keys:?}");
+    assert!(keys[0].contains(&writer.instance_id().await));
+}
+
+async fn fifty_instances_heartbeating_lose_no_updates(store: Arc<Counted>) {
+    let clock = manual_clock();
+    let mut clusters = Vec::new();
+    for i in 0..50 {
+        let role = if i == 0 { Role::Writer } else { Role::Reader };
+        let mut o = opts(&clock, Some(role), settings(8));
+        o.probe = i == 0; // one probe is enough for one store
+        clusters.push(Arc::new(Cluster::join(store.clone(), o).await.unwrap()));
+    }
+    let tasks: Vec<_> = clusters
+        .iter()
+        .cloned()
+        .map(|c| {
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    c.heartbeat_now().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let recs = list_records(store.as_ref()).await.unwrap();
+    assert_eq!(recs.len(), 50, "every record present");
+    for c in &clusters {
+        let mine = c.record().await;
+        let stored = recs
+            .iter()
+            .find(|r| r.instance_id == mine.instance_id)
+            .unwrap();
+        assert_eq!(stored.heartbeat_seq, 21, "registration + 20 heartbeats");
+        assert_eq!(stored, &mine, "stored record is the latest one written");
+    }
+}
+
+async fn leave_removes_the_record(store: Arc<Counted>) {
+    let clock = manual_clock();
+    let a = Cluster::join(store.clone(), opts(&clock, None, settings(8)))
+        .await
+        .unwrap();
+    let b = Cluster::join(store.clone(), opts(&clock, None, settings(8)))
+        .await
+        .unwrap();
+    let b_id = b.instance_id().await;
+    assert_eq!(instance_keys(&store).await.len(), 2);
+    a.leave().await.unwrap();
+    let keys = instance_keys(&store).await;
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].contains(&b_id));
+}
+
+async fn corrupt_config_is_reported_with_its_key(store: Arc<Counted>) {
+    let clock = manual_clock();
+    store
+        .put(CONFIG_KEY, Bytes::from_static(b"not json at all"))
+        .await
+        .unwrap();
+    let err = Cluster::join(store.clone(), opts(&clock, None, settings(8)))
+        .await
+        .err()
+        .expect("corrupt config must fail the join");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(CONFIG_KEY) && msg.contains("not json at all"),
+        "{msg}"
+    );
+    assert!(instance_keys(&store).await.is_empty());
+}
+
+async fn concurrent_config_updates_all_apply_and_keep_unknown_fields(store: Arc<Counted>) {
+    let clock = manual_clock();
+    Cluster::join(store.clone(), opts(&clock, None, settings(8)))
+        .await
+        .unwrap();
+    // A newer shoal added fields this version does not know.
+    let mut raw: serde_json::Value =
+        serde_json::from_slice(&store.get(CONFIG_KEY).await.unwrap().bytes).unwrap();
+    raw["settings"]["newerSetting"] = serde_json::json!("keep me");
+    raw["newerTopLevel"] = serde_json::json!({"a": 1});
+    store
+        .put(CONFIG_KEY, Bytes::from(serde_json::to_vec(&raw).unwrap()))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, c) = (store.clone(), clock.clone());
+            tokio::spawn(async move {
+                update_config(s.as_ref(), c.as_ref(), |cfg| {
+                    cfg.settings
+                        .extra
+                        .insert(format!("writer{i}"), serde_json::json!(i));
+                    Ok(())
+                })
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let raw: serde_json::Value =
+        serde_json::from_slice(&store.get(CONFIG_KEY).await.unwrap().bytes).unwrap();
+    for i in 0..8 {
+        assert_eq!(
+            raw["settings"][format!("writer{i}")],
+            i,
+            "update {i} was lost"
+        );
+    }
+    assert_eq!(raw["settings"]["newerSetting"], "keep me");
+    assert_eq!(raw["newerTopLevel"]["a"], 1);
+}
+
+async fn shape_settings_cannot_change_once_data_exists(store: Arc<Counted>) {
+    let clock = manual_clock();
+    Cluster::join(store.clone(), opts(&clock, None, settings(8)))
+        .await
+        .unwrap();
+    let change = RequestedSettings {
+        dimensions: Some(16),
+        ..Default::default()
+    };
+    // No data yet: allowed.
+    let cfg = change_settings(store.as_ref(), clock.as_ref(), &change)
+        .await
+        .unwrap();
+    assert_eq!(cfg.settings.dimensions, 16);
+    store
+        .put("vectors/p000/manifest.json", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let back = RequestedSettings {
+        dimensions: Some(8),
+        ..Default::default()
+    };
+    let err = change_settings(store.as_ref(), clock.as_ref(), &back)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("dimensions") && msg.contains("16") && msg.contains('8'),
+        "{msg}"
+    );
+    assert!(msg.contains("already holds data"), "{msg}");
+    // Settings that do not shape data may still change.
+    let timeout = RequestedSettings {
+        instance_timeout_seconds: Some(120),
+        ..Default::default()
+    };
+    let cfg = change_settings(store.as_ref(), clock.as_ref(), &timeout)
+        .await
+        .unwrap();
+    assert_eq!(cfg.settings.instance_timeout_seconds, 120);
+    assert_eq!(cfg.settings.dimensions, 16);
+}
+
+async fn invalid_role_env_is_refused_before_anything_is_written(store: Arc<Counted>) {
+    let clock = manual_clock();
+    let mut o = opts(&clock, None, settings(8));
+    o.env.brainy_role = Some("primary".into());
+    let err = Cluster::join(store.clone(), o)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("reader, writer, both"), "{err}");
+    assert_eq!(store.counts().put, 0, "nothing written");
+}
+
+// ---- memory only: the background heartbeat under tokio's paused clock ----
+
+#[tokio::test(start_paused = true)]
+async fn background_heartbeat_ticks_and_stops() {
+    let store = common::memory_store();
+    let o = JoinOptions {
+        settings: settings(8),
+        background_heartbeat: true,
+        clock: Arc::new(shoal::coord::clock::TokioClock::new()),
+        env: RoleEnv::default(),
+        ..Default::default()
+    };
+    let c = Cluster::join(store.clone(), o).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    assert_eq!(c.record().await.heartbeat_seq, 4, "beats at 10, 20, 30 s");
+    c.stop_heartbeat().await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(c.record().await.heartbeat_seq, 4, "no beats after stop");
+    let stored = list_records(store.as_ref()).await.unwrap();
+    assert_eq!(stored[0].heartbeat_seq, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_heartbeats_are_retried_and_not_fatal() {
+    use shoal::store::faults::{FailNext, Op};
+    let faulty = Arc::new(FailNext::new(common::memory_store(), Op::Put, 0));
+    let store = Arc::new(Counted::new(faulty.clone()));
+    let o = JoinOptions {
+        settings: settings(8),
+        background_heartbeat: true,
+        clock: Arc::new(shoal::coord::clock::TokioClock::new()),
+        env: RoleEnv::default(),
+        ..Default::default()
+    };
+    let c = Cluster::join(store.clone(), o).await.unwrap();
+    faulty.fail_next(3);
+    // Beats at 10 s, 11 s (+1 s) and 13 s (+2 s) fail; the one at 17 s (+4 s) works.
+    tokio::time::sleep(Duration::from_millis(16_500)).await;
+    assert_eq!(
+        c.record().await.heartbeat_seq,
+        1,
+        "still failing before 17 s"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        c.record().await.heartbeat_seq,
+        2,
+        "recovered after 3 failures"
+    );
+    let stored = list_records(store.as_ref()).await.unwrap();
+    assert_eq!(stored[0].heartbeat_seq, 2);
+    // And it keeps its normal interval afterwards.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(c.record().await.heartbeat_seq, 3);
+}
+
+#[tokio::test]
+async fn join_refuses_a_store_that_ignores_conditional_writes() {
+    use shoal::store::faults::IgnoreConditions;
+    let store = Arc::new(Counted::new(Arc::new(IgnoreConditions(
+        common::memory_store(),
+    ))));
+    let err = Cluster::join(
+        store.clone(),
+        JoinOptions {
+            settings: settings(8),
+            env: RoleEnv::default(),
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("does not enforce conditional writes"),
+        "{err}"
+    );
+    assert!(
+        store.list("").await.unwrap().is_empty(),
+        "no config, no record"
+    );
+}
+
+#[tokio::test]
+async fn role_follows_live_writers_on_a_shared_bucket() {
+    // Role detection consults live instances only on non-embedded stores,
+    // so use S3 when available.
+    let Some(store) = common::s3_store().await else {
+        return;
+    };
+    let clock = manual_clock();
+    let a = Cluster::join(store.clone(), opts(&clock, None, settings(8)))
+        .await
+        .unwrap();
+    assert_eq!(a.role(), Role::Writer, "first instance: no live writer");
+    let b = Cluster::join(store.clone(), opts(&clock, None, settings(8)))
+        .await
+        .unwrap();
+    assert_eq!(b.role(), Role::Reader, "a live writer exists");
+    // The writer dies silently; after the timeout the next joiner writes.
+    clock.advance(Duration::from_secs(61));
+    b.heartbeat_now().await.unwrap();
+    let c = Cluster::join(store.clone(), opts(&clock, None, settings(8)))
+        .await
+        .unwrap();
+    assert_eq!(c.role(), Role::Writer);
+}
+
+#[tokio::test]
+async fn embedded_stores_default_to_both() {
+    let (store, _d) = common::local_store();
+    let c = Cluster::join(store, opts(&manual_clock(), None, settings(8)))
+        .await
+        .unwrap();
+    assert_eq!(c.role(), Role::Both);
+}
