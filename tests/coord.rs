@@ -1,6 +1,7 @@
 //! Coordination on every backend: config creation races, contradictions,
 //! heartbeats, stale-instance cleanup, clean shutdown.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;

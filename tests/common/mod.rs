@@ -70,7 +70,6 @@ pub fn dyn_store(s: Arc<Counted>) -> DynStore {
 
 /// Instantiates `async fn name(store: Arc<Counted>)` scenarios once per
 /// backend: `memory::name`, `local::name`, `s3::name`.
-#[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),+ $(,)?) => {
         mod memory {
