@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: a fresh store per test on each
 //! backend. S3 tests need `SHOAL_TEST_S3_ENDPOINT` (the README's test
 //! command starts moto and sets it); without it they are skipped loudly.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::sync::Arc;
 
