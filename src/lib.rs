@@ -17,8 +17,14 @@
 //!   compare-and-swap loop and the injected clock. Depends only on the
 //!   store trait.
 //!
-//! Planned rooms, added by later work: `segment`, `index`, `writer`,
-//! `reader`, `compact`, `api`.
+//! - [`record`]: the record model (id, vector, metadata, domain) and the
+//!   validation every write passes before anything is written.
+//! - [`segment`]: the versioned segment format: encode, and a decoder that
+//!   never panics and names the object key in every error.
+//!
+//! Planned rooms, added by later work: `index`, `reader`, `compact`, `api`.
 
 pub mod coord;
+pub mod record;
+pub mod segment;
 pub mod store;

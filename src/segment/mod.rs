@@ -1,0 +1,200 @@
+//! Segments: immutable, compressed, checksummed objects holding one batch
+//! of records of one partition (DESIGN section 7).
+//!
+//! # Format, version 1
+//!
+//! All integers little-endian.
+//!
+//! ```text
+//! header   magic "SHOALSEG" (8) | format version u16 | body length u16 |
+//!          body: dimensions u32, metric u8, flags u8, reserved u16,
+//!                record count u64, created-at unix ms u64,
+//!                writer id length u16, writer id (UTF-8) |
+//!          xxh3-64 of everything before it u64
+//! sections each compressed on its own (zstd), back to back:
+//!          ids       (n+1) u64 offsets, then the UTF-8 bytes
+//!          vectors   n × dimensions f32, contiguous (tombstones hold zeros)
+//!          metadata  (n+1) u64 offsets, then JSON objects (empty = none)
+//!          tombstones n bytes, 0 or 1
+//!          index     optional ANN index (filled by compaction)
+//! directory one 40-byte entry per section: kind u8, codec u8, reserved u16,
+//!          group u32, offset u64, stored length u64, raw length u64,
+//!          xxh3-64 of the stored bytes u64
+//! tail     entry count u32 | reserved u32 | xxh3-64 of the directory u64 |
+//!          magic "SHOALEND" (8)
+//! ```
+//!
+//! The directory at the end lets a reader fetch the tail with one ranged
+//! GET and then only the sections it needs, as Parquet and Lance footers
+//! allow. Unknown section kinds are skipped, so later versions can add
+//! sections (the `group` field leaves room for per-cluster sections).
+//!
+//! Decoding never trusts a length: every offset is bounds-checked, every
+//! section's checksum is verified before it is decompressed, decompression
+//! is capped at the declared raw length (and allocates only as real output
+//! appears), and every problem is a [`SegmentError`] naming the object key.
+
+mod decode;
+mod encode;
+
+pub use decode::{decode_segment, decode_tail, Tail};
+pub use encode::encode_segment;
+
+use crate::coord::Metric;
+
+pub const MAGIC: &[u8; 8] = b"SHOALSEG";
+pub const END_MAGIC: &[u8; 8] = b"SHOALEND";
+pub const FORMAT_VERSION: u16 = 1;
+pub const DIR_ENTRY_LEN: usize = 40;
+pub const TAIL_LEN: usize = 24;
+/// Most records one segment may hold (a guard against lying headers).
+pub const MAX_SEGMENT_RECORDS: u64 = 16 * 1024 * 1024;
+
+/// Section kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SectionKind {
+    Ids = 1,
+    Vectors = 2,
+    Metadata = 3,
+    Tombstones = 4,
+    Index = 5,
+}
+
+impl SectionKind {
+    /// The kind for a directory byte; `None` for kinds from newer versions.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => SectionKind::Ids,
+            2 => SectionKind::Vectors,
+            3 => SectionKind::Metadata,
+            4 => SectionKind::Tombstones,
+            5 => SectionKind::Index,
+            _ => return None,
+        })
+    }
+}
+
+pub const CODEC_RAW: u8 = 0;
+pub const CODEC_ZSTD: u8 = 1;
+
+/// One directory entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SectionEntry {
+    /// Raw kind byte (unknown kinds are kept and skipped).
+    pub kind: u8,
+    pub codec: u8,
+    pub group: u32,
+    pub offset: u64,
+    pub stored_len: u64,
+    pub raw_len: u64,
+    pub checksum: u64,
+}
+
+/// What the header says about a segment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentHeader {
+    pub format_version: u16,
+    pub dimensions: u32,
+    pub metric: Metric,
+    pub record_count: u64,
+    pub created_at_ms: u64,
+    pub writer_id: String,
+    pub has_index: bool,
+}
+
+/// A decoded segment: columns of records in write order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    pub header: SegmentHeader,
+    pub ids: Vec<String>,
+    /// `len() × dimensions` values, record `i` at `i*d..(i+1)*d`.
+    pub vectors: Vec<f32>,
+    meta_offsets: Vec<u64>,
+    meta_bytes: Vec<u8>,
+    pub tombstones: Vec<bool>,
+    pub index: Option<Vec<u8>>,
+}
+
+impl Segment {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn dimensions(&self) -> usize {
+        self.header.dimensions as usize
+    }
+
+    pub fn vector(&self, i: usize) -> &[f32] {
+        let d = self.dimensions();
+        &self.vectors[i * d..(i + 1) * d]
+    }
+
+    /// Record `i`'s metadata as encoded JSON (empty for tombstones).
+    pub fn metadata_raw(&self, i: usize) -> &[u8] {
+        &self.meta_bytes[self.meta_offsets[i] as usize..self.meta_offsets[i + 1] as usize]
+    }
+
+    /// Record `i`'s metadata parsed (None for tombstones or empty).
+    pub fn metadata(&self, i: usize) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let raw = self.metadata_raw(i);
+        if raw.is_empty() {
+            return None;
+        }
+        serde_json::from_slice(raw).ok()
+    }
+
+    pub fn is_tombstone(&self, i: usize) -> bool {
+        self.tombstones[i]
+    }
+
+    pub fn tombstone_count(&self) -> usize {
+        self.tombstones.iter().filter(|t| **t).count()
+    }
+
+    /// The last position holding `id` (the newest version in this segment).
+    pub fn find_last(&self, id: &str) -> Option<usize> {
+        self.ids.iter().rposition(|x| x == id)
+    }
+
+    /// Approximate decoded size in memory, for cache weighting.
+    pub fn memory_bytes(&self) -> usize {
+        self.ids.iter().map(|s| s.len() + 24).sum::<usize>()
+            + self.vectors.len() * 4
+            + self.meta_bytes.len()
+            + self.meta_offsets.len() * 8
+            + self.tombstones.len()
+            + self.index.as_ref().map_or(0, |i| i.len())
+    }
+}
+
+/// A segment that could not be read. Always names the object key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SegmentError {
+    #[error("corrupt segment {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error(
+        "segment {key} has format version {found}, which this shoal cannot read (it reads \
+         version {FORMAT_VERSION}); upgrade shoal"
+    )]
+    UnsupportedVersion { key: String, found: u16 },
+    #[error("segment {key} does not belong to this index: {reason}")]
+    Foreign { key: String, reason: String },
+}
+
+impl SegmentError {
+    pub fn key(&self) -> &str {
+        match self {
+            SegmentError::Corrupt { key, .. }
+            | SegmentError::UnsupportedVersion { key, .. }
+            | SegmentError::Foreign { key, .. } => key,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
