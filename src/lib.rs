@@ -22,9 +22,14 @@
 //! - [`segment`]: the versioned segment format: encode, and a decoder that
 //!   never panics and names the object key in every error.
 //!
+//! - [`writer`]: the write path: upsert/delete/get, group commit through
+//!   partition manifests (`coord::manifest`), and the buffered
+//!   [`writer::BatchWriter`] for bulk ingest.
+//!
 //! Planned rooms, added by later work: `index`, `reader`, `compact`, `api`.
 
 pub mod coord;
 pub mod record;
 pub mod segment;
 pub mod store;
+pub mod writer;

@@ -96,7 +96,7 @@ async fn eight_concurrent_joins_create_one_config(store: Arc<Counted>) {
     );
     let mut ids: Vec<String> = Vec::new();
     for c in &clusters {
-        ids.push(c.instance_id().await);
+        ids.push(c.instance_id().to_string());
     }
     ids.sort();
     ids.dedup();
@@ -166,7 +166,7 @@ async fn heartbeats_advance_and_writers_remove_silent_instances(store: Arc<Count
     let reader = Cluster::join(store.clone(), opts(&clock, Some(Role::Reader), settings(8)))
         .await
         .unwrap();
-    let reader_id = reader.instance_id().await;
+    let reader_id = reader.instance_id().to_string();
     let first = reader.record().await.last_heartbeat;
     clock.advance(Duration::from_secs(10));
     reader.heartbeat_now().await.unwrap();
@@ -201,7 +201,7 @@ async fn heartbeats_advance_and_writers_remove_silent_instances(store: Arc<Count
     writer.heartbeat_now().await.unwrap();
     let keys = instance_keys(&store).await;
     assert_eq!(keys.len(), 1, "stale record removed: {keys:?}");
-    assert!(keys[0].contains(&writer.instance_id().await));
+    assert!(keys[0].contains(&writer.instance_id().to_string()));
 }
 
 async fn fifty_instances_heartbeating_lose_no_updates(store: Arc<Counted>) {
@@ -248,7 +248,7 @@ async fn leave_removes_the_record(store: Arc<Counted>) {
     let b = Cluster::join(store.clone(), opts(&clock, None, settings(8)))
         .await
         .unwrap();
-    let b_id = b.instance_id().await;
+    let b_id = b.instance_id().to_string();
     assert_eq!(instance_keys(&store).await.len(), 2);
     a.leave().await.unwrap();
     let keys = instance_keys(&store).await;

@@ -75,27 +75,45 @@ pub enum Step<T> {
     Keep(T),
 }
 
+/// The outcome of [`update_json`].
+#[derive(Debug)]
+pub struct Updated<T> {
+    /// The value now stored.
+    pub value: T,
+    pub etag: ETag,
+    /// Read-mutate-write rounds, including the final one.
+    pub attempts: u32,
+    /// Rounds lost to a concurrent writer (412/409/404-on-If-Match).
+    pub conflicts: u32,
+    /// Rounds that failed with a transient error and were retried.
+    pub retries: u32,
+    /// Whether the final round wrote (false: `mutate` said `Keep`).
+    pub wrote: bool,
+}
+
 /// Runs the compare-and-swap loop on `key`. `mutate` sees the current
 /// value (`None` if missing) and may be called several times, so it must
-/// be a pure function of its input. Returns the value now stored and its
-/// ETag.
+/// be a pure function of its input. A write whose response was lost (a
+/// transient error after the store applied it) is retried like any other;
+/// `mutate` sees the applied value on the next round and can recognise it.
 pub async fn update_json<T, F>(
     store: &dyn ObjectStore,
     key: &str,
     backoff: Backoff,
     mut mutate: F,
-) -> Result<(T, ETag), CoordError>
+) -> Result<Updated<T>, CoordError>
 where
     T: Serialize + DeserializeOwned,
     F: FnMut(Option<T>) -> Result<Step<T>, CoordError>,
 {
-    let mut attempt = 0;
+    let (mut attempt, mut conflicts, mut retries) = (0, 0, 0);
     loop {
         attempt += 1;
         let current = read_json::<T>(store, key).await;
         let current = match current {
             Ok(c) => c,
             Err(CoordError::Store(e)) if e.is_retryable() && attempt < backoff.max_attempts => {
+                retries += 1;
                 tokio::time::sleep(backoff.delay(attempt)).await;
                 continue;
             }
@@ -108,7 +126,14 @@ where
         let next = match mutate(value)? {
             Step::Keep(v) => {
                 return match etag {
-                    Some(e) => Ok((v, e)),
+                    Some(etag) => Ok(Updated {
+                        value: v,
+                        etag,
+                        attempts: attempt,
+                        conflicts,
+                        retries,
+                        wrote: false,
+                    }),
                     None => Err(CoordError::Store(StoreError::NotFound {
                         key: key.to_string(),
                     })),
@@ -122,8 +147,22 @@ where
             Some(e) => store.put_if_match(key, bytes, e).await,
         };
         match written {
-            Ok(new_etag) => return Ok((next, new_etag)),
+            Ok(etag) => {
+                return Ok(Updated {
+                    value: next,
+                    etag,
+                    attempts: attempt,
+                    conflicts,
+                    retries,
+                    wrote: true,
+                })
+            }
             Err(e) if (e.is_conflict() || e.is_retryable()) && attempt < backoff.max_attempts => {
+                if e.is_conflict() {
+                    conflicts += 1;
+                } else {
+                    retries += 1;
+                }
                 tracing::debug!(key, attempt, error = %e, "compare-and-swap retry");
                 tokio::time::sleep(backoff.delay(attempt)).await;
             }

@@ -56,6 +56,7 @@ impl Default for JoinOptions {
 
 struct Inner {
     store: Arc<Counted>,
+    instance_id: String,
     config: Config,
     role: Role,
     clock: DynClock,
@@ -141,6 +142,7 @@ impl Cluster {
         tracing::info!(instance = %instance_id, %role, store = %store.describe(), "joined");
         let inner = Arc::new(Inner {
             store,
+            instance_id: instance_id.clone(),
             config,
             role,
             clock: opts.clock,
@@ -186,8 +188,19 @@ impl Cluster {
         &self.inner.metrics
     }
 
-    pub async fn instance_id(&self) -> String {
-        self.inner.record.lock().await.instance_id.clone()
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// A writer for this index, identified by this instance's id.
+    pub fn writer(&self, opts: crate::writer::WriterOptions) -> crate::writer::Writer {
+        crate::writer::Writer::new(
+            self.inner.store.clone(),
+            &self.inner.config.settings,
+            self.inner.instance_id.clone(),
+            self.inner.clock.clone(),
+            opts,
+        )
     }
 
     /// This instance's record as last written.
@@ -251,7 +264,7 @@ impl Cluster {
     /// record.
     pub async fn leave(self) -> Result<(), CoordError> {
         self.stop_heartbeat().await;
-        let id = self.instance_id().await;
+        let id = self.inner.instance_id.clone();
         instance::remove_record(self.inner.store.as_ref(), &id).await?;
         tracing::info!(instance = %id, "left");
         Ok(())
@@ -288,8 +301,9 @@ impl Inner {
             }
             *last = Some(now);
         }
-        let me = self.record.lock().await.instance_id.clone();
-        match instance::remove_stale(self.store.as_ref(), now, self.timeout, &me).await {
+        match instance::remove_stale(self.store.as_ref(), now, self.timeout, &self.instance_id)
+            .await
+        {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!(?removed, "removed stale instance records")
             }

@@ -111,6 +111,10 @@ pub struct Settings {
     /// Seconds after its last heartbeat that an instance counts as gone.
     #[serde(default = "default_instance_timeout")]
     pub instance_timeout_seconds: u64,
+    /// Rules that detect a record's domain from its metadata fields;
+    /// absent means the defaults (see `record::default_domain_rules`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_rules: Option<Vec<crate::record::DomainRule>>,
     /// Settings written by newer versions; preserved.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -121,6 +125,13 @@ fn default_instance_timeout() -> u64 {
 }
 
 impl Settings {
+    /// The domain rules in force (the config's, else the defaults).
+    pub fn domain_rules(&self) -> Vec<crate::record::DomainRule> {
+        self.domain_rules
+            .clone()
+            .unwrap_or_else(crate::record::default_domain_rules)
+    }
+
     /// The validated metric. Only call on validated settings.
     pub fn metric(&self) -> Metric {
         self.distance_metric
@@ -274,6 +285,7 @@ impl RequestedSettings {
                 instance_timeout_seconds: self
                     .instance_timeout_seconds
                     .unwrap_or(DEFAULT_INSTANCE_TIMEOUT_SECONDS),
+                domain_rules: None,
                 extra: Map::new(),
             },
             extra: Map::new(),
@@ -352,7 +364,7 @@ pub async fn update_config<F>(
 where
     F: FnMut(&mut Config) -> Result<(), CoordError>,
 {
-    let (config, _) = cas::update_json::<Value, _>(store, CONFIG_KEY, Backoff::default(), |cur| {
+    let config = cas::update_json::<Value, _>(store, CONFIG_KEY, Backoff::default(), |cur| {
         let cur = cur.ok_or_else(|| {
             CoordError::MissingSetting(format!("cannot update {CONFIG_KEY}: it does not exist"))
         })?;
@@ -365,7 +377,8 @@ where
             serde_json::to_value(&config).expect("serializable"),
         ))
     })
-    .await?;
+    .await?
+    .value;
     let bytes = serde_json::to_vec(&config).expect("serializable");
     parse_config(CONFIG_KEY, &bytes)
 }

@@ -13,6 +13,7 @@ mod cluster;
 pub mod config;
 mod error;
 pub mod instance;
+pub mod manifest;
 pub mod partition;
 pub mod paths;
 pub mod role;

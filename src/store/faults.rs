@@ -139,3 +139,104 @@ impl ObjectStore for FailNext {
         self.inner.describe()
     }
 }
+
+/// Forwards every call; conditional writes whose key contains a pattern can
+/// be made to misbehave: applied but answered with a transient error (the
+/// response was lost), or hung forever (a request that never completes,
+/// e.g. a process frozen or killed mid-commit).
+#[derive(Debug)]
+pub struct WriteFaults {
+    inner: DynStore,
+    pattern: String,
+    lose_responses: std::sync::atomic::AtomicU64,
+    hang: std::sync::atomic::AtomicBool,
+    /// Notified when a write starts hanging.
+    pub hung: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl WriteFaults {
+    pub fn new(inner: DynStore, key_pattern: &str) -> Self {
+        WriteFaults {
+            inner,
+            pattern: key_pattern.to_string(),
+            lose_responses: 0.into(),
+            hang: false.into(),
+            hung: Default::default(),
+        }
+    }
+
+    /// The next `n` matching conditional writes are applied, then reported
+    /// as a transient error.
+    pub fn lose_next_responses(&self, n: u64) {
+        self.lose_responses
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Matching conditional writes hang (never complete, never apply).
+    pub fn hang_writes(&self, on: bool) {
+        self.hang.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn conditional(
+        &self,
+        key: &str,
+        write: impl std::future::Future<Output = Result<ETag>>,
+    ) -> Result<ETag> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !key.contains(&self.pattern) {
+            return write.await;
+        }
+        if self.hang.load(SeqCst) {
+            self.hung.notify_one();
+            return std::future::pending().await;
+        }
+        let lose = self
+            .lose_responses
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let r = write.await;
+        if lose && r.is_ok() {
+            return Err(super::StoreError::transient(
+                key,
+                "injected fault: write applied but the response was lost (timeout)",
+            ));
+        }
+        r
+    }
+}
+
+#[async_trait]
+impl ObjectStore for WriteFaults {
+    async fn get(&self, key: &str) -> Result<GetResult> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Bytes> {
+        self.inner.get_range(key, range).await
+    }
+    async fn get_if_changed(&self, key: &str, etag: &ETag) -> Result<Conditional> {
+        self.inner.get_if_changed(key, etag).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        self.inner.head(key).await
+    }
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
+        self.inner.put(key, bytes).await
+    }
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<ETag> {
+        self.conditional(key, self.inner.put_if_absent(key, bytes))
+            .await
+    }
+    async fn put_if_match(&self, key: &str, bytes: Bytes, etag: &ETag) -> Result<ETag> {
+        self.conditional(key, self.inner.put_if_match(key, bytes, etag))
+            .await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}

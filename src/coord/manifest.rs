@@ -1,0 +1,187 @@
+//! Partition manifests `vectors/pNNN/manifest.json`: the committed segment
+//! list of one partition (DESIGN section 6).
+//!
+//! A segment is committed exactly when its entry is in the manifest. Entries
+//! are appended with compare-and-swap: read the manifest and its ETag,
+//! append the segment with `seq = nextSeq`, bump `nextSeq`, write with
+//! `If-Match` (create-only when the manifest does not exist yet), and on a
+//! lost race re-read and retry. Segment keys are unique, so "is my key
+//! already listed?" makes the append idempotent: a writer whose manifest PUT
+//! was applied but whose response was lost finds its own entry on the retry
+//! and reports success instead of committing twice.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::cas::{self, Backoff, Step};
+use super::error::CoordError;
+use super::paths::{manifest_key, partition_dir};
+use crate::store::{ETag, ObjectStore};
+
+pub const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub version: u32,
+    pub partition: u32,
+    /// The seq the next committed segment gets. Starts at 1.
+    pub next_seq: u64,
+    /// Committed segments in ascending seq order.
+    pub segments: Vec<SegmentEntry>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One committed segment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentEntry {
+    pub key: String,
+    /// Commit order within the partition: higher is newer.
+    pub seq: u64,
+    pub records: u64,
+    pub tombstones: u64,
+    pub bytes: u64,
+    pub created_at: String,
+    pub writer_id: String,
+    /// Whether the segment carries an ANN index.
+    #[serde(default)]
+    pub indexed: bool,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Manifest {
+    pub fn empty(partition: u32) -> Self {
+        Manifest {
+            version: MANIFEST_VERSION,
+            partition,
+            next_seq: 1,
+            segments: Vec::new(),
+            extra: Map::new(),
+        }
+    }
+
+    pub fn find(&self, segment_key: &str) -> Option<&SegmentEntry> {
+        self.segments.iter().find(|s| s.key == segment_key)
+    }
+
+    /// Records (tombstones included) across all segments.
+    pub fn total_records(&self) -> u64 {
+        self.segments.iter().map(|s| s.records).sum()
+    }
+
+    /// Checks the invariants a reader relies on; the error names the key.
+    pub fn validate(&self, partition: u32) -> Result<(), CoordError> {
+        let key = manifest_key(partition);
+        let bad = |reason: String| CoordError::Corrupt {
+            key: key.clone(),
+            reason,
+            found: format!("manifest for partition {}", self.partition),
+        };
+        if self.version > MANIFEST_VERSION {
+            return Err(bad(format!(
+                "manifest version {} is newer than this shoal understands ({MANIFEST_VERSION})",
+                self.version
+            )));
+        }
+        if self.partition != partition {
+            return Err(bad(format!(
+                "manifest says partition {}, but it is stored as partition {partition}",
+                self.partition
+            )));
+        }
+        let dir = format!("{}/", partition_dir(partition));
+        let mut last = 0;
+        for s in &self.segments {
+            if s.seq <= last || s.seq >= self.next_seq {
+                return Err(bad(format!(
+                    "segment seqs are not increasing below nextSeq {} (seq {} after {last})",
+                    self.next_seq, s.seq
+                )));
+            }
+            if !s.key.starts_with(&dir) || s.key.contains("..") {
+                return Err(bad(format!("segment key {} is outside {dir}", s.key)));
+            }
+            last = s.seq;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a partition's manifest; `None` if it has none yet.
+pub async fn read_manifest(
+    store: &dyn ObjectStore,
+    partition: u32,
+) -> Result<Option<(Manifest, ETag)>, CoordError> {
+    let found = cas::read_json::<Manifest>(store, &manifest_key(partition)).await?;
+    if let Some((m, _)) = &found {
+        m.validate(partition)?;
+    }
+    Ok(found)
+}
+
+/// Parses and validates manifest bytes (for readers holding bytes from a
+/// conditional GET).
+pub fn parse_manifest(partition: u32, bytes: &[u8]) -> Result<Manifest, CoordError> {
+    let m: Manifest = cas::parse_json(&manifest_key(partition), bytes)?;
+    m.validate(partition)?;
+    Ok(m)
+}
+
+/// What [`append_segment`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Appended {
+    pub seq: u64,
+    pub attempts: u32,
+    pub conflicts: u32,
+    pub retries: u32,
+    /// The segment was found already committed (an earlier attempt's
+    /// response was lost after the store applied it).
+    pub already_committed: bool,
+}
+
+/// Commits `entry` (its `seq` is assigned here) to its partition's
+/// manifest. Idempotent per segment key.
+pub async fn append_segment(
+    store: &dyn ObjectStore,
+    partition: u32,
+    entry: SegmentEntry,
+    backoff: Backoff,
+) -> Result<Appended, CoordError> {
+    let key = manifest_key(partition);
+    let mut found_seq = None;
+    let updated = cas::update_json::<Manifest, _>(store, &key, backoff, |current| {
+        let mut m = current.unwrap_or_else(|| Manifest::empty(partition));
+        m.validate(partition)?;
+        if let Some(existing) = m.find(&entry.key) {
+            found_seq = Some(existing.seq);
+            return Ok(Step::Keep(m));
+        }
+        found_seq = None;
+        let mut e = entry.clone();
+        e.seq = m.next_seq;
+        m.next_seq += 1;
+        m.segments.push(e);
+        Ok(Step::Write(m))
+    })
+    .await?;
+    let seq = match found_seq {
+        Some(seq) => seq,
+        None => {
+            updated
+                .value
+                .find(&entry.key)
+                .expect("the written manifest holds the new segment")
+                .seq
+        }
+    };
+    Ok(Appended {
+        seq,
+        attempts: updated.attempts,
+        conflicts: updated.conflicts,
+        retries: updated.retries,
+        already_committed: !updated.wrote,
+    })
+}

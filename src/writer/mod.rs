@@ -1,0 +1,459 @@
+//! The write path (DESIGN section 6): validation, segments, group commit.
+//!
+//! [`Writer::upsert`] and [`Writer::delete`] validate the whole batch first
+//! (a rejected batch writes nothing), split it by partition, and return only
+//! after every affected partition's manifest commit succeeded:
+//! **acknowledged = durable**. If one partition fails, the call fails; the
+//! partitions that did commit stay committed (a retry of the same call is
+//! harmless, since a newer identical version changes nothing).
+//!
+//! **Group commit.** Each partition has a queue and a commit lock. A caller
+//! enqueues its records and waits for the lock; whoever gets it takes
+//! *everything* queued, writes one segment and commits it, then hands the
+//! result to every caller whose records were in it. Calls that arrive while
+//! a commit is in flight therefore share the next segment, so many small
+//! concurrent writes cost few PUTs. If a committing caller is cancelled
+//! mid-commit, the callers it carried see their result channel close and
+//! enqueue their records again.
+//!
+//! Per commit: one segment PUT (create-only, under a fresh random key), then
+//! the manifest append (GET + conditional PUT, retried on conflict with
+//! jittered backoff). A crash between the two leaves an unreferenced
+//! segment for GC and the write unacknowledged.
+
+mod batch;
+
+pub use batch::{BatchWriter, BatchWriterOptions, FlushReport};
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::coord::cas::Backoff;
+use crate::coord::clock::{format_time, unix_millis, DynClock};
+use crate::coord::manifest::{append_segment, read_manifest, SegmentEntry};
+use crate::coord::paths::segment_key;
+use crate::coord::{partition_of, CoordError, Settings};
+use crate::record::{
+    dedupe_last_wins, prepare_batch, prepare_deletes, InvalidInput, Prepared, Record, Schema,
+    DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_RECORDS,
+};
+use crate::segment::{decode_segment, encode_segment, SegmentError, SegmentHeader, FORMAT_VERSION};
+use crate::store::{DynStore, StoreError};
+
+/// Errors of the write path.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The batch was rejected before anything was written.
+    #[error("invalid input: {0}")]
+    Invalid(#[from] InvalidInput),
+    /// A partition's commit failed; its records are not acknowledged.
+    #[error("commit to partition {partition} failed: {message}")]
+    Commit {
+        partition: u32,
+        message: String,
+        retryable: bool,
+    },
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+}
+
+impl WriteError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WriteError::Commit { retryable, .. } => *retryable,
+            WriteError::Coord(e) => e.is_retryable(),
+            WriteError::Store(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// Writer settings.
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// Most records one `upsert`/`delete` call may carry.
+    pub max_batch_records: usize,
+    /// Most bytes (ids + vectors + metadata) one call may carry.
+    pub max_batch_bytes: usize,
+    /// Backoff for lost manifest races and transient errors.
+    pub backoff: Backoff,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            max_batch_records: DEFAULT_MAX_BATCH_RECORDS,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// One committed segment, as reported to the caller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Committed {
+    pub partition: u32,
+    pub key: String,
+    pub seq: u64,
+    pub records: usize,
+}
+
+/// What an acknowledged write did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WriteReceipt {
+    /// Records (or tombstones) acknowledged, after in-batch deduplication.
+    pub records: usize,
+    /// The segments that carry them (shared with other callers under
+    /// group commit).
+    pub segments: Vec<Committed>,
+}
+
+/// Counters of one writer.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub records: AtomicU64,
+    pub segments: AtomicU64,
+    pub bytes: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+/// A snapshot of [`WriterStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WriterStatsSnapshot {
+    pub records: u64,
+    pub segments: u64,
+    pub bytes: u64,
+    pub conflicts: u64,
+    pub retries: u64,
+}
+
+/// A record as stored: the newest live version of an id.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoredRecord {
+    pub id: String,
+    pub vector: Vec<f32>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub partition: u32,
+    pub seq: u64,
+    pub position: usize,
+}
+
+type CommitResult = Result<Committed, (String, bool)>;
+
+struct Pending {
+    records: Arc<Vec<Prepared>>,
+    done: oneshot::Sender<CommitResult>,
+}
+
+#[derive(Default)]
+struct PartitionQueue {
+    pending: Mutex<Vec<Pending>>,
+    commit: tokio::sync::Mutex<()>,
+}
+
+struct Inner {
+    store: DynStore,
+    schema: Schema,
+    partition_count: u32,
+    writer_id: String,
+    clock: DynClock,
+    backoff: Backoff,
+    queues: Vec<PartitionQueue>,
+    stats: WriterStats,
+}
+
+/// A handle that writes to one index. Cheap to clone; clones share queues
+/// (and so group-commit with each other).
+#[derive(Clone)]
+pub struct Writer {
+    inner: Arc<Inner>,
+}
+
+impl Writer {
+    /// A writer for the index described by `settings` (validated).
+    pub fn new(
+        store: DynStore,
+        settings: &Settings,
+        writer_id: impl Into<String>,
+        clock: DynClock,
+        opts: WriterOptions,
+    ) -> Self {
+        let schema = Schema {
+            dimensions: settings.dimensions as usize,
+            metric: settings.metric(),
+            domain_rules: settings.domain_rules(),
+            max_records: opts.max_batch_records,
+            max_bytes: opts.max_batch_bytes,
+        };
+        Writer {
+            inner: Arc::new(Inner {
+                store,
+                schema,
+                partition_count: settings.partition_count,
+                writer_id: writer_id.into(),
+                clock,
+                backoff: opts.backoff,
+                queues: (0..settings.partition_count)
+                    .map(|_| PartitionQueue::default())
+                    .collect(),
+                stats: WriterStats::default(),
+            }),
+        }
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.inner.schema
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.inner.partition_count
+    }
+
+    pub fn stats(&self) -> WriterStatsSnapshot {
+        let s = &self.inner.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WriterStatsSnapshot {
+            records: l(&s.records),
+            segments: l(&s.segments),
+            bytes: l(&s.bytes),
+            conflicts: l(&s.conflicts),
+            retries: l(&s.retries),
+        }
+    }
+
+    /// Inserts or replaces records. Returns once every record is in a
+    /// committed manifest. Duplicate ids within `records`: last wins.
+    pub async fn upsert(&self, records: &[Record]) -> Result<WriteReceipt, WriteError> {
+        let prepared = prepare_batch(records, &self.inner.schema)?;
+        self.write_prepared(prepared).await
+    }
+
+    /// Deletes ids (writes tombstones). Deleting an absent id is fine.
+    pub async fn delete(&self, ids: &[String]) -> Result<WriteReceipt, WriteError> {
+        let prepared = prepare_deletes(ids, &self.inner.schema)?;
+        self.write_prepared(prepared).await
+    }
+
+    /// Commits already validated records, grouped by partition.
+    pub(crate) async fn write_prepared(
+        &self,
+        prepared: Vec<Prepared>,
+    ) -> Result<WriteReceipt, WriteError> {
+        let total = prepared.len();
+        let mut by_partition: BTreeMap<u32, Vec<Prepared>> = BTreeMap::new();
+        for r in prepared {
+            by_partition
+                .entry(partition_of(&r.id, self.inner.partition_count))
+                .or_default()
+                .push(r);
+        }
+        let commits = by_partition
+            .into_iter()
+            .map(|(p, recs)| self.submit(p, Arc::new(recs)));
+        let results = futures::future::join_all(commits).await;
+        let mut receipt = WriteReceipt {
+            records: total,
+            segments: Vec::with_capacity(results.len()),
+        };
+        for r in results {
+            receipt.segments.push(r?);
+        }
+        Ok(receipt)
+    }
+
+    /// Group commit for one partition (see the module docs).
+    async fn submit(&self, p: u32, records: Arc<Vec<Prepared>>) -> Result<Committed, WriteError> {
+        let q = &self.inner.queues[p as usize];
+        loop {
+            let (done, mut result) = oneshot::channel();
+            q.pending.lock().unwrap().push(Pending {
+                records: records.clone(),
+                done,
+            });
+            let guard = q.commit.lock().await;
+            match result.try_recv() {
+                Ok(r) => return self.finish(p, r),
+                // The caller that took our records was cancelled: re-enqueue.
+                Err(oneshot::error::TryRecvError::Closed) => continue,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch = std::mem::take(&mut *q.pending.lock().unwrap());
+            let all: Vec<Prepared> = batch
+                .iter()
+                .flat_map(|b| b.records.iter().cloned())
+                .collect();
+            let r = self
+                .commit_partition(p, dedupe_last_wins(all))
+                .await
+                .map_err(|e| (e.to_string(), e.is_retryable()));
+            for b in batch {
+                let _ = b.done.send(r.clone());
+            }
+            drop(guard);
+            let r = result.await.expect("our own entry was in the batch");
+            return self.finish(p, r);
+        }
+    }
+
+    fn finish(&self, partition: u32, r: CommitResult) -> Result<Committed, WriteError> {
+        r.map_err(|(message, retryable)| WriteError::Commit {
+            partition,
+            message,
+            retryable,
+        })
+    }
+
+    /// Writes one segment and appends it to the partition's manifest.
+    async fn commit_partition(
+        &self,
+        p: u32,
+        records: Vec<Prepared>,
+    ) -> Result<Committed, WriteError> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let segment_id = format!(
+            "{:013}-{:016x}{:016x}",
+            unix_millis(now),
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        let key = segment_key(p, &segment_id);
+        let header = SegmentHeader {
+            format_version: FORMAT_VERSION,
+            dimensions: inner.schema.dimensions as u32,
+            metric: inner.schema.metric,
+            record_count: records.len() as u64,
+            created_at_ms: unix_millis(now),
+            writer_id: inner.writer_id.clone(),
+            has_index: false,
+        };
+        let bytes = encode_segment(&header, &records, None);
+        let size = bytes.len() as u64;
+        let tombstones = records.iter().filter(|r| r.tombstone).count() as u64;
+        let span = tracing::info_span!(
+            "commit",
+            partition = p,
+            records = records.len(),
+            bytes = size,
+            attempts = tracing::field::Empty,
+            conflicts = tracing::field::Empty,
+        );
+        async {
+            self.put_segment(&key, bytes).await?;
+            let entry = SegmentEntry {
+                key: key.clone(),
+                seq: 0,
+                records: records.len() as u64,
+                tombstones,
+                bytes: size,
+                created_at: format_time(now),
+                writer_id: inner.writer_id.clone(),
+                indexed: false,
+                extra: Default::default(),
+            };
+            let appended = append_segment(inner.store.as_ref(), p, entry, inner.backoff).await?;
+            let span = tracing::Span::current();
+            span.record("attempts", appended.attempts);
+            span.record("conflicts", appended.conflicts);
+            if appended.already_committed {
+                tracing::info!(
+                    key,
+                    "manifest append found its own segment already committed"
+                );
+            }
+            let s = &inner.stats;
+            s.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+            s.segments.fetch_add(1, Ordering::Relaxed);
+            s.bytes.fetch_add(size, Ordering::Relaxed);
+            s.conflicts
+                .fetch_add(u64::from(appended.conflicts), Ordering::Relaxed);
+            s.retries
+                .fetch_add(u64::from(appended.retries), Ordering::Relaxed);
+            Ok(Committed {
+                partition: p,
+                key,
+                seq: appended.seq,
+                records: records.len(),
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Create-only PUT of a fresh segment, retrying transient errors. A
+    /// retry that finds the key taken means an earlier attempt landed (the
+    /// key has 128 random bits, so nobody else picked it).
+    async fn put_segment(&self, key: &str, bytes: Bytes) -> Result<(), WriteError> {
+        let backoff = self.inner.backoff;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.inner.store.put_if_absent(key, bytes.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::AlreadyExists { .. }) if attempt > 1 => return Ok(()),
+                Err(e) if e.is_retryable() && attempt < backoff.max_attempts => {
+                    self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The newest live version of `id`, reading only its partition: the
+    /// manifest, then segments from newest to oldest until the id appears.
+    pub async fn get(&self, id: &str) -> Result<Option<StoredRecord>, WriteError> {
+        let p = partition_of(id, self.inner.partition_count);
+        let Some((manifest, _)) = read_manifest(self.inner.store.as_ref(), p).await? else {
+            return Ok(None);
+        };
+        for entry in manifest.segments.iter().rev() {
+            let got = self.inner.store.get(&entry.key).await?;
+            let seg = decode_segment(&entry.key, &got.bytes)?;
+            check_segment_matches(&entry.key, &seg.header, &self.inner.schema)?;
+            if let Some(i) = seg.find_last(id) {
+                if seg.is_tombstone(i) {
+                    return Ok(None);
+                }
+                return Ok(Some(StoredRecord {
+                    id: id.to_string(),
+                    vector: seg.vector(i).to_vec(),
+                    metadata: seg.metadata(i).unwrap_or_default(),
+                    partition: p,
+                    seq: entry.seq,
+                    position: i,
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Refuses a segment written for different dimensions or metric.
+pub fn check_segment_matches(
+    key: &str,
+    header: &SegmentHeader,
+    schema: &Schema,
+) -> Result<(), SegmentError> {
+    if header.dimensions as usize != schema.dimensions || header.metric != schema.metric {
+        return Err(SegmentError::Foreign {
+            key: key.to_string(),
+            reason: format!(
+                "it holds {}-d {} vectors, the index is {}-d {}",
+                header.dimensions, header.metric, schema.dimensions, schema.metric
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,493 @@
+//! The write path on every backend: concurrent writers, newest wins,
+//! deletes, ambiguous writes, validation with zero PUTs, crashes mid-commit,
+//! group commit and the batch writer.
+
+#[macro_use]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use shoal::coord::clock::{DynClock, SystemClock};
+use shoal::coord::config::load_or_create;
+use shoal::coord::manifest::read_manifest;
+use shoal::coord::role::RoleEnv;
+use shoal::coord::{Cluster, JoinOptions, Metric, RequestedSettings, Role};
+use shoal::record::Record;
+use shoal::store::faults::WriteFaults;
+use shoal::store::{Counted, DynStore, ObjectStore};
+use shoal::writer::{BatchWriter, BatchWriterOptions, WriteError, Writer, WriterOptions};
+
+backend_tests!(
+    four_writers_with_overlapping_ids_newest_commit_wins,
+    upsert_delete_get,
+    ambiguous_manifest_write_is_detected_not_duplicated,
+    invalid_batches_are_rejected_with_zero_puts,
+    crash_between_segment_put_and_commit_leaves_manifest_untouched,
+    concurrent_small_writes_share_segments,
+    batch_writer_flushes_at_size_and_on_flush,
+);
+
+fn settings(partitions: u32, dims: u32, metric: Metric) -> RequestedSettings {
+    RequestedSettings {
+        partition_count: Some(partitions),
+        dimensions: Some(dims),
+        distance_metric: Some(metric),
+        ..Default::default()
+    }
+}
+
+/// A writer over `store` without joining (no probe, no instance record).
+async fn writer_on(store: DynStore, partitions: u32, dims: u32, metric: Metric) -> Writer {
+    let clock: DynClock = Arc::new(SystemClock);
+    let cfg = load_or_create(
+        store.as_ref(),
+        &settings(partitions, dims, metric),
+        clock.as_ref(),
+    )
+    .await
+    .unwrap();
+    Writer::new(
+        store,
+        &cfg.settings,
+        "test-writer",
+        clock,
+        WriterOptions::default(),
+    )
+}
+
+fn vec_for(tag: u32, dims: usize) -> Vec<f32> {
+    (0..dims)
+        .map(|i| ((tag as usize * 31 + i * 7) % 97) as f32 + 1.0)
+        .collect()
+}
+
+async fn manifest_keys(store: &dyn ObjectStore, partitions: u32) -> BTreeMap<u32, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for p in 0..partitions {
+        if let Some((m, _)) = read_manifest(store, p).await.unwrap() {
+            out.insert(p, m.segments.iter().map(|s| s.key.clone()).collect());
+        }
+    }
+    out
+}
+
+async fn four_writers_with_overlapping_ids_newest_commit_wins(store: Arc<Counted>) {
+    const DIMS: usize = 8;
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let o = JoinOptions {
+            settings: settings(8, DIMS as u32, Metric::Euclidean),
+            role: Some(Role::Writer),
+            background_heartbeat: false,
+            env: RoleEnv::default(),
+            ..Default::default()
+        };
+        let c = Cluster::join(store.clone(), o).await.unwrap();
+        writers.push(c.writer(WriterOptions::default()));
+    }
+    // Each writer upserts 2,000 records in 20 calls of 100, ids drawn from a
+    // shared pool of 600 so they overlap across writers and calls. The
+    // vector encodes (writer, call, slot) so the test knows which version
+    // it reads back.
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .enumerate()
+        .map(|(w, writer)| {
+            tokio::spawn(async move {
+                let mut log = Vec::new();
+                for call in 0..20u32 {
+                    let ids: BTreeSet<u32> = (0..100u32)
+                        .map(|k| (w as u32 * 7919 + call * 104_729 + k * 613) % 600)
+                        .collect();
+                    let records: Vec<Record> = ids
+                        .iter()
+                        .map(|&id| {
+                            let tag = (w as u32) << 16 | call << 8;
+                            let mut v = vec![0.0f32; DIMS];
+                            v[0] = tag as f32;
+                            v[1] = id as f32;
+                            Record::new(format!("doc-{id}"), v)
+                        })
+                        .collect();
+                    let receipt = writer.upsert(&records).await.expect("upsert");
+                    log.push((records, receipt));
+                }
+                log
+            })
+        })
+        .collect();
+    // For each id: the version from the commit with the highest seq in its
+    // partition (each call writes each id once, so seq decides).
+    let mut newest: HashMap<String, (u64, f32)> = HashMap::new();
+    let mut committed: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for t in tasks {
+        for (records, receipt) in t.await.unwrap() {
+            let seq_of: HashMap<u32, u64> = receipt
+                .segments
+                .iter()
+                .map(|c| (c.partition, c.seq))
+                .collect();
+            for c in &receipt.segments {
+                committed
+                    .entry(c.partition)
+                    .or_default()
+                    .push(c.key.clone());
+            }
+            for r in records {
+                let p = shoal::coord::partition_of(&r.id, 8);
+                let seq = seq_of[&p];
+                let e = newest.entry(r.id.clone()).or_insert((0, 0.0));
+                if seq > e.0 {
+                    *e = (seq, r.vector[0]);
+                }
+            }
+        }
+    }
+    // Every manifest lists every committed segment exactly once.
+    let manifests = manifest_keys(store.as_ref(), 8).await;
+    assert_eq!(manifests.len(), 8, "all 8 partitions written");
+    for (p, keys) in &manifests {
+        let unique: BTreeSet<&String> = keys.iter().collect();
+        assert_eq!(
+            unique.len(),
+            keys.len(),
+            "partition {p} lists a segment twice"
+        );
+        let mut want = committed[p].clone();
+        want.sort();
+        want.dedup();
+        let mut got = keys.clone();
+        got.sort();
+        assert_eq!(
+            got, want,
+            "partition {p}: manifest != acknowledged segments"
+        );
+    }
+    // get(id) returns the version whose commit came last.
+    let reader = writer_on(store.clone(), 8, DIMS as u32, Metric::Euclidean).await;
+    assert_eq!(newest.len(), 600);
+    for (id, (_, tag)) in &newest {
+        let got = reader.get(id).await.unwrap().expect("record present");
+        assert_eq!(
+            got.vector[0], *tag,
+            "{id}: not the newest committed version"
+        );
+    }
+}
+
+async fn upsert_delete_get(store: Arc<Counted>) {
+    let w = writer_on(store, 4, 3, Metric::Cosine).await;
+    let r = Record::new("a", vec![3.0, 4.0, 0.0]).with_metadata(json!({"symptoms": "x"}));
+    w.upsert(&[r]).await.unwrap();
+    let got = w.get("a").await.unwrap().unwrap();
+    assert_eq!(
+        got.vector,
+        vec![0.6, 0.8, 0.0],
+        "cosine vectors are normalized"
+    );
+    assert_eq!(got.metadata["domain"], "medical");
+    assert_eq!(got.metadata["symptoms"], "x");
+    w.delete(&["a".into()]).await.unwrap();
+    assert_eq!(w.get("a").await.unwrap(), None, "deleted");
+    w.delete(&["never-existed".into()]).await.unwrap();
+    assert_eq!(w.get("never-existed").await.unwrap(), None);
+    w.upsert(&[Record::new("a", vec![0.0, 0.0, 2.0])])
+        .await
+        .unwrap();
+    assert_eq!(
+        w.get("a").await.unwrap().unwrap().vector,
+        vec![0.0, 0.0, 1.0],
+        "back after delete"
+    );
+    assert_eq!(w.get("b").await.unwrap(), None);
+}
+
+async fn ambiguous_manifest_write_is_detected_not_duplicated(store: Arc<Counted>) {
+    let faults = Arc::new(WriteFaults::new(store.clone(), "manifest.json"));
+    let w = writer_on(faults.clone(), 1, 2, Metric::Dot).await;
+    w.upsert(&[Record::new("first", vec![1.0, 0.0])])
+        .await
+        .unwrap();
+    // The next manifest write is applied, but the writer is told it failed.
+    faults.lose_next_responses(1);
+    let receipt = w
+        .upsert(&[Record::new("second", vec![0.0, 1.0])])
+        .await
+        .expect("the caller is told success");
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    let keys: Vec<&str> = m.segments.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys.len(), 2, "no duplicate entry: {keys:?}");
+    assert_eq!(keys[1], receipt.segments[0].key);
+    assert_eq!(receipt.segments[0].seq, 2);
+    assert_eq!(m.next_seq, 3);
+    assert!(w.get("second").await.unwrap().is_some());
+}
+
+async fn invalid_batches_are_rejected_with_zero_puts(store: Arc<Counted>) {
+    let opts = WriterOptions {
+        max_batch_records: 3,
+        max_batch_bytes: 10_000,
+        ..Default::default()
+    };
+    let clock: DynClock = Arc::new(SystemClock);
+    let cfg = load_or_create(
+        store.as_ref(),
+        &settings(4, 3, Metric::Cosine),
+        clock.as_ref(),
+    )
+    .await
+    .unwrap();
+    let w = Writer::new(store.clone(), &cfg.settings, "w", clock, opts);
+    let ok = || Record::new("ok", vec![1.0, 0.0, 0.0]);
+    let cases: Vec<(Vec<Record>, &str)> = vec![
+        (
+            vec![ok(), Record::new("short", vec![1.0, 2.0])],
+            "record 1 (id \"short\"): vector has 2 dimensions; the index has 3",
+        ),
+        (
+            vec![Record::new("nan", vec![f32::NAN, 0.0, 0.0])],
+            "component 0 is NaN",
+        ),
+        (
+            vec![Record::new("inf", vec![0.0, f32::NEG_INFINITY, 1.0])],
+            "component 1 is -inf",
+        ),
+        (vec![Record::new("", vec![1.0, 0.0, 0.0])], "id is empty"),
+        (
+            vec![Record::new("x".repeat(513), vec![1.0, 0.0, 0.0])],
+            "at most 512",
+        ),
+        (
+            vec![ok().with_metadata(json!("text"))],
+            "metadata must be a JSON object, found a string",
+        ),
+        (
+            vec![ok().with_metadata(json!({"t": "z".repeat(66_000)}))],
+            "at most 65536",
+        ),
+        (vec![Record::new("zero", vec![0.0, 0.0, 0.0])], "all zeros"),
+        (vec![ok(), ok(), ok(), ok()], "4 records; at most 3"),
+        (
+            vec![ok().with_metadata(json!({"t": "z".repeat(20_000)}))],
+            "batch too large",
+        ),
+    ];
+    let puts = store.counts().put;
+    for (records, want) in cases {
+        let e = w.upsert(&records).await.expect_err(want);
+        assert!(matches!(e, WriteError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains(want), "got {e}, want {want}");
+    }
+    let e = w.delete(&["a".into(), String::new()]).await.unwrap_err();
+    assert!(
+        e.to_string().contains("record 1") && e.to_string().contains("id is empty"),
+        "{e}"
+    );
+    assert_eq!(
+        store.counts().put,
+        puts,
+        "a rejected batch performs zero PUTs"
+    );
+    assert!(store.list("vectors/").await.unwrap().is_empty());
+}
+
+async fn crash_between_segment_put_and_commit_leaves_manifest_untouched(store: Arc<Counted>) {
+    let faults = Arc::new(WriteFaults::new(store.clone(), "manifest.json"));
+    let w = writer_on(faults.clone(), 1, 2, Metric::Dot).await;
+    w.upsert(&[Record::new("kept", vec![1.0, 0.0])])
+        .await
+        .unwrap();
+    let (before, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    faults.hang_writes(true);
+    let lost = [Record::new("lost", vec![0.0, 1.0])];
+    let upsert = w.upsert(&lost);
+    tokio::select! {
+        r = upsert => panic!("the commit cannot finish while the manifest write hangs: {r:?}"),
+        // The segment is written and the manifest write has begun: "crash"
+        // by dropping the upsert future here.
+        _ = faults.hung.notified() => {}
+    }
+    faults.hang_writes(false);
+    let (after, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    assert_eq!(after, before, "manifest untouched");
+    let segs = store.list("vectors/p000/").await.unwrap();
+    let orphans: Vec<_> = segs
+        .iter()
+        .filter(|m| m.key.ends_with(".seg") && after.find(&m.key).is_none())
+        .collect();
+    assert_eq!(
+        orphans.len(),
+        1,
+        "the crashed write left one unreferenced segment for GC"
+    );
+    assert_eq!(
+        w.get("lost").await.unwrap(),
+        None,
+        "not acknowledged, not visible"
+    );
+    assert!(w.get("kept").await.unwrap().is_some());
+    // The writer still works afterwards.
+    w.upsert(&[Record::new("lost", vec![0.0, 1.0])])
+        .await
+        .unwrap();
+    assert!(w.get("lost").await.unwrap().is_some());
+}
+
+async fn concurrent_small_writes_share_segments(store: Arc<Counted>) {
+    let w = writer_on(store.clone(), 1, 4, Metric::Euclidean).await;
+    let puts = store.counts().put;
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.upsert(&[Record::new(format!("r{i}"), vec_for(i, 4))])
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    assert!(
+        m.segments.len() < 25,
+        "50 concurrent single-record upserts made {} segments; group commit should share them",
+        m.segments.len()
+    );
+    assert_eq!(m.total_records(), 50);
+    let used = store.counts().put - puts;
+    assert!(used < 50, "{used} PUTs for 50 writes");
+    for i in 0..50 {
+        assert!(
+            w.get(&format!("r{i}")).await.unwrap().is_some(),
+            "r{i} lost"
+        );
+    }
+}
+
+async fn batch_writer_flushes_at_size_and_on_flush(store: Arc<Counted>) {
+    let w = writer_on(store.clone(), 1, 4, Metric::Euclidean).await;
+    let bw = BatchWriter::new(
+        w.clone(),
+        BatchWriterOptions {
+            batch_size: 1000,
+            flush_interval: Duration::from_secs(3600),
+            flush_concurrency: 4,
+        },
+    );
+    let records: Vec<Record> = (0..2500)
+        .map(|i| Record::new(format!("b{i}"), vec_for(i, 4)))
+        .collect();
+    let report = bw.add(&records).await.unwrap();
+    assert_eq!(report.records, 2000, "two full batches flushed");
+    assert_eq!(report.segments, 2);
+    assert_eq!(bw.buffered(), 500);
+    assert!(
+        w.get("b2400").await.unwrap().is_none(),
+        "buffered records are not visible"
+    );
+    assert!(w.get("b10").await.unwrap().is_some());
+    let report = bw.close().await.unwrap();
+    assert_eq!(report.records, 500);
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    assert_eq!(m.segments.len(), 3);
+    assert_eq!(m.total_records(), 2500);
+    assert!(
+        w.get("b2400").await.unwrap().is_some(),
+        "durable after close"
+    );
+    let e = BatchWriter::new(w.clone(), BatchWriterOptions::default())
+        .add(&[Record::new("bad", vec![1.0])])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("vector has 1 dimensions"), "{e}");
+}
+
+// ---- memory only, paused clock ----
+
+#[tokio::test(start_paused = true)]
+async fn batch_writer_flushes_on_interval() {
+    let store = common::memory_store();
+    let w = writer_on(store.clone(), 2, 4, Metric::Euclidean).await;
+    let bw = BatchWriter::new(
+        w.clone(),
+        BatchWriterOptions {
+            batch_size: 1000,
+            flush_interval: Duration::from_secs(5),
+            flush_concurrency: 4,
+        },
+    );
+    bw.add(&[Record::new("t1", vec_for(1, 4))]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(bw.buffered(), 1, "not yet due");
+    assert!(w.get("t1").await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(bw.buffered(), 0, "flushed by the interval");
+    assert!(w.get("t1").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn batch_writer_keeps_newest_version_across_chunks() {
+    // The same id in consecutive chunks of one partition must end with the
+    // later version, whichever flush commits each chunk.
+    let store = common::memory_store();
+    let w = writer_on(store.clone(), 1, 2, Metric::Euclidean).await;
+    let bw = BatchWriter::new(
+        w.clone(),
+        BatchWriterOptions {
+            batch_size: 10,
+            flush_interval: Duration::from_millis(1),
+            flush_concurrency: 8,
+        },
+    );
+    for round in 0..50u32 {
+        let recs: Vec<Record> = (0..7)
+            .map(|i| Record::new(format!("k{i}"), vec![round as f32, i as f32]))
+            .collect();
+        bw.add(&recs).await.unwrap();
+    }
+    bw.close().await.unwrap();
+    for i in 0..7 {
+        assert_eq!(
+            w.get(&format!("k{i}")).await.unwrap().unwrap().vector[0],
+            49.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_commit_reports_the_partition_and_is_retryable() {
+    use shoal::store::faults::{FailNext, Op};
+    let mem = common::memory_store();
+    let faulty = Arc::new(FailNext::new(mem.clone(), Op::Put, 0));
+    let clock: DynClock = Arc::new(SystemClock);
+    let cfg = load_or_create(
+        faulty.as_ref(),
+        &settings(1, 2, Metric::Dot),
+        clock.as_ref(),
+    )
+    .await
+    .unwrap();
+    let opts = WriterOptions {
+        backoff: shoal::coord::cas::Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(4),
+            max_attempts: 5,
+        },
+        ..Default::default()
+    };
+    let w = Writer::new(faulty.clone(), &cfg.settings, "w", clock, opts);
+    faulty.fail_next(1000);
+    let e = w
+        .upsert(&[Record::new("x", vec![1.0, 1.0])])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("partition 0"), "{e}");
+    assert!(e.is_retryable());
+    faulty.fail_next(0);
+    w.upsert(&[Record::new("x", vec![1.0, 1.0])]).await.unwrap();
+    assert!(w.get("x").await.unwrap().is_some());
+}
