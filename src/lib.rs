@@ -22,13 +22,27 @@
 //! - [`segment`]: the versioned segment format: encode, and a decoder that
 //!   never panics and names the object key in every error.
 //!
+//! - [`bench`]: benchmark phases (ingest, queries, recall) shared by
+//!   `benches/` and the CLI.
+//! - [`dataset`]: streaming readers for TEXMEX `.fvecs`/`.ivecs` files.
 //! - [`writer`]: the write path: upsert/delete/get, group commit through
 //!   partition manifests (`coord::manifest`), and the buffered
 //!   [`writer::BatchWriter`] for bulk ingest.
 //!
-//! Planned rooms, added by later work: `index`, `reader`, `compact`, `api`.
+//! - [`filter`]: the metadata filter language (`$eq`, `$in`, `$lt`, `$and`, ...).
+//! - [`index`]: distance kernels, the top-k collector and the per-segment
+//!   search trait (exact scan; ANN kinds plug in behind it).
+//! - [`reader`]: the read path: manifest freshness, the segment cache,
+//!   live-record views, fan-out search, `get`, `warm`.
+//!
+//! Planned rooms, added by later work: `compact`, `api`.
 
+pub mod bench;
 pub mod coord;
+pub mod dataset;
+pub mod filter;
+pub mod index;
+pub mod reader;
 pub mod record;
 pub mod segment;
 pub mod store;

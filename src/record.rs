@@ -58,6 +58,17 @@ impl Record {
     }
 }
 
+/// A record as stored: the newest live version of an id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    pub id: String,
+    pub vector: Vec<f32>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub partition: u32,
+    pub seq: u64,
+    pub position: usize,
+}
+
 /// A validated write, ready to be encoded into a segment: an upsert
 /// (vector + metadata) or a delete (tombstone).
 #[derive(Clone, Debug, PartialEq)]

@@ -192,6 +192,17 @@ impl Cluster {
         &self.inner.instance_id
     }
 
+    /// A reader for this index, sized by this instance's role, feeding
+    /// its published metrics.
+    pub fn reader(&self, opts: crate::reader::ReaderOptions) -> crate::reader::Reader {
+        crate::reader::Reader::with_metrics(
+            self.inner.store.clone(),
+            &self.inner.config.settings,
+            opts,
+            Some(self.inner.metrics.clone()),
+        )
+    }
+
     /// A writer for this index, identified by this instance's id.
     pub fn writer(&self, opts: crate::writer::WriterOptions) -> crate::writer::Writer {
         crate::writer::Writer::new(

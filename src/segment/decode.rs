@@ -336,5 +336,6 @@ pub fn decode_segment(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
         meta_bytes,
         tombstones: tomb_raw.into_iter().map(|b| b == 1).collect(),
         index,
+        maps: Default::default(),
     })
 }

@@ -114,6 +114,8 @@ pub struct Segment {
     meta_bytes: Vec<u8>,
     pub tombstones: Vec<bool>,
     pub index: Option<Vec<u8>>,
+    /// Metadata parsed once, on first use by a filter.
+    maps: std::sync::OnceLock<Vec<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Segment {
@@ -146,6 +148,16 @@ impl Segment {
             return None;
         }
         serde_json::from_slice(raw).ok()
+    }
+
+    /// Every record's metadata parsed (empty maps for tombstones and
+    /// records without metadata), computed once per segment.
+    pub fn metadata_maps(&self) -> &[serde_json::Map<String, serde_json::Value>] {
+        self.maps.get_or_init(|| {
+            (0..self.len())
+                .map(|i| self.metadata(i).unwrap_or_default())
+                .collect()
+        })
     }
 
     pub fn is_tombstone(&self, i: usize) -> bool {

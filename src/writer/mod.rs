@@ -39,6 +39,7 @@ use crate::coord::clock::{format_time, unix_millis, DynClock};
 use crate::coord::manifest::{append_segment, read_manifest, SegmentEntry};
 use crate::coord::paths::segment_key;
 use crate::coord::{partition_of, CoordError, Settings};
+pub use crate::record::StoredRecord;
 use crate::record::{
     dedupe_last_wins, prepare_batch, prepare_deletes, InvalidInput, Prepared, Record, Schema,
     DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_RECORDS,
@@ -136,17 +137,6 @@ pub struct WriterStatsSnapshot {
     pub bytes: u64,
     pub conflicts: u64,
     pub retries: u64,
-}
-
-/// A record as stored: the newest live version of an id.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StoredRecord {
-    pub id: String,
-    pub vector: Vec<f32>,
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-    pub partition: u32,
-    pub seq: u64,
-    pub position: usize,
 }
 
 type CommitResult = Result<Committed, (String, bool)>;

@@ -1,0 +1,184 @@
+//! Benchmark phases shared by `benches/` and the CLI: ingest a TEXMEX
+//! base file through the [`BatchWriter`], then run queries and measure
+//! latency and recall against exact ground truth.
+//!
+//! Record ids are the base file's row numbers (`"0"`, `"1"`, ...), so
+//! results compare directly with `.ivecs` ground truth.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::reader::{Reader, SearchRequest};
+use crate::record::Record;
+use crate::store::Counted;
+use crate::writer::{BatchWriter, BatchWriterOptions, WriteError, Writer};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IngestResult {
+    pub records: usize,
+    pub seconds: f64,
+    pub records_per_s: f64,
+    /// Raw f32 vector bytes per second.
+    pub mb_per_s: f64,
+    /// Segment bytes written.
+    pub stored_mb: f64,
+    pub puts: u64,
+    pub segments: u64,
+    pub conflicts: u64,
+}
+
+/// Ingests `vectors` (ids = row numbers, optional per-row metadata)
+/// through a batch writer and measures it.
+pub async fn ingest(
+    store: &Arc<Counted>,
+    writer: &Writer,
+    vectors: &[Vec<f32>],
+    metadata: Option<&[serde_json::Value]>,
+    batch_size: usize,
+) -> Result<IngestResult, WriteError> {
+    let bw = BatchWriter::new(
+        writer.clone(),
+        BatchWriterOptions {
+            batch_size,
+            ..Default::default()
+        },
+    );
+    let before = store.counts();
+    let stats_before = writer.stats();
+    let start = Instant::now();
+    for (chunk_no, chunk) in vectors.chunks(10_000).enumerate() {
+        let base = chunk_no * 10_000;
+        let records: Vec<Record> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut r = Record::new((base + i).to_string(), v.clone());
+                if let Some(m) = metadata {
+                    r.metadata = Some(m[base + i].clone());
+                }
+                r
+            })
+            .collect();
+        bw.add(&records).await?;
+    }
+    bw.close().await?;
+    let seconds = start.elapsed().as_secs_f64();
+    let reqs = store.counts().since(&before);
+    let stats = writer.stats();
+    let dims = vectors.first().map_or(0, Vec::len);
+    Ok(IngestResult {
+        records: vectors.len(),
+        seconds,
+        records_per_s: vectors.len() as f64 / seconds,
+        mb_per_s: (vectors.len() * dims * 4) as f64 / 1e6 / seconds,
+        stored_mb: (stats.bytes - stats_before.bytes) as f64 / 1e6,
+        puts: reqs.put,
+        segments: stats.segments - stats_before.segments,
+        conflicts: stats.conflicts - stats_before.conflicts,
+    })
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct QueryResult {
+    pub queries: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    pub qps: f64,
+    pub recall_at_10: f64,
+    /// Counts a returned id as correct when its true similarity ties the
+    /// 10th neighbour's (within 1e-6); see the dataset's README.
+    pub recall_at_10_tie_aware: Option<f64>,
+    pub requests_per_query: f64,
+    pub bytes_per_query: f64,
+}
+
+/// Percentile of sorted samples (nearest rank).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// recall@k of `got` against the first k of `truth`.
+pub fn recall(got: &[String], truth: &[i32], k: usize) -> f64 {
+    let want: std::collections::HashSet<String> =
+        truth.iter().take(k).map(|i| i.to_string()).collect();
+    got.iter().take(k).filter(|id| want.contains(*id)).count() as f64 / k as f64
+}
+
+/// Runs every query one at a time through `make_reader()` (a fresh reader
+/// per query measures cold queries; the same one measures warm ones).
+pub async fn run_queries<F>(
+    mut make_reader: F,
+    queries: &[Vec<f32>],
+    truth: &[Vec<i32>],
+    truth_sim: Option<&[Vec<f32>]>,
+    template: &SearchRequest,
+) -> Result<QueryResult, crate::reader::ReadError>
+where
+    F: FnMut() -> Reader,
+{
+    let k = 10;
+    let mut lat = Vec::with_capacity(queries.len());
+    let (mut rec, mut rec_tie, mut reqs, mut bytes) = (0.0, 0.0, 0u64, 0u64);
+    let start = Instant::now();
+    for (i, q) in queries.iter().enumerate() {
+        let reader = make_reader();
+        let req = SearchRequest {
+            vector: q.clone(),
+            k: template.k.max(k),
+            ..template.clone()
+        };
+        let t = Instant::now();
+        let resp = reader.search(&req).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        let ids: Vec<String> = resp.results.iter().map(|h| h.id.clone()).collect();
+        rec += recall(&ids, &truth[i], k);
+        if let Some(sims) = truth_sim {
+            let tenth = sims[i][k - 1] - 1e-6;
+            let ok = resp.results.iter().take(k).filter(|h| {
+                truth[i].iter().take(k).any(|t| t.to_string() == h.id) || h.score >= tenth
+            });
+            rec_tie += ok.count() as f64 / k as f64;
+        }
+        reqs += resp.stats.requests.total();
+        bytes += resp.stats.requests.bytes_read;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let n = queries.len().max(1) as f64;
+    let mean = lat.iter().sum::<f64>() / n;
+    lat.sort_by(f64::total_cmp);
+    Ok(QueryResult {
+        queries: queries.len(),
+        p50_ms: percentile(&lat, 50.0),
+        p95_ms: percentile(&lat, 95.0),
+        p99_ms: percentile(&lat, 99.0),
+        mean_ms: mean,
+        qps: n / wall,
+        recall_at_10: rec / n,
+        recall_at_10_tie_aware: truth_sim.map(|_| rec_tie / n),
+        requests_per_query: reqs as f64 / n,
+        bytes_per_query: bytes as f64 / n,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_recall() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        let got: Vec<String> = ["3", "1", "9"].iter().map(|s| s.to_string()).collect();
+        assert!((recall(&got, &[1, 2, 3], 3) - 2.0 / 3.0).abs() < 1e-9);
+    }
+}

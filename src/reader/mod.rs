@@ -1,0 +1,392 @@
+//! The read path (DESIGN section 8): manifests kept fresh with conditional
+//! GETs, a segment cache, live-record sets per partition, fan-out search.
+//!
+//! - **Manifests** are revalidated with `If-None-Match` no more often than
+//!   `max_staleness` (per reader, overridable per query). `strong` queries
+//!   revalidate every partition first (read-your-writes across processes);
+//!   `eventual` queries use whatever is cached. No LIST on the query path.
+//! - **Segments** live in a moka cache keyed by their immutable object key
+//!   (entries never go stale, they only evict), weighted by decoded bytes;
+//!   concurrent misses for one key load it once.
+//! - **Live records** (newest version of each id, not a tombstone) are
+//!   computed when a partition's manifest changes, incrementally for
+//!   appended segments, never per query (see [`view`]).
+//! - **Search** refreshes what the consistency level asks for (async I/O,
+//!   bounded concurrency), then scores every partition on the rayon pool
+//!   (sized to the cores) and merges the per-partition top-k.
+
+mod exec;
+pub mod view;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::coord::instance::InstanceMetrics;
+use crate::coord::{CoordError, Metric, Role, Settings};
+use crate::filter::FilterError;
+use crate::record::StoredRecord;
+use crate::segment::{Segment, SegmentError};
+use crate::store::{Counted, RequestCounts, StoreError};
+
+pub use view::PartitionView;
+
+/// How fresh a query's view of the bucket must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Use cached manifests (load a partition only the first time).
+    Eventual,
+    /// Revalidate manifests older than `max_staleness` (the default).
+    #[default]
+    Bounded,
+    /// Revalidate every manifest before searching.
+    Strong,
+}
+
+/// A search request (shared by the library, CLI, HTTP API and Lambda).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    pub vector: Vec<f32>,
+    #[serde(default = "default_k")]
+    pub k: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Value>,
+    #[serde(default)]
+    pub consistency: Consistency,
+    #[serde(default = "yes")]
+    pub include_metadata: bool,
+    #[serde(default)]
+    pub include_vectors: bool,
+    #[serde(default)]
+    pub allow_partial: bool,
+    /// Overrides the reader's `max_staleness` for `bounded` queries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staleness_ms: Option<u64>,
+}
+
+fn default_k() -> usize {
+    10
+}
+fn yes() -> bool {
+    true
+}
+
+impl SearchRequest {
+    pub fn new(vector: Vec<f32>, k: usize) -> Self {
+        SearchRequest {
+            vector,
+            k,
+            filter: None,
+            consistency: Consistency::default(),
+            include_metadata: true,
+            include_vectors: false,
+            allow_partial: false,
+            max_staleness_ms: None,
+        }
+    }
+}
+
+pub const MAX_K: usize = 1000;
+
+/// One result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub id: String,
+    /// Similarity, higher is better.
+    pub score: f32,
+    /// Distance, lower is better (see `index::present`).
+    pub distance: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
+    pub partition: u32,
+}
+
+/// A partition left out of a partial result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartitionFailure {
+    pub partition: u32,
+    pub error: String,
+}
+
+/// What one query cost.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueryStats {
+    pub partitions_searched: u64,
+    pub segments_scanned: u64,
+    pub vectors_compared: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Object-store requests made by this query, by kind.
+    pub requests: RequestCounts,
+    pub fetch_ms: f64,
+    pub compute_ms: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchResponse {
+    pub results: Vec<Hit>,
+    /// Some partitions could not be read (only with `allow_partial`).
+    pub partial: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_partitions: Vec<PartitionFailure>,
+    pub stats: QueryStats,
+}
+
+/// Errors of the read path.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The request itself is wrong (400-class).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// A partition could not be read; names the partition and object.
+    #[error("partition {partition} could not be read ({key}): {message}")]
+    Partition {
+        partition: u32,
+        key: String,
+        message: String,
+        retryable: bool,
+    },
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+}
+
+impl ReadError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ReadError::Partition { retryable, .. } => *retryable,
+            ReadError::Coord(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// Why loading one partition failed (converted to [`ReadError`] or a
+/// [`PartitionFailure`]).
+#[derive(Debug, Clone)]
+pub(crate) struct LoadError {
+    pub key: String,
+    pub message: String,
+    pub retryable: bool,
+    /// A referenced segment is gone (compaction + GC since our manifest).
+    pub missing_segment: bool,
+}
+
+impl LoadError {
+    fn from_store(e: &StoreError) -> Self {
+        LoadError {
+            key: e.key().to_string(),
+            message: e.to_string(),
+            retryable: e.is_retryable(),
+            missing_segment: matches!(e, StoreError::NotFound { .. }),
+        }
+    }
+    fn from_segment(e: &SegmentError) -> Self {
+        LoadError {
+            key: e.key().to_string(),
+            message: e.to_string(),
+            retryable: false,
+            missing_segment: false,
+        }
+    }
+    fn into_read_error(self, partition: u32) -> ReadError {
+        ReadError::Partition {
+            partition,
+            key: self.key,
+            message: self.message,
+            retryable: self.retryable,
+        }
+    }
+}
+
+/// Reader settings.
+#[derive(Clone, Debug)]
+pub struct ReaderOptions {
+    pub max_staleness: Duration,
+    /// Segment cache capacity in decoded bytes.
+    pub cache_bytes: u64,
+    /// Idle entries leave the cache after this long.
+    pub cache_ttl: Duration,
+    /// Partitions fetched at once.
+    pub io_concurrency: usize,
+}
+
+impl Default for ReaderOptions {
+    fn default() -> Self {
+        ReaderOptions::for_role(Role::Reader)
+    }
+}
+
+impl ReaderOptions {
+    /// Options from a role's preset and the memory budget.
+    pub fn for_role(role: Role) -> Self {
+        let preset = role.preset();
+        ReaderOptions {
+            max_staleness: Duration::from_secs(1),
+            cache_bytes: (memory_budget_bytes() as f64 * preset.segment_cache_fraction) as u64,
+            cache_ttl: preset.cache_ttl,
+            io_concurrency: 32,
+        }
+    }
+}
+
+/// The memory budget: `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` (MiB) inside
+/// Lambda; elsewhere `SHOAL_MEMORY_FRACTION` (default 0.5) of total system
+/// memory; 1 GiB if neither can be read.
+pub fn memory_budget_bytes() -> u64 {
+    if let Some(mb) = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return mb * 1024 * 1024;
+    }
+    let fraction = std::env::var("SHOAL_MEMORY_FRACTION")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|f| *f > 0.0 && *f <= 1.0)
+        .unwrap_or(0.5);
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(2 << 30);
+    (total as f64 * fraction) as u64
+}
+
+/// Reader-wide counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ReaderStats {
+    pub queries: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_entries: u64,
+    pub cache_bytes: u64,
+    pub partitions_loaded: u64,
+    pub live_records: u64,
+    pub requests: RequestCounts,
+}
+
+pub(crate) struct Shared {
+    store: Arc<Counted>,
+    dimensions: usize,
+    metric: Metric,
+    opts: ReaderOptions,
+    cache: moka::future::Cache<String, Arc<Segment>>,
+    views: Vec<view::Slot>,
+    queries: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    metrics: Option<Arc<InstanceMetrics>>,
+}
+
+/// A handle that searches one index. Cheap to clone.
+#[derive(Clone)]
+pub struct Reader {
+    shared: Arc<Shared>,
+}
+
+impl Reader {
+    pub fn new(store: Arc<Counted>, settings: &Settings, opts: ReaderOptions) -> Self {
+        Self::with_metrics(store, settings, opts, None)
+    }
+
+    /// A reader that also feeds an instance's published metrics.
+    pub fn with_metrics(
+        store: Arc<Counted>,
+        settings: &Settings,
+        opts: ReaderOptions,
+        metrics: Option<Arc<InstanceMetrics>>,
+    ) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(opts.cache_bytes.max(1))
+            .weigher(|_k: &String, v: &Arc<Segment>| {
+                u32::try_from(v.memory_bytes()).unwrap_or(u32::MAX)
+            })
+            .time_to_idle(opts.cache_ttl)
+            .build();
+        Reader {
+            shared: Arc::new(Shared {
+                store,
+                dimensions: settings.dimensions as usize,
+                metric: settings.metric(),
+                views: (0..settings.partition_count)
+                    .map(|_| view::Slot::default())
+                    .collect(),
+                opts,
+                cache,
+                queries: AtomicU64::new(0),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                metrics,
+            }),
+        }
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.shared.views.len() as u32
+    }
+
+    /// Searches every partition and merges the top-k.
+    pub async fn search(&self, req: &SearchRequest) -> Result<SearchResponse, ReadError> {
+        self.shared.queries.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.shared.metrics {
+            m.queries.fetch_add(1, Ordering::Relaxed);
+        }
+        use tracing::Instrument;
+        let span = tracing::info_span!("search", k = req.k, consistency = ?req.consistency);
+        exec::search(&self.shared, req).instrument(span).await
+    }
+
+    /// The newest live version of `id` (bounded consistency), reading only
+    /// its partition.
+    pub async fn get(&self, id: &str) -> Result<Option<StoredRecord>, ReadError> {
+        self.get_with(id, Consistency::Bounded).await
+    }
+
+    pub async fn get_with(
+        &self,
+        id: &str,
+        consistency: Consistency,
+    ) -> Result<Option<StoredRecord>, ReadError> {
+        exec::get(&self.shared, id, consistency).await
+    }
+
+    /// Loads every partition's manifest and segments now (bounded
+    /// concurrency), so the first query is warm. Returns live records.
+    pub async fn warm(&self) -> Result<u64, ReadError> {
+        exec::warm(&self.shared).await
+    }
+
+    pub fn stats(&self) -> ReaderStats {
+        let s = &self.shared;
+        let (mut loaded, mut live) = (0, 0);
+        for slot in &s.views {
+            if let Some(v) = slot.current() {
+                loaded += 1;
+                live += v.live_count;
+            }
+        }
+        ReaderStats {
+            queries: s.queries.load(Ordering::Relaxed),
+            cache_hits: s.hits.load(Ordering::Relaxed),
+            cache_misses: s.misses.load(Ordering::Relaxed),
+            cache_entries: s.cache.entry_count(),
+            cache_bytes: s.cache.weighted_size(),
+            partitions_loaded: loaded,
+            live_records: live,
+            requests: s.store.counts(),
+        }
+    }
+}

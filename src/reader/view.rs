@@ -1,0 +1,362 @@
+//! Per-partition views: the manifest a reader last saw, and which records
+//! in it are live.
+//!
+//! A record at (segment seq, position) is live when it is the newest
+//! version of its id and not a tombstone. A [`PartitionView`] keeps, per
+//! segment, a live mask, plus the newest location of every id. When a
+//! manifest changes by *appending* segments (every commit does), only the
+//! new segments are read: their records become the newest versions of
+//! their ids and the older locations are switched off. Any other change
+//! (compaction replacing segments) rebuilds the view from all segments.
+//! Views are immutable once built; a refresh swaps in a new one, so a
+//! running query keeps the snapshot it started with.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::{LoadError, Shared};
+use crate::coord::manifest::{parse_manifest, Manifest};
+use crate::coord::paths::manifest_key;
+use crate::segment::{decode_segment, Segment, SegmentError};
+use crate::store::{Conditional, ETag, ObjectStore, StoreError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub seg: u32,
+    pub pos: u32,
+    pub tombstone: bool,
+}
+
+/// One partition as a reader sees it.
+#[derive(Clone, Debug)]
+pub struct PartitionView {
+    pub partition: u32,
+    pub manifest: Manifest,
+    pub etag: Option<ETag>,
+    /// Aligned with `manifest.segments`.
+    pub live: Vec<Arc<Vec<bool>>>,
+    pub(crate) newest: HashMap<String, Loc>,
+    pub live_count: u64,
+}
+
+impl PartitionView {
+    fn empty(partition: u32) -> Self {
+        PartitionView {
+            partition,
+            manifest: Manifest::empty(partition),
+            etag: None,
+            live: Vec::new(),
+            newest: HashMap::new(),
+            live_count: 0,
+        }
+    }
+
+    /// Adds segments newer than everything in the view, in seq order.
+    fn absorb(&mut self, segments: &[Arc<Segment>]) {
+        for seg in segments {
+            let j = self.live.len() as u32;
+            let mut mask = vec![false; seg.len()];
+            for (pos, id) in seg.ids.iter().enumerate() {
+                let tombstone = seg.is_tombstone(pos);
+                let loc = Loc {
+                    seg: j,
+                    pos: pos as u32,
+                    tombstone,
+                };
+                if let Some(old) = self.newest.insert(id.clone(), loc) {
+                    if !old.tombstone {
+                        if old.seg == j {
+                            mask[old.pos as usize] = false;
+                        } else {
+                            Arc::make_mut(&mut self.live[old.seg as usize])[old.pos as usize] =
+                                false;
+                        }
+                        self.live_count -= 1;
+                    }
+                }
+                if !tombstone {
+                    mask[pos] = true;
+                    self.live_count += 1;
+                }
+            }
+            self.live.push(Arc::new(mask));
+        }
+    }
+
+    /// The newest location of `id`, if it is live.
+    pub(crate) fn locate(&self, id: &str) -> Option<Loc> {
+        self.newest.get(id).copied().filter(|l| !l.tombstone)
+    }
+}
+
+/// A partition's slot in the reader: the current view, when it was last
+/// checked, and a lock so one refresh runs at a time.
+#[derive(Default)]
+pub(crate) struct Slot {
+    view: Mutex<Option<Arc<PartitionView>>>,
+    checked_at: Mutex<Option<Instant>>,
+    pub refresh: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    pub fn current(&self) -> Option<Arc<PartitionView>> {
+        self.view.lock().unwrap().clone()
+    }
+
+    pub fn checked_at(&self) -> Option<Instant> {
+        *self.checked_at.lock().unwrap()
+    }
+
+    fn set(&self, view: Arc<PartitionView>, at: Instant) {
+        *self.view.lock().unwrap() = Some(view);
+        *self.checked_at.lock().unwrap() = Some(at);
+    }
+
+    fn touch(&self, at: Instant) {
+        *self.checked_at.lock().unwrap() = Some(at);
+    }
+}
+
+/// Cache hits and misses seen by one operation.
+#[derive(Default)]
+pub(crate) struct CacheTally {
+    pub hits: std::sync::atomic::AtomicU64,
+    pub misses: std::sync::atomic::AtomicU64,
+}
+
+/// A segment through the cache (single flight per key).
+pub(crate) async fn load_segment(
+    shared: &Shared,
+    store: &dyn ObjectStore,
+    key: &str,
+    tally: &CacheTally,
+) -> Result<Arc<Segment>, LoadError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (dims, metric) = (shared.dimensions, shared.metric);
+    let entry = shared
+        .cache
+        .entry(key.to_string())
+        .or_try_insert_with(async {
+            let got = store
+                .get(key)
+                .await
+                .map_err(|e| LoadError::from_store(&e))?;
+            let seg = decode_segment(key, &got.bytes).map_err(|e| LoadError::from_segment(&e))?;
+            if seg.dimensions() != dims || seg.header.metric != metric {
+                return Err(LoadError::from_segment(&SegmentError::Foreign {
+                    key: key.to_string(),
+                    reason: format!(
+                        "it holds {}-d {} vectors, the index is {dims}-d {metric}",
+                        seg.header.dimensions, seg.header.metric
+                    ),
+                }));
+            }
+            Ok(Arc::new(seg))
+        })
+        .await
+        .map_err(|e| (*e).clone())?;
+    let (counter, global) = if entry.is_fresh() {
+        (&tally.misses, &shared.misses)
+    } else {
+        (&tally.hits, &shared.hits)
+    };
+    counter.fetch_add(1, Relaxed);
+    global.fetch_add(1, Relaxed);
+    if let Some(m) = &shared.metrics {
+        let c = if entry.is_fresh() {
+            &m.cache_misses
+        } else {
+            &m.cache_hits
+        };
+        c.fetch_add(1, Relaxed);
+    }
+    Ok(entry.into_value())
+}
+
+/// The segments of a view, in manifest order, through the cache.
+pub(crate) async fn segments_of(
+    shared: &Shared,
+    store: &dyn ObjectStore,
+    view: &PartitionView,
+    tally: &CacheTally,
+) -> Result<Vec<Arc<Segment>>, LoadError> {
+    let keys: Vec<String> = view
+        .manifest
+        .segments
+        .iter()
+        .map(|e| e.key.clone())
+        .collect();
+    load_segments(shared, store, keys, tally).await
+}
+
+/// Loads segments by key, up to 8 at a time, keeping their order.
+async fn load_segments(
+    shared: &Shared,
+    store: &dyn ObjectStore,
+    keys: Vec<String>,
+    tally: &CacheTally,
+) -> Result<Vec<Arc<Segment>>, LoadError> {
+    let futs = keys
+        .into_iter()
+        .map(|key| async move { load_segment(shared, store, &key, tally).await });
+    futures::stream::iter(futs)
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Revalidates partition `p`'s manifest (conditional GET when we hold an
+/// ETag, unless `force`), reading any new segments and swapping in a new
+/// view. The caller holds the slot's refresh lock.
+pub(crate) async fn refresh(
+    shared: &Shared,
+    store: &dyn ObjectStore,
+    p: u32,
+    force: bool,
+    tally: &CacheTally,
+) -> Result<Arc<PartitionView>, LoadError> {
+    let slot = &shared.views[p as usize];
+    let current = slot.current();
+    let key = manifest_key(p);
+    let now = Instant::now();
+    let held = current
+        .as_ref()
+        .and_then(|v| v.etag.clone())
+        .filter(|_| !force);
+    let fetched = match held {
+        Some(etag) => match store.get_if_changed(&key, &etag).await {
+            Ok(Conditional::NotModified) => {
+                slot.touch(now);
+                return Ok(current.expect("an etag implies a view"));
+            }
+            Ok(Conditional::Modified(got)) => Some(got),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(LoadError::from_store(&e)),
+        },
+        None => match store.get(&key).await {
+            Ok(got) => Some(got),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(LoadError::from_store(&e)),
+        },
+    };
+    let (manifest, etag) = match fetched {
+        Some(got) => (
+            parse_manifest(p, &got.bytes).map_err(|e| LoadError {
+                key: key.clone(),
+                message: e.to_string(),
+                retryable: false,
+                missing_segment: false,
+            })?,
+            Some(got.etag),
+        ),
+        None => (Manifest::empty(p), None),
+    };
+    // Appended segments only, when the old list is a prefix of the new one.
+    let base = current.filter(|c| {
+        c.manifest.segments.len() <= manifest.segments.len()
+            && c.manifest
+                .segments
+                .iter()
+                .zip(&manifest.segments)
+                .all(|(a, b)| a.key == b.key)
+    });
+    let mut view = match &base {
+        Some(b) => (**b).clone(),
+        None => PartitionView::empty(p),
+    };
+    let skip = view.live.len();
+    let new_keys = manifest.segments[skip..]
+        .iter()
+        .map(|e| e.key.clone())
+        .collect();
+    let new_segments = load_segments(shared, store, new_keys, tally).await?;
+    view.absorb(&new_segments);
+    view.manifest = manifest;
+    view.etag = etag;
+    let view = Arc::new(view);
+    slot.set(view.clone(), now);
+    if let Some(m) = &shared.metrics {
+        let total: u64 = shared
+            .views
+            .iter()
+            .filter_map(|s| s.current())
+            .map(|v| v.live_count)
+            .sum();
+        m.vector_count
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coord::Metric;
+    use crate::record::Prepared;
+    use crate::segment::{encode_segment, SegmentHeader, FORMAT_VERSION};
+
+    fn seg(records: &[(&str, bool)]) -> Arc<Segment> {
+        let recs: Vec<Prepared> = records
+            .iter()
+            .map(|(id, tomb)| {
+                if *tomb {
+                    Prepared::tombstone(id.to_string())
+                } else {
+                    Prepared {
+                        id: id.to_string(),
+                        vector: vec![1.0],
+                        metadata: Vec::new(),
+                        tombstone: false,
+                    }
+                }
+            })
+            .collect();
+        let h = SegmentHeader {
+            format_version: FORMAT_VERSION,
+            dimensions: 1,
+            metric: Metric::Dot,
+            record_count: 0,
+            created_at_ms: 0,
+            writer_id: "t".into(),
+            has_index: false,
+        };
+        Arc::new(decode_segment("k", &encode_segment(&h, &recs, None)).unwrap())
+    }
+
+    #[test]
+    fn newest_version_wins_and_tombstones_hide() {
+        let mut v = PartitionView::empty(0);
+        v.absorb(&[seg(&[("a", false), ("b", false), ("a", false)])]);
+        assert_eq!(
+            *v.live[0],
+            vec![false, true, true],
+            "second a shadows the first"
+        );
+        assert_eq!(v.live_count, 2);
+        // Incremental: a newer segment deletes b and re-adds a.
+        v.absorb(&[seg(&[("b", true), ("a", false), ("c", false)])]);
+        assert_eq!(*v.live[0], vec![false, false, false]);
+        assert_eq!(*v.live[1], vec![false, true, true]);
+        assert_eq!(v.live_count, 2);
+        assert_eq!(v.locate("b"), None);
+        assert_eq!(v.locate("a").unwrap().seg, 1);
+        // b comes back.
+        v.absorb(&[seg(&[("b", false)])]);
+        assert_eq!(v.live_count, 3);
+        assert_eq!(v.locate("b").unwrap().seg, 2);
+        // Incremental equals a rebuild from scratch.
+        let mut full = PartitionView::empty(0);
+        full.absorb(&[
+            seg(&[("a", false), ("b", false), ("a", false)]),
+            seg(&[("b", true), ("a", false), ("c", false)]),
+            seg(&[("b", false)]),
+        ]);
+        assert_eq!(full.live, v.live);
+        assert_eq!(full.live_count, v.live_count);
+    }
+}

@@ -1,0 +1,467 @@
+//! The read path on every backend: exact search equals brute force,
+//! freshness under each consistency level, request counts of warm and
+//! strong queries, partial results, corrupt segments, bad requests.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use shoal::coord::clock::{DynClock, SystemClock};
+use shoal::coord::config::load_or_create;
+use shoal::coord::manifest::read_manifest;
+use shoal::coord::{Metric, RequestedSettings, Settings};
+use shoal::filter::parse_filter;
+use shoal::index::distance;
+use shoal::reader::{Consistency, ReadError, Reader, ReaderOptions, SearchRequest};
+use shoal::record::{check_vector, Record};
+use shoal::store::{Counted, ObjectStore};
+use shoal::writer::{BatchWriter, BatchWriterOptions, Writer, WriterOptions};
+
+backend_tests!(
+    exact_search_equals_brute_force_for_all_metrics,
+    updates_and_deletes_are_visible_to_another_reader_with_strong,
+    warm_queries_make_no_requests_and_strong_only_conditional_gets,
+    allow_partial_names_the_partition_of_a_vanished_segment,
+    corrupt_segment_is_reported_by_key,
+    bad_requests_are_refused_clearly,
+);
+
+const DIMS: usize = 16;
+
+async fn setup(store: &Arc<Counted>, partitions: u32, metric: Metric) -> (Writer, Settings) {
+    let clock: DynClock = Arc::new(SystemClock);
+    let req = RequestedSettings {
+        partition_count: Some(partitions),
+        dimensions: Some(DIMS as u32),
+        distance_metric: Some(metric),
+        ..Default::default()
+    };
+    let cfg = load_or_create(store.as_ref(), &req, clock.as_ref())
+        .await
+        .unwrap();
+    let w = Writer::new(
+        store.clone(),
+        &cfg.settings,
+        "w",
+        clock,
+        WriterOptions::default(),
+    );
+    (w, cfg.settings)
+}
+
+fn reader(store: &Arc<Counted>, settings: &Settings, staleness: Duration) -> Reader {
+    let opts = ReaderOptions {
+        max_staleness: staleness,
+        cache_bytes: 256 << 20,
+        ..Default::default()
+    };
+    Reader::new(store.clone(), settings, opts)
+}
+
+fn rand_vec(rng: &mut StdRng) -> Vec<f32> {
+    (0..DIMS).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn metadata(i: usize) -> Value {
+    let domains = ["medical", "legal", "product", "general"];
+    json!({"domain": domains[i % 4], "price": (i * 7) % 100, "tag": format!("t{}", i % 13)})
+}
+
+/// The model: what every id should hold now.
+type Model = BTreeMap<String, (Vec<f32>, serde_json::Map<String, Value>)>;
+
+fn brute_force(
+    model: &Model,
+    metric: Metric,
+    q: &[f32],
+    k: usize,
+    filter: Option<&Value>,
+) -> Vec<String> {
+    let f = filter.map(|f| parse_filter(f).unwrap());
+    let mut scored: Vec<(f32, &String)> = model
+        .iter()
+        .filter(|(_, (_, m))| f.as_ref().is_none_or(|f| f.matches(m)))
+        .map(|(id, (v, _))| (distance(metric, q, v), id))
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    scored
+        .into_iter()
+        .take(k)
+        .map(|(_, id)| id.clone())
+        .collect()
+}
+
+async fn exact_search_equals_brute_force_for_all_metrics(store: Arc<Counted>) {
+    // One bucket per metric: reuse the backend's bucket with a prefix each.
+    for (n, metric) in [Metric::Cosine, Metric::Euclidean, Metric::Dot]
+        .into_iter()
+        .enumerate()
+    {
+        let scoped = scoped(&store, &format!("m{n}")).await;
+        check_exact_search(scoped, metric, 20_000).await;
+    }
+}
+
+/// A store under `prefix` inside the test's bucket.
+async fn scoped(store: &Arc<Counted>, prefix: &str) -> Arc<Counted> {
+    let d = store.describe();
+    let url = if d.starts_with("file://") {
+        let dir = d.trim_start_matches("file://");
+        format!("{dir}/{prefix}")
+    } else {
+        format!("{d}/{prefix}")
+    };
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let opts = common::s3_options(&common::s3_endpoint().unwrap());
+        let s = shoal::store::s3::S3Store::open(rest, &opts).await.unwrap();
+        return Arc::new(Counted::new(Arc::new(s)));
+    }
+    shoal::store::open(&url).await.unwrap()
+}
+
+async fn check_exact_search(store: Arc<Counted>, metric: Metric, n: usize) {
+    let (w, settings) = setup(&store, 8, metric).await;
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut model = Model::new();
+    let bw = BatchWriter::new(w.clone(), BatchWriterOptions::default());
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record::new(format!("id{i:05}"), rand_vec(&mut rng)).with_metadata(metadata(i)))
+        .collect();
+    bw.add(&records).await.unwrap();
+    bw.close().await.unwrap();
+    for r in &records {
+        let v = check_vector(0, &r.id, &r.vector, DIMS, metric).unwrap();
+        model.insert(
+            r.id.clone(),
+            (v, r.metadata.clone().unwrap().as_object().unwrap().clone()),
+        );
+    }
+    // Updates (new vectors, some with new metadata) and deletes.
+    let updates: Vec<Record> = (0..2_000)
+        .map(|j| {
+            let i = (j * 9) % n;
+            Record::new(format!("id{i:05}"), rand_vec(&mut rng)).with_metadata(metadata(i + 1))
+        })
+        .collect();
+    w.upsert(&updates[..1000]).await.unwrap();
+    w.upsert(&updates[1000..]).await.unwrap();
+    for r in &updates {
+        let v = check_vector(0, &r.id, &r.vector, DIMS, metric).unwrap();
+        model.insert(
+            r.id.clone(),
+            (v, r.metadata.clone().unwrap().as_object().unwrap().clone()),
+        );
+    }
+    let deletes: Vec<String> = (0..1_000)
+        .map(|j| format!("id{:05}", (j * 17 + 5) % n))
+        .collect();
+    w.delete(&deletes).await.unwrap();
+    for id in &deletes {
+        model.remove(id);
+    }
+
+    let r = reader(&store, &settings, Duration::from_secs(60));
+    let filters = [
+        None,
+        Some(json!({"domain": "medical"})),
+        Some(json!({"price": {"$lt": 5}})),
+        Some(json!({"$or": [{"domain": "legal"}, {"tag": {"$in": ["t1", "t2"]}}]})),
+        Some(json!({"domain": {"$ne": "general"}, "price": {"$gte": 90}})),
+        Some(json!({"tag": "t12", "price": {"$lte": 3}})),
+    ];
+    for qi in 0..30 {
+        let q = rand_vec(&mut rng);
+        let filter = filters[qi % filters.len()].clone();
+        let k = [1, 10, 57][qi % 3];
+        let mut req = SearchRequest::new(q.clone(), k);
+        req.filter = filter.clone();
+        let resp = r.search(&req).await.unwrap();
+        let qn = check_vector(0, "q", &q, DIMS, metric).unwrap();
+        let want = brute_force(&model, metric, &qn, k, filter.as_ref());
+        let got: Vec<String> = resp.results.iter().map(|h| h.id.clone()).collect();
+        assert_eq!(got, want, "{metric} query {qi} filter {filter:?}");
+        assert!(!resp.partial);
+        for h in &resp.results {
+            let (v, m) = &model[&h.id];
+            assert_eq!(h.metadata.as_ref().unwrap(), m, "metadata of {}", h.id);
+            let (score, dist) = shoal::index::present(metric, distance(metric, &qn, v));
+            assert!((h.score - score).abs() < 1e-5 && (h.distance - dist).abs() < 1e-5);
+        }
+        assert_eq!(resp.stats.partitions_searched, 8);
+    }
+}
+
+async fn updates_and_deletes_are_visible_to_another_reader_with_strong(store: Arc<Counted>) {
+    let (w, settings) = setup(&store, 4, Metric::Euclidean).await;
+    let mut rng = StdRng::seed_from_u64(2);
+    let recs: Vec<Record> = (0..200)
+        .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let other = reader(&store, &settings, Duration::from_secs(3600));
+    other.warm().await.unwrap();
+    let target = vec![9.0f32; DIMS];
+    let mut req = SearchRequest::new(target.clone(), 1);
+    req.consistency = Consistency::Strong;
+    assert_ne!(other.search(&req).await.unwrap().results[0].id, "r7");
+    // Move r7 right onto the query.
+    w.upsert(&[Record::new("r7", target.clone())])
+        .await
+        .unwrap();
+    let eventual = SearchRequest {
+        consistency: Consistency::Eventual,
+        ..req.clone()
+    };
+    assert_ne!(
+        other.search(&eventual).await.unwrap().results[0].id,
+        "r7",
+        "eventual uses the cached manifest"
+    );
+    let hit = &other.search(&req).await.unwrap().results[0];
+    assert_eq!(
+        (hit.id.as_str(), hit.distance),
+        ("r7", 0.0),
+        "strong sees the upsert at once"
+    );
+    w.delete(&["r7".into()]).await.unwrap();
+    let resp = other
+        .search(&SearchRequest::new(target.clone(), 200).tap_strong())
+        .await
+        .unwrap();
+    assert!(
+        resp.results.iter().all(|h| h.id != "r7"),
+        "strong sees the delete at once"
+    );
+    assert_eq!(resp.results.len(), 199);
+    assert!(other
+        .get_with("r7", Consistency::Strong)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(other
+        .get_with("r8", Consistency::Strong)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+trait TapStrong {
+    fn tap_strong(self) -> Self;
+}
+impl TapStrong for SearchRequest {
+    fn tap_strong(mut self) -> Self {
+        self.consistency = Consistency::Strong;
+        self
+    }
+}
+
+async fn warm_queries_make_no_requests_and_strong_only_conditional_gets(store: Arc<Counted>) {
+    let (w, settings) = setup(&store, 8, Metric::Cosine).await;
+    let mut rng = StdRng::seed_from_u64(3);
+    let recs: Vec<Record> = (0..500)
+        .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let r = reader(&store, &settings, Duration::from_secs(3600));
+    assert_eq!(r.warm().await.unwrap(), 500);
+    let q = rand_vec(&mut rng);
+    let warm = r.search(&SearchRequest::new(q.clone(), 10)).await.unwrap();
+    assert_eq!(
+        warm.stats.requests.total(),
+        0,
+        "warm bounded query: {:?}",
+        warm.stats.requests
+    );
+    assert_eq!(warm.stats.cache_misses, 0);
+    assert!(warm.stats.cache_hits >= 8);
+    let strong = r
+        .search(&SearchRequest::new(q, 10).tap_strong())
+        .await
+        .unwrap();
+    let c = strong.stats.requests;
+    assert_eq!(c.get, 8, "one conditional GET per partition: {c:?}");
+    assert_eq!(c.not_modified, 8, "{c:?}");
+    assert_eq!(c.total(), 8, "nothing else: {c:?}");
+    assert_eq!(strong.results, warm.results);
+}
+
+async fn allow_partial_names_the_partition_of_a_vanished_segment(store: Arc<Counted>) {
+    let (w, settings) = setup(&store, 4, Metric::Dot).await;
+    let mut rng = StdRng::seed_from_u64(4);
+    let recs: Vec<Record> = (0..100)
+        .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let (m, _) = read_manifest(store.as_ref(), 2).await.unwrap().unwrap();
+    let victim = m.segments[0].key.clone();
+    store.delete(&victim).await.unwrap();
+    let r = reader(&store, &settings, Duration::from_secs(60));
+    let q = rand_vec(&mut rng);
+    let err = r
+        .search(&SearchRequest::new(q.clone(), 100))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, ReadError::Partition { partition: 2, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("partition 2") && msg.contains(&victim),
+        "{msg}"
+    );
+    let mut req = SearchRequest::new(q, 100);
+    req.allow_partial = true;
+    let resp = r.search(&req).await.unwrap();
+    assert!(resp.partial);
+    assert_eq!(resp.failed_partitions.len(), 1);
+    assert_eq!(resp.failed_partitions[0].partition, 2);
+    assert!(resp.failed_partitions[0].error.contains(&victim));
+    assert!(!resp.results.is_empty());
+    assert!(resp.results.iter().all(|h| h.partition != 2));
+    assert_eq!(resp.stats.partitions_searched, 3);
+}
+
+async fn corrupt_segment_is_reported_by_key(store: Arc<Counted>) {
+    let (w, settings) = setup(&store, 1, Metric::Dot).await;
+    let mut rng = StdRng::seed_from_u64(5);
+    w.upsert(&[Record::new("a", rand_vec(&mut rng))])
+        .await
+        .unwrap();
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    let key = m.segments[0].key.clone();
+    let mut bytes = store.get(&key).await.unwrap().bytes.to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    store.put(&key, Bytes::from(bytes)).await.unwrap();
+    let r = reader(&store, &settings, Duration::from_secs(60));
+    let e = r
+        .search(&SearchRequest::new(rand_vec(&mut rng), 1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&key) && e.contains("corrupt segment"), "{e}");
+    let e = r.get("a").await.unwrap_err().to_string();
+    assert!(e.contains(&key), "{e}");
+}
+
+async fn bad_requests_are_refused_clearly(store: Arc<Counted>) {
+    let (_w, settings) = setup(&store, 2, Metric::Cosine).await;
+    let r = reader(&store, &settings, Duration::from_secs(60));
+    let v = vec![1.0f32; DIMS];
+    let cases: Vec<(SearchRequest, &str)> = vec![
+        (
+            SearchRequest::new(v.clone(), 0),
+            "k must be between 1 and 1000, got 0",
+        ),
+        (SearchRequest::new(v.clone(), 1001), "got 1001"),
+        (
+            SearchRequest::new(vec![1.0; 3], 5),
+            "query vector has 3 dimensions; the index has 16",
+        ),
+        (SearchRequest::new(vec![0.0; DIMS], 5), "all zeros"),
+        (
+            {
+                let mut x = v.clone();
+                x[2] = f32::NAN;
+                SearchRequest::new(x, 5)
+            },
+            "component 2 is NaN",
+        ),
+        (
+            SearchRequest {
+                filter: Some(json!({"price": {"$near": 3}})),
+                ..SearchRequest::new(v.clone(), 5)
+            },
+            "unknown operator `$near`",
+        ),
+    ];
+    let before = store.counts().total();
+    for (req, want) in cases {
+        let e = r.search(&req).await.unwrap_err().to_string();
+        assert!(e.contains(want), "got {e}, want {want}");
+    }
+    assert_eq!(store.counts().total(), before, "bad requests touch nothing");
+    // An empty index answers with no results.
+    let resp = r.search(&SearchRequest::new(v, 5)).await.unwrap();
+    assert!(resp.results.is_empty());
+}
+
+// ---- memory only: bounded staleness under tokio's paused clock ----
+
+#[tokio::test(start_paused = true)]
+async fn bounded_queries_see_writes_within_max_staleness() {
+    let store = common::memory_store();
+    let (w, settings) = setup(&store, 2, Metric::Euclidean).await;
+    w.upsert(&[Record::new("a", vec![1.0; DIMS])])
+        .await
+        .unwrap();
+    let r = reader(&store, &settings, Duration::from_secs(1));
+    let q = SearchRequest::new(vec![5.0; DIMS], 1);
+    assert_eq!(r.search(&q).await.unwrap().results[0].id, "a");
+    w.upsert(&[Record::new("b", vec![5.0; DIMS])])
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_millis(500)).await;
+    let resp = r.search(&q).await.unwrap();
+    assert_eq!(
+        resp.results[0].id, "a",
+        "within max_staleness the cached manifest is used"
+    );
+    assert_eq!(resp.stats.requests.total(), 0);
+    tokio::time::advance(Duration::from_millis(600)).await;
+    let resp = r.search(&q).await.unwrap();
+    assert_eq!(
+        resp.results[0].id, "b",
+        "after max_staleness the write is visible"
+    );
+    // A per-query staleness override.
+    w.upsert(&[Record::new("c", vec![5.0; DIMS])])
+        .await
+        .unwrap();
+    let mut fresh = q.clone();
+    fresh.max_staleness_ms = Some(0);
+    assert_eq!(
+        r.search(&fresh).await.unwrap().results[0].id,
+        "b",
+        "tie broken by id: b < c"
+    );
+    w.delete(&["b".into()]).await.unwrap();
+    assert_eq!(r.search(&fresh).await.unwrap().results[0].id, "c");
+}
+
+#[tokio::test]
+async fn concurrent_cold_queries_load_each_segment_once() {
+    let store = common::memory_store();
+    let (w, settings) = setup(&store, 4, Metric::Dot).await;
+    let mut rng = StdRng::seed_from_u64(6);
+    let recs: Vec<Record> = (0..100)
+        .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let r = reader(&store, &settings, Duration::from_secs(60));
+    let before = store.counts();
+    let q = rand_vec(&mut rng);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (r, q) = (r.clone(), q.clone());
+            tokio::spawn(async move { r.search(&SearchRequest::new(q, 5)).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let d = store.counts().since(&before);
+    // 4 manifests + 4 segments, once each, however many queries raced.
+    assert_eq!(d.get, 8, "{d:?}");
+    let s = r.stats();
+    assert_eq!(s.cache_misses, 4);
+    assert_eq!(s.live_records, 100);
+}
