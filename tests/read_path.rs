@@ -465,3 +465,150 @@ async fn concurrent_cold_queries_load_each_segment_once() {
     assert_eq!(s.cache_misses, 4);
     assert_eq!(s.live_records, 100);
 }
+
+#[tokio::test]
+async fn reader_role_prefetches_and_feeds_instance_metrics() {
+    use shoal::coord::role::RoleEnv;
+    use shoal::coord::{Cluster, JoinOptions, Role};
+    let store = common::memory_store();
+    let (w, _) = setup(&store, 4, Metric::Dot).await;
+    let mut rng = StdRng::seed_from_u64(8);
+    let recs: Vec<Record> = (0..40)
+        .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let c = Cluster::join(
+        store.clone(),
+        JoinOptions {
+            role: Some(Role::Reader),
+            background_heartbeat: false,
+            env: RoleEnv::default(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let opts = ReaderOptions::for_role(c.role());
+    assert!(opts.prefetch, "the reader role prefetches");
+    let r = c.reader(opts);
+    // Wait (bounded) for the background prefetch to load all partitions.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while r.stats().partitions_loaded < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefetch did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let resp = r
+        .search(&SearchRequest::new(rand_vec(&mut rng), 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.stats.cache_misses, 0,
+        "first query after prefetch is warm"
+    );
+    c.heartbeat_now().await.unwrap();
+    let rec = c.record().await;
+    assert_eq!(rec.metrics.vector_count, 40);
+    assert_eq!(rec.metrics.queries, 1);
+    assert!(rec.metrics.cache_hit_rate > 0.0);
+    assert_eq!(
+        Role::Writer.preset().aggressive_prefetch,
+        ReaderOptions::for_role(Role::Writer).prefetch
+    );
+}
+
+const CHILD_URL: &str = "SHOAL_CHILD_BUCKET";
+const CHILD_QUERY: &str = "SHOAL_CHILD_QUERY";
+
+/// Helper run as a separate OS process by `strong_reads_see_writes_from_another_process`:
+/// opens the bucket cold, runs one strong search, prints `TOP=<id>`.
+#[tokio::test]
+#[ignore = "helper: spawned as a separate process"]
+async fn child_strong_search() {
+    let url = std::env::var(CHILD_URL).expect("run by the parent test");
+    let q: Vec<f32> = serde_json::from_str(&std::env::var(CHILD_QUERY).unwrap()).unwrap();
+    let store = match url.strip_prefix("s3://") {
+        Some(rest) => {
+            let opts = common::s3_options(&common::s3_endpoint().unwrap());
+            let s = shoal::store::s3::S3Store::open(rest, &opts).await.unwrap();
+            Arc::new(Counted::new(Arc::new(s)))
+        }
+        None => shoal::store::open(&url).await.unwrap(),
+    };
+    let (cfg, _) = shoal::coord::config::read_config(store.as_ref())
+        .await
+        .unwrap()
+        .unwrap();
+    let r = reader(&store, &cfg.settings, Duration::from_secs(3600));
+    let resp = r
+        .search(&SearchRequest::new(q, 1).tap_strong())
+        .await
+        .unwrap();
+    let top = resp
+        .results
+        .first()
+        .map_or("none".to_string(), |h| h.id.clone());
+    println!("TOP={top}");
+}
+
+fn child_top(url: &str, q: &[f32]) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_strong_search", "--nocapture"])
+        .env(CHILD_URL, url)
+        .env(CHILD_QUERY, serde_json::to_string(q).unwrap())
+        .output()
+        .expect("spawn child process");
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TOP="))
+        .unwrap_or_else(|| panic!("no TOP= line in {stdout}"))
+        .to_string()
+}
+
+async fn strong_reads_across_processes(store: Arc<Counted>, url: &str) {
+    let (w, _) = setup(&store, 4, Metric::Euclidean).await;
+    let mut rng = StdRng::seed_from_u64(9);
+    let recs: Vec<Record> = (0..50)
+        .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let target = vec![7.0f32; DIMS];
+    assert_ne!(child_top(url, &target), "r3");
+    w.upsert(&[Record::new("r3", target.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        child_top(url, &target),
+        "r3",
+        "another process sees the upsert"
+    );
+    w.delete(&["r3".into()]).await.unwrap();
+    assert_ne!(
+        child_top(url, &target),
+        "r3",
+        "another process sees the delete"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_reads_see_writes_from_another_process_local() {
+    let (store, dir) = common::local_store();
+    strong_reads_across_processes(store, dir.path().to_str().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_reads_see_writes_from_another_process_s3() {
+    let Some(store) = common::s3_store().await else {
+        return;
+    };
+    let url = store.describe();
+    strong_reads_across_processes(store, &url).await;
+}

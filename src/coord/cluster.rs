@@ -192,15 +192,21 @@ impl Cluster {
         &self.inner.instance_id
     }
 
-    /// A reader for this index, sized by this instance's role, feeding
-    /// its published metrics.
+    /// A reader for this index feeding this instance's published metrics.
+    /// With `opts.prefetch` (the reader role's default) every partition is
+    /// loaded in the background right away, so the first query is warm.
     pub fn reader(&self, opts: crate::reader::ReaderOptions) -> crate::reader::Reader {
-        crate::reader::Reader::with_metrics(
+        let prefetch = opts.prefetch;
+        let reader = crate::reader::Reader::with_metrics(
             self.inner.store.clone(),
             &self.inner.config.settings,
             opts,
             Some(self.inner.metrics.clone()),
-        )
+        );
+        if prefetch {
+            reader.spawn_warm();
+        }
+        reader
     }
 
     /// A writer for this index, identified by this instance's id.

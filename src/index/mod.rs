@@ -23,6 +23,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
+        let x: &[f32; 8] = x.try_into().expect("chunks of 8");
+        let y: &[f32; 8] = y.try_into().expect("chunks of 8");
         for i in 0..8 {
             acc[i] += x[i] * y[i];
         }
@@ -42,6 +44,8 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
+        let x: &[f32; 8] = x.try_into().expect("chunks of 8");
+        let y: &[f32; 8] = y.try_into().expect("chunks of 8");
         for i in 0..8 {
             let d = x[i] - y[i];
             acc[i] += d * d;

@@ -217,6 +217,9 @@ pub struct ReaderOptions {
     pub cache_ttl: Duration,
     /// Partitions fetched at once.
     pub io_concurrency: usize,
+    /// Load every partition in the background as soon as the reader is
+    /// created through a cluster (on by default for the reader role).
+    pub prefetch: bool,
 }
 
 impl Default for ReaderOptions {
@@ -234,6 +237,7 @@ impl ReaderOptions {
             cache_bytes: (memory_budget_bytes() as f64 * preset.segment_cache_fraction) as u64,
             cache_ttl: preset.cache_ttl,
             io_concurrency: 32,
+            prefetch: preset.aggressive_prefetch,
         }
     }
 }
@@ -367,6 +371,21 @@ impl Reader {
     /// concurrency), so the first query is warm. Returns live records.
     pub async fn warm(&self) -> Result<u64, ReadError> {
         exec::warm(&self.shared).await
+    }
+
+    /// Starts [`Reader::warm`] in the background; a failure is logged, and
+    /// queries load what they need as usual.
+    pub fn spawn_warm(&self) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let t = std::time::Instant::now();
+            match me.warm().await {
+                Ok(live) => tracing::info!(live, secs = t.elapsed().as_secs_f64(), "prefetched"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "prefetch failed; queries will load on demand")
+                }
+            }
+        })
     }
 
     pub fn stats(&self) -> ReaderStats {
