@@ -193,6 +193,312 @@ impl Filter {
     }
 }
 
+/// Compiles the readable filter syntax used on the command line into the
+/// JSON filter:
+///
+/// ```text
+/// domain=medical and price<10
+/// (domain = "legal" or tag in [a, b]) and sku exists and status != retired
+/// ```
+///
+/// Comparisons `=`, `!=`, `<`, `<=`, `>`, `>=`, `in [..]`, `exists`,
+/// `not exists`; `and` binds tighter than `or`; parentheses group. Values
+/// are numbers, `true`/`false`/`null`, quoted strings, or bare words
+/// (strings).
+pub fn parse_filter_expr(src: &str) -> Result<Value, FilterError> {
+    let tokens = tokenize(src)?;
+    let mut p = ExprParser {
+        t: &tokens,
+        at: 0,
+        depth: 0,
+    };
+    let v = p.or()?;
+    if let Some(tok) = p.t.get(p.at) {
+        return err(format!(
+            "unexpected `{}` at position {}",
+            tok.text,
+            tok.pos + 1
+        ));
+    }
+    parse_filter(&v)?;
+    Ok(v)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tk {
+    Word,
+    Str,
+    Op,
+    Punct,
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    kind: Tk,
+    text: String,
+    pos: usize,
+}
+
+fn tokenize(src: &str) -> Result<Vec<Token>, FilterError> {
+    let chars: Vec<(usize, char)> = src.char_indices().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let (pos, c) = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if matches!(c, '(' | ')' | '[' | ']' | ',') {
+            out.push(Token {
+                kind: Tk::Punct,
+                text: c.to_string(),
+                pos,
+            });
+            i += 1;
+        } else if matches!(c, '=' | '!' | '<' | '>') {
+            let two: String = chars[i..chars.len().min(i + 2)]
+                .iter()
+                .map(|x| x.1)
+                .collect();
+            let op = if matches!(two.as_str(), "==" | "!=" | "<=" | ">=") {
+                two
+            } else {
+                c.to_string()
+            };
+            if op == "!" {
+                return err(format!(
+                    "`!` at position {} must be followed by `=`",
+                    pos + 1
+                ));
+            }
+            i += op.len();
+            out.push(Token {
+                kind: Tk::Op,
+                text: op,
+                pos,
+            });
+        } else if c == '"' || c == '\'' {
+            let mut j = i + 1;
+            let mut text = String::new();
+            while j < chars.len() && chars[j].1 != c {
+                if chars[j].1 == '\\' && j + 1 < chars.len() {
+                    j += 1;
+                }
+                text.push(chars[j].1);
+                j += 1;
+            }
+            if j >= chars.len() {
+                return err(format!(
+                    "unterminated string starting at position {}",
+                    pos + 1
+                ));
+            }
+            out.push(Token {
+                kind: Tk::Str,
+                text,
+                pos,
+            });
+            i = j + 1;
+        } else {
+            let mut j = i;
+            let mut text = String::new();
+            while j < chars.len() {
+                let ch = chars[j].1;
+                if ch.is_whitespace() || "()[],=!<>\"'".contains(ch) {
+                    break;
+                }
+                text.push(ch);
+                j += 1;
+            }
+            out.push(Token {
+                kind: Tk::Word,
+                text,
+                pos,
+            });
+            i = j;
+        }
+    }
+    Ok(out)
+}
+
+struct ExprParser<'a> {
+    t: &'a [Token],
+    at: usize,
+    depth: usize,
+}
+
+impl ExprParser<'_> {
+    fn peek_word(&self, w: &str) -> bool {
+        self.t
+            .get(self.at)
+            .is_some_and(|t| t.kind == Tk::Word && t.text.eq_ignore_ascii_case(w))
+    }
+
+    fn peek_punct(&self, p: &str) -> bool {
+        self.t
+            .get(self.at)
+            .is_some_and(|t| t.kind == Tk::Punct && t.text == p)
+    }
+
+    fn where_(&self) -> String {
+        match self.t.get(self.at) {
+            Some(t) => format!("at `{}` (position {})", t.text, t.pos + 1),
+            None => "at the end".into(),
+        }
+    }
+
+    fn or(&mut self) -> Result<Value, FilterError> {
+        let mut parts = vec![self.and()?];
+        while self.peek_word("or") {
+            self.at += 1;
+            parts.push(self.and()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.pop().unwrap()
+        } else {
+            serde_json::json!({"$or": parts})
+        })
+    }
+
+    fn and(&mut self) -> Result<Value, FilterError> {
+        let mut parts = vec![self.term()?];
+        while self.peek_word("and") {
+            self.at += 1;
+            parts.push(self.term()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.pop().unwrap()
+        } else {
+            serde_json::json!({"$and": parts})
+        })
+    }
+
+    fn term(&mut self) -> Result<Value, FilterError> {
+        if self.peek_punct("(") {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return err(format!("nested deeper than {MAX_DEPTH} levels"));
+            }
+            self.at += 1;
+            let v = self.or()?;
+            if !self.peek_punct(")") {
+                return err(format!("expected `)` {}", self.where_()));
+            }
+            self.at += 1;
+            self.depth -= 1;
+            return Ok(v);
+        }
+        let field = match self.t.get(self.at) {
+            Some(t)
+                if t.kind == Tk::Word
+                    && !["and", "or"].contains(&t.text.to_lowercase().as_str()) =>
+            {
+                t.text.clone()
+            }
+            _ => return err(format!("expected a field name {}", self.where_())),
+        };
+        self.at += 1;
+        if self.peek_word("exists") {
+            self.at += 1;
+            return Ok(serde_json::json!({ field: {"$exists": true} }));
+        }
+        if self.peek_word("not") {
+            self.at += 1;
+            if !self.peek_word("exists") {
+                return err(format!("expected `exists` after `not` {}", self.where_()));
+            }
+            self.at += 1;
+            return Ok(serde_json::json!({ field: {"$exists": false} }));
+        }
+        if self.peek_word("in") {
+            self.at += 1;
+            if !self.peek_punct("[") {
+                return err(format!("expected `[` after `in` {}", self.where_()));
+            }
+            self.at += 1;
+            let mut vals = Vec::new();
+            while !self.peek_punct("]") {
+                vals.push(self.value()?);
+                if self.peek_punct(",") {
+                    self.at += 1;
+                } else if !self.peek_punct("]") {
+                    return err(format!("expected `,` or `]` {}", self.where_()));
+                }
+            }
+            self.at += 1;
+            return Ok(serde_json::json!({ field: {"$in": vals} }));
+        }
+        let op = match self.t.get(self.at) {
+            Some(t) if t.kind == Tk::Op => t.text.clone(),
+            _ => {
+                return err(format!(
+                    "expected an operator (=, !=, <, <=, >, >=, in, exists) after `{field}` {}",
+                    self.where_()
+                ))
+            }
+        };
+        self.at += 1;
+        let v = self.value()?;
+        let numeric = |v: &Value| {
+            if v.is_number() {
+                Ok(())
+            } else {
+                err(format!("`{field} {op}` needs a number, found {v}"))
+            }
+        };
+        Ok(match op.as_str() {
+            "=" | "==" => serde_json::json!({ field: v }),
+            "!=" => serde_json::json!({ field: {"$ne": v} }),
+            "<" => {
+                numeric(&v)?;
+                serde_json::json!({ field: {"$lt": v} })
+            }
+            "<=" => {
+                numeric(&v)?;
+                serde_json::json!({ field: {"$lte": v} })
+            }
+            ">" => {
+                numeric(&v)?;
+                serde_json::json!({ field: {"$gt": v} })
+            }
+            _ => {
+                numeric(&v)?;
+                serde_json::json!({ field: {"$gte": v} })
+            }
+        })
+    }
+
+    fn value(&mut self) -> Result<Value, FilterError> {
+        let Some(t) = self.t.get(self.at) else {
+            return err("expected a value at the end");
+        };
+        let v = match t.kind {
+            Tk::Str => Value::String(t.text.clone()),
+            Tk::Word => match t.text.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                "null" => Value::Null,
+                w => match w.parse::<f64>() {
+                    Ok(n) if n.is_finite() => serde_json::Number::from_f64(n)
+                        .map(|n| {
+                            if w.contains(['.', 'e', 'E']) {
+                                Value::Number(n)
+                            } else {
+                                w.parse::<i64>()
+                                    .map(Value::from)
+                                    .unwrap_or(Value::Number(n))
+                            }
+                        })
+                        .unwrap_or_else(|| Value::String(w.into())),
+                    _ => Value::String(w.into()),
+                },
+            },
+            _ => return err(format!("expected a value {}", self.where_())),
+        };
+        self.at += 1;
+        Ok(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +583,59 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("nested deeper"));
+    }
+
+    #[test]
+    fn readable_syntax_compiles_to_json_filters() {
+        let cases = [
+            ("domain=medical", json!({"domain": "medical"})),
+            ("domain = \"legal docs\"", json!({"domain": "legal docs"})),
+            ("price<10", json!({"price": {"$lt": 10}})),
+            ("price >= 2.5", json!({"price": {"$gte": 2.5}})),
+            (
+                "a=1 and b!=x",
+                json!({"$and": [{"a": 1}, {"b": {"$ne": "x"}}]}),
+            ),
+            (
+                "a=1 or b=2 and c=3",
+                json!({"$or": [{"a": 1}, {"$and": [{"b": 2}, {"c": 3}]}]}),
+            ),
+            (
+                "(a=1 or b=2) and c=3",
+                json!({"$and": [{"$or": [{"a": 1}, {"b": 2}]}, {"c": 3}]}),
+            ),
+            (
+                "tag in [a, 'b c', 3]",
+                json!({"tag": {"$in": ["a", "b c", 3]}}),
+            ),
+            (
+                "sku exists and x not exists",
+                json!({"$and": [{"sku": {"$exists": true}}, {"x": {"$exists": false}}]}),
+            ),
+            ("flag = true", json!({"flag": true})),
+        ];
+        for (src, want) in cases {
+            assert_eq!(parse_filter_expr(src).unwrap(), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn readable_syntax_errors_point_at_the_problem() {
+        let cases = [
+            ("domain", "expected an operator"),
+            ("domain=", "expected a value at the end"),
+            ("price < cheap", "needs a number"),
+            ("(a=1", "expected `)`"),
+            ("a=1 b=2", "unexpected `b` at position 5"),
+            ("a = 'open", "unterminated string"),
+            ("tag in a", "expected `[`"),
+            ("and a=1", "expected a field name"),
+            ("a ! 1", "must be followed by `=`"),
+        ];
+        for (src, want) in cases {
+            let e = parse_filter_expr(src).unwrap_err().to_string();
+            assert!(e.contains(want), "{src}: got {e}, want {want}");
+        }
     }
 
     #[test]

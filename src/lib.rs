@@ -32,6 +32,7 @@
 //! - [`filter`]: the metadata filter language (`$eq`, `$in`, `$lt`, `$and`, ...).
 //! - [`index`]: distance kernels, the top-k collector and the per-segment
 //!   search trait (exact scan; ANN kinds plug in behind it).
+//! - [`inspect`]: `status` and `verify`: administrative views of a bucket.
 //! - [`reader`]: the read path: manifest freshness, the segment cache,
 //!   live-record views, fan-out search, `get`, `warm`.
 //!
@@ -42,6 +43,7 @@ pub mod coord;
 pub mod dataset;
 pub mod filter;
 pub mod index;
+pub mod inspect;
 pub mod reader;
 pub mod record;
 pub mod segment;

@@ -1,50 +1,38 @@
-//! The `shoal` command line. Thin: parse flags, call the library.
+//! The `shoal` command line. Thin: parse flags, set up logging, hand off to
+//! the command implementations in `cli/`, which call the library.
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
-use shoal::store::ObjectStore;
+mod cli;
 
-#[derive(Parser)]
-#[command(
-    name = "shoal",
-    version,
-    about = "Serverless vector search on an S3 bucket"
-)]
-struct Cli {
-    /// Where the index lives: s3://bucket/prefix, file:///dir, a path, or memory://name.
-    #[arg(
-        long,
-        env = "SHOAL_BUCKET",
-        default_value = "./shoal-data",
-        global = true
-    )]
-    bucket: String,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Check that the store enforces conditional writes (create-only and
-    /// compare-and-swap), which every multi-writer guarantee depends on.
-    Probe,
-}
+use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Probe => {
-            let store = shoal::store::open(&cli.bucket)
-                .await
-                .with_context(|| format!("opening {}", cli.bucket))?;
-            shoal::store::probe_conditional_writes(store.as_ref()).await?;
-            println!(
-                "{}: conditional writes are enforced ({} requests)",
-                store.describe(),
-                store.counts().total()
-            );
+async fn main() -> std::process::ExitCode {
+    // Like other Unix tools, end quietly when stdout is closed early
+    // (`shoal status | head`) instead of panicking on a broken pipe.
+    #[cfg(unix)]
+    // SAFETY: signal() only changes the process-wide disposition of
+    // SIGPIPE; nothing in shoal relies on it being ignored.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let args = cli::Cli::parse();
+    let level = match args.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("shoal={level},warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli::run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
-    Ok(())
 }

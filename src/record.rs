@@ -310,6 +310,19 @@ pub fn prepare_batch(records: &[Record], schema: &Schema) -> Result<Vec<Prepared
     Ok(dedupe_last_wins(out))
 }
 
+/// Validates one record (position 0) for callers that validate record by
+/// record, such as file ingest reporting `file:line`.
+pub fn prepare_one(record: &Record, schema: &Schema) -> Result<Prepared, InvalidInput> {
+    let one = Schema {
+        max_records: 1,
+        max_bytes: usize::MAX,
+        ..schema.clone()
+    };
+    Ok(prepare_batch(std::slice::from_ref(record), &one)?
+        .pop()
+        .expect("one valid record"))
+}
+
 /// Validates a batch of deletes into tombstones (deduplicated).
 pub fn prepare_deletes(ids: &[String], schema: &Schema) -> Result<Vec<Prepared>, InvalidInput> {
     if ids.len() > schema.max_records {

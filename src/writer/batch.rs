@@ -155,7 +155,10 @@ impl BatchWriter {
         self.add_prepared(prepared).await
     }
 
-    async fn add_prepared(&self, prepared: Vec<Prepared>) -> Result<FlushReport, WriteError> {
+    /// Buffers records already validated with [`crate::record::prepare_one`]
+    /// or [`crate::record::prepare_batch`] (callers that report their own
+    /// error locations, such as `shoal ingest`).
+    pub async fn add_prepared(&self, prepared: Vec<Prepared>) -> Result<FlushReport, WriteError> {
         let n = self.shared.writer.partition_count();
         let now = Instant::now();
         let mut full = std::collections::BTreeSet::new();

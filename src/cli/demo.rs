@@ -1,0 +1,241 @@
+//! `shoal demo`: the whole engine on a small real dataset shipped inside
+//! the binary (3,000 Debian package descriptions embedded with
+//! all-MiniLM-L6-v2, 384-d, and 12 real queries; see
+//! scripts/make-demo-data.py). Needs no server: by default it builds a
+//! local-directory index in ./shoal-demo.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+use serde_json::json;
+use shoal::coord::role::RoleEnv;
+use shoal::coord::{Cluster, JoinOptions, Metric, RequestedSettings, Role};
+use shoal::reader::{Consistency, ReaderOptions, SearchRequest};
+use shoal::record::Record;
+use shoal::store::ObjectStore;
+use shoal::writer::{BatchWriter, BatchWriterOptions, WriterOptions};
+
+use super::query::print_hits;
+use super::Ctx;
+
+const VECTORS: &[u8] = include_bytes!("../../data/demo/vectors.f32.zst");
+const DOCS: &[u8] = include_bytes!("../../data/demo/docs.jsonl.zst");
+const QUERIES: &str = include_str!("../../data/demo/queries.json");
+const DIMS: usize = 384;
+pub const DEMO_BUCKET: &str = "./shoal-demo";
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Hash partitions of the demo index.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: u32,
+}
+
+#[derive(Deserialize)]
+struct Doc {
+    id: String,
+    package: String,
+    domain: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct Query {
+    text: String,
+    domain: String,
+    vector: Vec<f32>,
+}
+
+fn load() -> Result<(Vec<Record>, Vec<Query>)> {
+    let raw = zstd::decode_all(VECTORS).context("demo vectors")?;
+    let docs = String::from_utf8(zstd::decode_all(DOCS).context("demo docs")?)?;
+    let docs: Vec<Doc> = docs
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let vectors: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    anyhow::ensure!(
+        vectors.len() == docs.len() * DIMS,
+        "demo data is inconsistent"
+    );
+    let records = docs
+        .into_iter()
+        .zip(vectors.chunks_exact(DIMS))
+        .map(|(d, v)| {
+            Record::new(d.id, v.to_vec())
+                .with_metadata(json!({"package": d.package, "domain": d.domain, "text": d.text}))
+        })
+        .collect();
+    Ok((records, serde_json::from_str(QUERIES)?))
+}
+
+/// Exact top-k ids by brute force, for the recall figure.
+fn exact_top(records: &[Record], q: &[f32], k: usize) -> Vec<String> {
+    let mut scored: Vec<(f32, &str)> = records
+        .iter()
+        .map(|r| (shoal::index::dot(q, &r.vector), r.id.as_str()))
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    scored
+        .into_iter()
+        .take(k)
+        .map(|(_, id)| id.to_string())
+        .collect()
+}
+
+pub async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
+    let bucket = ctx
+        .as_ref()
+        .map_or(DEMO_BUCKET.to_string(), |c| c.bucket.clone());
+    let (records, queries) = load()?;
+    println!(
+        "shoal demo: {} real Debian package descriptions, embedded with all-MiniLM-L6-v2 ({DIMS}-d), and {} real queries\n",
+        records.len(),
+        queries.len()
+    );
+    let store = shoal::store::open(&bucket)
+        .await
+        .with_context(|| format!("cannot open {bucket}"))?;
+    let settings = RequestedSettings {
+        partition_count: Some(a.partitions),
+        dimensions: Some(DIMS as u32),
+        distance_metric: Some(Metric::Cosine),
+        embedding_model: Some("all-MiniLM-L6-v2".into()),
+        instance_timeout_seconds: None,
+    };
+    let cluster = Cluster::join(
+        store.clone(),
+        JoinOptions {
+            settings,
+            role: Some(Role::Both),
+            env: RoleEnv::default(),
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| {
+        format!("cannot use {bucket} for the demo (pass --bucket to pick another place)")
+    })?;
+
+    // 1. Ingest.
+    let t = Instant::now();
+    let before = store.counts();
+    let bw = BatchWriter::new(
+        cluster.writer(WriterOptions::default()),
+        BatchWriterOptions::default(),
+    );
+    bw.add(&records).await?;
+    let flushed = bw.close().await?;
+    let reqs = store.counts().since(&before);
+    println!(
+        "1. ingested {} records into {} in {:.0} ms ({} partitions, {} segment PUTs + {} manifest commits)\n",
+        flushed.records,
+        store.describe(),
+        t.elapsed().as_secs_f64() * 1e3,
+        a.partitions,
+        flushed.segments,
+        reqs.put.saturating_sub(flushed.segments as u64)
+    );
+
+    // 2. Search.
+    let reader = cluster.reader(ReaderOptions {
+        prefetch: false,
+        ..ReaderOptions::for_role(Role::Both)
+    });
+    let t = Instant::now();
+    reader.warm().await?;
+    println!(
+        "2. searching (reader warmed in {:.0} ms)\n",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    for q in queries.iter().take(4) {
+        let req = SearchRequest::new(q.vector.clone(), 5);
+        let t = Instant::now();
+        let resp = reader.search(&req).await?;
+        println!(
+            "   query: \"{}\"  ({:.2} ms)",
+            q.text,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        print_hits(&resp.results);
+        println!();
+    }
+    let fq = queries
+        .iter()
+        .find(|q| q.domain == "python")
+        .unwrap_or(&queries[0]);
+    let filter = shoal::filter::parse_filter_expr(&format!("domain={}", fq.domain))?;
+    let req = SearchRequest {
+        filter: Some(filter),
+        ..SearchRequest::new(fq.vector.clone(), 5)
+    };
+    let t = Instant::now();
+    let resp = reader.search(&req).await?;
+    println!(
+        "   query: \"{}\" with filter domain={}  ({:.2} ms)",
+        fq.text,
+        fq.domain,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    print_hits(&resp.results);
+    println!();
+    let example_id = resp
+        .results
+        .first()
+        .map_or_else(|| records[0].id.clone(), |h| h.id.clone());
+
+    // 3. Recall and latency over every demo query.
+    let (mut recall, mut lat) = (0.0, Vec::new());
+    for q in &queries {
+        let req = SearchRequest {
+            consistency: Consistency::Bounded,
+            ..SearchRequest::new(q.vector.clone(), 10)
+        };
+        let t = Instant::now();
+        let resp = reader.search(&req).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        let got: Vec<String> = resp.results.into_iter().map(|h| h.id).collect();
+        let truth = exact_top(&records, &q.vector, 10);
+        recall += got.iter().filter(|id| truth.contains(id)).count() as f64 / 10.0;
+    }
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "3. {} queries: recall@10 vs exact brute force {:.3}, latency p50 {:.2} ms, max {:.2} ms\n",
+        queries.len(),
+        recall / queries.len() as f64,
+        shoal::bench::percentile(&lat, 50.0),
+        lat.last().copied().unwrap_or(0.0)
+    );
+    cluster.leave().await?;
+
+    // 4. What next.
+    let qfile = std::env::temp_dir().join("shoal-demo-queries.jsonl");
+    let lines: Vec<String> = queries
+        .iter()
+        .map(|q| json!({"text": q.text, "domain": q.domain, "vector": q.vector}).to_string())
+        .collect();
+    std::fs::write(&qfile, lines.join("\n") + "\n")?;
+    let b = if bucket == DEMO_BUCKET {
+        "./shoal-demo".to_string()
+    } else {
+        bucket.clone()
+    };
+    println!("try next:");
+    println!("  shoal --bucket {b} status");
+    println!(
+        "  shoal --bucket {b} search --query-file {} --query-index 5 -k 5",
+        qfile.display()
+    );
+    println!(
+        "  shoal --bucket {b} search --query-file {} --query-index 5 --filter 'domain=python'",
+        qfile.display()
+    );
+    println!("  shoal --bucket {b} get {example_id} --json");
+    println!("  shoal --bucket {b} verify");
+    Ok(())
+}

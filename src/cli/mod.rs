@@ -1,0 +1,223 @@
+//! The `shoal` command line: flag definitions and dispatch. Each command
+//! is a thin layer over the library; output is a table or, with `--json`,
+//! one JSON document on stdout. Errors go to stderr with exit code 1
+//! (2 for usage errors, from clap).
+
+mod admin;
+mod demo;
+mod ingest;
+mod query;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shoal::coord::config::read_config;
+use shoal::coord::role::RoleEnv;
+use shoal::coord::{Cluster, Config, JoinOptions, Metric, RequestedSettings, Role};
+use shoal::reader::Consistency;
+use shoal::store::{Counted, ObjectStore};
+
+pub const DEFAULT_BUCKET: &str = "./shoal-data";
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Serverless vector search whose only shared state is an S3 bucket",
+    long_about = "Serverless vector search whose only shared state is an S3 bucket.\n\n\
+        Point any number of shoal processes at one bucket (or a local directory): writers \
+        commit immutable segments with conditional writes, readers search every partition \
+        and merge the top-k.\n\nStart with `shoal demo`."
+)]
+pub struct Cli {
+    /// Where the index lives: s3://bucket/prefix, file:///abs/dir, a path, or memory://name.
+    /// Defaults to the local directory ./shoal-data (no server needed).
+    #[arg(long, env = "SHOAL_BUCKET", global = true)]
+    pub bucket: Option<String>,
+    /// Role of this process: reader, writer or both (default: detected; see ARCHITECTURE.md).
+    #[arg(long, env = "BRAINY_ROLE", global = true, value_enum)]
+    pub role: Option<RoleArg>,
+    /// Machine-readable output: one JSON document on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log more (-v: info, -vv: debug, -vvv: trace); logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Reader,
+    Writer,
+    Both,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Reader => Role::Reader,
+            RoleArg::Writer => Role::Writer,
+            RoleArg::Both => Role::Both,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MetricArg {
+    Cosine,
+    Euclidean,
+    Dot,
+}
+
+impl From<MetricArg> for Metric {
+    fn from(m: MetricArg) -> Metric {
+        match m {
+            MetricArg::Cosine => Metric::Cosine,
+            MetricArg::Euclidean => Metric::Euclidean,
+            MetricArg::Dot => Metric::Dot,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ConsistencyArg {
+    Eventual,
+    Bounded,
+    Strong,
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(c: ConsistencyArg) -> Consistency {
+        match c {
+            ConsistencyArg::Eventual => Consistency::Eventual,
+            ConsistencyArg::Bounded => Consistency::Bounded,
+            ConsistencyArg::Strong => Consistency::Strong,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create the index config in the bucket (refuses to contradict an existing one).
+    Init(InitArgs),
+    /// Ingest vectors from JSONL, .npy or .fvecs files (streaming, with a progress bar).
+    Ingest(ingest::IngestArgs),
+    /// Search for the nearest neighbours of a vector.
+    Search(query::SearchArgs),
+    /// Print one record by id.
+    Get {
+        /// The record id.
+        id: String,
+        /// Read-your-writes: revalidate the partition first.
+        #[arg(long, value_enum, default_value = "strong")]
+        consistency: ConsistencyArg,
+    },
+    /// Delete records by id (deleting an absent id is fine).
+    Delete {
+        /// Ids to delete.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Show the config, live instances, partitions and request counters.
+    Status,
+    /// Read every manifest and segment, check checksums, counts and references.
+    /// Exits with 1 if any problem is found (orphans alone are not problems).
+    Verify,
+    /// Check that the store enforces conditional writes (create-only and
+    /// compare-and-swap), which every multi-writer guarantee depends on.
+    Probe,
+    /// Run shoal end to end on a small real dataset shipped with it: ingest, search, recall.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Vector dimensions (1..=65536).
+    #[arg(long)]
+    pub dimensions: u32,
+    /// Distance metric.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub metric: MetricArg,
+    /// Number of hash partitions (1..=4096); cannot change later.
+    #[arg(long, default_value_t = shoal::coord::config::DEFAULT_PARTITION_COUNT)]
+    pub partitions: u32,
+    /// Name of the embedding model, recorded so every instance agrees.
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+/// What every command needs: where the bucket is and how to talk.
+pub struct Ctx {
+    pub bucket: String,
+    pub json: bool,
+    pub role: Option<Role>,
+}
+
+impl Ctx {
+    pub async fn store(&self) -> Result<Arc<Counted>> {
+        shoal::store::open(&self.bucket)
+            .await
+            .with_context(|| format!("cannot open {}", self.bucket))
+    }
+
+    /// The bucket's config, or a clear error saying how to create one.
+    pub async fn config(&self, store: &Counted) -> Result<Config> {
+        match read_config(store).await? {
+            Some((c, _)) => Ok(c),
+            None => bail!(
+                "no shoal index at {}: create one with `shoal --bucket {} init --dimensions N`",
+                store.describe(),
+                self.bucket
+            ),
+        }
+    }
+
+    /// Joins the bucket as a writer (probe, register, heartbeat).
+    pub async fn join_writer(
+        &self,
+        store: Arc<Counted>,
+        settings: RequestedSettings,
+    ) -> Result<Cluster> {
+        let opts = JoinOptions {
+            settings,
+            role: Some(self.role.unwrap_or(Role::Writer)),
+            env: RoleEnv::from_process(),
+            ..Default::default()
+        };
+        Ok(Cluster::join(store, opts).await?)
+    }
+
+    /// Prints `value` as JSON (for `--json`).
+    pub fn print_json<T: serde::Serialize>(&self, value: &T) -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx {
+        bucket: cli.bucket.clone().unwrap_or_else(|| DEFAULT_BUCKET.into()),
+        json: cli.json,
+        role: cli.role.map(Role::from),
+    };
+    match cli.command {
+        Command::Init(a) => admin::init(&ctx, a).await,
+        Command::Ingest(a) => ingest::run(&ctx, a).await,
+        Command::Search(a) => query::search(&ctx, a).await,
+        Command::Get { id, consistency } => query::get(&ctx, &id, consistency.into()).await,
+        Command::Delete { ids } => query::delete(&ctx, &ids).await,
+        Command::Status => admin::status(&ctx).await,
+        Command::Verify => admin::verify(&ctx).await,
+        Command::Probe => admin::probe(&ctx).await,
+        Command::Demo(a) => demo::run(cli.bucket.is_some().then_some(ctx), a).await,
+    }
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read_file(path: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}

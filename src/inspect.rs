@@ -1,0 +1,246 @@
+//! Looking at a bucket from outside the query path: `status` (config,
+//! instances, per-partition numbers from the manifests) and `verify`
+//! (reads every manifest and segment, checks checksums, counts and
+//! references, lists orphans). Both are administrative: `verify` reads
+//! everything and lists `vectors/`.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::coord::instance::{list_records, InstanceRecord};
+use crate::coord::manifest::read_manifest;
+use crate::coord::paths::{manifest_key, VECTORS_PREFIX};
+use crate::coord::{Config, CoordError};
+use crate::segment::decode_segment;
+use crate::store::{ObjectStore, RequestCounts};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    pub segments: u64,
+    /// Records written, tombstones included (from the manifest).
+    pub records: u64,
+    pub tombstones: u64,
+    pub bytes: u64,
+    /// Share of records that sit in indexed segments.
+    pub indexed_fraction: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceStatus {
+    #[serde(flatten)]
+    pub record: InstanceRecord,
+    pub alive: bool,
+    pub heartbeat_age_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub store: String,
+    pub config: Config,
+    pub instances: Vec<InstanceStatus>,
+    pub partitions: Vec<PartitionStatus>,
+    pub totals: PartitionStatus,
+    /// Requests made by this process so far (including this status call).
+    pub requests: RequestCounts,
+}
+
+/// Config, instances and per-partition numbers: one LIST + GET per
+/// instance record, one GET per manifest.
+pub async fn status(
+    store: &crate::store::Counted,
+    config: &Config,
+    now: SystemTime,
+) -> Result<Status, CoordError> {
+    let timeout = std::time::Duration::from_secs(config.settings.instance_timeout_seconds);
+    let instances = list_records(store)
+        .await?
+        .into_iter()
+        .map(|r| InstanceStatus {
+            alive: r.is_alive(now, timeout),
+            heartbeat_age_s: r.heartbeat_age(now).map(|d| d.as_secs_f64()),
+            record: r,
+        })
+        .collect();
+    let mut partitions = Vec::new();
+    let mut totals = PartitionStatus::default();
+    let mut indexed_records = 0u64;
+    for p in 0..config.settings.partition_count {
+        let mut ps = PartitionStatus {
+            partition: p,
+            ..Default::default()
+        };
+        if let Some((m, _)) = read_manifest(store, p).await? {
+            let mut indexed = 0;
+            for s in &m.segments {
+                ps.segments += 1;
+                ps.records += s.records;
+                ps.tombstones += s.tombstones;
+                ps.bytes += s.bytes;
+                if s.indexed {
+                    indexed += s.records;
+                }
+            }
+            indexed_records += indexed;
+            ps.indexed_fraction = if ps.records == 0 {
+                0.0
+            } else {
+                indexed as f64 / ps.records as f64
+            };
+        }
+        totals.segments += ps.segments;
+        totals.records += ps.records;
+        totals.tombstones += ps.tombstones;
+        totals.bytes += ps.bytes;
+        partitions.push(ps);
+    }
+    totals.partition = config.settings.partition_count;
+    totals.indexed_fraction = if totals.records == 0 {
+        0.0
+    } else {
+        indexed_records as f64 / totals.records as f64
+    };
+    Ok(Status {
+        store: store.describe(),
+        config: config.clone(),
+        instances,
+        partitions,
+        totals,
+        requests: store.counts(),
+    })
+}
+
+/// One thing wrong in the bucket.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub manifests: u64,
+    pub segments: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// Corrupt, missing or inconsistent objects.
+    pub problems: Vec<Problem>,
+    /// Objects under `vectors/` that no manifest references (left by
+    /// crashed or losing writers and compactors; GC removes them).
+    pub orphans: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Reads every manifest and every segment it references and checks them;
+/// lists `vectors/` to find orphans and stray objects.
+pub async fn verify(store: &dyn ObjectStore, config: &Config) -> Result<VerifyReport, CoordError> {
+    let s = &config.settings;
+    let mut report = VerifyReport::default();
+    let mut referenced = HashSet::new();
+    for p in 0..s.partition_count {
+        referenced.insert(manifest_key(p));
+        let m = match read_manifest(store, p).await {
+            Ok(Some((m, _))) => m,
+            Ok(None) => continue,
+            Err(CoordError::Store(e)) if !e.is_retryable() => {
+                report.problems.push(Problem {
+                    key: manifest_key(p),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+            Err(CoordError::Corrupt { key, reason, found }) => {
+                report.problems.push(Problem {
+                    key,
+                    message: format!("{reason}; found: {found}"),
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        report.manifests += 1;
+        for entry in &m.segments {
+            referenced.insert(entry.key.clone());
+            report.segments += 1;
+            let problem = |message: String| Problem {
+                key: entry.key.clone(),
+                message,
+            };
+            let bytes = match store.get(&entry.key).await {
+                Ok(g) => g.bytes,
+                Err(e) if e.is_retryable() => return Err(e.into()),
+                Err(e) => {
+                    report
+                        .problems
+                        .push(problem(format!("referenced by {}: {e}", manifest_key(p))));
+                    continue;
+                }
+            };
+            let seg = match decode_segment(&entry.key, &bytes) {
+                Ok(seg) => seg,
+                Err(e) => {
+                    report.problems.push(problem(e.to_string()));
+                    continue;
+                }
+            };
+            report.records += seg.len() as u64;
+            report.bytes += bytes.len() as u64;
+            if seg.header.dimensions != s.dimensions || seg.header.metric != s.metric() {
+                report.problems.push(problem(format!(
+                    "holds {}-d {} vectors; the index is {}-d {}",
+                    seg.header.dimensions, seg.header.metric, s.dimensions, s.distance_metric
+                )));
+            }
+            let tombs = seg.tombstone_count() as u64;
+            if seg.len() as u64 != entry.records || tombs != entry.tombstones {
+                report.problems.push(problem(format!(
+                    "holds {} records / {tombs} tombstones; the manifest says {} / {}",
+                    seg.len(),
+                    entry.records,
+                    entry.tombstones
+                )));
+            }
+            if bytes.len() as u64 != entry.bytes {
+                report.problems.push(problem(format!(
+                    "is {} bytes; the manifest says {}",
+                    bytes.len(),
+                    entry.bytes
+                )));
+            }
+            if seg.header.has_index != entry.indexed {
+                report.problems.push(problem(format!(
+                    "index flag {} disagrees with the manifest ({})",
+                    seg.header.has_index, entry.indexed
+                )));
+            }
+        }
+    }
+    for obj in store.list(VECTORS_PREFIX).await? {
+        if referenced.contains(&obj.key) {
+            continue;
+        }
+        let in_partition = obj
+            .key
+            .strip_prefix(VECTORS_PREFIX)
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(dir, _)| dir.strip_prefix('p')?.parse::<u32>().ok())
+            .is_some_and(|p| p < s.partition_count);
+        if in_partition && obj.key.ends_with(".seg") {
+            report.orphans.push(obj.key);
+        } else {
+            report.problems.push(Problem {
+                key: obj.key,
+                message: "unexpected object under vectors/ (not a partition's manifest or segment)"
+                    .into(),
+            });
+        }
+    }
+    Ok(report)
+}

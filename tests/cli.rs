@@ -1,0 +1,406 @@
+//! The real `shoal` binary, every command, against a local directory and
+//! against the S3 test server, including bad input with exact messages and
+//! exit codes.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+struct Shoal {
+    bucket: String,
+    /// Extra environment (S3 endpoint and credentials).
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+impl Shoal {
+    fn local() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = dir.path().join("index").to_str().unwrap().to_string();
+        Shoal {
+            bucket,
+            env: vec![],
+            dir,
+        }
+    }
+
+    async fn s3() -> Option<Self> {
+        let endpoint = common::s3_endpoint()?;
+        let store = common::s3_store().await?;
+        let bucket = format!(
+            "{}/cli",
+            shoal::store::ObjectStore::describe(store.as_ref())
+        );
+        let env = [
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Some(Shoal {
+            bucket,
+            env,
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        cmd.arg("--bucket").arg(&self.bucket).args(args);
+        cmd.env_remove("BRAINY_ROLE").env_remove("SHOAL_BUCKET");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.current_dir(self.dir.path());
+        cmd.output().expect("run shoal")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "shoal {args:?} failed ({:?}):\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail with `code`; returns stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "shoal {args:?}: stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).expect("valid JSON output")
+    }
+
+    fn file(&self, name: &str, contents: &[u8]) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, contents).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+}
+
+fn write_fvecs(path: &Path, rows: &[[f32; 4]]) {
+    let mut b = Vec::new();
+    for r in rows {
+        b.extend_from_slice(&4i32.to_le_bytes());
+        for x in r {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+fn npy(rows: &[[f32; 4]]) -> Vec<u8> {
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, 4), }}",
+        rows.len()
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    b.extend_from_slice(header.as_bytes());
+    for r in rows {
+        for x in r {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    b
+}
+
+const GOOD: &str = r#"{"id": "a", "vector": [1, 0, 0, 0], "metadata": {"text": "first", "price": 5}}
+{"id": "b", "vector": [0, 1, 0, 0], "metadata": {"symptoms": "cough"}}
+
+{"id": "c", "vector": [0, 0, 1, 0], "domain": "legal"}
+"#;
+
+fn every_command(s: &Shoal) {
+    // No index yet.
+    let e = s.fails(&["status"], 1);
+    assert!(
+        e.contains("no shoal index at") && e.contains("init --dimensions N"),
+        "{e}"
+    );
+
+    let out = s.ok(&[
+        "init",
+        "--dimensions",
+        "4",
+        "--metric",
+        "euclidean",
+        "--partitions",
+        "4",
+        "--model",
+        "toy",
+    ]);
+    assert!(
+        out.contains("index ready")
+            && out.contains("4 dimensions, euclidean metric, 4 partitions, model toy"),
+        "{out}"
+    );
+    let e = s.fails(&["init", "--dimensions", "8"], 1);
+    assert!(
+        e.contains("setting dimensions contradicts the bucket's config: the bucket has 4, this instance asked for 8"),
+        "{e}"
+    );
+
+    // Ingest JSONL.
+    let good = s.file("good.jsonl", GOOD.as_bytes());
+    let out = s.ok(&["ingest", &good]);
+    assert!(out.contains("committed 3 records"), "{out}");
+    let rec = s.json(&["get", "b"]);
+    assert_eq!(rec["metadata"]["domain"], "medical", "{rec}");
+    assert_eq!(rec["vector"], serde_json::json!([0.0, 1.0, 0.0, 0.0]));
+    let out = s.ok(&["get", "c"]);
+    assert!(out.contains("\"domain\": \"legal\""), "{out}");
+
+    // Search: table, JSON, filters in both syntaxes.
+    let out = s.ok(&["search", "--vector", "[0.9, 0.1, 0, 0]", "-k", "2"]);
+    let first = out.lines().nth(1).unwrap();
+    assert!(first.contains("  a ") && first.contains("first"), "{out}");
+    let r = s.json(&[
+        "search",
+        "--vector",
+        "[0.9, 0.1, 0, 0]",
+        "-k",
+        "3",
+        "--filter",
+        "domain=medical or price<3",
+    ]);
+    let ids: Vec<&str> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["b"]);
+    let r = s.json(&[
+        "search",
+        "--vector",
+        "[0,0,1,0]",
+        "-k",
+        "1",
+        "--filter-json",
+        r#"{"domain": {"$in": ["legal"]}}"#,
+        "--consistency",
+        "strong",
+    ]);
+    assert_eq!(r["results"][0]["id"], "c");
+
+    // Ingest .fvecs with ids, .npy without; search by --query-file.
+    let fv = s.dir.path().join("x.fvecs");
+    write_fvecs(&fv, &[[5.0, 5.0, 5.0, 5.0], [6.0, 6.0, 6.0, 6.0]]);
+    let ids = s.file("ids.txt", b"five\n\"six\"\n");
+    let meta = s.file("meta.jsonl", b"{\"n\": 5}\n{\"n\": 6}\n");
+    let out = s.ok(&[
+        "ingest",
+        fv.to_str().unwrap(),
+        "--ids",
+        &ids,
+        "--metadata",
+        &meta,
+    ]);
+    assert!(out.contains("committed 2 records"), "{out}");
+    assert_eq!(s.json(&["get", "six"])["metadata"]["n"], 6);
+    let np = s.file("y.npy", &npy(&[[7.0, 7.0, 7.0, 7.0]]));
+    assert!(s.ok(&["ingest", &np]).contains("committed 1 records"));
+    assert_eq!(s.json(&["get", "0"])["vector"][0], 7.0);
+    let r = s.json(&[
+        "search",
+        "--query-file",
+        fv.to_str().unwrap(),
+        "--query-index",
+        "1",
+        "-k",
+        "1",
+    ]);
+    assert_eq!(r["results"][0]["id"], "six");
+    let vf = s.file("q.json", b"[5, 5, 5, 5]");
+    assert_eq!(
+        s.json(&["search", "--vector-file", &vf, "-k", "1"])["results"][0]["id"],
+        "five"
+    );
+
+    // Delete.
+    assert!(s
+        .ok(&["delete", "a", "never-there"])
+        .contains("deleted 2 id(s)"));
+    let e = s.fails(&["get", "a"], 1);
+    assert!(e.contains("no record with id \"a\""), "{e}");
+
+    // Status, verify, probe.
+    let st = s.json(&["status"]);
+    assert_eq!(st["config"]["settings"]["dimensions"], 4);
+    assert_eq!(st["partitions"].as_array().unwrap().len(), 4);
+    assert!(st["totals"]["records"].as_u64().unwrap() >= 8);
+    assert!(s.ok(&["status"]).contains("partitions (non-empty)"));
+    let v = s.json(&["verify"]);
+    assert_eq!(v["problems"], serde_json::json!([]));
+    assert!(s.ok(&["verify"]).contains("ok: no problems"));
+    assert!(s.ok(&["probe"]).contains("conditional writes are enforced"));
+}
+
+fn bad_inputs(s: &Shoal) {
+    s.ok(&["init", "--dimensions", "4", "--partitions", "2"]);
+    // Missing file.
+    let e = s.fails(&["ingest", "nope.jsonl"], 1);
+    assert!(e.contains("nope.jsonl: no such file"), "{e}");
+    // Unsupported type.
+    let t = s.file("v.csv", b"1,2");
+    assert!(s
+        .fails(&["ingest", &t], 1)
+        .contains("unsupported file type `.csv`"));
+    // A bad JSON line: what came before is committed, nothing after.
+    let bad = s.file(
+        "bad.jsonl",
+        b"{\"id\": \"ok1\", \"vector\": [1,0,0,0]}\n{\"id\": \"ok2\", \"vector\": [0,1,0,0]}\n{\"id\": \"x\", \"vector\": [1,0,0,0]\n{\"id\": \"after\", \"vector\": [0,0,1,0]}\n",
+    );
+    let e = s.fails(&["ingest", &bad], 1);
+    assert!(e.contains("bad.jsonl:3: bad JSON record"), "{e}");
+    assert!(
+        e.contains("committed 2 records") && e.contains("the 2 records before it were committed"),
+        "{e}"
+    );
+    assert!(s.run(&["get", "ok2"]).status.success());
+    assert_eq!(
+        s.run(&["get", "after"]).status.code(),
+        Some(1),
+        "nothing after the bad line"
+    );
+    // Wrong dimension, with the line and id.
+    let dim = s.file(
+        "dim.jsonl",
+        b"{\"id\": \"d1\", \"vector\": [1,0,0,0]}\n{\"id\": \"d2\", \"vector\": [1,0,0]}\n",
+    );
+    let e = s.fails(&["ingest", &dim], 1);
+    assert!(
+        e.contains("dim.jsonl:2: id \"d2\": vector has 3 dimensions; the index has 4"),
+        "{e}"
+    );
+    // --skip-invalid counts and continues.
+    let out = s.ok(&["ingest", &dim, "--skip-invalid"]);
+    assert!(
+        out.contains("committed 1 records") && out.contains("skipped 1"),
+        "{out}"
+    );
+    // Unknown field (a typo) is named.
+    let typo = s.file("typo.jsonl", b"{\"id\": \"t\", \"vectors\": [1,0,0,0]}\n");
+    assert!(s
+        .fails(&["ingest", &typo], 1)
+        .contains("unknown field `vectors`"));
+    // Bad filter syntax and bad JSON filter.
+    let e = s.fails(
+        &["search", "--vector", "[1,0,0,0]", "--filter", "price <"],
+        1,
+    );
+    assert!(
+        e.contains("invalid filter: expected a value at the end"),
+        "{e}"
+    );
+    let e = s.fails(
+        &[
+            "search",
+            "--vector",
+            "[1,0,0,0]",
+            "--filter-json",
+            r#"{"p": {"$near": 1}}"#,
+        ],
+        1,
+    );
+    assert!(e.contains("unknown operator `$near`"), "{e}");
+    // Bad query vectors.
+    let e = s.fails(&["search", "--vector", "[1,0]"], 1);
+    assert!(
+        e.contains("query vector has 2 dimensions; the index has 4"),
+        "{e}"
+    );
+    let e = s.fails(&["search", "--vector", "one"], 1);
+    assert!(
+        e.contains("--vector: expected a JSON array of numbers"),
+        "{e}"
+    );
+    assert!(s
+        .fails(&["search"], 1)
+        .contains("give the query vector with --vector"));
+    // Usage errors are clap's exit code 2.
+    let e = s.fails(&["search", "--frobnicate"], 2);
+    assert!(e.contains("--frobnicate"), "{e}");
+    let e = s.fails(&["init", "--dimensions", "4", "--metric", "manhattan"], 2);
+    assert!(e.contains("manhattan") && e.contains("cosine"), "{e}");
+}
+
+#[test]
+fn every_command_local() {
+    every_command(&Shoal::local());
+}
+
+#[test]
+fn bad_inputs_local() {
+    bad_inputs(&Shoal::local());
+}
+
+#[tokio::test]
+async fn every_command_s3() {
+    let Some(s) = Shoal::s3().await else { return };
+    tokio::task::spawn_blocking(move || every_command(&s))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_inputs_s3() {
+    let Some(s) = Shoal::s3().await else { return };
+    tokio::task::spawn_blocking(move || bad_inputs(&s))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn demo_runs_on_the_embedded_default_and_prints_results_with_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("demo")
+        .env_remove("SHOAL_BUCKET")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("ingested 3000 records"), "{text}");
+    assert!(
+        text.contains("librust-bindgen"),
+        "a real result with its text: {text}"
+    );
+    assert!(text.contains("with filter domain=python"), "{text}");
+    assert!(
+        text.contains("recall@10 vs exact brute force 1.000"),
+        "{text}"
+    );
+    assert!(text.contains("try next:"));
+    assert!(dir.path().join("shoal-demo/_brainy/config.json").exists());
+}
