@@ -36,9 +36,13 @@
 //! - [`reader`]: the read path: manifest freshness, the segment cache,
 //!   live-record views, fan-out search, `get`, `warm`.
 //!
-//! Planned rooms, added by later work: `compact`, `api`.
+//! - [`compact`]: compaction of partition prefixes into indexed segments,
+//!   and garbage collection with a grace period.
+//!
+//! Planned rooms, added by later work: `api`.
 
 pub mod bench;
+pub mod compact;
 pub mod coord;
 pub mod dataset;
 pub mod filter;

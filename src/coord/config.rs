@@ -115,6 +115,9 @@ pub struct Settings {
     /// absent means the defaults (see `record::default_domain_rules`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_rules: Option<Vec<crate::record::DomainRule>>,
+    /// ANN index and compaction settings; absent means the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexSettings>,
     /// Settings written by newer versions; preserved.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -124,7 +127,89 @@ fn default_instance_timeout() -> u64 {
     DEFAULT_INSTANCE_TIMEOUT_SECONDS
 }
 
+/// `settings.index`: which ANN index compaction builds, and when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IndexSettings {
+    /// `ivf` (default), `hnsw` or `none`.
+    pub kind: String,
+    /// Segments with fewer records stay exact-scan.
+    pub min_records: u64,
+    /// IVF clusters per segment; default √n.
+    pub nlist: Option<u32>,
+    /// IVF clusters probed per segment per query (overridable per query).
+    pub nprobe: u32,
+    pub ef_construction: u32,
+    /// HNSW candidates per query; fixed when the graph is built.
+    pub ef_search: u32,
+    /// Largest compacted segment.
+    pub max_segment_records: u64,
+    /// Largest HNSW segment (builds grow superlinearly).
+    pub hnsw_max_segment_records: u64,
+    /// Compact a partition once it has this many segments ...
+    pub compact_min_segments: u32,
+    /// ... or this share of dead records (shadowed versions, tombstones).
+    pub compact_dead_fraction: f64,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        IndexSettings {
+            kind: "ivf".into(),
+            min_records: 5_000,
+            nlist: None,
+            nprobe: 8,
+            ef_construction: 100,
+            ef_search: 64,
+            max_segment_records: 200_000,
+            hnsw_max_segment_records: 20_000,
+            compact_min_segments: 8,
+            compact_dead_fraction: 0.2,
+        }
+    }
+}
+
+impl IndexSettings {
+    pub fn validate(&self) -> Result<(), CoordError> {
+        let bad = |setting, value: String, expected: &str| CoordError::InvalidSetting {
+            setting,
+            value,
+            expected: expected.into(),
+        };
+        if !["ivf", "hnsw", "none"].contains(&self.kind.as_str()) {
+            return Err(bad(
+                "index.kind",
+                format!("{:?}", self.kind),
+                "one of ivf, hnsw, none",
+            ));
+        }
+        if self.nprobe == 0 || self.ef_search == 0 || self.ef_construction == 0 {
+            return Err(bad(
+                "index.nprobe/efSearch/efConstruction",
+                "0".into(),
+                "at least 1",
+            ));
+        }
+        if self.max_segment_records == 0 || self.hnsw_max_segment_records == 0 {
+            return Err(bad("index.maxSegmentRecords", "0".into(), "at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.compact_dead_fraction) {
+            return Err(bad(
+                "index.compactDeadFraction",
+                self.compact_dead_fraction.to_string(),
+                "between 0 and 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Settings {
+    /// The index settings in force (the config's, else the defaults).
+    pub fn index(&self) -> IndexSettings {
+        self.index.clone().unwrap_or_default()
+    }
+
     /// The domain rules in force (the config's, else the defaults).
     pub fn domain_rules(&self) -> Vec<crate::record::DomainRule> {
         self.domain_rules
@@ -151,6 +236,9 @@ impl Settings {
         check_partition_count(self.partition_count)?;
         check_dimensions(self.dimensions)?;
         Metric::from_str(&self.distance_metric)?;
+        if let Some(ix) = &self.index {
+            ix.validate()?;
+        }
         if self.instance_timeout_seconds == 0 {
             return Err(CoordError::InvalidSetting {
                 setting: "instanceTimeoutSeconds",
@@ -286,6 +374,7 @@ impl RequestedSettings {
                     .instance_timeout_seconds
                     .unwrap_or(DEFAULT_INSTANCE_TIMEOUT_SECONDS),
                 domain_rules: None,
+                index: None,
                 extra: Map::new(),
             },
             extra: Map::new(),

@@ -27,10 +27,24 @@ pub struct Manifest {
     pub partition: u32,
     /// The seq the next committed segment gets. Starts at 1.
     pub next_seq: u64,
-    /// Committed segments in ascending seq order.
+    /// Committed segments in ascending seq order. Compaction outputs share
+    /// the seq of the newest segment they replaced (they hold distinct
+    /// ids), so seqs never decrease but may repeat.
     pub segments: Vec<SegmentEntry>,
+    /// Segments replaced by compaction, kept for GC's grace period so that
+    /// readers holding an older manifest can still fetch them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredEntry>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A segment no longer referenced, and since when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredEntry {
+    pub key: String,
+    pub retired_at: String,
 }
 
 /// One committed segment.
@@ -59,6 +73,7 @@ impl Manifest {
             partition,
             next_seq: 1,
             segments: Vec::new(),
+            retired: Vec::new(),
             extra: Map::new(),
         }
     }
@@ -95,9 +110,9 @@ impl Manifest {
         let dir = format!("{}/", partition_dir(partition));
         let mut last = 0;
         for s in &self.segments {
-            if s.seq <= last || s.seq >= self.next_seq {
+            if s.seq == 0 || s.seq < last || s.seq >= self.next_seq {
                 return Err(bad(format!(
-                    "segment seqs are not increasing below nextSeq {} (seq {} after {last})",
+                    "segment seqs must not decrease and stay below nextSeq {} (seq {} after {last})",
                     self.next_seq, s.seq
                 )));
             }

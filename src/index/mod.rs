@@ -12,6 +12,9 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+pub mod hnsw;
+pub mod ivf;
+
 use crate::coord::Metric;
 use crate::segment::Segment;
 
@@ -186,42 +189,58 @@ pub struct ScanStats {
     pub vectors_compared: u64,
 }
 
-/// One segment's view for a query: which positions are live.
+/// One segment's view for a query.
 pub struct SegmentView<'s> {
     pub segment: &'s Segment,
-    /// `live[i]`: record `i` is the newest version of its id and not a
-    /// tombstone.
-    pub live: &'s [bool],
+    /// `mask[i]`: record `i` may be returned (it is the newest version of
+    /// its id, not a tombstone, and passes the query's filter).
+    pub mask: &'s [bool],
+    /// Share of live records that pass the filter (1.0 without a filter).
+    pub selectivity: f64,
     /// Index of this segment in the partition's list (for candidates).
     pub ordinal: u32,
 }
 
+/// Per-query knobs for index kinds.
+#[derive(Clone, Copy, Debug)]
+pub struct QueryParams {
+    pub metric: Metric,
+    pub k: usize,
+    /// IVF clusters to probe per segment.
+    pub nprobe: usize,
+    /// Ignore ANN indexes and scan exactly.
+    pub exact: bool,
+}
+
+/// Filters keeping less than this share of a segment's live records are
+/// answered by an exact scan of the matching records (cheap, since few
+/// match, and exact), so filtering never costs recall.
+pub const SELECTIVE_FILTER: f64 = 0.1;
+
 /// How one kind of segment is searched. Exact scan is the baseline; ANN
 /// indexes (IVF, HNSW) implement the same call.
 pub trait SegmentSearch: Send + Sync {
-    /// Offers every candidate this method finds for `query` among the
-    /// live records of `view` that pass `accept` to `top`.
+    /// Offers the candidates this method finds for `query` among the
+    /// records of `view` allowed by its mask to `top`.
     fn search<'s>(
         &self,
         view: &SegmentView<'s>,
-        metric: Metric,
+        params: &QueryParams,
         query: &[f32],
-        accept: &dyn Fn(usize) -> bool,
         top: &mut TopK<'s>,
         stats: &mut ScanStats,
     );
 }
 
-/// Compares the query with every live, accepted record.
+/// Compares the query with every allowed record.
 pub struct ExactScan;
 
 impl SegmentSearch for ExactScan {
     fn search<'s>(
         &self,
         view: &SegmentView<'s>,
-        metric: Metric,
+        params: &QueryParams,
         query: &[f32],
-        accept: &dyn Fn(usize) -> bool,
         top: &mut TopK<'s>,
         stats: &mut ScanStats,
     ) {
@@ -230,11 +249,11 @@ impl SegmentSearch for ExactScan {
         stats.segments += 1;
         let mut compared = 0u64;
         for (i, v) in seg.vectors.chunks_exact(d).enumerate() {
-            if !view.live[i] || !accept(i) {
+            if !view.mask[i] {
                 continue;
             }
             compared += 1;
-            let dist = distance(metric, query, v);
+            let dist = distance(params.metric, query, v);
             if dist <= top.threshold() {
                 top.push(Candidate {
                     distance: dist,
@@ -245,6 +264,80 @@ impl SegmentSearch for ExactScan {
             }
         }
         stats.vectors_compared += compared;
+    }
+}
+
+/// A segment's ANN index, parsed from its index section.
+pub enum AnnIndex {
+    Ivf(ivf::IvfIndex),
+    Hnsw(hnsw::HnswIndex),
+}
+
+impl std::fmt::Debug for AnnIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnnIndex::Ivf(ix) => write!(f, "Ivf({} lists)", ix.nlist()),
+            AnnIndex::Hnsw(_) => f.write_str("Hnsw"),
+        }
+    }
+}
+
+impl AnnIndex {
+    /// Parses an index section of a segment with `records` records.
+    pub fn parse(bytes: &[u8], dims: usize, records: usize) -> Result<Self, String> {
+        match bytes.get(..4) {
+            Some(t) if t == ivf::TAG => {
+                ivf::IvfIndex::from_bytes(bytes, dims, records).map(AnnIndex::Ivf)
+            }
+            Some(t) if t == hnsw::TAG => {
+                hnsw::HnswIndex::from_bytes(bytes, records).map(AnnIndex::Hnsw)
+            }
+            _ => Err("unknown index kind".into()),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnnIndex::Ivf(_) => "ivf",
+            AnnIndex::Hnsw(_) => "hnsw",
+        }
+    }
+}
+
+impl SegmentSearch for AnnIndex {
+    fn search<'s>(
+        &self,
+        view: &SegmentView<'s>,
+        params: &QueryParams,
+        query: &[f32],
+        top: &mut TopK<'s>,
+        stats: &mut ScanStats,
+    ) {
+        if params.exact || view.selectivity < SELECTIVE_FILTER {
+            return ExactScan.search(view, params, query, top, stats);
+        }
+        let seg = view.segment;
+        match self {
+            AnnIndex::Ivf(ix) => ix.search(
+                &seg.vectors,
+                &seg.ids,
+                view.mask,
+                view.selectivity,
+                params.metric,
+                query,
+                params.nprobe,
+                view.ordinal,
+                top,
+                stats,
+            ),
+            AnnIndex::Hnsw(ix) => {
+                if !ix.search(view, params, query, top, stats) {
+                    // The graph's fixed ef could not find k allowed records
+                    // (a filter removed too many): answer exactly instead.
+                    ExactScan.search(view, params, query, top, stats);
+                }
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use super::{
     SearchResponse, Shared, MAX_K,
 };
 use crate::filter::{parse_filter, Filter};
-use crate::index::{present, ExactScan, ScanStats, SegmentSearch, SegmentView, TopK};
+use crate::index::{present, ExactScan, QueryParams, ScanStats, SegmentSearch, SegmentView, TopK};
 use crate::record::{check_vector, StoredRecord};
 use crate::segment::Segment;
 use crate::store::{Counted, ObjectStore};
@@ -104,33 +104,47 @@ struct Found {
 fn search_partition(
     view: &PartitionView,
     segments: &[Arc<Segment>],
-    metric: crate::coord::Metric,
+    params: &QueryParams,
     query: &[f32],
-    k: usize,
     filter: Option<&Filter>,
 ) -> (Vec<Found>, ScanStats) {
-    let mut top = TopK::new(k);
+    let mut top = TopK::new(params.k);
     let mut stats = ScanStats::default();
-    for (j, seg) in segments.iter().enumerate() {
-        let live = &view.live[j];
-        let sv = SegmentView {
-            segment: seg,
-            live,
-            ordinal: j as u32,
-        };
-        match filter {
-            None => ExactScan.search(&sv, metric, query, &|_| true, &mut top, &mut stats),
+    // Masks must outlive `top`, which borrows ids from the segments only.
+    let masks: Vec<std::borrow::Cow<'_, [bool]>> = segments
+        .iter()
+        .zip(&view.live)
+        .map(|(seg, live)| match filter {
+            None => std::borrow::Cow::Borrowed(live.as_slice()),
             Some(f) => {
                 let maps = seg.metadata_maps();
-                ExactScan.search(
-                    &sv,
-                    metric,
-                    query,
-                    &|i| f.matches(&maps[i]),
-                    &mut top,
-                    &mut stats,
+                std::borrow::Cow::Owned(
+                    live.iter()
+                        .zip(maps)
+                        .map(|(l, m)| *l && f.matches(m))
+                        .collect(),
                 )
             }
+        })
+        .collect();
+    for (j, seg) in segments.iter().enumerate() {
+        let mask: &[bool] = &masks[j];
+        let selectivity = match filter {
+            None => 1.0,
+            Some(_) => {
+                let live = view.live[j].iter().filter(|l| **l).count().max(1);
+                mask.iter().filter(|m| **m).count() as f64 / live as f64
+            }
+        };
+        let sv = SegmentView {
+            segment: seg,
+            mask,
+            selectivity,
+            ordinal: j as u32,
+        };
+        match &view.ann[j] {
+            Some(ann) => ann.search(&sv, params, query, &mut top, &mut stats),
+            None => ExactScan.search(&sv, params, query, &mut top, &mut stats),
         }
     }
     let found = top
@@ -197,12 +211,18 @@ pub(super) async fn search(
     // CPU phase on the rayon pool.
     let compute_start = std::time::Instant::now();
     let (metric, k) = (shared.metric, req.k);
+    let params = QueryParams {
+        metric,
+        k,
+        nprobe: req.nprobe.unwrap_or(shared.nprobe).max(1),
+        exact: req.exact,
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     rayon::spawn(move || {
         use rayon::prelude::*;
         let per: Vec<(Vec<Found>, ScanStats)> = ready
             .par_iter()
-            .map(|(view, segs)| search_partition(view, segs, metric, &query, k, filter.as_ref()))
+            .map(|(view, segs)| search_partition(view, segs, &params, &query, filter.as_ref()))
             .collect();
         let _ = tx.send((per, ready.len()));
     });

@@ -67,6 +67,12 @@ pub struct SearchRequest {
     /// Overrides the reader's `max_staleness` for `bounded` queries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_staleness_ms: Option<u64>,
+    /// IVF clusters to probe per segment (default: the index settings').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nprobe: Option<usize>,
+    /// Ignore ANN indexes: exact search.
+    #[serde(default)]
+    pub exact: bool,
 }
 
 fn default_k() -> usize {
@@ -87,6 +93,8 @@ impl SearchRequest {
             include_vectors: false,
             allow_partial: false,
             max_staleness_ms: None,
+            nprobe: None,
+            exact: false,
         }
     }
 }
@@ -220,6 +228,8 @@ pub struct ReaderOptions {
     /// Load every partition in the background as soon as the reader is
     /// created through a cluster (on by default for the reader role).
     pub prefetch: bool,
+    /// Default IVF probes per segment; `None`: the config's `index.nprobe`.
+    pub nprobe: Option<usize>,
 }
 
 impl Default for ReaderOptions {
@@ -238,6 +248,7 @@ impl ReaderOptions {
             cache_ttl: preset.cache_ttl,
             io_concurrency: 32,
             prefetch: preset.aggressive_prefetch,
+            nprobe: None,
         }
     }
 }
@@ -286,6 +297,7 @@ pub(crate) struct Shared {
     store: Arc<Counted>,
     dimensions: usize,
     metric: Metric,
+    nprobe: usize,
     opts: ReaderOptions,
     cache: moka::future::Cache<String, Arc<Segment>>,
     views: Vec<view::Slot>,
@@ -325,6 +337,10 @@ impl Reader {
                 store,
                 dimensions: settings.dimensions as usize,
                 metric: settings.metric(),
+                nprobe: opts
+                    .nprobe
+                    .unwrap_or(settings.index().nprobe as usize)
+                    .max(1),
                 views: (0..settings.partition_count)
                     .map(|_| view::Slot::default())
                     .collect(),

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::{LoadError, Shared};
 use crate::coord::manifest::{parse_manifest, Manifest};
 use crate::coord::paths::manifest_key;
+use crate::index::AnnIndex;
 use crate::segment::{decode_segment, Segment, SegmentError};
 use crate::store::{Conditional, ETag, ObjectStore, StoreError};
 
@@ -38,6 +39,8 @@ pub struct PartitionView {
     pub etag: Option<ETag>,
     /// Aligned with `manifest.segments`.
     pub live: Vec<Arc<Vec<bool>>>,
+    /// Each segment's parsed ANN index, if it has one.
+    pub ann: Vec<Option<Arc<AnnIndex>>>,
     pub(crate) newest: HashMap<String, Loc>,
     pub live_count: u64,
 }
@@ -49,14 +52,28 @@ impl PartitionView {
             manifest: Manifest::empty(partition),
             etag: None,
             live: Vec::new(),
+            ann: Vec::new(),
             newest: HashMap::new(),
             live_count: 0,
         }
     }
 
-    /// Adds segments newer than everything in the view, in seq order.
-    fn absorb(&mut self, segments: &[Arc<Segment>]) {
-        for seg in segments {
+    /// Adds segments newer than everything in the view, in seq order
+    /// (`keys` name them for errors).
+    fn absorb(&mut self, segments: &[Arc<Segment>], keys: &[String]) -> Result<(), LoadError> {
+        for (seg, key) in segments.iter().zip(keys) {
+            let ann = match &seg.index {
+                None => None,
+                Some(bytes) => Some(Arc::new(
+                    AnnIndex::parse(bytes, seg.dimensions(), seg.len()).map_err(|reason| {
+                        LoadError::from_segment(&SegmentError::Corrupt {
+                            key: key.clone(),
+                            reason: format!("bad index section: {reason}"),
+                        })
+                    })?,
+                )),
+            };
+            self.ann.push(ann);
             let j = self.live.len() as u32;
             let mut mask = vec![false; seg.len()];
             for (pos, id) in seg.ids.iter().enumerate() {
@@ -84,6 +101,7 @@ impl PartitionView {
             }
             self.live.push(Arc::new(mask));
         }
+        Ok(())
     }
 
     /// The newest location of `id`, if it is live.
@@ -145,19 +163,12 @@ pub(crate) async fn load_segment(
                 .await
                 .map_err(|e| LoadError::from_store(&e))?;
             let seg = decode_segment(key, &got.bytes).map_err(|e| LoadError::from_segment(&e))?;
-            if seg.dimensions() != dims || seg.header.metric != metric {
-                return Err(LoadError::from_segment(&SegmentError::Foreign {
-                    key: key.to_string(),
-                    reason: format!(
-                        "it holds {}-d {} vectors, the index is {dims}-d {metric}",
-                        seg.header.dimensions, seg.header.metric
-                    ),
-                }));
-            }
+            crate::writer::check_segment_matches(key, &seg.header, dims, metric)
+                .map_err(|e| LoadError::from_segment(&e))?;
             Ok(Arc::new(seg))
         })
         .await
-        .map_err(|e| (*e).clone())?;
+        .map_err(|e: Arc<LoadError>| (*e).clone())?;
     let (counter, global) = if entry.is_fresh() {
         (&tally.misses, &shared.misses)
     } else {
@@ -270,12 +281,12 @@ pub(crate) async fn refresh(
         None => PartitionView::empty(p),
     };
     let skip = view.live.len();
-    let new_keys = manifest.segments[skip..]
+    let new_keys: Vec<String> = manifest.segments[skip..]
         .iter()
         .map(|e| e.key.clone())
         .collect();
-    let new_segments = load_segments(shared, store, new_keys, tally).await?;
-    view.absorb(&new_segments);
+    let new_segments = load_segments(shared, store, new_keys.clone(), tally).await?;
+    view.absorb(&new_segments, &new_keys)?;
     view.manifest = manifest;
     view.etag = etag;
     let view = Arc::new(view);
@@ -331,7 +342,9 @@ mod tests {
     #[test]
     fn newest_version_wins_and_tombstones_hide() {
         let mut v = PartitionView::empty(0);
-        v.absorb(&[seg(&[("a", false), ("b", false), ("a", false)])]);
+        let k = |n: usize| vec!["k".to_string(); n];
+        v.absorb(&[seg(&[("a", false), ("b", false), ("a", false)])], &k(1))
+            .unwrap();
         assert_eq!(
             *v.live[0],
             vec![false, true, true],
@@ -339,23 +352,28 @@ mod tests {
         );
         assert_eq!(v.live_count, 2);
         // Incremental: a newer segment deletes b and re-adds a.
-        v.absorb(&[seg(&[("b", true), ("a", false), ("c", false)])]);
+        v.absorb(&[seg(&[("b", true), ("a", false), ("c", false)])], &k(1))
+            .unwrap();
         assert_eq!(*v.live[0], vec![false, false, false]);
         assert_eq!(*v.live[1], vec![false, true, true]);
         assert_eq!(v.live_count, 2);
         assert_eq!(v.locate("b"), None);
         assert_eq!(v.locate("a").unwrap().seg, 1);
         // b comes back.
-        v.absorb(&[seg(&[("b", false)])]);
+        v.absorb(&[seg(&[("b", false)])], &k(1)).unwrap();
         assert_eq!(v.live_count, 3);
         assert_eq!(v.locate("b").unwrap().seg, 2);
         // Incremental equals a rebuild from scratch.
         let mut full = PartitionView::empty(0);
-        full.absorb(&[
-            seg(&[("a", false), ("b", false), ("a", false)]),
-            seg(&[("b", true), ("a", false), ("c", false)]),
-            seg(&[("b", false)]),
-        ]);
+        full.absorb(
+            &[
+                seg(&[("a", false), ("b", false), ("a", false)]),
+                seg(&[("b", true), ("a", false), ("c", false)]),
+                seg(&[("b", false)]),
+            ],
+            &k(3),
+        )
+        .unwrap();
         assert_eq!(full.live, v.live);
         assert_eq!(full.live_count, v.live_count);
     }

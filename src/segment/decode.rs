@@ -242,26 +242,24 @@ pub fn open_section(
     Ok(raw)
 }
 
-/// Splits an offsets-then-bytes section into its `n` items.
-fn split_offsets(
-    key: &str,
-    what: &str,
-    raw: &[u8],
-    n: usize,
-) -> Result<(Vec<u64>, Vec<u8>), SegmentError> {
-    let head = (n + 1) * 8;
-    if raw.len() < head {
-        return Err(corrupt(
-            key,
-            format!("{what} section too short for {n} records"),
-        ));
-    }
-    let offsets: Vec<u64> = raw[..head]
+/// Splits a count-offsets-bytes section into its items' offsets and bytes.
+fn split_offsets(key: &str, what: &str, raw: &[u8]) -> Result<(Vec<u64>, Vec<u8>), SegmentError> {
+    let short = || corrupt(key, format!("{what} section is too short"));
+    let count = u64::from_le_bytes(raw.get(..8).ok_or_else(short)?.try_into().expect("8 bytes"));
+    let head = count
+        .checked_add(1)
+        .and_then(|c| c.checked_mul(8))
+        .and_then(|h| h.checked_add(8))
+        .filter(|&h| h <= raw.len() as u64)
+        .ok_or_else(short)? as usize;
+    let offsets: Vec<u64> = raw[8..head]
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
     let body = &raw[head..];
-    if offsets[0] != 0 || offsets.windows(2).any(|w| w[0] > w[1]) || offsets[n] != body.len() as u64
+    if offsets[0] != 0
+        || offsets.windows(2).any(|w| w[0] > w[1])
+        || offsets[offsets.len() - 1] != body.len() as u64
     {
         return Err(corrupt(key, format!("{what} offsets are inconsistent")));
     }
@@ -272,69 +270,121 @@ fn split_offsets(
 pub fn decode_segment(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
     let (header, header_end) = decode_header(key, buf)?;
     let tail = decode_tail(key, buf, buf.len() as u64)?;
-    let n = header.record_count as usize;
-    let d = header.dimensions as u64;
-    let find = |kind: SectionKind| tail.entries.iter().find(|e| e.kind == kind as u8);
-    let section = |kind: SectionKind, max_raw: u64| -> Result<Option<Vec<u8>>, SegmentError> {
-        let Some(e) = find(kind) else { return Ok(None) };
-        if e.offset < header_end as u64 {
+    let n = header.record_count;
+    let d = u64::from(header.dimensions);
+    let section =
+        |kind: SectionKind, group: u32, max_raw: u64| -> Result<Option<Vec<u8>>, SegmentError> {
+            let Some(e) = tail
+                .entries
+                .iter()
+                .find(|e| e.kind == kind as u8 && e.group == group)
+            else {
+                return Ok(None);
+            };
+            if e.offset < header_end as u64 {
+                return Err(corrupt(
+                    key,
+                    format!("section {} overlaps the header", e.kind),
+                ));
+            }
+            let stored = &buf[e.offset as usize..(e.offset + e.stored_len) as usize];
+            open_section(key, e, stored, max_raw).map(Some)
+        };
+    let need = |kind: SectionKind, group: u32, v: Option<Vec<u8>>| {
+        v.ok_or_else(|| corrupt(key, format!("missing {kind:?} section of group {group}")))
+    };
+    let groups = tail
+        .entries
+        .iter()
+        .filter(|e| e.kind == SectionKind::Ids as u8)
+        .count() as u32;
+    if groups == 0 {
+        return Err(corrupt(key, "missing Ids section"));
+    }
+    let cap = |per: u64| (n + 1) * 8 + 8 + n * per;
+    let mut ids = Vec::with_capacity((n as usize).min(4096));
+    let mut vectors = Vec::new();
+    let mut meta_offsets = vec![0u64];
+    let mut meta_bytes = Vec::new();
+    let mut tombstones = Vec::new();
+    for g in 0..groups {
+        let ids_raw = need(
+            SectionKind::Ids,
+            g,
+            section(SectionKind::Ids, g, cap(MAX_ID_BYTES as u64))?,
+        )?;
+        let (id_offsets, id_bytes) = split_offsets(key, "ids", &ids_raw)?;
+        let count = id_offsets.len() - 1;
+        if ids.len() as u64 + count as u64 > n {
             return Err(corrupt(
                 key,
-                format!("section {} overlaps the header", e.kind),
+                format!("groups hold more than the {n} records in the header"),
             ));
         }
-        let stored = &buf[e.offset as usize..(e.offset + e.stored_len) as usize];
-        open_section(key, e, stored, max_raw).map(Some)
-    };
-    let need = |kind: SectionKind, v: Option<Vec<u8>>| {
-        v.ok_or_else(|| corrupt(key, format!("missing {kind:?} section")))
-    };
-    let n64 = n as u64;
-    let ids_raw = need(
-        SectionKind::Ids,
-        section(SectionKind::Ids, (n64 + 1) * 8 + n64 * MAX_ID_BYTES as u64)?,
-    )?;
-    let (id_offsets, id_bytes) = split_offsets(key, "ids", &ids_raw, n)?;
-    let mut ids = Vec::with_capacity(n);
-    for w in id_offsets.windows(2) {
-        let s = std::str::from_utf8(&id_bytes[w[0] as usize..w[1] as usize])
-            .map_err(|_| corrupt(key, "an id is not UTF-8"))?;
-        ids.push(s.to_string());
-    }
-    let vec_raw = need(
-        SectionKind::Vectors,
-        section(SectionKind::Vectors, n64 * d * 4)?,
-    )?;
-    if vec_raw.len() as u64 != n64 * d * 4 {
-        return Err(corrupt(key, "vectors section has the wrong size"));
-    }
-    let vectors: Vec<f32> = vec_raw
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
-    let meta_raw = need(
-        SectionKind::Metadata,
-        section(
+        for w in id_offsets.windows(2) {
+            let s = std::str::from_utf8(&id_bytes[w[0] as usize..w[1] as usize])
+                .map_err(|_| corrupt(key, "an id is not UTF-8"))?;
+            ids.push(s.to_string());
+        }
+        let want = count as u64 * d * 4;
+        let vec_raw = need(
+            SectionKind::Vectors,
+            g,
+            section(SectionKind::Vectors, g, want)?,
+        )?;
+        if vec_raw.len() as u64 != want {
+            return Err(corrupt(
+                key,
+                format!("vectors section of group {g} has the wrong size"),
+            ));
+        }
+        vectors.extend(
+            vec_raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
+        );
+        let meta_raw = need(
             SectionKind::Metadata,
-            (n64 + 1) * 8 + n64 * MAX_METADATA_BYTES as u64,
-        )?,
-    )?;
-    let (meta_offsets, meta_bytes) = split_offsets(key, "metadata", &meta_raw, n)?;
-    let tomb_raw = need(
-        SectionKind::Tombstones,
-        section(SectionKind::Tombstones, n64)?,
-    )?;
-    if tomb_raw.len() != n || tomb_raw.iter().any(|b| *b > 1) {
-        return Err(corrupt(key, "tombstone section is malformed"));
+            g,
+            section(SectionKind::Metadata, g, cap(MAX_METADATA_BYTES as u64))?,
+        )?;
+        let (m_offsets, m_bytes) = split_offsets(key, "metadata", &meta_raw)?;
+        if m_offsets.len() - 1 != count {
+            return Err(corrupt(
+                key,
+                format!("metadata of group {g} has a different record count"),
+            ));
+        }
+        let base = meta_bytes.len() as u64;
+        meta_offsets.extend(m_offsets[1..].iter().map(|o| o + base));
+        meta_bytes.extend_from_slice(&m_bytes);
+        let tomb_raw = need(
+            SectionKind::Tombstones,
+            g,
+            section(SectionKind::Tombstones, g, count as u64)?,
+        )?;
+        if tomb_raw.len() != count || tomb_raw.iter().any(|b| *b > 1) {
+            return Err(corrupt(
+                key,
+                format!("tombstone section of group {g} is malformed"),
+            ));
+        }
+        tombstones.extend(tomb_raw.into_iter().map(|b| b == 1));
     }
-    let index = section(SectionKind::Index, buf.len() as u64 * 64)?;
+    if ids.len() as u64 != n {
+        return Err(corrupt(
+            key,
+            format!("groups hold {} records, the header says {n}", ids.len()),
+        ));
+    }
+    let index = section(SectionKind::Index, 0, buf.len() as u64 * 64)?;
     Ok(Segment {
         header,
         ids,
         vectors,
         meta_offsets,
         meta_bytes,
-        tombstones: tomb_raw.into_iter().map(|b| b == 1).collect(),
+        tombstones,
         index,
         maps: Default::default(),
     })

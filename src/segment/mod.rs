@@ -11,12 +11,13 @@
 //!                record count u64, created-at unix ms u64,
 //!                writer id length u16, writer id (UTF-8) |
 //!          xxh3-64 of everything before it u64
-//! sections each compressed on its own (zstd), back to back:
-//!          ids       (n+1) u64 offsets, then the UTF-8 bytes
-//!          vectors   n × dimensions f32, contiguous (tombstones hold zeros)
-//!          metadata  (n+1) u64 offsets, then JSON objects (empty = none)
-//!          tombstones n bytes, 0 or 1
-//!          index     optional ANN index (filled by compaction)
+//! sections each compressed on its own (zstd), back to back, per group
+//! (one group normally; one per IVF cluster in indexed segments):
+//!          ids       count u64, (count+1) u64 offsets, then the UTF-8 bytes
+//!          vectors   count × dimensions f32, contiguous (tombstones hold zeros)
+//!          metadata  count u64, (count+1) u64 offsets, then JSON objects (empty = none)
+//!          tombstones count bytes, 0 or 1
+//!          index     optional ANN index (filled by compaction), once
 //! directory one 40-byte entry per section: kind u8, codec u8, reserved u16,
 //!          group u32, offset u64, stored length u64, raw length u64,
 //!          xxh3-64 of the stored bytes u64
@@ -38,7 +39,7 @@ mod decode;
 mod encode;
 
 pub use decode::{decode_segment, decode_tail, Tail};
-pub use encode::encode_segment;
+pub use encode::{encode_segment, encode_segment_groups};
 
 use crate::coord::Metric;
 

@@ -55,7 +55,18 @@ fn check_round_trip(seed: u64) {
             .collect()
     });
     let h = header(d as u32, metric);
-    let bytes = encode_segment(&h, &records, index.as_deref());
+    // Split into 1..=4 groups at random points (as IVF clusters are).
+    let mut cuts: Vec<usize> = (0..rng.random_range(0..4))
+        .map(|_| rng.random_range(0..=n))
+        .collect();
+    cuts.sort();
+    let mut groups: Vec<&[Prepared]> = Vec::new();
+    let mut at = 0;
+    for c in cuts.into_iter().chain([n]) {
+        groups.push(&records[at..c]);
+        at = c;
+    }
+    let bytes = encode_segment_groups(&h, &groups, index.as_deref());
     let seg = decode_segment(KEY, &bytes).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     assert_eq!(seg.len(), n, "seed {seed}");
     assert_eq!(seg.header.record_count, n as u64);
@@ -74,7 +85,10 @@ fn check_round_trip(seed: u64) {
         }
     }
     let tail = decode_tail(KEY, &bytes, bytes.len() as u64).unwrap();
-    assert_eq!(tail.entries.len(), 4 + usize::from(index.is_some()));
+    assert_eq!(
+        tail.entries.len(),
+        4 * groups.len() + usize::from(index.is_some())
+    );
 }
 
 #[test]

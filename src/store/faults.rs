@@ -152,6 +152,9 @@ pub struct WriteFaults {
     hang: std::sync::atomic::AtomicBool,
     /// Notified when a write starts hanging.
     pub hung: std::sync::Arc<tokio::sync::Notify>,
+    gate: std::sync::Mutex<Option<std::sync::Arc<tokio::sync::Semaphore>>>,
+    /// Matching writes currently held at the gate.
+    pub waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl WriteFaults {
@@ -162,6 +165,21 @@ impl WriteFaults {
             lose_responses: 0.into(),
             hang: false.into(),
             hung: Default::default(),
+            gate: Default::default(),
+            waiting: 0.into(),
+        }
+    }
+
+    /// From now on matching conditional writes wait at a gate until
+    /// [`WriteFaults::open_gate`] lets them through (one permit each).
+    pub fn close_gate(&self) {
+        *self.gate.lock().unwrap() = Some(std::sync::Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Lets `n` held (or future) writes through the gate.
+    pub fn open_gate(&self, n: usize) {
+        if let Some(g) = self.gate.lock().unwrap().as_ref() {
+            g.add_permits(n);
         }
     }
 
@@ -185,6 +203,13 @@ impl WriteFaults {
         use std::sync::atomic::Ordering::SeqCst;
         if !key.contains(&self.pattern) {
             return write.await;
+        }
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(g) = gate {
+            self.waiting.fetch_add(1, SeqCst);
+            let permit = g.acquire().await.expect("gate is never closed");
+            permit.forget();
+            self.waiting.fetch_sub(1, SeqCst);
         }
         if self.hang.load(SeqCst) {
             self.hung.notify_one();

@@ -411,7 +411,8 @@ impl Writer {
         for entry in manifest.segments.iter().rev() {
             let got = self.inner.store.get(&entry.key).await?;
             let seg = decode_segment(&entry.key, &got.bytes)?;
-            check_segment_matches(&entry.key, &seg.header, &self.inner.schema)?;
+            let schema = &self.inner.schema;
+            check_segment_matches(&entry.key, &seg.header, schema.dimensions, schema.metric)?;
             if let Some(i) = seg.find_last(id) {
                 if seg.is_tombstone(i) {
                     return Ok(None);
@@ -434,14 +435,15 @@ impl Writer {
 pub fn check_segment_matches(
     key: &str,
     header: &SegmentHeader,
-    schema: &Schema,
+    dimensions: usize,
+    metric: crate::coord::Metric,
 ) -> Result<(), SegmentError> {
-    if header.dimensions as usize != schema.dimensions || header.metric != schema.metric {
+    if header.dimensions as usize != dimensions || header.metric != metric {
         return Err(SegmentError::Foreign {
             key: key.to_string(),
             reason: format!(
-                "it holds {}-d {} vectors, the index is {}-d {}",
-                header.dimensions, header.metric, schema.dimensions, schema.metric
+                "it holds {}-d {} vectors, the index is {dimensions}-d {metric}",
+                header.dimensions, header.metric
             ),
         });
     }

@@ -1,0 +1,138 @@
+//! Garbage collection: delete what no manifest needs any more.
+//!
+//! GC is the only place shoal LISTs (`vectors/`). An object is deleted when
+//! - it is in a manifest's `retired` list and was retired longer than the
+//!   grace period ago (then the entry is removed too), or
+//! - no manifest references or retires it and it was last written longer
+//!   than the grace period ago (an orphan from a crashed writer or a
+//!   compactor that lost its race).
+//!
+//! The grace period (default 15 min) must exceed the longest reader
+//! staleness plus the longest query: a reader holding a manifest from
+//! before a compaction can still fetch the segments it names, and a writer
+//! between its segment PUT and its manifest commit is never robbed.
+//! GC also removes instance records whose heartbeat timed out.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::coord::cas::{update_json, Backoff, Step};
+use crate::coord::clock::{parse_time, DynClock};
+use crate::coord::instance;
+use crate::coord::manifest::{read_manifest, Manifest};
+use crate::coord::paths::{manifest_key, VECTORS_PREFIX};
+use crate::coord::{CoordError, Settings};
+use crate::store::ObjectStore;
+
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    pub grace: Duration,
+    /// Report what would be deleted without deleting anything.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            grace: DEFAULT_GRACE,
+            dry_run: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GcReport {
+    /// Objects deleted (or, with `dry_run`, that would be).
+    pub deleted: Vec<String>,
+    /// Unreferenced objects kept because they are younger than the grace.
+    pub kept_young: usize,
+    pub stale_instances: Vec<String>,
+    pub dry_run: bool,
+}
+
+pub async fn gc(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    opts: &GcOptions,
+) -> Result<GcReport, CoordError> {
+    let now = clock.now();
+    let old_enough = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > opts.grace)
+    };
+    let mut keep: HashSet<String> = HashSet::new();
+    let mut expired: HashMap<u32, Vec<String>> = HashMap::new();
+    // Manifests first, then the listing: anything committed after we read
+    // a manifest is young, and the grace protects it.
+    for p in 0..settings.partition_count {
+        keep.insert(manifest_key(p));
+        let Some((m, _)) = read_manifest(store, p).await? else {
+            continue;
+        };
+        keep.extend(m.segments.iter().map(|s| s.key.clone()));
+        for r in &m.retired {
+            if old_enough(parse_time(&r.retired_at)) {
+                expired.entry(p).or_default().push(r.key.clone());
+            } else {
+                keep.insert(r.key.clone());
+            }
+        }
+    }
+    let expired_keys: HashSet<&String> = expired.values().flatten().collect();
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    for obj in store.list(VECTORS_PREFIX).await? {
+        if keep.contains(&obj.key) {
+            continue;
+        }
+        if expired_keys.contains(&obj.key) || old_enough(obj.last_modified) {
+            report.deleted.push(obj.key);
+        } else {
+            report.kept_young += 1;
+        }
+    }
+    if !opts.dry_run {
+        for key in &report.deleted {
+            store.delete(key).await?;
+        }
+        for (p, keys) in &expired {
+            let gone: HashSet<&String> = keys.iter().collect();
+            update_json::<Manifest, _>(store, &manifest_key(*p), Backoff::default(), |cur| {
+                let Some(mut m) = cur else {
+                    return Err(CoordError::MissingSetting(format!(
+                        "{} vanished during gc",
+                        manifest_key(*p)
+                    )));
+                };
+                let before = m.retired.len();
+                m.retired.retain(|r| !gone.contains(&r.key));
+                Ok(if m.retired.len() == before {
+                    Step::Keep(m)
+                } else {
+                    Step::Write(m)
+                })
+            })
+            .await?;
+        }
+    }
+    let timeout = Duration::from_secs(settings.instance_timeout_seconds);
+    report.stale_instances = if opts.dry_run {
+        instance::list_records(store)
+            .await?
+            .into_iter()
+            .filter(|r| !r.is_alive(now, timeout))
+            .map(|r| r.instance_id)
+            .collect()
+    } else {
+        instance::remove_stale(store, now, timeout, "").await?
+    };
+    report.deleted.sort();
+    Ok(report)
+}

@@ -1,0 +1,576 @@
+//! Compaction, ANN indexes and GC on every backend.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use shoal::compact::gc::{gc, GcOptions};
+use shoal::compact::{compact_all, compact_partition, select_prefix, CompactOptions, Outcome};
+use shoal::coord::clock::{DynClock, ManualClock, SystemClock};
+use shoal::coord::config::{load_or_create, update_config, IndexSettings};
+use shoal::coord::manifest::read_manifest;
+use shoal::coord::{Metric, RequestedSettings, Settings};
+use shoal::reader::{Reader, ReaderOptions, SearchRequest, SearchResponse};
+use shoal::record::Record;
+use shoal::store::faults::WriteFaults;
+use shoal::store::{Counted, ObjectStore};
+use shoal::writer::{BatchWriter, BatchWriterOptions, Writer, WriterOptions};
+
+backend_tests!(
+    exact_results_are_identical_before_and_after_compaction,
+    a_writer_committing_during_compaction_survives_and_stays_newest,
+    racing_compactors_one_wins_nothing_lost,
+    gc_keeps_referenced_and_young_deletes_old_orphans_and_expired_retirees,
+);
+
+const DIMS: usize = 16;
+const DOMAINS: [&str; 4] = ["a", "b", "c", "d"];
+
+async fn setup(
+    store: &Arc<Counted>,
+    partitions: u32,
+    kind: &str,
+    metric: Metric,
+) -> (Writer, Settings) {
+    let clock: DynClock = Arc::new(SystemClock);
+    let req = RequestedSettings {
+        partition_count: Some(partitions),
+        dimensions: Some(DIMS as u32),
+        distance_metric: Some(metric),
+        ..Default::default()
+    };
+    load_or_create(store.as_ref(), &req, clock.as_ref())
+        .await
+        .unwrap();
+    let kind = kind.to_string();
+    let cfg = update_config(store.as_ref(), clock.as_ref(), move |c| {
+        c.settings.index = Some(IndexSettings {
+            kind: kind.clone(),
+            min_records: 500,
+            compact_min_segments: 3,
+            ef_construction: 40,
+            ef_search: 40,
+            ..Default::default()
+        });
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let w = Writer::new(
+        store.clone(),
+        &cfg.settings,
+        "w",
+        clock,
+        WriterOptions::default(),
+    );
+    (w, cfg.settings)
+}
+
+fn rand_vec(rng: &mut StdRng) -> Vec<f32> {
+    (0..DIMS).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn reader(store: &Arc<Counted>, s: &Settings) -> Reader {
+    Reader::new(
+        store.clone(),
+        s,
+        ReaderOptions {
+            max_staleness: Duration::ZERO,
+            cache_bytes: 256 << 20,
+            ..Default::default()
+        },
+    )
+}
+
+fn ids_scores(r: &SearchResponse) -> Vec<(String, f32)> {
+    r.results.iter().map(|h| (h.id.clone(), h.score)).collect()
+}
+
+async fn load(store: &Arc<Counted>, w: &Writer, n: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let bw = BatchWriter::new(
+        w.clone(),
+        BatchWriterOptions {
+            batch_size: 700,
+            ..Default::default()
+        },
+    );
+    let recs: Vec<Record> = (0..n)
+        .map(|i| {
+            Record::new(format!("id{i:05}"), rand_vec(&mut rng))
+                .with_metadata(json!({"domain": DOMAINS[i % 4], "n": i % 50}))
+        })
+        .collect();
+    bw.add(&recs).await.unwrap();
+    bw.close().await.unwrap();
+    let _ = store;
+    (0..20).map(|_| rand_vec(&mut rng)).collect()
+}
+
+async fn exact_results_are_identical_before_and_after_compaction(store: Arc<Counted>) {
+    let (w, s) = setup(&store, 4, "ivf", Metric::Cosine).await;
+    let queries = load(&store, &w, 20_000, 1).await;
+    let mut rng = StdRng::seed_from_u64(2);
+    // Updates and deletes mixed in.
+    let upd: Vec<Record> = (0..1500)
+        .map(|j| Record::new(format!("id{:05}", j * 13 % 20_000), rand_vec(&mut rng)))
+        .collect();
+    w.upsert(&upd[..750]).await.unwrap();
+    w.upsert(&upd[750..]).await.unwrap();
+    let dels: Vec<String> = (0..800)
+        .map(|j| format!("id{:05}", j * 23 % 20_000))
+        .collect();
+    w.delete(&dels).await.unwrap();
+    let filters = [
+        None,
+        Some(json!({"domain": "b"})),
+        Some(json!({"n": {"$lt": 2}})),
+    ];
+    let mut before = Vec::new();
+    let r1 = reader(&store, &s);
+    for (i, q) in queries.iter().enumerate() {
+        let req = SearchRequest {
+            exact: true,
+            filter: filters[i % 3].clone(),
+            ..SearchRequest::new(q.clone(), 20)
+        };
+        before.push(ids_scores(&r1.search(&req).await.unwrap()));
+    }
+    let clock: DynClock = Arc::new(SystemClock);
+    let outcomes = compact_all(
+        store.as_ref(),
+        &s,
+        "compactor",
+        &clock,
+        &CompactOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Outcome::Compacted(_))),
+        "{outcomes:?}"
+    );
+    for p in 0..4 {
+        let (m, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
+        assert!(
+            m.segments.iter().all(|e| e.indexed && e.tombstones == 0),
+            "partition {p}: {:?}",
+            m.segments
+        );
+        assert!(!m.retired.is_empty());
+    }
+    // A fresh reader and the old one (which refreshes) both agree.
+    for r in [reader(&store, &s), r1] {
+        for (i, q) in queries.iter().enumerate() {
+            let req = SearchRequest {
+                exact: true,
+                filter: filters[i % 3].clone(),
+                ..SearchRequest::new(q.clone(), 20)
+            };
+            let after = ids_scores(&r.search(&req).await.unwrap());
+            assert_eq!(after, before[i], "query {i} changed by compaction");
+            // IVF probing every cluster is exact too.
+            let all = SearchRequest {
+                exact: false,
+                nprobe: Some(100_000),
+                ..req.clone()
+            };
+            assert_eq!(
+                ids_scores(&r.search(&all).await.unwrap()),
+                before[i],
+                "query {i} ivf/all"
+            );
+            // A selective filter falls back to exact over the matches.
+            if i % 3 == 2 {
+                let ivf = SearchRequest {
+                    exact: false,
+                    nprobe: Some(1),
+                    ..req
+                };
+                assert_eq!(
+                    ids_scores(&r.search(&ivf).await.unwrap()),
+                    before[i],
+                    "query {i} selective"
+                );
+            }
+        }
+    }
+    let report = shoal::inspect::verify(
+        store.as_ref(),
+        &shoal::coord::config::read_config(store.as_ref())
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+    )
+    .await
+    .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+async fn a_writer_committing_during_compaction_survives_and_stays_newest(store: Arc<Counted>) {
+    let (w, s) = setup(&store, 1, "ivf", Metric::Euclidean).await;
+    load(&store, &w, 3_000, 3).await;
+    let faults = Arc::new(WriteFaults::new(store.clone(), "manifest.json"));
+    faults.close_gate();
+    let compactor = {
+        let (f, s) = (faults.clone(), s.clone());
+        tokio::spawn(async move {
+            let clock: DynClock = Arc::new(SystemClock);
+            compact_partition(
+                f.as_ref(),
+                &s,
+                0,
+                "c",
+                &clock,
+                &CompactOptions {
+                    force: true,
+                    ..Default::default()
+                },
+            )
+            .await
+        })
+    };
+    wait_for(|| faults.waiting.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+    // While the compactor waits to commit, a writer updates and adds.
+    let newest = vec![42.0f32; DIMS];
+    w.upsert(&[
+        Record::new("id00007", newest.clone()),
+        Record::new("brand-new", vec![1.0; DIMS]),
+    ])
+    .await
+    .unwrap();
+    faults.open_gate(100);
+    let outcome = compactor.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome, Outcome::Compacted(_)),
+        "rebased, not given up: {outcome:?}"
+    );
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    let last = m.segments.last().unwrap();
+    assert!(
+        !last.indexed && last.records == 2,
+        "the writer's segment is kept, last: {last:?}"
+    );
+    assert!(m.segments[0].indexed);
+    let r = reader(&store, &s);
+    assert_eq!(
+        r.get("id00007").await.unwrap().unwrap().vector,
+        newest,
+        "the writer's version stays newest"
+    );
+    assert!(r.get("brand-new").await.unwrap().is_some());
+    assert_eq!(r.warm().await.unwrap(), 3_001);
+}
+
+async fn wait_for(cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn racing_compactors_one_wins_nothing_lost(store: Arc<Counted>) {
+    let (w, s) = setup(&store, 1, "ivf", Metric::Dot).await;
+    load(&store, &w, 2_000, 4).await;
+    let faults = Arc::new(WriteFaults::new(store.clone(), "manifest.json"));
+    faults.close_gate();
+    let spawn = |name: &'static str| {
+        let (f, s) = (faults.clone(), s.clone());
+        tokio::spawn(async move {
+            let clock: DynClock = Arc::new(SystemClock);
+            compact_partition(
+                f.as_ref(),
+                &s,
+                0,
+                name,
+                &clock,
+                &CompactOptions {
+                    force: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+        })
+    };
+    let (a, b) = (spawn("a"), spawn("b"));
+    wait_for(|| faults.waiting.load(std::sync::atomic::Ordering::SeqCst) == 2).await;
+    faults.open_gate(100);
+    let outcomes = [a.await.unwrap(), b.await.unwrap()];
+    let won = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Compacted(_)))
+        .count();
+    let lost = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Superseded))
+        .count();
+    assert_eq!((won, lost), (1, 1), "{outcomes:?}");
+    let r = reader(&store, &s);
+    assert_eq!(
+        r.warm().await.unwrap(),
+        2_000,
+        "no record lost or duplicated"
+    );
+    let resp = r
+        .search(&SearchRequest {
+            exact: true,
+            ..SearchRequest::new(vec![1.0; DIMS], 1000)
+        })
+        .await
+        .unwrap();
+    let ids: BTreeSet<&str> = resp.results.iter().map(|h| h.id.as_str()).collect();
+    assert_eq!(ids.len(), 1000, "no duplicate ids in results");
+    // The loser's outputs are orphans that verify reports and GC collects.
+    let cfg = shoal::coord::config::read_config(store.as_ref())
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    let v = shoal::inspect::verify(store.as_ref(), &cfg).await.unwrap();
+    assert!(v.is_clean() && !v.orphans.is_empty(), "{v:?}");
+}
+
+async fn gc_keeps_referenced_and_young_deletes_old_orphans_and_expired_retirees(
+    store: Arc<Counted>,
+) {
+    let (w, s) = setup(&store, 1, "none", Metric::Euclidean).await;
+    load(&store, &w, 1_000, 5).await;
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let dyn_clock: DynClock = clock.clone();
+    // A reader holding the pre-compaction manifest.
+    let old_reader = Reader::new(
+        store.clone(),
+        &s,
+        ReaderOptions {
+            max_staleness: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    );
+    old_reader.warm().await.unwrap();
+    let (before, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    // An orphan: a segment PUT whose commit never happened.
+    store
+        .put("vectors/p000/orphan.seg", bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let out = compact_partition(
+        store.as_ref(),
+        &s,
+        0,
+        "c",
+        &dyn_clock,
+        &CompactOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(out, Outcome::Compacted(_)));
+    let opts = GcOptions::default();
+    // Right away: nothing is old enough.
+    let r = gc(store.as_ref(), &s, &dyn_clock, &opts).await.unwrap();
+    assert!(r.deleted.is_empty(), "{r:?}");
+    assert_eq!(
+        r.kept_young, 1,
+        "the young orphan (retired segments count as kept)"
+    );
+    // A query on the old manifest still finds its (retired) segments.
+    let q = SearchRequest {
+        exact: true,
+        consistency: shoal::reader::Consistency::Eventual,
+        ..SearchRequest::new(vec![0.5; DIMS], 5)
+    };
+    let fresh = Reader::new(store.clone(), &s, ReaderOptions::default());
+    assert_eq!(
+        ids_scores(&old_reader.search(&q).await.unwrap()),
+        ids_scores(&fresh.search(&q).await.unwrap())
+    );
+    // After the grace period: a dry run reports, a real run deletes.
+    clock.advance(Duration::from_secs(16 * 60));
+    let dry = gc(
+        store.as_ref(),
+        &s,
+        &dyn_clock,
+        &GcOptions {
+            dry_run: true,
+            ..opts.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(dry.deleted.len(), before.segments.len() + 1);
+    assert!(
+        store.head("vectors/p000/orphan.seg").await.is_ok(),
+        "dry run deletes nothing"
+    );
+    let done = gc(store.as_ref(), &s, &dyn_clock, &opts).await.unwrap();
+    assert_eq!(done.deleted, dry.deleted);
+    assert!(store.head("vectors/p000/orphan.seg").await.is_err());
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    assert!(m.retired.is_empty(), "expired retirees are cleared");
+    for e in &m.segments {
+        assert!(
+            store.head(&e.key).await.is_ok(),
+            "gc deleted a referenced segment {}",
+            e.key
+        );
+    }
+    // The old reader's next query refreshes (its segments are gone) and works.
+    let q = SearchRequest {
+        consistency: shoal::reader::Consistency::Eventual,
+        ..q
+    };
+    assert_eq!(old_reader.search(&q).await.unwrap().results.len(), 5);
+}
+
+// ---- memory only ----
+
+#[tokio::test]
+async fn tombstones_are_dropped_only_with_the_versions_they_hide() {
+    let store = common::memory_store();
+    let (w, s) = setup(&store, 1, "none", Metric::Euclidean).await;
+    w.upsert(&[
+        Record::new("a", vec![1.0; DIMS]),
+        Record::new("b", vec![2.0; DIMS]),
+    ])
+    .await
+    .unwrap(); // seq 1
+    w.delete(&["a".into()]).await.unwrap(); // seq 2
+    w.upsert(&[Record::new("c", vec![3.0; DIMS])])
+        .await
+        .unwrap(); // seq 3
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    // The selection is always a prefix in seq order.
+    let keys = |v: Vec<shoal::coord::manifest::SegmentEntry>| {
+        v.into_iter().map(|e| e.seq).collect::<Vec<_>>()
+    };
+    assert_eq!(keys(select_prefix(&m, Some(2))), vec![1, 2]);
+    assert_eq!(keys(select_prefix(&m, Some(1))), vec![1]);
+    assert_eq!(keys(select_prefix(&m, None)), vec![1, 2, 3]);
+    let clock: DynClock = Arc::new(SystemClock);
+    // Prefix {1}: a's old version is the newest *in the prefix*, so it is
+    // kept, and the tombstone (seq 2, outside) still hides it.
+    let o = compact_partition(
+        store.as_ref(),
+        &s,
+        0,
+        "c",
+        &clock,
+        &CompactOptions {
+            force: true,
+            upto_seq: Some(1),
+        },
+    )
+    .await
+    .unwrap();
+    let Outcome::Compacted(r) = o else {
+        panic!("{o:?}")
+    };
+    assert_eq!((r.records_in, r.records_out), (2, 2));
+    let rd = reader(&store, &s);
+    assert!(rd.get("a").await.unwrap().is_none(), "a must stay deleted");
+    // Prefix {1, 2}: the tombstone and the version it hides go together.
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    let upto = m.segments[1].seq;
+    let o = compact_partition(
+        store.as_ref(),
+        &s,
+        0,
+        "c",
+        &clock,
+        &CompactOptions {
+            force: true,
+            upto_seq: Some(upto),
+        },
+    )
+    .await
+    .unwrap();
+    let Outcome::Compacted(r) = o else {
+        panic!("{o:?}")
+    };
+    assert_eq!(
+        (r.records_in, r.records_out, r.dropped),
+        (3, 1, 2),
+        "a and its tombstone dropped, b kept"
+    );
+    assert!(rd.get("a").await.unwrap().is_none(), "a never reappears");
+    assert!(rd.get("b").await.unwrap().is_some() && rd.get("c").await.unwrap().is_some());
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    assert_eq!(
+        m.segments.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2, 3],
+        "output takes the prefix's seq"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hnsw_segments_search_well_and_filters_keep_recall() {
+    let store = common::memory_store();
+    let (w, s) = setup(&store, 1, "hnsw", Metric::Cosine).await;
+    let queries = load(&store, &w, 3_000, 6).await;
+    let clock: DynClock = Arc::new(SystemClock);
+    compact_all(
+        store.as_ref(),
+        &s,
+        "c",
+        &clock,
+        &CompactOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    assert!(m.segments.iter().all(|e| e.indexed));
+    let r = reader(&store, &s);
+    let mut recall = 0.0;
+    for q in &queries {
+        let exact = r
+            .search(&SearchRequest {
+                exact: true,
+                ..SearchRequest::new(q.clone(), 10)
+            })
+            .await
+            .unwrap();
+        let ann = r.search(&SearchRequest::new(q.clone(), 10)).await.unwrap();
+        let want: BTreeSet<_> = exact.results.iter().map(|h| &h.id).collect();
+        recall += ann.results.iter().filter(|h| want.contains(&h.id)).count() as f64 / 10.0;
+        // A selective filter is answered exactly.
+        let f = Some(json!({"n": 7}));
+        let e = r
+            .search(&SearchRequest {
+                exact: true,
+                filter: f.clone(),
+                ..SearchRequest::new(q.clone(), 10)
+            })
+            .await
+            .unwrap();
+        let a = r
+            .search(&SearchRequest {
+                filter: f,
+                ..SearchRequest::new(q.clone(), 10)
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids_scores(&a), ids_scores(&e));
+    }
+    let recall = recall / queries.len() as f64;
+    assert!(recall >= 0.9, "hnsw recall@10 {recall}");
+}
