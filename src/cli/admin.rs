@@ -1,6 +1,11 @@
 //! `init`, `status`, `verify`, `probe`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::{bail, Result};
+use shoal::compact::{CompactOptions, Outcome};
+use shoal::coord::clock::DynClock;
 use shoal::coord::clock::{Clock, SystemClock};
 use shoal::coord::RequestedSettings;
 use shoal::store::ObjectStore;
@@ -137,6 +142,97 @@ pub async fn probe(ctx: &Ctx) -> Result<()> {
         "{}: conditional writes are enforced ({} requests)",
         store.describe(),
         store.counts().total()
+    );
+    Ok(())
+}
+
+pub async fn compact(ctx: &Ctx, force: bool, partition: Option<u32>) -> Result<()> {
+    let store = ctx.store().await?;
+    let config = ctx.config(&store).await?;
+    let cluster = ctx.join_writer(store.clone(), Default::default()).await?;
+    let clock: DynClock = Arc::new(SystemClock);
+    let opts = CompactOptions {
+        force,
+        upto_seq: None,
+    };
+    let id = cluster.instance_id().to_string();
+    let result = match partition {
+        Some(p) if p >= config.settings.partition_count => Err(anyhow::anyhow!(
+            "partition {p} does not exist (the index has {})",
+            config.settings.partition_count
+        )),
+        Some(p) => shoal::compact::compact_partition(
+            store.as_ref(),
+            &config.settings,
+            p,
+            &id,
+            &clock,
+            &opts,
+        )
+        .await
+        .map(|o| vec![o])
+        .map_err(Into::into),
+        None => shoal::compact::compact_all(store.as_ref(), &config.settings, &id, &clock, &opts)
+            .await
+            .map_err(Into::into),
+    };
+    cluster.leave().await?;
+    let outcomes = result?;
+    if ctx.json {
+        return ctx.print_json(&outcomes);
+    }
+    let mut n = 0;
+    for o in &outcomes {
+        match o {
+            Outcome::Compacted(r) => {
+                n += 1;
+                println!(
+                    "partition {:>4}: {} segments -> {} ({} index), {} records -> {} ({} dropped), {:.2} MB -> {:.2} MB, {:.2} s (index {:.2} s)",
+                    r.partition, r.inputs, r.outputs, r.index, r.records_in, r.records_out, r.dropped,
+                    r.bytes_in as f64 / 1e6, r.bytes_out as f64 / 1e6, r.seconds, r.index_seconds
+                );
+            }
+            Outcome::Superseded => println!("a partition was compacted by another compactor first"),
+            Outcome::NotNeeded => {}
+        }
+    }
+    println!(
+        "compacted {n} partition(s){}",
+        if force {
+            ""
+        } else {
+            " (by policy; --force compacts all)"
+        }
+    );
+    Ok(())
+}
+
+pub async fn gc(ctx: &Ctx, dry_run: bool, grace_seconds: u64) -> Result<()> {
+    let store = ctx.store().await?;
+    let config = ctx.config(&store).await?;
+    let clock: DynClock = Arc::new(SystemClock);
+    let opts = shoal::compact::gc::GcOptions {
+        grace: Duration::from_secs(grace_seconds),
+        dry_run,
+    };
+    let report = shoal::compact::gc::gc(store.as_ref(), &config.settings, &clock, &opts).await?;
+    if ctx.json {
+        return ctx.print_json(&report);
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for k in &report.deleted {
+        println!("{verb} {k}");
+    }
+    for i in &report.stale_instances {
+        println!(
+            "{} stale instance record {i}",
+            if dry_run { "would remove" } else { "removed" }
+        );
+    }
+    println!(
+        "{verb} {} object(s); kept {} unreferenced object(s) younger than {grace_seconds} s",
+        report.deleted.len(),
+        report.kept_young
     );
     Ok(())
 }

@@ -38,6 +38,9 @@ pub struct IngestArgs {
     /// Records per partition per segment.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
+    /// Do not compact the partitions written to afterwards (by policy).
+    #[arg(long)]
+    pub no_compact: bool,
 }
 
 #[derive(Deserialize)]
@@ -259,6 +262,7 @@ struct Summary {
     requests: shoal::store::RequestCounts,
     seconds: f64,
     records_per_s: f64,
+    partitions_compacted: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     stopped_at: Option<String>,
 }
@@ -347,6 +351,13 @@ pub async fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
     // Commit everything read before any bad record.
     summary.segments += bw.close().await?.segments;
     bar.finish_and_clear();
+    if !a.no_compact {
+        for o in shoal::compact::compact_dirty(&writer).await {
+            if let shoal::compact::Outcome::Compacted(_) = o {
+                summary.partitions_compacted += 1;
+            }
+        }
+    }
     cluster.leave().await?;
     summary.records_committed = added;
     summary.seconds = start.elapsed().as_secs_f64();
@@ -359,7 +370,7 @@ pub async fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
     } else {
         let r = &summary.requests;
         let out = format!(
-            "committed {} records into {} ({} segments, {:.1} MB) in {:.2} s, {:.0} records/s; skipped {}; requests: PUT {} GET {} LIST {}",
+            "committed {} records into {} ({} segments, {:.1} MB) in {:.2} s, {:.0} records/s; skipped {}; compacted {} partition(s); requests: PUT {} GET {} LIST {}",
             summary.records_committed,
             store.describe(),
             summary.segments,
@@ -367,6 +378,7 @@ pub async fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
             summary.seconds,
             summary.records_per_s,
             summary.records_skipped,
+            summary.partitions_compacted,
             r.put,
             r.get,
             r.list

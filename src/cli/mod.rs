@@ -127,6 +127,25 @@ pub enum Command {
     /// Read every manifest and segment, check checksums, counts and references.
     /// Exits with 1 if any problem is found (orphans alone are not problems).
     Verify,
+    /// Compact partitions: merge segments, drop dead records, build ANN indexes.
+    Compact {
+        /// Compact even partitions the policy would leave alone.
+        #[arg(long)]
+        force: bool,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// Delete objects no manifest needs any more (older than the grace period),
+    /// and records of instances that stopped heartbeating.
+    Gc {
+        /// Report what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Grace period in seconds (must exceed reader staleness plus the longest query).
+        #[arg(long, default_value_t = 900)]
+        grace_seconds: u64,
+    },
     /// Check that the store enforces conditional writes (create-only and
     /// compare-and-swap), which every multi-writer guarantee depends on.
     Probe,
@@ -212,6 +231,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Delete { ids } => query::delete(&ctx, &ids).await,
         Command::Status => admin::status(&ctx).await,
         Command::Verify => admin::verify(&ctx).await,
+        Command::Compact { force, partition } => admin::compact(&ctx, force, partition).await,
+        Command::Gc {
+            dry_run,
+            grace_seconds,
+        } => admin::gc(&ctx, dry_run, grace_seconds).await,
         Command::Probe => admin::probe(&ctx).await,
         Command::Demo(a) => demo::run(cli.bucket.is_some().then_some(ctx), a).await,
     }

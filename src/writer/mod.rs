@@ -161,6 +161,9 @@ struct Inner {
     backoff: Backoff,
     queues: Vec<PartitionQueue>,
     stats: WriterStats,
+    /// Partitions committed to since the last `take_dirty` (for compaction).
+    dirty: Mutex<std::collections::BTreeSet<u32>>,
+    settings: Settings,
 }
 
 /// A handle that writes to one index. Cheap to clone; clones share queues
@@ -198,6 +201,8 @@ impl Writer {
                     .map(|_| PartitionQueue::default())
                     .collect(),
                 stats: WriterStats::default(),
+                dirty: Mutex::default(),
+                settings: settings.clone(),
             }),
         }
     }
@@ -208,6 +213,35 @@ impl Writer {
 
     pub fn partition_count(&self) -> u32 {
         self.inner.partition_count
+    }
+
+    /// The index settings this writer was made with.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn writer_id(&self) -> &str {
+        &self.inner.writer_id
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.inner.store
+    }
+
+    pub fn clock(&self) -> &DynClock {
+        &self.inner.clock
+    }
+
+    /// Marks a partition for compaction again (after a failed attempt).
+    pub fn mark_dirty(&self, p: u32) {
+        self.inner.dirty.lock().unwrap().insert(p);
+    }
+
+    /// Partitions committed to since the last call (compaction candidates).
+    pub fn take_dirty(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.inner.dirty.lock().unwrap())
+            .into_iter()
+            .collect()
     }
 
     pub fn stats(&self) -> WriterStatsSnapshot {
@@ -362,6 +396,7 @@ impl Writer {
                     "manifest append found its own segment already committed"
                 );
             }
+            inner.dirty.lock().unwrap().insert(p);
             let s = &inner.stats;
             s.records.fetch_add(records.len() as u64, Ordering::Relaxed);
             s.segments.fetch_add(1, Ordering::Relaxed);
