@@ -33,6 +33,18 @@ struct Args {
     queries: usize,
     #[arg(long)]
     create_bucket: bool,
+    /// Compact with this index kind before querying: none, ivf or hnsw.
+    #[arg(long, default_value = "none")]
+    index: String,
+    /// Smallest segment that gets an index (a partition here holds ~625 records).
+    #[arg(long, default_value_t = 500)]
+    min_records: u64,
+    /// IVF probes to measure, comma-separated.
+    #[arg(long, default_value = "1,2,4,8")]
+    nprobe: String,
+    /// HNSW efSearch and efConstruction (fixed at build time).
+    #[arg(long, default_value_t = 64)]
+    ef: u32,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -69,11 +81,47 @@ async fn main() -> anyhow::Result<()> {
             store.clone(),
             &cfg.settings,
             "bench",
-            clock,
+            clock.clone(),
             WriterOptions::default(),
         );
         let r = shoal::bench::ingest(&store, &w, &base, None, 1000).await?;
         println!("ingest: {}", serde_json::to_string(&r)?);
+    }
+    let mut cfg = cfg;
+    if a.index != "none" {
+        let ix = shoal::coord::config::IndexSettings {
+            kind: a.index.clone(),
+            min_records: a.min_records,
+            ef_search: a.ef,
+            ef_construction: a.ef.max(40),
+            ..Default::default()
+        };
+        cfg = shoal::coord::config::update_config(store.as_ref(), clock.as_ref(), |c| {
+            c.settings.index = Some(ix.clone());
+            Ok(())
+        })
+        .await?;
+        let t = std::time::Instant::now();
+        let opts = shoal::compact::CompactOptions {
+            force: true,
+            upto_seq: None,
+        };
+        let outs =
+            shoal::compact::compact_all(store.as_ref(), &cfg.settings, "bench", &clock, &opts)
+                .await?;
+        let secs = t.elapsed().as_secs_f64();
+        let (mut recs, mut ix_secs) = (0u64, 0.0);
+        for o in &outs {
+            if let shoal::compact::Outcome::Compacted(r) = o {
+                recs += r.records_out;
+                ix_secs += r.index_seconds;
+            }
+        }
+        println!(
+            "compact ({}): {recs} records in {secs:.2} s wall, index build {ix_secs:.2} s total = {:.3} s per 10,000 records",
+            a.index,
+            ix_secs / recs as f64 * 10_000.0
+        );
     }
     let reader = Reader::new(store.clone(), &cfg.settings, ReaderOptions::default());
     let t = std::time::Instant::now();
@@ -82,26 +130,59 @@ async fn main() -> anyhow::Result<()> {
         "warm: {live} live records in {:.2} s",
         t.elapsed().as_secs_f64()
     );
-    let template = SearchRequest::new(vec![], 10);
-    let warm =
-        shoal::bench::run_queries(|| reader.clone(), &queries, &truth, Some(&sims), &template)
-            .await?;
     println!("store      {}", store.describe());
     println!("partitions {}", cfg.settings.partition_count);
     println!("threads    {}", rayon::current_num_threads());
     println!(
-        "warm exact search, {} queries, one at a time:",
-        warm.queries
+        "warm queries, {} one at a time (eventual consistency: no revalidation):",
+        queries.len()
     );
+    let mut runs: Vec<(String, SearchRequest)> = vec![(
+        "exact".into(),
+        SearchRequest {
+            exact: true,
+            ..SearchRequest::new(vec![], 10)
+        },
+    )];
+    match a.index.as_str() {
+        "ivf" => {
+            for n in a
+                .nprobe
+                .split(',')
+                .filter_map(|n| n.trim().parse::<usize>().ok())
+            {
+                runs.push((
+                    format!("ivf nprobe={n}"),
+                    SearchRequest {
+                        nprobe: Some(n),
+                        ..SearchRequest::new(vec![], 10)
+                    },
+                ));
+            }
+        }
+        "hnsw" => runs.push((format!("hnsw ef={}", a.ef), SearchRequest::new(vec![], 10))),
+        _ => {}
+    }
     println!(
-        "  p50 {:.3} ms  p95 {:.3} ms  p99 {:.3} ms  mean {:.3} ms  qps {:.0}",
-        warm.p50_ms, warm.p95_ms, warm.p99_ms, warm.mean_ms, warm.qps
+        "  {:<16} {:>9} {:>9} {:>9} {:>7} {:>10} {:>10} {:>9} {:>9}",
+        "mode", "p50 ms", "p95 ms", "p99 ms", "qps", "recall@10", "tie-aware", "fetch ms", "cpu ms"
     );
-    println!(
-        "  recall@10 {:.4}  (tie-aware {:.4})",
-        warm.recall_at_10,
-        warm.recall_at_10_tie_aware.unwrap_or(0.0)
-    );
-    println!("  requests/query {:.2}", warm.requests_per_query);
+    for (label, mut template) in runs {
+        template.consistency = shoal::reader::Consistency::Eventual;
+        let r =
+            shoal::bench::run_queries(|| reader.clone(), &queries, &truth, Some(&sims), &template)
+                .await?;
+        println!(
+            "  {label:<16} {:>9.3} {:>9.3} {:>9.3} {:>7.0} {:>10.4} {:>10.4} {:>9.3} {:>9.3}",
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms,
+            r.qps,
+            r.recall_at_10,
+            r.recall_at_10_tie_aware.unwrap_or(0.0),
+            r.fetch_ms,
+            r.compute_ms
+        );
+    }
     Ok(())
 }

@@ -94,6 +94,9 @@ pub struct QueryResult {
     pub recall_at_10_tie_aware: Option<f64>,
     pub requests_per_query: f64,
     pub bytes_per_query: f64,
+    /// Mean time per query in the I/O phase and the CPU phase.
+    pub fetch_ms: f64,
+    pub compute_ms: f64,
 }
 
 /// Percentile of sorted samples (nearest rank).
@@ -127,6 +130,7 @@ where
     let k = 10;
     let mut lat = Vec::with_capacity(queries.len());
     let (mut rec, mut rec_tie, mut reqs, mut bytes) = (0.0, 0.0, 0u64, 0u64);
+    let (mut fetch, mut compute) = (0.0, 0.0);
     let start = Instant::now();
     for (i, q) in queries.iter().enumerate() {
         let reader = make_reader();
@@ -148,6 +152,8 @@ where
             rec_tie += ok.count() as f64 / k as f64;
         }
         reqs += resp.stats.requests.total();
+        fetch += resp.stats.fetch_ms;
+        compute += resp.stats.compute_ms;
         bytes += resp.stats.requests.bytes_read;
     }
     let wall = start.elapsed().as_secs_f64();
@@ -165,6 +171,8 @@ where
         recall_at_10_tie_aware: truth_sim.map(|_| rec_tie / n),
         requests_per_query: reqs as f64 / n,
         bytes_per_query: bytes as f64 / n,
+        fetch_ms: fetch / n,
+        compute_ms: compute / n,
     })
 }
 
