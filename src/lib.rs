@@ -39,13 +39,17 @@
 //! - [`compact`]: compaction of partition prefixes into indexed segments,
 //!   and garbage collection with a grace period.
 //!
-//! Planned rooms, added by later work: `api`.
+//! - [`api`]: the service (a joined cluster with reader and writer) and the
+//!   request/response/error types shared by HTTP and Lambda front ends.
+//! - [`http`]: `shoal serve`, the axum HTTP API with auth and metrics.
 
+pub mod api;
 pub mod bench;
 pub mod compact;
 pub mod coord;
 pub mod dataset;
 pub mod filter;
+pub mod http;
 pub mod index;
 pub mod inspect;
 pub mod reader;

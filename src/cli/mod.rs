@@ -7,6 +7,7 @@ mod admin;
 mod demo;
 mod ingest;
 mod query;
+mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -149,6 +150,8 @@ pub enum Command {
     /// Check that the store enforces conditional writes (create-only and
     /// compare-and-swap), which every multi-writer guarantee depends on.
     Probe,
+    /// Serve the HTTP API (upsert, delete, search, records, status, health, metrics).
+    Serve(serve::ServeArgs),
     /// Run shoal end to end on a small real dataset shipped with it: ingest, search, recall.
     Demo(demo::DemoArgs),
 }
@@ -237,6 +240,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             grace_seconds,
         } => admin::gc(&ctx, dry_run, grace_seconds).await,
         Command::Probe => admin::probe(&ctx).await,
+        Command::Serve(a) => serve::run(&ctx, a).await,
         Command::Demo(a) => demo::run(cli.bucket.is_some().then_some(ctx), a).await,
     }
 }

@@ -290,6 +290,7 @@ pub struct ReaderStats {
     pub cache_bytes: u64,
     pub partitions_loaded: u64,
     pub live_records: u64,
+    pub segments: u64,
     pub requests: RequestCounts,
 }
 
@@ -406,11 +407,12 @@ impl Reader {
 
     pub fn stats(&self) -> ReaderStats {
         let s = &self.shared;
-        let (mut loaded, mut live) = (0, 0);
+        let (mut loaded, mut live, mut segments) = (0, 0, 0);
         for slot in &s.views {
             if let Some(v) = slot.current() {
                 loaded += 1;
                 live += v.live_count;
+                segments += v.manifest.segments.len() as u64;
             }
         }
         ReaderStats {
@@ -421,6 +423,7 @@ impl Reader {
             cache_bytes: s.cache.weighted_size(),
             partitions_loaded: loaded,
             live_records: live,
+            segments,
             requests: s.store.counts(),
         }
     }

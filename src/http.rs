@@ -1,0 +1,359 @@
+//! `shoal serve`: the HTTP API for containers pointed at a bucket.
+//!
+//! | method | path | body / answer |
+//! |---|---|---|
+//! | POST | `/v1/upsert` | `{"records": [...]}` → write receipt (after commit) |
+//! | POST | `/v1/delete` | `{"ids": [...]}` → write receipt |
+//! | POST | `/v1/search` | a search request → results and stats |
+//! | GET | `/v1/records/{id}` | the record, or 404 |
+//! | GET | `/v1/status` | config, instances, partitions, counters |
+//! | GET | `/healthz` | 200 while the process runs |
+//! | GET | `/readyz` | 200 when the config loads and the store answers, else 503 |
+//! | GET | `/metrics` | Prometheus text |
+//!
+//! Errors are `{"error": {"code", "message"}}` with 400 (bad input), 401
+//! (missing or wrong API key), 404, 413 (body or batch too large), 503
+//! (store unavailable) or 500. With `SHOAL_API_KEY` set, `/v1/*` and
+//! `/metrics` need `Authorization: Bearer <key>` (compared in constant
+//! time; the key is never logged). Health endpoints stay open.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+
+use crate::api::{parse_body, ApiError, DeleteRequest, Service, UpsertRequest};
+use crate::reader::SearchRequest;
+
+/// Largest request body accepted (a full default batch plus JSON overhead).
+pub const DEFAULT_BODY_LIMIT: usize = 96 * 1024 * 1024;
+
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+struct HttpMetrics {
+    requests: BTreeMap<(&'static str, u16), u64>,
+    latency: BTreeMap<&'static str, Histogram>,
+}
+
+struct AppState {
+    service: Arc<Service>,
+    api_key: Option<String>,
+    body_limit: usize,
+    metrics: Mutex<HttpMetrics>,
+}
+
+/// Settings of the HTTP server.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub api_key: Option<String>,
+    pub body_limit: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            api_key: std::env::var("SHOAL_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(e.body())).into_response()
+}
+
+fn json_ok<T: Serialize>(v: &T) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+impl AppState {
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(key) = &self.api_key else {
+            return Ok(());
+        };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                401,
+                "unauthorized",
+                "missing or wrong API key: send Authorization: Bearer <SHOAL_API_KEY>",
+            ))
+        }
+    }
+
+    async fn body(&self, body: Body) -> Result<axum::body::Bytes, ApiError> {
+        axum::body::to_bytes(body, self.body_limit)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    413,
+                    "payload_too_large",
+                    format!("request body is larger than {} bytes", self.body_limit),
+                )
+            })
+    }
+
+    fn record(&self, endpoint: &'static str, status: u16, started: Instant) {
+        let secs = started.elapsed().as_secs_f64();
+        let mut m = self.metrics.lock().unwrap();
+        *m.requests.entry((endpoint, status)).or_default() += 1;
+        let h = m.latency.entry(endpoint).or_default();
+        h.count += 1;
+        h.sum += secs;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+    }
+}
+
+/// Runs a handler body, timing it and turning errors into JSON responses.
+async fn respond<F>(
+    st: &AppState,
+    endpoint: &'static str,
+    protected: bool,
+    headers: &HeaderMap,
+    f: F,
+) -> Response
+where
+    F: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    let started = Instant::now();
+    let result = match protected.then(|| st.authorize(headers)).transpose() {
+        Err(e) => Err(e),
+        Ok(_) => f.await,
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::warn!(endpoint, error = %e, "request failed");
+            }
+            error_response(&e)
+        }
+    };
+    st.record(endpoint, resp.status().as_u16(), started);
+    resp
+}
+
+type S = State<Arc<AppState>>;
+
+async fn upsert(State(st): S, headers: HeaderMap, body: Body) -> Response {
+    respond(&st, "upsert", true, &headers, async {
+        let req: UpsertRequest = parse_body(&st.body(body).await?)?;
+        Ok(json_ok(&st.service.upsert(req).await?))
+    })
+    .await
+}
+
+async fn delete(State(st): S, headers: HeaderMap, body: Body) -> Response {
+    respond(&st, "delete", true, &headers, async {
+        let req: DeleteRequest = parse_body(&st.body(body).await?)?;
+        Ok(json_ok(&st.service.delete(req).await?))
+    })
+    .await
+}
+
+async fn search(State(st): S, headers: HeaderMap, body: Body) -> Response {
+    respond(&st, "search", true, &headers, async {
+        let req: SearchRequest = parse_body(&st.body(body).await?)?;
+        Ok(json_ok(&st.service.search(req).await?))
+    })
+    .await
+}
+
+async fn record(State(st): S, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    respond(&st, "record", true, &headers, async {
+        Ok(json_ok(&st.service.get(&id).await?))
+    })
+    .await
+}
+
+async fn status(State(st): S, headers: HeaderMap) -> Response {
+    respond(&st, "status", true, &headers, async {
+        Ok(json_ok(&st.service.status().await?))
+    })
+    .await
+}
+
+async fn healthz(State(st): S, headers: HeaderMap) -> Response {
+    respond(&st, "healthz", false, &headers, async {
+        Ok(json_ok(&serde_json::json!({"status": "ok"})))
+    })
+    .await
+}
+
+async fn readyz(State(st): S, headers: HeaderMap) -> Response {
+    respond(&st, "readyz", false, &headers, async {
+        st.service.ready().await?;
+        Ok(json_ok(&serde_json::json!({"status": "ready"})))
+    })
+    .await
+}
+
+async fn metrics(State(st): S, headers: HeaderMap) -> Response {
+    respond(&st, "metrics", true, &headers, async {
+        let text = render_metrics(&st);
+        Ok((
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            text,
+        )
+            .into_response())
+    })
+    .await
+}
+
+async fn fallback(State(st): S, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    respond(&st, "other", false, &headers, async move {
+        Err::<Response, _>(ApiError::not_found(format!(
+            "no such endpoint: {}",
+            uri.path()
+        )))
+    })
+    .await
+}
+
+fn render_metrics(st: &AppState) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let m = st.metrics.lock().unwrap();
+    out.push_str("# HELP shoal_http_requests_total HTTP requests by endpoint and status.\n");
+    out.push_str("# TYPE shoal_http_requests_total counter\n");
+    for ((ep, status), n) in &m.requests {
+        let _ = writeln!(
+            out,
+            "shoal_http_requests_total{{endpoint=\"{ep}\",status=\"{status}\"}} {n}"
+        );
+    }
+    out.push_str("# HELP shoal_http_request_duration_seconds Request latency by endpoint.\n");
+    out.push_str("# TYPE shoal_http_request_duration_seconds histogram\n");
+    for (ep, h) in &m.latency {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shoal_http_request_duration_seconds_bucket{{endpoint=\"{ep}\",le=\"{b}\"}} {}",
+                h.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "shoal_http_request_duration_seconds_bucket{{endpoint=\"{ep}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(
+            out,
+            "shoal_http_request_duration_seconds_sum{{endpoint=\"{ep}\"}} {}",
+            h.sum
+        );
+        let _ = writeln!(
+            out,
+            "shoal_http_request_duration_seconds_count{{endpoint=\"{ep}\"}} {}",
+            h.count
+        );
+    }
+    drop(m);
+    let rs = st.service.reader.stats();
+    let hit_rate = if rs.cache_hits + rs.cache_misses == 0 {
+        0.0
+    } else {
+        rs.cache_hits as f64 / (rs.cache_hits + rs.cache_misses) as f64
+    };
+    let _ = writeln!(out, "# HELP shoal_cache_hit_rate Segment cache hit rate.\n# TYPE shoal_cache_hit_rate gauge\nshoal_cache_hit_rate {hit_rate}");
+    let _ = writeln!(out, "# HELP shoal_cache_bytes Decoded bytes in the segment cache.\n# TYPE shoal_cache_bytes gauge\nshoal_cache_bytes {}", rs.cache_bytes);
+    let _ = writeln!(out, "# HELP shoal_records Live records in the partitions this reader has loaded.\n# TYPE shoal_records gauge\nshoal_records {}", rs.live_records);
+    let _ = writeln!(out, "# HELP shoal_segments Segments in the partitions this reader has loaded.\n# TYPE shoal_segments gauge\nshoal_segments {}", rs.segments);
+    let r = st.service.cluster.store().counts();
+    out.push_str("# HELP shoal_store_requests_total Object-store requests by kind.\n# TYPE shoal_store_requests_total counter\n");
+    for (kind, n) in [
+        ("get", r.get),
+        ("put", r.put),
+        ("list", r.list),
+        ("head", r.head),
+        ("delete", r.delete),
+    ] {
+        let _ = writeln!(out, "shoal_store_requests_total{{kind=\"{kind}\"}} {n}");
+    }
+    out.push_str("# HELP shoal_store_outcomes_total Conditional outcomes: 304, 404, 412.\n# TYPE shoal_store_outcomes_total counter\n");
+    for (code, n) in [
+        ("304", r.not_modified),
+        ("404", r.not_found),
+        ("412", r.precondition_failed),
+    ] {
+        let _ = writeln!(out, "shoal_store_outcomes_total{{code=\"{code}\"}} {n}");
+    }
+    out
+}
+
+/// The router over a service.
+pub fn router(service: Arc<Service>, opts: HttpOptions) -> Router {
+    let state = Arc::new(AppState {
+        service,
+        api_key: opts.api_key,
+        body_limit: opts.body_limit,
+        metrics: Mutex::default(),
+    });
+    Router::new()
+        .route("/v1/upsert", post(upsert))
+        .route("/v1/delete", post(delete))
+        .route("/v1/search", post(search))
+        .route("/v1/records/{id}", get(record))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(fallback)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, finishes the
+/// requests in flight and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<Service>,
+    opts: HttpOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(service, opts))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

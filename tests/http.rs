@@ -1,0 +1,352 @@
+//! `shoal serve` over real HTTP on an ephemeral loopback port: every
+//! endpoint, 400/401/404/413 cases, `/metrics`, graceful SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    addr: String,
+    bucket: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(env: &[(&str, &str)], max_body: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = dir.path().join("idx").to_str().unwrap().to_string();
+        let shoal = env!("CARGO_BIN_EXE_shoal");
+        let init = Command::new(shoal)
+            .args([
+                "--bucket",
+                &bucket,
+                "init",
+                "--dimensions",
+                "3",
+                "--partitions",
+                "4",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let mut cmd = Command::new(shoal);
+        cmd.args([
+            "--bucket",
+            &bucket,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-body-bytes",
+            max_body,
+        ])
+        .env_remove("SHOAL_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Server {
+            child,
+            addr,
+            bucket,
+            _dir: dir,
+        }
+    }
+
+    /// One HTTP/1.1 request; returns (status, body).
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let _ = s.write_all(body); // the server may answer 413 before reading it all
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("0")
+            .parse()
+            .unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        (status, body)
+    }
+
+    fn json(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let (st, b) = self.call(
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+        (
+            st,
+            serde_json::from_str(&b).unwrap_or_else(|_| panic!("not JSON ({st}): {b}")),
+        )
+    }
+
+    fn stop(&mut self) -> (bool, String) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let out = self.child.wait().unwrap();
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (out.success(), err)
+    }
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((len, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    out
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {v}"))
+}
+
+#[test]
+fn every_endpoint_and_error_case() {
+    let mut s = Server::start(&[], "20000");
+    let (st, v) = s.json("GET", "/healthz", json!(null));
+    assert_eq!((st, v), (200, json!({"status": "ok"})));
+    assert_eq!(s.json("GET", "/readyz", json!(null)).0, 200);
+
+    let recs = json!({"records": [
+        {"id": "a", "vector": [1, 0, 0], "metadata": {"price": 3, "text": "apple"}},
+        {"id": "b", "vector": [0, 1, 0], "metadata": {"symptoms": "cough"}}
+    ]});
+    let (st, v) = s.json("POST", "/v1/upsert", recs);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["records"], 2);
+
+    let (st, v) = s.json(
+        "POST",
+        "/v1/search",
+        json!({"vector": [1, 0.1, 0], "k": 2, "consistency": "strong"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["results"][0]["id"], "a");
+    assert_eq!(v["results"][0]["metadata"]["domain"], "product");
+    assert!(v["stats"]["partitions_searched"].as_u64().unwrap() == 4);
+    let (_, v) = s.json(
+        "POST",
+        "/v1/search",
+        json!({"vector": [1, 0, 0], "k": 5, "filter": {"domain": "medical"}}),
+    );
+    assert_eq!(v["results"].as_array().unwrap().len(), 1);
+    assert_eq!(v["results"][0]["id"], "b");
+
+    let (st, v) = s.json("GET", "/v1/records/b", json!(null));
+    assert_eq!(st, 200);
+    assert_eq!(v["metadata"]["symptoms"], "cough");
+    let (st, v) = s.json("GET", "/v1/records/nope", json!(null));
+    assert_eq!((st, error_code(&v)), (404, "not_found"));
+
+    let (st, v) = s.json("POST", "/v1/delete", json!({"ids": ["b"]}));
+    assert_eq!((st, v["records"].clone()), (200, json!(1)));
+    assert_eq!(s.json("GET", "/v1/records/b", json!(null)).0, 404);
+
+    let (st, v) = s.json("GET", "/v1/status", json!(null));
+    assert_eq!(st, 200);
+    assert_eq!(v["config"]["settings"]["dimensions"], 3);
+    assert_eq!(
+        v["instances"].as_array().unwrap().len(),
+        1,
+        "the server registered itself"
+    );
+
+    // 400s with the stable error shape.
+    let (st, body) = s.call("POST", "/v1/upsert", &[], b"{not json");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((st, error_code(&v)), (400, "invalid_request"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad JSON body"),
+        "{v}"
+    );
+    let cases = [
+        (
+            "/v1/upsert",
+            json!({"records": [{"id": "x", "vector": "abc"}]}),
+            "invalid type",
+        ),
+        (
+            "/v1/upsert",
+            json!({"records": [{"id": "x", "vector": [1, 2]}]}),
+            "vector has 2 dimensions; the index has 3",
+        ),
+        (
+            "/v1/upsert",
+            json!({"records": [{"id": "", "vector": [1, 2, 3]}]}),
+            "id is empty",
+        ),
+        ("/v1/upsert", json!({"rows": []}), "unknown field `rows`"),
+        (
+            "/v1/search",
+            json!({"vector": [1, 0, 0], "k": 0}),
+            "k must be between 1 and 1000",
+        ),
+        (
+            "/v1/search",
+            json!({"vector": [1, 0, 0], "filter": {"p": {"$bogus": 1}}}),
+            "unknown operator `$bogus`",
+        ),
+        ("/v1/delete", json!({"ids": "a"}), "invalid type"),
+    ];
+    for (path, body, want) in cases {
+        let (st, v) = s.json("POST", path, body.clone());
+        assert_eq!(
+            (st, error_code(&v)),
+            (400, "invalid_request"),
+            "{path} {body}: {v}"
+        );
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{path}: {v}"
+        );
+    }
+    let (st, body) = s.call("POST", "/v1/search", &[], b"{\"vector\": [NaN, 1, 2]}");
+    assert_eq!(st, 400, "{body}");
+    // 413: body over the limit, and a batch over the record limit.
+    let big = vec![b' '; 30_000];
+    let (st, body) = s.call("POST", "/v1/upsert", &[], &big);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((st, error_code(&v)), (413, "payload_too_large"));
+    // Unknown endpoints.
+    let (st, v) = s.json("GET", "/v2/nothing", json!(null));
+    assert_eq!((st, error_code(&v)), (404, "not_found"));
+
+    // Metrics reflect the traffic.
+    let (st, text) = s.call("GET", "/metrics", &[], b"");
+    assert_eq!(st, 200);
+    for want in [
+        "shoal_http_requests_total{endpoint=\"upsert\",status=\"200\"} 1",
+        "shoal_http_requests_total{endpoint=\"upsert\",status=\"400\"}",
+        "shoal_http_requests_total{endpoint=\"upsert\",status=\"413\"} 1",
+        "shoal_http_request_duration_seconds_bucket{endpoint=\"search\",le=\"+Inf\"}",
+        "shoal_http_request_duration_seconds_count{endpoint=\"search\"}",
+        "shoal_cache_hit_rate ",
+        "shoal_store_requests_total{kind=\"put\"}",
+        "shoal_store_outcomes_total{code=\"404\"}",
+        "shoal_records ",
+        "shoal_segments ",
+    ] {
+        assert!(text.contains(want), "metrics lack {want}:\n{text}");
+    }
+
+    // Graceful shutdown on SIGTERM removes the instance record.
+    let bucket = s.bucket.clone();
+    let (ok, err) = s.stop();
+    assert!(ok && err.contains("stopped cleanly"), "{err}");
+    let left = std::fs::read_dir(format!("{bucket}/_brainy/instances"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "the instance record is removed on shutdown");
+}
+
+#[test]
+fn batches_over_the_record_limit_are_413() {
+    let mut s = Server::start(&[], "4000000");
+    let recs: Vec<Value> = (0..10_001)
+        .map(|i| json!({"id": format!("r{i}"), "vector": [1, 0, 0]}))
+        .collect();
+    let (st, v) = s.json("POST", "/v1/upsert", json!({"records": recs}));
+    assert_eq!((st, error_code(&v)), (413, "payload_too_large"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("10001 records; at most 10000"));
+    s.stop();
+}
+
+#[test]
+fn api_key_is_required_when_set() {
+    let mut s = Server::start(&[("SHOAL_API_KEY", "s3cret-key")], "20000");
+    let (st, v) = s.json("POST", "/v1/search", json!({"vector": [1, 0, 0]}));
+    assert_eq!((st, error_code(&v)), (401, "unauthorized"));
+    let (st, body) = s.call(
+        "GET",
+        "/v1/status",
+        &[("Authorization", "Bearer wrong-key!")],
+        b"",
+    );
+    assert_eq!(st, 401, "{body}");
+    assert!(!body.contains("s3cret"), "the key is never echoed");
+    let (st, _) = s.call("GET", "/metrics", &[], b"");
+    assert_eq!(st, 401);
+    let (st, body) = s.call(
+        "GET",
+        "/v1/status",
+        &[("Authorization", "Bearer s3cret-key")],
+        b"",
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        s.call("GET", "/healthz", &[], b"").0,
+        200,
+        "health stays open"
+    );
+    let (ok, err) = s.stop();
+    assert!(ok, "{err}");
+    assert!(!err.contains("s3cret"), "the key is never logged");
+}
