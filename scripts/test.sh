@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: the README's test command and what CI runs.
 #
-# Starts the S3 test server (moto, on 127.0.0.1), then runs cargo fmt --check,
-# cargo clippy (-D warnings) and every test, including the S3 integration
-# tests over HTTP, and stops the server even when something fails.
+# Starts the S3 test server (moto, on 127.0.0.1), then runs cargo fmt
+# --check, cargo clippy (-D warnings), every Rust test (including the S3
+# integration tests over HTTP), the Lambda functions in the real runtime
+# (cargo lambda watch, loopback), and cfn-lint on the SAM template; stops
+# the server even when something fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,6 +22,14 @@ export AWS_REGION="${AWS_REGION:-us-east-1}"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== lambda functions in the real runtime (cargo lambda watch)"
+bash scripts/lambda-test.sh
+tools="$(bash scripts/tools.sh)"
+echo "== cfn-lint infra/template.yaml"
+"$tools/cfn-lint" infra/template.yaml
+echo "== deployment manifests (static checks)"
+"$tools/python" scripts/check-manifests.py
+echo "== all checks passed"

@@ -190,3 +190,43 @@ mod tests {
         assert!((recall(&got, &[1, 2, 3], 3) - 2.0 / 3.0).abs() < 1e-9);
     }
 }
+
+/// Runs `queries` from `clients` concurrent tasks against one reader and
+/// returns queries per second.
+pub async fn concurrent_qps(
+    reader: &Reader,
+    queries: &[Vec<f32>],
+    template: &SearchRequest,
+    clients: usize,
+) -> Result<f64, crate::reader::ReadError> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let queries = std::sync::Arc::new(queries.to_vec());
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients.max(1))
+        .map(|_| {
+            let (r, q, n, t) = (
+                reader.clone(),
+                queries.clone(),
+                next.clone(),
+                template.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= q.len() {
+                        return Ok::<(), crate::reader::ReadError>(());
+                    }
+                    let req = SearchRequest {
+                        vector: q[i].clone(),
+                        ..t.clone()
+                    };
+                    r.search(&req).await?;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("bench task")?;
+    }
+    Ok(queries.len() as f64 / start.elapsed().as_secs_f64())
+}

@@ -42,6 +42,8 @@
 //! - [`api`]: the service (a joined cluster with reader and writer) and the
 //!   request/response/error types shared by HTTP and Lambda front ends.
 //! - [`http`]: `shoal serve`, the axum HTTP API with auth and metrics.
+//! - [`lambda`]: runtime-free Lambda handlers (reader, writer, compactor)
+//!   for the thin binaries in `lambdas/`.
 
 pub mod api;
 pub mod bench;
@@ -52,6 +54,7 @@ pub mod filter;
 pub mod http;
 pub mod index;
 pub mod inspect;
+pub mod lambda;
 pub mod reader;
 pub mod record;
 pub mod segment;

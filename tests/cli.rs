@@ -377,6 +377,135 @@ fn bad_inputs(s: &Shoal) {
     assert!(e.contains("manhattan") && e.contains("cosine"), "{e}");
 }
 
+fn write_ivecs(path: &Path, rows: &[Vec<i32>]) {
+    let mut b = Vec::new();
+    for r in rows {
+        b.extend_from_slice(&(r.len() as i32).to_le_bytes());
+        for x in r {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+fn bench_writes_every_result_key(s: &Shoal) {
+    // 300 base vectors in 4-d, 5 queries, exact truth by brute force.
+    let base: Vec<[f32; 4]> = (0..300)
+        .map(|i| {
+            let t = i as f32 * 0.37;
+            [t.sin(), t.cos(), (t * 0.5).sin(), 1.0 + (i % 7) as f32]
+        })
+        .collect();
+    let queries: Vec<[f32; 4]> = (0..5).map(|i| base[i * 50 + 3]).collect();
+    let norm = |v: &[f32; 4]| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.map(|x| x / n)
+    };
+    let truth: Vec<Vec<i32>> = queries
+        .iter()
+        .map(|q| {
+            let q = norm(q);
+            let mut s: Vec<(f32, i32)> = base
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    (
+                        -norm(b).iter().zip(&q).map(|(x, y)| x * y).sum::<f32>(),
+                        i as i32,
+                    )
+                })
+                .collect();
+            s.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            s.iter().take(10).map(|x| x.1).collect()
+        })
+        .collect();
+    let (bp, qp, tp) = (
+        s.dir.path().join("b.fvecs"),
+        s.dir.path().join("q.fvecs"),
+        s.dir.path().join("t.ivecs"),
+    );
+    write_fvecs(&bp, &base);
+    write_fvecs(&qp, &queries);
+    write_ivecs(&tp, &truth);
+    let out = s.dir.path().join("results.json");
+    let args = [
+        "bench",
+        "--base",
+        bp.to_str().unwrap(),
+        "--queries",
+        qp.to_str().unwrap(),
+        "--truth",
+        tp.to_str().unwrap(),
+        "--partitions",
+        "2",
+        "--index",
+        "ivf",
+        "--index-min-records",
+        "50",
+        "--nprobe",
+        "100",
+        "--cold-queries",
+        "2",
+        "--clients",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let table = s.ok(&args);
+    assert!(
+        table.contains("| warm | recall@10 | 1.0000 |"),
+        "nprobe covering all clusters is exact:\n{table}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for key in [
+        "/ingest/records_per_s",
+        "/ingest/mb_per_s",
+        "/ingest/puts",
+        "/compact/seconds",
+        "/warm/p50_ms",
+        "/warm/p95_ms",
+        "/warm/p99_ms",
+        "/warm/qps",
+        "/warm/recall_at_10",
+        "/cold/p50_ms",
+        "/cold/p99_ms",
+        "/cold/s3_requests_per_query",
+        "/cold/bytes_per_query",
+        "/cold/recall_at_10",
+        "/settings/partitions",
+        "/settings/index/kind",
+        "/settings/threads",
+        "/settings/machine",
+    ] {
+        assert!(
+            r.pointer(key).is_some_and(|v| !v.is_null()),
+            "results.json lacks {key}: {r}"
+        );
+    }
+    assert_eq!(r["ingest"]["records"], 300);
+    assert!(
+        r["cold"]["s3_requests_per_query"].as_f64().unwrap() >= 4.0,
+        "cold queries fetch manifests and segments"
+    );
+    assert!(s.ok(&["verify"]).contains("ok: no problems"));
+    // A second bench into the same bucket is refused.
+    let e = s.fails(&args, 1);
+    assert!(e.contains("already holds an index"), "{e}");
+}
+
+#[test]
+fn bench_local() {
+    bench_writes_every_result_key(&Shoal::local());
+}
+
+#[tokio::test]
+async fn bench_s3() {
+    let Some(s) = Shoal::s3().await else { return };
+    tokio::task::spawn_blocking(move || bench_writes_every_result_key(&s))
+        .await
+        .unwrap();
+}
+
 #[test]
 fn every_command_local() {
     every_command(&Shoal::local());

@@ -4,6 +4,7 @@
 //! (2 for usage errors, from clap).
 
 mod admin;
+mod bench;
 mod demo;
 mod ingest;
 mod query;
@@ -150,6 +151,8 @@ pub enum Command {
     /// Check that the store enforces conditional writes (create-only and
     /// compare-and-swap), which every multi-writer guarantee depends on.
     Probe,
+    /// Benchmark ingest, compaction, warm and cold queries on a TEXMEX dataset.
+    Bench(bench::BenchArgs),
     /// Serve the HTTP API (upsert, delete, search, records, status, health, metrics).
     Serve(serve::ServeArgs),
     /// Run shoal end to end on a small real dataset shipped with it: ingest, search, recall.
@@ -241,6 +244,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => admin::gc(&ctx, dry_run, grace_seconds).await,
         Command::Probe => admin::probe(&ctx).await,
         Command::Serve(a) => serve::run(&ctx, a).await,
+        Command::Bench(a) => bench::run(&ctx, a).await,
         Command::Demo(a) => demo::run(cli.bucket.is_some().then_some(ctx), a).await,
     }
 }

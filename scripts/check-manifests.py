@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Static checks of deployment files that cannot run here (no Docker engine):
+parses every YAML file and checks the properties the docs promise."""
+import pathlib, sys
+import yaml
+
+root = pathlib.Path(__file__).resolve().parent.parent
+failures = []
+
+def check(cond, msg):
+    print(("ok   " if cond else "FAIL ") + msg)
+    if not cond:
+        failures.append(msg)
+
+docs = {}
+for p in sorted(list(root.glob("examples/**/*.yaml")) + list(root.glob("examples/**/*.yml")) + [root / "localstack/docker-compose.yml"]):
+    try:
+        docs[p.relative_to(root).as_posix()] = list(yaml.safe_load_all(p.read_text()))
+        check(True, f"{p.relative_to(root)} parses")
+    except yaml.YAMLError as e:
+        check(False, f"{p.relative_to(root)} parses: {e}")
+
+compose = docs["examples/docker-compose.yml"][0]["services"]
+check({"minio", "bucket", "init", "writer", "reader", "gateway"} <= set(compose), "compose has minio, bucket init, writer, readers, gateway")
+check(compose["reader"]["deploy"]["replicas"] == 3, "compose runs three readers")
+check(compose["writer"]["environment"]["BRAINY_ROLE"] == "writer", "compose writer role")
+
+k8s = {d["kind"] + "/" + d["metadata"]["name"]: d for f, ds in docs.items() if f.startswith("examples/k8s/") for d in ds}
+reader = k8s["Deployment/shoal-reader"]
+check(reader["spec"]["replicas"] == 10, "k8s reader has 10 replicas")
+c = reader["spec"]["template"]["spec"]["containers"][0]
+check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "k8s reader readiness on /readyz")
+check({"configMapRef": {"name": "shoal"}} in c["envFrom"] and {"secretRef": {"name": "shoal-aws"}} in c["envFrom"], "k8s reader uses the ConfigMap and Secret")
+check("Deployment/shoal-writer" in k8s and "ConfigMap/shoal" in k8s and "Secret/shoal-aws" in k8s, "k8s writer, ConfigMap and Secret exist")
+docker = (root / "Dockerfile").read_text()
+check("USER 10001" in docker and "target-cpu" not in docker.replace("no target-cpu", ""), "Dockerfile runs as non-root and portable")
+sys.exit(1 if failures else 0)
