@@ -176,21 +176,6 @@ where
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_and_recall() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 50.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&v, 100.0), 100.0);
-        let got: Vec<String> = ["3", "1", "9"].iter().map(|s| s.to_string()).collect();
-        assert!((recall(&got, &[1, 2, 3], 3) - 2.0 / 3.0).abs() < 1e-9);
-    }
-}
-
 /// Runs `queries` from `clients` concurrent tasks against one reader and
 /// returns queries per second.
 pub async fn concurrent_qps(
@@ -229,4 +214,19 @@ pub async fn concurrent_qps(
         t.await.expect("bench task")?;
     }
     Ok(queries.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_recall() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        let got: Vec<String> = ["3", "1", "9"].iter().map(|s| s.to_string()).collect();
+        assert!((recall(&got, &[1, 2, 3], 3) - 2.0 / 3.0).abs() < 1e-9);
+    }
 }

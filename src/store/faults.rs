@@ -265,3 +265,163 @@ impl ObjectStore for WriteFaults {
         self.inner.describe()
     }
 }
+
+/// Seeded, deterministic fault injection for simulations.
+///
+/// Each call's fate is a hash of (seed, operation, key, how many times
+/// that key, or for segments that partition folder, was called), so the
+/// same seed gives the same faults however tasks interleave and whatever
+/// random ids segments get. Faults: transient errors (500/503/timeouts),
+/// 409 ConditionalRequestConflict on conditional writes, ambiguous writes
+/// (applied, but the caller gets an error), and latency (which, under a
+/// paused tokio clock, makes concurrent commits interleave). A test-only
+/// switch drops the conditions of conditional writes, to prove that the
+/// checks catch a broken commit protocol.
+#[derive(Debug)]
+pub struct Faulty {
+    inner: DynStore,
+    pub seed: u64,
+    pub config: FaultConfig,
+    calls: std::sync::Mutex<std::collections::HashMap<(u8, String), u64>>,
+    /// Faults injected so far, by kind.
+    pub injected: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+/// Rates are probabilities per call, 0.0 to 1.0.
+#[derive(Clone, Debug, Default)]
+pub struct FaultConfig {
+    pub transient: f64,
+    pub conflict: f64,
+    pub ambiguous: f64,
+    /// Up to this many milliseconds of latency per call.
+    pub max_latency_ms: u64,
+    /// BROKEN ON PURPOSE: conditional writes become unconditional.
+    pub ignore_conditions: bool,
+}
+
+impl Faulty {
+    pub fn new(inner: DynStore, seed: u64, config: FaultConfig) -> Self {
+        Faulty {
+            inner,
+            seed,
+            config,
+            calls: Default::default(),
+            injected: Default::default(),
+        }
+    }
+
+    /// A number in [0, 1) fixed by (seed, op, key family, call count, salt).
+    fn roll(&self, op: u8, key: &str, salt: u64) -> f64 {
+        let family = if key.ends_with(".seg") {
+            key.rsplit_once('/').map_or(key, |(dir, _)| dir).to_string() + "/*.seg"
+        } else {
+            key.to_string()
+        };
+        let n = {
+            let mut calls = self.calls.lock().unwrap();
+            let c = calls.entry((op, family.clone())).or_default();
+            if salt == 0 {
+                *c += 1;
+            }
+            *c
+        };
+        let h = xxhash_rust::xxh3::xxh3_64(
+            format!("{}|{op}|{family}|{n}|{salt}", self.seed).as_bytes(),
+        );
+        (h >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn note(&self, kind: &'static str) {
+        *self.injected.lock().unwrap().entry(kind).or_default() += 1;
+    }
+
+    async fn before(&self, op: u8, key: &str) -> Result<()> {
+        let r = self.roll(op, key, 0);
+        if self.config.max_latency_ms > 0 {
+            let ms = (self.roll(op, key, 1) * self.config.max_latency_ms as f64) as u64;
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        if r < self.config.transient {
+            self.note("transient");
+            return Err(super::StoreError::transient(
+                key,
+                "injected fault: 503 SlowDown",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn conditional(
+        &self,
+        op: u8,
+        key: &str,
+        write: impl std::future::Future<Output = Result<ETag>>,
+    ) -> Result<ETag> {
+        self.before(op, key).await?;
+        let r = self.roll(op, key, 2);
+        if r < self.config.conflict {
+            self.note("conflict");
+            return Err(super::StoreError::PreconditionFailed {
+                key: key.to_string(),
+            });
+        }
+        let out = write.await;
+        if out.is_ok() && self.roll(op, key, 3) < self.config.ambiguous {
+            self.note("ambiguous");
+            return Err(super::StoreError::transient(
+                key,
+                "injected fault: applied, response lost",
+            ));
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Faulty {
+    async fn get(&self, key: &str) -> Result<GetResult> {
+        self.before(0, key).await?;
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Bytes> {
+        self.before(0, key).await?;
+        self.inner.get_range(key, range).await
+    }
+    async fn get_if_changed(&self, key: &str, etag: &ETag) -> Result<Conditional> {
+        self.before(0, key).await?;
+        self.inner.get_if_changed(key, etag).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        self.before(1, key).await?;
+        self.inner.head(key).await
+    }
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
+        self.before(2, key).await?;
+        self.inner.put(key, bytes).await
+    }
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<ETag> {
+        if self.config.ignore_conditions {
+            return self.conditional(3, key, self.inner.put(key, bytes)).await;
+        }
+        self.conditional(3, key, self.inner.put_if_absent(key, bytes))
+            .await
+    }
+    async fn put_if_match(&self, key: &str, bytes: Bytes, etag: &ETag) -> Result<ETag> {
+        if self.config.ignore_conditions {
+            return self.conditional(4, key, self.inner.put(key, bytes)).await;
+        }
+        self.conditional(4, key, self.inner.put_if_match(key, bytes, etag))
+            .await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.before(5, key).await?;
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.before(6, prefix).await?;
+        self.inner.list(prefix).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}

@@ -1,0 +1,178 @@
+//! Corrupt objects in the bucket, on every backend: each case is an error
+//! naming the key (or a partial result naming it), `verify` reports it,
+//! nothing panics, and nothing else in the bucket is touched.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shoal::coord::clock::{DynClock, SystemClock};
+use shoal::coord::config::{load_or_create, read_config};
+use shoal::coord::manifest::read_manifest;
+use shoal::coord::paths::CONFIG_KEY;
+use shoal::coord::{Metric, RequestedSettings, Settings};
+use shoal::reader::{Reader, ReaderOptions, SearchRequest};
+use shoal::record::Record;
+use shoal::store::{Counted, ObjectStore};
+use shoal::writer::{Writer, WriterOptions};
+
+backend_tests!(every_corruption_is_named_and_contained);
+
+async fn setup(store: &Arc<Counted>) -> Settings {
+    let clock: DynClock = Arc::new(SystemClock);
+    let req = RequestedSettings {
+        partition_count: Some(2),
+        dimensions: Some(3),
+        distance_metric: Some(Metric::Dot),
+        ..Default::default()
+    };
+    let cfg = load_or_create(store.as_ref(), &req, clock.as_ref())
+        .await
+        .unwrap();
+    let w = Writer::new(
+        store.clone(),
+        &cfg.settings,
+        "w",
+        clock,
+        WriterOptions::default(),
+    );
+    let recs: Vec<Record> = (0..40)
+        .map(|i| Record::new(format!("r{i}"), vec![i as f32, 1.0, 0.5]))
+        .collect();
+    w.upsert(&recs[..20]).await.unwrap();
+    w.upsert(&recs[20..]).await.unwrap();
+    cfg.settings
+}
+
+async fn snapshot(store: &Counted) -> BTreeMap<String, String> {
+    store
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.key, m.etag.0))
+        .collect()
+}
+
+/// Runs every reader path and verify against the bucket as it is, and
+/// returns their errors; asserts they name `key` and touch nothing.
+async fn probe(store: &Arc<Counted>, s: &Settings, key: &str, partition: u32) {
+    let before = snapshot(store).await;
+    let r = Reader::new(
+        store.clone(),
+        s,
+        ReaderOptions {
+            max_staleness: Duration::ZERO,
+            ..Default::default()
+        },
+    );
+    let q = SearchRequest::new(vec![1.0, 0.0, 0.0], 50);
+    let e = r
+        .search(&q)
+        .await
+        .expect_err("search must fail")
+        .to_string();
+    assert!(
+        e.contains(key) && e.contains(&format!("partition {partition}")),
+        "{e}"
+    );
+    let partial = r
+        .search(&SearchRequest {
+            allow_partial: true,
+            ..q
+        })
+        .await
+        .unwrap();
+    assert!(partial.partial);
+    assert_eq!(partial.failed_partitions.len(), 1);
+    assert_eq!(partial.failed_partitions[0].partition, partition);
+    assert!(partial.failed_partitions[0].error.contains(key));
+    assert!(partial.results.iter().all(|h| h.partition != partition));
+    let cfg = read_config(store.as_ref()).await.unwrap().unwrap().0;
+    let report = shoal::inspect::verify(store.as_ref(), &cfg).await.unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.key == key),
+        "verify misses {key}: {:?}",
+        report.problems
+    );
+    assert_eq!(
+        snapshot(store).await,
+        before,
+        "reading a corrupt bucket changed it"
+    );
+}
+
+async fn every_corruption_is_named_and_contained(store: Arc<Counted>) {
+    let s = setup(&store).await;
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    let seg = m.segments[0].key.clone();
+    let good = store.get(&seg).await.unwrap().bytes;
+
+    // Truncated segment.
+    store.put(&seg, good.slice(..good.len() / 2)).await.unwrap();
+    probe(&store, &s, &seg, 0).await;
+    // Flipped bits in the middle.
+    let mut flipped = good.to_vec();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0b1010_0101;
+    store.put(&seg, Bytes::from(flipped)).await.unwrap();
+    probe(&store, &s, &seg, 0).await;
+    // Another format version.
+    let mut v2 = good.to_vec();
+    v2[8..10].copy_from_slice(&9u16.to_le_bytes());
+    store.put(&seg, Bytes::from(v2)).await.unwrap();
+    probe(&store, &s, &seg, 0).await;
+    // Not a segment at all.
+    store
+        .put(&seg, Bytes::from_static(b"<Error>AccessDenied</Error>"))
+        .await
+        .unwrap();
+    probe(&store, &s, &seg, 0).await;
+    store.put(&seg, good).await.unwrap();
+
+    // Garbage manifest.
+    let mkey = "vectors/p001/manifest.json";
+    let good_manifest = store.get(mkey).await.unwrap().bytes;
+    store
+        .put(
+            mkey,
+            Bytes::from_static(b"{\"version\": 1, \"segments\": \"lol\"}"),
+        )
+        .await
+        .unwrap();
+    probe(&store, &s, mkey, 1).await;
+    store.put(mkey, good_manifest).await.unwrap();
+
+    // Everything is readable again.
+    let r = Reader::new(store.clone(), &s, ReaderOptions::default());
+    assert_eq!(r.warm().await.unwrap(), 40);
+
+    // Garbage config: every entry point names the key.
+    let good_config = store.get(CONFIG_KEY).await.unwrap().bytes;
+    store
+        .put(CONFIG_KEY, Bytes::from_static(b"\x00\x01binary junk"))
+        .await
+        .unwrap();
+    let e = read_config(store.as_ref()).await.unwrap_err().to_string();
+    assert!(
+        e.contains(CONFIG_KEY) && e.contains("corrupt object"),
+        "{e}"
+    );
+    let e = shoal::coord::Cluster::join(
+        store.clone(),
+        shoal::coord::JoinOptions {
+            env: Default::default(),
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains(CONFIG_KEY), "{e}");
+    store.put(CONFIG_KEY, good_config).await.unwrap();
+}

@@ -1,0 +1,250 @@
+//! Real `shoal` processes on one bucket (local directory and S3): four
+//! concurrent writers with overlapping ids, and writers and compactors
+//! killed with SIGKILL at random moments. Afterwards the bucket must hold
+//! every acknowledged write, `verify` must be clean except for orphans, and
+//! `gc` must remove the orphans.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+struct Bucket {
+    url: String,
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+impl Bucket {
+    fn local() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Bucket {
+            url: dir.path().join("idx").to_str().unwrap().into(),
+            env: vec![],
+            dir,
+        }
+    }
+
+    async fn s3() -> Option<Self> {
+        let endpoint = common::s3_endpoint()?;
+        let store = common::s3_store().await?;
+        let url = format!(
+            "{}/procs",
+            shoal::store::ObjectStore::describe(store.as_ref())
+        );
+        let env = [
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Some(Bucket {
+            url,
+            env,
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        c.arg("--bucket")
+            .arg(&self.url)
+            .args(args)
+            .env_remove("BRAINY_ROLE");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn write_jsonl(&self, name: &str, rows: &[(String, Vec<f32>)]) -> String {
+        let p = self.dir.path().join(name);
+        let text: String = rows
+            .iter()
+            .map(|(id, v)| serde_json::json!({"id": id, "vector": v}).to_string() + "\n")
+            .collect();
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().into()
+    }
+
+    fn get(&self, id: &str) -> Option<Vec<f32>> {
+        let out = self.run(&["--json", "get", id]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        Some(serde_json::from_value(v["vector"].clone()).unwrap())
+    }
+}
+
+fn four_writers(b: &Bucket) {
+    assert!(b
+        .run(&[
+            "init",
+            "--dimensions",
+            "3",
+            "--metric",
+            "euclidean",
+            "--partitions",
+            "8"
+        ])
+        .status
+        .success());
+    // Writer w writes ids k{w*50 .. w*50+150}: neighbours overlap by 100.
+    let files: Vec<String> = (0..4)
+        .map(|w| {
+            let rows: Vec<(String, Vec<f32>)> = (w * 50..w * 50 + 150)
+                .map(|j| (format!("k{j}"), vec![w as f32, j as f32, 1.0]))
+                .collect();
+            b.write_jsonl(&format!("w{w}.jsonl"), &rows)
+        })
+        .collect();
+    let children: Vec<_> = files
+        .iter()
+        .map(|f| {
+            b.cmd(&["ingest", f, "--batch-size", "7", "--no-compact"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut acked: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+    for (w, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "writer {w}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("committed 150 records"));
+        for j in w * 50..w * 50 + 150 {
+            acked.entry(format!("k{j}")).or_default().insert(w as u32);
+        }
+    }
+    for (id, writers) in &acked {
+        let v = b
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged {id} is missing"));
+        let j: f32 = id[1..].parse().unwrap();
+        assert_eq!(v[1], j, "{id} holds another id's vector");
+        assert!(
+            writers.contains(&(v[0] as u32)),
+            "{id} holds a version no writer acknowledged: {v:?}"
+        );
+    }
+    let out = b.run(&["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn four_writer_processes_local() {
+    four_writers(&Bucket::local());
+}
+
+#[tokio::test]
+async fn four_writer_processes_s3() {
+    let Some(b) = Bucket::s3().await else { return };
+    tokio::task::spawn_blocking(move || four_writers(&b))
+        .await
+        .unwrap();
+}
+
+fn kill9(b: &Bucket, seed: u64) {
+    assert!(b
+        .run(&[
+            "init",
+            "--dimensions",
+            "3",
+            "--metric",
+            "euclidean",
+            "--partitions",
+            "4"
+        ])
+        .status
+        .success());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut acked: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut kills = 0;
+    for round in 0..10 {
+        let rows: Vec<(String, Vec<f32>)> = (0..2000)
+            .map(|j| (format!("r{round}-{j}"), vec![round as f32, j as f32, 2.0]))
+            .collect();
+        let file = b.write_jsonl(&format!("round{round}.jsonl"), &rows);
+        let mut child = if round % 3 == 2 {
+            b.cmd(&["compact", "--force"]).spawn().unwrap()
+        } else {
+            b.cmd(&["ingest", &file, "--batch-size", "5", "--no-compact"])
+                .spawn()
+                .unwrap()
+        };
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..250)));
+        let killed = unsafe { libc::kill(child.id() as i32, libc::SIGKILL) } == 0;
+        let status = child.wait().unwrap();
+        if status.success() && round % 3 != 2 {
+            // Finished before the kill: everything is acknowledged.
+            for (id, v) in rows {
+                acked.insert(id, v);
+            }
+        } else if killed && !status.success() {
+            kills += 1;
+        }
+    }
+    assert!(
+        kills >= 3,
+        "too few processes were actually killed mid-run ({kills})"
+    );
+    for (id, v) in &acked {
+        assert_eq!(
+            b.get(id).as_ref(),
+            Some(v),
+            "acknowledged {id} lost after kill -9"
+        );
+    }
+    let out = b.run(&["--json", "verify"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "verify after kills: {report}");
+    let gc = b.run(&["--json", "gc", "--grace-seconds", "0"]);
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let after: Value = serde_json::from_slice(&b.run(&["--json", "verify"]).stdout).unwrap();
+    assert_eq!(
+        after["orphans"],
+        serde_json::json!([]),
+        "gc removed the orphans"
+    );
+    assert_eq!(after["problems"], serde_json::json!([]));
+    for (id, v) in acked.iter().step_by(37) {
+        assert_eq!(b.get(id).as_ref(), Some(v), "gc removed live data {id}");
+    }
+}
+
+#[test]
+fn kill_9_writers_and_compactors_local() {
+    kill9(&Bucket::local(), 1);
+}
+
+#[tokio::test]
+async fn kill_9_writers_and_compactors_s3() {
+    let Some(b) = Bucket::s3().await else { return };
+    tokio::task::spawn_blocking(move || kill9(&b, 2))
+        .await
+        .unwrap();
+}
