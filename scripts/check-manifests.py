@@ -34,4 +34,36 @@ check({"configMapRef": {"name": "shoal"}} in c["envFrom"] and {"secretRef": {"na
 check("Deployment/shoal-writer" in k8s and "ConfigMap/shoal" in k8s and "Secret/shoal-aws" in k8s, "k8s writer, ConfigMap and Secret exist")
 docker = (root / "Dockerfile").read_text()
 check("USER 10001" in docker and "target-cpu" not in docker.replace("no target-cpu", ""), "Dockerfile runs as non-root and portable")
+# IAM review of the SAM template: what each role may do.
+class CfnLoader(yaml.SafeLoader):
+    pass
+def _tag(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_mapping(node, deep=True)
+CfnLoader.add_multi_constructor("!", _tag)
+tpl = yaml.load((root / "infra/template.yaml").read_text(), Loader=CfnLoader)
+def statements(role):
+    out = []
+    for pol in tpl["Resources"][role]["Properties"]["Policies"]:
+        out += pol["PolicyDocument"]["Statement"]
+    return out
+def grants(role, action, needle):
+    for st in statements(role):
+        acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        res = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        if action in acts and any(needle in str(r) for r in res):
+            return True
+    return False
+all_actions = [a for r in ("ReaderRole", "WriterRole") for st in statements(r) for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])]
+check("s3:*" not in all_actions and "*" not in all_actions, "no role gets s3:* or *")
+check(not grants("ReaderRole", "s3:PutObject", "vectors/"), "the reader cannot write vectors/")
+check(not grants("ReaderRole", "s3:PutObject", "_brainy/*") and grants("ReaderRole", "s3:PutObject", "_brainy/instances/"), "the reader writes only instance records (and probe keys) under _brainy/")
+check(grants("ReaderRole", "s3:GetObject", "vectors/"), "the reader reads vectors/")
+check(grants("WriterRole", "s3:PutObject", "vectors/") and grants("WriterRole", "s3:PutObject", "_brainy/"), "the writer and compactor write vectors/ and _brainy/")
+check(tpl["Resources"]["ReaderFunction"]["Properties"]["FunctionUrlConfig"]["AuthType"] == "AWS_IAM", "Function URLs use IAM auth")
+bpab = tpl["Resources"]["Bucket"]["Properties"]["PublicAccessBlockConfiguration"]
+check(all(bpab.values()), "the bucket blocks public access")
 sys.exit(1 if failures else 0)

@@ -506,6 +506,42 @@ async fn bench_s3() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn credentials_never_appear_in_logs() {
+    let Some(mut s) = Shoal::s3().await else {
+        return;
+    };
+    let secret = "SuperSecretValue-do-not-log-7f3a9";
+    for (k, v) in s.env.iter_mut() {
+        if k == "AWS_SECRET_ACCESS_KEY" {
+            *v = secret.to_string();
+        }
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        let init = s.run(&["-vvv", "init", "--dimensions", "2"]);
+        let search = s.run(&["-vvv", "search", "--vector", "[1, 0]"]);
+        (init, search)
+    })
+    .await
+    .unwrap();
+    for o in [out.0, out.1] {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!all.is_empty());
+        assert!(
+            !all.contains(secret),
+            "the secret key appeared in the output"
+        );
+        assert!(
+            !all.contains("SuperSecret"),
+            "part of the secret appeared in the output"
+        );
+    }
+}
+
 #[test]
 fn every_command_local() {
     every_command(&Shoal::local());

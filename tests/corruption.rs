@@ -176,3 +176,87 @@ async fn every_corruption_is_named_and_contained(store: Arc<Counted>) {
     assert!(e.contains(CONFIG_KEY), "{e}");
     store.put(CONFIG_KEY, good_config).await.unwrap();
 }
+
+/// Ids are data, never keys: hostile ids are stored and read back intact
+/// and every object stays inside the partition layout.
+async fn hostile_ids_never_escape_the_layout(
+    store: Arc<Counted>,
+    root: Option<std::path::PathBuf>,
+) {
+    let clock: DynClock = Arc::new(SystemClock);
+    let req = RequestedSettings {
+        partition_count: Some(4),
+        dimensions: Some(2),
+        distance_metric: Some(Metric::Euclidean),
+        ..Default::default()
+    };
+    let cfg = load_or_create(store.as_ref(), &req, clock.as_ref())
+        .await
+        .unwrap();
+    let w = Writer::new(
+        store.clone(),
+        &cfg.settings,
+        "w",
+        clock,
+        WriterOptions::default(),
+    );
+    let ids = [
+        "../../../../etc/passwd".to_string(),
+        "/absolute".into(),
+        "a/b/c".into(),
+        "%2F%2e%2e".into(),
+        "nul\0byte".into(),
+        "vectors/p000/manifest.json".into(),
+        "_brainy/config.json".into(),
+        "ключ-鍵-🔑".repeat(20),
+        "x".repeat(512),
+    ];
+    let recs: Vec<Record> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Record::new(id.clone(), vec![i as f32, 1.0]))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let r = Reader::new(store.clone(), &cfg.settings, ReaderOptions::default());
+    for (i, id) in ids.iter().enumerate() {
+        let got = r
+            .get(id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{id:?} lost"));
+        assert_eq!(got.vector, vec![i as f32, 1.0], "{id:?}");
+    }
+    for m in store.list("").await.unwrap() {
+        let ok = m.key == CONFIG_KEY
+            || m.key.starts_with("_brainy/instances/")
+            || (m.key.starts_with("vectors/p00")
+                && (m.key.ends_with("/manifest.json") || m.key.ends_with(".seg")));
+        assert!(ok, "unexpected key {:?}", m.key);
+    }
+    if let Some(root) = root {
+        let parent = root.parent().unwrap();
+        let outside: Vec<_> = std::fs::read_dir(parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            outside.len(),
+            1,
+            "nothing written beside the store: {outside:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hostile_ids_memory() {
+    hostile_ids_never_escape_the_layout(common::memory_store(), None).await;
+}
+
+#[tokio::test]
+async fn hostile_ids_local() {
+    let parent = tempfile::tempdir().unwrap();
+    let root = parent.path().join("store");
+    let s = shoal::store::local::LocalStore::open(root.to_str().unwrap()).unwrap();
+    let store = Arc::new(Counted::new(Arc::new(s)));
+    hostile_ids_never_escape_the_layout(store, Some(root)).await;
+}
