@@ -612,3 +612,31 @@ async fn strong_reads_see_writes_from_another_process_s3() {
     let url = store.describe();
     strong_reads_across_processes(store, &url).await;
 }
+
+/// Regression (found by the simulation, seed 103): with a paused or coarse
+/// clock a refresh made by an earlier strong query carried the same instant
+/// as a later strong query's start, so the later query reused a view from
+/// before a write it had to see.
+#[tokio::test(start_paused = true)]
+async fn strong_reads_see_writes_even_when_no_time_passes() {
+    let store = common::memory_store();
+    let (w, settings) = setup(&store, 2, Metric::Euclidean).await;
+    let r = reader(&store, &settings, Duration::from_secs(3600));
+    let q = SearchRequest::new(vec![3.0; DIMS], 1).tap_strong();
+    w.upsert(&[Record::new("a", vec![1.0; DIMS])])
+        .await
+        .unwrap();
+    assert_eq!(r.search(&q).await.unwrap().results[0].id, "a");
+    // No time passes (paused clock): the next strong query must still look.
+    w.upsert(&[Record::new("b", vec![3.0; DIMS])])
+        .await
+        .unwrap();
+    assert_eq!(r.search(&q).await.unwrap().results[0].id, "b");
+    w.delete(&["b".into()]).await.unwrap();
+    assert_eq!(r.search(&q).await.unwrap().results[0].id, "a");
+    assert!(r
+        .get_with("b", Consistency::Strong)
+        .await
+        .unwrap()
+        .is_none());
+}

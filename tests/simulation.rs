@@ -323,7 +323,14 @@ async fn run(seed: u64, broken: bool) -> Result<Vec<String>, String> {
             80..=84 => sim.collect_garbage().await,
             _ => {}
         }
-        sim.check(step).await?;
+        if let Err(e) = sim.check(step).await {
+            if std::env::var("SHOAL_SIM_VERBOSE").is_ok() {
+                for t in &sim.trace {
+                    eprintln!("  {t}");
+                }
+            }
+            return Err(e);
+        }
     }
     Ok(sim.trace)
 }

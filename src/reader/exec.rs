@@ -41,7 +41,7 @@ async fn ensure_view(
     p: u32,
     consistency: Consistency,
     staleness: Duration,
-    started: Instant,
+    ticket: u64,
     tally: &CacheTally,
 ) -> Result<Arc<PartitionView>, LoadError> {
     let slot = &shared.views[p as usize];
@@ -50,8 +50,9 @@ async fn ensure_view(
         match consistency {
             Consistency::Eventual => checked.is_some(),
             Consistency::Bounded => checked.is_some_and(|t| t.elapsed() < staleness),
-            // Revalidated since this query began (by us or a concurrent one).
-            Consistency::Strong => checked.is_some_and(|t| t >= started),
+            // Revalidated by a refresh that began after this query did
+            // (ours or a concurrent query's).
+            Consistency::Strong => slot.checked_ticket() > ticket,
         }
     };
     if fresh() {
@@ -76,10 +77,10 @@ async fn load_partition(
     p: u32,
     consistency: Consistency,
     staleness: Duration,
-    started: Instant,
+    ticket: u64,
     tally: &CacheTally,
 ) -> Result<(Arc<PartitionView>, Vec<Arc<Segment>>), LoadError> {
-    let view = ensure_view(shared, store, p, consistency, staleness, started, tally).await?;
+    let view = ensure_view(shared, store, p, consistency, staleness, ticket, tally).await?;
     match view::segments_of(shared, store, &view, tally).await {
         Ok(segs) => Ok((view, segs)),
         Err(e) if e.missing_segment => {
@@ -170,6 +171,7 @@ pub(super) async fn search(
     let qstore = Counted::new(shared.store.clone());
     let tally = CacheTally::default();
     let started = Instant::now();
+    let ticket = shared.next_ticket();
     let staleness = req
         .max_staleness_ms
         .map(Duration::from_millis)
@@ -177,15 +179,7 @@ pub(super) async fn search(
     let loads = (0..shared.views.len() as u32).map(|p| {
         let (qstore, tally) = (&qstore, &tally);
         async move {
-            let r = load_partition(
-                shared,
-                qstore,
-                p,
-                req.consistency,
-                staleness,
-                started,
-                tally,
-            );
+            let r = load_partition(shared, qstore, p, req.consistency, staleness, ticket, tally);
             (p, r.await)
         }
     });
@@ -293,7 +287,7 @@ pub(super) async fn get(
         p,
         consistency,
         staleness,
-        Instant::now(),
+        shared.next_ticket(),
         &tally,
     )
     .await
@@ -339,7 +333,7 @@ fn stored(id: &str, partition: u32, seq: u64, seg: &Segment, pos: usize) -> Stor
 pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
     let tally = CacheTally::default();
     let store: &dyn ObjectStore = shared.store.as_ref();
-    let started = Instant::now();
+    let ticket = shared.next_ticket();
     let loads = (0..shared.views.len() as u32).map(|p| {
         let tally = &tally;
         async move {
@@ -349,7 +343,7 @@ pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
                 p,
                 Consistency::Strong,
                 Duration::ZERO,
-                started,
+                ticket,
                 tally,
             )
             .await;

@@ -294,6 +294,12 @@ pub struct ReaderStats {
     pub requests: RequestCounts,
 }
 
+impl Shared {
+    pub(crate) fn next_ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
 pub(crate) struct Shared {
     store: Arc<Counted>,
     dimensions: usize,
@@ -303,6 +309,12 @@ pub(crate) struct Shared {
     cache: moka::future::Cache<String, Arc<Segment>>,
     views: Vec<view::Slot>,
     queries: AtomicU64,
+    /// Orders queries and manifest refreshes. A `strong` query may reuse a
+    /// refresh only if the refresh took its ticket after the query did
+    /// (times are not enough: two instants can compare equal under a coarse
+    /// or paused clock, which let a strong read miss a just-acknowledged
+    /// write; the simulation found it).
+    tickets: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     metrics: Option<Arc<InstanceMetrics>>,
@@ -348,6 +360,7 @@ impl Reader {
                 opts,
                 cache,
                 queries: AtomicU64::new(0),
+                tickets: AtomicU64::new(0),
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 metrics,

@@ -116,6 +116,9 @@ impl PartitionView {
 pub(crate) struct Slot {
     view: Mutex<Option<Arc<PartitionView>>>,
     checked_at: Mutex<Option<Instant>>,
+    /// Ticket of the newest refresh that revalidated this partition (see
+    /// `Shared::tickets`); 0 = never.
+    checked_ticket: std::sync::atomic::AtomicU64,
     pub refresh: tokio::sync::Mutex<()>,
 }
 
@@ -128,13 +131,20 @@ impl Slot {
         *self.checked_at.lock().unwrap()
     }
 
-    fn set(&self, view: Arc<PartitionView>, at: Instant) {
-        *self.view.lock().unwrap() = Some(view);
-        *self.checked_at.lock().unwrap() = Some(at);
+    pub fn checked_ticket(&self) -> u64 {
+        self.checked_ticket
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn touch(&self, at: Instant) {
+    fn set(&self, view: Arc<PartitionView>, at: Instant, ticket: u64) {
+        *self.view.lock().unwrap() = Some(view);
+        self.touch(at, ticket);
+    }
+
+    fn touch(&self, at: Instant, ticket: u64) {
         *self.checked_at.lock().unwrap() = Some(at);
+        self.checked_ticket
+            .fetch_max(ticket, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -235,6 +245,9 @@ pub(crate) async fn refresh(
     let current = slot.current();
     let key = manifest_key(p);
     let now = Instant::now();
+    // Taken before the manifest is read: a query whose own ticket is lower
+    // may rely on this refresh having seen everything committed before it.
+    let ticket = shared.next_ticket();
     let held = current
         .as_ref()
         .and_then(|v| v.etag.clone())
@@ -242,7 +255,7 @@ pub(crate) async fn refresh(
     let fetched = match held {
         Some(etag) => match store.get_if_changed(&key, &etag).await {
             Ok(Conditional::NotModified) => {
-                slot.touch(now);
+                slot.touch(now, ticket);
                 return Ok(current.expect("an etag implies a view"));
             }
             Ok(Conditional::Modified(got)) => Some(got),
@@ -290,7 +303,7 @@ pub(crate) async fn refresh(
     view.manifest = manifest;
     view.etag = etag;
     let view = Arc::new(view);
-    slot.set(view.clone(), now);
+    slot.set(view.clone(), now, ticket);
     if let Some(m) = &shared.metrics {
         let total: u64 = shared
             .views
