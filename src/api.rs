@@ -121,7 +121,7 @@ pub struct Service {
     pub cluster: Cluster,
     pub reader: Reader,
     pub writer: Writer,
-    compactor: Option<tokio::task::JoinHandle<()>>,
+    compactor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Service {
@@ -138,7 +138,7 @@ impl Service {
             cluster,
             reader,
             writer,
-            compactor,
+            compactor: std::sync::Mutex::new(compactor),
         }
     }
 
@@ -186,12 +186,14 @@ impl Service {
         Ok(())
     }
 
-    /// Clean shutdown: stop background work and deregister.
-    pub async fn shutdown(mut self) -> Result<(), ApiError> {
-        if let Some(c) = self.compactor.take() {
+    /// Clean shutdown: stop background work and deregister. Takes `&self`
+    /// because server tasks may still hold the service while they finish.
+    pub async fn shutdown(&self) -> Result<(), ApiError> {
+        let compactor = self.compactor.lock().unwrap().take();
+        if let Some(c) = compactor {
             c.abort();
         }
-        self.cluster.leave().await?;
+        self.cluster.deregister().await?;
         Ok(())
     }
 }

@@ -82,8 +82,6 @@ pub async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         ..HttpOptions::default()
     };
     shoal::http::serve(listener, service.clone(), opts, shutdown).await?;
-    let service = Arc::try_unwrap(service)
-        .map_err(|_| anyhow::anyhow!("requests still running at shutdown"))?;
     service.shutdown().await?;
     eprintln!("shoal serve: stopped cleanly");
     Ok(())

@@ -280,6 +280,12 @@ impl Cluster {
     /// Clean shutdown: stops the heartbeat and removes this instance's
     /// record.
     pub async fn leave(self) -> Result<(), CoordError> {
+        self.deregister().await
+    }
+
+    /// [`Cluster::leave`] for a cluster that is still shared (e.g. by
+    /// server tasks finishing their last requests).
+    pub async fn deregister(&self) -> Result<(), CoordError> {
         self.stop_heartbeat().await;
         let id = self.inner.instance_id.clone();
         instance::remove_record(self.inner.store.as_ref(), &id).await?;
