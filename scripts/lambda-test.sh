@@ -11,6 +11,13 @@ port="${SHOAL_LAMBDA_PORT:-9109}"
 bucket="lambda-test-$RANDOM$RANDOM"
 python3 -c "import urllib.request as u; u.urlopen(u.Request('$SHOAL_TEST_S3_ENDPOINT/$bucket', method='PUT'))"
 
+# Build the functions the way `cargo lambda watch` runs them (`cargo run
+# --bin <function>`: no dev-dependency features), so the first invocation
+# does not compile the dependency tree while the emulator waits for it.
+for f in reader writer compactor; do
+  cargo build --quiet -p "shoal-$f" --bin "shoal-$f"
+done
+
 log="$(mktemp)"
 SHOAL_BUCKET="s3://$bucket/idx" AWS_ENDPOINT_URL="$SHOAL_TEST_S3_ENDPOINT" \
   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
