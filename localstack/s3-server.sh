@@ -17,19 +17,7 @@ logfile="$here/.s3-server.log"
 moto_pin="moto[server]==5.2.5"
 
 ensure_venv() {
-  if [ ! -x "$venv/bin/moto_server" ]; then
-    echo "s3-server: installing $moto_pin into $venv" >&2
-    rm -rf "$venv"
-    # Debian's system python3 may lack the venv module (python3-venv);
-    # fall back to virtualenv from PyPI, which needs only pip.
-    if ! python3 -m venv "$venv" 2>/dev/null; then
-      rm -rf "$venv"
-      python3 -m pip install --quiet --user --disable-pip-version-check virtualenv \
-        || python3 -m pip install --quiet --user --break-system-packages --disable-pip-version-check virtualenv
-      python3 -m virtualenv --quiet "$venv"
-    fi
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "$moto_pin"
-  fi
+  bash "$here/../scripts/venv.sh" "$venv" "$moto_pin"
 }
 
 answers() {

@@ -4,8 +4,10 @@
 # Starts the S3 test server (moto, on 127.0.0.1), then runs cargo fmt
 # --check, cargo clippy (-D warnings), every Rust test (including the S3
 # integration tests over HTTP), the Lambda functions in the real runtime
-# (cargo lambda watch, loopback), and cfn-lint on the SAM template; stops
-# the server even when something fails.
+# (cargo lambda watch, loopback), cfn-lint on the SAM template, static
+# checks of the deployment manifests, and every fuzz target for a bounded
+# time (SHOAL_FUZZ_SECONDS, default 30); stops the server even when
+# something fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,8 +23,10 @@ export AWS_REGION="${AWS_REGION:-us-east-1}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== lambda functions in the real runtime (cargo lambda watch)"
@@ -32,4 +36,6 @@ echo "== cfn-lint infra/template.yaml"
 "$tools/cfn-lint" infra/template.yaml
 echo "== deployment manifests (static checks)"
 "$tools/python" scripts/check-manifests.py
+echo "== fuzz targets, ${SHOAL_FUZZ_SECONDS:-30} s each (cargo fuzz)"
+bash scripts/fuzz.sh "${SHOAL_FUZZ_SECONDS:-30}"
 echo "== all checks passed"

@@ -5,98 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
-struct Shoal {
-    bucket: String,
-    /// Extra environment (S3 endpoint and credentials).
-    env: Vec<(String, String)>,
-    dir: tempfile::TempDir,
-}
-
-impl Shoal {
-    fn local() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let bucket = dir.path().join("index").to_str().unwrap().to_string();
-        Shoal {
-            bucket,
-            env: vec![],
-            dir,
-        }
-    }
-
-    async fn s3() -> Option<Self> {
-        let endpoint = common::s3_endpoint()?;
-        let store = common::s3_store().await?;
-        let bucket = format!(
-            "{}/cli",
-            shoal::store::ObjectStore::describe(store.as_ref())
-        );
-        let env = [
-            ("AWS_ENDPOINT_URL", endpoint.as_str()),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        Some(Shoal {
-            bucket,
-            env,
-            dir: tempfile::tempdir().unwrap(),
-        })
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
-        cmd.arg("--bucket").arg(&self.bucket).args(args);
-        cmd.env_remove("BRAINY_ROLE").env_remove("SHOAL_BUCKET");
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        cmd.current_dir(self.dir.path());
-        cmd.output().expect("run shoal")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "shoal {args:?} failed ({:?}):\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs a command that must fail with `code`; returns stderr.
-    fn fails(&self, args: &[&str], code: i32) -> String {
-        let out = self.run(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "shoal {args:?}: stdout {} stderr {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stderr).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).expect("valid JSON output")
-    }
-
-    fn file(&self, name: &str, contents: &[u8]) -> String {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, contents).unwrap();
-        p.to_str().unwrap().to_string()
-    }
-}
+use common::Shoal;
 
 fn write_fvecs(path: &Path, rows: &[[f32; 4]]) {
     let mut b = Vec::new();
@@ -500,7 +413,9 @@ fn bench_local() {
 
 #[tokio::test]
 async fn bench_s3() {
-    let Some(s) = Shoal::s3().await else { return };
+    let Some(s) = Shoal::s3("cli").await else {
+        return;
+    };
     tokio::task::spawn_blocking(move || bench_writes_every_result_key(&s))
         .await
         .unwrap();
@@ -508,7 +423,7 @@ async fn bench_s3() {
 
 #[tokio::test]
 async fn credentials_never_appear_in_logs() {
-    let Some(mut s) = Shoal::s3().await else {
+    let Some(mut s) = Shoal::s3("cli").await else {
         return;
     };
     let secret = "SuperSecretValue-do-not-log-7f3a9";
@@ -554,7 +469,9 @@ fn bad_inputs_local() {
 
 #[tokio::test]
 async fn every_command_s3() {
-    let Some(s) = Shoal::s3().await else { return };
+    let Some(s) = Shoal::s3("cli").await else {
+        return;
+    };
     tokio::task::spawn_blocking(move || every_command(&s))
         .await
         .unwrap();
@@ -562,7 +479,9 @@ async fn every_command_s3() {
 
 #[tokio::test]
 async fn bad_inputs_s3() {
-    let Some(s) = Shoal::s3().await else { return };
+    let Some(s) = Shoal::s3("cli").await else {
+        return;
+    };
     tokio::task::spawn_blocking(move || bad_inputs(&s))
         .await
         .unwrap();

@@ -38,16 +38,8 @@ async fn setup(
     kind: &str,
     metric: Metric,
 ) -> (Writer, Settings) {
+    common::create_index(store.as_ref(), partitions, DIMS as u32, metric).await;
     let clock: DynClock = Arc::new(SystemClock);
-    let req = RequestedSettings {
-        partition_count: Some(partitions),
-        dimensions: Some(DIMS as u32),
-        distance_metric: Some(metric),
-        ..Default::default()
-    };
-    load_or_create(store.as_ref(), &req, clock.as_ref())
-        .await
-        .unwrap();
     let kind = kind.to_string();
     let cfg = update_config(store.as_ref(), clock.as_ref(), move |c| {
         c.settings.index = Some(IndexSettings {
@@ -62,14 +54,7 @@ async fn setup(
     })
     .await
     .unwrap();
-    let w = Writer::new(
-        store.clone(),
-        &cfg.settings,
-        "w",
-        clock,
-        WriterOptions::default(),
-    );
-    (w, cfg.settings)
+    (common::writer(store.clone(), &cfg.settings), cfg.settings)
 }
 
 fn rand_vec(rng: &mut StdRng) -> Vec<f32> {

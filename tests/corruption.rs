@@ -10,42 +10,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use shoal::coord::clock::{DynClock, SystemClock};
-use shoal::coord::config::{load_or_create, read_config};
+use shoal::coord::config::read_config;
 use shoal::coord::manifest::read_manifest;
 use shoal::coord::paths::CONFIG_KEY;
-use shoal::coord::{Metric, RequestedSettings, Settings};
+use shoal::coord::{Metric, Settings};
 use shoal::reader::{Reader, ReaderOptions, SearchRequest};
 use shoal::record::Record;
 use shoal::store::{Counted, ObjectStore};
-use shoal::writer::{Writer, WriterOptions};
 
 backend_tests!(every_corruption_is_named_and_contained);
 
 async fn setup(store: &Arc<Counted>) -> Settings {
-    let clock: DynClock = Arc::new(SystemClock);
-    let req = RequestedSettings {
-        partition_count: Some(2),
-        dimensions: Some(3),
-        distance_metric: Some(Metric::Dot),
-        ..Default::default()
-    };
-    let cfg = load_or_create(store.as_ref(), &req, clock.as_ref())
-        .await
-        .unwrap();
-    let w = Writer::new(
-        store.clone(),
-        &cfg.settings,
-        "w",
-        clock,
-        WriterOptions::default(),
-    );
+    let settings = common::create_index(store.as_ref(), 2, 3, Metric::Dot).await;
+    let w = common::writer(store.clone(), &settings);
     let recs: Vec<Record> = (0..40)
         .map(|i| Record::new(format!("r{i}"), vec![i as f32, 1.0, 0.5]))
         .collect();
     w.upsert(&recs[..20]).await.unwrap();
     w.upsert(&recs[20..]).await.unwrap();
-    cfg.settings
+    settings
 }
 
 async fn snapshot(store: &Counted) -> BTreeMap<String, String> {
@@ -183,23 +166,8 @@ async fn hostile_ids_never_escape_the_layout(
     store: Arc<Counted>,
     root: Option<std::path::PathBuf>,
 ) {
-    let clock: DynClock = Arc::new(SystemClock);
-    let req = RequestedSettings {
-        partition_count: Some(4),
-        dimensions: Some(2),
-        distance_metric: Some(Metric::Euclidean),
-        ..Default::default()
-    };
-    let cfg = load_or_create(store.as_ref(), &req, clock.as_ref())
-        .await
-        .unwrap();
-    let w = Writer::new(
-        store.clone(),
-        &cfg.settings,
-        "w",
-        clock,
-        WriterOptions::default(),
-    );
+    let settings = common::create_index(store.as_ref(), 4, 2, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &settings);
     let ids = [
         "../../../../etc/passwd".to_string(),
         "/absolute".into(),
@@ -217,7 +185,7 @@ async fn hostile_ids_never_escape_the_layout(
         .map(|(i, id)| Record::new(id.clone(), vec![i as f32, 1.0]))
         .collect();
     w.upsert(&recs).await.unwrap();
-    let r = Reader::new(store.clone(), &cfg.settings, ReaderOptions::default());
+    let r = Reader::new(store.clone(), &settings, ReaderOptions::default());
     for (i, id) in ids.iter().enumerate() {
         let got = r
             .get(id)

@@ -7,89 +7,32 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-struct Bucket {
-    url: String,
-    env: Vec<(String, String)>,
-    dir: tempfile::TempDir,
-}
+use common::Shoal;
 
-impl Bucket {
-    fn local() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Bucket {
-            url: dir.path().join("idx").to_str().unwrap().into(),
-            env: vec![],
-            dir,
-        }
-    }
-
-    async fn s3() -> Option<Self> {
-        let endpoint = common::s3_endpoint()?;
-        let store = common::s3_store().await?;
-        let url = format!(
-            "{}/procs",
-            shoal::store::ObjectStore::describe(store.as_ref())
-        );
-        let env = [
-            ("AWS_ENDPOINT_URL", endpoint.as_str()),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-        ]
+fn write_jsonl(b: &Shoal, name: &str, rows: &[(String, Vec<f32>)]) -> String {
+    let text: String = rows
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(id, v)| serde_json::json!({"id": id, "vector": v}).to_string() + "\n")
         .collect();
-        Some(Bucket {
-            url,
-            env,
-            dir: tempfile::tempdir().unwrap(),
-        })
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_shoal"));
-        c.arg("--bucket")
-            .arg(&self.url)
-            .args(args)
-            .env_remove("BRAINY_ROLE");
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-        c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn write_jsonl(&self, name: &str, rows: &[(String, Vec<f32>)]) -> String {
-        let p = self.dir.path().join(name);
-        let text: String = rows
-            .iter()
-            .map(|(id, v)| serde_json::json!({"id": id, "vector": v}).to_string() + "\n")
-            .collect();
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().into()
-    }
-
-    fn get(&self, id: &str) -> Option<Vec<f32>> {
-        let out = self.run(&["--json", "get", id]);
-        if !out.status.success() {
-            return None;
-        }
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        Some(serde_json::from_value(v["vector"].clone()).unwrap())
-    }
+    b.file(name, text.as_bytes())
 }
 
-fn four_writers(b: &Bucket) {
+/// The stored vector of `id`, or None if the bucket does not have it.
+fn get(b: &Shoal, id: &str) -> Option<Vec<f32>> {
+    let out = b.run(&["--json", "get", id]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    Some(serde_json::from_value(v["vector"].clone()).unwrap())
+}
+
+fn four_writers(b: &Shoal) {
     assert!(b
         .run(&[
             "init",
@@ -108,7 +51,7 @@ fn four_writers(b: &Bucket) {
             let rows: Vec<(String, Vec<f32>)> = (w * 50..w * 50 + 150)
                 .map(|j| (format!("k{j}"), vec![w as f32, j as f32, 1.0]))
                 .collect();
-            b.write_jsonl(&format!("w{w}.jsonl"), &rows)
+            write_jsonl(b, &format!("w{w}.jsonl"), &rows)
         })
         .collect();
     let children: Vec<_> = files
@@ -133,9 +76,7 @@ fn four_writers(b: &Bucket) {
         }
     }
     for (id, writers) in &acked {
-        let v = b
-            .get(id)
-            .unwrap_or_else(|| panic!("acknowledged {id} is missing"));
+        let v = get(b, id).unwrap_or_else(|| panic!("acknowledged {id} is missing"));
         let j: f32 = id[1..].parse().unwrap();
         assert_eq!(v[1], j, "{id} holds another id's vector");
         assert!(
@@ -153,18 +94,20 @@ fn four_writers(b: &Bucket) {
 
 #[test]
 fn four_writer_processes_local() {
-    four_writers(&Bucket::local());
+    four_writers(&Shoal::local());
 }
 
 #[tokio::test]
 async fn four_writer_processes_s3() {
-    let Some(b) = Bucket::s3().await else { return };
+    let Some(b) = Shoal::s3("procs").await else {
+        return;
+    };
     tokio::task::spawn_blocking(move || four_writers(&b))
         .await
         .unwrap();
 }
 
-fn kill9(b: &Bucket, seed: u64) {
+fn kill9(b: &Shoal, seed: u64) {
     assert!(b
         .run(&[
             "init",
@@ -184,7 +127,7 @@ fn kill9(b: &Bucket, seed: u64) {
         let rows: Vec<(String, Vec<f32>)> = (0..2000)
             .map(|j| (format!("r{round}-{j}"), vec![round as f32, j as f32, 2.0]))
             .collect();
-        let file = b.write_jsonl(&format!("round{round}.jsonl"), &rows);
+        let file = write_jsonl(b, &format!("round{round}.jsonl"), &rows);
         let mut child = if round % 3 == 2 {
             b.cmd(&["compact", "--force"]).spawn().unwrap()
         } else {
@@ -210,7 +153,7 @@ fn kill9(b: &Bucket, seed: u64) {
     );
     for (id, v) in &acked {
         assert_eq!(
-            b.get(id).as_ref(),
+            get(b, id).as_ref(),
             Some(v),
             "acknowledged {id} lost after kill -9"
         );
@@ -232,18 +175,20 @@ fn kill9(b: &Bucket, seed: u64) {
     );
     assert_eq!(after["problems"], serde_json::json!([]));
     for (id, v) in acked.iter().step_by(37) {
-        assert_eq!(b.get(id).as_ref(), Some(v), "gc removed live data {id}");
+        assert_eq!(get(b, id).as_ref(), Some(v), "gc removed live data {id}");
     }
 }
 
 #[test]
 fn kill_9_writers_and_compactors_local() {
-    kill9(&Bucket::local(), 1);
+    kill9(&Shoal::local(), 1);
 }
 
 #[tokio::test]
 async fn kill_9_writers_and_compactors_s3() {
-    let Some(b) = Bucket::s3().await else { return };
+    let Some(b) = Shoal::s3("procs").await else {
+        return;
+    };
     tokio::task::spawn_blocking(move || kill9(&b, 2))
         .await
         .unwrap();

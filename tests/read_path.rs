@@ -36,24 +36,9 @@ backend_tests!(
 const DIMS: usize = 16;
 
 async fn setup(store: &Arc<Counted>, partitions: u32, metric: Metric) -> (Writer, Settings) {
-    let clock: DynClock = Arc::new(SystemClock);
-    let req = RequestedSettings {
-        partition_count: Some(partitions),
-        dimensions: Some(DIMS as u32),
-        distance_metric: Some(metric),
-        ..Default::default()
-    };
-    let cfg = load_or_create(store.as_ref(), &req, clock.as_ref())
-        .await
-        .unwrap();
-    let w = Writer::new(
-        store.clone(),
-        &cfg.settings,
-        "w",
-        clock,
-        WriterOptions::default(),
-    );
-    (w, cfg.settings)
+    let settings = common::create_index(store.as_ref(), partitions, DIMS as u32, metric).await;
+    let w = common::writer(store.clone(), &settings);
+    (w, settings)
 }
 
 fn reader(store: &Arc<Counted>, settings: &Settings, staleness: Duration) -> Reader {

@@ -41,21 +41,8 @@ fn settings(partitions: u32, dims: u32, metric: Metric) -> RequestedSettings {
 
 /// A writer over `store` without joining (no probe, no instance record).
 async fn writer_on(store: DynStore, partitions: u32, dims: u32, metric: Metric) -> Writer {
-    let clock: DynClock = Arc::new(SystemClock);
-    let cfg = load_or_create(
-        store.as_ref(),
-        &settings(partitions, dims, metric),
-        clock.as_ref(),
-    )
-    .await
-    .unwrap();
-    Writer::new(
-        store,
-        &cfg.settings,
-        "test-writer",
-        clock,
-        WriterOptions::default(),
-    )
+    let settings = common::create_index(store.as_ref(), partitions, dims, metric).await;
+    common::writer(store, &settings)
 }
 
 fn vec_for(tag: u32, dims: usize) -> Vec<f32> {

@@ -68,6 +68,88 @@ impl Point for HPoint {
     }
 }
 
+/// The serialized layout of `HnswMap<HPoint, u32>` in instant-distance
+/// 0.6 (bincode writes fields in order and arrays without lengths, so
+/// these mirror types read the same bytes). instant-distance indexes its
+/// layers with the stored neighbor ids unchecked, so a graph whose checksum
+/// holds but whose ids are out of range (a buggy or hostile writer; found
+/// by the `segment_decode` fuzz target) would panic the reader. The shape
+/// is read and checked first; only then is the real map decoded.
+#[derive(Serialize, Deserialize)]
+struct MapShape {
+    hnsw: GraphShape,
+    values: Vec<u32>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GraphShape {
+    ef_search: usize,
+    points: Vec<HPoint>,
+    /// Layer 0: up to 2·M neighbors per point (M = 32 in the crate).
+    zero: Vec<ZeroShape>,
+    /// Layers 1.. (bottom first): up to M neighbors per point; layer `l`
+    /// holds the first `len` points, and shrinks going up.
+    layers: Vec<Vec<[u32; 32]>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ZeroShape([u32; 32], [u32; 32]);
+
+/// instant-distance's "no neighbor" id.
+const NO_NEIGHBOR: u32 = u32::MAX;
+
+impl MapShape {
+    fn check(&self, dims: usize, records: usize) -> Result<(), String> {
+        let g = &self.hnsw;
+        if self.values.len() != records || self.values.iter().any(|v| *v as usize >= records) {
+            return Err("HNSW index values do not match the segment".into());
+        }
+        if g.points.len() != records || g.zero.len() != records {
+            return Err(format!(
+                "HNSW graph has {} points and {} nodes, the segment has {records} records",
+                g.points.len(),
+                g.zero.len()
+            ));
+        }
+        if let Some(p) = g.points.iter().find(|p| p.v.len() != dims || p.metric > 2) {
+            return Err(format!(
+                "HNSW graph holds a {}-d point (metric code {}), the segment is {dims}-d",
+                p.v.len(),
+                p.metric
+            ));
+        }
+        let in_layer = |ids: &[u32], len: usize| {
+            ids.iter()
+                .all(|&id| id == NO_NEIGHBOR || (id as usize) < len)
+        };
+        if !g
+            .zero
+            .iter()
+            .all(|z| in_layer(&z.0, records) && in_layer(&z.1, records))
+        {
+            return Err("HNSW layer 0 links to a point outside the graph".into());
+        }
+        let mut below = records;
+        for (i, layer) in g.layers.iter().enumerate() {
+            if layer.is_empty() || layer.len() > below {
+                return Err(format!(
+                    "HNSW layer {} has {} points, the layer below {below}",
+                    i + 1,
+                    layer.len()
+                ));
+            }
+            if !layer.iter().all(|node| in_layer(node, layer.len())) {
+                return Err(format!(
+                    "HNSW layer {} links to a point outside the layer",
+                    i + 1
+                ));
+            }
+            below = layer.len();
+        }
+        Ok(())
+    }
+}
+
 pub struct HnswIndex {
     map: HnswMap<HPoint, u32>,
     records: usize,
@@ -100,7 +182,9 @@ impl HnswIndex {
         out
     }
 
-    pub fn from_bytes(b: &[u8], records: usize) -> Result<Self, String> {
+    /// Parses an index section of a segment of `records` records of
+    /// `dims` dimensions, refusing any graph the search could not walk.
+    pub fn from_bytes(b: &[u8], dims: usize, records: usize) -> Result<Self, String> {
         if b.get(..4) != Some(TAG.as_slice()) || b.len() < 12 {
             return Err("not an HNSW index".into());
         }
@@ -115,12 +199,13 @@ impl HnswIndex {
             .with_fixint_encoding()
             .allow_trailing_bytes()
             .with_limit(b.len() as u64 * 4);
+        let shape: MapShape = opts
+            .deserialize(&b[12..])
+            .map_err(|e| format!("HNSW index does not decode: {e}"))?;
+        shape.check(dims, records)?;
         let map: HnswMap<HPoint, u32> = opts
             .deserialize(&b[12..])
             .map_err(|e| format!("HNSW index does not decode: {e}"))?;
-        if map.values.len() != records || map.values.iter().any(|v| *v as usize >= records) {
-            return Err("HNSW index values do not match the segment".into());
-        }
         Ok(HnswIndex { map, records })
     }
 
@@ -167,5 +252,80 @@ impl HnswIndex {
             });
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(n: usize, d: usize) -> (Vec<u8>, Vec<f32>) {
+        let vectors: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let p = HnswParams {
+            ef_construction: 32,
+            ef_search: 16,
+            seed: 7,
+        };
+        (
+            HnswIndex::build(&vectors, d, Metric::Euclidean, &p).to_bytes(),
+            vectors,
+        )
+    }
+
+    fn refusal(r: Result<HnswIndex, String>) -> String {
+        match r {
+            Ok(_) => panic!("a forged graph was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    /// Rewrites a serialized graph through its shape.
+    fn forge(bytes: &[u8], edit: impl FnOnce(&mut MapShape)) -> Vec<u8> {
+        let mut shape: MapShape =
+            bincode::deserialize(&bytes[12..]).expect("shape reads a real graph");
+        edit(&mut shape);
+        let mut out = bytes[..12].to_vec();
+        bincode::serialize_into(&mut out, &shape).expect("serialize");
+        out
+    }
+
+    #[test]
+    fn a_built_graph_round_trips_and_its_shape_reads_the_same_bytes() {
+        let (bytes, _) = graph(300, 4);
+        assert!(HnswIndex::from_bytes(&bytes, 4, 300).is_ok());
+        assert_eq!(
+            forge(&bytes, |_| {}),
+            bytes,
+            "the mirror types re-serialize identically"
+        );
+        let shape: MapShape = bincode::deserialize(&bytes[12..]).unwrap();
+        assert!(
+            !shape.hnsw.layers.is_empty(),
+            "300 points give upper layers"
+        );
+        assert!(refusal(HnswIndex::from_bytes(&bytes, 5, 300)).contains("4-d point"));
+        assert!(refusal(HnswIndex::from_bytes(&bytes, 4, 299)).contains("covers 300"));
+    }
+
+    #[test]
+    fn forged_neighbor_ids_are_refused_instead_of_panicking_the_search() {
+        let (bytes, _) = graph(300, 4);
+        let zero = forge(&bytes, |s| s.hnsw.zero[5].0[0] = 4_127_064);
+        assert!(refusal(HnswIndex::from_bytes(&zero, 4, 300)).contains("layer 0 links"));
+        let upper = forge(&bytes, |s| {
+            let len = s.hnsw.layers[0].len() as u32;
+            s.hnsw.layers[0][0][0] = len;
+        });
+        assert!(refusal(HnswIndex::from_bytes(&upper, 4, 300)).contains("layer 1 links"));
+        let grown = forge(&bytes, |s| s.hnsw.layers.push(vec![[NO_NEIGHBOR; 32]; 301]));
+        assert!(refusal(HnswIndex::from_bytes(&grown, 4, 300)).contains("the layer below"));
+        let empty = forge(&bytes, |s| s.hnsw.layers.push(Vec::new()));
+        assert!(HnswIndex::from_bytes(&empty, 4, 300).is_err());
+        let short = forge(&bytes, |s| {
+            s.hnsw.zero.pop();
+        });
+        assert!(refusal(HnswIndex::from_bytes(&short, 4, 300)).contains("299 nodes"));
     }
 }

@@ -290,7 +290,7 @@ impl AnnIndex {
                 ivf::IvfIndex::from_bytes(bytes, dims, records).map(AnnIndex::Ivf)
             }
             Some(t) if t == hnsw::TAG => {
-                hnsw::HnswIndex::from_bytes(bytes, records).map(AnnIndex::Hnsw)
+                hnsw::HnswIndex::from_bytes(bytes, dims, records).map(AnnIndex::Hnsw)
             }
             _ => Err("unknown index kind".into()),
         }

@@ -21,6 +21,7 @@ pub mod faults;
 pub mod local;
 pub mod memory;
 mod probe;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::fmt;
@@ -230,7 +231,7 @@ pub type DynStore = Arc<dyn ObjectStore>;
 ///   with the same name shares the same objects.
 pub async fn open(url: &str) -> Result<Arc<Counted>> {
     let backend: DynStore = if let Some(rest) = url.strip_prefix("s3://") {
-        Arc::new(s3::S3Store::open(rest, &s3::S3Options::from_env()).await?)
+        open_s3(rest).await?
     } else if let Some(rest) = url.strip_prefix("memory://") {
         Arc::new(memory::MemoryStore::open(rest)?)
     } else if let Some(rest) = url.strip_prefix("file://") {
@@ -244,6 +245,21 @@ pub async fn open(url: &str) -> Result<Arc<Counted>> {
         Arc::new(local::LocalStore::open(url)?)
     };
     Ok(Arc::new(Counted::new(backend)))
+}
+
+#[cfg(feature = "s3")]
+async fn open_s3(rest: &str) -> Result<DynStore> {
+    Ok(Arc::new(
+        s3::S3Store::open(rest, &s3::S3Options::from_env()).await?,
+    ))
+}
+
+#[cfg(not(feature = "s3"))]
+async fn open_s3(rest: &str) -> Result<DynStore> {
+    Err(StoreError::other(
+        &format!("s3://{rest}"),
+        "this build of shoal has no S3 backend; rebuild with the default `s3` feature",
+    ))
 }
 
 /// Checks that a key is a relative path of non-empty components with no

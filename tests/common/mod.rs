@@ -3,10 +3,15 @@
 //! command starts moto and sets it); without it they are skipped loudly.
 #![allow(dead_code, unused_macros)]
 
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
+use shoal::coord::clock::{DynClock, SystemClock};
+use shoal::coord::config::load_or_create;
+use shoal::coord::{Metric, RequestedSettings, Settings};
 use shoal::store::s3::{S3Options, S3Store};
-use shoal::store::{local::LocalStore, memory::MemoryStore, Counted, DynStore};
+use shoal::store::{local::LocalStore, memory::MemoryStore, Counted, DynStore, ObjectStore};
+use shoal::writer::{Writer, WriterOptions};
 
 pub fn memory_store() -> Arc<Counted> {
     Arc::new(Counted::new(Arc::new(MemoryStore::unique())))
@@ -99,4 +104,133 @@ macro_rules! backend_tests {
             )+
         }
     };
+}
+
+/// Creates the index's config in `store` (if it has none) with these
+/// settings and defaults for the rest; returns the settings in effect.
+pub async fn create_index(
+    store: &dyn ObjectStore,
+    partitions: u32,
+    dims: u32,
+    metric: Metric,
+) -> Settings {
+    let req = RequestedSettings {
+        partition_count: Some(partitions),
+        dimensions: Some(dims),
+        distance_metric: Some(metric),
+        ..Default::default()
+    };
+    load_or_create(store, &req, &SystemClock)
+        .await
+        .expect("create the index config")
+        .settings
+}
+
+/// A writer named `w` on `store` with default options and the system
+/// clock, without joining the cluster (no probe, no instance record).
+pub fn writer(store: DynStore, settings: &Settings) -> Writer {
+    let clock: DynClock = Arc::new(SystemClock);
+    Writer::new(store, settings, "w", clock, WriterOptions::default())
+}
+
+/// The real `shoal` binary pointed at one bucket: a local directory, or a
+/// fresh bucket on the S3 test server (with its endpoint and credentials
+/// in the environment). `dir` is a scratch folder for input files and the
+/// commands' working directory.
+pub struct Shoal {
+    pub bucket: String,
+    pub env: Vec<(String, String)>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Shoal {
+    pub fn local() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Shoal {
+            bucket: dir.path().join("index").to_str().unwrap().to_string(),
+            env: vec![],
+            dir,
+        }
+    }
+
+    /// `prefix` inside a fresh bucket, or None (skip) without a server.
+    pub async fn s3(prefix: &str) -> Option<Self> {
+        let endpoint = s3_endpoint()?;
+        let store = s3_store().await?;
+        let bucket = format!(
+            "{}/{prefix}",
+            shoal::store::ObjectStore::describe(store.as_ref())
+        );
+        let env = [
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Some(Shoal {
+            bucket,
+            env,
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// `shoal --bucket <bucket> <args>`, output captured, not yet started.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        cmd.arg("--bucket").arg(&self.bucket).args(args);
+        cmd.env_remove("BRAINY_ROLE").env_remove("SHOAL_BUCKET");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.current_dir(self.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run shoal")
+    }
+
+    /// Runs a command that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "shoal {args:?} failed ({:?}):\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail with `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "shoal {args:?}: stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// `shoal --json <args>`, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).expect("valid JSON output")
+    }
+
+    /// Writes a file into the scratch folder; returns its path.
+    pub fn file(&self, name: &str, contents: &[u8]) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, contents).unwrap();
+        p.to_str().unwrap().to_string()
+    }
 }

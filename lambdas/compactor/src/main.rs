@@ -4,32 +4,13 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
+use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use shoal::coord::Role;
 
-#[derive(Debug)]
-struct Failure(shoal::api::ApiError);
-
-impl From<Failure> for Diagnostic {
-    fn from(f: Failure) -> Diagnostic {
-        Diagnostic {
-            error_type: shoal::lambda::error_type(&f.0),
-            error_message: f.0.message,
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter("shoal=info,warn")
-        .without_time()
-        .init();
-    let svc = shoal::lambda::service_from_env(Role::Writer).await?;
-    let svc = &svc;
-    lambda_runtime::run(service_fn(move |e: LambdaEvent<Value>| async move {
+    shoal_lambda_common::run(Role::Writer, |svc, e: LambdaEvent<Value>| async move {
         // Time left in this invocation, from the context deadline (epoch
         // milliseconds). The local emulator (cargo lambda watch) sends the
         // timeout as a relative number of milliseconds instead; a value far
@@ -48,9 +29,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         // partition in progress and saving the cursor.
         let margin = (left / 4).clamp(Duration::from_millis(200), Duration::from_secs(20));
         let gc = shoal::compact::gc::GcOptions::default();
-        shoal::lambda::handle_compactor(svc, deadline, margin, &gc)
-            .await
-            .map_err(Failure)
-    }))
+        shoal::lambda::handle_compactor(svc, deadline, margin, &gc).await
+    })
     .await
 }
