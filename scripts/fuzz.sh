@@ -34,9 +34,10 @@ for t in "${targets[@]}"; do
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 >"$log" 2>&1; then
     echo "fuzz: ok   $t: $(grep -E '^Done [0-9]+ runs' "$log" | tail -1)"
   else
-    echo "fuzz: FAIL $t"
-    tail -60 "$log"
-    echo "replay: RUSTC_BOOTSTRAP=1 cargo fuzz run -O $t $(ls -t fuzz/artifacts/"$t"/* 2>/dev/null | head -1)"
+    echo "fuzz: FAIL $t (full log: $log)"
+    grep -m 3 -A 6 -E "panicked at|ERROR: (AddressSanitizer|libFuzzer)" "$log" || tail -40 "$log"
+    artifact="$(ls -t fuzz/artifacts/"$t"/* 2>/dev/null | head -1)"
+    echo "replay: PATH=$root/bin:\$PATH RUSTC_BOOTSTRAP=1 cargo fuzz run -O $t $artifact"
     exit 1
   fi
 done

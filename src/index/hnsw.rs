@@ -101,8 +101,15 @@ const NO_NEIGHBOR: u32 = u32::MAX;
 impl MapShape {
     fn check(&self, dims: usize, records: usize) -> Result<(), String> {
         let g = &self.hnsw;
-        if self.values.len() != records || self.values.iter().any(|v| *v as usize >= records) {
-            return Err("HNSW index values do not match the segment".into());
+        // Values are segment positions: each exactly once, or a search
+        // would return one record twice.
+        let mut seen = vec![false; records];
+        let permutation = self.values.len() == records
+            && self.values.iter().all(|&v| {
+                (v as usize) < records && !std::mem::replace(&mut seen[v as usize], true)
+            });
+        if !permutation {
+            return Err("HNSW index values are not the segment's positions, each once".into());
         }
         if g.points.len() != records || g.zero.len() != records {
             return Err(format!(
@@ -323,6 +330,8 @@ mod tests {
         assert!(refusal(HnswIndex::from_bytes(&grown, 4, 300)).contains("the layer below"));
         let empty = forge(&bytes, |s| s.hnsw.layers.push(Vec::new()));
         assert!(HnswIndex::from_bytes(&empty, 4, 300).is_err());
+        let twice = forge(&bytes, |s| s.values[7] = s.values[8]);
+        assert!(refusal(HnswIndex::from_bytes(&twice, 4, 300)).contains("each once"));
         let short = forge(&bytes, |s| {
             s.hnsw.zero.pop();
         });
