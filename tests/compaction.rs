@@ -13,14 +13,14 @@ use serde_json::json;
 use shoal::compact::gc::{gc, GcOptions};
 use shoal::compact::{compact_all, compact_partition, select_prefix, CompactOptions, Outcome};
 use shoal::coord::clock::{DynClock, ManualClock, SystemClock};
-use shoal::coord::config::{load_or_create, update_config, IndexSettings};
+use shoal::coord::config::{update_config, IndexSettings};
 use shoal::coord::manifest::read_manifest;
-use shoal::coord::{Metric, RequestedSettings, Settings};
+use shoal::coord::{Metric, Settings};
 use shoal::reader::{Reader, ReaderOptions, SearchRequest, SearchResponse};
 use shoal::record::Record;
 use shoal::store::faults::WriteFaults;
 use shoal::store::{Counted, ObjectStore};
-use shoal::writer::{BatchWriter, BatchWriterOptions, Writer, WriterOptions};
+use shoal::writer::{BatchWriter, BatchWriterOptions, Writer};
 
 backend_tests!(
     exact_results_are_identical_before_and_after_compaction,

@@ -13,16 +13,14 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use shoal::coord::clock::{DynClock, SystemClock};
-use shoal::coord::config::load_or_create;
 use shoal::coord::manifest::read_manifest;
-use shoal::coord::{Metric, RequestedSettings, Settings};
+use shoal::coord::{Metric, Settings};
 use shoal::filter::parse_filter;
 use shoal::index::distance;
 use shoal::reader::{Consistency, ReadError, Reader, ReaderOptions, SearchRequest};
 use shoal::record::{check_vector, Record};
 use shoal::store::{Counted, ObjectStore};
-use shoal::writer::{BatchWriter, BatchWriterOptions, Writer, WriterOptions};
+use shoal::writer::{BatchWriter, BatchWriterOptions, Writer};
 
 backend_tests!(
     exact_search_equals_brute_force_for_all_metrics,
