@@ -9,6 +9,7 @@ use std::fs;
 use std::path::Path;
 
 use serde_json::json;
+use shoal::api::{parse_body, DeleteRequest, UpsertRequest};
 use shoal::coord::config::parse_config;
 use shoal::coord::manifest::{parse_manifest, Manifest, RetiredEntry, SegmentEntry};
 use shoal::coord::Metric;
@@ -16,6 +17,7 @@ use shoal::filter::{parse_filter, parse_filter_expr};
 use shoal::index::hnsw::{HnswIndex, HnswParams};
 use shoal::index::ivf::{self, IvfIndex, IvfParams};
 use shoal::index::AnnIndex;
+use shoal::reader::SearchRequest;
 use shoal::record::Prepared;
 use shoal::segment::{
     decode_segment, encode_segment, encode_segment_groups, SegmentHeader, FORMAT_VERSION,
@@ -43,6 +45,15 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
             let s = std::str::from_utf8(bytes).expect("utf-8");
             let v = serde_json::from_str(s).or_else(|_| parse_filter_expr(s));
             v.is_ok_and(|v| parse_filter(&v).is_ok()) || name.ends_with("09")
+        }
+        "api_request" => {
+            let body = &bytes[1..];
+            match bytes[0] {
+                0 => parse_body::<UpsertRequest>(body).is_ok(),
+                1 => parse_body::<DeleteRequest>(body).is_ok(),
+                2 => parse_body::<SearchRequest>(body).is_ok(),
+                _ => std::str::from_utf8(body).is_ok(),
+            }
         }
         _ => unreachable!("unknown target {target}"),
     };
@@ -244,7 +255,37 @@ fn filters() {
     }
 }
 
+fn requests() {
+    let t = "api_request";
+    let seeds: [(u8, &str); 7] = [
+        (
+            0,
+            r#"{"records": [{"id": "a", "vector": [1, 0, 0], "metadata": {"domain": "web"}}, {"id": "b", "vector": [0.5, 0.5, 0]}]}"#,
+        ),
+        (1, r#"{"ids": ["r1", "r2"]}"#),
+        (2, r#"{"vector": [1, 1, 1], "k": 5}"#),
+        (
+            2,
+            r#"{"vector": [0, 1, 0], "k": 3, "filter": {"domain": "web", "i": {"$lt": 20}}, "consistency": "strong", "include_vectors": true}"#,
+        ),
+        (
+            2,
+            r#"{"vector": [1, 0, 1], "k": 10, "exact": true, "nprobe": 2, "allow_partial": true, "max_staleness_ms": 0}"#,
+        ),
+        (3, "r7"),
+        (3, "../../etc/passwd"),
+    ];
+    for (i, (endpoint, body)) in seeds.iter().enumerate() {
+        write(
+            t,
+            &format!("seed-{i:02}"),
+            &[&[*endpoint][..], body.as_bytes()].concat(),
+        );
+    }
+}
+
 fn main() {
+    requests();
     segments();
     ann_indexes();
     manifests();
