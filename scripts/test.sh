@@ -29,6 +29,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== README's main command: cargo run -- demo (dev profile, scratch bucket)"
+demo_dir="$(mktemp -d)"
+cargo run --quiet --locked -- --bucket "$demo_dir/index" demo >"$demo_dir/demo.log" 2>&1 \
+  || { cat "$demo_dir/demo.log"; exit 1; }
+grep -E "recall@10" "$demo_dir/demo.log"
+rm -rf "$demo_dir"
 echo "== lambda functions in the real runtime (cargo lambda watch)"
 bash scripts/lambda-test.sh
 tools="$(bash scripts/tools.sh)"

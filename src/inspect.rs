@@ -13,6 +13,7 @@ use crate::coord::instance::{list_records, InstanceRecord};
 use crate::coord::manifest::read_manifest;
 use crate::coord::paths::{manifest_key, VECTORS_PREFIX};
 use crate::coord::{Config, CoordError};
+use crate::reader::ReadError;
 use crate::segment::decode_segment;
 use crate::store::{ObjectStore, RequestCounts};
 
@@ -26,6 +27,14 @@ pub struct PartitionStatus {
     pub bytes: u64,
     /// Share of records that sit in indexed segments.
     pub indexed_fraction: f64,
+    /// Live records: the newest version of each id, not deleted. Only
+    /// with [`Status::count_live`], which loads every segment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<u64>,
+    /// Records compaction would drop: shadowed versions and tombstones
+    /// (`records - live`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -110,6 +119,33 @@ pub async fn status(
         totals,
         requests: store.counts(),
     })
+}
+
+impl Status {
+    /// Fills in live and dead counts per partition and in total by loading
+    /// every partition with a reader (every segment is read, so this costs
+    /// what a cold reader's warm-up costs). Counts come from the manifests
+    /// the reader loads, which under concurrent writes may be newer than
+    /// the ones this status read; dead counts never go below zero.
+    pub async fn count_live(&mut self, reader: &crate::reader::Reader) -> Result<(), ReadError> {
+        reader.warm().await?;
+        let counts = reader.live_counts();
+        let (mut live, mut dead) = (0, 0);
+        for ps in &mut self.partitions {
+            let l = counts
+                .get(ps.partition as usize)
+                .copied()
+                .flatten()
+                .unwrap_or(0);
+            ps.live = Some(l);
+            ps.dead = Some(ps.records.saturating_sub(l));
+            live += l;
+            dead += ps.records.saturating_sub(l);
+        }
+        self.totals.live = Some(live);
+        self.totals.dead = Some(dead);
+        Ok(())
+    }
 }
 
 /// One thing wrong in the bucket.

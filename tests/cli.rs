@@ -162,6 +162,30 @@ fn every_command(s: &Shoal) {
     let e = s.fails(&["get", "a"], 1);
     assert!(e.contains("no record with id \"a\""), "{e}");
 
+    // Live and dead counts (read from the segments) before compaction:
+    // the tombstones of "a" and "never-there" and "a"'s old version are dead.
+    let st = s.json(&["status", "--live"]);
+    let t = &st["totals"];
+    assert_eq!(t["live"], 5, "{t}");
+    assert_eq!(
+        t["dead"].as_u64().unwrap(),
+        t["records"].as_u64().unwrap() - 5,
+        "{t}"
+    );
+    assert!(t["dead"].as_u64().unwrap() >= 3, "{t}");
+    let parts = st["partitions"].as_array().unwrap();
+    let live: u64 = parts.iter().map(|p| p["live"].as_u64().unwrap()).sum();
+    assert_eq!(live, 5, "per-partition live counts add up");
+    let out = s.ok(&["status", "--live"]);
+    assert!(
+        out.contains("5 live,") && out.contains("dead (shadowed versions and tombstones)"),
+        "{out}"
+    );
+    assert!(
+        s.json(&["status"])["totals"].get("live").is_none(),
+        "only with --live"
+    );
+
     // Compaction and GC.
     let out = s.ok(&["compact", "--force"]);
     assert!(
@@ -195,6 +219,11 @@ fn every_command(s: &Shoal) {
     );
     assert_eq!(st["totals"]["tombstones"], 0);
     assert!(s.ok(&["status"]).contains("partitions (non-empty)"));
+    assert_eq!(
+        s.json(&["status", "--live"])["totals"]["dead"],
+        0,
+        "compaction dropped the dead"
+    );
     let v = s.json(&["verify"]);
     assert_eq!(v["problems"], serde_json::json!([]));
     assert!(s.ok(&["verify"]).contains("ok: no problems"));

@@ -8,6 +8,7 @@ use shoal::compact::{CompactOptions, Outcome};
 use shoal::coord::clock::DynClock;
 use shoal::coord::clock::{Clock, SystemClock};
 use shoal::coord::RequestedSettings;
+use shoal::reader::{Reader, ReaderOptions};
 use shoal::store::ObjectStore;
 
 use super::{Ctx, InitArgs};
@@ -36,10 +37,15 @@ pub async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn status(ctx: &Ctx) -> Result<()> {
+pub async fn status(ctx: &Ctx, live: bool) -> Result<()> {
     let store = ctx.store().await?;
     let config = ctx.config(&store).await?;
-    let st = shoal::inspect::status(&store, &config, SystemClock.now()).await?;
+    let mut st = shoal::inspect::status(&store, &config, SystemClock.now()).await?;
+    if live {
+        let reader = Reader::new(store.clone(), &config.settings, ReaderOptions::default());
+        st.count_live(&reader).await?;
+        st.requests = store.counts();
+    }
     if ctx.json {
         return ctx.print_json(&st);
     }
@@ -73,21 +79,30 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
         t.bytes as f64 / 1e6,
         t.indexed_fraction * 100.0
     );
+    if let (Some(l), Some(d)) = (t.live, t.dead) {
+        println!("           {l} live, {d} dead (shadowed versions and tombstones)");
+    }
+    let count = |n: Option<u64>| n.map_or(String::new(), |n| n.to_string());
+    let (live_head, dead_head) = if live { ("live", "dead") } else { ("", "") };
     println!("partitions (non-empty):");
-    println!(
-        "  {:>5} {:>8} {:>10} {:>10} {:>10} {:>8}",
+    let head = format!(
+        "  {:>5} {:>8} {:>10} {:>10} {:>10} {:>8} {live_head:>10} {dead_head:>10}",
         "part", "segments", "records", "tombstones", "MB", "indexed"
     );
+    println!("{}", head.trim_end());
     for p in st.partitions.iter().filter(|p| p.segments > 0) {
-        println!(
-            "  {:>5} {:>8} {:>10} {:>10} {:>10.2} {:>7.0}%",
+        let row = format!(
+            "  {:>5} {:>8} {:>10} {:>10} {:>10.2} {:>7.0}% {:>10} {:>10}",
             p.partition,
             p.segments,
             p.records,
             p.tombstones,
             p.bytes as f64 / 1e6,
-            p.indexed_fraction * 100.0
+            p.indexed_fraction * 100.0,
+            count(p.live),
+            count(p.dead)
         );
+        println!("{}", row.trim_end());
     }
     let r = &st.requests;
     println!(

@@ -125,7 +125,12 @@ pub enum Command {
         ids: Vec<String>,
     },
     /// Show the config, live instances, partitions and request counters.
-    Status,
+    Status {
+        /// Also count live and dead records per partition (reads every
+        /// segment, like a cold reader's warm-up).
+        #[arg(long)]
+        live: bool,
+    },
     /// Read every manifest and segment, check checksums, counts and references.
     /// Exits with 1 if any problem is found (orphans alone are not problems).
     Verify,
@@ -235,7 +240,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Search(a) => query::search(&ctx, a).await,
         Command::Get { id, consistency } => query::get(&ctx, &id, consistency.into()).await,
         Command::Delete { ids } => query::delete(&ctx, &ids).await,
-        Command::Status => admin::status(&ctx).await,
+        Command::Status { live } => admin::status(&ctx, live).await,
         Command::Verify => admin::verify(&ctx).await,
         Command::Compact { force, partition } => admin::compact(&ctx, force, partition).await,
         Command::Gc {

@@ -418,6 +418,16 @@ impl Reader {
         })
     }
 
+    /// Live records (newest version of an id, not deleted) per partition,
+    /// as of each partition's loaded view; `None` where none is loaded.
+    pub fn live_counts(&self) -> Vec<Option<u64>> {
+        self.shared
+            .views
+            .iter()
+            .map(|slot| slot.current().map(|v| v.live_count))
+            .collect()
+    }
+
     pub fn stats(&self) -> ReaderStats {
         let s = &self.shared;
         let (mut loaded, mut live, mut segments) = (0, 0, 0);
