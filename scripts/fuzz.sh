@@ -16,7 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${1:-30}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(segment_decode ann_index manifest_parse config_parse filter_parse api_request)
+[ ${#targets[@]} -gt 0 ] || targets=(segment_decode ann_index manifest_parse config_parse filter_parse api_request lambda_event)
 
 fuzz_pin="0.13.2"
 root="$PWD/.tools-cargo"

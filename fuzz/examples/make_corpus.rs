@@ -55,6 +55,7 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
                 _ => std::str::from_utf8(body).is_ok(),
             }
         }
+        "lambda_event" => serde_json::from_slice::<serde_json::Value>(bytes).is_ok(),
         _ => unreachable!("unknown target {target}"),
     };
     assert!(
@@ -284,7 +285,43 @@ fn requests() {
     }
 }
 
+fn events() {
+    let t = "lambda_event";
+    let http = |method: &str, path: &str, body: &str, b64: bool| {
+        json!({
+            "version": "2.0",
+            "rawPath": path,
+            "requestContext": {"http": {"method": method, "path": path}},
+            "body": body,
+            "isBase64Encoded": b64,
+        })
+    };
+    let seeds = [
+        json!({"search": {"vector": [1, 1, 0], "k": 3}}),
+        json!({"get": {"id": "r4"}}),
+        json!({"vector": [0, 1, 1], "k": 2, "filter": {"domain": "web"}}),
+        http(
+            "POST",
+            "/v1/search",
+            r#"{"vector": [1, 0, 0], "k": 2}"#,
+            false,
+        ),
+        http("POST", "/v1/search", "eyJ2ZWN0b3IiOiBbMSwgMCwgMF19", true),
+        http("GET", "/v1/records/r7", "", false),
+        http("GET", "/v1/records/..%2F..%2Fetc", "", false),
+        http("DELETE", "/v1/nowhere", "", false),
+    ];
+    for (i, e) in seeds.iter().enumerate() {
+        write(
+            t,
+            &format!("seed-{i:02}"),
+            &serde_json::to_vec(e).expect("json"),
+        );
+    }
+}
+
 fn main() {
+    events();
     requests();
     segments();
     ann_indexes();
