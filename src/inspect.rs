@@ -137,10 +137,10 @@ impl Status {
                 .copied()
                 .flatten()
                 .unwrap_or(0);
-            ps.live = Some(l);
-            ps.dead = Some(ps.records.saturating_sub(l));
+            let d = ps.records.saturating_sub(l);
+            (ps.live, ps.dead) = (Some(l), Some(d));
             live += l;
-            dead += ps.records.saturating_sub(l);
+            dead += d;
         }
         self.totals.live = Some(live);
         self.totals.dead = Some(dead);
