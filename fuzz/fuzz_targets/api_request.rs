@@ -10,13 +10,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use serde_json::json;
 use shoal::api::{parse_body, DeleteRequest, UpsertRequest};
 use shoal::coord::clock::{DynClock, SystemClock};
 use shoal::coord::config::load_or_create;
 use shoal::coord::{Metric, RequestedSettings};
 use shoal::reader::{Reader, ReaderOptions, SearchRequest};
-use shoal::record::{prepare_batch, prepare_deletes, Record, Schema};
+use shoal::record::{prepare_batch, prepare_deletes, Schema};
 use shoal::store::{memory::MemoryStore, Counted};
 use shoal::writer::{Writer, WriterOptions};
 
@@ -29,10 +28,7 @@ struct Index {
 fn index() -> &'static Index {
     static INDEX: OnceLock<Index> = OnceLock::new();
     INDEX.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = shoal_fuzz::runtime();
         let store = Arc::new(Counted::new(Arc::new(MemoryStore::unique())));
         let clock: DynClock = Arc::new(SystemClock);
         let req = RequestedSettings {
@@ -52,14 +48,9 @@ fn index() -> &'static Index {
                 clock,
                 WriterOptions::default(),
             );
-            let records: Vec<Record> = (0..40)
-                .map(|i| {
-                    Record::new(format!("r{i}"), vec![i as f32, 1.0, (i % 7) as f32]).with_metadata(
-                        json!({"i": i, "domain": if i % 2 == 0 { "web" } else { "cli" }, "tags": [i % 3]}),
-                    )
-                })
-                .collect();
-            w.upsert(&records).await.expect("seed records");
+            w.upsert(&shoal_fuzz::sample_records(40))
+                .await
+                .expect("seed records");
             w.delete(&["r3".to_string(), "r4".to_string()])
                 .await
                 .expect("seed deletes");

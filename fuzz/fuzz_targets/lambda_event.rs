@@ -8,12 +8,11 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use serde_json::{json, Value};
+use serde_json::Value;
 use shoal::api::Service;
 use shoal::coord::role::RoleEnv;
 use shoal::coord::{Cluster, JoinOptions, RequestedSettings, Role};
 use shoal::lambda::handle_reader;
-use shoal::record::Record;
 use shoal::store::{memory::MemoryStore, Counted};
 
 struct Reader {
@@ -44,21 +43,15 @@ async fn join(store: &Arc<Counted>, role: Role) -> Service {
 fn reader() -> &'static Reader {
     static READER: OnceLock<Reader> = OnceLock::new();
     READER.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = shoal_fuzz::runtime();
         let store = Arc::new(Counted::new(Arc::new(MemoryStore::unique())));
         let svc = rt.block_on(async {
             let writer = join(&store, Role::Writer).await;
-            let records: Vec<Record> = (0..30)
-                .map(|i| {
-                    Record::new(format!("r{i}"), vec![i as f32, 1.0, (i % 5) as f32]).with_metadata(
-                        json!({"i": i, "domain": if i % 2 == 0 { "web" } else { "cli" }}),
-                    )
-                })
-                .collect();
-            writer.writer.upsert(&records).await.expect("seed records");
+            writer
+                .writer
+                .upsert(&shoal_fuzz::sample_records(30))
+                .await
+                .expect("seed records");
             join(&store, Role::Reader).await
         });
         Reader { rt, svc }

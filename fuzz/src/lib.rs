@@ -5,8 +5,12 @@
 //! [`reseal`] recomputes them, letting a target feed the decoder inputs
 //! whose *structure* is hostile but whose checksums hold: what a buggy or
 //! malicious writer could store, as opposed to what bit rot produces.
+//!
+//! The targets that query a real in-memory index share its runtime and
+//! its records ([`runtime`], [`sample_records`]).
 
-use shoal::record::Prepared;
+use serde_json::json;
+use shoal::record::{Prepared, Record};
 use shoal::segment::{DIR_ENTRY_LEN, MAGIC, TAIL_LEN};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -138,6 +142,26 @@ pub fn records(n: usize, d: usize) -> Vec<Prepared> {
                     tombstone: false,
                 }
             }
+        })
+        .collect()
+}
+
+/// A single-threaded runtime for targets that drive async code per input.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// `n` 3-d records `r0..` with metadata for filters to match: `i`,
+/// `domain` (`web` or `cli`) and `tags`.
+pub fn sample_records(n: usize) -> Vec<Record> {
+    (0..n)
+        .map(|i| {
+            Record::new(format!("r{i}"), vec![i as f32, 1.0, (i % 7) as f32]).with_metadata(
+                json!({"i": i, "domain": if i % 2 == 0 { "web" } else { "cli" }, "tags": [i % 3]}),
+            )
         })
         .collect()
 }
