@@ -14,7 +14,7 @@ use crate::coord::manifest::read_manifest;
 use crate::coord::paths::{manifest_key, VECTORS_PREFIX};
 use crate::coord::{Config, CoordError};
 use crate::reader::ReadError;
-use crate::segment::decode_segment;
+use crate::segment::{self, Shape};
 use crate::store::{ObjectStore, RequestCounts};
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -178,6 +178,10 @@ impl VerifyReport {
 /// lists `vectors/` to find orphans and stray objects.
 pub async fn verify(store: &dyn ObjectStore, config: &Config) -> Result<VerifyReport, CoordError> {
     let s = &config.settings;
+    let shape = Shape {
+        dimensions: s.dimensions as usize,
+        metric: s.metric(),
+    };
     let mut report = VerifyReport::default();
     let mut referenced = HashSet::new();
     for p in 0..s.partition_count {
@@ -209,31 +213,23 @@ pub async fn verify(store: &dyn ObjectStore, config: &Config) -> Result<VerifyRe
                 key: entry.key.clone(),
                 message,
             };
-            let bytes = match store.get(&entry.key).await {
-                Ok(g) => g.bytes,
-                Err(e) if e.is_retryable() => return Err(e.into()),
-                Err(e) => {
+            let seg = match segment::load(store, &entry.key, shape).await {
+                Ok(seg) => seg,
+                Err(e) if e.is_retryable() => return Err(CoordError::Store(into_store(e))),
+                Err(segment::LoadError::Store(e)) => {
                     report
                         .problems
                         .push(problem(format!("referenced by {}: {e}", manifest_key(p))));
                     continue;
                 }
-            };
-            let seg = match decode_segment(&entry.key, &bytes) {
-                Ok(seg) => seg,
                 Err(e) => {
                     report.problems.push(problem(e.to_string()));
                     continue;
                 }
             };
+            let stored = seg.stored_bytes();
             report.records += seg.len() as u64;
-            report.bytes += bytes.len() as u64;
-            if seg.header.dimensions != s.dimensions || seg.header.metric != s.metric() {
-                report.problems.push(problem(format!(
-                    "holds {}-d {} vectors; the index is {}-d {}",
-                    seg.header.dimensions, seg.header.metric, s.dimensions, s.distance_metric
-                )));
-            }
+            report.bytes += stored;
             let tombs = seg.tombstone_count() as u64;
             if seg.len() as u64 != entry.records || tombs != entry.tombstones {
                 report.problems.push(problem(format!(
@@ -243,17 +239,17 @@ pub async fn verify(store: &dyn ObjectStore, config: &Config) -> Result<VerifyRe
                     entry.tombstones
                 )));
             }
-            if bytes.len() as u64 != entry.bytes {
+            if stored != entry.bytes {
                 report.problems.push(problem(format!(
-                    "is {} bytes; the manifest says {}",
-                    bytes.len(),
+                    "is {stored} bytes; the manifest says {}",
                     entry.bytes
                 )));
             }
-            if seg.header.has_index != entry.indexed {
+            if seg.header().has_index != entry.indexed {
                 report.problems.push(problem(format!(
                     "index flag {} disagrees with the manifest ({})",
-                    seg.header.has_index, entry.indexed
+                    seg.header().has_index,
+                    entry.indexed
                 )));
             }
         }
@@ -279,4 +275,15 @@ pub async fn verify(store: &dyn ObjectStore, config: &Config) -> Result<VerifyRe
         }
     }
     Ok(report)
+}
+
+/// A retryable load failure is always the store's.
+fn into_store(e: segment::LoadError) -> crate::store::StoreError {
+    match e {
+        segment::LoadError::Store(e) => e,
+        segment::LoadError::Segment(e) => crate::store::StoreError::Other {
+            key: e.key().to_string(),
+            message: e.to_string(),
+        },
+    }
 }

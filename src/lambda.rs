@@ -40,7 +40,10 @@ pub fn settings_from_env() -> Result<crate::coord::RequestedSettings, ApiError> 
     Ok(crate::coord::RequestedSettings {
         dimensions: num("SHOAL_DIMENSIONS")?,
         partition_count: num("SHOAL_PARTITIONS")?,
-        distance_metric: var("SHOAL_METRIC").map(|m| m.parse()).transpose()?,
+        distance_metric: var("SHOAL_METRIC")
+            .map(|m| m.parse())
+            .transpose()
+            .map_err(crate::coord::CoordError::from)?,
         ..Default::default()
     })
 }

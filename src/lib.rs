@@ -59,4 +59,5 @@ pub mod reader;
 pub mod record;
 pub mod segment;
 pub mod store;
+pub mod vocab;
 pub mod writer;

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::coord::Metric;
+use crate::vocab::Metric;
 
 pub const MAX_ID_BYTES: usize = 512;
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
@@ -97,26 +97,7 @@ impl Prepared {
     }
 }
 
-/// One domain rule: any of `fields` present in the metadata → `domain`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DomainRule {
-    pub fields: Vec<String>,
-    pub domain: String,
-}
-
-/// The default rules: symptoms/diagnosis → medical, contract/clause →
-/// legal, price/sku → product; anything else → general.
-pub fn default_domain_rules() -> Vec<DomainRule> {
-    let rule = |fields: &[&str], domain: &str| DomainRule {
-        fields: fields.iter().map(|s| s.to_string()).collect(),
-        domain: domain.into(),
-    };
-    vec![
-        rule(&["symptoms", "diagnosis"], "medical"),
-        rule(&["contract", "clause"], "legal"),
-        rule(&["price", "sku"], "product"),
-    ]
-}
+pub use crate::vocab::{default_domain_rules, DomainRule};
 
 pub const FALLBACK_DOMAIN: &str = "general";
 

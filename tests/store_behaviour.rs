@@ -15,7 +15,7 @@ use shoal::store::{
 
 async fn assert_probe_refuses(inner: DynStore) {
     let broken = IgnoreConditions(inner);
-    let err = probe_conditional_writes(&broken)
+    let err = probe_conditional_writes(&broken, shoal::coord::paths::probe_keys())
         .await
         .expect_err("probe must refuse");
     assert!(matches!(err, ProbeError::NotEnforced { .. }), "{err:?}");

@@ -157,7 +157,10 @@ async fn four_writers_with_overlapping_ids_newest_commit_wins(store: Arc<Counted
     let reader = writer_on(store.clone(), 8, DIMS as u32, Metric::Euclidean).await;
     assert_eq!(newest.len(), 600);
     for (id, (_, tag)) in &newest {
-        let got = reader.get(id).await.unwrap().expect("record present");
+        let got = common::get(&reader, id)
+            .await
+            .unwrap()
+            .expect("record present");
         assert_eq!(
             got.vector[0], *tag,
             "{id}: not the newest committed version"
@@ -169,7 +172,7 @@ async fn upsert_delete_get(store: Arc<Counted>) {
     let w = writer_on(store, 4, 3, Metric::Cosine).await;
     let r = Record::new("a", vec![3.0, 4.0, 0.0]).with_metadata(json!({"symptoms": "x"}));
     w.upsert(&[r]).await.unwrap();
-    let got = w.get("a").await.unwrap().unwrap();
+    let got = common::get(&w, "a").await.unwrap().unwrap();
     assert_eq!(
         got.vector,
         vec![0.6, 0.8, 0.0],
@@ -178,18 +181,18 @@ async fn upsert_delete_get(store: Arc<Counted>) {
     assert_eq!(got.metadata["domain"], "medical");
     assert_eq!(got.metadata["symptoms"], "x");
     w.delete(&["a".into()]).await.unwrap();
-    assert_eq!(w.get("a").await.unwrap(), None, "deleted");
+    assert_eq!(common::get(&w, "a").await.unwrap(), None, "deleted");
     w.delete(&["never-existed".into()]).await.unwrap();
-    assert_eq!(w.get("never-existed").await.unwrap(), None);
+    assert_eq!(common::get(&w, "never-existed").await.unwrap(), None);
     w.upsert(&[Record::new("a", vec![0.0, 0.0, 2.0])])
         .await
         .unwrap();
     assert_eq!(
-        w.get("a").await.unwrap().unwrap().vector,
+        common::get(&w, "a").await.unwrap().unwrap().vector,
         vec![0.0, 0.0, 1.0],
         "back after delete"
     );
-    assert_eq!(w.get("b").await.unwrap(), None);
+    assert_eq!(common::get(&w, "b").await.unwrap(), None);
 }
 
 async fn ambiguous_manifest_write_is_detected_not_duplicated(store: Arc<Counted>) {
@@ -210,7 +213,7 @@ async fn ambiguous_manifest_write_is_detected_not_duplicated(store: Arc<Counted>
     assert_eq!(keys[1], receipt.segments[0].key);
     assert_eq!(receipt.segments[0].seq, 2);
     assert_eq!(m.next_seq, 3);
-    assert!(w.get("second").await.unwrap().is_some());
+    assert!(common::get(&w, "second").await.unwrap().is_some());
 }
 
 async fn invalid_batches_are_rejected_with_zero_puts(store: Arc<Counted>) {
@@ -311,16 +314,16 @@ async fn crash_between_segment_put_and_commit_leaves_manifest_untouched(store: A
         "the crashed write left one unreferenced segment for GC"
     );
     assert_eq!(
-        w.get("lost").await.unwrap(),
+        common::get(&w, "lost").await.unwrap(),
         None,
         "not acknowledged, not visible"
     );
-    assert!(w.get("kept").await.unwrap().is_some());
+    assert!(common::get(&w, "kept").await.unwrap().is_some());
     // The writer still works afterwards.
     w.upsert(&[Record::new("lost", vec![0.0, 1.0])])
         .await
         .unwrap();
-    assert!(w.get("lost").await.unwrap().is_some());
+    assert!(common::get(&w, "lost").await.unwrap().is_some());
 }
 
 async fn concurrent_small_writes_share_segments(store: Arc<Counted>) {
@@ -349,7 +352,7 @@ async fn concurrent_small_writes_share_segments(store: Arc<Counted>) {
     assert!(used < 50, "{used} PUTs for 50 writes");
     for i in 0..50 {
         assert!(
-            w.get(&format!("r{i}")).await.unwrap().is_some(),
+            common::get(&w, &format!("r{i}")).await.unwrap().is_some(),
             "r{i} lost"
         );
     }
@@ -373,17 +376,17 @@ async fn batch_writer_flushes_at_size_and_on_flush(store: Arc<Counted>) {
     assert_eq!(report.segments, 2);
     assert_eq!(bw.buffered(), 500);
     assert!(
-        w.get("b2400").await.unwrap().is_none(),
+        common::get(&w, "b2400").await.unwrap().is_none(),
         "buffered records are not visible"
     );
-    assert!(w.get("b10").await.unwrap().is_some());
+    assert!(common::get(&w, "b10").await.unwrap().is_some());
     let report = bw.close().await.unwrap();
     assert_eq!(report.records, 500);
     let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
     assert_eq!(m.segments.len(), 3);
     assert_eq!(m.total_records(), 2500);
     assert!(
-        w.get("b2400").await.unwrap().is_some(),
+        common::get(&w, "b2400").await.unwrap().is_some(),
         "durable after close"
     );
     let e = BatchWriter::new(w.clone(), BatchWriterOptions::default())
@@ -410,10 +413,10 @@ async fn batch_writer_flushes_on_interval() {
     bw.add(&[Record::new("t1", vec_for(1, 4))]).await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(bw.buffered(), 1, "not yet due");
-    assert!(w.get("t1").await.unwrap().is_none());
+    assert!(common::get(&w, "t1").await.unwrap().is_none());
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(bw.buffered(), 0, "flushed by the interval");
-    assert!(w.get("t1").await.unwrap().is_some());
+    assert!(common::get(&w, "t1").await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -439,7 +442,11 @@ async fn batch_writer_keeps_newest_version_across_chunks() {
     bw.close().await.unwrap();
     for i in 0..7 {
         assert_eq!(
-            w.get(&format!("k{i}")).await.unwrap().unwrap().vector[0],
+            common::get(&w, &format!("k{i}"))
+                .await
+                .unwrap()
+                .unwrap()
+                .vector[0],
             49.0
         );
     }
@@ -476,5 +483,5 @@ async fn a_failing_commit_reports_the_partition_and_is_retryable() {
     assert!(e.is_retryable());
     faulty.fail_next(0);
     w.upsert(&[Record::new("x", vec![1.0, 1.0])]).await.unwrap();
-    assert!(w.get("x").await.unwrap().is_some());
+    assert!(common::get(&w, "x").await.unwrap().is_some());
 }

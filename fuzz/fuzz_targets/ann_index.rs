@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let records = shoal_fuzz::records(n, d);
     let bytes = encode_segment(&header, &records, Some(index));
     let seg = decode_segment("fuzz.seg", &bytes).expect("a valid segment decodes");
-    let Ok(ix) = AnnIndex::parse(seg.index.as_deref().unwrap_or_default(), d, n) else {
+    let Ok(ix) = AnnIndex::parse(seg.index_bytes().unwrap_or_default(), d, n) else {
         return;
     };
     // Every record allowed, or those the mask byte picks (a filter).

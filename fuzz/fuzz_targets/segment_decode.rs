@@ -26,15 +26,14 @@ fn exercise(bytes: &[u8]) {
 
 fn use_segment(seg: &Segment) {
     let (n, d) = (seg.len(), seg.dimensions());
-    assert_eq!(seg.ids.len(), n);
-    assert_eq!(seg.tombstones.len(), n);
-    assert_eq!(seg.vectors.len(), n * d);
+    assert_eq!(seg.ids().len(), n);
+    assert_eq!(seg.vectors().len(), n * d);
     for i in 0..n {
         assert_eq!(seg.vector(i).len(), d);
         let _ = seg.metadata(i);
         let _ = seg.metadata_raw(i);
         let _ = seg.is_tombstone(i);
-        assert!(seg.find_last(&seg.ids[i]).is_some_and(|j| j >= i));
+        assert!(seg.find_last(seg.id(i)).is_some_and(|j| j >= i));
     }
     let _ = (
         seg.metadata_maps().len(),
@@ -51,8 +50,7 @@ fn use_segment(seg: &Segment) {
     };
     let query: Vec<f32> = (0..d).map(|i| (i % 7) as f32 - 3.0).collect();
     let index = seg
-        .index
-        .as_deref()
+        .index_bytes()
         .and_then(|b| AnnIndex::parse(b, d, n).ok());
     for metric in [Metric::Cosine, Metric::Euclidean, Metric::Dot] {
         for (nprobe, exact) in [(1, true), (1, false), (1000, false)] {

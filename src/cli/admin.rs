@@ -145,7 +145,8 @@ pub async fn verify(ctx: &Ctx) -> Result<()> {
 
 pub async fn probe(ctx: &Ctx) -> Result<()> {
     let store = ctx.store().await?;
-    shoal::store::probe_conditional_writes(store.as_ref()).await?;
+    shoal::store::probe_conditional_writes(store.as_ref(), shoal::coord::paths::probe_keys())
+        .await?;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
             "store": store.describe(),

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::coord::cas::{update_json, Backoff, Step};
+use crate::coord::cas::Backoff;
 use crate::coord::clock::{parse_time, DynClock};
 use crate::coord::instance;
-use crate::coord::manifest::{read_manifest, Manifest};
+use crate::coord::manifest::{read_manifest, trim_retired};
 use crate::coord::paths::{manifest_key, VECTORS_PREFIX};
 use crate::coord::{CoordError, Settings};
 use crate::store::ObjectStore;
@@ -104,22 +104,7 @@ pub async fn gc(
         }
         for (p, keys) in &expired {
             let gone: HashSet<&String> = keys.iter().collect();
-            update_json::<Manifest, _>(store, &manifest_key(*p), Backoff::default(), |cur| {
-                let Some(mut m) = cur else {
-                    return Err(CoordError::MissingSetting(format!(
-                        "{} vanished during gc",
-                        manifest_key(*p)
-                    )));
-                };
-                let before = m.retired.len();
-                m.retired.retain(|r| !gone.contains(&r.key));
-                Ok(if m.retired.len() == before {
-                    Step::Keep(m)
-                } else {
-                    Step::Write(m)
-                })
-            })
-            .await?;
+            trim_retired(store, *p, &gone, Backoff::default()).await?;
         }
     }
     let timeout = Duration::from_secs(settings.instance_timeout_seconds);

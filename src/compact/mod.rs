@@ -22,26 +22,26 @@
 
 pub mod gc;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::coord::cas::{update_json, Backoff, Step};
+use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
-use crate::coord::config::IndexSettings;
-use crate::coord::manifest::{read_manifest, Manifest, RetiredEntry, SegmentEntry};
-use crate::coord::paths::{manifest_key, segment_key};
-use crate::coord::{CoordError, Metric, Settings};
-use crate::index::hnsw::{HnswIndex, HnswParams};
-use crate::index::ivf::{self, IvfIndex, IvfParams};
+use crate::coord::manifest::{
+    read_manifest, replace_prefix, Manifest, Replaced, SegmentEntry, SegmentStats,
+};
+use crate::coord::paths::{new_segment_key, SegmentOrigin};
+use crate::coord::{CoordError, Settings};
+use crate::index;
 use crate::record::Prepared;
 use crate::segment::{
-    decode_segment, encode_segment, encode_segment_groups, Segment, SegmentError, SegmentHeader,
-    FORMAT_VERSION,
+    self, encode_segment, encode_segment_groups, LiveSet, Segment, SegmentError, SegmentHeader,
+    Shape, FORMAT_VERSION,
 };
 use crate::store::{ObjectStore, StoreError};
+use crate::vocab::{IndexSettings, Metric};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompactError {
@@ -51,6 +51,15 @@ pub enum CompactError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Segment(#[from] SegmentError),
+}
+
+impl From<segment::LoadError> for CompactError {
+    fn from(e: segment::LoadError) -> Self {
+        match e {
+            segment::LoadError::Store(e) => CompactError::Store(e),
+            segment::LoadError::Segment(e) => CompactError::Segment(e),
+        }
+    }
 }
 
 /// How to compact.
@@ -123,18 +132,16 @@ pub fn select_prefix(m: &Manifest, upto: Option<u64>) -> Vec<SegmentEntry> {
 /// of each id, tombstones and shadowed versions dropped. Output order
 /// follows each record's newest position.
 pub fn live_records(segments: &[Arc<Segment>]) -> Vec<Prepared> {
-    let mut newest: HashMap<&str, (usize, usize)> = HashMap::new();
-    for (j, seg) in segments.iter().enumerate() {
-        for (i, id) in seg.ids.iter().enumerate() {
-            newest.insert(id.as_str(), (j, i));
-        }
+    let mut live = LiveSet::default();
+    for seg in segments {
+        live.absorb(seg);
     }
-    let mut out = Vec::with_capacity(newest.len());
+    let mut out = Vec::with_capacity(live.live_count() as usize);
     for (j, seg) in segments.iter().enumerate() {
-        for (i, id) in seg.ids.iter().enumerate() {
-            if newest.get(id.as_str()) == Some(&(j, i)) && !seg.is_tombstone(i) {
+        for (i, keep) in live.mask(j).iter().enumerate() {
+            if *keep {
                 out.push(Prepared {
-                    id: id.clone(),
+                    id: seg.id(i).to_string(),
                     vector: seg.vector(i).to_vec(),
                     metadata: seg.metadata_raw(i).to_vec(),
                     tombstone: false,
@@ -152,6 +159,9 @@ struct Output {
     indexed: bool,
 }
 
+/// Encodes the live records into segments of at most the configured size,
+/// with the configured index (see [`crate::index::IndexKind`]) on those
+/// large enough for one.
 fn build_outputs(
     records: Vec<Prepared>,
     dims: usize,
@@ -172,58 +182,29 @@ fn build_outputs(
             has_index: false,
             ..header.clone()
         };
-        let wants_index = ix.kind != "none" && chunk.len() as u64 >= ix.min_records.max(1);
-        if !wants_index {
-            outs.push(Output {
+        let records = chunk.len() as u64;
+        let built = (records >= ix.min_records.max(1))
+            .then(|| {
+                let t = Instant::now();
+                let built = index::build(chunk.to_vec(), dims, metric, ix);
+                *index_seconds += t.elapsed().as_secs_f64();
+                built
+            })
+            .flatten();
+        outs.push(match built {
+            None => Output {
                 bytes: encode_segment(&h, chunk, None),
-                records: chunk.len() as u64,
+                records,
                 indexed: false,
-            });
-            continue;
-        }
-        let t = Instant::now();
-        let vectors: Vec<f32> = chunk
-            .iter()
-            .flat_map(|r| r.vector.iter().copied())
-            .collect();
-        let bytes = if ix.kind == "hnsw" {
-            let p = HnswParams {
-                ef_construction: ix.ef_construction as usize,
-                ef_search: ix.ef_search as usize,
-                ..Default::default()
-            };
-            let graph = HnswIndex::build(&vectors, dims, metric, &p).to_bytes();
-            *index_seconds += t.elapsed().as_secs_f64();
-            encode_segment(&h, chunk, Some(&graph))
-        } else {
-            let p = IvfParams {
-                nlist: ix.nlist.map(|n| n as usize),
-                ..Default::default()
-            };
-            let (centroids, assign) = ivf::train(&vectors, dims, metric, &p);
-            let nlist = centroids.len() / dims;
-            let mut groups: Vec<Vec<Prepared>> = vec![Vec::new(); nlist];
-            for (r, c) in chunk.iter().zip(&assign) {
-                groups[*c as usize].push(r.clone());
+            },
+            Some(b) => {
+                let groups: Vec<&[Prepared]> = b.groups.iter().map(|g| g.as_slice()).collect();
+                Output {
+                    bytes: encode_segment_groups(&h, &groups, Some(&b.bytes)),
+                    records,
+                    indexed: true,
+                }
             }
-            let mut starts = vec![0u32];
-            for g in &groups {
-                starts.push(starts.last().unwrap() + g.len() as u32);
-            }
-            let index = IvfIndex {
-                dims,
-                centroids,
-                starts,
-            }
-            .to_bytes();
-            *index_seconds += t.elapsed().as_secs_f64();
-            let slices: Vec<&[Prepared]> = groups.iter().map(|g| g.as_slice()).collect();
-            encode_segment_groups(&h, &slices, Some(&index))
-        };
-        outs.push(Output {
-            bytes,
-            records: chunk.len() as u64,
-            indexed: true,
         });
     }
     outs
@@ -250,17 +231,16 @@ pub async fn compact_partition(
     if inputs.is_empty() {
         return Ok(Outcome::NotNeeded);
     }
-    let dims = settings.dimensions as usize;
-    let metric = settings.metric();
+    let shape = Shape {
+        dimensions: settings.dimensions as usize,
+        metric: settings.metric(),
+    };
+    let (dims, metric) = (shape.dimensions, shape.metric);
     let mut segments = Vec::with_capacity(inputs.len());
-    let mut bytes_in = 0;
     for e in &inputs {
-        let got = store.get(&e.key).await?;
-        bytes_in += got.bytes.len() as u64;
-        let seg = decode_segment(&e.key, &got.bytes)?;
-        crate::writer::check_segment_matches(&e.key, &seg.header, dims, metric)?;
-        segments.push(Arc::new(seg));
+        segments.push(Arc::new(segment::load(store, &e.key, shape).await?));
     }
+    let bytes_in = segments.iter().map(|s| s.stored_bytes()).sum();
     let records_in: u64 = segments.iter().map(|s| s.len() as u64).sum();
     let live = live_records(&segments);
     let records_out = live.len() as u64;
@@ -285,59 +265,31 @@ pub async fn compact_partition(
     })
     .await
     .expect("index build task");
-    let seq = inputs.last().expect("non-empty").seq;
     let mut entries = Vec::with_capacity(outputs.len());
     let mut bytes_out = 0;
     for out in outputs {
-        let key = segment_key(
-            partition,
-            &format!(
-                "{:013}-c{:016x}{:016x}",
-                unix_millis(now),
-                rand::random::<u64>(),
-                rand::random::<u64>()
-            ),
-        );
-        bytes_out += out.bytes.len() as u64;
-        let size = out.bytes.len() as u64;
-        store.put_if_absent(&key, out.bytes).await?;
-        entries.push(SegmentEntry {
-            key,
-            seq,
+        let key = new_segment_key(partition, now, SegmentOrigin::Compaction);
+        let stats = SegmentStats {
             records: out.records,
             tombstones: 0,
-            bytes: size,
-            created_at: format_time(now),
-            writer_id: writer_id.to_string(),
+            bytes: out.bytes.len() as u64,
             indexed: out.indexed,
-            extra: Default::default(),
-        });
+        };
+        bytes_out += stats.bytes;
+        put_new_object(store, &key, out.bytes, Backoff::default()).await?;
+        entries.push(SegmentEntry::new(key, stats, format_time(now), writer_id));
     }
-    let input_keys: Vec<String> = inputs.iter().map(|e| e.key.clone()).collect();
     let retired_at = format_time(clock.now());
-    let mut superseded = false;
-    let result =
-        update_json::<Manifest, _>(store, &manifest_key(partition), Backoff::default(), |cur| {
-            let mut m = cur.ok_or_else(|| {
-                CoordError::MissingSetting(format!("{} vanished", manifest_key(partition)))
-            })?;
-            let still_prefix = m.segments.len() >= input_keys.len()
-                && m.segments.iter().zip(&input_keys).all(|(s, k)| &s.key == k);
-            if !still_prefix {
-                superseded = true;
-                return Ok(Step::Keep(m));
-            }
-            superseded = false;
-            let rest = m.segments.split_off(input_keys.len());
-            m.segments = entries.iter().cloned().chain(rest).collect();
-            m.retired.extend(input_keys.iter().map(|k| RetiredEntry {
-                key: k.clone(),
-                retired_at: retired_at.clone(),
-            }));
-            Ok(Step::Write(m))
-        })
-        .await?;
-    if superseded || !result.wrote {
+    let replaced = replace_prefix(
+        store,
+        partition,
+        &inputs,
+        &entries,
+        &retired_at,
+        Backoff::default(),
+    )
+    .await?;
+    if replaced == Replaced::Superseded {
         tracing::info!(partition, "compaction superseded by another compactor");
         return Ok(Outcome::Superseded);
     }

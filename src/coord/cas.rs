@@ -176,3 +176,28 @@ where
         }
     }
 }
+
+/// Create-only PUT of a new immutable object (a segment, a shard),
+/// retrying transient errors with `backoff`. A retry that finds the key
+/// taken means an earlier attempt landed: keys of new objects carry 128
+/// random bits (see [`super::paths::new_segment_key`]), so nobody else
+/// picked it. Returns how many attempts were retried.
+pub async fn put_new_object(
+    store: &dyn ObjectStore,
+    key: &str,
+    bytes: Bytes,
+    backoff: Backoff,
+) -> Result<u32, CoordError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match store.put_if_absent(key, bytes.clone()).await {
+            Ok(_) => return Ok(attempt - 1),
+            Err(StoreError::AlreadyExists { .. }) if attempt > 1 => return Ok(attempt - 1),
+            Err(e) if e.is_retryable() && attempt < backoff.max_attempts => {
+                tokio::time::sleep(backoff.delay(attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -111,7 +111,7 @@ impl Cluster {
             }
         }
         if opts.probe {
-            probe_conditional_writes(store.as_ref()).await?;
+            probe_conditional_writes(store.as_ref(), super::paths::probe_keys()).await?;
         }
         let config = load_or_create(store.as_ref(), &opts.settings, opts.clock.as_ref()).await?;
         let timeout = Duration::from_secs(config.settings.instance_timeout_seconds);

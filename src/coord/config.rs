@@ -22,7 +22,6 @@
 //! create-only put; a racing loser re-reads and adopts the winner's
 //! settings. Every later change is a compare-and-swap.
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +32,7 @@ use super::clock::{format_time, Clock};
 use super::error::{excerpt, CoordError};
 use super::paths::{CONFIG_KEY, VECTORS_PREFIX};
 use crate::store::{ETag, ObjectStore, StoreError};
+pub use crate::vocab::{DomainRule, IndexSettings, Metric};
 
 /// Current config format version.
 pub const CONFIG_VERSION: u32 = 1;
@@ -41,50 +41,6 @@ pub const DEFAULT_INSTANCE_TIMEOUT_SECONDS: u64 = 60;
 pub const DEFAULT_EMBEDDING_MODEL: &str = "unspecified";
 pub const MAX_PARTITION_COUNT: u32 = 4096;
 pub const MAX_DIMENSIONS: u32 = 65536;
-
-/// How vectors are compared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// Cosine similarity; vectors are normalized on write.
-    Cosine,
-    /// Euclidean (L2) distance.
-    Euclidean,
-    /// Inner product.
-    Dot,
-}
-
-impl Metric {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Metric::Cosine => "cosine",
-            Metric::Euclidean => "euclidean",
-            Metric::Dot => "dot",
-        }
-    }
-}
-
-impl fmt::Display for Metric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Metric {
-    type Err = CoordError;
-    fn from_str(s: &str) -> Result<Self, CoordError> {
-        match s {
-            "cosine" => Ok(Metric::Cosine),
-            "euclidean" => Ok(Metric::Euclidean),
-            "dot" => Ok(Metric::Dot),
-            other => Err(CoordError::InvalidSetting {
-                setting: "distanceMetric",
-                value: format!("{other:?}"),
-                expected: "one of cosine, euclidean, dot".into(),
-            }),
-        }
-    }
-}
 
 /// The whole config object.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -114,7 +70,7 @@ pub struct Settings {
     /// Rules that detect a record's domain from its metadata fields;
     /// absent means the defaults (see `record::default_domain_rules`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub domain_rules: Option<Vec<crate::record::DomainRule>>,
+    pub domain_rules: Option<Vec<DomainRule>>,
     /// ANN index and compaction settings; absent means the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<IndexSettings>,
@@ -127,83 +83,6 @@ fn default_instance_timeout() -> u64 {
     DEFAULT_INSTANCE_TIMEOUT_SECONDS
 }
 
-/// `settings.index`: which ANN index compaction builds, and when.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct IndexSettings {
-    /// `ivf` (default), `hnsw` or `none`.
-    pub kind: String,
-    /// Segments with fewer records stay exact-scan.
-    pub min_records: u64,
-    /// IVF clusters per segment; default √n.
-    pub nlist: Option<u32>,
-    /// IVF clusters probed per segment per query (overridable per query).
-    pub nprobe: u32,
-    pub ef_construction: u32,
-    /// HNSW candidates per query; fixed when the graph is built.
-    pub ef_search: u32,
-    /// Largest compacted segment.
-    pub max_segment_records: u64,
-    /// Largest HNSW segment (builds grow superlinearly).
-    pub hnsw_max_segment_records: u64,
-    /// Compact a partition once it has this many segments ...
-    pub compact_min_segments: u32,
-    /// ... or this share of dead records (shadowed versions, tombstones).
-    pub compact_dead_fraction: f64,
-}
-
-impl Default for IndexSettings {
-    fn default() -> Self {
-        IndexSettings {
-            kind: "ivf".into(),
-            min_records: 5_000,
-            nlist: None,
-            nprobe: 8,
-            ef_construction: 100,
-            ef_search: 64,
-            max_segment_records: 200_000,
-            hnsw_max_segment_records: 20_000,
-            compact_min_segments: 8,
-            compact_dead_fraction: 0.2,
-        }
-    }
-}
-
-impl IndexSettings {
-    pub fn validate(&self) -> Result<(), CoordError> {
-        let bad = |setting, value: String, expected: &str| CoordError::InvalidSetting {
-            setting,
-            value,
-            expected: expected.into(),
-        };
-        if !["ivf", "hnsw", "none"].contains(&self.kind.as_str()) {
-            return Err(bad(
-                "index.kind",
-                format!("{:?}", self.kind),
-                "one of ivf, hnsw, none",
-            ));
-        }
-        if self.nprobe == 0 || self.ef_search == 0 || self.ef_construction == 0 {
-            return Err(bad(
-                "index.nprobe/efSearch/efConstruction",
-                "0".into(),
-                "at least 1",
-            ));
-        }
-        if self.max_segment_records == 0 || self.hnsw_max_segment_records == 0 {
-            return Err(bad("index.maxSegmentRecords", "0".into(), "at least 1"));
-        }
-        if !(0.0..=1.0).contains(&self.compact_dead_fraction) {
-            return Err(bad(
-                "index.compactDeadFraction",
-                self.compact_dead_fraction.to_string(),
-                "between 0 and 1",
-            ));
-        }
-        Ok(())
-    }
-}
-
 impl Settings {
     /// The index settings in force (the config's, else the defaults).
     pub fn index(&self) -> IndexSettings {
@@ -211,10 +90,10 @@ impl Settings {
     }
 
     /// The domain rules in force (the config's, else the defaults).
-    pub fn domain_rules(&self) -> Vec<crate::record::DomainRule> {
+    pub fn domain_rules(&self) -> Vec<DomainRule> {
         self.domain_rules
             .clone()
-            .unwrap_or_else(crate::record::default_domain_rules)
+            .unwrap_or_else(crate::vocab::default_domain_rules)
     }
 
     /// The validated metric. Only call on validated settings.

@@ -52,6 +52,16 @@ pub enum CoordError {
     InvalidRole { value: String },
 }
 
+impl From<crate::vocab::InvalidSetting> for CoordError {
+    fn from(e: crate::vocab::InvalidSetting) -> Self {
+        CoordError::InvalidSetting {
+            setting: e.setting,
+            value: e.value,
+            expected: e.expected,
+        }
+    }
+}
+
 impl CoordError {
     /// Whether retrying the operation later may succeed.
     pub fn is_retryable(&self) -> bool {

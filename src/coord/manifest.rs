@@ -1,6 +1,12 @@
 //! Partition manifests `vectors/pNNN/manifest.json`: the committed segment
 //! list of one partition (DESIGN section 6).
 //!
+//! This is the one room where manifests change. Each mutation is a named
+//! function over the generic compare-and-swap loop ([`super::cas`]):
+//! [`append_segment`] (a writer's commit), [`replace_prefix`] (a
+//! compaction's commit) and [`trim_retired`] (GC forgetting deleted
+//! objects). No other module builds a manifest by hand.
+//!
 //! A segment is committed exactly when its entry is in the manifest. Entries
 //! are appended with compare-and-swap: read the manifest and its ETag,
 //! append the segment with `seq = nextSeq`, bump `nextSeq`, write with
@@ -64,6 +70,34 @@ pub struct SegmentEntry {
     pub indexed: bool,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl SegmentEntry {
+    /// An entry for a segment about to be committed or replaced into a
+    /// manifest. `seq` is 0 until [`append_segment`] assigns one (or
+    /// [`replace_prefix`] gives it the prefix's).
+    pub fn new(key: String, stats: SegmentStats, created_at: String, writer_id: &str) -> Self {
+        SegmentEntry {
+            key,
+            seq: 0,
+            records: stats.records,
+            tombstones: stats.tombstones,
+            bytes: stats.bytes,
+            created_at,
+            writer_id: writer_id.to_string(),
+            indexed: stats.indexed,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// What a manifest records about a segment's contents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentStats {
+    pub records: u64,
+    pub tombstones: u64,
+    pub bytes: u64,
+    pub indexed: bool,
 }
 
 impl Manifest {
@@ -199,4 +233,85 @@ pub async fn append_segment(
         retries: updated.retries,
         already_committed: !updated.wrote,
     })
+}
+
+/// What [`replace_prefix`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replaced {
+    /// The outputs took the inputs' place; the inputs are retired.
+    Replaced,
+    /// The inputs are no longer the manifest's first entries (another
+    /// compactor won); nothing was written.
+    Superseded,
+}
+
+/// Commits a compaction: if `inputs` are still the first entries of the
+/// partition's manifest, replaces them by `outputs` (each given the seq of
+/// the newest input), keeps everything committed meanwhile, and moves the
+/// inputs to `retired` stamped `retired_at`. A lost race re-reads and
+/// rebases on whatever writers appended.
+pub async fn replace_prefix(
+    store: &dyn ObjectStore,
+    partition: u32,
+    inputs: &[SegmentEntry],
+    outputs: &[SegmentEntry],
+    retired_at: &str,
+    backoff: Backoff,
+) -> Result<Replaced, CoordError> {
+    let key = manifest_key(partition);
+    let seq = inputs.last().map_or(0, |e| e.seq);
+    let mut superseded = false;
+    let result = cas::update_json::<Manifest, _>(store, &key, backoff, |cur| {
+        let mut m = cur.ok_or_else(|| CoordError::MissingSetting(format!("{key} vanished")))?;
+        m.validate(partition)?;
+        let still_prefix = m.segments.len() >= inputs.len()
+            && m.segments.iter().zip(inputs).all(|(s, i)| s.key == i.key);
+        superseded = !still_prefix;
+        if superseded {
+            return Ok(Step::Keep(m));
+        }
+        let rest = m.segments.split_off(inputs.len());
+        let outs = outputs.iter().cloned().map(|mut e| {
+            e.seq = seq;
+            e
+        });
+        m.segments = outs.chain(rest).collect();
+        m.retired.extend(inputs.iter().map(|i| RetiredEntry {
+            key: i.key.clone(),
+            retired_at: retired_at.to_string(),
+        }));
+        Ok(Step::Write(m))
+    })
+    .await?;
+    Ok(if superseded || !result.wrote {
+        Replaced::Superseded
+    } else {
+        Replaced::Replaced
+    })
+}
+
+/// Removes `gone` (objects GC deleted) from the partition's `retired` list.
+pub async fn trim_retired(
+    store: &dyn ObjectStore,
+    partition: u32,
+    gone: &std::collections::HashSet<&String>,
+    backoff: Backoff,
+) -> Result<(), CoordError> {
+    let key = manifest_key(partition);
+    cas::update_json::<Manifest, _>(store, &key, backoff, |cur| {
+        let Some(mut m) = cur else {
+            return Err(CoordError::MissingSetting(format!(
+                "{key} vanished during gc"
+            )));
+        };
+        let before = m.retired.len();
+        m.retired.retain(|r| !gone.contains(&r.key));
+        Ok(if m.retired.len() == before {
+            Step::Keep(m)
+        } else {
+            Step::Write(m)
+        })
+    })
+    .await?;
+    Ok(())
 }

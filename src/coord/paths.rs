@@ -1,6 +1,8 @@
 //! The bucket layout, in one place (DESIGN section 1). Every key shoal
 //! reads or writes is built here.
 
+use std::time::SystemTime;
+
 /// The shared settings object.
 pub const CONFIG_KEY: &str = "_brainy/config.json";
 /// Folder of per-instance heartbeat records.
@@ -9,6 +11,47 @@ pub const INSTANCES_PREFIX: &str = "_brainy/instances/";
 pub const PROBE_PREFIX: &str = "_brainy/probe/";
 /// Folder holding every partition.
 pub const VECTORS_PREFIX: &str = "vectors/";
+/// Where the compactor Lambda resumes its round over the partitions.
+pub const COMPACTOR_CURSOR_KEY: &str = "_brainy/compactor-cursor.json";
+
+/// Who made a new segment: its id says so (`c` marks compaction outputs),
+/// which helps when reading a bucket by hand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentOrigin {
+    Writer,
+    Compaction,
+}
+
+/// A fresh segment key: `vectors/pNNN/<unix ms>-[c]<128 random bits>.seg`.
+/// Time first, so a listing sorts roughly by age; the random bits make
+/// the key unique without coordination (create-only PUTs rely on it).
+pub fn new_segment_key(partition: u32, now: SystemTime, origin: SegmentOrigin) -> String {
+    let id = format!(
+        "{:013}-{}{:016x}{:016x}",
+        super::clock::unix_millis(now),
+        match origin {
+            SegmentOrigin::Writer => "",
+            SegmentOrigin::Compaction => "c",
+        },
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
+    segment_key(partition, &id)
+}
+
+/// Scratch keys for one run of the conditional-write probe: one to write,
+/// one that must stay missing.
+pub fn probe_keys() -> (String, String) {
+    let id = format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
+    (
+        format!("{PROBE_PREFIX}{id}"),
+        format!("{PROBE_PREFIX}{id}-missing"),
+    )
+}
 
 /// `_brainy/instances/<id>.json`
 pub fn instance_key(instance_id: &str) -> String {
@@ -52,5 +95,16 @@ mod tests {
             Some("i-1")
         );
         assert_eq!(instance_id_from_key("_brainy/config.json"), None);
+        let k = new_segment_key(3, SystemTime::UNIX_EPOCH, SegmentOrigin::Compaction);
+        assert!(
+            k.starts_with("vectors/p003/0000000000000-c") && k.ends_with(".seg"),
+            "{k}"
+        );
+        assert_ne!(
+            k,
+            new_segment_key(3, SystemTime::UNIX_EPOCH, SegmentOrigin::Compaction)
+        );
+        let (a, b) = probe_keys();
+        assert!(a.starts_with(PROBE_PREFIX) && b == format!("{a}-missing"));
     }
 }

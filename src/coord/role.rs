@@ -43,26 +43,23 @@ impl Role {
         matches!(self, Role::Reader | Role::Both)
     }
 
-    /// Cache and buffer settings for this role.
+    /// Cache settings for this role.
     pub fn preset(&self) -> CachePreset {
         match self {
             Role::Reader => CachePreset {
                 segment_cache_fraction: 0.8,
                 aggressive_prefetch: true,
                 cache_ttl: Duration::from_secs(3600),
-                write_buffer_records: 0,
             },
             Role::Writer => CachePreset {
                 segment_cache_fraction: 0.2,
                 aggressive_prefetch: false,
                 cache_ttl: Duration::from_secs(60),
-                write_buffer_records: 10_000,
             },
             Role::Both => CachePreset {
                 segment_cache_fraction: 0.5,
                 aggressive_prefetch: false,
                 cache_ttl: Duration::from_secs(3600),
-                write_buffer_records: 10_000,
             },
         }
     }
@@ -95,8 +92,6 @@ pub struct CachePreset {
     pub aggressive_prefetch: bool,
     /// How long idle cache entries live.
     pub cache_ttl: Duration,
-    /// Records buffered per writer before a flush.
-    pub write_buffer_records: usize,
 }
 
 /// The environment role detection looks at.
@@ -280,7 +275,6 @@ mod tests {
         assert!(Role::Reader.preset().aggressive_prefetch);
         assert_eq!(Role::Reader.preset().cache_ttl, Duration::from_secs(3600));
         assert_eq!(Role::Writer.preset().segment_cache_fraction, 0.2);
-        assert_eq!(Role::Writer.preset().write_buffer_records, 10_000);
         assert_eq!(Role::Writer.preset().cache_ttl, Duration::from_secs(60));
     }
 }

@@ -17,8 +17,9 @@ use bincode::Options;
 use instant_distance::{Builder, HnswMap, Point, Search};
 use serde::{Deserialize, Serialize};
 
-use super::{distance, Candidate, QueryParams, ScanStats, SegmentView, TopK};
-use crate::coord::Metric;
+use super::{distance, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK};
+use crate::record::Prepared;
+use crate::vocab::{IndexSettings, Metric};
 
 pub const TAG: &[u8; 4] = b"HNW1";
 
@@ -215,11 +216,37 @@ impl HnswIndex {
             .map_err(|e| format!("HNSW index does not decode: {e}"))?;
         Ok(HnswIndex { map, records })
     }
+}
+
+impl IndexKind for HnswIndex {
+    const NAME: &'static str = "hnsw";
+
+    /// Builds the graph; records keep their order (one group).
+    fn build(records: Vec<Prepared>, dims: usize, metric: Metric, ix: &IndexSettings) -> Built {
+        let p = HnswParams {
+            ef_construction: ix.ef_construction as usize,
+            ef_search: ix.ef_search as usize,
+            ..Default::default()
+        };
+        let vectors: Vec<f32> = records
+            .iter()
+            .flat_map(|r| r.vector.iter().copied())
+            .collect();
+        let bytes = HnswIndex::build(&vectors, dims, metric, &p).to_bytes();
+        Built {
+            groups: vec![records],
+            bytes,
+        }
+    }
+
+    fn from_bytes(bytes: &[u8], dims: usize, records: usize) -> Result<Self, String> {
+        HnswIndex::from_bytes(bytes, dims, records)
+    }
 
     /// Walks the graph; pushes the allowed candidates and returns true if
     /// that gave `k` of them (or every allowed record). Pushes nothing and
     /// returns false otherwise, so the caller can scan exactly instead.
-    pub fn search<'s>(
+    fn search<'s>(
         &self,
         view: &SegmentView<'s>,
         params: &QueryParams,
@@ -253,7 +280,7 @@ impl HnswIndex {
             let dist = distance(params.metric, query, seg.vector(pos));
             top.push(Candidate {
                 distance: dist,
-                id: &seg.ids[pos],
+                id: seg.id(pos),
                 segment: view.ordinal,
                 position: pos as u32,
             });

@@ -9,18 +9,17 @@
 //! position.
 //!
 //! Search: rank the centroids against the query, scan the `nprobe` best
-//! clusters with the exact kernel. With a filter, the probe count grows by
-//! 1/selectivity, and a selective filter (few matching records) switches
-//! to an exact scan of the matching records, so filtering never costs
-//! recall.
+//! clusters with the exact kernel. How a filter widens `nprobe` (or turns
+//! the search exact) is the shared filter policy, [`super::route`].
 
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use rayon::prelude::*;
 
-use super::{distance, Candidate, ScanStats, TopK};
-use crate::coord::Metric;
+use super::{distance, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK};
+use crate::record::Prepared;
+use crate::vocab::{IndexSettings, Metric};
 
 pub const TAG: &[u8; 4] = b"IVF1";
 
@@ -119,25 +118,20 @@ impl IvfIndex {
         &self.centroids[c * self.dims..(c + 1) * self.dims]
     }
 
-    /// Scans the best clusters for `query`. `mask[i]`: record `i` may be
-    /// returned (live and passing the filter); `selectivity` is the share
-    /// of live records the filter keeps (1.0 without a filter).
-    #[allow(clippy::too_many_arguments)]
-    pub fn search<'s>(
+    /// Scans the `params.nprobe` best clusters for `query` (the filter
+    /// policy in [`super::route`] has already widened it for a filter).
+    fn scan<'s>(
         &self,
-        vectors: &[f32],
-        ids: &'s [String],
-        mask: &[bool],
-        selectivity: f64,
-        metric: Metric,
+        view: &SegmentView<'s>,
+        params: &QueryParams,
         query: &[f32],
-        nprobe: usize,
-        ordinal: u32,
         top: &mut TopK<'s>,
         stats: &mut ScanStats,
     ) {
+        let (metric, mask, seg) = (params.metric, view.mask, view.segment);
+        let (vectors, ordinal) = (seg.vectors(), view.ordinal);
         let nlist = self.nlist();
-        let probes = ((nprobe.max(1) as f64 / selectivity.max(1e-9)).ceil() as usize).min(nlist);
+        let probes = params.nprobe.clamp(1, nlist);
         let mut order: Vec<(f32, usize)> = (0..nlist)
             .map(|c| (distance(probe_metric(metric), query, self.centroid(c)), c))
             .collect();
@@ -158,7 +152,7 @@ impl IvfIndex {
                 if dist <= top.threshold() {
                     top.push(Candidate {
                         distance: dist,
-                        id: &ids[i],
+                        id: seg.id(i),
                         segment: ordinal,
                         position: i as u32,
                     });
@@ -166,6 +160,58 @@ impl IvfIndex {
             }
         }
         stats.vectors_compared += compared;
+    }
+}
+
+impl IndexKind for IvfIndex {
+    const NAME: &'static str = "ivf";
+
+    /// Trains the centroids and groups the records by cluster: the
+    /// segment stores one group of sections per cluster, so a cluster's
+    /// ids, vectors and metadata are contiguous ranges a cold reader can
+    /// fetch alone.
+    fn build(records: Vec<Prepared>, dims: usize, metric: Metric, ix: &IndexSettings) -> Built {
+        let p = IvfParams {
+            nlist: ix.nlist.map(|n| n as usize),
+            ..Default::default()
+        };
+        let vectors: Vec<f32> = records
+            .iter()
+            .flat_map(|r| r.vector.iter().copied())
+            .collect();
+        let (centroids, assign) = train(&vectors, dims, metric, &p);
+        let nlist = centroids.len() / dims;
+        let mut groups: Vec<Vec<Prepared>> = vec![Vec::new(); nlist];
+        for (r, c) in records.into_iter().zip(&assign) {
+            groups[*c as usize].push(r);
+        }
+        let mut starts = vec![0u32];
+        for g in &groups {
+            starts.push(starts.last().expect("starts with 0") + g.len() as u32);
+        }
+        let bytes = IvfIndex {
+            dims,
+            centroids,
+            starts,
+        }
+        .to_bytes();
+        Built { groups, bytes }
+    }
+
+    fn from_bytes(bytes: &[u8], dims: usize, records: usize) -> Result<Self, String> {
+        IvfIndex::from_bytes(bytes, dims, records)
+    }
+
+    fn search<'s>(
+        &self,
+        view: &SegmentView<'s>,
+        params: &QueryParams,
+        query: &[f32],
+        top: &mut TopK<'s>,
+        stats: &mut ScanStats,
+    ) -> bool {
+        self.scan(view, params, query, top, stats);
+        true
     }
 }
 

@@ -15,8 +15,9 @@ use std::collections::BinaryHeap;
 pub mod hnsw;
 pub mod ivf;
 
-use crate::coord::Metric;
+use crate::record::Prepared;
 use crate::segment::Segment;
+use crate::vocab::{IndexSettings, Metric};
 
 /// Inner product.
 #[inline]
@@ -202,7 +203,7 @@ pub struct SegmentView<'s> {
 }
 
 /// Per-query knobs for index kinds.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QueryParams {
     pub metric: Metric,
     pub k: usize,
@@ -216,6 +217,81 @@ pub struct QueryParams {
 /// answered by an exact scan of the matching records (cheap, since few
 /// match, and exact), so filtering never costs recall.
 pub const SELECTIVE_FILTER: f64 = 0.1;
+
+/// How one indexed segment is searched for one query.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Route {
+    /// Scan the allowed records exactly.
+    Exact,
+    /// Use the ANN index with these (possibly widened) parameters.
+    Ann(QueryParams),
+}
+
+/// The filter policy, in one place. `selectivity` is the share of the
+/// segment's live records the query's filter keeps (1.0 without one).
+/// A selective filter (or `exact`) scans exactly; otherwise the probe
+/// count grows by 1/selectivity, so a filter that keeps a tenth of the
+/// records probes ten times the clusters and still finds `k` of them.
+pub fn route(params: &QueryParams, selectivity: f64) -> Route {
+    if params.exact || selectivity < SELECTIVE_FILTER {
+        return Route::Exact;
+    }
+    let widened = (params.nprobe.max(1) as f64 / selectivity.max(1e-9)).ceil() as usize;
+    Route::Ann(QueryParams {
+        nprobe: widened,
+        ..*params
+    })
+}
+
+/// What an index kind's build hands to the segment encoder: the records
+/// in the order they must be stored, in groups (one group of sections
+/// each; IVF writes one per cluster), and the index section.
+pub struct Built {
+    pub groups: Vec<Vec<Prepared>>,
+    pub bytes: Vec<u8>,
+}
+
+/// One kind of ANN index: build, serialize, load and search in one
+/// contract (compare lance's `subindex.rs`). Adding a kind means one
+/// implementation plus a line in [`build`] and [`AnnIndex::parse`].
+pub trait IndexKind: Sized + Send + Sync {
+    /// The `index.kind` setting that selects it.
+    const NAME: &'static str;
+    /// Builds an index over `records` and decides their stored order.
+    fn build(records: Vec<Prepared>, dims: usize, metric: Metric, ix: &IndexSettings) -> Built;
+    /// Parses an index section of a segment of `records` records,
+    /// refusing anything its search could not safely walk.
+    fn from_bytes(bytes: &[u8], dims: usize, records: usize) -> Result<Self, String>;
+    /// Offers the candidates it finds among the allowed records to `top`.
+    /// Returns false, having pushed nothing, when it cannot find `k`
+    /// allowed records; the caller then scans exactly.
+    fn search<'s>(
+        &self,
+        view: &SegmentView<'s>,
+        params: &QueryParams,
+        query: &[f32],
+        top: &mut TopK<'s>,
+        stats: &mut ScanStats,
+    ) -> bool;
+}
+
+/// Builds the index `ix.kind` names over `records`; `None` for `none`.
+pub fn build(
+    records: Vec<Prepared>,
+    dims: usize,
+    metric: Metric,
+    ix: &IndexSettings,
+) -> Option<Built> {
+    match ix.kind.as_str() {
+        hnsw::HnswIndex::NAME => Some(<hnsw::HnswIndex as IndexKind>::build(
+            records, dims, metric, ix,
+        )),
+        ivf::IvfIndex::NAME => Some(<ivf::IvfIndex as IndexKind>::build(
+            records, dims, metric, ix,
+        )),
+        _ => None,
+    }
+}
 
 /// How one kind of segment is searched. Exact scan is the baseline; ANN
 /// indexes (IVF, HNSW) implement the same call.
@@ -248,7 +324,7 @@ impl SegmentSearch for ExactScan {
         let d = seg.dimensions();
         stats.segments += 1;
         let mut compared = 0u64;
-        for (i, v) in seg.vectors.chunks_exact(d).enumerate() {
+        for (i, v) in seg.vectors().chunks_exact(d).enumerate() {
             if !view.mask[i] {
                 continue;
             }
@@ -257,7 +333,7 @@ impl SegmentSearch for ExactScan {
             if dist <= top.threshold() {
                 top.push(Candidate {
                     distance: dist,
-                    id: &seg.ids[i],
+                    id: seg.id(i),
                     segment: view.ordinal,
                     position: i as u32,
                 });
@@ -287,10 +363,10 @@ impl AnnIndex {
     pub fn parse(bytes: &[u8], dims: usize, records: usize) -> Result<Self, String> {
         match bytes.get(..4) {
             Some(t) if t == ivf::TAG => {
-                ivf::IvfIndex::from_bytes(bytes, dims, records).map(AnnIndex::Ivf)
+                <ivf::IvfIndex as IndexKind>::from_bytes(bytes, dims, records).map(AnnIndex::Ivf)
             }
             Some(t) if t == hnsw::TAG => {
-                hnsw::HnswIndex::from_bytes(bytes, dims, records).map(AnnIndex::Hnsw)
+                <hnsw::HnswIndex as IndexKind>::from_bytes(bytes, dims, records).map(AnnIndex::Hnsw)
             }
             _ => Err("unknown index kind".into()),
         }
@@ -298,8 +374,8 @@ impl AnnIndex {
 
     pub fn kind(&self) -> &'static str {
         match self {
-            AnnIndex::Ivf(_) => "ivf",
-            AnnIndex::Hnsw(_) => "hnsw",
+            AnnIndex::Ivf(_) => ivf::IvfIndex::NAME,
+            AnnIndex::Hnsw(_) => hnsw::HnswIndex::NAME,
         }
     }
 }
@@ -313,30 +389,18 @@ impl SegmentSearch for AnnIndex {
         top: &mut TopK<'s>,
         stats: &mut ScanStats,
     ) {
-        if params.exact || view.selectivity < SELECTIVE_FILTER {
-            return ExactScan.search(view, params, query, top, stats);
-        }
-        let seg = view.segment;
-        match self {
-            AnnIndex::Ivf(ix) => ix.search(
-                &seg.vectors,
-                &seg.ids,
-                view.mask,
-                view.selectivity,
-                params.metric,
-                query,
-                params.nprobe,
-                view.ordinal,
-                top,
-                stats,
-            ),
-            AnnIndex::Hnsw(ix) => {
-                if !ix.search(view, params, query, top, stats) {
-                    // The graph's fixed ef could not find k allowed records
-                    // (a filter removed too many): answer exactly instead.
-                    ExactScan.search(view, params, query, top, stats);
-                }
-            }
+        let params = match route(params, view.selectivity) {
+            Route::Exact => return ExactScan.search(view, params, query, top, stats),
+            Route::Ann(p) => p,
+        };
+        let found = match self {
+            AnnIndex::Ivf(ix) => ix.search(view, &params, query, top, stats),
+            AnnIndex::Hnsw(ix) => ix.search(view, &params, query, top, stats),
+        };
+        if !found {
+            // The index could not find k allowed records (a filter removed
+            // too many): answer exactly instead.
+            ExactScan.search(view, &params, query, top, stats);
         }
     }
 }
@@ -390,6 +454,20 @@ mod tests {
         }
         let got: Vec<(f32, &str)> = t.into_sorted().iter().map(|c| (c.distance, c.id)).collect();
         assert_eq!(got, vec![(0.1, "a"), (0.1, "b"), (0.1, "c")]);
+    }
+
+    #[test]
+    fn the_filter_policy_widens_probes_and_goes_exact_when_selective() {
+        let p = QueryParams {
+            metric: Metric::Dot,
+            k: 10,
+            nprobe: 8,
+            exact: false,
+        };
+        assert_eq!(route(&p, 1.0), Route::Ann(p));
+        assert_eq!(route(&p, 0.25), Route::Ann(QueryParams { nprobe: 32, ..p }));
+        assert_eq!(route(&p, SELECTIVE_FILTER / 2.0), Route::Exact);
+        assert_eq!(route(&QueryParams { exact: true, ..p }, 1.0), Route::Exact);
     }
 
     #[test]

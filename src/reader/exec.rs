@@ -28,7 +28,14 @@ fn check_query(shared: &Shared, req: &SearchRequest) -> Result<Vec<f32>, ReadErr
             req.k
         )));
     }
-    check_vector(0, "query", &req.vector, shared.dimensions, shared.metric).map_err(|e| {
+    check_vector(
+        0,
+        "query",
+        &req.vector,
+        shared.shape.dimensions,
+        shared.shape.metric,
+    )
+    .map_err(|e| {
         let msg = e.to_string();
         ReadError::Invalid(msg.replacen("record 0 (id \"query\"): ", "query ", 1))
     })
@@ -114,13 +121,15 @@ fn search_partition(
     // Masks must outlive `top`, which borrows ids from the segments only.
     let masks: Vec<std::borrow::Cow<'_, [bool]>> = segments
         .iter()
-        .zip(&view.live)
-        .map(|(seg, live)| match filter {
-            None => std::borrow::Cow::Borrowed(live.as_slice()),
+        .enumerate()
+        .map(|(j, seg)| match filter {
+            None => std::borrow::Cow::Borrowed(view.live.mask(j)),
             Some(f) => {
                 let maps = seg.metadata_maps();
                 std::borrow::Cow::Owned(
-                    live.iter()
+                    view.live
+                        .mask(j)
+                        .iter()
                         .zip(maps)
                         .map(|(l, m)| *l && f.matches(m))
                         .collect(),
@@ -133,7 +142,7 @@ fn search_partition(
         let selectivity = match filter {
             None => 1.0,
             Some(_) => {
-                let live = view.live[j].iter().filter(|l| **l).count().max(1);
+                let live = view.live.live_in(j).max(1);
                 mask.iter().filter(|m| **m).count() as f64 / live as f64
             }
         };
@@ -204,7 +213,7 @@ pub(super) async fn search(
 
     // CPU phase on the rayon pool.
     let compute_start = std::time::Instant::now();
-    let (metric, k) = (shared.metric, req.k);
+    let (metric, k) = (shared.shape.metric, req.k);
     let params = QueryParams {
         metric,
         k,
@@ -356,7 +365,7 @@ pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
         .await;
     let mut live = 0;
     for (p, r) in loaded {
-        live += r.map_err(|e| e.into_read_error(p))?.0.live_count;
+        live += r.map_err(|e| e.into_read_error(p))?.0.live_count();
     }
     Ok(live)
 }

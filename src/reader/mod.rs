@@ -26,11 +26,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::coord::instance::InstanceMetrics;
-use crate::coord::{CoordError, Metric, Role, Settings};
+use crate::coord::{CoordError, Role, Settings};
 use crate::filter::FilterError;
 use crate::record::StoredRecord;
-use crate::segment::{Segment, SegmentError};
-use crate::store::{Counted, RequestCounts, StoreError};
+use crate::segment::{Segment, SegmentError, Shape};
+use crate::store::{Counted, DynStore, RequestCounts, StoreError};
 
 pub use view::PartitionView;
 
@@ -197,6 +197,14 @@ impl LoadError {
             missing_segment: matches!(e, StoreError::NotFound { .. }),
         }
     }
+    fn from_load(e: &crate::segment::LoadError) -> Self {
+        LoadError {
+            key: e.key().to_string(),
+            message: e.to_string(),
+            retryable: e.is_retryable(),
+            missing_segment: e.is_missing(),
+        }
+    }
     fn from_segment(e: &SegmentError) -> Self {
         LoadError {
             key: e.key().to_string(),
@@ -302,8 +310,7 @@ impl Shared {
 
 pub(crate) struct Shared {
     store: Arc<Counted>,
-    dimensions: usize,
-    metric: Metric,
+    shape: Shape,
     nprobe: usize,
     opts: ReaderOptions,
     cache: moka::future::Cache<String, Arc<Segment>>,
@@ -327,17 +334,20 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(store: Arc<Counted>, settings: &Settings, opts: ReaderOptions) -> Self {
+    /// A reader over any store; it counts its own requests (see
+    /// [`ReaderStats::requests`]).
+    pub fn new(store: DynStore, settings: &Settings, opts: ReaderOptions) -> Self {
         Self::with_metrics(store, settings, opts, None)
     }
 
     /// A reader that also feeds an instance's published metrics.
     pub fn with_metrics(
-        store: Arc<Counted>,
+        store: DynStore,
         settings: &Settings,
         opts: ReaderOptions,
         metrics: Option<Arc<InstanceMetrics>>,
     ) -> Self {
+        let store = Arc::new(Counted::new(store));
         let cache = moka::future::Cache::builder()
             .max_capacity(opts.cache_bytes.max(1))
             .weigher(|_k: &String, v: &Arc<Segment>| {
@@ -348,8 +358,10 @@ impl Reader {
         Reader {
             shared: Arc::new(Shared {
                 store,
-                dimensions: settings.dimensions as usize,
-                metric: settings.metric(),
+                shape: Shape {
+                    dimensions: settings.dimensions as usize,
+                    metric: settings.metric(),
+                },
                 nprobe: opts
                     .nprobe
                     .unwrap_or(settings.index().nprobe as usize)
@@ -424,7 +436,7 @@ impl Reader {
         self.shared
             .views
             .iter()
-            .map(|slot| slot.current().map(|v| v.live_count))
+            .map(|slot| slot.current().map(|v| v.live_count()))
             .collect()
     }
 
@@ -434,7 +446,7 @@ impl Reader {
         for slot in &s.views {
             if let Some(v) = slot.current() {
                 loaded += 1;
-                live += v.live_count;
+                live += v.live_count();
                 segments += v.manifest.segments.len() as u64;
             }
         }

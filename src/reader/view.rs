@@ -11,7 +11,6 @@
 //! Views are immutable once built; a refresh swaps in a new one, so a
 //! running query keeps the snapshot it started with.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -21,15 +20,8 @@ use super::{LoadError, Shared};
 use crate::coord::manifest::{parse_manifest, Manifest};
 use crate::coord::paths::manifest_key;
 use crate::index::AnnIndex;
-use crate::segment::{decode_segment, Segment, SegmentError};
+use crate::segment::{LiveSet, Loc, Segment, SegmentError};
 use crate::store::{Conditional, ETag, ObjectStore, StoreError};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Loc {
-    pub seg: u32,
-    pub pos: u32,
-    pub tombstone: bool,
-}
 
 /// One partition as a reader sees it.
 #[derive(Clone, Debug)]
@@ -37,12 +29,10 @@ pub struct PartitionView {
     pub partition: u32,
     pub manifest: Manifest,
     pub etag: Option<ETag>,
-    /// Aligned with `manifest.segments`.
-    pub live: Vec<Arc<Vec<bool>>>,
+    /// Live records, segment by segment in manifest order.
+    pub live: LiveSet,
     /// Each segment's parsed ANN index, if it has one.
     pub ann: Vec<Option<Arc<AnnIndex>>>,
-    pub(crate) newest: HashMap<String, Loc>,
-    pub live_count: u64,
 }
 
 impl PartitionView {
@@ -51,10 +41,8 @@ impl PartitionView {
             partition,
             manifest: Manifest::empty(partition),
             etag: None,
-            live: Vec::new(),
+            live: LiveSet::default(),
             ann: Vec::new(),
-            newest: HashMap::new(),
-            live_count: 0,
         }
     }
 
@@ -62,7 +50,7 @@ impl PartitionView {
     /// (`keys` name them for errors).
     fn absorb(&mut self, segments: &[Arc<Segment>], keys: &[String]) -> Result<(), LoadError> {
         for (seg, key) in segments.iter().zip(keys) {
-            let ann = match &seg.index {
+            let ann = match seg.index_bytes() {
                 None => None,
                 Some(bytes) => Some(Arc::new(
                     AnnIndex::parse(bytes, seg.dimensions(), seg.len()).map_err(|reason| {
@@ -74,39 +62,19 @@ impl PartitionView {
                 )),
             };
             self.ann.push(ann);
-            let j = self.live.len() as u32;
-            let mut mask = vec![false; seg.len()];
-            for (pos, id) in seg.ids.iter().enumerate() {
-                let tombstone = seg.is_tombstone(pos);
-                let loc = Loc {
-                    seg: j,
-                    pos: pos as u32,
-                    tombstone,
-                };
-                if let Some(old) = self.newest.insert(id.clone(), loc) {
-                    if !old.tombstone {
-                        if old.seg == j {
-                            mask[old.pos as usize] = false;
-                        } else {
-                            Arc::make_mut(&mut self.live[old.seg as usize])[old.pos as usize] =
-                                false;
-                        }
-                        self.live_count -= 1;
-                    }
-                }
-                if !tombstone {
-                    mask[pos] = true;
-                    self.live_count += 1;
-                }
-            }
-            self.live.push(Arc::new(mask));
+            self.live.absorb(seg);
         }
         Ok(())
     }
 
+    /// Live records in the view.
+    pub fn live_count(&self) -> u64 {
+        self.live.live_count()
+    }
+
     /// The newest location of `id`, if it is live.
     pub(crate) fn locate(&self, id: &str) -> Option<Loc> {
-        self.newest.get(id).copied().filter(|l| !l.tombstone)
+        self.live.locate(id)
     }
 }
 
@@ -163,19 +131,14 @@ pub(crate) async fn load_segment(
     tally: &CacheTally,
 ) -> Result<Arc<Segment>, LoadError> {
     use std::sync::atomic::Ordering::Relaxed;
-    let (dims, metric) = (shared.dimensions, shared.metric);
     let entry = shared
         .cache
         .entry(key.to_string())
         .or_try_insert_with(async {
-            let got = store
-                .get(key)
+            crate::segment::load(store, key, shared.shape)
                 .await
-                .map_err(|e| LoadError::from_store(&e))?;
-            let seg = decode_segment(key, &got.bytes).map_err(|e| LoadError::from_segment(&e))?;
-            crate::writer::check_segment_matches(key, &seg.header, dims, metric)
-                .map_err(|e| LoadError::from_segment(&e))?;
-            Ok(Arc::new(seg))
+                .map(Arc::new)
+                .map_err(|e| LoadError::from_load(&e))
         })
         .await
         .map_err(|e: Arc<LoadError>| (*e).clone())?;
@@ -293,7 +256,7 @@ pub(crate) async fn refresh(
         Some(b) => (**b).clone(),
         None => PartitionView::empty(p),
     };
-    let skip = view.live.len();
+    let skip = view.live.segments();
     let new_keys: Vec<String> = manifest.segments[skip..]
         .iter()
         .map(|e| e.key.clone())
@@ -309,85 +272,10 @@ pub(crate) async fn refresh(
             .views
             .iter()
             .filter_map(|s| s.current())
-            .map(|v| v.live_count)
+            .map(|v| v.live_count())
             .sum();
         m.vector_count
             .store(total, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(view)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::coord::Metric;
-    use crate::record::Prepared;
-    use crate::segment::{encode_segment, SegmentHeader, FORMAT_VERSION};
-
-    fn seg(records: &[(&str, bool)]) -> Arc<Segment> {
-        let recs: Vec<Prepared> = records
-            .iter()
-            .map(|(id, tomb)| {
-                if *tomb {
-                    Prepared::tombstone(id.to_string())
-                } else {
-                    Prepared {
-                        id: id.to_string(),
-                        vector: vec![1.0],
-                        metadata: Vec::new(),
-                        tombstone: false,
-                    }
-                }
-            })
-            .collect();
-        let h = SegmentHeader {
-            format_version: FORMAT_VERSION,
-            dimensions: 1,
-            metric: Metric::Dot,
-            record_count: 0,
-            created_at_ms: 0,
-            writer_id: "t".into(),
-            has_index: false,
-        };
-        Arc::new(decode_segment("k", &encode_segment(&h, &recs, None)).unwrap())
-    }
-
-    #[test]
-    fn newest_version_wins_and_tombstones_hide() {
-        let mut v = PartitionView::empty(0);
-        let k = |n: usize| vec!["k".to_string(); n];
-        v.absorb(&[seg(&[("a", false), ("b", false), ("a", false)])], &k(1))
-            .unwrap();
-        assert_eq!(
-            *v.live[0],
-            vec![false, true, true],
-            "second a shadows the first"
-        );
-        assert_eq!(v.live_count, 2);
-        // Incremental: a newer segment deletes b and re-adds a.
-        v.absorb(&[seg(&[("b", true), ("a", false), ("c", false)])], &k(1))
-            .unwrap();
-        assert_eq!(*v.live[0], vec![false, false, false]);
-        assert_eq!(*v.live[1], vec![false, true, true]);
-        assert_eq!(v.live_count, 2);
-        assert_eq!(v.locate("b"), None);
-        assert_eq!(v.locate("a").unwrap().seg, 1);
-        // b comes back.
-        v.absorb(&[seg(&[("b", false)])], &k(1)).unwrap();
-        assert_eq!(v.live_count, 3);
-        assert_eq!(v.locate("b").unwrap().seg, 2);
-        // Incremental equals a rebuild from scratch.
-        let mut full = PartitionView::empty(0);
-        full.absorb(
-            &[
-                seg(&[("a", false), ("b", false), ("a", false)]),
-                seg(&[("b", true), ("a", false), ("c", false)]),
-                seg(&[("b", false)]),
-            ],
-            &k(3),
-        )
-        .unwrap();
-        assert_eq!(full.live, v.live);
-        assert_eq!(full.live_count, v.live_count);
-    }
 }

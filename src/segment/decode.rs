@@ -8,8 +8,8 @@ use super::{
     SectionEntry, SectionKind, Segment, SegmentError, SegmentHeader, CODEC_RAW, CODEC_ZSTD,
     DIR_ENTRY_LEN, END_MAGIC, FORMAT_VERSION, MAGIC, MAX_SEGMENT_RECORDS, TAIL_LEN,
 };
-use crate::coord::Metric;
 use crate::record::{MAX_ID_BYTES, MAX_METADATA_BYTES};
+use crate::vocab::Metric;
 
 /// Little-endian reader over a byte slice with bounds checks.
 struct Cursor<'a> {
@@ -386,6 +386,7 @@ pub fn decode_segment(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
         meta_bytes,
         tombstones,
         index,
+        stored_bytes: buf.len() as u64,
         maps: Default::default(),
     })
 }

@@ -119,10 +119,10 @@ fn push_offsets(out: &mut Vec<u8>, lens: impl ExactSizeIterator<Item = usize>) {
     }
 }
 
-pub(super) fn metric_byte(m: crate::coord::Metric) -> u8 {
+pub(super) fn metric_byte(m: crate::vocab::Metric) -> u8 {
     match m {
-        crate::coord::Metric::Cosine => 1,
-        crate::coord::Metric::Euclidean => 2,
-        crate::coord::Metric::Dot => 3,
+        crate::vocab::Metric::Cosine => 1,
+        crate::vocab::Metric::Euclidean => 2,
+        crate::vocab::Metric::Dot => 3,
     }
 }

@@ -37,11 +37,15 @@
 
 mod decode;
 mod encode;
+mod live;
+mod load;
 
 pub use decode::{decode_segment, decode_tail, Tail};
 pub use encode::{encode_segment, encode_segment_groups};
+pub use live::{LiveSet, Loc};
+pub use load::{load, LoadError, Shape};
 
-use crate::coord::Metric;
+use crate::vocab::Metric;
 
 pub const MAGIC: &[u8; 8] = b"SHOALSEG";
 pub const END_MAGIC: &[u8; 8] = b"SHOALEND";
@@ -104,22 +108,54 @@ pub struct SegmentHeader {
     pub has_index: bool,
 }
 
-/// A decoded segment: columns of records in write order.
+/// A decoded segment: columns of records in write order. Read only
+/// through its accessors, so the layout behind them can change (ranged
+/// reads of single sections) without touching its users.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Segment {
-    pub header: SegmentHeader,
-    pub ids: Vec<String>,
+    header: SegmentHeader,
+    ids: Vec<String>,
     /// `len() × dimensions` values, record `i` at `i*d..(i+1)*d`.
-    pub vectors: Vec<f32>,
+    vectors: Vec<f32>,
     meta_offsets: Vec<u64>,
     meta_bytes: Vec<u8>,
-    pub tombstones: Vec<bool>,
-    pub index: Option<Vec<u8>>,
+    tombstones: Vec<bool>,
+    index: Option<Vec<u8>>,
+    /// Size of the stored (compressed) object.
+    stored_bytes: u64,
     /// Metadata parsed once, on first use by a filter.
     maps: std::sync::OnceLock<Vec<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Segment {
+    pub fn header(&self) -> &SegmentHeader {
+        &self.header
+    }
+
+    /// Record ids in write order.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    pub fn id(&self, i: usize) -> &str {
+        &self.ids[i]
+    }
+
+    /// Every vector, contiguous: record `i` at `i*d..(i+1)*d`.
+    pub fn vectors(&self) -> &[f32] {
+        &self.vectors
+    }
+
+    /// The prebuilt ANN index section, if compaction wrote one.
+    pub fn index_bytes(&self) -> Option<&[u8]> {
+        self.index.as_deref()
+    }
+
+    /// Size of the object as stored (compressed), in bytes.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }

@@ -465,7 +465,12 @@ pub async fn list_prefix_shapes(store: DynStore) {
 
 pub async fn probe_passes(store: DynStore) {
     const N: &str = "probe_passes";
-    let r = probe_conditional_writes(store.as_ref()).await;
+    let id = super::memory::uuid_like();
+    let keys = (
+        format!("_brainy/probe/{id}"),
+        format!("_brainy/probe/{id}-missing"),
+    );
+    let r = probe_conditional_writes(store.as_ref(), keys).await;
     check!(
         store,
         N,

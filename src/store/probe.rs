@@ -29,14 +29,16 @@ pub enum ProbeError {
     },
 }
 
-/// Writes scratch objects under `_brainy/probe/` and checks that a second
-/// create-only write fails, a stale `If-Match` fails, and `If-Match` on a
-/// missing key neither succeeds nor creates the key. Cleans up after itself
-/// (also on failure). Costs about 8 requests.
-pub async fn probe_conditional_writes(store: &dyn ObjectStore) -> Result<(), ProbeError> {
-    let id = super::memory::uuid_like();
-    let key = format!("_brainy/probe/{id}");
-    let missing = format!("_brainy/probe/{id}-missing");
+/// Writes the scratch object `key` and checks that a second create-only
+/// write fails, a stale `If-Match` fails, and `If-Match` on `missing` (a
+/// key nobody writes) neither succeeds nor creates it. Cleans up after
+/// itself (also on failure). Costs about 8 requests. The keys come from
+/// the caller (`coord::paths::probe_keys` mints them under
+/// `_brainy/probe/`).
+pub async fn probe_conditional_writes(
+    store: &dyn ObjectStore,
+    (key, missing): (String, String),
+) -> Result<(), ProbeError> {
     let result = run_checks(store, &key, &missing).await;
     let _ = store.delete(&key).await;
     let _ = store.delete(&missing).await;

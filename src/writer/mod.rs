@@ -29,22 +29,21 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::coord::cas::Backoff;
+use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
-use crate::coord::manifest::{append_segment, read_manifest, SegmentEntry};
-use crate::coord::paths::segment_key;
+use crate::coord::manifest::{append_segment, SegmentEntry, SegmentStats};
+use crate::coord::paths::{new_segment_key, SegmentOrigin};
 use crate::coord::{partition_of, CoordError, Settings};
 pub use crate::record::StoredRecord;
 use crate::record::{
     dedupe_last_wins, prepare_batch, prepare_deletes, InvalidInput, Prepared, Record, Schema,
     DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_RECORDS,
 };
-use crate::segment::{decode_segment, encode_segment, SegmentError, SegmentHeader, FORMAT_VERSION};
+use crate::segment::{encode_segment, SegmentError, SegmentHeader, FORMAT_VERSION};
 use crate::store::{DynStore, StoreError};
 
 /// Errors of the write path.
@@ -346,13 +345,7 @@ impl Writer {
     ) -> Result<Committed, WriteError> {
         let inner = &self.inner;
         let now = inner.clock.now();
-        let segment_id = format!(
-            "{:013}-{:016x}{:016x}",
-            unix_millis(now),
-            rand::random::<u64>(),
-            rand::random::<u64>()
-        );
-        let key = segment_key(p, &segment_id);
+        let key = new_segment_key(p, now, SegmentOrigin::Writer);
         let header = SegmentHeader {
             format_version: FORMAT_VERSION,
             dimensions: inner.schema.dimensions as u32,
@@ -374,18 +367,18 @@ impl Writer {
             conflicts = tracing::field::Empty,
         );
         async {
-            self.put_segment(&key, bytes).await?;
-            let entry = SegmentEntry {
-                key: key.clone(),
-                seq: 0,
+            let retries = put_new_object(inner.store.as_ref(), &key, bytes, inner.backoff).await?;
+            inner
+                .stats
+                .retries
+                .fetch_add(u64::from(retries), Ordering::Relaxed);
+            let stats = SegmentStats {
                 records: records.len() as u64,
                 tombstones,
                 bytes: size,
-                created_at: format_time(now),
-                writer_id: inner.writer_id.clone(),
                 indexed: false,
-                extra: Default::default(),
             };
+            let entry = SegmentEntry::new(key.clone(), stats, format_time(now), &inner.writer_id);
             let appended = append_segment(inner.store.as_ref(), p, entry, inner.backoff).await?;
             let span = tracing::Span::current();
             span.record("attempts", appended.attempts);
@@ -415,72 +408,4 @@ impl Writer {
         .instrument(span)
         .await
     }
-
-    /// Create-only PUT of a fresh segment, retrying transient errors. A
-    /// retry that finds the key taken means an earlier attempt landed (the
-    /// key has 128 random bits, so nobody else picked it).
-    async fn put_segment(&self, key: &str, bytes: Bytes) -> Result<(), WriteError> {
-        let backoff = self.inner.backoff;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.inner.store.put_if_absent(key, bytes.clone()).await {
-                Ok(_) => return Ok(()),
-                Err(StoreError::AlreadyExists { .. }) if attempt > 1 => return Ok(()),
-                Err(e) if e.is_retryable() && attempt < backoff.max_attempts => {
-                    self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff.delay(attempt)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// The newest live version of `id`, reading only its partition: the
-    /// manifest, then segments from newest to oldest until the id appears.
-    pub async fn get(&self, id: &str) -> Result<Option<StoredRecord>, WriteError> {
-        let p = partition_of(id, self.inner.partition_count);
-        let Some((manifest, _)) = read_manifest(self.inner.store.as_ref(), p).await? else {
-            return Ok(None);
-        };
-        for entry in manifest.segments.iter().rev() {
-            let got = self.inner.store.get(&entry.key).await?;
-            let seg = decode_segment(&entry.key, &got.bytes)?;
-            let schema = &self.inner.schema;
-            check_segment_matches(&entry.key, &seg.header, schema.dimensions, schema.metric)?;
-            if let Some(i) = seg.find_last(id) {
-                if seg.is_tombstone(i) {
-                    return Ok(None);
-                }
-                return Ok(Some(StoredRecord {
-                    id: id.to_string(),
-                    vector: seg.vector(i).to_vec(),
-                    metadata: seg.metadata(i).unwrap_or_default(),
-                    partition: p,
-                    seq: entry.seq,
-                    position: i,
-                }));
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// Refuses a segment written for different dimensions or metric.
-pub fn check_segment_matches(
-    key: &str,
-    header: &SegmentHeader,
-    dimensions: usize,
-    metric: crate::coord::Metric,
-) -> Result<(), SegmentError> {
-    if header.dimensions as usize != dimensions || header.metric != metric {
-        return Err(SegmentError::Foreign {
-            key: key.to_string(),
-            reason: format!(
-                "it holds {}-d {} vectors, the index is {dimensions}-d {metric}",
-                header.dimensions, header.metric
-            ),
-        });
-    }
-    Ok(())
 }

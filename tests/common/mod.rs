@@ -133,6 +133,22 @@ pub fn writer(store: DynStore, settings: &Settings) -> Writer {
     Writer::new(store, settings, "w", clock, WriterOptions::default())
 }
 
+/// The newest live version of `id` in the index `w` writes to, read the
+/// way every front end reads it: a reader, strongly consistent.
+pub async fn get(
+    w: &Writer,
+    id: &str,
+) -> Result<Option<shoal::record::StoredRecord>, shoal::reader::ReadError> {
+    let reader = shoal::reader::Reader::new(
+        w.store().clone(),
+        w.settings(),
+        shoal::reader::ReaderOptions::default(),
+    );
+    reader
+        .get_with(id, shoal::reader::Consistency::Strong)
+        .await
+}
+
 /// The real `shoal` binary pointed at one bucket: a local directory, or a
 /// fresh bucket on the S3 test server (with its endpoint and credentials
 /// in the environment). `dir` is a scratch folder for input files and the

@@ -1,0 +1,161 @@
+//! Shared vocabulary: the words both the protocol (`coord`) and the data
+//! path (`record`, `segment`, `index`) speak: the distance [`Metric`], the
+//! ANN [`IndexSettings`] and the [`DomainRule`]s. A leaf: it imports
+//! nothing of shoal, so every other module may use it without a cycle.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A setting with a value shoal does not accept; names the setting, the
+/// value and what was expected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {setting} = {value}: {expected}")]
+pub struct InvalidSetting {
+    pub setting: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+/// How vectors are compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Cosine similarity; vectors are normalized on write.
+    Cosine,
+    /// Euclidean (L2) distance.
+    Euclidean,
+    /// Inner product.
+    Dot,
+}
+
+impl Metric {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::Euclidean => "euclidean",
+            Metric::Dot => "dot",
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Metric {
+    type Err = InvalidSetting;
+    fn from_str(s: &str) -> Result<Self, InvalidSetting> {
+        match s {
+            "cosine" => Ok(Metric::Cosine),
+            "euclidean" => Ok(Metric::Euclidean),
+            "dot" => Ok(Metric::Dot),
+            other => Err(InvalidSetting {
+                setting: "distanceMetric",
+                value: format!("{other:?}"),
+                expected: "one of cosine, euclidean, dot".into(),
+            }),
+        }
+    }
+}
+
+/// `settings.index`: which ANN index compaction builds, and when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IndexSettings {
+    /// `ivf` (default), `hnsw` or `none`.
+    pub kind: String,
+    /// Segments with fewer records stay exact-scan.
+    pub min_records: u64,
+    /// IVF clusters per segment; default √n.
+    pub nlist: Option<u32>,
+    /// IVF clusters probed per segment per query (overridable per query).
+    pub nprobe: u32,
+    pub ef_construction: u32,
+    /// HNSW candidates per query; fixed when the graph is built.
+    pub ef_search: u32,
+    /// Largest compacted segment.
+    pub max_segment_records: u64,
+    /// Largest HNSW segment (builds grow superlinearly).
+    pub hnsw_max_segment_records: u64,
+    /// Compact a partition once it has this many segments ...
+    pub compact_min_segments: u32,
+    /// ... or this share of dead records (shadowed versions, tombstones).
+    pub compact_dead_fraction: f64,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        IndexSettings {
+            kind: "ivf".into(),
+            min_records: 5_000,
+            nlist: None,
+            nprobe: 8,
+            ef_construction: 100,
+            ef_search: 64,
+            max_segment_records: 200_000,
+            hnsw_max_segment_records: 20_000,
+            compact_min_segments: 8,
+            compact_dead_fraction: 0.2,
+        }
+    }
+}
+
+impl IndexSettings {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let bad = |setting, value: String, expected: &str| InvalidSetting {
+            setting,
+            value,
+            expected: expected.into(),
+        };
+        if !["ivf", "hnsw", "none"].contains(&self.kind.as_str()) {
+            return Err(bad(
+                "index.kind",
+                format!("{:?}", self.kind),
+                "one of ivf, hnsw, none",
+            ));
+        }
+        if self.nprobe == 0 || self.ef_search == 0 || self.ef_construction == 0 {
+            return Err(bad(
+                "index.nprobe/efSearch/efConstruction",
+                "0".into(),
+                "at least 1",
+            ));
+        }
+        if self.max_segment_records == 0 || self.hnsw_max_segment_records == 0 {
+            return Err(bad("index.maxSegmentRecords", "0".into(), "at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.compact_dead_fraction) {
+            return Err(bad(
+                "index.compactDeadFraction",
+                self.compact_dead_fraction.to_string(),
+                "between 0 and 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One domain rule: any of `fields` present in the metadata → `domain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DomainRule {
+    pub fields: Vec<String>,
+    pub domain: String,
+}
+
+/// The default rules: symptoms/diagnosis → medical, contract/clause →
+/// legal, price/sku → product; anything else → general.
+pub fn default_domain_rules() -> Vec<DomainRule> {
+    let rule = |fields: &[&str], domain: &str| DomainRule {
+        fields: fields.iter().map(|s| s.to_string()).collect(),
+        domain: domain.into(),
+    };
+    vec![
+        rule(&["symptoms", "diagnosis"], "medical"),
+        rule(&["contract", "clause"], "legal"),
+        rule(&["price", "sku"], "product"),
+    ]
+}
