@@ -1,18 +1,37 @@
-//! The request/response API shared by `shoal serve` (HTTP), the Lambda
-//! handlers and tests: a [`Service`] wrapping a joined cluster with its
-//! reader and writer, JSON request types, and [`ApiError`] with a stable
-//! shape `{"error": {"code", "message"}}` and an HTTP status.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! The request and response types every front end shares (the library
+//! handle, the CLI, HTTP and Lambda), and [`ApiError`], the wire shape of
+//! an error: `{"error": {"code", "message"}}` with an HTTP status derived
+//! from the error's [`ErrorKind`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::coord::{Cluster, CoordError};
-use crate::reader::{ReadError, Reader, ReaderOptions, SearchRequest, SearchResponse};
-use crate::record::{Record, StoredRecord};
-use crate::writer::{WriteError, WriteReceipt, Writer, WriterOptions};
+use crate::error::{Error, ErrorKind};
+
+pub use crate::compact::gc::{GcOptions, GcReport, DEFAULT_GRACE};
+pub use crate::compact::{CompactReport, Outcome};
+pub use crate::coord::config::{Config, Settings, DEFAULT_PARTITION_COUNT};
+pub use crate::coord::cursor::Cursor;
+pub use crate::coord::instance::InstanceRecord;
+pub use crate::coord::{RequestedSettings, Role};
+pub use crate::db::{CompactRequest, CompactRound, ProbeReport};
+pub use crate::inspect::{PartitionStatus, Problem, Status, VerifyReport};
+pub use crate::reader::{
+    Consistency, Hit, PartitionFailure, QueryStats, ReaderStats, SearchRequest, SearchResponse,
+    MAX_K,
+};
+pub use crate::record::{InvalidInput, Record, StoredRecord};
+pub use crate::store::RequestCounts;
+pub use crate::vocab::Metric;
+pub use crate::writer::{Committed, FlushReport, WriteReceipt, WriterStatsSnapshot};
+
+// Input and evaluation helpers the front ends share: reading query rows
+// from files, the readable filter syntax, bulk ingest of files, the
+// benchmark suite and its statistics.
+pub use crate::bench::{exact_top_k, percentile, recall, run_suite, SuiteOptions, SuiteResults};
+pub use crate::dataset::{row_of, DatasetError};
+pub use crate::filter::{parse_filter, parse_filter_expr, FilterError};
+pub use crate::ingest::{ingest_files, IngestEvent, IngestOptions, IngestSummary};
 
 /// An error as API clients see it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -32,7 +51,8 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            retryable: status >= 500,
+            // A 500 is a fault in shoal: the same request would fail again.
+            retryable: status > 500,
         }
     }
 
@@ -58,35 +78,32 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-impl From<WriteError> for ApiError {
-    fn from(e: WriteError) -> Self {
-        match &e {
-            WriteError::Invalid(crate::record::InvalidInput::BatchTooLarge { .. }) => {
-                ApiError::new(413, "payload_too_large", e.to_string())
-            }
-            WriteError::Invalid(_) => ApiError::bad_request(e.to_string()),
-            _ if e.is_retryable() => ApiError::new(503, "store_unavailable", e.to_string()),
-            _ => ApiError::new(500, "internal", e.to_string()),
-        }
+/// The HTTP status and code of each kind. A panic or internal fault is a
+/// 500, never a 400: the caller did nothing wrong.
+pub fn status_of(kind: ErrorKind) -> (u16, &'static str) {
+    match kind {
+        ErrorKind::InvalidInput => (400, "invalid_request"),
+        ErrorKind::NotFound => (404, "not_found"),
+        ErrorKind::Conflict => (409, "conflict"),
+        ErrorKind::Unavailable => (503, "store_unavailable"),
+        ErrorKind::Corrupt => (500, "corrupt_data"),
+        ErrorKind::Internal => (500, "internal"),
     }
 }
 
-impl From<ReadError> for ApiError {
-    fn from(e: ReadError) -> Self {
-        match &e {
-            ReadError::Invalid(_) | ReadError::Filter(_) => ApiError::bad_request(e.to_string()),
-            _ if e.is_retryable() => ApiError::new(503, "store_unavailable", e.to_string()),
-            _ => ApiError::new(500, "internal", e.to_string()),
-        }
-    }
-}
-
-impl From<CoordError> for ApiError {
-    fn from(e: CoordError) -> Self {
-        if e.is_retryable() {
-            ApiError::new(503, "store_unavailable", e.to_string())
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let kind = e.kind();
+        let (status, code) = if e.is_too_large() {
+            (413, "payload_too_large")
         } else {
-            ApiError::new(500, "internal", e.to_string())
+            status_of(kind)
+        };
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+            retryable: kind.is_retryable(),
         }
     }
 }
@@ -115,88 +132,25 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
 }
 
-/// A joined instance with a reader and a writer: what every front end
-/// (HTTP, Lambda) serves.
-pub struct Service {
-    pub cluster: Cluster,
-    pub reader: Reader,
-    pub writer: Writer,
-    compactor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Service {
-    /// Wraps a joined cluster. Writers (role writer or both) compact the
-    /// partitions they write in the background every `compact_every`
-    /// unless it is `None`.
-    pub fn new(cluster: Cluster, compact_every: Option<Duration>) -> Self {
-        let reader = cluster.reader(ReaderOptions::for_role(cluster.role()));
-        let writer = cluster.writer(WriterOptions::default());
-        let compactor = compact_every
-            .filter(|_| cluster.role().writes())
-            .map(|every| crate::compact::spawn_background(writer.clone(), every));
-        Service {
-            cluster,
-            reader,
-            writer,
-            compactor: std::sync::Mutex::new(compactor),
-        }
-    }
-
-    pub async fn upsert(&self, req: UpsertRequest) -> Result<WriteReceipt, ApiError> {
-        let receipt = self.writer.upsert(&req.records).await?;
-        self.count_writes(receipt.records);
-        Ok(receipt)
-    }
-
-    pub async fn delete(&self, req: DeleteRequest) -> Result<WriteReceipt, ApiError> {
-        let receipt = self.writer.delete(&req.ids).await?;
-        self.count_writes(receipt.records);
-        Ok(receipt)
-    }
-
-    fn count_writes(&self, n: usize) {
-        self.cluster
-            .metrics()
-            .writes
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub async fn search(&self, req: SearchRequest) -> Result<SearchResponse, ApiError> {
-        Ok(self.reader.search(&req).await?)
-    }
-
-    pub async fn get(&self, id: &str) -> Result<StoredRecord, ApiError> {
-        self.reader
-            .get_with(id, crate::reader::Consistency::Strong)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no record with id {id:?}")))
-    }
-
-    pub async fn status(&self) -> Result<crate::inspect::Status, ApiError> {
-        let now = self.cluster.clock().now();
-        Ok(crate::inspect::status(self.cluster.store(), self.cluster.config(), now).await?)
-    }
-
-    /// Ready when the store answers (a GET of the config).
-    pub async fn ready(&self) -> Result<(), ApiError> {
-        crate::coord::config::read_config(self.cluster.store().as_ref())
-            .await
-            .map_err(|e| ApiError::new(503, "store_unavailable", e.to_string()))?
-            .ok_or_else(|| ApiError::new(503, "store_unavailable", "the index config is gone"))?;
-        Ok(())
-    }
-
-    /// Clean shutdown: stop background work and deregister. Takes `&self`
-    /// because server tasks may still hold the service while they finish.
-    pub async fn shutdown(&self) -> Result<(), ApiError> {
-        let compactor = self.compactor.lock().unwrap().take();
-        if let Some(c) = compactor {
-            c.abort();
-        }
-        self.cluster.deregister().await?;
-        Ok(())
+    #[test]
+    fn statuses_come_from_the_kind() {
+        let e = ApiError::from(Error::Read(crate::reader::ReadError::Internal(
+            "search worker panicked: boom".into(),
+        )));
+        assert_eq!((e.status, e.code, e.retryable), (500, "internal", false));
+        let e = ApiError::from(Error::Store(crate::store::StoreError::Transient {
+            key: "k".into(),
+            message: "slow down".into(),
+        }));
+        assert_eq!(
+            (e.status, e.code, e.retryable),
+            (503, "store_unavailable", true)
+        );
+        let e = ApiError::from(Error::InvalidInput("bad".into()));
+        assert_eq!((e.status, e.code), (400, "invalid_request"));
     }
 }
-
-/// A shared service handle.
-pub type SharedService = Arc<Service>;

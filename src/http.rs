@@ -1,4 +1,6 @@
-//! `shoal serve`: the HTTP API for containers pointed at a bucket.
+//! `shoal serve`: the HTTP API for containers pointed at a bucket. Its
+//! routes are the rows of the shared route table (`crate::routes`), which
+//! the Lambda functions serve too; `/metrics` is the one HTTP-only route.
 //!
 //! | method | path | body / answer |
 //! |---|---|---|
@@ -29,8 +31,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 
-use crate::api::{parse_body, ApiError, DeleteRequest, Service, UpsertRequest};
-use crate::reader::SearchRequest;
+use crate::api::ApiError;
+use crate::db::Db;
+use crate::routes::{self, Access, Input, Method, Route, ROUTES};
 
 /// Largest request body accepted (a full default batch plus JSON overhead).
 pub const DEFAULT_BODY_LIMIT: usize = 96 * 1024 * 1024;
@@ -53,7 +56,7 @@ struct HttpMetrics {
 }
 
 struct AppState {
-    service: Arc<Service>,
+    db: Db,
     api_key: Option<String>,
     body_limit: usize,
     metrics: Mutex<HttpMetrics>,
@@ -173,55 +176,23 @@ where
 
 type S = State<Arc<AppState>>;
 
-async fn upsert(State(st): S, headers: HeaderMap, body: Body) -> Response {
-    respond(&st, "upsert", true, &headers, async {
-        let req: UpsertRequest = parse_body(&st.body(body).await?)?;
-        Ok(json_ok(&st.service.upsert(req).await?))
-    })
-    .await
-}
-
-async fn delete(State(st): S, headers: HeaderMap, body: Body) -> Response {
-    respond(&st, "delete", true, &headers, async {
-        let req: DeleteRequest = parse_body(&st.body(body).await?)?;
-        Ok(json_ok(&st.service.delete(req).await?))
-    })
-    .await
-}
-
-async fn search(State(st): S, headers: HeaderMap, body: Body) -> Response {
-    respond(&st, "search", true, &headers, async {
-        let req: SearchRequest = parse_body(&st.body(body).await?)?;
-        Ok(json_ok(&st.service.search(req).await?))
-    })
-    .await
-}
-
-async fn record(State(st): S, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    respond(&st, "record", true, &headers, async {
-        Ok(json_ok(&st.service.get(&id).await?))
-    })
-    .await
-}
-
-async fn status(State(st): S, headers: HeaderMap) -> Response {
-    respond(&st, "status", true, &headers, async {
-        Ok(json_ok(&st.service.status().await?))
-    })
-    .await
-}
-
-async fn healthz(State(st): S, headers: HeaderMap) -> Response {
-    respond(&st, "healthz", false, &headers, async {
-        Ok(json_ok(&serde_json::json!({"status": "ok"})))
-    })
-    .await
-}
-
-async fn readyz(State(st): S, headers: HeaderMap) -> Response {
-    respond(&st, "readyz", false, &headers, async {
-        st.service.ready().await?;
-        Ok(json_ok(&serde_json::json!({"status": "ready"})))
+/// The handler of one row of the route table: authorize, read the body,
+/// call the operation, answer JSON.
+async fn dispatch(
+    st: Arc<AppState>,
+    row: &'static Route,
+    headers: HeaderMap,
+    id: Option<String>,
+    body: Body,
+) -> Response {
+    let protected = row.access == Access::Key;
+    respond(&st, row.name, protected, &headers, async {
+        let bytes = match row.method {
+            Method::Post => st.body(body).await?,
+            Method::Get => Default::default(),
+        };
+        let value = routes::call(&st.db, row.op, id, Input::Bytes(&bytes)).await?;
+        Ok(json_ok(&value))
     })
     .await
 }
@@ -291,7 +262,7 @@ fn render_metrics(st: &AppState) -> String {
         );
     }
     drop(m);
-    let rs = st.service.reader.stats();
+    let rs = st.db.reader_stats();
     let hit_rate = if rs.cache_hits + rs.cache_misses == 0 {
         0.0
     } else {
@@ -301,7 +272,7 @@ fn render_metrics(st: &AppState) -> String {
     let _ = writeln!(out, "# HELP shoal_cache_bytes Decoded bytes in the segment cache.\n# TYPE shoal_cache_bytes gauge\nshoal_cache_bytes {}", rs.cache_bytes);
     let _ = writeln!(out, "# HELP shoal_records Live records in the partitions this reader has loaded.\n# TYPE shoal_records gauge\nshoal_records {}", rs.live_records);
     let _ = writeln!(out, "# HELP shoal_segments Segments in the partitions this reader has loaded.\n# TYPE shoal_segments gauge\nshoal_segments {}", rs.segments);
-    let r = st.service.cluster.store().counts();
+    let r = st.db.store_counts();
     out.push_str("# HELP shoal_store_requests_total Object-store requests by kind.\n# TYPE shoal_store_requests_total counter\n");
     for (kind, n) in [
         ("get", r.get),
@@ -323,22 +294,32 @@ fn render_metrics(st: &AppState) -> String {
     out
 }
 
-/// The router over a service.
-pub fn router(service: Arc<Service>, opts: HttpOptions) -> Router {
+/// The router over a handle: one axum route per row of the route table,
+/// plus `/metrics`.
+pub fn router(db: Db, opts: HttpOptions) -> Router {
     let state = Arc::new(AppState {
-        service,
+        db,
         api_key: opts.api_key,
         body_limit: opts.body_limit,
         metrics: Mutex::default(),
     });
-    Router::new()
-        .route("/v1/upsert", post(upsert))
-        .route("/v1/delete", post(delete))
-        .route("/v1/search", post(search))
-        .route("/v1/records/{id}", get(record))
-        .route("/v1/status", get(status))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let mut router = Router::new();
+    for row in ROUTES {
+        let handler = move |State(st): S,
+                            headers: HeaderMap,
+                            params: Option<Path<String>>,
+                            body: Body| async move {
+            dispatch(st, row, headers, params.map(|Path(id)| id), body).await
+        };
+        router = router.route(
+            row.path,
+            match row.method {
+                Method::Get => get(handler),
+                Method::Post => post(handler),
+            },
+        );
+    }
+    router
         .route("/metrics", get(metrics))
         .fallback(fallback)
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -349,11 +330,11 @@ pub fn router(service: Arc<Service>, opts: HttpOptions) -> Router {
 /// requests in flight and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    service: Arc<Service>,
+    db: Db,
     opts: HttpOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service, opts))
+    axum::serve(listener, router(db, opts))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -13,7 +13,6 @@ use crate::coord::instance::{list_records, InstanceRecord};
 use crate::coord::manifest::read_manifest;
 use crate::coord::paths::{manifest_key, VECTORS_PREFIX};
 use crate::coord::{Config, CoordError};
-use crate::reader::ReadError;
 use crate::segment::{self, Shape};
 use crate::store::{ObjectStore, RequestCounts};
 
@@ -122,14 +121,12 @@ pub async fn status(
 }
 
 impl Status {
-    /// Fills in live and dead counts per partition and in total by loading
-    /// every partition with a reader (every segment is read, so this costs
-    /// what a cold reader's warm-up costs). Counts come from the manifests
-    /// the reader loads, which under concurrent writes may be newer than
-    /// the ones this status read; dead counts never go below zero.
-    pub async fn count_live(&mut self, reader: &crate::reader::Reader) -> Result<(), ReadError> {
-        reader.warm().await?;
-        let counts = reader.live_counts();
+    /// Fills in live and dead counts per partition and in total from a
+    /// reader's live counts per partition (`None`: not loaded, counted as
+    /// 0). Counts come from the manifests the reader loaded, which under
+    /// concurrent writes may be newer than the ones this status read; dead
+    /// counts never go below zero.
+    pub fn set_live_counts(&mut self, counts: &[Option<u64>]) {
         let (mut live, mut dead) = (0, 0);
         for ps in &mut self.partitions {
             let l = counts
@@ -144,7 +141,6 @@ impl Status {
         }
         self.totals.live = Some(live);
         self.totals.dead = Some(dead);
-        Ok(())
     }
 }
 

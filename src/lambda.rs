@@ -14,19 +14,17 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::api::{parse_body, ApiError, DeleteRequest, GetRequest, Service, UpsertRequest};
-use crate::coord::cas::{read_json, update_json, Backoff, Step};
-use crate::coord::role::RoleEnv;
-use crate::coord::{Cluster, JoinOptions, Role};
-use crate::reader::SearchRequest;
+use crate::api::{ApiError, GcOptions, Metric, RequestedSettings, Role};
+use crate::db::{Db, OpenOptions};
+use crate::error::Error;
+use crate::routes::{self, Input, Op, ROUTES};
 
 /// Index settings from `SHOAL_DIMENSIONS`, `SHOAL_METRIC` and
 /// `SHOAL_PARTITIONS` (all optional: they create the config when the
 /// bucket has none, and must agree with it when it has one).
-pub fn settings_from_env() -> Result<crate::coord::RequestedSettings, ApiError> {
+pub fn settings_from_env() -> Result<RequestedSettings, ApiError> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let num = |k: &str| -> Result<Option<u32>, ApiError> {
         var(k)
@@ -37,21 +35,21 @@ pub fn settings_from_env() -> Result<crate::coord::RequestedSettings, ApiError> 
             })
             .transpose()
     };
-    Ok(crate::coord::RequestedSettings {
+    Ok(RequestedSettings {
         dimensions: num("SHOAL_DIMENSIONS")?,
         partition_count: num("SHOAL_PARTITIONS")?,
         distance_metric: var("SHOAL_METRIC")
-            .map(|m| m.parse())
+            .map(|m| m.parse::<Metric>())
             .transpose()
-            .map_err(crate::coord::CoordError::from)?,
+            .map_err(|e| ApiError::new(500, "misconfigured", format!("SHOAL_METRIC: {e}")))?,
         ..Default::default()
     })
 }
 
-/// Builds the service once per cold start from the environment
+/// Opens the handle once per cold start from the environment
 /// (`SHOAL_BUCKET`, `BRAINY_ROLE`, [`settings_from_env`], the AWS
 /// variables).
-pub async fn service_from_env(default_role: Role) -> Result<Service, ApiError> {
+pub async fn db_from_env(default_role: Role) -> Result<Db, ApiError> {
     let url = std::env::var("SHOAL_BUCKET").map_err(|_| {
         ApiError::new(
             500,
@@ -59,24 +57,50 @@ pub async fn service_from_env(default_role: Role) -> Result<Service, ApiError> {
             "SHOAL_BUCKET is not set (e.g. s3://bucket/prefix)",
         )
     })?;
-    let env = RoleEnv::from_process();
-    let role = match &env.brainy_role {
-        Some(r) => r.parse::<Role>()?,
+    let role = match std::env::var("BRAINY_ROLE").ok().filter(|r| !r.is_empty()) {
+        Some(r) => r
+            .parse::<Role>()
+            .map_err(|e| ApiError::from(Error::from(e)))?,
         None => default_role,
     };
-    let cluster = Cluster::join_url(
-        &url,
-        JoinOptions {
-            settings: settings_from_env()?,
-            role: Some(role),
-            background_heartbeat: false,
-            env,
-            ..Default::default()
-        },
-    )
-    .await?;
-    Ok(Service::new(cluster, None))
+    let opts = OpenOptions {
+        settings: settings_from_env()?,
+        role: Some(role),
+        background_heartbeat: false,
+        ..Default::default()
+    };
+    Ok(Db::open(&url, opts).await?)
 }
+
+/// Which operations a function serves, and how its bare direct payload
+/// (no `{"<op>": ...}` wrapper) is read.
+struct Function {
+    name: &'static str,
+    ops: &'static [Op],
+    /// Picks the operation of a bare payload.
+    bare: fn(&Value) -> Op,
+    usage: &'static str,
+}
+
+const READER: Function = Function {
+    name: "reader",
+    ops: &[Op::Search, Op::Get],
+    bare: |_| Op::Search,
+    usage: r#"{"search": {"vector": [...], "k": 10}} or {"get": {"id": "..."}}"#,
+};
+
+const WRITER: Function = Function {
+    name: "writer",
+    ops: &[Op::Upsert, Op::Delete],
+    bare: |v| {
+        if v.get("ids").is_some() && v.get("records").is_none() {
+            Op::Delete
+        } else {
+            Op::Upsert
+        }
+    },
+    usage: r#"{"upsert": {"records": [...]}} or {"delete": {"ids": [...]}}"#,
+};
 
 /// An HTTP-style event (Function URL / API Gateway v2), reduced to what
 /// routing needs.
@@ -123,165 +147,94 @@ fn http_response(result: Result<Value, ApiError>) -> Value {
     })
 }
 
-fn to_value<T: Serialize>(v: T) -> Result<Value, ApiError> {
-    serde_json::to_value(v).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+/// Routes a Function URL event through the shared route table.
+async fn handle_http(db: &Db, f: &Function, h: HttpEvent) -> Value {
+    let found = ROUTES
+        .iter()
+        .filter(|r| f.ops.contains(&r.op) && r.method.as_str() == h.method)
+        .find_map(|r| {
+            std::iter::once(r.path)
+                .chain(r.lambda_aliases.iter().copied())
+                .find_map(|p| routes::match_path(p, &h.path))
+                .map(|id| (r.op, id))
+        });
+    let result = match found {
+        Some((op, id)) => routes::call(db, op, id, Input::Bytes(&h.body)).await,
+        None => Err(ApiError::not_found(format!(
+            "no such endpoint: {} {}",
+            h.method, h.path
+        ))),
+    };
+    http_response(result)
 }
 
-/// A direct reader invocation: `{"search": {...}}`, `{"get": {"id": ...}}`,
-/// or a bare search request (`{"vector": [...], ...}`).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ReaderCall {
-    Search { search: SearchRequest },
-    Get { get: GetRequest },
-    Bare(SearchRequest),
+/// Routes a direct invocation: `{"<op>": body}` for an op this function
+/// serves, or a bare body.
+async fn handle_direct(db: &Db, f: &Function, event: Value) -> Result<Value, ApiError> {
+    let wrapped = event.as_object().filter(|o| o.len() == 1).and_then(|o| {
+        let (key, body) = o.iter().next()?;
+        let op = f.ops.iter().copied().find(|op| op_key(*op) == key)?;
+        Some((op, body.clone()))
+    });
+    let (op, body) = match wrapped {
+        Some(x) => x,
+        None => ((f.bare)(&event), event),
+    };
+    let malformed = |e: ApiError| {
+        ApiError::bad_request(format!(
+            "malformed {} event ({}); send {}",
+            f.name, e.message, f.usage
+        ))
+    };
+    match routes::call(db, op, None, Input::Json(body)).await {
+        Err(e) if e.code == "invalid_request" && e.message.starts_with("bad JSON body") => {
+            Err(malformed(e))
+        }
+        other => other,
+    }
+}
+
+/// The key of a direct invocation of `op` (`get` for the record route).
+fn op_key(op: Op) -> &'static str {
+    match op {
+        Op::Get => "get",
+        _ => routes::route(op).name,
+    }
+}
+
+async fn handle(db: &Db, f: &Function, event: Value) -> Result<Value, ApiError> {
+    db.heartbeat_if_due().await;
+    match as_http_event(&event)? {
+        Some(h) => Ok(handle_http(db, f, h).await),
+        None => handle_direct(db, f, event).await,
+    }
 }
 
 /// The reader function: search and get.
-pub async fn handle_reader(svc: &Service, event: Value) -> Result<Value, ApiError> {
-    heartbeat(svc).await;
-    if let Some(h) = as_http_event(&event)? {
-        let r = async {
-            match (h.method.as_str(), h.path.as_str()) {
-                ("POST", "/v1/search" | "/search" | "/") => {
-                    to_value(svc.search(parse_body(&h.body)?).await?)
-                }
-                ("GET", p) if p.starts_with("/v1/records/") => {
-                    to_value(svc.get(&p["/v1/records/".len()..]).await?)
-                }
-                (m, p) => Err(ApiError::not_found(format!("no such endpoint: {m} {p}"))),
-            }
-        }
-        .await;
-        return Ok(http_response(r));
-    }
-    let call: ReaderCall = serde_json::from_value(event).map_err(|e| {
-        ApiError::bad_request(format!(
-            "malformed reader event ({e}); send {{\"search\": {{\"vector\": [...], \"k\": 10}}}} or {{\"get\": {{\"id\": \"...\"}}}}"
-        ))
-    })?;
-    match call {
-        ReaderCall::Search { search } | ReaderCall::Bare(search) => {
-            to_value(svc.search(search).await?)
-        }
-        ReaderCall::Get { get } => to_value(svc.get(&get.id).await?),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum WriterCall {
-    Upsert { upsert: UpsertRequest },
-    Delete { delete: DeleteRequest },
-    BareUpsert(UpsertRequest),
-    BareDelete(DeleteRequest),
+pub async fn handle_reader(db: &Db, event: Value) -> Result<Value, ApiError> {
+    handle(db, &READER, event).await
 }
 
 /// The writer function: upsert and delete, answering only after commit.
-pub async fn handle_writer(svc: &Service, event: Value) -> Result<Value, ApiError> {
-    heartbeat(svc).await;
-    if let Some(h) = as_http_event(&event)? {
-        let r = async {
-            match (h.method.as_str(), h.path.as_str()) {
-                ("POST", "/v1/upsert" | "/upsert") => {
-                    to_value(svc.upsert(parse_body(&h.body)?).await?)
-                }
-                ("POST", "/v1/delete" | "/delete") => {
-                    to_value(svc.delete(parse_body(&h.body)?).await?)
-                }
-                (m, p) => Err(ApiError::not_found(format!("no such endpoint: {m} {p}"))),
-            }
-        }
-        .await;
-        return Ok(http_response(r));
-    }
-    let call: WriterCall = serde_json::from_value(event).map_err(|e| {
-        ApiError::bad_request(format!(
-            "malformed writer event ({e}); send {{\"upsert\": {{\"records\": [...]}}}} or {{\"delete\": {{\"ids\": [...]}}}}"
-        ))
-    })?;
-    match call {
-        WriterCall::Upsert { upsert } | WriterCall::BareUpsert(upsert) => {
-            to_value(svc.upsert(upsert).await?)
-        }
-        WriterCall::Delete { delete } | WriterCall::BareDelete(delete) => {
-            to_value(svc.delete(delete).await?)
-        }
-    }
+pub async fn handle_writer(db: &Db, event: Value) -> Result<Value, ApiError> {
+    handle(db, &WRITER, event).await
 }
 
 /// Where the compactor resumes: kept in the bucket.
-pub const CURSOR_KEY: &str = "_brainy/compactor-cursor.json";
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Cursor {
-    pub next_partition: u32,
-    /// Full passes completed (GC runs after each).
-    pub passes: u64,
-}
+pub const CURSOR_KEY: &str = crate::coord::paths::COMPACTOR_CURSOR_KEY;
 
 /// The compactor function (a scheduled event): compacts partitions by
 /// policy, starting where the last invocation stopped, until `deadline`
 /// minus `margin`; after each full pass it runs GC. Saves the cursor.
 pub async fn handle_compactor(
-    svc: &Service,
+    db: &Db,
     deadline: Instant,
     margin: Duration,
-    gc: &crate::compact::gc::GcOptions,
+    gc: &GcOptions,
 ) -> Result<Value, ApiError> {
-    heartbeat(svc).await;
-    let store = svc.cluster.store().as_ref();
-    let settings = &svc.cluster.config().settings;
-    let n = settings.partition_count;
-    let mut cursor = read_json::<Cursor>(store, CURSOR_KEY)
-        .await?
-        .map(|(c, _)| c)
-        .unwrap_or_default();
-    cursor.next_partition %= n;
-    let (mut visited, mut compacted, mut gc_runs) = (0u32, Vec::new(), 0u32);
-    let id = svc.cluster.instance_id().to_string();
-    let clock = svc.cluster.clock().clone();
-    while Instant::now() + margin < deadline && visited < n {
-        let p = cursor.next_partition;
-        let outcome = crate::compact::compact_partition(
-            store,
-            settings,
-            p,
-            &id,
-            &clock,
-            &crate::compact::CompactOptions::default(),
-        )
-        .await
-        .map_err(|e| ApiError::new(503, "store_unavailable", e.to_string()))?;
-        if let crate::compact::Outcome::Compacted(r) = outcome {
-            compacted.push(r);
-        }
-        visited += 1;
-        cursor.next_partition = (p + 1) % n;
-        if cursor.next_partition == 0 {
-            cursor.passes += 1;
-            crate::compact::gc::gc(store, settings, &clock, gc).await?;
-            gc_runs += 1;
-        }
-    }
-    let saved = cursor.clone();
-    update_json::<Cursor, _>(store, CURSOR_KEY, Backoff::default(), |_| {
-        Ok(Step::Write(saved.clone()))
-    })
-    .await?;
-    Ok(json!({
-        "partitionsVisited": visited,
-        "compacted": compacted,
-        "gcRuns": gc_runs,
-        "cursor": cursor,
-    }))
-}
-
-async fn heartbeat(svc: &Service) {
-    if let Err(e) = svc.cluster.heartbeat_if_due().await {
-        tracing::warn!(error = %e, "heartbeat failed; continuing");
-    }
+    db.heartbeat_if_due().await;
+    let round = db.compact_round(deadline, margin, gc).await?;
+    serde_json::to_value(round).map_err(|e| ApiError::new(500, "internal", e.to_string()))
 }
 
 /// The error type a Lambda reports: `Retryable.<code>` or

@@ -8,21 +8,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use shoal::api::Service;
-use shoal::compact::gc::GcOptions;
+use shoal::api::{GcOptions, RequestedSettings, Role};
 use shoal::coord::clock::SystemClock;
 use shoal::coord::config::{update_config, IndexSettings};
 use shoal::coord::role::RoleEnv;
-use shoal::coord::{Cluster, JoinOptions, RequestedSettings, Role};
 use shoal::lambda::{error_type, handle_compactor, handle_reader, handle_writer, CURSOR_KEY};
 use shoal::store::{Counted, ObjectStore};
+use shoal::{Db, OpenOptions};
 
 backend_tests!(writer_reader_compactor_round_trip);
 
-async fn service(store: &Arc<Counted>, role: Role) -> Service {
-    let c = Cluster::join(
+async fn service(store: &Arc<Counted>, role: Role) -> Db {
+    Db::open_store(
         store.clone(),
-        JoinOptions {
+        OpenOptions {
             settings: RequestedSettings {
                 dimensions: Some(3),
                 partition_count: Some(4),
@@ -35,8 +34,7 @@ async fn service(store: &Arc<Counted>, role: Role) -> Service {
         },
     )
     .await
-    .unwrap();
-    Service::new(c, None)
+    .unwrap()
 }
 
 fn http_event(method: &str, path: &str, body: &str, base64: bool) -> Value {

@@ -452,7 +452,8 @@ async fn concurrent_cold_queries_load_each_segment_once() {
 #[tokio::test]
 async fn reader_role_prefetches_and_feeds_instance_metrics() {
     use shoal::coord::role::RoleEnv;
-    use shoal::coord::{Cluster, JoinOptions, Role};
+    use shoal::coord::Role;
+    use shoal::{Db, OpenOptions};
     let store = common::memory_store();
     let (w, _) = setup(&store, 4, Metric::Dot).await;
     let mut rng = StdRng::seed_from_u64(8);
@@ -460,9 +461,9 @@ async fn reader_role_prefetches_and_feeds_instance_metrics() {
         .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
         .collect();
     w.upsert(&recs).await.unwrap();
-    let c = Cluster::join(
+    let c = Db::open_store(
         store.clone(),
-        JoinOptions {
+        OpenOptions {
             role: Some(Role::Reader),
             background_heartbeat: false,
             env: RoleEnv::default(),
@@ -473,17 +474,16 @@ async fn reader_role_prefetches_and_feeds_instance_metrics() {
     .unwrap();
     let opts = ReaderOptions::for_role(c.role());
     assert!(opts.prefetch, "the reader role prefetches");
-    let r = c.reader(opts);
     // Wait (bounded) for the background prefetch to load all partitions.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while r.stats().partitions_loaded < 4 {
+    while c.reader_stats().partitions_loaded < 4 {
         assert!(
             std::time::Instant::now() < deadline,
             "prefetch did not finish"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let resp = r
+    let resp = c
         .search(&SearchRequest::new(rand_vec(&mut rng), 3))
         .await
         .unwrap();
@@ -492,7 +492,7 @@ async fn reader_role_prefetches_and_feeds_instance_metrics() {
         "first query after prefetch is warm"
     );
     c.heartbeat_now().await.unwrap();
-    let rec = c.record().await;
+    let rec = c.instance_record().await;
     assert_eq!(rec.metrics.vector_count, 40);
     assert_eq!(rec.metrics.queries, 1);
     assert!(rec.metrics.cache_hit_rate > 0.0);

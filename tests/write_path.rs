@@ -14,11 +14,12 @@ use shoal::coord::clock::{DynClock, SystemClock};
 use shoal::coord::config::load_or_create;
 use shoal::coord::manifest::read_manifest;
 use shoal::coord::role::RoleEnv;
-use shoal::coord::{Cluster, JoinOptions, Metric, RequestedSettings, Role};
+use shoal::coord::{Metric, RequestedSettings, Role};
 use shoal::record::Record;
 use shoal::store::faults::WriteFaults;
 use shoal::store::{Counted, DynStore, ObjectStore};
 use shoal::writer::{BatchWriter, BatchWriterOptions, WriteError, Writer, WriterOptions};
+use shoal::{Db, OpenOptions};
 
 backend_tests!(
     four_writers_with_overlapping_ids_newest_commit_wins,
@@ -65,15 +66,14 @@ async fn four_writers_with_overlapping_ids_newest_commit_wins(store: Arc<Counted
     const DIMS: usize = 8;
     let mut writers = Vec::new();
     for _ in 0..4 {
-        let o = JoinOptions {
+        let o = OpenOptions {
             settings: settings(8, DIMS as u32, Metric::Euclidean),
             role: Some(Role::Writer),
             background_heartbeat: false,
             env: RoleEnv::default(),
             ..Default::default()
         };
-        let c = Cluster::join(store.clone(), o).await.unwrap();
-        writers.push(c.writer(WriterOptions::default()));
+        writers.push(Db::open_store(store.clone(), o).await.unwrap());
     }
     // Each writer upserts 2,000 records in 20 calls of 100, ids drawn from a
     // shared pool of 600 so they overlap across writers and calls. The

@@ -9,21 +9,21 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use shoal::api::Service;
+use shoal::api::{RequestedSettings, Role};
 use shoal::coord::role::RoleEnv;
-use shoal::coord::{Cluster, JoinOptions, RequestedSettings, Role};
 use shoal::lambda::handle_reader;
 use shoal::store::{memory::MemoryStore, Counted};
+use shoal::{Db, OpenOptions};
 
 struct Reader {
     rt: tokio::runtime::Runtime,
-    svc: Service,
+    svc: Db,
 }
 
-async fn join(store: &Arc<Counted>, role: Role) -> Service {
-    let c = Cluster::join(
+async fn join(store: &Arc<Counted>, role: Role) -> Db {
+    Db::open_store(
         store.clone(),
-        JoinOptions {
+        OpenOptions {
             settings: RequestedSettings {
                 dimensions: Some(3),
                 partition_count: Some(3),
@@ -36,8 +36,7 @@ async fn join(store: &Arc<Counted>, role: Role) -> Service {
         },
     )
     .await
-    .expect("join");
-    Service::new(c, None)
+    .expect("join")
 }
 
 fn reader() -> &'static Reader {
@@ -48,7 +47,6 @@ fn reader() -> &'static Reader {
         let svc = rt.block_on(async {
             let writer = join(&store, Role::Writer).await;
             writer
-                .writer
                 .upsert(&shoal_fuzz::sample_records(30))
                 .await
                 .expect("seed records");

@@ -1,20 +1,14 @@
 //! `init`, `status`, `verify`, `probe`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use shoal::compact::{CompactOptions, Outcome};
-use shoal::coord::clock::DynClock;
-use shoal::coord::clock::{Clock, SystemClock};
-use shoal::coord::RequestedSettings;
-use shoal::reader::{Reader, ReaderOptions};
-use shoal::store::ObjectStore;
+use shoal::api::{CompactRequest, GcOptions, Outcome, RequestedSettings, Role};
+use shoal::OpenOptions;
 
 use super::{Ctx, InitArgs};
 
 pub async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
-    let store = ctx.store().await?;
     let requested = RequestedSettings {
         partition_count: Some(a.partitions),
         dimensions: Some(a.dimensions),
@@ -22,14 +16,20 @@ pub async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
         embedding_model: a.model,
         instance_timeout_seconds: None,
     };
-    let cluster = ctx.join_writer(store.clone(), requested).await?;
-    let config = cluster.config().clone();
-    cluster.leave().await?;
+    let db = ctx
+        .open(OpenOptions {
+            settings: requested,
+            role: Some(ctx.role.unwrap_or(Role::Writer)),
+            ..Default::default()
+        })
+        .await?;
+    let config = db.config().clone();
+    db.close().await?;
     if ctx.json {
         return ctx.print_json(&config);
     }
     let s = &config.settings;
-    println!("index ready at {}", store.describe());
+    println!("index ready at {}", db.describe());
     println!(
         "  {} dimensions, {} metric, {} partitions, model {}",
         s.dimensions, s.distance_metric, s.partition_count, s.embedding_model
@@ -38,17 +38,12 @@ pub async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
 }
 
 pub async fn status(ctx: &Ctx, live: bool) -> Result<()> {
-    let store = ctx.store().await?;
-    let config = ctx.config(&store).await?;
-    let mut st = shoal::inspect::status(&store, &config, SystemClock.now()).await?;
-    if live {
-        let reader = Reader::new(store.clone(), &config.settings, ReaderOptions::default());
-        st.count_live(&reader).await?;
-        st.requests = store.counts();
-    }
+    let db = ctx.observe().await?;
+    let st = db.status(live).await?;
     if ctx.json {
         return ctx.print_json(&st);
     }
+    let config = &st.config;
     let s = &config.settings;
     println!("index      {}", st.store);
     println!(
@@ -113,15 +108,14 @@ pub async fn status(ctx: &Ctx, live: bool) -> Result<()> {
 }
 
 pub async fn verify(ctx: &Ctx) -> Result<()> {
-    let store = ctx.store().await?;
-    let config = ctx.config(&store).await?;
-    let report = shoal::inspect::verify(store.as_ref(), &config).await?;
+    let db = ctx.observe().await?;
+    let report = db.verify().await?;
     if ctx.json {
         ctx.print_json(&report)?;
     } else {
         println!(
             "verified {}: {} manifests, {} segments, {} records, {:.1} MB",
-            store.describe(),
+            db.describe(),
             report.manifests,
             report.segments,
             report.records,
@@ -144,55 +138,22 @@ pub async fn verify(ctx: &Ctx) -> Result<()> {
 }
 
 pub async fn probe(ctx: &Ctx) -> Result<()> {
-    let store = ctx.store().await?;
-    shoal::store::probe_conditional_writes(store.as_ref(), shoal::coord::paths::probe_keys())
-        .await?;
+    let report = shoal::probe(&ctx.bucket).await?;
     if ctx.json {
-        return ctx.print_json(&serde_json::json!({
-            "store": store.describe(),
-            "conditionalWrites": "enforced",
-            "requests": store.counts(),
-        }));
+        return ctx.print_json(&report);
     }
     println!(
         "{}: conditional writes are enforced ({} requests)",
-        store.describe(),
-        store.counts().total()
+        report.store,
+        report.requests.total()
     );
     Ok(())
 }
 
 pub async fn compact(ctx: &Ctx, force: bool, partition: Option<u32>) -> Result<()> {
-    let store = ctx.store().await?;
-    let config = ctx.config(&store).await?;
-    let cluster = ctx.join_writer(store.clone(), Default::default()).await?;
-    let clock: DynClock = Arc::new(SystemClock);
-    let opts = CompactOptions {
-        force,
-        upto_seq: None,
-    };
-    let id = cluster.instance_id().to_string();
-    let result = match partition {
-        Some(p) if p >= config.settings.partition_count => Err(anyhow::anyhow!(
-            "partition {p} does not exist (the index has {})",
-            config.settings.partition_count
-        )),
-        Some(p) => shoal::compact::compact_partition(
-            store.as_ref(),
-            &config.settings,
-            p,
-            &id,
-            &clock,
-            &opts,
-        )
-        .await
-        .map(|o| vec![o])
-        .map_err(Into::into),
-        None => shoal::compact::compact_all(store.as_ref(), &config.settings, &id, &clock, &opts)
-            .await
-            .map_err(Into::into),
-    };
-    cluster.leave().await?;
+    let db = ctx.join_writer().await?;
+    let result = db.compact(CompactRequest { force, partition }).await;
+    db.close().await?;
     let outcomes = result?;
     if ctx.json {
         return ctx.print_json(&outcomes);
@@ -224,14 +185,12 @@ pub async fn compact(ctx: &Ctx, force: bool, partition: Option<u32>) -> Result<(
 }
 
 pub async fn gc(ctx: &Ctx, dry_run: bool, grace_seconds: u64) -> Result<()> {
-    let store = ctx.store().await?;
-    let config = ctx.config(&store).await?;
-    let clock: DynClock = Arc::new(SystemClock);
-    let opts = shoal::compact::gc::GcOptions {
+    let db = ctx.observe().await?;
+    let opts = GcOptions {
         grace: Duration::from_secs(grace_seconds),
         dry_run,
     };
-    let report = shoal::compact::gc::gc(store.as_ref(), &config.settings, &clock, &opts).await?;
+    let report = db.gc(&opts).await?;
     if ctx.json {
         return ctx.print_json(&report);
     }

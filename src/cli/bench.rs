@@ -2,18 +2,11 @@
 //! bucket, printed as a table and written as JSON (`--out`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
-use shoal::coord::clock::{DynClock, SystemClock};
-use shoal::coord::config::{read_config, update_config, IndexSettings};
-use shoal::coord::{Metric, RequestedSettings};
-use shoal::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
-use shoal::store::ObjectStore;
-use shoal::writer::WriterOptions;
+use shoal::api::{run_suite, Metric, SuiteOptions};
 
 use super::Ctx;
 
@@ -57,142 +50,28 @@ pub struct BenchArgs {
     pub out: Option<PathBuf>,
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let mem = shoal::reader::memory_budget_bytes() * 2 / (1 << 30);
-    format!(
-        "{cpu}, {} cores, ~{mem} GiB",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    )
-}
-
 pub async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
-    let base = shoal::dataset::read_fvecs(&a.base)?;
-    let queries = shoal::dataset::read_fvecs(&a.queries)?;
-    let truth = shoal::dataset::read_ivecs(&a.truth)?;
-    if base.is_empty() || queries.is_empty() {
-        bail!("the base and query files must hold vectors");
-    }
-    if truth.len() < queries.len() {
-        bail!(
-            "{} has {} rows for {} queries",
-            a.truth.display(),
-            truth.len(),
-            queries.len()
-        );
-    }
-    if !["ivf", "hnsw", "none"].contains(&a.index.as_str()) {
-        bail!("--index must be ivf, hnsw or none, not {:?}", a.index);
-    }
-    let store = ctx.store().await?;
-    if read_config(store.as_ref()).await?.is_some() {
-        bail!(
-            "{} already holds an index; bench needs an empty bucket or prefix",
-            store.describe()
-        );
-    }
-    let dims = base[0].len() as u32;
     let metric: Metric = a.metric.into();
-    let requested = RequestedSettings {
-        partition_count: Some(a.partitions),
-        dimensions: Some(dims),
-        distance_metric: Some(metric),
-        ..Default::default()
-    };
-    let cluster = ctx.join_writer(store.clone(), requested).await?;
-    let clock: DynClock = Arc::new(SystemClock);
-    let ix = IndexSettings {
-        kind: a.index.clone(),
-        min_records: a.index_min_records,
-        nprobe: a.nprobe as u32,
-        ..Default::default()
-    };
-    let config = update_config(store.as_ref(), clock.as_ref(), |c| {
-        c.settings.index = Some(ix.clone());
-        Ok(())
-    })
-    .await?;
-    let writer = shoal::writer::Writer::new(
-        store.clone(),
-        &config.settings,
-        cluster.instance_id(),
-        clock.clone(),
-        WriterOptions::default(),
-    );
-
-    eprintln!(
-        "ingest: {} x {dims}-d into {}",
-        base.len(),
-        store.describe()
-    );
-    let ingest = shoal::bench::ingest(&store, &writer, &base, None, 1000).await?;
-    eprintln!("compact: {} index", a.index);
-    let t = Instant::now();
-    let opts = shoal::compact::CompactOptions {
-        force: true,
-        upto_seq: None,
-    };
-    shoal::compact::compact_all(
-        store.as_ref(),
-        &config.settings,
-        cluster.instance_id(),
-        &clock,
-        &opts,
-    )
-    .await?;
-    let compact_s = t.elapsed().as_secs_f64();
-    cluster.leave().await?;
-
-    let warm_n = a.warm_queries.unwrap_or(queries.len()).min(queries.len());
-    let reader = Reader::new(
-        store.clone(),
-        &config.settings,
-        ReaderOptions::for_role(shoal::coord::Role::Reader),
-    );
-    reader.warm().await?;
-    let template = SearchRequest {
-        consistency: Consistency::Bounded,
-        nprobe: Some(a.nprobe),
-        ..SearchRequest::new(vec![], 10)
+    let opts = SuiteOptions {
+        base: a.base.clone(),
+        queries: a.queries.clone(),
+        truth: a.truth.clone(),
+        partitions: a.partitions,
+        metric,
+        index: a.index.clone(),
+        index_min_records: a.index_min_records,
+        nprobe: a.nprobe,
+        warm_queries: a.warm_queries,
+        cold_queries: a.cold_queries,
+        clients: a.clients,
     };
     eprintln!(
-        "warm: {warm_n} queries one at a time, then {} clients",
-        a.clients
+        "bench: ingest, compact ({} index), warm and cold queries",
+        a.index
     );
-    let warm = shoal::bench::run_queries(
-        || reader.clone(),
-        &queries[..warm_n],
-        &truth,
-        None,
-        &template,
-    )
-    .await?;
-    let qps_n =
-        shoal::bench::concurrent_qps(&reader, &queries[..warm_n], &template, a.clients).await?;
-    let cold_n = a.cold_queries.min(queries.len());
-    eprintln!("cold: {cold_n} queries, each on a fresh reader");
-    let settings = config.settings.clone();
-    let cold = shoal::bench::run_queries(
-        || {
-            Reader::new(
-                store.clone(),
-                &settings,
-                ReaderOptions::for_role(shoal::coord::Role::Reader),
-            )
-        },
-        &queries[..cold_n],
-        &truth,
-        None,
-        &template,
-    )
-    .await?;
+    let r = run_suite(&ctx.bucket, &opts).await?;
+    let (ingest, warm, cold) = (&r.ingest, &r.warm, &r.cold);
+    let (compact_s, qps_n, dims) = (r.compact_seconds, r.warm_qps_concurrent, r.dimensions);
     let results = json!({
         "ingest": {
             "records": ingest.records, "seconds": ingest.seconds, "records_per_s": ingest.records_per_s,
@@ -209,9 +88,9 @@ pub async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "recall_at_10": cold.recall_at_10,
         },
         "settings": {
-            "store": store.describe(), "partitions": a.partitions, "metric": metric.as_str(), "dimensions": dims,
-            "records": base.len(), "index": {"kind": a.index, "min_records": a.index_min_records, "nprobe": a.nprobe},
-            "threads": std::thread::available_parallelism().map_or(1, |n| n.get()), "machine": machine(),
+            "store": r.store, "partitions": a.partitions, "metric": metric.as_str(), "dimensions": dims,
+            "records": r.records, "index": {"kind": a.index, "min_records": a.index_min_records, "nprobe": a.nprobe},
+            "threads": r.threads, "machine": r.machine,
         },
     });
     if let Some(out) = &a.out {
@@ -223,13 +102,9 @@ pub async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     }
     println!(
         "shoal bench: {} x {dims}-d {metric}, {} partitions, index {} (nprobe {}), {}",
-        base.len(),
-        a.partitions,
-        a.index,
-        a.nprobe,
-        store.describe()
+        r.records, a.partitions, a.index, a.nprobe, r.store
     );
-    println!("machine: {}", machine());
+    println!("machine: {}", r.machine);
     println!("| phase | metric | value |");
     println!("|---|---|---|");
     let rows: Vec<(&str, String, String)> = vec![

@@ -10,12 +10,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
 use serde_json::json;
-use shoal::coord::role::RoleEnv;
-use shoal::coord::{Cluster, JoinOptions, Metric, RequestedSettings, Role};
-use shoal::reader::{Consistency, ReaderOptions, SearchRequest};
-use shoal::record::Record;
-use shoal::store::ObjectStore;
-use shoal::writer::{BatchWriter, BatchWriterOptions, WriterOptions};
+use shoal::api::{
+    exact_top_k, parse_filter_expr, percentile, Consistency, Metric, Record, RequestedSettings,
+    Role, SearchRequest,
+};
+use shoal::{Db, OpenOptions};
 
 use super::query::print_hits;
 use super::Ctx;
@@ -74,20 +73,6 @@ fn load() -> Result<(Vec<Record>, Vec<Query>)> {
     Ok((records, serde_json::from_str(QUERIES)?))
 }
 
-/// Exact top-k ids by brute force, for the recall figure.
-fn exact_top(records: &[Record], q: &[f32], k: usize) -> Vec<String> {
-    let mut scored: Vec<(f32, &str)> = records
-        .iter()
-        .map(|r| (shoal::index::dot(q, &r.vector), r.id.as_str()))
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    scored
-        .into_iter()
-        .take(k)
-        .map(|(_, id)| id.to_string())
-        .collect()
-}
-
 pub async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
     let bucket = ctx
         .as_ref()
@@ -98,9 +83,6 @@ pub async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
         records.len(),
         queries.len()
     );
-    let store = shoal::store::open(&bucket)
-        .await
-        .with_context(|| format!("cannot open {bucket}"))?;
     let settings = RequestedSettings {
         partition_count: Some(a.partitions),
         dimensions: Some(DIMS as u32),
@@ -108,34 +90,26 @@ pub async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
         embedding_model: Some("all-MiniLM-L6-v2".into()),
         instance_timeout_seconds: None,
     };
-    let cluster = Cluster::join(
-        store.clone(),
-        JoinOptions {
-            settings,
-            role: Some(Role::Both),
-            env: RoleEnv::default(),
-            ..Default::default()
-        },
-    )
-    .await
-    .with_context(|| {
+    let opts = OpenOptions {
+        settings,
+        role: Some(Role::Both),
+        env: Default::default(),
+        ..Default::default()
+    };
+    let db = Db::open(&bucket, opts).await.with_context(|| {
         format!("cannot use {bucket} for the demo (pass --bucket to pick another place)")
     })?;
 
     // 1. Ingest.
     let t = Instant::now();
-    let before = store.counts();
-    let bw = BatchWriter::new(
-        cluster.writer(WriterOptions::default()),
-        BatchWriterOptions::default(),
-    );
-    bw.add(&records).await?;
-    let flushed = bw.close().await?;
-    let reqs = store.counts().since(&before);
+    let before = db.store_counts();
+    let mut flushed = db.add(&records).await?;
+    flushed += db.flush().await?;
+    let reqs = db.store_counts().since(&before);
     println!(
         "1. ingested {} records into {} in {:.0} ms ({} partitions, {} segment PUTs + {} manifest commits)\n",
         flushed.records,
-        store.describe(),
+        db.describe(),
         t.elapsed().as_secs_f64() * 1e3,
         a.partitions,
         flushed.segments,
@@ -143,12 +117,8 @@ pub async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
     );
 
     // 2. Search.
-    let reader = cluster.reader(ReaderOptions {
-        prefetch: false,
-        ..ReaderOptions::for_role(Role::Both)
-    });
     let t = Instant::now();
-    reader.warm().await?;
+    db.warm().await?;
     println!(
         "2. searching (reader warmed in {:.0} ms)\n",
         t.elapsed().as_secs_f64() * 1e3
@@ -156,7 +126,7 @@ pub async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
     for q in queries.iter().take(4) {
         let req = SearchRequest::new(q.vector.clone(), 5);
         let t = Instant::now();
-        let resp = reader.search(&req).await?;
+        let resp = db.search(&req).await?;
         println!(
             "   query: \"{}\"  ({:.2} ms)",
             q.text,
@@ -169,13 +139,13 @@ pub async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
         .iter()
         .find(|q| q.domain == "python")
         .unwrap_or(&queries[0]);
-    let filter = shoal::filter::parse_filter_expr(&format!("domain={}", fq.domain))?;
+    let filter = parse_filter_expr(&format!("domain={}", fq.domain))?;
     let req = SearchRequest {
         filter: Some(filter),
         ..SearchRequest::new(fq.vector.clone(), 5)
     };
     let t = Instant::now();
-    let resp = reader.search(&req).await?;
+    let resp = db.search(&req).await?;
     println!(
         "   query: \"{}\" with filter domain={}  ({:.2} ms)",
         fq.text,
@@ -197,10 +167,10 @@ pub async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
             ..SearchRequest::new(q.vector.clone(), 10)
         };
         let t = Instant::now();
-        let resp = reader.search(&req).await?;
+        let resp = db.search(&req).await?;
         lat.push(t.elapsed().as_secs_f64() * 1e3);
         let got: Vec<String> = resp.results.into_iter().map(|h| h.id).collect();
-        let truth = exact_top(&records, &q.vector, 10);
+        let truth = exact_top_k(&records, &q.vector, 10, Metric::Cosine);
         recall += got.iter().filter(|id| truth.contains(id)).count() as f64 / 10.0;
     }
     lat.sort_by(f64::total_cmp);
@@ -208,10 +178,10 @@ pub async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
         "3. {} queries: recall@10 vs exact brute force {:.3}, latency p50 {:.2} ms, max {:.2} ms\n",
         queries.len(),
         recall / queries.len() as f64,
-        shoal::bench::percentile(&lat, 50.0),
+        percentile(&lat, 50.0),
         lat.last().copied().unwrap_or(0.0)
     );
-    cluster.leave().await?;
+    db.close().await?;
 
     // 4. What next.
     let qfile = std::env::temp_dir().join("shoal-demo-queries.jsonl");

@@ -10,16 +10,10 @@ mod ingest;
 mod query;
 mod serve;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shoal::coord::config::read_config;
-use shoal::coord::role::RoleEnv;
-use shoal::coord::{Cluster, Config, JoinOptions, Metric, RequestedSettings, Role};
-use shoal::reader::Consistency;
-use shoal::store::{Counted, ObjectStore};
+use shoal::api::{Consistency, Metric, Role};
+use shoal::{Db, ErrorKind, OpenOptions};
 
 pub const DEFAULT_BUCKET: &str = "./shoal-data";
 
@@ -173,7 +167,7 @@ pub struct InitArgs {
     #[arg(long, value_enum, default_value = "cosine")]
     pub metric: MetricArg,
     /// Number of hash partitions (1..=4096); cannot change later.
-    #[arg(long, default_value_t = shoal::coord::config::DEFAULT_PARTITION_COUNT)]
+    #[arg(long, default_value_t = shoal::api::DEFAULT_PARTITION_COUNT)]
     pub partitions: u32,
     /// Name of the embedding model, recorded so every instance agrees.
     #[arg(long)]
@@ -188,37 +182,37 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub async fn store(&self) -> Result<Arc<Counted>> {
-        shoal::store::open(&self.bucket)
-            .await
-            .with_context(|| format!("cannot open {}", self.bucket))
+    /// Opens the index read-only (registers nothing), or says how to
+    /// create one.
+    pub async fn observe(&self) -> Result<Db> {
+        self.open(OpenOptions {
+            role: self.role,
+            ..OpenOptions::observer()
+        })
+        .await
     }
 
-    /// The bucket's config, or a clear error saying how to create one.
-    pub async fn config(&self, store: &Counted) -> Result<Config> {
-        match read_config(store).await? {
-            Some((c, _)) => Ok(c),
-            None => bail!(
-                "no shoal index at {}: create one with `shoal --bucket {} init --dimensions N`",
-                store.describe(),
-                self.bucket
-            ),
-        }
-    }
-
-    /// Joins the bucket as a writer (probe, register, heartbeat).
-    pub async fn join_writer(
-        &self,
-        store: Arc<Counted>,
-        settings: RequestedSettings,
-    ) -> Result<Cluster> {
-        let opts = JoinOptions {
-            settings,
+    /// Joins the existing index as a writer (probe, register, heartbeat),
+    /// or says how to create one.
+    pub async fn join_writer(&self) -> Result<Db> {
+        self.open(OpenOptions {
             role: Some(self.role.unwrap_or(Role::Writer)),
-            env: RoleEnv::from_process(),
+            create: false,
             ..Default::default()
-        };
-        Ok(Cluster::join(store, opts).await?)
+        })
+        .await
+    }
+
+    /// Opens with `opts`; a missing index gets the command that creates it.
+    pub async fn open(&self, opts: OpenOptions) -> Result<Db> {
+        match Db::open(&self.bucket, opts).await {
+            Ok(db) => Ok(db),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(anyhow::anyhow!(
+                "{e}: create one with `shoal --bucket {} init --dimensions N`",
+                self.bucket
+            )),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open {}", self.bucket))),
+        }
     }
 
     /// Prints `value` as JSON (for `--json`).
@@ -252,9 +246,4 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(&ctx, a).await,
         Command::Demo(a) => demo::run(cli.bucket.is_some().then_some(ctx), a).await,
     }
-}
-
-/// Reads a whole file, naming it in the error.
-pub fn read_file(path: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }

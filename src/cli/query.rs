@@ -1,13 +1,12 @@
 //! `search`, `get`, `delete`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::Value;
-use shoal::reader::{Consistency, Hit, Reader, ReaderOptions, SearchRequest};
-use shoal::writer::WriterOptions;
+use shoal::api::{Consistency, Hit, SearchRequest};
 
 use super::{ConsistencyArg, Ctx};
 
@@ -45,43 +44,8 @@ pub struct SearchArgs {
     pub allow_partial: bool,
 }
 
-fn first_row(path: &PathBuf, index: usize) -> Result<Vec<f32>> {
-    let name = path.display();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    match ext.as_str() {
-        "fvecs" => shoal::dataset::FvecsReader::open(path)?
-            .nth(index)
-            .ok_or_else(|| anyhow!("{name} has no row {index}"))?
-            .map_err(Into::into),
-        "npy" => {
-            let file = std::fs::File::open(path).with_context(|| format!("cannot open {name}"))?;
-            super::ingest::NpyRows::open(file, &name.to_string())?
-                .nth(index)
-                .ok_or_else(|| anyhow!("{name} has no row {index}"))?
-                .map_err(|e| anyhow!("{name}: {e}"))
-        }
-        "jsonl" | "ndjson" => {
-            let text = String::from_utf8(super::read_file(path)?).context("not UTF-8")?;
-            let line = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .nth(index)
-                .ok_or_else(|| anyhow!("{name} has no row {index}"))?;
-            let v: Value = serde_json::from_str(line)
-                .with_context(|| format!("{name}:{}: bad JSON", index + 1))?;
-            serde_json::from_value(v.get("vector").cloned().unwrap_or(Value::Null))
-                .with_context(|| format!("{name}:{}: no \"vector\" array", index + 1))
-        }
-        _ => {
-            let text = String::from_utf8(super::read_file(path)?).context("not UTF-8")?;
-            serde_json::from_str(text.trim())
-                .with_context(|| format!("{name}: expected a JSON array of numbers"))
-        }
-    }
+fn first_row(path: &Path, index: usize) -> Result<Vec<f32>> {
+    Ok(shoal::api::row_of(path, index)?)
 }
 
 fn query_vector(a: &SearchArgs) -> Result<Vec<f32>> {
@@ -145,17 +109,15 @@ pub fn print_hits(hits: &[Hit]) {
 pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<()> {
     let vector = query_vector(&a)?;
     let filter = match (&a.filter, &a.filter_json) {
-        (Some(expr), _) => Some(shoal::filter::parse_filter_expr(expr)?),
+        (Some(expr), _) => Some(shoal::api::parse_filter_expr(expr)?),
         (None, Some(j)) => {
             let v: Value = serde_json::from_str(j).context("--filter-json: not valid JSON")?;
-            shoal::filter::parse_filter(&v)?;
+            shoal::api::parse_filter(&v)?;
             Some(v)
         }
         _ => None,
     };
-    let store = ctx.store().await?;
-    let config = ctx.config(&store).await?;
-    let reader = Reader::new(store.clone(), &config.settings, ReaderOptions::default());
+    let db = ctx.observe().await?;
     let req = SearchRequest {
         filter,
         consistency: a.consistency.into(),
@@ -164,7 +126,7 @@ pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<()> {
         ..SearchRequest::new(vector, a.k)
     };
     let t = Instant::now();
-    let resp = reader.search(&req).await?;
+    let resp = db.search(&req).await?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     if ctx.json {
         return ctx.print_json(&resp);
@@ -188,10 +150,8 @@ pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<()> {
 }
 
 pub async fn get(ctx: &Ctx, id: &str, consistency: Consistency) -> Result<()> {
-    let store = ctx.store().await?;
-    let config = ctx.config(&store).await?;
-    let reader = Reader::new(store, &config.settings, ReaderOptions::default());
-    let Some(rec) = reader.get_with(id, consistency).await? else {
+    let db = ctx.observe().await?;
+    let Some(rec) = db.get(id, consistency).await? else {
         bail!("no record with id {id:?}");
     };
     if ctx.json {
@@ -222,12 +182,9 @@ pub async fn get(ctx: &Ctx, id: &str, consistency: Consistency) -> Result<()> {
 }
 
 pub async fn delete(ctx: &Ctx, ids: &[String]) -> Result<()> {
-    let store = ctx.store().await?;
-    ctx.config(&store).await?;
-    let cluster = ctx.join_writer(store, Default::default()).await?;
-    let writer = cluster.writer(WriterOptions::default());
-    let result = writer.delete(ids).await;
-    cluster.leave().await?;
+    let db = ctx.join_writer().await?;
+    let result = db.delete(ids).await;
+    db.close().await?;
     let receipt = result?;
     if ctx.json {
         return ctx.print_json(&receipt);

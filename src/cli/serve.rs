@@ -2,16 +2,12 @@
 //! then a graceful shutdown: in-flight requests finish, background
 //! compaction stops, the instance record is removed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use shoal::api::Service;
-use shoal::coord::role::RoleEnv;
-use shoal::coord::{Cluster, JoinOptions};
 use shoal::http::HttpOptions;
-use shoal::store::ObjectStore;
+use shoal::OpenOptions;
 
 use super::Ctx;
 
@@ -51,20 +47,16 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 }
 
 pub async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
-    let store = ctx.store().await?;
-    ctx.config(&store).await?;
-    let cluster = Cluster::join(
-        store.clone(),
-        JoinOptions {
-            role: ctx.role,
-            env: RoleEnv::from_process(),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let role = cluster.role();
     let every = (a.compact_every > 0).then(|| Duration::from_secs(a.compact_every));
-    let service = Arc::new(Service::new(cluster, every));
+    let db = ctx
+        .open(OpenOptions {
+            role: ctx.role,
+            create: false,
+            compact_every: every,
+            ..Default::default()
+        })
+        .await?;
+    let role = db.role();
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -73,7 +65,7 @@ pub async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     // One line on stdout that scripts (and tests) can wait for.
     println!(
         "shoal serve: listening on http://{addr} ({} as {role})",
-        store.describe()
+        db.describe()
     );
     use std::io::Write;
     std::io::stdout().flush()?;
@@ -81,8 +73,8 @@ pub async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         body_limit: a.max_body_bytes,
         ..HttpOptions::default()
     };
-    shoal::http::serve(listener, service.clone(), opts, shutdown).await?;
-    service.shutdown().await?;
+    shoal::http::serve(listener, db.clone(), opts, shutdown).await?;
+    db.close().await?;
     eprintln!("shoal serve: stopped cleanly");
     Ok(())
 }

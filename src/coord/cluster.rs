@@ -1,6 +1,10 @@
 //! Joining a bucket: [`Cluster::join`] probes the store, loads or creates
 //! the shared config, picks a role, registers this instance and starts its
 //! heartbeat; [`Cluster::leave`] stops the heartbeat and removes the record.
+//! [`Cluster::observe`] attaches read-only tools without registering.
+//!
+//! A cluster knows the protocol only: what readers and writers are built
+//! on top of it is the handle's business (`crate::db`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -33,6 +37,9 @@ pub struct JoinOptions {
     pub background_heartbeat: bool,
     /// Check that the store enforces conditional writes before relying on it.
     pub probe: bool,
+    /// Create the config when the bucket has none (the default). Off: a
+    /// bucket without one is refused with [`CoordError::NoIndex`].
+    pub create: bool,
     pub clock: DynClock,
     pub env: RoleEnv,
 }
@@ -48,6 +55,7 @@ impl Default for JoinOptions {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             background_heartbeat: true,
             probe: true,
+            create: true,
             clock: Arc::new(SystemClock),
             env: RoleEnv::from_process(),
         }
@@ -66,6 +74,8 @@ struct Inner {
     timeout: Duration,
     interval: Duration,
     last_cleanup: Mutex<Option<SystemTime>>,
+    /// False for an observer: nothing is written for it.
+    registered: bool,
 }
 
 /// A joined instance. Dropping it stops the heartbeat but leaves the
@@ -105,10 +115,18 @@ impl Cluster {
         let preferred = preferred_role(opts.role, &opts.env, embedded)?;
         // A joiner that contradicts an existing config is refused before it
         // writes anything, probe objects included.
-        if let Some((existing, _)) = read_config(store.as_ref()).await? {
-            if let Some(err) = opts.settings.contradiction(&existing.settings) {
-                return Err(err);
+        match read_config(store.as_ref()).await? {
+            Some((existing, _)) => {
+                if let Some(err) = opts.settings.contradiction(&existing.settings) {
+                    return Err(err);
+                }
             }
+            None if !opts.create => {
+                return Err(CoordError::NoIndex {
+                    store: store.describe(),
+                })
+            }
+            None => {}
         }
         if opts.probe {
             probe_conditional_writes(store.as_ref(), super::paths::probe_keys()).await?;
@@ -151,6 +169,7 @@ impl Cluster {
             timeout,
             interval: opts.heartbeat_interval,
             last_cleanup: Mutex::new(None),
+            registered: true,
         });
         if role.writes() {
             inner.cleanup_if_due().await;
@@ -165,6 +184,62 @@ impl Cluster {
             *cluster.heartbeat.lock().unwrap() = Some((stop, task));
         }
         Ok(cluster)
+    }
+
+    /// Attaches to the index in `store` without joining: reads its config
+    /// (which must exist), registers nothing, writes nothing and starts no
+    /// heartbeat. Read-only tools (search, get, status, verify, gc) use it
+    /// so they never show up as instances. The role is `opts.role`, else
+    /// reader.
+    pub async fn observe(store: Arc<Counted>, opts: JoinOptions) -> Result<Cluster, CoordError> {
+        opts.settings.validate()?;
+        let Some((config, _)) = read_config(store.as_ref()).await? else {
+            return Err(CoordError::NoIndex {
+                store: store.describe(),
+            });
+        };
+        if let Some(err) = opts.settings.contradiction(&config.settings) {
+            return Err(err);
+        }
+        let instance_id = instance::instance_id(opts.instance_id.as_deref())?;
+        let role = opts.role.unwrap_or(Role::Reader);
+        let metrics = Arc::new(InstanceMetrics::default());
+        let stamp = format_time(opts.clock.now());
+        let record = InstanceRecord {
+            instance_id: instance_id.clone(),
+            role,
+            status: "observer".into(),
+            host: instance::host_name(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: stamp.clone(),
+            last_heartbeat: stamp,
+            heartbeat_seq: 0,
+            metrics: metrics.snapshot(store.counts()),
+            extra: Default::default(),
+        };
+        let timeout = Duration::from_secs(config.settings.instance_timeout_seconds);
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                store,
+                instance_id,
+                config,
+                role,
+                clock: opts.clock,
+                metrics,
+                record: tokio::sync::Mutex::new(record),
+                timeout,
+                interval: opts.heartbeat_interval,
+                last_cleanup: Mutex::new(None),
+                registered: false,
+            }),
+            heartbeat: Mutex::new(None),
+        })
+    }
+
+    /// Whether this instance is registered (joined), not an observer.
+    pub fn is_registered(&self) -> bool {
+        self.inner.registered
     }
 
     pub fn config(&self) -> &Config {
@@ -190,34 +265,6 @@ impl Cluster {
 
     pub fn instance_id(&self) -> &str {
         &self.inner.instance_id
-    }
-
-    /// A reader for this index feeding this instance's published metrics.
-    /// With `opts.prefetch` (the reader role's default) every partition is
-    /// loaded in the background right away, so the first query is warm.
-    pub fn reader(&self, opts: crate::reader::ReaderOptions) -> crate::reader::Reader {
-        let prefetch = opts.prefetch;
-        let reader = crate::reader::Reader::with_metrics(
-            self.inner.store.clone(),
-            &self.inner.config.settings,
-            opts,
-            Some(self.inner.metrics.clone()),
-        );
-        if prefetch {
-            reader.spawn_warm();
-        }
-        reader
-    }
-
-    /// A writer for this index, identified by this instance's id.
-    pub fn writer(&self, opts: crate::writer::WriterOptions) -> crate::writer::Writer {
-        crate::writer::Writer::new(
-            self.inner.store.clone(),
-            &self.inner.config.settings,
-            self.inner.instance_id.clone(),
-            self.inner.clock.clone(),
-            opts,
-        )
     }
 
     /// This instance's record as last written.
@@ -287,6 +334,9 @@ impl Cluster {
     /// server tasks finishing their last requests).
     pub async fn deregister(&self) -> Result<(), CoordError> {
         self.stop_heartbeat().await;
+        if !self.inner.registered {
+            return Ok(());
+        }
         let id = self.inner.instance_id.clone();
         instance::remove_record(self.inner.store.as_ref(), &id).await?;
         tracing::info!(instance = %id, "left");
@@ -296,6 +346,9 @@ impl Cluster {
 
 impl Inner {
     async fn beat(&self) -> Result<(), CoordError> {
+        if !self.registered {
+            return Ok(());
+        }
         let mut rec = self.record.lock().await;
         let mut next = rec.clone();
         next.last_heartbeat = format_time(self.clock.now());

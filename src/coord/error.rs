@@ -42,6 +42,10 @@ pub enum CoordError {
         from: String,
         to: String,
     },
+    /// The bucket holds no index (no config) and this caller may not
+    /// create one.
+    #[error("no shoal index at {store}")]
+    NoIndex { store: String },
     /// No config in the bucket and not enough settings to create one.
     #[error("{0}")]
     MissingSetting(String),

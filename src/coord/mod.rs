@@ -11,6 +11,7 @@ pub mod cas;
 pub mod clock;
 mod cluster;
 pub mod config;
+pub mod cursor;
 mod error;
 pub mod instance;
 pub mod manifest;

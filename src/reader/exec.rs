@@ -1,5 +1,7 @@
-//! Query execution: refresh what the consistency level asks for, load the
-//! segments, score every partition on the rayon pool, merge the top-k.
+//! Query execution as a pipeline (compare tantivy's
+//! `search_with_executor`): build the query context (validate), load every
+//! partition as fresh as the consistency level asks, score each partition
+//! on the rayon pool, merge the per-partition top-k, present the hits.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -8,16 +10,100 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 
+use super::load::{self, Freshness};
 use super::view::{self, CacheTally, PartitionView};
 use super::{
-    Consistency, Hit, LoadError, PartitionFailure, QueryStats, ReadError, SearchRequest,
-    SearchResponse, Shared, MAX_K,
+    Consistency, Hit, PartitionFailure, QueryStats, ReadError, SearchRequest, SearchResponse,
+    Shared, MAX_K,
 };
 use crate::filter::{parse_filter, Filter};
 use crate::index::{present, ExactScan, QueryParams, ScanStats, SegmentSearch, SegmentView, TopK};
 use crate::record::{check_vector, StoredRecord};
 use crate::segment::Segment;
 use crate::store::{Counted, ObjectStore};
+
+pub(super) async fn search(
+    shared: &Arc<Shared>,
+    req: &SearchRequest,
+) -> Result<SearchResponse, ReadError> {
+    let q = QueryContext::new(shared, req)?;
+    let (ready, failed) = load_all(&q).await?;
+    let fetch_ms = q.started.elapsed().as_secs_f64() * 1e3;
+    let compute = std::time::Instant::now();
+    let searched = ready.len() as u64;
+    let (per_partition, scan) = score(&q, ready).await?;
+    let top = merge(per_partition, req.k);
+    let mut stats = q.stats(scan, searched, fetch_ms);
+    let results = present_hits(&q, top);
+    stats.compute_ms = compute.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(?stats, "search done");
+    Ok(SearchResponse {
+        results,
+        partial: !failed.is_empty(),
+        failed_partitions: failed,
+        stats,
+    })
+}
+
+/// What one query carries through the pipeline.
+struct QueryContext<'a> {
+    shared: &'a Shared,
+    req: &'a SearchRequest,
+    /// The query vector, normalized for cosine.
+    vector: Vec<f32>,
+    filter: Option<Filter>,
+    params: QueryParams,
+    want: Freshness,
+    /// Counts this query's store requests.
+    store: Counted,
+    tally: CacheTally,
+    started: Instant,
+}
+
+impl<'a> QueryContext<'a> {
+    /// Validates the request (nothing is fetched for a bad one).
+    fn new(shared: &'a Arc<Shared>, req: &'a SearchRequest) -> Result<Self, ReadError> {
+        let vector = check_query(shared, req)?;
+        let filter = req.filter.as_ref().map(parse_filter).transpose()?;
+        let staleness = req
+            .max_staleness_ms
+            .map(Duration::from_millis)
+            .unwrap_or(shared.opts.max_staleness);
+        Ok(QueryContext {
+            shared,
+            req,
+            vector,
+            filter,
+            params: QueryParams {
+                metric: shared.shape.metric,
+                k: req.k,
+                nprobe: req.nprobe.unwrap_or(shared.nprobe).max(1),
+                exact: req.exact,
+            },
+            want: Freshness {
+                consistency: req.consistency,
+                staleness,
+                ticket: shared.next_ticket(),
+            },
+            store: Counted::new(shared.store.clone()),
+            tally: CacheTally::default(),
+            started: Instant::now(),
+        })
+    }
+
+    fn stats(&self, scan: ScanStats, searched: u64, fetch_ms: f64) -> QueryStats {
+        QueryStats {
+            partitions_searched: searched,
+            segments_scanned: scan.segments,
+            vectors_compared: scan.vectors_compared,
+            cache_hits: self.tally.hits.load(Relaxed),
+            cache_misses: self.tally.misses.load(Relaxed),
+            requests: self.store.counts(),
+            fetch_ms,
+            compute_ms: 0.0,
+        }
+    }
+}
 
 /// Checks a query and returns the vector ready to score (normalized for
 /// cosine).
@@ -28,76 +114,40 @@ fn check_query(shared: &Shared, req: &SearchRequest) -> Result<Vec<f32>, ReadErr
             req.k
         )));
     }
-    check_vector(
-        0,
-        "query",
-        &req.vector,
-        shared.shape.dimensions,
-        shared.shape.metric,
-    )
-    .map_err(|e| {
+    let shape = shared.shape;
+    check_vector(0, "query", &req.vector, shape.dimensions, shape.metric).map_err(|e| {
         let msg = e.to_string();
         ReadError::Invalid(msg.replacen("record 0 (id \"query\"): ", "query ", 1))
     })
 }
 
-/// Returns a view of `p` as fresh as `consistency` asks for.
-async fn ensure_view(
-    shared: &Shared,
-    store: &dyn ObjectStore,
-    p: u32,
-    consistency: Consistency,
-    staleness: Duration,
-    ticket: u64,
-    tally: &CacheTally,
-) -> Result<Arc<PartitionView>, LoadError> {
-    let slot = &shared.views[p as usize];
-    let fresh = || {
-        let checked = slot.checked_at();
-        match consistency {
-            Consistency::Eventual => checked.is_some(),
-            Consistency::Bounded => checked.is_some_and(|t| t.elapsed() < staleness),
-            // Revalidated by a refresh that began after this query did
-            // (ours or a concurrent query's).
-            Consistency::Strong => slot.checked_ticket() > ticket,
-        }
-    };
-    if fresh() {
-        if let Some(v) = slot.current() {
-            return Ok(v);
-        }
-    }
-    let _one_refresh_at_a_time = slot.refresh.lock().await;
-    if fresh() {
-        if let Some(v) = slot.current() {
-            return Ok(v);
-        }
-    }
-    view::refresh(shared, store, p, false, tally).await
-}
+type Loaded = (Arc<PartitionView>, Vec<Arc<Segment>>);
 
-/// A partition's view and segments. A segment that vanished means our
-/// manifest predates a compaction and GC: refresh once and retry.
-async fn load_partition(
-    shared: &Shared,
-    store: &dyn ObjectStore,
-    p: u32,
-    consistency: Consistency,
-    staleness: Duration,
-    ticket: u64,
-    tally: &CacheTally,
-) -> Result<(Arc<PartitionView>, Vec<Arc<Segment>>), LoadError> {
-    let view = ensure_view(shared, store, p, consistency, staleness, ticket, tally).await?;
-    match view::segments_of(shared, store, &view, tally).await {
-        Ok(segs) => Ok((view, segs)),
-        Err(e) if e.missing_segment => {
-            let _g = shared.views[p as usize].refresh.lock().await;
-            let view = view::refresh(shared, store, p, true, tally).await?;
-            let segs = view::segments_of(shared, store, &view, tally).await?;
-            Ok((view, segs))
+/// Loads every partition (bounded concurrency). A partition that cannot
+/// be read fails the query, or with `allow_partial` is reported instead.
+async fn load_all(q: &QueryContext<'_>) -> Result<(Vec<Loaded>, Vec<PartitionFailure>), ReadError> {
+    let loads = (0..q.shared.views.len() as u32).map(|p| async move {
+        let r = load::partition(q.shared, &q.store, p, q.want, &q.tally).await;
+        (p, r)
+    });
+    let loaded: Vec<_> = futures::stream::iter(loads)
+        .buffer_unordered(q.shared.opts.io_concurrency.max(1))
+        .collect()
+        .await;
+    let mut ready = Vec::with_capacity(loaded.len());
+    let mut failed = Vec::new();
+    for (p, r) in loaded {
+        match r {
+            Ok(x) => ready.push(x),
+            Err(e) if q.req.allow_partial => failed.push(PartitionFailure {
+                partition: p,
+                error: e.into_read_error(p).to_string(),
+            }),
+            Err(e) => return Err(e.into_read_error(p)),
         }
-        Err(e) => Err(e),
     }
+    failed.sort_by_key(|f| f.partition);
+    Ok((ready, failed))
 }
 
 /// One candidate carried out of a partition.
@@ -109,6 +159,52 @@ struct Found {
     position: usize,
 }
 
+/// Scores every partition on the rayon pool. A panicking worker becomes
+/// an internal error for this query; it never takes the process down.
+async fn score(
+    q: &QueryContext<'_>,
+    ready: Vec<Loaded>,
+) -> Result<(Vec<Vec<Found>>, ScanStats), ReadError> {
+    let (params, vector, filter) = (q.params, q.vector.clone(), q.filter.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let run = std::panic::AssertUnwindSafe(|| {
+            use rayon::prelude::*;
+            ready
+                .par_iter()
+                .map(|(view, segs)| search_partition(view, segs, &params, &vector, filter.as_ref()))
+                .collect::<Vec<_>>()
+        });
+        let _ = tx.send(std::panic::catch_unwind(run));
+    });
+    let per = match rx.await {
+        Ok(Ok(per)) => per,
+        Ok(Err(panic)) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %what, "search worker panicked");
+            return Err(ReadError::Internal(format!(
+                "search worker panicked: {what}"
+            )));
+        }
+        Err(_) => return Err(ReadError::Internal("search worker vanished".into())),
+    };
+    let mut total = ScanStats::default();
+    let found = per
+        .into_iter()
+        .map(|(found, s)| {
+            total.segments += s.segments;
+            total.vectors_compared += s.vectors_compared;
+            found
+        })
+        .collect();
+    Ok((found, total))
+}
+
+/// The best `params.k` live (and filter-passing) records of one partition.
 fn search_partition(
     view: &PartitionView,
     segments: &[Arc<Segment>],
@@ -124,17 +220,14 @@ fn search_partition(
         .enumerate()
         .map(|(j, seg)| match filter {
             None => std::borrow::Cow::Borrowed(view.live.mask(j)),
-            Some(f) => {
-                let maps = seg.metadata_maps();
-                std::borrow::Cow::Owned(
-                    view.live
-                        .mask(j)
-                        .iter()
-                        .zip(maps)
-                        .map(|(l, m)| *l && f.matches(m))
-                        .collect(),
-                )
-            }
+            Some(f) => std::borrow::Cow::Owned(
+                view.live
+                    .mask(j)
+                    .iter()
+                    .zip(seg.metadata_maps())
+                    .map(|(l, m)| *l && f.matches(m))
+                    .collect(),
+            ),
         })
         .collect();
     for (j, seg) in segments.iter().enumerate() {
@@ -171,161 +264,73 @@ fn search_partition(
     (found, stats)
 }
 
-pub(super) async fn search(
-    shared: &Arc<Shared>,
-    req: &SearchRequest,
-) -> Result<SearchResponse, ReadError> {
-    let query = check_query(shared, req)?;
-    let filter = req.filter.as_ref().map(parse_filter).transpose()?;
-    let qstore = Counted::new(shared.store.clone());
-    let tally = CacheTally::default();
-    let started = Instant::now();
-    let ticket = shared.next_ticket();
-    let staleness = req
-        .max_staleness_ms
-        .map(Duration::from_millis)
-        .unwrap_or(shared.opts.max_staleness);
-    let loads = (0..shared.views.len() as u32).map(|p| {
-        let (qstore, tally) = (&qstore, &tally);
-        async move {
-            let r = load_partition(shared, qstore, p, req.consistency, staleness, ticket, tally);
-            (p, r.await)
-        }
-    });
-    let loaded: Vec<_> = futures::stream::iter(loads)
-        .buffer_unordered(shared.opts.io_concurrency.max(1))
-        .collect()
-        .await;
-    let mut ready = Vec::with_capacity(loaded.len());
-    let mut failed = Vec::new();
-    for (p, r) in loaded {
-        match r {
-            Ok(x) => ready.push(x),
-            Err(e) if req.allow_partial => failed.push(PartitionFailure {
-                partition: p,
-                error: e.into_read_error(p).to_string(),
-            }),
-            Err(e) => return Err(e.into_read_error(p)),
-        }
-    }
-    failed.sort_by_key(|f| f.partition);
-    let fetch_ms = started.elapsed().as_secs_f64() * 1e3;
-
-    // CPU phase on the rayon pool.
-    let compute_start = std::time::Instant::now();
-    let (metric, k) = (shared.shape.metric, req.k);
-    let params = QueryParams {
-        metric,
-        k,
-        nprobe: req.nprobe.unwrap_or(shared.nprobe).max(1),
-        exact: req.exact,
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    rayon::spawn(move || {
-        use rayon::prelude::*;
-        let per: Vec<(Vec<Found>, ScanStats)> = ready
-            .par_iter()
-            .map(|(view, segs)| search_partition(view, segs, &params, &query, filter.as_ref()))
-            .collect();
-        let _ = tx.send((per, ready.len()));
-    });
-    let (per, searched) = rx
-        .await
-        .map_err(|_| ReadError::Invalid("search worker failed".into()))?;
-    let mut stats = QueryStats {
-        partitions_searched: searched as u64,
-        ..Default::default()
-    };
-    let mut all: Vec<Found> = Vec::new();
-    for (found, s) in per {
-        stats.segments_scanned += s.segments;
-        stats.vectors_compared += s.vectors_compared;
-        all.extend(found);
-    }
+/// The global top-k of the per-partition lists (ties broken by id).
+fn merge(per_partition: Vec<Vec<Found>>, k: usize) -> Vec<Found> {
+    let mut all: Vec<Found> = per_partition.into_iter().flatten().collect();
     all.sort_by(|a, b| {
         a.distance
             .total_cmp(&b.distance)
             .then_with(|| a.id.cmp(&b.id))
     });
     all.truncate(k);
-    let results = all
-        .into_iter()
+    all
+}
+
+/// Hits as users see them: score and distance, metadata and vector on
+/// request.
+fn present_hits(q: &QueryContext<'_>, top: Vec<Found>) -> Vec<Hit> {
+    let metric = q.params.metric;
+    top.into_iter()
         .map(|f| {
             let (score, distance) = present(metric, f.distance);
             Hit {
                 score,
                 distance,
-                metadata: req
+                metadata: q
+                    .req
                     .include_metadata
                     .then(|| f.segment.metadata(f.position).unwrap_or_default()),
-                vector: req
+                vector: q
+                    .req
                     .include_vectors
                     .then(|| f.segment.vector(f.position).to_vec()),
                 partition: f.partition,
                 id: f.id,
             }
         })
-        .collect();
-    stats.compute_ms = compute_start.elapsed().as_secs_f64() * 1e3;
-    stats.fetch_ms = fetch_ms;
-    stats.cache_hits = tally.hits.load(Relaxed);
-    stats.cache_misses = tally.misses.load(Relaxed);
-    stats.requests = qstore.counts();
-    tracing::debug!(?stats, "search done");
-    Ok(SearchResponse {
-        results,
-        partial: !failed.is_empty(),
-        failed_partitions: failed,
-        stats,
-    })
+        .collect()
 }
 
+/// The newest live version of `id`, reading only its partition.
 pub(super) async fn get(
     shared: &Arc<Shared>,
     id: &str,
     consistency: Consistency,
 ) -> Result<Option<StoredRecord>, ReadError> {
-    let n = shared.views.len() as u32;
-    let p = crate::coord::partition_of(id, n);
+    let p = crate::coord::partition_of(id, shared.views.len() as u32);
     let tally = CacheTally::default();
     let store: &dyn ObjectStore = shared.store.as_ref();
-    let staleness = shared.opts.max_staleness;
-    let view = ensure_view(
-        shared,
-        store,
-        p,
+    let want = Freshness {
         consistency,
-        staleness,
-        shared.next_ticket(),
-        &tally,
-    )
-    .await
-    .map_err(|e| e.into_read_error(p))?;
-    let Some(loc) = view.locate(id) else {
-        return Ok(None);
+        staleness: shared.opts.max_staleness,
+        ticket: shared.next_ticket(),
     };
-    let entry = &view.manifest.segments[loc.seg as usize];
-    let seg = match view::load_segment(shared, store, &entry.key, &tally).await {
-        Ok(s) => s,
-        Err(e) if e.missing_segment => {
-            // Compacted away since our manifest: look again with a fresh one.
-            let _g = shared.views[p as usize].refresh.lock().await;
-            let view = view::refresh(shared, store, p, true, &tally)
-                .await
-                .map_err(|e| e.into_read_error(p))?;
-            drop(_g);
-            let Some(loc) = view.locate(id) else {
-                return Ok(None);
-            };
-            let entry = &view.manifest.segments[loc.seg as usize];
-            let seg = view::load_segment(shared, store, &entry.key, &tally)
-                .await
-                .map_err(|e| e.into_read_error(p))?;
-            return Ok(Some(stored(id, p, entry.seq, &seg, loc.pos as usize)));
-        }
-        Err(e) => return Err(e.into_read_error(p)),
+    let found = async {
+        let view = load::ensure_view(shared, store, p, want, &tally).await?;
+        load::retry_if_vanished(shared, store, view, &tally, |view| {
+            let tally = &tally;
+            async move {
+                let Some(loc) = view.locate(id) else {
+                    return Ok(None);
+                };
+                let entry = &view.manifest.segments[loc.seg as usize];
+                let seg = view::load_segment(shared, store, &entry.key, tally).await?;
+                Ok(Some(stored(id, p, entry.seq, &seg, loc.pos as usize)))
+            }
+        })
+        .await
     };
-    Ok(Some(stored(id, p, entry.seq, &seg, loc.pos as usize)))
+    found.await.map_err(|e| e.into_read_error(p))
 }
 
 fn stored(id: &str, partition: u32, seq: u64, seg: &Segment, pos: usize) -> StoredRecord {
@@ -339,25 +344,19 @@ fn stored(id: &str, partition: u32, seq: u64, seg: &Segment, pos: usize) -> Stor
     }
 }
 
+/// Loads every partition now, so the first query is warm. Returns the
+/// live records.
 pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
     let tally = CacheTally::default();
     let store: &dyn ObjectStore = shared.store.as_ref();
-    let ticket = shared.next_ticket();
+    let want = Freshness {
+        consistency: Consistency::Strong,
+        staleness: Duration::ZERO,
+        ticket: shared.next_ticket(),
+    };
     let loads = (0..shared.views.len() as u32).map(|p| {
         let tally = &tally;
-        async move {
-            let r = load_partition(
-                shared,
-                store,
-                p,
-                Consistency::Strong,
-                Duration::ZERO,
-                ticket,
-                tally,
-            )
-            .await;
-            (p, r)
-        }
+        async move { (p, load::partition(shared, store, p, want, tally).await) }
     });
     let loaded: Vec<_> = futures::stream::iter(loads)
         .buffer_unordered(shared.opts.io_concurrency.max(1))

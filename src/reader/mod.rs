@@ -16,6 +16,7 @@
 //!   (sized to the cores) and merges the per-partition top-k.
 
 mod exec;
+mod load;
 pub mod view;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -156,69 +157,104 @@ pub enum ReadError {
     #[error(transparent)]
     Filter(#[from] FilterError),
     /// A partition could not be read; names the partition and object.
-    #[error("partition {partition} could not be read ({key}): {message}")]
+    #[error("partition {partition} could not be read ({key}): {source}")]
     Partition {
         partition: u32,
         key: String,
-        message: String,
-        retryable: bool,
+        #[source]
+        source: PartitionError,
     },
     #[error(transparent)]
     Coord(#[from] CoordError),
+    /// A fault inside the reader (a panicked search worker).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ReadError {
     pub fn is_retryable(&self) -> bool {
         match self {
-            ReadError::Partition { retryable, .. } => *retryable,
+            ReadError::Partition { source, .. } => source.is_retryable(),
             ReadError::Coord(e) => e.is_retryable(),
             _ => false,
         }
     }
 }
 
-/// Why loading one partition failed (converted to [`ReadError`] or a
-/// [`PartitionFailure`]).
-#[derive(Debug, Clone)]
-pub(crate) struct LoadError {
-    pub key: String,
-    pub message: String,
-    pub retryable: bool,
-    /// A referenced segment is gone (compaction + GC since our manifest).
-    pub missing_segment: bool,
+/// Why one partition could not be loaded. Cheap to clone (the segment
+/// cache hands one error to every query waiting on the same load).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PartitionError {
+    /// The manifest could not be fetched, parsed or validated.
+    #[error(transparent)]
+    Manifest(Arc<CoordError>),
+    /// A segment could not be fetched, decoded, or belongs elsewhere.
+    #[error(transparent)]
+    Segment(Arc<crate::segment::LoadError>),
 }
 
-impl LoadError {
-    fn from_store(e: &StoreError) -> Self {
-        LoadError {
-            key: e.key().to_string(),
-            message: e.to_string(),
-            retryable: e.is_retryable(),
-            missing_segment: matches!(e, StoreError::NotFound { .. }),
+impl PartitionError {
+    /// The object the error is about.
+    pub fn key(&self) -> String {
+        match self {
+            PartitionError::Manifest(e) => match &**e {
+                CoordError::Store(s) => s.key().to_string(),
+                CoordError::Corrupt { key, .. } => key.clone(),
+                _ => String::new(),
+            },
+            PartitionError::Segment(e) => e.key().to_string(),
         }
     }
-    fn from_load(e: &crate::segment::LoadError) -> Self {
-        LoadError {
-            key: e.key().to_string(),
-            message: e.to_string(),
-            retryable: e.is_retryable(),
-            missing_segment: e.is_missing(),
+
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PartitionError::Manifest(e) => e.is_retryable(),
+            PartitionError::Segment(e) => e.is_retryable(),
         }
     }
-    fn from_segment(e: &SegmentError) -> Self {
-        LoadError {
-            key: e.key().to_string(),
-            message: e.to_string(),
-            retryable: false,
-            missing_segment: false,
+
+    /// A referenced segment is gone (compaction + GC since our manifest).
+    pub fn is_missing_segment(&self) -> bool {
+        matches!(self, PartitionError::Segment(e) if e.is_missing())
+    }
+
+    /// What a caller can do about it.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            PartitionError::Manifest(e) => crate::error::coord_kind(e),
+            PartitionError::Segment(e) => match &**e {
+                crate::segment::LoadError::Store(s) => crate::error::store_kind(s),
+                crate::segment::LoadError::Segment(_) => crate::error::ErrorKind::Corrupt,
+            },
         }
     }
+
+    fn from_store(e: StoreError) -> Self {
+        PartitionError::Manifest(Arc::new(CoordError::Store(e)))
+    }
+
+    fn from_manifest(e: CoordError) -> Self {
+        PartitionError::Manifest(Arc::new(e))
+    }
+
+    fn from_load(e: crate::segment::LoadError) -> Self {
+        PartitionError::Segment(Arc::new(e))
+    }
+
+    fn bad_index(key: &str, reason: String) -> Self {
+        PartitionError::Segment(Arc::new(crate::segment::LoadError::Segment(
+            SegmentError::Corrupt {
+                key: key.to_string(),
+                reason: format!("bad index section: {reason}"),
+            },
+        )))
+    }
+
     fn into_read_error(self, partition: u32) -> ReadError {
         ReadError::Partition {
             partition,
-            key: self.key,
-            message: self.message,
-            retryable: self.retryable,
+            key: self.key(),
+            source: self,
         }
     }
 }

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::{LoadError, Shared};
+use super::{PartitionError, Shared};
 use crate::coord::manifest::{parse_manifest, Manifest};
 use crate::coord::paths::manifest_key;
 use crate::index::AnnIndex;
-use crate::segment::{LiveSet, Loc, Segment, SegmentError};
+use crate::segment::{LiveSet, Loc, Segment};
 use crate::store::{Conditional, ETag, ObjectStore, StoreError};
 
 /// One partition as a reader sees it.
@@ -48,17 +48,13 @@ impl PartitionView {
 
     /// Adds segments newer than everything in the view, in seq order
     /// (`keys` name them for errors).
-    fn absorb(&mut self, segments: &[Arc<Segment>], keys: &[String]) -> Result<(), LoadError> {
+    fn absorb(&mut self, segments: &[Arc<Segment>], keys: &[String]) -> Result<(), PartitionError> {
         for (seg, key) in segments.iter().zip(keys) {
             let ann = match seg.index_bytes() {
                 None => None,
                 Some(bytes) => Some(Arc::new(
-                    AnnIndex::parse(bytes, seg.dimensions(), seg.len()).map_err(|reason| {
-                        LoadError::from_segment(&SegmentError::Corrupt {
-                            key: key.clone(),
-                            reason: format!("bad index section: {reason}"),
-                        })
-                    })?,
+                    AnnIndex::parse(bytes, seg.dimensions(), seg.len())
+                        .map_err(|reason| PartitionError::bad_index(key, reason))?,
                 )),
             };
             self.ann.push(ann);
@@ -129,7 +125,7 @@ pub(crate) async fn load_segment(
     store: &dyn ObjectStore,
     key: &str,
     tally: &CacheTally,
-) -> Result<Arc<Segment>, LoadError> {
+) -> Result<Arc<Segment>, PartitionError> {
     use std::sync::atomic::Ordering::Relaxed;
     let entry = shared
         .cache
@@ -138,10 +134,10 @@ pub(crate) async fn load_segment(
             crate::segment::load(store, key, shared.shape)
                 .await
                 .map(Arc::new)
-                .map_err(|e| LoadError::from_load(&e))
+                .map_err(PartitionError::from_load)
         })
         .await
-        .map_err(|e: Arc<LoadError>| (*e).clone())?;
+        .map_err(|e: Arc<PartitionError>| (*e).clone())?;
     let (counter, global) = if entry.is_fresh() {
         (&tally.misses, &shared.misses)
     } else {
@@ -166,7 +162,7 @@ pub(crate) async fn segments_of(
     store: &dyn ObjectStore,
     view: &PartitionView,
     tally: &CacheTally,
-) -> Result<Vec<Arc<Segment>>, LoadError> {
+) -> Result<Vec<Arc<Segment>>, PartitionError> {
     let keys: Vec<String> = view
         .manifest
         .segments
@@ -182,7 +178,7 @@ async fn load_segments(
     store: &dyn ObjectStore,
     keys: Vec<String>,
     tally: &CacheTally,
-) -> Result<Vec<Arc<Segment>>, LoadError> {
+) -> Result<Vec<Arc<Segment>>, PartitionError> {
     let futs = keys
         .into_iter()
         .map(|key| async move { load_segment(shared, store, &key, tally).await });
@@ -203,7 +199,7 @@ pub(crate) async fn refresh(
     p: u32,
     force: bool,
     tally: &CacheTally,
-) -> Result<Arc<PartitionView>, LoadError> {
+) -> Result<Arc<PartitionView>, PartitionError> {
     let slot = &shared.views[p as usize];
     let current = slot.current();
     let key = manifest_key(p);
@@ -223,22 +219,17 @@ pub(crate) async fn refresh(
             }
             Ok(Conditional::Modified(got)) => Some(got),
             Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(LoadError::from_store(&e)),
+            Err(e) => return Err(PartitionError::from_store(e)),
         },
         None => match store.get(&key).await {
             Ok(got) => Some(got),
             Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(LoadError::from_store(&e)),
+            Err(e) => return Err(PartitionError::from_store(e)),
         },
     };
     let (manifest, etag) = match fetched {
         Some(got) => (
-            parse_manifest(p, &got.bytes).map_err(|e| LoadError {
-                key: key.clone(),
-                message: e.to_string(),
-                retryable: false,
-                missing_segment: false,
-            })?,
+            parse_manifest(p, &got.bytes).map_err(PartitionError::from_manifest)?,
             Some(got.etag),
         ),
         None => (Manifest::empty(p), None),

@@ -58,6 +58,12 @@ impl FlushReport {
     }
 }
 
+impl std::ops::AddAssign for FlushReport {
+    fn add_assign(&mut self, other: FlushReport) {
+        self.add(&other);
+    }
+}
+
 struct Buffer {
     records: Vec<Prepared>,
     /// When the oldest buffered record arrived.

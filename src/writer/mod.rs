@@ -53,11 +53,12 @@ pub enum WriteError {
     #[error("invalid input: {0}")]
     Invalid(#[from] InvalidInput),
     /// A partition's commit failed; its records are not acknowledged.
-    #[error("commit to partition {partition} failed: {message}")]
+    /// Every caller whose records shared the commit gets the same source.
+    #[error("commit to partition {partition} failed: {source}")]
     Commit {
         partition: u32,
-        message: String,
-        retryable: bool,
+        #[source]
+        source: Arc<WriteError>,
     },
     #[error(transparent)]
     Coord(#[from] CoordError),
@@ -70,7 +71,7 @@ pub enum WriteError {
 impl WriteError {
     pub fn is_retryable(&self) -> bool {
         match self {
-            WriteError::Commit { retryable, .. } => *retryable,
+            WriteError::Commit { source, .. } => source.is_retryable(),
             WriteError::Coord(e) => e.is_retryable(),
             WriteError::Store(e) => e.is_retryable(),
             _ => false,
@@ -138,7 +139,7 @@ pub struct WriterStatsSnapshot {
     pub retries: u64,
 }
 
-type CommitResult = Result<Committed, (String, bool)>;
+type CommitResult = Result<Committed, Arc<WriteError>>;
 
 struct Pending {
     records: Arc<Vec<Prepared>>,
@@ -319,7 +320,7 @@ impl Writer {
             let r = self
                 .commit_partition(p, dedupe_last_wins(all))
                 .await
-                .map_err(|e| (e.to_string(), e.is_retryable()));
+                .map_err(Arc::new);
             for b in batch {
                 let _ = b.done.send(r.clone());
             }
@@ -330,11 +331,7 @@ impl Writer {
     }
 
     fn finish(&self, partition: u32, r: CommitResult) -> Result<Committed, WriteError> {
-        r.map_err(|(message, retryable)| WriteError::Commit {
-            partition,
-            message,
-            retryable,
-        })
+        r.map_err(|source| WriteError::Commit { partition, source })
     }
 
     /// Writes one segment and appends it to the partition's manifest.

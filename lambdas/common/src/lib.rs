@@ -1,5 +1,5 @@
 //! The runtime wiring the three shoal Lambda functions share: JSON logs,
-//! one [`Service`] per cold start, and handler errors mapped to Lambda's
+//! one [`Db`] handle per cold start, and handler errors mapped to Lambda's
 //! error types (`Retryable`/`NonRetryable`, see
 //! [`shoal::lambda::error_type`]). Request handling itself lives in
 //! `shoal::lambda`, where the tests call it directly.
@@ -8,8 +8,8 @@ use std::future::Future;
 
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde_json::Value;
-use shoal::api::{ApiError, Service};
-use shoal::coord::Role;
+use shoal::api::{ApiError, Role};
+use shoal::Db;
 
 /// A handler error as Lambda reports it.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ impl From<Failure> for Diagnostic {
 /// with `handler` until the runtime stops the process.
 pub async fn run<F, Fut>(role: Role, handler: F) -> Result<(), lambda_runtime::Error>
 where
-    F: Fn(&'static Service, LambdaEvent<Value>) -> Fut,
+    F: Fn(&'static Db, LambdaEvent<Value>) -> Fut,
     Fut: Future<Output = Result<Value, ApiError>>,
 {
     tracing_subscriber::fmt()
@@ -39,10 +39,10 @@ where
         .init();
     // Built once per cold start and kept for the life of the process,
     // which is what `'static` says.
-    let svc: &'static Service = Box::leak(Box::new(shoal::lambda::service_from_env(role).await?));
+    let db: &'static Db = Box::leak(Box::new(shoal::lambda::db_from_env(role).await?));
     let handler = &handler;
     lambda_runtime::run(service_fn(move |e: LambdaEvent<Value>| async move {
-        handler(svc, e).await.map_err(Failure)
+        handler(db, e).await.map_err(Failure)
     }))
     .await
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
-use shoal::coord::Role;
+use shoal::api::Role;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -28,7 +28,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         // Stop with a quarter of the time (0.2 to 20 s) to spare for the
         // partition in progress and saving the cursor.
         let margin = (left / 4).clamp(Duration::from_millis(200), Duration::from_secs(20));
-        let gc = shoal::compact::gc::GcOptions::default();
+        let gc = shoal::api::GcOptions::default();
         shoal::lambda::handle_compactor(svc, deadline, margin, &gc).await
     })
     .await

@@ -1,7 +1,7 @@
 //! shoal reader Lambda: search and get, as direct invocations or Function
 //! URL / API Gateway HTTP events. All logic lives in `shoal::lambda`.
 
-use shoal::coord::Role;
+use shoal::api::Role;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {

@@ -1,7 +1,7 @@
 //! shoal writer Lambda: upsert and delete, answering only after commit, as
 //! direct invocations or HTTP events. All logic lives in `shoal::lambda`.
 
-use shoal::coord::Role;
+use shoal::api::Role;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {

@@ -1,9 +1,17 @@
-//! Readers for TEXMEX vector files (`.fvecs` / `.ivecs`), as used by ANN
-//! benchmarks and `shoal ingest`: each row is a little-endian i32 `d`
-//! followed by `d` f32 (fvecs) or i32 (ivecs) values.
+//! Reading vectors and records from files: TEXMEX `.fvecs` / `.ivecs`
+//! (as used by ANN benchmarks: each row is a little-endian i32 `d`
+//! followed by `d` f32 or i32 values), NumPy `.npy` ([`npy`]), and
+//! JSONL records ([`records`], which also pairs vector files with id and
+//! metadata files).
 //!
-//! [`FvecsReader`] streams rows, so files larger than memory are fine.
-//! Malformed files give an error naming the file and row.
+//! Every reader streams, so files larger than memory are fine. Malformed
+//! files give an error naming the file and row.
+
+mod npy;
+mod records;
+
+pub use npy::NpyRows;
+pub use records::{open_records, row_of, RecordItem};
 
 use std::fs::File;
 use std::io::{BufReader, ErrorKind, Read};
@@ -23,6 +31,18 @@ pub enum DatasetError {
         row: usize,
         reason: String,
     },
+    /// The file is not in the format its name says, or not one shoal reads.
+    #[error("{name}: {reason}")]
+    Format { name: String, reason: String },
+}
+
+impl DatasetError {
+    fn format(name: &str, reason: impl Into<String>) -> Self {
+        DatasetError::Format {
+            name: name.to_string(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Streams the rows of a `.fvecs` file.

@@ -5,6 +5,10 @@
 //! Record ids are the base file's row numbers (`"0"`, `"1"`, ...), so
 //! results compare directly with `.ivecs` ground truth.
 
+mod suite;
+
+pub use suite::{machine, run_suite, SuiteOptions, SuiteResults};
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -113,6 +117,26 @@ pub fn recall(got: &[String], truth: &[i32], k: usize) -> f64 {
     let want: std::collections::HashSet<String> =
         truth.iter().take(k).map(|i| i.to_string()).collect();
     got.iter().take(k).filter(|id| want.contains(*id)).count() as f64 / k as f64
+}
+
+/// The ids of the `k` records nearest to `q` by brute force (ties broken
+/// by id): exact ground truth for a recall figure.
+pub fn exact_top_k(
+    records: &[Record],
+    q: &[f32],
+    k: usize,
+    metric: crate::vocab::Metric,
+) -> Vec<String> {
+    let mut scored: Vec<(f32, &str)> = records
+        .iter()
+        .map(|r| (crate::index::distance(metric, q, &r.vector), r.id.as_str()))
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    scored
+        .into_iter()
+        .take(k)
+        .map(|(_, id)| id.to_string())
+        .collect()
 }
 
 /// Runs every query one at a time through `make_reader()` (a fresh reader

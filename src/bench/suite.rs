@@ -1,0 +1,187 @@
+//! `shoal bench` as a library call: ingest a TEXMEX dataset into an empty
+//! bucket, compact it with an index, then measure warm queries (one at a
+//! time and from concurrent clients) and cold queries (each on a fresh
+//! reader with an empty cache). The CLI only prints [`SuiteResults`].
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{concurrent_qps, ingest, run_queries, IngestResult, QueryResult};
+use crate::coord::config::update_config;
+use crate::db::{CompactRequest, Db, OpenOptions};
+use crate::error::Error;
+use crate::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
+use crate::store::ObjectStore;
+use crate::vocab::{IndexSettings, Metric};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct SuiteOptions {
+    /// Base vectors (.fvecs); ids are row numbers.
+    pub base: PathBuf,
+    /// Query vectors (.fvecs).
+    pub queries: PathBuf,
+    /// Exact neighbours of each query (.ivecs), for recall.
+    pub truth: PathBuf,
+    pub partitions: u32,
+    pub metric: Metric,
+    /// `ivf`, `hnsw` or `none`.
+    pub index: String,
+    pub index_min_records: u64,
+    pub nprobe: usize,
+    /// Queries run warm (default: all).
+    pub warm_queries: Option<usize>,
+    pub cold_queries: usize,
+    pub clients: usize,
+}
+
+/// Everything measured, with the settings that produced it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SuiteResults {
+    pub ingest: IngestResult,
+    pub compact_seconds: f64,
+    pub warm: QueryResult,
+    pub warm_qps_concurrent: f64,
+    pub cold: QueryResult,
+    pub store: String,
+    pub records: usize,
+    pub dimensions: u32,
+    pub threads: usize,
+    pub machine: String,
+}
+
+/// One line about this machine: CPU model, cores, memory.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let mem = crate::reader::memory_budget_bytes() * 2 / (1 << 30);
+    format!(
+        "{cpu}, {} cores, ~{mem} GiB",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    )
+}
+
+/// Runs the suite against the empty bucket at `url`.
+pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Error> {
+    let invalid = |m: String| Err(Error::InvalidInput(m));
+    let base = crate::dataset::read_fvecs(&o.base)?;
+    let queries = crate::dataset::read_fvecs(&o.queries)?;
+    let truth = crate::dataset::read_ivecs(&o.truth)?;
+    if base.is_empty() || queries.is_empty() {
+        return invalid("the base and query files must hold vectors".into());
+    }
+    if truth.len() < queries.len() {
+        return invalid(format!(
+            "{} has {} rows for {} queries",
+            o.truth.display(),
+            truth.len(),
+            queries.len()
+        ));
+    }
+    if !["ivf", "hnsw", "none"].contains(&o.index.as_str()) {
+        return invalid(format!(
+            "--index must be ivf, hnsw or none, not {:?}",
+            o.index
+        ));
+    }
+    let store = crate::store::open(url).await?;
+    if crate::coord::config::read_config(store.as_ref())
+        .await?
+        .is_some()
+    {
+        return invalid(format!(
+            "{} already holds an index; bench needs an empty bucket or prefix",
+            store.describe()
+        ));
+    }
+    let dims = base[0].len() as u32;
+    let opts = OpenOptions {
+        settings: crate::coord::RequestedSettings {
+            partition_count: Some(o.partitions),
+            dimensions: Some(dims),
+            distance_metric: Some(o.metric),
+            ..Default::default()
+        },
+        role: Some(crate::coord::Role::Writer),
+        ..Default::default()
+    };
+    let created = Db::open_store(store.clone(), opts.clone()).await?;
+    let ix = IndexSettings {
+        kind: o.index.clone(),
+        min_records: o.index_min_records,
+        nprobe: o.nprobe as u32,
+        ..Default::default()
+    };
+    let clock = crate::coord::clock::SystemClock;
+    update_config(store.as_ref(), &clock, |c| {
+        c.settings.index = Some(ix.clone());
+        Ok(())
+    })
+    .await?;
+    created.close().await?;
+    // Reopen so the writer and reader see the index settings.
+    let db = Db::open_store(store.clone(), opts).await?;
+    let settings = db.settings().clone();
+
+    tracing::info!(records = base.len(), dims, store = %store.describe(), "bench: ingest");
+    let ingest = ingest(&store, db.writer(), &base, None, 1000).await?;
+    tracing::info!(index = %o.index, "bench: compact");
+    let t = Instant::now();
+    db.compact(CompactRequest {
+        force: true,
+        partition: None,
+    })
+    .await?;
+    let compact_seconds = t.elapsed().as_secs_f64();
+    db.close().await?;
+
+    let warm_n = o.warm_queries.unwrap_or(queries.len()).min(queries.len());
+    let fresh_reader = || {
+        Reader::new(
+            store.clone(),
+            &settings,
+            ReaderOptions::for_role(crate::coord::Role::Reader),
+        )
+    };
+    let reader = fresh_reader();
+    reader.warm().await?;
+    let template = SearchRequest {
+        consistency: Consistency::Bounded,
+        nprobe: Some(o.nprobe),
+        ..SearchRequest::new(vec![], 10)
+    };
+    tracing::info!(warm_n, clients = o.clients, "bench: warm queries");
+    let warm = run_queries(
+        || reader.clone(),
+        &queries[..warm_n],
+        &truth,
+        None,
+        &template,
+    )
+    .await?;
+    let warm_qps_concurrent =
+        concurrent_qps(&reader, &queries[..warm_n], &template, o.clients).await?;
+    let cold_n = o.cold_queries.min(queries.len());
+    tracing::info!(cold_n, "bench: cold queries, each on a fresh reader");
+    let cold = run_queries(fresh_reader, &queries[..cold_n], &truth, None, &template).await?;
+    Ok(SuiteResults {
+        ingest,
+        compact_seconds,
+        warm,
+        warm_qps_concurrent,
+        cold,
+        store: store.describe(),
+        records: base.len(),
+        dimensions: dims,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        machine: machine(),
+    })
+}

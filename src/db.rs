@@ -1,0 +1,494 @@
+//! The one door: [`Db`], a handle on one index in a bucket.
+//!
+//! Every front end (the CLI, `shoal serve`, the Lambda handlers, `shoal
+//! bench`, `shoal demo`) opens a `Db` and calls its methods, the way
+//! lancedb's `connect(uri)` hands out a table and slatedb hands out a
+//! `Db`. Opening joins the cluster (probe the store, load or create the
+//! config, pick a role, register, heartbeat) or, for read-only tools,
+//! only observes it (see [`OpenOptions::join`]); the handle then builds
+//! its reader and writer on top. Nothing above this module touches the
+//! store, the protocol, readers or writers directly.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), shoal::Error> {
+//! use shoal::api::{Record, SearchRequest};
+//! let db = shoal::Db::open("file:///tmp/shoal-doc", shoal::OpenOptions::default()).await?;
+//! db.upsert(&[Record::new("a", vec![1.0, 0.0, 0.0])]).await?;
+//! let hits = db.search(&SearchRequest::new(vec![1.0, 0.0, 0.0], 10)).await?;
+//! db.close().await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::compact::gc::{GcOptions, GcReport};
+use crate::compact::{CompactOptions, CompactReport, Outcome};
+use crate::coord::clock::{DynClock, SystemClock};
+use crate::coord::cursor::{read_cursor, save_cursor, Cursor};
+use crate::coord::role::RoleEnv;
+use crate::coord::{paths, Cluster, Config, JoinOptions, RequestedSettings, Role, Settings};
+use crate::error::Error;
+use crate::inspect::{Status, VerifyReport};
+use crate::reader::{
+    Consistency, Reader, ReaderOptions, ReaderStats, SearchRequest, SearchResponse,
+};
+use crate::record::{Record, StoredRecord};
+use crate::store::{Counted, ObjectStore, RequestCounts};
+use crate::writer::{
+    BatchWriter, BatchWriterOptions, FlushReport, WriteReceipt, Writer, WriterOptions,
+    WriterStatsSnapshot,
+};
+
+/// How to open a [`Db`].
+#[derive(Clone)]
+pub struct OpenOptions {
+    /// Settings this process needs; `None` fields adopt the bucket's. When
+    /// joining a bucket without a config they create it (dimensions are
+    /// then required).
+    pub settings: RequestedSettings,
+    /// Explicit role (beats `BRAINY_ROLE` and detection).
+    pub role: Option<Role>,
+    /// Instance id; defaults to `BRAINY_INSTANCE_ID`, else one is generated.
+    pub instance_id: Option<String>,
+    /// Join the cluster: probe the store, create the config if missing,
+    /// register and heartbeat (the default). Off: observe only, for
+    /// read-only tools: the config must exist and nothing is written.
+    pub join: bool,
+    /// Heartbeat from a background task. Lambda handlers turn this off and
+    /// call [`Db::heartbeat_if_due`] per invocation instead.
+    pub background_heartbeat: bool,
+    /// Check that the store enforces conditional writes before joining.
+    pub probe: bool,
+    /// When joining a bucket without a config, create it from `settings`
+    /// (the default); off: refuse with a "no index" error.
+    pub create: bool,
+    /// Writers compact the partitions they wrote every this often in the
+    /// background (`None`: only when asked).
+    pub compact_every: Option<Duration>,
+    /// Reader settings; `None`: the preset of the role.
+    pub reader: Option<ReaderOptions>,
+    pub writer: WriterOptions,
+    /// Records per partition per segment for [`Db::add`].
+    pub batch_size: usize,
+    pub clock: DynClock,
+    pub env: RoleEnv,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            settings: RequestedSettings::default(),
+            role: None,
+            instance_id: std::env::var("BRAINY_INSTANCE_ID")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            join: true,
+            background_heartbeat: true,
+            probe: true,
+            create: true,
+            compact_every: None,
+            reader: None,
+            writer: WriterOptions::default(),
+            batch_size: BatchWriterOptions::default().batch_size,
+            clock: Arc::new(SystemClock),
+            env: RoleEnv::from_process(),
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Observe without joining (read-only tools): see [`OpenOptions::join`].
+    pub fn observer() -> Self {
+        OpenOptions {
+            join: false,
+            ..Default::default()
+        }
+    }
+
+    fn join_options(&self) -> JoinOptions {
+        JoinOptions {
+            settings: self.settings.clone(),
+            role: self.role,
+            instance_id: self.instance_id.clone(),
+            background_heartbeat: self.background_heartbeat,
+            probe: self.probe,
+            create: self.create,
+            clock: self.clock.clone(),
+            env: self.env.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Which partitions [`Db::compact`] compacts, and whether the policy may
+/// skip them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompactRequest {
+    /// Compact even partitions the policy would leave alone.
+    pub force: bool,
+    /// Only this partition (default: all).
+    pub partition: Option<u32>,
+}
+
+/// What one scheduled compactor round did ([`Db::compact_round`]).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompactRound {
+    pub partitions_visited: u32,
+    pub compacted: Vec<CompactReport>,
+    pub gc_runs: u32,
+    pub cursor: Cursor,
+}
+
+/// What [`probe`] found.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeReport {
+    pub store: String,
+    pub conditional_writes: &'static str,
+    pub requests: RequestCounts,
+}
+
+struct Inner {
+    cluster: Cluster,
+    reader: Reader,
+    writer: Writer,
+    /// [`Db::add`]'s buffer, created on first use.
+    bulk: tokio::sync::Mutex<Option<BatchWriter>>,
+    batch_size: usize,
+    background: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A handle on one index. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+impl Db {
+    /// Opens the index at `url` (`s3://bucket/prefix`, `file:///dir`, a
+    /// path, or `memory://name`).
+    pub async fn open(url: &str, opts: OpenOptions) -> Result<Db, Error> {
+        let store = crate::store::open(url).await.map_err(Error::Store)?;
+        Db::open_store(store, opts).await
+    }
+
+    /// Opens the index in an already opened store.
+    pub async fn open_store(store: Arc<Counted>, opts: OpenOptions) -> Result<Db, Error> {
+        let cluster = if opts.join {
+            Cluster::join(store, opts.join_options()).await?
+        } else {
+            Cluster::observe(store, opts.join_options()).await?
+        };
+        let role = cluster.role();
+        let settings = &cluster.config().settings;
+        let reader_opts = opts
+            .reader
+            .clone()
+            .unwrap_or_else(|| ReaderOptions::for_role(role));
+        let prefetch = reader_opts.prefetch && cluster.is_registered();
+        let reader = Reader::with_metrics(
+            cluster.store().clone(),
+            settings,
+            reader_opts,
+            Some(cluster.metrics().clone()),
+        );
+        if prefetch {
+            reader.spawn_warm();
+        }
+        let writer = Writer::new(
+            cluster.store().clone(),
+            settings,
+            cluster.instance_id().to_string(),
+            cluster.clock().clone(),
+            opts.writer.clone(),
+        );
+        let background = opts
+            .compact_every
+            .filter(|_| role.writes())
+            .map(|every| crate::compact::spawn_background(writer.clone(), every));
+        Ok(Db {
+            inner: Arc::new(Inner {
+                cluster,
+                reader,
+                writer,
+                bulk: tokio::sync::Mutex::new(None),
+                batch_size: opts.batch_size.max(1),
+                background: Mutex::new(background),
+            }),
+        })
+    }
+
+    pub fn role(&self) -> Role {
+        self.inner.cluster.role()
+    }
+
+    /// The bucket's config as it was when this handle opened.
+    pub fn config(&self) -> &Config {
+        self.inner.cluster.config()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.config().settings
+    }
+
+    pub fn instance_id(&self) -> &str {
+        self.inner.cluster.instance_id()
+    }
+
+    /// Where the index lives, e.g. `s3://bucket/prefix`.
+    pub fn describe(&self) -> String {
+        self.inner.cluster.store().describe()
+    }
+
+    /// Store requests this handle made so far, by kind.
+    pub fn store_counts(&self) -> RequestCounts {
+        self.inner.cluster.store().counts()
+    }
+
+    pub fn reader_stats(&self) -> ReaderStats {
+        self.inner.reader.stats()
+    }
+
+    pub fn writer_stats(&self) -> WriterStatsSnapshot {
+        self.inner.writer.stats()
+    }
+
+    /// Inserts or replaces records; returns once they are committed.
+    pub async fn upsert(&self, records: &[Record]) -> Result<WriteReceipt, Error> {
+        let receipt = self.inner.writer.upsert(records).await?;
+        self.count_writes(receipt.records);
+        Ok(receipt)
+    }
+
+    /// Deletes ids (deleting an absent id is fine); returns once committed.
+    pub async fn delete(&self, ids: &[String]) -> Result<WriteReceipt, Error> {
+        let receipt = self.inner.writer.delete(ids).await?;
+        self.count_writes(receipt.records);
+        Ok(receipt)
+    }
+
+    /// Validates and buffers records for bulk ingest. **Not acknowledged**
+    /// until a [`Db::flush`] (or [`Db::close`]) that covers them returns Ok;
+    /// a full partition buffer is flushed on the way (reported here).
+    pub async fn add(&self, records: &[Record]) -> Result<FlushReport, Error> {
+        let mut bulk = self.inner.bulk.lock().await;
+        let bw = bulk.get_or_insert_with(|| self.bulk_writer(self.inner.batch_size));
+        let report = bw.add(records).await?;
+        self.count_writes(report.records);
+        Ok(report)
+    }
+
+    /// Commits everything [`Db::add`] buffered.
+    pub async fn flush(&self) -> Result<FlushReport, Error> {
+        let bulk = self.inner.bulk.lock().await;
+        let Some(bw) = bulk.as_ref() else {
+            return Ok(FlushReport::default());
+        };
+        let report = bw.flush().await?;
+        self.count_writes(report.records);
+        Ok(report)
+    }
+
+    /// A batch writer of its own (for ingest pipelines that validate and
+    /// report record by record).
+    pub(crate) fn bulk_writer(&self, batch_size: usize) -> BatchWriter {
+        BatchWriter::new(
+            self.inner.writer.clone(),
+            BatchWriterOptions {
+                batch_size: batch_size.max(1),
+                ..Default::default()
+            },
+        )
+    }
+
+    pub(crate) fn writer(&self) -> &Writer {
+        &self.inner.writer
+    }
+
+    pub(crate) fn count_writes(&self, n: usize) {
+        self.inner
+            .cluster
+            .metrics()
+            .writes
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Searches every partition and merges the top-k.
+    pub async fn search(&self, req: &SearchRequest) -> Result<SearchResponse, Error> {
+        Ok(self.inner.reader.search(req).await?)
+    }
+
+    /// The newest live version of `id`, reading only its partition.
+    pub async fn get(
+        &self,
+        id: &str,
+        consistency: Consistency,
+    ) -> Result<Option<StoredRecord>, Error> {
+        Ok(self.inner.reader.get_with(id, consistency).await?)
+    }
+
+    /// Loads every partition now, so the next query is warm. Returns the
+    /// live records.
+    pub async fn warm(&self) -> Result<u64, Error> {
+        Ok(self.inner.reader.warm().await?)
+    }
+
+    /// Compacts partitions (see `compact` for what compaction does).
+    pub async fn compact(&self, req: CompactRequest) -> Result<Vec<Outcome>, Error> {
+        let settings = self.settings();
+        let opts = CompactOptions {
+            force: req.force,
+            upto_seq: None,
+        };
+        let (store, clock) = (self.inner.cluster.store(), self.inner.cluster.clock());
+        let id = self.instance_id();
+        Ok(match req.partition {
+            Some(p) if p >= settings.partition_count => {
+                return Err(Error::InvalidInput(format!(
+                    "partition {p} does not exist (the index has {})",
+                    settings.partition_count
+                )))
+            }
+            Some(p) => vec![
+                crate::compact::compact_partition(store.as_ref(), settings, p, id, clock, &opts)
+                    .await?,
+            ],
+            None => crate::compact::compact_all(store.as_ref(), settings, id, clock, &opts).await?,
+        })
+    }
+
+    /// Compacts, by policy, the partitions this handle wrote to since the
+    /// last call (what a writer runs after an ingest).
+    pub async fn compact_dirty(&self) -> Vec<Outcome> {
+        crate::compact::compact_dirty(&self.inner.writer).await
+    }
+
+    /// One scheduled compactor round (the compactor Lambda): compacts
+    /// partitions by policy, resuming where the last round stopped, until
+    /// `deadline - margin`; runs GC after each full pass; saves the cursor.
+    pub async fn compact_round(
+        &self,
+        deadline: Instant,
+        margin: Duration,
+        gc: &GcOptions,
+    ) -> Result<CompactRound, Error> {
+        let store = self.inner.cluster.store().as_ref();
+        let settings = self.settings();
+        let n = settings.partition_count;
+        let mut cursor = read_cursor(store).await?;
+        cursor.next_partition %= n;
+        let (mut visited, mut compacted, mut gc_runs) = (0u32, Vec::new(), 0u32);
+        let (id, clock) = (self.instance_id(), self.inner.cluster.clock());
+        let opts = CompactOptions::default();
+        while Instant::now() + margin < deadline && visited < n {
+            let p = cursor.next_partition;
+            let outcome =
+                crate::compact::compact_partition(store, settings, p, id, clock, &opts).await?;
+            if let Outcome::Compacted(r) = outcome {
+                compacted.push(r);
+            }
+            visited += 1;
+            cursor.next_partition = (p + 1) % n;
+            if cursor.next_partition == 0 {
+                cursor.passes += 1;
+                crate::compact::gc::gc(store, settings, clock, gc).await?;
+                gc_runs += 1;
+            }
+        }
+        save_cursor(store, &cursor).await?;
+        Ok(CompactRound {
+            partitions_visited: visited,
+            compacted,
+            gc_runs,
+            cursor,
+        })
+    }
+
+    /// Deletes what no manifest needs any more (see `compact::gc`).
+    pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport, Error> {
+        let store = self.inner.cluster.store();
+        let clock = self.inner.cluster.clock();
+        Ok(crate::compact::gc::gc(store.as_ref(), self.settings(), clock, opts).await?)
+    }
+
+    /// Config, instances, partitions and request counters; with `live`,
+    /// also live and dead records per partition (loads every segment, like
+    /// a cold reader's warm-up).
+    pub async fn status(&self, live: bool) -> Result<Status, Error> {
+        let store = self.inner.cluster.store();
+        let now = self.inner.cluster.clock().now();
+        let mut st = crate::inspect::status(store, self.config(), now).await?;
+        if live {
+            self.inner.reader.warm().await?;
+            st.set_live_counts(&self.inner.reader.live_counts());
+            st.requests = store.counts();
+        }
+        Ok(st)
+    }
+
+    /// Reads every manifest and segment and checks them.
+    pub async fn verify(&self) -> Result<VerifyReport, Error> {
+        let store = self.inner.cluster.store();
+        Ok(crate::inspect::verify(store.as_ref(), self.config()).await?)
+    }
+
+    /// Ready when the store answers and the config is still there.
+    pub async fn ready(&self) -> Result<(), Error> {
+        let store = self.inner.cluster.store();
+        match crate::coord::config::read_config(store.as_ref()).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::Coord(crate::coord::CoordError::NoIndex {
+                store: store.describe(),
+            })),
+        }
+    }
+
+    /// Writes one heartbeat now.
+    pub async fn heartbeat_now(&self) -> Result<(), Error> {
+        Ok(self.inner.cluster.heartbeat_now().await?)
+    }
+
+    /// This instance's record as last written (what `status` shows of it).
+    pub async fn instance_record(&self) -> crate::coord::instance::InstanceRecord {
+        self.inner.cluster.record().await
+    }
+
+    /// Heartbeats if one is due (what a Lambda invocation calls first; a
+    /// frozen sandbox runs no background task). A failure is logged.
+    pub async fn heartbeat_if_due(&self) {
+        if let Err(e) = self.inner.cluster.heartbeat_if_due().await {
+            tracing::warn!(error = %e, "heartbeat failed; continuing");
+        }
+    }
+
+    /// Clean shutdown: commits what [`Db::add`] buffered, stops background
+    /// compaction and deregisters this instance. Takes `&self` because
+    /// server tasks may still hold clones while they finish.
+    pub async fn close(&self) -> Result<(), Error> {
+        let flushed = self.flush().await;
+        let background = self.inner.background.lock().unwrap().take();
+        if let Some(task) = background {
+            task.abort();
+        }
+        self.inner.cluster.deregister().await?;
+        flushed.map(|_| ())
+    }
+}
+
+/// Checks that the store at `url` enforces conditional writes
+/// (create-only and compare-and-swap), which every multi-writer guarantee
+/// depends on. Needs no index in the bucket.
+pub async fn probe(url: &str) -> Result<ProbeReport, Error> {
+    let store = crate::store::open(url).await?;
+    crate::store::probe_conditional_writes(store.as_ref(), paths::probe_keys()).await?;
+    Ok(ProbeReport {
+        store: store.describe(),
+        conditional_writes: "enforced",
+        requests: store.counts(),
+    })
+}

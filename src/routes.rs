@@ -1,0 +1,256 @@
+//! The one route table: every operation the HTTP API and the Lambda
+//! functions serve, with its method, path, direct-invocation name and
+//! handler. `http.rs` builds its router from [`ROUTES`]; `lambda.rs`
+//! matches Function URL events and direct invocations against it. A new
+//! operation is one row here plus one handler function.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::api::{ApiError, Consistency, DeleteRequest, GetRequest, SearchRequest, UpsertRequest};
+use crate::db::Db;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        }
+    }
+}
+
+/// The operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Upsert,
+    Delete,
+    Search,
+    Get,
+    Status,
+    Health,
+    Ready,
+}
+
+/// Who may call a route when an API key is configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Health probes: always open.
+    Open,
+    /// Needs the API key.
+    Key,
+}
+
+/// One row of the table.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub op: Op,
+    pub method: Method,
+    /// The path, with `{id}` for the record id.
+    pub path: &'static str,
+    /// Endpoint name for metrics, and the key of a direct Lambda
+    /// invocation (`{"search": {...}}`).
+    pub name: &'static str,
+    /// Shorter paths Lambda Function URLs also accept.
+    pub lambda_aliases: &'static [&'static str],
+    pub access: Access,
+}
+
+pub const ROUTES: &[Route] = &[
+    Route {
+        op: Op::Upsert,
+        method: Method::Post,
+        path: "/v1/upsert",
+        name: "upsert",
+        lambda_aliases: &["/upsert"],
+        access: Access::Key,
+    },
+    Route {
+        op: Op::Delete,
+        method: Method::Post,
+        path: "/v1/delete",
+        name: "delete",
+        lambda_aliases: &["/delete"],
+        access: Access::Key,
+    },
+    Route {
+        op: Op::Search,
+        method: Method::Post,
+        path: "/v1/search",
+        name: "search",
+        lambda_aliases: &["/search", "/"],
+        access: Access::Key,
+    },
+    Route {
+        op: Op::Get,
+        method: Method::Get,
+        path: "/v1/records/{id}",
+        name: "record",
+        lambda_aliases: &[],
+        access: Access::Key,
+    },
+    Route {
+        op: Op::Status,
+        method: Method::Get,
+        path: "/v1/status",
+        name: "status",
+        lambda_aliases: &[],
+        access: Access::Key,
+    },
+    Route {
+        op: Op::Health,
+        method: Method::Get,
+        path: "/healthz",
+        name: "healthz",
+        lambda_aliases: &[],
+        access: Access::Open,
+    },
+    Route {
+        op: Op::Ready,
+        method: Method::Get,
+        path: "/readyz",
+        name: "readyz",
+        lambda_aliases: &[],
+        access: Access::Open,
+    },
+];
+
+/// The row of `op`.
+pub fn route(op: Op) -> &'static Route {
+    ROUTES
+        .iter()
+        .find(|r| r.op == op)
+        .expect("every op has a row")
+}
+
+/// What a call carries besides the operation.
+pub enum Input<'a> {
+    /// A request body as received (HTTP, Function URL events).
+    Bytes(&'a [u8]),
+    /// An already parsed body (direct Lambda invocations).
+    Json(Value),
+}
+
+impl Input<'_> {
+    fn parse<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        match self {
+            Input::Bytes(b) => crate::api::parse_body(b),
+            Input::Json(v) => serde_json::from_value(v)
+                .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}"))),
+        }
+    }
+}
+
+/// Matches `path` against a route's path, returning what stands for
+/// `{id}` (if the pattern has one; it may hold `/`, as ids may).
+pub fn match_path(pattern: &str, path: &str) -> Option<Option<String>> {
+    match pattern.split_once("{id}") {
+        None => (pattern == path).then_some(None),
+        Some((head, tail)) => {
+            let id = path.strip_prefix(head)?.strip_suffix(tail)?;
+            (!id.is_empty()).then(|| Some(id.to_string()))
+        }
+    }
+}
+
+/// Runs `op` on `db`. `id` is the path's record id, if any.
+pub async fn call(
+    db: &Db,
+    op: Op,
+    id: Option<String>,
+    input: Input<'_>,
+) -> Result<Value, ApiError> {
+    match op {
+        Op::Upsert => upsert(db, input).await,
+        Op::Delete => delete(db, input).await,
+        Op::Search => search(db, input).await,
+        Op::Get => get(db, id, input).await,
+        Op::Status => to_value(db.status(false).await?),
+        Op::Health => Ok(json!({"status": "ok"})),
+        Op::Ready => ready(db).await,
+    }
+}
+
+fn to_value<T: Serialize>(v: T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
+async fn upsert(db: &Db, input: Input<'_>) -> Result<Value, ApiError> {
+    let req: UpsertRequest = input.parse()?;
+    to_value(db.upsert(&req.records).await?)
+}
+
+async fn delete(db: &Db, input: Input<'_>) -> Result<Value, ApiError> {
+    let req: DeleteRequest = input.parse()?;
+    to_value(db.delete(&req.ids).await?)
+}
+
+async fn search(db: &Db, input: Input<'_>) -> Result<Value, ApiError> {
+    let req: SearchRequest = input.parse()?;
+    to_value(db.search(&req).await?)
+}
+
+/// Reads are strong: a client that just wrote an id sees it.
+async fn get(db: &Db, id: Option<String>, input: Input<'_>) -> Result<Value, ApiError> {
+    let id = match id {
+        Some(id) => id,
+        None => input.parse::<GetRequest>()?.id,
+    };
+    match db.get(&id, Consistency::Strong).await? {
+        Some(rec) => to_value(rec),
+        None => Err(ApiError::not_found(format!("no record with id {id:?}"))),
+    }
+}
+
+/// Ready when the store answers (a GET of the config).
+async fn ready(db: &Db) -> Result<Value, ApiError> {
+    db.ready()
+        .await
+        .map_err(|e| ApiError::new(503, "store_unavailable", e.to_string()))?;
+    Ok(json!({"status": "ready"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_with_and_without_ids() {
+        assert_eq!(match_path("/v1/search", "/v1/search"), Some(None));
+        assert_eq!(match_path("/v1/search", "/v1/searchx"), None);
+        assert_eq!(
+            match_path("/v1/records/{id}", "/v1/records/a-1"),
+            Some(Some("a-1".into()))
+        );
+        assert_eq!(match_path("/v1/records/{id}", "/v1/records/"), None);
+        assert_eq!(
+            match_path("/v1/records/{id}", "/v1/records/a/b"),
+            Some(Some("a/b".into()))
+        );
+    }
+
+    #[test]
+    fn every_op_has_exactly_one_row_and_names_are_unique() {
+        for op in [
+            Op::Upsert,
+            Op::Delete,
+            Op::Search,
+            Op::Get,
+            Op::Status,
+            Op::Health,
+            Op::Ready,
+        ] {
+            assert_eq!(ROUTES.iter().filter(|r| r.op == op).count(), 1, "{op:?}");
+        }
+        let mut names: Vec<&str> = ROUTES.iter().map(|r| r.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ROUTES.len());
+    }
+}
