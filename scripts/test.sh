@@ -27,6 +27,8 @@ cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
+echo "== structure (layering, cycles, conditional writes, front ends, shipped features)"
+python3 scripts/check-structure.py
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== README's main command: cargo run -- demo (dev profile, scratch bucket)"

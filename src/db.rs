@@ -210,7 +210,7 @@ impl Db {
         let background = opts
             .compact_every
             .filter(|_| role.writes())
-            .map(|every| crate::compact::spawn_background(writer.clone(), every));
+            .map(|every| spawn_background(writer.clone(), every));
         Ok(Db {
             inner: Arc::new(Inner {
                 cluster,
@@ -365,7 +365,7 @@ impl Db {
     /// Compacts, by policy, the partitions this handle wrote to since the
     /// last call (what a writer runs after an ingest).
     pub async fn compact_dirty(&self) -> Vec<Outcome> {
-        crate::compact::compact_dirty(&self.inner.writer).await
+        compact_dirty(&self.inner.writer).await
     }
 
     /// One scheduled compactor round (the compactor Lambda): compacts
@@ -490,5 +490,41 @@ pub async fn probe(url: &str) -> Result<ProbeReport, Error> {
         store: store.describe(),
         conditional_writes: "enforced",
         requests: store.counts(),
+    })
+}
+
+/// Compacts, by policy, the partitions `writer` committed to since the
+/// last call; a partition that fails is marked again for the next round.
+async fn compact_dirty(writer: &Writer) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for p in writer.take_dirty() {
+        let r = crate::compact::compact_partition(
+            writer.store().as_ref(),
+            writer.settings(),
+            p,
+            writer.writer_id(),
+            writer.clock(),
+            &CompactOptions::default(),
+        )
+        .await;
+        match r {
+            Ok(o) => outcomes.push(o),
+            Err(e) => {
+                writer.mark_dirty(p);
+                tracing::warn!(partition = p, error = %e, "background compaction failed; will retry");
+            }
+        }
+    }
+    outcomes
+}
+
+/// Runs [`compact_dirty`] every `interval` until the handle is aborted:
+/// writers compact in the background.
+fn spawn_background(writer: Writer, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            compact_dirty(&writer).await;
+        }
     })
 }

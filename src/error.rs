@@ -2,10 +2,10 @@
 //!
 //! Every layer keeps its own typed error (`StoreError`, `CoordError`,
 //! `SegmentError`, `WriteError`, `ReadError`, `CompactError`) with messages
-//! that name the key, partition or field. [`Error`] wraps them without
-//! flattening them to strings, and [`Error::kind`] sorts any of them into
-//! the small public [`ErrorKind`] that says what a caller should do
-//! (compare slatedb's `ErrorKind`). HTTP statuses and Lambda error types
+//! that name the key, partition or field, and sorts its own cases into the
+//! small public [`ErrorKind`] (a leaf type in `vocab`) that says what a
+//! caller should do (compare slatedb's `ErrorKind`). [`Error`] wraps them
+//! without flattening them to strings. HTTP statuses and Lambda error types
 //! are derived from the kind (see [`crate::api::ApiError`]), never chosen
 //! case by case in a front end.
 
@@ -13,39 +13,9 @@ use crate::compact::CompactError;
 use crate::coord::CoordError;
 use crate::dataset::DatasetError;
 use crate::reader::ReadError;
-use crate::segment::SegmentError;
 use crate::store::{ProbeError, StoreError};
+pub use crate::vocab::ErrorKind;
 use crate::writer::WriteError;
-
-/// What went wrong, as far as a caller needs to know to react.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// The request is wrong (bad vector, filter, setting, JSON): fix it;
-    /// retrying as is will fail again. Nothing was written.
-    InvalidInput,
-    /// What was asked for does not exist (no index at the URL, no record).
-    NotFound,
-    /// Someone else changed shared state first and shoal gave up (a
-    /// contradicting config); re-read before trying again.
-    Conflict,
-    /// The store is unavailable or throttling, or contention did not settle:
-    /// the same request may succeed later.
-    Unavailable,
-    /// An object in the bucket is damaged, foreign or missing although
-    /// referenced; the error names its key. Run `shoal verify`.
-    Corrupt,
-    /// A bug or an environment problem (a panicked worker, bad
-    /// credentials, a store that ignores conditional writes).
-    Internal,
-}
-
-impl ErrorKind {
-    /// Whether the same request may succeed later.
-    pub fn is_retryable(self) -> bool {
-        self == ErrorKind::Unavailable
-    }
-}
 
 /// Any error the handle returns. The source error is kept whole; match on
 /// it when the details matter, or ask [`Error::kind`].
@@ -81,17 +51,12 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Write(e) => write_kind(e),
-            Error::Read(e) => read_kind(e),
-            Error::Coord(e) => coord_kind(e),
-            Error::Compact(e) => match e {
-                CompactError::Coord(e) => coord_kind(e),
-                CompactError::Store(e) => store_kind(e),
-                CompactError::Segment(e) => segment_kind(e),
-            },
-            Error::Store(e) => store_kind(e),
-            Error::Probe(ProbeError::Store { source, .. }) => store_kind(source),
-            Error::Probe(ProbeError::NotEnforced { .. }) => ErrorKind::Internal,
+            Error::Write(e) => e.kind(),
+            Error::Read(e) => e.kind(),
+            Error::Coord(e) => e.kind(),
+            Error::Compact(e) => e.kind(),
+            Error::Store(e) => e.kind(),
+            Error::Probe(e) => e.kind(),
             Error::InvalidInput(_) | Error::Dataset(_) => ErrorKind::InvalidInput,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Internal(_) => ErrorKind::Internal,
@@ -110,61 +75,6 @@ impl Error {
                 crate::record::InvalidInput::BatchTooLarge { .. }
             ))
         )
-    }
-}
-
-pub(crate) fn store_kind(e: &StoreError) -> ErrorKind {
-    match e {
-        StoreError::NotFound { .. } => ErrorKind::NotFound,
-        StoreError::AlreadyExists { .. } | StoreError::PreconditionFailed { .. } => {
-            ErrorKind::Conflict
-        }
-        StoreError::Transient { .. } => ErrorKind::Unavailable,
-        StoreError::Other { .. } => ErrorKind::Internal,
-    }
-}
-
-fn segment_kind(_: &SegmentError) -> ErrorKind {
-    ErrorKind::Corrupt
-}
-
-pub(crate) fn coord_kind(e: &CoordError) -> ErrorKind {
-    match e {
-        CoordError::Store(e) => store_kind(e),
-        CoordError::Probe(ProbeError::Store { source, .. }) => store_kind(source),
-        CoordError::Probe(ProbeError::NotEnforced { .. }) => ErrorKind::Internal,
-        CoordError::Corrupt { .. } => ErrorKind::Corrupt,
-        CoordError::InvalidSetting { .. }
-        | CoordError::Immutable { .. }
-        | CoordError::MissingSetting(_)
-        | CoordError::InvalidRole { .. } => ErrorKind::InvalidInput,
-        CoordError::Contradiction { .. } => ErrorKind::Conflict,
-        CoordError::Contention { .. } => ErrorKind::Unavailable,
-        CoordError::NoIndex { .. } => ErrorKind::NotFound,
-    }
-}
-
-fn write_kind(e: &WriteError) -> ErrorKind {
-    match e {
-        WriteError::Invalid(_) => ErrorKind::InvalidInput,
-        WriteError::Commit { source, .. } => write_kind(source),
-        WriteError::Coord(e) => coord_kind(e),
-        WriteError::Store(e) => store_kind(e),
-        WriteError::Segment(e) => segment_kind(e),
-    }
-}
-
-fn read_kind(e: &ReadError) -> ErrorKind {
-    match e {
-        ReadError::Invalid(_) | ReadError::Filter(_) => ErrorKind::InvalidInput,
-        ReadError::Coord(e) => coord_kind(e),
-        ReadError::Internal(_) => ErrorKind::Internal,
-        ReadError::Partition { source, .. } => match source.kind() {
-            // A segment the manifest references is gone even after a
-            // refresh: the bucket is damaged, not the request.
-            ErrorKind::NotFound => ErrorKind::Corrupt,
-            k => k,
-        },
     }
 }
 

@@ -57,7 +57,7 @@ pub struct Status {
 
 /// Config, instances and per-partition numbers: one LIST + GET per
 /// instance record, one GET per manifest.
-pub async fn status(
+pub(crate) async fn status(
     store: &crate::store::Counted,
     config: &Config,
     now: SystemTime,
@@ -172,7 +172,10 @@ impl VerifyReport {
 
 /// Reads every manifest and every segment it references and checks them;
 /// lists `vectors/` to find orphans and stray objects.
-pub async fn verify(store: &dyn ObjectStore, config: &Config) -> Result<VerifyReport, CoordError> {
+pub(crate) async fn verify(
+    store: &dyn ObjectStore,
+    config: &Config,
+) -> Result<VerifyReport, CoordError> {
     let s = &config.settings;
     let shape = Shape {
         dimensions: s.dimensions as usize,

@@ -221,7 +221,7 @@ pub async fn handle_writer(db: &Db, event: Value) -> Result<Value, ApiError> {
 }
 
 /// Where the compactor resumes: kept in the bucket.
-pub const CURSOR_KEY: &str = crate::coord::paths::COMPACTOR_CURSOR_KEY;
+pub const CURSOR_KEY: &str = crate::api::COMPACTOR_CURSOR_KEY;
 
 /// The compactor function (a scheduled event): compacts partitions by
 /// policy, starting where the last invocation stopped, until `deadline`

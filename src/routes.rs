@@ -12,13 +12,13 @@ use crate::api::{ApiError, Consistency, DeleteRequest, GetRequest, SearchRequest
 use crate::db::Db;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
+pub(crate) enum Method {
     Get,
     Post,
 }
 
 impl Method {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",
             Method::Post => "POST",
@@ -28,7 +28,7 @@ impl Method {
 
 /// The operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
+pub(crate) enum Op {
     Upsert,
     Delete,
     Search,
@@ -40,7 +40,7 @@ pub enum Op {
 
 /// Who may call a route when an API key is configured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     /// Health probes: always open.
     Open,
     /// Needs the API key.
@@ -49,7 +49,7 @@ pub enum Access {
 
 /// One row of the table.
 #[derive(Clone, Copy, Debug)]
-pub struct Route {
+pub(crate) struct Route {
     pub op: Op,
     pub method: Method,
     /// The path, with `{id}` for the record id.
@@ -62,7 +62,7 @@ pub struct Route {
     pub access: Access,
 }
 
-pub const ROUTES: &[Route] = &[
+pub(crate) const ROUTES: &[Route] = &[
     Route {
         op: Op::Upsert,
         method: Method::Post,
@@ -122,7 +122,7 @@ pub const ROUTES: &[Route] = &[
 ];
 
 /// The row of `op`.
-pub fn route(op: Op) -> &'static Route {
+pub(crate) fn route(op: Op) -> &'static Route {
     ROUTES
         .iter()
         .find(|r| r.op == op)
@@ -130,7 +130,7 @@ pub fn route(op: Op) -> &'static Route {
 }
 
 /// What a call carries besides the operation.
-pub enum Input<'a> {
+pub(crate) enum Input<'a> {
     /// A request body as received (HTTP, Function URL events).
     Bytes(&'a [u8]),
     /// An already parsed body (direct Lambda invocations).
@@ -149,7 +149,7 @@ impl Input<'_> {
 
 /// Matches `path` against a route's path, returning what stands for
 /// `{id}` (if the pattern has one; it may hold `/`, as ids may).
-pub fn match_path(pattern: &str, path: &str) -> Option<Option<String>> {
+pub(crate) fn match_path(pattern: &str, path: &str) -> Option<Option<String>> {
     match pattern.split_once("{id}") {
         None => (pattern == path).then_some(None),
         Some((head, tail)) => {
@@ -160,7 +160,7 @@ pub fn match_path(pattern: &str, path: &str) -> Option<Option<String>> {
 }
 
 /// Runs `op` on `db`. `id` is the path's record id, if any.
-pub async fn call(
+pub(crate) async fn call(
     db: &Db,
     op: Op,
     id: Option<String>,

@@ -1,12 +1,43 @@
 //! Shared vocabulary: the words both the protocol (`coord`) and the data
 //! path (`record`, `segment`, `index`) speak: the distance [`Metric`], the
-//! ANN [`IndexSettings`] and the [`DomainRule`]s. A leaf: it imports
-//! nothing of shoal, so every other module may use it without a cycle.
+//! ANN [`IndexSettings`], the [`DomainRule`]s, and the [`ErrorKind`] every
+//! layer sorts its errors into. A leaf: it imports nothing of shoal, so
+//! every other module may use it without a cycle.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+/// What went wrong, as far as a caller needs to know to react.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request is wrong (bad vector, filter, setting, JSON): fix it;
+    /// retrying as is will fail again. Nothing was written.
+    InvalidInput,
+    /// What was asked for does not exist (no index at the URL, no record).
+    NotFound,
+    /// Someone else changed shared state first and shoal gave up (a
+    /// contradicting config); re-read before trying again.
+    Conflict,
+    /// The store is unavailable or throttling, or contention did not settle:
+    /// the same request may succeed later.
+    Unavailable,
+    /// An object in the bucket is damaged, foreign or missing although
+    /// referenced; the error names its key. Run `shoal verify`.
+    Corrupt,
+    /// A bug or an environment problem (a panicked worker, bad
+    /// credentials, a store that ignores conditional writes).
+    Internal,
+}
+
+impl ErrorKind {
+    /// Whether the same request may succeed later.
+    pub fn is_retryable(self) -> bool {
+        self == ErrorKind::Unavailable
+    }
+}
 
 /// A setting with a value shoal does not accept; names the setting, the
 /// value and what was expected.

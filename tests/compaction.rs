@@ -189,16 +189,7 @@ async fn exact_results_are_identical_before_and_after_compaction(store: Arc<Coun
             }
         }
     }
-    let report = shoal::inspect::verify(
-        store.as_ref(),
-        &shoal::coord::config::read_config(store.as_ref())
-            .await
-            .unwrap()
-            .unwrap()
-            .0,
-    )
-    .await
-    .unwrap();
+    let report = common::verify(&store).await.unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
 }
 
@@ -321,12 +312,7 @@ async fn racing_compactors_one_wins_nothing_lost(store: Arc<Counted>) {
     let ids: BTreeSet<&str> = resp.results.iter().map(|h| h.id.as_str()).collect();
     assert_eq!(ids.len(), 1000, "no duplicate ids in results");
     // The loser's outputs are orphans that verify reports and GC collects.
-    let cfg = shoal::coord::config::read_config(store.as_ref())
-        .await
-        .unwrap()
-        .unwrap()
-        .0;
-    let v = shoal::inspect::verify(store.as_ref(), &cfg).await.unwrap();
+    let v = common::verify(&store).await.unwrap();
     assert!(v.is_clean() && !v.orphans.is_empty(), "{v:?}");
 }
 

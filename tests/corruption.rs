@@ -75,8 +75,7 @@ async fn probe(store: &Arc<Counted>, s: &Settings, key: &str, partition: u32) {
     assert_eq!(partial.failed_partitions[0].partition, partition);
     assert!(partial.failed_partitions[0].error.contains(key));
     assert!(partial.results.iter().all(|h| h.partition != partition));
-    let cfg = read_config(store.as_ref()).await.unwrap().unwrap().0;
-    let report = shoal::inspect::verify(store.as_ref(), &cfg).await.unwrap();
+    let report = common::verify(store).await.unwrap();
     assert!(
         report.problems.iter().any(|p| p.key == key),
         "verify misses {key}: {:?}",

@@ -8,7 +8,7 @@ use shoal::OpenOptions;
 
 use super::{Ctx, InitArgs};
 
-pub async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
+pub(super) async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
     let requested = RequestedSettings {
         partition_count: Some(a.partitions),
         dimensions: Some(a.dimensions),
@@ -37,7 +37,7 @@ pub async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn status(ctx: &Ctx, live: bool) -> Result<()> {
+pub(super) async fn status(ctx: &Ctx, live: bool) -> Result<()> {
     let db = ctx.observe().await?;
     let st = db.status(live).await?;
     if ctx.json {
@@ -107,7 +107,7 @@ pub async fn status(ctx: &Ctx, live: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn verify(ctx: &Ctx) -> Result<()> {
+pub(super) async fn verify(ctx: &Ctx) -> Result<()> {
     let db = ctx.observe().await?;
     let report = db.verify().await?;
     if ctx.json {
@@ -137,7 +137,7 @@ pub async fn verify(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-pub async fn probe(ctx: &Ctx) -> Result<()> {
+pub(super) async fn probe(ctx: &Ctx) -> Result<()> {
     let report = shoal::probe(&ctx.bucket).await?;
     if ctx.json {
         return ctx.print_json(&report);
@@ -150,7 +150,7 @@ pub async fn probe(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-pub async fn compact(ctx: &Ctx, force: bool, partition: Option<u32>) -> Result<()> {
+pub(super) async fn compact(ctx: &Ctx, force: bool, partition: Option<u32>) -> Result<()> {
     let db = ctx.join_writer().await?;
     let result = db.compact(CompactRequest { force, partition }).await;
     db.close().await?;
@@ -184,7 +184,7 @@ pub async fn compact(ctx: &Ctx, force: bool, partition: Option<u32>) -> Result<(
     Ok(())
 }
 
-pub async fn gc(ctx: &Ctx, dry_run: bool, grace_seconds: u64) -> Result<()> {
+pub(super) async fn gc(ctx: &Ctx, dry_run: bool, grace_seconds: u64) -> Result<()> {
     let db = ctx.observe().await?;
     let opts = GcOptions {
         grace: Duration::from_secs(grace_seconds),

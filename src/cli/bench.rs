@@ -11,7 +11,7 @@ use shoal::api::{run_suite, Metric, SuiteOptions};
 use super::Ctx;
 
 #[derive(Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Base vectors (TEXMEX .fvecs); ids are row numbers.
     #[arg(long)]
     pub base: PathBuf,
@@ -50,7 +50,7 @@ pub struct BenchArgs {
     pub out: Option<PathBuf>,
 }
 
-pub async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
+pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     let metric: Metric = a.metric.into();
     let opts = SuiteOptions {
         base: a.base.clone(),

@@ -23,10 +23,10 @@ const VECTORS: &[u8] = include_bytes!("../../data/demo/vectors.f32.zst");
 const DOCS: &[u8] = include_bytes!("../../data/demo/docs.jsonl.zst");
 const QUERIES: &str = include_str!("../../data/demo/queries.json");
 const DIMS: usize = 384;
-pub const DEMO_BUCKET: &str = "./shoal-demo";
+pub(super) const DEMO_BUCKET: &str = "./shoal-demo";
 
 #[derive(Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Hash partitions of the demo index.
     #[arg(long, default_value_t = 8)]
     pub partitions: u32,
@@ -73,7 +73,7 @@ fn load() -> Result<(Vec<Record>, Vec<Query>)> {
     Ok((records, serde_json::from_str(QUERIES)?))
 }
 
-pub async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
+pub(super) async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
     let bucket = ctx
         .as_ref()
         .map_or(DEMO_BUCKET.to_string(), |c| c.bucket.clone());

@@ -15,7 +15,7 @@ use shoal::api::{ingest_files, IngestEvent, IngestOptions};
 use super::Ctx;
 
 #[derive(Args)]
-pub struct IngestArgs {
+pub(crate) struct IngestArgs {
     /// Files to ingest: .jsonl/.ndjson/.json ({"id","vector","metadata"} per line),
     /// .npy (float32, 2-D), .fvecs (TEXMEX).
     #[arg(required = true)]
@@ -37,7 +37,7 @@ pub struct IngestArgs {
     pub no_compact: bool,
 }
 
-pub async fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
+pub(super) async fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
     for f in &a.files {
         if !f.exists() {
             bail!("{}: no such file", f.display());

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use shoal::api::{Consistency, Metric, Role};
 use shoal::{Db, ErrorKind, OpenOptions};
 
-pub const DEFAULT_BUCKET: &str = "./shoal-data";
+pub(crate) const DEFAULT_BUCKET: &str = "./shoal-data";
 
 #[derive(Parser)]
 #[command(
@@ -27,7 +27,7 @@ pub const DEFAULT_BUCKET: &str = "./shoal-data";
         commit immutable segments with conditional writes, readers search every partition \
         and merge the top-k.\n\nStart with `shoal demo`."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Where the index lives: s3://bucket/prefix, file:///abs/dir, a path, or memory://name.
     /// Defaults to the local directory ./shoal-data (no server needed).
     #[arg(long, env = "SHOAL_BUCKET", global = true)]
@@ -97,7 +97,7 @@ impl From<ConsistencyArg> for Consistency {
 }
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Create the index config in the bucket (refuses to contradict an existing one).
     Init(InitArgs),
     /// Ingest vectors from JSONL, .npy or .fvecs files (streaming, with a progress bar).
@@ -159,7 +159,7 @@ pub enum Command {
 }
 
 #[derive(Args)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// Vector dimensions (1..=65536).
     #[arg(long)]
     pub dimensions: u32,
@@ -175,7 +175,7 @@ pub struct InitArgs {
 }
 
 /// What every command needs: where the bucket is and how to talk.
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub bucket: String,
     pub json: bool,
     pub role: Option<Role>,
@@ -184,7 +184,7 @@ pub struct Ctx {
 impl Ctx {
     /// Opens the index read-only (registers nothing), or says how to
     /// create one.
-    pub async fn observe(&self) -> Result<Db> {
+    pub(crate) async fn observe(&self) -> Result<Db> {
         self.open(OpenOptions {
             role: self.role,
             ..OpenOptions::observer()
@@ -194,7 +194,7 @@ impl Ctx {
 
     /// Joins the existing index as a writer (probe, register, heartbeat),
     /// or says how to create one.
-    pub async fn join_writer(&self) -> Result<Db> {
+    pub(crate) async fn join_writer(&self) -> Result<Db> {
         self.open(OpenOptions {
             role: Some(self.role.unwrap_or(Role::Writer)),
             create: false,
@@ -204,7 +204,7 @@ impl Ctx {
     }
 
     /// Opens with `opts`; a missing index gets the command that creates it.
-    pub async fn open(&self, opts: OpenOptions) -> Result<Db> {
+    pub(crate) async fn open(&self, opts: OpenOptions) -> Result<Db> {
         match Db::open(&self.bucket, opts).await {
             Ok(db) => Ok(db),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(anyhow::anyhow!(
@@ -216,13 +216,13 @@ impl Ctx {
     }
 
     /// Prints `value` as JSON (for `--json`).
-    pub fn print_json<T: serde::Serialize>(&self, value: &T) -> Result<()> {
+    pub(crate) fn print_json<T: serde::Serialize>(&self, value: &T) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(value)?);
         Ok(())
     }
 }
 
-pub async fn run(cli: Cli) -> Result<()> {
+pub(crate) async fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx {
         bucket: cli.bucket.clone().unwrap_or_else(|| DEFAULT_BUCKET.into()),
         json: cli.json,

@@ -11,7 +11,7 @@ use shoal::api::{Consistency, Hit, SearchRequest};
 use super::{ConsistencyArg, Ctx};
 
 #[derive(Args)]
-pub struct SearchArgs {
+pub(crate) struct SearchArgs {
     /// The query vector as a JSON array, e.g. '[0.1, 0.2, ...]'.
     #[arg(long, conflicts_with_all = ["vector_file", "query_file"])]
     pub vector: Option<String>,
@@ -83,7 +83,7 @@ fn excerpt(hit: &Hit) -> String {
     out
 }
 
-pub fn print_hits(hits: &[Hit]) {
+pub(super) fn print_hits(hits: &[Hit]) {
     println!(
         "{:>4}  {:<32} {:>8}  {:<12} metadata",
         "rank", "id", "score", "domain"
@@ -106,7 +106,7 @@ pub fn print_hits(hits: &[Hit]) {
     }
 }
 
-pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<()> {
+pub(super) async fn search(ctx: &Ctx, a: SearchArgs) -> Result<()> {
     let vector = query_vector(&a)?;
     let filter = match (&a.filter, &a.filter_json) {
         (Some(expr), _) => Some(shoal::api::parse_filter_expr(expr)?),
@@ -149,7 +149,7 @@ pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn get(ctx: &Ctx, id: &str, consistency: Consistency) -> Result<()> {
+pub(super) async fn get(ctx: &Ctx, id: &str, consistency: Consistency) -> Result<()> {
     let db = ctx.observe().await?;
     let Some(rec) = db.get(id, consistency).await? else {
         bail!("no record with id {id:?}");
@@ -181,7 +181,7 @@ pub async fn get(ctx: &Ctx, id: &str, consistency: Consistency) -> Result<()> {
     Ok(())
 }
 
-pub async fn delete(ctx: &Ctx, ids: &[String]) -> Result<()> {
+pub(super) async fn delete(ctx: &Ctx, ids: &[String]) -> Result<()> {
     let db = ctx.join_writer().await?;
     let result = db.delete(ids).await;
     db.close().await?;

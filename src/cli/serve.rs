@@ -12,7 +12,7 @@ use shoal::OpenOptions;
 use super::Ctx;
 
 #[derive(Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on (use 0.0.0.0:8080 inside a container).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
@@ -46,7 +46,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-pub async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
+pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     let every = (a.compact_every > 0).then(|| Duration::from_secs(a.compact_every));
     let db = ctx
         .open(OpenOptions {

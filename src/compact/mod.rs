@@ -53,6 +53,17 @@ pub enum CompactError {
     Segment(#[from] SegmentError),
 }
 
+impl CompactError {
+    /// What a caller can do about it.
+    pub fn kind(&self) -> crate::vocab::ErrorKind {
+        match self {
+            CompactError::Coord(e) => e.kind(),
+            CompactError::Store(e) => e.kind(),
+            CompactError::Segment(_) => crate::vocab::ErrorKind::Corrupt,
+        }
+    }
+}
+
 impl From<segment::LoadError> for CompactError {
     fn from(e: segment::LoadError) -> Self {
         match e {
@@ -332,43 +343,4 @@ pub async fn compact_all(
         .await
         .into_iter()
         .collect()
-}
-
-/// Compacts, by policy, the partitions `writer` committed to since the
-/// last call. What a writer runs in the background and after an ingest.
-pub async fn compact_dirty(writer: &crate::writer::Writer) -> Vec<Outcome> {
-    let mut outcomes = Vec::new();
-    for p in writer.take_dirty() {
-        let r = compact_partition(
-            writer.store().as_ref(),
-            writer.settings(),
-            p,
-            writer.writer_id(),
-            writer.clock(),
-            &CompactOptions::default(),
-        )
-        .await;
-        match r {
-            Ok(o) => outcomes.push(o),
-            Err(e) => {
-                writer.mark_dirty(p);
-                tracing::warn!(partition = p, error = %e, "background compaction failed; will retry");
-            }
-        }
-    }
-    outcomes
-}
-
-/// Runs [`compact_dirty`] every `interval` until the handle is aborted:
-/// writers compact in the background by default.
-pub fn spawn_background(
-    writer: crate::writer::Writer,
-    interval: std::time::Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(interval).await;
-            compact_dirty(&writer).await;
-        }
-    })
 }

@@ -1,6 +1,7 @@
 //! Errors of the coordination layer.
 
 use crate::store::{ProbeError, StoreError};
+use crate::vocab::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
@@ -67,6 +68,22 @@ impl From<crate::vocab::InvalidSetting> for CoordError {
 }
 
 impl CoordError {
+    /// What a caller can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CoordError::Store(e) => e.kind(),
+            CoordError::Probe(e) => e.kind(),
+            CoordError::Corrupt { .. } => ErrorKind::Corrupt,
+            CoordError::InvalidSetting { .. }
+            | CoordError::Immutable { .. }
+            | CoordError::MissingSetting(_)
+            | CoordError::InvalidRole { .. } => ErrorKind::InvalidInput,
+            CoordError::Contradiction { .. } => ErrorKind::Conflict,
+            CoordError::Contention { .. } => ErrorKind::Unavailable,
+            CoordError::NoIndex { .. } => ErrorKind::NotFound,
+        }
+    }
+
     /// Whether retrying the operation later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {

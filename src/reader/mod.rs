@@ -17,7 +17,7 @@
 
 mod exec;
 mod load;
-pub mod view;
+mod view;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,8 +32,6 @@ use crate::filter::FilterError;
 use crate::record::StoredRecord;
 use crate::segment::{Segment, SegmentError, Shape};
 use crate::store::{Counted, DynStore, RequestCounts, StoreError};
-
-pub use view::PartitionView;
 
 /// How fresh a query's view of the bucket must be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +170,22 @@ pub enum ReadError {
 }
 
 impl ReadError {
+    /// What a caller can do about it.
+    pub fn kind(&self) -> crate::vocab::ErrorKind {
+        use crate::vocab::ErrorKind;
+        match self {
+            ReadError::Invalid(_) | ReadError::Filter(_) => ErrorKind::InvalidInput,
+            ReadError::Coord(e) => e.kind(),
+            ReadError::Internal(_) => ErrorKind::Internal,
+            ReadError::Partition { source, .. } => match source.kind() {
+                // A segment the manifest references is gone even after a
+                // refresh: the bucket is damaged, not the request.
+                ErrorKind::NotFound => ErrorKind::Corrupt,
+                k => k,
+            },
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             ReadError::Partition { source, .. } => source.is_retryable(),
@@ -219,13 +233,10 @@ impl PartitionError {
     }
 
     /// What a caller can do about it.
-    pub fn kind(&self) -> crate::error::ErrorKind {
+    pub fn kind(&self) -> crate::vocab::ErrorKind {
         match self {
-            PartitionError::Manifest(e) => crate::error::coord_kind(e),
-            PartitionError::Segment(e) => match &**e {
-                crate::segment::LoadError::Store(s) => crate::error::store_kind(s),
-                crate::segment::LoadError::Segment(_) => crate::error::ErrorKind::Corrupt,
-            },
+            PartitionError::Manifest(e) => e.kind(),
+            PartitionError::Segment(e) => e.kind(),
         }
     }
 

@@ -25,7 +25,7 @@ use crate::store::{Conditional, ETag, ObjectStore, StoreError};
 
 /// One partition as a reader sees it.
 #[derive(Clone, Debug)]
-pub struct PartitionView {
+pub(super) struct PartitionView {
     pub partition: u32,
     pub manifest: Manifest,
     pub etag: Option<ETag>,
@@ -64,7 +64,7 @@ impl PartitionView {
     }
 
     /// Live records in the view.
-    pub fn live_count(&self) -> u64 {
+    pub(super) fn live_count(&self) -> u64 {
         self.live.live_count()
     }
 
@@ -87,15 +87,15 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    pub fn current(&self) -> Option<Arc<PartitionView>> {
+    pub(super) fn current(&self) -> Option<Arc<PartitionView>> {
         self.view.lock().unwrap().clone()
     }
 
-    pub fn checked_at(&self) -> Option<Instant> {
+    pub(super) fn checked_at(&self) -> Option<Instant> {
         *self.checked_at.lock().unwrap()
     }
 
-    pub fn checked_ticket(&self) -> u64 {
+    pub(super) fn checked_ticket(&self) -> u64 {
         self.checked_ticket
             .load(std::sync::atomic::Ordering::SeqCst)
     }

@@ -47,7 +47,7 @@ fn corrupt(key: &str, reason: impl Into<String>) -> SegmentError {
 
 /// Parses and verifies the header at the start of `buf`; returns it and
 /// where the header ends.
-pub fn decode_header(key: &str, buf: &[u8]) -> Result<(SegmentHeader, usize), SegmentError> {
+pub(super) fn decode_header(key: &str, buf: &[u8]) -> Result<(SegmentHeader, usize), SegmentError> {
     let short = || corrupt(key, format!("truncated header ({} bytes)", buf.len()));
     let mut c = Cursor { buf, at: 0 };
     let magic = c.take(8).ok_or_else(short)?;
@@ -182,7 +182,7 @@ pub fn decode_tail(key: &str, end: &[u8], total_len: u64) -> Result<Tail, Segmen
 
 /// Verifies and decompresses one section's stored bytes, refusing more
 /// than `max_raw` bytes of output.
-pub fn open_section(
+pub(super) fn open_section(
     key: &str,
     e: &SectionEntry,
     stored: &[u8],

@@ -52,6 +52,15 @@ impl LoadError {
         matches!(self, LoadError::Store(e) if e.is_retryable())
     }
 
+    /// A segment that does not decode or belongs elsewhere is corrupt data;
+    /// a store failure is whatever the store says.
+    pub fn kind(&self) -> crate::vocab::ErrorKind {
+        match self {
+            LoadError::Store(e) => e.kind(),
+            LoadError::Segment(_) => crate::vocab::ErrorKind::Corrupt,
+        }
+    }
+
     /// The object is gone (a compaction and GC since the manifest was read).
     pub fn is_missing(&self) -> bool {
         matches!(self, LoadError::Store(StoreError::NotFound { .. }))

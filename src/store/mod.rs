@@ -15,8 +15,12 @@
 //! relative to the URL's prefix: `vectors/p000/manifest.json`, never the full
 //! bucket path.
 
+// Test helpers, compiled only for shoal's own tests and for users who
+// enable the `test-util` feature; release and Lambda builds carry neither.
+#[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 mod counted;
+#[cfg(any(test, feature = "test-util"))]
 pub mod faults;
 pub mod local;
 pub mod memory;
@@ -134,6 +138,19 @@ impl StoreError {
         matches!(self, StoreError::Transient { .. })
     }
 
+    /// What a caller can do about it.
+    pub fn kind(&self) -> crate::vocab::ErrorKind {
+        use crate::vocab::ErrorKind;
+        match self {
+            StoreError::NotFound { .. } => ErrorKind::NotFound,
+            StoreError::AlreadyExists { .. } | StoreError::PreconditionFailed { .. } => {
+                ErrorKind::Conflict
+            }
+            StoreError::Transient { .. } => ErrorKind::Unavailable,
+            StoreError::Other { .. } => ErrorKind::Internal,
+        }
+    }
+
     /// Whether this is a lost create-only or compare-and-swap race.
     pub fn is_conflict(&self) -> bool {
         matches!(
@@ -160,6 +177,11 @@ impl StoreError {
         }
     }
 
+    // Used by the S3 backend and the fault-injecting stores only.
+    #[cfg_attr(
+        not(any(feature = "s3", feature = "test-util", test)),
+        allow(dead_code)
+    )]
     pub(crate) fn transient(key: &str, message: impl fmt::Display) -> Self {
         StoreError::Transient {
             key: key.to_string(),

@@ -29,6 +29,17 @@ pub enum ProbeError {
     },
 }
 
+impl ProbeError {
+    /// A store that ignores conditions is an environment problem; a
+    /// probe that could not run is whatever its store error is.
+    pub fn kind(&self) -> crate::vocab::ErrorKind {
+        match self {
+            ProbeError::NotEnforced { .. } => crate::vocab::ErrorKind::Internal,
+            ProbeError::Store { source, .. } => source.kind(),
+        }
+    }
+}
+
 /// Writes the scratch object `key` and checks that a second create-only
 /// write fails, a stale `If-Match` fails, and `If-Match` on `missing` (a
 /// key nobody writes) neither succeeds nor creates it. Cleans up after

@@ -69,6 +69,17 @@ pub enum WriteError {
 }
 
 impl WriteError {
+    /// What a caller can do about it.
+    pub fn kind(&self) -> crate::vocab::ErrorKind {
+        match self {
+            WriteError::Invalid(_) => crate::vocab::ErrorKind::InvalidInput,
+            WriteError::Commit { source, .. } => source.kind(),
+            WriteError::Coord(e) => e.kind(),
+            WriteError::Store(e) => e.kind(),
+            WriteError::Segment(_) => crate::vocab::ErrorKind::Corrupt,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             WriteError::Commit { source, .. } => source.is_retryable(),

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: a fresh store per test on each
 //! backend. S3 tests need `SHOAL_TEST_S3_ENDPOINT` (the README's test
 //! command starts moto and sets it); without it they are skipped loudly.
-#![allow(dead_code, unused_macros)]
+#![allow(dead_code, unused_macros, unreachable_pub)]
 
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -131,6 +131,13 @@ pub async fn create_index(
 pub fn writer(store: DynStore, settings: &Settings) -> Writer {
     let clock: DynClock = Arc::new(SystemClock);
     Writer::new(store, settings, "w", clock, WriterOptions::default())
+}
+
+/// `verify` through the handle, as `shoal verify` runs it: an observer
+/// that registers nothing.
+pub async fn verify(store: &Arc<Counted>) -> Result<shoal::api::VerifyReport, shoal::Error> {
+    let db = shoal::Db::open_store(store.clone(), shoal::OpenOptions::observer()).await?;
+    db.verify().await
 }
 
 /// The newest live version of `id` in the index `w` writes to, read the
