@@ -27,7 +27,7 @@ pub struct PartitionStatus {
     /// Share of records that sit in indexed segments.
     pub indexed_fraction: f64,
     /// Live records: the newest version of each id, not deleted. Only
-    /// with [`Status::count_live`], which loads every segment.
+    /// with [`Status::set_live_counts`] (`status --live`), which loads every segment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<u64>,
     /// Records compaction would drop: shadowed versions and tombstones

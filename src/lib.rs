@@ -1,49 +1,58 @@
 //! shoal: serverless vector search whose only shared state is an S3 bucket.
 //!
+//! # Use
+//!
+//! Open a handle on a bucket URL and call it; every front end (the CLI,
+//! `shoal serve`, the Lambda functions, `shoal bench`, `shoal demo`) does
+//! exactly this:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), shoal::Error> {
+//! use shoal::api::{Record, SearchRequest};
+//! let db = shoal::Db::open("./shoal-data", shoal::OpenOptions::default()).await?;
+//! db.upsert(&[Record::new("a", vec![0.1, 0.2, 0.3])]).await?;
+//! let found = db.search(&SearchRequest::new(vec![0.1, 0.2, 0.3], 10)).await?;
+//! db.close().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Layout
 //!
-//! Each module owns one part of the design (see `ARCHITECTURE.md` and the
-//! shared DESIGN.md it follows):
+//! Layers, bottom up; each module uses only the ones listed before it
+//! (`scripts/check-structure.py` checks it; see `ARCHITECTURE.md`):
 //!
+//! - [`vocab`]: the shared words: [`vocab::Metric`], index settings,
+//!   domain rules, [`ErrorKind`]. A leaf.
 //! - [`store`]: the [`store::ObjectStore`] trait (get, ranged get,
 //!   conditional get, create-only and compare-and-swap put, delete, list),
-//!   its three backends (S3, local directory, memory) chosen by URL, request
-//!   counters, the conditional-write probe and the conformance suite every
-//!   backend passes.
-//!
-//! - [`coord`]: the protocol on top of the store: the shared config
-//!   `_brainy/config.json`, the instance registry and heartbeats, role
-//!   detection, hash partitioning, the bucket key layout, the generic
-//!   compare-and-swap loop and the injected clock. Depends only on the
-//!   store trait.
-//!
-//! - [`record`]: the record model (id, vector, metadata, domain) and the
-//!   validation every write passes before anything is written.
-//! - [`segment`]: the versioned segment format: encode, and a decoder that
-//!   never panics and names the object key in every error.
-//!
-//! - [`bench`]: benchmark phases (ingest, queries, recall) shared by
-//!   `benches/` and the CLI.
-//! - [`dataset`]: streaming readers for TEXMEX `.fvecs`/`.ivecs` files.
-//! - [`writer`]: the write path: upsert/delete/get, group commit through
-//!   partition manifests (`coord::manifest`), and the buffered
-//!   [`writer::BatchWriter`] for bulk ingest.
-//!
-//! - [`filter`]: the metadata filter language (`$eq`, `$in`, `$lt`, `$and`, ...).
-//! - [`index`]: distance kernels, the top-k collector and the per-segment
-//!   search trait (exact scan; ANN kinds plug in behind it).
-//! - [`inspect`]: `status` and `verify`: administrative views of a bucket.
-//! - [`reader`]: the read path: manifest freshness, the segment cache,
-//!   live-record views, fan-out search, `get`, `warm`.
-//!
-//! - [`compact`]: compaction of partition prefixes into indexed segments,
-//!   and garbage collection with a grace period.
-//!
-//! - [`api`]: the service (a joined cluster with reader and writer) and the
-//!   request/response/error types shared by HTTP and Lambda front ends.
-//! - [`http`]: `shoal serve`, the axum HTTP API with auth and metrics.
-//! - [`lambda`]: runtime-free Lambda handlers (reader, writer, compactor)
-//!   for the thin binaries in `lambdas/`.
+//!   its backends (S3, local directory, memory) chosen by URL, request
+//!   counters and the conditional-write probe. The conformance suite and
+//!   fault-injecting stores exist only with the `test-util` feature.
+//! - [`coord`]: the protocol over the store, knowing nothing of readers or
+//!   writers: the config, instances and heartbeats, roles, partitioning,
+//!   the key layout ([`coord::paths`], where every key is minted), the
+//!   generic compare-and-swap loop ([`coord::cas`]) and the one room where
+//!   manifests change ([`coord::manifest`]).
+//! - [`record`]: the record model and the validation every write passes.
+//! - [`segment`]: the segment format; [`segment::load`], the one way to
+//!   read a segment; [`segment::LiveSet`], the one newest-version-wins rule.
+//! - [`index`]: kernels, top-k, exact scan, and the
+//!   [`index::IndexKind`] contract the ANN kinds (IVF, HNSW) implement.
+//! - [`filter`]: the metadata filter language.
+//! - [`writer`]: upsert/delete with group commit; [`writer::BatchWriter`].
+//! - [`reader`]: manifest freshness, the segment cache, live views and
+//!   the query pipeline.
+//! - [`compact`]: compaction of partition prefixes; garbage collection.
+//! - `inspect` (internal): `status` and `verify`.
+//! - [`dataset`]: file readers (`.fvecs`, `.ivecs`, `.npy`, JSONL);
+//!   `ingest` (internal): bulk ingest of files.
+//! - [`Db`] (module `db`): the handle, the one door to all of the above.
+//! - [`Error`] (module `error`): the error every handle call returns.
+//! - [`api`]: the request/response types every front end shares, and the
+//!   wire error [`api::ApiError`].
+//! - `routes` (internal): the one route table HTTP and Lambda serve.
+//! - [`http`], [`lambda`]: `shoal serve` and the Lambda handlers.
+//! - [`bench`](mod@bench): benchmark phases and the `shoal bench` suite.
 
 pub mod api;
 pub mod bench;

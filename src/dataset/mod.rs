@@ -1,7 +1,7 @@
 //! Reading vectors and records from files: TEXMEX `.fvecs` / `.ivecs`
 //! (as used by ANN benchmarks: each row is a little-endian i32 `d`
-//! followed by `d` f32 or i32 values), NumPy `.npy` ([`npy`]), and
-//! JSONL records ([`records`], which also pairs vector files with id and
+//! followed by `d` f32 or i32 values), NumPy `.npy` ([`NpyRows`]), and
+//! JSONL records ([`open_records`], which also pairs vector files with id and
 //! metadata files).
 //!
 //! Every reader streams, so files larger than memory are fine. Malformed

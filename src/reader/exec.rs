@@ -368,3 +368,69 @@ pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
     }
     Ok(live)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coord::clock::{DynClock, SystemClock};
+    use crate::coord::config::load_or_create;
+    use crate::coord::RequestedSettings;
+    use crate::reader::{Reader, ReaderOptions};
+    use crate::record::Record;
+    use crate::store::memory::MemoryStore;
+    use crate::vocab::Metric;
+    use crate::writer::{Writer, WriterOptions};
+
+    /// A search worker that panics (here: a view whose index list is
+    /// shorter than its segment list, which indexes out of bounds) ends
+    /// the query with an internal error; the process and the reader live on.
+    #[tokio::test]
+    async fn a_panicking_search_worker_is_an_internal_error_not_an_abort() {
+        let store: crate::store::DynStore = Arc::new(MemoryStore::unique());
+        let req = RequestedSettings {
+            partition_count: Some(2),
+            dimensions: Some(2),
+            distance_metric: Some(Metric::Dot),
+            ..Default::default()
+        };
+        let settings = load_or_create(store.as_ref(), &req, &SystemClock)
+            .await
+            .unwrap()
+            .settings;
+        let clock: DynClock = Arc::new(SystemClock);
+        let w = Writer::new(
+            store.clone(),
+            &settings,
+            "w",
+            clock,
+            WriterOptions::default(),
+        );
+        w.upsert(&[
+            Record::new("a", vec![1.0, 0.0]),
+            Record::new("b", vec![0.0, 1.0]),
+        ])
+        .await
+        .unwrap();
+        let reader = Reader::new(store, &settings, ReaderOptions::default());
+        let req = SearchRequest::new(vec![1.0, 0.0], 2);
+        let q = QueryContext::new(&reader.shared, &req).unwrap();
+        let (mut ready, failed) = load_all(&q).await.unwrap();
+        assert!(failed.is_empty());
+        let (view, segs) = ready
+            .iter_mut()
+            .find(|(_, segs)| !segs.is_empty())
+            .expect("a partition with data");
+        let mut broken = (**view).clone();
+        broken.ann.clear();
+        *view = Arc::new(broken);
+        assert!(!segs.is_empty());
+        match score(&q, ready).await {
+            Err(ReadError::Internal(msg)) => assert!(msg.contains("panicked"), "{msg}"),
+            Err(e) => panic!("expected an internal error, got {e}"),
+            Ok(_) => panic!("a broken view must not score"),
+        }
+        // The reader still answers.
+        let resp = reader.search(&req).await.unwrap();
+        assert_eq!(resp.results[0].id, "a");
+    }
+}

@@ -10,7 +10,7 @@
 //!   concurrent misses for one key load it once.
 //! - **Live records** (newest version of each id, not a tombstone) are
 //!   computed when a partition's manifest changes, incrementally for
-//!   appended segments, never per query (see [`view`]).
+//!   appended segments, never per query (see `view`).
 //! - **Search** refreshes what the consistency level asks for (async I/O,
 //!   bounded concurrency), then scores every partition on the rayon pool
 //!   (sized to the cores) and merges the per-partition top-k.

@@ -9,7 +9,7 @@
 //! | `file:///abs/dir` or a path  | [`local::LocalStore`]        | the embedded default     |
 //! | `memory://name[/prefix]`     | [`memory::MemoryStore`]      | fast unit tests          |
 //!
-//! Every backend passes one conformance suite ([`conformance`]); every handle
+//! Every backend passes one conformance suite (`conformance`, feature `test-util`); every handle
 //! returned by [`open`] is wrapped in [`Counted`], which counts requests by kind
 //! because request counts are what an S3 deployment pays for. Keys are always
 //! relative to the URL's prefix: `vectors/p000/manifest.json`, never the full
