@@ -141,36 +141,10 @@ impl Cluster {
                 detect_role(None, &opts.env, &live, embedded)?
             }
         };
-        let metrics = Arc::new(InstanceMetrics::default());
-        let stamp = format_time(now);
-        let record = InstanceRecord {
-            instance_id: instance_id.clone(),
-            role,
-            status: "active".into(),
-            host: instance::host_name(),
-            pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            started_at: stamp.clone(),
-            last_heartbeat: stamp,
-            heartbeat_seq: 1,
-            metrics: metrics.snapshot(store.counts()),
-            extra: Default::default(),
-        };
-        instance::write_record(store.as_ref(), &record).await?;
-        tracing::info!(instance = %instance_id, %role, store = %store.describe(), "joined");
-        let inner = Arc::new(Inner {
-            store,
-            instance_id: instance_id.clone(),
-            config,
-            role,
-            clock: opts.clock,
-            metrics,
-            record: tokio::sync::Mutex::new(record),
-            timeout,
-            interval: opts.heartbeat_interval,
-            last_cleanup: Mutex::new(None),
-            registered: true,
-        });
+        let inner = Arc::new(Inner::new(store, instance_id, config, role, &opts, true));
+        let record = inner.record.lock().await.clone();
+        instance::write_record(inner.store.as_ref(), &record).await?;
+        tracing::info!(instance = %record.instance_id, %role, store = %inner.store.describe(), "joined");
         if role.writes() {
             inner.cleanup_if_due().await;
         }
@@ -203,36 +177,8 @@ impl Cluster {
         }
         let instance_id = instance::instance_id(opts.instance_id.as_deref())?;
         let role = opts.role.unwrap_or(Role::Reader);
-        let metrics = Arc::new(InstanceMetrics::default());
-        let stamp = format_time(opts.clock.now());
-        let record = InstanceRecord {
-            instance_id: instance_id.clone(),
-            role,
-            status: "observer".into(),
-            host: instance::host_name(),
-            pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            started_at: stamp.clone(),
-            last_heartbeat: stamp,
-            heartbeat_seq: 0,
-            metrics: metrics.snapshot(store.counts()),
-            extra: Default::default(),
-        };
-        let timeout = Duration::from_secs(config.settings.instance_timeout_seconds);
         Ok(Cluster {
-            inner: Arc::new(Inner {
-                store,
-                instance_id,
-                config,
-                role,
-                clock: opts.clock,
-                metrics,
-                record: tokio::sync::Mutex::new(record),
-                timeout,
-                interval: opts.heartbeat_interval,
-                last_cleanup: Mutex::new(None),
-                registered: false,
-            }),
+            inner: Arc::new(Inner::new(store, instance_id, config, role, &opts, false)),
             heartbeat: Mutex::new(None),
         })
     }
@@ -345,6 +291,46 @@ impl Cluster {
 }
 
 impl Inner {
+    /// A member's state (`registered`), or an observer's, with the record
+    /// it publishes (an observer's is never written).
+    fn new(
+        store: Arc<Counted>,
+        instance_id: String,
+        config: Config,
+        role: Role,
+        opts: &JoinOptions,
+        registered: bool,
+    ) -> Inner {
+        let metrics = Arc::new(InstanceMetrics::default());
+        let stamp = format_time(opts.clock.now());
+        let record = InstanceRecord {
+            instance_id: instance_id.clone(),
+            role,
+            status: if registered { "active" } else { "observer" }.into(),
+            host: instance::host_name(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: stamp.clone(),
+            last_heartbeat: stamp,
+            heartbeat_seq: u64::from(registered),
+            metrics: metrics.snapshot(store.counts()),
+            extra: Default::default(),
+        };
+        Inner {
+            timeout: Duration::from_secs(config.settings.instance_timeout_seconds),
+            store,
+            instance_id,
+            config,
+            role,
+            clock: opts.clock.clone(),
+            metrics,
+            record: tokio::sync::Mutex::new(record),
+            interval: opts.heartbeat_interval,
+            last_cleanup: Mutex::new(None),
+            registered,
+        }
+    }
+
     async fn beat(&self) -> Result<(), CoordError> {
         if !self.registered {
             return Ok(());
