@@ -40,12 +40,6 @@ pub enum Error {
     /// not exist), before anything is read or written.
     #[error("{0}")]
     InvalidInput(String),
-    /// A record or object the caller asked for is not there.
-    #[error("{0}")]
-    NotFound(String),
-    /// A fault inside shoal (a panicked task); never the caller's fault.
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 impl Error {
@@ -58,8 +52,6 @@ impl Error {
             Error::Store(e) => e.kind(),
             Error::Probe(e) => e.kind(),
             Error::InvalidInput(_) | Error::Dataset(_) => ErrorKind::InvalidInput,
-            Error::NotFound(_) => ErrorKind::NotFound,
-            Error::Internal(_) => ErrorKind::Internal,
         }
     }
 
