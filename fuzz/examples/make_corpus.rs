@@ -188,6 +188,7 @@ fn manifests() {
         entry("vectors/p003/seg-000008-w2-ef56.seg", 8, false),
     ];
     m.retired = vec![RetiredEntry {
+        seq: None,
         key: "vectors/p003/seg-000001-w1-0001.seg".into(),
         retired_at: "2026-11-21T09:00:00Z".into(),
     }];

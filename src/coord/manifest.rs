@@ -1,6 +1,10 @@
 //! Partition manifests `vectors/pNNN/manifest.json`: the committed segment
 //! list of one partition (DESIGN section 6).
 //!
+//! Idempotence covers compaction too: a retried append finds its segment
+//! among the live entries or, if a compaction retired it in between,
+//! among the retired ones (see [`append_segment`]).
+//!
 //! This is the one room where manifests change. Each mutation is a named
 //! function over the generic compare-and-swap loop ([`super::cas`]):
 //! [`append_segment`] (a writer's commit), [`replace_prefix`] (a
@@ -51,6 +55,10 @@ pub struct Manifest {
 pub struct RetiredEntry {
     pub key: String,
     pub retired_at: String,
+    /// The seq the segment was committed at (absent in manifests written
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// One committed segment.
@@ -208,6 +216,13 @@ pub async fn append_segment(
             found_seq = Some(existing.seq);
             return Ok(Step::Keep(m));
         }
+        // Committed, then compacted away before this retry: its records
+        // are in the compaction's output. Appending it again would put an
+        // old version above newer acknowledged writes.
+        if let Some(retired) = m.retired.iter().find(|r| r.key == entry.key) {
+            found_seq = Some(retired.seq.unwrap_or(0));
+            return Ok(Step::Keep(m));
+        }
         found_seq = None;
         let mut e = entry.clone();
         e.seq = m.next_seq;
@@ -279,6 +294,7 @@ pub async fn replace_prefix(
         m.retired.extend(inputs.iter().map(|i| RetiredEntry {
             key: i.key.clone(),
             retired_at: retired_at.to_string(),
+            seq: Some(i.seq),
         }));
         Ok(Step::Write(m))
     })
@@ -314,4 +330,51 @@ pub async fn trim_retired(
     })
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn entry(key: &str) -> SegmentEntry {
+        let stats = SegmentStats {
+            records: 1,
+            ..Default::default()
+        };
+        SegmentEntry::new(key.into(), stats, "t".into(), "w")
+    }
+
+    /// A commit whose manifest PUT was applied but whose response was lost
+    /// is retried; if a compaction retired the segment in between, the
+    /// retry must recognise it instead of appending the old segment again
+    /// at a newer seq (where it would shadow newer acknowledged writes).
+    #[tokio::test]
+    async fn a_retried_commit_finds_its_segment_among_the_retired() {
+        let store = MemoryStore::unique();
+        let b = Backoff::default();
+        let (s1, s2) = ("vectors/p000/1.seg", "vectors/p000/2.seg");
+        append_segment(&store, 0, entry(s1), b).await.unwrap();
+        let second = append_segment(&store, 0, entry(s2), b).await.unwrap();
+        let (m, _) = read_manifest(&store, 0).await.unwrap().unwrap();
+        let out = entry("vectors/p000/c.seg");
+        let replaced = replace_prefix(&store, 0, &m.segments, &[out], "t", b)
+            .await
+            .unwrap();
+        assert_eq!(replaced, Replaced::Replaced);
+        // The retry of s2's commit (its first PUT landed, the answer was lost).
+        let retry = append_segment(&store, 0, entry(s2), b).await.unwrap();
+        assert!(retry.already_committed, "{retry:?}");
+        assert_eq!(
+            retry.seq, second.seq,
+            "the seq the segment was committed at"
+        );
+        let (m, _) = read_manifest(&store, 0).await.unwrap().unwrap();
+        assert!(
+            m.find(s2).is_none(),
+            "a compacted segment must not come back: {:?}",
+            m.segments
+        );
+        assert_eq!(m.segments.len(), 1);
+    }
 }
