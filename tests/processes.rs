@@ -152,7 +152,7 @@ fn kill9(b: &Shoal, seed: u64) {
     let out = b.run(&["--json", "verify"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(out.status.success(), "verify after kills: {report}");
-    b.ok(&["--json", "gc", "--grace-seconds", "0"]);
+    b.ok(&["--json", "gc", "--grace-seconds", "0", "--unsafe-grace"]);
     let after: Value = serde_json::from_slice(&b.run(&["--json", "verify"]).stdout).unwrap();
     assert_eq!(
         after["orphans"],

@@ -184,11 +184,17 @@ pub(super) async fn compact(ctx: &Ctx, force: bool, partition: Option<u32>) -> R
     Ok(())
 }
 
-pub(super) async fn gc(ctx: &Ctx, dry_run: bool, grace_seconds: u64) -> Result<()> {
+pub(super) async fn gc(
+    ctx: &Ctx,
+    dry_run: bool,
+    grace_seconds: u64,
+    unsafe_grace: bool,
+) -> Result<()> {
     let db = ctx.observe().await?;
     let opts = GcOptions {
         grace: Duration::from_secs(grace_seconds),
         dry_run,
+        allow_unsafe_grace: unsafe_grace,
     };
     let report = db.gc(&opts).await?;
     if ctx.json {

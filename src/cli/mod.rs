@@ -143,9 +143,14 @@ pub(crate) enum Command {
         /// Report what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Grace period in seconds (must exceed reader staleness plus the longest query).
+        /// Grace period in seconds (must exceed reader staleness plus the longest query,
+        /// and any writer pause; at least 300 unless --unsafe-grace).
         #[arg(long, default_value_t = 900)]
         grace_seconds: u64,
+        /// Accept a grace period under 300 s. Only safe when no writer or
+        /// reader is running against the bucket.
+        #[arg(long)]
+        unsafe_grace: bool,
     },
     /// Check that the store enforces conditional writes (create-only and
     /// compare-and-swap), which every multi-writer guarantee depends on.
@@ -240,7 +245,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Gc {
             dry_run,
             grace_seconds,
-        } => admin::gc(&ctx, dry_run, grace_seconds).await,
+            unsafe_grace,
+        } => admin::gc(&ctx, dry_run, grace_seconds, unsafe_grace).await,
         Command::Probe => admin::probe(&ctx).await,
         Command::Serve(a) => serve::run(&ctx, a).await,
         Command::Bench(a) => bench::run(&ctx, a).await,

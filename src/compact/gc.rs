@@ -11,6 +11,9 @@
 //! staleness plus the longest query: a reader holding a manifest from
 //! before a compaction can still fetch the segments it names, and a writer
 //! between its segment PUT and its manifest commit is never robbed.
+//! A grace below [`MIN_SAFE_GRACE`] (5 min) is refused unless the caller
+//! says it knows nothing else is running (`allow_unsafe_grace`,
+//! `shoal gc --unsafe-grace`); a dry run deletes nothing and may use any.
 //! GC also removes instance records whose heartbeat timed out.
 
 use std::collections::{HashMap, HashSet};
@@ -27,12 +30,19 @@ use crate::coord::{CoordError, Settings};
 use crate::store::ObjectStore;
 
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(15 * 60);
+/// The shortest grace GC accepts on its own: below it, GC could delete a
+/// segment a briefly paused writer is about to commit, or one a reader
+/// holding an older manifest is fetching.
+pub const MIN_SAFE_GRACE: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Clone, Debug)]
 pub struct GcOptions {
     pub grace: Duration,
     /// Report what would be deleted without deleting anything.
     pub dry_run: bool,
+    /// Accept a grace below [`MIN_SAFE_GRACE`] (only safe when no writer
+    /// or reader is running against the bucket).
+    pub allow_unsafe_grace: bool,
 }
 
 impl Default for GcOptions {
@@ -40,6 +50,7 @@ impl Default for GcOptions {
         GcOptions {
             grace: DEFAULT_GRACE,
             dry_run: false,
+            allow_unsafe_grace: false,
         }
     }
 }
@@ -60,6 +71,18 @@ pub async fn gc(
     clock: &DynClock,
     opts: &GcOptions,
 ) -> Result<GcReport, CoordError> {
+    if opts.grace < MIN_SAFE_GRACE && !opts.allow_unsafe_grace && !opts.dry_run {
+        return Err(CoordError::InvalidSetting {
+            setting: "gc grace period",
+            value: format!("{} s", opts.grace.as_secs()),
+            expected: format!(
+                "at least {} s: a shorter one can delete a segment that a paused writer is \
+                 about to commit or that a reader is fetching; pass --unsafe-grace only when \
+                 no writer or reader is running against the bucket",
+                MIN_SAFE_GRACE.as_secs()
+            ),
+        });
+    }
     let now = clock.now();
     let old_enough = |t: Option<std::time::SystemTime>| {
         t.and_then(|t| now.duration_since(t).ok())
