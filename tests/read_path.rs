@@ -623,3 +623,47 @@ async fn strong_reads_see_writes_even_when_no_time_passes() {
         .unwrap()
         .is_none());
 }
+
+/// Transient GET errors (503 SlowDown) are retried with backoff inside the
+/// query's deadline: a few of them cost latency, not the query. A store
+/// that keeps failing ends the query by its deadline, naming the key.
+#[tokio::test]
+async fn transient_read_errors_are_retried_within_the_query_deadline() {
+    use shoal::store::faults::{FailNext, Op};
+    let store = common::memory_store();
+    let (w, settings) = setup(&store, 4, Metric::Dot).await;
+    let mut rng = StdRng::seed_from_u64(11);
+    let recs: Vec<Record> = (0..40)
+        .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let flaky = Arc::new(FailNext::new(store.clone(), Op::Get, 0));
+    let reader = Reader::new(flaky.clone(), &settings, ReaderOptions::default());
+    let q = SearchRequest::new(rand_vec(&mut rng), 5);
+    // Cold: 4 manifests and 4 segments to GET, 6 of the GETs fail first.
+    flaky.fail_next(6);
+    let resp = reader
+        .search(&q)
+        .await
+        .expect("transient errors are retried");
+    assert_eq!(resp.results.len(), 5);
+    // Every GET fails: the query ends by its deadline with the key named.
+    let cold = Reader::new(flaky.clone(), &settings, ReaderOptions::default());
+    flaky.fail_next(u64::MAX);
+    let started = std::time::Instant::now();
+    let e = cold
+        .search(&SearchRequest {
+            deadline_ms: Some(300),
+            ..q.clone()
+        })
+        .await
+        .expect_err("a store that keeps failing fails the query");
+    let took = started.elapsed();
+    assert!(e.is_retryable(), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("vectors/p00"), "names the key: {msg}");
+    assert!(
+        took < Duration::from_secs(5),
+        "bounded by the deadline, took {took:?}"
+    );
+}

@@ -27,7 +27,13 @@ pub(super) async fn search(
     req: &SearchRequest,
 ) -> Result<SearchResponse, ReadError> {
     let q = QueryContext::new(shared, req)?;
-    let (ready, failed) = load_all(&q).await?;
+    let (ready, failed) = match tokio::time::timeout_at(q.tally.deadline, load_all(&q)).await {
+        Ok(loaded) => loaded?,
+        Err(_) => {
+            let ms = q.tally.deadline.duration_since(q.started).as_millis() as u64;
+            return Err(ReadError::Deadline { ms });
+        }
+    };
     let fetch_ms = q.started.elapsed().as_secs_f64() * 1e3;
     let compute = std::time::Instant::now();
     let searched = ready.len() as u64;
@@ -69,6 +75,11 @@ impl<'a> QueryContext<'a> {
             .max_staleness_ms
             .map(Duration::from_millis)
             .unwrap_or(shared.opts.max_staleness);
+        let started = Instant::now();
+        let budget = req
+            .deadline_ms
+            .map(Duration::from_millis)
+            .unwrap_or(shared.opts.deadline);
         Ok(QueryContext {
             shared,
             req,
@@ -86,8 +97,8 @@ impl<'a> QueryContext<'a> {
                 ticket: shared.next_ticket(),
             },
             store: Counted::new(shared.store.clone()),
-            tally: CacheTally::default(),
-            started: Instant::now(),
+            tally: CacheTally::until(started + budget),
+            started,
         })
     }
 
@@ -308,7 +319,7 @@ pub(super) async fn get(
     consistency: Consistency,
 ) -> Result<Option<StoredRecord>, ReadError> {
     let p = crate::coord::partition_of(id, shared.views.len() as u32);
-    let tally = CacheTally::default();
+    let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
     let store: &dyn ObjectStore = shared.store.as_ref();
     let want = Freshness {
         consistency,
@@ -347,7 +358,7 @@ fn stored(id: &str, partition: u32, seq: u64, seg: &Segment, pos: usize) -> Stor
 /// Loads every partition now, so the first query is warm. Returns the
 /// live records.
 pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
-    let tally = CacheTally::default();
+    let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
     let store: &dyn ObjectStore = shared.store.as_ref();
     let want = Freshness {
         consistency: Consistency::Strong,

@@ -72,6 +72,10 @@ pub struct SearchRequest {
     /// Ignore ANN indexes: exact search.
     #[serde(default)]
     pub exact: bool,
+    /// How long the query may take, transient store errors retried
+    /// included (default: the reader's `deadline`, 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 fn default_k() -> usize {
@@ -94,11 +98,15 @@ impl SearchRequest {
             max_staleness_ms: None,
             nprobe: None,
             exact: false,
+            deadline_ms: None,
         }
     }
 }
 
 pub const MAX_K: usize = 1000;
+
+/// How long a query may take unless it says otherwise.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// One result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -167,6 +175,12 @@ pub enum ReadError {
     /// A fault inside the reader (a panicked search worker).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The query's deadline passed before every partition was loaded.
+    #[error(
+        "query deadline of {ms} ms passed while loading partitions; retry later or allow a \
+         longer deadline_ms"
+    )]
+    Deadline { ms: u64 },
 }
 
 impl ReadError {
@@ -177,6 +191,7 @@ impl ReadError {
             ReadError::Invalid(_) | ReadError::Filter(_) => ErrorKind::InvalidInput,
             ReadError::Coord(e) => e.kind(),
             ReadError::Internal(_) => ErrorKind::Internal,
+            ReadError::Deadline { .. } => ErrorKind::Unavailable,
             ReadError::Partition { source, .. } => match source.kind() {
                 // A segment the manifest references is gone even after a
                 // refresh: the bucket is damaged, not the request.
@@ -190,6 +205,7 @@ impl ReadError {
         match self {
             ReadError::Partition { source, .. } => source.is_retryable(),
             ReadError::Coord(e) => e.is_retryable(),
+            ReadError::Deadline { .. } => true,
             _ => false,
         }
     }
@@ -285,6 +301,9 @@ pub struct ReaderOptions {
     pub prefetch: bool,
     /// Default IVF probes per segment; `None`: the config's `index.nprobe`.
     pub nprobe: Option<usize>,
+    /// How long a query may take by default; transient store errors are
+    /// retried with jittered backoff until then.
+    pub deadline: Duration,
 }
 
 impl Default for ReaderOptions {
@@ -304,6 +323,7 @@ impl ReaderOptions {
             io_concurrency: 32,
             prefetch: preset.aggressive_prefetch,
             nprobe: None,
+            deadline: DEFAULT_DEADLINE,
         }
     }
 }

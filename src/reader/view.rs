@@ -112,11 +112,52 @@ impl Slot {
     }
 }
 
-/// Cache hits and misses seen by one operation.
-#[derive(Default)]
+/// What one operation (a query, a get, a warm-up) carries into its loads:
+/// the cache hits and misses it saw, and when it must be done.
 pub(crate) struct CacheTally {
-    pub hits: std::sync::atomic::AtomicU64,
-    pub misses: std::sync::atomic::AtomicU64,
+    pub(crate) hits: std::sync::atomic::AtomicU64,
+    pub(crate) misses: std::sync::atomic::AtomicU64,
+    /// Transient store errors are retried until this instant.
+    pub(crate) deadline: Instant,
+}
+
+impl CacheTally {
+    pub(crate) fn until(deadline: Instant) -> Self {
+        CacheTally {
+            hits: Default::default(),
+            misses: Default::default(),
+            deadline,
+        }
+    }
+}
+
+/// Runs `f` again on a transient error, with jittered exponential backoff
+/// (10 ms doubling to 2 s), as long as the next attempt starts before
+/// `deadline`; then returns the last error, which names the key.
+pub(crate) async fn retrying<T, E, F, Fut>(
+    deadline: Instant,
+    retryable: fn(&E) -> bool,
+    mut f: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let backoff = crate::coord::cas::Backoff::default();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match f().await {
+            Err(e) if retryable(&e) => {
+                let delay = backoff.delay(attempt);
+                if Instant::now() + delay >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(delay).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// A segment through the cache (single flight per key).
@@ -131,10 +172,14 @@ pub(crate) async fn load_segment(
         .cache
         .entry(key.to_string())
         .or_try_insert_with(async {
-            crate::segment::load(store, key, shared.shape)
-                .await
-                .map(Arc::new)
-                .map_err(PartitionError::from_load)
+            retrying(
+                tally.deadline,
+                crate::segment::LoadError::is_retryable,
+                || crate::segment::load(store, key, shared.shape),
+            )
+            .await
+            .map(Arc::new)
+            .map_err(PartitionError::from_load)
         })
         .await
         .map_err(|e: Arc<PartitionError>| (*e).clone())?;
@@ -211,8 +256,13 @@ pub(crate) async fn refresh(
         .as_ref()
         .and_then(|v| v.etag.clone())
         .filter(|_| !force);
+    let retryable = StoreError::is_retryable;
     let fetched = match held {
-        Some(etag) => match store.get_if_changed(&key, &etag).await {
+        Some(etag) => match retrying(tally.deadline, retryable, || {
+            store.get_if_changed(&key, &etag)
+        })
+        .await
+        {
             Ok(Conditional::NotModified) => {
                 slot.touch(now, ticket);
                 return Ok(current.expect("an etag implies a view"));
@@ -221,7 +271,7 @@ pub(crate) async fn refresh(
             Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(PartitionError::from_store(e)),
         },
-        None => match store.get(&key).await {
+        None => match retrying(tally.deadline, retryable, || store.get(&key)).await {
             Ok(got) => Some(got),
             Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(PartitionError::from_store(e)),
