@@ -214,7 +214,7 @@ pub(crate) async fn verify(
             };
             let seg = match segment::load(store, &entry.key, shape).await {
                 Ok(seg) => seg,
-                Err(e) if e.is_retryable() => return Err(CoordError::Store(into_store(e))),
+                Err(segment::LoadError::Store(e)) if e.is_retryable() => return Err(e.into()),
                 Err(segment::LoadError::Store(e)) => {
                     report
                         .problems
@@ -274,15 +274,4 @@ pub(crate) async fn verify(
         }
     }
     Ok(report)
-}
-
-/// A retryable load failure is always the store's.
-fn into_store(e: segment::LoadError) -> crate::store::StoreError {
-    match e {
-        segment::LoadError::Store(e) => e,
-        segment::LoadError::Segment(e) => crate::store::StoreError::Other {
-            key: e.key().to_string(),
-            message: e.to_string(),
-        },
-    }
 }

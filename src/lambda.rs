@@ -173,33 +173,23 @@ async fn handle_http(db: &Db, f: &Function, h: HttpEvent) -> Value {
 async fn handle_direct(db: &Db, f: &Function, event: Value) -> Result<Value, ApiError> {
     let wrapped = event.as_object().filter(|o| o.len() == 1).and_then(|o| {
         let (key, body) = o.iter().next()?;
-        let op = f.ops.iter().copied().find(|op| op_key(*op) == key)?;
+        let op = f
+            .ops
+            .iter()
+            .copied()
+            .find(|op| routes::route(*op).invocation == key)?;
         Some((op, body.clone()))
     });
     let (op, body) = match wrapped {
         Some(x) => x,
         None => ((f.bare)(&event), event),
     };
-    let malformed = |e: ApiError| {
-        ApiError::bad_request(format!(
-            "malformed {} event ({}); send {}",
-            f.name, e.message, f.usage
-        ))
+    let input = Input::Event {
+        body,
+        function: f.name,
+        usage: f.usage,
     };
-    match routes::call(db, op, None, Input::Json(body)).await {
-        Err(e) if e.code == "invalid_request" && e.message.starts_with("bad JSON body") => {
-            Err(malformed(e))
-        }
-        other => other,
-    }
-}
-
-/// The key of a direct invocation of `op` (`get` for the record route).
-fn op_key(op: Op) -> &'static str {
-    match op {
-        Op::Get => "get",
-        _ => routes::route(op).name,
-    }
+    routes::call(db, op, None, input).await
 }
 
 async fn handle(db: &Db, f: &Function, event: Value) -> Result<Value, ApiError> {

@@ -54,9 +54,11 @@ pub(crate) struct Route {
     pub method: Method,
     /// The path, with `{id}` for the record id.
     pub path: &'static str,
-    /// Endpoint name for metrics, and the key of a direct Lambda
-    /// invocation (`{"search": {...}}`).
+    /// Endpoint name for metrics.
     pub name: &'static str,
+    /// The key of a direct Lambda invocation (`{"search": {...}}`); empty
+    /// for routes no Lambda function serves directly.
+    pub invocation: &'static str,
     /// Shorter paths Lambda Function URLs also accept.
     pub lambda_aliases: &'static [&'static str],
     pub access: Access,
@@ -68,6 +70,7 @@ pub(crate) const ROUTES: &[Route] = &[
         method: Method::Post,
         path: "/v1/upsert",
         name: "upsert",
+        invocation: "upsert",
         lambda_aliases: &["/upsert"],
         access: Access::Key,
     },
@@ -76,6 +79,7 @@ pub(crate) const ROUTES: &[Route] = &[
         method: Method::Post,
         path: "/v1/delete",
         name: "delete",
+        invocation: "delete",
         lambda_aliases: &["/delete"],
         access: Access::Key,
     },
@@ -84,6 +88,7 @@ pub(crate) const ROUTES: &[Route] = &[
         method: Method::Post,
         path: "/v1/search",
         name: "search",
+        invocation: "search",
         lambda_aliases: &["/search", "/"],
         access: Access::Key,
     },
@@ -92,6 +97,7 @@ pub(crate) const ROUTES: &[Route] = &[
         method: Method::Get,
         path: "/v1/records/{id}",
         name: "record",
+        invocation: "get",
         lambda_aliases: &[],
         access: Access::Key,
     },
@@ -100,6 +106,7 @@ pub(crate) const ROUTES: &[Route] = &[
         method: Method::Get,
         path: "/v1/status",
         name: "status",
+        invocation: "",
         lambda_aliases: &[],
         access: Access::Key,
     },
@@ -108,6 +115,7 @@ pub(crate) const ROUTES: &[Route] = &[
         method: Method::Get,
         path: "/healthz",
         name: "healthz",
+        invocation: "",
         lambda_aliases: &[],
         access: Access::Open,
     },
@@ -116,6 +124,7 @@ pub(crate) const ROUTES: &[Route] = &[
         method: Method::Get,
         path: "/readyz",
         name: "readyz",
+        invocation: "",
         lambda_aliases: &[],
         access: Access::Open,
     },
@@ -133,16 +142,26 @@ pub(crate) fn route(op: Op) -> &'static Route {
 pub(crate) enum Input<'a> {
     /// A request body as received (HTTP, Function URL events).
     Bytes(&'a [u8]),
-    /// An already parsed body (direct Lambda invocations).
-    Json(Value),
+    /// The payload of a direct Lambda invocation of `function`; a body
+    /// that does not parse is answered with the payload shapes it takes.
+    Event {
+        body: Value,
+        function: &'static str,
+        usage: &'static str,
+    },
 }
 
 impl Input<'_> {
     fn parse<T: DeserializeOwned>(self) -> Result<T, ApiError> {
         match self {
             Input::Bytes(b) => crate::api::parse_body(b),
-            Input::Json(v) => serde_json::from_value(v)
-                .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}"))),
+            Input::Event {
+                body,
+                function,
+                usage,
+            } => serde_json::from_value(body).map_err(|e| {
+                ApiError::bad_request(format!("malformed {function} event ({e}); send {usage}"))
+            }),
         }
     }
 }

@@ -84,13 +84,9 @@ impl CoordError {
         }
     }
 
-    /// Whether retrying the operation later may succeed.
+    /// Whether retrying the operation later may succeed: the kind says.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            CoordError::Store(e) => e.is_retryable(),
-            CoordError::Contention { .. } => true,
-            _ => false,
-        }
+        self.kind().is_retryable()
     }
 }
 

@@ -17,7 +17,9 @@ use bincode::Options;
 use instant_distance::{Builder, HnswMap, Point, Search};
 use serde::{Deserialize, Serialize};
 
-use super::{distance, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK};
+use super::{
+    distance, flat_vectors, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK,
+};
 use crate::record::Prepared;
 use crate::vocab::{IndexSettings, Metric};
 
@@ -228,11 +230,7 @@ impl IndexKind for HnswIndex {
             ef_search: ix.ef_search as usize,
             ..Default::default()
         };
-        let vectors: Vec<f32> = records
-            .iter()
-            .flat_map(|r| r.vector.iter().copied())
-            .collect();
-        let bytes = HnswIndex::build(&vectors, dims, metric, &p).to_bytes();
+        let bytes = HnswIndex::build(&flat_vectors(&records), dims, metric, &p).to_bytes();
         Built {
             groups: vec![records],
             bytes,

@@ -17,7 +17,9 @@ use rand::seq::index::sample;
 use rand::SeedableRng;
 use rayon::prelude::*;
 
-use super::{distance, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK};
+use super::{
+    distance, flat_vectors, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK,
+};
 use crate::record::Prepared;
 use crate::vocab::{IndexSettings, Metric};
 
@@ -117,17 +119,54 @@ impl IvfIndex {
     fn centroid(&self, c: usize) -> &[f32] {
         &self.centroids[c * self.dims..(c + 1) * self.dims]
     }
+}
+
+impl IndexKind for IvfIndex {
+    const NAME: &'static str = "ivf";
+
+    /// Trains the centroids and groups the records by cluster: the
+    /// segment stores one group of sections per cluster, so a cluster's
+    /// ids, vectors and metadata are contiguous ranges a cold reader can
+    /// fetch alone.
+    fn build(records: Vec<Prepared>, dims: usize, metric: Metric, ix: &IndexSettings) -> Built {
+        let p = IvfParams {
+            nlist: ix.nlist.map(|n| n as usize),
+            ..Default::default()
+        };
+        let (centroids, assign) = train(&flat_vectors(&records), dims, metric, &p);
+        let nlist = centroids.len() / dims;
+        let mut groups: Vec<Vec<Prepared>> = vec![Vec::new(); nlist];
+        for (r, c) in records.into_iter().zip(&assign) {
+            groups[*c as usize].push(r);
+        }
+        let mut starts = vec![0u32];
+        for g in &groups {
+            starts.push(starts.last().expect("starts with 0") + g.len() as u32);
+        }
+        let bytes = IvfIndex {
+            dims,
+            centroids,
+            starts,
+        }
+        .to_bytes();
+        Built { groups, bytes }
+    }
+
+    fn from_bytes(bytes: &[u8], dims: usize, records: usize) -> Result<Self, String> {
+        IvfIndex::from_bytes(bytes, dims, records)
+    }
 
     /// Scans the `params.nprobe` best clusters for `query` (the filter
     /// policy in [`super::route`] has already widened it for a filter).
-    fn scan<'s>(
+    /// Always answers: every allowed record is in some cluster.
+    fn search<'s>(
         &self,
         view: &SegmentView<'s>,
         params: &QueryParams,
         query: &[f32],
         top: &mut TopK<'s>,
         stats: &mut ScanStats,
-    ) {
+    ) -> bool {
         let (metric, mask, seg) = (params.metric, view.mask, view.segment);
         let (vectors, ordinal) = (seg.vectors(), view.ordinal);
         let nlist = self.nlist();
@@ -160,57 +199,6 @@ impl IvfIndex {
             }
         }
         stats.vectors_compared += compared;
-    }
-}
-
-impl IndexKind for IvfIndex {
-    const NAME: &'static str = "ivf";
-
-    /// Trains the centroids and groups the records by cluster: the
-    /// segment stores one group of sections per cluster, so a cluster's
-    /// ids, vectors and metadata are contiguous ranges a cold reader can
-    /// fetch alone.
-    fn build(records: Vec<Prepared>, dims: usize, metric: Metric, ix: &IndexSettings) -> Built {
-        let p = IvfParams {
-            nlist: ix.nlist.map(|n| n as usize),
-            ..Default::default()
-        };
-        let vectors: Vec<f32> = records
-            .iter()
-            .flat_map(|r| r.vector.iter().copied())
-            .collect();
-        let (centroids, assign) = train(&vectors, dims, metric, &p);
-        let nlist = centroids.len() / dims;
-        let mut groups: Vec<Vec<Prepared>> = vec![Vec::new(); nlist];
-        for (r, c) in records.into_iter().zip(&assign) {
-            groups[*c as usize].push(r);
-        }
-        let mut starts = vec![0u32];
-        for g in &groups {
-            starts.push(starts.last().expect("starts with 0") + g.len() as u32);
-        }
-        let bytes = IvfIndex {
-            dims,
-            centroids,
-            starts,
-        }
-        .to_bytes();
-        Built { groups, bytes }
-    }
-
-    fn from_bytes(bytes: &[u8], dims: usize, records: usize) -> Result<Self, String> {
-        IvfIndex::from_bytes(bytes, dims, records)
-    }
-
-    fn search<'s>(
-        &self,
-        view: &SegmentView<'s>,
-        params: &QueryParams,
-        query: &[f32],
-        top: &mut TopK<'s>,
-        stats: &mut ScanStats,
-    ) -> bool {
-        self.scan(view, params, query, top, stats);
         true
     }
 }

@@ -202,12 +202,7 @@ impl ReadError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        match self {
-            ReadError::Partition { source, .. } => source.is_retryable(),
-            ReadError::Coord(e) => e.is_retryable(),
-            ReadError::Deadline { .. } => true,
-            _ => false,
-        }
+        self.kind().is_retryable()
     }
 }
 
@@ -237,10 +232,7 @@ impl PartitionError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        match self {
-            PartitionError::Manifest(e) => e.is_retryable(),
-            PartitionError::Segment(e) => e.is_retryable(),
-        }
+        self.kind().is_retryable()
     }
 
     /// A referenced segment is gone (compaction + GC since our manifest).

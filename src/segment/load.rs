@@ -49,7 +49,7 @@ impl LoadError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self, LoadError::Store(e) if e.is_retryable())
+        self.kind().is_retryable()
     }
 
     /// A segment that does not decode or belongs elsewhere is corrupt data;

@@ -81,12 +81,7 @@ impl WriteError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        match self {
-            WriteError::Commit { source, .. } => source.is_retryable(),
-            WriteError::Coord(e) => e.is_retryable(),
-            WriteError::Store(e) => e.is_retryable(),
-            _ => false,
-        }
+        self.kind().is_retryable()
     }
 }
 
