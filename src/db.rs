@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::compact::gc::{GcOptions, GcReport};
+use crate::compact::repair::{RepairOptions, RepairReport};
 use crate::compact::{CompactOptions, CompactReport, Outcome};
 use crate::coord::clock::{DynClock, SystemClock};
 use crate::coord::cursor::{read_cursor, save_cursor, Cursor};
@@ -414,6 +415,16 @@ impl Db {
         let store = self.inner.cluster.store();
         let clock = self.inner.cluster.clock();
         Ok(crate::compact::gc::gc(store.as_ref(), self.settings(), clock, opts).await?)
+    }
+
+    /// Rebuilds partition `partition`'s lost manifest from its segments
+    /// (see `compact::repair`).
+    pub async fn repair(&self, partition: u32, opts: RepairOptions) -> Result<RepairReport, Error> {
+        let store = self.inner.cluster.store();
+        Ok(
+            crate::compact::repair::repair(store.as_ref(), self.settings(), partition, opts)
+                .await?,
+        )
     }
 
     /// Config, instances, partitions and request counters; with `live`,

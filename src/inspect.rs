@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::coord::instance::{list_records, InstanceRecord};
-use crate::coord::manifest::read_manifest;
+use crate::coord::manifest::{missing, partition_of_key, read_manifest};
 use crate::coord::paths::{manifest_key, VECTORS_PREFIX};
 use crate::coord::{Config, CoordError};
 use crate::segment::{self, Shape};
@@ -51,6 +51,10 @@ pub struct Status {
     pub instances: Vec<InstanceStatus>,
     pub partitions: Vec<PartitionStatus>,
     pub totals: PartitionStatus,
+    /// What is wrong (missing partition manifests); `shoal status` exits
+    /// non-zero when there is anything here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
     /// Requests made by this process so far (including this status call).
     pub requests: RequestCounts,
 }
@@ -75,12 +79,20 @@ pub(crate) async fn status(
     let mut partitions = Vec::new();
     let mut totals = PartitionStatus::default();
     let mut indexed_records = 0u64;
+    let mut problems = Vec::new();
     for p in 0..config.settings.partition_count {
         let mut ps = PartitionStatus {
             partition: p,
             ..Default::default()
         };
-        if let Some((m, _)) = read_manifest(store, p).await? {
+        let found = read_manifest(store, p).await?;
+        if found.is_none() && config.settings.partitions_initialized {
+            problems.push(Problem {
+                key: manifest_key(p),
+                message: missing(p).to_string(),
+            });
+        }
+        if let Some((m, _)) = found {
             let mut indexed = 0;
             for s in &m.segments {
                 ps.segments += 1;
@@ -116,6 +128,7 @@ pub(crate) async fn status(
         instances,
         partitions,
         totals,
+        problems,
         requests: store.counts(),
     })
 }
@@ -183,11 +196,15 @@ pub(crate) async fn verify(
     };
     let mut report = VerifyReport::default();
     let mut referenced = HashSet::new();
+    let mut without_manifest = std::collections::BTreeMap::new();
     for p in 0..s.partition_count {
         referenced.insert(manifest_key(p));
         let m = match read_manifest(store, p).await {
             Ok(Some((m, _))) => m,
-            Ok(None) => continue,
+            Ok(None) => {
+                without_manifest.insert(p, 0usize);
+                continue;
+            }
             Err(CoordError::Store(e)) if !e.is_retryable() => {
                 report.problems.push(Problem {
                     key: manifest_key(p),
@@ -257,13 +274,13 @@ pub(crate) async fn verify(
         if referenced.contains(&obj.key) {
             continue;
         }
-        let in_partition = obj
-            .key
-            .strip_prefix(VECTORS_PREFIX)
-            .and_then(|rest| rest.split_once('/'))
-            .and_then(|(dir, _)| dir.strip_prefix('p')?.parse::<u32>().ok())
-            .is_some_and(|p| p < s.partition_count);
-        if in_partition && obj.key.ends_with(".seg") {
+        let partition = partition_of_key(&obj.key).filter(|&p| p < s.partition_count);
+        if let Some(n) = partition.and_then(|p| without_manifest.get_mut(&p)) {
+            // Unreachable, not orphaned: the manifest that named it is gone.
+            *n += 1;
+            continue;
+        }
+        if partition.is_some() && obj.key.ends_with(".seg") {
             report.orphans.push(obj.key);
         } else {
             report.problems.push(Problem {
@@ -272,6 +289,18 @@ pub(crate) async fn verify(
                     .into(),
             });
         }
+    }
+    for (p, objects) in without_manifest {
+        if objects == 0 && !s.partitions_initialized {
+            continue; // an index from before manifests were created at init
+        }
+        report.problems.push(Problem {
+            key: manifest_key(p),
+            message: format!(
+                "{}; {objects} object(s) under its partition are unreachable",
+                missing(p)
+            ),
+        });
     }
     Ok(report)
 }

@@ -205,10 +205,11 @@ fn every_command(s: &Shoal) {
         out.contains("would delete 0 object(s)"),
         "retired segments are young: {out}"
     );
-    // A grace under 5 minutes is refused on a bucket that may be live ...
-    let e = s.fails(&["gc", "--grace-seconds", "0"], 1);
+    // A grace under the index's (900 s by default) is refused on a bucket
+    // that may be live ...
+    let e = s.fails(&["gc", "--grace-seconds", "600"], 1);
     assert!(
-        e.contains("at least 300 s") && e.contains("--unsafe-grace"),
+        e.contains("at least 900 s") && e.contains("--unsafe-grace"),
         "{e}"
     );
     // ... and accepted when the operator says nothing else runs.

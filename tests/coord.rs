@@ -27,6 +27,7 @@ backend_tests!(
     concurrent_config_updates_all_apply_and_keep_unknown_fields,
     shape_settings_cannot_change_once_data_exists,
     invalid_role_env_is_refused_before_anything_is_written,
+    a_writer_creates_every_manifest_and_upgrades_an_older_index_once,
 );
 
 fn settings(dims: u32) -> RequestedSettings {
@@ -334,7 +335,7 @@ async fn shape_settings_cannot_change_once_data_exists(store: Arc<Counted>) {
         .unwrap();
     assert_eq!(cfg.settings.dimensions, 16);
     store
-        .put("vectors/p000/manifest.json", Bytes::from_static(b"{}"))
+        .put("vectors/p000/1-a.seg", Bytes::from_static(b"data"))
         .await
         .unwrap();
     let back = RequestedSettings {
@@ -490,4 +491,71 @@ async fn embedded_stores_default_to_both() {
         .await
         .unwrap();
     assert_eq!(c.role(), Role::Both);
+}
+
+/// A new index gets every partition manifest when its first writer joins,
+/// and the config records it. An index made before that is upgraded once:
+/// empty manifests only for partitions holding nothing; a partition with
+/// segments but no manifest is left alone and reported, never papered over.
+async fn a_writer_creates_every_manifest_and_upgrades_an_older_index_once(store: Arc<Counted>) {
+    use shoal::coord::config::load_or_create;
+    use shoal::coord::manifest::read_manifest;
+    use shoal::coord::partition_of;
+    let clock = manual_clock();
+    // An older index: config without the flag, data in partitions 0 and 1.
+    let mut req = settings(2);
+    req.partition_count = Some(4);
+    let old = load_or_create(store.as_ref(), &req, clock.as_ref())
+        .await
+        .unwrap();
+    assert!(!old.settings.partitions_initialized);
+    let w = common::writer(store.clone(), &old.settings);
+    let ids: Vec<String> = (0..200)
+        .map(|i| format!("id{i}"))
+        .filter(|id| partition_of(id, 4) < 2)
+        .take(20)
+        .collect();
+    let recs: Vec<_> = ids
+        .iter()
+        .map(|id| shoal::record::Record::new(id.clone(), vec![1.0, 0.5]))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    // Partition 1 lost its manifest before the upgrade.
+    store.delete("vectors/p001/manifest.json").await.unwrap();
+    assert!(read_manifest(store.as_ref(), 2).await.unwrap().is_none());
+
+    let c = Cluster::join(store.clone(), opts(&clock, Some(Role::Writer), req.clone()))
+        .await
+        .unwrap();
+    assert!(c.config().settings.partitions_initialized);
+    let (stored, _) = read_config(store.as_ref()).await.unwrap().unwrap();
+    assert!(
+        stored.settings.partitions_initialized,
+        "recorded in the bucket"
+    );
+    for p in [0, 2, 3] {
+        let (m, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
+        assert_eq!(m.segments.is_empty(), p != 0, "partition {p}");
+    }
+    assert!(
+        read_manifest(store.as_ref(), 1).await.unwrap().is_none(),
+        "a partition with segments and no manifest is not papered over"
+    );
+    let report = common::verify(&store).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].key, "vectors/p001/manifest.json");
+    c.leave().await.unwrap();
+
+    // A brand-new index: every manifest exists once a writer joined.
+    let fresh = common::memory_store();
+    let c = Cluster::join(fresh.clone(), opts(&clock, Some(Role::Writer), req))
+        .await
+        .unwrap();
+    assert!(c.config().settings.partitions_initialized);
+    for p in 0..4 {
+        assert!(
+            read_manifest(fresh.as_ref(), p).await.unwrap().is_some(),
+            "{p}"
+        );
+    }
 }

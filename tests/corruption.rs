@@ -18,7 +18,10 @@ use shoal::reader::{Reader, ReaderOptions, SearchRequest};
 use shoal::record::Record;
 use shoal::store::{Counted, ObjectStore};
 
-backend_tests!(every_corruption_is_named_and_contained);
+backend_tests!(
+    every_corruption_is_named_and_contained,
+    a_lost_manifest_is_corruption_until_repaired
+);
 
 async fn setup(store: &Arc<Counted>) -> Settings {
     let settings = common::create_index(store.as_ref(), 2, 3, Metric::Dot).await;
@@ -226,4 +229,234 @@ async fn hostile_ids_local() {
     let s = shoal::store::local::LocalStore::open(root.to_str().unwrap()).unwrap();
     let store = Arc::new(Counted::new(Arc::new(s)));
     hostile_ids_never_escape_the_layout(store, Some(root)).await;
+}
+
+/// Defect: a deleted partition manifest used to read as an empty
+/// partition. Search silently dropped its records, `verify` called the
+/// segments orphans, GC deleted them and the next write started the
+/// partition again from seq 1. Every index now creates its manifests at
+/// init, so a missing one is corruption everywhere, and `repair` brings
+/// the data back.
+async fn a_lost_manifest_is_corruption_until_repaired(store: Arc<Counted>) {
+    let s = setup(&store).await;
+    assert!(s.partitions_initialized, "create_index initializes");
+    // Newer versions of six records, so the rebuilt order matters. (A
+    // second writer object under the same name: a millisecond apart, as
+    // one writer's segments always are.)
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let w = common::writer(store.clone(), &s);
+    let newer: Vec<Record> = (0..6)
+        .map(|i| Record::new(format!("r{i}"), vec![-(i as f32), 2.0, 0.0]))
+        .collect();
+    w.upsert(&newer).await.unwrap();
+    let mkey = "vectors/p000/manifest.json";
+    let (lost, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    assert!(lost.segments.len() >= 2, "{:?}", lost.segments);
+    store.delete(mkey).await.unwrap();
+
+    // Readers fail the query naming the key, or mark the partition failed;
+    // verify reports it; nothing is written.
+    probe(&store, &s, mkey, 0).await;
+    let db = shoal::Db::open_store(store.clone(), shoal::OpenOptions::observer())
+        .await
+        .unwrap();
+    let st = db.status(false).await.unwrap();
+    assert_eq!(st.problems.len(), 1, "{:?}", st.problems);
+    assert_eq!(st.problems[0].key, mkey);
+    let report = db.verify().await.unwrap();
+    assert!(
+        report.orphans.is_empty(),
+        "not orphans: {:?}",
+        report.orphans
+    );
+    let problem = report.problems.iter().find(|p| p.key == mkey).unwrap();
+    assert!(problem.message.contains("shoal repair 0"), "{problem:?}");
+
+    // GC deletes nothing under the partition, even with no grace at all.
+    let before = snapshot(&store).await;
+    let gc = db
+        .gc(&shoal::api::GcOptions {
+            grace: Some(Duration::ZERO),
+            allow_unsafe_grace: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(gc.missing_manifests, vec![mkey.to_string()]);
+    assert!(
+        gc.deleted.iter().all(|k| !k.starts_with("vectors/p000/")),
+        "{:?}",
+        gc.deleted
+    );
+    let after = snapshot(&store).await;
+    for key in lost.segments.iter().map(|e| &e.key) {
+        assert_eq!(after.get(key), before.get(key), "{key} survives gc");
+    }
+
+    // Writers refuse to recreate it.
+    let in_p0 = (0..40)
+        .map(|i| format!("r{i}"))
+        .find(|id| shoal::coord::partition_of(id, s.partition_count) == 0)
+        .unwrap();
+    let e = w
+        .upsert(&[Record::new(in_p0.clone(), vec![9.0, 9.0, 9.0])])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), shoal::ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains(mkey), "{e}");
+    assert!(store.get(mkey).await.is_err(), "the writer recreated it");
+
+    // Repair rebuilds it in commit order; every record is back, newest wins.
+    let repaired = db
+        .repair(0, shoal::api::RepairOptions::default())
+        .await
+        .unwrap();
+    assert!(repaired.written, "{repaired:?}");
+    assert!(repaired.uncertain.is_empty(), "{:?}", repaired.uncertain);
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    let keys = |m: &shoal::coord::manifest::Manifest| {
+        m.segments.iter().map(|e| e.key.clone()).collect::<Vec<_>>()
+    };
+    // Segments written in the same millisecond with disjoint ids may swap
+    // places (their order changes nothing); the newer versions come last.
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(keys(&m)), sorted(keys(&lost)), "the same segments");
+    assert_eq!(
+        keys(&m).last(),
+        keys(&lost).last(),
+        "the newest stays newest"
+    );
+    let r = Reader::new(store.clone(), &s, ReaderOptions::default());
+    assert_eq!(r.warm().await.unwrap(), 40);
+    for i in 0..40 {
+        let got = r.get(&format!("r{i}")).await.unwrap().unwrap();
+        let want = if i < 6 {
+            vec![-(i as f32), 2.0, 0.0]
+        } else {
+            vec![i as f32, 1.0, 0.5]
+        };
+        assert_eq!(got.vector, want, "r{i}");
+    }
+    assert!(common::verify(&store).await.unwrap().is_clean());
+    // A second repair refuses: the manifest exists.
+    let e = db
+        .repair(0, shoal::api::RepairOptions::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("exists"), "{e}");
+}
+
+/// What repair cannot order for certain it reports and does not write:
+/// two writers' different versions of one id written moments apart, and a
+/// compaction output with segments older than it (inputs or later
+/// commits?). `force` writes the creation order and says what it guessed.
+#[tokio::test]
+async fn repair_reports_what_it_cannot_order() {
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 1, 3, Metric::Dot).await;
+    let clock: shoal::coord::clock::DynClock = Arc::new(shoal::coord::clock::SystemClock);
+    let writer = |name: &str| {
+        shoal::writer::Writer::new(store.clone(), &s, name, clock.clone(), Default::default())
+    };
+    let (a, b) = (writer("a"), writer("b"));
+    a.upsert(&[Record::new("x", vec![1.0, 0.0, 0.0])])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await; // distinct creation times
+    b.upsert(&[Record::new("x", vec![2.0, 0.0, 0.0])])
+        .await
+        .unwrap();
+    let db = shoal::Db::open_store(store.clone(), shoal::OpenOptions::observer())
+        .await
+        .unwrap();
+    let mkey = "vectors/p000/manifest.json";
+    store.delete(mkey).await.unwrap();
+    let r = db
+        .repair(0, shoal::api::RepairOptions::default())
+        .await
+        .unwrap();
+    assert!(!r.written && r.refused.is_some(), "{r:?}");
+    assert_eq!(r.uncertain.len(), 1, "{:?}", r.uncertain);
+    assert!(r.uncertain[0].contains("\"x\""), "{:?}", r.uncertain);
+    assert!(store.get(mkey).await.is_err(), "nothing written");
+    // Identical versions need no order.
+    let repaired = {
+        let store2 = common::memory_store();
+        let s2 = common::create_index(store2.as_ref(), 1, 3, Metric::Dot).await;
+        for name in ["a", "b"] {
+            let w = shoal::writer::Writer::new(
+                store2.clone(),
+                &s2,
+                name,
+                clock.clone(),
+                Default::default(),
+            );
+            w.upsert(&[Record::new("x", vec![1.0, 0.0, 0.0])])
+                .await
+                .unwrap();
+        }
+        store2.delete(mkey).await.unwrap();
+        shoal::compact::repair::repair(store2.as_ref(), &s2, 0, Default::default())
+            .await
+            .unwrap()
+    };
+    assert!(
+        repaired.written && repaired.uncertain.is_empty(),
+        "{repaired:?}"
+    );
+    // --force writes the creation order.
+    let forced = db
+        .repair(
+            0,
+            shoal::api::RepairOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(forced.written && forced.uncertain.len() == 1, "{forced:?}");
+    let got = Reader::new(store.clone(), &s, ReaderOptions::default())
+        .get("x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.vector,
+        vec![2.0, 0.0, 0.0],
+        "creation order: b's is newer"
+    );
+
+    // A compaction output, with its (retired, not yet collected) inputs.
+    let out = shoal::compact::compact_partition(
+        store.as_ref(),
+        &s,
+        0,
+        "c",
+        &clock,
+        &shoal::compact::CompactOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(out, shoal::compact::Outcome::Compacted(_)),
+        "{out:?}"
+    );
+    store.delete(mkey).await.unwrap();
+    let r = db
+        .repair(0, shoal::api::RepairOptions::default())
+        .await
+        .unwrap();
+    assert!(!r.written, "{r:?}");
+    assert!(
+        r.uncertain.iter().any(|u| u.contains("compaction output")),
+        "{:?}",
+        r.uncertain
+    );
 }

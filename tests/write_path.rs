@@ -29,6 +29,7 @@ backend_tests!(
     crash_between_segment_put_and_commit_leaves_manifest_untouched,
     concurrent_small_writes_share_segments,
     batch_writer_flushes_at_size_and_on_flush,
+    a_writer_frozen_past_the_grace_period_loses_nothing,
 );
 
 fn settings(partitions: u32, dims: u32, metric: Metric) -> RequestedSettings {
@@ -484,4 +485,61 @@ async fn a_failing_commit_reports_the_partition_and_is_retryable() {
     faulty.fail_next(0);
     w.upsert(&[Record::new("x", vec![1.0, 1.0])]).await.unwrap();
     assert!(common::get(&w, "x").await.unwrap().is_some());
+}
+
+/// Defect: nothing bounded how old a segment could be when its commit
+/// landed. A writer frozen at its manifest PUT (SIGSTOP, a frozen
+/// container) for longer than the grace period came back after GC had
+/// deleted its segment as an orphan, committed a reference to nothing and
+/// acknowledged a write that was gone (and the partition was unreadable).
+/// Now a commit that took longer than the age bound checks its segment and
+/// writes it back before acknowledging.
+async fn a_writer_frozen_past_the_grace_period_loses_nothing(store: Arc<Counted>) {
+    use shoal::compact::gc::{gc, GcOptions};
+    use shoal::coord::clock::ManualClock;
+    use std::sync::atomic::Ordering::SeqCst;
+    let faults = Arc::new(WriteFaults::new(store.clone(), "manifest.json"));
+    let settings = common::create_index(store.as_ref(), 1, 2, Metric::Dot).await;
+    let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
+    let w = Writer::new(
+        faults.clone(),
+        &settings,
+        "w",
+        clock.clone(),
+        WriterOptions::default(),
+    );
+    w.upsert(&[Record::new("a", vec![1.0, 0.0])]).await.unwrap();
+    faults.close_gate();
+    let task = tokio::spawn({
+        let w = w.clone();
+        async move { w.upsert(&[Record::new("b", vec![0.0, 1.0])]).await }
+    });
+    while faults.waiting.load(SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Frozen at its manifest PUT for longer than the grace period, while
+    // GC deletes its segment (unreferenced and, by the store's clock, older
+    // than the grace period).
+    clock.advance(settings.gc_grace() + Duration::from_secs(60));
+    let dyn_clock: DynClock = clock.clone();
+    let report = gc(store.as_ref(), &settings, &dyn_clock, &GcOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.deleted.len(),
+        1,
+        "the frozen writer's segment: {report:?}"
+    );
+    faults.open_gate(100);
+    let receipt = task.await.unwrap().unwrap();
+    assert_eq!(receipt.records, 1);
+    let b = common::get(&w, "b")
+        .await
+        .expect("the partition stays readable");
+    assert_eq!(
+        b.map(|r| r.vector),
+        Some(vec![0.0, 1.0]),
+        "acknowledged, so kept"
+    );
+    assert!(common::verify(&store).await.unwrap().is_clean());
 }

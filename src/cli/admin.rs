@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use shoal::api::{CompactRequest, GcOptions, Outcome, RequestedSettings, Role};
+use shoal::api::{CompactRequest, GcOptions, Outcome, RepairOptions, RequestedSettings, Role};
 use shoal::OpenOptions;
 
 use super::{Ctx, InitArgs};
@@ -41,8 +41,17 @@ pub(super) async fn status(ctx: &Ctx, live: bool) -> Result<()> {
     let db = ctx.observe().await?;
     let st = db.status(live).await?;
     if ctx.json {
-        return ctx.print_json(&st);
+        ctx.print_json(&st)?;
+    } else {
+        print_status(&st, live);
     }
+    if !st.problems.is_empty() {
+        bail!("status found {} problem(s)", st.problems.len());
+    }
+    Ok(())
+}
+
+fn print_status(st: &shoal::api::Status, live: bool) {
     let config = &st.config;
     let s = &config.settings;
     println!("index      {}", st.store);
@@ -104,7 +113,9 @@ pub(super) async fn status(ctx: &Ctx, live: bool) -> Result<()> {
         "requests   GET {} PUT {} LIST {} HEAD {} DELETE {} (304: {}, 404: {}, 412: {})",
         r.get, r.put, r.list, r.head, r.delete, r.not_modified, r.not_found, r.precondition_failed
     );
-    Ok(())
+    for p in &st.problems {
+        println!("PROBLEM  {}: {}", p.key, p.message);
+    }
 }
 
 pub(super) async fn verify(ctx: &Ctx) -> Result<()> {
@@ -135,6 +146,48 @@ pub(super) async fn verify(ctx: &Ctx) -> Result<()> {
         bail!("verify found {} problem(s)", report.problems.len());
     }
     Ok(())
+}
+
+pub(super) async fn repair(ctx: &Ctx, partition: u32, dry_run: bool, force: bool) -> Result<()> {
+    let db = ctx.observe().await?;
+    let report = db
+        .repair(partition, RepairOptions { dry_run, force })
+        .await?;
+    if ctx.json {
+        ctx.print_json(&report)?;
+    } else {
+        for s in &report.segments {
+            println!(
+                "seq {:>5}  {}  {} records ({} tombstones), written {} by {}",
+                s.seq, s.key, s.records, s.tombstones, s.created_at, s.writer_id
+            );
+        }
+        for (key, e) in &report.unreadable {
+            println!("UNREADABLE  {key}: {e}");
+        }
+        for u in &report.uncertain {
+            println!("UNCERTAIN  {u}");
+        }
+        if report.written {
+            println!(
+                "rebuilt {} with {} segment(s){}",
+                report.manifest,
+                report.segments.len(),
+                if report.uncertain.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({} uncertain order(s) accepted by --force)",
+                        report.uncertain.len()
+                    )
+                }
+            );
+        }
+    }
+    match &report.refused {
+        Some(why) if why != "dry run" => bail!("{} not rebuilt: {why}", report.manifest),
+        _ => Ok(()),
+    }
 }
 
 pub(super) async fn probe(ctx: &Ctx) -> Result<()> {
@@ -187,19 +240,32 @@ pub(super) async fn compact(ctx: &Ctx, force: bool, partition: Option<u32>) -> R
 pub(super) async fn gc(
     ctx: &Ctx,
     dry_run: bool,
-    grace_seconds: u64,
+    grace_seconds: Option<u64>,
     unsafe_grace: bool,
 ) -> Result<()> {
     let db = ctx.observe().await?;
     let opts = GcOptions {
-        grace: Duration::from_secs(grace_seconds),
+        grace: grace_seconds.map(Duration::from_secs),
         dry_run,
         allow_unsafe_grace: unsafe_grace,
     };
     let report = db.gc(&opts).await?;
     if ctx.json {
-        return ctx.print_json(&report);
+        ctx.print_json(&report)?;
+    } else {
+        print_gc(&report, dry_run);
     }
+    if !report.missing_manifests.is_empty() {
+        bail!(
+            "gc found {} missing partition manifest(s); nothing under those partitions was \
+             deleted: rebuild them with `shoal repair PARTITION`",
+            report.missing_manifests.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_gc(report: &shoal::api::GcReport, dry_run: bool) {
     let verb = if dry_run { "would delete" } else { "deleted" };
     for k in &report.deleted {
         println!("{verb} {k}");
@@ -211,9 +277,12 @@ pub(super) async fn gc(
         );
     }
     println!(
-        "{verb} {} object(s); kept {} unreferenced object(s) younger than {grace_seconds} s",
+        "{verb} {} object(s); kept {} unreferenced object(s) younger than {} s",
         report.deleted.len(),
-        report.kept_young
+        report.kept_young,
+        report.grace_seconds
     );
-    Ok(())
+    for key in &report.missing_manifests {
+        println!("PROBLEM  {key} is missing: nothing under its partition was deleted");
+    }
 }

@@ -143,14 +143,28 @@ pub(crate) enum Command {
         /// Report what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Grace period in seconds (must exceed reader staleness plus the longest query,
-        /// and any writer pause; at least 300 unless --unsafe-grace).
-        #[arg(long, default_value_t = 900)]
-        grace_seconds: u64,
-        /// Accept a grace period under 300 s. Only safe when no writer or
-        /// reader is running against the bucket.
+        /// Grace period in seconds (default: the index's gcGraceSeconds, 900 unless
+        /// configured; less is refused unless --unsafe-grace).
+        #[arg(long)]
+        grace_seconds: Option<u64>,
+        /// Accept a grace period under the index's gcGraceSeconds (or under 300 s).
+        /// Only safe when no writer or reader is running against the bucket.
         #[arg(long)]
         unsafe_grace: bool,
+    },
+    /// Rebuild a lost partition manifest from the segments under the partition.
+    /// Writes only when the commit order is certain (else lists what is not),
+    /// and never over an existing manifest.
+    Repair {
+        /// The partition whose manifest is missing.
+        partition: u32,
+        /// Show the manifest that would be written, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the creation order even where the commit order is uncertain,
+        /// and leave unreadable segments out.
+        #[arg(long)]
+        force: bool,
     },
     /// Check that the store enforces conditional writes (create-only and
     /// compare-and-swap), which every multi-writer guarantee depends on.
@@ -235,6 +249,11 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Init(a) => admin::init(&ctx, a).await,
+        Command::Repair {
+            partition,
+            dry_run,
+            force,
+        } => admin::repair(&ctx, partition, dry_run, force).await,
         Command::Ingest(a) => ingest::run(&ctx, a).await,
         Command::Search(a) => query::search(&ctx, a).await,
         Command::Get { id, consistency } => query::get(&ctx, &id, consistency.into()).await,

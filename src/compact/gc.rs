@@ -7,14 +7,23 @@
 //!   than the grace period ago (an orphan from a crashed writer or a
 //!   compactor that lost its race).
 //!
-//! The grace period (default 15 min) must exceed the longest reader
-//! staleness plus the longest query: a reader holding a manifest from
-//! before a compaction can still fetch the segments it names, and a writer
-//! between its segment PUT and its manifest commit is never robbed.
-//! A grace below [`MIN_SAFE_GRACE`] (5 min) is refused unless the caller
-//! says it knows nothing else is running (`allow_unsafe_grace`,
-//! `shoal gc --unsafe-grace`); a dry run deletes nothing and may use any.
+//! The grace period is the config's `gcGraceSeconds` (default 15 min). It
+//! must exceed the longest reader staleness plus the longest query: a
+//! reader holding a manifest from before a compaction can still fetch the
+//! segments it names. Writers never commit a segment older than half of it
+//! (by their own wall clock), and GC judges age by the store's object
+//! timestamps, so a writer between its segment PUT and its manifest commit
+//! is never robbed, however long it was paused.
+//! A grace below the config's (or below [`MIN_SAFE_GRACE`], 5 min) is
+//! refused unless the caller says it knows nothing else is running
+//! (`allow_unsafe_grace`, `shoal gc --unsafe-grace`); a dry run deletes
+//! nothing and may use any.
 //! GC also removes instance records whose heartbeat timed out.
+//!
+//! A partition whose manifest is missing is left alone entirely: its
+//! objects may be the only copy of acknowledged data (`shoal repair`
+//! rebuilds the manifest from them), so GC deletes nothing under it and
+//! reports it in [`GcReport::missing_manifests`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -24,35 +33,27 @@ use serde::Serialize;
 use crate::coord::cas::Backoff;
 use crate::coord::clock::{parse_time, DynClock};
 use crate::coord::instance;
-use crate::coord::manifest::{read_manifest, trim_retired};
+use crate::coord::manifest::{partition_of_key, read_manifest, trim_retired};
 use crate::coord::paths::{manifest_key, VECTORS_PREFIX};
 use crate::coord::{CoordError, Settings};
 use crate::store::ObjectStore;
 
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_GRACE: Duration =
+    Duration::from_secs(crate::coord::config::DEFAULT_GC_GRACE_SECONDS);
 /// The shortest grace GC accepts on its own: below it, GC could delete a
 /// segment a briefly paused writer is about to commit, or one a reader
 /// holding an older manifest is fetching.
 pub const MIN_SAFE_GRACE: Duration = Duration::from_secs(5 * 60);
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GcOptions {
-    pub grace: Duration,
+    /// The grace period; `None` is the config's `gcGraceSeconds`.
+    pub grace: Option<Duration>,
     /// Report what would be deleted without deleting anything.
     pub dry_run: bool,
     /// Accept a grace below [`MIN_SAFE_GRACE`] (only safe when no writer
     /// or reader is running against the bucket).
     pub allow_unsafe_grace: bool,
-}
-
-impl Default for GcOptions {
-    fn default() -> Self {
-        GcOptions {
-            grace: DEFAULT_GRACE,
-            dry_run: false,
-            allow_unsafe_grace: false,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -61,7 +62,11 @@ pub struct GcReport {
     pub deleted: Vec<String>,
     /// Unreferenced objects kept because they are younger than the grace.
     pub kept_young: usize,
+    /// The grace period used, in seconds.
+    pub grace_seconds: u64,
     pub stale_instances: Vec<String>,
+    /// Manifests found missing; nothing under their partitions was deleted.
+    pub missing_manifests: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -71,30 +76,34 @@ pub async fn gc(
     clock: &DynClock,
     opts: &GcOptions,
 ) -> Result<GcReport, CoordError> {
-    if opts.grace < MIN_SAFE_GRACE && !opts.allow_unsafe_grace && !opts.dry_run {
+    let grace = opts.grace.unwrap_or_else(|| settings.gc_grace());
+    let safe = settings.gc_grace().max(MIN_SAFE_GRACE);
+    if grace < safe && !opts.allow_unsafe_grace && !opts.dry_run {
         return Err(CoordError::InvalidSetting {
             setting: "gc grace period",
-            value: format!("{} s", opts.grace.as_secs()),
+            value: format!("{} s", grace.as_secs()),
             expected: format!(
-                "at least {} s: a shorter one can delete a segment that a paused writer is \
-                 about to commit or that a reader is fetching; pass --unsafe-grace only when \
-                 no writer or reader is running against the bucket",
-                MIN_SAFE_GRACE.as_secs()
+                "at least {} s (the index's gcGraceSeconds): a shorter one can delete a \
+                 segment that a paused writer is about to commit or that a reader is fetching; \
+                 pass --unsafe-grace only when no writer or reader is running against the bucket",
+                safe.as_secs()
             ),
         });
     }
     let now = clock.now();
     let old_enough = |t: Option<std::time::SystemTime>| {
         t.and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age > opts.grace)
+            .is_some_and(|age| age > grace)
     };
     let mut keep: HashSet<String> = HashSet::new();
     let mut expired: HashMap<u32, Vec<String>> = HashMap::new();
+    let mut untouchable: HashSet<u32> = HashSet::new();
     // Manifests first, then the listing: anything committed after we read
     // a manifest is young, and the grace protects it.
     for p in 0..settings.partition_count {
         keep.insert(manifest_key(p));
         let Some((m, _)) = read_manifest(store, p).await? else {
+            untouchable.insert(p);
             continue;
         };
         keep.extend(m.segments.iter().map(|s| s.key.clone()));
@@ -109,10 +118,16 @@ pub async fn gc(
     let expired_keys: HashSet<&String> = expired.values().flatten().collect();
     let mut report = GcReport {
         dry_run: opts.dry_run,
+        grace_seconds: grace.as_secs(),
         ..Default::default()
     };
+    let mut stranded: HashSet<u32> = HashSet::new();
     for obj in store.list(VECTORS_PREFIX).await? {
         if keep.contains(&obj.key) {
+            continue;
+        }
+        if let Some(p) = partition_of_key(&obj.key).filter(|p| untouchable.contains(p)) {
+            stranded.insert(p);
             continue;
         }
         if expired_keys.contains(&obj.key) || old_enough(obj.last_modified) {
@@ -141,6 +156,18 @@ pub async fn gc(
     } else {
         instance::remove_stale(store, now, timeout, "").await?
     };
+    report.missing_manifests = untouchable
+        .into_iter()
+        .filter(|p| settings.partitions_initialized || stranded.contains(p))
+        .map(manifest_key)
+        .collect();
+    report.missing_manifests.sort();
+    for key in &report.missing_manifests {
+        tracing::error!(
+            manifest = %key,
+            "partition manifest is missing: gc left its partition alone; run `shoal repair`"
+        );
+    }
     report.deleted.sort();
     Ok(report)
 }

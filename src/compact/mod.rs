@@ -21,6 +21,7 @@
 //! at `hnswMaxSegmentRecords`); smaller ones stay exact-scan.
 
 pub mod gc;
+pub mod repair;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +31,7 @@ use serde::Serialize;
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
 use crate::coord::manifest::{
-    read_manifest, replace_prefix, Manifest, Replaced, SegmentEntry, SegmentStats,
+    load_manifest, replace_prefix, CommitRules, Manifest, Replaced, SegmentEntry, SegmentStats,
 };
 use crate::coord::paths::{new_segment_key, SegmentOrigin};
 use crate::coord::{CoordError, Settings};
@@ -232,9 +233,7 @@ pub async fn compact_partition(
 ) -> Result<Outcome, CompactError> {
     let started = Instant::now();
     let ix = settings.index();
-    let Some((manifest, _)) = read_manifest(store, partition).await? else {
-        return Ok(Outcome::NotNeeded);
-    };
+    let (manifest, _) = load_manifest(store, partition, settings.partitions_initialized).await?;
     if !opts.force && !policy_wants(&manifest, &ix) {
         return Ok(Outcome::NotNeeded);
     }
@@ -278,6 +277,8 @@ pub async fn compact_partition(
     .expect("index build task");
     let mut entries = Vec::with_capacity(outputs.len());
     let mut bytes_out = 0;
+    // The outputs obey the commit age bound from their first PUT on.
+    let written_at = clock.now();
     for out in outputs {
         let key = new_segment_key(partition, now, SegmentOrigin::Compaction);
         let stats = SegmentStats {
@@ -291,15 +292,8 @@ pub async fn compact_partition(
         entries.push(SegmentEntry::new(key, stats, format_time(now), writer_id));
     }
     let retired_at = format_time(clock.now());
-    let replaced = replace_prefix(
-        store,
-        partition,
-        &inputs,
-        &entries,
-        &retired_at,
-        Backoff::default(),
-    )
-    .await?;
+    let rules = CommitRules::new(settings, written_at, clock.as_ref(), Backoff::default());
+    let replaced = replace_prefix(store, partition, &inputs, &entries, &retired_at, rules).await?;
     if replaced == Replaced::Superseded {
         tracing::info!(partition, "compaction superseded by another compactor");
         return Ok(Outcome::Superseded);

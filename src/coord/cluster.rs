@@ -13,7 +13,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::clock::{format_time, DynClock, SystemClock};
-use super::config::{load_or_create, read_config, Config, RequestedSettings};
+use super::config::{
+    initialize_partitions, load_or_create, read_config, Config, RequestedSettings,
+};
 use super::error::CoordError;
 use super::instance::{self, InstanceMetrics, InstanceRecord};
 use super::role::{detect_role, preferred_role, Role, RoleEnv};
@@ -140,6 +142,15 @@ impl Cluster {
                 let live = instance::live_records(store.as_ref(), now, timeout).await?;
                 detect_role(None, &opts.env, &live, embedded)?
             }
+        };
+        // Writers make sure every partition manifest exists (creating them
+        // for a new index, upgrading an older one once) before they write.
+        let config = if role.writes() {
+            initialize_partitions(store.as_ref(), opts.clock.as_ref(), config)
+                .await?
+                .0
+        } else {
+            config
         };
         let inner = Arc::new(Inner::new(store, instance_id, config, role, &opts, true));
         let record = inner.record.lock().await.clone();

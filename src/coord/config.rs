@@ -41,6 +41,13 @@ pub const DEFAULT_INSTANCE_TIMEOUT_SECONDS: u64 = 60;
 pub const DEFAULT_EMBEDDING_MODEL: &str = "unspecified";
 pub const MAX_PARTITION_COUNT: u32 = 4096;
 pub const MAX_DIMENSIONS: u32 = 65536;
+/// Default GC grace period: how long a retired or unreferenced object is
+/// kept before GC may delete it.
+pub const DEFAULT_GC_GRACE_SECONDS: u64 = 15 * 60;
+/// The shortest grace period a config may set (see `gcGraceSeconds`).
+pub const MIN_GC_GRACE_SECONDS: u64 = 5 * 60;
+/// The longest grace period a config may set (a week).
+pub const MAX_GC_GRACE_SECONDS: u64 = 7 * 24 * 3600;
 
 /// The whole config object.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,6 +81,17 @@ pub struct Settings {
     /// ANN index and compaction settings; absent means the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<IndexSettings>,
+    /// GC's grace period. Writers bound their commits by it too: a segment
+    /// whose PUT is older than half of it is never committed (GC may be
+    /// about to delete it as an orphan), so GC must never use less.
+    #[serde(default = "default_gc_grace")]
+    pub gc_grace_seconds: u64,
+    /// Every partition manifest was created (empty) when the index was
+    /// initialized, so a missing manifest is corruption, never "empty".
+    /// Absent in indexes made before shoal recorded it; the first writer
+    /// to join upgrades them (see `coord::manifest::create_missing`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partitions_initialized: bool,
     /// Settings written by newer versions; preserved.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -81,6 +99,10 @@ pub struct Settings {
 
 fn default_instance_timeout() -> u64 {
     DEFAULT_INSTANCE_TIMEOUT_SECONDS
+}
+
+fn default_gc_grace() -> u64 {
+    DEFAULT_GC_GRACE_SECONDS
 }
 
 impl Settings {
@@ -94,6 +116,21 @@ impl Settings {
         self.domain_rules
             .clone()
             .unwrap_or_else(crate::vocab::default_domain_rules)
+    }
+
+    /// GC's grace period.
+    pub fn gc_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.gc_grace_seconds)
+    }
+
+    /// The oldest a segment may be (since its PUT, by the writer's wall
+    /// clock) when its manifest entry is committed: half the grace period,
+    /// so that GC, which deletes unreferenced objects only once they are a
+    /// whole grace period old by the store's clock, never deletes a segment
+    /// a writer is about to commit, with the other half as margin for
+    /// clock skew and the commit's own round trips.
+    pub fn commit_age_bound(&self) -> std::time::Duration {
+        self.gc_grace() / 2
     }
 
     /// The validated metric. Only call on validated settings.
@@ -125,8 +162,22 @@ impl Settings {
                 expected: "at least 1".into(),
             });
         }
-        Ok(())
+        check_gc_grace(self.gc_grace_seconds)
     }
+}
+
+fn check_gc_grace(n: u64) -> Result<(), CoordError> {
+    if !(MIN_GC_GRACE_SECONDS..=MAX_GC_GRACE_SECONDS).contains(&n) {
+        return Err(CoordError::InvalidSetting {
+            setting: "gcGraceSeconds",
+            value: n.to_string(),
+            expected: format!(
+                "between {MIN_GC_GRACE_SECONDS} and {MAX_GC_GRACE_SECONDS}: writers commit \
+                 within half of it and GC deletes nothing younger"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn check_partition_count(n: u32) -> Result<(), CoordError> {
@@ -254,6 +305,8 @@ impl RequestedSettings {
                     .unwrap_or(DEFAULT_INSTANCE_TIMEOUT_SECONDS),
                 domain_rules: None,
                 index: None,
+                gc_grace_seconds: DEFAULT_GC_GRACE_SECONDS,
+                partitions_initialized: false,
                 extra: Map::new(),
             },
             extra: Map::new(),
@@ -351,6 +404,40 @@ where
     parse_config(CONFIG_KEY, &bytes)
 }
 
+/// Makes sure every partition manifest exists and the config says so
+/// (`partitionsInitialized`). For a fresh index this creates the empty
+/// manifests; for one made before shoal created them at init it is the
+/// one-time upgrade: only partitions holding no objects get an empty
+/// manifest, and one holding segments without a manifest is reported in
+/// the result (and from then on reads, writes and GC treat it as the
+/// corruption it is until `shoal repair`). One LIST, idempotent, safe to
+/// race. Returns the config as now stored.
+pub async fn initialize_partitions(
+    store: &dyn ObjectStore,
+    clock: &dyn Clock,
+    config: Config,
+) -> Result<(Config, super::manifest::Initialized), CoordError> {
+    if config.settings.partitions_initialized {
+        return Ok((config, Default::default()));
+    }
+    let done = super::manifest::create_missing(store, config.settings.partition_count).await?;
+    for s in &done.stranded {
+        tracing::error!(
+            manifest = %s.key,
+            objects = s.objects,
+            "partition {} holds objects but has no manifest; run `shoal repair {}`",
+            s.partition,
+            s.partition
+        );
+    }
+    let config = update_config(store, clock, |c| {
+        c.settings.partitions_initialized = true;
+        Ok(())
+    })
+    .await?;
+    Ok((config, done))
+}
+
 /// Changes settings. `partitionCount`, `dimensions` and `distanceMetric`
 /// decide how stored data is laid out and compared, so they are refused
 /// once anything exists under `vectors/` (checked with one LIST; this is an
@@ -361,8 +448,16 @@ pub async fn change_settings(
     requested: &RequestedSettings,
 ) -> Result<Config, CoordError> {
     requested.validate()?;
-    let has_data = !store.list(VECTORS_PREFIX).await?.is_empty();
-    update_config(store, clock, |config| {
+    // Data is any object but a manifest (every partition has one from init).
+    let has_data = store
+        .list(VECTORS_PREFIX)
+        .await?
+        .iter()
+        .any(|o| !o.key.ends_with("/manifest.json"));
+    let before = read_config(store)
+        .await?
+        .map(|(c, _)| c.settings.partition_count);
+    let config = update_config(store, clock, |config| {
         let s = &mut config.settings;
         if has_data {
             if let Some(CoordError::Contradiction {
@@ -397,7 +492,18 @@ pub async fn change_settings(
         }
         Ok(())
     })
-    .await
+    .await?;
+    // A new partition count on an index without data: the manifests follow.
+    let now = config.settings.partition_count;
+    if let Some(old) = before.filter(|&old| old != now) {
+        for p in now..old {
+            store.delete(&super::paths::manifest_key(p)).await?;
+        }
+        if config.settings.partitions_initialized {
+            super::manifest::create_missing(store, now).await?;
+        }
+    }
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -50,6 +50,28 @@ pub enum CoordError {
     /// No config in the bucket and not enough settings to create one.
     #[error("{0}")]
     MissingSetting(String),
+    /// A partition manifest is gone from an index whose manifests all
+    /// exist from `init` on: the partition's segments are unreachable
+    /// until `shoal repair` rebuilds it. Nothing recreates it silently.
+    #[error(
+        "partition manifest {key} is missing: this index creates every manifest at init, so \
+         it was deleted or lost and partition {partition}'s data is unreachable; nothing will \
+         recreate it empty. Rebuild it from the segments with `shoal repair {partition}`"
+    )]
+    MissingManifest { key: String, partition: u32 },
+    /// A commit came too late: the segment was PUT longer ago than the
+    /// commit age bound (half the GC grace period), so GC may already have
+    /// deleted it as an orphan. Nothing was committed; send the data again.
+    #[error(
+        "not committing {key}: it was written {age_s} s ago, past the commit age bound of \
+         {bound_s} s (half the GC grace period), so GC may have deleted it; the data must be \
+         written again as a new segment"
+    )]
+    CommitTooLate {
+        key: String,
+        age_s: u64,
+        bound_s: u64,
+    },
     /// Compare-and-swap kept losing.
     #[error("gave up updating {key} after {attempts} attempts: too much contention")]
     Contention { key: String, attempts: u32 },
@@ -73,7 +95,8 @@ impl CoordError {
         match self {
             CoordError::Store(e) => e.kind(),
             CoordError::Probe(e) => e.kind(),
-            CoordError::Corrupt { .. } => ErrorKind::Corrupt,
+            CoordError::Corrupt { .. } | CoordError::MissingManifest { .. } => ErrorKind::Corrupt,
+            CoordError::CommitTooLate { .. } => ErrorKind::Unavailable,
             CoordError::InvalidSetting { .. }
             | CoordError::Immutable { .. }
             | CoordError::MissingSetting(_)

@@ -5,6 +5,18 @@
 //! among the live entries or, if a compaction retired it in between,
 //! among the retired ones (see [`append_segment`]).
 //!
+//! Every partition manifest exists from `init` on (the config records it as
+//! `partitionsInitialized`), so a missing manifest is corruption: nothing
+//! here recreates one, and [`create_missing`] (init, and the one-time
+//! upgrade of older indexes) creates only manifests of partitions that hold
+//! no objects. [`restore`] is the one way back for a lost manifest
+//! (`shoal repair`).
+//!
+//! Two more rules bound what a commit may do (see [`CommitRules`]): a
+//! segment older than the commit age bound is never committed, and
+//! retired entries older than the grace period are pruned, which keeps a
+//! manifest's size bounded between GC runs.
+//!
 //! This is the one room where manifests change. Each mutation is a named
 //! function over the generic compare-and-swap loop ([`super::cas`]):
 //! [`append_segment`] (a writer's commit), [`replace_prefix`] (a
@@ -20,13 +32,18 @@
 //! was applied but whose response was lost finds its own entry on the retry
 //! and reports success instead of committing twice.
 
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::cas::{self, Backoff, Step};
+use super::clock::{parse_time, Clock};
+use super::config::Settings;
 use super::error::CoordError;
-use super::paths::{manifest_key, partition_dir};
-use crate::store::{ETag, ObjectStore};
+use super::paths::{manifest_key, partition_dir, VECTORS_PREFIX};
+use crate::store::{ETag, ObjectStore, StoreError};
 
 pub const MANIFEST_VERSION: u32 = 1;
 
@@ -167,7 +184,109 @@ impl Manifest {
     }
 }
 
-/// Reads and validates a partition's manifest; `None` if it has none yet.
+/// What a manifest commit must respect besides compare-and-swap.
+#[derive(Clone, Copy, Debug)]
+pub struct CommitRules<'a> {
+    /// The index created every manifest at init: a missing one is
+    /// corruption ([`CoordError::MissingManifest`]), never recreated.
+    pub manifest_required: bool,
+    /// When the committed segment(s) were PUT, by the committer's clock.
+    pub written_at: SystemTime,
+    /// The oldest they may be at commit time ([`Settings::commit_age_bound`]).
+    pub age_bound: Duration,
+    /// Retired entries older than this are dropped (GC deletes their
+    /// objects as orphans); the GC grace period.
+    pub retired_ttl: Duration,
+    pub clock: &'a dyn Clock,
+    pub backoff: Backoff,
+}
+
+impl<'a> CommitRules<'a> {
+    /// The rules `settings` imply for segments PUT at `written_at`.
+    pub fn new(
+        settings: &Settings,
+        written_at: SystemTime,
+        clock: &'a dyn Clock,
+        backoff: Backoff,
+    ) -> Self {
+        CommitRules {
+            manifest_required: settings.partitions_initialized,
+            written_at,
+            age_bound: settings.commit_age_bound(),
+            retired_ttl: settings.gc_grace(),
+            clock,
+            backoff,
+        }
+    }
+
+    /// Refuses a commit of `key` that comes too late (see
+    /// [`Settings::commit_age_bound`]). A clock that went backwards counts
+    /// as age zero.
+    fn check_age(&self, key: &str) -> Result<(), CoordError> {
+        let age = self
+            .clock
+            .now()
+            .duration_since(self.written_at)
+            .unwrap_or_default();
+        if age > self.age_bound {
+            return Err(CoordError::CommitTooLate {
+                key: key.to_string(),
+                age_s: age.as_secs(),
+                bound_s: self.age_bound.as_secs(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The current manifest, or an empty one for a partition of an index
+    /// made before manifests were created at init.
+    fn current_or_empty(
+        &self,
+        partition: u32,
+        current: Option<Manifest>,
+    ) -> Result<Manifest, CoordError> {
+        match current {
+            Some(m) => Ok(m),
+            None if self.manifest_required => Err(missing(partition)),
+            None => Ok(Manifest::empty(partition)),
+        }
+    }
+
+    /// Drops retired entries older than the grace period.
+    fn prune_retired(&self, m: &mut Manifest) {
+        let now = self.clock.now();
+        m.retired.retain(|r| {
+            parse_time(&r.retired_at)
+                .and_then(|t| now.duration_since(t).ok())
+                .is_none_or(|age| age <= self.retired_ttl)
+        });
+    }
+}
+
+/// The error for partition `p`'s missing manifest.
+pub fn missing(partition: u32) -> CoordError {
+    CoordError::MissingManifest {
+        key: manifest_key(partition),
+        partition,
+    }
+}
+
+/// Reads a partition's manifest for use: a missing one is empty only in an
+/// index made before manifests were created at init (`required` false);
+/// otherwise it is [`CoordError::MissingManifest`].
+pub async fn load_manifest(
+    store: &dyn ObjectStore,
+    partition: u32,
+    required: bool,
+) -> Result<(Manifest, Option<ETag>), CoordError> {
+    match read_manifest(store, partition).await? {
+        Some((m, etag)) => Ok((m, Some(etag))),
+        None if required => Err(missing(partition)),
+        None => Ok((Manifest::empty(partition), None)),
+    }
+}
+
+/// Reads and validates a partition's manifest; `None` if it has none.
 pub async fn read_manifest(
     store: &dyn ObjectStore,
     partition: u32,
@@ -200,17 +319,19 @@ pub struct Appended {
 }
 
 /// Commits `entry` (its `seq` is assigned here) to its partition's
-/// manifest. Idempotent per segment key.
+/// manifest under `rules`. Idempotent per segment key: an entry already
+/// committed (live, or retired by a compaction since) is reported as such,
+/// whatever its age.
 pub async fn append_segment(
     store: &dyn ObjectStore,
     partition: u32,
     entry: SegmentEntry,
-    backoff: Backoff,
+    rules: CommitRules<'_>,
 ) -> Result<Appended, CoordError> {
     let key = manifest_key(partition);
     let mut found_seq = None;
-    let updated = cas::update_json::<Manifest, _>(store, &key, backoff, |current| {
-        let mut m = current.unwrap_or_else(|| Manifest::empty(partition));
+    let updated = cas::update_json::<Manifest, _>(store, &key, rules.backoff, |current| {
+        let mut m = rules.current_or_empty(partition, current)?;
         m.validate(partition)?;
         if let Some(existing) = m.find(&entry.key) {
             found_seq = Some(existing.seq);
@@ -224,6 +345,8 @@ pub async fn append_segment(
             return Ok(Step::Keep(m));
         }
         found_seq = None;
+        rules.check_age(&entry.key)?;
+        rules.prune_retired(&mut m);
         let mut e = entry.clone();
         e.seq = m.next_seq;
         m.next_seq += 1;
@@ -264,20 +387,22 @@ pub enum Replaced {
 /// partition's manifest, replaces them by `outputs` (each given the seq of
 /// the newest input), keeps everything committed meanwhile, and moves the
 /// inputs to `retired` stamped `retired_at`. A lost race re-reads and
-/// rebases on whatever writers appended.
+/// rebases on whatever writers appended. The outputs obey the commit age
+/// bound like a writer's segment; retired entries past the grace period
+/// are pruned.
 pub async fn replace_prefix(
     store: &dyn ObjectStore,
     partition: u32,
     inputs: &[SegmentEntry],
     outputs: &[SegmentEntry],
     retired_at: &str,
-    backoff: Backoff,
+    rules: CommitRules<'_>,
 ) -> Result<Replaced, CoordError> {
     let key = manifest_key(partition);
     let seq = inputs.last().map_or(0, |e| e.seq);
     let mut superseded = false;
-    let result = cas::update_json::<Manifest, _>(store, &key, backoff, |cur| {
-        let mut m = cur.ok_or_else(|| CoordError::MissingSetting(format!("{key} vanished")))?;
+    let result = cas::update_json::<Manifest, _>(store, &key, rules.backoff, |cur| {
+        let mut m = cur.ok_or_else(|| missing(partition))?;
         m.validate(partition)?;
         let still_prefix = m.segments.len() >= inputs.len()
             && m.segments.iter().zip(inputs).all(|(s, i)| s.key == i.key);
@@ -285,6 +410,10 @@ pub async fn replace_prefix(
         if superseded {
             return Ok(Step::Keep(m));
         }
+        if let Some(first) = outputs.first() {
+            rules.check_age(&first.key)?;
+        }
+        rules.prune_retired(&mut m);
         let rest = m.segments.split_off(inputs.len());
         let outs = outputs.iter().cloned().map(|mut e| {
             e.seq = seq;
@@ -316,9 +445,7 @@ pub async fn trim_retired(
     let key = manifest_key(partition);
     cas::update_json::<Manifest, _>(store, &key, backoff, |cur| {
         let Some(mut m) = cur else {
-            return Err(CoordError::MissingSetting(format!(
-                "{key} vanished during gc"
-            )));
+            return Err(missing(partition));
         };
         let before = m.retired.len();
         m.retired.retain(|r| !gone.contains(&r.key));
@@ -332,10 +459,115 @@ pub async fn trim_retired(
     Ok(())
 }
 
+/// What [`create_missing`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Initialized {
+    /// Partitions whose empty manifest was created now.
+    pub created: Vec<u32>,
+    /// Partitions that hold segment objects but no manifest: left alone
+    /// and reported (`shoal repair` rebuilds them), never papered over.
+    pub stranded: Vec<Stranded>,
+}
+
+/// A partition with objects and no manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stranded {
+    pub partition: u32,
+    pub key: String,
+    pub objects: usize,
+}
+
+/// Creates the empty manifest of every partition that has none and holds
+/// no object (one LIST of `vectors/`, then a create-only PUT per such
+/// partition; a racing creator's manifest is kept). A partition that holds
+/// objects but no manifest is reported in [`Initialized::stranded`].
+pub async fn create_missing(
+    store: &dyn ObjectStore,
+    partition_count: u32,
+) -> Result<Initialized, CoordError> {
+    let mut objects: BTreeMap<u32, (bool, usize)> = BTreeMap::new();
+    for obj in store.list(VECTORS_PREFIX).await? {
+        if let Some(p) = partition_of_key(&obj.key) {
+            let e = objects.entry(p).or_default();
+            if obj.key == manifest_key(p) {
+                e.0 = true;
+            } else {
+                e.1 += 1;
+            }
+        }
+    }
+    let mut out = Initialized::default();
+    for p in 0..partition_count {
+        match objects.get(&p).copied().unwrap_or_default() {
+            (true, _) => {}
+            (false, 0) => {
+                let bytes = serde_json::to_vec(&Manifest::empty(p)).expect("serializable");
+                match store.put_if_absent(&manifest_key(p), bytes.into()).await {
+                    Ok(_) => out.created.push(p),
+                    Err(StoreError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            (false, n) => out.stranded.push(Stranded {
+                partition: p,
+                key: manifest_key(p),
+                objects: n,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// The partition a key under `vectors/` belongs to, if any.
+pub fn partition_of_key(key: &str) -> Option<u32> {
+    let rest = key.strip_prefix(VECTORS_PREFIX)?;
+    let (dir, _) = rest.split_once('/')?;
+    let digits = dir.strip_prefix('p')?;
+    if digits.len() < 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let p: u32 = digits.parse().ok()?;
+    (partition_dir(p) == format!("{VECTORS_PREFIX}{dir}")).then_some(p)
+}
+
+/// Writes a rebuilt manifest for a partition that has none (create-only:
+/// if a manifest appeared meanwhile, nothing is written and the error says
+/// so). The one way a lost manifest comes back (`shoal repair`).
+pub async fn restore(store: &dyn ObjectStore, manifest: &Manifest) -> Result<(), CoordError> {
+    let p = manifest.partition;
+    manifest.validate(p)?;
+    let key = manifest_key(p);
+    let bytes = serde_json::to_vec(manifest).expect("serializable");
+    match store.put_if_absent(&key, bytes.into()).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::AlreadyExists { .. }) => Err(CoordError::MissingSetting(format!(
+            "{key} exists (it was created while the repair ran); nothing was written"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+
+    use crate::coord::clock::{format_time, ManualClock};
+
+    fn rules(clock: &ManualClock, written_at: SystemTime) -> CommitRules<'_> {
+        CommitRules {
+            manifest_required: true,
+            written_at,
+            age_bound: Duration::from_secs(450),
+            retired_ttl: Duration::from_secs(900),
+            clock,
+            backoff: Backoff::default(),
+        }
+    }
+
+    async fn init(store: &MemoryStore) {
+        assert_eq!(create_missing(store, 1).await.unwrap().created, vec![0]);
+    }
 
     fn entry(key: &str) -> SegmentEntry {
         let stats = SegmentStats {
@@ -352,7 +584,9 @@ mod tests {
     #[tokio::test]
     async fn a_retried_commit_finds_its_segment_among_the_retired() {
         let store = MemoryStore::unique();
-        let b = Backoff::default();
+        init(&store).await;
+        let clock = ManualClock::new(SystemTime::now());
+        let b = rules(&clock, clock.now());
         let (s1, s2) = ("vectors/p000/1.seg", "vectors/p000/2.seg");
         append_segment(&store, 0, entry(s1), b).await.unwrap();
         let second = append_segment(&store, 0, entry(s2), b).await.unwrap();
@@ -375,6 +609,96 @@ mod tests {
             "a compacted segment must not come back: {:?}",
             m.segments
         );
+        assert_eq!(m.segments.len(), 1);
+    }
+
+    /// A writer paused between its segment PUT and its commit for longer
+    /// than the age bound must not commit: GC (a whole grace period, by the
+    /// store's clock) may already have deleted the segment. An earlier
+    /// attempt that did land is still recognised, however old.
+    #[tokio::test]
+    async fn a_commit_past_the_age_bound_is_refused_and_changes_nothing() {
+        let store = MemoryStore::unique();
+        init(&store).await;
+        let clock = ManualClock::new(SystemTime::now());
+        let t0 = clock.now();
+        let landed = append_segment(&store, 0, entry("vectors/p000/1.seg"), rules(&clock, t0))
+            .await
+            .unwrap();
+        let (before, _) = read_manifest(&store, 0).await.unwrap().unwrap();
+        clock.advance(Duration::from_secs(451));
+        let e = append_segment(&store, 0, entry("vectors/p000/2.seg"), rules(&clock, t0))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CoordError::CommitTooLate { .. }), "{e}");
+        assert!(e.is_retryable(), "the caller sends the data again");
+        assert!(e.to_string().contains("vectors/p000/2.seg"), "{e}");
+        let (after, _) = read_manifest(&store, 0).await.unwrap().unwrap();
+        assert_eq!(after, before, "nothing committed");
+        // The retry of a commit that did land long ago is still success.
+        let again = append_segment(&store, 0, entry("vectors/p000/1.seg"), rules(&clock, t0))
+            .await
+            .unwrap();
+        assert!(again.already_committed && again.seq == landed.seq);
+        // Within the bound it commits.
+        let fresh = rules(&clock, clock.now() - Duration::from_secs(449));
+        append_segment(&store, 0, entry("vectors/p000/3.seg"), fresh)
+            .await
+            .unwrap();
+        // A compaction's outputs obey the same bound.
+        let (m, _) = read_manifest(&store, 0).await.unwrap().unwrap();
+        let late = replace_prefix(
+            &store,
+            0,
+            &m.segments,
+            &[entry("vectors/p000/c.seg")],
+            &format_time(clock.now()),
+            rules(&clock, t0),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(late, CoordError::CommitTooLate { .. }), "{late}");
+    }
+
+    /// Retired entries live one grace period, then the next commit drops
+    /// them, so a manifest stays small between GC runs.
+    #[tokio::test]
+    async fn retired_entries_past_the_grace_are_pruned() {
+        let store = MemoryStore::unique();
+        init(&store).await;
+        let clock = ManualClock::new(SystemTime::now());
+        for round in 0..3 {
+            for i in 0..4 {
+                let key = format!("vectors/p000/{round}-{i}.seg");
+                append_segment(&store, 0, entry(&key), rules(&clock, clock.now()))
+                    .await
+                    .unwrap();
+            }
+            let (m, _) = read_manifest(&store, 0).await.unwrap().unwrap();
+            let out = entry(&format!("vectors/p000/{round}-c.seg"));
+            replace_prefix(
+                &store,
+                0,
+                &m.segments,
+                &[out],
+                &format_time(clock.now()),
+                rules(&clock, clock.now()),
+            )
+            .await
+            .unwrap();
+            clock.advance(Duration::from_secs(500));
+        }
+        let (m, _) = read_manifest(&store, 0).await.unwrap().unwrap();
+        // Retired at 0 s (0-0..0-3), 500 s (0-c, 1-0..1-3) and 1000 s
+        // (1-c, 2-0..2-3); the 1000 s commit pruned the first batch.
+        let retired: Vec<&str> = m.retired.iter().map(|r| r.key.as_str()).collect();
+        let name = |k: &&str| k.trim_start_matches("vectors/p000/").to_string();
+        let names: Vec<String> = retired.iter().map(name).collect();
+        let want = [
+            "0-c", "1-0", "1-1", "1-2", "1-3", "1-c", "2-0", "2-1", "2-2", "2-3",
+        ];
+        let want: Vec<String> = want.iter().map(|n| format!("{n}.seg")).collect();
+        assert_eq!(names, want);
         assert_eq!(m.segments.len(), 1);
     }
 }

@@ -371,6 +371,9 @@ pub(crate) struct Shared {
     store: Arc<Counted>,
     shape: Shape,
     nprobe: usize,
+    /// The index created every manifest at init: a missing one fails the
+    /// partition instead of reading as empty.
+    manifests_required: bool,
     opts: ReaderOptions,
     cache: moka::future::Cache<String, Arc<Segment>>,
     views: Vec<view::Slot>,
@@ -425,6 +428,7 @@ impl Reader {
                     .nprobe
                     .unwrap_or(settings.index().nprobe as usize)
                     .max(1),
+                manifests_required: settings.partitions_initialized,
                 views: (0..settings.partition_count)
                     .map(|_| view::Slot::default())
                     .collect(),

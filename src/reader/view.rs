@@ -282,6 +282,11 @@ pub(crate) async fn refresh(
             parse_manifest(p, &got.bytes).map_err(PartitionError::from_manifest)?,
             Some(got.etag),
         ),
+        None if shared.manifests_required => {
+            return Err(PartitionError::from_manifest(
+                crate::coord::manifest::missing(p),
+            ))
+        }
         None => (Manifest::empty(p), None),
     };
     // Appended segments only, when the old list is a prefix of the new one.

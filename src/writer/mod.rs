@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
-use crate::coord::manifest::{append_segment, SegmentEntry, SegmentStats};
+use crate::coord::manifest::{append_segment, CommitRules, SegmentEntry, SegmentStats};
 use crate::coord::paths::{new_segment_key, SegmentOrigin};
 use crate::coord::{partition_of, CoordError, Settings};
 pub use crate::record::StoredRecord;
@@ -155,7 +155,11 @@ struct Pending {
 #[derive(Default)]
 struct PartitionQueue {
     pending: Mutex<Vec<Pending>>,
-    commit: tokio::sync::Mutex<()>,
+    /// Held while committing; holds the creation time (unix ms) of the
+    /// last segment written, so that a writer's segments of one partition
+    /// carry strictly increasing times: their creation order is their
+    /// commit order, which `shoal repair` relies on.
+    commit: tokio::sync::Mutex<u64>,
 }
 
 struct Inner {
@@ -311,7 +315,7 @@ impl Writer {
                 records: records.clone(),
                 done,
             });
-            let guard = q.commit.lock().await;
+            let mut guard = q.commit.lock().await;
             match result.try_recv() {
                 Ok(r) => return self.finish(p, r),
                 // The caller that took our records was cancelled: re-enqueue.
@@ -324,7 +328,7 @@ impl Writer {
                 .flat_map(|b| b.records.iter().cloned())
                 .collect();
             let r = self
-                .commit_partition(p, dedupe_last_wins(all))
+                .commit_partition(p, dedupe_last_wins(all), &mut guard)
                 .await
                 .map_err(Arc::new);
             for b in batch {
@@ -336,18 +340,81 @@ impl Writer {
         }
     }
 
+    /// The age bound is checked before the manifest PUT is sent; a pause
+    /// after that check (the PUT in flight, the process frozen) could still
+    /// land a commit after GC deleted the segment. So a commit that
+    /// completed later than the bound after the segment PUT checks that the
+    /// segment is there (one HEAD; fast commits never pay it) and, if GC
+    /// took it, writes the same bytes back under the same key before the
+    /// write is acknowledged.
+    async fn ensure_still_there(
+        &self,
+        key: &str,
+        bytes: bytes::Bytes,
+        written_at: std::time::SystemTime,
+    ) -> Result<(), WriteError> {
+        let inner = &self.inner;
+        let took = inner
+            .clock
+            .now()
+            .duration_since(written_at)
+            .unwrap_or_default();
+        if took <= inner.settings.commit_age_bound() {
+            return Ok(());
+        }
+        match inner.store.head(key).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound { .. }) => {
+                tracing::warn!(
+                    key,
+                    took_s = took.as_secs(),
+                    "a slow commit's segment was collected meanwhile; writing it back"
+                );
+                put_new_object(inner.store.as_ref(), key, bytes, inner.backoff).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn finish(&self, partition: u32, r: CommitResult) -> Result<Committed, WriteError> {
         r.map_err(|source| WriteError::Commit { partition, source })
     }
 
-    /// Writes one segment and appends it to the partition's manifest.
+    /// Writes one segment and appends it to the partition's manifest. A
+    /// commit refused for coming too late (the process was paused past the
+    /// commit age bound between the segment PUT and the manifest commit)
+    /// writes the records again as a fresh segment; the stale one is left
+    /// for GC.
     async fn commit_partition(
         &self,
         p: u32,
         records: Vec<Prepared>,
+        last_ms: &mut u64,
+    ) -> Result<Committed, WriteError> {
+        const TRIES: u32 = 3;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.commit_segment(p, &records, last_ms).await {
+                Err(WriteError::Coord(e @ CoordError::CommitTooLate { .. })) if tries < TRIES => {
+                    tracing::warn!(partition = p, error = %e, "writing the records again");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn commit_segment(
+        &self,
+        p: u32,
+        records: &[Prepared],
+        last_ms: &mut u64,
     ) -> Result<Committed, WriteError> {
         let inner = &self.inner;
-        let now = inner.clock.now();
+        let ms = unix_millis(inner.clock.now()).max(*last_ms + 1);
+        *last_ms = ms;
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
         let key = new_segment_key(p, now, SegmentOrigin::Writer);
         let header = SegmentHeader {
             format_version: FORMAT_VERSION,
@@ -358,7 +425,7 @@ impl Writer {
             writer_id: inner.writer_id.clone(),
             has_index: false,
         };
-        let bytes = encode_segment(&header, &records, None);
+        let bytes = encode_segment(&header, records, None);
         let size = bytes.len() as u64;
         let tombstones = records.iter().filter(|r| r.tombstone).count() as u64;
         let span = tracing::info_span!(
@@ -370,7 +437,8 @@ impl Writer {
             conflicts = tracing::field::Empty,
         );
         async {
-            let retries = put_new_object(inner.store.as_ref(), &key, bytes, inner.backoff).await?;
+            let retries =
+                put_new_object(inner.store.as_ref(), &key, bytes.clone(), inner.backoff).await?;
             inner
                 .stats
                 .retries
@@ -382,7 +450,23 @@ impl Writer {
                 indexed: false,
             };
             let entry = SegmentEntry::new(key.clone(), stats, format_time(now), &inner.writer_id);
-            let appended = append_segment(inner.store.as_ref(), p, entry, inner.backoff).await?;
+            let rules = CommitRules::new(&inner.settings, now, inner.clock.as_ref(), inner.backoff);
+            let appended = match append_segment(inner.store.as_ref(), p, entry, rules).await {
+                Ok(a) => a,
+                Err(e) => {
+                    if matches!(
+                        e,
+                        CoordError::MissingManifest { .. } | CoordError::CommitTooLate { .. }
+                    ) {
+                        // Certainly not committed (and never will be): leave
+                        // no segment a repair could mistake for committed data.
+                        if let Err(d) = inner.store.delete(&key).await {
+                            tracing::warn!(key, error = %d, "could not delete an uncommitted segment");
+                        }
+                    }
+                    return Err(e.into());
+                }
+            };
             let span = tracing::Span::current();
             span.record("attempts", appended.attempts);
             span.record("conflicts", appended.conflicts);
@@ -392,6 +476,7 @@ impl Writer {
                     "manifest append found its own segment already committed"
                 );
             }
+            self.ensure_still_there(&key, bytes, now).await?;
             inner.dirty.lock().unwrap().insert(p);
             let s = &inner.stats;
             s.records.fetch_add(records.len() as u64, Ordering::Relaxed);

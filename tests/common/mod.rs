@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use shoal::coord::clock::{DynClock, SystemClock};
-use shoal::coord::config::load_or_create;
+use shoal::coord::config::{initialize_partitions, load_or_create};
 use shoal::coord::{Metric, RequestedSettings, Settings};
 use shoal::store::s3::{S3Options, S3Store};
 use shoal::store::{local::LocalStore, memory::MemoryStore, Counted, DynStore, ObjectStore};
@@ -107,7 +107,8 @@ macro_rules! backend_tests {
 }
 
 /// Creates the index's config in `store` (if it has none) with these
-/// settings and defaults for the rest; returns the settings in effect.
+/// settings and defaults for the rest, and every partition's manifest, as
+/// `shoal init` does; returns the settings in effect.
 pub async fn create_index(
     store: &dyn ObjectStore,
     partitions: u32,
@@ -120,9 +121,13 @@ pub async fn create_index(
         distance_metric: Some(metric),
         ..Default::default()
     };
-    load_or_create(store, &req, &SystemClock)
+    let config = load_or_create(store, &req, &SystemClock)
         .await
-        .expect("create the index config")
+        .expect("create the index config");
+    initialize_partitions(store, &SystemClock, config)
+        .await
+        .expect("create the partition manifests")
+        .0
         .settings
 }
 
