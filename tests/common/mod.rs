@@ -24,14 +24,49 @@ pub fn local_store() -> (Arc<Counted>, tempfile::TempDir) {
     (Arc::new(Counted::new(Arc::new(store))), dir)
 }
 
+/// The S3 test server, or None (the test skips). An endpoint that is set
+/// but does not answer fails the test: S3 tests never pass by not running.
+/// Every skip is also appended to the file named by
+/// `SHOAL_TEST_SKIP_LOG`, which the test command checks (cargo hides the
+/// output of passing tests).
 pub fn s3_endpoint() -> Option<String> {
     match std::env::var("SHOAL_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
+        Ok(e) if !e.is_empty() => {
+            let addr = e
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/')
+                .to_string();
+            let reachable = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+                .ok()
+                .and_then(|mut a| a.next())
+                .is_some_and(|a| {
+                    std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(5))
+                        .is_ok()
+                });
+            assert!(
+                reachable,
+                "SHOAL_TEST_S3_ENDPOINT={e} is set but nothing answers there: start the S3 test \
+                 server (the README's test command does) or unset it"
+            );
+            Some(e)
+        }
         _ => {
             eprintln!(
                 "\n*** SKIPPED: SHOAL_TEST_S3_ENDPOINT is not set, so this S3 test did not run. \
                  Use the test command from README.md, which starts moto and sets it. ***\n"
             );
+            if let Ok(log) = std::env::var("SHOAL_TEST_SKIP_LOG") {
+                use std::io::Write;
+                let test = std::thread::current().name().unwrap_or("?").to_string();
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                {
+                    let _ = writeln!(f, "{test}");
+                }
+            }
             None
         }
     }
