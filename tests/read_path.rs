@@ -27,6 +27,7 @@ backend_tests!(
     updates_and_deletes_are_visible_to_another_reader_with_strong,
     warm_queries_make_no_requests_and_strong_only_conditional_gets,
     allow_partial_names_the_partition_of_a_vanished_segment,
+    a_segment_collected_under_a_reader_is_refetched_after_one_refresh,
     corrupt_segment_is_reported_by_key,
     bad_requests_are_refused_clearly,
 );
@@ -666,4 +667,72 @@ async fn transient_read_errors_are_retried_within_the_query_deadline() {
         took < Duration::from_secs(5),
         "bounded by the deadline, took {took:?}"
     );
+}
+
+/// DESIGN 8: a segment that is gone (404) means the reader's manifest is
+/// older than a compaction plus GC; it refreshes that manifest and retries
+/// once. Exercised with a forced cache miss: the reader's cache is emptied,
+/// so its second query must fetch the segments its (stale, but within
+/// staleness) manifest names, and finds them collected.
+async fn a_segment_collected_under_a_reader_is_refetched_after_one_refresh(store: Arc<Counted>) {
+    use shoal::compact::{compact_partition, CompactOptions, Outcome};
+    let (w, settings) = setup(&store, 1, Metric::Dot).await;
+    let mut rng = StdRng::seed_from_u64(44);
+    let recs: Vec<Record> = (0..30)
+        .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+        .collect();
+    for chunk in recs.chunks(10) {
+        w.upsert(chunk).await.unwrap();
+    }
+    let r = Reader::new(
+        store.clone(),
+        &settings,
+        ReaderOptions {
+            max_staleness: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    );
+    let q = SearchRequest::new(rand_vec(&mut rng), 30);
+    let before = r.search(&q).await.unwrap();
+    assert_eq!(before.results.len(), 30);
+    // Compaction retires the three segments, GC deletes them.
+    let clock: shoal::coord::clock::DynClock = Arc::new(shoal::coord::clock::SystemClock);
+    let opts = CompactOptions {
+        force: true,
+        ..Default::default()
+    };
+    let out = compact_partition(store.as_ref(), &settings, 0, "c", &clock, &opts)
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::Compacted(_)), "{out:?}");
+    let gc = shoal::compact::gc::gc(
+        store.as_ref(),
+        &settings,
+        &clock,
+        &shoal::compact::gc::GcOptions {
+            grace: Some(Duration::ZERO),
+            allow_unsafe_grace: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(gc.deleted.len(), 3, "{gc:?}");
+    // Within its staleness the reader trusts its old manifest; with its
+    // cache emptied it fetches the segments that manifest names, finds them
+    // gone, refreshes once and answers from the compacted one.
+    r.evict_cached_segments().await;
+    let after = r.search(&q).await.expect("refreshed and retried");
+    assert!(
+        after.stats.requests.not_found >= 1,
+        "the stale manifest's segment was fetched and missing: {:?}",
+        after.stats.requests
+    );
+    let ids = |resp: &shoal::reader::SearchResponse| {
+        resp.results
+            .iter()
+            .map(|h| h.id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&after), ids(&before));
 }

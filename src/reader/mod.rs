@@ -447,6 +447,14 @@ impl Reader {
         self.shared.views.len() as u32
     }
 
+    /// Drops every cached segment (manifests stay): the next query fetches
+    /// the segments it needs again. For freeing memory, and for tests that
+    /// need a cache miss.
+    pub async fn evict_cached_segments(&self) {
+        self.shared.cache.invalidate_all();
+        self.shared.cache.run_pending_tasks().await;
+    }
+
     /// Searches every partition and merges the top-k.
     pub async fn search(&self, req: &SearchRequest) -> Result<SearchResponse, ReadError> {
         self.shared.queries.fetch_add(1, Ordering::Relaxed);
