@@ -67,6 +67,7 @@ pub mod index;
 mod ingest;
 mod inspect;
 pub mod lambda;
+pub mod mutation;
 pub mod reader;
 pub mod record;
 mod routes;

@@ -1,78 +1,110 @@
 //! Deterministic simulation (the SlateDB way): seeded scenarios over the
-//! in-memory store behind a seeded fault injector, with a paused clock.
-//! Several writers (concurrently), a compactor, GC and readers interleave
-//! random upserts, deletes, compactions and searches; after every step the
-//! bucket is checked against a model of what was acknowledged:
+//! in-memory store behind a seeded fault injector, on a paused clock.
+//! Every source of randomness comes from the seed: the workload, the
+//! faults, CAS backoff jitter and segment keys (`coord::entropy`), and the
+//! wall clock (simulated, starting at a fixed instant; objects are stamped
+//! with it so GC judges ages in simulated time).
 //!
-//! - every acknowledged write is visible to a `strong` read, newest wins;
-//! - no deleted id reappears;
-//! - no duplicate ids in results;
-//! - exact search equals brute force over the model.
+//! Each step runs concurrently: up to three writers upserting or deleting
+//! *overlapping* ids, a compaction, a GC (soon, or after up to 20 minutes
+//! of simulated time) and eventual reads. The store injects transient
+//! errors, conflicts, ambiguous writes (applied, answer lost) and long
+//! pauses (a writer frozen for 20 minutes right after a segment PUT, while
+//! GC runs). A write that fails is retried by the "client" until
+//! acknowledged; the model keeps, per id, the acknowledged version with
+//! the highest commit seq (from the write receipts). After every step:
 //!
-//! A write that fails (faults exhausted its retries) is retried by the
-//! "client" until acknowledged, as a user would; only acknowledged state
-//! enters the model. Same seed ⇒ same run. A failing seed prints the
-//! command that replays it.
+//! - `strong` exact search equals brute force over the model;
+//! - `strong` gets return the newest acknowledged version, nothing deleted
+//!   or never sent;
+//! - every manifest names each segment once (live or retired) and every
+//!   live segment exists.
+//!
+//! At the end every id is checked. Same seed, same run: the determinism
+//! test compares the full trace of store operations. The mutation checks
+//! run the simulation against deliberately broken builds
+//! (`shoal::mutation`) and fail unless each is caught within the seed
+//! budget.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal::compact::gc::{gc, GcOptions};
 use shoal::compact::{compact_partition, CompactOptions};
 use shoal::coord::cas::Backoff;
-use shoal::coord::clock::{DynClock, ManualClock};
-use shoal::coord::config::{load_or_create, update_config, IndexSettings};
-use shoal::coord::{Metric, RequestedSettings};
+use shoal::coord::clock::{Clock, DynClock, TokioClock};
+use shoal::coord::config::{initialize_partitions, load_or_create, update_config, IndexSettings};
+use shoal::coord::manifest::read_manifest;
+use shoal::coord::{entropy, partition_of, Metric, RequestedSettings, Settings};
 use shoal::index::distance;
+use shoal::mutation::Mutation;
 use shoal::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
 use shoal::record::Record;
 use shoal::store::faults::{FaultConfig, Faulty};
 use shoal::store::memory::MemoryStore;
 use shoal::store::{Counted, DynStore};
-use shoal::writer::{Writer, WriterOptions};
+use shoal::writer::{WriteReceipt, Writer, WriterOptions};
 
 const DIMS: usize = 4;
-const IDS: usize = 40;
+const IDS: usize = 24;
 const STEPS: usize = 60;
+const PARTITIONS: u32 = 3;
+/// Seeds every CI run checks (and the budget each mutation gets).
+const SEEDS: u64 = 200;
 
-type Model = BTreeMap<String, Vec<f32>>;
+/// Per id: the commit seq of the newest acknowledged version, and its
+/// vector (`None`: deleted).
+type Model = BTreeMap<String, (u64, Option<Vec<f32>>)>;
 
 struct Sim {
     rng: StdRng,
     model: Model,
+    /// Every vector ever sent, per id (acknowledged or not).
+    sent: BTreeMap<String, Vec<Vec<f32>>>,
     writers: Vec<Writer>,
     readers: Vec<Reader>,
     store: DynStore,
-    settings: shoal::coord::Settings,
-    clock: Arc<ManualClock>,
+    faulty: Arc<Faulty>,
+    mem: DynStore,
+    settings: Settings,
+    clock: DynClock,
     trace: Vec<String>,
 }
 
-fn faults(broken: bool) -> FaultConfig {
+fn faults() -> FaultConfig {
     FaultConfig {
         transient: 0.05,
         conflict: 0.03,
         ambiguous: 0.03,
         max_latency_ms: 4,
-        ignore_conditions: broken,
+        ignore_conditions: false,
+        pause_after_segment_put: 0.03,
+        pause: Duration::from_secs(20 * 60),
+        record: true,
     }
 }
 
-async fn setup(seed: u64, broken: bool) -> Sim {
+async fn setup(seed: u64) -> Sim {
+    entropy::seed_this_thread(Some(seed));
     let mem: DynStore = Arc::new(MemoryStore::unique());
-    let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
+    let start = UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+    let tokio_clock = Arc::new(TokioClock::starting_at(start));
+    let clock: DynClock = tokio_clock.clone();
     let req = RequestedSettings {
-        partition_count: Some(3),
+        partition_count: Some(PARTITIONS),
         dimensions: Some(DIMS as u32),
         distance_metric: Some(Metric::Euclidean),
         ..Default::default()
     };
-    load_or_create(mem.as_ref(), &req, clock.as_ref())
+    let cfg = load_or_create(mem.as_ref(), &req, clock.as_ref())
+        .await
+        .unwrap();
+    initialize_partitions(mem.as_ref(), clock.as_ref(), cfg)
         .await
         .unwrap();
     let cfg = update_config(mem.as_ref(), clock.as_ref(), |c| {
@@ -86,9 +118,11 @@ async fn setup(seed: u64, broken: bool) -> Sim {
     })
     .await
     .unwrap();
-    let faulty: DynStore = Arc::new(Faulty::new(mem, seed, faults(broken)));
-    let store: Arc<Counted> = Arc::new(Counted::new(faulty));
-    let dyn_clock: DynClock = clock.clone();
+    let stamp = tokio_clock.clone();
+    let faulty = Arc::new(
+        Faulty::new(mem.clone(), seed, faults()).with_clock(Arc::new(move || stamp.now())),
+    );
+    let store: Arc<Counted> = Arc::new(Counted::new(faulty.clone()));
     let opts = WriterOptions {
         backoff: Backoff {
             base: Duration::from_millis(1),
@@ -103,7 +137,7 @@ async fn setup(seed: u64, broken: bool) -> Sim {
                 store.clone(),
                 &cfg.settings,
                 format!("w{i}"),
-                dyn_clock.clone(),
+                clock.clone(),
                 opts.clone(),
             )
         })
@@ -123,9 +157,12 @@ async fn setup(seed: u64, broken: bool) -> Sim {
     Sim {
         rng: StdRng::seed_from_u64(seed),
         model: Model::new(),
+        sent: BTreeMap::new(),
         writers,
         readers,
-        store: store.clone(),
+        store,
+        faulty,
+        mem,
         settings: cfg.settings,
         clock,
         trace: Vec::new(),
@@ -148,6 +185,9 @@ where
     Err(format!("{what} never succeeded: {last}"))
 }
 
+/// One client's batch: upserts (id, vector) or deletes (id, None).
+type Batch = Vec<(String, Option<Vec<f32>>)>;
+
 impl Sim {
     fn rand_vec(&mut self) -> Vec<f32> {
         (0..DIMS)
@@ -159,101 +199,196 @@ impl Sim {
         format!("id{}", self.rng.random_range(0..IDS))
     }
 
-    /// Concurrent upserts from up to three writers on disjoint ids (so the
-    /// model knows the newest version), optionally racing a compaction.
-    async fn upserts(&mut self, with_compaction: bool) -> Result<(), String> {
+    /// A batch of distinct ids (ids may overlap other clients' batches).
+    fn batch(&mut self) -> Batch {
+        let delete = self.rng.random_bool(0.25);
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for _ in 0..self.rng.random_range(1..=5) {
+            let id = self.id();
+            if seen.insert(id.clone()) {
+                let v = (!delete).then(|| self.rand_vec());
+                out.push((id, v));
+            }
+        }
+        out
+    }
+
+    /// Records an acknowledged batch in the model: each id takes the
+    /// version committed at the highest seq.
+    fn acknowledge(&mut self, batch: &Batch, receipt: &WriteReceipt) -> Result<(), String> {
+        for (id, v) in batch {
+            let p = partition_of(id, PARTITIONS);
+            let seq = receipt
+                .segments
+                .iter()
+                .find(|c| c.partition == p)
+                .ok_or_else(|| format!("receipt without partition {p}: {receipt:?}"))?
+                .seq;
+            let newer = self.model.get(id).is_none_or(|(s, _)| seq > *s);
+            if newer {
+                self.model.insert(id.clone(), (seq, v.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// One step: concurrent writers (overlapping ids), maybe a compaction,
+    /// maybe a GC (soon or after a long while), maybe eventual reads.
+    async fn step(&mut self) -> Result<(), String> {
         let n = self.rng.random_range(1..=3);
-        let mut taken = std::collections::HashSet::new();
-        let mut batches = Vec::new();
-        for _ in 0..n {
-            let mut recs = Vec::new();
-            for _ in 0..self.rng.random_range(1..=5) {
-                let id = self.id();
-                if taken.insert(id.clone()) {
-                    let v = self.rand_vec();
-                    recs.push(Record::new(id, v));
+        let batches: Vec<Batch> = (0..n).map(|_| self.batch()).collect();
+        for b in &batches {
+            for (id, v) in b {
+                if let Some(v) = v {
+                    self.sent.entry(id.clone()).or_default().push(v.clone());
                 }
             }
-            batches.push(recs);
         }
-        let p = self.rng.random_range(0..3u32);
-        let force = self.rng.random_bool(0.5);
+        let compact = self.rng.random_bool(0.3).then(|| {
+            (
+                self.rng.random_range(0..PARTITIONS),
+                self.rng.random_bool(0.5),
+            )
+        });
+        let gc_after = self.rng.random_bool(0.3).then(|| {
+            if self.rng.random_bool(0.5) {
+                Duration::from_millis(self.rng.random_range(0..10))
+            } else {
+                Duration::from_secs(self.rng.random_range(0..20 * 60))
+            }
+        });
+        let reads = self.rng.random_bool(0.3);
+        let query = self.rand_vec();
         self.trace.push(format!(
-            "upsert {:?} compact={with_compaction}:{p}",
+            "step {:?} compact={compact:?} gc_after={gc_after:?} reads={reads}",
             batches
                 .iter()
-                .map(|b| b.iter().map(|r| r.id.clone()).collect::<Vec<_>>())
-                .collect::<Vec<_>>()
+                .map(|b| b.iter().map(|(id, v)| (id.clone(), v.is_some())).collect())
+                .collect::<Vec<Vec<_>>>()
         ));
-        let writes = batches
-            .iter()
-            .zip(&self.writers)
-            .map(|(b, w)| until_ok("upsert", move || w.upsert(b)));
-        let (store, settings, clock): (DynStore, _, DynClock) = (
-            self.store.clone(),
-            self.settings.clone(),
-            self.clock.clone(),
-        );
+        let writes = batches.iter().zip(&self.writers).map(|(b, w)| async move {
+            let upserts: Vec<Record> = b
+                .iter()
+                .filter_map(|(id, v)| Some(Record::new(id.clone(), v.clone()?)))
+                .collect();
+            let deletes: Vec<String> = b
+                .iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(id, _)| id.clone())
+                .collect();
+            if deletes.is_empty() {
+                until_ok("upsert", || w.upsert(&upserts)).await
+            } else {
+                until_ok("delete", || w.delete(&deletes)).await
+            }
+        });
+        let (store, settings, clock) = (&self.store, &self.settings, &self.clock);
         let compaction = async move {
-            if with_compaction {
+            if let Some((p, force)) = compact {
                 // A failed compaction acknowledges nothing; it may be garbage.
-                let _ = compact_partition(
-                    store.as_ref(),
-                    &settings,
-                    p,
-                    "compactor",
-                    &clock,
-                    &CompactOptions {
-                        force,
-                        upto_seq: None,
-                    },
-                )
-                .await;
+                let opts = CompactOptions {
+                    force,
+                    upto_seq: None,
+                };
+                let _ =
+                    compact_partition(store.as_ref(), settings, p, "compactor", clock, &opts).await;
             }
         };
-        let (results, ()) = tokio::join!(futures::future::join_all(writes), compaction);
-        for r in results {
-            r?;
+        let collection = async move {
+            if let Some(after) = gc_after {
+                tokio::time::sleep(after).await;
+                // GC may hit an injected fault and give up; that deletes
+                // nothing needed.
+                let _ = gc(store.as_ref(), settings, clock, &GcOptions::default()).await;
+            }
+        };
+        let reader = self.readers[0].clone();
+        let reading = async move {
+            if reads {
+                let req = SearchRequest {
+                    consistency: Consistency::Eventual,
+                    ..SearchRequest::new(query, 5)
+                };
+                // Concurrent reads must not fail for good or duplicate ids.
+                let resp = until_ok("eventual search", || reader.search(&req)).await?;
+                let ids: HashSet<&String> = resp.results.iter().map(|h| &h.id).collect();
+                if ids.len() != resp.results.len() {
+                    return Err(format!("duplicate ids in {:?}", resp.results));
+                }
+            }
+            Ok(())
+        };
+        let (receipts, (), (), read) = tokio::join!(
+            futures::future::join_all(writes),
+            compaction,
+            collection,
+            reading
+        );
+        read?;
+        for (b, r) in batches.iter().zip(receipts) {
+            self.acknowledge(b, &r?)?;
         }
-        for b in batches {
-            for r in b {
-                self.model.insert(r.id, r.vector);
+        Ok(())
+    }
+
+    /// Manifests name each segment once, and every live segment exists
+    /// (read from the bare store, outside the fault injector and the trace).
+    async fn check_structure(&self, step: usize) -> Result<(), String> {
+        for p in 0..PARTITIONS {
+            let (m, _) = read_manifest(self.mem.as_ref(), p)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("step {step}: partition {p} lost its manifest"))?;
+            let mut seen = HashSet::new();
+            let keys = m
+                .segments
+                .iter()
+                .map(|s| &s.key)
+                .chain(m.retired.iter().map(|r| &r.key));
+            for key in keys {
+                if !seen.insert(key) {
+                    return Err(format!("step {step}: {key} is committed twice in p{p}"));
+                }
+            }
+            for s in &m.segments {
+                if self.mem.head(&s.key).await.is_err() {
+                    return Err(format!("step {step}: {} is committed but gone", s.key));
+                }
             }
         }
         Ok(())
     }
 
-    async fn deletes(&mut self) -> Result<(), String> {
-        let ids: Vec<String> = (0..self.rng.random_range(1..=3))
-            .map(|_| self.id())
-            .collect();
-        let w = self.rng.random_range(0..self.writers.len());
-        self.trace.push(format!("delete {ids:?}"));
-        let writer = &self.writers[w];
-        until_ok("delete", || writer.delete(&ids)).await?;
-        for id in ids {
-            self.model.remove(&id);
+    async fn check_id(&self, reader: &Reader, id: &str, step: usize) -> Result<(), String> {
+        let rec = until_ok("get", || reader.get_with(id, Consistency::Strong)).await?;
+        let want = self.model.get(id).and_then(|(_, v)| v.as_ref());
+        match (rec, want) {
+            (None, None) => Ok(()),
+            (Some(r), Some(v)) if &r.vector == v => Ok(()),
+            (Some(r), None) => {
+                let sent = self.sent.get(id).is_some_and(|s| s.contains(&r.vector));
+                Err(format!(
+                    "step {step}: {id} is {:?}, but it was deleted or never written ({})",
+                    r.vector,
+                    if sent {
+                        "a value once sent"
+                    } else {
+                        "a value never sent"
+                    }
+                ))
+            }
+            (None, Some(_)) => Err(format!("step {step}: acknowledged {id} is missing")),
+            (Some(r), Some(v)) => Err(format!(
+                "step {step}: {id} is {:?}, newest acknowledged is {v:?}",
+                r.vector
+            )),
         }
-        Ok(())
-    }
-
-    async fn collect_garbage(&mut self) {
-        self.clock.advance(Duration::from_secs(16 * 60));
-        let clock: DynClock = self.clock.clone();
-        // GC may hit an injected fault and give up; that acknowledges
-        // nothing and deletes nothing needed, so only the attempt is traced.
-        let _ = gc(
-            self.store.as_ref(),
-            &self.settings,
-            &clock,
-            &GcOptions::default(),
-        )
-        .await;
-        self.trace.push("gc".into());
     }
 
     /// Checks every invariant against the model.
     async fn check(&mut self, step: usize) -> Result<(), String> {
+        self.check_structure(step).await?;
         let r = self.rng.random_range(0..self.readers.len());
         let q = self.rand_vec();
         let k = self.rng.random_range(1..=8);
@@ -265,16 +400,10 @@ impl Sim {
         };
         let resp = until_ok("search", || reader.search(&req)).await?;
         let got: Vec<String> = resp.results.iter().map(|h| h.id.clone()).collect();
-        let mut uniq = got.clone();
-        uniq.sort();
-        uniq.dedup();
-        if uniq.len() != got.len() {
-            return Err(format!("step {step}: duplicate ids in results {got:?}"));
-        }
         let mut want: Vec<(f32, &String)> = self
             .model
             .iter()
-            .map(|(id, v)| (distance(Metric::Euclidean, &q, v), id))
+            .filter_map(|(id, (_, v))| Some((distance(Metric::Euclidean, &q, v.as_ref()?), id)))
             .collect();
         want.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         let want: Vec<String> = want.into_iter().take(k).map(|(_, id)| id.clone()).collect();
@@ -285,68 +414,67 @@ impl Sim {
         }
         for _ in 0..3 {
             let id = self.id();
-            let rec = until_ok("get", || reader.get_with(&id, Consistency::Strong)).await?;
-            match (rec, self.model.get(&id)) {
-                (None, None) => {}
-                (Some(r), Some(v)) if &r.vector == v => {}
-                (Some(r), None) => {
-                    return Err(format!(
-                        "step {step}: deleted or never-written {id} reappeared: {:?}",
-                        r.vector
-                    ))
-                }
-                (None, Some(_)) => {
-                    return Err(format!("step {step}: acknowledged {id} is missing"))
-                }
-                (Some(r), Some(v)) => {
-                    return Err(format!(
-                        "step {step}: {id} is {:?}, newest acknowledged is {v:?}",
-                        r.vector
-                    ))
-                }
-            }
+            self.check_id(&reader, &id, step).await?;
         }
         self.trace.push(format!("check {got:?}"));
         Ok(())
     }
 }
 
-/// Runs one seed; returns the trace, or the first invariant violation.
-async fn run(seed: u64, broken: bool) -> Result<Vec<String>, String> {
-    let mut sim = setup(seed, broken).await;
-    for step in 0..STEPS {
-        let action = sim.rng.random_range(0..100);
-        match action {
-            0..=44 => sim.upserts(false).await?,
-            45..=59 => sim.upserts(true).await?,
-            60..=79 => sim.deletes().await?,
-            80..=84 => sim.collect_garbage().await,
-            _ => {}
-        }
-        if let Err(e) = sim.check(step).await {
-            if std::env::var("SHOAL_SIM_VERBOSE").is_ok() {
-                for t in &sim.trace {
-                    eprintln!("  {t}");
-                }
-            }
-            return Err(e);
-        }
-    }
-    Ok(sim.trace)
+/// What one seed did: the simulation's trace and the store's.
+struct Run {
+    steps: Vec<String>,
+    store_ops: Vec<String>,
+    pauses: u64,
 }
 
-fn replay_hint(seed: u64, broken: bool) -> String {
+/// Runs one seed; returns the traces, or the first invariant violation.
+async fn run(seed: u64) -> Result<Run, String> {
+    let mut sim = setup(seed).await;
+    let result = async {
+        for step in 0..STEPS {
+            sim.step().await?;
+            sim.check(step).await?;
+        }
+        let reader = sim.readers[1].clone();
+        for i in 0..IDS {
+            sim.check_id(&reader, &format!("id{i}"), STEPS).await?;
+        }
+        Ok::<_, String>(())
+    }
+    .await;
+    entropy::seed_this_thread(None);
+    if let Err(e) = result {
+        if std::env::var("SHOAL_SIM_VERBOSE").is_ok() {
+            for t in &sim.trace {
+                eprintln!("  {t}");
+            }
+        }
+        return Err(e);
+    }
+    let pauses = sim.faulty.injected.lock().unwrap().get("pause").copied();
+    Ok(Run {
+        steps: sim.trace,
+        store_ops: sim.faulty.trace(),
+        pauses: pauses.unwrap_or(0),
+    })
+}
+
+fn replay_hint(seed: u64) -> String {
     format!(
-        "replay with: SHOAL_SIM_SEED={seed} SHOAL_SIM_BROKEN={broken} cargo test --test simulation replay_one_seed -- --ignored --nocapture"
+        "replay with: SHOAL_SIM_SEED={seed} cargo test --test simulation replay_one_seed -- \
+         --ignored --nocapture (add SHOAL_MUTATION=<name> for a broken build)"
     )
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn two_hundred_seeds_hold_every_invariant() {
     let mut failures = Vec::new();
-    for seed in 0..200 {
-        if let Err(v) = run(seed, false).await {
-            failures.push(format!("seed {seed}: {v}\n  {}", replay_hint(seed, false)));
+    let mut pauses = 0;
+    for seed in 0..SEEDS {
+        match run(seed).await {
+            Ok(r) => pauses += r.pauses,
+            Err(v) => failures.push(format!("seed {seed}: {v}\n  {}", replay_hint(seed))),
         }
     }
     assert!(
@@ -354,43 +482,88 @@ async fn two_hundred_seeds_hold_every_invariant() {
         "invariant violations:\n{}",
         failures.join("\n")
     );
+    assert!(pauses > 0, "the workload must freeze writers sometimes");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_same_seed_gives_the_same_run() {
     for seed in [3, 17] {
-        let a = run(seed, false).await.unwrap();
-        let b = run(seed, false).await.unwrap();
-        assert_eq!(a, b, "seed {seed} is not deterministic");
-        assert!(a.len() > STEPS, "the trace records every step");
+        let a = run(seed).await.unwrap();
+        let b = run(seed).await.unwrap();
+        assert!(a.steps.len() > STEPS, "the trace records every step");
+        assert!(
+            a.store_ops.len() > 1000,
+            "the store trace records every operation ({})",
+            a.store_ops.len()
+        );
+        let first_difference = |x: &[String], y: &[String]| {
+            let i = x.iter().zip(y).take_while(|(a, b)| a == b).count();
+            format!("at {i}: {:?} vs {:?}", x.get(i), y.get(i))
+        };
+        assert!(
+            a.steps == b.steps,
+            "seed {seed}: the workload differs {}",
+            first_difference(&a.steps, &b.steps)
+        );
+        assert!(
+            a.store_ops == b.store_ops,
+            "seed {seed}: the store operations differ {}",
+            first_difference(&a.store_ops, &b.store_ops)
+        );
+        assert_eq!(a.pauses, b.pauses);
     }
 }
 
-/// Proves the checker can fail: with conditional writes silently ignored
-/// (what some S3 emulators do), concurrent commits overwrite each other and
-/// acknowledged writes vanish. The simulation must notice within 200 seeds.
+/// Each broken build must be caught within the seed budget: proof that the
+/// simulation's checks can fail. Each runs in its own process (the switch
+/// is process-wide) through the ignored `mutant_hunt` test.
+#[test]
+fn every_mutation_is_caught() {
+    let exe = std::env::current_exe().unwrap();
+    let mut missed = Vec::new();
+    for m in Mutation::ALL {
+        let out = std::process::Command::new(&exe)
+            .args(["mutant_hunt", "--exact", "--ignored", "--nocapture"])
+            .env("SHOAL_MUTATION", m.name())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        match text.lines().find(|l| l.starts_with("CAUGHT")) {
+            Some(line) if out.status.success() => eprintln!("{}: {line}", m.name()),
+            _ => missed.push(format!("{}:\n{text}", m.name())),
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "broken builds the simulation did not catch:\n{}",
+        missed.join("\n")
+    );
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_broken_commit_is_caught() {
-    for seed in 0..200 {
-        if let Err(v) = run(seed, true).await {
-            eprintln!("broken commit caught at seed {seed}: {v}");
+#[ignore = "run by every_mutation_is_caught with SHOAL_MUTATION set"]
+async fn mutant_hunt() {
+    let name = std::env::var("SHOAL_MUTATION").expect("set SHOAL_MUTATION");
+    for seed in 0..SEEDS {
+        if let Err(v) = run(seed).await {
+            println!("CAUGHT {name} at seed {seed}: {v}");
             return;
         }
     }
-    panic!("200 seeds with conditional writes ignored found no violation: the checker is blind");
+    panic!("{SEEDS} seeds found no violation with {name}: the checks are blind to it");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-#[ignore = "replays one seed: SHOAL_SIM_SEED=N [SHOAL_SIM_BROKEN=true]"]
+#[ignore = "replays one seed: SHOAL_SIM_SEED=N [SHOAL_MUTATION=name]"]
 async fn replay_one_seed() {
     let seed: u64 = std::env::var("SHOAL_SIM_SEED")
         .expect("set SHOAL_SIM_SEED")
         .parse()
         .unwrap();
-    let broken = std::env::var("SHOAL_SIM_BROKEN").is_ok_and(|v| v == "true");
-    match run(seed, broken).await {
-        Ok(trace) => {
-            for t in trace {
+    match run(seed).await {
+        Ok(r) => {
+            for t in r.steps {
                 println!("{t}");
             }
         }

@@ -90,6 +90,11 @@ pub async fn gc(
             ),
         });
     }
+    let grace = if crate::mutation::active(crate::mutation::Mutation::GcIgnoresGrace) {
+        Duration::ZERO
+    } else {
+        grace
+    };
     let now = clock.now();
     let old_enough = |t: Option<std::time::SystemTime>| {
         t.and_then(|t| now.duration_since(t).ok())

@@ -133,8 +133,14 @@ pub fn policy_wants(m: &Manifest, ix: &IndexSettings) -> bool {
 /// The segments with seq ≤ `upto` (all when `None`): always a prefix of
 /// the manifest, which is what makes dropping tombstones safe.
 pub fn select_prefix(m: &Manifest, upto: Option<u64>) -> Vec<SegmentEntry> {
+    // Broken on purpose: leave the oldest segment out of the "prefix".
+    let skip = usize::from(
+        crate::mutation::active(crate::mutation::Mutation::CompactionBeyondPrefix)
+            && m.segments.len() > 2,
+    );
     m.segments
         .iter()
+        .skip(skip)
         .take_while(|s| upto.is_none_or(|u| s.seq <= u))
         .cloned()
         .collect()

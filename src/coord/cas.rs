@@ -40,7 +40,7 @@ impl Backoff {
             .saturating_mul(1u32 << attempt.min(16))
             .min(self.max);
         let cap_ms = cap.as_millis().max(1) as u64;
-        Duration::from_millis(rand::random::<u64>() % cap_ms + 1)
+        Duration::from_millis(super::entropy::random_u64() % cap_ms + 1)
     }
 }
 
@@ -143,6 +143,9 @@ where
         };
         let bytes = Bytes::from(serde_json::to_vec_pretty(&next).expect("serializable"));
         let written = match &etag {
+            _ if crate::mutation::active(crate::mutation::Mutation::NoCompareAndSwap) => {
+                store.put(key, bytes).await
+            }
             None => store.put_if_absent(key, bytes).await,
             Some(e) => store.put_if_match(key, bytes, e).await,
         };

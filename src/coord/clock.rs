@@ -43,6 +43,17 @@ impl TokioClock {
     }
 }
 
+impl TokioClock {
+    /// A clock that reads `start` now (for simulations that must not
+    /// depend on when they run).
+    pub fn starting_at(start: SystemTime) -> Self {
+        TokioClock {
+            base_wall: start,
+            base: tokio::time::Instant::now(),
+        }
+    }
+}
+
 impl Default for TokioClock {
     fn default() -> Self {
         Self::new()

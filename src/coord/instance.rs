@@ -154,7 +154,7 @@ pub fn instance_id(override_id: Option<&str>) -> Result<String, CoordError> {
     Ok(format!(
         "{host}-{}-{:08x}",
         std::process::id(),
-        rand::random::<u32>()
+        crate::coord::entropy::random_u64() as u32
     ))
 }
 

@@ -43,6 +43,7 @@ use super::clock::{parse_time, Clock};
 use super::config::Settings;
 use super::error::CoordError;
 use super::paths::{manifest_key, partition_dir, VECTORS_PREFIX};
+use crate::mutation::{self, Mutation};
 use crate::store::{ETag, ObjectStore, StoreError};
 
 pub const MANIFEST_VERSION: u32 = 1;
@@ -223,6 +224,9 @@ impl<'a> CommitRules<'a> {
     /// [`Settings::commit_age_bound`]). A clock that went backwards counts
     /// as age zero.
     fn check_age(&self, key: &str) -> Result<(), CoordError> {
+        if mutation::active(Mutation::NoAgeBound) {
+            return Ok(());
+        }
         let age = self
             .clock
             .now()
@@ -330,17 +334,18 @@ pub async fn append_segment(
 ) -> Result<Appended, CoordError> {
     let key = manifest_key(partition);
     let mut found_seq = None;
+    let dedupe = !mutation::active(Mutation::NoDuplicateCheck);
     let updated = cas::update_json::<Manifest, _>(store, &key, rules.backoff, |current| {
         let mut m = rules.current_or_empty(partition, current)?;
         m.validate(partition)?;
-        if let Some(existing) = m.find(&entry.key) {
+        if let Some(existing) = m.find(&entry.key).filter(|_| dedupe) {
             found_seq = Some(existing.seq);
             return Ok(Step::Keep(m));
         }
         // Committed, then compacted away before this retry: its records
         // are in the compaction's output. Appending it again would put an
         // old version above newer acknowledged writes.
-        if let Some(retired) = m.retired.iter().find(|r| r.key == entry.key) {
+        if let Some(retired) = m.retired.iter().find(|r| dedupe && r.key == entry.key) {
             found_seq = Some(retired.seq.unwrap_or(0));
             return Ok(Step::Keep(m));
         }
@@ -359,7 +364,10 @@ pub async fn append_segment(
         None => {
             updated
                 .value
-                .find(&entry.key)
+                .segments
+                .iter()
+                .rev()
+                .find(|s| s.key == entry.key)
                 .expect("the written manifest holds the new segment")
                 .seq
         }
@@ -404,8 +412,21 @@ pub async fn replace_prefix(
     let result = cas::update_json::<Manifest, _>(store, &key, rules.backoff, |cur| {
         let mut m = cur.ok_or_else(|| missing(partition))?;
         m.validate(partition)?;
-        let still_prefix = m.segments.len() >= inputs.len()
-            && m.segments.iter().zip(inputs).all(|(s, i)| s.key == i.key);
+        // Where the inputs start: 0, or (broken on purpose) anywhere.
+        let start = if mutation::active(Mutation::CompactionBeyondPrefix) {
+            let first = inputs.first().map(|i| i.key.as_str());
+            m.segments
+                .iter()
+                .position(|s| Some(s.key.as_str()) == first)
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let still_prefix = m.segments.len() >= start + inputs.len()
+            && m.segments[start..]
+                .iter()
+                .zip(inputs)
+                .all(|(s, i)| s.key == i.key);
         superseded = !still_prefix;
         if superseded {
             return Ok(Step::Keep(m));
@@ -414,12 +435,13 @@ pub async fn replace_prefix(
             rules.check_age(&first.key)?;
         }
         rules.prune_retired(&mut m);
-        let rest = m.segments.split_off(inputs.len());
+        let rest = m.segments.split_off(start + inputs.len());
+        m.segments.truncate(start);
         let outs = outputs.iter().cloned().map(|mut e| {
             e.seq = seq;
             e
         });
-        m.segments = outs.chain(rest).collect();
+        m.segments.extend(outs.chain(rest));
         m.retired.extend(inputs.iter().map(|i| RetiredEntry {
             key: i.key.clone(),
             retired_at: retired_at.to_string(),

@@ -12,6 +12,7 @@ pub mod clock;
 mod cluster;
 pub mod config;
 pub mod cursor;
+pub mod entropy;
 mod error;
 pub mod instance;
 pub mod manifest;

@@ -33,8 +33,8 @@ pub fn new_segment_key(partition: u32, now: SystemTime, origin: SegmentOrigin) -
             SegmentOrigin::Writer => "",
             SegmentOrigin::Compaction => "c",
         },
-        rand::random::<u64>(),
-        rand::random::<u64>()
+        super::entropy::random_u64(),
+        super::entropy::random_u64()
     );
     segment_key(partition, &id)
 }
@@ -44,8 +44,8 @@ pub fn new_segment_key(partition: u32, now: SystemTime, origin: SegmentOrigin) -
 pub fn probe_keys() -> (String, String) {
     let id = format!(
         "{:016x}{:016x}",
-        rand::random::<u64>(),
-        rand::random::<u64>()
+        super::entropy::random_u64(),
+        super::entropy::random_u64()
     );
     (
         format!("{PROBE_PREFIX}{id}"),

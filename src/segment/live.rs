@@ -34,7 +34,11 @@ impl LiveSet {
     pub fn absorb(&mut self, seg: &Segment) {
         let j = self.masks.len() as u32;
         let mut mask = vec![false; seg.len()];
+        let oldest_wins = crate::mutation::active(crate::mutation::Mutation::OldestWins);
         for (pos, id) in seg.ids().iter().enumerate() {
+            if oldest_wins && self.newest.get(id).is_some_and(|o| o.seg != j) {
+                continue; // broken on purpose
+            }
             let tombstone = seg.is_tombstone(pos);
             let loc = Loc {
                 seg: j,

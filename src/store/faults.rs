@@ -277,7 +277,12 @@ impl ObjectStore for WriteFaults {
 /// paused tokio clock, makes concurrent commits interleave). A test-only
 /// switch drops the conditions of conditional writes, to prove that the
 /// checks catch a broken commit protocol.
-#[derive(Debug)]
+///
+/// For whole-run determinism it can also stamp objects with a simulated
+/// clock (what `last_modified` reports, so GC judges ages in simulated
+/// time), freeze the caller after a segment PUT (a process paused between
+/// its segment PUT and its commit), and record every operation with its
+/// outcome (the trace a determinism test compares).
 pub struct Faulty {
     inner: DynStore,
     pub seed: u64,
@@ -285,6 +290,22 @@ pub struct Faulty {
     calls: std::sync::Mutex<std::collections::HashMap<(u8, String), u64>>,
     /// Faults injected so far, by kind.
     pub injected: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    clock: Option<SimClock>,
+    written: std::sync::Mutex<std::collections::HashMap<String, std::time::SystemTime>>,
+    trace: std::sync::Mutex<Vec<String>>,
+}
+
+/// The simulated wall clock objects are stamped with.
+pub type SimClock = std::sync::Arc<dyn Fn() -> std::time::SystemTime + Send + Sync>;
+
+impl std::fmt::Debug for Faulty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faulty")
+            .field("inner", &self.inner.describe())
+            .field("seed", &self.seed)
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 /// Rates are probabilities per call, 0.0 to 1.0.
@@ -297,6 +318,12 @@ pub struct FaultConfig {
     pub max_latency_ms: u64,
     /// BROKEN ON PURPOSE: conditional writes become unconditional.
     pub ignore_conditions: bool,
+    /// Probability that a segment PUT is followed by a freeze of the
+    /// writer for [`FaultConfig::pause`] (tokio time).
+    pub pause_after_segment_put: f64,
+    pub pause: std::time::Duration,
+    /// Record every operation and its outcome ([`Faulty::trace`]).
+    pub record: bool,
 }
 
 impl Faulty {
@@ -307,6 +334,61 @@ impl Faulty {
             config,
             calls: Default::default(),
             injected: Default::default(),
+            clock: None,
+            written: Default::default(),
+            trace: Default::default(),
+        }
+    }
+
+    /// Stamps objects written from now on with `clock`'s time.
+    pub fn with_clock(mut self, clock: SimClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Every operation so far with its outcome, in order (with
+    /// [`FaultConfig::record`]).
+    pub fn trace(&self) -> Vec<String> {
+        self.trace.lock().unwrap().clone()
+    }
+
+    fn log<T>(&self, op: &str, key: &str, r: &Result<T>) {
+        if self.config.record {
+            let outcome = match r {
+                Ok(_) => "ok".to_string(),
+                Err(e) => format!("{:?}", e.kind()),
+            };
+            self.trace
+                .lock()
+                .unwrap()
+                .push(format!("{op} {key} {outcome}"));
+        }
+    }
+
+    fn stamp(&self, key: &str, r: &Result<ETag>) {
+        if let (Some(clock), Ok(_)) = (&self.clock, r) {
+            self.written
+                .lock()
+                .unwrap()
+                .insert(key.to_string(), clock());
+        }
+    }
+
+    fn restamp(&self, mut meta: ObjectMeta) -> ObjectMeta {
+        if let Some(t) = self.written.lock().unwrap().get(&meta.key) {
+            meta.last_modified = Some(*t);
+        }
+        meta
+    }
+
+    /// A writer frozen right after its segment PUT, as the seed says.
+    async fn maybe_pause(&self, key: &str, r: &Result<ETag>) {
+        if r.is_ok()
+            && key.ends_with(".seg")
+            && self.roll(3, key, 4) < self.config.pause_after_segment_put
+        {
+            self.note("pause");
+            tokio::time::sleep(self.config.pause).await;
         }
     }
 
@@ -380,46 +462,88 @@ impl Faulty {
 #[async_trait]
 impl ObjectStore for Faulty {
     async fn get(&self, key: &str) -> Result<GetResult> {
-        self.before(0, key).await?;
-        self.inner.get(key).await
+        let r = match self.before(0, key).await {
+            Ok(()) => self.inner.get(key).await,
+            Err(e) => Err(e),
+        };
+        self.log("get", key, &r);
+        r
     }
     async fn get_range(&self, key: &str, range: ByteRange) -> Result<Bytes> {
-        self.before(0, key).await?;
-        self.inner.get_range(key, range).await
+        let r = match self.before(0, key).await {
+            Ok(()) => self.inner.get_range(key, range).await,
+            Err(e) => Err(e),
+        };
+        self.log("get_range", key, &r);
+        r
     }
     async fn get_if_changed(&self, key: &str, etag: &ETag) -> Result<Conditional> {
-        self.before(0, key).await?;
-        self.inner.get_if_changed(key, etag).await
+        let r = match self.before(0, key).await {
+            Ok(()) => self.inner.get_if_changed(key, etag).await,
+            Err(e) => Err(e),
+        };
+        self.log("get_if_changed", key, &r);
+        r
     }
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        self.before(1, key).await?;
-        self.inner.head(key).await
+        let r = match self.before(1, key).await {
+            Ok(()) => self.inner.head(key).await.map(|m| self.restamp(m)),
+            Err(e) => Err(e),
+        };
+        self.log("head", key, &r);
+        r
     }
     async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
-        self.before(2, key).await?;
-        self.inner.put(key, bytes).await
+        let r = match self.before(2, key).await {
+            Ok(()) => self.inner.put(key, bytes).await,
+            Err(e) => Err(e),
+        };
+        self.stamp(key, &r);
+        self.log("put", key, &r);
+        r
     }
     async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<ETag> {
-        if self.config.ignore_conditions {
-            return self.conditional(3, key, self.inner.put(key, bytes)).await;
-        }
-        self.conditional(3, key, self.inner.put_if_absent(key, bytes))
-            .await
+        let r = if self.config.ignore_conditions {
+            self.conditional(3, key, self.inner.put(key, bytes)).await
+        } else {
+            self.conditional(3, key, self.inner.put_if_absent(key, bytes))
+                .await
+        };
+        self.stamp(key, &r);
+        self.log("put_if_absent", key, &r);
+        self.maybe_pause(key, &r).await;
+        r
     }
     async fn put_if_match(&self, key: &str, bytes: Bytes, etag: &ETag) -> Result<ETag> {
-        if self.config.ignore_conditions {
-            return self.conditional(4, key, self.inner.put(key, bytes)).await;
-        }
-        self.conditional(4, key, self.inner.put_if_match(key, bytes, etag))
-            .await
+        let r = if self.config.ignore_conditions {
+            self.conditional(4, key, self.inner.put(key, bytes)).await
+        } else {
+            self.conditional(4, key, self.inner.put_if_match(key, bytes, etag))
+                .await
+        };
+        self.stamp(key, &r);
+        self.log("put_if_match", key, &r);
+        r
     }
     async fn delete(&self, key: &str) -> Result<()> {
-        self.before(5, key).await?;
-        self.inner.delete(key).await
+        let r = match self.before(5, key).await {
+            Ok(()) => self.inner.delete(key).await,
+            Err(e) => Err(e),
+        };
+        self.log("delete", key, &r);
+        r
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        self.before(6, prefix).await?;
-        self.inner.list(prefix).await
+        let r = match self.before(6, prefix).await {
+            Ok(()) => self
+                .inner
+                .list(prefix)
+                .await
+                .map(|v| v.into_iter().map(|m| self.restamp(m)).collect()),
+            Err(e) => Err(e),
+        };
+        self.log("list", prefix, &r);
+        r
     }
     fn describe(&self) -> String {
         self.inner.describe()

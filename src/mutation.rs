@@ -1,0 +1,71 @@
+//! Deliberately broken variants of the protocol, for proving that the
+//! deterministic simulation can fail (`tests/simulation.rs`, "mutation
+//! checks"). Each [`Mutation`] names one safety mechanism; with the
+//! `test-util` feature a test process can switch one off through the
+//! `SHOAL_MUTATION` environment variable. Without the feature (every
+//! shipped build) [`active`] is a constant `false` and the checks compile
+//! away. A leaf: it knows nothing of the modules that consult it.
+
+/// One safety mechanism switched off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// A retried manifest append no longer recognises its own segment
+    /// (live or retired), so it commits it twice.
+    NoDuplicateCheck,
+    /// GC deletes unreferenced and retired objects of any age.
+    GcIgnoresGrace,
+    /// Compaction merges a range that does not start at the oldest
+    /// segment, and still drops tombstones.
+    CompactionBeyondPrefix,
+    /// The oldest version of an id wins instead of the newest.
+    OldestWins,
+    /// Manifest and config commits overwrite instead of compare-and-swap.
+    NoCompareAndSwap,
+    /// Writers commit segments of any age (no age bound, no check after a
+    /// slow commit).
+    NoAgeBound,
+}
+
+impl Mutation {
+    pub const ALL: [Mutation; 6] = [
+        Mutation::NoDuplicateCheck,
+        Mutation::GcIgnoresGrace,
+        Mutation::CompactionBeyondPrefix,
+        Mutation::OldestWins,
+        Mutation::NoCompareAndSwap,
+        Mutation::NoAgeBound,
+    ];
+
+    /// The name `SHOAL_MUTATION` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::NoDuplicateCheck => "no-duplicate-check",
+            Mutation::GcIgnoresGrace => "gc-ignores-grace",
+            Mutation::CompactionBeyondPrefix => "compaction-beyond-prefix",
+            Mutation::OldestWins => "oldest-wins",
+            Mutation::NoCompareAndSwap => "no-compare-and-swap",
+            Mutation::NoAgeBound => "no-age-bound",
+        }
+    }
+}
+
+/// Whether `m` is switched on in this process (`SHOAL_MUTATION`, read
+/// once; test builds only).
+#[cfg(feature = "test-util")]
+pub fn active(m: Mutation) -> bool {
+    static ON: std::sync::OnceLock<Option<Mutation>> = std::sync::OnceLock::new();
+    let on = ON.get_or_init(|| {
+        let name = std::env::var("SHOAL_MUTATION").ok()?;
+        let m = Mutation::ALL.into_iter().find(|m| m.name() == name);
+        assert!(m.is_some(), "unknown SHOAL_MUTATION {name:?}");
+        m
+    });
+    *on == Some(m)
+}
+
+/// Whether `m` is switched on: never, in a build without `test-util`.
+#[cfg(not(feature = "test-util"))]
+#[inline(always)]
+pub fn active(_m: Mutation) -> bool {
+    false
+}
