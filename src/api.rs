@@ -25,7 +25,9 @@ pub use crate::reader::{
 pub use crate::record::{InvalidInput, Record, StoredRecord};
 pub use crate::store::RequestCounts;
 pub use crate::vocab::Metric;
-pub use crate::writer::{Committed, FlushReport, WriteReceipt, WriterStatsSnapshot};
+pub use crate::writer::{
+    Committed, Durable, DurableHook, FlushReport, WriteReceipt, WriterStatsSnapshot,
+};
 
 // Input and evaluation helpers the front ends share: reading query rows
 // from files, the readable filter syntax, bulk ingest of files, the

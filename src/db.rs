@@ -278,7 +278,7 @@ impl Db {
     /// a full partition buffer is flushed on the way (reported here).
     pub async fn add(&self, records: &[Record]) -> Result<FlushReport, Error> {
         let mut bulk = self.inner.bulk.lock().await;
-        let bw = bulk.get_or_insert_with(|| self.bulk_writer(self.inner.batch_size));
+        let bw = bulk.get_or_insert_with(|| self.bulk_writer(self.inner.batch_size, None));
         let report = bw.add(records).await?;
         self.count_writes(report.records);
         Ok(report)
@@ -297,11 +297,16 @@ impl Db {
 
     /// A batch writer of its own (for ingest pipelines that validate and
     /// report record by record).
-    pub(crate) fn bulk_writer(&self, batch_size: usize) -> BatchWriter {
+    pub(crate) fn bulk_writer(
+        &self,
+        batch_size: usize,
+        on_durable: Option<crate::writer::DurableHook>,
+    ) -> BatchWriter {
         BatchWriter::new(
             self.inner.writer.clone(),
             BatchWriterOptions {
                 batch_size: batch_size.max(1),
+                on_durable,
                 ..Default::default()
             },
         )

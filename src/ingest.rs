@@ -32,6 +32,10 @@ pub struct IngestOptions {
     pub batch_size: usize,
     /// Compact the partitions written to afterwards (by policy).
     pub compact: bool,
+    /// Called as each segment commits, with the ids it made durable (from
+    /// the flushing task, so it must be quick and thread-safe): what
+    /// `shoal ingest --json` prints as acknowledgements.
+    pub on_durable: Option<crate::writer::DurableHook>,
 }
 
 /// Progress, as it happens.
@@ -80,7 +84,7 @@ pub async fn ingest_files(
         }
     }
     let schema = db.writer().schema().clone();
-    let bw = db.bulk_writer(opts.batch_size);
+    let bw = db.bulk_writer(opts.batch_size, opts.on_durable.clone());
     let before = db.store_counts();
     let start = Instant::now();
     let mut summary = IngestSummary {

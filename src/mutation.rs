@@ -69,3 +69,17 @@ pub fn active(m: Mutation) -> bool {
 pub fn active(_m: Mutation) -> bool {
     false
 }
+
+/// Test hook: with `SHOAL_TEST_HOOK=stop-before-commit` (test builds
+/// only), a writer that has PUT a segment says so on stderr
+/// (`HOOK stopped-before-commit <key>`) and stops there for good, before
+/// its manifest commit, so a test can kill the process exactly between
+/// the two.
+pub async fn before_commit(segment: &str) {
+    #[cfg(feature = "test-util")]
+    if std::env::var("SHOAL_TEST_HOOK").is_ok_and(|h| h == "stop-before-commit") {
+        eprintln!("HOOK stopped-before-commit {segment}");
+        std::future::pending::<()>().await;
+    }
+    let _ = segment;
+}

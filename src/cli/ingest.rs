@@ -10,7 +10,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use shoal::api::{ingest_files, IngestEvent, IngestOptions};
+use std::sync::Arc;
+
+use shoal::api::{ingest_files, Durable, DurableHook, IngestEvent, IngestOptions};
 
 use super::Ctx;
 
@@ -65,6 +67,14 @@ pub(super) async fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
         skip_invalid: a.skip_invalid,
         batch_size: a.batch_size.max(1),
         compact: !a.no_compact,
+        // With --json, one line per commit as it lands: these records are
+        // durable (acknowledged); anything not named on such a line is not.
+        on_durable: ctx.json.then(|| {
+            DurableHook(Arc::new(|d: Durable<'_>| {
+                let line = serde_json::json!({ "durable": d });
+                println!("{line}");
+            }))
+        }),
     };
     let result = ingest_files(&db, &opts, |event| match event {
         IngestEvent::Skipped { at, why } => bar.suspend(|| eprintln!("skipped {at}: {why}")),
@@ -79,7 +89,8 @@ pub(super) async fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
     let summary = result?;
     let added = summary.records_committed;
     if ctx.json {
-        ctx.print_json(&summary)?;
+        // The last line: the summary (the lines before it are the commits).
+        println!("{}", serde_json::to_string(&summary)?);
     } else {
         let r = &summary.requests;
         let out = format!(

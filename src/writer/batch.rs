@@ -32,6 +32,28 @@ pub struct BatchWriterOptions {
     pub flush_interval: Duration,
     /// Partitions flushed at once.
     pub flush_concurrency: usize,
+    /// Called as each segment commits (from whichever task flushed it),
+    /// naming the records that just became durable.
+    pub on_durable: Option<DurableHook>,
+}
+
+/// See [`BatchWriterOptions::on_durable`].
+#[derive(Clone)]
+pub struct DurableHook(pub Arc<dyn Fn(Durable<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for DurableHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DurableHook")
+    }
+}
+
+/// Records that just became durable: one committed segment's.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Durable<'a> {
+    pub partition: u32,
+    pub seq: u64,
+    pub segment: &'a str,
+    pub ids: &'a [String],
 }
 
 impl Default for BatchWriterOptions {
@@ -40,6 +62,7 @@ impl Default for BatchWriterOptions {
             batch_size: 1_000,
             flush_interval: Duration::from_secs(5),
             flush_concurrency: 16,
+            on_durable: None,
         }
     }
 }
@@ -292,10 +315,23 @@ impl Shared {
             };
             let n = chunk.len();
             match self.writer.write_prepared(chunk.clone()).await {
-                Ok(receipt) => report.add(&FlushReport {
-                    records: n,
-                    segments: receipt.segments.len(),
-                }),
+                Ok(receipt) => {
+                    if let Some(hook) = &self.opts.on_durable {
+                        let ids: Vec<String> = chunk.iter().map(|r| r.id.clone()).collect();
+                        for c in &receipt.segments {
+                            (hook.0)(Durable {
+                                partition: c.partition,
+                                seq: c.seq,
+                                segment: &c.key,
+                                ids: &ids,
+                            });
+                        }
+                    }
+                    report.add(&FlushReport {
+                        records: n,
+                        segments: receipt.segments.len(),
+                    })
+                }
                 Err(e) => {
                     let mut b = part.buffer.lock().unwrap();
                     let newer = std::mem::replace(&mut b.records, chunk);

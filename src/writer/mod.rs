@@ -23,7 +23,7 @@
 
 mod batch;
 
-pub use batch::{BatchWriter, BatchWriterOptions, FlushReport};
+pub use batch::{BatchWriter, BatchWriterOptions, Durable, DurableHook, FlushReport};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -444,6 +444,7 @@ impl Writer {
                 .stats
                 .retries
                 .fetch_add(u64::from(retries), Ordering::Relaxed);
+            crate::mutation::before_commit(&key).await;
             let stats = SegmentStats {
                 records: records.len() as u64,
                 tombstones,

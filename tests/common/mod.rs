@@ -241,6 +241,23 @@ impl Shoal {
     }
 
     /// `shoal --bucket <bucket> <args>`, output captured, not yet started.
+    /// The bucket opened in this process (to check it with the library).
+    pub async fn open_store(&self) -> Arc<Counted> {
+        match self.bucket.strip_prefix("s3://") {
+            Some(spec) => {
+                let endpoint = s3_endpoint().expect("an S3 bucket implies a server");
+                let store = S3Store::open(spec, &s3_options(&endpoint))
+                    .await
+                    .expect("open s3");
+                Arc::new(Counted::new(Arc::new(store)))
+            }
+            None => {
+                let store = LocalStore::open(&self.bucket).expect("open local store");
+                Arc::new(Counted::new(Arc::new(store)))
+            }
+        }
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
         cmd.arg("--bucket").arg(&self.bucket).args(args);
