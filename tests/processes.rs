@@ -195,7 +195,7 @@ fn kill9_acknowledged(b: &Shoal, seed: u64) {
         drop(tx);
         // Kill each writer after its first acknowledgement (plus a random
         // delay), or, for the hooked one, the moment it stops before a commit.
-        let mut killed = vec![false; WRITERS];
+        let mut killed = [false; WRITERS];
         let mut lines: Vec<Line> = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while killed.iter().any(|k| !k) && std::time::Instant::now() < deadline {
