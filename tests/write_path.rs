@@ -367,6 +367,7 @@ async fn batch_writer_flushes_at_size_and_on_flush(store: Arc<Counted>) {
             batch_size: 1000,
             flush_interval: Duration::from_secs(3600),
             flush_concurrency: 4,
+            on_durable: None,
         },
     );
     let records: Vec<Record> = (0..2500)
@@ -409,6 +410,7 @@ async fn batch_writer_flushes_on_interval() {
             batch_size: 1000,
             flush_interval: Duration::from_secs(5),
             flush_concurrency: 4,
+            on_durable: None,
         },
     );
     bw.add(&[Record::new("t1", vec_for(1, 4))]).await.unwrap();
@@ -432,6 +434,7 @@ async fn batch_writer_keeps_newest_version_across_chunks() {
             batch_size: 10,
             flush_interval: Duration::from_millis(1),
             flush_concurrency: 8,
+            on_durable: None,
         },
     );
     for round in 0..50u32 {
