@@ -58,6 +58,7 @@ pub mod api;
 pub mod bench;
 pub mod compact;
 pub mod coord;
+mod cpu;
 pub mod dataset;
 mod db;
 mod error;

@@ -271,7 +271,7 @@ pub async fn compact_partition(
         has_index: false,
     };
     // Index builds are CPU-bound: keep them off the async runtime.
-    let (outputs, index_seconds) = tokio::task::spawn_blocking({
+    let (outputs, index_seconds) = crate::cpu::run({
         let ix = ix.clone();
         move || {
             let mut secs = 0.0;
@@ -279,8 +279,7 @@ pub async fn compact_partition(
             (outs, secs)
         }
     })
-    .await
-    .expect("index build task");
+    .await;
     let mut entries = Vec::with_capacity(outputs.len());
     let mut bytes_out = 0;
     // The outputs obey the commit age bound from their first PUT on.

@@ -170,15 +170,15 @@ struct Found {
     position: usize,
 }
 
-/// Scores every partition on the rayon pool. A panicking worker becomes
-/// an internal error for this query; it never takes the process down.
+/// Scores every partition on the rayon pool, off the async runtime
+/// (`crate::cpu`). A panicking worker becomes an internal error for this
+/// query; it never takes the process down.
 async fn score(
     q: &QueryContext<'_>,
     ready: Vec<Loaded>,
 ) -> Result<(Vec<Vec<Found>>, ScanStats), ReadError> {
     let (params, vector, filter) = (q.params, q.vector.clone(), q.filter.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    rayon::spawn(move || {
+    let scored = crate::cpu::run(move || {
         let run = std::panic::AssertUnwindSafe(|| {
             use rayon::prelude::*;
             ready
@@ -186,11 +186,11 @@ async fn score(
                 .map(|(view, segs)| search_partition(view, segs, &params, &vector, filter.as_ref()))
                 .collect::<Vec<_>>()
         });
-        let _ = tx.send(std::panic::catch_unwind(run));
+        std::panic::catch_unwind(run)
     });
-    let per = match rx.await {
-        Ok(Ok(per)) => per,
-        Ok(Err(panic)) => {
+    let per = match scored.await {
+        Ok(per) => per,
+        Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -201,7 +201,6 @@ async fn score(
                 "search worker panicked: {what}"
             )));
         }
-        Err(_) => return Err(ReadError::Internal("search worker vanished".into())),
     };
     let mut total = ScanStats::default();
     let found = per

@@ -420,7 +420,10 @@ impl Faulty {
     async fn before(&self, op: u8, key: &str) -> Result<()> {
         let r = self.roll(op, key, 0);
         if self.config.max_latency_ms > 0 {
-            let ms = (self.roll(op, key, 1) * self.config.max_latency_ms as f64) as u64;
+            // At least 1 ms: every call then waits on the (paused) clock, so
+            // nothing races ahead while blocking work holds the clock still,
+            // which keeps whole runs deterministic.
+            let ms = 1 + (self.roll(op, key, 1) * self.config.max_latency_ms as f64) as u64;
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
         if r < self.config.transient {
