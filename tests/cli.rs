@@ -552,3 +552,63 @@ fn demo_runs_on_the_embedded_default_and_prints_results_with_text() {
     assert!(text.contains("try next:"));
     assert!(dir.path().join("shoal-demo/_brainy/config.json").exists());
 }
+
+/// A lost manifest through the CLI: `status`, `verify` and `gc` exit 1
+/// naming it, `gc` deletes nothing under it, `repair` shows the order and
+/// refuses what is uncertain, `--force` brings every record back, and a
+/// second `repair` refuses.
+#[test]
+fn a_lost_manifest_is_reported_and_repaired_local() {
+    let s = Shoal::local();
+    s.ok(&["init", "--dimensions", "4", "--partitions", "1"]);
+    let good = s.file("good.jsonl", GOOD.as_bytes());
+    s.ok(&["ingest", &good, "--no-compact"]);
+    s.ok(&["delete", "c"]);
+    let manifest = Path::new(&s.bucket).join("vectors/p000/manifest.json");
+    std::fs::remove_file(&manifest).unwrap();
+    let key = "vectors/p000/manifest.json";
+    for cmd in [
+        &["status"][..],
+        &["verify"],
+        &["search", "--vector", "[1,0,0,0]"],
+    ] {
+        let e = s.fails(cmd, 1);
+        let all = e.clone() + &String::from_utf8_lossy(&s.run(cmd).stdout);
+        assert!(all.contains(key), "{cmd:?}: {all}");
+    }
+    let e = s.fails(&["gc", "--grace-seconds", "0", "--unsafe-grace"], 1);
+    assert!(e.contains("missing partition manifest"), "{e}");
+    let segs = std::fs::read_dir(Path::new(&s.bucket).join("vectors/p000"))
+        .unwrap()
+        .count();
+    assert_eq!(segs, 2, "gc kept both segments of the partition");
+    // Two processes (ingest, then delete) wrote different versions of "c"
+    // seconds apart: their commit order is not certain from the segments
+    // alone, so repair says so and writes nothing ...
+    let dry = s.run(&["--json", "repair", "0", "--dry-run"]);
+    let report: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(report["segments"].as_array().unwrap().len(), 2, "{report}");
+    let uncertain = report["uncertain"].as_array().unwrap();
+    assert!(
+        uncertain.len() == 1 && uncertain[0].as_str().unwrap().contains("\"c\""),
+        "{report}"
+    );
+    let e = s.fails(&["repair", "0"], 1);
+    assert!(e.contains("not certain") && e.contains("--force"), "{e}");
+    assert!(!manifest.exists(), "nothing written");
+    // ... until the operator accepts the creation order it showed.
+    let out = s.ok(&["repair", "0", "--force"]);
+    assert!(
+        out.contains("rebuilt vectors/p000/manifest.json with 2 segment(s)"),
+        "{out}"
+    );
+    assert!(out.contains("UNCERTAIN"), "{out}");
+    s.ok(&["verify"]);
+    assert!(s.run(&["get", "a"]).status.success());
+    assert!(
+        !s.run(&["get", "c"]).status.success(),
+        "the delete is newest"
+    );
+    let e = s.fails(&["repair", "0"], 1);
+    assert!(e.contains("exists"), "{e}");
+}

@@ -31,6 +31,12 @@ pub struct IngestResult {
     pub puts: u64,
     pub segments: u64,
     pub conflicts: u64,
+    /// Bytes PUT to manifests (all PUT bytes but the segments'), and per
+    /// commit.
+    pub manifest_put_bytes: u64,
+    pub manifest_put_bytes_per_commit: f64,
+    /// Size of every partition manifest after the ingest, in all.
+    pub manifest_bytes: u64,
 }
 
 /// Ingests `vectors` (ids = row numbers, optional per-row metadata)
@@ -72,6 +78,16 @@ pub async fn ingest(
     let reqs = store.counts().since(&before);
     let stats = writer.stats();
     let dims = vectors.first().map_or(0, Vec::len);
+    let segments = stats.segments - stats_before.segments;
+    let manifest_put_bytes = reqs.bytes_written - (stats.bytes - stats_before.bytes);
+    let manifest_bytes =
+        crate::store::ObjectStore::list(store.as_ref(), crate::coord::paths::VECTORS_PREFIX)
+            .await
+            .map_err(crate::coord::CoordError::from)?
+            .iter()
+            .filter(|m| m.key.ends_with("/manifest.json"))
+            .map(|m| m.size)
+            .sum();
     Ok(IngestResult {
         records: vectors.len(),
         seconds,
@@ -79,8 +95,11 @@ pub async fn ingest(
         mb_per_s: (vectors.len() * dims * 4) as f64 / 1e6 / seconds,
         stored_mb: (stats.bytes - stats_before.bytes) as f64 / 1e6,
         puts: reqs.put,
-        segments: stats.segments - stats_before.segments,
+        segments,
         conflicts: stats.conflicts - stats_before.conflicts,
+        manifest_put_bytes,
+        manifest_put_bytes_per_commit: manifest_put_bytes as f64 / segments.max(1) as f64,
+        manifest_bytes,
     })
 }
 

@@ -76,6 +76,9 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         "ingest": {
             "records": ingest.records, "seconds": ingest.seconds, "records_per_s": ingest.records_per_s,
             "mb_per_s": ingest.mb_per_s, "puts": ingest.puts, "segments": ingest.segments,
+            "manifest_put_bytes": ingest.manifest_put_bytes,
+            "manifest_put_bytes_per_commit": ingest.manifest_put_bytes_per_commit,
+            "manifest_bytes": ingest.manifest_bytes,
         },
         "compact": {"seconds": compact_s},
         "warm": {
@@ -119,6 +122,16 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             format!("{:.1}", ingest.mb_per_s),
         ),
         ("ingest", "PUTs".into(), ingest.puts.to_string()),
+        (
+            "ingest",
+            "manifest PUT bytes per commit".into(),
+            format!("{:.0}", ingest.manifest_put_bytes_per_commit),
+        ),
+        (
+            "ingest",
+            "manifest bytes after (all partitions)".into(),
+            ingest.manifest_bytes.to_string(),
+        ),
         ("compact", "seconds".into(), format!("{compact_s:.2}")),
         (
             "warm",

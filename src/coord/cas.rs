@@ -141,7 +141,14 @@ where
             }
             Step::Write(v) => v,
         };
-        let bytes = Bytes::from(serde_json::to_vec_pretty(&next).expect("serializable"));
+        // Compact: manifests are rewritten on every commit. The config,
+        // which people read (and used to edit) by hand, stays indented.
+        let bytes = if key == super::paths::CONFIG_KEY {
+            serde_json::to_vec_pretty(&next)
+        } else {
+            serde_json::to_vec(&next)
+        };
+        let bytes = Bytes::from(bytes.expect("serializable"));
         let written = match &etag {
             _ if crate::mutation::active(crate::mutation::Mutation::NoCompareAndSwap) => {
                 store.put(key, bytes).await
