@@ -545,3 +545,62 @@ async fn hnsw_segments_search_well_and_filters_keep_recall() {
     let recall = recall / queries.len() as f64;
     assert!(recall >= 0.9, "hnsw recall@10 {recall}");
 }
+
+/// Defect: manifests grew without bound between GC runs (every compaction
+/// added retired entries that only GC removed, and every commit rewrote
+/// them all). Many one-record writes with the writer's compaction after
+/// each and the clock moving on, no GC: the manifest must level off at what
+/// one grace period of retirements needs.
+#[tokio::test]
+async fn a_busy_partition_keeps_a_small_manifest_without_gc() {
+    let store = common::memory_store();
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let db = shoal::Db::open_store(
+        store.clone(),
+        shoal::OpenOptions {
+            settings: shoal::api::RequestedSettings {
+                partition_count: Some(1),
+                dimensions: Some(2),
+                ..Default::default()
+            },
+            role: Some(shoal::api::Role::Writer),
+            background_heartbeat: false,
+            clock: clock.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let grace = db.settings().gc_grace_seconds;
+    let step = 10; // seconds per write: 90 writes per grace period
+    let mut sizes = Vec::new();
+    for i in 0..400 {
+        db.upsert(&[Record::new(format!("r{i}"), vec![1.0, i as f32])])
+            .await
+            .unwrap();
+        db.compact_dirty().await;
+        clock.advance(Duration::from_secs(step));
+        if i % 100 == 99 {
+            let bytes = store.get("vectors/p000/manifest.json").await.unwrap().bytes;
+            let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+            sizes.push((bytes.len(), m.retired.len()));
+        }
+    }
+    // One grace period retires its 90 writer segments plus the compaction
+    // outputs that merged them (one per ~8).
+    let per_grace = (grace / step) as usize * 5 / 4;
+    for &(bytes, retired) in &sizes {
+        assert!(
+            retired <= per_grace,
+            "retired entries beyond one grace period's worth ({per_grace}): {sizes:?}"
+        );
+        assert!(bytes < 20_000, "{sizes:?}");
+    }
+    let (first, last) = (sizes[1].0 as f64, sizes[3].0 as f64);
+    assert!(
+        last < first * 1.3,
+        "the manifest keeps growing after the first grace period: {sizes:?}"
+    );
+    assert_eq!(db.status(true).await.unwrap().totals.live, Some(400));
+    db.close().await.unwrap();
+}
