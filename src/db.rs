@@ -439,7 +439,8 @@ impl Db {
         let store = self.inner.cluster.store();
         let now = self.inner.cluster.clock().now();
         let mut st = crate::inspect::status(store, self.config(), now).await?;
-        if live {
+        // Live counts read every partition: not with one known unreadable.
+        if live && st.problems.is_empty() {
             self.inner.reader.warm().await?;
             st.set_live_counts(&self.inner.reader.live_counts());
             st.requests = store.counts();
