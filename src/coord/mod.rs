@@ -14,6 +14,7 @@ pub mod config;
 pub mod cursor;
 pub mod entropy;
 mod error;
+pub mod index_manifest;
 pub mod instance;
 pub mod manifest;
 pub mod partition;

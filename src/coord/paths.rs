@@ -11,6 +11,10 @@ pub const INSTANCES_PREFIX: &str = "_brainy/instances/";
 pub const PROBE_PREFIX: &str = "_brainy/probe/";
 /// Folder holding every partition.
 pub const VECTORS_PREFIX: &str = "vectors/";
+/// Folder of the read-optimized layout (DESIGN section 11).
+pub const INDEX_PREFIX: &str = "index/";
+/// The index manifest: shards, watermarks, deletion vectors, lease.
+pub const INDEX_MANIFEST_KEY: &str = "index/manifest.json";
 /// Where the compactor Lambda resumes its round over the partitions.
 pub const COMPACTOR_CURSOR_KEY: &str = "_brainy/compactor-cursor.json";
 
@@ -37,6 +41,25 @@ pub fn new_segment_key(partition: u32, now: SystemTime, origin: SegmentOrigin) -
         super::entropy::random_u64()
     );
     segment_key(partition, &id)
+}
+
+/// A fresh shard key: `index/shards/<unix ms>-<128 random bits>.shard`.
+pub fn new_shard_key(now: SystemTime) -> String {
+    format!("{INDEX_PREFIX}shards/{}.shard", fresh_id(now))
+}
+
+/// A fresh deletion-vector key: `index/dv/<unix ms>-<128 random bits>.dv`.
+pub fn new_deletions_key(now: SystemTime) -> String {
+    format!("{INDEX_PREFIX}dv/{}.dv", fresh_id(now))
+}
+
+fn fresh_id(now: SystemTime) -> String {
+    format!(
+        "{:013}-{:016x}{:016x}",
+        super::clock::unix_millis(now),
+        super::entropy::random_u64(),
+        super::entropy::random_u64()
+    )
 }
 
 /// Scratch keys for one run of the conditional-write probe: one to write,
@@ -103,6 +126,16 @@ mod tests {
         assert_ne!(
             k,
             new_segment_key(3, SystemTime::UNIX_EPOCH, SegmentOrigin::Compaction)
+        );
+        let s = new_shard_key(SystemTime::UNIX_EPOCH);
+        assert!(
+            s.starts_with("index/shards/0000000000000-") && s.ends_with(".shard"),
+            "{s}"
+        );
+        let d = new_deletions_key(SystemTime::UNIX_EPOCH);
+        assert!(
+            d.starts_with("index/dv/0000000000000-") && d.ends_with(".dv"),
+            "{d}"
         );
         let (a, b) = probe_keys();
         assert!(a.starts_with(PROBE_PREFIX) && b == format!("{a}-missing"));

@@ -36,6 +36,7 @@
 //! appears), and every problem is a [`SegmentError`] naming the object key.
 
 mod decode;
+pub mod deletions;
 mod encode;
 mod live;
 mod load;

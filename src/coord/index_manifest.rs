@@ -1,0 +1,431 @@
+//! The index manifest `index/manifest.json` (DESIGN section 11): the
+//! read-optimized layout over all partitions. It holds a generation number
+//! (bumped by every commit), one watermark `W[p]` per partition (every
+//! record of partition p committed at seq <= W[p] is accounted for in the
+//! shards exactly once), the shards with their current deletion vectors,
+//! the shards and deletion vectors waiting for GC, and the indexer lease.
+//!
+//! Like the partition manifests it exists from `init` on (created empty,
+//! all watermarks 0, with them), so a missing one is corruption: the
+//! partitions retire what the shards cover, and without this object those
+//! records could not be found. Every change is a compare-and-swap through
+//! [`update_index`]; watermarks only move forward ([`IndexManifest::advance`]
+//! refuses otherwise).
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::cas::{self, Backoff, Step};
+use super::clock::{format_time, parse_time};
+use super::error::CoordError;
+use super::paths::{INDEX_MANIFEST_KEY, INDEX_PREFIX};
+use crate::store::{ETag, ObjectStore, StoreError};
+
+pub const INDEX_MANIFEST_VERSION: u32 = 1;
+
+/// The whole index manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexManifest {
+    pub version: u32,
+    /// Bumped by every commit.
+    pub generation: u64,
+    /// `W[p]` per partition: a segment seq of p, 0 when nothing is indexed.
+    pub watermarks: Vec<u64>,
+    pub shards: Vec<ShardEntry>,
+    /// Shards and deletion vectors no longer current, kept for GC's grace
+    /// period so readers holding an older index manifest can still fetch
+    /// them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredObject>,
+    /// The indexer currently working, and until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One immutable shard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardEntry {
+    pub key: String,
+    /// Rows in the shard object, dead ones included.
+    pub rows: u64,
+    /// Rows marked dead by the current deletion vector.
+    #[serde(default)]
+    pub dead: u64,
+    pub bytes: u64,
+    /// Merge level: shards of one level are merged into the next.
+    pub level: u32,
+    /// The current deletion vector, if any row is dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletions: Option<String>,
+    pub created_at: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A shard or deletion vector waiting for GC, and since when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredObject {
+    pub key: String,
+    pub retired_at: String,
+}
+
+/// Who holds the indexer lease, and until when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    pub holder: String,
+    pub expires_at: String,
+}
+
+impl IndexManifest {
+    /// The manifest of an index with nothing indexed yet.
+    pub fn empty(partition_count: u32) -> Self {
+        IndexManifest {
+            version: INDEX_MANIFEST_VERSION,
+            generation: 0,
+            watermarks: vec![0; partition_count as usize],
+            shards: Vec::new(),
+            retired: Vec::new(),
+            lease: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// The watermark of partition `p`.
+    pub fn watermark(&self, p: u32) -> u64 {
+        self.watermarks.get(p as usize).copied().unwrap_or(0)
+    }
+
+    /// Rows live in the shards.
+    pub fn live_rows(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.rows - s.dead.min(s.rows))
+            .sum()
+    }
+
+    /// Moves partition `p`'s watermark to `to`; refuses to move it back.
+    pub fn advance(&mut self, p: u32, to: u64) -> Result<(), CoordError> {
+        let w = self
+            .watermarks
+            .get_mut(p as usize)
+            .ok_or_else(|| CoordError::InvalidSetting {
+                setting: "partition",
+                value: p.to_string(),
+                expected: "a partition of this index".into(),
+            })?;
+        if to < *w {
+            return Err(CoordError::Corrupt {
+                key: INDEX_MANIFEST_KEY.into(),
+                reason: format!("watermark of partition {p} would move back from {w} to {to}"),
+                found: format!("generation {}", self.generation),
+            });
+        }
+        *w = to;
+        Ok(())
+    }
+
+    /// Whether the lease is held by someone other than `holder` at `now`.
+    pub fn leased_to_other(&self, holder: &str, now: SystemTime) -> Option<&Lease> {
+        self.lease
+            .as_ref()
+            .filter(|l| l.holder != holder && parse_time(&l.expires_at).is_some_and(|t| t > now))
+    }
+
+    /// Checks what a reader relies on; the error names the key.
+    pub fn validate(&self, partition_count: u32) -> Result<(), CoordError> {
+        let bad = |reason: String| CoordError::Corrupt {
+            key: INDEX_MANIFEST_KEY.into(),
+            reason,
+            found: format!("index manifest generation {}", self.generation),
+        };
+        if self.version > INDEX_MANIFEST_VERSION {
+            return Err(bad(format!(
+                "index manifest version {} is newer than this shoal understands \
+                 ({INDEX_MANIFEST_VERSION})",
+                self.version
+            )));
+        }
+        if self.watermarks.len() != partition_count as usize {
+            return Err(bad(format!(
+                "{} watermarks for {partition_count} partitions",
+                self.watermarks.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.shards {
+            let keys = std::iter::once(&s.key).chain(s.deletions.as_ref());
+            for key in keys {
+                if !key.starts_with(INDEX_PREFIX) || key.contains("..") {
+                    return Err(bad(format!("object key {key} is outside {INDEX_PREFIX}")));
+                }
+                if !seen.insert(key) {
+                    return Err(bad(format!("{key} is listed twice")));
+                }
+            }
+            if s.dead > s.rows {
+                return Err(bad(format!(
+                    "shard {} has {} dead rows of {}",
+                    s.key, s.dead, s.rows
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses and validates index manifest bytes.
+pub fn parse_index_manifest(
+    partition_count: u32,
+    bytes: &[u8],
+) -> Result<IndexManifest, CoordError> {
+    let m: IndexManifest = cas::parse_json(INDEX_MANIFEST_KEY, bytes)?;
+    m.validate(partition_count)?;
+    Ok(m)
+}
+
+/// Reads and validates the index manifest; `None` if there is none.
+pub async fn read_index_manifest(
+    store: &dyn ObjectStore,
+    partition_count: u32,
+) -> Result<Option<(IndexManifest, ETag)>, CoordError> {
+    let found = cas::read_json::<IndexManifest>(store, INDEX_MANIFEST_KEY).await?;
+    if let Some((m, _)) = &found {
+        m.validate(partition_count)?;
+    }
+    Ok(found)
+}
+
+/// The error for a missing index manifest.
+pub fn missing_index_manifest() -> CoordError {
+    CoordError::Corrupt {
+        key: INDEX_MANIFEST_KEY.into(),
+        reason: "the index manifest is missing: this index creates it at init, so it was \
+                 deleted or lost, and the records its shards cover cannot be found"
+            .into(),
+        found: "no object".into(),
+    }
+}
+
+/// Creates the empty index manifest if there is none (create-only; a
+/// racing creator's is kept). Returns whether this call created it.
+pub async fn create_index_manifest(
+    store: &dyn ObjectStore,
+    partition_count: u32,
+) -> Result<bool, CoordError> {
+    let bytes = serde_json::to_vec(&IndexManifest::empty(partition_count)).expect("serializable");
+    match store.put_if_absent(INDEX_MANIFEST_KEY, bytes.into()).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::AlreadyExists { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Compare-and-swap on the index manifest: `change` edits the current
+/// one (it may run several times, so it must depend only on its input) or
+/// says to keep it (`Ok(false)`). Every write bumps the generation.
+/// Returns the manifest as now stored and whether this call wrote it.
+pub async fn update_index<F>(
+    store: &dyn ObjectStore,
+    partition_count: u32,
+    backoff: Backoff,
+    mut change: F,
+) -> Result<(IndexManifest, bool), CoordError>
+where
+    F: FnMut(&mut IndexManifest) -> Result<bool, CoordError>,
+{
+    let updated = cas::update_json::<IndexManifest, _>(store, INDEX_MANIFEST_KEY, backoff, |cur| {
+        let mut m = cur.ok_or_else(missing_index_manifest)?;
+        m.validate(partition_count)?;
+        if !change(&mut m)? {
+            return Ok(Step::Keep(m));
+        }
+        m.generation += 1;
+        m.validate(partition_count)?;
+        Ok(Step::Write(m))
+    })
+    .await?;
+    Ok((updated.value, updated.wrote))
+}
+
+/// Why the lease could not be taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseHeld {
+    pub holder: String,
+    pub expires_at: String,
+}
+
+/// Takes (or renews) the indexer lease for `holder` until `now + ttl`,
+/// unless someone else holds an unexpired one. Returns the generation the
+/// lease was written at, or who holds it.
+pub async fn acquire_lease(
+    store: &dyn ObjectStore,
+    partition_count: u32,
+    holder: &str,
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<Result<u64, LeaseHeld>, CoordError> {
+    let mut held = None;
+    let (m, _) = update_index(store, partition_count, Backoff::default(), |m| {
+        held = m.leased_to_other(holder, now).map(|l| LeaseHeld {
+            holder: l.holder.clone(),
+            expires_at: l.expires_at.clone(),
+        });
+        if held.is_some() {
+            return Ok(false);
+        }
+        m.lease = Some(Lease {
+            holder: holder.to_string(),
+            expires_at: format_time(now + ttl),
+        });
+        Ok(true)
+    })
+    .await?;
+    Ok(match held {
+        Some(h) => Err(h),
+        None => Ok(m.generation),
+    })
+}
+
+/// Gives the lease up if `holder` has it.
+pub async fn release_lease(
+    store: &dyn ObjectStore,
+    partition_count: u32,
+    holder: &str,
+) -> Result<(), CoordError> {
+    update_index(store, partition_count, Backoff::default(), |m| {
+        if m.lease.as_ref().is_some_and(|l| l.holder == holder) {
+            m.lease = None;
+            return Ok(true);
+        }
+        Ok(false)
+    })
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn shard(key: &str) -> ShardEntry {
+        ShardEntry {
+            key: key.into(),
+            rows: 10,
+            dead: 0,
+            bytes: 100,
+            level: 0,
+            deletions: None,
+            created_at: "t".into(),
+            extra: Map::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn created_once_then_changed_only_by_compare_and_swap() {
+        let store = MemoryStore::unique();
+        assert!(read_index_manifest(&store, 4).await.unwrap().is_none());
+        let e = update_index(&store, 4, Backoff::default(), |_| Ok(true))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("index/manifest.json"), "{e}");
+        assert!(create_index_manifest(&store, 4).await.unwrap());
+        assert!(!create_index_manifest(&store, 4).await.unwrap(), "kept");
+        let (m, _) = read_index_manifest(&store, 4).await.unwrap().unwrap();
+        assert_eq!(m, IndexManifest::empty(4));
+        // Concurrent commits all land; the generation counts them.
+        let adds = (0..8).map(|i| {
+            let store = &store;
+            async move {
+                update_index(store, 4, Backoff::default(), |m| {
+                    m.shards.push(shard(&format!("index/shards/{i}.shard")));
+                    m.advance(i % 4, u64::from(i) + 1)?;
+                    Ok(true)
+                })
+                .await
+                .unwrap()
+            }
+        });
+        futures::future::join_all(adds).await;
+        let (m, _) = read_index_manifest(&store, 4).await.unwrap().unwrap();
+        assert_eq!(m.shards.len(), 8);
+        assert_eq!(m.generation, 8);
+        assert_eq!(m.watermarks, vec![5, 6, 7, 8]);
+        assert_eq!(m.live_rows(), 80);
+    }
+
+    #[test]
+    fn watermarks_never_move_back_and_bad_manifests_are_named() {
+        let mut m = IndexManifest::empty(2);
+        m.advance(1, 7).unwrap();
+        let e = m.advance(1, 6).unwrap_err().to_string();
+        assert!(e.contains("move back from 7 to 6"), "{e}");
+        assert!(m.advance(2, 1).is_err(), "no partition 2");
+        let bad = |f: &dyn Fn(&mut IndexManifest)| {
+            let mut m = IndexManifest::empty(2);
+            f(&mut m);
+            let bytes = serde_json::to_vec(&m).unwrap();
+            parse_index_manifest(2, &bytes).unwrap_err().to_string()
+        };
+        let e = bad(&|m| m.watermarks.push(0));
+        assert!(e.contains("3 watermarks for 2 partitions"), "{e}");
+        let e = bad(&|m| m.shards.push(shard("vectors/p000/x.seg")));
+        assert!(e.contains("outside index/"), "{e}");
+        let e = bad(&|m| {
+            m.shards.push(shard("index/shards/a.shard"));
+            m.shards.push(shard("index/shards/a.shard"));
+        });
+        assert!(e.contains("listed twice"), "{e}");
+        let e = bad(&|m| {
+            let mut s = shard("index/shards/a.shard");
+            s.dead = 11;
+            m.shards.push(s);
+        });
+        assert!(e.contains("11 dead rows of 10"), "{e}");
+        let e = parse_index_manifest(2, b"<html>").unwrap_err().to_string();
+        assert!(e.contains("index/manifest.json"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn one_indexer_holds_the_lease_until_it_expires_or_is_released() {
+        let store = MemoryStore::unique();
+        create_index_manifest(&store, 1).await.unwrap();
+        let t0 = SystemTime::now();
+        let ttl = Duration::from_secs(60);
+        assert!(acquire_lease(&store, 1, "a", t0, ttl)
+            .await
+            .unwrap()
+            .is_ok());
+        let held = acquire_lease(&store, 1, "b", t0, ttl).await.unwrap();
+        assert_eq!(held.unwrap_err().holder, "a");
+        assert!(
+            acquire_lease(&store, 1, "a", t0, ttl)
+                .await
+                .unwrap()
+                .is_ok(),
+            "renewal"
+        );
+        let later = t0 + Duration::from_secs(61);
+        assert!(
+            acquire_lease(&store, 1, "b", later, ttl)
+                .await
+                .unwrap()
+                .is_ok(),
+            "an expired lease can be taken"
+        );
+        release_lease(&store, 1, "a").await.unwrap();
+        let (m, _) = read_index_manifest(&store, 1).await.unwrap().unwrap();
+        assert_eq!(m.lease.unwrap().holder, "b", "only the holder releases");
+        release_lease(&store, 1, "b").await.unwrap();
+        let (m, _) = read_index_manifest(&store, 1).await.unwrap().unwrap();
+        assert!(m.lease.is_none());
+    }
+}
