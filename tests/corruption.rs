@@ -198,6 +198,7 @@ async fn hostile_ids_never_escape_the_layout(
     }
     for m in store.list("").await.unwrap() {
         let ok = m.key == CONFIG_KEY
+            || m.key == "index/manifest.json"
             || m.key.starts_with("_brainy/instances/")
             || (m.key.starts_with("vectors/p00")
                 && (m.key.ends_with("/manifest.json") || m.key.ends_with(".seg")));

@@ -21,6 +21,7 @@
 //! at `hnswMaxSegmentRecords`); smaller ones stay exact-scan.
 
 pub mod gc;
+pub mod indexer;
 pub mod repair;
 
 use std::sync::Arc;

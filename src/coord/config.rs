@@ -404,8 +404,8 @@ where
     parse_config(CONFIG_KEY, &bytes)
 }
 
-/// Makes sure every partition manifest exists and the config says so
-/// (`partitionsInitialized`). For a fresh index this creates the empty
+/// Makes sure every partition manifest (and the index manifest, DESIGN
+/// section 11) exists and the config says so (`partitionsInitialized`). For a fresh index this creates the empty
 /// manifests; for one made before shoal created them at init it is the
 /// one-time upgrade: only partitions holding no objects get an empty
 /// manifest, and one holding segments without a manifest is reported in
@@ -421,6 +421,7 @@ pub async fn initialize_partitions(
         return Ok((config, Default::default()));
     }
     let done = super::manifest::create_missing(store, config.settings.partition_count).await?;
+    super::index_manifest::create_index_manifest(store, config.settings.partition_count).await?;
     for s in &done.stranded {
         tracing::error!(
             manifest = %s.key,
@@ -501,6 +502,9 @@ pub async fn change_settings(
         }
         if config.settings.partitions_initialized {
             super::manifest::create_missing(store, now).await?;
+            // Nothing is indexed yet: a fresh index manifest of the new size.
+            store.delete(super::paths::INDEX_MANIFEST_KEY).await?;
+            super::index_manifest::create_index_manifest(store, now).await?;
         }
     }
     Ok(config)

@@ -30,7 +30,8 @@ pub const INDEX_MANIFEST_VERSION: u32 = 1;
 #[serde(rename_all = "camelCase")]
 pub struct IndexManifest {
     pub version: u32,
-    /// Bumped by every commit.
+    /// Bumped by every commit that changes shards, watermarks or deletion
+    /// vectors (not by lease changes).
     pub generation: u64,
     /// `W[p]` per partition: a segment seq of p, 0 when nothing is indexed.
     pub watermarks: Vec<u64>,
@@ -236,6 +237,21 @@ pub async fn update_index<F>(
     store: &dyn ObjectStore,
     partition_count: u32,
     backoff: Backoff,
+    change: F,
+) -> Result<(IndexManifest, bool), CoordError>
+where
+    F: FnMut(&mut IndexManifest) -> Result<bool, CoordError>,
+{
+    update(store, partition_count, backoff, true, change).await
+}
+
+/// [`update_index`], bumping the generation only for content changes
+/// (shards, watermarks, deletion vectors), not for the lease.
+async fn update<F>(
+    store: &dyn ObjectStore,
+    partition_count: u32,
+    backoff: Backoff,
+    bump: bool,
     mut change: F,
 ) -> Result<(IndexManifest, bool), CoordError>
 where
@@ -247,7 +263,7 @@ where
         if !change(&mut m)? {
             return Ok(Step::Keep(m));
         }
-        m.generation += 1;
+        m.generation += u64::from(bump);
         m.validate(partition_count)?;
         Ok(Step::Write(m))
     })
@@ -263,8 +279,8 @@ pub struct LeaseHeld {
 }
 
 /// Takes (or renews) the indexer lease for `holder` until `now + ttl`,
-/// unless someone else holds an unexpired one. Returns the generation the
-/// lease was written at, or who holds it.
+/// unless someone else holds an unexpired one. Returns the index
+/// manifest's generation, or who holds the lease.
 pub async fn acquire_lease(
     store: &dyn ObjectStore,
     partition_count: u32,
@@ -273,7 +289,7 @@ pub async fn acquire_lease(
     ttl: Duration,
 ) -> Result<Result<u64, LeaseHeld>, CoordError> {
     let mut held = None;
-    let (m, _) = update_index(store, partition_count, Backoff::default(), |m| {
+    let (m, _) = update(store, partition_count, Backoff::default(), false, |m| {
         held = m.leased_to_other(holder, now).map(|l| LeaseHeld {
             holder: l.holder.clone(),
             expires_at: l.expires_at.clone(),
@@ -300,7 +316,7 @@ pub async fn release_lease(
     partition_count: u32,
     holder: &str,
 ) -> Result<(), CoordError> {
-    update_index(store, partition_count, Backoff::default(), |m| {
+    update(store, partition_count, Backoff::default(), false, |m| {
         if m.lease.as_ref().is_some_and(|l| l.holder == holder) {
             m.lease = None;
             return Ok(true);

@@ -83,6 +83,12 @@ impl LiveSet {
         self.live_count
     }
 
+    /// Every id with the location of its newest version, tombstones
+    /// included, in no particular order.
+    pub fn newest(&self) -> impl Iterator<Item = (&str, Loc)> {
+        self.newest.iter().map(|(id, loc)| (id.as_str(), *loc))
+    }
+
     /// The newest location of `id`, if it is live.
     pub fn locate(&self, id: &str) -> Option<Loc> {
         self.newest.get(id).copied().filter(|l| !l.tombstone)

@@ -1,0 +1,245 @@
+//! The indexer (DESIGN section 11, index shards): coverage (every record
+//! of partition p at seq <= W[p] accounted for in the shards exactly once:
+//! the newest version live in one shard row, everything else dead), the
+//! watermark only moving forward, and racing indexers (one commit wins,
+//! the other's shard is an orphan).
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use shoal::compact::indexer::index_round;
+use shoal::coord::clock::{DynClock, ManualClock, SystemClock};
+use shoal::coord::index_manifest::read_index_manifest;
+use shoal::coord::manifest::read_manifest;
+use shoal::coord::{Metric, Settings};
+use shoal::record::Record;
+use shoal::segment::deletions::DeletionVector;
+use shoal::segment::{self, LiveSet, Shape};
+use shoal::store::faults::WriteFaults;
+use shoal::store::{Counted, ObjectStore};
+
+backend_tests!(
+    shards_cover_every_record_below_the_watermarks_exactly_once,
+    racing_indexers_commit_once
+);
+
+const DIMS: u32 = 4;
+
+fn shape() -> Shape {
+    Shape {
+        dimensions: DIMS as usize,
+        metric: Metric::Euclidean,
+    }
+}
+
+fn vector(i: usize, version: usize) -> Vec<f32> {
+    vec![i as f32, version as f32, 1.0, 0.5]
+}
+
+/// Live shard rows: id -> the vectors of its live rows (across shards).
+async fn shard_rows(store: &dyn ObjectStore, s: &Settings) -> BTreeMap<String, Vec<Vec<f32>>> {
+    let (m, _) = read_index_manifest(store, s.partition_count)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rows: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
+    for shard in &m.shards {
+        let seg = segment::load(store, &shard.key, shape()).await.unwrap();
+        assert_eq!(seg.len() as u64, shard.rows, "{}", shard.key);
+        let dv = match &shard.deletions {
+            Some(k) => {
+                let bytes = store.get(k).await.unwrap().bytes;
+                DeletionVector::decode(k, &bytes, shard.rows).unwrap()
+            }
+            None => DeletionVector::new(shard.rows),
+        };
+        assert_eq!(dv.dead(), shard.dead, "the manifest's dead count");
+        for (i, id) in seg.ids().iter().enumerate() {
+            if !dv.is_dead(i as u64) {
+                rows.entry(id.clone())
+                    .or_default()
+                    .push(seg.vector(i).to_vec());
+            }
+        }
+    }
+    rows
+}
+
+/// What the partitions hold at or below the watermarks: id -> its newest
+/// live vector (deleted ids absent).
+async fn below_watermarks(store: &dyn ObjectStore, s: &Settings) -> BTreeMap<String, Vec<f32>> {
+    let (m, _) = read_index_manifest(store, s.partition_count)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for p in 0..s.partition_count {
+        let (pm, _) = read_manifest(store, p).await.unwrap().unwrap();
+        let mut segs = Vec::new();
+        for e in pm.segments.iter().filter(|e| e.seq <= m.watermark(p)) {
+            segs.push(segment::load(store, &e.key, shape()).await.unwrap());
+        }
+        let mut live = LiveSet::default();
+        for seg in &segs {
+            live.absorb(seg);
+        }
+        for (id, loc) in live.newest() {
+            if !loc.tombstone {
+                let seg = &segs[loc.seg as usize];
+                out.insert(id.to_string(), seg.vector(loc.pos as usize).to_vec());
+            }
+        }
+    }
+    out
+}
+
+async fn assert_covered(store: &dyn ObjectStore, s: &Settings, when: &str) {
+    let rows = shard_rows(store, s).await;
+    let want = below_watermarks(store, s).await;
+    for (id, vectors) in &rows {
+        assert_eq!(
+            vectors.len(),
+            1,
+            "{when}: {id} is live in {} shard rows",
+            vectors.len()
+        );
+    }
+    let got: BTreeMap<String, Vec<f32>> = rows
+        .into_iter()
+        .map(|(id, mut v)| (id, v.remove(0)))
+        .collect();
+    assert_eq!(got, want, "{when}: the shards disagree with the partitions");
+}
+
+async fn shards_cover_every_record_below_the_watermarks_exactly_once(store: Arc<Counted>) {
+    let s = common::create_index(store.as_ref(), 4, DIMS, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let clock: DynClock = Arc::new(SystemClock);
+    let recs = |range: std::ops::Range<usize>, version: usize| -> Vec<Record> {
+        range
+            .map(|i| Record::new(format!("r{i}"), vector(i, version)))
+            .collect()
+    };
+    // Nothing to index yet: no commit.
+    let r = index_round(store.as_ref(), &s, "ix", &clock).await.unwrap();
+    assert_eq!(r.generation, None, "{r:?}");
+
+    w.upsert(&recs(0..120, 1)).await.unwrap();
+    w.upsert(&recs(100..130, 2)).await.unwrap(); // newer versions of 100..119
+    w.delete(&["r5".into(), "r6".into()]).await.unwrap();
+    let r = index_round(store.as_ref(), &s, "ix", &clock).await.unwrap();
+    assert_eq!(r.generation, Some(1), "{r:?}");
+    assert_eq!(r.rows_out, 128, "130 ids, 2 deleted: {r:?}");
+    assert_eq!(r.rows_killed, 0);
+    assert_covered(store.as_ref(), &s, "after the first round").await;
+    let (m, _) = read_index_manifest(store.as_ref(), 4)
+        .await
+        .unwrap()
+        .unwrap();
+    for p in 0..4 {
+        let (pm, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
+        assert_eq!(
+            m.watermark(p),
+            pm.segments.last().map_or(0, |e| e.seq),
+            "p{p}"
+        );
+    }
+
+    // Newer versions and deletes of indexed ids, a re-added deleted id and
+    // new ids: the older shard rows die.
+    w.upsert(&recs(0..10, 3)).await.unwrap();
+    w.delete(&["r50".into(), "r51".into(), "r52".into()])
+        .await
+        .unwrap();
+    w.upsert(&[Record::new("r5", vector(5, 4))]).await.unwrap();
+    w.upsert(&recs(200..220, 1)).await.unwrap();
+    let before = read_index_manifest(store.as_ref(), 4)
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    let r = index_round(store.as_ref(), &s, "ix", &clock).await.unwrap();
+    assert_eq!(r.generation, Some(2), "{r:?}");
+    // r0..r9 (r5, r6 were already dead) lose 8 rows, r50..r52 three.
+    assert_eq!(r.rows_killed, 8 + 3, "{r:?}");
+    assert_covered(store.as_ref(), &s, "after the second round").await;
+    let (after, _) = read_index_manifest(store.as_ref(), 4)
+        .await
+        .unwrap()
+        .unwrap();
+    for p in 0..4 {
+        assert!(
+            after.watermark(p) >= before.watermark(p),
+            "watermarks only move forward"
+        );
+    }
+    // r5 and r6 come back (version 3, r5 then 4), r50..r52 go, 20 are new.
+    assert_eq!(after.live_rows(), 128 + 2 - 3 + 20);
+
+    // A third round with deletes only writes deletion vectors, replacing
+    // (and retiring) the previous ones.
+    // (r0..r9 live in the second shard, r60..r64 in the first, which
+    // already has a deletion vector.)
+    let gone: Vec<String> = (0..10).chain(60..65).map(|i| format!("r{i}")).collect();
+    w.delete(&gone).await.unwrap();
+    let r = index_round(store.as_ref(), &s, "ix", &clock).await.unwrap();
+    assert_eq!((r.rows_out, r.rows_killed), (0, 15), "{r:?}");
+    assert_covered(store.as_ref(), &s, "after deletes only").await;
+    let (m, _) = read_index_manifest(store.as_ref(), 4)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !m.retired.is_empty(),
+        "replaced deletion vectors wait for GC"
+    );
+    assert!(m.lease.is_none(), "the lease is released");
+}
+
+/// Two indexers: the lease keeps the second out; one whose lease expired
+/// while it worked loses the commit to the one that took over, and its
+/// shard is an orphan, not a second copy of the rows.
+async fn racing_indexers_commit_once(store: Arc<Counted>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let s = common::create_index(store.as_ref(), 2, DIMS, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let recs: Vec<Record> = (0..40)
+        .map(|i| Record::new(format!("r{i}"), vector(i, 1)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let gated = Arc::new(WriteFaults::new(store.clone(), "index/shards/"));
+    gated.close_gate();
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let slow = tokio::spawn({
+        let (gated, s, clock) = (gated.clone(), s.clone(), clock.clone() as DynClock);
+        async move { index_round(gated.as_ref(), &s, "slow", &clock).await }
+    });
+    while gated.waiting.load(SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // While "slow" holds the lease, another indexer stays out.
+    let now: DynClock = clock.clone();
+    let out = index_round(store.as_ref(), &s, "fast", &now).await.unwrap();
+    assert_eq!(out.lease_held_by.as_deref(), Some("slow"), "{out:?}");
+    // Its lease expires; the other takes over and commits.
+    clock.advance(Duration::from_secs(11 * 60));
+    let fast = index_round(store.as_ref(), &s, "fast", &now).await.unwrap();
+    assert_eq!(fast.generation, Some(1), "{fast:?}");
+    gated.open_gate(100);
+    let slow = slow.await.unwrap().unwrap();
+    assert!(slow.superseded && slow.generation.is_none(), "{slow:?}");
+    let (m, _) = read_index_manifest(store.as_ref(), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.shards.len(), fast.shards_written.len());
+    assert!(m
+        .shards
+        .iter()
+        .all(|sh| !slow.shards_written.contains(&sh.key)));
+    assert_covered(store.as_ref(), &s, "after the race").await;
+}
