@@ -736,3 +736,39 @@ async fn a_segment_collected_under_a_reader_is_refetched_after_one_refresh(store
     };
     assert_eq!(ids(&after), ids(&before));
 }
+
+/// A segment a query fetched is one miss, not a miss and a hit (the
+/// refresh loads it, the query then reads it through the cache): a cold
+/// query over N segments reports N misses and no hits; the next query N
+/// hits and no misses; the reader's totals agree.
+#[tokio::test]
+async fn a_fetched_segment_is_one_miss_not_a_miss_and_a_hit() {
+    let store = common::memory_store();
+    let (w, settings) = setup(&store, 4, Metric::Dot).await;
+    let mut rng = StdRng::seed_from_u64(9);
+    for _ in 0..3 {
+        let recs: Vec<Record> = (0..40)
+            .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+            .collect();
+        w.upsert(&recs).await.unwrap();
+    }
+    let segments = 3 * 4; // three upserts over four partitions
+    let r = reader(&store, &settings, Duration::from_secs(3600));
+    let q = SearchRequest::new(rand_vec(&mut rng), 5);
+    let cold = r.search(&q).await.unwrap();
+    assert_eq!(
+        (cold.stats.cache_misses, cold.stats.cache_hits),
+        (segments, 0),
+        "{:?}",
+        cold.stats
+    );
+    let warm = r.search(&q).await.unwrap();
+    assert_eq!(
+        (warm.stats.cache_misses, warm.stats.cache_hits),
+        (0, segments),
+        "{:?}",
+        warm.stats
+    );
+    let s = r.stats();
+    assert_eq!((s.cache_misses, s.cache_hits), (segments, segments));
+}

@@ -117,6 +117,10 @@ impl Slot {
 pub(crate) struct CacheTally {
     pub(crate) hits: std::sync::atomic::AtomicU64,
     pub(crate) misses: std::sync::atomic::AtomicU64,
+    /// Segments this operation fetched itself: a miss once, however often
+    /// it then uses them (a refresh loads new segments, the query then
+    /// reads them through the cache; that is not a hit).
+    fetched: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Transient store errors are retried until this instant.
     pub(crate) deadline: Instant,
 }
@@ -126,6 +130,7 @@ impl CacheTally {
         CacheTally {
             hits: Default::default(),
             misses: Default::default(),
+            fetched: Default::default(),
             deadline,
         }
     }
@@ -183,7 +188,18 @@ pub(crate) async fn load_segment(
         })
         .await
         .map_err(|e: Arc<PartitionError>| (*e).clone())?;
-    let (counter, global) = if entry.is_fresh() {
+    let fresh = entry.is_fresh();
+    let own = {
+        let mut fetched = tally.fetched.lock().unwrap();
+        if fresh {
+            fetched.insert(key.to_string());
+        }
+        !fresh && fetched.contains(key)
+    };
+    if own {
+        return Ok(entry.into_value()); // counted as a miss when fetched
+    }
+    let (counter, global) = if fresh {
         (&tally.misses, &shared.misses)
     } else {
         (&tally.hits, &shared.hits)
@@ -191,7 +207,7 @@ pub(crate) async fn load_segment(
     counter.fetch_add(1, Relaxed);
     global.fetch_add(1, Relaxed);
     if let Some(m) = &shared.metrics {
-        let c = if entry.is_fresh() {
+        let c = if fresh {
             &m.cache_misses
         } else {
             &m.cache_hits
