@@ -162,7 +162,14 @@ struct Inner {
     bulk: tokio::sync::Mutex<Option<BatchWriter>>,
     batch_size: usize,
     background: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// When [`Db::ready`] last found the store answering.
+    ready_at: Mutex<Option<Instant>>,
 }
+
+/// How long a successful readiness check is reused: probes arrive every
+/// few seconds from every load balancer and kubelet, and each would cost a
+/// store GET.
+pub(crate) const READY_CACHE: Duration = Duration::from_secs(5);
 
 /// A handle on one index. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -220,6 +227,7 @@ impl Db {
                 bulk: tokio::sync::Mutex::new(None),
                 batch_size: opts.batch_size.max(1),
                 background: Mutex::new(background),
+                ready_at: Mutex::new(None),
             }),
         })
     }
@@ -454,14 +462,26 @@ impl Db {
         Ok(crate::inspect::verify(store.as_ref(), self.config()).await?)
     }
 
-    /// Ready when the store answers and the config is still there.
+    /// Ready when the store answers and the config is still there (one
+    /// GET, reused for [`READY_CACHE`] after a success; failures are never
+    /// reused).
     pub async fn ready(&self) -> Result<(), Error> {
+        let fresh = |t: &Option<Instant>| t.is_some_and(|t| t.elapsed() < READY_CACHE);
+        if fresh(&self.inner.ready_at.lock().unwrap()) {
+            return Ok(());
+        }
         let store = self.inner.cluster.store();
         match crate::coord::config::read_config(store.as_ref()).await? {
-            Some(_) => Ok(()),
-            None => Err(Error::Coord(crate::coord::CoordError::NoIndex {
-                store: store.describe(),
-            })),
+            Some(_) => {
+                *self.inner.ready_at.lock().unwrap() = Some(Instant::now());
+                Ok(())
+            }
+            None => {
+                *self.inner.ready_at.lock().unwrap() = None;
+                Err(Error::Coord(crate::coord::CoordError::NoIndex {
+                    store: store.describe(),
+                }))
+            }
         }
     }
 

@@ -772,3 +772,24 @@ async fn a_fetched_segment_is_one_miss_not_a_miss_and_a_hit() {
     let s = r.stats();
     assert_eq!((s.cache_misses, s.cache_hits), (segments, segments));
 }
+
+/// Readiness probes arrive every few seconds from every load balancer and
+/// kubelet: a success is reused for a few seconds instead of costing a
+/// store GET each time (operations issue, `/readyz`).
+#[tokio::test]
+async fn readiness_checks_reuse_a_recent_success() {
+    let store = common::memory_store();
+    common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Dot).await;
+    let db = shoal::Db::open_store(store.clone(), shoal::OpenOptions::observer())
+        .await
+        .unwrap();
+    let before = store.counts();
+    for _ in 0..5 {
+        db.ready().await.unwrap();
+    }
+    assert_eq!(
+        store.counts().since(&before).get,
+        1,
+        "one GET for five probes"
+    );
+}
