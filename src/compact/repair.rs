@@ -44,7 +44,7 @@ use crate::coord::clock::format_time;
 use crate::coord::manifest::{
     partition_of_key, read_manifest, restore, Manifest, SegmentEntry, SegmentStats,
 };
-use crate::coord::paths::{manifest_key, partition_dir};
+use crate::coord::paths::{manifest_key, partition_dir, segment_origin, SegmentOrigin};
 use crate::coord::{CoordError, Settings};
 use crate::segment::{self, Segment, Shape};
 use crate::store::ObjectStore;
@@ -200,13 +200,8 @@ pub async fn repair(
     Ok(report)
 }
 
-/// Compaction outputs carry `c` between the time and the 32 random hex
-/// digits of their key (see `coord::paths::new_segment_key`).
 fn is_compaction_output(key: &str) -> bool {
-    key.rsplit('/')
-        .next()
-        .and_then(|name| name.strip_suffix(".seg")?.split_once('-'))
-        .is_some_and(|(_, rest)| rest.len() == 33 && rest.starts_with('c'))
+    segment_origin(key) == Some(SegmentOrigin::Compaction)
 }
 
 /// Pairs of `segments` (sorted by creation) whose commit order matters and

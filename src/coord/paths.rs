@@ -30,32 +30,47 @@ pub enum SegmentOrigin {
 /// Time first, so a listing sorts roughly by age; the random bits make
 /// the key unique without coordination (create-only PUTs rely on it).
 pub fn new_segment_key(partition: u32, now: SystemTime, origin: SegmentOrigin) -> String {
-    let id = format!(
-        "{:013}-{}{:016x}{:016x}",
-        super::clock::unix_millis(now),
-        match origin {
-            SegmentOrigin::Writer => "",
-            SegmentOrigin::Compaction => "c",
-        },
-        super::entropy::random_u64(),
-        super::entropy::random_u64()
-    );
-    segment_key(partition, &id)
+    let marker = match origin {
+        SegmentOrigin::Writer => "",
+        SegmentOrigin::Compaction => COMPACTION_MARKER,
+    };
+    segment_key(partition, &fresh_id(now, marker))
+}
+
+/// What follows the time in a compaction output's segment id.
+const COMPACTION_MARKER: &str = "c";
+
+/// Who made the segment at `key`, read from its id (see
+/// [`new_segment_key`]); `None` for a key of another shape.
+pub fn segment_origin(key: &str) -> Option<SegmentOrigin> {
+    let (_, rest) = key
+        .rsplit('/')
+        .next()?
+        .strip_suffix(".seg")?
+        .split_once('-')?;
+    match rest.strip_prefix(COMPACTION_MARKER) {
+        Some(random) if random.len() == 32 => Some(SegmentOrigin::Compaction),
+        _ if rest.len() == 32 => Some(SegmentOrigin::Writer),
+        _ => None,
+    }
 }
 
 /// A fresh shard key: `index/shards/<unix ms>-<128 random bits>.shard`.
 pub fn new_shard_key(now: SystemTime) -> String {
-    format!("{INDEX_PREFIX}shards/{}.shard", fresh_id(now))
+    format!("{INDEX_PREFIX}shards/{}.shard", fresh_id(now, ""))
 }
 
 /// A fresh deletion-vector key: `index/dv/<unix ms>-<128 random bits>.dv`.
 pub fn new_deletions_key(now: SystemTime) -> String {
-    format!("{INDEX_PREFIX}dv/{}.dv", fresh_id(now))
+    format!("{INDEX_PREFIX}dv/{}.dv", fresh_id(now, ""))
 }
 
-fn fresh_id(now: SystemTime) -> String {
+/// `<unix ms>-<marker><128 random bits>`: time first, so a listing sorts
+/// roughly by age; the random bits make the id unique without
+/// coordination (create-only PUTs rely on it).
+fn fresh_id(now: SystemTime, marker: &str) -> String {
     format!(
-        "{:013}-{:016x}{:016x}",
+        "{:013}-{marker}{:016x}{:016x}",
         super::clock::unix_millis(now),
         super::entropy::random_u64(),
         super::entropy::random_u64()
@@ -127,6 +142,13 @@ mod tests {
             k,
             new_segment_key(3, SystemTime::UNIX_EPOCH, SegmentOrigin::Compaction)
         );
+        assert_eq!(segment_origin(&k), Some(SegmentOrigin::Compaction));
+        let w = new_segment_key(3, SystemTime::UNIX_EPOCH, SegmentOrigin::Writer);
+        assert_eq!(segment_origin(&w), Some(SegmentOrigin::Writer));
+        // Random hex that happens to start with "c" is still a writer's.
+        let tricky = segment_key(3, &format!("0000000000000-c{}", "0".repeat(31)));
+        assert_eq!(segment_origin(&tricky), Some(SegmentOrigin::Writer));
+        assert_eq!(segment_origin("vectors/p003/manifest.json"), None);
         let s = new_shard_key(SystemTime::UNIX_EPOCH);
         assert!(
             s.starts_with("index/shards/0000000000000-") && s.ends_with(".shard"),
