@@ -242,20 +242,6 @@ impl<'a> CommitRules<'a> {
         Ok(())
     }
 
-    /// The current manifest, or an empty one for a partition of an index
-    /// made before manifests were created at init.
-    fn current_or_empty(
-        &self,
-        partition: u32,
-        current: Option<Manifest>,
-    ) -> Result<Manifest, CoordError> {
-        match current {
-            Some(m) => Ok(m),
-            None if self.manifest_required => Err(missing(partition)),
-            None => Ok(Manifest::empty(partition)),
-        }
-    }
-
     /// Drops retired entries older than the grace period.
     fn prune_retired(&self, m: &mut Manifest) {
         let now = self.clock.now();
@@ -275,19 +261,32 @@ pub fn missing(partition: u32) -> CoordError {
     }
 }
 
-/// Reads a partition's manifest for use: a missing one is empty only in an
-/// index made before manifests were created at init (`required` false);
-/// otherwise it is [`CoordError::MissingManifest`].
+/// A manifest as found: a missing one is empty only in an index made
+/// before manifests were created at init (`required` false); otherwise it
+/// is [`CoordError::MissingManifest`].
+pub fn found_or_empty(
+    partition: u32,
+    found: Option<Manifest>,
+    required: bool,
+) -> Result<Manifest, CoordError> {
+    match found {
+        Some(m) => Ok(m),
+        None if required => Err(missing(partition)),
+        None => Ok(Manifest::empty(partition)),
+    }
+}
+
+/// Reads a partition's manifest for use (see [`found_or_empty`]).
 pub async fn load_manifest(
     store: &dyn ObjectStore,
     partition: u32,
     required: bool,
 ) -> Result<(Manifest, Option<ETag>), CoordError> {
-    match read_manifest(store, partition).await? {
-        Some((m, etag)) => Ok((m, Some(etag))),
-        None if required => Err(missing(partition)),
-        None => Ok((Manifest::empty(partition), None)),
-    }
+    let (found, etag) = match read_manifest(store, partition).await? {
+        Some((m, etag)) => (Some(m), Some(etag)),
+        None => (None, None),
+    };
+    Ok((found_or_empty(partition, found, required)?, etag))
 }
 
 /// Reads and validates a partition's manifest; `None` if it has none.
@@ -336,7 +335,7 @@ pub async fn append_segment(
     let mut found_seq = None;
     let dedupe = !mutation::active(Mutation::NoDuplicateCheck);
     let updated = cas::update_json::<Manifest, _>(store, &key, rules.backoff, |current| {
-        let mut m = rules.current_or_empty(partition, current)?;
+        let mut m = found_or_empty(partition, current, rules.manifest_required)?;
         m.validate(partition)?;
         if let Some(existing) = m.find(&entry.key).filter(|_| dedupe) {
             found_seq = Some(existing.seq);

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::{PartitionError, Shared};
-use crate::coord::manifest::{parse_manifest, Manifest};
+use crate::coord::manifest::{found_or_empty, parse_manifest, Manifest};
 use crate::coord::paths::manifest_key;
 use crate::index::AnnIndex;
 use crate::segment::{LiveSet, Loc, Segment};
@@ -293,18 +293,15 @@ pub(crate) async fn refresh(
             Err(e) => return Err(PartitionError::from_store(e)),
         },
     };
-    let (manifest, etag) = match fetched {
+    let (found, etag) = match fetched {
         Some(got) => (
-            parse_manifest(p, &got.bytes).map_err(PartitionError::from_manifest)?,
+            Some(parse_manifest(p, &got.bytes).map_err(PartitionError::from_manifest)?),
             Some(got.etag),
         ),
-        None if shared.manifests_required => {
-            return Err(PartitionError::from_manifest(
-                crate::coord::manifest::missing(p),
-            ))
-        }
-        None => (Manifest::empty(p), None),
+        None => (None, None),
     };
+    let manifest = found_or_empty(p, found, shared.manifests_required)
+        .map_err(PartitionError::from_manifest)?;
     // Appended segments only, when the old list is a prefix of the new one.
     let base = current.filter(|c| {
         c.manifest.segments.len() <= manifest.segments.len()
