@@ -20,7 +20,7 @@
 //! readers searching the shards, are the next steps of the index-shards
 //! work; until then the shards are written and checked but not read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,7 +123,7 @@ async fn run_round(
         return Ok(());
     }
     // Older shard rows the batch supersedes.
-    let touched: HashMap<&str, ()> = batch.iter().map(|r| (r.id.as_str(), ())).collect();
+    let touched: HashSet<&str> = batch.iter().map(|r| r.id.as_str()).collect();
     let mut deletions: Vec<(usize, DeletionVector)> = Vec::new();
     for (i, shard) in index.shards.iter().enumerate() {
         let seg = segment::load(store, &shard.key, shape).await?;
@@ -136,7 +136,7 @@ async fn run_round(
         };
         let mut killed = 0;
         for (row, id) in seg.ids().iter().enumerate() {
-            if touched.contains_key(id.as_str()) && dv.mark(row as u64) {
+            if touched.contains(id.as_str()) && dv.mark(row as u64) {
                 killed += 1;
             }
         }

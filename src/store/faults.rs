@@ -465,42 +465,47 @@ impl Faulty {
 #[async_trait]
 impl ObjectStore for Faulty {
     async fn get(&self, key: &str) -> Result<GetResult> {
-        let r = match self.before(0, key).await {
-            Ok(()) => self.inner.get(key).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.before(0, key).await?;
+            self.inner.get(key).await
+        }
+        .await;
         self.log("get", key, &r);
         r
     }
     async fn get_range(&self, key: &str, range: ByteRange) -> Result<Bytes> {
-        let r = match self.before(0, key).await {
-            Ok(()) => self.inner.get_range(key, range).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.before(0, key).await?;
+            self.inner.get_range(key, range).await
+        }
+        .await;
         self.log("get_range", key, &r);
         r
     }
     async fn get_if_changed(&self, key: &str, etag: &ETag) -> Result<Conditional> {
-        let r = match self.before(0, key).await {
-            Ok(()) => self.inner.get_if_changed(key, etag).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.before(0, key).await?;
+            self.inner.get_if_changed(key, etag).await
+        }
+        .await;
         self.log("get_if_changed", key, &r);
         r
     }
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        let r = match self.before(1, key).await {
-            Ok(()) => self.inner.head(key).await.map(|m| self.restamp(m)),
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.before(1, key).await?;
+            self.inner.head(key).await.map(|m| self.restamp(m))
+        }
+        .await;
         self.log("head", key, &r);
         r
     }
     async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
-        let r = match self.before(2, key).await {
-            Ok(()) => self.inner.put(key, bytes).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.before(2, key).await?;
+            self.inner.put(key, bytes).await
+        }
+        .await;
         self.stamp(key, &r);
         self.log("put", key, &r);
         r
@@ -529,22 +534,23 @@ impl ObjectStore for Faulty {
         r
     }
     async fn delete(&self, key: &str) -> Result<()> {
-        let r = match self.before(5, key).await {
-            Ok(()) => self.inner.delete(key).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.before(5, key).await?;
+            self.inner.delete(key).await
+        }
+        .await;
         self.log("delete", key, &r);
         r
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let r = match self.before(6, prefix).await {
-            Ok(()) => self
-                .inner
+        let r = async {
+            self.before(6, prefix).await?;
+            self.inner
                 .list(prefix)
                 .await
-                .map(|v| v.into_iter().map(|m| self.restamp(m)).collect()),
-            Err(e) => Err(e),
-        };
+                .map(|v| v.into_iter().map(|m| self.restamp(m)).collect())
+        }
+        .await;
         self.log("list", prefix, &r);
         r
     }
