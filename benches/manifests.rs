@@ -11,20 +11,16 @@
 //! cargo bench --bench manifests -- --writes 2000 --partitions 1
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use clap::Parser;
+use shoal::api::Outcome;
 use shoal::coord::clock::ManualClock;
 use shoal::coord::{Metric, RequestedSettings, Role};
 use shoal::record::Record;
 use shoal::store::memory::MemoryStore;
-use shoal::store::{
-    ByteRange, Conditional, Counted, DynStore, ETag, GetResult, ObjectMeta, ObjectStore, Result,
-};
+use shoal::store::{Counted, ObjectStore};
 use shoal::{Db, OpenOptions};
 
 #[derive(Parser)]
@@ -40,69 +36,10 @@ struct Args {
     bench: bool,
 }
 
-/// Counts the bytes PUT to manifests.
-#[derive(Debug)]
-struct ManifestBytes {
-    inner: DynStore,
-    bytes: AtomicU64,
-    puts: AtomicU64,
-}
-
-impl ManifestBytes {
-    fn note(&self, key: &str, n: usize) {
-        if key.ends_with("/manifest.json") {
-            self.bytes.fetch_add(n as u64, Relaxed);
-            self.puts.fetch_add(1, Relaxed);
-        }
-    }
-}
-
-#[async_trait]
-impl ObjectStore for ManifestBytes {
-    async fn get(&self, key: &str) -> Result<GetResult> {
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Bytes> {
-        self.inner.get_range(key, range).await
-    }
-    async fn get_if_changed(&self, key: &str, etag: &ETag) -> Result<Conditional> {
-        self.inner.get_if_changed(key, etag).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        self.inner.head(key).await
-    }
-    async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
-        self.note(key, bytes.len());
-        self.inner.put(key, bytes).await
-    }
-    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<ETag> {
-        self.note(key, bytes.len());
-        self.inner.put_if_absent(key, bytes).await
-    }
-    async fn put_if_match(&self, key: &str, bytes: Bytes, etag: &ETag) -> Result<ETag> {
-        self.note(key, bytes.len());
-        self.inner.put_if_match(key, bytes, etag).await
-    }
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let counter = Arc::new(ManifestBytes {
-        inner: Arc::new(MemoryStore::unique()),
-        bytes: AtomicU64::new(0),
-        puts: AtomicU64::new(0),
-    });
-    let store = Arc::new(Counted::new(counter.clone()));
+    let store = Arc::new(Counted::new(Arc::new(MemoryStore::unique())));
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
     let db = Db::open_store(
         store.clone(),
@@ -120,17 +57,25 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let (bytes0, puts0) = (counter.bytes.load(Relaxed), counter.puts.load(Relaxed));
+    // Everything PUT after opening is a segment (a writer's or a
+    // compaction's) or a manifest: manifests are the rest.
     let before = store.counts();
+    let (mut output_bytes, mut outputs) = (0, 0);
     for i in 0..args.writes {
         let v: Vec<f32> = (0..8).map(|d| ((i * 7 + d) % 13) as f32 + 1.0).collect();
         db.upsert(&[Record::new(format!("doc-{i}"), v)]).await?;
-        db.compact_dirty().await;
+        for o in db.compact_dirty().await {
+            if let Outcome::Compacted(r) = o {
+                output_bytes += r.bytes_out;
+                outputs += r.outputs as u64;
+            }
+        }
         clock.advance(Duration::from_secs(args.seconds_per_write));
     }
     let reqs = store.counts().since(&before);
-    let manifest_bytes = counter.bytes.load(Relaxed) - bytes0;
-    let manifest_puts = counter.puts.load(Relaxed) - puts0;
+    let written = db.writer_stats();
+    let manifest_bytes = reqs.bytes_written - written.bytes - output_bytes;
+    let manifest_puts = reqs.put - written.segments - outputs;
     let mut final_bytes = 0;
     let mut largest = 0;
     for m in store.list("vectors/").await? {
