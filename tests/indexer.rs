@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use shoal::compact::indexer::index_round;
 use shoal::coord::clock::{DynClock, ManualClock, SystemClock};
-use shoal::coord::index_manifest::read_index_manifest;
+use shoal::coord::index_manifest::{read_index_manifest, IndexManifest};
 use shoal::coord::manifest::read_manifest;
 use shoal::coord::{Metric, Settings};
 use shoal::record::Record;
@@ -29,6 +29,15 @@ backend_tests!(
 
 const DIMS: u32 = 4;
 
+/// The index manifest, which must exist.
+async fn index_manifest(store: &dyn ObjectStore, partitions: u32) -> IndexManifest {
+    read_index_manifest(store, partitions)
+        .await
+        .unwrap()
+        .expect("the index manifest exists from init")
+        .0
+}
+
 fn shape() -> Shape {
     Shape {
         dimensions: DIMS as usize,
@@ -42,10 +51,7 @@ fn vector(i: usize, version: usize) -> Vec<f32> {
 
 /// Live shard rows: id -> the vectors of its live rows (across shards).
 async fn shard_rows(store: &dyn ObjectStore, s: &Settings) -> BTreeMap<String, Vec<Vec<f32>>> {
-    let (m, _) = read_index_manifest(store, s.partition_count)
-        .await
-        .unwrap()
-        .unwrap();
+    let m = index_manifest(store, s.partition_count).await;
     let mut rows: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
     for shard in &m.shards {
         let seg = segment::load(store, &shard.key, shape()).await.unwrap();
@@ -72,10 +78,7 @@ async fn shard_rows(store: &dyn ObjectStore, s: &Settings) -> BTreeMap<String, V
 /// What the partitions hold at or below the watermarks: id -> its newest
 /// live vector (deleted ids absent).
 async fn below_watermarks(store: &dyn ObjectStore, s: &Settings) -> BTreeMap<String, Vec<f32>> {
-    let (m, _) = read_index_manifest(store, s.partition_count)
-        .await
-        .unwrap()
-        .unwrap();
+    let m = index_manifest(store, s.partition_count).await;
     let mut out = BTreeMap::new();
     for p in 0..s.partition_count {
         let (pm, _) = read_manifest(store, p).await.unwrap().unwrap();
@@ -136,10 +139,7 @@ async fn shards_cover_every_record_below_the_watermarks_exactly_once(store: Arc<
     assert_eq!(r.rows_out, 128, "130 ids, 2 deleted: {r:?}");
     assert_eq!(r.rows_killed, 0);
     assert_covered(store.as_ref(), &s, "after the first round").await;
-    let (m, _) = read_index_manifest(store.as_ref(), 4)
-        .await
-        .unwrap()
-        .unwrap();
+    let m = index_manifest(store.as_ref(), 4).await;
     for p in 0..4 {
         let (pm, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
         assert_eq!(
@@ -157,20 +157,13 @@ async fn shards_cover_every_record_below_the_watermarks_exactly_once(store: Arc<
         .unwrap();
     w.upsert(&[Record::new("r5", vector(5, 4))]).await.unwrap();
     w.upsert(&recs(200..220, 1)).await.unwrap();
-    let before = read_index_manifest(store.as_ref(), 4)
-        .await
-        .unwrap()
-        .unwrap()
-        .0;
+    let before = index_manifest(store.as_ref(), 4).await;
     let r = index_round(store.as_ref(), &s, "ix", &clock).await.unwrap();
     assert_eq!(r.generation, Some(2), "{r:?}");
     // r0..r9 (r5, r6 were already dead) lose 8 rows, r50..r52 three.
     assert_eq!(r.rows_killed, 8 + 3, "{r:?}");
     assert_covered(store.as_ref(), &s, "after the second round").await;
-    let (after, _) = read_index_manifest(store.as_ref(), 4)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = index_manifest(store.as_ref(), 4).await;
     for p in 0..4 {
         assert!(
             after.watermark(p) >= before.watermark(p),
@@ -189,10 +182,7 @@ async fn shards_cover_every_record_below_the_watermarks_exactly_once(store: Arc<
     let r = index_round(store.as_ref(), &s, "ix", &clock).await.unwrap();
     assert_eq!((r.rows_out, r.rows_killed), (0, 15), "{r:?}");
     assert_covered(store.as_ref(), &s, "after deletes only").await;
-    let (m, _) = read_index_manifest(store.as_ref(), 4)
-        .await
-        .unwrap()
-        .unwrap();
+    let m = index_manifest(store.as_ref(), 4).await;
     assert!(
         !m.retired.is_empty(),
         "replaced deletion vectors wait for GC"
@@ -232,10 +222,7 @@ async fn racing_indexers_commit_once(store: Arc<Counted>) {
     gated.open_gate(100);
     let slow = slow.await.unwrap().unwrap();
     assert!(slow.superseded && slow.generation.is_none(), "{slow:?}");
-    let (m, _) = read_index_manifest(store.as_ref(), 2)
-        .await
-        .unwrap()
-        .unwrap();
+    let m = index_manifest(store.as_ref(), 2).await;
     assert_eq!(m.shards.len(), fast.shards_written.len());
     assert!(m
         .shards

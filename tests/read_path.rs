@@ -684,14 +684,7 @@ async fn a_segment_collected_under_a_reader_is_refetched_after_one_refresh(store
     for chunk in recs.chunks(10) {
         w.upsert(chunk).await.unwrap();
     }
-    let r = Reader::new(
-        store.clone(),
-        &settings,
-        ReaderOptions {
-            max_staleness: Duration::from_secs(3600),
-            ..Default::default()
-        },
-    );
+    let r = reader(&store, &settings, Duration::from_secs(3600));
     let q = SearchRequest::new(rand_vec(&mut rng), 30);
     let before = r.search(&q).await.unwrap();
     assert_eq!(before.results.len(), 30);
