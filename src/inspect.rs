@@ -53,7 +53,7 @@ pub struct Status {
     pub totals: PartitionStatus,
     /// What is wrong (missing partition manifests); `shoal status` exits
     /// non-zero when there is anything here.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<Problem>,
     /// Requests made by this process so far (including this status call).
     pub requests: RequestCounts,

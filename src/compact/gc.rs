@@ -51,8 +51,9 @@ pub struct GcOptions {
     pub grace: Option<Duration>,
     /// Report what would be deleted without deleting anything.
     pub dry_run: bool,
-    /// Accept a grace below [`MIN_SAFE_GRACE`] (only safe when no writer
-    /// or reader is running against the bucket).
+    /// Accept a grace below the config's `gcGraceSeconds` or below
+    /// [`MIN_SAFE_GRACE`] (only safe when no writer or reader is running
+    /// against the bucket).
     pub allow_unsafe_grace: bool,
 }
 

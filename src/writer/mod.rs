@@ -385,8 +385,8 @@ impl Writer {
     /// Writes one segment and appends it to the partition's manifest. A
     /// commit refused for coming too late (the process was paused past the
     /// commit age bound between the segment PUT and the manifest commit)
-    /// writes the records again as a fresh segment; the stale one is left
-    /// for GC.
+    /// writes the records again as a fresh segment; the stale one was
+    /// deleted by [`Writer::commit_segment`] (GC would have taken it too).
     async fn commit_partition(
         &self,
         p: u32,
