@@ -184,10 +184,10 @@ pub(super) async fn repair(ctx: &Ctx, partition: u32, dry_run: bool, force: bool
             );
         }
     }
-    match &report.refused {
-        Some(why) if why != "dry run" => bail!("{} not rebuilt: {why}", report.manifest),
-        _ => Ok(()),
+    if let Some(why) = &report.refused {
+        bail!("{} not rebuilt: {why}", report.manifest);
     }
+    Ok(())
 }
 
 pub(super) async fn probe(ctx: &Ctx) -> Result<()> {

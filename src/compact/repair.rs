@@ -61,31 +61,22 @@ pub struct RepairOptions {
     pub force: bool,
 }
 
-/// One segment of the rebuilt manifest.
-#[derive(Clone, Debug, Serialize)]
-pub struct RepairedSegment {
-    pub key: String,
-    pub seq: u64,
-    pub records: u64,
-    pub tombstones: u64,
-    pub created_at: String,
-    pub writer_id: String,
-}
-
 /// What `repair` found and did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RepairReport {
     pub partition: u32,
     pub manifest: String,
-    /// The rebuilt manifest's segments, oldest first.
-    pub segments: Vec<RepairedSegment>,
+    /// The rebuilt manifest's segments, oldest first (as written, or as
+    /// they would be).
+    pub segments: Vec<SegmentEntry>,
     /// Segments that could not be read (key, error).
     pub unreadable: Vec<(String, String)>,
     /// Orders that could not be established for certain.
     pub uncertain: Vec<String>,
     /// Whether the manifest was written.
     pub written: bool,
-    /// Why nothing was written, if it was not.
+    /// Why nothing was written, when repair refused (a dry run is not a
+    /// refusal).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
     pub dry_run: bool,
@@ -159,16 +150,9 @@ pub async fn repair(
         let mut entry = SegmentEntry::new(key.clone(), stats, format_time(at), &h.writer_id);
         entry.seq = manifest.next_seq;
         manifest.next_seq += 1;
-        report.segments.push(RepairedSegment {
-            key: key.clone(),
-            seq: entry.seq,
-            records: entry.records,
-            tombstones: entry.tombstones,
-            created_at: entry.created_at.clone(),
-            writer_id: entry.writer_id.clone(),
-        });
         manifest.segments.push(entry);
     }
+    report.segments = manifest.segments.clone();
     report.refused = if !opts.force && !report.uncertain.is_empty() {
         Some(format!(
             "the commit order of {} pair(s) of segments is not certain (listed); nothing was \
@@ -182,12 +166,10 @@ pub async fn repair(
              --force to rebuild without them",
             report.unreadable.len()
         ))
-    } else if opts.dry_run {
-        Some("dry run".into())
     } else {
         None
     };
-    if report.refused.is_none() {
+    if report.refused.is_none() && !opts.dry_run {
         restore(store, &manifest).await?;
         report.written = true;
         tracing::warn!(
