@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::compact::gc::{GcOptions, GcReport};
+use crate::compact::indexer::{index_round, IndexOptions, IndexRound};
 use crate::compact::repair::{RepairOptions, RepairReport};
 use crate::compact::{CompactOptions, CompactReport, Outcome};
 use crate::coord::clock::{DynClock, SystemClock};
@@ -141,6 +142,8 @@ pub struct CompactRequest {
 pub struct CompactRound {
     pub partitions_visited: u32,
     pub compacted: Vec<CompactReport>,
+    /// Index rounds run (one per full pass, before its GC).
+    pub indexed: Vec<IndexRound>,
     pub gc_runs: u32,
     pub cursor: Cursor,
 }
@@ -376,6 +379,22 @@ impl Db {
         })
     }
 
+    /// One indexer round (see `compact::indexer`): builds index shards
+    /// from the partitions' tails and merges shards; by policy unless
+    /// `force`.
+    pub async fn index(&self, force: bool) -> Result<IndexRound, Error> {
+        let (store, clock) = (self.inner.cluster.store(), self.inner.cluster.clock());
+        let opts = IndexOptions { force };
+        Ok(index_round(
+            store.as_ref(),
+            self.settings(),
+            self.instance_id(),
+            clock,
+            opts,
+        )
+        .await?)
+    }
+
     /// Compacts, by policy, the partitions this handle wrote to since the
     /// last call (what a writer runs after an ingest).
     pub async fn compact_dirty(&self) -> Vec<Outcome> {
@@ -397,6 +416,7 @@ impl Db {
         let mut cursor = read_cursor(store).await?;
         cursor.next_partition %= n;
         let (mut visited, mut compacted, mut gc_runs) = (0u32, Vec::new(), 0u32);
+        let mut indexed = Vec::new();
         let (id, clock) = (self.instance_id(), self.inner.cluster.clock());
         let opts = CompactOptions::default();
         while Instant::now() + margin < deadline && visited < n {
@@ -410,6 +430,8 @@ impl Db {
             cursor.next_partition = (p + 1) % n;
             if cursor.next_partition == 0 {
                 cursor.passes += 1;
+                let opts = IndexOptions::default();
+                indexed.push(index_round(store, settings, id, clock, opts).await?);
                 crate::compact::gc::gc(store, settings, clock, gc).await?;
                 gc_runs += 1;
             }
@@ -418,6 +440,7 @@ impl Db {
         Ok(CompactRound {
             partitions_visited: visited,
             compacted,
+            indexed,
             gc_runs,
             cursor,
         })
@@ -449,8 +472,10 @@ impl Db {
         let mut st = crate::inspect::status(store, self.config(), now).await?;
         // Live counts read every partition: not with one known unreadable.
         if live && st.problems.is_empty() {
-            self.inner.reader.warm().await?;
+            let total = self.inner.reader.warm().await?;
             st.set_live_counts(&self.inner.reader.live_counts());
+            // Shards included (the per-partition counts are the tails').
+            st.totals.live = Some(total);
             st.requests = store.counts();
         }
         Ok(st)
@@ -555,13 +580,29 @@ async fn compact_dirty(writer: &Writer) -> Vec<Outcome> {
     outcomes
 }
 
-/// Runs [`compact_dirty`] every `interval` until the handle is aborted:
-/// writers compact in the background.
+/// Runs [`compact_dirty`] every `interval` until the handle is aborted,
+/// and an indexer round (by policy) every [`INDEX_CHECK_INTERVAL`]:
+/// writers compact and index in the background.
 fn spawn_background(writer: Writer, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut last_index = Instant::now();
         loop {
             tokio::time::sleep(interval).await;
             compact_dirty(&writer).await;
+            if last_index.elapsed() >= INDEX_CHECK_INTERVAL {
+                last_index = Instant::now();
+                let (store, settings) = (writer.store().as_ref(), writer.settings());
+                let opts = IndexOptions::default();
+                let round =
+                    index_round(store, settings, writer.writer_id(), writer.clock(), opts).await;
+                if let Err(e) = round {
+                    tracing::warn!(error = %e, "background indexing failed; will retry");
+                }
+            }
         }
     })
 }
+
+/// How often background writers check whether the index needs a round
+/// (reading every partition manifest once).
+const INDEX_CHECK_INTERVAL: Duration = Duration::from_secs(30);

@@ -9,9 +9,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::coord::index_manifest::{missing_index_manifest, read_index_manifest, IndexManifest};
 use crate::coord::instance::{list_records, InstanceRecord};
 use crate::coord::manifest::{missing, partition_of_key, read_manifest};
-use crate::coord::paths::{manifest_key, VECTORS_PREFIX};
+use crate::coord::paths::{manifest_key, INDEX_MANIFEST_KEY, VECTORS_PREFIX};
 use crate::coord::{Config, CoordError};
 use crate::segment::{self, Shape};
 use crate::store::{ObjectStore, RequestCounts};
@@ -34,6 +35,28 @@ pub struct PartitionStatus {
     /// (`records - live`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead: Option<u64>,
+    /// The index watermark `W[p]`: segments up to this seq are in the
+    /// index shards; the ones listed here are the tail.
+    #[serde(default)]
+    pub watermark: u64,
+}
+
+/// The index shards (DESIGN section 11) as the index manifest has them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IndexStatus {
+    pub generation: u64,
+    pub shards: Vec<crate::coord::index_manifest::ShardEntry>,
+    /// Rows live in the shards (tail records may still shadow some).
+    pub live_rows: u64,
+    pub bytes: u64,
+    /// Records in the partitions' tails, not yet in a shard.
+    pub tail_records: u64,
+    /// Age of the oldest tail segment: how far indexing lags behind.
+    pub lag_seconds: f64,
+    /// Shards and deletion vectors waiting for GC.
+    pub retired: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_holder: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -51,6 +74,7 @@ pub struct Status {
     pub instances: Vec<InstanceStatus>,
     pub partitions: Vec<PartitionStatus>,
     pub totals: PartitionStatus,
+    pub index: IndexStatus,
     /// What is wrong (missing partition manifests); `shoal status` exits
     /// non-zero when there is anything here.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -80,9 +104,32 @@ pub(crate) async fn status(
     let mut totals = PartitionStatus::default();
     let mut indexed_records = 0u64;
     let mut problems = Vec::new();
-    for p in 0..config.settings.partition_count {
+    let n = config.settings.partition_count;
+    let index_manifest = match read_index_manifest(store, n).await? {
+        Some((m, _)) => m,
+        None => {
+            if config.settings.partitions_initialized {
+                problems.push(Problem {
+                    key: INDEX_MANIFEST_KEY.into(),
+                    message: missing_index_manifest().to_string(),
+                });
+            }
+            IndexManifest::empty(n)
+        }
+    };
+    let mut index = IndexStatus {
+        generation: index_manifest.generation,
+        live_rows: index_manifest.live_rows(),
+        bytes: index_manifest.shards.iter().map(|s| s.bytes).sum(),
+        retired: index_manifest.retired.len() as u64,
+        lease_holder: index_manifest.lease.as_ref().map(|l| l.holder.clone()),
+        shards: index_manifest.shards.clone(),
+        ..Default::default()
+    };
+    for p in 0..n {
         let mut ps = PartitionStatus {
             partition: p,
+            watermark: index_manifest.watermark(p),
             ..Default::default()
         };
         let found = read_manifest(store, p).await?;
@@ -94,6 +141,13 @@ pub(crate) async fn status(
         }
         if let Some((m, _)) = found {
             let mut indexed = 0;
+            for s in m.segments.iter().filter(|s| s.seq > ps.watermark) {
+                index.tail_records += s.records;
+                let age = crate::coord::clock::parse_time(&s.created_at)
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map_or(0.0, |d| d.as_secs_f64());
+                index.lag_seconds = index.lag_seconds.max(age);
+            }
             for s in &m.segments {
                 ps.segments += 1;
                 ps.records += s.records;
@@ -128,6 +182,7 @@ pub(crate) async fn status(
         instances,
         partitions,
         totals,
+        index,
         problems,
         requests: store.counts(),
     })

@@ -15,7 +15,7 @@ pub enum Mutation {
     /// GC deletes unreferenced and retired objects of any age.
     GcIgnoresGrace,
     /// Compaction merges a range that does not start at the oldest
-    /// segment, and still drops tombstones.
+    /// segment, and drops tombstones.
     CompactionBeyondPrefix,
     /// The oldest version of an id wins instead of the newest.
     OldestWins,
@@ -24,16 +24,24 @@ pub enum Mutation {
     /// Writers commit segments of any age (no age bound, no check after a
     /// slow commit).
     NoAgeBound,
+    /// The indexer retires covered segments from the partitions before it
+    /// commits the index manifest that covers them.
+    RetireBeforeIndexCommit,
+    /// Readers keep shard rows that a newer tail record (an upsert or a
+    /// delete) supersedes.
+    NoShadowing,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 6] = [
+    pub const ALL: [Mutation; 8] = [
         Mutation::NoDuplicateCheck,
         Mutation::GcIgnoresGrace,
         Mutation::CompactionBeyondPrefix,
         Mutation::OldestWins,
         Mutation::NoCompareAndSwap,
         Mutation::NoAgeBound,
+        Mutation::RetireBeforeIndexCommit,
+        Mutation::NoShadowing,
     ];
 
     /// The name `SHOAL_MUTATION` takes.
@@ -45,6 +53,8 @@ impl Mutation {
             Mutation::OldestWins => "oldest-wins",
             Mutation::NoCompareAndSwap => "no-compare-and-swap",
             Mutation::NoAgeBound => "no-age-bound",
+            Mutation::RetireBeforeIndexCommit => "retire-before-index-commit",
+            Mutation::NoShadowing => "no-shadowing",
         }
     }
 }

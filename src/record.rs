@@ -65,8 +65,14 @@ pub struct StoredRecord {
     pub vector: Vec<f32>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub partition: u32,
+    /// The seq of the segment holding it; for a record in an index shard,
+    /// the partition's watermark (it was committed at or below it).
     pub seq: u64,
+    /// Its position in that segment or shard.
     pub position: usize,
+    /// The index shard holding it, if it is indexed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 /// A validated write, ready to be encoded into a segment: an upsert

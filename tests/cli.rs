@@ -187,14 +187,23 @@ fn every_command(s: &Shoal) {
     );
 
     // Compaction and GC.
+    // Compaction merges the tails, then the indexer moves them into the
+    // index shards.
     let out = s.ok(&["compact", "--force"]);
     assert!(
-        out.contains("segments -> 1 (none index)") && out.contains("compacted"),
+        out.contains("(none index)") && out.contains("compacted 3 partition(s)"),
         "{out}"
     );
-    assert!(s
-        .ok(&["compact"])
-        .contains("compacted 0 partition(s) (by policy"));
+    assert!(
+        out.contains("index: generation 1:") && out.contains("into 1 new shard(s) (5 rows)"),
+        "{out}"
+    );
+    let again = s.ok(&["compact"]);
+    assert!(
+        again.contains("compacted 0 partition(s) (by policy")
+            && again.contains("index: nothing to do (0 records in the tails"),
+        "{again}"
+    );
     let e = s.fails(&["compact", "--partition", "9"], 1);
     assert!(
         e.contains("partition 9 does not exist (the index has 4)"),
@@ -222,15 +231,19 @@ fn every_command(s: &Shoal) {
     assert_eq!(st["config"]["settings"]["dimensions"], 4);
     assert_eq!(st["partitions"].as_array().unwrap().len(), 4);
     assert_eq!(
-        st["totals"]["records"], 5,
-        "after compaction: live records only"
+        st["totals"]["records"], 0,
+        "after indexing: nothing left in the tails"
     );
-    assert_eq!(st["totals"]["tombstones"], 0);
-    assert!(s.ok(&["status"]).contains("partitions (non-empty)"));
+    assert_eq!(st["index"]["live_rows"], 5, "{}", st["index"]);
+    assert_eq!(st["index"]["shards"].as_array().unwrap().len(), 1);
+    assert!(s
+        .ok(&["status"])
+        .contains("index      generation 1, 1 shard(s), 5 live rows"));
+    let t = &s.json(&["status", "--live"])["totals"];
     assert_eq!(
-        s.json(&["status", "--live"])["totals"]["dead"],
-        0,
-        "compaction dropped the dead"
+        (t["live"].as_u64(), t["dead"].as_u64()),
+        (Some(5), Some(0)),
+        "{t}"
     );
     let v = s.json(&["verify"]);
     assert_eq!(v["problems"], serde_json::json!([]));

@@ -11,14 +11,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use shoal::compact::indexer::index_round;
+use shoal::compact::indexer::{index_round, IndexOptions};
 use shoal::coord::clock::{DynClock, ManualClock, SystemClock};
 use shoal::coord::index_manifest::{read_index_manifest, IndexManifest};
 use shoal::coord::manifest::read_manifest;
 use shoal::coord::{Metric, Settings};
 use shoal::record::Record;
 use shoal::segment::deletions::DeletionVector;
-use shoal::segment::{self, LiveSet, Shape};
+use shoal::segment::{self, Shape};
 use shoal::store::faults::WriteFaults;
 use shoal::store::{Counted, ObjectStore};
 
@@ -75,34 +75,18 @@ async fn shard_rows(store: &dyn ObjectStore, s: &Settings) -> BTreeMap<String, V
     rows
 }
 
-/// What the partitions hold at or below the watermarks: id -> its newest
-/// live vector (deleted ids absent).
-async fn below_watermarks(store: &dyn ObjectStore, s: &Settings) -> BTreeMap<String, Vec<f32>> {
-    let m = index_manifest(store, s.partition_count).await;
-    let mut out = BTreeMap::new();
-    for p in 0..s.partition_count {
-        let (pm, _) = read_manifest(store, p).await.unwrap().unwrap();
-        let mut segs = Vec::new();
-        for e in pm.segments.iter().filter(|e| e.seq <= m.watermark(p)) {
-            segs.push(segment::load(store, &e.key, shape()).await.unwrap());
-        }
-        let mut live = LiveSet::default();
-        for seg in &segs {
-            live.absorb(seg);
-        }
-        for (id, loc) in live.newest() {
-            if !loc.tombstone {
-                let seg = &segs[loc.seg as usize];
-                out.insert(id.to_string(), seg.vector(loc.pos as usize).to_vec());
-            }
-        }
-    }
-    out
-}
-
-async fn assert_covered(store: &dyn ObjectStore, s: &Settings, when: &str) {
+/// Checks the shards against `model` (id -> newest live vector of every
+/// record written, all of it indexed): every id live in exactly one shard
+/// row, with its newest vector; deleted ids nowhere. And the partitions
+/// retired what the shards cover: no segment at or below a watermark
+/// remains, and each records the watermark it retired through.
+async fn assert_covered(
+    store: &dyn ObjectStore,
+    s: &Settings,
+    model: &BTreeMap<String, Vec<f32>>,
+    when: &str,
+) {
     let rows = shard_rows(store, s).await;
-    let want = below_watermarks(store, s).await;
     for (id, vectors) in &rows {
         assert_eq!(
             vectors.len(),
@@ -115,54 +99,125 @@ async fn assert_covered(store: &dyn ObjectStore, s: &Settings, when: &str) {
         .into_iter()
         .map(|(id, mut v)| (id, v.remove(0)))
         .collect();
-    assert_eq!(got, want, "{when}: the shards disagree with the partitions");
+    assert!(!model.is_empty());
+    assert_eq!(
+        &got, model,
+        "{when}: the shards disagree with what was written"
+    );
+    let m = index_manifest(store, s.partition_count).await;
+    for p in 0..s.partition_count {
+        let (pm, _) = read_manifest(store, p).await.unwrap().unwrap();
+        assert_eq!(pm.indexed_through, m.watermark(p), "{when}: p{p}");
+        assert!(
+            pm.segments.iter().all(|e| e.seq > m.watermark(p)),
+            "{when}: p{p} still lists indexed segments: {:?}",
+            pm.segments
+        );
+    }
+}
+
+/// The writes of a test, applied to a map as the index must see them.
+#[derive(Default)]
+struct Model(BTreeMap<String, Vec<f32>>);
+
+impl Model {
+    fn upsert(&mut self, recs: &[Record]) {
+        for r in recs {
+            self.0.insert(r.id.clone(), r.vector.clone());
+        }
+    }
+    fn delete(&mut self, ids: &[String]) {
+        for id in ids {
+            self.0.remove(id);
+        }
+    }
 }
 
 async fn shards_cover_every_record_below_the_watermarks_exactly_once(store: Arc<Counted>) {
     let s = common::create_index(store.as_ref(), 4, DIMS, Metric::Euclidean).await;
     let w = common::writer(store.clone(), &s);
     let clock: DynClock = Arc::new(SystemClock);
+    let mut model = Model::default();
     let recs = |range: std::ops::Range<usize>, version: usize| -> Vec<Record> {
         range
             .map(|i| Record::new(format!("r{i}"), vector(i, version)))
             .collect()
     };
+    let ids = |v: &[usize]| -> Vec<String> { v.iter().map(|i| format!("r{i}")).collect() };
     // Nothing to index yet: no commit.
-    let r = index_round(store.as_ref(), &s, "ix", &clock).await.unwrap();
+    let r = index_round(
+        store.as_ref(),
+        &s,
+        "ix",
+        &clock,
+        IndexOptions { force: true },
+    )
+    .await
+    .unwrap();
     assert_eq!(r.generation, None, "{r:?}");
 
-    w.upsert(&recs(0..120, 1)).await.unwrap();
-    w.upsert(&recs(100..130, 2)).await.unwrap(); // newer versions of 100..119
-    w.delete(&["r5".into(), "r6".into()]).await.unwrap();
-    let r = index_round(store.as_ref(), &s, "ix", &clock).await.unwrap();
+    for batch in [recs(0..120, 1), recs(100..130, 2)] {
+        w.upsert(&batch).await.unwrap(); // newer versions of 100..119
+        model.upsert(&batch);
+    }
+    w.delete(&ids(&[5, 6])).await.unwrap();
+    model.delete(&ids(&[5, 6]));
+    let written: Vec<(u32, u64)> = {
+        let mut v = Vec::new();
+        for p in 0..4 {
+            let (pm, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
+            v.push((p, pm.segments.last().map_or(0, |e| e.seq)));
+        }
+        v
+    };
+    let r = index_round(
+        store.as_ref(),
+        &s,
+        "ix",
+        &clock,
+        IndexOptions { force: true },
+    )
+    .await
+    .unwrap();
     assert_eq!(r.generation, Some(1), "{r:?}");
     assert_eq!(r.rows_out, 128, "130 ids, 2 deleted: {r:?}");
     assert_eq!(r.rows_killed, 0);
-    assert_covered(store.as_ref(), &s, "after the first round").await;
+    assert_eq!(r.retired_partitions, 4, "{r:?}");
+    assert_covered(store.as_ref(), &s, &model.0, "after the first round").await;
     let m = index_manifest(store.as_ref(), 4).await;
-    for p in 0..4 {
-        let (pm, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
+    for (p, last) in written {
         assert_eq!(
             m.watermark(p),
-            pm.segments.last().map_or(0, |e| e.seq),
-            "p{p}"
+            last,
+            "the watermark sits on p{p}'s last segment"
         );
     }
 
     // Newer versions and deletes of indexed ids, a re-added deleted id and
     // new ids: the older shard rows die.
     w.upsert(&recs(0..10, 3)).await.unwrap();
-    w.delete(&["r50".into(), "r51".into(), "r52".into()])
-        .await
-        .unwrap();
-    w.upsert(&[Record::new("r5", vector(5, 4))]).await.unwrap();
+    model.upsert(&recs(0..10, 3));
+    w.delete(&ids(&[50, 51, 52])).await.unwrap();
+    model.delete(&ids(&[50, 51, 52]));
+    let r5 = [Record::new("r5", vector(5, 4))];
+    w.upsert(&r5).await.unwrap();
+    model.upsert(&r5);
     w.upsert(&recs(200..220, 1)).await.unwrap();
+    model.upsert(&recs(200..220, 1));
     let before = index_manifest(store.as_ref(), 4).await;
-    let r = index_round(store.as_ref(), &s, "ix", &clock).await.unwrap();
+    let r = index_round(
+        store.as_ref(),
+        &s,
+        "ix",
+        &clock,
+        IndexOptions { force: true },
+    )
+    .await
+    .unwrap();
     assert_eq!(r.generation, Some(2), "{r:?}");
     // r0..r9 (r5, r6 were already dead) lose 8 rows, r50..r52 three.
     assert_eq!(r.rows_killed, 8 + 3, "{r:?}");
-    assert_covered(store.as_ref(), &s, "after the second round").await;
+    assert_covered(store.as_ref(), &s, &model.0, "after the second round").await;
     let after = index_manifest(store.as_ref(), 4).await;
     for p in 0..4 {
         assert!(
@@ -179,9 +234,18 @@ async fn shards_cover_every_record_below_the_watermarks_exactly_once(store: Arc<
     // already has a deletion vector.)
     let gone: Vec<String> = (0..10).chain(60..65).map(|i| format!("r{i}")).collect();
     w.delete(&gone).await.unwrap();
-    let r = index_round(store.as_ref(), &s, "ix", &clock).await.unwrap();
+    model.delete(&gone);
+    let r = index_round(
+        store.as_ref(),
+        &s,
+        "ix",
+        &clock,
+        IndexOptions { force: true },
+    )
+    .await
+    .unwrap();
     assert_eq!((r.rows_out, r.rows_killed), (0, 15), "{r:?}");
-    assert_covered(store.as_ref(), &s, "after deletes only").await;
+    assert_covered(store.as_ref(), &s, &model.0, "after deletes only").await;
     let m = index_manifest(store.as_ref(), 4).await;
     assert!(
         !m.retired.is_empty(),
@@ -201,23 +265,50 @@ async fn racing_indexers_commit_once(store: Arc<Counted>) {
         .map(|i| Record::new(format!("r{i}"), vector(i, 1)))
         .collect();
     w.upsert(&recs).await.unwrap();
+    let mut model = Model::default();
+    model.upsert(&recs);
     let gated = Arc::new(WriteFaults::new(store.clone(), "index/shards/"));
     gated.close_gate();
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
     let slow = tokio::spawn({
         let (gated, s, clock) = (gated.clone(), s.clone(), clock.clone() as DynClock);
-        async move { index_round(gated.as_ref(), &s, "slow", &clock).await }
+        async move {
+            index_round(
+                gated.as_ref(),
+                &s,
+                "slow",
+                &clock,
+                IndexOptions { force: true },
+            )
+            .await
+        }
     });
     while gated.waiting.load(SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // While "slow" holds the lease, another indexer stays out.
     let now: DynClock = clock.clone();
-    let out = index_round(store.as_ref(), &s, "fast", &now).await.unwrap();
+    let out = index_round(
+        store.as_ref(),
+        &s,
+        "fast",
+        &now,
+        IndexOptions { force: true },
+    )
+    .await
+    .unwrap();
     assert_eq!(out.lease_held_by.as_deref(), Some("slow"), "{out:?}");
     // Its lease expires; the other takes over and commits.
     clock.advance(Duration::from_secs(11 * 60));
-    let fast = index_round(store.as_ref(), &s, "fast", &now).await.unwrap();
+    let fast = index_round(
+        store.as_ref(),
+        &s,
+        "fast",
+        &now,
+        IndexOptions { force: true },
+    )
+    .await
+    .unwrap();
     assert_eq!(fast.generation, Some(1), "{fast:?}");
     gated.open_gate(100);
     let slow = slow.await.unwrap().unwrap();
@@ -228,5 +319,5 @@ async fn racing_indexers_commit_once(store: Arc<Counted>) {
         .shards
         .iter()
         .all(|sh| !slow.shards_written.contains(&sh.key)));
-    assert_covered(store.as_ref(), &s, "after the race").await;
+    assert_covered(store.as_ref(), &s, &model.0, "after the race").await;
 }

@@ -6,8 +6,9 @@
 //! with it so GC judges ages in simulated time).
 //!
 //! Each step runs concurrently: up to three writers upserting or deleting
-//! *overlapping* ids, a compaction, a GC (soon, or after up to 20 minutes
-//! of simulated time) and eventual reads. The store injects transient
+//! *overlapping* ids, a compaction, an indexer round (index shards,
+//! DESIGN section 11), a GC (soon, or after up to 20 minutes of simulated
+//! time) and eventual reads. The store injects transient
 //! errors, conflicts, ambiguous writes (applied, answer lost) and long
 //! pauses (a writer frozen for 20 minutes right after a segment PUT, while
 //! GC runs). A write that fails is retried by the "client" until
@@ -18,7 +19,8 @@
 //! - `strong` gets return the newest acknowledged version, nothing deleted
 //!   or never sent;
 //! - every manifest names each segment once (live or retired) and every
-//!   live segment exists.
+//!   live segment exists; so does every shard and deletion vector the
+//!   index manifest lists.
 //!
 //! At the end every id is checked. Same seed, same run: the determinism
 //! test compares the full trace of store operations. The mutation checks
@@ -35,10 +37,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal::compact::gc::{gc, GcOptions};
+use shoal::compact::indexer::{index_round, IndexOptions};
 use shoal::compact::{compact_partition, CompactOptions};
 use shoal::coord::cas::Backoff;
 use shoal::coord::clock::{Clock, DynClock, TokioClock};
 use shoal::coord::config::{initialize_partitions, load_or_create, update_config, IndexSettings};
+use shoal::coord::index_manifest::read_index_manifest;
 use shoal::coord::manifest::read_manifest;
 use shoal::coord::{entropy, partition_of, Metric, RequestedSettings, Settings};
 use shoal::index::distance;
@@ -258,10 +262,12 @@ impl Sim {
                 Duration::from_secs(self.rng.random_range(0..20 * 60))
             }
         });
+        let index = self.rng.random_bool(0.3);
         let reads = self.rng.random_bool(0.3);
+        let fresh_reads = self.rng.random_bool(0.5);
         let query = self.rand_vec();
         self.trace.push(format!(
-            "step {:?} compact={compact:?} gc_after={gc_after:?} reads={reads}",
+            "step {:?} compact={compact:?} index={index} gc_after={gc_after:?} reads={reads}",
             batches
                 .iter()
                 .map(|b| b.iter().map(|(id, v)| (id.clone(), v.is_some())).collect())
@@ -295,6 +301,14 @@ impl Sim {
                     compact_partition(store.as_ref(), settings, p, "compactor", clock, &opts).await;
             }
         };
+        let indexing = async move {
+            if index {
+                // A failed round may stop anywhere; the next one finishes
+                // what it committed.
+                let opts = IndexOptions { force: true };
+                let _ = index_round(store.as_ref(), settings, "indexer", clock, opts).await;
+            }
+        };
         let collection = async move {
             if let Some(after) = gc_after {
                 tokio::time::sleep(after).await;
@@ -307,11 +321,23 @@ impl Sim {
         let reading = async move {
             if reads {
                 let req = SearchRequest {
-                    consistency: Consistency::Eventual,
+                    consistency: if fresh_reads {
+                        Consistency::Bounded
+                    } else {
+                        Consistency::Eventual
+                    },
+                    max_staleness_ms: fresh_reads.then_some(0),
                     ..SearchRequest::new(query, 5)
                 };
-                // Concurrent reads must not fail for good or duplicate ids.
-                let resp = until_ok("eventual search", || reader.search(&req)).await?;
+                // Concurrent reads must not fail for good or duplicate ids;
+                // only transient errors are retried.
+                let resp = until_ok("concurrent search", || async {
+                    match reader.search(&req).await {
+                        Err(e) if !e.is_retryable() => Ok(Err(e.to_string())),
+                        other => other.map(Ok),
+                    }
+                })
+                .await??;
                 let ids: HashSet<&String> = resp.results.iter().map(|h| &h.id).collect();
                 if ids.len() != resp.results.len() {
                     return Err(format!("duplicate ids in {:?}", resp.results));
@@ -319,9 +345,10 @@ impl Sim {
             }
             Ok(())
         };
-        let (receipts, (), (), read) = tokio::join!(
+        let (receipts, (), (), (), read) = tokio::join!(
             futures::future::join_all(writes),
             compaction,
+            indexing,
             collection,
             reading
         );
@@ -355,6 +382,19 @@ impl Sim {
                 if self.mem.head(&s.key).await.is_err() {
                     return Err(format!("step {step}: {} is committed but gone", s.key));
                 }
+            }
+        }
+        let (index, _) = read_index_manifest(self.mem.as_ref(), PARTITIONS)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("step {step}: the index manifest is gone"))?;
+        for key in index
+            .shards
+            .iter()
+            .flat_map(|s| std::iter::once(&s.key).chain(s.deletions.as_ref()))
+        {
+            if self.mem.head(key).await.is_err() {
+                return Err(format!("step {step}: {key} is in the index but gone"));
             }
         }
         Ok(())

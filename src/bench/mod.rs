@@ -120,6 +120,8 @@ pub struct QueryResult {
     /// Mean time per query in the I/O phase and the CPU phase.
     pub fetch_ms: f64,
     pub compute_ms: f64,
+    /// Vectors whose distance a query computed, on average.
+    pub vectors_compared_per_query: f64,
 }
 
 /// Percentile of sorted samples (nearest rank).
@@ -173,7 +175,7 @@ where
     let k = 10;
     let mut lat = Vec::with_capacity(queries.len());
     let (mut rec, mut rec_tie, mut reqs, mut bytes) = (0.0, 0.0, 0u64, 0u64);
-    let (mut fetch, mut compute) = (0.0, 0.0);
+    let (mut fetch, mut compute, mut compared) = (0.0, 0.0, 0.0);
     let start = Instant::now();
     for (i, q) in queries.iter().enumerate() {
         let reader = make_reader();
@@ -197,6 +199,7 @@ where
         reqs += resp.stats.requests.total();
         fetch += resp.stats.fetch_ms;
         compute += resp.stats.compute_ms;
+        compared += resp.stats.vectors_compared as f64;
         bytes += resp.stats.requests.bytes_read;
     }
     let wall = start.elapsed().as_secs_f64();
@@ -216,6 +219,7 @@ where
         bytes_per_query: bytes as f64 / n,
         fetch_ms: fetch / n,
         compute_ms: compute / n,
+        vectors_compared_per_query: compared / n,
     })
 }
 

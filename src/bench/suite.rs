@@ -35,6 +35,9 @@ pub struct SuiteOptions {
     pub warm_queries: Option<usize>,
     pub cold_queries: usize,
     pub clients: usize,
+    /// Build index shards after compaction (the default layout); off
+    /// measures per-partition indexes only.
+    pub shards: bool,
 }
 
 /// Everything measured, with the settings that produced it.
@@ -42,6 +45,8 @@ pub struct SuiteOptions {
 pub struct SuiteResults {
     pub ingest: IngestResult,
     pub compact_seconds: f64,
+    /// The indexer's round over everything compacted (`None` without shards).
+    pub index: Option<IndexPhase>,
     pub warm: QueryResult,
     pub warm_qps_concurrent: f64,
     pub cold: QueryResult,
@@ -53,6 +58,14 @@ pub struct SuiteResults {
 }
 
 /// One line about this machine: CPU model, cores, memory.
+/// What building the index shards took.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct IndexPhase {
+    pub seconds: f64,
+    pub records_per_s: f64,
+    pub shards: usize,
+}
+
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -141,6 +154,19 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     })
     .await?;
     let compact_seconds = t.elapsed().as_secs_f64();
+    let index = if o.shards {
+        tracing::info!("bench: index shards");
+        let t = Instant::now();
+        let round = db.index(true).await?;
+        let seconds = t.elapsed().as_secs_f64();
+        Some(IndexPhase {
+            seconds,
+            records_per_s: round.records_in as f64 / seconds.max(1e-9),
+            shards: round.shards_written.len(),
+        })
+    } else {
+        None
+    };
     db.close().await?;
 
     let warm_n = o.warm_queries.unwrap_or(queries.len()).min(queries.len());
@@ -175,6 +201,7 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     Ok(SuiteResults {
         ingest,
         compact_seconds,
+        index,
         warm,
         warm_qps_concurrent,
         cold,

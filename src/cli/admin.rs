@@ -108,6 +108,30 @@ fn print_status(st: &shoal::api::Status, live: bool) {
         );
         println!("{}", row.trim_end());
     }
+    let ix = &st.index;
+    println!(
+        "index      generation {}, {} shard(s), {} live rows, {:.2} MB; tails {} records, \
+         indexing lag {:.0} s{}",
+        ix.generation,
+        ix.shards.len(),
+        ix.live_rows,
+        ix.bytes as f64 / 1e6,
+        ix.tail_records,
+        ix.lag_seconds,
+        ix.lease_holder
+            .as_ref()
+            .map_or(String::new(), |h| format!(", indexer at work: {h}"))
+    );
+    for sh in &ix.shards {
+        println!(
+            "  shard {} level {}: {} rows ({} dead), {:.2} MB",
+            sh.key,
+            sh.level,
+            sh.rows,
+            sh.dead,
+            sh.bytes as f64 / 1e6
+        );
+    }
     let r = &st.requests;
     println!(
         "requests   GET {} PUT {} LIST {} HEAD {} DELETE {} (304: {}, 404: {}, 412: {})",
@@ -205,11 +229,20 @@ pub(super) async fn probe(ctx: &Ctx) -> Result<()> {
 
 pub(super) async fn compact(ctx: &Ctx, force: bool, partition: Option<u32>) -> Result<()> {
     let db = ctx.join_writer().await?;
-    let result = db.compact(CompactRequest { force, partition }).await;
+    let result = async {
+        let outcomes = db.compact(CompactRequest { force, partition }).await?;
+        // The index spans every partition: built on a whole-index run only.
+        let index = match partition {
+            None => Some(db.index(force).await?),
+            Some(_) => None,
+        };
+        Ok::<_, shoal::Error>((outcomes, index))
+    }
+    .await;
     db.close().await?;
-    let outcomes = result?;
+    let (outcomes, index) = result?;
     if ctx.json {
-        return ctx.print_json(&outcomes);
+        return ctx.print_json(&serde_json::json!({ "partitions": outcomes, "index": index }));
     }
     let mut n = 0;
     for o in &outcomes {
@@ -234,7 +267,36 @@ pub(super) async fn compact(ctx: &Ctx, force: bool, partition: Option<u32>) -> R
             " (by policy; --force compacts all)"
         }
     );
+    if let Some(r) = index {
+        print_index_round(&r);
+    }
     Ok(())
+}
+
+fn print_index_round(r: &shoal::api::IndexRound) {
+    if let Some(holder) = &r.lease_held_by {
+        println!("index: another indexer ({holder}) is at work; nothing done");
+        return;
+    }
+    if r.superseded {
+        println!("index: another indexer committed first; its shards stand");
+    }
+    match r.generation {
+        None => println!(
+            "index: nothing to do ({} records in the tails; --force indexes them now)",
+            r.tail_records
+        ),
+        Some(g) => println!(
+            "index: generation {g}: {} records from {} partition(s) into {} new shard(s) \
+             ({} rows), {} older rows superseded, {} merge(s)",
+            r.records_in,
+            r.advanced.len(),
+            r.shards_written.len(),
+            r.rows_out,
+            r.rows_killed,
+            r.merged.len()
+        ),
+    }
 }
 
 pub(super) async fn gc(

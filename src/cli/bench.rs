@@ -45,6 +45,9 @@ pub(crate) struct BenchArgs {
     /// Concurrent clients for the throughput measurement.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
+    /// Skip building index shards (measure per-partition indexes only).
+    #[arg(long)]
+    pub no_index_shards: bool,
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -64,6 +67,7 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         warm_queries: a.warm_queries,
         cold_queries: a.cold_queries,
         clients: a.clients,
+        shards: !a.no_index_shards,
     };
     eprintln!(
         "bench: ingest, compact ({} index), warm and cold queries",
@@ -81,9 +85,11 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "manifest_bytes": ingest.manifest_bytes,
         },
         "compact": {"seconds": compact_s},
+        "index": r.index,
         "warm": {
             "queries": warm.queries, "p50_ms": warm.p50_ms, "p95_ms": warm.p95_ms, "p99_ms": warm.p99_ms,
             "qps": warm.qps, "qps_concurrent": qps_n, "clients": a.clients, "recall_at_10": warm.recall_at_10,
+            "vectors_compared_per_query": warm.vectors_compared_per_query,
         },
         "cold": {
             "queries": cold.queries, "p50_ms": cold.p50_ms, "p99_ms": cold.p99_ms,
@@ -133,6 +139,18 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             ingest.manifest_bytes.to_string(),
         ),
         ("compact", "seconds".into(), format!("{compact_s:.2}")),
+        (
+            "index shards",
+            "seconds / records/s / shards".into(),
+            r.index.as_ref().map_or("skipped".into(), |i| {
+                format!("{:.2} / {:.0} / {}", i.seconds, i.records_per_s, i.shards)
+            }),
+        ),
+        (
+            "warm",
+            "vectors compared per query".into(),
+            format!("{:.0}", warm.vectors_compared_per_query),
+        ),
         (
             "warm",
             "p50 / p95 / p99 ms".into(),

@@ -20,6 +20,12 @@
 //! nothing and may use any.
 //! GC also removes instance records whose heartbeat timed out.
 //!
+//! The index shards (`index/`, DESIGN section 11) follow the same rules
+//! through the index manifest: shards and deletion vectors it lists are
+//! kept, the ones in its `retired` list go after the grace period, and
+//! unreferenced ones (a losing indexer's) once older than it. Without an
+//! index manifest nothing under `index/` is deleted.
+//!
 //! A partition whose manifest is missing is left alone entirely: its
 //! objects may be the only copy of acknowledged data (`shoal repair`
 //! rebuilds the manifest from them), so GC deletes nothing under it and
@@ -32,9 +38,10 @@ use serde::Serialize;
 
 use crate::coord::cas::Backoff;
 use crate::coord::clock::{parse_time, DynClock};
+use crate::coord::index_manifest::{read_index_manifest, trim_index_retired};
 use crate::coord::instance;
 use crate::coord::manifest::{partition_of_key, read_manifest, trim_retired};
-use crate::coord::paths::{manifest_key, VECTORS_PREFIX};
+use crate::coord::paths::{manifest_key, INDEX_MANIFEST_KEY, INDEX_PREFIX, VECTORS_PREFIX};
 use crate::coord::{CoordError, Settings};
 use crate::store::ObjectStore;
 
@@ -121,7 +128,29 @@ pub async fn gc(
             }
         }
     }
-    let expired_keys: HashSet<&String> = expired.values().flatten().collect();
+    // The index manifest after the partitions: a shard it commits later is
+    // young (the indexer commits within the age bound).
+    let index = read_index_manifest(store, settings.partition_count).await?;
+    let mut index_expired: Vec<String> = Vec::new();
+    if let Some((m, _)) = &index {
+        keep.insert(INDEX_MANIFEST_KEY.to_string());
+        for s in &m.shards {
+            keep.insert(s.key.clone());
+            keep.extend(s.deletions.iter().cloned());
+        }
+        for r in &m.retired {
+            if old_enough(parse_time(&r.retired_at)) {
+                index_expired.push(r.key.clone());
+            } else {
+                keep.insert(r.key.clone());
+            }
+        }
+    }
+    let expired_keys: HashSet<&String> = expired
+        .values()
+        .flatten()
+        .chain(index_expired.iter())
+        .collect();
     let mut report = GcReport {
         dry_run: opts.dry_run,
         grace_seconds: grace.as_secs(),
@@ -142,6 +171,22 @@ pub async fn gc(
             report.kept_young += 1;
         }
     }
+    if index.is_some() {
+        for obj in store.list(INDEX_PREFIX).await? {
+            if keep.contains(&obj.key) {
+                continue;
+            }
+            if expired_keys.contains(&obj.key) || old_enough(obj.last_modified) {
+                report.deleted.push(obj.key);
+            } else {
+                report.kept_young += 1;
+            }
+        }
+    } else if settings.partitions_initialized {
+        report
+            .missing_manifests
+            .push(INDEX_MANIFEST_KEY.to_string());
+    }
     if !opts.dry_run {
         for key in &report.deleted {
             store.delete(key).await?;
@@ -149,6 +194,10 @@ pub async fn gc(
         for (p, keys) in &expired {
             let gone: HashSet<&String> = keys.iter().collect();
             trim_retired(store, *p, &gone, Backoff::default()).await?;
+        }
+        if !index_expired.is_empty() {
+            let gone: HashSet<&String> = index_expired.iter().collect();
+            trim_index_retired(store, settings.partition_count, &gone, Backoff::default()).await?;
         }
     }
     let timeout = Duration::from_secs(settings.instance_timeout_seconds);
@@ -162,11 +211,12 @@ pub async fn gc(
     } else {
         instance::remove_stale(store, now, timeout, "").await?
     };
-    report.missing_manifests = untouchable
-        .into_iter()
-        .filter(|p| settings.partitions_initialized || stranded.contains(p))
-        .map(manifest_key)
-        .collect();
+    report.missing_manifests.extend(
+        untouchable
+            .into_iter()
+            .filter(|p| settings.partitions_initialized || stranded.contains(p))
+            .map(manifest_key),
+    );
     report.missing_manifests.sort();
     for key in &report.missing_manifests {
         tracing::error!(

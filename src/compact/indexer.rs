@@ -16,9 +16,11 @@
 //!    orphans for GC): new watermarks, new shards, new deletion vectors,
 //!    replaced ones to `retired`.
 //!
-//! Retiring the covered segments from the partition manifests, and
-//! readers searching the shards, are the next steps of the index-shards
-//! work; until then the shards are written and checked but not read.
+//! 7. only then retire the covered segments from the partition manifests
+//!    (recording `indexedThrough`), so a reader that sees a segment gone
+//!    from a partition finds its records in an index manifest at least as
+//!    new. A round that stops between 6 and 7 leaves the retirement to the
+//!    next round, which finishes it first.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use crate::coord::index_manifest::{
     acquire_lease, read_index_manifest, release_lease, update_index, IndexManifest, LeaseHeld,
     RetiredObject, ShardEntry,
 };
-use crate::coord::manifest::load_manifest;
+use crate::coord::manifest::{load_manifest, retire_indexed, CommitRules};
 use crate::coord::paths::{new_deletions_key, new_shard_key};
 use crate::coord::{CoordError, Settings};
 use crate::record::Prepared;
@@ -43,6 +45,31 @@ use crate::store::ObjectStore;
 
 /// How long an indexer may hold the lease without renewing it.
 pub const LEASE_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// A round indexes once the tails hold this many records...
+pub const INDEX_MIN_RECORDS: u64 = 10_000;
+/// ...or their oldest segment is this old.
+pub const INDEX_MAX_LAG: Duration = Duration::from_secs(60);
+
+/// Shards of one level are merged into the next once there are this many.
+pub const MERGE_FANIN: usize = 4;
+/// A shard holds at most this many rows...
+pub const SHARD_TARGET_ROWS: u64 = 1_000_000;
+/// ...and at most about this many bytes.
+pub const SHARD_TARGET_BYTES: u64 = 512 << 20;
+
+/// How to run a round.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IndexOptions {
+    /// Index whatever the tails hold, however little or young.
+    pub force: bool,
+}
+
+/// The most rows a shard of `settings`' vectors holds.
+pub fn shard_target_rows(settings: &Settings) -> u64 {
+    let row_bytes = u64::from(settings.dimensions) * 4 + 64;
+    SHARD_TARGET_ROWS.min(SHARD_TARGET_BYTES / row_bytes).max(1)
+}
 
 /// What one indexing round did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -64,17 +91,41 @@ pub struct IndexRound {
     pub lease_held_by: Option<String>,
     /// Another indexer committed first; this round's objects are orphans.
     pub superseded: bool,
+    /// Partitions whose indexed segments this round retired.
+    pub retired_partitions: u64,
+    /// Records waiting in the tails when the round looked.
+    pub tail_records: u64,
+    /// Shard merges committed: (inputs, output key).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<Merge>,
 }
 
-/// Runs one indexing round as `holder` (see the module docs).
+/// One committed merge of shards.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Merge {
+    pub inputs: Vec<String>,
+    pub output: String,
+    pub level: u32,
+    pub rows: u64,
+}
+
+/// Runs one indexing round as `holder` (see the module docs), then merges
+/// shards where a level has [`MERGE_FANIN`] of them. Unless `opts.force`,
+/// it first checks (without the lease: one GET per manifest) that there
+/// is work: tails of at least [`INDEX_MIN_RECORDS`] records or older than
+/// [`INDEX_MAX_LAG`], an unfinished retirement, or a merge due.
 pub async fn index_round(
     store: &dyn ObjectStore,
     settings: &Settings,
     holder: &str,
     clock: &DynClock,
+    opts: IndexOptions,
 ) -> Result<IndexRound, CompactError> {
     let n = settings.partition_count;
     let mut round = IndexRound::default();
+    if !opts.force && !work_due(store, settings, clock, &mut round).await? {
+        return Ok(round);
+    }
     match acquire_lease(store, n, holder, clock.now(), LEASE_TTL).await? {
         Ok(_) => {}
         Err(LeaseHeld { holder, .. }) => {
@@ -82,11 +133,47 @@ pub async fn index_round(
             return Ok(round);
         }
     }
-    let result = run_round(store, settings, clock, &mut round).await;
+    let mut result = run_round(store, settings, clock, &mut round).await;
+    if result.is_ok() {
+        result = merge_shards(store, settings, clock, &mut round).await;
+    }
     if let Err(e) = release_lease(store, n, holder).await {
         tracing::warn!(error = %e, "could not release the indexer lease; it expires by itself");
     }
     result.map(|()| round)
+}
+
+/// Whether a round has anything to do (see [`index_round`]).
+async fn work_due(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    round: &mut IndexRound,
+) -> Result<bool, CompactError> {
+    let n = settings.partition_count;
+    let Some((index, _)) = read_index_manifest(store, n).await? else {
+        return Err(crate::coord::index_manifest::missing_index_manifest().into());
+    };
+    if !merges_due(&index, shard_target_rows(settings)).is_empty() {
+        return Ok(true);
+    }
+    let now = clock.now();
+    let mut due = false;
+    for p in 0..n {
+        let (m, _) = load_manifest(store, p, settings.partitions_initialized).await?;
+        let w = index.watermark(p);
+        if m.indexed_through < w {
+            due = true;
+        }
+        for e in m.segments.iter().filter(|e| e.seq > w) {
+            round.tail_records += e.records;
+            let age = crate::coord::clock::parse_time(&e.created_at)
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            due |= age >= INDEX_MAX_LAG;
+        }
+    }
+    Ok(due || round.tail_records >= INDEX_MIN_RECORDS)
 }
 
 async fn run_round(
@@ -106,9 +193,15 @@ async fn run_round(
     // The tails, and where each partition's watermark will move.
     let mut batch: Vec<Prepared> = Vec::new();
     let mut advanced = BTreeMap::new();
+    let backoff = Backoff::default();
     for p in 0..n {
         let (m, _) = load_manifest(store, p, settings.partitions_initialized).await?;
         let w = index.watermark(p);
+        if m.indexed_through < w {
+            // An earlier round committed the index manifest and stopped
+            // before retiring: finish that first.
+            round.retired_partitions += retire(store, settings, clock, p, w).await? as u64;
+        }
         let tail: Vec<_> = m.segments.iter().filter(|s| s.seq > w).collect();
         let Some(last) = tail.last() else { continue };
         let mut segs = Vec::with_capacity(tail.len());
@@ -127,13 +220,7 @@ async fn run_round(
     let mut deletions: Vec<(usize, DeletionVector)> = Vec::new();
     for (i, shard) in index.shards.iter().enumerate() {
         let seg = segment::load(store, &shard.key, shape).await?;
-        let mut dv = match &shard.deletions {
-            Some(key) => {
-                let got = store.get(key).await.map_err(CoordError::from)?;
-                DeletionVector::decode(key, &got.bytes, shard.rows)?
-            }
-            None => DeletionVector::new(shard.rows),
-        };
+        let mut dv = load_deletions(store, shard).await?;
         let mut killed = 0;
         for (row, id) in seg.ids().iter().enumerate() {
             if touched.contains(id.as_str()) && dv.mark(row as u64) {
@@ -149,16 +236,8 @@ async fn run_round(
     let live: Vec<Prepared> = batch.into_iter().filter(|r| !r.tombstone).collect();
     round.rows_out = live.len() as u64;
     let now = clock.now();
-    let header = SegmentHeader {
-        format_version: FORMAT_VERSION,
-        dimensions: shape.dimensions as u32,
-        metric: shape.metric,
-        record_count: 0,
-        created_at_ms: unix_millis(now),
-        writer_id: "indexer".into(),
-        has_index: false,
-    };
-    let ix = settings.index();
+    let header = shard_header(shape, now);
+    let ix = shard_index_settings(settings);
     let (dims, metric) = (shape.dimensions, shape.metric);
     let outputs = if live.is_empty() {
         Vec::new()
@@ -169,8 +248,10 @@ async fn run_round(
         })
         .await
     };
-    let backoff = Backoff::default();
     let mut new_shards = Vec::new();
+    // GC spares unreferenced objects for the grace period: commit within
+    // the age bound after the first PUT, or not at all.
+    let written_at = clock.now();
     for out in outputs {
         let key = new_shard_key(now);
         let bytes = out.bytes.len() as u64;
@@ -193,11 +274,16 @@ async fn run_round(
         put_new_object(store, &key, dv.encode(), backoff).await?;
         new_dvs.push((index.shards[i].key.clone(), key, dv.dead()));
     }
+    if crate::mutation::active(crate::mutation::Mutation::RetireBeforeIndexCommit) {
+        for (&p, &w) in &advanced {
+            retire(store, settings, clock, p, w).await?; // broken on purpose
+        }
+    }
     // Commit, if nobody else did since we read the index manifest.
     let expected = index.generation;
     let retired_at = format_time(clock.now());
     let (m, wrote) = update_index(store, settings.partition_count, backoff, |m| {
-        if m.generation != expected {
+        if m.generation != expected || too_late(clock, written_at, settings) {
             return Ok(false);
         }
         apply(m, &advanced, &new_shards, &new_dvs, &retired_at)?;
@@ -209,8 +295,198 @@ async fn run_round(
         return Ok(());
     }
     round.generation = Some(m.generation);
+    // The index manifest covers them now: retire them from the partitions.
+    for (&p, &w) in &advanced {
+        round.retired_partitions += retire(store, settings, clock, p, w).await? as u64;
+    }
     round.advanced = advanced;
     Ok(())
+}
+
+/// Retires partition `p`'s segments with seq <= `through` (the index
+/// manifest already covers them).
+async fn retire(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    p: u32,
+    through: u64,
+) -> Result<bool, CompactError> {
+    let now = clock.now();
+    let rules = CommitRules::new(settings, now, clock.as_ref(), Backoff::default());
+    Ok(retire_indexed(store, p, through, &format_time(now), rules).await?)
+}
+
+/// The index settings shards are built with: the config's, with shards
+/// as large as [`shard_target_rows`].
+fn shard_index_settings(settings: &Settings) -> crate::vocab::IndexSettings {
+    let mut ix = settings.index();
+    ix.max_segment_records = shard_target_rows(settings);
+    ix
+}
+
+/// Per level, the oldest [`MERGE_FANIN`] shards when a level has that
+/// many; shards that are already full (or would make a merge overfull)
+/// stay out.
+fn merges_due(index: &IndexManifest, target_rows: u64) -> Vec<Vec<ShardEntry>> {
+    let mut levels: BTreeMap<u32, Vec<&ShardEntry>> = BTreeMap::new();
+    for s in &index.shards {
+        if s.rows - s.dead.min(s.rows) < target_rows {
+            levels.entry(s.level).or_default().push(s);
+        }
+    }
+    let mut due = Vec::new();
+    for (_, shards) in levels {
+        for group in shards.chunks_exact(MERGE_FANIN) {
+            let live: u64 = group.iter().map(|s| s.rows - s.dead.min(s.rows)).sum();
+            if live <= target_rows {
+                due.push(group.iter().map(|s| (*s).clone()).collect());
+            }
+        }
+    }
+    due
+}
+
+/// Merges the shards [`merges_due`] names, one commit per merge: a new
+/// shard of their live rows at the next level replaces them (and their
+/// deletion vectors go to `retired`). A merge whose inputs changed
+/// meanwhile is given up (its output is an orphan for GC).
+async fn merge_shards(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    round: &mut IndexRound,
+) -> Result<(), CompactError> {
+    let n = settings.partition_count;
+    let shape = Shape {
+        dimensions: settings.dimensions as usize,
+        metric: settings.metric(),
+    };
+    let target = shard_target_rows(settings);
+    loop {
+        let Some((index, _)) = read_index_manifest(store, n).await? else {
+            return Err(crate::coord::index_manifest::missing_index_manifest().into());
+        };
+        let Some(inputs) = merges_due(&index, target).into_iter().next() else {
+            return Ok(());
+        };
+        let mut rows: Vec<Prepared> = Vec::new();
+        for shard in &inputs {
+            let seg = segment::load(store, &shard.key, shape).await?;
+            let dv = load_deletions(store, shard).await?;
+            for i in 0..seg.len() {
+                if !dv.is_dead(i as u64) {
+                    rows.push(Prepared {
+                        id: seg.id(i).to_string(),
+                        vector: seg.vector(i).to_vec(),
+                        metadata: seg.metadata_raw(i).to_vec(),
+                        tombstone: false,
+                    });
+                }
+            }
+        }
+        let level = inputs.iter().map(|s| s.level).max().unwrap_or(0) + 1;
+        let now = clock.now();
+        let header = shard_header(shape, now);
+        let ix = shard_index_settings(settings);
+        let (dims, metric) = (shape.dimensions, shape.metric);
+        let merged_rows = rows.len() as u64;
+        let outputs = crate::cpu::run(move || {
+            let mut secs = 0.0;
+            build_outputs(rows, dims, metric, &ix, &header, &mut secs)
+        })
+        .await;
+        let mut new_shards = Vec::new();
+        let written_at = clock.now();
+        for out in outputs {
+            let key = new_shard_key(now);
+            let bytes = out.bytes.len() as u64;
+            put_new_object(store, &key, out.bytes, Backoff::default()).await?;
+            new_shards.push(ShardEntry {
+                key,
+                rows: out.records,
+                dead: 0,
+                bytes,
+                level,
+                deletions: None,
+                created_at: format_time(now),
+                extra: Default::default(),
+            });
+        }
+        let expected = index.generation;
+        let retired_at = format_time(clock.now());
+        let (m, wrote) = update_index(store, n, Backoff::default(), |m| {
+            if m.generation != expected || too_late(clock, written_at, settings) {
+                return Ok(false);
+            }
+            m.shards.retain(|s| !inputs.iter().any(|i| i.key == s.key));
+            for input in &inputs {
+                for key in std::iter::once(&input.key).chain(input.deletions.as_ref()) {
+                    m.retired.push(RetiredObject {
+                        key: key.clone(),
+                        retired_at: retired_at.clone(),
+                    });
+                }
+            }
+            m.shards.extend(new_shards.iter().cloned());
+            Ok(true)
+        })
+        .await?;
+        if !wrote {
+            round.superseded = true;
+            return Ok(());
+        }
+        round.generation = Some(m.generation);
+        for out in &new_shards {
+            round.merged.push(Merge {
+                inputs: inputs.iter().map(|s| s.key.clone()).collect(),
+                output: out.key.clone(),
+                level,
+                rows: merged_rows,
+            });
+        }
+    }
+}
+
+/// Whether objects PUT at `written_at` are too old to commit (GC may
+/// take unreferenced objects after the grace period; see
+/// [`Settings::commit_age_bound`]). The round gives up; the next redoes it.
+fn too_late(clock: &DynClock, written_at: std::time::SystemTime, settings: &Settings) -> bool {
+    let age = clock.now().duration_since(written_at).unwrap_or_default();
+    let late = age > settings.commit_age_bound();
+    if late {
+        tracing::warn!(
+            age_s = age.as_secs(),
+            "index round too slow to commit; giving it up"
+        );
+    }
+    late
+}
+
+/// A shard's deletion vector (all rows live when it has none).
+async fn load_deletions(
+    store: &dyn ObjectStore,
+    shard: &ShardEntry,
+) -> Result<DeletionVector, CompactError> {
+    Ok(match &shard.deletions {
+        Some(key) => {
+            let got = store.get(key).await.map_err(CoordError::from)?;
+            DeletionVector::decode(key, &got.bytes, shard.rows)?
+        }
+        None => DeletionVector::new(shard.rows),
+    })
+}
+
+fn shard_header(shape: Shape, now: std::time::SystemTime) -> SegmentHeader {
+    SegmentHeader {
+        format_version: FORMAT_VERSION,
+        dimensions: shape.dimensions as u32,
+        metric: shape.metric,
+        record_count: 0,
+        created_at_ms: unix_millis(now),
+        writer_id: "indexer".into(),
+        has_index: false,
+    }
 }
 
 /// The committed change: watermarks forward, shards added, deletion

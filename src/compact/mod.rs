@@ -1,12 +1,18 @@
 //! Compaction (DESIGN section 9): merge a *prefix* of a partition's
-//! segments into fewer, indexed segments, dropping dead records.
+//! segments into fewer, indexed segments, dropping shadowed versions.
 //!
 //! **Why a prefix.** Compaction takes every segment with seq ≤ S. Any older
 //! version of an id in it is then also in it, so dropping shadowed versions
-//! and tombstones cannot resurrect anything: a tombstone is only dropped
-//! together with every version it hides. Segments committed after the
-//! compaction started (seq > S) are kept as they are and stay newer: the
-//! outputs take seq S (they hold distinct ids, so sharing a seq is safe).
+//! cannot resurrect anything. Segments committed after the compaction
+//! started (seq > S) are kept as they are and stay newer: the outputs take
+//! seq S (they hold distinct ids, so sharing a seq is safe).
+//!
+//! **Tails only, tombstones kept** (DESIGN section 11). The partition's
+//! segments are the tail above the index watermark `W[p]`: compaction
+//! never merges a segment at or below it (the indexer retires those), and
+//! keeps the newest tombstone of every deleted id, in an output segment of
+//! its own, because it may hide a row of an index shard that the indexer
+//! built meanwhile. The indexer consumes tombstones when it indexes them.
 //!
 //! **Commit.** Outputs are written create-only under fresh keys, then the
 //! manifest is compare-and-swapped: the inputs must still be its first
@@ -31,10 +37,11 @@ use serde::Serialize;
 
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
+use crate::coord::index_manifest::read_index_manifest;
 use crate::coord::manifest::{
     load_manifest, replace_prefix, CommitRules, Manifest, Replaced, SegmentEntry, SegmentStats,
 };
-use crate::coord::paths::{new_segment_key, SegmentOrigin};
+use crate::coord::paths::{new_segment_key, segment_origin, SegmentOrigin};
 use crate::coord::{CoordError, Settings};
 use crate::index;
 use crate::record::Prepared;
@@ -92,7 +99,7 @@ pub struct CompactReport {
     pub outputs: usize,
     pub records_in: u64,
     pub records_out: u64,
-    /// Shadowed versions and tombstones dropped.
+    /// Shadowed versions dropped.
     pub dropped: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -112,14 +119,20 @@ pub enum Outcome {
 }
 
 /// Whether the policy asks to compact this manifest (manifest data only:
-/// segment count, tombstones, unindexed records).
+/// segment count, writers' tombstones, unindexed records). Tombstones in a
+/// compaction's output do not count: compacting again would keep them.
 pub fn policy_wants(m: &Manifest, ix: &IndexSettings) -> bool {
     let segs = m.segments.len();
     if segs == 0 {
         return false;
     }
     let records: u64 = m.total_records();
-    let tombstones: u64 = m.segments.iter().map(|s| s.tombstones).sum();
+    let tombstones: u64 = m
+        .segments
+        .iter()
+        .filter(|s| segment_origin(&s.key) != Some(SegmentOrigin::Compaction))
+        .map(|s| s.tombstones)
+        .sum();
     let unindexed: u64 = m
         .segments
         .iter()
@@ -147,34 +160,40 @@ pub fn select_prefix(m: &Manifest, upto: Option<u64>) -> Vec<SegmentEntry> {
         .collect()
 }
 
-/// The live records of a prefix, oldest segment first: the newest version
-/// of each id, tombstones and shadowed versions dropped. Output order
-/// follows each record's newest position.
-pub fn live_records(segments: &[Arc<Segment>]) -> Vec<Prepared> {
+/// The newest record of each id in a prefix, oldest segment first,
+/// shadowed versions dropped: the live records, and the tombstones of
+/// deleted ids. Output order follows each record's newest position.
+pub fn newest_records(segments: &[Arc<Segment>]) -> (Vec<Prepared>, Vec<Prepared>) {
     let mut live = LiveSet::default();
     for seg in segments {
         live.absorb(seg);
     }
-    let mut out = Vec::with_capacity(live.live_count() as usize);
-    for (j, seg) in segments.iter().enumerate() {
-        for (i, keep) in live.mask(j).iter().enumerate() {
-            if *keep {
-                out.push(Prepared {
-                    id: seg.id(i).to_string(),
-                    vector: seg.vector(i).to_vec(),
-                    metadata: seg.metadata_raw(i).to_vec(),
-                    tombstone: false,
-                });
-            }
+    let mut newest: Vec<_> = live.newest().collect();
+    newest.sort_by_key(|(_, loc)| (loc.seg, loc.pos));
+    let (mut out, mut tombstones) = (Vec::new(), Vec::new());
+    for (id, loc) in newest {
+        let seg = &segments[loc.seg as usize];
+        let i = loc.pos as usize;
+        let rec = Prepared {
+            id: id.to_string(),
+            vector: seg.vector(i).to_vec(),
+            metadata: seg.metadata_raw(i).to_vec(),
+            tombstone: loc.tombstone,
+        };
+        if loc.tombstone {
+            tombstones.push(rec);
+        } else {
+            out.push(rec);
         }
     }
-    out
+    (out, tombstones)
 }
 
 /// One output segment, encoded.
 struct Output {
     bytes: bytes::Bytes,
     records: u64,
+    tombstones: u64,
     indexed: bool,
 }
 
@@ -214,6 +233,7 @@ fn build_outputs(
             None => Output {
                 bytes: encode_segment(&h, chunk, None),
                 records,
+                tombstones: 0,
                 indexed: false,
             },
             Some(b) => {
@@ -221,6 +241,7 @@ fn build_outputs(
                 Output {
                     bytes: encode_segment_groups(&h, &groups, Some(&b.bytes)),
                     records,
+                    tombstones: 0,
                     indexed: true,
                 }
             }
@@ -248,6 +269,15 @@ pub async fn compact_partition(
     if inputs.is_empty() {
         return Ok(Outcome::NotNeeded);
     }
+    // Segments the index covers are the indexer's to retire, not ours to
+    // merge into the tail.
+    let watermark = match read_index_manifest(store, settings.partition_count).await? {
+        Some((m, _)) => m.watermark(partition),
+        None => 0,
+    };
+    if inputs[0].seq <= watermark {
+        return Ok(Outcome::NotNeeded);
+    }
     let shape = Shape {
         dimensions: settings.dimensions as usize,
         metric: settings.metric(),
@@ -259,8 +289,11 @@ pub async fn compact_partition(
     }
     let bytes_in = segments.iter().map(|s| s.stored_bytes()).sum();
     let records_in: u64 = segments.iter().map(|s| s.len() as u64).sum();
-    let live = live_records(&segments);
-    let records_out = live.len() as u64;
+    let (live, mut tombstones) = newest_records(&segments);
+    if crate::mutation::active(crate::mutation::Mutation::CompactionBeyondPrefix) {
+        tombstones.clear(); // broken on purpose
+    }
+    let records_out = (live.len() + tombstones.len()) as u64;
     let now = clock.now();
     let header = SegmentHeader {
         format_version: FORMAT_VERSION,
@@ -276,7 +309,19 @@ pub async fn compact_partition(
         let ix = ix.clone();
         move || {
             let mut secs = 0.0;
-            let outs = build_outputs(live, dims, metric, &ix, &header, &mut secs);
+            let mut outs = build_outputs(live, dims, metric, &ix, &header, &mut secs);
+            if !tombstones.is_empty() {
+                let h = SegmentHeader {
+                    record_count: tombstones.len() as u64,
+                    ..header
+                };
+                outs.push(Output {
+                    records: tombstones.len() as u64,
+                    tombstones: tombstones.len() as u64,
+                    bytes: encode_segment(&h, &tombstones, None),
+                    indexed: false,
+                });
+            }
             (outs, secs)
         }
     })
@@ -289,7 +334,7 @@ pub async fn compact_partition(
         let key = new_segment_key(partition, now, SegmentOrigin::Compaction);
         let stats = SegmentStats {
             records: out.records,
-            tombstones: 0,
+            tombstones: out.tombstones,
             bytes: out.bytes.len() as u64,
             indexed: out.indexed,
         };

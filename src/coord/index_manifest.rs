@@ -245,6 +245,23 @@ where
     update(store, partition_count, backoff, true, change).await
 }
 
+/// Removes `gone` (objects GC deleted) from `retired`, without bumping
+/// the generation (an indexer at work keeps its commit).
+pub async fn trim_index_retired(
+    store: &dyn ObjectStore,
+    partition_count: u32,
+    gone: &std::collections::HashSet<&String>,
+    backoff: Backoff,
+) -> Result<(), CoordError> {
+    update(store, partition_count, backoff, false, |m| {
+        let before = m.retired.len();
+        m.retired.retain(|r| !gone.contains(&r.key));
+        Ok(m.retired.len() != before)
+    })
+    .await?;
+    Ok(())
+}
+
 /// [`update_index`], bumping the generation only for content changes
 /// (shards, watermarks, deletion vectors), not for the lease.
 async fn update<F>(

@@ -63,8 +63,17 @@ pub struct Manifest {
     /// readers holding an older manifest can still fetch them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredEntry>,
+    /// The indexer retired every segment with seq <= this into the index
+    /// shards (DESIGN section 11): a reader holding this manifest needs an
+    /// index manifest whose watermark for the partition is at least this.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub indexed_through: u64,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A segment no longer referenced, and since when.
@@ -134,6 +143,7 @@ impl Manifest {
             next_seq: 1,
             segments: Vec::new(),
             retired: Vec::new(),
+            indexed_through: 0,
             extra: Map::new(),
         }
     }
@@ -180,6 +190,18 @@ impl Manifest {
                 return Err(bad(format!("segment key {} is outside {dir}", s.key)));
             }
             last = s.seq;
+        }
+        if self.indexed_through >= self.next_seq {
+            return Err(bad(format!(
+                "indexedThrough {} must stay below nextSeq {}",
+                self.indexed_through, self.next_seq
+            )));
+        }
+        if let Some(s) = self.segments.iter().find(|s| s.seq <= self.indexed_through) {
+            return Err(bad(format!(
+                "segment {} (seq {}) is at or below indexedThrough {}: the indexer retired it",
+                s.key, s.seq, self.indexed_through
+            )));
         }
         Ok(())
     }
@@ -454,6 +476,52 @@ pub async fn replace_prefix(
     } else {
         Replaced::Replaced
     })
+}
+
+/// Retires every segment of `partition` with seq <= `through` (now
+/// covered by the index shards, DESIGN section 11) and records
+/// `indexedThrough`. Run only after the index manifest with watermark
+/// `through` is committed. Returns whether it changed the manifest
+/// (false when an earlier run already did).
+pub async fn retire_indexed(
+    store: &dyn ObjectStore,
+    partition: u32,
+    through: u64,
+    retired_at: &str,
+    rules: CommitRules<'_>,
+) -> Result<bool, CoordError> {
+    let key = manifest_key(partition);
+    let result = cas::update_json::<Manifest, _>(store, &key, rules.backoff, |cur| {
+        let mut m = cur.ok_or_else(|| missing(partition))?;
+        m.validate(partition)?;
+        if m.indexed_through >= through {
+            return Ok(Step::Keep(m));
+        }
+        if through >= m.next_seq {
+            return Err(CoordError::Corrupt {
+                key: key.clone(),
+                reason: format!(
+                    "the index manifest's watermark {through} is past this partition's nextSeq {}",
+                    m.next_seq
+                ),
+                found: format!("manifest for partition {partition}"),
+            });
+        }
+        rules.prune_retired(&mut m);
+        let keep = m
+            .segments
+            .split_off(m.segments.partition_point(|s| s.seq <= through));
+        let covered = std::mem::replace(&mut m.segments, keep);
+        m.retired.extend(covered.into_iter().map(|s| RetiredEntry {
+            key: s.key,
+            retired_at: retired_at.to_string(),
+            seq: Some(s.seq),
+        }));
+        m.indexed_through = through;
+        Ok(Step::Write(m))
+    })
+    .await?;
+    Ok(result.wrote)
 }
 
 /// Removes `gone` (objects GC deleted) from the partition's `retired` list.

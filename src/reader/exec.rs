@@ -11,6 +11,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::load::{self, Freshness};
+use super::shards::{self, IndexView, ShardView};
 use super::view::{self, CacheTally, PartitionView};
 use super::{
     Consistency, Hit, PartitionFailure, QueryStats, ReadError, SearchRequest, SearchResponse,
@@ -27,7 +28,18 @@ pub(super) async fn search(
     req: &SearchRequest,
 ) -> Result<SearchResponse, ReadError> {
     let q = QueryContext::new(shared, req)?;
-    let (ready, failed) = match tokio::time::timeout_at(q.tally.deadline, load_all(&q)).await {
+    let loading = async {
+        let (ready, failed) = load_all(&q).await?;
+        // Partitions first, then an index manifest covering them (DESIGN
+        // section 11, reader snapshot).
+        let retired: Vec<(u32, u64)> = ready
+            .iter()
+            .map(|(v, _)| (v.partition, v.manifest.indexed_through))
+            .collect();
+        let index = shards::ensure_index(shared, &q.store, q.want, &retired, &q.tally).await?;
+        Ok::<_, ReadError>((ready, failed, index))
+    };
+    let (ready, failed, index) = match tokio::time::timeout_at(q.tally.deadline, loading).await {
         Ok(loaded) => loaded?,
         Err(_) => {
             let ms = q.tally.deadline.duration_since(q.started).as_millis() as u64;
@@ -37,8 +49,10 @@ pub(super) async fn search(
     let fetch_ms = q.started.elapsed().as_secs_f64() * 1e3;
     let compute = std::time::Instant::now();
     let searched = ready.len() as u64;
-    let (per_partition, scan) = score(&q, ready).await?;
-    let top = merge(per_partition, req.k);
+    let excluded: Vec<u32> = failed.iter().map(|f| f.partition).collect();
+    let work = plan(ready, &index, &excluded);
+    let (found, scan) = score(&q, work).await?;
+    let top = merge(found, req.k);
     let mut stats = q.stats(scan, searched, fetch_ms);
     let results = present_hits(&q, top);
     stats.compute_ms = compute.elapsed().as_secs_f64() * 1e3;
@@ -102,10 +116,11 @@ impl<'a> QueryContext<'a> {
         })
     }
 
-    fn stats(&self, scan: ScanStats, searched: u64, fetch_ms: f64) -> QueryStats {
+    fn stats(&self, scan: Scanned, searched: u64, fetch_ms: f64) -> QueryStats {
         QueryStats {
             partitions_searched: searched,
             segments_scanned: scan.segments,
+            shards_searched: scan.shards,
             vectors_compared: scan.vectors_compared,
             cache_hits: self.tally.hits.load(Relaxed),
             cache_misses: self.tally.misses.load(Relaxed),
@@ -161,7 +176,7 @@ async fn load_all(q: &QueryContext<'_>) -> Result<(Vec<Loaded>, Vec<PartitionFai
     Ok((ready, failed))
 }
 
-/// One candidate carried out of a partition.
+/// One candidate carried out of a partition's tail or a shard.
 struct Found {
     distance: f32,
     id: String,
@@ -170,20 +185,104 @@ struct Found {
     position: usize,
 }
 
-/// Scores every partition on the rayon pool, off the async runtime
+/// One unit of scoring work.
+enum Work {
+    /// A partition's tail: its segments from `from` on (seq > W[p]).
+    Tail {
+        view: Arc<PartitionView>,
+        segments: Vec<Arc<Segment>>,
+        from: usize,
+    },
+    /// An index shard, less the rows newer tail records shadow (and, in a
+    /// partial result, the rows of partitions left out).
+    Shard {
+        shard: Arc<ShardView>,
+        hidden: Vec<u32>,
+        excluded: Arc<Vec<u32>>,
+    },
+}
+
+/// What to score: every partition's tail, and every shard with the rows
+/// the tails shadow hidden (DESIGN section 11, newest wins: a tail record
+/// is newer than any shard row of its id, whether it is an upsert or a
+/// tombstone).
+fn plan(ready: Vec<Loaded>, index: &IndexView, excluded: &[u32]) -> Vec<Work> {
+    let mut hidden: Vec<Vec<u32>> = vec![Vec::new(); index.shards.len()];
+    let mut work = Vec::with_capacity(ready.len() + index.shards.len());
+    let shadowing = !crate::mutation::active(crate::mutation::Mutation::NoShadowing);
+    for (view, segments) in ready {
+        let w = index.watermark(view.partition);
+        let from = view.manifest.segments.partition_point(|e| e.seq <= w);
+        if !index.shards.is_empty() && shadowing {
+            for seg in &segments[from..] {
+                for id in seg.ids() {
+                    if let Some((s, row)) = index.row_of(id) {
+                        hidden[s as usize].push(row);
+                    }
+                }
+            }
+        }
+        if from < segments.len() {
+            work.push(Work::Tail {
+                view,
+                segments,
+                from,
+            });
+        }
+    }
+    let excluded = Arc::new(excluded.to_vec());
+    for (shard, hidden) in index.shards.iter().zip(hidden) {
+        if shard.live_count > 0 {
+            work.push(Work::Shard {
+                shard: shard.clone(),
+                hidden,
+                excluded: excluded.clone(),
+            });
+        }
+    }
+    work
+}
+
+/// Scores the work on the rayon pool, off the async runtime
 /// (`crate::cpu`). A panicking worker becomes an internal error for this
 /// query; it never takes the process down.
 async fn score(
     q: &QueryContext<'_>,
-    ready: Vec<Loaded>,
-) -> Result<(Vec<Vec<Found>>, ScanStats), ReadError> {
+    work: Vec<Work>,
+) -> Result<(Vec<Vec<Found>>, Scanned), ReadError> {
     let (params, vector, filter) = (q.params, q.vector.clone(), q.filter.clone());
+    let partitions = q.shared.views.len() as u32;
     let scored = crate::cpu::run(move || {
         let run = std::panic::AssertUnwindSafe(|| {
             use rayon::prelude::*;
-            ready
-                .par_iter()
-                .map(|(view, segs)| search_partition(view, segs, &params, &vector, filter.as_ref()))
+            work.par_iter()
+                .map(|w| match w {
+                    Work::Tail {
+                        view,
+                        segments,
+                        from,
+                    } => {
+                        let (found, s) =
+                            search_tail(view, segments, *from, &params, &vector, filter.as_ref());
+                        (found, s, false)
+                    }
+                    Work::Shard {
+                        shard,
+                        hidden,
+                        excluded,
+                    } => {
+                        let (found, s) = search_shard(
+                            shard,
+                            hidden,
+                            excluded,
+                            partitions,
+                            &params,
+                            &vector,
+                            filter.as_ref(),
+                        );
+                        (found, s, true)
+                    }
+                })
                 .collect::<Vec<_>>()
         });
         std::panic::catch_unwind(run)
@@ -202,11 +301,15 @@ async fn score(
             )));
         }
     };
-    let mut total = ScanStats::default();
+    let mut total = Scanned::default();
     let found = per
         .into_iter()
-        .map(|(found, s)| {
-            total.segments += s.segments;
+        .map(|(found, s, shard)| {
+            if shard {
+                total.shards += 1;
+            } else {
+                total.segments += s.segments;
+            }
             total.vectors_compared += s.vectors_compared;
             found
         })
@@ -214,10 +317,20 @@ async fn score(
     Ok((found, total))
 }
 
-/// The best `params.k` live (and filter-passing) records of one partition.
-fn search_partition(
+/// What scoring touched.
+#[derive(Default)]
+struct Scanned {
+    segments: u64,
+    shards: u64,
+    vectors_compared: u64,
+}
+
+/// The best `params.k` live (and filter-passing) records of one
+/// partition's tail, `segments[from..]`.
+fn search_tail(
     view: &PartitionView,
     segments: &[Arc<Segment>],
+    from: usize,
     params: &QueryParams,
     query: &[f32],
     filter: Option<&Filter>,
@@ -240,7 +353,7 @@ fn search_partition(
             ),
         })
         .collect();
-    for (j, seg) in segments.iter().enumerate() {
+    for (j, seg) in segments.iter().enumerate().skip(from) {
         let mask: &[bool] = &masks[j];
         let selectivity = match filter {
             None => 1.0,
@@ -268,6 +381,73 @@ fn search_partition(
             id: c.id.to_string(),
             partition: view.partition,
             segment: segments[c.segment as usize].clone(),
+            position: c.position as usize,
+        })
+        .collect();
+    (found, stats)
+}
+
+/// The best `params.k` allowed rows of one shard: live, not `hidden`, not
+/// of an `excluded` partition, passing the filter.
+fn search_shard(
+    shard: &ShardView,
+    hidden: &[u32],
+    excluded: &[u32],
+    partitions: u32,
+    params: &QueryParams,
+    query: &[f32],
+    filter: Option<&Filter>,
+) -> (Vec<Found>, ScanStats) {
+    let seg = &shard.segment;
+    let narrowed = filter.is_some() || !hidden.is_empty() || !excluded.is_empty();
+    let mask: std::borrow::Cow<'_, [bool]> = if narrowed {
+        let mut m = match filter {
+            None => shard.live.clone(),
+            Some(f) => shard
+                .live
+                .iter()
+                .zip(seg.metadata_maps())
+                .map(|(l, md)| *l && f.matches(md))
+                .collect(),
+        };
+        for &row in hidden {
+            m[row as usize] = false;
+        }
+        if !excluded.is_empty() {
+            for (i, id) in seg.ids().iter().enumerate() {
+                if m[i] && excluded.contains(&crate::coord::partition_of(id, partitions)) {
+                    m[i] = false;
+                }
+            }
+        }
+        std::borrow::Cow::Owned(m)
+    } else {
+        std::borrow::Cow::Borrowed(&shard.live)
+    };
+    let selectivity = match filter {
+        None => 1.0,
+        Some(_) => mask.iter().filter(|m| **m).count() as f64 / shard.live_count.max(1) as f64,
+    };
+    let mut top = TopK::new(params.k);
+    let mut stats = ScanStats::default();
+    let sv = SegmentView {
+        segment: seg,
+        mask: &mask,
+        selectivity,
+        ordinal: 0,
+    };
+    match &shard.ann {
+        Some(ann) => ann.search(&sv, params, query, &mut top, &mut stats),
+        None => ExactScan.search(&sv, params, query, &mut top, &mut stats),
+    }
+    let found = top
+        .into_sorted()
+        .into_iter()
+        .map(|c| Found {
+            distance: c.distance,
+            id: c.id.to_string(),
+            partition: crate::coord::partition_of(c.id, partitions),
+            segment: seg.clone(),
             position: c.position as usize,
         })
         .collect();
@@ -326,21 +506,44 @@ pub(super) async fn get(
         ticket: shared.next_ticket(),
     };
     let found = async {
-        let view = load::ensure_view(shared, store, p, want, &tally).await?;
-        load::retry_if_vanished(shared, store, view, &tally, |view| {
+        let view = load::ensure_view(shared, store, p, want, &tally)
+            .await
+            .map_err(|e| e.into_read_error(p))?;
+        let retired = [(p, view.manifest.indexed_through)];
+        let index = shards::ensure_index(shared, store, want, &retired, &tally).await?;
+        let w = index.watermark(p);
+        let in_tail = load::retry_if_vanished(shared, store, view, &tally, |view| {
             let tally = &tally;
             async move {
-                let Some(loc) = view.locate(id) else {
+                // The id's newest record in the partition, tombstones
+                // included; at or below the watermark the shards answer.
+                let Some(loc) = view.live.newest_of(id) else {
                     return Ok(None);
                 };
                 let entry = &view.manifest.segments[loc.seg as usize];
+                if entry.seq <= w {
+                    return Ok(None);
+                }
+                if loc.tombstone {
+                    return Ok(Some(None));
+                }
                 let seg = view::load_segment(shared, store, &entry.key, tally).await?;
-                Ok(Some(stored(id, p, entry.seq, &seg, loc.pos as usize)))
+                Ok(Some(Some(stored(id, p, entry.seq, &seg, loc.pos as usize))))
             }
         })
         .await
+        .map_err(|e| e.into_read_error(p))?;
+        if let Some(answer) = in_tail {
+            return Ok(answer);
+        }
+        Ok(index.row_of(id).map(|(s, row)| {
+            let shard = &index.shards[s as usize];
+            let mut rec = stored(id, p, w, &shard.segment, row as usize);
+            rec.shard = Some(shard.key.clone());
+            rec
+        }))
     };
-    found.await.map_err(|e| e.into_read_error(p))
+    found.await
 }
 
 fn stored(id: &str, partition: u32, seq: u64, seg: &Segment, pos: usize) -> StoredRecord {
@@ -351,6 +554,7 @@ fn stored(id: &str, partition: u32, seq: u64, seg: &Segment, pos: usize) -> Stor
         partition,
         seq,
         position: pos,
+        shard: None,
     }
 }
 
@@ -372,11 +576,33 @@ pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
         .buffer_unordered(shared.opts.io_concurrency.max(1))
         .collect()
         .await;
-    let mut live = 0;
+    let mut views = Vec::with_capacity(loaded.len());
     for (p, r) in loaded {
-        live += r.map_err(|e| e.into_read_error(p))?.0.live_count();
+        views.push(r.map_err(|e| e.into_read_error(p))?.0);
     }
-    Ok(live)
+    let retired: Vec<(u32, u64)> = views
+        .iter()
+        .map(|v| (v.partition, v.manifest.indexed_through))
+        .collect();
+    let index = shards::ensure_index(shared, store, want, &retired, &tally).await?;
+    Ok(live_total(&index, &views))
+}
+
+/// Live records across the shards and the tails: shard rows no tail
+/// record shadows, plus the tails' live records.
+fn live_total(index: &IndexView, views: &[Arc<PartitionView>]) -> u64 {
+    let (mut tail_live, mut hidden) = (0, 0);
+    for view in views {
+        let w = index.watermark(view.partition);
+        for (id, loc) in view.live.newest() {
+            if view.manifest.segments[loc.seg as usize].seq <= w {
+                continue;
+            }
+            tail_live += u64::from(!loc.tombstone);
+            hidden += u64::from(index.row_of(id).is_some());
+        }
+    }
+    index.live_rows() - hidden + tail_live
 }
 
 #[cfg(test)]
@@ -434,7 +660,8 @@ mod tests {
         broken.ann.clear();
         *view = Arc::new(broken);
         assert!(!segs.is_empty());
-        match score(&q, ready).await {
+        let index = IndexView::empty(2);
+        match score(&q, plan(ready, &index, &[])).await {
             Err(ReadError::Internal(msg)) => assert!(msg.contains("panicked"), "{msg}"),
             Err(e) => panic!("expected an internal error, got {e}"),
             Ok(_) => panic!("a broken view must not score"),

@@ -17,6 +17,7 @@
 
 mod exec;
 mod load;
+mod shards;
 mod view;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,7 +135,11 @@ pub struct PartitionFailure {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueryStats {
     pub partitions_searched: u64,
+    /// Tail segments searched (partition segments not yet in a shard).
     pub segments_scanned: u64,
+    /// Index shards searched.
+    #[serde(default)]
+    pub shards_searched: u64,
     pub vectors_compared: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
@@ -170,6 +175,13 @@ pub enum ReadError {
         #[source]
         source: PartitionError,
     },
+    /// An index shard or deletion vector could not be read.
+    #[error("index shard data could not be read ({key}): {source}")]
+    Index {
+        key: String,
+        #[source]
+        source: PartitionError,
+    },
     #[error(transparent)]
     Coord(#[from] CoordError),
     /// A fault inside the reader (a panicked search worker).
@@ -192,12 +204,14 @@ impl ReadError {
             ReadError::Coord(e) => e.kind(),
             ReadError::Internal(_) => ErrorKind::Internal,
             ReadError::Deadline { .. } => ErrorKind::Unavailable,
-            ReadError::Partition { source, .. } => match source.kind() {
-                // A segment the manifest references is gone even after a
-                // refresh: the bucket is damaged, not the request.
-                ErrorKind::NotFound => ErrorKind::Corrupt,
-                k => k,
-            },
+            ReadError::Partition { source, .. } | ReadError::Index { source, .. } => {
+                match source.kind() {
+                    // A segment the manifest references is gone even after a
+                    // refresh: the bucket is damaged, not the request.
+                    ErrorKind::NotFound => ErrorKind::Corrupt,
+                    k => k,
+                }
+            }
         }
     }
 
@@ -358,6 +372,9 @@ pub struct ReaderStats {
     pub partitions_loaded: u64,
     pub live_records: u64,
     pub segments: u64,
+    /// Index shards in the reader's index view, and their live rows.
+    pub shards: u64,
+    pub shard_rows: u64,
     pub requests: RequestCounts,
 }
 
@@ -377,6 +394,7 @@ pub(crate) struct Shared {
     opts: ReaderOptions,
     cache: moka::future::Cache<String, Arc<Segment>>,
     views: Vec<view::Slot>,
+    index: shards::IndexSlot,
     queries: AtomicU64,
     /// Orders queries and manifest refreshes. A `strong` query may reuse a
     /// refresh only if the refresh took its ticket after the query did
@@ -432,6 +450,7 @@ impl Reader {
                 views: (0..settings.partition_count)
                     .map(|_| view::Slot::default())
                     .collect(),
+                index: shards::IndexSlot::default(),
                 opts,
                 cache,
                 queries: AtomicU64::new(0),
@@ -521,7 +540,10 @@ impl Reader {
                 segments += v.manifest.segments.len() as u64;
             }
         }
+        let index = s.index.current();
         ReaderStats {
+            shards: index.as_ref().map_or(0, |v| v.shards.len() as u64),
+            shard_rows: index.as_ref().map_or(0, |v| v.live_rows()),
             queries: s.queries.load(Ordering::Relaxed),
             cache_hits: s.hits.load(Ordering::Relaxed),
             cache_misses: s.misses.load(Ordering::Relaxed),

@@ -20,7 +20,7 @@ use super::{PartitionError, Shared};
 use crate::coord::manifest::{found_or_empty, parse_manifest, Manifest};
 use crate::coord::paths::manifest_key;
 use crate::index::AnnIndex;
-use crate::segment::{LiveSet, Loc, Segment};
+use crate::segment::{LiveSet, Segment};
 use crate::store::{Conditional, ETag, ObjectStore, StoreError};
 
 /// One partition as a reader sees it.
@@ -66,11 +66,6 @@ impl PartitionView {
     /// Live records in the view.
     pub(super) fn live_count(&self) -> u64 {
         self.live.live_count()
-    }
-
-    /// The newest location of `id`, if it is live.
-    pub(crate) fn locate(&self, id: &str) -> Option<Loc> {
-        self.live.locate(id)
     }
 }
 

@@ -89,6 +89,11 @@ impl LiveSet {
         self.newest.iter().map(|(id, loc)| (id.as_str(), *loc))
     }
 
+    /// The newest location of `id`, tombstone or not.
+    pub fn newest_of(&self, id: &str) -> Option<Loc> {
+        self.newest.get(id).copied()
+    }
+
     /// The newest location of `id`, if it is live.
     pub fn locate(&self, id: &str) -> Option<Loc> {
         self.newest.get(id).copied().filter(|l| !l.tombstone)

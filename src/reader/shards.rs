@@ -1,0 +1,420 @@
+//! The index shards as a reader sees them (DESIGN section 11).
+//!
+//! An [`IndexView`] is one index manifest with everything a query needs
+//! from it: each shard's records, parsed ANN index and live rows (its
+//! deletion vector applied), and the shard row of every live id, so a
+//! partition's tail can shadow the shard rows its ids supersede. Views are
+//! immutable; a refresh builds a new one, reusing the shards whose object
+//! and deletion vector did not change.
+//!
+//! **Snapshot rule.** A reader must never pair a partition manifest with
+//! an index manifest older than what that partition has retired into the
+//! shards (`indexedThrough <= W[p]`). Queries load the partitions first
+//! and then ask [`ensure_index`] for a view covering them: a cached view
+//! that does not is refreshed, and a fresh one that still does not is
+//! corruption (the indexer retires only after its index commit).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+
+use super::load::Freshness;
+use super::view::{load_segment, retrying, CacheTally};
+use super::{Consistency, PartitionError, ReadError, Shared};
+use crate::coord::index_manifest::{IndexManifest, ShardEntry};
+use crate::coord::paths::INDEX_MANIFEST_KEY;
+use crate::coord::CoordError;
+use crate::index::AnnIndex;
+use crate::segment::deletions::DeletionVector;
+use crate::segment::Segment;
+use crate::store::{Conditional, ETag, ObjectStore, StoreError};
+
+/// One shard as a reader sees it.
+pub(super) struct ShardView {
+    pub key: String,
+    /// The deletion vector applied (`None`: every row is live).
+    deletions: Option<String>,
+    pub segment: Arc<Segment>,
+    /// `live[i]`: row `i` is not marked dead.
+    pub live: Vec<bool>,
+    pub live_count: usize,
+    pub ann: Option<Arc<AnnIndex>>,
+}
+
+/// One index manifest, loaded.
+pub(super) struct IndexView {
+    pub manifest: IndexManifest,
+    etag: Option<ETag>,
+    pub shards: Vec<Arc<ShardView>>,
+    /// The live shard row of every id: (shard ordinal, row).
+    rows: HashMap<String, (u32, u32)>,
+}
+
+impl IndexView {
+    pub(super) fn empty(partition_count: u32) -> Self {
+        IndexView {
+            manifest: IndexManifest::empty(partition_count),
+            etag: None,
+            shards: Vec::new(),
+            rows: HashMap::new(),
+        }
+    }
+
+    /// `W[p]`: partition `p`'s segments with seq <= this are in the shards.
+    pub(super) fn watermark(&self, p: u32) -> u64 {
+        self.manifest.watermark(p)
+    }
+
+    /// Where `id` is live in the shards, if it is.
+    pub(super) fn row_of(&self, id: &str) -> Option<(u32, u32)> {
+        self.rows.get(id).copied()
+    }
+
+    /// Live shard rows.
+    pub(super) fn live_rows(&self) -> u64 {
+        self.rows.len() as u64
+    }
+
+    /// Whether this view may be paired with partitions that retired
+    /// through `retired` (`(partition, indexedThrough)` pairs).
+    fn covers(&self, retired: &[(u32, u64)]) -> bool {
+        retired.iter().all(|&(p, t)| self.watermark(p) >= t)
+    }
+}
+
+/// The reader's index view, when it was last checked, and a lock so one
+/// refresh runs at a time.
+#[derive(Default)]
+pub(crate) struct IndexSlot {
+    view: Mutex<Option<Arc<IndexView>>>,
+    checked_at: Mutex<Option<Instant>>,
+    /// Ticket of the newest refresh (see `Shared::tickets`); 0 = never.
+    checked_ticket: AtomicU64,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl IndexSlot {
+    pub(super) fn current(&self) -> Option<Arc<IndexView>> {
+        self.view.lock().unwrap().clone()
+    }
+
+    fn set(&self, view: Option<Arc<IndexView>>, at: Instant, ticket: u64) {
+        if let Some(v) = view {
+            *self.view.lock().unwrap() = Some(v);
+        }
+        *self.checked_at.lock().unwrap() = Some(at);
+        self.checked_ticket.fetch_max(ticket, SeqCst);
+    }
+
+    fn fresh_for(&self, want: Freshness) -> bool {
+        let checked = *self.checked_at.lock().unwrap();
+        match want.consistency {
+            Consistency::Eventual => checked.is_some(),
+            Consistency::Bounded => checked.is_some_and(|t| t.elapsed() < want.staleness),
+            Consistency::Strong => self.checked_ticket.load(SeqCst) > want.ticket,
+        }
+    }
+}
+
+/// An index view as fresh as `want` asks for and covering `retired`
+/// (`(partition, indexedThrough)` of the partition views the caller
+/// holds; see the module docs).
+pub(super) async fn ensure_index(
+    shared: &Shared,
+    store: &dyn ObjectStore,
+    want: Freshness,
+    retired: &[(u32, u64)],
+    tally: &CacheTally,
+) -> Result<Arc<IndexView>, ReadError> {
+    let slot = &shared.index;
+    let usable = || {
+        slot.current()
+            .filter(|v| slot.fresh_for(want) && v.covers(retired))
+    };
+    if let Some(v) = usable() {
+        return Ok(v);
+    }
+    let _one_refresh_at_a_time = slot.refresh.lock().await;
+    if let Some(v) = usable() {
+        return Ok(v);
+    }
+    let view = Box::pin(refresh(shared, store, tally)).await?;
+    if let Some(&(p, t)) = retired.iter().find(|&&(p, t)| view.watermark(p) < t) {
+        return Err(ReadError::Coord(CoordError::Corrupt {
+            key: INDEX_MANIFEST_KEY.into(),
+            reason: format!(
+                "partition {p} retired its segments through seq {t} into the index shards, \
+                 but the index manifest's watermark for it is {}: records would be missing",
+                view.watermark(p)
+            ),
+            found: format!("index manifest generation {}", view.manifest.generation),
+        }));
+    }
+    Ok(view)
+}
+
+/// Revalidates the index manifest (conditional GET when a view is held)
+/// and builds a new view if it changed. A shard that vanished (GC after
+/// a newer manifest replaced it) means our manifest is stale: read it
+/// again, once.
+async fn refresh(
+    shared: &Shared,
+    store: &dyn ObjectStore,
+    tally: &CacheTally,
+) -> Result<Arc<IndexView>, ReadError> {
+    let slot = &shared.index;
+    let now = Instant::now();
+    let ticket = shared.next_ticket();
+    let current = slot.current();
+    let held = current.as_ref().and_then(|v| v.etag.clone());
+    let retryable = StoreError::is_retryable;
+    let fetched = match held {
+        Some(etag) => {
+            match retrying(tally.deadline, retryable, || {
+                store.get_if_changed(INDEX_MANIFEST_KEY, &etag)
+            })
+            .await
+            {
+                Ok(Conditional::NotModified) => {
+                    slot.set(None, now, ticket);
+                    return Ok(current.expect("an etag implies a view"));
+                }
+                Ok(Conditional::Modified(got)) => Some(got),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(CoordError::Store(e).into()),
+            }
+        }
+        None => match retrying(tally.deadline, retryable, || store.get(INDEX_MANIFEST_KEY)).await {
+            Ok(got) => Some(got),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(CoordError::Store(e).into()),
+        },
+    };
+    let view = match fetched {
+        // An index from before index shards, or one whose manifest was
+        // lost: nothing is indexed as far as this reader can tell. A
+        // partition that retired segments into shards then fails the
+        // snapshot rule in `ensure_index`, naming this key.
+        None => IndexView::empty(shared.views.len() as u32),
+        Some(got) => {
+            let m: IndexManifest = crate::coord::cas::parse_json(INDEX_MANIFEST_KEY, &got.bytes)?;
+            m.validate(shared.views.len() as u32)?;
+            match build(shared, store, m, Some(got.etag), current.as_deref(), tally).await {
+                Err(e) if e.is_missing_segment() => {
+                    // Re-read unconditionally: the shards we were told of
+                    // are gone, so a newer manifest replaced them.
+                    let got = retrying(tally.deadline, retryable, || store.get(INDEX_MANIFEST_KEY))
+                        .await
+                        .map_err(CoordError::Store)?;
+                    let m: IndexManifest =
+                        crate::coord::cas::parse_json(INDEX_MANIFEST_KEY, &got.bytes)?;
+                    m.validate(shared.views.len() as u32)?;
+                    build(shared, store, m, Some(got.etag), current.as_deref(), tally)
+                        .await
+                        .map_err(|e| index_error(&e))?
+                }
+                other => other.map_err(|e| index_error(&e))?,
+            }
+        }
+    };
+    let view = Arc::new(view);
+    slot.set(Some(view.clone()), now, ticket);
+    Ok(view)
+}
+
+fn index_error(e: &PartitionError) -> ReadError {
+    ReadError::Index {
+        key: e.key(),
+        source: e.clone(),
+    }
+}
+
+/// Loads the shards of `m` (reusing `old`'s where nothing changed) and
+/// indexes their live rows by id.
+async fn build(
+    shared: &Shared,
+    store: &dyn ObjectStore,
+    manifest: IndexManifest,
+    etag: Option<ETag>,
+    old: Option<&IndexView>,
+    tally: &CacheTally,
+) -> Result<IndexView, PartitionError> {
+    let old_shards: &[Arc<ShardView>] = old.map_or(&[], |v| &v.shards);
+    let mut shards: Vec<Arc<ShardView>> = Vec::with_capacity(manifest.shards.len());
+    for entry in &manifest.shards {
+        let kept = old_shards
+            .iter()
+            .find(|s| s.key == entry.key && s.deletions == entry.deletions);
+        shards.push(match kept {
+            Some(s) => s.clone(),
+            None => Arc::new(load_shard(shared, store, entry, tally).await?),
+        });
+    }
+    let mut rows = HashMap::with_capacity(manifest.live_rows() as usize);
+    for (s, shard) in shards.iter().enumerate() {
+        for (i, id) in shard.segment.ids().iter().enumerate() {
+            if !shard.live[i] {
+                continue;
+            }
+            if let Some((other, _)) = rows.insert(id.clone(), (s as u32, i as u32)) {
+                return Err(corrupt_shard(
+                    &shard.key,
+                    format!(
+                        "id {id:?} is live here and in shard {}: the newest-wins rule of the \
+                         index is broken",
+                        shards[other as usize].key
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(IndexView {
+        manifest,
+        etag,
+        shards,
+        rows,
+    })
+}
+
+async fn load_shard(
+    shared: &Shared,
+    store: &dyn ObjectStore,
+    entry: &ShardEntry,
+    tally: &CacheTally,
+) -> Result<ShardView, PartitionError> {
+    let segment = load_segment(shared, store, &entry.key, tally).await?;
+    if segment.len() as u64 != entry.rows {
+        return Err(corrupt_shard(
+            &entry.key,
+            format!(
+                "the index manifest says {} rows, the shard holds {}",
+                entry.rows,
+                segment.len()
+            ),
+        ));
+    }
+    let ann = match segment.index_bytes() {
+        None => None,
+        Some(bytes) => Some(Arc::new(
+            AnnIndex::parse(bytes, segment.dimensions(), segment.len())
+                .map_err(|reason| PartitionError::bad_index(&entry.key, reason))?,
+        )),
+    };
+    let mut live: Vec<bool> = (0..segment.len())
+        .map(|i| !segment.is_tombstone(i))
+        .collect();
+    if let Some(key) = &entry.deletions {
+        let got = retrying(tally.deadline, StoreError::is_retryable, || store.get(key))
+            .await
+            .map_err(|e| PartitionError::from_load(crate::segment::LoadError::Store(e)))?;
+        let dv = DeletionVector::decode(key, &got.bytes, entry.rows)
+            .map_err(|e| PartitionError::from_load(crate::segment::LoadError::Segment(e)))?;
+        for (i, l) in live.iter_mut().enumerate() {
+            if dv.is_dead(i as u64) {
+                *l = false;
+            }
+        }
+    }
+    let live_count = live.iter().filter(|l| **l).count();
+    Ok(ShardView {
+        key: entry.key.clone(),
+        deletions: entry.deletions.clone(),
+        segment,
+        live,
+        live_count,
+        ann,
+    })
+}
+
+fn corrupt_shard(key: &str, reason: String) -> PartitionError {
+    PartitionError::from_load(crate::segment::LoadError::Segment(
+        crate::segment::SegmentError::Corrupt {
+            key: key.to_string(),
+            reason,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compact::indexer::{index_round, IndexOptions};
+    use crate::coord::clock::{DynClock, SystemClock};
+    use crate::coord::config::{initialize_partitions, load_or_create};
+    use crate::coord::RequestedSettings;
+    use crate::reader::{Reader, ReaderOptions, SearchRequest};
+    use crate::record::Record;
+    use crate::store::memory::MemoryStore;
+    use crate::vocab::Metric;
+    use crate::writer::{Writer, WriterOptions};
+
+    /// A reader whose partition views are newer than its cached index view
+    /// (a partition refreshed after the indexer retired its segments) must
+    /// refresh the index view before searching, whatever the consistency
+    /// level: otherwise the retired records are in neither.
+    #[tokio::test]
+    async fn partitions_retired_past_the_cached_watermark_refresh_the_index_view() {
+        let store: crate::store::DynStore = Arc::new(MemoryStore::unique());
+        let req = RequestedSettings {
+            partition_count: Some(2),
+            dimensions: Some(2),
+            distance_metric: Some(Metric::Euclidean),
+            ..Default::default()
+        };
+        let config = load_or_create(store.as_ref(), &req, &SystemClock)
+            .await
+            .unwrap();
+        let settings = initialize_partitions(store.as_ref(), &SystemClock, config)
+            .await
+            .unwrap()
+            .0
+            .settings;
+        let clock: DynClock = Arc::new(SystemClock);
+        let w = Writer::new(
+            store.clone(),
+            &settings,
+            "w",
+            clock.clone(),
+            WriterOptions::default(),
+        );
+        let recs: Vec<Record> = (0..20)
+            .map(|i| Record::new(format!("r{i}"), vec![i as f32, 0.0]))
+            .collect();
+        w.upsert(&recs).await.unwrap();
+        let reader = Reader::new(store.clone(), &settings, ReaderOptions::default());
+        let mut req = SearchRequest::new(vec![0.0, 0.0], 20);
+        req.consistency = Consistency::Eventual;
+        assert_eq!(reader.search(&req).await.unwrap().results.len(), 20);
+        let cached = reader.shared.index.current().unwrap();
+        assert!(cached.shards.is_empty());
+
+        let round = index_round(
+            store.as_ref(),
+            &settings,
+            "ix",
+            &clock,
+            IndexOptions { force: true },
+        )
+        .await
+        .unwrap();
+        assert_eq!(round.retired_partitions, 2, "{round:?}");
+        // The partitions are refreshed (as a get or a bounded query would),
+        // the index view is not due for one.
+        let tally = CacheTally::until(Instant::now() + std::time::Duration::from_secs(5));
+        for p in 0..2 {
+            let v = super::super::view::refresh(&reader.shared, store.as_ref(), p, true, &tally)
+                .await
+                .unwrap();
+            assert!(v.manifest.segments.is_empty() && v.manifest.indexed_through > 0);
+        }
+        let resp = reader.search(&req).await.unwrap();
+        assert_eq!(resp.results.len(), 20, "every record, from the shards");
+        assert_eq!(resp.stats.shards_searched, 1);
+        assert!(!Arc::ptr_eq(
+            &cached,
+            &reader.shared.index.current().unwrap()
+        ));
+    }
+}

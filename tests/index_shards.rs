@@ -1,0 +1,202 @@
+//! Reading through index shards (DESIGN section 11): a query searches the
+//! shards plus each partition's tail and answers exactly as it did before
+//! indexing; a tail record (upsert or delete) shadows the shard row of its
+//! id; `get` finds records in tails and shards alike.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::json;
+use shoal::compact::indexer::{index_round, IndexOptions};
+use shoal::coord::clock::{DynClock, SystemClock};
+use shoal::coord::{Metric, Settings};
+use shoal::reader::{Consistency, Reader, ReaderOptions, SearchRequest, SearchResponse};
+use shoal::record::Record;
+use shoal::store::Counted;
+
+backend_tests!(exact_search_answers_the_same_before_and_after_indexing);
+
+const DIMS: usize = 8;
+
+/// A deterministic pseudo-random vector for (`i`, `version`).
+fn vector(i: usize, version: usize) -> Vec<f32> {
+    let mut x =
+        (i as u64 * 1_000_003 + version as u64 * 7919 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..DIMS)
+        .map(|_| {
+            x ^= x >> 29;
+            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn record(i: usize, version: usize) -> Record {
+    Record::new(format!("r{i}"), vector(i, version))
+        .with_metadata(json!({ "group": i % 3, "version": version }))
+}
+
+/// What was written: id -> (vector, group).
+#[derive(Default)]
+struct Model(BTreeMap<String, (Vec<f32>, usize)>);
+
+impl Model {
+    fn upsert(&mut self, recs: &[Record]) {
+        for r in recs {
+            let group = r.metadata.as_ref().unwrap()["group"].as_u64().unwrap() as usize;
+            self.0.insert(r.id.clone(), (r.vector.clone(), group));
+        }
+    }
+    fn delete(&mut self, ids: &[String]) {
+        for id in ids {
+            self.0.remove(id);
+        }
+    }
+    /// The ids of the `k` nearest live records (Euclidean), optionally of
+    /// one group only.
+    fn nearest(&self, q: &[f32], k: usize, group: Option<usize>) -> Vec<String> {
+        let mut all: Vec<(f32, &String)> = self
+            .0
+            .iter()
+            .filter(|(_, (_, g))| group.is_none_or(|want| *g == want))
+            .map(|(id, (v, _))| {
+                let d: f32 = v.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum();
+                (d, id)
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+        all.into_iter().take(k).map(|(_, id)| id.clone()).collect()
+    }
+}
+
+/// Exact searches (with and without a filter) and gets: everything a
+/// reader answers, as comparable values.
+type Answers = Vec<serde_json::Value>;
+
+async fn answers(reader: &Reader, model: &Model, when: &str) -> (Answers, Vec<SearchResponse>) {
+    let mut out = Vec::new();
+    let mut responses = Vec::new();
+    for qi in 0..6 {
+        let q = vector(10_000 + qi, 0);
+        for group in [None, Some(qi % 3)] {
+            let mut req = SearchRequest::new(q.clone(), 10);
+            req.exact = true;
+            req.consistency = Consistency::Strong;
+            req.filter = group.map(|g| json!({ "group": g }));
+            let resp = reader.search(&req).await.unwrap();
+            let ids: Vec<String> = resp.results.iter().map(|h| h.id.clone()).collect();
+            assert_eq!(
+                ids,
+                model.nearest(&q, 10, group),
+                "{when}: query {qi} {group:?}"
+            );
+            out.push(serde_json::to_value(&resp.results).unwrap());
+            responses.push(resp);
+        }
+    }
+    for i in [0usize, 5, 7, 42, 150, 299, 305, 330] {
+        let id = format!("r{i}");
+        let got = reader.get_with(&id, Consistency::Strong).await.unwrap();
+        match (&got, model.0.get(&id)) {
+            (Some(rec), Some((v, _))) => assert_eq!(&rec.vector, v, "{when}: get {id}"),
+            (None, None) => {}
+            (got, want) => panic!("{when}: get {id}: {got:?} but the model has {want:?}"),
+        }
+        out.push(json!({
+            "id": id,
+            "vector": got.as_ref().map(|r| r.vector.clone()),
+            "metadata": got.as_ref().map(|r| r.metadata.clone()),
+        }));
+    }
+    (out, responses)
+}
+
+fn fresh_reader(store: &Arc<Counted>, s: &Settings) -> Reader {
+    Reader::new(store.clone(), s, ReaderOptions::default())
+}
+
+async fn exact_search_answers_the_same_before_and_after_indexing(store: Arc<Counted>) {
+    let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let clock: DynClock = Arc::new(SystemClock);
+    let kept = fresh_reader(&store, &s); // lives through every phase
+    let mut model = Model::default();
+    let ids = |v: &[usize]| -> Vec<String> { v.iter().map(|i| format!("r{i}")).collect() };
+
+    // Phase A: writes, nothing indexed.
+    let first: Vec<Record> = (0..300).map(|i| record(i, 1)).collect();
+    let newer: Vec<Record> = (250..300).map(|i| record(i, 2)).collect();
+    for batch in [&first, &newer] {
+        w.upsert(batch).await.unwrap();
+        model.upsert(batch);
+    }
+    let gone = ids(&[5, 6, 7, 260]);
+    w.delete(&gone).await.unwrap();
+    model.delete(&gone);
+    let (before, _) = answers(&kept, &model, "before indexing").await;
+
+    let r = index_round(
+        store.as_ref(),
+        &s,
+        "ix",
+        &clock,
+        IndexOptions { force: true },
+    )
+    .await
+    .unwrap();
+    assert!(r.generation.is_some(), "{r:?}");
+    for reader in [&kept, &fresh_reader(&store, &s)] {
+        let (after, resps) = answers(reader, &model, "after indexing").await;
+        assert_eq!(after, before, "indexing changed an answer");
+        for resp in &resps {
+            assert!(resp.stats.shards_searched >= 1, "{:?}", resp.stats);
+            assert_eq!(
+                resp.stats.segments_scanned, 0,
+                "nothing is left in the tails"
+            );
+        }
+    }
+
+    // Phase B: newer versions and deletes of indexed ids, re-added and new
+    // ids, all in the tails: they shadow the shard rows.
+    let updates: Vec<Record> = (0..40).map(|i| record(i, 3)).collect();
+    let readded = [record(5, 4)];
+    let fresh: Vec<Record> = (300..340).map(|i| record(i, 1)).collect();
+    for batch in [&updates[..], &readded[..], &fresh[..]] {
+        w.upsert(batch).await.unwrap();
+        model.upsert(batch);
+    }
+    let gone = ids(&[42, 150, 151, 152, 299, 330]);
+    w.delete(&gone).await.unwrap();
+    model.delete(&gone);
+    let (tails, resps) = answers(&kept, &model, "with tails").await;
+    assert!(resps.iter().all(|r| r.stats.segments_scanned > 0));
+    assert_eq!(
+        answers(
+            &fresh_reader(&store, &s),
+            &model,
+            "with tails, fresh reader"
+        )
+        .await
+        .0,
+        tails
+    );
+
+    let r = index_round(
+        store.as_ref(),
+        &s,
+        "ix",
+        &clock,
+        IndexOptions { force: true },
+    )
+    .await
+    .unwrap();
+    assert!(r.rows_killed > 0, "{r:?}");
+    for reader in [&kept, &fresh_reader(&store, &s)] {
+        let (after, _) = answers(reader, &model, "after indexing the tails").await;
+        assert_eq!(after, tails, "indexing the tails changed an answer");
+    }
+}
