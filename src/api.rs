@@ -9,9 +9,9 @@ use serde_json::json;
 use crate::error::{Error, ErrorKind};
 
 pub use crate::compact::gc::{GcOptions, GcReport, DEFAULT_GRACE, MIN_SAFE_GRACE};
+pub use crate::compact::indexer::IndexRound;
 pub use crate::compact::repair::{RepairOptions, RepairReport};
 pub use crate::compact::{CompactReport, Outcome};
-pub use crate::compact::indexer::IndexRound;
 pub use crate::coord::config::{Config, Settings, DEFAULT_PARTITION_COUNT};
 pub use crate::coord::cursor::Cursor;
 pub use crate::coord::instance::InstanceRecord;
