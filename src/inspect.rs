@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::coord::index_manifest::{missing_index_manifest, read_index_manifest, IndexManifest};
 use crate::coord::instance::{list_records, InstanceRecord};
 use crate::coord::manifest::{missing, partition_of_key, read_manifest};
-use crate::coord::paths::{manifest_key, INDEX_MANIFEST_KEY, VECTORS_PREFIX};
+use crate::coord::paths::{manifest_key, INDEX_MANIFEST_KEY, INDEX_PREFIX, VECTORS_PREFIX};
 use crate::coord::{Config, CoordError};
 use crate::segment::{self, Shape};
 use crate::store::{ObjectStore, RequestCounts};
@@ -225,6 +225,9 @@ pub struct VerifyReport {
     pub segments: u64,
     pub records: u64,
     pub bytes: u64,
+    /// Index shards read, and their live rows.
+    pub shards: u64,
+    pub shard_rows: u64,
     /// Corrupt, missing or inconsistent objects.
     pub problems: Vec<Problem>,
     /// Objects under `vectors/` that no manifest references (left by
@@ -325,6 +328,12 @@ pub(crate) async fn verify(
             }
         }
     }
+    verify_index(store, s, shape, &mut report, &mut referenced).await?;
+    for obj in store.list(INDEX_PREFIX).await? {
+        if !referenced.contains(&obj.key) {
+            report.orphans.push(obj.key);
+        }
+    }
     for obj in store.list(VECTORS_PREFIX).await? {
         if referenced.contains(&obj.key) {
             continue;
@@ -358,4 +367,130 @@ pub(crate) async fn verify(
         });
     }
     Ok(report)
+}
+
+/// Checks the index manifest and everything it names: every shard decodes
+/// (checksums) and has the rows the manifest says, every deletion vector
+/// decodes and marks the dead rows it says, no id is live in two shards
+/// (newest wins), and no partition retired segments past its watermark.
+/// Adds the keys it references (retired ones included) to `referenced`.
+async fn verify_index(
+    store: &dyn ObjectStore,
+    s: &crate::coord::Settings,
+    shape: Shape,
+    report: &mut VerifyReport,
+    referenced: &mut HashSet<String>,
+) -> Result<(), CoordError> {
+    let index = match read_index_manifest(store, s.partition_count).await {
+        Ok(Some((m, _))) => m,
+        Ok(None) => {
+            if s.partitions_initialized {
+                report.problems.push(Problem {
+                    key: INDEX_MANIFEST_KEY.into(),
+                    message: missing_index_manifest().to_string(),
+                });
+            }
+            return Ok(());
+        }
+        Err(CoordError::Corrupt { key, reason, found }) => {
+            report.problems.push(Problem {
+                key,
+                message: format!("{reason}; found: {found}"),
+            });
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    referenced.insert(INDEX_MANIFEST_KEY.to_string());
+    referenced.extend(index.retired.iter().map(|r| r.key.clone()));
+    let mut live: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for shard in &index.shards {
+        referenced.insert(shard.key.clone());
+        referenced.extend(shard.deletions.iter().cloned());
+        report.shards += 1;
+        let problem = |key: &str, message: String| Problem {
+            key: key.to_string(),
+            message,
+        };
+        let seg = match segment::load(store, &shard.key, shape).await {
+            Ok(seg) => seg,
+            Err(segment::LoadError::Store(e)) if e.is_retryable() => return Err(e.into()),
+            Err(e) => {
+                report
+                    .problems
+                    .push(problem(&shard.key, format!("index shard: {e}")));
+                continue;
+            }
+        };
+        if seg.len() as u64 != shard.rows {
+            report.problems.push(problem(
+                &shard.key,
+                format!(
+                    "holds {} rows; the index manifest says {}",
+                    seg.len(),
+                    shard.rows
+                ),
+            ));
+            continue;
+        }
+        let dv = match &shard.deletions {
+            None => crate::segment::deletions::DeletionVector::new(shard.rows),
+            Some(key) => {
+                let got = match store.get(key).await {
+                    Ok(got) => got,
+                    Err(e) if e.is_retryable() => return Err(e.into()),
+                    Err(e) => {
+                        report.problems.push(problem(key, e.to_string()));
+                        continue;
+                    }
+                };
+                match crate::segment::deletions::DeletionVector::decode(key, &got.bytes, shard.rows)
+                {
+                    Ok(dv) => dv,
+                    Err(e) => {
+                        report.problems.push(problem(key, e.to_string()));
+                        continue;
+                    }
+                }
+            }
+        };
+        if dv.dead() != shard.dead {
+            report.problems.push(problem(
+                &shard.key,
+                format!(
+                    "its deletion vector marks {} dead rows; the index manifest says {}",
+                    dv.dead(),
+                    shard.dead
+                ),
+            ));
+        }
+        for (i, id) in seg.ids().iter().enumerate() {
+            if dv.is_dead(i as u64) {
+                continue;
+            }
+            report.shard_rows += 1;
+            if let Some(other) = live.insert(id.clone(), shard.key.clone()) {
+                report.problems.push(problem(
+                    &shard.key,
+                    format!("id {id:?} is live here and in {other}"),
+                ));
+            }
+        }
+    }
+    for p in 0..s.partition_count {
+        if let Ok(Some((m, _))) = read_manifest(store, p).await {
+            if m.indexed_through > index.watermark(p) {
+                report.problems.push(Problem {
+                    key: manifest_key(p),
+                    message: format!(
+                        "retired segments through seq {} into the index, whose watermark for \
+                         it is {}: records are missing",
+                        m.indexed_through,
+                        index.watermark(p)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }

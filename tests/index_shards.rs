@@ -15,7 +15,7 @@ use shoal::coord::clock::{DynClock, SystemClock};
 use shoal::coord::{Metric, Settings};
 use shoal::reader::{Consistency, Reader, ReaderOptions, SearchRequest, SearchResponse};
 use shoal::record::Record;
-use shoal::store::Counted;
+use shoal::store::{Counted, ObjectStore};
 
 backend_tests!(exact_search_answers_the_same_before_and_after_indexing);
 
@@ -199,4 +199,222 @@ async fn exact_search_answers_the_same_before_and_after_indexing(store: Arc<Coun
         let (after, _) = answers(reader, &model, "after indexing the tails").await;
         assert_eq!(after, tails, "indexing the tails changed an answer");
     }
+}
+
+/// Four indexing rounds leave four level-0 shards, which the fourth round
+/// merges into one level-1 shard (dead rows dropped). Answers stay the
+/// same throughout, for a fresh reader and for one that keeps the index
+/// view it loaded before the merge, even after GC deleted the merged
+/// shards.
+#[tokio::test]
+async fn merging_shards_changes_no_answer_even_for_a_reader_holding_the_old_index() {
+    use shoal::compact::gc::{gc, GcOptions};
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let clock: DynClock = Arc::new(SystemClock);
+    let mut model = Model::default();
+    let force = IndexOptions { force: true };
+    let mut old_reader = None;
+    let mut before_merge = None;
+    for round in 0..4 {
+        let batch: Vec<Record> = (round * 80..round * 80 + 100)
+            .map(|i| record(i, round + 1))
+            .collect();
+        w.upsert(&batch).await.unwrap();
+        model.upsert(&batch);
+        let gone: Vec<String> = vec![format!("r{}", round * 80 + 3)];
+        w.delete(&gone).await.unwrap();
+        model.delete(&gone);
+        let r = index_round(store.as_ref(), &s, "ix", &clock, force)
+            .await
+            .unwrap();
+        if round < 3 {
+            assert!(r.merged.is_empty(), "round {round}: {r:?}");
+            let reader = fresh_reader(&store, &s);
+            before_merge = Some(answers(&reader, &model, "before the merge").await.0);
+            old_reader = Some(reader);
+        } else {
+            assert_eq!(r.merged.len(), 1, "{r:?}");
+            assert_eq!(r.merged[0].inputs.len(), 4);
+            assert_eq!(r.merged[0].level, 1);
+        }
+    }
+    let (m, _) = shoal::coord::index_manifest::read_index_manifest(store.as_ref(), 4)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.shards.len(), 1);
+    assert_eq!((m.shards[0].level, m.shards[0].dead), (1, 0));
+    assert_eq!(m.shards[0].rows, model.0.len() as u64, "dead rows dropped");
+    let after = answers(&fresh_reader(&store, &s), &model, "after the merge")
+        .await
+        .0;
+    // GC with no grace (nothing else runs here) deletes the merged inputs.
+    let report = gc(
+        store.as_ref(),
+        &s,
+        &clock,
+        &GcOptions {
+            grace: Some(std::time::Duration::ZERO),
+            allow_unsafe_grace: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        report
+            .deleted
+            .iter()
+            .filter(|k| k.ends_with(".shard"))
+            .count()
+            >= 4,
+        "{:?}",
+        report.deleted
+    );
+    // The reader that loaded the index before the last round: an eventual
+    // query answers from the view it holds (its shards are in memory) as
+    // it did then; a strong one moves to the merged shard.
+    let old = old_reader.unwrap();
+    let mut req = SearchRequest::new(vector(10_000, 0), 10);
+    req.exact = true;
+    req.consistency = Consistency::Eventual;
+    let eventual = old.search(&req).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&eventual.results).unwrap(),
+        before_merge.unwrap()[0],
+        "the old view answers as it did before the merge, its shards deleted"
+    );
+    assert_eq!(answers(&old, &model, "old reader, strong").await.0, after);
+    assert_eq!(
+        answers(&fresh_reader(&store, &s), &model, "after gc")
+            .await
+            .0,
+        after
+    );
+}
+
+/// Approximate search over shards (IVF lists scanned by one-bit codes,
+/// the best candidates reranked exactly) finds nearly what exact search
+/// finds, and a filter still returns `k` results.
+#[tokio::test]
+async fn approximate_search_over_shards_keeps_recall_and_filters_keep_k() {
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let clock: DynClock = Arc::new(SystemClock);
+    let recs: Vec<Record> = (0..6000).map(|i| record(i, 1)).collect();
+    for chunk in recs.chunks(1000) {
+        w.upsert(chunk).await.unwrap();
+    }
+    let force = IndexOptions { force: true };
+    index_round(store.as_ref(), &s, "ix", &clock, force)
+        .await
+        .unwrap();
+    let reader = fresh_reader(&store, &s);
+    let (mut found, mut total) = (0, 0);
+    for qi in 0..40 {
+        for group in [None, Some(qi % 3)] {
+            let mut req = SearchRequest::new(vector(20_000 + qi, 0), 10);
+            req.filter = group.map(|g| json!({ "group": g }));
+            let approx = reader.search(&req).await.unwrap();
+            assert_eq!(approx.results.len(), 10, "k results, filter {group:?}");
+            assert_eq!(approx.stats.shards_searched, 1);
+            if let Some(g) = group {
+                assert!(approx
+                    .results
+                    .iter()
+                    .all(|h| h.metadata.as_ref().unwrap()["group"] == g));
+            }
+            req.exact = true;
+            let exact = reader.search(&req).await.unwrap();
+            let want: std::collections::HashSet<&String> =
+                exact.results.iter().map(|h| &h.id).collect();
+            found += approx
+                .results
+                .iter()
+                .filter(|h| want.contains(&h.id))
+                .count();
+            total += 10;
+            assert!(approx.stats.vectors_compared < 6000, "{:?}", approx.stats);
+        }
+    }
+    let recall = found as f64 / total as f64;
+    assert!(recall >= 0.9, "recall@10 {recall:.3}");
+}
+
+/// `verify` reads the shards and deletion vectors: clean after indexing;
+/// a damaged shard, a deletion vector that disagrees with the manifest,
+/// and a partition retired past its watermark are each reported by key.
+#[tokio::test]
+async fn verify_checks_shards_deletion_vectors_and_watermarks() {
+    use shoal::coord::index_manifest::{read_index_manifest, update_index};
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let clock: DynClock = Arc::new(SystemClock);
+    let force = IndexOptions { force: true };
+    let recs: Vec<Record> = (0..50).map(|i| record(i, 1)).collect();
+    w.upsert(&recs).await.unwrap();
+    index_round(store.as_ref(), &s, "ix", &clock, force)
+        .await
+        .unwrap();
+    w.delete(&["r1".into(), "r2".into()]).await.unwrap();
+    index_round(store.as_ref(), &s, "ix", &clock, force)
+        .await
+        .unwrap();
+    let v = common::verify(&store).await.unwrap();
+    assert!(v.is_clean(), "{:?}", v.problems);
+    assert_eq!((v.shards, v.shard_rows), (1, 48));
+
+    // The manifest's dead count disagrees with the deletion vector.
+    update_index(store.as_ref(), 2, Default::default(), |m| {
+        m.shards[0].dead += 1;
+        Ok(true)
+    })
+    .await
+    .unwrap();
+    let (m, _) = read_index_manifest(store.as_ref(), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    let v = common::verify(&store).await.unwrap();
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.key == m.shards[0].key && p.message.contains("marks 2 dead rows")),
+        "{:?}",
+        v.problems
+    );
+    // A shard whose bytes are damaged.
+    let key = m.shards[0].key.clone();
+    let mut bytes = store.get(&key).await.unwrap().bytes.to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    store.put(&key, bytes.into()).await.unwrap();
+    let v = common::verify(&store).await.unwrap();
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.key == key && p.message.contains("index shard")),
+        "{:?}",
+        v.problems
+    );
+    // A watermark moved back under a partition that retired past it.
+    update_index(store.as_ref(), 2, Default::default(), |m| {
+        m.watermarks[0] = 0;
+        Ok(true)
+    })
+    .await
+    .unwrap();
+    let v = common::verify(&store).await.unwrap();
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.key.ends_with("p000/manifest.json")
+                && p.message.contains("records are missing")),
+        "{:?}",
+        v.problems
+    );
 }

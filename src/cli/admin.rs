@@ -149,12 +149,15 @@ pub(super) async fn verify(ctx: &Ctx) -> Result<()> {
         ctx.print_json(&report)?;
     } else {
         println!(
-            "verified {}: {} manifests, {} segments, {} records, {:.1} MB",
+            "verified {}: {} manifests, {} segments, {} records, {:.1} MB; {} index shard(s), \
+             {} live rows",
             db.describe(),
             report.manifests,
             report.segments,
             report.records,
-            report.bytes as f64 / 1e6
+            report.bytes as f64 / 1e6,
+            report.shards,
+            report.shard_rows
         );
         for o in &report.orphans {
             println!("orphan   {o} (unreferenced; `shoal gc` removes it after the grace period)");

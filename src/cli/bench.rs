@@ -90,6 +90,7 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "queries": warm.queries, "p50_ms": warm.p50_ms, "p95_ms": warm.p95_ms, "p99_ms": warm.p99_ms,
             "qps": warm.qps, "qps_concurrent": qps_n, "clients": a.clients, "recall_at_10": warm.recall_at_10,
             "vectors_compared_per_query": warm.vectors_compared_per_query,
+            "fetch_ms": warm.fetch_ms, "compute_ms": warm.compute_ms,
         },
         "cold": {
             "queries": cold.queries, "p50_ms": cold.p50_ms, "p99_ms": cold.p99_ms,

@@ -119,6 +119,27 @@ impl IvfIndex {
     fn centroid(&self, c: usize) -> &[f32] {
         &self.centroids[c * self.dims..(c + 1) * self.dims]
     }
+
+    /// The `probes` lists nearest `query` (all of them when `probes` is
+    /// at least `nlist`), in no particular order.
+    pub fn nearest_lists(&self, metric: Metric, query: &[f32], probes: usize) -> Vec<usize> {
+        let nlist = self.nlist();
+        let probes = probes.clamp(1, nlist);
+        if probes == nlist {
+            return (0..nlist).collect();
+        }
+        let mut order: Vec<(f32, usize)> = (0..nlist)
+            .map(|c| (distance(probe_metric(metric), query, self.centroid(c)), c))
+            .collect();
+        order.select_nth_unstable_by(probes - 1, |a, b| a.0.total_cmp(&b.0));
+        order.truncate(probes);
+        order.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// The positions of list `c`.
+    pub fn list(&self, c: usize) -> std::ops::Range<usize> {
+        self.starts[c] as usize..self.starts[c + 1] as usize
+    }
 }
 
 impl IndexKind for IvfIndex {

@@ -12,6 +12,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+pub mod codes;
 pub mod hnsw;
 pub mod ivf;
 

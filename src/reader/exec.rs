@@ -18,7 +18,10 @@ use super::{
     Shared, MAX_K,
 };
 use crate::filter::{parse_filter, Filter};
-use crate::index::{present, ExactScan, QueryParams, ScanStats, SegmentSearch, SegmentView, TopK};
+use crate::index::{
+    codes, present, route, AnnIndex, ExactScan, QueryParams, Route, ScanStats, SegmentSearch,
+    SegmentView, TopK,
+};
 use crate::record::{check_vector, StoredRecord};
 use crate::segment::Segment;
 use crate::store::{Counted, ObjectStore};
@@ -253,37 +256,42 @@ async fn score(
     let (params, vector, filter) = (q.params, q.vector.clone(), q.filter.clone());
     let partitions = q.shared.views.len() as u32;
     let scored = crate::cpu::run(move || {
+        let one = |w: &Work| match w {
+            Work::Tail {
+                view,
+                segments,
+                from,
+            } => {
+                let (found, s) =
+                    search_tail(view, segments, *from, &params, &vector, filter.as_ref());
+                (found, s, false)
+            }
+            Work::Shard {
+                shard,
+                hidden,
+                excluded,
+            } => {
+                let (found, s) = search_shard(
+                    shard,
+                    hidden,
+                    excluded,
+                    partitions,
+                    &params,
+                    &vector,
+                    filter.as_ref(),
+                );
+                (found, s, true)
+            }
+        };
         let run = std::panic::AssertUnwindSafe(|| {
             use rayon::prelude::*;
-            work.par_iter()
-                .map(|w| match w {
-                    Work::Tail {
-                        view,
-                        segments,
-                        from,
-                    } => {
-                        let (found, s) =
-                            search_tail(view, segments, *from, &params, &vector, filter.as_ref());
-                        (found, s, false)
-                    }
-                    Work::Shard {
-                        shard,
-                        hidden,
-                        excluded,
-                    } => {
-                        let (found, s) = search_shard(
-                            shard,
-                            hidden,
-                            excluded,
-                            partitions,
-                            &params,
-                            &vector,
-                            filter.as_ref(),
-                        );
-                        (found, s, true)
-                    }
-                })
-                .collect::<Vec<_>>()
+            // One item (a single shard, nothing in the tails): handing it
+            // to the pool would only add a thread switch.
+            if work.len() <= 1 {
+                work.iter().map(one).collect::<Vec<_>>()
+            } else {
+                work.par_iter().map(one).collect::<Vec<_>>()
+            }
         });
         std::panic::catch_unwind(run)
     });
@@ -436,9 +444,24 @@ fn search_shard(
         selectivity,
         ordinal: 0,
     };
-    match &shard.ann {
-        Some(ann) => ann.search(&sv, params, query, &mut top, &mut stats),
-        None => ExactScan.search(&sv, params, query, &mut top, &mut stats),
+    match (
+        route(params, selectivity),
+        &shard.codes,
+        shard.ann.as_deref(),
+    ) {
+        (Route::Exact, _, _) => ExactScan.search(&sv, params, query, &mut top, &mut stats),
+        (Route::Ann(p), Some(codes), ann) => {
+            let ivf = match ann {
+                Some(AnnIndex::Ivf(ix)) => Some(ix),
+                _ => None,
+            };
+            let probes = p.nprobe.saturating_mul(codes::PROBES_PER_NPROBE);
+            if !codes::search(codes, ivf, probes, &sv, &p, query, &mut top, &mut stats) {
+                ExactScan.search(&sv, params, query, &mut top, &mut stats);
+            }
+        }
+        (Route::Ann(_), None, Some(ann)) => ann.search(&sv, params, query, &mut top, &mut stats),
+        (Route::Ann(_), None, None) => ExactScan.search(&sv, params, query, &mut top, &mut stats),
     }
     let found = top
         .into_sorted()

@@ -26,6 +26,7 @@ use super::{Consistency, PartitionError, ReadError, Shared};
 use crate::coord::index_manifest::{IndexManifest, ShardEntry};
 use crate::coord::paths::INDEX_MANIFEST_KEY;
 use crate::coord::CoordError;
+use crate::index::codes::SignCodes;
 use crate::index::AnnIndex;
 use crate::segment::deletions::DeletionVector;
 use crate::segment::Segment;
@@ -41,6 +42,8 @@ pub(super) struct ShardView {
     pub live: Vec<bool>,
     pub live_count: usize,
     pub ann: Option<Arc<AnnIndex>>,
+    /// One-bit codes for candidate generation (`None` for HNSW shards).
+    pub codes: Option<Arc<SignCodes>>,
 }
 
 /// One index manifest, loaded.
@@ -318,6 +321,14 @@ async fn load_shard(
         }
     }
     let live_count = live.iter().filter(|l| **l).count();
+    let codes = match ann.as_deref() {
+        Some(AnnIndex::Hnsw(_)) => None,
+        _ => {
+            let seg = segment.clone();
+            let codes = crate::cpu::run(move || SignCodes::build(seg.vectors(), seg.dimensions()));
+            Some(Arc::new(codes.await))
+        }
+    };
     Ok(ShardView {
         key: entry.key.clone(),
         deletions: entry.deletions.clone(),
@@ -325,6 +336,7 @@ async fn load_shard(
         live,
         live_count,
         ann,
+        codes,
     })
 }
 
