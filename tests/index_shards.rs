@@ -17,7 +17,10 @@ use shoal::reader::{Consistency, Reader, ReaderOptions, SearchRequest, SearchRes
 use shoal::record::Record;
 use shoal::store::{Counted, ObjectStore};
 
-backend_tests!(exact_search_answers_the_same_before_and_after_indexing);
+backend_tests!(
+    exact_search_answers_the_same_before_and_after_indexing,
+    writers_indexer_and_readers_run_concurrently
+);
 
 const DIMS: usize = 8;
 
@@ -417,4 +420,107 @@ async fn verify_checks_shards_deletion_vectors_and_watermarks() {
         "{:?}",
         v.problems
     );
+}
+
+/// Two writers (each rewriting its own ids in versions, deleting some),
+/// an indexer looping rounds and merges, and a reader checking as they
+/// run: a strong get returns the version its writer last had
+/// acknowledged (or a newer one in flight) and never a deleted or older
+/// one; searches never return an id twice. At the end exact search equals
+/// brute force over everything acknowledged.
+async fn writers_indexer_and_readers_run_concurrently(store: Arc<Counted>) {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Mutex;
+    let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
+    let clock: DynClock = Arc::new(SystemClock);
+    // id -> (acknowledged version, deleted)
+    let acked: Arc<Mutex<BTreeMap<usize, (usize, bool)>>> = Default::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for wi in 0..2usize {
+        let (store, s, acked) = (store.clone(), s.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            let w = common::writer(store, &s);
+            for version in 1..=6usize {
+                let ids: Vec<usize> = (0..40).map(|j| wi * 1000 + j).collect();
+                let batch: Vec<Record> = ids.iter().map(|&i| record(i, version)).collect();
+                w.upsert(&batch).await.unwrap();
+                {
+                    let mut a = acked.lock().unwrap();
+                    for &i in &ids {
+                        a.insert(i, (version, false));
+                    }
+                }
+                let gone = wi * 1000 + version * 5;
+                w.delete(&[format!("r{gone}")]).await.unwrap();
+                acked.lock().unwrap().insert(gone, (version, true));
+            }
+        }));
+    }
+    let indexer = {
+        let (store, s, clock, done) = (store.clone(), s.clone(), clock.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut rounds = 0;
+            while !done.load(SeqCst) || rounds < 5 {
+                let force = IndexOptions { force: true };
+                index_round(store.as_ref(), &s, "ix", &clock, force)
+                    .await
+                    .unwrap();
+                rounds += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            rounds
+        })
+    };
+    let reader = fresh_reader(&store, &s);
+    let mut checks = 0;
+    while writers.iter().any(|w| !w.is_finished()) || checks < 20 {
+        let snapshot = acked.lock().unwrap().clone();
+        for (&i, &(version, deleted)) in snapshot.iter().step_by(7) {
+            let got = reader
+                .get_with(&format!("r{i}"), Consistency::Strong)
+                .await
+                .unwrap();
+            match got {
+                None => assert!(deleted, "acknowledged r{i} v{version} is missing"),
+                Some(rec) => {
+                    let v = rec.metadata["version"].as_u64().unwrap() as usize;
+                    // A delete is followed by a rewrite in a later version.
+                    assert!(
+                        v >= version + usize::from(deleted),
+                        "r{i}: got v{v}, acknowledged v{version} (deleted {deleted})"
+                    );
+                }
+            }
+        }
+        let mut req = SearchRequest::new(vector(30_000 + checks, 0), 20);
+        req.consistency = Consistency::Strong;
+        let resp = reader.search(&req).await.unwrap();
+        let ids: std::collections::HashSet<&String> = resp.results.iter().map(|h| &h.id).collect();
+        assert_eq!(
+            ids.len(),
+            resp.results.len(),
+            "an id twice: {:?}",
+            resp.results
+        );
+        checks += 1;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, SeqCst);
+    let rounds = indexer.await.unwrap();
+    assert!(rounds >= 5);
+    let mut model = Model::default();
+    for (&i, &(version, deleted)) in acked.lock().unwrap().iter() {
+        if !deleted {
+            model.upsert(&[record(i, version)]);
+        }
+    }
+    answers(
+        &fresh_reader(&store, &s),
+        &model,
+        "after the concurrent run",
+    )
+    .await;
 }
