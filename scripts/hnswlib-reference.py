@@ -34,7 +34,7 @@ def main():
     t = time.perf_counter()
     index.add_items(base, np.arange(len(base)))
     print(f"build {time.perf_counter() - t:.1f} s for {len(base)} vectors")
-    for ef in (10, 16, 24, 32, 48, 64):
+    for ef in (10, 16, 24, 32, 48, 64, 96, 128):
         index.set_ef(ef)
         times, hits = [], 0
         for q, gt in zip(queries, truth):

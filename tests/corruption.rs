@@ -461,3 +461,77 @@ async fn repair_reports_what_it_cannot_order() {
         r.uncertain
     );
 }
+
+/// A lost manifest of a partition the index shards cover: repair refuses
+/// by default (the segments found may include ones the indexer retired,
+/// which as tail would hide newer shard rows); forced, it lists what it
+/// found above the watermark, so readers and the next commits see them.
+#[tokio::test]
+async fn repair_of_an_indexed_partition_stays_above_the_watermark() {
+    use shoal::compact::indexer::{index_round, IndexOptions};
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 1, 3, Metric::Dot).await;
+    let clock: shoal::coord::clock::DynClock = Arc::new(shoal::coord::clock::SystemClock);
+    let w = common::writer(store.clone(), &s);
+    w.upsert(&[Record::new("x", vec![1.0, 0.0, 0.0])])
+        .await
+        .unwrap();
+    w.upsert(&[Record::new("x", vec![2.0, 0.0, 0.0])])
+        .await
+        .unwrap();
+    let force = IndexOptions { force: true };
+    index_round(store.as_ref(), &s, "ix", &clock, force)
+        .await
+        .unwrap();
+    w.upsert(&[Record::new("y", vec![0.0, 1.0, 0.0])])
+        .await
+        .unwrap(); // seq 3: the tail
+    let mkey = "vectors/p000/manifest.json";
+    store.delete(mkey).await.unwrap();
+    let db = shoal::Db::open_store(store.clone(), shoal::OpenOptions::observer())
+        .await
+        .unwrap();
+    let r = db
+        .repair(0, shoal::api::RepairOptions::default())
+        .await
+        .unwrap();
+    assert!(!r.written, "{r:?}");
+    assert!(
+        r.refused
+            .as_deref()
+            .unwrap_or("")
+            .contains("index shards cover"),
+        "{r:?}"
+    );
+    let forced = db
+        .repair(
+            0,
+            shoal::api::RepairOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(forced.written, "{forced:?}");
+    assert!(
+        forced.segments.iter().all(|e| e.seq > 2),
+        "{:?}",
+        forced.segments
+    );
+    // Every segment found (the retired x versions too, in creation order)
+    // is tail now: x is its newest version, y is found, and a new commit
+    // is seen.
+    w.upsert(&[Record::new("z", vec![0.0, 0.0, 1.0])])
+        .await
+        .unwrap();
+    let reader = Reader::new(store.clone(), &s, ReaderOptions::default());
+    for (id, v) in [("x", 2.0), ("y", 1.0), ("z", 1.0)] {
+        let got = reader
+            .get(id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{id} is gone"));
+        assert!(got.vector.contains(&v), "{id}: {:?}", got.vector);
+    }
+}

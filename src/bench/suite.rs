@@ -182,6 +182,9 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     let template = SearchRequest {
         consistency: Consistency::Bounded,
         nprobe: Some(o.nprobe),
+        // A cold query on a large index loads all of it (whole shards,
+        // for now): measure it, however long it takes.
+        deadline_ms: Some(600_000),
         ..SearchRequest::new(vec![], 10)
     };
     tracing::info!(warm_n, clients = o.clients, "bench: warm queries");

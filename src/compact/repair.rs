@@ -41,6 +41,7 @@ use serde::Serialize;
 
 use super::CompactError;
 use crate::coord::clock::format_time;
+use crate::coord::index_manifest::read_index_manifest;
 use crate::coord::manifest::{
     partition_of_key, read_manifest, restore, Manifest, SegmentEntry, SegmentStats,
 };
@@ -137,7 +138,17 @@ pub async fn repair(
     });
     let window = settings.commit_age_bound() + CLOCK_SKEW;
     report.uncertain = uncertain_orders(&segments, window);
+    // Seqs start above the index watermark: whatever was indexed from this
+    // partition is in the shards, and every segment found becomes tail,
+    // newer than the shards (a seq at or below W[p] would be ignored by
+    // readers, and so would the next commits).
+    let watermark = match read_index_manifest(store, settings.partition_count).await? {
+        Some((m, _)) => m.watermark(partition),
+        None => 0,
+    };
     let mut manifest = Manifest::empty(partition);
+    manifest.next_seq = watermark + 1;
+    manifest.indexed_through = watermark;
     for (key, seg) in &segments {
         let h = seg.header();
         let stats = SegmentStats {
@@ -159,6 +170,14 @@ pub async fn repair(
              written. Remove the segments that must not come back, or pass --force to accept \
              the creation order shown",
             report.uncertain.len()
+        ))
+    } else if !opts.force && watermark > 0 && !segments.is_empty() {
+        Some(format!(
+            "the index shards cover this partition through seq {watermark}, and the segments \
+             found may include ones the indexer already retired (and older versions a \
+             compaction replaced): listed as tail they would hide the shards' newer rows; \
+             nothing was written. Remove the segments that must not come back, or pass --force \
+             to list them all as newer than the shards"
         ))
     } else if !opts.force && !report.unreadable.is_empty() {
         Some(format!(

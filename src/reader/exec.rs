@@ -39,7 +39,7 @@ pub(super) async fn search(
             .iter()
             .map(|(v, _)| (v.partition, v.manifest.indexed_through))
             .collect();
-        let index = shards::ensure_index(shared, &q.store, q.want, &retired, &q.tally).await?;
+        let index = shards::ensure_index(shared, &q.store, q.want, &retired).await?;
         Ok::<_, ReadError>((ready, failed, index))
     };
     let (ready, failed, index) = match tokio::time::timeout_at(q.tally.deadline, loading).await {
@@ -533,7 +533,7 @@ pub(super) async fn get(
             .await
             .map_err(|e| e.into_read_error(p))?;
         let retired = [(p, view.manifest.indexed_through)];
-        let index = shards::ensure_index(shared, store, want, &retired, &tally).await?;
+        let index = shards::ensure_index(shared, &shared.store, want, &retired).await?;
         let w = index.watermark(p);
         let in_tail = load::retry_if_vanished(shared, store, view, &tally, |view| {
             let tally = &tally;
@@ -607,7 +607,7 @@ pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
         .iter()
         .map(|v| (v.partition, v.manifest.indexed_through))
         .collect();
-    let index = shards::ensure_index(shared, store, want, &retired, &tally).await?;
+    let index = shards::ensure_index(shared, &shared.store, want, &retired).await?;
     Ok(live_total(&index, &views))
 }
 

@@ -121,15 +121,24 @@ impl IndexSlot {
     }
 }
 
+/// How long a detached index refresh may keep retrying transient errors.
+const REFRESH_BUDGET: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 /// An index view as fresh as `want` asks for and covering `retired`
 /// (`(partition, indexedThrough)` of the partition views the caller
 /// holds; see the module docs).
+///
+/// The refresh runs as a task of its own: loading a large index can take
+/// longer than one query's deadline, and a query that gives up must not
+/// take the half-done load with it (the next query would start over, and
+/// so would the one after). Queries waiting meanwhile share it. Its
+/// requests are counted in `store` (the caller's counting view of the
+/// reader's store).
 pub(super) async fn ensure_index(
-    shared: &Shared,
-    store: &dyn ObjectStore,
+    shared: &Arc<Shared>,
+    store: &crate::store::Counted,
     want: Freshness,
     retired: &[(u32, u64)],
-    tally: &CacheTally,
 ) -> Result<Arc<IndexView>, ReadError> {
     let slot = &shared.index;
     let usable = || {
@@ -139,11 +148,24 @@ pub(super) async fn ensure_index(
     if let Some(v) = usable() {
         return Ok(v);
     }
-    let _one_refresh_at_a_time = slot.refresh.lock().await;
-    if let Some(v) = usable() {
-        return Ok(v);
-    }
-    let view = Box::pin(refresh(shared, store, tally)).await?;
+    let task = {
+        let (shared, retired, store) = (shared.clone(), retired.to_vec(), store.clone());
+        tokio::spawn(async move {
+            let slot = &shared.index;
+            let _one_refresh_at_a_time = slot.refresh.lock().await;
+            let current = slot.current();
+            if let Some(v) = current.filter(|v| slot.fresh_for(want) && v.covers(&retired)) {
+                return Ok(v);
+            }
+            let tally = CacheTally::until(Instant::now() + REFRESH_BUDGET);
+            refresh(&shared, &store, &tally).await
+        })
+    };
+    let view = match task.await {
+        Ok(v) => v?,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => return Err(ReadError::Internal(format!("index refresh cancelled: {e}"))),
+    };
     if let Some(&(p, t)) = retired.iter().find(|&&(p, t)| view.watermark(p) < t) {
         return Err(ReadError::Coord(CoordError::Corrupt {
             key: INDEX_MANIFEST_KEY.into(),

@@ -82,6 +82,7 @@ fn bump(c: &AtomicU64, n: u64) {
 }
 
 /// A store that counts every request made through it.
+#[derive(Clone)]
 pub struct Counted {
     inner: DynStore,
     counters: Arc<Counters>,
