@@ -403,7 +403,9 @@ async fn verify_index(
     };
     referenced.insert(INDEX_MANIFEST_KEY.to_string());
     referenced.extend(index.retired.iter().map(|r| r.key.clone()));
-    let mut live: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    // id -> (shard, hash of its live row's vector)
+    let mut live: std::collections::HashMap<String, (String, u64)> =
+        std::collections::HashMap::new();
     for shard in &index.shards {
         referenced.insert(shard.key.clone());
         referenced.extend(shard.deletions.iter().cloned());
@@ -469,7 +471,8 @@ async fn verify_index(
                 continue;
             }
             report.shard_rows += 1;
-            if let Some(other) = live.insert(id.clone(), shard.key.clone()) {
+            let row = (shard.key.clone(), vector_hash(seg.vector(i)));
+            if let Some((other, _)) = live.insert(id.clone(), row) {
                 report.problems.push(problem(
                     &shard.key,
                     format!("id {id:?} is live here and in {other}"),
@@ -490,7 +493,94 @@ async fn verify_index(
                     ),
                 });
             }
+            account(store, shape, p, &m, index.watermark(p), &live, report).await?;
         }
+    }
+    Ok(())
+}
+
+fn vector_hash(v: &[f32]) -> u64 {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+/// Checks that partition `p`'s records committed at or below the
+/// watermark `w`, as far as their segments are still in the bucket (live,
+/// or retired and not yet collected), are accounted for in the shards:
+/// the newest record of each id among them is live in a shard row with
+/// its vector (an upsert) or live nowhere (a delete), unless the id has a
+/// newer record in the tail.
+async fn account(
+    store: &dyn ObjectStore,
+    shape: Shape,
+    p: u32,
+    m: &crate::coord::manifest::Manifest,
+    w: u64,
+    live: &std::collections::HashMap<String, (String, u64)>,
+    report: &mut VerifyReport,
+) -> Result<(), CoordError> {
+    use crate::coord::paths::{segment_origin, SegmentOrigin};
+    if w == 0 {
+        return Ok(());
+    }
+    let output = |key: &str| segment_origin(key) == Some(SegmentOrigin::Compaction);
+    // In commit order; a compaction's outputs after the inputs they share
+    // a seq with.
+    let mut covered: Vec<(u64, bool, &str)> = m
+        .retired
+        .iter()
+        .filter_map(|r| Some((r.seq.filter(|s| *s <= w)?, r.key.as_str())))
+        .chain(
+            m.segments
+                .iter()
+                .filter(|e| e.seq <= w)
+                .map(|e| (e.seq, e.key.as_str())),
+        )
+        .map(|(seq, key)| (seq, output(key), key))
+        .collect();
+    covered.sort();
+    let mut segs = Vec::new();
+    for (_, _, key) in covered {
+        match segment::load(store, key, shape).await {
+            Ok(seg) => segs.push(seg),
+            Err(e) if e.is_missing() => {} // collected after its grace period
+            Err(segment::LoadError::Store(e)) if e.is_retryable() => return Err(e.into()),
+            Err(_) => {} // a damaged live segment is reported by the main pass
+        }
+    }
+    let mut tail_ids = HashSet::new();
+    for e in m.segments.iter().filter(|e| e.seq > w) {
+        if let Ok(seg) = segment::load(store, &e.key, shape).await {
+            tail_ids.extend(seg.ids().iter().cloned());
+        }
+    }
+    let mut newest = crate::segment::LiveSet::default();
+    for seg in &segs {
+        newest.absorb(seg);
+    }
+    let key = manifest_key(p);
+    for (id, loc) in newest.newest() {
+        if tail_ids.contains(id) {
+            continue;
+        }
+        let seg = &segs[loc.seg as usize];
+        let message = match (loc.tombstone, live.get(id)) {
+            (false, None) => format!(
+                "record {id:?}, committed at or below the index watermark {w}, is in no index \
+                 shard"
+            ),
+            (false, Some((shard, h))) if *h != vector_hash(seg.vector(loc.pos as usize)) => {
+                format!("index shard {shard} holds an older version of {id:?} than partition {p}")
+            }
+            (true, Some((shard, _))) => format!(
+                "{id:?} was deleted at or below the index watermark {w} but is live in {shard}"
+            ),
+            _ => continue,
+        };
+        report.problems.push(Problem {
+            key: key.clone(),
+            message,
+        });
     }
     Ok(())
 }

@@ -533,3 +533,142 @@ async fn writers_indexer_and_readers_run_concurrently(store: Arc<Counted>) {
     )
     .await;
 }
+
+/// HNSW inside shards (the option for warm-only deployments): shards are
+/// built with the configured kind, searched through the graph, and find
+/// nearly what exact search finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hnsw_shards_search_well() {
+    use shoal::coord::config::{update_config, IndexSettings};
+    let store = common::memory_store();
+    common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
+    let clock: DynClock = Arc::new(SystemClock);
+    let s = update_config(store.as_ref(), clock.as_ref(), |c| {
+        c.settings.index = Some(IndexSettings {
+            kind: "hnsw".into(),
+            min_records: 500,
+            ef_construction: 40,
+            ef_search: 64,
+            ..Default::default()
+        });
+        Ok(())
+    })
+    .await
+    .unwrap()
+    .settings;
+    let w = common::writer(store.clone(), &s);
+    let recs: Vec<Record> = (0..2000).map(|i| record(i, 1)).collect();
+    w.upsert(&recs).await.unwrap();
+    let force = IndexOptions { force: true };
+    index_round(store.as_ref(), &s, "ix", &clock, force)
+        .await
+        .unwrap();
+    let (m, _) = shoal::coord::index_manifest::read_index_manifest(store.as_ref(), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    let key = &m.shards[0].key;
+    let seg = shoal::segment::load(
+        store.as_ref(),
+        key,
+        shoal::segment::Shape {
+            dimensions: DIMS,
+            metric: Metric::Euclidean,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(seg.header().has_index, "the shard carries its HNSW graph");
+    let reader = fresh_reader(&store, &s);
+    let (mut found, mut total) = (0, 0);
+    for qi in 0..30 {
+        let mut req = SearchRequest::new(vector(40_000 + qi, 0), 10);
+        let approx = reader.search(&req).await.unwrap();
+        assert!(approx.stats.vectors_compared < 2000, "{:?}", approx.stats);
+        req.exact = true;
+        let exact = reader.search(&req).await.unwrap();
+        let want: std::collections::HashSet<&String> =
+            exact.results.iter().map(|h| &h.id).collect();
+        found += approx
+            .results
+            .iter()
+            .filter(|h| want.contains(&h.id))
+            .count();
+        total += 10;
+    }
+    let recall = found as f64 / total as f64;
+    assert!(recall >= 0.9, "recall@10 {recall:.3}");
+}
+
+/// `verify` accounts for the records below each watermark whose segments
+/// are still in the bucket: a record the shards lost, a stale version in
+/// a shard and a deleted record alive in a shard are each reported.
+#[tokio::test]
+async fn verify_accounts_for_every_record_below_the_watermark() {
+    use shoal::coord::index_manifest::update_index;
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 1, DIMS as u32, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let clock: DynClock = Arc::new(SystemClock);
+    let force = IndexOptions { force: true };
+    let recs: Vec<Record> = (0..20).map(|i| record(i, 1)).collect();
+    w.upsert(&recs).await.unwrap();
+    index_round(store.as_ref(), &s, "ix", &clock, force)
+        .await
+        .unwrap();
+    let clean = common::verify(&store).await.unwrap();
+    assert!(clean.is_clean(), "{:?}", clean.problems);
+    // A second round: newer versions of r0..r4, a delete of r5.
+    let newer: Vec<Record> = (0..5).map(|i| record(i, 2)).collect();
+    w.upsert(&newer).await.unwrap();
+    w.delete(&["r5".into()]).await.unwrap();
+    let before = shoal::coord::index_manifest::read_index_manifest(store.as_ref(), 1)
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    index_round(store.as_ref(), &s, "ix", &clock, force)
+        .await
+        .unwrap();
+    assert!(common::verify(&store).await.unwrap().is_clean());
+    // Roll the shards (not the watermark) back to the first round's: the
+    // old versions of r0..r4 and r5 are live again, and the second
+    // round's shard is gone.
+    update_index(store.as_ref(), 1, Default::default(), |m| {
+        m.shards = before.shards.clone();
+        Ok(true)
+    })
+    .await
+    .unwrap();
+    let v = common::verify(&store).await.unwrap();
+    let said = |what: &str| {
+        v.problems
+            .iter()
+            .filter(|p| p.message.contains(what))
+            .count()
+    };
+    assert_eq!(said("holds an older version of"), 5, "{:?}", v.problems);
+    assert_eq!(
+        said("was deleted at or below the index watermark"),
+        1,
+        "{:?}",
+        v.problems
+    );
+    // And a shard list without any shard: every record is lost.
+    update_index(store.as_ref(), 1, Default::default(), |m| {
+        m.shards.clear();
+        Ok(true)
+    })
+    .await
+    .unwrap();
+    let v = common::verify(&store).await.unwrap();
+    assert_eq!(
+        v.problems
+            .iter()
+            .filter(|p| p.message.contains("is in no index shard"))
+            .count(),
+        19,
+        "{:?}",
+        v.problems
+    );
+}

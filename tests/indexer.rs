@@ -321,3 +321,89 @@ async fn racing_indexers_commit_once(store: Arc<Counted>) {
         .all(|sh| !slow.shards_written.contains(&sh.key)));
     assert_covered(store.as_ref(), &s, &model.0, "after the race").await;
 }
+
+/// Tail compaction stays above the watermark: while the index manifest
+/// covers segments its partition has not retired yet (an indexer between
+/// its commit and its retirement), compaction leaves the partition alone;
+/// once retired, it merges the tail and keeps its tombstones, which still
+/// hide the shard rows of deleted ids.
+#[tokio::test]
+async fn tail_compaction_stays_above_the_watermark_and_keeps_tombstones() {
+    use shoal::compact::{compact_partition, CompactOptions, Outcome};
+    use shoal::coord::index_manifest::update_index;
+    use shoal::coord::manifest::{retire_indexed, CommitRules};
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 1, DIMS, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let clock: DynClock = Arc::new(SystemClock);
+    let recs: Vec<Record> = (0..10)
+        .map(|i| Record::new(format!("r{i}"), vector(i, 1)))
+        .collect();
+    w.upsert(&recs).await.unwrap(); // seq 1
+    w.upsert(&recs[..3]).await.unwrap(); // seq 2
+    let force = IndexOptions { force: true };
+    index_round(store.as_ref(), &s, "ix", &clock, force)
+        .await
+        .unwrap(); // W = 2, retired
+    w.delete(&["r4".into()]).await.unwrap(); // seq 3: hides a shard row
+    w.upsert(&[Record::new("r20", vector(20, 1))])
+        .await
+        .unwrap(); // seq 4
+                   // The index covers seq 3 (as if an indexer committed it), the
+                   // partition has not retired it yet: compaction must not touch it.
+    update_index(store.as_ref(), 1, Default::default(), |m| {
+        m.advance(0, 3)?;
+        Ok(true)
+    })
+    .await
+    .unwrap();
+    let opts = CompactOptions {
+        force: true,
+        upto_seq: None,
+    };
+    let out = compact_partition(store.as_ref(), &s, 0, "c", &clock, &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        Outcome::NotNeeded,
+        "a segment at or below W[p] is the indexer's"
+    );
+    // Put the watermark back where the shards really are (nothing indexed
+    // seq 3), retire nothing more, and compact the tail {3, 4}.
+    update_index(store.as_ref(), 1, Default::default(), |m| {
+        m.watermarks[0] = 2;
+        Ok(true)
+    })
+    .await
+    .unwrap();
+    let rules = CommitRules::new(&s, SystemTime::now(), clock.as_ref(), Default::default());
+    assert!(
+        !retire_indexed(store.as_ref(), 0, 2, "2026-01-01T00:00:00Z", rules)
+            .await
+            .unwrap()
+    );
+    let out = compact_partition(store.as_ref(), &s, 0, "c", &clock, &opts)
+        .await
+        .unwrap();
+    let Outcome::Compacted(r) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (r.records_in, r.records_out),
+        (2, 2),
+        "r20 and r4's tombstone"
+    );
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    assert!(
+        m.segments.iter().any(|e| e.tombstones == 1),
+        "{:?}",
+        m.segments
+    );
+    let got = common::get(&w, "r4").await.unwrap();
+    assert!(
+        got.is_none(),
+        "the kept tombstone hides r4's shard row: {got:?}"
+    );
+    assert!(common::get(&w, "r5").await.unwrap().is_some());
+}
