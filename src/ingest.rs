@@ -60,6 +60,9 @@ pub struct IngestSummary {
     pub seconds: f64,
     pub records_per_s: f64,
     pub partitions_compacted: usize,
+    /// Records the indexer moved into index shards after the ingest (it
+    /// runs when the tails hold enough records; see `compact::indexer`).
+    pub records_indexed: u64,
     /// The first bad record (`file:line: reason`), when it stopped there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<String>,
@@ -144,6 +147,14 @@ pub async fn ingest_files(
             .iter()
             .filter(|o| matches!(o, crate::compact::Outcome::Compacted(_)))
             .count();
+        // A large ingest is searchable through the index shards right
+        // away; a small one waits in the tails for the next round.
+        match db.index(false).await {
+            Ok(round) => summary.records_indexed = round.records_in,
+            Err(e) => {
+                tracing::warn!(error = %e, "indexing after the ingest failed; a later round will")
+            }
+        }
     }
     summary.records_committed = added;
     summary.seconds = start.elapsed().as_secs_f64();

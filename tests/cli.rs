@@ -625,3 +625,25 @@ fn a_lost_manifest_is_reported_and_repaired_local() {
     let e = s.fails(&["repair", "0"], 1);
     assert!(e.contains("exists"), "{e}");
 }
+
+/// A large ingest leaves its records in the index shards (the indexer's
+/// policy: tails of 10,000 records or more), a small one in the tails.
+#[test]
+fn a_large_ingest_is_indexed_a_small_one_waits() {
+    let s = Shoal::local();
+    s.ok(&["init", "--dimensions", "4", "--partitions", "4"]);
+    let small: String = (0..100)
+        .map(|i| format!("{{\"id\":\"s{i}\",\"vector\":[{i},1,2,3]}}\n"))
+        .collect();
+    let out = s.ok(&["ingest", &s.file("small.jsonl", small.as_bytes())]);
+    assert!(out.contains("indexed 0 record(s)"), "{out}");
+    let big: String = (0..12_000)
+        .map(|i| format!("{{\"id\":\"b{i}\",\"vector\":[{i},1,2,3]}}\n"))
+        .collect();
+    let out = s.ok(&["ingest", &s.file("big.jsonl", big.as_bytes())]);
+    assert!(out.contains("indexed 12100 record(s)"), "{out}");
+    let st = s.json(&["status"]);
+    assert_eq!(st["index"]["live_rows"], 12_100, "{}", st["index"]);
+    assert_eq!(st["index"]["tail_records"], 0);
+    assert!(s.run(&["get", "s7"]).status.success());
+}

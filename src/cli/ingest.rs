@@ -94,7 +94,7 @@ pub(super) async fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
     } else {
         let r = &summary.requests;
         let out = format!(
-            "committed {} records into {} ({} segments, {:.1} MB) in {:.2} s, {:.0} records/s; skipped {}; compacted {} partition(s); requests: PUT {} GET {} LIST {}",
+            "committed {} records into {} ({} segments, {:.1} MB) in {:.2} s, {:.0} records/s; skipped {}; compacted {} partition(s), indexed {} record(s); requests: PUT {} GET {} LIST {}",
             summary.records_committed,
             db.describe(),
             summary.segments,
@@ -103,6 +103,7 @@ pub(super) async fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
             summary.records_per_s,
             summary.records_skipped,
             summary.partitions_compacted,
+            summary.records_indexed,
             r.put,
             r.get,
             r.list
