@@ -407,3 +407,49 @@ async fn tail_compaction_stays_above_the_watermark_and_keeps_tombstones() {
     );
     assert!(common::get(&w, "r5").await.unwrap().is_some());
 }
+
+/// An indexer running round after round in one process reads each
+/// shard's ids once: a later round that supersedes rows fetches only the
+/// small objects (manifests, the tail, a deletion vector), not the shards.
+#[tokio::test]
+async fn later_rounds_do_not_read_the_shards_again() {
+    let store = common::memory_store();
+    // Vectors large enough that the shards outweigh the manifests.
+    let s = common::create_index(store.as_ref(), 2, 128, Metric::Euclidean).await;
+    let vector = |i: usize, v: usize| -> Vec<f32> {
+        (0..128)
+            .map(|j| ((i * 7919 + v * 104_729 + j * 31) % 1000) as f32 / 1000.0)
+            .collect()
+    };
+    let w = common::writer(store.clone(), &s);
+    let clock: DynClock = Arc::new(SystemClock);
+    let force = IndexOptions { force: true };
+    for round in 0..2 {
+        let recs: Vec<Record> = (round * 300..round * 300 + 300)
+            .map(|i| Record::new(format!("r{i}"), vector(i, 1)))
+            .collect();
+        w.upsert(&recs).await.unwrap();
+        index_round(store.as_ref(), &s, "ix", &clock, force)
+            .await
+            .unwrap();
+    }
+    // Round 2 read shard 1 for its ids; round 3 (deletes only: no new
+    // shard) reads shard 2's.
+    w.delete(&["r1".into(), "r301".into()]).await.unwrap();
+    index_round(store.as_ref(), &s, "ix", &clock, force)
+        .await
+        .unwrap();
+    w.delete(&["r2".into(), "r302".into()]).await.unwrap();
+    let m = index_manifest(store.as_ref(), 2).await;
+    let shard_bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    let counted = Arc::new(Counted::new(store.clone()));
+    let r = index_round(counted.as_ref(), &s, "ix", &clock, force)
+        .await
+        .unwrap();
+    assert_eq!(r.rows_killed, 2, "{r:?}");
+    let read = counted.counts().bytes_read;
+    assert!(
+        read < shard_bytes / 2,
+        "the round read {read} bytes; the shards hold {shard_bytes}"
+    );
+}

@@ -219,11 +219,20 @@ async fn run_round(
     let touched: HashSet<&str> = batch.iter().map(|r| r.id.as_str()).collect();
     let mut deletions: Vec<(usize, DeletionVector)> = Vec::new();
     for (i, shard) in index.shards.iter().enumerate() {
-        let seg = segment::load(store, &shard.key, shape).await?;
+        let ids = shard_ids(store, shard, shape).await?;
+        let hits: Vec<u64> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| touched.contains(id.as_str()))
+            .map(|(row, _)| row as u64)
+            .collect();
+        if hits.is_empty() {
+            continue;
+        }
         let mut dv = load_deletions(store, shard).await?;
         let mut killed = 0;
-        for (row, id) in seg.ids().iter().enumerate() {
-            if touched.contains(id.as_str()) && dv.mark(row as u64) {
+        for row in hits {
+            if dv.mark(row) {
                 killed += 1;
             }
         }
@@ -461,6 +470,38 @@ fn too_late(clock: &DynClock, written_at: std::time::SystemTime, settings: &Sett
         );
     }
     late
+}
+
+/// The ids of a shard's rows. Shards are immutable, so an indexer that
+/// runs round after round in one process (a `serve` writer, a warm
+/// Lambda) reads each shard once for its ids instead of every shard
+/// whole every round. Keyed by store and shard key; at most 256 MB of ids.
+async fn shard_ids(
+    store: &dyn ObjectStore,
+    shard: &ShardEntry,
+    shape: Shape,
+) -> Result<Arc<Vec<String>>, CompactError> {
+    type Ids = moka::future::Cache<String, Arc<Vec<String>>>;
+    static CACHE: std::sync::OnceLock<Ids> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        moka::future::Cache::builder()
+            .max_capacity(256 << 20)
+            .weigher(|_k: &String, v: &Arc<Vec<String>>| {
+                let bytes: usize = v.iter().map(|id| id.len() + 24).sum();
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .build()
+    });
+    let key = format!("{}\n{}", store.describe(), shard.key);
+    if let Some(ids) = cache.get(&key).await {
+        if ids.len() as u64 == shard.rows {
+            return Ok(ids);
+        }
+    }
+    let seg = segment::load(store, &shard.key, shape).await?;
+    let ids = Arc::new(seg.ids().to_vec());
+    cache.insert(key, ids.clone()).await;
+    Ok(ids)
 }
 
 /// A shard's deletion vector (all rows live when it has none).
