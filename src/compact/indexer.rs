@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{build_outputs, CompactError};
+use super::{build_outputs, newest_records, CompactError};
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
 use crate::coord::index_manifest::{
@@ -40,7 +40,7 @@ use crate::coord::paths::{new_deletions_key, new_shard_key};
 use crate::coord::{CoordError, Settings};
 use crate::record::Prepared;
 use crate::segment::deletions::DeletionVector;
-use crate::segment::{self, LiveSet, Segment, SegmentHeader, Shape, FORMAT_VERSION};
+use crate::segment::{self, SegmentHeader, Shape, FORMAT_VERSION};
 use crate::store::ObjectStore;
 
 /// How long an indexer may hold the lease without renewing it.
@@ -151,9 +151,7 @@ async fn work_due(
     round: &mut IndexRound,
 ) -> Result<bool, CompactError> {
     let n = settings.partition_count;
-    let Some((index, _)) = read_index_manifest(store, n).await? else {
-        return Err(crate::coord::index_manifest::missing_index_manifest().into());
-    };
+    let index = current_index(store, n).await?;
     if !merges_due(&index, shard_target_rows(settings)).is_empty() {
         return Ok(true);
     }
@@ -183,13 +181,8 @@ async fn run_round(
     round: &mut IndexRound,
 ) -> Result<(), CompactError> {
     let n = settings.partition_count;
-    let shape = Shape {
-        dimensions: settings.dimensions as usize,
-        metric: settings.metric(),
-    };
-    let Some((index, _)) = read_index_manifest(store, n).await? else {
-        return Err(crate::coord::index_manifest::missing_index_manifest().into());
-    };
+    let shape = shape_of(settings);
+    let index = current_index(store, n).await?;
     // The tails, and where each partition's watermark will move.
     let mut batch: Vec<Prepared> = Vec::new();
     let mut advanced = BTreeMap::new();
@@ -209,7 +202,8 @@ async fn run_round(
             segs.push(Arc::new(segment::load(store, &e.key, shape).await?));
         }
         round.records_in += segs.iter().map(|s| s.len() as u64).sum::<u64>();
-        batch.extend(newest_versions(&segs));
+        let (live, tombstones) = newest_records(&segs);
+        batch.extend(live.into_iter().chain(tombstones));
         advanced.insert(p, last.seq);
     }
     if advanced.is_empty() {
@@ -245,38 +239,12 @@ async fn run_round(
     let live: Vec<Prepared> = batch.into_iter().filter(|r| !r.tombstone).collect();
     round.rows_out = live.len() as u64;
     let now = clock.now();
-    let header = shard_header(shape, now);
-    let ix = shard_index_settings(settings);
-    let (dims, metric) = (shape.dimensions, shape.metric);
-    let outputs = if live.is_empty() {
-        Vec::new()
-    } else {
-        crate::cpu::run(move || {
-            let mut secs = 0.0;
-            build_outputs(live, dims, metric, &ix, &header, &mut secs)
-        })
-        .await
-    };
-    let mut new_shards = Vec::new();
     // GC spares unreferenced objects for the grace period: commit within
     // the age bound after the first PUT, or not at all.
-    let written_at = clock.now();
-    for out in outputs {
-        let key = new_shard_key(now);
-        let bytes = out.bytes.len() as u64;
-        put_new_object(store, &key, out.bytes, backoff).await?;
-        round.shards_written.push(key.clone());
-        new_shards.push(ShardEntry {
-            key,
-            rows: out.records,
-            dead: 0,
-            bytes,
-            level: 0,
-            deletions: None,
-            created_at: format_time(now),
-            extra: Default::default(),
-        });
-    }
+    let (new_shards, written_at) = write_shards(store, settings, clock, live, 0).await?;
+    round
+        .shards_written
+        .extend(new_shards.iter().map(|s| s.key.clone()));
     let mut new_dvs = Vec::new();
     for (i, dv) in deletions {
         let key = new_deletions_key(now);
@@ -367,15 +335,10 @@ async fn merge_shards(
     round: &mut IndexRound,
 ) -> Result<(), CompactError> {
     let n = settings.partition_count;
-    let shape = Shape {
-        dimensions: settings.dimensions as usize,
-        metric: settings.metric(),
-    };
+    let shape = shape_of(settings);
     let target = shard_target_rows(settings);
     loop {
-        let Some((index, _)) = read_index_manifest(store, n).await? else {
-            return Err(crate::coord::index_manifest::missing_index_manifest().into());
-        };
+        let index = current_index(store, n).await?;
         let Some(inputs) = merges_due(&index, target).into_iter().next() else {
             return Ok(());
         };
@@ -395,33 +358,8 @@ async fn merge_shards(
             }
         }
         let level = inputs.iter().map(|s| s.level).max().unwrap_or(0) + 1;
-        let now = clock.now();
-        let header = shard_header(shape, now);
-        let ix = shard_index_settings(settings);
-        let (dims, metric) = (shape.dimensions, shape.metric);
         let merged_rows = rows.len() as u64;
-        let outputs = crate::cpu::run(move || {
-            let mut secs = 0.0;
-            build_outputs(rows, dims, metric, &ix, &header, &mut secs)
-        })
-        .await;
-        let mut new_shards = Vec::new();
-        let written_at = clock.now();
-        for out in outputs {
-            let key = new_shard_key(now);
-            let bytes = out.bytes.len() as u64;
-            put_new_object(store, &key, out.bytes, Backoff::default()).await?;
-            new_shards.push(ShardEntry {
-                key,
-                rows: out.records,
-                dead: 0,
-                bytes,
-                level,
-                deletions: None,
-                created_at: format_time(now),
-                extra: Default::default(),
-            });
-        }
+        let (new_shards, written_at) = write_shards(store, settings, clock, rows, level).await?;
         let expected = index.generation;
         let retired_at = format_time(clock.now());
         let (m, wrote) = update_index(store, n, Backoff::default(), |m| {
@@ -518,6 +456,72 @@ async fn load_deletions(
     })
 }
 
+/// Builds shards of `rows` at `level` (the configured ANN index, off the
+/// async runtime) and PUTs them create-only. Returns their entries and
+/// when the first PUT was sent (the commit age bound counts from it).
+async fn write_shards(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    rows: Vec<Prepared>,
+    level: u32,
+) -> Result<(Vec<ShardEntry>, std::time::SystemTime), CompactError> {
+    let now = clock.now();
+    let shape = shape_of(settings);
+    let outputs = if rows.is_empty() {
+        Vec::new()
+    } else {
+        let header = shard_header(shape, now);
+        let ix = shard_index_settings(settings);
+        crate::cpu::run(move || {
+            let mut secs = 0.0;
+            build_outputs(
+                rows,
+                shape.dimensions,
+                shape.metric,
+                &ix,
+                &header,
+                &mut secs,
+            )
+        })
+        .await
+    };
+    let written_at = clock.now();
+    let mut entries = Vec::with_capacity(outputs.len());
+    for out in outputs {
+        let key = new_shard_key(now);
+        let bytes = out.bytes.len() as u64;
+        put_new_object(store, &key, out.bytes, Backoff::default()).await?;
+        entries.push(ShardEntry {
+            key,
+            rows: out.records,
+            dead: 0,
+            bytes,
+            level,
+            deletions: None,
+            created_at: format_time(now),
+            extra: Default::default(),
+        });
+    }
+    Ok((entries, written_at))
+}
+
+/// The shape every shard of `settings`' index has.
+fn shape_of(settings: &Settings) -> Shape {
+    Shape {
+        dimensions: settings.dimensions as usize,
+        metric: settings.metric(),
+    }
+}
+
+/// The index manifest, which exists from init on.
+async fn current_index(store: &dyn ObjectStore, n: u32) -> Result<IndexManifest, CompactError> {
+    match read_index_manifest(store, n).await? {
+        Some((index, _)) => Ok(index),
+        None => Err(crate::coord::index_manifest::missing_index_manifest().into()),
+    }
+}
+
 fn shard_header(shape: Shape, now: std::time::SystemTime) -> SegmentHeader {
     SegmentHeader {
         format_version: FORMAT_VERSION,
@@ -558,28 +562,4 @@ fn apply(
     }
     m.shards.extend(new_shards.iter().cloned());
     Ok(())
-}
-
-/// The newest version of each id across `segments` (oldest first),
-/// tombstones included: what the shards must end up agreeing with.
-fn newest_versions(segments: &[Arc<Segment>]) -> Vec<Prepared> {
-    let mut live = LiveSet::default();
-    for seg in segments {
-        live.absorb(seg);
-    }
-    let mut newest: Vec<_> = live.newest().collect();
-    newest.sort_by_key(|(_, loc)| (loc.seg, loc.pos)); // write order, run to run
-    newest
-        .into_iter()
-        .map(|(id, loc)| {
-            let seg = &segments[loc.seg as usize];
-            let i = loc.pos as usize;
-            Prepared {
-                id: id.to_string(),
-                vector: seg.vector(i).to_vec(),
-                metadata: seg.metadata_raw(i).to_vec(),
-                tombstone: loc.tombstone,
-            }
-        })
-        .collect()
 }
