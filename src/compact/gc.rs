@@ -157,7 +157,15 @@ pub async fn gc(
         ..Default::default()
     };
     let mut stranded: HashSet<u32> = HashSet::new();
-    for obj in store.list(VECTORS_PREFIX).await? {
+    let mut listed = store.list(VECTORS_PREFIX).await?;
+    if index.is_some() {
+        listed.extend(store.list(INDEX_PREFIX).await?);
+    } else if settings.partitions_initialized {
+        report
+            .missing_manifests
+            .push(INDEX_MANIFEST_KEY.to_string());
+    }
+    for obj in listed {
         if keep.contains(&obj.key) {
             continue;
         }
@@ -170,22 +178,6 @@ pub async fn gc(
         } else {
             report.kept_young += 1;
         }
-    }
-    if index.is_some() {
-        for obj in store.list(INDEX_PREFIX).await? {
-            if keep.contains(&obj.key) {
-                continue;
-            }
-            if expired_keys.contains(&obj.key) || old_enough(obj.last_modified) {
-                report.deleted.push(obj.key);
-            } else {
-                report.kept_young += 1;
-            }
-        }
-    } else if settings.partitions_initialized {
-        report
-            .missing_manifests
-            .push(INDEX_MANIFEST_KEY.to_string());
     }
     if !opts.dry_run {
         for key in &report.deleted {

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::load::Freshness;
 use super::view::{load_segment, retrying, CacheTally};
 use super::{Consistency, PartitionError, ReadError, Shared};
-use crate::coord::index_manifest::{IndexManifest, ShardEntry};
+use crate::coord::index_manifest::{parse_index_manifest, IndexManifest, ShardEntry};
 use crate::coord::paths::INDEX_MANIFEST_KEY;
 use crate::coord::CoordError;
 use crate::index::codes::SignCodes;
@@ -224,8 +224,8 @@ async fn refresh(
         // snapshot rule in `ensure_index`, naming this key.
         None => IndexView::empty(shared.views.len() as u32),
         Some(got) => {
-            let m: IndexManifest = crate::coord::cas::parse_json(INDEX_MANIFEST_KEY, &got.bytes)?;
-            m.validate(shared.views.len() as u32)?;
+            let n = shared.views.len() as u32;
+            let m = parse_index_manifest(n, &got.bytes)?;
             match build(shared, store, m, Some(got.etag), current.as_deref(), tally).await {
                 Err(e) if e.is_missing_segment() => {
                     // Re-read unconditionally: the shards we were told of
@@ -233,9 +233,7 @@ async fn refresh(
                     let got = retrying(tally.deadline, retryable, || store.get(INDEX_MANIFEST_KEY))
                         .await
                         .map_err(CoordError::Store)?;
-                    let m: IndexManifest =
-                        crate::coord::cas::parse_json(INDEX_MANIFEST_KEY, &got.bytes)?;
-                    m.validate(shared.views.len() as u32)?;
+                    let m = parse_index_manifest(n, &got.bytes)?;
                     build(shared, store, m, Some(got.etag), current.as_deref(), tally)
                         .await
                         .map_err(|e| index_error(&e))?
