@@ -468,10 +468,8 @@ async fn repair_reports_what_it_cannot_order() {
 /// found above the watermark, so readers and the next commits see them.
 #[tokio::test]
 async fn repair_of_an_indexed_partition_stays_above_the_watermark() {
-    use shoal::compact::indexer::{index_round, IndexOptions};
     let store = common::memory_store();
     let s = common::create_index(store.as_ref(), 1, 3, Metric::Dot).await;
-    let clock: shoal::coord::clock::DynClock = Arc::new(shoal::coord::clock::SystemClock);
     let w = common::writer(store.clone(), &s);
     w.upsert(&[Record::new("x", vec![1.0, 0.0, 0.0])])
         .await
@@ -479,10 +477,7 @@ async fn repair_of_an_indexed_partition_stays_above_the_watermark() {
     w.upsert(&[Record::new("x", vec![2.0, 0.0, 0.0])])
         .await
         .unwrap();
-    let force = IndexOptions { force: true };
-    index_round(store.as_ref(), &s, "ix", &clock, force)
-        .await
-        .unwrap();
+    common::index_now(store.as_ref(), &s).await;
     w.upsert(&[Record::new("y", vec![0.0, 1.0, 0.0])])
         .await
         .unwrap(); // seq 3: the tail

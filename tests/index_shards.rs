@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::json;
-use shoal::compact::indexer::{index_round, IndexOptions};
 use shoal::coord::clock::{DynClock, SystemClock};
 use shoal::coord::{Metric, Settings};
 use shoal::reader::{Consistency, Reader, ReaderOptions, SearchRequest, SearchResponse};
@@ -124,7 +123,6 @@ fn fresh_reader(store: &Arc<Counted>, s: &Settings) -> Reader {
 async fn exact_search_answers_the_same_before_and_after_indexing(store: Arc<Counted>) {
     let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
     let w = common::writer(store.clone(), &s);
-    let clock: DynClock = Arc::new(SystemClock);
     let kept = fresh_reader(&store, &s); // lives through every phase
     let mut model = Model::default();
     let ids = |v: &[usize]| -> Vec<String> { v.iter().map(|i| format!("r{i}")).collect() };
@@ -141,15 +139,7 @@ async fn exact_search_answers_the_same_before_and_after_indexing(store: Arc<Coun
     model.delete(&gone);
     let (before, _) = answers(&kept, &model, "before indexing").await;
 
-    let r = index_round(
-        store.as_ref(),
-        &s,
-        "ix",
-        &clock,
-        IndexOptions { force: true },
-    )
-    .await
-    .unwrap();
+    let r = common::index_now(store.as_ref(), &s).await;
     assert!(r.generation.is_some(), "{r:?}");
     for reader in [&kept, &fresh_reader(&store, &s)] {
         let (after, resps) = answers(reader, &model, "after indexing").await;
@@ -188,15 +178,7 @@ async fn exact_search_answers_the_same_before_and_after_indexing(store: Arc<Coun
         tails
     );
 
-    let r = index_round(
-        store.as_ref(),
-        &s,
-        "ix",
-        &clock,
-        IndexOptions { force: true },
-    )
-    .await
-    .unwrap();
+    let r = common::index_now(store.as_ref(), &s).await;
     assert!(r.rows_killed > 0, "{r:?}");
     for reader in [&kept, &fresh_reader(&store, &s)] {
         let (after, _) = answers(reader, &model, "after indexing the tails").await;
@@ -217,7 +199,6 @@ async fn merging_shards_changes_no_answer_even_for_a_reader_holding_the_old_inde
     let w = common::writer(store.clone(), &s);
     let clock: DynClock = Arc::new(SystemClock);
     let mut model = Model::default();
-    let force = IndexOptions { force: true };
     let mut old_reader = None;
     let mut before_merge = None;
     for round in 0..4 {
@@ -229,9 +210,7 @@ async fn merging_shards_changes_no_answer_even_for_a_reader_holding_the_old_inde
         let gone: Vec<String> = vec![format!("r{}", round * 80 + 3)];
         w.delete(&gone).await.unwrap();
         model.delete(&gone);
-        let r = index_round(store.as_ref(), &s, "ix", &clock, force)
-            .await
-            .unwrap();
+        let r = common::index_now(store.as_ref(), &s).await;
         if round < 3 {
             assert!(r.merged.is_empty(), "round {round}: {r:?}");
             let reader = fresh_reader(&store, &s);
@@ -306,15 +285,11 @@ async fn approximate_search_over_shards_keeps_recall_and_filters_keep_k() {
     let store = common::memory_store();
     let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
     let w = common::writer(store.clone(), &s);
-    let clock: DynClock = Arc::new(SystemClock);
     let recs: Vec<Record> = (0..6000).map(|i| record(i, 1)).collect();
     for chunk in recs.chunks(1000) {
         w.upsert(chunk).await.unwrap();
     }
-    let force = IndexOptions { force: true };
-    index_round(store.as_ref(), &s, "ix", &clock, force)
-        .await
-        .unwrap();
+    common::index_now(store.as_ref(), &s).await;
     let reader = fresh_reader(&store, &s);
     let (mut found, mut total) = (0, 0);
     for qi in 0..40 {
@@ -356,17 +331,11 @@ async fn verify_checks_shards_deletion_vectors_and_watermarks() {
     let store = common::memory_store();
     let s = common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
     let w = common::writer(store.clone(), &s);
-    let clock: DynClock = Arc::new(SystemClock);
-    let force = IndexOptions { force: true };
     let recs: Vec<Record> = (0..50).map(|i| record(i, 1)).collect();
     w.upsert(&recs).await.unwrap();
-    index_round(store.as_ref(), &s, "ix", &clock, force)
-        .await
-        .unwrap();
+    common::index_now(store.as_ref(), &s).await;
     w.delete(&["r1".into(), "r2".into()]).await.unwrap();
-    index_round(store.as_ref(), &s, "ix", &clock, force)
-        .await
-        .unwrap();
+    common::index_now(store.as_ref(), &s).await;
     let v = common::verify(&store).await.unwrap();
     assert!(v.is_clean(), "{:?}", v.problems);
     assert_eq!((v.shards, v.shard_rows), (1, 48));
@@ -432,7 +401,6 @@ async fn writers_indexer_and_readers_run_concurrently(store: Arc<Counted>) {
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use std::sync::Mutex;
     let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
-    let clock: DynClock = Arc::new(SystemClock);
     // id -> (acknowledged version, deleted)
     let acked: Arc<Mutex<BTreeMap<usize, (usize, bool)>>> = Default::default();
     // ids whose delete has been sent (acknowledged or not)
@@ -464,14 +432,11 @@ async fn writers_indexer_and_readers_run_concurrently(store: Arc<Counted>) {
         }));
     }
     let indexer = {
-        let (store, s, clock, done) = (store.clone(), s.clone(), clock.clone(), done.clone());
+        let (store, s, done) = (store.clone(), s.clone(), done.clone());
         tokio::spawn(async move {
             let mut rounds = 0;
             while !done.load(SeqCst) || rounds < 5 {
-                let force = IndexOptions { force: true };
-                index_round(store.as_ref(), &s, "ix", &clock, force)
-                    .await
-                    .unwrap();
+                common::index_now(store.as_ref(), &s).await;
                 rounds += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
@@ -559,10 +524,7 @@ async fn hnsw_shards_search_well() {
     let w = common::writer(store.clone(), &s);
     let recs: Vec<Record> = (0..2000).map(|i| record(i, 1)).collect();
     w.upsert(&recs).await.unwrap();
-    let force = IndexOptions { force: true };
-    index_round(store.as_ref(), &s, "ix", &clock, force)
-        .await
-        .unwrap();
+    common::index_now(store.as_ref(), &s).await;
     let (m, _) = shoal::coord::index_manifest::read_index_manifest(store.as_ref(), 2)
         .await
         .unwrap()
@@ -609,13 +571,9 @@ async fn verify_accounts_for_every_record_below_the_watermark() {
     let store = common::memory_store();
     let s = common::create_index(store.as_ref(), 1, DIMS as u32, Metric::Euclidean).await;
     let w = common::writer(store.clone(), &s);
-    let clock: DynClock = Arc::new(SystemClock);
-    let force = IndexOptions { force: true };
     let recs: Vec<Record> = (0..20).map(|i| record(i, 1)).collect();
     w.upsert(&recs).await.unwrap();
-    index_round(store.as_ref(), &s, "ix", &clock, force)
-        .await
-        .unwrap();
+    common::index_now(store.as_ref(), &s).await;
     let clean = common::verify(&store).await.unwrap();
     assert!(clean.is_clean(), "{:?}", clean.problems);
     // A second round: newer versions of r0..r4, a delete of r5.
@@ -627,9 +585,7 @@ async fn verify_accounts_for_every_record_below_the_watermark() {
         .unwrap()
         .unwrap()
         .0;
-    index_round(store.as_ref(), &s, "ix", &clock, force)
-        .await
-        .unwrap();
+    common::index_now(store.as_ref(), &s).await;
     assert!(common::verify(&store).await.unwrap().is_clean());
     // Roll the shards (not the watermark) back to the first round's: the
     // old versions of r0..r4 and r5 are live again, and the second

@@ -136,7 +136,6 @@ impl Model {
 async fn shards_cover_every_record_below_the_watermarks_exactly_once(store: Arc<Counted>) {
     let s = common::create_index(store.as_ref(), 4, DIMS, Metric::Euclidean).await;
     let w = common::writer(store.clone(), &s);
-    let clock: DynClock = Arc::new(SystemClock);
     let mut model = Model::default();
     let recs = |range: std::ops::Range<usize>, version: usize| -> Vec<Record> {
         range
@@ -145,15 +144,7 @@ async fn shards_cover_every_record_below_the_watermarks_exactly_once(store: Arc<
     };
     let ids = |v: &[usize]| -> Vec<String> { v.iter().map(|i| format!("r{i}")).collect() };
     // Nothing to index yet: no commit.
-    let r = index_round(
-        store.as_ref(),
-        &s,
-        "ix",
-        &clock,
-        IndexOptions { force: true },
-    )
-    .await
-    .unwrap();
+    let r = common::index_now(store.as_ref(), &s).await;
     assert_eq!(r.generation, None, "{r:?}");
 
     for batch in [recs(0..120, 1), recs(100..130, 2)] {
@@ -170,15 +161,7 @@ async fn shards_cover_every_record_below_the_watermarks_exactly_once(store: Arc<
         }
         v
     };
-    let r = index_round(
-        store.as_ref(),
-        &s,
-        "ix",
-        &clock,
-        IndexOptions { force: true },
-    )
-    .await
-    .unwrap();
+    let r = common::index_now(store.as_ref(), &s).await;
     assert_eq!(r.generation, Some(1), "{r:?}");
     assert_eq!(r.rows_out, 128, "130 ids, 2 deleted: {r:?}");
     assert_eq!(r.rows_killed, 0);
@@ -205,15 +188,7 @@ async fn shards_cover_every_record_below_the_watermarks_exactly_once(store: Arc<
     w.upsert(&recs(200..220, 1)).await.unwrap();
     model.upsert(&recs(200..220, 1));
     let before = index_manifest(store.as_ref(), 4).await;
-    let r = index_round(
-        store.as_ref(),
-        &s,
-        "ix",
-        &clock,
-        IndexOptions { force: true },
-    )
-    .await
-    .unwrap();
+    let r = common::index_now(store.as_ref(), &s).await;
     assert_eq!(r.generation, Some(2), "{r:?}");
     // r0..r9 (r5, r6 were already dead) lose 8 rows, r50..r52 three.
     assert_eq!(r.rows_killed, 8 + 3, "{r:?}");
@@ -235,15 +210,7 @@ async fn shards_cover_every_record_below_the_watermarks_exactly_once(store: Arc<
     let gone: Vec<String> = (0..10).chain(60..65).map(|i| format!("r{i}")).collect();
     w.delete(&gone).await.unwrap();
     model.delete(&gone);
-    let r = index_round(
-        store.as_ref(),
-        &s,
-        "ix",
-        &clock,
-        IndexOptions { force: true },
-    )
-    .await
-    .unwrap();
+    let r = common::index_now(store.as_ref(), &s).await;
     assert_eq!((r.rows_out, r.rows_killed), (0, 15), "{r:?}");
     assert_covered(store.as_ref(), &s, &model.0, "after deletes only").await;
     let m = index_manifest(store.as_ref(), 4).await;
@@ -341,10 +308,7 @@ async fn tail_compaction_stays_above_the_watermark_and_keeps_tombstones() {
         .collect();
     w.upsert(&recs).await.unwrap(); // seq 1
     w.upsert(&recs[..3]).await.unwrap(); // seq 2
-    let force = IndexOptions { force: true };
-    index_round(store.as_ref(), &s, "ix", &clock, force)
-        .await
-        .unwrap(); // W = 2, retired
+    common::index_now(store.as_ref(), &s).await; // W = 2, retired
     w.delete(&["r4".into()]).await.unwrap(); // seq 3: hides a shard row
     w.upsert(&[Record::new("r20", vector(20, 1))])
         .await
@@ -422,30 +386,22 @@ async fn later_rounds_do_not_read_the_shards_again() {
             .collect()
     };
     let w = common::writer(store.clone(), &s);
-    let clock: DynClock = Arc::new(SystemClock);
-    let force = IndexOptions { force: true };
     for round in 0..2 {
         let recs: Vec<Record> = (round * 300..round * 300 + 300)
             .map(|i| Record::new(format!("r{i}"), vector(i, 1)))
             .collect();
         w.upsert(&recs).await.unwrap();
-        index_round(store.as_ref(), &s, "ix", &clock, force)
-            .await
-            .unwrap();
+        common::index_now(store.as_ref(), &s).await;
     }
     // Round 2 read shard 1 for its ids; round 3 (deletes only: no new
     // shard) reads shard 2's.
     w.delete(&["r1".into(), "r301".into()]).await.unwrap();
-    index_round(store.as_ref(), &s, "ix", &clock, force)
-        .await
-        .unwrap();
+    common::index_now(store.as_ref(), &s).await;
     w.delete(&["r2".into(), "r302".into()]).await.unwrap();
     let m = index_manifest(store.as_ref(), 2).await;
     let shard_bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     let counted = Arc::new(Counted::new(store.clone()));
-    let r = index_round(counted.as_ref(), &s, "ix", &clock, force)
-        .await
-        .unwrap();
+    let r = common::index_now(counted.as_ref(), &s).await;
     assert_eq!(r.rows_killed, 2, "{r:?}");
     let read = counted.counts().bytes_read;
     assert!(

@@ -173,6 +173,20 @@ pub fn writer(store: DynStore, settings: &Settings) -> Writer {
     Writer::new(store, settings, "w", clock, WriterOptions::default())
 }
 
+/// One forced indexer round as `ix` on the system clock: whatever the
+/// tails hold moves into the index shards now (and due merges run).
+#[allow(dead_code)] // not every test file indexes
+pub async fn index_now(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+) -> shoal::compact::indexer::IndexRound {
+    let clock: DynClock = Arc::new(SystemClock);
+    let force = shoal::compact::indexer::IndexOptions { force: true };
+    shoal::compact::indexer::index_round(store, settings, "ix", &clock, force)
+        .await
+        .expect("an indexer round")
+}
+
 /// `verify` through the handle, as `shoal verify` runs it: an observer
 /// that registers nothing.
 pub async fn verify(store: &Arc<Counted>) -> Result<shoal::api::VerifyReport, shoal::Error> {
