@@ -255,6 +255,10 @@ pub(crate) async fn verify(
     let mut report = VerifyReport::default();
     let mut referenced = HashSet::new();
     let mut without_manifest = std::collections::BTreeMap::new();
+    // What the index checks need from this pass: the readable manifests,
+    // and the ids of every segment read.
+    let mut manifests = Vec::new();
+    let mut segment_ids: std::collections::HashMap<String, Vec<String>> = Default::default();
     for p in 0..s.partition_count {
         referenced.insert(manifest_key(p));
         let m = match read_manifest(store, p).await {
@@ -301,6 +305,7 @@ pub(crate) async fn verify(
                     continue;
                 }
             };
+            segment_ids.insert(entry.key.clone(), seg.ids().to_vec());
             let stored = seg.stored_bytes();
             report.records += seg.len() as u64;
             report.bytes += stored;
@@ -327,8 +332,13 @@ pub(crate) async fn verify(
                 )));
             }
         }
+        manifests.push((p, m));
     }
-    verify_index(store, s, shape, &mut report, &mut referenced).await?;
+    let read = PartitionsRead {
+        manifests,
+        segment_ids,
+    };
+    verify_index(store, s, shape, &read, &mut report, &mut referenced).await?;
     for obj in store.list(INDEX_PREFIX).await? {
         if !referenced.contains(&obj.key) {
             report.orphans.push(obj.key);
@@ -378,6 +388,7 @@ async fn verify_index(
     store: &dyn ObjectStore,
     s: &crate::coord::Settings,
     shape: Shape,
+    read: &PartitionsRead,
     report: &mut VerifyReport,
     referenced: &mut HashSet<String>,
 ) -> Result<(), CoordError> {
@@ -480,23 +491,30 @@ async fn verify_index(
             }
         }
     }
-    for p in 0..s.partition_count {
-        if let Ok(Some((m, _))) = read_manifest(store, p).await {
-            if m.indexed_through > index.watermark(p) {
-                report.problems.push(Problem {
-                    key: manifest_key(p),
-                    message: format!(
-                        "retired segments through seq {} into the index, whose watermark for \
-                         it is {}: records are missing",
-                        m.indexed_through,
-                        index.watermark(p)
-                    ),
-                });
-            }
-            account(store, shape, p, &m, index.watermark(p), &live, report).await?;
+    for (p, m) in &read.manifests {
+        let p = *p;
+        if m.indexed_through > index.watermark(p) {
+            report.problems.push(Problem {
+                key: manifest_key(p),
+                message: format!(
+                    "retired segments through seq {} into the index, whose watermark for it \
+                     is {}: records are missing",
+                    m.indexed_through,
+                    index.watermark(p)
+                ),
+            });
         }
+        let w = index.watermark(p);
+        account(store, shape, p, m, w, read, &live, report).await?;
     }
     Ok(())
+}
+
+/// What `verify`'s pass over the partitions read, for the index checks.
+struct PartitionsRead {
+    manifests: Vec<(u32, crate::coord::manifest::Manifest)>,
+    /// The ids of each segment read, by key.
+    segment_ids: std::collections::HashMap<String, Vec<String>>,
 }
 
 fn vector_hash(v: &[f32]) -> u64 {
@@ -510,12 +528,14 @@ fn vector_hash(v: &[f32]) -> u64 {
 /// the newest record of each id among them is live in a shard row with
 /// its vector (an upsert) or live nowhere (a delete), unless the id has a
 /// newer record in the tail.
+#[allow(clippy::too_many_arguments)]
 async fn account(
     store: &dyn ObjectStore,
     shape: Shape,
     p: u32,
     m: &crate::coord::manifest::Manifest,
     w: u64,
+    read: &PartitionsRead,
     live: &std::collections::HashMap<String, (String, u64)>,
     report: &mut VerifyReport,
 ) -> Result<(), CoordError> {
@@ -548,12 +568,14 @@ async fn account(
             Err(_) => {} // a damaged live segment is reported by the main pass
         }
     }
-    let mut tail_ids = HashSet::new();
-    for e in m.segments.iter().filter(|e| e.seq > w) {
-        if let Ok(seg) = segment::load(store, &e.key, shape).await {
-            tail_ids.extend(seg.ids().iter().cloned());
-        }
-    }
+    let tail_ids: HashSet<&str> = m
+        .segments
+        .iter()
+        .filter(|e| e.seq > w)
+        .filter_map(|e| read.segment_ids.get(&e.key))
+        .flatten()
+        .map(String::as_str)
+        .collect();
     let mut newest = crate::segment::LiveSet::default();
     for seg in &segs {
         newest.absorb(seg);
