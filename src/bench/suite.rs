@@ -38,6 +38,8 @@ pub struct SuiteOptions {
     /// Build index shards after compaction (the default layout); off
     /// measures per-partition indexes only.
     pub shards: bool,
+    /// Latency added before every store request of the query phases.
+    pub store_latency_ms: u64,
 }
 
 /// Everything measured, with the settings that produced it.
@@ -169,6 +171,10 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     };
     db.close().await?;
 
+    // Queries pay the simulated first-byte latency; ingest does not.
+    let store = std::sync::Arc::new(
+        store.with_latency(std::time::Duration::from_millis(o.store_latency_ms)),
+    );
     let warm_n = o.warm_queries.unwrap_or(queries.len()).min(queries.len());
     let fresh_reader = || {
         Reader::new(

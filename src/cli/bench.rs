@@ -48,6 +48,11 @@ pub(crate) struct BenchArgs {
     /// Skip building index shards (measure per-partition indexes only).
     #[arg(long)]
     pub no_index_shards: bool,
+    /// Add this latency (ms) before every store request of the query
+    /// phases, as S3's first byte costs (use 20 for honest cold numbers
+    /// on a local directory or loopback server).
+    #[arg(long, default_value_t = 0)]
+    pub store_latency_ms: u64,
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -68,6 +73,7 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         cold_queries: a.cold_queries,
         clients: a.clients,
         shards: !a.no_index_shards,
+        store_latency_ms: a.store_latency_ms,
     };
     eprintln!(
         "bench: ingest, compact ({} index), warm and cold queries",
@@ -100,7 +106,7 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         "settings": {
             "store": r.store, "partitions": a.partitions, "metric": metric.as_str(), "dimensions": dims,
             "records": r.records, "index": {"kind": a.index, "min_records": a.index_min_records, "nprobe": a.nprobe},
-            "threads": r.threads, "machine": r.machine,
+            "threads": r.threads, "machine": r.machine, "store_latency_ms": a.store_latency_ms,
         },
     });
     if let Some(out) = &a.out {

@@ -6,9 +6,16 @@
 //! backends are counted as if they paged the same way). Outcomes that
 //! matter for the protocol are counted too: 304 (not modified), 404 (not
 //! found) and 412 (lost create-only or compare-and-swap).
+//!
+//! It can also add a fixed latency before every request
+//! ([`Counted::with_latency`], `SHOAL_STORE_LATENCY_MS` in [`super::open`]),
+//! so cold-path benchmarks on a local directory or a loopback server pay
+//! what S3's first byte costs (about 20 ms) and measure round trips, not
+//! memcpy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -86,6 +93,8 @@ fn bump(c: &AtomicU64, n: u64) {
 pub struct Counted {
     inner: DynStore,
     counters: Arc<Counters>,
+    /// Added before every request (zero: none).
+    latency: Duration,
 }
 
 impl std::fmt::Debug for Counted {
@@ -99,6 +108,27 @@ impl Counted {
         Counted {
             inner,
             counters: Arc::default(),
+            latency: Duration::ZERO,
+        }
+    }
+
+    /// The same store and counters, with `latency` added before every
+    /// request (a simulated first-byte latency for benchmarks).
+    pub fn with_latency(&self, latency: Duration) -> Self {
+        Counted {
+            latency,
+            ..self.clone()
+        }
+    }
+
+    /// The latency added before every request.
+    pub fn latency(&self) -> Duration {
+        self.latency
+    }
+
+    async fn wait(&self) {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
         }
     }
 
@@ -147,6 +177,7 @@ impl Counted {
 #[async_trait]
 impl ObjectStore for Counted {
     async fn get(&self, key: &str) -> Result<GetResult> {
+        self.wait().await;
         bump(&self.counters.get, 1);
         let r = self.outcome(self.inner.get(key).await);
         if let Ok(g) = &r {
@@ -156,6 +187,7 @@ impl ObjectStore for Counted {
     }
 
     async fn get_range(&self, key: &str, range: ByteRange) -> Result<Bytes> {
+        self.wait().await;
         bump(&self.counters.get, 1);
         let r = self.outcome(self.inner.get_range(key, range).await);
         if let Ok(b) = &r {
@@ -165,6 +197,7 @@ impl ObjectStore for Counted {
     }
 
     async fn get_if_changed(&self, key: &str, etag: &ETag) -> Result<Conditional> {
+        self.wait().await;
         bump(&self.counters.get, 1);
         let r = self.outcome(self.inner.get_if_changed(key, etag).await);
         match &r {
@@ -176,31 +209,37 @@ impl ObjectStore for Counted {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        self.wait().await;
         bump(&self.counters.head, 1);
         self.outcome(self.inner.head(key).await)
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
+        self.wait().await;
         self.written(bytes.len());
         self.outcome(self.inner.put(key, bytes).await)
     }
 
     async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<ETag> {
+        self.wait().await;
         self.written(bytes.len());
         self.outcome(self.inner.put_if_absent(key, bytes).await)
     }
 
     async fn put_if_match(&self, key: &str, bytes: Bytes, etag: &ETag) -> Result<ETag> {
+        self.wait().await;
         self.written(bytes.len());
         self.outcome(self.inner.put_if_match(key, bytes, etag).await)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
+        self.wait().await;
         bump(&self.counters.delete, 1);
         self.outcome(self.inner.delete(key).await)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.wait().await;
         let r = self.outcome(self.inner.list(prefix).await);
         let pages = match &r {
             Ok(v) => v.len().div_ceil(1000).max(1),
@@ -212,5 +251,29 @@ impl ObjectStore for Counted {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// Every request waits the added latency first; the counters are
+    /// shared with the handle it was made from.
+    #[tokio::test(start_paused = true)]
+    async fn added_latency_delays_every_request_and_shares_the_counters() {
+        let plain = Counted::new(Arc::new(MemoryStore::unique()));
+        let slow = plain.with_latency(Duration::from_millis(20));
+        let t = tokio::time::Instant::now();
+        slow.put("a", Bytes::from_static(b"x")).await.unwrap();
+        slow.get("a").await.unwrap();
+        slow.get_range("a", ByteRange::new(0, 1)).await.unwrap();
+        assert_eq!(t.elapsed(), Duration::from_millis(60));
+        let t = tokio::time::Instant::now();
+        plain.get("a").await.unwrap();
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        assert_eq!(plain.counts().get, 3);
+        assert_eq!(slow.counts().put, 1);
     }
 }

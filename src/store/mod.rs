@@ -266,7 +266,27 @@ pub async fn open(url: &str) -> Result<Arc<Counted>> {
     } else {
         Arc::new(local::LocalStore::open(url)?)
     };
-    Ok(Arc::new(Counted::new(backend)))
+    let counted = Counted::new(backend);
+    Ok(Arc::new(match latency_from_env(url)? {
+        Some(l) => counted.with_latency(l),
+        None => counted,
+    }))
+}
+
+/// `SHOAL_STORE_LATENCY_MS`: a fixed latency added before every request,
+/// for benchmarks that must pay what S3 round trips cost.
+fn latency_from_env(url: &str) -> Result<Option<std::time::Duration>> {
+    let Ok(v) = std::env::var("SHOAL_STORE_LATENCY_MS") else {
+        return Ok(None);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(ms) if ms <= 60_000 => Ok(Some(std::time::Duration::from_millis(ms))),
+        _ => Err(StoreError::other(
+            url,
+            format!("SHOAL_STORE_LATENCY_MS must be whole milliseconds from 0 to 60000, not {v:?}"),
+        )),
+    }
 }
 
 #[cfg(feature = "s3")]
