@@ -15,6 +15,7 @@ use std::collections::BinaryHeap;
 pub mod codes;
 pub mod hnsw;
 pub mod ivf;
+pub mod rabitq;
 
 use crate::record::Prepared;
 use crate::segment::Segment;
