@@ -473,18 +473,7 @@ async fn write_shards(
     } else {
         let header = shard_header(shape, now);
         let ix = shard_index_settings(settings);
-        crate::cpu::run(move || {
-            let mut secs = 0.0;
-            build_outputs(
-                rows,
-                shape.dimensions,
-                shape.metric,
-                &ix,
-                &header,
-                &mut secs,
-            )
-        })
-        .await
+        crate::cpu::run(move || build_shards(rows, shape, &ix, &header)).await
     };
     let written_at = clock.now();
     let mut entries = Vec::with_capacity(outputs.len());
@@ -494,16 +483,75 @@ async fn write_shards(
         put_new_object(store, &key, out.bytes, Backoff::default()).await?;
         entries.push(ShardEntry {
             key,
-            rows: out.records,
+            rows: out.rows,
             dead: 0,
             bytes,
             level,
             deletions: None,
             created_at: format_time(now),
+            head_bytes: out.head_bytes,
             extra: Default::default(),
         });
     }
     Ok((entries, written_at))
+}
+
+/// One shard object to write.
+struct ShardOut {
+    bytes: bytes::Bytes,
+    rows: u64,
+    head_bytes: Option<u64>,
+}
+
+/// Encodes `rows` into shards of at most the target size: with the
+/// default IVF index, range-readable shards (`segment::shard`: RaBitQ
+/// codes per list, rows addressable one by one); with another index kind
+/// (HNSW for warm-only deployments, or none), the segment format with
+/// that index.
+fn build_shards(
+    rows: Vec<Prepared>,
+    shape: Shape,
+    ix: &crate::vocab::IndexSettings,
+    header: &SegmentHeader,
+) -> Vec<ShardOut> {
+    if ix.kind != <crate::index::ivf::IvfIndex as crate::index::IndexKind>::NAME {
+        let mut secs = 0.0;
+        let outs = build_outputs(rows, shape.dimensions, shape.metric, ix, header, &mut secs);
+        return outs
+            .into_iter()
+            .map(|o| ShardOut {
+                bytes: o.bytes,
+                rows: o.records,
+                head_bytes: None,
+            })
+            .collect();
+    }
+    let cap = ix.max_segment_records.max(1) as usize;
+    let mut outs = Vec::new();
+    let mut rows = rows;
+    while !rows.is_empty() {
+        let rest = rows.split_off(rows.len().min(cap));
+        let n = rows.len() as u64;
+        let (centroids, lists) = crate::index::ivf::build_lists(
+            rows,
+            shape.dimensions,
+            shape.metric,
+            ix.nlist.map(|n| n as usize),
+        );
+        let groups: Vec<&[Prepared]> = lists.iter().map(|g| g.as_slice()).collect();
+        let h = SegmentHeader {
+            record_count: n,
+            ..header.clone()
+        };
+        let enc = segment::shard::encode_shard(&h, &centroids, &groups);
+        outs.push(ShardOut {
+            bytes: enc.bytes,
+            rows: n,
+            head_bytes: Some(enc.head_bytes),
+        });
+        rows = rest;
+    }
+    outs
 }
 
 /// The shape every shard of `settings`' index has.

@@ -65,6 +65,12 @@ pub struct ShardEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletions: Option<String>,
     pub created_at: String,
+    /// Length of the head region of a range-readable shard
+    /// (`segment::shard`): one ranged GET of the object's first
+    /// `headBytes` bytes is all a reader plans a query with. Absent: the
+    /// shard is read whole (the segment format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_bytes: Option<u64>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -358,6 +364,7 @@ mod tests {
             level: 0,
             deletions: None,
             created_at: "t".into(),
+            head_bytes: None,
             extra: Map::new(),
         }
     }

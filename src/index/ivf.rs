@@ -224,6 +224,63 @@ impl IndexKind for IvfIndex {
     }
 }
 
+/// Trains `nlist` (default `√n`) lists over `records` and groups them:
+/// returns the centroids and each list's records, lists ordered so that
+/// lists with nearby centroids sit next to each other (the centroids are
+/// themselves clustered, and lists are laid out cluster by cluster). A
+/// query probes lists near each other, so in a range-readable shard its
+/// probed lists' bytes are few contiguous ranges.
+pub fn build_lists(
+    records: Vec<Prepared>,
+    dims: usize,
+    metric: Metric,
+    nlist: Option<usize>,
+) -> (Vec<f32>, Vec<Vec<Prepared>>) {
+    let live: Vec<f32> = records
+        .iter()
+        .flat_map(|r| {
+            if r.tombstone {
+                vec![0.0; dims]
+            } else {
+                r.vector.clone()
+            }
+        })
+        .collect();
+    let p = IvfParams {
+        nlist,
+        ..Default::default()
+    };
+    let (centroids, assign) = train(&live, dims, metric, &p);
+    let lists = centroids.len() / dims;
+    // Order the lists: cluster the centroids into about √lists groups.
+    let groups = (lists as f64).sqrt().round().max(1.0) as usize;
+    let (_, group_of) = train(
+        &centroids,
+        dims,
+        metric,
+        &IvfParams {
+            nlist: Some(groups),
+            sample_per_list: 256,
+            ..Default::default()
+        },
+    );
+    let mut order: Vec<usize> = (0..lists).collect();
+    order.sort_by_key(|&l| (group_of[l], l));
+    let mut position = vec![0usize; lists];
+    for (at, &l) in order.iter().enumerate() {
+        position[l] = at;
+    }
+    let mut out_centroids = Vec::with_capacity(centroids.len());
+    for &l in &order {
+        out_centroids.extend_from_slice(&centroids[l * dims..(l + 1) * dims]);
+    }
+    let mut out: Vec<Vec<Prepared>> = vec![Vec::new(); lists];
+    for (r, c) in records.into_iter().zip(&assign) {
+        out[position[*c as usize]].push(r);
+    }
+    (out_centroids, out)
+}
+
 /// Centroids are compared by inner product for cosine and dot (spherical
 /// k-means), by Euclidean distance otherwise.
 fn probe_metric(metric: Metric) -> Metric {

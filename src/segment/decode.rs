@@ -243,7 +243,25 @@ pub(super) fn open_section(
 }
 
 /// Splits a count-offsets-bytes section into its items' offsets and bytes.
-fn split_offsets(key: &str, what: &str, raw: &[u8]) -> Result<(Vec<u64>, Vec<u8>), SegmentError> {
+pub(super) fn split_offsets(
+    key: &str,
+    what: &str,
+    raw: &[u8],
+) -> Result<(Vec<u64>, Vec<u8>), SegmentError> {
+    let (offsets, body) = split_offsets_prefix(key, what, raw)?;
+    if offsets[offsets.len() - 1] != body.len() as u64 {
+        return Err(corrupt(key, format!("{what} offsets are inconsistent")));
+    }
+    Ok((offsets, body))
+}
+
+/// Like [`split_offsets`], but the items may be followed by more bytes
+/// (returned with them, after the last offset).
+pub(super) fn split_offsets_prefix(
+    key: &str,
+    what: &str,
+    raw: &[u8],
+) -> Result<(Vec<u64>, Vec<u8>), SegmentError> {
     let short = || corrupt(key, format!("{what} section is too short"));
     let count = u64::from_le_bytes(raw.get(..8).ok_or_else(short)?.try_into().expect("8 bytes"));
     let head = count
@@ -259,15 +277,19 @@ fn split_offsets(key: &str, what: &str, raw: &[u8]) -> Result<(Vec<u64>, Vec<u8>
     let body = &raw[head..];
     if offsets[0] != 0
         || offsets.windows(2).any(|w| w[0] > w[1])
-        || offsets[offsets.len() - 1] != body.len() as u64
+        || offsets[offsets.len() - 1] > body.len() as u64
     {
         return Err(corrupt(key, format!("{what} offsets are inconsistent")));
     }
     Ok((offsets, body.to_vec()))
 }
 
-/// Decodes a whole segment object.
+/// Decodes a whole segment object (or a whole range-readable shard,
+/// see [`super::shard`]).
 pub fn decode_segment(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
+    if super::shard::is_shard(buf) {
+        return super::shard::decode_shard(key, buf);
+    }
     let (header, header_end) = decode_header(key, buf)?;
     let tail = decode_tail(key, buf, buf.len() as u64)?;
     let n = header.record_count;

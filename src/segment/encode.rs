@@ -109,7 +109,7 @@ pub fn encode_segment_groups(
 }
 
 /// Count, then `count + 1` offsets (all u64).
-fn push_offsets(out: &mut Vec<u8>, lens: impl ExactSizeIterator<Item = usize>) {
+pub(super) fn push_offsets(out: &mut Vec<u8>, lens: impl ExactSizeIterator<Item = usize>) {
     out.extend_from_slice(&(lens.len() as u64).to_le_bytes());
     let mut at = 0u64;
     out.extend_from_slice(&at.to_le_bytes());

@@ -40,6 +40,7 @@ pub mod deletions;
 mod encode;
 mod live;
 mod load;
+pub mod shard;
 
 pub use decode::{decode_segment, decode_tail, Tail};
 pub use encode::{encode_segment, encode_segment_groups};
@@ -246,5 +247,7 @@ impl SegmentError {
     }
 }
 
+#[cfg(test)]
+mod shard_tests;
 #[cfg(test)]
 mod tests;
