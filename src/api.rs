@@ -21,11 +21,11 @@ pub use crate::db::{CompactRequest, CompactRound, ProbeReport};
 pub use crate::inspect::{PartitionStatus, Problem, Status, VerifyReport};
 pub use crate::reader::{
     Consistency, Hit, PartitionFailure, QueryStats, ReaderStats, SearchRequest, SearchResponse,
-    MAX_K,
+    WarmReport, MAX_K,
 };
 pub use crate::record::{InvalidInput, Record, StoredRecord};
 pub use crate::store::RequestCounts;
-pub use crate::vocab::Metric;
+pub use crate::vocab::{parse_bytes, Metric};
 pub use crate::writer::{
     Committed, Durable, DurableHook, FlushReport, WriteReceipt, WriterStatsSnapshot,
 };

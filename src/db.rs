@@ -349,6 +349,13 @@ impl Db {
         Ok(self.inner.reader.get_with(id, consistency).await?)
     }
 
+    /// Fetches what queries plan with (manifests, shard heads, deletion
+    /// vectors, every list's codes), so the next query is warm; see
+    /// [`crate::reader::Reader::warm_up`].
+    pub async fn warm_up(&self) -> Result<crate::reader::WarmReport, Error> {
+        Ok(self.inner.reader.warm_up().await?)
+    }
+
     /// Loads every partition now, so the next query is warm. Returns the
     /// live records.
     pub async fn warm(&self) -> Result<u64, Error> {

@@ -69,7 +69,34 @@ pub async fn db_from_env(default_role: Role) -> Result<Db, ApiError> {
         background_heartbeat: false,
         ..Default::default()
     };
-    Ok(Db::open(&url, opts).await?)
+    let db = Db::open(&url, opts).await?;
+    if warm_on_init()? {
+        // Part of the cold start, so the first invocation is warm; a
+        // failure is logged and queries load on demand as usual.
+        match db.warm_up().await {
+            Ok(r) => tracing::info!(live = r.live_records, ms = r.ms, "warmed up at init"),
+            Err(e) => tracing::warn!(error = %e, "warm-up at init failed; queries load on demand"),
+        }
+    }
+    Ok(db)
+}
+
+/// `SHOAL_WARM_ON_INIT`: `true`/`1` fetches manifests, shard heads and
+/// codes during the cold start (the reader function's init option).
+fn warm_on_init() -> Result<bool, ApiError> {
+    match std::env::var("SHOAL_WARM_ON_INIT")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("") | Some("0") | Some("false") => Ok(false),
+        Some("1") | Some("true") => Ok(true),
+        Some(other) => Err(ApiError::new(
+            500,
+            "misconfigured",
+            format!("SHOAL_WARM_ON_INIT must be true or false, not {other:?}"),
+        )),
+    }
 }
 
 /// Which operations a function serves, and how its bare direct payload
@@ -84,7 +111,7 @@ struct Function {
 
 const READER: Function = Function {
     name: "reader",
-    ops: &[Op::Search, Op::Get],
+    ops: &[Op::Search, Op::Get, Op::Warm],
     bare: |_| Op::Search,
     usage: r#"{"search": {"vector": [...], "k": 10}} or {"get": {"id": "..."}}"#,
 };

@@ -36,6 +36,7 @@ pub(crate) enum Op {
     Status,
     Health,
     Ready,
+    Warm,
 }
 
 /// Who may call a route when an API key is configured.
@@ -107,6 +108,15 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/v1/status",
         name: "status",
         invocation: "",
+        lambda_aliases: &[],
+        access: Access::Key,
+    },
+    Route {
+        op: Op::Warm,
+        method: Method::Post,
+        path: "/v1/warm",
+        name: "warm",
+        invocation: "warm",
         lambda_aliases: &[],
         access: Access::Key,
     },
@@ -193,6 +203,7 @@ pub(crate) async fn call(
         Op::Status => to_value(db.status(false).await?),
         Op::Health => Ok(json!({"status": "ok"})),
         Op::Ready => ready(db).await,
+        Op::Warm => to_value(db.warm_up().await?),
     }
 }
 

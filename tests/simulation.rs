@@ -301,13 +301,48 @@ impl Sim {
                     compact_partition(store.as_ref(), settings, p, "compactor", clock, &opts).await;
             }
         };
-        let indexing = async move {
+        let indexing_done = std::cell::Cell::new(false);
+        let indexing = async {
             if index {
                 // A failed round may stop anywhere; the next one finishes
                 // what it committed.
                 let opts = IndexOptions { force: true };
                 let _ = index_round(store.as_ref(), settings, "indexer", clock, opts).await;
             }
+            indexing_done.set(true);
+        };
+        // DESIGN section 11, commit order, watched while the indexer runs:
+        // read every partition manifest, then the index manifest; no
+        // partition may have retired past the index's watermark. (Readers
+        // heal such a window by reading the index manifest again, so only
+        // an observer of the bare protocol sees it.)
+        let mem = self.mem.clone();
+        let observing = async {
+            while index && !indexing_done.get() {
+                let mut through = Vec::with_capacity(PARTITIONS as usize);
+                for p in 0..PARTITIONS {
+                    let m = read_manifest(mem.as_ref(), p)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    through.push(m.map_or(0, |(m, _)| m.indexed_through));
+                }
+                let index = read_index_manifest(mem.as_ref(), PARTITIONS)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some((ix, _)) = index {
+                    for (p, &t) in through.iter().enumerate() {
+                        if t > ix.watermark(p as u32) {
+                            return Err(format!(
+                                "partition {p} retired through seq {t} while the index \
+                                 manifest's watermark is {}",
+                                ix.watermark(p as u32)
+                            ));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<(), String>(())
         };
         let collection = async move {
             if let Some(after) = gc_after {
@@ -345,14 +380,16 @@ impl Sim {
             }
             Ok(())
         };
-        let (receipts, (), (), (), read) = tokio::join!(
+        let (receipts, (), (), (), read, observed) = tokio::join!(
             futures::future::join_all(writes),
             compaction,
             indexing,
             collection,
-            reading
+            reading,
+            observing
         );
         read?;
+        observed?;
         for (b, r) in batches.iter().zip(receipts) {
             self.acknowledge(b, &r?)?;
         }

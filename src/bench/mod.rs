@@ -122,6 +122,10 @@ pub struct QueryResult {
     pub compute_ms: f64,
     /// Vectors whose distance a query computed, on average.
     pub vectors_compared_per_query: f64,
+    /// Rows a query estimated from quantized codes, on average.
+    pub codes_scanned_per_query: f64,
+    /// Most sequential rounds of store requests any query waited for.
+    pub rounds_max: u64,
 }
 
 /// Percentile of sorted samples (nearest rank).
@@ -175,7 +179,8 @@ where
     let k = 10;
     let mut lat = Vec::with_capacity(queries.len());
     let (mut rec, mut rec_tie, mut reqs, mut bytes) = (0.0, 0.0, 0u64, 0u64);
-    let (mut fetch, mut compute, mut compared) = (0.0, 0.0, 0.0);
+    let (mut fetch, mut compute, mut compared, mut codes) = (0.0, 0.0, 0.0, 0.0);
+    let mut rounds = 0;
     let start = Instant::now();
     for (i, q) in queries.iter().enumerate() {
         let reader = make_reader();
@@ -200,6 +205,8 @@ where
         fetch += resp.stats.fetch_ms;
         compute += resp.stats.compute_ms;
         compared += resp.stats.vectors_compared as f64;
+        codes += resp.stats.codes_scanned as f64;
+        rounds = rounds.max(resp.stats.rounds);
         bytes += resp.stats.requests.bytes_read;
     }
     let wall = start.elapsed().as_secs_f64();
@@ -220,6 +227,8 @@ where
         fetch_ms: fetch / n,
         compute_ms: compute / n,
         vectors_compared_per_query: compared / n,
+        codes_scanned_per_query: codes / n,
+        rounds_max: rounds,
     })
 }
 

@@ -40,6 +40,11 @@ pub struct SuiteOptions {
     pub shards: bool,
     /// Latency added before every store request of the query phases.
     pub store_latency_ms: u64,
+    /// Query an index already in the bucket (built by an earlier run):
+    /// no ingest, compaction or indexing.
+    pub skip_ingest: bool,
+    /// The reader's cache budget in bytes (default: the reader's own).
+    pub cache_bytes: Option<u64>,
 }
 
 /// Everything measured, with the settings that produced it.
@@ -108,14 +113,38 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
         ));
     }
     let store = crate::store::open(url).await?;
-    if crate::coord::config::read_config(store.as_ref())
-        .await?
-        .is_some()
-    {
-        return invalid(format!(
-            "{} already holds an index; bench needs an empty bucket or prefix",
-            store.describe()
-        ));
+    let existing = crate::coord::config::read_config(store.as_ref()).await?;
+    match (&existing, o.skip_ingest) {
+        (Some(_), false) => {
+            return invalid(format!(
+                "{} already holds an index; bench needs an empty bucket or prefix \
+                 (or --skip-ingest to query the index there)",
+                store.describe()
+            ))
+        }
+        (None, true) => {
+            return invalid(format!(
+                "--skip-ingest queries an existing index, and {} holds none; run bench \
+                 without it first",
+                store.describe()
+            ))
+        }
+        _ => {}
+    }
+    if let (Some((config, _)), true) = (existing, o.skip_ingest) {
+        let settings = config.settings;
+        return query_phases(
+            o,
+            store,
+            settings,
+            &queries,
+            &truth,
+            base.len(),
+            None,
+            0.0,
+            None,
+        )
+        .await;
     }
     let dims = base[0].len() as u32;
     let opts = OpenOptions {
@@ -170,19 +199,45 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
         None
     };
     db.close().await?;
+    query_phases(
+        o,
+        store,
+        settings,
+        &queries,
+        &truth,
+        base.len(),
+        Some(ingest),
+        compact_seconds,
+        index,
+    )
+    .await
+}
 
+/// The query phases: warm (one client, then concurrent clients) and cold
+/// (a fresh reader per query).
+#[allow(clippy::too_many_arguments)]
+async fn query_phases(
+    o: &SuiteOptions,
+    store: std::sync::Arc<crate::store::Counted>,
+    settings: crate::coord::Settings,
+    queries: &[Vec<f32>],
+    truth: &[Vec<i32>],
+    records: usize,
+    ingest: Option<IngestResult>,
+    compact_seconds: f64,
+    index: Option<IndexPhase>,
+) -> Result<SuiteResults, Error> {
+    let dims = settings.dimensions;
     // Queries pay the simulated first-byte latency; ingest does not.
     let store = std::sync::Arc::new(
         store.with_latency(std::time::Duration::from_millis(o.store_latency_ms)),
     );
     let warm_n = o.warm_queries.unwrap_or(queries.len()).min(queries.len());
-    let fresh_reader = || {
-        Reader::new(
-            store.clone(),
-            &settings,
-            ReaderOptions::for_role(crate::coord::Role::Reader),
-        )
-    };
+    let mut reader_opts = ReaderOptions::for_role(crate::coord::Role::Reader);
+    if let Some(b) = o.cache_bytes {
+        reader_opts.cache_bytes = b;
+    }
+    let fresh_reader = || Reader::new(store.clone(), &settings, reader_opts.clone());
     let reader = fresh_reader();
     reader.warm().await?;
     let template = SearchRequest {
@@ -197,7 +252,7 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     let warm = run_queries(
         || reader.clone(),
         &queries[..warm_n],
-        &truth,
+        truth,
         None,
         &template,
     )
@@ -206,16 +261,16 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
         concurrent_qps(&reader, &queries[..warm_n], &template, o.clients).await?;
     let cold_n = o.cold_queries.min(queries.len());
     tracing::info!(cold_n, "bench: cold queries, each on a fresh reader");
-    let cold = run_queries(fresh_reader, &queries[..cold_n], &truth, None, &template).await?;
+    let cold = run_queries(fresh_reader, &queries[..cold_n], truth, None, &template).await?;
     Ok(SuiteResults {
-        ingest,
+        ingest: ingest.unwrap_or_default(),
         compact_seconds,
         index,
         warm,
         warm_qps_concurrent,
         cold,
         store: store.describe(),
-        records: base.len(),
+        records,
         dimensions: dims,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         machine: machine(),

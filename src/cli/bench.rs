@@ -53,6 +53,14 @@ pub(crate) struct BenchArgs {
     /// on a local directory or loopback server).
     #[arg(long, default_value_t = 0)]
     pub store_latency_ms: u64,
+    /// Query the index already in the bucket (from an earlier bench run):
+    /// no ingest, compaction or indexing.
+    #[arg(long)]
+    pub skip_ingest: bool,
+    /// The reader's cache budget, e.g. 256MiB, 1GiB or a number of bytes
+    /// (default: SHOAL_CACHE_BYTES, the container's memory limit, ...).
+    #[arg(long, value_parser = shoal::api::parse_bytes)]
+    pub cache_bytes: Option<u64>,
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -74,6 +82,8 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         clients: a.clients,
         shards: !a.no_index_shards,
         store_latency_ms: a.store_latency_ms,
+        skip_ingest: a.skip_ingest,
+        cache_bytes: a.cache_bytes,
     };
     eprintln!(
         "bench: ingest, compact ({} index), warm and cold queries",
@@ -96,12 +106,14 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "queries": warm.queries, "p50_ms": warm.p50_ms, "p95_ms": warm.p95_ms, "p99_ms": warm.p99_ms,
             "qps": warm.qps, "qps_concurrent": qps_n, "clients": a.clients, "recall_at_10": warm.recall_at_10,
             "vectors_compared_per_query": warm.vectors_compared_per_query,
+            "codes_scanned_per_query": warm.codes_scanned_per_query,
+            "vectors_scored_per_query": warm.vectors_compared_per_query + warm.codes_scanned_per_query,
             "fetch_ms": warm.fetch_ms, "compute_ms": warm.compute_ms,
         },
         "cold": {
             "queries": cold.queries, "p50_ms": cold.p50_ms, "p99_ms": cold.p99_ms,
             "s3_requests_per_query": cold.requests_per_query, "bytes_per_query": cold.bytes_per_query,
-            "recall_at_10": cold.recall_at_10,
+            "rounds": cold.rounds_max, "recall_at_10": cold.recall_at_10,
         },
         "settings": {
             "store": r.store, "partitions": a.partitions, "metric": metric.as_str(), "dimensions": dims,
@@ -155,8 +167,11 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         ),
         (
             "warm",
-            "vectors compared per query".into(),
-            format!("{:.0}", warm.vectors_compared_per_query),
+            "codes estimated / vectors compared per query".into(),
+            format!(
+                "{:.0} / {:.0}",
+                warm.codes_scanned_per_query, warm.vectors_compared_per_query
+            ),
         ),
         (
             "warm",
@@ -181,6 +196,11 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "cold",
             "p50 / p99 ms".into(),
             format!("{:.1} / {:.1}", cold.p50_ms, cold.p99_ms),
+        ),
+        (
+            "cold",
+            "sequential request rounds (max)".into(),
+            cold.rounds_max.to_string(),
         ),
         (
             "cold",

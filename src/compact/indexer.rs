@@ -543,7 +543,8 @@ fn build_shards(
             record_count: n,
             ..header.clone()
         };
-        let enc = segment::shard::encode_shard(&h, &centroids, &groups);
+        let codes = list_codes(&centroids, &groups, shape.dimensions);
+        let enc = segment::shard::encode_shard(&h, &centroids, &groups, &codes);
         outs.push(ShardOut {
             bytes: enc.bytes,
             rows: n,
@@ -552,6 +553,30 @@ fn build_shards(
         rows = rest;
     }
     outs
+}
+
+/// Each list's RaBitQ code block (`index::rabitq`), tombstones coded as
+/// zero vectors (never live, so never searched).
+fn list_codes(centroids: &[f32], groups: &[&[Prepared]], d: usize) -> Vec<Vec<u8>> {
+    let rot = crate::index::rabitq::Rotation::new(d);
+    groups
+        .iter()
+        .enumerate()
+        .map(|(l, g)| {
+            let flat: Vec<f32> = g
+                .iter()
+                .flat_map(|r| {
+                    if r.tombstone {
+                        vec![0.0; d]
+                    } else {
+                        r.vector.clone()
+                    }
+                })
+                .collect();
+            let c = &centroids[l * d..(l + 1) * d];
+            crate::index::rabitq::ListCodes::encode(&rot, c, &flat).to_bytes()
+        })
+        .collect()
 }
 
 /// The shape every shard of `settings`' index has.

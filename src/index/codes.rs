@@ -112,7 +112,7 @@ fn scan_rows(
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_popcnt() -> bool {
+pub(crate) fn has_popcnt() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("popcnt"))
 }

@@ -189,7 +189,10 @@ impl<'a> TopK<'a> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ScanStats {
     pub segments: u64,
+    /// Full-precision distances computed.
     pub vectors_compared: u64,
+    /// Rows estimated from quantized codes.
+    pub codes_scanned: u64,
 }
 
 /// One segment's view for a query.

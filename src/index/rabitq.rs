@@ -5,8 +5,10 @@
 //! its rotated residual `P(o - c)` (packed in `u64` words) plus three
 //! factors: `norm = |o - c|`, `ip = <x, o'>` (how well the sign vector
 //! `x = sign(P(o - c)) / √D` matches the unit residual `o'`) and
-//! `cdot = <c, o - c>`. For a query `q` the reader rotates `q - c` once
-//! per list into `y` and estimates `<o - c, q - c> ≈ norm · <x, y> / ip`;
+//! `cdot = <c, o - c>`. A query `q` is rotated once; per list the reader
+//! takes `y = Pq - Pc` (the rotated residual of the query, whose 4-bit
+//! rounding is what [`QueryCode`] holds) and estimates
+//! `<o - c, q - c> ≈ norm · <x, y> / ip`;
 //! the estimate is unbiased and, with high probability, within
 //! `norm · |y| · √(1 - ip²) / ip · ε0 / √(D - 1)` of the truth (the
 //! paper's Theorem 3.2; see [`EPSILON0`]). Every metric's ranking distance follows
@@ -248,16 +250,61 @@ impl ListCodes {
     }
 }
 
-/// A query prepared for one list: its rotated residual, quantized to
-/// four bit planes, and the scalars every row's estimate needs.
-pub struct ListQuery {
-    metric: Metric,
+/// A rotated query residual quantized to 4 bits, split into bit planes.
+pub struct QueryCode {
     dims: usize,
     planes: [Vec<u64>; 4],
     lo: f32,
     delta: f32,
     /// `Σ ŷ_i` over the quantized residual.
     sum: f32,
+}
+
+impl QueryCode {
+    /// `rq` is the rotated query residual.
+    pub fn new(rq: &[f32]) -> Self {
+        let dims = rq.len();
+        let (lo, hi) = rq
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(*v), hi.max(*v))
+            });
+        let (lo, hi) = if dims == 0 { (0.0, 0.0) } else { (lo, hi) };
+        let delta = (hi - lo) / 15.0;
+        let inv = if delta > 0.0 { 1.0 / delta } else { 0.0 };
+        // Quantize (round to nearest), then pack four bit planes a word
+        // at a time: branch-free loops the compiler vectorizes.
+        let u: Vec<u8> = rq
+            .iter()
+            .map(|v| (((v - lo) * inv + 0.5) as u32).min(15) as u8)
+            .collect();
+        let sum_u: u32 = u.iter().map(|&x| u32::from(x)).sum();
+        let w = words(dims);
+        let mut planes: [Vec<u64>; 4] = std::array::from_fn(|_| vec![0u64; w]);
+        for (k, chunk) in u.chunks(64).enumerate() {
+            for (bit, plane) in planes.iter_mut().enumerate() {
+                let mut word = 0u64;
+                for (j, x) in chunk.iter().enumerate() {
+                    word |= u64::from((x >> bit) & 1) << j;
+                }
+                plane[k] = word;
+            }
+        }
+        QueryCode {
+            dims,
+            planes,
+            lo,
+            delta,
+            sum: lo * dims as f32 + delta * sum_u as f32,
+        }
+    }
+}
+
+/// A query prepared for one list: its rotated residual, quantized, and
+/// the scalars every row's estimate needs.
+pub struct ListQuery {
+    metric: Metric,
+    code: QueryCode,
     /// `|q - c|` and `|q - c|²`.
     y_norm: f32,
     y_norm2: f32,
@@ -266,42 +313,14 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
-    /// `rq` is the rotated query, `rc` the rotated centroid and `q_dot_c`
-    /// their inner product.
+    /// `rq` is the rotated query, `rc` the list's rotated centroid and
+    /// `q_dot_c` their inner product.
     pub fn new(metric: Metric, rq: &[f32], rc: &[f32], q_dot_c: f32) -> Self {
-        let dims = rq.len();
         let y: Vec<f32> = rq.iter().zip(rc).map(|(q, c)| q - c).collect();
-        let (lo, hi) = y
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
-                (lo.min(*v), hi.max(*v))
-            });
-        let (lo, hi) = if dims == 0 { (0.0, 0.0) } else { (lo, hi) };
-        let delta = (hi - lo) / 15.0;
-        let w = words(dims);
-        let mut planes: [Vec<u64>; 4] = std::array::from_fn(|_| vec![0u64; w]);
-        let mut sum_u = 0u32;
-        for (j, v) in y.iter().enumerate() {
-            let u = if delta > 0.0 {
-                (((v - lo) / delta).round() as u32).min(15)
-            } else {
-                0
-            };
-            sum_u += u;
-            for (bit, plane) in planes.iter_mut().enumerate() {
-                if u >> bit & 1 == 1 {
-                    plane[j / 64] |= 1 << (j % 64);
-                }
-            }
-        }
-        let y_norm2 = y.iter().map(|v| v * v).sum::<f32>();
+        let y_norm2 = super::dot(&y, &y);
         ListQuery {
             metric,
-            dims,
-            planes,
-            lo,
-            delta,
-            sum: lo * dims as f32 + delta * sum_u as f32,
+            code: QueryCode::new(&y),
             y_norm: y_norm2.sqrt(),
             y_norm2,
             q_dot_c,
@@ -309,33 +328,79 @@ impl ListQuery {
     }
 
     /// `<x, ŷ>` for row `i`: `(2 Σ_{x_j > 0} ŷ_j - Σ ŷ_j) / √D`.
-    #[inline]
+    #[inline(always)]
     fn code_dot(&self, codes: &ListCodes, i: usize) -> f32 {
-        let w = codes.words;
+        let (w, q) = (codes.words, &self.code);
         let row = &codes.bits[i * w..(i + 1) * w];
         let (mut ones, mut weighted) = (0u32, 0u32);
         for (k, word) in row.iter().enumerate() {
             ones += word.count_ones();
-            weighted += (word & self.planes[0][k]).count_ones()
-                + 2 * (word & self.planes[1][k]).count_ones()
-                + 4 * (word & self.planes[2][k]).count_ones()
-                + 8 * (word & self.planes[3][k]).count_ones();
+            weighted += (word & q.planes[0][k]).count_ones()
+                + 2 * (word & q.planes[1][k]).count_ones()
+                + 4 * (word & q.planes[2][k]).count_ones()
+                + 8 * (word & q.planes[3][k]).count_ones();
         }
-        let pos = self.lo * ones as f32 + self.delta * weighted as f32;
-        (2.0 * pos - self.sum) / (self.dims as f32).sqrt()
+        let pos = q.lo * ones as f32 + q.delta * weighted as f32;
+        (2.0 * pos - q.sum) / (q.dims as f32).sqrt()
+    }
+
+    /// Estimates every row of `codes` that `keep` allows, appending
+    /// `(lower bound, upper bound, row)`. Uses the POPCNT instruction
+    /// where the CPU has it (checked at run time: a portable x86-64 build
+    /// cannot assume it, and without it a popcount is a dozen
+    /// instructions).
+    pub fn scan(
+        &self,
+        codes: &ListCodes,
+        keep: &dyn Fn(usize) -> bool,
+        out: &mut Vec<(f32, f32, u32)>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if super::codes::has_popcnt() {
+            // SAFETY: the CPU supports POPCNT (checked at run time).
+            unsafe { self.scan_popcnt(codes, keep, out) };
+            return;
+        }
+        self.scan_portable(codes, keep, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "popcnt")]
+    fn scan_popcnt(
+        &self,
+        codes: &ListCodes,
+        keep: &dyn Fn(usize) -> bool,
+        out: &mut Vec<(f32, f32, u32)>,
+    ) {
+        self.scan_portable(codes, keep, out);
+    }
+
+    #[inline(always)]
+    fn scan_portable(
+        &self,
+        codes: &ListCodes,
+        keep: &dyn Fn(usize) -> bool,
+        out: &mut Vec<(f32, f32, u32)>,
+    ) {
+        for i in 0..codes.len() {
+            if keep(i) {
+                let (est, err) = self.estimate(codes, i);
+                out.push((est - err, est + err, i as u32));
+            }
+        }
     }
 
     /// Row `i`'s estimated ranking distance (as [`super::distance`]
     /// computes it: lower is better) and the half-width of its bound.
-    #[inline]
+    #[inline(always)]
     pub fn estimate(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
         let (norm, ip) = (codes.norm[i], codes.ip[i]);
         let ipr = norm * self.code_dot(codes, i) / ip;
         let code_err = (1.0 - ip * ip).max(0.0).sqrt() / ip * EPSILON0
-            / ((self.dims.max(2) - 1) as f32).sqrt();
+            / ((self.code.dims.max(2) - 1) as f32).sqrt();
         // The query's 4-bit rounding: `<x, ŷ - y>` has standard deviation
         // delta / √12; allow three of them.
-        let err = norm * (self.y_norm * code_err + 0.87 * self.delta / ip);
+        let err = norm * (self.y_norm * code_err + 0.87 * self.code.delta / ip);
         match self.metric {
             Metric::Euclidean => (self.y_norm2 + norm * norm - 2.0 * ipr, 2.0 * err),
             Metric::Dot => (-(self.q_dot_c + ipr + codes.cdot[i]), err),

@@ -11,7 +11,8 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::load::{self, Freshness};
-use super::shards::{self, IndexView, ShardView};
+use super::ranged;
+use super::shards::{self, IndexView, ShardBody, ShardView};
 use super::view::{self, CacheTally, PartitionView};
 use super::{
     Consistency, Hit, PartitionFailure, QueryStats, ReadError, SearchRequest, SearchResponse,
@@ -32,14 +33,26 @@ pub(super) async fn search(
 ) -> Result<SearchResponse, ReadError> {
     let q = QueryContext::new(shared, req)?;
     let loading = async {
-        let (ready, failed) = load_all(&q).await?;
-        // Partitions first, then an index manifest covering them (DESIGN
-        // section 11, reader snapshot).
+        // The index manifest is fetched alongside the partitions (one
+        // round for a cold reader), then checked against them: an index
+        // view that does not cover what they retired is refreshed before
+        // use (DESIGN section 11, reader snapshot).
+        let ((ready, failed), early) = futures::future::try_join(
+            load_all(&q),
+            shards::ensure_index(shared, &q.store, q.want, &[]),
+        )
+        .await?;
         let retired: Vec<(u32, u64)> = ready
             .iter()
             .map(|(v, _)| (v.partition, v.manifest.indexed_through))
             .collect();
-        let index = shards::ensure_index(shared, &q.store, q.want, &retired).await?;
+        // Fetched for this query (as fresh as it asks): used as is when
+        // it covers the partitions, else refreshed.
+        let index = if early.covers(&retired) {
+            early
+        } else {
+            shards::ensure_index(shared, &q.store, q.want, &retired).await?
+        };
         Ok::<_, ReadError>((ready, failed, index))
     };
     let (ready, failed, index) = match tokio::time::timeout_at(q.tally.deadline, loading).await {
@@ -53,8 +66,14 @@ pub(super) async fn search(
     let compute = std::time::Instant::now();
     let searched = ready.len() as u64;
     let excluded: Vec<u32> = failed.iter().map(|f| f.partition).collect();
-    let work = plan(ready, &index, &excluded);
-    let (found, scan) = score(&q, work).await?;
+    let (work, ranged) = plan(ready, &index, &excluded);
+    let (scored, searched_ranged) =
+        futures::future::join(score(&q, work), search_ranged(&q, ranged, &excluded)).await;
+    let ((mut found, mut scan), (more, more_scan)) = (scored?, searched_ranged?);
+    found.extend(more);
+    scan.shards += more_scan.shards;
+    scan.vectors_compared += more_scan.vectors_compared;
+    scan.codes_scanned += more_scan.codes_scanned;
     let top = merge(found, req.k);
     let mut stats = q.stats(scan, searched, fetch_ms);
     let results = present_hits(&q, top);
@@ -125,9 +144,11 @@ impl<'a> QueryContext<'a> {
             segments_scanned: scan.segments,
             shards_searched: scan.shards,
             vectors_compared: scan.vectors_compared,
+            codes_scanned: scan.codes_scanned,
             cache_hits: self.tally.hits.load(Relaxed),
             cache_misses: self.tally.misses.load(Relaxed),
             requests: self.store.counts(),
+            rounds: self.store.rounds(),
             fetch_ms,
             compute_ms: 0.0,
         }
@@ -184,8 +205,22 @@ struct Found {
     distance: f32,
     id: String,
     partition: u32,
-    segment: Arc<Segment>,
-    position: usize,
+    source: Source,
+}
+
+/// Where a candidate's vector and metadata are.
+enum Source {
+    /// Position `position` of a segment (or whole-read shard).
+    Segment {
+        segment: Arc<Segment>,
+        position: usize,
+    },
+    /// A row read from a range-read shard (metadata fetched only when
+    /// the query asked for it).
+    Row {
+        vector: Vec<f32>,
+        metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    },
 }
 
 /// One unit of scoring work.
@@ -209,7 +244,7 @@ enum Work {
 /// the tails shadow hidden (DESIGN section 11, newest wins: a tail record
 /// is newer than any shard row of its id, whether it is an upsert or a
 /// tombstone).
-fn plan(ready: Vec<Loaded>, index: &IndexView, excluded: &[u32]) -> Vec<Work> {
+fn plan(ready: Vec<Loaded>, index: &IndexView, excluded: &[u32]) -> (Vec<Work>, Vec<RangedWork>) {
     let mut hidden: Vec<Vec<u32>> = vec![Vec::new(); index.shards.len()];
     let mut work = Vec::with_capacity(ready.len() + index.shards.len());
     let shadowing = !crate::mutation::active(crate::mutation::Mutation::NoShadowing);
@@ -234,16 +269,100 @@ fn plan(ready: Vec<Loaded>, index: &IndexView, excluded: &[u32]) -> Vec<Work> {
         }
     }
     let excluded = Arc::new(excluded.to_vec());
+    let mut ranged = Vec::new();
     for (shard, hidden) in index.shards.iter().zip(hidden) {
-        if shard.live_count > 0 {
-            work.push(Work::Shard {
+        if shard.live_count == 0 {
+            continue;
+        }
+        match &shard.body {
+            ShardBody::Ranged(_) => ranged.push((shard.clone(), hidden)),
+            ShardBody::Whole { .. } => work.push(Work::Shard {
                 shard: shard.clone(),
                 hidden,
                 excluded: excluded.clone(),
-            });
+            }),
         }
     }
-    work
+    (work, ranged)
+}
+
+/// A range-read shard and the rows the tails shadow in it.
+type RangedWork = (Arc<ShardView>, Vec<u32>);
+
+/// Searches the range-read shards, all at once (each fetches what it
+/// needs in its own rounds, so the rounds of all of them overlap).
+async fn search_ranged(
+    q: &QueryContext<'_>,
+    ranged: Vec<RangedWork>,
+    excluded: &[u32],
+) -> Result<(Vec<Vec<Found>>, Scanned), ReadError> {
+    let partitions = q.shared.views.len() as u32;
+    let sq = ranged::ShardQuery {
+        metric: q.params.metric,
+        k: q.params.k,
+        probes: q.params.nprobe.saturating_mul(codes::PROBES_PER_NPROBE),
+        exact: q.params.exact,
+        vector: &q.vector,
+        filter: q.filter.as_ref(),
+        include_metadata: q.req.include_metadata,
+    };
+    let one = |(view, hidden): RangedWork| {
+        let sq = &sq;
+        async move {
+            let ShardBody::Ranged(shard) = &view.body else {
+                unreachable!("planned as ranged")
+            };
+            let hidden: std::collections::HashSet<u32> = hidden.into_iter().collect();
+            let allowed = |row: u32| {
+                view.live[row as usize]
+                    && !hidden.contains(&row)
+                    && (excluded.is_empty()
+                        || !excluded.contains(&crate::coord::partition_of(
+                            &shard.ids[row as usize],
+                            partitions,
+                        )))
+            };
+            let mut stats = ScanStats::default();
+            let hits = ranged::search(
+                &q.shared.blocks,
+                &q.store,
+                &q.tally,
+                shard,
+                &allowed,
+                sq,
+                &mut stats,
+            )
+            .await
+            .map_err(|e| shards::index_error(&e))?;
+            let found: Vec<Found> = hits
+                .into_iter()
+                .map(|h| {
+                    let id = shard.ids[h.row as usize].clone();
+                    Found {
+                        distance: h.distance,
+                        partition: crate::coord::partition_of(&id, partitions),
+                        id,
+                        source: Source::Row {
+                            vector: h.vector,
+                            metadata: h.metadata,
+                        },
+                    }
+                })
+                .collect();
+            Ok::<_, ReadError>((found, stats))
+        }
+    };
+    let results = futures::future::join_all(ranged.into_iter().map(one)).await;
+    let mut total = Scanned::default();
+    let mut found = Vec::with_capacity(results.len());
+    for r in results {
+        let (f, s) = r?;
+        total.shards += 1;
+        total.vectors_compared += s.vectors_compared;
+        total.codes_scanned += s.codes_scanned;
+        found.push(f);
+    }
+    Ok((found, total))
 }
 
 /// Scores the work on the rayon pool, off the async runtime
@@ -331,6 +450,7 @@ struct Scanned {
     segments: u64,
     shards: u64,
     vectors_compared: u64,
+    codes_scanned: u64,
 }
 
 /// The best `params.k` live (and filter-passing) records of one
@@ -388,8 +508,10 @@ fn search_tail(
             distance: c.distance,
             id: c.id.to_string(),
             partition: view.partition,
-            segment: segments[c.segment as usize].clone(),
-            position: c.position as usize,
+            source: Source::Segment {
+                segment: segments[c.segment as usize].clone(),
+                position: c.position as usize,
+            },
         })
         .collect();
     (found, stats)
@@ -406,7 +528,14 @@ fn search_shard(
     query: &[f32],
     filter: Option<&Filter>,
 ) -> (Vec<Found>, ScanStats) {
-    let seg = &shard.segment;
+    let ShardBody::Whole {
+        segment: seg,
+        ann: shard_ann,
+        codes: shard_codes,
+    } = &shard.body
+    else {
+        unreachable!("range-read shards are searched by ranged::search")
+    };
     let narrowed = filter.is_some() || !hidden.is_empty() || !excluded.is_empty();
     let mask: std::borrow::Cow<'_, [bool]> = if narrowed {
         let mut m = match filter {
@@ -446,8 +575,8 @@ fn search_shard(
     };
     match (
         route(params, selectivity),
-        &shard.codes,
-        shard.ann.as_deref(),
+        shard_codes,
+        shard_ann.as_deref(),
     ) {
         (Route::Exact, _, _) => ExactScan.search(&sv, params, query, &mut top, &mut stats),
         (Route::Ann(p), Some(codes), ann) => {
@@ -470,8 +599,10 @@ fn search_shard(
             distance: c.distance,
             id: c.id.to_string(),
             partition: crate::coord::partition_of(c.id, partitions),
-            segment: seg.clone(),
-            position: c.position as usize,
+            source: Source::Segment {
+                segment: seg.clone(),
+                position: c.position as usize,
+            },
         })
         .collect();
     (found, stats)
@@ -496,17 +627,25 @@ fn present_hits(q: &QueryContext<'_>, top: Vec<Found>) -> Vec<Hit> {
     top.into_iter()
         .map(|f| {
             let (score, distance) = present(metric, f.distance);
+            let (metadata, vector) = match f.source {
+                Source::Segment { segment, position } => (
+                    q.req
+                        .include_metadata
+                        .then(|| segment.metadata(position).unwrap_or_default()),
+                    q.req
+                        .include_vectors
+                        .then(|| segment.vector(position).to_vec()),
+                ),
+                Source::Row { vector, metadata } => (
+                    q.req.include_metadata.then(|| metadata.unwrap_or_default()),
+                    q.req.include_vectors.then_some(vector),
+                ),
+            };
             Hit {
                 score,
                 distance,
-                metadata: q
-                    .req
-                    .include_metadata
-                    .then(|| f.segment.metadata(f.position).unwrap_or_default()),
-                vector: q
-                    .req
-                    .include_vectors
-                    .then(|| f.segment.vector(f.position).to_vec()),
+                metadata,
+                vector,
                 partition: f.partition,
                 id: f.id,
             }
@@ -559,12 +698,30 @@ pub(super) async fn get(
         if let Some(answer) = in_tail {
             return Ok(answer);
         }
-        Ok(index.row_of(id).map(|(s, row)| {
-            let shard = &index.shards[s as usize];
-            let mut rec = stored(id, p, w, &shard.segment, row as usize);
-            rec.shard = Some(shard.key.clone());
-            rec
-        }))
+        let Some((s, row)) = index.row_of(id) else {
+            return Ok(None);
+        };
+        let shard = &index.shards[s as usize];
+        let mut rec = match &shard.body {
+            ShardBody::Whole { segment, .. } => stored(id, p, w, segment, row as usize),
+            ShardBody::Ranged(r) => {
+                let counted = Counted::new(shared.store.clone());
+                let (vector, metadata) = ranged::row(&shared.blocks, &counted, &tally, r, row)
+                    .await
+                    .map_err(|e| shards::index_error(&e))?;
+                StoredRecord {
+                    id: id.to_string(),
+                    vector,
+                    metadata,
+                    partition: p,
+                    seq: w,
+                    position: row as usize,
+                    shard: None,
+                }
+            }
+        };
+        rec.shard = Some(shard.key.clone());
+        Ok(Some(rec))
     };
     found.await
 }
@@ -581,11 +738,57 @@ fn stored(id: &str, partition: u32, seq: u64, seg: &Segment, pos: usize) -> Stor
     }
 }
 
+/// [`warm`], then the codes of every list of every range-read shard.
+pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<super::WarmReport, ReadError> {
+    let started = Instant::now();
+    let counted = Counted::new(shared.store.clone());
+    let live = warm_with(shared, &counted).await?;
+    let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
+    let index = shared
+        .index
+        .current()
+        .ok_or_else(|| ReadError::Internal("warm-up loaded no index view".into()))?;
+    let mut lists = 0;
+    let fetches = index.shards.iter().filter_map(|s| match &s.body {
+        ShardBody::Ranged(r) => Some(r.clone()),
+        ShardBody::Whole { .. } => None,
+    });
+    let mut pending = Vec::new();
+    for r in fetches {
+        let parts: Vec<ranged::Part> = (0..r.head.nlist() as u32)
+            .map(ranged::Part::Codes)
+            .collect();
+        lists += parts.len() as u64;
+        let (counted, tally) = (&counted, &tally);
+        pending.push(async move {
+            shared
+                .blocks
+                .get(counted, &r, &parts, tally)
+                .await
+                .map(|_| ())
+                .map_err(|e| shards::index_error(&e))
+        });
+    }
+    futures::future::try_join_all(pending).await?;
+    Ok(super::WarmReport {
+        live_records: live,
+        shards: index.shards.len() as u64,
+        code_lists: lists,
+        cache_bytes: shared.cache.weighted_size() + shared.blocks.weighted_size(),
+        requests: counted.counts(),
+        ms: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
 /// Loads every partition now, so the first query is warm. Returns the
 /// live records.
 pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
+    warm_with(shared, &Counted::new(shared.store.clone())).await
+}
+
+async fn warm_with(shared: &Arc<Shared>, counted: &Counted) -> Result<u64, ReadError> {
     let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
-    let store: &dyn ObjectStore = shared.store.as_ref();
+    let store: &dyn ObjectStore = counted;
     let want = Freshness {
         consistency: Consistency::Strong,
         staleness: Duration::ZERO,
@@ -607,7 +810,7 @@ pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
         .iter()
         .map(|v| (v.partition, v.manifest.indexed_through))
         .collect();
-    let index = shards::ensure_index(shared, &shared.store, want, &retired).await?;
+    let index = shards::ensure_index(shared, counted, want, &retired).await?;
     Ok(live_total(&index, &views))
 }
 
@@ -684,7 +887,7 @@ mod tests {
         *view = Arc::new(broken);
         assert!(!segs.is_empty());
         let index = IndexView::empty(2);
-        match score(&q, plan(ready, &index, &[])).await {
+        match score(&q, plan(ready, &index, &[]).0).await {
             Err(ReadError::Internal(msg)) => assert!(msg.contains("panicked"), "{msg}"),
             Err(e) => panic!("expected an internal error, got {e}"),
             Ok(_) => panic!("a broken view must not score"),

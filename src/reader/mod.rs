@@ -17,6 +17,7 @@
 
 mod exec;
 mod load;
+mod ranged;
 mod shards;
 mod view;
 
@@ -140,11 +141,19 @@ pub struct QueryStats {
     /// Index shards searched.
     #[serde(default)]
     pub shards_searched: u64,
+    /// Full-precision distances computed.
     pub vectors_compared: u64,
+    /// Rows estimated from quantized codes (range-read shards).
+    #[serde(default)]
+    pub codes_scanned: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
     /// Object-store requests made by this query, by kind.
     pub requests: RequestCounts,
+    /// Sequential rounds of requests this query waited for (parallel
+    /// requests share one; see `Counted::rounds`).
+    #[serde(default)]
+    pub rounds: u64,
     pub fetch_ms: f64,
     pub compute_ms: f64,
 }
@@ -296,7 +305,8 @@ impl PartitionError {
 #[derive(Clone, Debug)]
 pub struct ReaderOptions {
     pub max_staleness: Duration,
-    /// Segment cache capacity in decoded bytes.
+    /// Cache budget in bytes (decoded segments and parts of range-read
+    /// shards together); see [`cache_budget_bytes`].
     pub cache_bytes: u64,
     /// Idle entries leave the cache after this long.
     pub cache_ttl: Duration,
@@ -324,9 +334,9 @@ impl ReaderOptions {
         let preset = role.preset();
         ReaderOptions {
             max_staleness: Duration::from_secs(1),
-            cache_bytes: (memory_budget_bytes() as f64 * preset.segment_cache_fraction) as u64,
+            cache_bytes: cache_budget_bytes(preset.segment_cache_fraction),
             cache_ttl: preset.cache_ttl,
-            io_concurrency: 32,
+            io_concurrency: 128,
             prefetch: preset.aggressive_prefetch,
             nprobe: None,
             deadline: DEFAULT_DEADLINE,
@@ -334,22 +344,54 @@ impl ReaderOptions {
     }
 }
 
-/// The memory budget: `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` (MiB) inside
-/// Lambda; elsewhere `SHOAL_MEMORY_FRACTION` (default 0.5) of total system
-/// memory; 1 GiB if neither can be read.
+/// The memory this process may plan caches with: the container's cgroup
+/// memory limit (v2 `memory.max`, v1 `memory.limit_in_bytes`), else the
+/// Lambda function's memory size, else the host's memory, times
+/// `SHOAL_MEMORY_FRACTION` (default 0.5). Inside a container the host's
+/// memory is never used: it is not ours.
 pub fn memory_budget_bytes() -> u64 {
-    if let Some(mb) = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        return mb * 1024 * 1024;
-    }
     let fraction = std::env::var("SHOAL_MEMORY_FRACTION")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|f| *f > 0.0 && *f <= 1.0)
         .unwrap_or(0.5);
-    let total = std::fs::read_to_string("/proc/meminfo")
+    let limit = cgroup_memory_limit()
+        .or_else(|| {
+            std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|mb| mb * 1024 * 1024)
+        })
+        .unwrap_or_else(host_memory);
+    (limit as f64 * fraction) as u64
+}
+
+/// The reader's cache budget: `SHOAL_CACHE_BYTES` (e.g. `256MiB`) when
+/// set, else `fraction` of [`memory_budget_bytes`].
+pub fn cache_budget_bytes(fraction: f64) -> u64 {
+    if let Ok(v) = std::env::var("SHOAL_CACHE_BYTES") {
+        match crate::vocab::parse_bytes(&v) {
+            Ok(b) => return b,
+            Err(e) => tracing::warn!("ignoring SHOAL_CACHE_BYTES: {e}"),
+        }
+    }
+    (memory_budget_bytes() as f64 * fraction) as u64
+}
+
+/// The cgroup memory limit, if this process runs under one that is set.
+fn cgroup_memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let limit = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    // v1 reports "no limit" as a huge number; v2 as "max" (not a number).
+    (limit < host_memory()).then_some(limit)
+}
+
+fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
             s.lines()
@@ -357,8 +399,22 @@ pub fn memory_budget_bytes() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map(|kb| kb * 1024)
-        .unwrap_or(2 << 30);
-    (total as f64 * fraction) as u64
+        .unwrap_or(2 << 30)
+}
+
+/// What a warm-up fetched.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WarmReport {
+    /// Live records across shards and tails.
+    pub live_records: u64,
+    pub shards: u64,
+    /// Code lists fetched (or found cached) across range-read shards.
+    pub code_lists: u64,
+    /// Bytes the reader caches after the warm-up.
+    pub cache_bytes: u64,
+    /// Store requests the warm-up made.
+    pub requests: RequestCounts,
+    pub ms: f64,
 }
 
 /// Reader-wide counters.
@@ -375,6 +431,12 @@ pub struct ReaderStats {
     /// Index shards in the reader's index view, and their live rows.
     pub shards: u64,
     pub shard_rows: u64,
+    /// Bytes held outside the cache for the index view: range-read
+    /// shards' heads and ids (or whole shards in the segment format),
+    /// live-row masks and the id → row map. Grows with the index's row
+    /// count (about 100 bytes a row), not with its vector bytes.
+    #[serde(default)]
+    pub pinned_bytes: u64,
     pub requests: RequestCounts,
 }
 
@@ -393,6 +455,8 @@ pub(crate) struct Shared {
     manifests_required: bool,
     opts: ReaderOptions,
     cache: moka::future::Cache<String, Arc<Segment>>,
+    /// Parts of range-read shards (codes, rows, metadata).
+    blocks: ranged::Blocks,
     views: Vec<view::Slot>,
     index: shards::IndexSlot,
     queries: AtomicU64,
@@ -428,8 +492,11 @@ impl Reader {
         metrics: Option<Arc<InstanceMetrics>>,
     ) -> Self {
         let store = Arc::new(Counted::new(store));
+        // One budget: a quarter for whole segments (tails, shards in the
+        // segment format), the rest for parts of range-read shards.
+        let segment_bytes = opts.cache_bytes / 4;
         let cache = moka::future::Cache::builder()
-            .max_capacity(opts.cache_bytes.max(1))
+            .max_capacity(segment_bytes.max(1))
             .weigher(|_k: &String, v: &Arc<Segment>| {
                 u32::try_from(v.memory_bytes()).unwrap_or(u32::MAX)
             })
@@ -451,6 +518,7 @@ impl Reader {
                     .map(|_| view::Slot::default())
                     .collect(),
                 index: shards::IndexSlot::default(),
+                blocks: ranged::Blocks::new(opts.cache_bytes - segment_bytes, opts.cache_ttl),
                 opts,
                 cache,
                 queries: AtomicU64::new(0),
@@ -466,12 +534,20 @@ impl Reader {
         self.shared.views.len() as u32
     }
 
+    /// Runs the caches' pending maintenance (evictions past the budget),
+    /// so [`Reader::stats`] reports settled sizes.
+    pub async fn run_cache_maintenance(&self) {
+        self.shared.cache.run_pending_tasks().await;
+        self.shared.blocks.run_pending_tasks().await;
+    }
+
     /// Drops every cached segment (manifests stay): the next query fetches
     /// the segments it needs again. For freeing memory, and for tests that
     /// need a cache miss.
     pub async fn evict_cached_segments(&self) {
         self.shared.cache.invalidate_all();
         self.shared.cache.run_pending_tasks().await;
+        self.shared.blocks.clear().await;
     }
 
     /// Searches every partition and merges the top-k.
@@ -505,14 +581,23 @@ impl Reader {
         exec::warm(&self.shared).await
     }
 
-    /// Starts [`Reader::warm`] in the background; a failure is logged, and
-    /// queries load what they need as usual.
+    /// Everything a query plans with, fetched now: every partition (and
+    /// its tail), the index manifest, every shard's head and deletion
+    /// vector, and the codes of every list of every range-read shard (as
+    /// far as the cache budget holds them), so the first query only
+    /// fetches the rows it reranks. `POST /v1/warm`, a Lambda's
+    /// `SHOAL_WARM_ON_INIT`, and a reader's prefetch run it.
+    pub async fn warm_up(&self) -> Result<WarmReport, ReadError> {
+        exec::warm_up(&self.shared).await
+    }
+
+    /// Starts [`Reader::warm_up`] in the background; a failure is logged,
+    /// and queries load what they need as usual.
     pub fn spawn_warm(&self) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            let t = std::time::Instant::now();
-            match me.warm().await {
-                Ok(live) => tracing::info!(live, secs = t.elapsed().as_secs_f64(), "prefetched"),
+            match me.warm_up().await {
+                Ok(r) => tracing::info!(live = r.live_records, ms = r.ms, "prefetched"),
                 Err(e) => {
                     tracing::warn!(error = %e, "prefetch failed; queries will load on demand")
                 }
@@ -544,11 +629,12 @@ impl Reader {
         ReaderStats {
             shards: index.as_ref().map_or(0, |v| v.shards.len() as u64),
             shard_rows: index.as_ref().map_or(0, |v| v.live_rows()),
+            pinned_bytes: index.as_ref().map_or(0, |v| v.memory_bytes() as u64),
             queries: s.queries.load(Ordering::Relaxed),
             cache_hits: s.hits.load(Ordering::Relaxed),
             cache_misses: s.misses.load(Ordering::Relaxed),
-            cache_entries: s.cache.entry_count(),
-            cache_bytes: s.cache.weighted_size(),
+            cache_entries: s.cache.entry_count() + s.blocks.entry_count(),
+            cache_bytes: s.cache.weighted_size() + s.blocks.weighted_size(),
             partitions_loaded: loaded,
             live_records: live,
             segments,

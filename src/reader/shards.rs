@@ -15,12 +15,15 @@
 //! corruption (the indexer retires only after its index commit).
 
 use std::collections::HashMap;
+
+use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
 use super::load::Freshness;
+use super::ranged::RangedShard;
 use super::view::{load_segment, retrying, CacheTally};
 use super::{Consistency, PartitionError, ReadError, Shared};
 use crate::coord::index_manifest::{parse_index_manifest, IndexManifest, ShardEntry};
@@ -37,13 +40,44 @@ pub(super) struct ShardView {
     pub key: String,
     /// The deletion vector applied (`None`: every row is live).
     deletions: Option<String>,
-    pub segment: Arc<Segment>,
-    /// `live[i]`: row `i` is not marked dead.
+    pub body: ShardBody,
+    /// `live[i]`: row `i` is not a tombstone and not marked dead.
     pub live: Vec<bool>,
     pub live_count: usize,
-    pub ann: Option<Arc<AnnIndex>>,
-    /// One-bit codes for candidate generation (`None` for HNSW shards).
-    pub codes: Option<Arc<SignCodes>>,
+}
+
+/// What the reader holds of a shard.
+pub(super) enum ShardBody {
+    /// A shard in the segment format (HNSW or no index), read whole.
+    Whole {
+        segment: Arc<Segment>,
+        ann: Option<Arc<AnnIndex>>,
+        /// One-bit codes for candidate generation (`None` for HNSW).
+        codes: Option<Arc<SignCodes>>,
+    },
+    /// A range-readable shard: its head region; parts on demand.
+    Ranged(Arc<RangedShard>),
+}
+
+impl ShardView {
+    /// Every row's id, in row order.
+    pub(super) fn ids(&self) -> &[String] {
+        match &self.body {
+            ShardBody::Whole { segment, .. } => segment.ids(),
+            ShardBody::Ranged(r) => &r.ids,
+        }
+    }
+
+    /// Bytes the reader holds for this shard outside the part cache.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.live.len()
+            + match &self.body {
+                ShardBody::Whole { segment, codes, .. } => {
+                    segment.memory_bytes() + codes.as_ref().map_or(0, |c| c.memory_bytes())
+                }
+                ShardBody::Ranged(r) => r.memory_bytes(),
+            }
+    }
 }
 
 /// One index manifest, loaded.
@@ -75,6 +109,16 @@ impl IndexView {
         self.rows.get(id).copied()
     }
 
+    /// Bytes this view holds: its shards and the id → row map.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.memory_bytes()).sum::<usize>()
+            + self
+                .rows
+                .keys()
+                .map(|k| k.len() + 24 + 8 + 16)
+                .sum::<usize>()
+    }
+
     /// Live shard rows.
     pub(super) fn live_rows(&self) -> u64 {
         self.rows.len() as u64
@@ -82,7 +126,7 @@ impl IndexView {
 
     /// Whether this view may be paired with partitions that retired
     /// through `retired` (`(partition, indexedThrough)` pairs).
-    fn covers(&self, retired: &[(u32, u64)]) -> bool {
+    pub(super) fn covers(&self, retired: &[(u32, u64)]) -> bool {
         retired.iter().all(|&(p, t)| self.watermark(p) >= t)
     }
 }
@@ -247,7 +291,7 @@ async fn refresh(
     Ok(view)
 }
 
-fn index_error(e: &PartitionError) -> ReadError {
+pub(super) fn index_error(e: &PartitionError) -> ReadError {
     ReadError::Index {
         key: e.key(),
         source: e.clone(),
@@ -265,19 +309,29 @@ async fn build(
     tally: &CacheTally,
 ) -> Result<IndexView, PartitionError> {
     let old_shards: &[Arc<ShardView>] = old.map_or(&[], |v| &v.shards);
-    let mut shards: Vec<Arc<ShardView>> = Vec::with_capacity(manifest.shards.len());
+    // Every shard at once: a cold reader's heads are one round.
+    let mut loads = Vec::with_capacity(manifest.shards.len());
     for entry in &manifest.shards {
         let kept = old_shards
             .iter()
-            .find(|s| s.key == entry.key && s.deletions == entry.deletions);
-        shards.push(match kept {
-            Some(s) => s.clone(),
-            None => Arc::new(load_shard(shared, store, entry, tally).await?),
+            .find(|s| s.key == entry.key && s.deletions == entry.deletions)
+            .cloned();
+        loads.push(async move {
+            match kept {
+                Some(s) => Ok(s),
+                None => load_shard(shared, store, entry, tally).await.map(Arc::new),
+            }
         });
     }
+    let shards: Vec<Arc<ShardView>> = futures::stream::iter(loads)
+        .buffered(shared.opts.io_concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
     let mut rows = HashMap::with_capacity(manifest.live_rows() as usize);
     for (s, shard) in shards.iter().enumerate() {
-        for (i, id) in shard.segment.ids().iter().enumerate() {
+        for (i, id) in shard.ids().iter().enumerate() {
             if !shard.live[i] {
                 continue;
             }
@@ -307,56 +361,85 @@ async fn load_shard(
     entry: &ShardEntry,
     tally: &CacheTally,
 ) -> Result<ShardView, PartitionError> {
-    let segment = load_segment(shared, store, &entry.key, tally).await?;
-    if segment.len() as u64 != entry.rows {
+    let body = async {
+        match entry.head_bytes {
+            Some(head_bytes) => {
+                let r =
+                    RangedShard::load(store, &entry.key, entry.bytes, head_bytes, tally).await?;
+                let tombstones = r.tombstones.clone();
+                Ok::<_, PartitionError>((ShardBody::Ranged(Arc::new(r)), tombstones))
+            }
+            None => {
+                let segment = load_segment(shared, store, &entry.key, tally).await?;
+                let ann = match segment.index_bytes() {
+                    None => None,
+                    Some(bytes) => Some(Arc::new(
+                        AnnIndex::parse(bytes, segment.dimensions(), segment.len())
+                            .map_err(|reason| PartitionError::bad_index(&entry.key, reason))?,
+                    )),
+                };
+                let codes = match ann.as_deref() {
+                    Some(AnnIndex::Hnsw(_)) => None,
+                    _ => {
+                        let seg = segment.clone();
+                        let codes = crate::cpu::run(move || {
+                            SignCodes::build(seg.vectors(), seg.dimensions())
+                        });
+                        Some(Arc::new(codes.await))
+                    }
+                };
+                let tombstones = (0..segment.len())
+                    .map(|i| segment.is_tombstone(i))
+                    .collect();
+                Ok((
+                    ShardBody::Whole {
+                        segment,
+                        ann,
+                        codes,
+                    },
+                    tombstones,
+                ))
+            }
+        }
+    };
+    // The deletion vector in the same round as the shard.
+    let deletions = async {
+        match &entry.deletions {
+            None => Ok(None),
+            Some(key) => {
+                let got = retrying(tally.deadline, StoreError::is_retryable, || store.get(key))
+                    .await
+                    .map_err(|e| PartitionError::from_load(crate::segment::LoadError::Store(e)))?;
+                DeletionVector::decode(key, &got.bytes, entry.rows)
+                    .map(Some)
+                    .map_err(|e| PartitionError::from_load(crate::segment::LoadError::Segment(e)))
+            }
+        }
+    };
+    let (body, dv) = futures::future::join(body, deletions).await;
+    let ((body, tombstones), dv): ((ShardBody, Vec<bool>), _) = (body?, dv?);
+    if tombstones.len() as u64 != entry.rows {
         return Err(corrupt_shard(
             &entry.key,
             format!(
                 "the index manifest says {} rows, the shard holds {}",
                 entry.rows,
-                segment.len()
+                tombstones.len()
             ),
         ));
     }
-    let ann = match segment.index_bytes() {
-        None => None,
-        Some(bytes) => Some(Arc::new(
-            AnnIndex::parse(bytes, segment.dimensions(), segment.len())
-                .map_err(|reason| PartitionError::bad_index(&entry.key, reason))?,
-        )),
-    };
-    let mut live: Vec<bool> = (0..segment.len())
-        .map(|i| !segment.is_tombstone(i))
+    let live: Vec<bool> = tombstones
+        .iter()
+        .enumerate()
+        .map(|(i, t)| !t && !dv.as_ref().is_some_and(|dv| dv.is_dead(i as u64)))
         .collect();
-    if let Some(key) = &entry.deletions {
-        let got = retrying(tally.deadline, StoreError::is_retryable, || store.get(key))
-            .await
-            .map_err(|e| PartitionError::from_load(crate::segment::LoadError::Store(e)))?;
-        let dv = DeletionVector::decode(key, &got.bytes, entry.rows)
-            .map_err(|e| PartitionError::from_load(crate::segment::LoadError::Segment(e)))?;
-        for (i, l) in live.iter_mut().enumerate() {
-            if dv.is_dead(i as u64) {
-                *l = false;
-            }
-        }
-    }
     let live_count = live.iter().filter(|l| **l).count();
-    let codes = match ann.as_deref() {
-        Some(AnnIndex::Hnsw(_)) => None,
-        _ => {
-            let seg = segment.clone();
-            let codes = crate::cpu::run(move || SignCodes::build(seg.vectors(), seg.dimensions()));
-            Some(Arc::new(codes.await))
-        }
-    };
     Ok(ShardView {
         key: entry.key.clone(),
         deletions: entry.deletions.clone(),
-        segment,
+        body,
         live,
         live_count,
-        ann,
-        codes,
     })
 }
 

@@ -17,7 +17,8 @@
 //!           raw length, xxh3-64) | ids (offset, stored, raw, xxh3-64)
 //! ids       zstd(count u64, (count+1) u64 offsets, UTF-8 ids,
 //!                count tombstone bytes), every row in list order
-//! codes     per IVF list: its RaBitQ code block (index::rabitq), raw
+//! codes     per IVF list: its code block (opaque here; the indexer
+//!           writes RaBitQ codes, `index::rabitq`), raw
 //! rows      per list, per row: dimensions × f32 | xxh3-64 of those bytes
 //!           (raw, so row r of a list is at a computable offset)
 //! metadata  per list: zstd(count u64, (count+1) u64 offsets, JSON objects)
@@ -32,8 +33,7 @@
 //! verified.
 //!
 //! [`decode_shard`] turns a whole object into a [`Segment`] (records in
-//! list order, an IVF index section), which is how the indexer, `verify`
-//! and repair read shards.
+//! list order), which is how the indexer, `verify` and repair read shards.
 
 use bytes::Bytes;
 use xxhash_rust::xxh3::xxh3_64;
@@ -44,8 +44,6 @@ use super::{
     SectionEntry, Segment, SegmentError, SegmentHeader, CODEC_ZSTD, END_MAGIC, FORMAT_VERSION,
     MAX_SEGMENT_RECORDS,
 };
-use crate::index::ivf::IvfIndex;
-use crate::index::rabitq::{self, ListCodes, Rotation};
 use crate::record::{Prepared, MAX_ID_BYTES, MAX_METADATA_BYTES};
 use crate::vocab::Metric;
 
@@ -139,26 +137,20 @@ impl ShardHead {
             record_count: self.rows,
             created_at_ms: self.created_at_ms,
             writer_id: self.writer_id.clone(),
-            has_index: true,
+            has_index: false,
         }
     }
 
-    /// Checks a list's code block and parses it.
-    pub fn list_codes(
-        &self,
-        key: &str,
-        l: usize,
-        stored: &[u8],
-    ) -> Result<ListCodes, SegmentError> {
-        let e = &self.lists[l];
-        if xxh3_64(stored) != e.codes.checksum {
+    /// Checks a list's code block against its checksum (the quantizer
+    /// parses it).
+    pub fn check_codes(&self, key: &str, l: usize, stored: &[u8]) -> Result<(), SegmentError> {
+        if xxh3_64(stored) != self.lists[l].codes.checksum {
             return Err(corrupt(
                 key,
                 format!("checksum mismatch in the codes of list {l}"),
             ));
         }
-        ListCodes::from_bytes(stored, self.dimensions, e.rows as usize)
-            .map_err(|r| corrupt(key, format!("codes of list {l}: {r}")))
+        Ok(())
     }
 
     /// Checks and parses `count` rows of list `l` starting at `first`
@@ -265,14 +257,16 @@ fn open_block(
 }
 
 /// Encodes an IVF shard: `groups[l]` are the rows of the list with
-/// centroid `centroids[l]`.
+/// centroid `centroids[l]`, `codes[l]` its code block.
 pub fn encode_shard(
     header: &SegmentHeader,
     centroids: &[f32],
     groups: &[&[Prepared]],
+    codes: &[Vec<u8>],
 ) -> EncodedShard {
+    assert_eq!(groups.len(), codes.len(), "one code block per list");
     let d = header.dimensions as usize;
-    let rot = Rotation::new(d);
+    let code_bytes: usize = codes.iter().map(|c| c.len()).sum();
     let n: usize = groups.iter().map(|g| g.len()).sum();
     let vector = |r: &Prepared| -> Vec<f32> {
         if r.tombstone {
@@ -295,14 +289,15 @@ pub fn encode_shard(
     }
     ids_raw.extend(all().map(|r| u8::from(r.tombstone)));
     let ids_stored = compress(&ids_raw);
-    let mut body = Vec::with_capacity(n * (d * 4 + 8 + rabitq::row_bytes(d) + 48));
-    let mut codes = Vec::with_capacity(groups.len());
-    for (l, g) in groups.iter().enumerate() {
-        let flat: Vec<f32> = g.iter().flat_map(vector).collect();
-        let c = ListCodes::encode(&rot, &centroids[l * d..(l + 1) * d], &flat).to_bytes();
-        codes.push((body.len() as u64, c.len() as u64, xxh3_64(&c)));
-        body.extend_from_slice(&c);
-    }
+    let mut body = Vec::with_capacity(code_bytes + n * (d * 4 + 8 + 48));
+    let codes: Vec<(u64, u64, u64)> = codes
+        .iter()
+        .map(|c| {
+            let at = body.len() as u64;
+            body.extend_from_slice(c);
+            (at, c.len() as u64, xxh3_64(c))
+        })
+        .collect();
     let mut rows_at = Vec::with_capacity(groups.len());
     for g in groups {
         rows_at.push(body.len() as u64);
@@ -557,7 +552,6 @@ fn parse_head(
                     .is_some_and(|end| end <= body_end)
         };
         if e.start != next_row
-            || e.codes.stored_len != e.rows * rabitq::row_bytes(dims) as u64
             || !inside(e.codes.offset, Some(e.codes.stored_len))
             || !inside(e.rows_offset, e.rows.checked_mul(stride))
             || !inside(e.metadata.offset, Some(e.metadata.stored_len))
@@ -617,21 +611,13 @@ pub fn decode_shard(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
     let mut meta_offsets = vec![0u64];
     let mut meta_bytes = Vec::new();
     for (l, e) in head.lists.iter().enumerate() {
-        head.list_codes(key, l, slice(e.codes.range()))?;
+        head.check_codes(key, l, slice(e.codes.range()))?;
         vectors.extend(head.list_rows(key, l, 0, slice(head.rows_range(l, 0, e.rows)))?);
         let (offsets, bytes) = head.list_metadata(key, l, slice(e.metadata.range()))?;
         let base = meta_bytes.len() as u64;
         meta_offsets.extend(offsets[1..].iter().map(|o| o + base));
         meta_bytes.extend_from_slice(&bytes);
     }
-    let mut starts: Vec<u32> = head.lists.iter().map(|e| e.start as u32).collect();
-    starts.push(head.rows as u32);
-    let index = IvfIndex {
-        dims: d,
-        centroids: head.centroids.clone(),
-        starts,
-    }
-    .to_bytes();
     Ok(Segment {
         header: head.segment_header(),
         ids: ids.ids,
@@ -639,7 +625,10 @@ pub fn decode_shard(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
         meta_offsets,
         meta_bytes,
         tombstones: ids.tombstones,
-        index: Some(index),
+        // Read whole, a shard is searched without its IVF lists (only
+        // shards listed without `headBytes` are, which this format never
+        // is); the range-read path uses them.
+        index: None,
         stored_bytes: buf.len() as u64,
         maps: Default::default(),
     })

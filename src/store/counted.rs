@@ -82,6 +82,10 @@ struct Counters {
     precondition_failed: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    /// Sequential rounds: a request that starts after one of round `r`
+    /// has finished is in round `r + 1` at least (see [`Counted::rounds`]).
+    finished_round: AtomicU64,
+    deepest_round: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -126,10 +130,30 @@ impl Counted {
         self.latency
     }
 
-    async fn wait(&self) {
+    /// The most requests made one after another: a request that starts
+    /// after another has finished is one round later than it. Parallel
+    /// requests share a round; a query that reads manifests, then heads,
+    /// then codes, then rows makes 4. What a cold query's latency is made
+    /// of, and what `shoal bench` reports as `cold.rounds`.
+    pub fn rounds(&self) -> u64 {
+        self.counters.deepest_round.load(Ordering::Relaxed)
+    }
+
+    /// Waits the added latency; returns the round this request is in.
+    async fn wait(&self) -> u64 {
+        let c = &self.counters;
+        let round = c.finished_round.load(Ordering::Relaxed) + 1;
+        c.deepest_round.fetch_max(round, Ordering::Relaxed);
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
+        round
+    }
+
+    fn finish(&self, round: u64) {
+        self.counters
+            .finished_round
+            .fetch_max(round, Ordering::Relaxed);
     }
 
     /// The store being counted.
@@ -177,9 +201,10 @@ impl Counted {
 #[async_trait]
 impl ObjectStore for Counted {
     async fn get(&self, key: &str) -> Result<GetResult> {
-        self.wait().await;
+        let round = self.wait().await;
         bump(&self.counters.get, 1);
         let r = self.outcome(self.inner.get(key).await);
+        self.finish(round);
         if let Ok(g) = &r {
             bump(&self.counters.bytes_read, g.bytes.len() as u64);
         }
@@ -187,9 +212,10 @@ impl ObjectStore for Counted {
     }
 
     async fn get_range(&self, key: &str, range: ByteRange) -> Result<Bytes> {
-        self.wait().await;
+        let round = self.wait().await;
         bump(&self.counters.get, 1);
         let r = self.outcome(self.inner.get_range(key, range).await);
+        self.finish(round);
         if let Ok(b) = &r {
             bump(&self.counters.bytes_read, b.len() as u64);
         }
@@ -197,9 +223,10 @@ impl ObjectStore for Counted {
     }
 
     async fn get_if_changed(&self, key: &str, etag: &ETag) -> Result<Conditional> {
-        self.wait().await;
+        let round = self.wait().await;
         bump(&self.counters.get, 1);
         let r = self.outcome(self.inner.get_if_changed(key, etag).await);
+        self.finish(round);
         match &r {
             Ok(Conditional::NotModified) => bump(&self.counters.not_modified, 1),
             Ok(Conditional::Modified(g)) => bump(&self.counters.bytes_read, g.bytes.len() as u64),
@@ -209,38 +236,49 @@ impl ObjectStore for Counted {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        self.wait().await;
+        let round = self.wait().await;
         bump(&self.counters.head, 1);
-        self.outcome(self.inner.head(key).await)
+        let r = self.outcome(self.inner.head(key).await);
+        self.finish(round);
+        r
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
-        self.wait().await;
+        let round = self.wait().await;
         self.written(bytes.len());
-        self.outcome(self.inner.put(key, bytes).await)
+        let r = self.outcome(self.inner.put(key, bytes).await);
+        self.finish(round);
+        r
     }
 
     async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<ETag> {
-        self.wait().await;
+        let round = self.wait().await;
         self.written(bytes.len());
-        self.outcome(self.inner.put_if_absent(key, bytes).await)
+        let r = self.outcome(self.inner.put_if_absent(key, bytes).await);
+        self.finish(round);
+        r
     }
 
     async fn put_if_match(&self, key: &str, bytes: Bytes, etag: &ETag) -> Result<ETag> {
-        self.wait().await;
+        let round = self.wait().await;
         self.written(bytes.len());
-        self.outcome(self.inner.put_if_match(key, bytes, etag).await)
+        let r = self.outcome(self.inner.put_if_match(key, bytes, etag).await);
+        self.finish(round);
+        r
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.wait().await;
+        let round = self.wait().await;
         bump(&self.counters.delete, 1);
-        self.outcome(self.inner.delete(key).await)
+        let r = self.outcome(self.inner.delete(key).await);
+        self.finish(round);
+        r
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        self.wait().await;
+        let round = self.wait().await;
         let r = self.outcome(self.inner.list(prefix).await);
+        self.finish(round);
         let pages = match &r {
             Ok(v) => v.len().div_ceil(1000).max(1),
             Err(_) => 1,
@@ -275,5 +313,28 @@ mod tests {
         assert_eq!(t.elapsed(), Duration::ZERO);
         assert_eq!(plain.counts().get, 3);
         assert_eq!(slow.counts().put, 1);
+        // put, get, get_range, get: one after another.
+        assert_eq!(plain.rounds(), 4);
+    }
+
+    /// Requests in parallel share a round; one started after they
+    /// finished is the next.
+    #[tokio::test(start_paused = true)]
+    async fn rounds_count_requests_made_one_after_another() {
+        let store =
+            Counted::new(Arc::new(MemoryStore::unique())).with_latency(Duration::from_millis(20));
+        store.put("a", Bytes::from_static(b"x")).await.unwrap();
+        let fresh = Counted::new(store.inner().clone()).with_latency(Duration::from_millis(20));
+        let gets = (0..5).map(|_| fresh.get("a"));
+        assert!(futures::future::join_all(gets)
+            .await
+            .iter()
+            .all(|r| r.is_ok()));
+        assert_eq!(fresh.rounds(), 1);
+        let (a, b) =
+            futures::future::join(fresh.get("a"), fresh.get_range("a", ByteRange::new(0, 1))).await;
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(fresh.rounds(), 2);
+        assert_eq!(fresh.counts().get, 7);
     }
 }

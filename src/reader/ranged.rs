@@ -1,0 +1,687 @@
+//! Range-read index shards (`segment::shard`): a reader holds a shard's
+//! head region (centroids, list table, ids) and fetches the parts a query
+//! needs (probed lists' codes, the rows it reranks, metadata for filters
+//! and results) with ranged GETs, through one byte-weighted cache.
+//!
+//! A query on a shard runs in two fetch rounds after the head: the codes
+//! (and, with a filter, the metadata) of the lists it probes, then the
+//! row chunks of the candidates its code estimates cannot rule out.
+//! Parts near each other are fetched in one request, at most
+//! [`MAX_REQUESTS_PER_FETCH`] per shard and round; concurrent queries
+//! share a part that is already being fetched (single flight), so a
+//! burst of cold queries costs one fetch per part.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::future::{BoxFuture, FutureExt, Shared as SharedFuture};
+use serde_json::{Map, Value};
+
+use super::view::{retrying, CacheTally};
+use super::PartitionError;
+use crate::index::rabitq::{ListCodes, ListQuery, Rotation};
+use crate::index::{distance, dot, ScanStats};
+use crate::segment::shard::{decode_head_region, ShardHead};
+use crate::segment::{LoadError, SegmentError};
+use crate::store::{ByteRange, Counted, ObjectStore, StoreError};
+use crate::vocab::Metric;
+
+/// Rows per cached row chunk: a rerank fetches a candidate's chunk.
+pub(super) const ROW_CHUNK: u64 = 16;
+/// Most ranged GETs one shard's fetch round issues.
+pub(super) const MAX_REQUESTS_PER_FETCH: usize = 16;
+/// Parts closer together than this are fetched in one request: reading
+/// the gap costs less than another round trip.
+const MERGE_GAP: u64 = 64 << 10;
+
+/// A shard's head region, parsed: all a reader holds of it for good.
+pub(crate) struct RangedShard {
+    pub key: Arc<str>,
+    /// A hash of the key: the cache key of its parts (cheaper to hash
+    /// on every lookup than the key itself).
+    tag: u64,
+    pub head: ShardHead,
+    pub ids: Vec<String>,
+    pub tombstones: Vec<bool>,
+    /// Centroids, rotated for the codes.
+    rotated: Vec<f32>,
+    rotation: Arc<Rotation>,
+}
+
+impl RangedShard {
+    /// Fetches and parses the first `head_bytes` bytes of `key`.
+    pub(super) async fn load(
+        store: &dyn ObjectStore,
+        key: &str,
+        total: u64,
+        head_bytes: u64,
+        tally: &CacheTally,
+    ) -> Result<Self, PartitionError> {
+        let region = retrying(tally.deadline, StoreError::is_retryable, || {
+            store.get_range(key, ByteRange::new(0, head_bytes))
+        })
+        .await
+        .map_err(|e| PartitionError::from_load(LoadError::Store(e)))?;
+        let key2 = key.to_string();
+        let parsed = crate::cpu::run(move || {
+            let (head, ids) = decode_head_region(&key2, &region, total)?;
+            let rotation = Arc::new(Rotation::new(head.dimensions));
+            let mut rotated = head.centroids.clone();
+            for c in rotated.chunks_exact_mut(head.dimensions) {
+                rotation.apply(c);
+            }
+            Ok::<_, SegmentError>((head, ids, rotated, rotation))
+        })
+        .await
+        .map_err(|e| PartitionError::from_load(LoadError::Segment(e)))?;
+        let (head, ids, rotated, rotation) = parsed;
+        Ok(RangedShard {
+            key: key.into(),
+            tag: xxhash_rust::xxh3::xxh3_64(key.as_bytes()),
+            head,
+            ids: ids.ids,
+            tombstones: ids.tombstones,
+            rotated,
+            rotation,
+        })
+    }
+
+    /// Bytes held for good (head, ids, rotated centroids).
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.ids.iter().map(|s| s.len() + 24).sum::<usize>()
+            + self.tombstones.len()
+            + self.head.centroids.len() * 8
+            + self.head.lists.len() * 96
+    }
+
+    fn range(&self, part: Part) -> Range<u64> {
+        match part {
+            Part::Codes(l) => self.head.lists[l as usize].codes.range(),
+            Part::Meta(l) => self.head.lists[l as usize].metadata.range(),
+            Part::Rows { list, chunk } => {
+                let (first, count) = self.chunk_rows(list, chunk);
+                self.head.rows_range(list as usize, first, count)
+            }
+        }
+    }
+
+    /// First row (within the list) and row count of a chunk.
+    fn chunk_rows(&self, list: u32, chunk: u32) -> (u64, u64) {
+        let rows = self.head.lists[list as usize].rows;
+        let first = u64::from(chunk) * ROW_CHUNK;
+        (first, ROW_CHUNK.min(rows.saturating_sub(first)))
+    }
+
+    fn parse(&self, part: Part, bytes: &[u8]) -> Result<Block, SegmentError> {
+        let key = &*self.key;
+        Ok(match part {
+            Part::Codes(l) => {
+                let l = l as usize;
+                self.head.check_codes(key, l, bytes)?;
+                let rows = self.head.lists[l].rows as usize;
+                Block::Codes(
+                    ListCodes::from_bytes(bytes, self.head.dimensions, rows).map_err(|r| {
+                        SegmentError::Corrupt {
+                            key: key.to_string(),
+                            reason: format!("codes of list {l}: {r}"),
+                        }
+                    })?,
+                )
+            }
+            Part::Meta(l) => {
+                let (offsets, bytes) = self.head.list_metadata(key, l as usize, bytes)?;
+                Block::Meta {
+                    offsets,
+                    bytes,
+                    maps: OnceLock::new(),
+                }
+            }
+            Part::Rows { list, chunk } => {
+                let (first, _) = self.chunk_rows(list, chunk);
+                Block::Rows(self.head.list_rows(key, list as usize, first, bytes)?)
+            }
+        })
+    }
+}
+
+/// A fetchable part of a shard.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Part {
+    Codes(u32),
+    Meta(u32),
+    Rows { list: u32, chunk: u32 },
+}
+
+/// A fetched part, parsed.
+pub(crate) enum Block {
+    Codes(ListCodes),
+    Meta {
+        offsets: Vec<u64>,
+        bytes: Vec<u8>,
+        maps: OnceLock<Vec<Map<String, Value>>>,
+    },
+    Rows(Vec<f32>),
+}
+
+impl Block {
+    fn memory_bytes(&self) -> usize {
+        64 + match self {
+            Block::Codes(c) => c.memory_bytes(),
+            Block::Meta { offsets, bytes, .. } => offsets.len() * 8 + bytes.len() * 3,
+            Block::Rows(v) => v.len() * 4,
+        }
+    }
+
+    fn codes(&self) -> &ListCodes {
+        match self {
+            Block::Codes(c) => c,
+            _ => unreachable!("a codes part holds codes"),
+        }
+    }
+
+    fn rows(&self) -> &[f32] {
+        match self {
+            Block::Rows(v) => v,
+            _ => unreachable!("a rows part holds rows"),
+        }
+    }
+
+    /// Row `i`'s metadata, parsed (the whole block once, on first use).
+    fn metadata(&self, i: usize) -> &Map<String, Value> {
+        match self {
+            Block::Meta {
+                offsets,
+                bytes,
+                maps,
+            } => &maps.get_or_init(|| {
+                offsets
+                    .windows(2)
+                    .map(|w| {
+                        let raw = &bytes[w[0] as usize..w[1] as usize];
+                        if raw.is_empty() {
+                            Map::new()
+                        } else {
+                            serde_json::from_slice(raw).unwrap_or_default()
+                        }
+                    })
+                    .collect()
+            })[i],
+            _ => unreachable!("a metadata part holds metadata"),
+        }
+    }
+}
+
+type PartKey = (u64, Part);
+type Fetched = Result<Arc<Vec<Arc<Block>>>, PartitionError>;
+type Pending = SharedFuture<BoxFuture<'static, Fetched>>;
+
+/// The reader's cache of shard parts, weighed in bytes, and the fetches
+/// in flight.
+pub(crate) struct Blocks {
+    cache: moka::future::Cache<PartKey, Arc<Block>>,
+    inflight: Mutex<HashMap<PartKey, (Pending, usize)>>,
+}
+
+impl Blocks {
+    pub(crate) fn new(capacity: u64, ttl: std::time::Duration) -> Self {
+        Blocks {
+            cache: moka::future::Cache::builder()
+                .max_capacity(capacity.max(1))
+                .weigher(|_k: &PartKey, v: &Arc<Block>| {
+                    u32::try_from(v.memory_bytes()).unwrap_or(u32::MAX)
+                })
+                .time_to_idle(ttl)
+                .build(),
+            inflight: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    pub(crate) fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    pub(crate) async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
+    pub(crate) async fn clear(&self) {
+        self.cache.invalidate_all();
+        self.cache.run_pending_tasks().await;
+    }
+
+    /// The parts of `shard`, from the cache or fetched (nearby parts in
+    /// one ranged GET, parts another query is fetching awaited).
+    pub(super) async fn get(
+        &self,
+        store: &Counted,
+        shard: &Arc<RangedShard>,
+        parts: &[Part],
+        tally: &CacheTally,
+    ) -> Result<HashMap<Part, Arc<Block>>, PartitionError> {
+        let mut got = HashMap::with_capacity(parts.len());
+        let mut wanted: Vec<Part> = parts.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut missing = Vec::new();
+        for p in wanted {
+            match self.cache.get(&(shard.tag, p)).await {
+                Some(b) => {
+                    got.insert(p, b);
+                }
+                None => missing.push(p),
+            }
+        }
+        let hits = got.len() as u64;
+        tally
+            .hits
+            .fetch_add(hits, std::sync::atomic::Ordering::Relaxed);
+        if missing.is_empty() {
+            return Ok(got);
+        }
+        tally
+            .misses
+            .fetch_add(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // Join fetches in flight; plan requests for the rest. Each wait
+        // names its parts and where each sits in the request's blocks.
+        let mut waits: Vec<(Vec<(Part, usize)>, Pending)> = Vec::new();
+        {
+            let mut inflight = self.inflight.lock().unwrap();
+            let mut mine = Vec::new();
+            for p in missing {
+                match inflight.get(&(shard.tag, p)) {
+                    Some((fut, i)) => waits.push((vec![(p, *i)], fut.clone())),
+                    None => mine.push(p),
+                }
+            }
+            mine.sort_by_key(|p| shard.range(*p).start);
+            let ranges: Vec<Range<u64>> = mine.iter().map(|p| shard.range(*p)).collect();
+            for (range, members) in coalesce(&ranges, MAX_REQUESTS_PER_FETCH, MERGE_GAP) {
+                let parts: Vec<Part> = mine[members].to_vec();
+                let fut = fetch(
+                    store.clone(),
+                    shard.clone(),
+                    range,
+                    parts.clone(),
+                    tally.deadline,
+                )
+                .boxed()
+                .shared();
+                for (i, p) in parts.iter().enumerate() {
+                    inflight.insert((shard.tag, *p), (fut.clone(), i));
+                }
+                waits.push((parts.into_iter().zip(0..).collect(), fut));
+            }
+        }
+        let results = futures::future::join_all(waits.iter().map(|(_, f)| f.clone())).await;
+        let mut first_error = None;
+        for ((parts, fut), result) in waits.iter().zip(results) {
+            match result {
+                Ok(blocks) => {
+                    for &(p, i) in parts {
+                        let b = blocks[i].clone();
+                        self.cache.insert((shard.tag, p), b.clone()).await;
+                        got.insert(p, b);
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+            let mut inflight = self.inflight.lock().unwrap();
+            inflight.retain(|_, (f, _)| !f.ptr_eq(fut));
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(got),
+        }
+    }
+}
+
+/// One ranged GET covering `parts`, split and parsed.
+async fn fetch(
+    store: Counted,
+    shard: Arc<RangedShard>,
+    range: Range<u64>,
+    parts: Vec<Part>,
+    deadline: tokio::time::Instant,
+) -> Fetched {
+    let bytes = retrying(deadline, StoreError::is_retryable, || {
+        store.get_range(&shard.key, ByteRange::new(range.start, range.end))
+    })
+    .await
+    .map_err(|e| PartitionError::from_load(LoadError::Store(e)))?;
+    let mut blocks = Vec::with_capacity(parts.len());
+    for p in &parts {
+        let r = shard.range(*p);
+        let slice = bytes
+            .get((r.start - range.start) as usize..(r.end - range.start) as usize)
+            .ok_or_else(|| {
+                PartitionError::from_load(LoadError::Segment(SegmentError::Corrupt {
+                    key: shard.key.to_string(),
+                    reason: format!(
+                        "a ranged read of bytes {}..{} returned {} bytes: the shard is shorter \
+                         than its head says",
+                        range.start,
+                        range.end,
+                        bytes.len()
+                    ),
+                }))
+            })?;
+        let block = shard
+            .parse(*p, slice)
+            .map_err(|e| PartitionError::from_load(LoadError::Segment(e)))?;
+        blocks.push(Arc::new(block));
+    }
+    Ok(Arc::new(blocks))
+}
+
+/// Groups sorted, non-overlapping `ranges` into requests: every gap
+/// shorter than `gap` is read through (a round trip costs more than
+/// those bytes), then the shortest gaps while more than `max` requests
+/// remain, as long as the gaps read stay within the bytes wanted (at
+/// most twice the bytes, so a query never reads a whole shard to save
+/// requests). Returns each request's byte range and the indexes of the
+/// ranges it covers.
+pub(super) fn coalesce(
+    ranges: &[Range<u64>],
+    max: usize,
+    gap: u64,
+) -> Vec<(Range<u64>, Range<usize>)> {
+    if ranges.is_empty() {
+        return Vec::new();
+    }
+    let wanted: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    let gaps: Vec<u64> = ranges
+        .windows(2)
+        .map(|w| w[1].start.saturating_sub(w[0].end))
+        .collect();
+    let mut order: Vec<usize> = (0..gaps.len()).collect();
+    order.sort_by_key(|&i| (gaps[i], i));
+    let mut merged = vec![false; gaps.len()];
+    let (mut groups, mut extra) = (ranges.len(), 0u64);
+    for i in order {
+        let small = gaps[i] < gap;
+        let affordable = groups > max.max(1) && extra + gaps[i] <= wanted;
+        if !(small || affordable) {
+            break;
+        }
+        merged[i] = true;
+        groups -= 1;
+        extra += gaps[i];
+    }
+    let mut out = Vec::with_capacity(groups);
+    let mut start = 0;
+    for i in 0..ranges.len() {
+        if i + 1 == ranges.len() || !merged[i] {
+            out.push((ranges[start].start..ranges[i].end, start..i + 1));
+            start = i + 1;
+        }
+    }
+    out
+}
+
+/// What a query asks of one ranged shard.
+pub(super) struct ShardQuery<'a> {
+    pub metric: Metric,
+    pub k: usize,
+    /// Lists to probe (all of them for `exact`).
+    pub probes: usize,
+    pub exact: bool,
+    pub vector: &'a [f32],
+    pub filter: Option<&'a crate::filter::Filter>,
+    pub include_metadata: bool,
+}
+
+/// A reranked row of a ranged shard.
+pub(super) struct RowHit {
+    pub distance: f32,
+    pub row: u32,
+    pub vector: Vec<f32>,
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Searches one ranged shard: probe lists by centroid, estimate every
+/// allowed row of them from its code, rerank with full precision every
+/// row whose lower bound beats the `k`-th best upper bound (at most
+/// [`crate::index::codes::rerank_count`]), best first. `allowed(row)`
+/// says whether a row may be returned (live, not shadowed, not excluded).
+pub(super) async fn search(
+    blocks: &Blocks,
+    store: &Counted,
+    tally: &CacheTally,
+    shard: &Arc<RangedShard>,
+    allowed: &(dyn Fn(u32) -> bool + Sync),
+    q: &ShardQuery<'_>,
+    stats: &mut ScanStats,
+) -> Result<Vec<RowHit>, PartitionError> {
+    let head = &shard.head;
+    let nlist = head.nlist();
+    let order = probe_order(shard, q.metric, q.vector);
+    let mut exact = q.exact;
+    let mut lists: Vec<u32> = if exact {
+        order.clone()
+    } else {
+        order[..q.probes.clamp(1, nlist)].to_vec()
+    };
+    stats.segments += 1;
+    // Round: codes (and, to filter, metadata) of the probed lists. A
+    // filter then follows the shared filter policy (`index::route`): its
+    // selectivity among the probed rows widens the probes, or, when
+    // selective, every list is read and every matching row reranked, so
+    // a query asking for k gets k when k rows match.
+    let mut meta_of: HashMap<Part, Arc<Block>> = HashMap::new();
+    let mut codes: HashMap<Part, Arc<Block>> = HashMap::new();
+    loop {
+        let mut parts: Vec<Part> = lists
+            .iter()
+            .map(|&l| Part::Codes(l))
+            .filter(|p| !codes.contains_key(p))
+            .collect();
+        if q.filter.is_some() {
+            parts.extend(
+                lists
+                    .iter()
+                    .map(|&l| Part::Meta(l))
+                    .filter(|p| !meta_of.contains_key(p)),
+            );
+        }
+        for (p, b) in blocks.get(store, shard, &parts, tally).await? {
+            match p {
+                Part::Meta(_) => meta_of.insert(p, b),
+                _ => codes.insert(p, b),
+            };
+        }
+        let Some(f) = q.filter else { break };
+        if lists.len() == nlist {
+            break;
+        }
+        let (mut live, mut matching) = (0usize, 0usize);
+        for &l in &lists {
+            let e = &head.lists[l as usize];
+            let meta = &meta_of[&Part::Meta(l)];
+            for i in 0..e.rows as usize {
+                if allowed(e.start as u32 + i as u32) {
+                    live += 1;
+                    matching += usize::from(f.matches(meta.metadata(i)));
+                }
+            }
+        }
+        let selectivity = matching as f64 / live.max(1) as f64;
+        let params = crate::index::QueryParams {
+            metric: q.metric,
+            k: q.k,
+            nprobe: lists.len(),
+            exact,
+        };
+        let widened = match crate::index::route(&params, selectivity) {
+            crate::index::Route::Exact => {
+                exact = true;
+                nlist
+            }
+            crate::index::Route::Ann(p) if matching < q.k => p.nprobe.max(nlist),
+            crate::index::Route::Ann(p) => p.nprobe,
+        };
+        if widened <= lists.len() {
+            break;
+        }
+        lists = order[..widened.min(nlist)].to_vec();
+    }
+    // Estimates from the codes.
+    let rq = shard.rotation.rotated(q.vector);
+    let d = head.dimensions;
+    // (lower bound, upper bound, list, index in the list)
+    let mut cands: Vec<(f32, f32, u32, u32)> = Vec::new();
+    let mut scanned = Vec::new();
+    for &l in &lists {
+        let e = &head.lists[l as usize];
+        let c = codes[&Part::Codes(l)].codes();
+        let lq = ListQuery::new(
+            q.metric,
+            &rq,
+            &shard.rotated[l as usize * d..(l as usize + 1) * d],
+            dot(q.vector, head.centroid(l as usize)),
+        );
+        let meta = q.filter.map(|_| &meta_of[&Part::Meta(l)]);
+        let keep = |i: usize| {
+            allowed(e.start as u32 + i as u32)
+                && match (q.filter, meta) {
+                    (Some(f), Some(m)) => f.matches(m.metadata(i)),
+                    _ => true,
+                }
+        };
+        scanned.clear();
+        lq.scan(c, &keep, &mut scanned);
+        cands.extend(scanned.iter().map(|&(lo, hi, i)| (lo, hi, l, i)));
+    }
+    stats.codes_scanned += cands.len() as u64;
+    if cands.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Keep what the k-th best upper bound cannot rule out.
+    let kth = q.k.min(cands.len()) - 1;
+    let mut uppers: Vec<f32> = cands.iter().map(|c| c.1).collect();
+    uppers.select_nth_unstable_by(kth, f32::total_cmp);
+    let bar = uppers[kth];
+    if !exact {
+        cands.retain(|c| c.0 <= bar);
+        cands.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+        cands.truncate(crate::index::codes::rerank_count(q.k));
+    }
+    // Round: the candidates' row chunks (and metadata for results).
+    let mut parts: Vec<Part> = cands
+        .iter()
+        .map(|&(_, _, list, i)| Part::Rows {
+            list,
+            chunk: i / ROW_CHUNK as u32,
+        })
+        .collect();
+    if q.include_metadata {
+        parts.extend(cands.iter().map(|&(_, _, l, _)| Part::Meta(l)));
+    }
+    let rows = blocks.get(store, shard, &parts, tally).await?;
+    stats.vectors_compared += cands.len() as u64;
+    let mut hits: Vec<RowHit> = Vec::with_capacity(cands.len());
+    for &(_, _, list, i) in &cands {
+        let chunk = &rows[&Part::Rows {
+            list,
+            chunk: i / ROW_CHUNK as u32,
+        }];
+        let at = (i as usize % ROW_CHUNK as usize) * d;
+        let v = &chunk.rows()[at..at + d];
+        let dist = distance(q.metric, q.vector, v);
+        hits.push(RowHit {
+            distance: dist,
+            row: head.lists[list as usize].start as u32 + i,
+            vector: Vec::new(),
+            metadata: None,
+        });
+    }
+    hits.sort_by(|a, b| {
+        a.distance
+            .total_cmp(&b.distance)
+            .then_with(|| shard.ids[a.row as usize].cmp(&shard.ids[b.row as usize]))
+    });
+    hits.truncate(q.k);
+    // Vectors and metadata for the k kept only.
+    for h in &mut hits {
+        let list = head.list_of(u64::from(h.row)) as u32;
+        let i = (u64::from(h.row) - head.lists[list as usize].start) as usize;
+        let chunk = &rows[&Part::Rows {
+            list,
+            chunk: (i as u64 / ROW_CHUNK) as u32,
+        }];
+        let at = (i % ROW_CHUNK as usize) * d;
+        h.vector = chunk.rows()[at..at + d].to_vec();
+        if q.include_metadata {
+            let m = rows
+                .get(&Part::Meta(list))
+                .or_else(|| meta_of.get(&Part::Meta(list)));
+            h.metadata = m.map(|m| m.metadata(i).clone());
+        }
+    }
+    Ok(hits)
+}
+
+/// The lists nearest the query first (by centroid).
+fn probe_order(shard: &RangedShard, metric: Metric, query: &[f32]) -> Vec<u32> {
+    let pm = match metric {
+        Metric::Euclidean => Metric::Euclidean,
+        Metric::Cosine | Metric::Dot => Metric::Dot,
+    };
+    let mut order: Vec<(f32, u32)> = (0..shard.head.nlist())
+        .map(|l| (distance(pm, query, shard.head.centroid(l)), l as u32))
+        .collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0));
+    order.into_iter().map(|(_, l)| l).collect()
+}
+
+/// Shard row `row`: its vector and metadata (for `get`).
+pub(super) async fn row(
+    blocks: &Blocks,
+    store: &Counted,
+    tally: &CacheTally,
+    shard: &Arc<RangedShard>,
+    row: u32,
+) -> Result<(Vec<f32>, Map<String, Value>), PartitionError> {
+    let l = shard.head.list_of(u64::from(row)) as u32;
+    let i = (u64::from(row) - shard.head.lists[l as usize].start) as u32;
+    let chunk = Part::Rows {
+        list: l,
+        chunk: i / ROW_CHUNK as u32,
+    };
+    let got = blocks
+        .get(store, shard, &[chunk, Part::Meta(l)], tally)
+        .await?;
+    let d = shard.head.dimensions;
+    let at = (i as usize % ROW_CHUNK as usize) * d;
+    Ok((
+        got[&chunk].rows()[at..at + d].to_vec(),
+        got[&Part::Meta(l)].metadata(i as usize).clone(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalescing_reads_small_gaps_through_and_caps_the_requests() {
+        let r = |s: u64, e: u64| s..e;
+        // Small gaps merge; a big one stays apart.
+        let got = coalesce(&[r(0, 10), r(20, 30), r(1_000_000, 1_000_010)], 8, 100);
+        assert_eq!(got, vec![(r(0, 30), 0..2), (r(1_000_000, 1_000_010), 2..3)]);
+        // The cap merges the smallest gaps first...
+        let ranges = [r(0, 400), r(500, 900), r(1100, 1500), r(9000, 9400)];
+        let got = coalesce(&ranges, 2, 10);
+        assert_eq!(got, vec![(r(0, 1500), 0..3), (r(9000, 9400), 3..4)]);
+        assert_eq!(coalesce(&ranges, 10, 10).len(), 4);
+        // ...but never reads more gap than the bytes it wants.
+        assert_eq!(coalesce(&ranges, 1, 10).len(), 2);
+        assert!(coalesce(&[], 4, 10).is_empty());
+    }
+}
