@@ -275,6 +275,7 @@ mod tests {
             Op::Status,
             Op::Health,
             Op::Ready,
+            Op::Warm,
         ] {
             assert_eq!(ROUTES.iter().filter(|r| r.op == op).count(), 1, "{op:?}");
         }
