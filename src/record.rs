@@ -101,6 +101,25 @@ impl Prepared {
     pub fn approx_bytes(&self) -> usize {
         self.id.len() + self.vector.len() * 4 + self.metadata.len() + 8
     }
+
+    /// The vector as stored: a tombstone's is `dims` zeros.
+    pub fn stored_vector(&self, dims: usize) -> std::borrow::Cow<'_, [f32]> {
+        if self.tombstone {
+            std::borrow::Cow::Owned(vec![0.0; dims])
+        } else {
+            std::borrow::Cow::Borrowed(&self.vector)
+        }
+    }
+}
+
+/// The records' stored vectors back to back (`n × dims`), as index
+/// builds and codes take them.
+pub fn flat_vectors(records: &[Prepared], dims: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(records.len() * dims);
+    for r in records {
+        out.extend_from_slice(&r.stored_vector(dims));
+    }
+    out
 }
 
 pub use crate::vocab::{default_domain_rules, DomainRule};

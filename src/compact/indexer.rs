@@ -563,16 +563,7 @@ fn list_codes(centroids: &[f32], groups: &[&[Prepared]], d: usize) -> Vec<Vec<u8
         .iter()
         .enumerate()
         .map(|(l, g)| {
-            let flat: Vec<f32> = g
-                .iter()
-                .flat_map(|r| {
-                    if r.tombstone {
-                        vec![0.0; d]
-                    } else {
-                        r.vector.clone()
-                    }
-                })
-                .collect();
+            let flat = crate::record::flat_vectors(g, d);
             let c = &centroids[l * d..(l + 1) * d];
             crate::index::rabitq::ListCodes::encode(&rot, c, &flat).to_bytes()
         })

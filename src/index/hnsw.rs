@@ -17,10 +17,8 @@ use bincode::Options;
 use instant_distance::{Builder, HnswMap, Point, Search};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    distance, flat_vectors, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK,
-};
-use crate::record::Prepared;
+use super::{distance, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK};
+use crate::record::{flat_vectors, Prepared};
 use crate::vocab::{IndexSettings, Metric};
 
 pub const TAG: &[u8; 4] = b"HNW1";
@@ -230,7 +228,7 @@ impl IndexKind for HnswIndex {
             ef_search: ix.ef_search as usize,
             ..Default::default()
         };
-        let bytes = HnswIndex::build(&flat_vectors(&records), dims, metric, &p).to_bytes();
+        let bytes = HnswIndex::build(&flat_vectors(&records, dims), dims, metric, &p).to_bytes();
         Built {
             groups: vec![records],
             bytes,

@@ -17,10 +17,8 @@ use rand::seq::index::sample;
 use rand::SeedableRng;
 use rayon::prelude::*;
 
-use super::{
-    distance, flat_vectors, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK,
-};
-use crate::record::Prepared;
+use super::{distance, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK};
+use crate::record::{flat_vectors, Prepared};
 use crate::vocab::{IndexSettings, Metric};
 
 pub const TAG: &[u8; 4] = b"IVF1";
@@ -154,7 +152,7 @@ impl IndexKind for IvfIndex {
             nlist: ix.nlist.map(|n| n as usize),
             ..Default::default()
         };
-        let (centroids, assign) = train(&flat_vectors(&records), dims, metric, &p);
+        let (centroids, assign) = train(&flat_vectors(&records, dims), dims, metric, &p);
         let nlist = centroids.len() / dims;
         let mut groups: Vec<Vec<Prepared>> = vec![Vec::new(); nlist];
         for (r, c) in records.into_iter().zip(&assign) {
@@ -236,16 +234,7 @@ pub fn build_lists(
     metric: Metric,
     nlist: Option<usize>,
 ) -> (Vec<f32>, Vec<Vec<Prepared>>) {
-    let live: Vec<f32> = records
-        .iter()
-        .flat_map(|r| {
-            if r.tombstone {
-                vec![0.0; dims]
-            } else {
-                r.vector.clone()
-            }
-        })
-        .collect();
+    let live = flat_vectors(&records, dims);
     let p = IvfParams {
         nlist,
         ..Default::default()
@@ -283,7 +272,7 @@ pub fn build_lists(
 
 /// Centroids are compared by inner product for cosine and dot (spherical
 /// k-means), by Euclidean distance otherwise.
-fn probe_metric(metric: Metric) -> Metric {
+pub(crate) fn probe_metric(metric: Metric) -> Metric {
     match metric {
         Metric::Euclidean => Metric::Euclidean,
         Metric::Cosine | Metric::Dot => Metric::Dot,

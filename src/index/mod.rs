@@ -280,14 +280,6 @@ pub trait IndexKind: Sized + Send + Sync {
     ) -> bool;
 }
 
-/// The records' vectors back to back (`n × dims`), as index builds take them.
-fn flat_vectors(records: &[Prepared]) -> Vec<f32> {
-    records
-        .iter()
-        .flat_map(|r| r.vector.iter().copied())
-        .collect()
-}
-
 /// Builds the index `ix.kind` names over `records`; `None` for `none`.
 pub fn build(
     records: Vec<Prepared>,

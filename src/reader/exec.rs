@@ -71,9 +71,7 @@ pub(super) async fn search(
         futures::future::join(score(&q, work), search_ranged(&q, ranged, &excluded)).await;
     let ((mut found, mut scan), (more, more_scan)) = (scored?, searched_ranged?);
     found.extend(more);
-    scan.shards += more_scan.shards;
-    scan.vectors_compared += more_scan.vectors_compared;
-    scan.codes_scanned += more_scan.codes_scanned;
+    scan.absorb(more_scan);
     let top = merge(found, req.k);
     let mut stats = q.stats(scan, searched, fetch_ms);
     let results = present_hits(&q, top);
@@ -357,9 +355,7 @@ async fn search_ranged(
     let mut found = Vec::with_capacity(results.len());
     for r in results {
         let (f, s) = r?;
-        total.shards += 1;
-        total.vectors_compared += s.vectors_compared;
-        total.codes_scanned += s.codes_scanned;
+        total.add(&s, true);
         found.push(f);
     }
     Ok((found, total))
@@ -432,12 +428,7 @@ async fn score(
     let found = per
         .into_iter()
         .map(|(found, s, shard)| {
-            if shard {
-                total.shards += 1;
-            } else {
-                total.segments += s.segments;
-            }
-            total.vectors_compared += s.vectors_compared;
+            total.add(&s, shard);
             found
         })
         .collect();
@@ -451,6 +442,26 @@ struct Scanned {
     shards: u64,
     vectors_compared: u64,
     codes_scanned: u64,
+}
+
+impl Scanned {
+    /// One work item's counts: a shard counts once, a tail its segments.
+    fn add(&mut self, s: &ScanStats, shard: bool) {
+        if shard {
+            self.shards += 1;
+        } else {
+            self.segments += s.segments;
+        }
+        self.vectors_compared += s.vectors_compared;
+        self.codes_scanned += s.codes_scanned;
+    }
+
+    fn absorb(&mut self, o: Scanned) {
+        self.segments += o.segments;
+        self.shards += o.shards;
+        self.vectors_compared += o.vectors_compared;
+        self.codes_scanned += o.codes_scanned;
+    }
 }
 
 /// The best `params.k` live (and filter-passing) records of one
@@ -742,12 +753,8 @@ fn stored(id: &str, partition: u32, seq: u64, seg: &Segment, pos: usize) -> Stor
 pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<super::WarmReport, ReadError> {
     let started = Instant::now();
     let counted = Counted::new(shared.store.clone());
-    let live = warm_with(shared, &counted).await?;
+    let (live, index) = warm_with(shared, &counted).await?;
     let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
-    let index = shared
-        .index
-        .current()
-        .ok_or_else(|| ReadError::Internal("warm-up loaded no index view".into()))?;
     let mut lists = 0;
     let fetches = index.shards.iter().filter_map(|s| match &s.body {
         ShardBody::Ranged(r) => Some(r.clone()),
@@ -783,10 +790,15 @@ pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<super::WarmReport, R
 /// Loads every partition now, so the first query is warm. Returns the
 /// live records.
 pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
-    warm_with(shared, &Counted::new(shared.store.clone())).await
+    let (live, _) = warm_with(shared, &Counted::new(shared.store.clone())).await?;
+    Ok(live)
 }
 
-async fn warm_with(shared: &Arc<Shared>, counted: &Counted) -> Result<u64, ReadError> {
+/// [`warm`] through `counted`; also returns the index view it loaded.
+async fn warm_with(
+    shared: &Arc<Shared>,
+    counted: &Counted,
+) -> Result<(u64, Arc<IndexView>), ReadError> {
     let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
     let store: &dyn ObjectStore = counted;
     let want = Freshness {
@@ -811,7 +823,7 @@ async fn warm_with(shared: &Arc<Shared>, counted: &Counted) -> Result<u64, ReadE
         .map(|v| (v.partition, v.manifest.indexed_through))
         .collect();
     let index = shards::ensure_index(shared, counted, want, &retired).await?;
-    Ok(live_total(&index, &views))
+    Ok((live_total(&index, &views), index))
 }
 
 /// Live records across the shards and the tails: shard rows no tail

@@ -145,6 +145,18 @@ impl RangedShard {
     }
 }
 
+/// The part holding row `i` of list `list`, and the row's place in it.
+fn row_slot(list: u32, i: u32) -> (Part, usize) {
+    let chunk = i / ROW_CHUNK as u32;
+    (Part::Rows { list, chunk }, (i % ROW_CHUNK as u32) as usize)
+}
+
+/// A fetched row chunk's row `at`, as [`row_slot`] places it.
+fn row_in(parts: &HashMap<Part, Arc<Block>>, slot: (Part, usize), d: usize) -> &[f32] {
+    let (part, at) = slot;
+    &parts[&part].rows()[at * d..(at + 1) * d]
+}
+
 /// A fetchable part of a shard.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Part {
@@ -563,11 +575,11 @@ pub(super) async fn search(
         return Ok(Vec::new());
     }
     // Keep what the k-th best upper bound cannot rule out.
-    let kth = q.k.min(cands.len()) - 1;
-    let mut uppers: Vec<f32> = cands.iter().map(|c| c.1).collect();
-    uppers.select_nth_unstable_by(kth, f32::total_cmp);
-    let bar = uppers[kth];
     if !exact {
+        let kth = q.k.min(cands.len()) - 1;
+        let mut uppers: Vec<f32> = cands.iter().map(|c| c.1).collect();
+        uppers.select_nth_unstable_by(kth, f32::total_cmp);
+        let bar = uppers[kth];
         cands.retain(|c| c.0 <= bar);
         cands.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
         cands.truncate(crate::index::codes::rerank_count(q.k));
@@ -575,64 +587,54 @@ pub(super) async fn search(
     // Round: the candidates' row chunks (and metadata for results).
     let mut parts: Vec<Part> = cands
         .iter()
-        .map(|&(_, _, list, i)| Part::Rows {
-            list,
-            chunk: i / ROW_CHUNK as u32,
-        })
+        .map(|&(_, _, list, i)| row_slot(list, i).0)
         .collect();
     if q.include_metadata {
         parts.extend(cands.iter().map(|&(_, _, l, _)| Part::Meta(l)));
     }
     let rows = blocks.get(store, shard, &parts, tally).await?;
     stats.vectors_compared += cands.len() as u64;
-    let mut hits: Vec<RowHit> = Vec::with_capacity(cands.len());
-    for &(_, _, list, i) in &cands {
-        let chunk = &rows[&Part::Rows {
-            list,
-            chunk: i / ROW_CHUNK as u32,
-        }];
-        let at = (i as usize % ROW_CHUNK as usize) * d;
-        let v = &chunk.rows()[at..at + d];
-        let dist = distance(q.metric, q.vector, v);
-        hits.push(RowHit {
-            distance: dist,
-            row: head.lists[list as usize].start as u32 + i,
-            vector: Vec::new(),
-            metadata: None,
-        });
-    }
-    hits.sort_by(|a, b| {
-        a.distance
-            .total_cmp(&b.distance)
-            .then_with(|| shard.ids[a.row as usize].cmp(&shard.ids[b.row as usize]))
+    // Full-precision distances, then the best k (ties by id).
+    let mut best: Vec<(f32, u32, u32)> = cands
+        .iter()
+        .map(|&(_, _, list, i)| {
+            let v = row_in(&rows, row_slot(list, i), d);
+            (distance(q.metric, q.vector, v), list, i)
+        })
+        .collect();
+    let row_of = |list: u32, i: u32| head.lists[list as usize].start as u32 + i;
+    best.sort_by(|a, b| {
+        a.0.total_cmp(&b.0).then_with(|| {
+            shard.ids[row_of(a.1, a.2) as usize].cmp(&shard.ids[row_of(b.1, b.2) as usize])
+        })
     });
-    hits.truncate(q.k);
+    best.truncate(q.k);
     // Vectors and metadata for the k kept only.
-    for h in &mut hits {
-        let list = head.list_of(u64::from(h.row)) as u32;
-        let i = (u64::from(h.row) - head.lists[list as usize].start) as usize;
-        let chunk = &rows[&Part::Rows {
-            list,
-            chunk: (i as u64 / ROW_CHUNK) as u32,
-        }];
-        let at = (i % ROW_CHUNK as usize) * d;
-        h.vector = chunk.rows()[at..at + d].to_vec();
-        if q.include_metadata {
-            let m = rows
-                .get(&Part::Meta(list))
-                .or_else(|| meta_of.get(&Part::Meta(list)));
-            h.metadata = m.map(|m| m.metadata(i).clone());
-        }
-    }
+    let hits = best
+        .into_iter()
+        .map(|(distance, list, i)| {
+            let metadata = q
+                .include_metadata
+                .then(|| {
+                    rows.get(&Part::Meta(list))
+                        .or_else(|| meta_of.get(&Part::Meta(list)))
+                })
+                .flatten()
+                .map(|m| m.metadata(i as usize).clone());
+            RowHit {
+                distance,
+                row: row_of(list, i),
+                vector: row_in(&rows, row_slot(list, i), d).to_vec(),
+                metadata,
+            }
+        })
+        .collect();
     Ok(hits)
 }
 
 /// The lists nearest the query first (by centroid).
 fn probe_order(shard: &RangedShard, metric: Metric, query: &[f32]) -> Vec<u32> {
-    let pm = match metric {
-        Metric::Euclidean => Metric::Euclidean,
-        Metric::Cosine | Metric::Dot => Metric::Dot,
-    };
+    let pm = crate::index::ivf::probe_metric(metric);
     let mut order: Vec<(f32, u32)> = (0..shard.head.nlist())
         .map(|l| (distance(pm, query, shard.head.centroid(l)), l as u32))
         .collect();
@@ -650,17 +652,12 @@ pub(super) async fn row(
 ) -> Result<(Vec<f32>, Map<String, Value>), PartitionError> {
     let l = shard.head.list_of(u64::from(row)) as u32;
     let i = (u64::from(row) - shard.head.lists[l as usize].start) as u32;
-    let chunk = Part::Rows {
-        list: l,
-        chunk: i / ROW_CHUNK as u32,
-    };
+    let slot = row_slot(l, i);
     let got = blocks
-        .get(store, shard, &[chunk, Part::Meta(l)], tally)
+        .get(store, shard, &[slot.0, Part::Meta(l)], tally)
         .await?;
-    let d = shard.head.dimensions;
-    let at = (i as usize % ROW_CHUNK as usize) * d;
     Ok((
-        got[&chunk].rows()[at..at + d].to_vec(),
+        row_in(&got, slot, shard.head.dimensions).to_vec(),
         got[&Part::Meta(l)].metadata(i as usize).clone(),
     ))
 }

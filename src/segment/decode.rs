@@ -284,6 +284,22 @@ pub(super) fn split_offsets_prefix(
     Ok((offsets, body.to_vec()))
 }
 
+/// Appends the ids that `offsets` cut out of `bytes`, refusing one that
+/// is not UTF-8.
+pub(super) fn push_ids(
+    key: &str,
+    offsets: &[u64],
+    bytes: &[u8],
+    ids: &mut Vec<String>,
+) -> Result<(), SegmentError> {
+    for w in offsets.windows(2) {
+        let s = std::str::from_utf8(&bytes[w[0] as usize..w[1] as usize])
+            .map_err(|_| corrupt(key, "an id is not UTF-8"))?;
+        ids.push(s.to_string());
+    }
+    Ok(())
+}
+
 /// Decodes a whole segment object (or a whole range-readable shard,
 /// see [`super::shard`]).
 pub fn decode_segment(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
@@ -343,11 +359,7 @@ pub fn decode_segment(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
                 format!("groups hold more than the {n} records in the header"),
             ));
         }
-        for w in id_offsets.windows(2) {
-            let s = std::str::from_utf8(&id_bytes[w[0] as usize..w[1] as usize])
-                .map_err(|_| corrupt(key, "an id is not UTF-8"))?;
-            ids.push(s.to_string());
-        }
+        push_ids(key, &id_offsets, &id_bytes, &mut ids)?;
         let want = count as u64 * d * 4;
         let vec_raw = need(
             SectionKind::Vectors,

@@ -268,13 +268,6 @@ pub fn encode_shard(
     let d = header.dimensions as usize;
     let code_bytes: usize = codes.iter().map(|c| c.len()).sum();
     let n: usize = groups.iter().map(|g| g.len()).sum();
-    let vector = |r: &Prepared| -> Vec<f32> {
-        if r.tombstone {
-            vec![0.0; d]
-        } else {
-            r.vector.clone()
-        }
-    };
     let compress = |raw: &[u8]| zstd::bulk::compress(raw, LEVEL_TEXT).expect("zstd to memory");
     // The ids block, then the body (codes, rows, metadata) with offsets
     // relative to its start; both are placed after the head below.
@@ -303,7 +296,7 @@ pub fn encode_shard(
         rows_at.push(body.len() as u64);
         for r in g.iter() {
             let start = body.len();
-            for x in vector(r) {
+            for x in r.stored_vector(d).iter() {
                 body.extend_from_slice(&x.to_le_bytes());
             }
             let sum = xxh3_64(&body[start..]);
@@ -455,11 +448,7 @@ pub fn decode_head_region(
         ));
     }
     let mut ids = Vec::with_capacity(n);
-    for w in offsets.windows(2) {
-        let s = std::str::from_utf8(&body[w[0] as usize..w[1] as usize])
-            .map_err(|_| corrupt(key, "an id is not UTF-8"))?;
-        ids.push(s.to_string());
-    }
+    super::decode::push_ids(key, &offsets, &body, &mut ids)?;
     let flags = &body[offsets[n] as usize..];
     if flags.iter().any(|b| *b > 1) {
         return Err(corrupt(key, "tombstone flags are malformed"));

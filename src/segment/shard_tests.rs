@@ -5,22 +5,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::shard::*;
+use super::tests::header;
 use super::*;
 use crate::record::Prepared;
 
 const KEY: &str = "index/shards/test.shd";
-
-fn header(d: u32, metric: Metric) -> SegmentHeader {
-    SegmentHeader {
-        format_version: FORMAT_VERSION,
-        dimensions: d,
-        metric,
-        record_count: 0,
-        created_at_ms: 1_795_000_000_000,
-        writer_id: "indexer".into(),
-        has_index: false,
-    }
-}
 
 /// Random records in `lists` groups (some empty), with centroids.
 fn sample_shard(seed: u64) -> (Vec<Vec<Prepared>>, Vec<f32>, usize, EncodedShard) {

@@ -9,7 +9,7 @@ use crate::record::Prepared;
 
 const KEY: &str = "vectors/p001/test.seg";
 
-fn header(d: u32, metric: Metric) -> SegmentHeader {
+pub(super) fn header(d: u32, metric: Metric) -> SegmentHeader {
     SegmentHeader {
         format_version: FORMAT_VERSION,
         dimensions: d,

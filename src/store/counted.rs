@@ -139,21 +139,18 @@ impl Counted {
         self.counters.deepest_round.load(Ordering::Relaxed)
     }
 
-    /// Waits the added latency; returns the round this request is in.
-    async fn wait(&self) -> u64 {
+    /// Runs one request: the added latency first, then `fut`, counting
+    /// its round and its outcome.
+    async fn request<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         let c = &self.counters;
         let round = c.finished_round.load(Ordering::Relaxed) + 1;
         c.deepest_round.fetch_max(round, Ordering::Relaxed);
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
-        round
-    }
-
-    fn finish(&self, round: u64) {
-        self.counters
-            .finished_round
-            .fetch_max(round, Ordering::Relaxed);
+        let r = self.outcome(fut.await);
+        c.finished_round.fetch_max(round, Ordering::Relaxed);
+        r
     }
 
     /// The store being counted.
@@ -201,10 +198,8 @@ impl Counted {
 #[async_trait]
 impl ObjectStore for Counted {
     async fn get(&self, key: &str) -> Result<GetResult> {
-        let round = self.wait().await;
         bump(&self.counters.get, 1);
-        let r = self.outcome(self.inner.get(key).await);
-        self.finish(round);
+        let r = self.request(self.inner.get(key)).await;
         if let Ok(g) = &r {
             bump(&self.counters.bytes_read, g.bytes.len() as u64);
         }
@@ -212,10 +207,8 @@ impl ObjectStore for Counted {
     }
 
     async fn get_range(&self, key: &str, range: ByteRange) -> Result<Bytes> {
-        let round = self.wait().await;
         bump(&self.counters.get, 1);
-        let r = self.outcome(self.inner.get_range(key, range).await);
-        self.finish(round);
+        let r = self.request(self.inner.get_range(key, range)).await;
         if let Ok(b) = &r {
             bump(&self.counters.bytes_read, b.len() as u64);
         }
@@ -223,10 +216,8 @@ impl ObjectStore for Counted {
     }
 
     async fn get_if_changed(&self, key: &str, etag: &ETag) -> Result<Conditional> {
-        let round = self.wait().await;
         bump(&self.counters.get, 1);
-        let r = self.outcome(self.inner.get_if_changed(key, etag).await);
-        self.finish(round);
+        let r = self.request(self.inner.get_if_changed(key, etag)).await;
         match &r {
             Ok(Conditional::NotModified) => bump(&self.counters.not_modified, 1),
             Ok(Conditional::Modified(g)) => bump(&self.counters.bytes_read, g.bytes.len() as u64),
@@ -236,49 +227,33 @@ impl ObjectStore for Counted {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        let round = self.wait().await;
         bump(&self.counters.head, 1);
-        let r = self.outcome(self.inner.head(key).await);
-        self.finish(round);
-        r
+        self.request(self.inner.head(key)).await
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
-        let round = self.wait().await;
         self.written(bytes.len());
-        let r = self.outcome(self.inner.put(key, bytes).await);
-        self.finish(round);
-        r
+        self.request(self.inner.put(key, bytes)).await
     }
 
     async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<ETag> {
-        let round = self.wait().await;
         self.written(bytes.len());
-        let r = self.outcome(self.inner.put_if_absent(key, bytes).await);
-        self.finish(round);
-        r
+        self.request(self.inner.put_if_absent(key, bytes)).await
     }
 
     async fn put_if_match(&self, key: &str, bytes: Bytes, etag: &ETag) -> Result<ETag> {
-        let round = self.wait().await;
         self.written(bytes.len());
-        let r = self.outcome(self.inner.put_if_match(key, bytes, etag).await);
-        self.finish(round);
-        r
+        self.request(self.inner.put_if_match(key, bytes, etag))
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let round = self.wait().await;
         bump(&self.counters.delete, 1);
-        let r = self.outcome(self.inner.delete(key).await);
-        self.finish(round);
-        r
+        self.request(self.inner.delete(key)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let round = self.wait().await;
-        let r = self.outcome(self.inner.list(prefix).await);
-        self.finish(round);
+        let r = self.request(self.inner.list(prefix)).await;
         let pages = match &r {
             Ok(v) => v.len().div_ceil(1000).max(1),
             Err(_) => 1,
