@@ -34,14 +34,16 @@
 //!   generic compare-and-swap loop ([`coord::cas`]) and the one room where
 //!   manifests change ([`coord::manifest`]).
 //! - [`record`]: the record model and the validation every write passes.
-//! - [`segment`]: the segment format; [`segment::load`], the one way to
-//!   read a segment; [`segment::LiveSet`], the one newest-version-wins rule.
-//! - [`index`]: kernels, top-k, exact scan, and the
-//!   [`index::IndexKind`] contract the ANN kinds (IVF, HNSW) implement.
+//! - [`segment`]: the segment format and the range-readable shard format
+//!   ([`segment::shard`]); [`segment::load`], the one way to read a
+//!   segment; [`segment::LiveSet`], the one newest-version-wins rule.
+//! - [`index`]: kernels, top-k, exact scan, the [`index::IndexKind`]
+//!   contract the ANN kinds (IVF, HNSW) implement, and the RaBitQ
+//!   quantizer ([`index::rabitq`]).
 //! - [`filter`]: the metadata filter language.
 //! - [`writer`]: upsert/delete with group commit; [`writer::BatchWriter`].
-//! - [`reader`]: manifest freshness, the segment cache, live views and
-//!   the query pipeline.
+//! - [`reader`]: manifest freshness, the segment and shard-part cache,
+//!   live views, range reads of index shards and the query pipeline.
 //! - [`compact`]: compaction of partition prefixes; garbage collection.
 //! - `inspect` (internal): `status` and `verify`.
 //! - [`dataset`]: file readers (`.fvecs`, `.ivecs`, `.npy`, JSONL);

@@ -1,7 +1,7 @@
 //! The index manifest `index/manifest.json` (DESIGN section 11): the
 //! read-optimized layout over all partitions. It holds a generation number
 //! (bumped by every commit), one watermark `W[p]` per partition (every
-//! record of partition p committed at seq <= W[p] is accounted for in the
+//! record of partition p committed at seq <= `W[p]` is accounted for in the
 //! shards exactly once), the shards with their current deletion vectors,
 //! the shards and deletion vectors waiting for GC, and the indexer lease.
 //!
