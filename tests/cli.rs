@@ -435,6 +435,10 @@ fn bench_writes_every_result_key(s: &Shoal) {
         "/cold/s3_requests_per_query",
         "/cold/bytes_per_query",
         "/cold/recall_at_10",
+        "/cold/rounds",
+        "/warm/codes_scanned_per_query",
+        "/warm/vectors_scored_per_query",
+        "/index/bytes",
         "/settings/partitions",
         "/settings/index/kind",
         "/settings/threads",
@@ -451,9 +455,30 @@ fn bench_writes_every_result_key(s: &Shoal) {
         "cold queries fetch manifests and segments"
     );
     assert!(s.ok(&["verify"]).contains("ok: no problems"));
-    // A second bench into the same bucket is refused.
+    assert!(r["index"]["bytes"].as_u64().unwrap() > 0);
+    // A second bench into the same bucket is refused...
     let e = s.fails(&args, 1);
     assert!(e.contains("already holds an index"), "{e}");
+    // ...unless it only queries the index there: a reader-only process,
+    // whose peak memory it reports, with a budget and simulated latency.
+    let mut again: Vec<&str> = args.to_vec();
+    again.extend([
+        "--skip-ingest",
+        "--cache-bytes",
+        "1MiB",
+        "--store-latency-ms",
+        "2",
+    ]);
+    let table = s.ok(&again);
+    assert!(table.contains("| warm | recall@10 | 1.0000 |"), "{table}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(
+        r["memory"]["reader_peak_rss_bytes"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    let rounds = r["cold"]["rounds"].as_u64().unwrap();
+    assert!((1..=4).contains(&rounds), "{r}");
+    assert_eq!(r["settings"]["records"], 300, "{r}");
 }
 
 #[test]

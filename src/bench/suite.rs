@@ -60,6 +60,11 @@ pub struct SuiteResults {
     pub store: String,
     pub records: usize,
     pub dimensions: u32,
+    /// Bytes of every shard and tail segment a query may read.
+    pub index_bytes: u64,
+    /// Peak resident memory of this process, reported only with
+    /// `skip_ingest` (a process that did nothing but read).
+    pub reader_peak_rss_bytes: Option<u64>,
     pub threads: usize,
     pub machine: String,
 }
@@ -92,11 +97,10 @@ pub fn machine() -> String {
 /// Runs the suite against the empty bucket at `url`.
 pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Error> {
     let invalid = |m: String| Err(Error::InvalidInput(m));
-    let base = crate::dataset::read_fvecs(&o.base)?;
     let queries = crate::dataset::read_fvecs(&o.queries)?;
     let truth = crate::dataset::read_ivecs(&o.truth)?;
-    if base.is_empty() || queries.is_empty() {
-        return invalid("the base and query files must hold vectors".into());
+    if queries.is_empty() {
+        return invalid("the query file must hold vectors".into());
     }
     if truth.len() < queries.len() {
         return invalid(format!(
@@ -132,19 +136,14 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
         _ => {}
     }
     if let (Some((config, _)), true) = (existing, o.skip_ingest) {
+        // A process that only reads: the base vectors stay on disk, so
+        // its peak resident memory is the reader's.
         let settings = config.settings;
-        return query_phases(
-            o,
-            store,
-            settings,
-            &queries,
-            &truth,
-            base.len(),
-            None,
-            0.0,
-            None,
-        )
-        .await;
+        return query_phases(o, store, settings, &queries, &truth, None, None, 0.0, None).await;
+    }
+    let base = crate::dataset::read_fvecs(&o.base)?;
+    if base.is_empty() {
+        return invalid("the base file must hold vectors".into());
     }
     let dims = base[0].len() as u32;
     let opts = OpenOptions {
@@ -205,7 +204,7 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
         settings,
         &queries,
         &truth,
-        base.len(),
+        Some(base.len()),
         Some(ingest),
         compact_seconds,
         index,
@@ -222,7 +221,7 @@ async fn query_phases(
     settings: crate::coord::Settings,
     queries: &[Vec<f32>],
     truth: &[Vec<i32>],
-    records: usize,
+    records: Option<usize>,
     ingest: Option<IngestResult>,
     compact_seconds: f64,
     index: Option<IndexPhase>,
@@ -239,7 +238,8 @@ async fn query_phases(
     }
     let fresh_reader = || Reader::new(store.clone(), &settings, reader_opts.clone());
     let reader = fresh_reader();
-    reader.warm().await?;
+    let warmed = reader.warm_up().await?;
+    let index_bytes = index_bytes(&store, &settings).await?;
     let template = SearchRequest {
         consistency: Consistency::Bounded,
         nprobe: Some(o.nprobe),
@@ -259,6 +259,9 @@ async fn query_phases(
     .await?;
     let warm_qps_concurrent =
         concurrent_qps(&reader, &queries[..warm_n], &template, o.clients).await?;
+    // Cold queries run on readers of their own: the warm one goes first,
+    // so the process holds one reader at a time.
+    drop(reader);
     let cold_n = o.cold_queries.min(queries.len());
     tracing::info!(cold_n, "bench: cold queries, each on a fresh reader");
     let cold = run_queries(fresh_reader, &queries[..cold_n], truth, None, &template).await?;
@@ -270,9 +273,44 @@ async fn query_phases(
         warm_qps_concurrent,
         cold,
         store: store.describe(),
-        records,
+        records: records.unwrap_or(warmed.live_records as usize),
         dimensions: dims,
+        index_bytes,
+        reader_peak_rss_bytes: o.skip_ingest.then(peak_rss_bytes).flatten(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         machine: machine(),
     })
+}
+
+/// Bytes of the index a query may read: every shard the index manifest
+/// lists and every partition's tail segment (seq above its watermark).
+async fn index_bytes(
+    store: &crate::store::Counted,
+    settings: &crate::coord::Settings,
+) -> Result<u64, Error> {
+    let n = settings.partition_count;
+    let index = crate::coord::index_manifest::read_index_manifest(store, n).await?;
+    let mut total: u64 = index
+        .as_ref()
+        .map_or(0, |(m, _)| m.shards.iter().map(|s| s.bytes).sum());
+    for p in 0..n {
+        let w = index.as_ref().map_or(0, |(m, _)| m.watermark(p));
+        if let Some((m, _)) = crate::coord::manifest::read_manifest(store, p).await? {
+            total += m
+                .segments
+                .iter()
+                .filter(|e| e.seq > w)
+                .map(|e| e.bytes)
+                .sum::<u64>();
+        }
+    }
+    Ok(total)
+}
+
+/// This process's peak resident memory (`VmHWM`), where Linux reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

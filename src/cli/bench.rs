@@ -92,6 +92,14 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     let r = run_suite(&ctx.bucket, &opts).await?;
     let (ingest, warm, cold) = (&r.ingest, &r.warm, &r.cold);
     let (compact_s, qps_n, dims) = (r.compact_seconds, r.warm_qps_concurrent, r.dimensions);
+    // The indexing phase's keys (when it ran) and the index's bytes.
+    let mut index = serde_json::to_value(&r.index)?;
+    match index.as_object_mut() {
+        Some(o) => {
+            o.insert("bytes".into(), r.index_bytes.into());
+        }
+        None => index = json!({ "bytes": r.index_bytes }),
+    }
     let results = json!({
         "ingest": {
             "records": ingest.records, "seconds": ingest.seconds, "records_per_s": ingest.records_per_s,
@@ -101,7 +109,8 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "manifest_bytes": ingest.manifest_bytes,
         },
         "compact": {"seconds": compact_s},
-        "index": r.index,
+        "index": index,
+        "memory": {"reader_peak_rss_bytes": r.reader_peak_rss_bytes},
         "warm": {
             "queries": warm.queries, "p50_ms": warm.p50_ms, "p95_ms": warm.p95_ms, "p99_ms": warm.p99_ms,
             "qps": warm.qps, "qps_concurrent": qps_n, "clients": a.clients, "recall_at_10": warm.recall_at_10,
@@ -158,6 +167,17 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             ingest.manifest_bytes.to_string(),
         ),
         ("compact", "seconds".into(), format!("{compact_s:.2}")),
+        (
+            "index",
+            "MB a query may read (shards + tails)".into(),
+            format!("{:.1}", r.index_bytes as f64 / 1e6),
+        ),
+        (
+            "reader",
+            "peak resident MB (--skip-ingest runs only)".into(),
+            r.reader_peak_rss_bytes
+                .map_or("not measured".into(), |b| format!("{:.0}", b as f64 / 1e6)),
+        ),
         (
             "index shards",
             "seconds / records/s / shards".into(),
