@@ -5,20 +5,21 @@
 //! its rotated residual `P(o - c)` (packed in `u64` words) plus three
 //! factors: `norm = |o - c|`, `ip = <x, o'>` (how well the sign vector
 //! `x = sign(P(o - c)) / √D` matches the unit residual `o'`) and
-//! `cdot = <c, o - c>`. A query `q` is rotated once; per list the reader
-//! takes `y = Pq - Pc` (the rotated residual of the query, whose 4-bit
-//! rounding is what [`QueryCode`] holds) and estimates
-//! `<o - c, q - c> ≈ norm · <x, y> / ip`;
-//! the estimate is unbiased and, with high probability, within
+//! `cdot = <c, o - c>`. A query `q` is rotated and quantized once
+//! ([`QueryCode`]: 4 bits per coordinate) and serves every list: with
+//! `y = Pq - Pc`, the reader estimates
+//! `<o - c, q - c> ≈ norm · <x, y> / ip`, where `<x, y> = <x, Pq> - <x, Pc>`
+//! and `<x, Pc>` is computed once per row when a code block is parsed.
+//! The estimate is unbiased and, with high probability, within
 //! `norm · |y| · √(1 - ip²) / ip · ε0 / √(D - 1)` of the truth (the
 //! paper's Theorem 3.2; see [`EPSILON0`]). Every metric's ranking distance follows
 //! from that inner product, so each estimate comes with a lower and an
 //! upper bound, and a search can rerank exactly the rows whose lower
 //! bound beats the `k`-th best upper bound.
 //!
-//! `<x, y>` costs a handful of AND + POPCNT per row: `y` is quantized to
+//! `<x, Pq>` costs a handful of AND + POPCNT per row: `Pq` is quantized to
 //! 4 bits (its rounding error is added to the bound) and split into four
-//! bit planes, so `Σ_{x_i > 0} y_i` is four popcounts per word.
+//! bit planes, so `Σ_{x_i > 0} q_i` is four popcounts per word.
 //!
 //! The rotation `P` is a randomized Hadamard transform (fixed seed, so
 //! every writer and reader agrees without storing it): rounds of random
@@ -134,7 +135,9 @@ pub fn row_bytes(dims: usize) -> usize {
     words(dims) * 8 + 12
 }
 
-/// The codes of one IVF list, struct-of-arrays.
+/// The codes of one IVF list, struct-of-arrays. `spread`, `inv_ip` and
+/// `radius` are derived when a block is parsed (never stored): they move
+/// per-row work out of every query's scan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ListCodes {
     words: usize,
@@ -142,6 +145,12 @@ pub struct ListCodes {
     norm: Vec<f32>,
     ip: Vec<f32>,
     cdot: Vec<f32>,
+    /// `√(1 - ip²) / ip`: the row's share of the bound.
+    spread: Vec<f32>,
+    /// `1 / ip`.
+    inv_ip: Vec<f32>,
+    /// The largest `norm`: every row lies within it of the centroid.
+    radius: f32,
 }
 
 impl ListCodes {
@@ -156,6 +165,9 @@ impl ListCodes {
             norm: Vec::with_capacity(n),
             ip: Vec::with_capacity(n),
             cdot: Vec::with_capacity(n),
+            spread: Vec::new(),
+            inv_ip: Vec::new(),
+            radius: 0.0,
         };
         let sqrt_d = (dims as f32).sqrt();
         let mut r = vec![0f32; dims];
@@ -184,7 +196,19 @@ impl ListCodes {
             codes.ip.push(ip);
             codes.cdot.push(cdot);
         }
+        codes.derive();
         codes
+    }
+
+    /// Fills the parse-time fields from the stored ones.
+    fn derive(&mut self) {
+        self.spread = self
+            .ip
+            .iter()
+            .map(|ip| (1.0 - ip * ip).max(0.0).sqrt() / ip)
+            .collect();
+        self.inv_ip = self.ip.iter().map(|ip| 1.0 / ip).collect();
+        self.radius = self.norm.iter().copied().fold(0.0, f32::max);
     }
 
     pub fn len(&self) -> usize {
@@ -236,35 +260,45 @@ impl ListCodes {
         if ip.iter().any(|x| *x <= 0.0) || norm.iter().any(|x| *x < 0.0) {
             return Err("code block holds an impossible factor".into());
         }
-        Ok(ListCodes {
+        let mut codes = ListCodes {
             words: w,
             bits,
             norm: norm.to_vec(),
             ip: ip.to_vec(),
             cdot: cdot.to_vec(),
-        })
+            spread: Vec::new(),
+            inv_ip: Vec::new(),
+            radius: 0.0,
+        };
+        codes.derive();
+        Ok(codes)
     }
 
     pub fn memory_bytes(&self) -> usize {
-        self.bits.len() * 8 + self.norm.len() * 12
+        self.bits.len() * 8 + self.norm.len() * 20
     }
 }
 
-/// A rotated query residual quantized to 4 bits, split into bit planes.
+/// A rotated query residual quantized to 4 bits, split into bit planes
+/// (`planes[b * words + k]`: bit `b` of coordinates `64k..64k + 64`).
 pub struct QueryCode {
-    dims: usize,
-    planes: [Vec<u64>; 4],
+    words: usize,
+    planes: Vec<u64>,
     lo: f32,
     delta: f32,
     /// `Σ ŷ_i` over the quantized residual.
     sum: f32,
+    /// `1 / √D`.
+    inv_sqrt_d: f32,
+    /// `ε0 / √(D - 1)`.
+    eps: f32,
 }
 
 impl QueryCode {
-    /// `rq` is the rotated query residual.
-    pub fn new(rq: &[f32]) -> Self {
-        let dims = rq.len();
-        let (lo, hi) = rq
+    /// `y` is the rotated query residual.
+    pub fn new(y: &[f32]) -> Self {
+        let dims = y.len();
+        let (lo, hi) = y
             .iter()
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
                 (lo.min(*v), hi.max(*v))
@@ -272,30 +306,35 @@ impl QueryCode {
         let (lo, hi) = if dims == 0 { (0.0, 0.0) } else { (lo, hi) };
         let delta = (hi - lo) / 15.0;
         let inv = if delta > 0.0 { 1.0 / delta } else { 0.0 };
-        // Quantize (round to nearest), then pack four bit planes a word
-        // at a time: branch-free loops the compiler vectorizes.
-        let u: Vec<u8> = rq
-            .iter()
-            .map(|v| (((v - lo) * inv + 0.5) as u32).min(15) as u8)
-            .collect();
-        let sum_u: u32 = u.iter().map(|&x| u32::from(x)).sum();
         let w = words(dims);
-        let mut planes: [Vec<u64>; 4] = std::array::from_fn(|_| vec![0u64; w]);
-        for (k, chunk) in u.chunks(64).enumerate() {
-            for (bit, plane) in planes.iter_mut().enumerate() {
-                let mut word = 0u64;
-                for (j, x) in chunk.iter().enumerate() {
-                    word |= u64::from((x >> bit) & 1) << j;
-                }
-                plane[k] = word;
+        let mut planes = vec![0u64; 4 * w];
+        let mut sum_u = 0u32;
+        // Eight coordinates at a time: their 4-bit values as the bytes of
+        // a word, then each bit plane's eight bits gathered by one
+        // multiply (bit b of byte t lands on bit t of the top byte).
+        for (g, chunk) in y.chunks(8).enumerate() {
+            let mut packed = 0u64;
+            for (t, v) in chunk.iter().enumerate() {
+                let u = (((v - lo) * inv + 0.5) as u32).min(15);
+                sum_u += u;
+                packed |= u64::from(u) << (8 * t);
+            }
+            let (k, shift) = (g / 8, (g % 8) * 8);
+            for b in 0..4 {
+                let bits = ((packed >> b) & 0x0101_0101_0101_0101)
+                    .wrapping_mul(0x0102_0408_1020_4080)
+                    >> 56;
+                planes[b * w + k] |= bits << shift;
             }
         }
         QueryCode {
-            dims,
+            words: w,
             planes,
             lo,
             delta,
             sum: lo * dims as f32 + delta * sum_u as f32,
+            inv_sqrt_d: 1.0 / (dims.max(1) as f32).sqrt(),
+            eps: EPSILON0 / ((dims.max(2) - 1) as f32).sqrt(),
         }
     }
 }
@@ -305,25 +344,49 @@ impl QueryCode {
 pub struct ListQuery {
     metric: Metric,
     code: QueryCode,
-    /// `|q - c|` and `|q - c|²`.
-    y_norm: f32,
+    /// `|q - c|²` and `|q|`.
     y_norm2: f32,
+    q_norm: f32,
     /// `<q, c>`.
     q_dot_c: f32,
+    /// The bound's two terms: `|q - c| ε0 / √(D - 1)` (per unit of a
+    /// row's spread) and the query's 4-bit rounding, `<x, ŷ - y>`, whose
+    /// standard deviation is `delta / √12`, three of them.
+    per_spread: f32,
+    rounding: f32,
 }
 
 impl ListQuery {
-    /// `rq` is the rotated query, `rc` the list's rotated centroid and
-    /// `q_dot_c` their inner product.
-    pub fn new(metric: Metric, rq: &[f32], rc: &[f32], q_dot_c: f32) -> Self {
+    /// `rq` is the rotated query, `q_norm` its norm, `rc` the list's
+    /// rotated centroid and `q_dot_c` their inner product.
+    pub fn new(metric: Metric, rq: &[f32], q_norm: f32, rc: &[f32], q_dot_c: f32) -> Self {
         let y: Vec<f32> = rq.iter().zip(rc).map(|(q, c)| q - c).collect();
         let y_norm2 = super::dot(&y, &y);
+        let code = QueryCode::new(&y);
         ListQuery {
             metric,
-            code: QueryCode::new(&y),
-            y_norm: y_norm2.sqrt(),
             y_norm2,
+            q_norm,
             q_dot_c,
+            per_spread: y_norm2.sqrt() * code.eps,
+            rounding: 0.87 * code.delta,
+            code,
+        }
+    }
+
+    /// A lower bound on the ranking distance of every row of `codes`
+    /// (triangle inequality over the list's radius): a list whose bound
+    /// exceeds the `k`-th best upper bound found so far cannot improve
+    /// the top k and need not be scanned. Exact, so it never costs
+    /// recall; it prunes where lists are tight around their centroids
+    /// (near-duplicates, well-separated clusters) and rarely in high
+    /// dimensions where residuals are long.
+    pub fn list_bound(&self, codes: &ListCodes) -> f32 {
+        let r = codes.radius;
+        match self.metric {
+            Metric::Euclidean => (self.y_norm2.sqrt() - r).max(0.0).powi(2),
+            Metric::Dot => -self.q_dot_c - self.q_norm * r,
+            Metric::Cosine => 1.0 - self.q_dot_c - self.q_norm * r,
         }
     }
 
@@ -332,36 +395,39 @@ impl ListQuery {
     fn code_dot(&self, codes: &ListCodes, i: usize) -> f32 {
         let (w, q) = (codes.words, &self.code);
         let row = &codes.bits[i * w..(i + 1) * w];
+        let p = &q.planes[..4 * q.words];
         let (mut ones, mut weighted) = (0u32, 0u32);
         for (k, word) in row.iter().enumerate() {
             ones += word.count_ones();
-            weighted += (word & q.planes[0][k]).count_ones()
-                + 2 * (word & q.planes[1][k]).count_ones()
-                + 4 * (word & q.planes[2][k]).count_ones()
-                + 8 * (word & q.planes[3][k]).count_ones();
+            weighted += (word & p[k]).count_ones()
+                + 2 * (word & p[w + k]).count_ones()
+                + 4 * (word & p[2 * w + k]).count_ones()
+                + 8 * (word & p[3 * w + k]).count_ones();
         }
         let pos = q.lo * ones as f32 + q.delta * weighted as f32;
-        (2.0 * pos - q.sum) / (q.dims as f32).sqrt()
+        (2.0 * pos - q.sum) * q.inv_sqrt_d
     }
 
     /// Estimates every row of `codes` that `keep` allows, appending
-    /// `(lower bound, upper bound, row)`. Uses the POPCNT instruction
-    /// where the CPU has it (checked at run time: a portable x86-64 build
-    /// cannot assume it, and without it a popcount is a dozen
-    /// instructions).
+    /// `(lower bound, upper bound, row)` for those whose lower bound is at
+    /// most `cut` (rows that cannot beat it are not worth keeping). Uses
+    /// the POPCNT instruction where the CPU has it (checked at run time: a
+    /// portable x86-64 build cannot assume it, and without it a popcount
+    /// is a dozen instructions).
     pub fn scan(
         &self,
         codes: &ListCodes,
         keep: &dyn Fn(usize) -> bool,
+        cut: f32,
         out: &mut Vec<(f32, f32, u32)>,
     ) {
         #[cfg(target_arch = "x86_64")]
         if super::codes::has_popcnt() {
             // SAFETY: the CPU supports POPCNT (checked at run time).
-            unsafe { self.scan_popcnt(codes, keep, out) };
+            unsafe { self.scan_popcnt(codes, keep, cut, out) };
             return;
         }
-        self.scan_portable(codes, keep, out);
+        self.scan_portable(codes, keep, cut, out);
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -370,9 +436,10 @@ impl ListQuery {
         &self,
         codes: &ListCodes,
         keep: &dyn Fn(usize) -> bool,
+        cut: f32,
         out: &mut Vec<(f32, f32, u32)>,
     ) {
-        self.scan_portable(codes, keep, out);
+        self.scan_portable(codes, keep, cut, out);
     }
 
     #[inline(always)]
@@ -380,11 +447,12 @@ impl ListQuery {
         &self,
         codes: &ListCodes,
         keep: &dyn Fn(usize) -> bool,
+        cut: f32,
         out: &mut Vec<(f32, f32, u32)>,
     ) {
         for i in 0..codes.len() {
-            if keep(i) {
-                let (est, err) = self.estimate(codes, i);
+            let (est, err) = self.estimate(codes, i);
+            if est - err <= cut && keep(i) {
                 out.push((est - err, est + err, i as u32));
             }
         }
@@ -394,13 +462,9 @@ impl ListQuery {
     /// computes it: lower is better) and the half-width of its bound.
     #[inline(always)]
     pub fn estimate(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
-        let (norm, ip) = (codes.norm[i], codes.ip[i]);
-        let ipr = norm * self.code_dot(codes, i) / ip;
-        let code_err = (1.0 - ip * ip).max(0.0).sqrt() / ip * EPSILON0
-            / ((self.code.dims.max(2) - 1) as f32).sqrt();
-        // The query's 4-bit rounding: `<x, ŷ - y>` has standard deviation
-        // delta / √12; allow three of them.
-        let err = norm * (self.y_norm * code_err + 0.87 * self.code.delta / ip);
+        let (norm, inv_ip) = (codes.norm[i], codes.inv_ip[i]);
+        let ipr = norm * self.code_dot(codes, i) * inv_ip;
+        let err = norm * (self.per_spread * codes.spread[i] + self.rounding * inv_ip);
         match self.metric {
             Metric::Euclidean => (self.y_norm2 + norm * norm - 2.0 * ipr, 2.0 * err),
             Metric::Dot => (-(self.q_dot_c + ipr + codes.cdot[i]), err),
@@ -485,8 +549,13 @@ mod tests {
                     if metric == Metric::Cosine {
                         normalize(&mut q);
                     }
-                    let lq =
-                        ListQuery::new(metric, &rot.rotated(&q), &rot.rotated(&c), dot(&q, &c));
+                    let lq = ListQuery::new(
+                        metric,
+                        &rot.rotated(&q),
+                        dot(&q, &q).sqrt(),
+                        &rot.rotated(&c),
+                        dot(&q, &c),
+                    );
                     let exact: Vec<f32> = vectors
                         .chunks_exact(dims)
                         .map(|v| distance(metric, &q, v))
@@ -528,6 +597,85 @@ mod tests {
                     abs_err / total as f64,
                     spread / total as f64
                 );
+            }
+        }
+    }
+
+    /// A list's bound is below every row's exact distance (so skipping a
+    /// list by it never loses a neighbour), and it is tight enough to
+    /// rule out a far, tight list.
+    #[test]
+    fn the_list_bound_is_below_every_row_and_prunes_far_tight_lists() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let dims = 64;
+        let rot = Rotation::new(dims);
+        for metric in [Metric::Cosine, Metric::Euclidean, Metric::Dot] {
+            for spread in [0.01f32, 0.3, 1.0] {
+                let centre: Vec<f32> = (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let mut vectors = Vec::new();
+                for _ in 0..100 {
+                    let mut v: Vec<f32> = centre
+                        .iter()
+                        .map(|c| c + spread * rng.random_range(-1.0..1.0))
+                        .collect();
+                    if metric == Metric::Cosine {
+                        normalize(&mut v);
+                    }
+                    vectors.extend(v);
+                }
+                let mut c = centre.clone();
+                if metric == Metric::Cosine {
+                    normalize(&mut c);
+                }
+                let codes = ListCodes::encode(&rot, &c, &vectors);
+                // The row farthest from the centroid: a query next to it
+                // has a neighbour at the list's very edge.
+                let edge = vectors
+                    .chunks_exact(dims)
+                    .max_by(|a, b| {
+                        distance(Metric::Euclidean, a, &c).total_cmp(&distance(
+                            Metric::Euclidean,
+                            b,
+                            &c,
+                        ))
+                    })
+                    .expect("rows")
+                    .to_vec();
+                for round in 0..20 {
+                    let mut q: Vec<f32> = if round % 2 == 0 {
+                        edge.iter()
+                            .map(|x| x + rng.random_range(-0.001..0.001))
+                            .collect()
+                    } else {
+                        (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect()
+                    };
+                    if metric == Metric::Cosine {
+                        normalize(&mut q);
+                    }
+                    let lq = ListQuery::new(
+                        metric,
+                        &rot.rotated(&q),
+                        dot(&q, &q).sqrt(),
+                        &rot.rotated(&c),
+                        dot(&q, &c),
+                    );
+                    let bound = lq.list_bound(&codes);
+                    let nearest = vectors
+                        .chunks_exact(dims)
+                        .map(|v| distance(metric, &q, v))
+                        .fold(f32::INFINITY, f32::min);
+                    assert!(
+                        bound <= nearest + 1e-4,
+                        "{metric} spread {spread}: {bound} > {nearest}"
+                    );
+                    if spread == 0.01 && metric != Metric::Dot && round % 2 == 1 {
+                        // A tight list's bound is nearly its distance.
+                        assert!(
+                            nearest - bound < 0.2 * nearest.abs().max(0.1),
+                            "{metric}: {bound} vs {nearest}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -11,7 +11,7 @@
 //! share a part that is already being fetched (single flight), so a
 //! burst of cold queries costs one fetch per part.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -543,18 +543,24 @@ pub(super) async fn search(
         }
         lists = order[..widened.min(nlist)].to_vec();
     }
-    // Estimates from the codes.
+    // Estimates from the codes. A row is kept only while its lower bound
+    // can beat the k-th best upper bound seen so far (`bar`, tightening
+    // as lists are scanned).
     let rq = shard.rotation.rotated(q.vector);
+    let q_norm = dot(q.vector, q.vector).sqrt();
     let d = head.dimensions;
     // (lower bound, upper bound, list, index in the list)
     let mut cands: Vec<(f32, f32, u32, u32)> = Vec::new();
     let mut scanned = Vec::new();
+    let mut uppers: BinaryHeap<OrdF32> = BinaryHeap::with_capacity(q.k + 1);
+    let mut codes_scanned = 0u64;
     for &l in &lists {
         let e = &head.lists[l as usize];
         let c = codes[&Part::Codes(l)].codes();
         let lq = ListQuery::new(
             q.metric,
             &rq,
+            q_norm,
             &shard.rotated[l as usize * d..(l as usize + 1) * d],
             dot(q.vector, head.centroid(l as usize)),
         );
@@ -566,23 +572,46 @@ pub(super) async fn search(
                     _ => true,
                 }
         };
+        let bar = if exact || uppers.len() < q.k {
+            f32::INFINITY
+        } else {
+            uppers.peek().map_or(f32::INFINITY, |u| u.0)
+        };
+        // Adaptive probing: a list no row of which can beat the bar is
+        // skipped (its bound is exact, so this never costs recall).
+        if lq.list_bound(c) > bar {
+            continue;
+        }
         scanned.clear();
-        lq.scan(c, &keep, &mut scanned);
-        cands.extend(scanned.iter().map(|&(lo, hi, i)| (lo, hi, l, i)));
+        lq.scan(c, &keep, bar, &mut scanned);
+        codes_scanned += c.len() as u64;
+        for &(lo, hi, i) in &scanned {
+            if uppers.len() < q.k {
+                uppers.push(OrdF32(hi));
+            } else if hi < uppers.peek().map_or(f32::INFINITY, |u| u.0) {
+                uppers.pop();
+                uppers.push(OrdF32(hi));
+            }
+            cands.push((lo, hi, l, i));
+        }
     }
-    stats.codes_scanned += cands.len() as u64;
+    stats.codes_scanned += codes_scanned;
     if cands.is_empty() {
         return Ok(Vec::new());
     }
     // Keep what the k-th best upper bound cannot rule out.
     if !exact {
-        let kth = q.k.min(cands.len()) - 1;
-        let mut uppers: Vec<f32> = cands.iter().map(|c| c.1).collect();
-        uppers.select_nth_unstable_by(kth, f32::total_cmp);
-        let bar = uppers[kth];
+        let bar = if uppers.len() < q.k {
+            f32::INFINITY
+        } else {
+            uppers.peek().map_or(f32::INFINITY, |u| u.0)
+        };
         cands.retain(|c| c.0 <= bar);
-        cands.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
-        cands.truncate(crate::index::codes::rerank_count(q.k));
+        let keep = crate::index::codes::rerank_count(q.k);
+        if cands.len() > keep {
+            cands.select_nth_unstable_by(keep, |a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+            cands.truncate(keep);
+        }
     }
     // Round: the candidates' row chunks (and metadata for results).
     let mut parts: Vec<Part> = cands
@@ -630,6 +659,24 @@ pub(super) async fn search(
         })
         .collect();
     Ok(hits)
+}
+
+/// An `f32` ordered by `total_cmp`, for a heap of bounds.
+#[derive(PartialEq)]
+struct OrdF32(f32);
+
+impl Eq for OrdF32 {}
+
+impl PartialOrd for OrdF32 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdF32 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 /// The lists nearest the query first (by centroid).
