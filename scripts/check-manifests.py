@@ -24,6 +24,11 @@ compose = docs["examples/docker-compose.yml"][0]["services"]
 check({"minio", "bucket", "init", "writer", "reader", "gateway"} <= set(compose), "compose has minio, bucket init, writer, readers, gateway")
 check(compose["reader"]["deploy"]["replicas"] == 3, "compose runs three readers")
 check(compose["writer"]["environment"]["BRAINY_ROLE"] == "writer", "compose writer role")
+for svc in ("writer", "reader"):
+    env = compose[svc]["environment"]
+    listen = compose[svc]["command"][compose[svc]["command"].index("--listen") + 1]
+    check(not listen.startswith("127.") and "SHOAL_API_KEY" in env and "?" in str(env["SHOAL_API_KEY"]),
+          f"compose {svc} serves beyond loopback only with a required SHOAL_API_KEY")
 
 k8s = {d["kind"] + "/" + d["metadata"]["name"]: d for f, ds in docs.items() if f.startswith("examples/k8s/") for d in ds}
 reader = k8s["Deployment/shoal-reader"]
@@ -31,9 +36,14 @@ check(reader["spec"]["replicas"] == 10, "k8s reader has 10 replicas")
 c = reader["spec"]["template"]["spec"]["containers"][0]
 check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "k8s reader readiness on /readyz")
 check({"configMapRef": {"name": "shoal"}} in c["envFrom"] and {"secretRef": {"name": "shoal-aws"}} in c["envFrom"], "k8s reader uses the ConfigMap and Secret")
+check(all(k in k8s["ConfigMap/shoal"]["data"] for k in ("SHOAL_DIMENSIONS", "SHOAL_METRIC", "SHOAL_PARTITIONS")),
+      "k8s ConfigMap carries the index settings, so the writer creates the config on a fresh bucket")
 check("Deployment/shoal-writer" in k8s and "ConfigMap/shoal" in k8s and "Secret/shoal-aws" in k8s, "k8s writer, ConfigMap and Secret exist")
 docker = (root / "Dockerfile").read_text()
 check("USER 10001" in docker and "target-cpu" not in docker.replace("no target-cpu", ""), "Dockerfile runs as non-root and portable")
+health = [l for l in docker.splitlines() if l.startswith("HEALTHCHECK")]
+check(len(health) == 1 and "/healthz" in health[0] and "--help" not in health[0], "Dockerfile health check calls /healthz")
+check("--insecure-no-auth" not in docker, "Dockerfile never turns authentication off")
 # IAM review of the SAM template: what each role may do.
 class CfnLoader(yaml.SafeLoader):
     pass

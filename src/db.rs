@@ -71,6 +71,10 @@ pub struct OpenOptions {
     /// Writers compact the partitions they wrote every this often in the
     /// background (`None`: only when asked).
     pub compact_every: Option<Duration>,
+    /// With background compaction on, writers also collect garbage
+    /// (`compact::gc`, the config's grace period) every this often, so
+    /// storage stays bounded without a separate compactor (`None`: never).
+    pub gc_every: Option<Duration>,
     /// Reader settings; `None`: the preset of the role.
     pub reader: Option<ReaderOptions>,
     pub writer: WriterOptions,
@@ -93,6 +97,7 @@ impl Default for OpenOptions {
             probe: true,
             create: true,
             compact_every: None,
+            gc_every: Some(DEFAULT_GC_EVERY),
             reader: None,
             writer: WriterOptions::default(),
             batch_size: BatchWriterOptions::default().batch_size,
@@ -221,7 +226,7 @@ impl Db {
         let background = opts
             .compact_every
             .filter(|_| role.writes())
-            .map(|every| spawn_background(writer.clone(), every));
+            .map(|every| spawn_background(writer.clone(), every, opts.gc_every));
         Ok(Db {
             inner: Arc::new(Inner {
                 cluster,
@@ -590,12 +595,30 @@ async fn compact_dirty(writer: &Writer) -> Vec<Outcome> {
 /// Runs [`compact_dirty`] every `interval` until the handle is aborted,
 /// and an indexer round (by policy) every [`INDEX_CHECK_INTERVAL`]:
 /// writers compact and index in the background.
-fn spawn_background(writer: Writer, interval: Duration) -> tokio::task::JoinHandle<()> {
+fn spawn_background(
+    writer: Writer,
+    interval: Duration,
+    gc_every: Option<Duration>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last_index = Instant::now();
+        let mut last_gc = Instant::now();
         loop {
             tokio::time::sleep(interval).await;
             compact_dirty(&writer).await;
+            if gc_every.is_some_and(|every| last_gc.elapsed() >= every) {
+                last_gc = Instant::now();
+                let (store, settings) = (writer.store().as_ref(), writer.settings());
+                let opts = crate::compact::gc::GcOptions::default();
+                match crate::compact::gc::gc(store, settings, writer.clock(), &opts).await {
+                    Ok(r) => tracing::info!(
+                        deleted = r.deleted.len(),
+                        kept_young = r.kept_young,
+                        "background gc"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "background gc failed; will retry"),
+                }
+            }
             if last_index.elapsed() >= INDEX_CHECK_INTERVAL {
                 last_index = Instant::now();
                 let (store, settings) = (writer.store().as_ref(), writer.settings());
@@ -609,6 +632,10 @@ fn spawn_background(writer: Writer, interval: Duration) -> tokio::task::JoinHand
         }
     })
 }
+
+/// How often background writers collect garbage by default (one LIST of
+/// the bucket each time).
+pub(crate) const DEFAULT_GC_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// How often background writers check whether the index needs a round
 /// (reading every partition manifest once).

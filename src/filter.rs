@@ -20,6 +20,65 @@ use serde_json::{Map, Value};
 /// Deepest nesting of `$and`/`$or` accepted.
 pub const MAX_DEPTH: usize = 32;
 
+/// Most terms a filter may hold: conditions and `$and`/`$or` nodes. A
+/// filter is evaluated against every candidate row, so its size
+/// multiplies a query's work; this keeps one request from occupying the
+/// cores.
+pub const MAX_TERMS: usize = 1024;
+
+/// Most `$in`/`$nin` values a filter may hold, all lists together (each
+/// list is a hash set, so its length costs memory, not time per row).
+pub const MAX_VALUES: usize = 10_000;
+
+/// The values of an `$in`/`$nin`, hashed for lookup; numbers compare by
+/// value (`1 == 1.0`), like [`Filter::Eq`].
+#[derive(Clone, Debug)]
+pub struct ValueSet {
+    values: Vec<Value>,
+    keys: std::collections::HashSet<ValueKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ValueKey {
+    Num(u64),
+    Str(String),
+    Other(String),
+}
+
+fn value_key(v: &Value) -> ValueKey {
+    match v {
+        // +0.0 and -0.0 are equal numbers: one key.
+        Value::Number(n) => ValueKey::Num(n.as_f64().map_or(0, |x| (x + 0.0).to_bits())),
+        Value::String(s) => ValueKey::Str(s.clone()),
+        other => ValueKey::Other(other.to_string()),
+    }
+}
+
+impl ValueSet {
+    fn new(values: Vec<Value>) -> Self {
+        let keys = values.iter().map(value_key).collect();
+        ValueSet { values, keys }
+    }
+
+    fn contains(&self, v: &Value) -> bool {
+        self.keys.contains(&value_key(v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+impl PartialEq for ValueSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.values == other.values
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Filter {
     And(Vec<Filter>),
@@ -30,8 +89,8 @@ pub enum Filter {
     Lte(String, f64),
     Gt(String, f64),
     Gte(String, f64),
-    In(String, Vec<Value>),
-    Nin(String, Vec<Value>),
+    In(String, ValueSet),
+    Nin(String, ValueSet),
     Exists(String, bool),
 }
 
@@ -47,7 +106,20 @@ const OPERATORS: &str = "$eq, $ne, $lt, $lte, $gt, $gte, $in, $nin, $exists";
 
 /// Parses a JSON filter.
 pub fn parse_filter(v: &Value) -> Result<Filter, FilterError> {
-    parse_at(v, 0)
+    let f = parse_at(v, 0)?;
+    let (terms, values) = f.size();
+    if terms > MAX_TERMS {
+        return err(format!(
+            "the filter has {terms} terms (conditions and $and/$or nodes); at most \
+             {MAX_TERMS} are allowed"
+        ));
+    }
+    if values > MAX_VALUES {
+        return err(format!(
+            "the filter's $in/$nin lists hold {values} values; at most {MAX_VALUES} are allowed"
+        ));
+    }
+    Ok(f)
 }
 
 fn parse_at(v: &Value, depth: usize) -> Result<Filter, FilterError> {
@@ -126,8 +198,8 @@ fn parse_field(field: &str, val: &Value) -> Result<Filter, FilterError> {
             "$lte" => Filter::Lte(f, num(op, v)?),
             "$gt" => Filter::Gt(f, num(op, v)?),
             "$gte" => Filter::Gte(f, num(op, v)?),
-            "$in" => Filter::In(f, list(op, v)?),
-            "$nin" => Filter::Nin(f, list(op, v)?),
+            "$in" => Filter::In(f, ValueSet::new(list(op, v)?)),
+            "$nin" => Filter::Nin(f, ValueSet::new(list(op, v)?)),
             "$exists" => match v {
                 Value::Bool(b) => Filter::Exists(f, *b),
                 _ => {
@@ -172,6 +244,18 @@ fn json_eq(a: &Value, b: &Value) -> bool {
 }
 
 impl Filter {
+    /// Terms (conditions and `$and`/`$or` nodes) and `$in`/`$nin` values.
+    pub fn size(&self) -> (usize, usize) {
+        match self {
+            Filter::And(fs) | Filter::Or(fs) => fs.iter().fold((1, 0), |(t, v), f| {
+                let (ft, fv) = f.size();
+                (t + ft, v + fv)
+            }),
+            Filter::In(_, vs) | Filter::Nin(_, vs) => (1, vs.len()),
+            _ => (1, 0),
+        }
+    }
+
     /// Whether a record with this metadata passes.
     pub fn matches(&self, meta: &Map<String, Value>) -> bool {
         let num = |f: &str| lookup(meta, f).and_then(Value::as_f64);
@@ -184,10 +268,8 @@ impl Filter {
             Filter::Lte(f, n) => num(f).is_some_and(|x| x <= *n),
             Filter::Gt(f, n) => num(f).is_some_and(|x| x > *n),
             Filter::Gte(f, n) => num(f).is_some_and(|x| x >= *n),
-            Filter::In(f, vs) => lookup(meta, f).is_some_and(|x| vs.iter().any(|v| json_eq(x, v))),
-            Filter::Nin(f, vs) => {
-                !lookup(meta, f).is_some_and(|x| vs.iter().any(|v| json_eq(x, v)))
-            }
+            Filter::In(f, vs) => lookup(meta, f).is_some_and(|x| vs.contains(x)),
+            Filter::Nin(f, vs) => !lookup(meta, f).is_some_and(|x| vs.contains(x)),
             Filter::Exists(f, want) => lookup(meta, f).is_some() == *want,
         }
     }
@@ -571,6 +653,49 @@ mod tests {
             let e = parse_filter(&f).unwrap_err().to_string();
             assert!(e.contains(want), "{f}: got {e}, want {want}");
         }
+    }
+
+    #[test]
+    fn oversized_filters_are_refused_with_their_size() {
+        let values: Vec<Value> = (0..=MAX_VALUES).map(|i| json!(i)).collect();
+        let fits = json!({"tag": {"$in": values[..MAX_VALUES]}});
+        assert_eq!(parse_filter(&fits).unwrap().size(), (1, MAX_VALUES));
+        let e = parse_filter(&json!({"tag": {"$in": values}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("{} values", MAX_VALUES + 1)), "{e}");
+        // Values of several lists add up.
+        let half: Vec<Value> = (0..MAX_VALUES / 2 + 1).map(|i| json!(i)).collect();
+        let e = parse_filter(&json!({"a": {"$in": half}, "b": {"$nin": half}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 10000"), "{e}");
+        let ors: Vec<Value> = (0..MAX_TERMS).map(|i| json!({"a": i})).collect();
+        let e = parse_filter(&json!({"$or": ors})).unwrap_err().to_string();
+        assert!(e.contains("1025 terms"), "{e}");
+        let ors: Vec<Value> = (0..MAX_TERMS - 1).map(|i| json!({"a": i})).collect();
+        assert_eq!(
+            parse_filter(&json!({"$or": ors})).unwrap().size(),
+            (MAX_TERMS, 0)
+        );
+    }
+
+    #[test]
+    fn in_and_nin_compare_numbers_by_value_and_types_apart() {
+        let f = parse_filter(&json!({"n": {"$in": [1, "2", null, -0.0]}})).unwrap();
+        assert!(f.matches(&m(json!({"n": 1.0}))));
+        assert!(f.matches(&m(json!({"n": "2"}))));
+        assert!(f.matches(&m(json!({"n": null}))));
+        assert!(f.matches(&m(json!({"n": 0}))));
+        assert!(
+            !f.matches(&m(json!({"n": 2}))),
+            "the number 2 is not the string \"2\""
+        );
+        assert!(!f.matches(&m(json!({"n": "1"}))));
+        let f = parse_filter(&json!({"n": {"$nin": [1]}})).unwrap();
+        assert!(!f.matches(&m(json!({"n": 1.0}))));
+        assert!(f.matches(&m(json!({"n": 3}))));
+        assert!(f.matches(&m(json!({}))));
     }
 
     #[test]

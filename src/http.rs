@@ -14,10 +14,15 @@
 //! | GET | `/metrics` | Prometheus text |
 //!
 //! Errors are `{"error": {"code", "message"}}` with 400 (bad input), 401
-//! (missing or wrong API key), 404, 413 (body or batch too large), 503
-//! (store unavailable) or 500. With `SHOAL_API_KEY` set, `/v1/*` and
-//! `/metrics` need `Authorization: Bearer <key>` (compared in constant
-//! time; the key is never logged). Health endpoints stay open.
+//! (missing or wrong API key), 403 (a read key on a write route, or a
+//! write to a reader instance), 404, 413 (body or batch too large), 429
+//! (too many concurrent searches; `Retry-After` says when to retry), 503
+//! (store unavailable, or a search past its deadline) or 500. With an API
+//! key configured (`crate::auth`: one key, or separate read and write
+//! keys), `/v1/*` and `/metrics` need `Authorization: Bearer <key>`
+//! (compared in constant time over digests; keys are never logged).
+//! Health endpoints stay open; `/readyz` answers from the state the
+//! instance already keeps, without a store request.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -32,11 +37,21 @@ use axum::Router;
 use serde::Serialize;
 
 use crate::api::ApiError;
+pub use crate::auth::ApiKeys;
+use crate::auth::Grant;
 use crate::db::Db;
-use crate::routes::{self, Access, Input, Method, Route, ROUTES};
+use crate::routes::{self, Access, Input, Method, Op, Route, ROUTES};
 
-/// Largest request body accepted (a full default batch plus JSON overhead).
-pub const DEFAULT_BODY_LIMIT: usize = 96 * 1024 * 1024;
+/// Largest request body accepted by default: about 1,000 records of
+/// 1,536-d vectors as JSON. Larger batches: split them, or raise it
+/// (`shoal serve --max-body-bytes`).
+pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Searches (and warm-ups) one instance runs at once by default, per core.
+pub const SEARCHES_PER_CORE: usize = 4;
+
+/// How long a search may take by default before it is abandoned (503).
+pub const DEFAULT_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -57,35 +72,35 @@ struct HttpMetrics {
 
 struct AppState {
     db: Db,
-    api_key: Option<String>,
+    keys: ApiKeys,
     body_limit: usize,
+    searches: Arc<tokio::sync::Semaphore>,
+    max_searches: usize,
+    query_timeout: std::time::Duration,
     metrics: Mutex<HttpMetrics>,
 }
 
 /// Settings of the HTTP server.
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
-    pub api_key: Option<String>,
+    pub keys: ApiKeys,
     pub body_limit: usize,
+    /// Searches and warm-ups running at once; one more is answered 429.
+    pub max_searches: usize,
+    /// A search still running after this is abandoned and answered 503.
+    pub query_timeout: std::time::Duration,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         HttpOptions {
-            api_key: std::env::var("SHOAL_API_KEY")
-                .ok()
-                .filter(|k| !k.is_empty()),
+            keys: ApiKeys::from_env(),
             body_limit: DEFAULT_BODY_LIMIT,
+            max_searches: SEARCHES_PER_CORE * cores,
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
         }
     }
-}
-
-/// Compares secrets in time independent of where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error_response(e: &ApiError) -> Response {
@@ -98,24 +113,12 @@ fn json_ok<T: Serialize>(v: &T) -> Response {
 }
 
 impl AppState {
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(key) = &self.api_key else {
-            return Ok(());
-        };
+    fn authorize(&self, need: Grant, headers: &HeaderMap) -> Result<(), ApiError> {
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                401,
-                "unauthorized",
-                "missing or wrong API key: send Authorization: Bearer <SHOAL_API_KEY>",
-            ))
-        }
+            .and_then(|v| v.strip_prefix("Bearer "));
+        self.keys.check(need, given)
     }
 
     async fn body(&self, body: Body) -> Result<axum::body::Bytes, ApiError> {
@@ -149,7 +152,7 @@ impl AppState {
 async fn respond<F>(
     st: &AppState,
     endpoint: &'static str,
-    protected: bool,
+    need: Option<Grant>,
     headers: &HeaderMap,
     f: F,
 ) -> Response
@@ -157,7 +160,7 @@ where
     F: std::future::Future<Output = Result<Response, ApiError>>,
 {
     let started = Instant::now();
-    let result = match protected.then(|| st.authorize(headers)).transpose() {
+    let result = match need.map(|g| st.authorize(g, headers)).transpose() {
         Err(e) => Err(e),
         Ok(_) => f.await,
     };
@@ -167,7 +170,14 @@ where
             if e.status >= 500 {
                 tracing::warn!(endpoint, error = %e, "request failed");
             }
-            error_response(&e)
+            let mut r = error_response(&e);
+            if e.status == 429 {
+                r.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+            }
+            r
         }
     };
     st.record(endpoint, resp.status().as_u16(), started);
@@ -185,20 +195,56 @@ async fn dispatch(
     id: Option<String>,
     body: Body,
 ) -> Response {
-    let protected = row.access == Access::Key;
-    respond(&st, row.name, protected, &headers, async {
+    let need = match row.access {
+        Access::Open => None,
+        Access::Read => Some(Grant::Read),
+        Access::Write => Some(Grant::Write),
+    };
+    respond(&st, row.name, need, &headers, async {
+        // Searches and warm-ups take a slot (429 when none is free) and
+        // are abandoned at the deadline, so no request holds the cores.
+        let _slot = if matches!(row.op, Op::Search | Op::Warm) {
+            Some(st.searches.clone().try_acquire_owned().map_err(|_| {
+                ApiError::new(
+                    429,
+                    "too_many_requests",
+                    format!(
+                        "this instance is already running {} searches; retry shortly",
+                        st.max_searches
+                    ),
+                )
+            })?)
+        } else {
+            None
+        };
         let bytes = match row.method {
             Method::Post => st.body(body).await?,
             Method::Get => Default::default(),
         };
-        let value = routes::call(&st.db, row.op, id, Input::Bytes(&bytes)).await?;
+        let call = routes::call(&st.db, row.op, id, Input::Bytes(&bytes));
+        let value = if row.op == Op::Search {
+            tokio::time::timeout(st.query_timeout, call)
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        503,
+                        "deadline_exceeded",
+                        format!(
+                            "the search took longer than {} and was abandoned",
+                            humantime::format_duration(st.query_timeout)
+                        ),
+                    )
+                })??
+        } else {
+            call.await?
+        };
         Ok(json_ok(&value))
     })
     .await
 }
 
 async fn metrics(State(st): S, headers: HeaderMap) -> Response {
-    respond(&st, "metrics", true, &headers, async {
+    respond(&st, "metrics", Some(Grant::Read), &headers, async {
         let text = render_metrics(&st);
         Ok((
             StatusCode::OK,
@@ -214,7 +260,7 @@ async fn metrics(State(st): S, headers: HeaderMap) -> Response {
 }
 
 async fn fallback(State(st): S, headers: HeaderMap, uri: axum::http::Uri) -> Response {
-    respond(&st, "other", false, &headers, async move {
+    respond(&st, "other", None, &headers, async move {
         Err::<Response, _>(ApiError::not_found(format!(
             "no such endpoint: {}",
             uri.path()
@@ -297,10 +343,14 @@ fn render_metrics(st: &AppState) -> String {
 /// The router over a handle: one axum route per row of the route table,
 /// plus `/metrics`.
 pub fn router(db: Db, opts: HttpOptions) -> Router {
+    let max_searches = opts.max_searches.max(1);
     let state = Arc::new(AppState {
         db,
-        api_key: opts.api_key,
+        keys: opts.keys,
         body_limit: opts.body_limit,
+        searches: Arc::new(tokio::sync::Semaphore::new(max_searches)),
+        max_searches,
+        query_timeout: opts.query_timeout,
         metrics: Mutex::default(),
     });
     let mut router = Router::new();

@@ -53,10 +53,12 @@
 //! - [`api`]: the request/response types every front end shares, and the
 //!   wire error [`api::ApiError`].
 //! - `routes` (internal): the one route table HTTP and Lambda serve.
-//! - [`http`], [`lambda`]: `shoal serve` and the Lambda handlers.
+//! - [`http`], [`lambda`]: `shoal serve` and the Lambda handlers;
+//!   [`auth`]: the API keys `serve` checks.
 //! - [`bench`](mod@bench): benchmark phases and the `shoal bench` suite.
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod compact;
 pub mod coord;

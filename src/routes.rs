@@ -39,13 +39,15 @@ pub(crate) enum Op {
     Warm,
 }
 
-/// Who may call a route when an API key is configured.
+/// Who may call a route when an API key is configured (`crate::auth`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Access {
     /// Health probes: always open.
     Open,
-    /// Needs the API key.
-    Key,
+    /// A read key (or the write key, or the single key).
+    Read,
+    /// The write key (or the single key).
+    Write,
 }
 
 /// One row of the table.
@@ -73,7 +75,7 @@ pub(crate) const ROUTES: &[Route] = &[
         name: "upsert",
         invocation: "upsert",
         lambda_aliases: &["/upsert"],
-        access: Access::Key,
+        access: Access::Write,
     },
     Route {
         op: Op::Delete,
@@ -82,7 +84,7 @@ pub(crate) const ROUTES: &[Route] = &[
         name: "delete",
         invocation: "delete",
         lambda_aliases: &["/delete"],
-        access: Access::Key,
+        access: Access::Write,
     },
     Route {
         op: Op::Search,
@@ -91,7 +93,7 @@ pub(crate) const ROUTES: &[Route] = &[
         name: "search",
         invocation: "search",
         lambda_aliases: &["/search", "/"],
-        access: Access::Key,
+        access: Access::Read,
     },
     Route {
         op: Op::Get,
@@ -100,7 +102,7 @@ pub(crate) const ROUTES: &[Route] = &[
         name: "record",
         invocation: "get",
         lambda_aliases: &[],
-        access: Access::Key,
+        access: Access::Read,
     },
     Route {
         op: Op::Status,
@@ -109,7 +111,7 @@ pub(crate) const ROUTES: &[Route] = &[
         name: "status",
         invocation: "",
         lambda_aliases: &[],
-        access: Access::Key,
+        access: Access::Read,
     },
     Route {
         op: Op::Warm,
@@ -118,7 +120,7 @@ pub(crate) const ROUTES: &[Route] = &[
         name: "warm",
         invocation: "warm",
         lambda_aliases: &[],
-        access: Access::Key,
+        access: Access::Read,
     },
     Route {
         op: Op::Health,
@@ -195,6 +197,17 @@ pub(crate) async fn call(
     id: Option<String>,
     input: Input<'_>,
 ) -> Result<Value, ApiError> {
+    if matches!(op, Op::Upsert | Op::Delete) && db.role() == crate::coord::role::Role::Reader {
+        // A reader never compacts what it would write: refuse rather
+        // than leave uncompacted segments behind.
+        return Err(ApiError::new(
+            403,
+            "read_only_instance",
+            "this instance runs as a reader and serves reads only; send upserts and \
+             deletes to a writer (or both) instance, or start this one with --role writer \
+             (BRAINY_ROLE=writer)",
+        ));
+    }
     match op {
         Op::Upsert => upsert(db, input).await,
         Op::Delete => delete(db, input).await,

@@ -607,6 +607,89 @@ async fn a_busy_partition_keeps_a_small_manifest_without_gc() {
         last < first * 1.3,
         "the manifest keeps growing after the first grace period: {sizes:?}"
     );
-    assert_eq!(db.status(true).await.unwrap().totals.live, Some(400));
+    assert_eq!(db.status(true).await.unwrap().totals.live, Some(600));
+    db.close().await.unwrap();
+}
+
+/// Defect: under `shoal serve` storage grew forever: writers compacted
+/// but nothing ran GC outside the compactor Lambda. Many one-record
+/// writes on a writer with background compaction (and so background
+/// GC), the clock moving on: after the first grace period the bucket's
+/// object count and manifest bytes level off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_gc_keeps_storage_flat_under_many_tiny_writes() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    // The store stamps objects with the same clock, as S3 follows real
+    // time: GC's grace compares the two.
+    let time = {
+        let c = clock.clone();
+        Arc::new(move || shoal::coord::clock::Clock::now(c.as_ref()))
+    };
+    let store = Arc::new(Counted::new(Arc::new(
+        shoal::store::memory::MemoryStore::unique().with_time(time),
+    )));
+    let db = shoal::Db::open_store(
+        store.clone(),
+        shoal::OpenOptions {
+            settings: shoal::api::RequestedSettings {
+                partition_count: Some(2),
+                dimensions: Some(2),
+                ..Default::default()
+            },
+            role: Some(shoal::api::Role::Writer),
+            background_heartbeat: false,
+            clock: clock.clone(),
+            compact_every: Some(Duration::from_millis(5)),
+            gc_every: Some(Duration::from_millis(5)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let grace = db.settings().gc_grace_seconds;
+    let step = 10; // seconds per write: 90 writes per grace period
+    let mut samples = Vec::new();
+    for i in 0..600u32 {
+        db.upsert(&[Record::new(format!("r{i}"), vec![1.0, i as f32])])
+            .await
+            .unwrap();
+        db.compact_dirty().await;
+        clock.advance(Duration::from_secs(step));
+        if i % 30 == 29 {
+            // What the background task does every 30 s: move old tails
+            // into index shards.
+            db.index(false).await.unwrap();
+        }
+        if i % 10 == 9 {
+            // Let the background task run a pass or two.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let objects = store.list("").await.unwrap();
+            let manifest_bytes: u64 = objects
+                .iter()
+                .filter(|o| o.key.ends_with("manifest.json"))
+                .map(|o| o.size)
+                .sum();
+            samples.push((objects.len(), manifest_bytes));
+        }
+    }
+    assert!(
+        grace / step < 100,
+        "the first sample is past one grace period"
+    );
+    let (first, last) = (samples[1], samples[5]);
+    assert!(
+        (last.0 as f64) < first.0 as f64 * 1.3,
+        "objects keep growing after the first grace period: {samples:?}"
+    );
+    assert!(
+        (last.1 as f64) < first.1 as f64 * 1.3,
+        "manifest bytes keep growing: {samples:?}"
+    );
+    // Without GC every write leaves its segment behind: 600 and more.
+    assert!(last.0 < 250, "{samples:?}");
+    assert_eq!(db.status(true).await.unwrap().totals.live, Some(600));
     db.close().await.unwrap();
 }

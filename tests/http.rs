@@ -18,6 +18,11 @@ struct Server {
 
 impl Server {
     fn start(env: &[(&str, &str)], max_body: &str) -> Server {
+        Server::start_with(env, max_body, &[])
+    }
+
+    /// `extra`: more `serve` arguments.
+    fn start_with(env: &[(&str, &str)], max_body: &str, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let bucket = dir.path().join("idx").to_str().unwrap().to_string();
         let shoal = env!("CARGO_BIN_EXE_shoal");
@@ -48,7 +53,10 @@ impl Server {
             "--max-body-bytes",
             max_body,
         ])
+        .args(extra)
         .env_remove("SHOAL_API_KEY")
+        .env_remove("SHOAL_API_KEY_READ")
+        .env_remove("SHOAL_API_KEY_WRITE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         for (k, v) in env {
@@ -81,6 +89,18 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, String) {
+        let (st, _, body) = self.call_full(method, path, headers, body);
+        (st, body)
+    }
+
+    /// One HTTP/1.1 request; returns (status, head, body).
+    fn call_full(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, String) {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -110,7 +130,7 @@ impl Server {
         } else {
             body.to_string()
         };
-        (status, body)
+        (status, head.to_string(), body)
     }
 
     fn json(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
@@ -349,4 +369,277 @@ fn api_key_is_required_when_set() {
     let (ok, err) = s.stop();
     assert!(ok, "{err}");
     assert!(!err.contains("s3cret"), "the key is never logged");
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+#[test]
+fn read_and_write_keys_grant_what_they_name() {
+    let mut s = Server::start(
+        &[
+            ("SHOAL_API_KEY_READ", "read-key"),
+            ("SHOAL_API_KEY_WRITE", "write-key"),
+        ],
+        "20000",
+    );
+    let call = |method: &str, path: &str, key: Option<&str>, body: Value| {
+        let auth = key.map(bearer);
+        let mut h = vec![("Content-Type", "application/json")];
+        if let Some(a) = &auth {
+            h.push(("Authorization", a.as_str()));
+        }
+        let (st, b) = s.call(method, path, &h, body.to_string().as_bytes());
+        (st, serde_json::from_str::<Value>(&b).unwrap_or(Value::Null))
+    };
+    let rec = json!({"records": [{"id": "a", "vector": [1, 0, 0]}]});
+    // A read key cannot write, and nothing is written.
+    let (st, v) = call("POST", "/v1/upsert", Some("read-key"), rec.clone());
+    assert_eq!((st, error_code(&v)), (403, "forbidden"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("SHOAL_API_KEY_WRITE"));
+    let (st, v) = call(
+        "POST",
+        "/v1/delete",
+        Some("read-key"),
+        json!({"ids": ["a"]}),
+    );
+    assert_eq!((st, error_code(&v)), (403, "forbidden"));
+    assert_eq!(
+        call("GET", "/v1/records/a", Some("read-key"), json!(null)).0,
+        404
+    );
+    // No key, or a wrong one: 401 on reads and writes alike.
+    for key in [None, Some("write-ke"), Some("read-key2")] {
+        assert_eq!(
+            call("POST", "/v1/upsert", key, rec.clone()).0,
+            401,
+            "{key:?}"
+        );
+        assert_eq!(
+            call("GET", "/v1/status", key, json!(null)).0,
+            401,
+            "{key:?}"
+        );
+    }
+    // The write key writes; both keys read.
+    assert_eq!(call("POST", "/v1/upsert", Some("write-key"), rec).0, 200);
+    for key in ["read-key", "write-key"] {
+        let (st, v) = call("GET", "/v1/records/a", Some(key), json!(null));
+        assert_eq!((st, v["id"].as_str()), (200, Some("a")), "{key}");
+        let (st, v) = call(
+            "POST",
+            "/v1/search",
+            Some(key),
+            json!({"vector": [1, 0, 0], "k": 1, "consistency": "strong"}),
+        );
+        assert_eq!(st, 200, "{v}");
+    }
+    // An oversized filter is a 400 naming its size, before any work.
+    let ors: Vec<Value> = (0..1100).map(|i| json!({"a": i})).collect();
+    let (st, v) = call(
+        "POST",
+        "/v1/search",
+        Some("read-key"),
+        json!({"vector": [1, 0, 0], "filter": {"$or": ors}}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1101 terms"),
+        "{v}"
+    );
+    let (ok, err) = s.stop();
+    assert!(ok, "{err}");
+    assert!(!err.contains("read-key") && !err.contains("write-key"));
+}
+
+#[test]
+fn a_reader_instance_refuses_writes_and_names_its_role() {
+    let mut s = Server::start(&[("BRAINY_ROLE", "reader")], "20000");
+    let (st, v) = s.json(
+        "POST",
+        "/v1/upsert",
+        json!({"records": [{"id": "a", "vector": [1, 0, 0]}]}),
+    );
+    assert_eq!((st, error_code(&v)), (403, "read_only_instance"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("reader"));
+    let (st, v) = s.json("POST", "/v1/delete", json!({"ids": ["a"]}));
+    assert_eq!((st, error_code(&v)), (403, "read_only_instance"), "{v}");
+    // Nothing reached the bucket: no segment was written.
+    let segments = walkdir(&s.bucket)
+        .into_iter()
+        .filter(|p| p.contains("/segments/") || p.ends_with(".seg"))
+        .count();
+    assert_eq!(segments, 0);
+    let (st, _) = s.json("POST", "/v1/search", json!({"vector": [1, 0, 0]}));
+    assert_eq!(st, 200, "a reader still searches");
+    s.stop();
+}
+
+fn walkdir(dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![std::path::PathBuf::from(dir)];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.to_string_lossy().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn searches_over_the_limit_get_429_and_slow_ones_503() {
+    // Every store request takes 400 ms, so cold searches overlap.
+    let mut s = Server::start_with(
+        &[("SHOAL_STORE_LATENCY_MS", "400")],
+        "20000",
+        &["--max-concurrent-searches", "1", "--query-timeout", "30s"],
+    );
+    let addr = s.addr.clone();
+    let results: Vec<(u16, String)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let s = &s;
+                sc.spawn(move || {
+                    let (st, head, _) = s.call_full(
+                        "POST",
+                        "/v1/search",
+                        &[("Content-Type", "application/json")],
+                        br#"{"vector": [1, 0, 0]}"#,
+                    );
+                    (st, head)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let limited: Vec<&(u16, String)> = results.iter().filter(|r| r.0 == 429).collect();
+    assert!(ok >= 1, "{addr}: {results:?}");
+    assert!(
+        !limited.is_empty(),
+        "one slot, four overlapping searches: {results:?}"
+    );
+    assert!(
+        limited
+            .iter()
+            .all(|r| r.1.to_ascii_lowercase().contains("retry-after: 1")),
+        "{limited:?}"
+    );
+    s.stop();
+    let mut s = Server::start_with(
+        &[("SHOAL_STORE_LATENCY_MS", "400")],
+        "20000",
+        &["--query-timeout", "100ms"],
+    );
+    let (st, v) = s.json(
+        "POST",
+        "/v1/search",
+        json!({"vector": [1, 0, 0], "consistency": "strong"}),
+    );
+    assert_eq!((st, error_code(&v)), (503, "deadline_exceeded"), "{v}");
+    s.stop();
+}
+
+#[test]
+fn serving_beyond_loopback_needs_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("idx").to_str().unwrap().to_string();
+    let shoal = env!("CARGO_BIN_EXE_shoal");
+    let init = Command::new(shoal)
+        .args(["--bucket", &bucket, "init", "--dimensions", "3"])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    // Refused before binding: the port is never opened.
+    let out = Command::new(shoal)
+        .args(["--bucket", &bucket, "serve", "--listen", "0.0.0.0:0"])
+        .env_remove("SHOAL_API_KEY")
+        .env_remove("SHOAL_API_KEY_READ")
+        .env_remove("SHOAL_API_KEY_WRITE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve 0.0.0.0:0 without an API key"),
+        "{err}"
+    );
+    assert!(err.contains("--insecure-no-auth"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "never listened"
+    );
+}
+
+/// A fresh bucket: a writer given the settings creates the config and
+/// serves; a reader never creates it and says what to run.
+#[test]
+fn a_writer_creates_the_config_on_a_fresh_bucket_a_reader_says_what_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("fresh").to_str().unwrap().to_string();
+    let shoal = env!("CARGO_BIN_EXE_shoal");
+    let out = Command::new(shoal)
+        .args(["--bucket", &bucket, "--role", "reader", "serve", "--listen", "127.0.0.1:0"])
+        .env("SHOAL_DIMENSIONS", "3")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("shoal --bucket {bucket} init --dimensions N"))
+            && err.contains("serve --dimensions N")
+            && err.contains("readers never create it"),
+        "{err}"
+    );
+    assert!(
+        !std::path::Path::new(&bucket).join("_brainy/config.json").exists(),
+        "a reader wrote the config"
+    );
+    // The writer, from the environment as the Lambda functions and the
+    // container examples give it.
+    let mut child = Command::new(shoal)
+        .args(["--bucket", &bucket, "--role", "writer", "serve", "--listen", "127.0.0.1:0"])
+        .env("SHOAL_DIMENSIONS", "3")
+        .env("SHOAL_METRIC", "euclidean")
+        .env("SHOAL_PARTITIONS", "4")
+        .env_remove("SHOAL_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    let config: Value = serde_json::from_slice(
+        &std::fs::read(std::path::Path::new(&bucket).join("_brainy/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["settings"]["dimensions"], 3);
+    assert_eq!(config["settings"]["distanceMetric"], "euclidean");
+    assert_eq!(config["settings"]["partitionCount"], 4);
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+    // A second starter with other settings is refused, not obeyed.
+    let out = Command::new(shoal)
+        .args(["--bucket", &bucket, "serve", "--listen", "127.0.0.1:0", "--dimensions", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dimensions"));
 }

@@ -6,22 +6,53 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use shoal::api::{RequestedSettings, Role};
 use shoal::http::HttpOptions;
-use shoal::OpenOptions;
+use shoal::{ErrorKind, OpenOptions};
 
 use super::Ctx;
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on (use 0.0.0.0:8080 inside a container).
+    /// Address to listen on. Anything but loopback needs an API key
+    /// (SHOAL_API_KEY, or SHOAL_API_KEY_READ / SHOAL_API_KEY_WRITE) or
+    /// --insecure-no-auth; use 0.0.0.0:8080 with a key inside a container.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// Seconds between background compactions of written partitions (0: off).
     #[arg(long, default_value_t = 30)]
     pub compact_every: u64,
+    /// How often a writer collects garbage in the background (objects no
+    /// manifest needs, older than the config's gcGraceSeconds), e.g. 10m;
+    /// 0 turns it off. Runs only with background compaction on.
+    #[arg(long, env = "SHOAL_GC_EVERY", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub gc_every: Duration,
     /// Largest request body in bytes (413 above it).
     #[arg(long, default_value_t = shoal::http::DEFAULT_BODY_LIMIT)]
     pub max_body_bytes: usize,
+    /// Searches run at once; one more is answered 429 with Retry-After
+    /// (default: 4 per core).
+    #[arg(long, env = "SHOAL_MAX_CONCURRENT_SEARCHES")]
+    pub max_concurrent_searches: Option<usize>,
+    /// A search running longer is abandoned and answered 503 (e.g. 500ms, 10s).
+    #[arg(long, env = "SHOAL_QUERY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub query_timeout: Duration,
+    /// Vector dimensions: with them a writer (or both) creates the
+    /// index config when the bucket has none (create-only, so racing
+    /// starters agree); an existing config must agree.
+    #[arg(long, env = "SHOAL_DIMENSIONS")]
+    pub dimensions: Option<u32>,
+    /// Distance metric for a new config (default cosine).
+    #[arg(long, value_enum, env = "SHOAL_METRIC")]
+    pub metric: Option<super::MetricArg>,
+    /// Hash partitions for a new config (default 100).
+    #[arg(long, env = "SHOAL_PARTITIONS")]
+    pub partitions: Option<u32>,
+    /// Serve a non-loopback address without an API key. Anyone who can
+    /// reach the port can then read, write and delete; a warning is
+    /// logged every minute.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
@@ -48,19 +79,80 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 
 pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     let every = (a.compact_every > 0).then(|| Duration::from_secs(a.compact_every));
-    let db = ctx
-        .open(OpenOptions {
+    // Readers never create the config (in AWS their role cannot write
+    // it); writers do when given the dimensions.
+    let create = a.dimensions.is_some() && ctx.role != Some(Role::Reader);
+    let opened = shoal::Db::open(
+        &ctx.bucket,
+        OpenOptions {
+            settings: RequestedSettings {
+                dimensions: a.dimensions,
+                distance_metric: a.metric.map(Into::into),
+                partition_count: a.partitions,
+                ..Default::default()
+            },
             role: ctx.role,
-            create: false,
+            create,
             compact_every: every,
+            gc_every: (!a.gc_every.is_zero()).then_some(a.gc_every),
             ..Default::default()
-        })
-        .await?;
+        },
+    )
+    .await;
+    let db = match opened {
+        Ok(db) => db,
+        Err(e) if e.kind() == ErrorKind::NotFound => anyhow::bail!(
+            "{e}. Create it with `shoal --bucket {b} init --dimensions N`, or start a writer \
+             with `shoal --bucket {b} serve --dimensions N` (SHOAL_DIMENSIONS=N; also \
+             --metric / SHOAL_METRIC and --partitions / SHOAL_PARTITIONS){reader}",
+            b = ctx.bucket,
+            reader = if ctx.role == Some(Role::Reader) {
+                "; readers never create it"
+            } else {
+                ""
+            }
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open {}", ctx.bucket))),
+    };
     let role = db.role();
+    let mut opts = HttpOptions {
+        body_limit: a.max_body_bytes,
+        query_timeout: a.query_timeout,
+        ..HttpOptions::default()
+    };
+    if let Some(n) = a.max_concurrent_searches {
+        opts.max_searches = n.max(1);
+    }
+    // Checked before binding: an open port is never exposed, not even
+    // for a moment.
+    let exposed = tokio::net::lookup_host(&a.listen)
+        .await
+        .with_context(|| format!("cannot resolve the listen address {}", a.listen))?
+        .any(|addr| !addr.ip().is_loopback());
+    if opts.keys.is_open() && exposed && !a.insecure_no_auth {
+        anyhow::bail!(
+            "refusing to serve {} without an API key: anyone who can reach it could read, \
+             write and delete. Set SHOAL_API_KEY (or SHOAL_API_KEY_READ and \
+             SHOAL_API_KEY_WRITE), listen on 127.0.0.1, or pass --insecure-no-auth",
+            a.listen
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
+    if opts.keys.is_open() && exposed {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                eprintln!(
+                    "shoal serve: WARNING: {addr} has no API key (--insecure-no-auth): \
+                     anyone who can reach it can read, write and delete"
+                );
+            }
+        });
+    }
     let shutdown = shutdown_signal()?;
     // One line on stdout that scripts (and tests) can wait for.
     println!(
@@ -69,10 +161,6 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     );
     use std::io::Write;
     std::io::stdout().flush()?;
-    let opts = HttpOptions {
-        body_limit: a.max_body_bytes,
-        ..HttpOptions::default()
-    };
     shoal::http::serve(listener, db.clone(), opts, shutdown).await?;
     db.close().await?;
     eprintln!("shoal serve: stopped cleanly");

@@ -29,12 +29,17 @@ type Bucket = Arc<Mutex<BTreeMap<String, Object>>>;
 
 static BUCKETS: LazyLock<Mutex<HashMap<String, Bucket>>> = LazyLock::new(Default::default);
 
+/// Where an in-memory store's `last_modified` times come from.
+pub type TimeSource = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
 /// An in-process object store. Cheap to clone; clones share objects.
 #[derive(Clone)]
 pub struct MemoryStore {
     name: String,
     prefix: String,
     objects: Bucket,
+    /// `None`: the system clock.
+    time: Option<TimeSource>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -66,7 +71,20 @@ impl MemoryStore {
             name: name.to_string(),
             prefix,
             objects,
+            time: None,
         })
+    }
+
+    /// Stamps objects' `last_modified` from `time` instead of the system
+    /// clock: tests that move a manual clock need the store's times to
+    /// move with it, as S3's follow real time.
+    pub fn with_time(mut self, time: TimeSource) -> Self {
+        self.time = Some(time);
+        self
+    }
+
+    fn now(&self) -> SystemTime {
+        self.time.as_ref().map_or_else(SystemTime::now, |t| t())
     }
 
     /// A fresh bucket with a unique name, for tests.
@@ -87,14 +105,19 @@ impl MemoryStore {
         self.objects.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert(map: &mut BTreeMap<String, Object>, key: String, bytes: Bytes) -> ETag {
+    fn insert(
+        map: &mut BTreeMap<String, Object>,
+        key: String,
+        bytes: Bytes,
+        modified: SystemTime,
+    ) -> ETag {
         let etag = content_etag(&bytes);
         map.insert(
             key,
             Object {
                 bytes,
                 etag: etag.clone(),
-                modified: SystemTime::now(),
+                modified,
             },
         );
         etag
@@ -153,7 +176,7 @@ impl ObjectStore for MemoryStore {
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
         let full = self.full_key(key)?;
-        Ok(Self::insert(&mut self.lock(), full, bytes))
+        Ok(Self::insert(&mut self.lock(), full, bytes, self.now()))
     }
 
     async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<ETag> {
@@ -164,14 +187,14 @@ impl ObjectStore for MemoryStore {
                 key: key.to_string(),
             });
         }
-        Ok(Self::insert(&mut map, full, bytes))
+        Ok(Self::insert(&mut map, full, bytes, self.now()))
     }
 
     async fn put_if_match(&self, key: &str, bytes: Bytes, etag: &ETag) -> Result<ETag> {
         let full = self.full_key(key)?;
         let mut map = self.lock();
         match map.get(&full) {
-            Some(obj) if &obj.etag == etag => Ok(Self::insert(&mut map, full, bytes)),
+            Some(obj) if &obj.etag == etag => Ok(Self::insert(&mut map, full, bytes, self.now())),
             _ => Err(StoreError::PreconditionFailed {
                 key: key.to_string(),
             }),
