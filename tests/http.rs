@@ -591,7 +591,15 @@ fn a_writer_creates_the_config_on_a_fresh_bucket_a_reader_says_what_to_run() {
     let bucket = dir.path().join("fresh").to_str().unwrap().to_string();
     let shoal = env!("CARGO_BIN_EXE_shoal");
     let out = Command::new(shoal)
-        .args(["--bucket", &bucket, "--role", "reader", "serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "--bucket",
+            &bucket,
+            "--role",
+            "reader",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .env("SHOAL_DIMENSIONS", "3")
         .output()
         .unwrap();
@@ -604,13 +612,23 @@ fn a_writer_creates_the_config_on_a_fresh_bucket_a_reader_says_what_to_run() {
         "{err}"
     );
     assert!(
-        !std::path::Path::new(&bucket).join("_brainy/config.json").exists(),
+        !std::path::Path::new(&bucket)
+            .join("_brainy/config.json")
+            .exists(),
         "a reader wrote the config"
     );
     // The writer, from the environment as the Lambda functions and the
     // container examples give it.
     let mut child = Command::new(shoal)
-        .args(["--bucket", &bucket, "--role", "writer", "serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "--bucket",
+            &bucket,
+            "--role",
+            "writer",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .env("SHOAL_DIMENSIONS", "3")
         .env("SHOAL_METRIC", "euclidean")
         .env("SHOAL_PARTITIONS", "4")
@@ -637,7 +655,15 @@ fn a_writer_creates_the_config_on_a_fresh_bucket_a_reader_says_what_to_run() {
     assert!(child.wait().unwrap().success());
     // A second starter with other settings is refused, not obeyed.
     let out = Command::new(shoal)
-        .args(["--bucket", &bucket, "serve", "--listen", "127.0.0.1:0", "--dimensions", "5"])
+        .args([
+            "--bucket",
+            &bucket,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--dimensions",
+            "5",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
