@@ -67,12 +67,57 @@ def grants(role, action, needle):
         if action in acts and any(needle in str(r) for r in res):
             return True
     return False
-all_actions = [a for r in ("ReaderRole", "WriterRole") for st in statements(r) for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])]
+roles = ("ReaderRole", "WriterRole", "CompactorRole")
+def actions(st):
+    return st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+def resources(st):
+    return [str(r) for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])]
+all_actions = [a for r in roles for st in statements(r) for a in actions(st)]
 check("s3:*" not in all_actions and "*" not in all_actions, "no role gets s3:* or *")
-check(not grants("ReaderRole", "s3:PutObject", "vectors/"), "the reader cannot write vectors/")
-check(not grants("ReaderRole", "s3:PutObject", "_brainy/*") and grants("ReaderRole", "s3:PutObject", "_brainy/instances/"), "the reader writes only instance records (and probe keys) under _brainy/")
-check(grants("ReaderRole", "s3:GetObject", "vectors/"), "the reader reads vectors/")
-check(grants("WriterRole", "s3:PutObject", "vectors/") and grants("WriterRole", "s3:PutObject", "_brainy/"), "the writer and compactor write vectors/ and _brainy/")
+check(all(st["Effect"] == "Allow" and all(not r.endswith("/*/*") for r in resources(st)) for r in roles for st in statements(r)),
+      "role statements allow only, on named prefixes")
+# Who deletes what.
+def deletes(role):
+    return [r for st in statements(role) if "s3:DeleteObject" in actions(st) for r in resources(st)]
+gc_targets = ("vectors/*.seg", "index/shards/*", "index/dv/*", "_brainy/instances/*", "_brainy/probe/*")
+check(sorted(r.split("}/", 1)[-1].split("/", 1)[-1] for r in deletes("CompactorRole")) == sorted(gc_targets),
+      "only the compactor deletes data: segments, shards, deletion vectors, instance records, probe keys")
+check(all("/_brainy/instances/${AWS::StackName}-" in r or "/_brainy/probe/" in r for role in ("ReaderRole", "WriterRole") for r in deletes(role)),
+      "the reader and writer delete only their own instance records and probe keys")
+def puts(role):
+    return [r for st in statements(role) if "s3:PutObject" in actions(st) for r in resources(st)]
+check(all("/_brainy/instances/${AWS::StackName}-reader-" in r or "/_brainy/probe/" in r for r in puts("ReaderRole")),
+      "the reader writes only its function's instance records and probe keys")
+check(any(r.endswith("/vectors/*") for r in puts("WriterRole")) and not any("/index/" in r for r in puts("WriterRole")),
+      "the writer writes segments and manifests, not index shards")
+check(all(any(r.endswith(p) for r in [x for st in statements(role) if "s3:GetObject" in actions(st) for x in resources(st)])
+          for role in roles for p in ("/vectors/*", "/index/*", "/_brainy/*")),
+      "every role reads vectors/, index/ (shards) and _brainy/")
+fns = tpl["Resources"]
+check(fns["CompactorFunction"]["Properties"]["Role"] == "CompactorRole.Arn"
+      and fns["WriterFunction"]["Properties"]["Role"] == "WriterRole.Arn"
+      and fns["ReaderFunction"]["Properties"]["Role"] == "ReaderRole.Arn",
+      "reader, writer and compactor each have their own role")
+check("ReservedConcurrentExecutions" in fns["WriterFunction"]["Properties"], "the writer function has a concurrency limit")
+for fn, role in (("ReaderFunction", "reader"), ("WriterFunction", "writer")):
+    prefix = fns[fn]["Properties"]["Environment"]["Variables"].get("BRAINY_INSTANCE_PREFIX", "")
+    check(prefix == "${AWS::StackName}-" + role, f"{fn} names its instance records as its role may write them")
+# The bucket: versioning, TLS only, manifests and config never deleted,
+# written only conditionally.
+bucket = fns["Bucket"]["Properties"]
+check(bucket["VersioningConfiguration"]["Status"] == "Enabled", "bucket versioning is on")
+check(any("NoncurrentVersionExpiration" in r for r in bucket["LifecycleConfiguration"]["Rules"]), "old versions expire (storage stays bounded)")
+policy = fns["BucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+def denies(pred):
+    return [st for st in policy if st["Effect"] == "Deny" and st["Principal"] == "*" and pred(st)]
+check(denies(lambda st: st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false" and actions(st) == ["s3:*"]),
+      "the bucket policy denies plain HTTP")
+protected = ("/vectors/*/manifest.json", "/index/manifest.json", "/_brainy/config.json")
+check(denies(lambda st: "s3:DeleteObject" in actions(st) and all(any(r.endswith(p) for r in resources(st)) for p in protected) and "Condition" not in st),
+      "nobody may delete a manifest or the config")
+check(denies(lambda st: actions(st) == ["s3:PutObject"] and all(any(r.endswith(p) for r in resources(st)) for p in protected)
+             and st.get("Condition", {}).get("Null") == {"s3:if-none-match": "true", "s3:if-match": "true"}),
+      "manifests and the config are written only with If-None-Match or If-Match")
 check(tpl["Resources"]["ReaderFunction"]["Properties"]["FunctionUrlConfig"]["AuthType"] == "AWS_IAM", "Function URLs use IAM auth")
 bpab = tpl["Resources"]["Bucket"]["Properties"]["PublicAccessBlockConfiguration"]
 check(all(bpab.values()), "the bucket blocks public access")

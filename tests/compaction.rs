@@ -607,7 +607,7 @@ async fn a_busy_partition_keeps_a_small_manifest_without_gc() {
         last < first * 1.3,
         "the manifest keeps growing after the first grace period: {sizes:?}"
     );
-    assert_eq!(db.status(true).await.unwrap().totals.live, Some(600));
+    assert_eq!(db.status(true).await.unwrap().totals.live, Some(400));
     db.close().await.unwrap();
 }
 

@@ -669,3 +669,27 @@ fn a_writer_creates_the_config_on_a_fresh_bucket_a_reader_says_what_to_run() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("dimensions"));
 }
+
+/// The Lambda template lets a function write only instance records named
+/// `<stack>-<role>-*`; `BRAINY_INSTANCE_PREFIX` names them so.
+#[test]
+fn instance_records_carry_the_configured_prefix() {
+    let mut s = Server::start(&[("BRAINY_INSTANCE_PREFIX", "mystack-writer")], "20000");
+    let records: Vec<String> = walkdir(&s.bucket)
+        .into_iter()
+        .filter(|p| p.contains("/_brainy/instances/"))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let name = records[0].rsplit('/').next().unwrap();
+    assert!(name.starts_with("mystack-writer-"), "{name}");
+    s.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("idx").to_str().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["--bucket", &bucket, "init", "--dimensions", "3"])
+        .env("BRAINY_INSTANCE_PREFIX", "no/slashes")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BRAINY_INSTANCE_PREFIX"));
+}

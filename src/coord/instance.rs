@@ -127,21 +127,29 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "unknown-host".into())
 }
 
+/// Whether `id` may name an instance (and so a key under
+/// `_brainy/instances/`).
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.starts_with('.')
+}
+
 /// A fresh instance id, unique per process: `<host>-<pid>-<random>`,
-/// or `override_id` (from `BRAINY_INSTANCE_ID`) when given.
+/// prefixed by `BRAINY_INSTANCE_PREFIX` when set (so an IAM policy can
+/// let a function write only records named `<prefix>-*`), or
+/// `override_id` (from `BRAINY_INSTANCE_ID`) when given.
 pub fn instance_id(override_id: Option<&str>) -> Result<String, CoordError> {
+    let expected = "1 to 200 characters from A-Z a-z 0-9 - _ . (not starting with .)";
     if let Some(id) = override_id {
-        let ok = !id.is_empty()
-            && id.len() <= 200
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && !id.starts_with('.');
-        if !ok {
+        if !valid_id(id) {
             return Err(CoordError::InvalidSetting {
                 setting: "BRAINY_INSTANCE_ID",
                 value: format!("{id:?}"),
-                expected: "1 to 200 characters from A-Z a-z 0-9 - _ . (not starting with .)".into(),
+                expected: expected.into(),
             });
         }
         return Ok(id.to_string());
@@ -151,11 +159,24 @@ pub fn instance_id(override_id: Option<&str>) -> Result<String, CoordError> {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .take(40)
         .collect();
-    Ok(format!(
+    let id = format!(
         "{host}-{}-{:08x}",
         std::process::id(),
         crate::coord::entropy::random_u64() as u32
-    ))
+    );
+    match std::env::var("BRAINY_INSTANCE_PREFIX") {
+        Ok(prefix) if !prefix.is_empty() => {
+            if !valid_id(&prefix) || prefix.len() > 120 {
+                return Err(CoordError::InvalidSetting {
+                    setting: "BRAINY_INSTANCE_PREFIX",
+                    value: format!("{prefix:?}"),
+                    expected: expected.replace("200", "120"),
+                });
+            }
+            Ok(format!("{prefix}-{id}"))
+        }
+        _ => Ok(id),
+    }
 }
 
 /// Writes (creates or replaces) an instance's own record.
