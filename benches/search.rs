@@ -169,9 +169,15 @@ async fn main() -> anyhow::Result<()> {
     );
     for (label, mut template) in runs {
         template.consistency = shoal::reader::Consistency::Eventual;
-        let r =
-            shoal::bench::run_queries(|| reader.clone(), &queries, &truth, Some(&sims), &template)
-                .await?;
+        let r = shoal::bench::run_queries(
+            || reader.clone(),
+            &queries,
+            &truth,
+            Some(&sims),
+            None,
+            &template,
+        )
+        .await?;
         println!(
             "  {label:<16} {:>9.3} {:>9.3} {:>9.3} {:>7.0} {:>10.4} {:>10.4} {:>9.3} {:>9.3}",
             r.p50_ms,

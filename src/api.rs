@@ -33,7 +33,9 @@ pub use crate::writer::{
 // Input and evaluation helpers the front ends share: reading query rows
 // from files, the readable filter syntax, bulk ingest of files, the
 // benchmark suite and its statistics.
-pub use crate::bench::{exact_top_k, percentile, recall, run_suite, SuiteOptions, SuiteResults};
+pub use crate::bench::{
+    exact_top_k, percentile, recall, run_suite, FilteredOptions, SuiteOptions, SuiteResults,
+};
 pub use crate::dataset::{row_of, DatasetError};
 pub use crate::filter::{parse_filter, parse_filter_expr, FilterError};
 pub use crate::ingest::{ingest_files, IngestEvent, IngestOptions, IngestSummary};

@@ -486,6 +486,100 @@ fn bench_local() {
     bench_writes_every_result_key(&Shoal::local());
 }
 
+/// `--metadata`, `--query-metadata` and `--filtered-truth`: warm queries
+/// filtered on each query's domain, recall against the exact neighbours
+/// among the matching rows (which differ from the unfiltered ones, so a
+/// filter that was not applied would show).
+#[test]
+fn bench_measures_filtered_queries() {
+    let s = Shoal::local();
+    let domain = |i: usize| ["a", "b", "c"][i % 3];
+    let base: Vec<[f32; 4]> = (0..300)
+        .map(|i| {
+            let t = i as f32 * 0.37;
+            [t.sin(), t.cos(), (t * 0.5).sin(), 1.0 + (i % 7) as f32]
+        })
+        .collect();
+    let queries: Vec<[f32; 4]> = (0..6).map(|i| base[i * 50 + 3]).collect();
+    let qdomain = |q: usize| domain(q + 1); // never the query row's own domain
+    let norm = |v: &[f32; 4]| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.map(|x| x / n)
+    };
+    let nearest = |q: &[f32; 4], keep: &dyn Fn(usize) -> bool| -> Vec<i32> {
+        let q = norm(q);
+        let mut s: Vec<(f32, i32)> = base
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep(*i))
+            .map(|(i, b)| {
+                let d = -norm(b).iter().zip(&q).map(|(x, y)| x * y).sum::<f32>();
+                (d, i as i32)
+            })
+            .collect();
+        s.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        s.iter().take(10).map(|x| x.1).collect()
+    };
+    let truth: Vec<Vec<i32>> = queries.iter().map(|q| nearest(q, &|_| true)).collect();
+    let ftruth: Vec<Vec<i32>> = queries
+        .iter()
+        .enumerate()
+        .map(|(qi, q)| nearest(q, &|i| domain(i) == qdomain(qi)))
+        .collect();
+    assert_ne!(truth, ftruth);
+    let dir = s.dir.path();
+    write_fvecs(&dir.join("b.fvecs"), &base);
+    write_fvecs(&dir.join("q.fvecs"), &queries);
+    write_ivecs(&dir.join("t.ivecs"), &truth);
+    write_ivecs(&dir.join("ft.ivecs"), &ftruth);
+    let docs: String = (0..base.len())
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"domain\": \"{}\", \"text\": \"row {i}\"}}\n",
+                domain(i)
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("docs.jsonl"), docs).unwrap();
+    let qs: String = (0..queries.len())
+        .map(|q| format!("{{\"qid\": {q}, \"domain\": \"{}\"}}\n", qdomain(q)))
+        .collect();
+    std::fs::write(dir.join("queries.jsonl"), qs).unwrap();
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let out = p("results.json");
+    s.ok(&[
+        "bench",
+        "--base",
+        &p("b.fvecs"),
+        "--queries",
+        &p("q.fvecs"),
+        "--truth",
+        &p("t.ivecs"),
+        "--metadata",
+        &p("docs.jsonl"),
+        "--query-metadata",
+        &p("queries.jsonl"),
+        "--filtered-truth",
+        &p("ft.ivecs"),
+        "--partitions",
+        "2",
+        "--index-min-records",
+        "50",
+        "--nprobe",
+        "100",
+        "--cold-queries",
+        "1",
+        "--clients",
+        "1",
+        "--out",
+        &out,
+    ]);
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(r["warm_filtered"]["queries"], 6, "{r}");
+    assert_eq!(r["warm_filtered"]["recall_at_10"], 1.0, "{r}");
+    assert_eq!(r["warm"]["recall_at_10"], 1.0, "{r}");
+}
+
 #[tokio::test]
 async fn bench_s3() {
     let Some(s) = Shoal::s3("cli").await else {

@@ -7,7 +7,7 @@
 
 mod suite;
 
-pub use suite::{machine, run_suite, SuiteOptions, SuiteResults};
+pub use suite::{machine, run_suite, FilteredOptions, SuiteOptions, SuiteResults};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -137,11 +137,20 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// recall@k of `got` against the first k of `truth`.
+/// recall@k of `got` against the first k of `truth`. Truth rows padded
+/// with -1 (a filter that fewer than k rows match) count only their
+/// real entries: recall over `min(k, matches)`.
 pub fn recall(got: &[String], truth: &[i32], k: usize) -> f64 {
-    let want: std::collections::HashSet<String> =
-        truth.iter().take(k).map(|i| i.to_string()).collect();
-    got.iter().take(k).filter(|id| want.contains(*id)).count() as f64 / k as f64
+    let want: std::collections::HashSet<String> = truth
+        .iter()
+        .take(k)
+        .filter(|&&i| i >= 0)
+        .map(|i| i.to_string())
+        .collect();
+    if want.is_empty() {
+        return 1.0;
+    }
+    got.iter().take(k).filter(|id| want.contains(*id)).count() as f64 / want.len() as f64
 }
 
 /// The ids of the `k` records nearest to `q` by brute force (ties broken
@@ -165,12 +174,14 @@ pub fn exact_top_k(
 }
 
 /// Runs every query one at a time through `make_reader()` (a fresh reader
-/// per query measures cold queries; the same one measures warm ones).
+/// per query measures cold queries; the same one measures warm ones);
+/// `filters[i]`, when given, is query `i`'s metadata filter.
 pub async fn run_queries<F>(
     mut make_reader: F,
     queries: &[Vec<f32>],
     truth: &[Vec<i32>],
     truth_sim: Option<&[Vec<f32>]>,
+    filters: Option<&[serde_json::Value]>,
     template: &SearchRequest,
 ) -> Result<QueryResult, crate::reader::ReadError>
 where
@@ -187,6 +198,9 @@ where
         let req = SearchRequest {
             vector: q.clone(),
             k: template.k.max(k),
+            filter: filters
+                .map(|f| f[i].clone())
+                .or_else(|| template.filter.clone()),
             ..template.clone()
         };
         let t = Instant::now();
@@ -284,5 +298,9 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 100.0);
         let got: Vec<String> = ["3", "1", "9"].iter().map(|s| s.to_string()).collect();
         assert!((recall(&got, &[1, 2, 3], 3) - 2.0 / 3.0).abs() < 1e-9);
+        // Padded truth (a filter fewer than k rows match): recall over
+        // the real entries.
+        assert!((recall(&got, &[1, 3, -1], 3) - 1.0).abs() < 1e-9);
+        assert!((recall(&got, &[2, -1, -1], 3) - 0.0).abs() < 1e-9);
     }
 }

@@ -45,6 +45,22 @@ pub struct SuiteOptions {
     pub skip_ingest: bool,
     /// The reader's cache budget in bytes (default: the reader's own).
     pub cache_bytes: Option<u64>,
+    /// Filtered queries: per base row its metadata (JSONL, one object per
+    /// line in row order, `id` equal to the row number when present),
+    /// per query the value its filter asks for (JSONL in query order),
+    /// the field filtered on, and exact truth among the matching rows
+    /// (.ivecs, -1 padded).
+    pub filtered: Option<FilteredOptions>,
+}
+
+/// Where the filtered-query phase's inputs are.
+#[derive(Clone, Debug)]
+pub struct FilteredOptions {
+    /// Base metadata (used at ingest; `--skip-ingest` runs ignore it).
+    pub metadata: Option<PathBuf>,
+    pub query_metadata: PathBuf,
+    pub truth: PathBuf,
+    pub field: String,
 }
 
 /// Everything measured, with the settings that produced it.
@@ -55,6 +71,8 @@ pub struct SuiteResults {
     /// The indexer's round over everything compacted (`None` without shards).
     pub index: Option<IndexPhase>,
     pub warm: QueryResult,
+    /// Warm queries with a metadata filter (`filtered` set).
+    pub warm_filtered: Option<QueryResult>,
     pub warm_qps_concurrent: f64,
     pub cold: QueryResult,
     pub store: String,
@@ -145,6 +163,10 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     if base.is_empty() {
         return invalid("the base file must hold vectors".into());
     }
+    let metadata = match o.filtered.as_ref().and_then(|f| f.metadata.as_ref()) {
+        Some(path) => Some(read_metadata(path, base.len())?),
+        None => None,
+    };
     let dims = base[0].len() as u32;
     let opts = OpenOptions {
         settings: crate::coord::RequestedSettings {
@@ -175,7 +197,7 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     let settings = db.settings().clone();
 
     tracing::info!(records = base.len(), dims, store = %store.describe(), "bench: ingest");
-    let ingest = ingest(&store, db.writer(), &base, None, 1000).await?;
+    let ingest = ingest(&store, db.writer(), &base, metadata.as_deref(), 1000).await?;
     tracing::info!(index = %o.index, "bench: compact");
     let t = Instant::now();
     db.compact(CompactRequest {
@@ -254,9 +276,28 @@ async fn query_phases(
         &queries[..warm_n],
         truth,
         None,
+        None,
         &template,
     )
     .await?;
+    let warm_filtered = match &o.filtered {
+        Some(f) => {
+            let (filters, ftruth) = filtered_inputs(f, queries.len())?;
+            tracing::info!(warm_n, field = %f.field, "bench: filtered warm queries");
+            Some(
+                run_queries(
+                    || reader.clone(),
+                    &queries[..warm_n],
+                    &ftruth,
+                    None,
+                    Some(&filters),
+                    &template,
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     let warm_qps_concurrent =
         concurrent_qps(&reader, &queries[..warm_n], &template, o.clients).await?;
     // Cold queries run on readers of their own: the warm one goes first,
@@ -264,12 +305,21 @@ async fn query_phases(
     drop(reader);
     let cold_n = o.cold_queries.min(queries.len());
     tracing::info!(cold_n, "bench: cold queries, each on a fresh reader");
-    let cold = run_queries(fresh_reader, &queries[..cold_n], truth, None, &template).await?;
+    let cold = run_queries(
+        fresh_reader,
+        &queries[..cold_n],
+        truth,
+        None,
+        None,
+        &template,
+    )
+    .await?;
     Ok(SuiteResults {
         ingest: ingest.unwrap_or_default(),
         compact_seconds,
         index,
         warm,
+        warm_filtered,
         warm_qps_concurrent,
         cold,
         store: store.describe(),
@@ -280,6 +330,71 @@ async fn query_phases(
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         machine: machine(),
     })
+}
+
+/// Reads JSONL metadata, one object per line: every field but `id` and
+/// `text` (ids must equal the line number when present: rows are matched
+/// by position).
+fn read_metadata(path: &std::path::Path, rows: usize) -> Result<Vec<serde_json::Value>, Error> {
+    let bad = |m: String| Error::InvalidInput(format!("{}: {m}", path.display()));
+    if path.extension().is_some_and(|e| e == "gz") {
+        return Err(bad(
+            "compressed; decompress it first (gunzip -c FILE.gz > FILE)".into(),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::with_capacity(rows);
+    for (n, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let mut v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).map_err(|e| bad(format!("line {}: {e}", n + 1)))?;
+        if let Some(id) = v.remove("id") {
+            if id.as_u64() != Some(n as u64) {
+                return Err(bad(format!(
+                    "line {}: id {id} is not the row number {n}",
+                    n + 1
+                )));
+            }
+        }
+        v.remove("text");
+        out.push(serde_json::Value::Object(v));
+    }
+    if out.len() != rows {
+        return Err(bad(format!("{} lines for {rows} base vectors", out.len())));
+    }
+    Ok(out)
+}
+
+/// Each query's filter (`{field: its value}`) and the filtered truth.
+fn filtered_inputs(
+    f: &FilteredOptions,
+    queries: usize,
+) -> Result<(Vec<serde_json::Value>, Vec<Vec<i32>>), Error> {
+    let path = &f.query_metadata;
+    let bad = |m: String| Error::InvalidInput(format!("{}: {m}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let filters = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(n, line)| {
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| bad(format!("line {}: {e}", n + 1)))?;
+            let want = v
+                .get(&f.field)
+                .ok_or_else(|| bad(format!("line {} has no {:?} field", n + 1, f.field)))?;
+            Ok(serde_json::json!({ f.field.clone(): want.clone() }))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let truth = crate::dataset::read_ivecs(&f.truth)?;
+    if filters.len() < queries || truth.len() < queries {
+        return Err(Error::InvalidInput(format!(
+            "{} queries, but {} query metadata lines and {} filtered truth rows",
+            queries,
+            filters.len(),
+            truth.len()
+        )));
+    }
+    Ok((filters, truth))
 }
 
 /// Bytes of the index a query may read: every shard the index manifest

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
-use shoal::api::{run_suite, Metric, SuiteOptions};
+use shoal::api::{run_suite, FilteredOptions, Metric, SuiteOptions};
 
 use super::Ctx;
 
@@ -61,6 +61,20 @@ pub(crate) struct BenchArgs {
     /// (default: SHOAL_CACHE_BYTES, the container's memory limit, ...).
     #[arg(long, value_parser = shoal::api::parse_bytes)]
     pub cache_bytes: Option<u64>,
+    /// Base metadata for filtered queries: JSONL, one object per base row
+    /// (the shared dataset's docs.jsonl, decompressed).
+    #[arg(long, requires = "filtered_truth")]
+    pub metadata: Option<PathBuf>,
+    /// Per query (JSONL, in query order) the value its filter asks for.
+    #[arg(long, requires = "filtered_truth")]
+    pub query_metadata: Option<PathBuf>,
+    /// Exact neighbours among the rows matching each query's filter
+    /// (.ivecs, -1 padded): measures warm filtered queries.
+    #[arg(long, requires = "query_metadata")]
+    pub filtered_truth: Option<PathBuf>,
+    /// The metadata field filtered queries match on.
+    #[arg(long, default_value = "domain")]
+    pub filter_field: String,
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -84,6 +98,12 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         store_latency_ms: a.store_latency_ms,
         skip_ingest: a.skip_ingest,
         cache_bytes: a.cache_bytes,
+        filtered: a.filtered_truth.clone().map(|truth| FilteredOptions {
+            metadata: a.metadata.clone(),
+            query_metadata: a.query_metadata.clone().expect("clap requires it"),
+            truth,
+            field: a.filter_field.clone(),
+        }),
     };
     eprintln!(
         "bench: ingest, compact ({} index), warm and cold queries",
@@ -119,6 +139,12 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "vectors_scored_per_query": warm.vectors_compared_per_query + warm.codes_scanned_per_query,
             "fetch_ms": warm.fetch_ms, "compute_ms": warm.compute_ms,
         },
+        "warm_filtered": r.warm_filtered.as_ref().map(|f| json!({
+            "queries": f.queries, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms,
+            "recall_at_10": f.recall_at_10, "field": a.filter_field,
+            "vectors_compared_per_query": f.vectors_compared_per_query,
+            "codes_scanned_per_query": f.codes_scanned_per_query,
+        })),
         "cold": {
             "queries": cold.queries, "p50_ms": cold.p50_ms, "p99_ms": cold.p99_ms,
             "s3_requests_per_query": cold.requests_per_query, "bytes_per_query": cold.bytes_per_query,
@@ -211,6 +237,13 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "warm",
             "recall@10".into(),
             format!("{:.4}", warm.recall_at_10),
+        ),
+        (
+            "warm, filtered",
+            "p50 ms / recall@10".into(),
+            r.warm_filtered.as_ref().map_or("not measured".into(), |f| {
+                format!("{:.3} / {:.4}", f.p50_ms, f.recall_at_10)
+            }),
         ),
         (
             "cold",
