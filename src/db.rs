@@ -333,11 +333,17 @@ impl Db {
     }
 
     pub(crate) fn count_writes(&self, n: usize) {
-        self.inner
-            .cluster
-            .metrics()
-            .writes
-            .fetch_add(n as u64, Ordering::Relaxed);
+        let m = self.inner.cluster.metrics();
+        m.writes.fetch_add(n as u64, Ordering::Relaxed);
+        let w = self.inner.writer.stats();
+        m.cas_conflicts.store(w.conflicts, Ordering::Relaxed);
+        m.cas_retries.store(w.retries, Ordering::Relaxed);
+    }
+
+    /// Settles the caches' sizes (pending evictions and insertions), so
+    /// [`Db::reader_stats`] reports what they hold now.
+    pub async fn settle_caches(&self) {
+        self.inner.reader.run_cache_maintenance().await;
     }
 
     /// Searches every partition and merges the top-k.

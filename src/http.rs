@@ -245,6 +245,8 @@ async fn dispatch(
 
 async fn metrics(State(st): S, headers: HeaderMap) -> Response {
     respond(&st, "metrics", Some(Grant::Read), &headers, async {
+        // Cache sizes settle lazily: settle them so the bytes are now's.
+        st.db.settle_caches().await;
         let text = render_metrics(&st);
         Ok((
             StatusCode::OK,
@@ -309,15 +311,98 @@ fn render_metrics(st: &AppState) -> String {
     }
     drop(m);
     let rs = st.db.reader_stats();
+    let ws = st.db.writer_stats();
     let hit_rate = if rs.cache_hits + rs.cache_misses == 0 {
         0.0
     } else {
         rs.cache_hits as f64 / (rs.cache_hits + rs.cache_misses) as f64
     };
-    let _ = writeln!(out, "# HELP shoal_cache_hit_rate Segment cache hit rate.\n# TYPE shoal_cache_hit_rate gauge\nshoal_cache_hit_rate {hit_rate}");
-    let _ = writeln!(out, "# HELP shoal_cache_bytes Decoded bytes in the segment cache.\n# TYPE shoal_cache_bytes gauge\nshoal_cache_bytes {}", rs.cache_bytes);
-    let _ = writeln!(out, "# HELP shoal_records Live records in the partitions this reader has loaded.\n# TYPE shoal_records gauge\nshoal_records {}", rs.live_records);
-    let _ = writeln!(out, "# HELP shoal_segments Segments in the partitions this reader has loaded.\n# TYPE shoal_segments gauge\nshoal_segments {}", rs.segments);
+    let gauges: [(&str, &str, &str, f64); 13] = [
+        (
+            "shoal_cache_hits_total",
+            "counter",
+            "Cache lookups (segments and shard parts) answered from memory.",
+            rs.cache_hits as f64,
+        ),
+        (
+            "shoal_cache_misses_total",
+            "counter",
+            "Cache lookups that had to fetch.",
+            rs.cache_misses as f64,
+        ),
+        (
+            "shoal_cache_hit_rate",
+            "gauge",
+            "Hits over lookups (0 before any lookup).",
+            hit_rate,
+        ),
+        (
+            "shoal_cache_bytes",
+            "gauge",
+            "Bytes the caches hold (segments and shard parts).",
+            rs.cache_bytes as f64,
+        ),
+        (
+            "shoal_pinned_bytes",
+            "gauge",
+            "Bytes of the index view held outside the cache (shard heads, ids).",
+            rs.pinned_bytes as f64,
+        ),
+        (
+            "shoal_queries_total",
+            "counter",
+            "Searches served.",
+            rs.queries as f64,
+        ),
+        (
+            "shoal_records",
+            "gauge",
+            "Live records in the partitions this reader has loaded.",
+            rs.live_records as f64,
+        ),
+        (
+            "shoal_segments",
+            "gauge",
+            "Segments in the partitions this reader has loaded.",
+            rs.segments as f64,
+        ),
+        (
+            "shoal_write_records_total",
+            "counter",
+            "Records written (upserts and deletes) by this instance.",
+            ws.records as f64,
+        ),
+        (
+            "shoal_write_segments_total",
+            "counter",
+            "Segments this instance committed.",
+            ws.segments as f64,
+        ),
+        (
+            "shoal_write_bytes_total",
+            "counter",
+            "Segment bytes this instance committed.",
+            ws.bytes as f64,
+        ),
+        (
+            "shoal_cas_conflicts_total",
+            "counter",
+            "Manifest commits that lost a compare-and-swap race (then retried).",
+            ws.conflicts as f64,
+        ),
+        (
+            "shoal_cas_retries_total",
+            "counter",
+            "Commits retried after a transient store error.",
+            ws.retries as f64,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
     let r = st.db.store_counts();
     out.push_str("# HELP shoal_store_requests_total Object-store requests by kind.\n# TYPE shoal_store_requests_total counter\n");
     for (kind, n) in [

@@ -693,3 +693,74 @@ fn instance_records_carry_the_configured_prefix() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("BRAINY_INSTANCE_PREFIX"));
 }
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `/metrics` after known operations: exact counts, a hit rate of 0
+/// before any lookup (it was 50 %), and cache bytes that are not 0 with
+/// segments cached.
+#[test]
+fn metrics_report_exactly_what_was_done() {
+    let mut s = Server::start(&[], "20000");
+    let (st, m) = s.call("GET", "/metrics", &[], b"");
+    assert_eq!(st, 200);
+    assert_eq!(metric(&m, "shoal_cache_hit_rate"), 0.0);
+    assert_eq!(metric(&m, "shoal_cache_hits_total"), 0.0);
+    assert_eq!(metric(&m, "shoal_queries_total"), 0.0);
+    for n in 1..=3 {
+        let records: Vec<Value> = (0..n)
+            .map(|i| json!({"id": format!("r{n}-{i}"), "vector": [1, i, 0]}))
+            .collect();
+        assert_eq!(
+            s.json("POST", "/v1/upsert", json!({ "records": records }))
+                .0,
+            200
+        );
+    }
+    assert_eq!(
+        s.json("POST", "/v1/delete", json!({"ids": ["r1-0"]})).0,
+        200
+    );
+    for _ in 0..4 {
+        let (st, _) = s.json(
+            "POST",
+            "/v1/search",
+            json!({"vector": [1, 0, 0], "k": 3, "consistency": "strong"}),
+        );
+        assert_eq!(st, 200);
+    }
+    let (_, m) = s.call("GET", "/metrics", &[], b"");
+    assert_eq!(
+        metric(&m, "shoal_write_records_total"),
+        7.0,
+        "1 + 2 + 3 upserted, 1 deleted"
+    );
+    assert_eq!(metric(&m, "shoal_queries_total"), 4.0);
+    assert_eq!(
+        metric(
+            &m,
+            "shoal_http_requests_total{endpoint=\"search\",status=\"200\"}"
+        ),
+        4.0
+    );
+    assert_eq!(metric(&m, "shoal_cas_conflicts_total"), 0.0, "one writer");
+    let (hits, misses) = (
+        metric(&m, "shoal_cache_hits_total"),
+        metric(&m, "shoal_cache_misses_total"),
+    );
+    assert!(misses > 0.0, "{m}");
+    assert!(hits > 0.0, "four searches of the same segments: {m}");
+    assert!((metric(&m, "shoal_cache_hit_rate") - hits / (hits + misses)).abs() < 1e-9);
+    assert!(
+        metric(&m, "shoal_cache_bytes") > 0.0,
+        "segments are cached: {m}"
+    );
+    s.stop();
+}

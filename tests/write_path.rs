@@ -546,3 +546,84 @@ async fn a_writer_frozen_past_the_grace_period_loses_nothing(store: Arc<Counted>
     );
     assert!(common::verify(&store).await.unwrap().is_clean());
 }
+
+/// Defect: writers' compare-and-swap conflicts were counted and never
+/// published, and shard-part cache lookups never reached the hit rate.
+/// Two handles race on one partition until one loses a CAS, then search;
+/// the instance record it heartbeats carries exactly its counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_records_publish_exact_counters() {
+    // A little latency per request, so two handles' commits overlap.
+    let store = Arc::new(common::memory_store().with_latency(Duration::from_millis(2)));
+    let open = || {
+        Db::open_store(
+            store.clone(),
+            OpenOptions {
+                settings: RequestedSettings {
+                    partition_count: Some(1),
+                    dimensions: Some(2),
+                    ..Default::default()
+                },
+                role: Some(Role::Both),
+                background_heartbeat: false,
+                ..Default::default()
+            },
+        )
+    };
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    let mut written = 0u64;
+    for round in 0..50 {
+        let writes = (0..8).map(|i| {
+            let db = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let id = format!("r{round}-{i}");
+            async move { db.upsert(&[Record::new(id, vec![1.0, i as f32])]).await }
+        });
+        let receipts = futures::future::join_all(writes).await;
+        written += receipts
+            .iter()
+            .step_by(2)
+            .map(|r| r.as_ref().unwrap().records as u64)
+            .sum::<u64>();
+        if a.writer_stats().conflicts > 0 {
+            break;
+        }
+    }
+    let conflicts = a.writer_stats().conflicts;
+    assert!(conflicts > 0, "no CAS race was lost in 50 rounds");
+    // Into an index shard, so searches read shard parts through the
+    // block cache as well as tail segments.
+    let round = a.index(true).await.unwrap();
+    assert!(!round.shards_written.is_empty());
+    let before = a.instance_record().await.metrics;
+    assert_eq!(before.queries, 0);
+    assert_eq!(
+        before.cache_hit_rate, 0.0,
+        "no lookup yet: not a made-up rate"
+    );
+    for i in 0..3 {
+        let req = shoal::api::SearchRequest {
+            consistency: shoal::api::Consistency::Strong,
+            ..shoal::api::SearchRequest::new(vec![1.0, i as f32], 5)
+        };
+        a.search(&req).await.unwrap();
+    }
+    a.heartbeat_now().await.unwrap();
+    let key = format!("_brainy/instances/{}.json", a.instance_id());
+    let rec: serde_json::Value =
+        serde_json::from_slice(&store.get(&key).await.unwrap().bytes).unwrap();
+    let m = &rec["metrics"];
+    let rs = a.reader_stats();
+    assert_eq!(m["casConflicts"], conflicts, "{m}");
+    assert_eq!(m["writes"], written, "{m}");
+    assert_eq!(m["queries"], 3, "{m}");
+    assert_eq!(m["cacheHits"], rs.cache_hits, "{m}");
+    assert_eq!(m["cacheMisses"], rs.cache_misses, "{m}");
+    assert!(rs.cache_hits + rs.cache_misses > 0, "{m}");
+    let rate = rs.cache_hits as f64 / (rs.cache_hits + rs.cache_misses) as f64;
+    assert!(
+        (m["cacheHitRate"].as_f64().unwrap() - rate).abs() < 1e-9,
+        "{m}"
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

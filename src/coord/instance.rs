@@ -70,6 +70,18 @@ pub struct MetricsSnapshot {
     pub memory_usage: u64,
     pub queries: u64,
     pub writes: u64,
+    /// Cache lookups (segments and shard parts) answered from memory, and
+    /// not; `cacheHitRate` is their ratio (0 before any lookup).
+    #[serde(default)]
+    pub cache_hits: u64,
+    #[serde(default)]
+    pub cache_misses: u64,
+    /// Manifest commits that lost a compare-and-swap race, and commits
+    /// retried after a transient error.
+    #[serde(default)]
+    pub cas_conflicts: u64,
+    #[serde(default)]
+    pub cas_retries: u64,
     /// Object-store requests made by this instance.
     pub requests: RequestCounts,
 }
@@ -83,6 +95,8 @@ pub struct InstanceMetrics {
     pub writes: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    pub cas_conflicts: AtomicU64,
+    pub cas_retries: AtomicU64,
 }
 
 impl InstanceMetrics {
@@ -99,6 +113,10 @@ impl InstanceMetrics {
             memory_usage: resident_memory_bytes(),
             queries: l(&self.queries),
             writes: l(&self.writes),
+            cache_hits: hits,
+            cache_misses: misses,
+            cas_conflicts: l(&self.cas_conflicts),
+            cas_retries: l(&self.cas_retries),
             requests,
         }
     }

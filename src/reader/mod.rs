@@ -518,7 +518,11 @@ impl Reader {
                     .map(|_| view::Slot::default())
                     .collect(),
                 index: shards::IndexSlot::default(),
-                blocks: ranged::Blocks::new(opts.cache_bytes - segment_bytes, opts.cache_ttl),
+                blocks: ranged::Blocks::new(
+                    opts.cache_bytes - segment_bytes,
+                    opts.cache_ttl,
+                    metrics.clone(),
+                ),
                 opts,
                 cache,
                 queries: AtomicU64::new(0),
@@ -631,8 +635,9 @@ impl Reader {
             shard_rows: index.as_ref().map_or(0, |v| v.live_rows()),
             pinned_bytes: index.as_ref().map_or(0, |v| v.memory_bytes() as u64),
             queries: s.queries.load(Ordering::Relaxed),
-            cache_hits: s.hits.load(Ordering::Relaxed),
-            cache_misses: s.misses.load(Ordering::Relaxed),
+            cache_hits: s.hits.load(Ordering::Relaxed) + s.blocks.hits.load(Ordering::Relaxed),
+            cache_misses: s.misses.load(Ordering::Relaxed)
+                + s.blocks.misses.load(Ordering::Relaxed),
             cache_entries: s.cache.entry_count() + s.blocks.entry_count(),
             cache_bytes: s.cache.weighted_size() + s.blocks.weighted_size(),
             partitions_loaded: loaded,

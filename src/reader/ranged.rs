@@ -233,11 +233,23 @@ type Pending = SharedFuture<BoxFuture<'static, Fetched>>;
 pub(crate) struct Blocks {
     cache: moka::future::Cache<PartKey, Arc<Block>>,
     inflight: Mutex<HashMap<PartKey, (Pending, usize)>>,
+    /// Lookups answered from the cache, and not: once per part a query
+    /// asked for (the reader's totals and the instance record's).
+    pub(crate) hits: std::sync::atomic::AtomicU64,
+    pub(crate) misses: std::sync::atomic::AtomicU64,
+    metrics: Option<Arc<crate::coord::instance::InstanceMetrics>>,
 }
 
 impl Blocks {
-    pub(crate) fn new(capacity: u64, ttl: std::time::Duration) -> Self {
+    pub(crate) fn new(
+        capacity: u64,
+        ttl: std::time::Duration,
+        metrics: Option<Arc<crate::coord::instance::InstanceMetrics>>,
+    ) -> Self {
         Blocks {
+            hits: Default::default(),
+            misses: Default::default(),
+            metrics,
             cache: moka::future::Cache::builder()
                 .max_capacity(capacity.max(1))
                 .weigher(|_k: &PartKey, v: &Arc<Block>| {
@@ -288,16 +300,21 @@ impl Blocks {
                 None => missing.push(p),
             }
         }
-        let hits = got.len() as u64;
-        tally
-            .hits
-            .fetch_add(hits, std::sync::atomic::Ordering::Relaxed);
+        let (hits, misses) = (got.len() as u64, missing.len() as u64);
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            tally.hits.fetch_add(hits, Relaxed);
+            tally.misses.fetch_add(misses, Relaxed);
+            self.hits.fetch_add(hits, Relaxed);
+            self.misses.fetch_add(misses, Relaxed);
+            if let Some(m) = &self.metrics {
+                m.cache_hits.fetch_add(hits, Relaxed);
+                m.cache_misses.fetch_add(misses, Relaxed);
+            }
+        }
         if missing.is_empty() {
             return Ok(got);
         }
-        tally
-            .misses
-            .fetch_add(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
         // Join fetches in flight; plan requests for the rest. Each wait
         // names its parts and where each sits in the request's blocks.
         let mut waits: Vec<(Vec<(Part, usize)>, Pending)> = Vec::new();
