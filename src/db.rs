@@ -421,7 +421,12 @@ impl Db {
 
     /// One scheduled compactor round (the compactor Lambda): compacts
     /// partitions by policy, resuming where the last round stopped, until
-    /// `deadline - margin`; runs GC after each full pass; saves the cursor.
+    /// `deadline - margin`; runs the indexer and GC after each full pass.
+    /// Progress is saved after every partition, and a partition (or an
+    /// indexer round) that outruns the time left is abandoned (its
+    /// half-done output is an orphan GC removes), recorded in the cursor as
+    /// deferred and skipped: the next invocation resumes after it, so one
+    /// large partition never stalls the others.
     pub async fn compact_round(
         &self,
         deadline: Instant,
@@ -437,24 +442,40 @@ impl Db {
         let mut indexed = Vec::new();
         let (id, clock) = (self.instance_id(), self.inner.cluster.clock());
         let opts = CompactOptions::default();
-        while Instant::now() + margin < deadline && visited < n {
+        let left = || deadline.saturating_duration_since(Instant::now() + margin);
+        while !left().is_zero() && visited < n {
             let p = cursor.next_partition;
-            let outcome =
-                crate::compact::compact_partition(store, settings, p, id, clock, &opts).await?;
-            if let Outcome::Compacted(r) = outcome {
-                compacted.push(r);
+            let work = crate::compact::compact_partition(store, settings, p, id, clock, &opts);
+            match tokio::time::timeout(left(), work).await {
+                Ok(outcome) => {
+                    if let Outcome::Compacted(r) = outcome? {
+                        compacted.push(r);
+                    }
+                    cursor.deferred.remove(&p);
+                }
+                Err(_) => {
+                    tracing::warn!(partition = p, "compaction outran the invocation; deferred");
+                    *cursor.deferred.entry(p).or_default() += 1;
+                }
             }
             visited += 1;
             cursor.next_partition = (p + 1) % n;
             if cursor.next_partition == 0 {
                 cursor.passes += 1;
                 let opts = IndexOptions::default();
-                indexed.push(index_round(store, settings, id, clock, opts).await?);
-                crate::compact::gc::gc(store, settings, clock, gc).await?;
-                gc_runs += 1;
+                match tokio::time::timeout(left(), index_round(store, settings, id, clock, opts))
+                    .await
+                {
+                    Ok(round) => indexed.push(round?),
+                    Err(_) => tracing::warn!("indexer round outran the invocation; next pass"),
+                }
+                if !left().is_zero() {
+                    crate::compact::gc::gc(store, settings, clock, gc).await?;
+                    gc_runs += 1;
+                }
             }
+            save_cursor(store, &cursor).await?;
         }
-        save_cursor(store, &cursor).await?;
         Ok(CompactRound {
             partitions_visited: visited,
             compacted,

@@ -693,3 +693,79 @@ async fn background_gc_keeps_storage_flat_under_many_tiny_writes() {
     assert_eq!(db.status(true).await.unwrap().totals.live, Some(600));
     db.close().await.unwrap();
 }
+
+/// Defect: the compactor Lambda saved its cursor only at the end of an
+/// invocation, so a partition whose compaction outran the time left was
+/// retried first every time and stalled every other partition (and GC)
+/// forever. Here partition 2's commit never returns; invocations with a
+/// fraction of a second each still compact every other partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compactor_with_little_time_never_stalls_on_one_partition() {
+    let faults = Arc::new(WriteFaults::new(
+        Arc::new(shoal::store::memory::MemoryStore::unique()),
+        "vectors/p002/manifest.json",
+    ));
+    let store = Arc::new(Counted::new(faults.clone()));
+    let db = shoal::Db::open_store(
+        store.clone(),
+        shoal::OpenOptions {
+            settings: shoal::api::RequestedSettings {
+                partition_count: Some(4),
+                dimensions: Some(2),
+                ..Default::default()
+            },
+            role: Some(shoal::api::Role::Writer),
+            background_heartbeat: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for i in 0..120u32 {
+        db.upsert(&[Record::new(format!("r{i}"), vec![1.0, i as f32])])
+            .await
+            .unwrap();
+    }
+    let segments = |p: u32| {
+        let store = store.clone();
+        async move {
+            let (m, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
+            m.segments.len()
+        }
+    };
+    let mut before = Vec::new();
+    for p in 0..4 {
+        before.push(segments(p).await);
+    }
+    assert!(before.iter().all(|&n| n >= 10), "{before:?}");
+    faults.hang_writes(true);
+    for _ in 0..3 {
+        let round = tokio::time::timeout(
+            Duration::from_secs(20),
+            db.compact_round(
+                std::time::Instant::now() + Duration::from_millis(500),
+                Duration::from_millis(50),
+                &GcOptions::default(),
+            ),
+        )
+        .await
+        .expect("an invocation returns within its time");
+        let round = round.unwrap();
+        assert!(round.partitions_visited >= 1, "{round:?}");
+    }
+    for p in [0u32, 1, 3] {
+        let after = segments(p).await;
+        assert!(
+            after < before[p as usize],
+            "partition {p}: {after} segments, {before:?}"
+        );
+    }
+    assert_eq!(segments(2).await, before[2], "its commit never returns");
+    let cursor = shoal::coord::cursor::read_cursor(store.as_ref())
+        .await
+        .unwrap();
+    assert!(
+        cursor.deferred.get(&2).is_some_and(|&n| n >= 1),
+        "{cursor:?}"
+    );
+}

@@ -15,6 +15,11 @@ pub struct Cursor {
     pub next_partition: u32,
     /// Full passes completed (GC runs after each).
     pub passes: u64,
+    /// Partitions whose compaction outran an invocation's time, and how
+    /// many times in a row: the round skips past them (so one slow
+    /// partition never stalls the others) and retries them next pass.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub deferred: std::collections::BTreeMap<u32, u32>,
 }
 
 /// The saved cursor, or the start when none is saved.
