@@ -485,6 +485,20 @@ impl Db {
         })
     }
 
+    /// Changes settings by JSON path (`gcGraceSeconds`, `index.nprobe`,
+    /// ...; see `coord::config::set_settings`): compare-and-swap, with
+    /// the library's refusals (layout settings once data exists, invalid
+    /// values). Returns the config as stored. Instances opened earlier
+    /// keep the settings they opened with until they reopen.
+    pub async fn set_settings(
+        &self,
+        changes: &[(String, serde_json::Value)],
+    ) -> Result<crate::coord::Config, Error> {
+        let store = self.inner.cluster.store();
+        let clock = self.inner.cluster.clock();
+        Ok(crate::coord::config::set_settings(store.as_ref(), clock.as_ref(), changes).await?)
+    }
+
     /// Deletes what no manifest needs any more (see `compact::gc`).
     pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport, Error> {
         let store = self.inner.cluster.store();

@@ -766,3 +766,50 @@ fn a_large_ingest_is_indexed_a_small_one_waits() {
     assert_eq!(st["index"]["tail_records"], 0);
     assert!(s.run(&["get", "s7"]).status.success());
 }
+
+/// `config show` prints the stored config; `config set` changes what may
+/// change (compare-and-swap) and refuses the rest, naming it, with
+/// nothing written.
+#[test]
+fn config_show_and_set_change_only_what_may_change() {
+    let s = Shoal::local();
+    s.ok(&["init", "--dimensions", "3", "--partitions", "4"]);
+    let shown: Value = serde_json::from_str(&s.ok(&["config", "show"])).unwrap();
+    assert_eq!(shown["settings"]["dimensions"], 3);
+    s.ok(&[
+        "config",
+        "set",
+        "gcGraceSeconds=1800",
+        "index.nprobe=12",
+        "embeddingModel=minilm",
+    ]);
+    let shown: Value = serde_json::from_str(&s.ok(&["config", "show"])).unwrap();
+    let st = &shown["settings"];
+    assert_eq!(st["gcGraceSeconds"], 1800);
+    assert_eq!(st["index"]["nprobe"], 12);
+    assert_eq!(st["embeddingModel"], "minilm");
+    let config_file = s.dir.path().join("index/_brainy/config.json");
+    let before = std::fs::read(&config_file).unwrap();
+    for (change, says) in [
+        ("gcGraceSeconds=10", "gcGraceSeconds"),
+        ("noSuchSetting=1", "unknown setting noSuchSetting"),
+        ("index.nprobe=\"many\"", "cannot apply"),
+        ("partitionsInitialized=false", "managed by shoal"),
+        ("dimensions=0", "dimensions"),
+    ] {
+        let err = s.fails(&["config", "set", change], 1);
+        assert!(err.contains(says), "{change}: {err}");
+        assert_eq!(
+            std::fs::read(&config_file).unwrap(),
+            before,
+            "{change} wrote"
+        );
+    }
+    // Layout settings change only while the index holds no data.
+    s.ok(&["config", "set", "dimensions=4"]);
+    let rows = s.dir.path().join("rows.jsonl");
+    std::fs::write(&rows, "{\"id\": \"a\", \"vector\": [1, 0, 0, 0]}\n").unwrap();
+    s.ok(&["ingest", rows.to_str().unwrap()]);
+    let err = s.fails(&["config", "set", "dimensions=5"], 1);
+    assert!(err.contains("dimensions"), "{err}");
+}

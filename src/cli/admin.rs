@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use shoal::api::{CompactRequest, GcOptions, Outcome, RepairOptions, RequestedSettings, Role};
 use shoal::OpenOptions;
 
-use super::{Ctx, InitArgs};
+use super::{ConfigCommand, Ctx, InitArgs};
 
 pub(super) async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
     let requested = RequestedSettings {
@@ -34,6 +34,40 @@ pub(super) async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
         "  {} dimensions, {} metric, {} partitions, model {}",
         s.dimensions, s.distance_metric, s.partition_count, s.embedding_model
     );
+    Ok(())
+}
+
+pub(super) async fn config(ctx: &Ctx, c: ConfigCommand) -> Result<()> {
+    match c {
+        ConfigCommand::Show => {
+            let db = ctx.observe().await?;
+            println!("{}", serde_json::to_string_pretty(db.config())?);
+            db.close().await?;
+        }
+        ConfigCommand::Set { changes } => {
+            let mut parsed = Vec::with_capacity(changes.len());
+            for c in &changes {
+                let Some((key, value)) = c.split_once('=') else {
+                    bail!("{c:?} is not KEY=VALUE (e.g. gcGraceSeconds=1800)");
+                };
+                let value = serde_json::from_str(value)
+                    .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+                parsed.push((key.trim().to_string(), value));
+            }
+            let db = ctx.observe().await?;
+            let config = db.set_settings(&parsed).await;
+            db.close().await?;
+            let config = config?;
+            if ctx.json {
+                return ctx.print_json(&config);
+            }
+            println!("{}", serde_json::to_string_pretty(&config.settings)?);
+            eprintln!(
+                "changed {}; running instances use the new settings when they restart",
+                changes.join(", ")
+            );
+        }
+    }
     Ok(())
 }
 

@@ -118,6 +118,10 @@ pub(crate) enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Show or change the index config (`config show`, `config set
+    /// gcGraceSeconds=1800 index.nprobe=12`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Show the config, live instances, partitions and request counters.
     Status {
         /// Also count live and dead records per partition (reads every
@@ -175,6 +179,22 @@ pub(crate) enum Command {
     Serve(serve::ServeArgs),
     /// Run shoal end to end on a small real dataset shipped with it: ingest, search, recall.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print the config stored in the bucket (JSON).
+    Show,
+    /// Change settings: `KEY=VALUE` pairs, KEY a JSON path in the config's
+    /// settings (embeddingModel, instanceTimeoutSeconds, gcGraceSeconds,
+    /// index.nprobe, index.kind, ...), VALUE JSON (bare words are strings).
+    /// Compare-and-swap; partitionCount, dimensions and distanceMetric are
+    /// refused once data exists. Running instances keep their settings
+    /// until they restart.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        changes: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -249,6 +269,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Init(a) => admin::init(&ctx, a).await,
+        Command::Config(c) => admin::config(&ctx, c).await,
         Command::Repair {
             partition,
             dry_run,

@@ -510,6 +510,116 @@ pub async fn change_settings(
     Ok(config)
 }
 
+/// Settings no one sets by hand.
+const FIXED_SETTINGS: [&str; 2] = ["partitionStrategy", "partitionsInitialized"];
+
+/// Changes settings named by their JSON paths (`gcGraceSeconds`,
+/// `embeddingModel`,
+/// `index.nprobe`, ...) to JSON values, with compare-and-swap: an unknown
+/// setting, a value of the wrong type or out of range, and a layout
+/// setting (`partitionCount`, `dimensions`, `distanceMetric`) once data
+/// exists are refused, naming the setting, and nothing is written.
+pub async fn set_settings(
+    store: &dyn ObjectStore,
+    clock: &dyn Clock,
+    changes: &[(String, Value)],
+) -> Result<Config, CoordError> {
+    let bad = |m: String| Err(CoordError::BadChange(m));
+    if changes.is_empty() {
+        return bad("no settings to change".into());
+    }
+    let mut layout = RequestedSettings::default();
+    let mut other = Vec::new();
+    for (key, value) in changes {
+        if FIXED_SETTINGS.contains(&key.as_str()) {
+            return bad(format!("{key} is managed by shoal and cannot be set"));
+        }
+        match key.as_str() {
+            "partitionCount" | "dimensions" => {
+                let Some(n) = value.as_u64().and_then(|n| u32::try_from(n).ok()) else {
+                    return bad(format!("{key} must be a positive integer, not {value}"));
+                };
+                if key == "dimensions" {
+                    layout.dimensions = Some(n);
+                } else {
+                    layout.partition_count = Some(n);
+                }
+            }
+            "distanceMetric" => {
+                let m = value
+                    .as_str()
+                    .and_then(|m| m.parse::<crate::vocab::Metric>().ok());
+                let Some(m) = m else {
+                    return bad(format!(
+                        "distanceMetric must be cosine, euclidean or dot, not {value}"
+                    ));
+                };
+                layout.distance_metric = Some(m);
+            }
+            _ => other.push((key.clone(), value.clone())),
+        }
+    }
+    let has_layout = layout.dimensions.is_some()
+        || layout.partition_count.is_some()
+        || layout.distance_metric.is_some();
+    // Check every other change against the stored config before writing
+    // anything, layout changes included.
+    let apply = |config: &mut Config| -> Result<(), CoordError> {
+        let mut v = serde_json::to_value(&config.settings).expect("serializable");
+        let obj = v.as_object_mut().expect("settings are an object");
+        for (key, value) in &other {
+            let unknown = |keys: Vec<&String>| {
+                CoordError::BadChange(format!("unknown setting {key}; settings here: {keys:?}"))
+            };
+            match key.split_once('.') {
+                None => {
+                    if !obj.contains_key(key) {
+                        return Err(unknown(obj.keys().collect()));
+                    }
+                    obj.insert(key.clone(), value.clone());
+                }
+                Some((head, tail)) => {
+                    if head == "index" && !obj.contains_key("index") {
+                        let defaults = serde_json::to_value(IndexSettings::default());
+                        obj.insert("index".into(), defaults.expect("serializable"));
+                    }
+                    let keys: Vec<String> = obj.keys().cloned().collect();
+                    let Some(inner) = obj.get_mut(head).and_then(Value::as_object_mut) else {
+                        return Err(unknown(keys.iter().collect()));
+                    };
+                    if tail.contains('.') || !inner.contains_key(tail) {
+                        return Err(unknown(inner.keys().collect()));
+                    }
+                    inner.insert(tail.to_string(), value.clone());
+                }
+            }
+        }
+        config.settings = serde_json::from_value(v)
+            .map_err(|e| CoordError::BadChange(format!("cannot apply {other:?}: {e}")))?;
+        config.settings.validate()?;
+        if let Some(ix) = &config.settings.index {
+            ix.validate()?;
+        }
+        Ok(())
+    };
+    let Some((mut probe, _)) = read_config(store).await? else {
+        return bad(format!(
+            "cannot change settings: {CONFIG_KEY} does not exist"
+        ));
+    };
+    apply(&mut probe)?;
+    if has_layout {
+        change_settings(store, clock, &layout).await?;
+    }
+    if other.is_empty() {
+        return read_config(store)
+            .await?
+            .map(|(c, _)| c)
+            .ok_or_else(|| CoordError::MissingSetting(format!("{CONFIG_KEY} vanished")));
+    }
+    update_config(store, clock, apply).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

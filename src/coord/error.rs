@@ -50,6 +50,10 @@ pub enum CoordError {
     /// No config in the bucket and not enough settings to create one.
     #[error("{0}")]
     MissingSetting(String),
+    /// A settings change names an unknown setting, a value of the wrong
+    /// type, or one that may not change.
+    #[error("{0}")]
+    BadChange(String),
     /// A partition manifest is gone from an index whose manifests all
     /// exist from `init` on: the partition's segments are unreachable
     /// until `shoal repair` rebuilds it. Nothing recreates it silently.
@@ -100,6 +104,7 @@ impl CoordError {
             CoordError::InvalidSetting { .. }
             | CoordError::Immutable { .. }
             | CoordError::MissingSetting(_)
+            | CoordError::BadChange(_)
             | CoordError::InvalidRole { .. } => ErrorKind::InvalidInput,
             CoordError::Contradiction { .. } => ErrorKind::Conflict,
             CoordError::Contention { .. } => ErrorKind::Unavailable,
