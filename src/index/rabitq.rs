@@ -484,6 +484,42 @@ mod tests {
         v.iter_mut().for_each(|x| *x /= n);
     }
 
+    /// `n` rows around `centre` (flattened), each `centre` plus uniform
+    /// noise of the size `scale` draws for it, like one IVF list;
+    /// normalized for cosine.
+    fn cluster(
+        rng: &mut rand::rngs::StdRng,
+        centre: &[f32],
+        n: usize,
+        metric: Metric,
+        mut scale: impl FnMut(&mut rand::rngs::StdRng) -> f32,
+    ) -> Vec<f32> {
+        let mut vectors = Vec::with_capacity(n * centre.len());
+        for _ in 0..n {
+            let s = scale(rng);
+            let mut v: Vec<f32> = centre
+                .iter()
+                .map(|c| c + s * rng.random_range(-1.0..1.0))
+                .collect();
+            if metric == Metric::Cosine {
+                normalize(&mut v);
+            }
+            vectors.extend(v);
+        }
+        vectors
+    }
+
+    /// The query `q` prepared for the list with centroid `c`.
+    fn list_query(rot: &Rotation, metric: Metric, q: &[f32], c: &[f32]) -> ListQuery {
+        ListQuery::new(
+            metric,
+            &rot.rotated(q),
+            dot(q, q).sqrt(),
+            &rot.rotated(c),
+            dot(q, c),
+        )
+    }
+
     #[test]
     fn the_rotation_is_orthogonal_for_any_dimension() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -512,18 +548,7 @@ mod tests {
                 // A cluster: a centre plus noise of varying size, like
                 // one IVF list.
                 let centre: Vec<f32> = (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let mut vectors = Vec::with_capacity(n * dims);
-                for _ in 0..n {
-                    let scale: f32 = rng.random_range(0.1..1.0);
-                    let mut v: Vec<f32> = centre
-                        .iter()
-                        .map(|c| c + scale * rng.random_range(-1.0..1.0))
-                        .collect();
-                    if metric == Metric::Cosine {
-                        normalize(&mut v);
-                    }
-                    vectors.extend(v);
-                }
+                let vectors = cluster(&mut rng, &centre, n, metric, |r| r.random_range(0.1..1.0));
                 let mut c = vec![0f32; dims];
                 for v in vectors.chunks_exact(dims) {
                     c.iter_mut().zip(v).for_each(|(c, x)| *c += x / n as f32);
@@ -549,13 +574,7 @@ mod tests {
                     if metric == Metric::Cosine {
                         normalize(&mut q);
                     }
-                    let lq = ListQuery::new(
-                        metric,
-                        &rot.rotated(&q),
-                        dot(&q, &q).sqrt(),
-                        &rot.rotated(&c),
-                        dot(&q, &c),
-                    );
+                    let lq = list_query(&rot, metric, &q, &c);
                     let exact: Vec<f32> = vectors
                         .chunks_exact(dims)
                         .map(|v| distance(metric, &q, v))
@@ -612,17 +631,7 @@ mod tests {
         for metric in [Metric::Cosine, Metric::Euclidean, Metric::Dot] {
             for spread in [0.01f32, 0.3, 1.0] {
                 let centre: Vec<f32> = (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let mut vectors = Vec::new();
-                for _ in 0..100 {
-                    let mut v: Vec<f32> = centre
-                        .iter()
-                        .map(|c| c + spread * rng.random_range(-1.0..1.0))
-                        .collect();
-                    if metric == Metric::Cosine {
-                        normalize(&mut v);
-                    }
-                    vectors.extend(v);
-                }
+                let vectors = cluster(&mut rng, &centre, 100, metric, |_| spread);
                 let mut c = centre.clone();
                 if metric == Metric::Cosine {
                     normalize(&mut c);
@@ -652,13 +661,7 @@ mod tests {
                     if metric == Metric::Cosine {
                         normalize(&mut q);
                     }
-                    let lq = ListQuery::new(
-                        metric,
-                        &rot.rotated(&q),
-                        dot(&q, &q).sqrt(),
-                        &rot.rotated(&c),
-                        dot(&q, &c),
-                    );
+                    let lq = list_query(&rot, metric, &q, &c);
                     let bound = lq.list_bound(&codes);
                     let nearest = vectors
                         .chunks_exact(dims)

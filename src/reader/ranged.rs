@@ -569,7 +569,7 @@ pub(super) async fn search(
     // (lower bound, upper bound, list, index in the list)
     let mut cands: Vec<(f32, f32, u32, u32)> = Vec::new();
     let mut scanned = Vec::new();
-    let mut uppers: BinaryHeap<OrdF32> = BinaryHeap::with_capacity(q.k + 1);
+    let mut uppers = KthBest::new(q.k);
     let mut codes_scanned = 0u64;
     for &l in &lists {
         let e = &head.lists[l as usize];
@@ -589,11 +589,7 @@ pub(super) async fn search(
                     _ => true,
                 }
         };
-        let bar = if exact || uppers.len() < q.k {
-            f32::INFINITY
-        } else {
-            uppers.peek().map_or(f32::INFINITY, |u| u.0)
-        };
+        let bar = if exact { f32::INFINITY } else { uppers.bar() };
         // Adaptive probing: a list no row of which can beat the bar is
         // skipped (its bound is exact, so this never costs recall).
         if lq.list_bound(c) > bar {
@@ -603,12 +599,7 @@ pub(super) async fn search(
         lq.scan(c, &keep, bar, &mut scanned);
         codes_scanned += c.len() as u64;
         for &(lo, hi, i) in &scanned {
-            if uppers.len() < q.k {
-                uppers.push(OrdF32(hi));
-            } else if hi < uppers.peek().map_or(f32::INFINITY, |u| u.0) {
-                uppers.pop();
-                uppers.push(OrdF32(hi));
-            }
+            uppers.offer(hi);
             cands.push((lo, hi, l, i));
         }
     }
@@ -618,11 +609,7 @@ pub(super) async fn search(
     }
     // Keep what the k-th best upper bound cannot rule out.
     if !exact {
-        let bar = if uppers.len() < q.k {
-            f32::INFINITY
-        } else {
-            uppers.peek().map_or(f32::INFINITY, |u| u.0)
-        };
+        let bar = uppers.bar();
         cands.retain(|c| c.0 <= bar);
         let keep = crate::index::codes::rerank_count(q.k);
         if cands.len() > keep {
@@ -676,6 +663,39 @@ pub(super) async fn search(
         })
         .collect();
     Ok(hits)
+}
+
+/// The `k` smallest upper bounds seen so far: a row whose lower bound
+/// exceeds the largest of them (the bar) cannot be among the best `k`.
+struct KthBest {
+    k: usize,
+    heap: BinaryHeap<OrdF32>,
+}
+
+impl KthBest {
+    fn new(k: usize) -> Self {
+        KthBest {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    /// The `k`-th best upper bound, infinite until `k` were offered.
+    fn bar(&self) -> f32 {
+        if self.heap.len() < self.k {
+            return f32::INFINITY;
+        }
+        self.heap.peek().map_or(f32::INFINITY, |u| u.0)
+    }
+
+    fn offer(&mut self, upper: f32) {
+        if self.heap.len() < self.k {
+            self.heap.push(OrdF32(upper));
+        } else if upper < self.bar() {
+            self.heap.pop();
+            self.heap.push(OrdF32(upper));
+        }
+    }
 }
 
 /// An `f32` ordered by `total_cmp`, for a heap of bounds.
