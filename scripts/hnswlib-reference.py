@@ -12,17 +12,7 @@ import time
 import hnswlib
 import numpy as np
 
-
-def fvecs(path):
-    a = np.fromfile(path, dtype=np.int32)
-    d = a[0]
-    return a.reshape(-1, d + 1)[:, 1:].view(np.float32)
-
-
-def ivecs(path):
-    a = np.fromfile(path, dtype=np.int32)
-    d = a[0]
-    return a.reshape(-1, d + 1)[:, 1:]
+from texmex import read_fvecs as fvecs, read_ivecs as ivecs
 
 
 def main():

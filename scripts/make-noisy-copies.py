@@ -17,27 +17,7 @@ import sys
 
 import numpy as np
 
-
-def read_fvecs(path):
-    a = np.fromfile(path, dtype=np.int32)
-    d = a[0]
-    return a.reshape(-1, d + 1)[:, 1:].view(np.float32).copy()
-
-
-def write_fvecs(path, a):
-    n, d = a.shape
-    out = np.empty((n, d + 1), dtype=np.float32)
-    out[:, 0] = np.array([d], dtype=np.int32).view(np.float32)[0]
-    out[:, 1:] = a
-    out.tofile(path)
-
-
-def write_ivecs(path, a):
-    n, d = a.shape
-    out = np.empty((n, d + 1), dtype=np.int32)
-    out[:, 0] = d
-    out[:, 1:] = a
-    out.tofile(path)
+from texmex import exact_top, read_fvecs, write_fvecs, write_ivecs
 
 
 def unit(x):
@@ -67,12 +47,7 @@ def main():
         big[start : start + rows] = chunk
     write_fvecs(f"{out}/base.fvecs", big)
     write_fvecs(f"{out}/query.fvecs", queries)
-    best = np.empty((len(queries), 100), dtype=np.int32)
-    for i in range(0, len(queries), 100):
-        sims = queries[i : i + 100] @ big.T
-        top = np.argpartition(-sims, 100, axis=1)[:, :100]
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
-        best[i : i + 100] = np.take_along_axis(top, order, axis=1)
+    best = exact_top(queries, big, batch=100)
     write_ivecs(f"{out}/groundtruth.ivecs", best)
     print(f"wrote {n} x {d} base ({m} originals, noise {noise}), {len(queries)} queries, top-100 truth to {out}")
 

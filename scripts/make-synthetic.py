@@ -10,21 +10,7 @@ import sys
 
 import numpy as np
 
-
-def write_fvecs(path, a):
-    n, d = a.shape
-    out = np.empty((n, d + 1), dtype=np.float32)
-    out[:, 0] = np.array([d], dtype=np.int32).view(np.float32)[0]
-    out[:, 1:] = a
-    out.tofile(path)
-
-
-def write_ivecs(path, a):
-    n, d = a.shape
-    out = np.empty((n, d + 1), dtype=np.int32)
-    out[:, 0] = d
-    out[:, 1:] = a
-    out.tofile(path)
+from texmex import exact_top, write_fvecs, write_ivecs
 
 
 def main():
@@ -44,12 +30,7 @@ def main():
     queries = sample(q)
     write_fvecs(f"{out}/base.fvecs", base)
     write_fvecs(f"{out}/query.fvecs", queries)
-    best = np.empty((q, 100), dtype=np.int32)
-    for i in range(0, q, 50):
-        sims = queries[i : i + 50] @ base.T
-        top = np.argpartition(-sims, 100, axis=1)[:, :100]
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
-        best[i : i + 50] = np.take_along_axis(top, order, axis=1)
+    best = exact_top(queries, base)
     write_ivecs(f"{out}/groundtruth.ivecs", best)
     print(f"wrote {n} x {d} base, {q} queries, top-100 truth to {out}")
 
