@@ -552,6 +552,21 @@ async fn hnsw_segments_search_well_and_filters_keep_recall() {
     assert!(recall >= 0.9, "hnsw recall@10 {recall}");
 }
 
+/// A writer handle on `partitions` 2-d partitions, heartbeats left to
+/// the test.
+fn writer_opts(partitions: u32) -> shoal::OpenOptions {
+    shoal::OpenOptions {
+        settings: shoal::api::RequestedSettings {
+            partition_count: Some(partitions),
+            dimensions: Some(2),
+            ..Default::default()
+        },
+        role: Some(shoal::api::Role::Writer),
+        background_heartbeat: false,
+        ..Default::default()
+    }
+}
+
 /// Defect: manifests grew without bound between GC runs (every compaction
 /// added retired entries that only GC removed, and every commit rewrote
 /// them all). Many one-record writes with the writer's compaction after
@@ -564,15 +579,8 @@ async fn a_busy_partition_keeps_a_small_manifest_without_gc() {
     let db = shoal::Db::open_store(
         store.clone(),
         shoal::OpenOptions {
-            settings: shoal::api::RequestedSettings {
-                partition_count: Some(1),
-                dimensions: Some(2),
-                ..Default::default()
-            },
-            role: Some(shoal::api::Role::Writer),
-            background_heartbeat: false,
             clock: clock.clone(),
-            ..Default::default()
+            ..writer_opts(1)
         },
     )
     .await
@@ -631,17 +639,10 @@ async fn background_gc_keeps_storage_flat_under_many_tiny_writes() {
     let db = shoal::Db::open_store(
         store.clone(),
         shoal::OpenOptions {
-            settings: shoal::api::RequestedSettings {
-                partition_count: Some(2),
-                dimensions: Some(2),
-                ..Default::default()
-            },
-            role: Some(shoal::api::Role::Writer),
-            background_heartbeat: false,
             clock: clock.clone(),
             compact_every: Some(Duration::from_millis(5)),
             gc_every: Some(Duration::from_millis(5)),
-            ..Default::default()
+            ..writer_opts(2)
         },
     )
     .await
@@ -706,21 +707,9 @@ async fn a_compactor_with_little_time_never_stalls_on_one_partition() {
         "vectors/p002/manifest.json",
     ));
     let store = Arc::new(Counted::new(faults.clone()));
-    let db = shoal::Db::open_store(
-        store.clone(),
-        shoal::OpenOptions {
-            settings: shoal::api::RequestedSettings {
-                partition_count: Some(4),
-                dimensions: Some(2),
-                ..Default::default()
-            },
-            role: Some(shoal::api::Role::Writer),
-            background_heartbeat: false,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let db = shoal::Db::open_store(store.clone(), writer_opts(4))
+        .await
+        .unwrap();
     for i in 0..120u32 {
         db.upsert(&[Record::new(format!("r{i}"), vec![1.0, i as f32])])
             .await
