@@ -351,36 +351,44 @@ fn write_ivecs(path: &Path, rows: &[Vec<i32>]) {
     std::fs::write(path, b).unwrap();
 }
 
-fn bench_writes_every_result_key(s: &Shoal) {
-    // 300 base vectors in 4-d, 5 queries, exact truth by brute force.
-    let base: Vec<[f32; 4]> = (0..300)
+/// The bench tests' base: 300 vectors in 4-d.
+fn bench_base() -> Vec<[f32; 4]> {
+    (0..300)
         .map(|i| {
             let t = i as f32 * 0.37;
             [t.sin(), t.cos(), (t * 0.5).sin(), 1.0 + (i % 7) as f32]
         })
-        .collect();
-    let queries: Vec<[f32; 4]> = (0..5).map(|i| base[i * 50 + 3]).collect();
+        .collect()
+}
+
+/// The 10 rows of `base` that `keep` allows nearest to `q` by cosine
+/// (ties by row), by brute force.
+fn nearest_rows(base: &[[f32; 4]], q: &[f32; 4], keep: &dyn Fn(usize) -> bool) -> Vec<i32> {
     let norm = |v: &[f32; 4]| {
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         v.map(|x| x / n)
     };
+    let q = norm(q);
+    let mut s: Vec<(f32, i32)> = base
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep(*i))
+        .map(|(i, b)| {
+            let d = -norm(b).iter().zip(&q).map(|(x, y)| x * y).sum::<f32>();
+            (d, i as i32)
+        })
+        .collect();
+    s.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    s.iter().take(10).map(|x| x.1).collect()
+}
+
+fn bench_writes_every_result_key(s: &Shoal) {
+    // 300 base vectors in 4-d, 5 queries, exact truth by brute force.
+    let base = bench_base();
+    let queries: Vec<[f32; 4]> = (0..5).map(|i| base[i * 50 + 3]).collect();
     let truth: Vec<Vec<i32>> = queries
         .iter()
-        .map(|q| {
-            let q = norm(q);
-            let mut s: Vec<(f32, i32)> = base
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    (
-                        -norm(b).iter().zip(&q).map(|(x, y)| x * y).sum::<f32>(),
-                        i as i32,
-                    )
-                })
-                .collect();
-            s.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            s.iter().take(10).map(|x| x.1).collect()
-        })
+        .map(|q| nearest_rows(&base, q, &|_| true))
         .collect();
     let (bp, qp, tp) = (
         s.dir.path().join("b.fvecs"),
@@ -494,37 +502,17 @@ fn bench_local() {
 fn bench_measures_filtered_queries() {
     let s = Shoal::local();
     let domain = |i: usize| ["a", "b", "c"][i % 3];
-    let base: Vec<[f32; 4]> = (0..300)
-        .map(|i| {
-            let t = i as f32 * 0.37;
-            [t.sin(), t.cos(), (t * 0.5).sin(), 1.0 + (i % 7) as f32]
-        })
-        .collect();
+    let base = bench_base();
     let queries: Vec<[f32; 4]> = (0..6).map(|i| base[i * 50 + 3]).collect();
     let qdomain = |q: usize| domain(q + 1); // never the query row's own domain
-    let norm = |v: &[f32; 4]| {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.map(|x| x / n)
-    };
-    let nearest = |q: &[f32; 4], keep: &dyn Fn(usize) -> bool| -> Vec<i32> {
-        let q = norm(q);
-        let mut s: Vec<(f32, i32)> = base
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| keep(*i))
-            .map(|(i, b)| {
-                let d = -norm(b).iter().zip(&q).map(|(x, y)| x * y).sum::<f32>();
-                (d, i as i32)
-            })
-            .collect();
-        s.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        s.iter().take(10).map(|x| x.1).collect()
-    };
-    let truth: Vec<Vec<i32>> = queries.iter().map(|q| nearest(q, &|_| true)).collect();
+    let truth: Vec<Vec<i32>> = queries
+        .iter()
+        .map(|q| nearest_rows(&base, q, &|_| true))
+        .collect();
     let ftruth: Vec<Vec<i32>> = queries
         .iter()
         .enumerate()
-        .map(|(qi, q)| nearest(q, &|i| domain(i) == qdomain(qi)))
+        .map(|(qi, q)| nearest_rows(&base, q, &|i| domain(i) == qdomain(qi)))
         .collect();
     assert_ne!(truth, ftruth);
     let dir = s.dir.path();
