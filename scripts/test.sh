@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # The whole test suite: the README's test command and what CI runs.
 #
-# Starts the S3 test server (moto, on 127.0.0.1), then runs cargo fmt
-# --check, cargo clippy (-D warnings), every Rust test (including the S3
-# integration tests over HTTP), the Lambda functions in the real runtime
+# Starts the S3 test servers (moto and SeaweedFS, on 127.0.0.1), then
+# runs cargo fmt --check, cargo clippy (-D warnings), every Rust test
+# (including the S3 integration tests over HTTP against moto), the S3
+# tests again against SeaweedFS, the boto3 test of the S3 Vectors API,
+# the Lambda functions in the real runtime
 # (cargo lambda watch, loopback), cfn-lint on the SAM template, static
 # checks of the deployment manifests, and every fuzz target for a bounded
-# time (SHOAL_FUZZ_SECONDS, default 30); stops the server even when
+# time (SHOAL_FUZZ_SECONDS, default 30); stops the servers even when
 # something fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export SHOAL_S3_PORT="${SHOAL_S3_PORT:-5599}"
-bash localstack/s3-server.sh start
-trap 'bash localstack/s3-server.sh stop' EXIT
+export SHOAL_SEAWEED_PORT="${SHOAL_SEAWEED_PORT:-8533}"
+trap 'bash localstack/s3-server.sh stop moto; bash localstack/s3-server.sh stop seaweedfs' EXIT
+bash localstack/s3-server.sh start moto
+bash localstack/s3-server.sh start seaweedfs
 
 export SHOAL_TEST_S3_ENDPOINT="http://127.0.0.1:${SHOAL_S3_PORT}"
 # moto accepts any credentials; the SDK needs some to sign requests.
@@ -38,7 +42,27 @@ if [ -s "$SHOAL_TEST_SKIP_LOG" ]; then
   cat "$SHOAL_TEST_SKIP_LOG" >&2
   exit 1
 fi
+echo "== the S3 tests again, against SeaweedFS (a second, independent S3 server)"
+# Every test with s3 in its name: the store conformance suite, the s3::
+# backend instances and the *_s3 scenarios.
+seaweed_log="$(mktemp)"
+SHOAL_TEST_S3_ENDPOINT="http://127.0.0.1:${SHOAL_SEAWEED_PORT}" \
+  cargo test --workspace --locked -- s3 2>&1 | tee "$seaweed_log"
+ran="$(grep -Eo '^test result: ok\. [0-9]+ passed' "$seaweed_log" | awk '{s += $4} END {print s + 0}')"
+rm -f "$seaweed_log"
+if [ "$ran" -lt 50 ]; then
+  echo "FAIL: only $ran S3 tests ran against SeaweedFS (expected the whole S3 suite)" >&2
+  exit 1
+fi
+echo "$ran S3 tests passed against SeaweedFS"
+if [ -s "$SHOAL_TEST_SKIP_LOG" ]; then
+  echo "FAIL: these S3 tests skipped instead of running against SeaweedFS:" >&2
+  cat "$SHOAL_TEST_SKIP_LOG" >&2
+  exit 1
+fi
 rm -f "$SHOAL_TEST_SKIP_LOG"
+echo "== the S3 Vectors API with boto3 (local directory, moto and SeaweedFS)"
+localstack/.venv/bin/python tests/s3vectors_boto3.py
 echo "== README's main command: cargo run -- demo (dev profile, scratch bucket)"
 demo_dir="$(mktemp -d)"
 cargo run --quiet --locked -- --bucket "$demo_dir/index" demo >"$demo_dir/demo.log" 2>&1 \

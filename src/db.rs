@@ -360,6 +360,11 @@ impl Db {
         Ok(self.inner.reader.get_with(id, consistency).await?)
     }
 
+    /// The ids live in partition `p`, in ascending byte order.
+    pub async fn list_ids(&self, p: u32, consistency: Consistency) -> Result<Vec<String>, Error> {
+        Ok(self.inner.reader.list_ids(p, consistency).await?)
+    }
+
     /// Fetches what queries plan with (manifests, shard heads, deletion
     /// vectors, every list's codes), so the next query is warm; see
     /// [`crate::reader::Reader::warm_up`].

@@ -12,6 +12,9 @@
 //! {"meta.author": "x"}                               dotted paths reach into objects
 //! ```
 //!
+//! A field holding an array matches `$eq`/`$in` when any item does (and
+//! `$ne`/`$nin` when none does): `{"tags": "a"}` matches `["a", "b"]`.
+//!
 //! Anything else (unknown operators, a non-number for `$lt`, a non-array
 //! for `$in`, empty `$and`) is an error that names what is wrong.
 
@@ -235,6 +238,13 @@ fn lookup<'a>(meta: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     Some(cur)
 }
 
+/// Whether `value` passes `test`; an array value passes when the whole
+/// array or any one of its items does (`{"tags": "a"}` matches
+/// `"tags": ["a", "b"]`, as in S3 Vectors and MongoDB).
+fn any_item(value: &Value, test: impl Fn(&Value) -> bool) -> bool {
+    test(value) || matches!(value, Value::Array(items) if items.iter().any(&test))
+}
+
 /// JSON equality with numbers compared by value (1 == 1.0).
 fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -262,14 +272,14 @@ impl Filter {
         match self {
             Filter::And(fs) => fs.iter().all(|f| f.matches(meta)),
             Filter::Or(fs) => fs.iter().any(|f| f.matches(meta)),
-            Filter::Eq(f, v) => lookup(meta, f).is_some_and(|x| json_eq(x, v)),
-            Filter::Ne(f, v) => !lookup(meta, f).is_some_and(|x| json_eq(x, v)),
+            Filter::Eq(f, v) => lookup(meta, f).is_some_and(|x| any_item(x, |y| json_eq(y, v))),
+            Filter::Ne(f, v) => !lookup(meta, f).is_some_and(|x| any_item(x, |y| json_eq(y, v))),
             Filter::Lt(f, n) => num(f).is_some_and(|x| x < *n),
             Filter::Lte(f, n) => num(f).is_some_and(|x| x <= *n),
             Filter::Gt(f, n) => num(f).is_some_and(|x| x > *n),
             Filter::Gte(f, n) => num(f).is_some_and(|x| x >= *n),
-            Filter::In(f, vs) => lookup(meta, f).is_some_and(|x| vs.contains(x)),
-            Filter::Nin(f, vs) => !lookup(meta, f).is_some_and(|x| vs.contains(x)),
+            Filter::In(f, vs) => lookup(meta, f).is_some_and(|x| any_item(x, |y| vs.contains(y))),
+            Filter::Nin(f, vs) => !lookup(meta, f).is_some_and(|x| any_item(x, |y| vs.contains(y))),
             Filter::Exists(f, want) => lookup(meta, f).is_some() == *want,
         }
     }
@@ -696,6 +706,36 @@ mod tests {
         assert!(!f.matches(&m(json!({"n": 1.0}))));
         assert!(f.matches(&m(json!({"n": 3}))));
         assert!(f.matches(&m(json!({}))));
+    }
+
+    #[test]
+    fn array_values_match_by_any_item() {
+        let doc = m(json!({"tags": ["documentary", "romance"], "years": [1999, 2004]}));
+        let yes = [
+            json!({"tags": "romance"}),
+            json!({"tags": {"$eq": "documentary"}}),
+            json!({"tags": {"$in": ["x", "romance"]}}),
+            json!({"tags": {"$ne": "horror"}}),
+            json!({"tags": {"$nin": ["horror", "x"]}}),
+            json!({"years": 2004.0}),
+            json!({"tags": ["documentary", "romance"]}),
+        ];
+        for f in yes {
+            assert!(parse_filter(&f).unwrap().matches(&doc), "{f} should match");
+        }
+        let no = [
+            json!({"tags": "horror"}),
+            json!({"tags": {"$ne": "romance"}}),
+            json!({"tags": {"$nin": ["romance"]}}),
+            json!({"tags": {"$in": ["horror"]}}),
+            json!({"years": 2000}),
+        ];
+        for f in no {
+            assert!(
+                !parse_filter(&f).unwrap().matches(&doc),
+                "{f} should not match"
+            );
+        }
     }
 
     #[test]

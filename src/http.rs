@@ -71,7 +71,11 @@ struct HttpMetrics {
 }
 
 struct AppState {
-    db: Db,
+    /// The index at the served URL; `None` when `serve --s3vectors` runs
+    /// without one (the S3 Vectors indexes live under prefixes).
+    db: Option<Db>,
+    #[cfg(feature = "s3vectors")]
+    s3v: Option<Arc<crate::s3vectors::Service>>,
     keys: ApiKeys,
     body_limit: usize,
     searches: Arc<tokio::sync::Semaphore>,
@@ -89,6 +93,9 @@ pub struct HttpOptions {
     pub max_searches: usize,
     /// A search still running after this is abandoned and answered 503.
     pub query_timeout: std::time::Duration,
+    /// The Amazon S3 Vectors API (`POST /<Operation>`), if served.
+    #[cfg(feature = "s3vectors")]
+    pub s3vectors: Option<Arc<crate::s3vectors::Service>>,
 }
 
 impl Default for HttpOptions {
@@ -99,6 +106,8 @@ impl Default for HttpOptions {
             body_limit: DEFAULT_BODY_LIMIT,
             max_searches: SEARCHES_PER_CORE * cores,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
+            #[cfg(feature = "s3vectors")]
+            s3vectors: None,
         }
     }
 }
@@ -221,7 +230,15 @@ async fn dispatch(
             Method::Post => st.body(body).await?,
             Method::Get => Default::default(),
         };
-        let call = routes::call(&st.db, row.op, id, Input::Bytes(&bytes));
+        let Some(db) = &st.db else {
+            return match row.op {
+                Op::Health | Op::Ready => Ok(json_ok(&serde_json::json!({"status": "ok"}))),
+                _ => Err(ApiError::not_found(
+                    "this server has no index at its URL and serves the S3 Vectors API only                      (POST /CreateIndex, ...); start it with --dimensions to serve one here",
+                )),
+            };
+        };
+        let call = routes::call(db, row.op, id, Input::Bytes(&bytes));
         let value = if row.op == Op::Search {
             tokio::time::timeout(st.query_timeout, call)
                 .await
@@ -246,7 +263,9 @@ async fn dispatch(
 async fn metrics(State(st): S, headers: HeaderMap) -> Response {
     respond(&st, "metrics", Some(Grant::Read), &headers, async {
         // Cache sizes settle lazily: settle them so the bytes are now's.
-        st.db.settle_caches().await;
+        if let Some(db) = &st.db {
+            db.settle_caches().await;
+        }
         let text = render_metrics(&st);
         Ok((
             StatusCode::OK,
@@ -310,8 +329,11 @@ fn render_metrics(st: &AppState) -> String {
         );
     }
     drop(m);
-    let rs = st.db.reader_stats();
-    let ws = st.db.writer_stats();
+    let Some(db) = &st.db else {
+        return out;
+    };
+    let rs = db.reader_stats();
+    let ws = db.writer_stats();
     let hit_rate = if rs.cache_hits + rs.cache_misses == 0 {
         0.0
     } else {
@@ -403,7 +425,7 @@ fn render_metrics(st: &AppState) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
-    let r = st.db.store_counts();
+    let r = db.store_counts();
     out.push_str("# HELP shoal_store_requests_total Object-store requests by kind.\n# TYPE shoal_store_requests_total counter\n");
     for (kind, n) in [
         ("get", r.get),
@@ -425,12 +447,110 @@ fn render_metrics(st: &AppState) -> String {
     out
 }
 
-/// The router over a handle: one axum route per row of the route table,
-/// plus `/metrics`.
-pub fn router(db: Db, opts: HttpOptions) -> Router {
+/// The S3 Vectors API: `POST /<Operation>`, answered in AWS's shapes.
+#[cfg(feature = "s3vectors")]
+async fn s3vectors(
+    State(st): S,
+    Path(operation): Path<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Body,
+) -> Response {
+    use crate::s3vectors::{Request, S3vError};
+    let started = Instant::now();
+    let Some(svc) = st.s3v.clone() else {
+        return fallback(State(st), headers, uri).await;
+    };
+    let answer = async {
+        let bytes = axum::body::to_bytes(body, st.body_limit)
+            .await
+            .map_err(|_| {
+                S3vError::new(
+                    413,
+                    "ValidationException",
+                    format!("request body is larger than {} bytes", st.body_limit),
+                )
+            })?;
+        let query_op = operation == "QueryVectors";
+        let _slot = if query_op {
+            Some(st.searches.clone().try_acquire_owned().map_err(|_| {
+                S3vError::new(
+                    429,
+                    "TooManyRequestsException",
+                    format!(
+                        "this instance is already running {} searches; retry shortly",
+                        st.max_searches
+                    ),
+                )
+            })?)
+        } else {
+            None
+        };
+        let header_list: Vec<(&str, &str)> = headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+            .collect();
+        let req = Request {
+            operation: &operation,
+            method: "POST",
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
+            headers: header_list,
+            body: &bytes,
+        };
+        let call = svc.handle(req);
+        if query_op {
+            tokio::time::timeout(st.query_timeout, call)
+                .await
+                .map_err(|_| {
+                    S3vError::new(
+                        408,
+                        "RequestTimeoutException",
+                        format!(
+                            "the query took longer than {} and was abandoned",
+                            humantime::format_duration(st.query_timeout)
+                        ),
+                    )
+                })?
+        } else {
+            call.await
+        }
+    }
+    .await;
+    let resp = match answer {
+        Ok(v) => json_ok(&v),
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::warn!(operation, error = %e.message, "S3 Vectors request failed");
+            }
+            let status =
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut r = (status, axum::Json(e.body())).into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(e.code) {
+                r.headers_mut().insert("x-amzn-errortype", v);
+            }
+            if e.status == 429 {
+                r.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+            }
+            r
+        }
+    };
+    st.record("s3vectors", resp.status().as_u16(), started);
+    resp
+}
+
+/// The router: one axum route per row of the route table over `db` (the
+/// index at the served URL, if any), `/metrics`, and with
+/// `opts.s3vectors` the S3 Vectors API.
+pub fn router(db: Option<Db>, opts: HttpOptions) -> Router {
     let max_searches = opts.max_searches.max(1);
     let state = Arc::new(AppState {
         db,
+        #[cfg(feature = "s3vectors")]
+        s3v: opts.s3vectors,
         keys: opts.keys,
         body_limit: opts.body_limit,
         searches: Arc::new(tokio::sync::Semaphore::new(max_searches)),
@@ -454,6 +574,10 @@ pub fn router(db: Db, opts: HttpOptions) -> Router {
             },
         );
     }
+    #[cfg(feature = "s3vectors")]
+    {
+        router = router.route("/{operation}", post(s3vectors));
+    }
     router
         .route("/metrics", get(metrics))
         .fallback(fallback)
@@ -465,7 +589,7 @@ pub fn router(db: Db, opts: HttpOptions) -> Router {
 /// requests in flight and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    db: Db,
+    db: Option<Db>,
     opts: HttpOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

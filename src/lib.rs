@@ -53,6 +53,8 @@
 //! - [`api`]: the request/response types every front end shares, and the
 //!   wire error [`api::ApiError`].
 //! - `routes` (internal): the one route table HTTP and Lambda serve.
+//! - `s3vectors` (feature `s3vectors`, on by default): the Amazon S3
+//!   Vectors API over many indexes in one store, for `shoal serve`.
 //! - [`http`], [`lambda`]: `shoal serve` and the Lambda handlers;
 //!   [`auth`]: the API keys `serve` checks.
 //! - [`bench`](mod@bench): benchmark phases and the `shoal bench` suite.
@@ -76,6 +78,8 @@ pub mod mutation;
 pub mod reader;
 pub mod record;
 mod routes;
+#[cfg(feature = "s3vectors")]
+pub mod s3vectors;
 pub mod segment;
 pub mod store;
 pub mod vocab;

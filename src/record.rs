@@ -6,7 +6,7 @@
 //! records ready to encode, or the first problem, naming the record's
 //! position and id:
 //!
-//! - id: UTF-8, 1..=512 bytes;
+//! - id: UTF-8, 1..=1024 bytes (an S3 Vectors key's limit);
 //! - vector: exactly `dimensions` finite f32s; with the `cosine` metric it
 //!   is normalized to unit length and a zero vector is refused;
 //! - metadata: a JSON object of at most 64 KiB encoded (domain included);
@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::vocab::Metric;
 
-pub const MAX_ID_BYTES: usize = 512;
+pub const MAX_ID_BYTES: usize = 1024;
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BATCH_RECORDS: usize = 10_000;
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
@@ -420,9 +420,12 @@ mod tests {
         assert!(m.contains("component 0 is inf"), "{m}");
         let m = err(&[Record::new("", vec![1.0, 0.0, 0.0])], Metric::Dot);
         assert!(m.contains("id is empty"), "{m}");
-        let long = "x".repeat(513);
+        let long = "x".repeat(1025);
         let m = err(&[Record::new(long, vec![1.0, 0.0, 0.0])], Metric::Dot);
-        assert!(m.contains("513 bytes") && m.contains("at most 512"), "{m}");
+        assert!(
+            m.contains("1025 bytes") && m.contains("at most 1024"),
+            "{m}"
+        );
         let m = err(&[ok.clone().with_metadata(json!([1, 2]))], Metric::Dot);
         assert!(
             m.contains("metadata must be a JSON object, found an array"),

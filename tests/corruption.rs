@@ -179,7 +179,7 @@ async fn hostile_ids_never_escape_the_layout(
         "vectors/p000/manifest.json".into(),
         "_brainy/config.json".into(),
         "ключ-鍵-🔑".repeat(20),
-        "x".repeat(512),
+        "x".repeat(1024),
     ];
     let recs: Vec<Record> = ids
         .iter()

@@ -248,8 +248,8 @@ async fn invalid_batches_are_rejected_with_zero_puts(store: Arc<Counted>) {
         ),
         (vec![Record::new("", vec![1.0, 0.0, 0.0])], "id is empty"),
         (
-            vec![Record::new("x".repeat(513), vec![1.0, 0.0, 0.0])],
-            "at most 512",
+            vec![Record::new("x".repeat(1025), vec![1.0, 0.0, 0.0])],
+            "at most 1024",
         ),
         (
             vec![ok().with_metadata(json!("text"))],

@@ -53,6 +53,14 @@ pub(crate) struct ServeArgs {
     /// logged every minute.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Also serve the Amazon S3 Vectors API (POST /CreateIndex, /PutVectors,
+    /// /QueryVectors, ...): vector buckets and indexes under prefixes of
+    /// the bucket. Requests must be signed (SigV4) with a pair from
+    /// SHOAL_S3V_CREDENTIALS=ACCESS_KEY:SECRET_KEY[,...] or the file named by
+    /// SHOAL_S3V_CREDENTIALS_FILE, unless --insecure-no-auth. No index is
+    /// then needed at the bucket's root.
+    #[arg(long, env = "SHOAL_S3VECTORS")]
+    pub s3vectors: bool,
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
@@ -100,7 +108,9 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     )
     .await;
     let db = match opened {
-        Ok(db) => db,
+        Ok(db) => Some(db),
+        // The S3 Vectors API needs no index at the root.
+        Err(e) if e.kind() == ErrorKind::NotFound && a.s3vectors => None,
         Err(e) if e.kind() == ErrorKind::NotFound => anyhow::bail!(
             "{e}. Create it with `shoal --bucket {b} init --dimensions N`, or start a writer \
              with `shoal --bucket {b} serve --dimensions N` (SHOAL_DIMENSIONS=N; also \
@@ -114,7 +124,6 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         ),
         Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open {}", ctx.bucket))),
     };
-    let role = db.role();
     let mut opts = HttpOptions {
         body_limit: a.max_body_bytes,
         query_timeout: a.query_timeout,
@@ -123,13 +132,37 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     if let Some(n) = a.max_concurrent_searches {
         opts.max_searches = n.max(1);
     }
+    let s3v = if a.s3vectors {
+        let credentials = shoal::s3vectors::Credentials::from_env().map_err(anyhow::Error::msg)?;
+        if credentials.is_empty() && !a.insecure_no_auth {
+            anyhow::bail!(
+                "--s3vectors needs credentials to check request signatures: set                  SHOAL_S3V_CREDENTIALS=ACCESS_KEY:SECRET_KEY (several: comma-separated) or                  SHOAL_S3V_CREDENTIALS_FILE, and give clients the same pair; or pass                  --insecure-no-auth to accept unsigned requests"
+            );
+        }
+        let mut s = shoal::s3vectors::S3VectorsOptions::new(ctx.bucket.clone());
+        s.credentials = (!credentials.is_empty()).then_some(credentials);
+        s.role = ctx.role;
+        s.partitions = a.partitions;
+        s.compact_every = every;
+        s.gc_every = (!a.gc_every.is_zero()).then_some(a.gc_every);
+        let svc = shoal::s3vectors::Service::open(s)
+            .await
+            .with_context(|| format!("cannot open {} for the S3 Vectors API", ctx.bucket))?;
+        Some(std::sync::Arc::new(svc))
+    } else {
+        None
+    };
+    opts.s3vectors = s3v.clone();
     // Checked before binding: an open port is never exposed, not even
     // for a moment.
     let exposed = tokio::net::lookup_host(&a.listen)
         .await
         .with_context(|| format!("cannot resolve the listen address {}", a.listen))?
         .any(|addr| !addr.ip().is_loopback());
-    if opts.keys.is_open() && exposed && !a.insecure_no_auth {
+    // Open means some route would answer without a key or signature.
+    let open =
+        (opts.keys.is_open() && db.is_some()) || s3v.as_ref().is_some_and(|s| !s.authenticates());
+    if open && exposed && !a.insecure_no_auth {
         anyhow::bail!(
             "refusing to serve {} without an API key: anyone who can reach it could read, \
              write and delete. Set SHOAL_API_KEY (or SHOAL_API_KEY_READ and \
@@ -141,7 +174,7 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    if opts.keys.is_open() && exposed {
+    if open && exposed {
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));
             loop {
@@ -155,14 +188,25 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     }
     let shutdown = shutdown_signal()?;
     // One line on stdout that scripts (and tests) can wait for.
-    println!(
-        "shoal serve: listening on http://{addr} ({} as {role})",
-        db.describe()
-    );
+    let what = match &db {
+        Some(db) => format!("{} as {}", db.describe(), db.role()),
+        None => format!("{}, S3 Vectors API only", ctx.bucket),
+    };
+    let api = if s3v.is_some() && db.is_some() {
+        "; S3 Vectors API on"
+    } else {
+        ""
+    };
+    println!("shoal serve: listening on http://{addr} ({what}{api})");
     use std::io::Write;
     std::io::stdout().flush()?;
     shoal::http::serve(listener, db.clone(), opts, shutdown).await?;
-    db.close().await?;
+    if let Some(svc) = &s3v {
+        svc.close().await;
+    }
+    if let Some(db) = &db {
+        db.close().await?;
+    }
     eprintln!("shoal serve: stopped cleanly");
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! retry" loop in [`cas`]; time comes from an injected [`clock::Clock`].
 
 pub mod cas;
+pub mod catalog;
 pub mod clock;
 mod cluster;
 pub mod config;

@@ -737,6 +737,54 @@ pub(super) async fn get(
     found.await
 }
 
+/// The ids live in partition `p`, sorted: the tail's newest versions above
+/// the watermark (tombstones hide ids), then the shards' live rows of the
+/// partition that the tail does not override.
+pub(super) async fn list_ids(
+    shared: &Arc<Shared>,
+    p: u32,
+    consistency: Consistency,
+) -> Result<Vec<String>, ReadError> {
+    let n = shared.views.len() as u32;
+    if p >= n {
+        return Err(ReadError::Invalid(format!(
+            "partition {p} does not exist; the index has {n} (0..={})",
+            n - 1
+        )));
+    }
+    let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
+    let store: &dyn ObjectStore = shared.store.as_ref();
+    let want = Freshness {
+        consistency,
+        staleness: shared.opts.max_staleness,
+        ticket: shared.next_ticket(),
+    };
+    let view = load::ensure_view(shared, store, p, want, &tally)
+        .await
+        .map_err(|e| e.into_read_error(p))?;
+    let retired = [(p, view.manifest.indexed_through)];
+    let index = shards::ensure_index(shared, &shared.store, want, &retired).await?;
+    let w = index.watermark(p);
+    let mut decided = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    for (id, loc) in view.live.newest() {
+        if view.manifest.segments[loc.seg as usize].seq > w {
+            decided.insert(id);
+            if !loc.tombstone {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    ids.extend(
+        index
+            .live_ids()
+            .filter(|id| !decided.contains(id) && crate::coord::partition_of(id, n) == p)
+            .map(str::to_string),
+    );
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 fn stored(id: &str, partition: u32, seq: u64, seg: &Segment, pos: usize) -> StoredRecord {
     StoredRecord {
         id: id.to_string(),

@@ -579,6 +579,16 @@ impl Reader {
         exec::get(&self.shared, id, consistency).await
     }
 
+    /// The ids live in partition `p`, in ascending byte order (for
+    /// listing an index page by page).
+    pub async fn list_ids(
+        &self,
+        p: u32,
+        consistency: Consistency,
+    ) -> Result<Vec<String>, ReadError> {
+        exec::list_ids(&self.shared, p, consistency).await
+    }
+
     /// Loads every partition's manifest and segments now (bounded
     /// concurrency), so the first query is warm. Returns live records.
     pub async fn warm(&self) -> Result<u64, ReadError> {

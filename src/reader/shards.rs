@@ -109,6 +109,11 @@ impl IndexView {
         self.rows.get(id).copied()
     }
 
+    /// Every id live in the shards (all partitions), in no order.
+    pub(super) fn live_ids(&self) -> impl Iterator<Item = &str> {
+        self.rows.keys().map(String::as_str)
+    }
+
     /// Bytes this view holds: its shards and the id → row map.
     pub(super) fn memory_bytes(&self) -> usize {
         self.shards.iter().map(|s| s.memory_bytes()).sum::<usize>()
