@@ -76,6 +76,8 @@ echo "== cfn-lint infra/template.yaml"
 "$tools/cfn-lint" infra/template.yaml
 echo "== deployment manifests (static checks)"
 "$tools/python" scripts/check-manifests.py
+echo "== deployment examples' commands on a fresh bucket (k8s, docker compose)"
+"$tools/python" tests/deploy_commands.py
 echo "== fuzz targets, ${SHOAL_FUZZ_SECONDS:-30} s each (cargo fuzz)"
 bash scripts/fuzz.sh "${SHOAL_FUZZ_SECONDS:-30}"
 echo "== all checks passed"

@@ -65,19 +65,26 @@ impl Credentials {
     /// Credentials from `SHOAL_S3V_CREDENTIALS`, then the file named by
     /// `SHOAL_S3V_CREDENTIALS_FILE` (one pair per line); both may be set.
     pub fn from_env() -> Result<Self, String> {
-        let mut all = String::new();
-        if let Ok(v) = std::env::var("SHOAL_S3V_CREDENTIALS") {
-            all.push_str(&v);
-            all.push('\n');
+        Credentials::from_sources(
+            std::env::var("SHOAL_S3V_CREDENTIALS").ok().as_deref(),
+            std::env::var("SHOAL_S3V_CREDENTIALS_FILE").ok().as_deref(),
+        )
+    }
+
+    /// Pairs from a list (`SHOAL_S3V_CREDENTIALS`) and a file of pairs.
+    pub fn from_sources(list: Option<&str>, file: Option<&str>) -> Result<Self, String> {
+        let mut keys = match list {
+            Some(v) => Credentials::parse(v).map_err(|e| format!("SHOAL_S3V_CREDENTIALS: {e}"))?,
+            None => Credentials::default(),
+        };
+        if let Some(path) = file.filter(|p| !p.is_empty()) {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read SHOAL_S3V_CREDENTIALS_FILE {path}: {e}"))?;
+            let more = Credentials::parse(&text)
+                .map_err(|e| format!("SHOAL_S3V_CREDENTIALS_FILE {path}: {e}"))?;
+            keys.keys.extend(more.keys);
         }
-        if let Ok(path) = std::env::var("SHOAL_S3V_CREDENTIALS_FILE") {
-            if !path.is_empty() {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read SHOAL_S3V_CREDENTIALS_FILE {path}: {e}"))?;
-                all.push_str(&text);
-            }
-        }
-        Credentials::parse(&all).map_err(|e| format!("SHOAL_S3V_CREDENTIALS: {e}"))
+        Ok(keys)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -525,5 +532,24 @@ mod tests {
         let e = Credentials::parse("a:b,nocolon").unwrap_err();
         assert!(e.contains("credential 2"), "{e}");
         assert!(Credentials::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn credentials_come_from_the_list_and_the_file_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("creds");
+        std::fs::write(&path, "# readers\nfile-key:file-secret\n\nsecond:two\n").unwrap();
+        let c = Credentials::from_sources(Some("list-key:list-secret"), path.to_str()).unwrap();
+        assert_eq!(c.keys.len(), 3);
+        assert_eq!(c.keys["file-key"], "file-secret");
+        assert_eq!(c.keys["list-key"], "list-secret");
+        let e = Credentials::from_sources(None, Some("/no/such/file")).unwrap_err();
+        assert!(
+            e.contains("cannot read SHOAL_S3V_CREDENTIALS_FILE /no/such/file"),
+            "{e}"
+        );
+        std::fs::write(&path, "ok:1\nbroken\n").unwrap();
+        let e = Credentials::from_sources(None, path.to_str()).unwrap_err();
+        assert!(e.contains("credential 2"), "{e}");
     }
 }
