@@ -57,6 +57,8 @@ impl Server {
         .env_remove("SHOAL_API_KEY")
         .env_remove("SHOAL_API_KEY_READ")
         .env_remove("SHOAL_API_KEY_WRITE")
+        .env_remove("SHOAL_S3V_CREDENTIALS")
+        .env_remove("SHOAL_S3V_CREDENTIALS_FILE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         for (k, v) in env {
@@ -581,6 +583,89 @@ fn serving_beyond_loopback_needs_a_key() {
         String::from_utf8_lossy(&out.stdout).is_empty(),
         "never listened"
     );
+}
+
+/// `--s3vectors` checks signatures: without credentials it does not start
+/// unless told `--insecure-no-auth`; with credentials an unsigned request
+/// gets AWS's 403. The index at the root keeps its `/v1` API alongside.
+#[test]
+fn s3vectors_needs_credentials_or_an_explicit_insecure_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("s3v").to_str().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args([
+            "--bucket",
+            &bucket,
+            "serve",
+            "--s3vectors",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("SHOAL_S3V_CREDENTIALS")
+        .env_remove("SHOAL_S3V_CREDENTIALS_FILE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SHOAL_S3V_CREDENTIALS"), "{err}");
+    assert!(err.contains("--insecure-no-auth"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "never listened"
+    );
+
+    let mut open = Server::start_with(&[], "1000000", &["--s3vectors", "--insecure-no-auth"]);
+    let (st, v) = open.json(
+        "POST",
+        "/CreateVectorBucket",
+        json!({"vectorBucketName": "open-vb"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["vectorBucketArn"]
+            .as_str()
+            .unwrap()
+            .ends_with(":bucket/open-vb"),
+        "{v}"
+    );
+    let (st, v) = open.json("POST", "/ListVectorBuckets", json!({}));
+    assert_eq!(
+        (st, v["vectorBuckets"][0]["vectorBucketName"].as_str()),
+        (200, Some("open-vb"))
+    );
+    let (st, v) = open.json(
+        "POST",
+        "/v1/search",
+        json!({"vector": [1.0, 0.0, 0.0], "k": 1}),
+    );
+    assert_eq!(st, 200, "the root index still answers /v1: {v}");
+    open.stop();
+
+    let mut signed = Server::start_with(
+        &[("SHOAL_S3V_CREDENTIALS", "key:secret")],
+        "1000000",
+        &["--s3vectors"],
+    );
+    let (st, head, body) = signed.call_full(
+        "POST",
+        "/CreateVectorBucket",
+        &[("Content-Type", "application/json")],
+        br#"{"vectorBucketName": "nope"}"#,
+    );
+    assert_eq!(st, 403, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-amzn-errortype: missingauthenticationtokenexception"),
+        "{head}"
+    );
+    assert!(!std::path::Path::new(&signed.bucket).join("nope").exists());
+    assert!(
+        !std::path::Path::new(&signed.bucket)
+            .join("_s3vectors")
+            .exists(),
+        "nothing written"
+    );
+    signed.stop();
 }
 
 /// A fresh bucket: a writer given the settings creates the config and
