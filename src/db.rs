@@ -431,7 +431,12 @@ impl Db {
     /// indexer round) that outruns the time left is abandoned (its
     /// half-done output is an orphan GC removes), recorded in the cursor as
     /// deferred and skipped: the next invocation resumes after it, so one
-    /// large partition never stalls the others.
+    /// large partition never stalls the others. A deferred partition is
+    /// then compacted in pieces while time is left, its oldest `1/2^d` of
+    /// segments at a time (`d` grows by one when a piece outruns the time
+    /// left and shrinks by one, to 1, when a piece fits), so it too makes
+    /// progress; a whole compaction that fits clears its deferrals. The indexer commits after each
+    /// shard merge, so an indexer round cut short keeps the merges done.
     pub async fn compact_round(
         &self,
         deadline: Instant,
@@ -446,21 +451,44 @@ impl Db {
         let (mut visited, mut compacted, mut gc_runs) = (0u32, Vec::new(), 0u32);
         let mut indexed = Vec::new();
         let (id, clock) = (self.instance_id(), self.inner.cluster.clock());
-        let opts = CompactOptions::default();
         let left = || deadline.saturating_duration_since(Instant::now() + margin);
         while !left().is_zero() && visited < n {
             let p = cursor.next_partition;
-            let work = crate::compact::compact_partition(store, settings, p, id, clock, &opts);
-            match tokio::time::timeout(left(), work).await {
-                Ok(outcome) => {
-                    if let Outcome::Compacted(r) = outcome? {
-                        compacted.push(r);
-                    }
-                    cursor.deferred.remove(&p);
+            // A deferred partition goes piece by piece while time is left
+            // (each piece committed); any other in one compaction.
+            loop {
+                let mut opts = CompactOptions::default();
+                if let Some(&d) = cursor.deferred.get(&p) {
+                    opts.upto_seq = crate::compact::piece_upto(store, settings, p, d).await?;
                 }
-                Err(_) => {
-                    tracing::warn!(partition = p, "compaction outran the invocation; deferred");
-                    *cursor.deferred.entry(p).or_default() += 1;
+                let work = crate::compact::compact_partition(store, settings, p, id, clock, &opts);
+                match tokio::time::timeout(left(), work).await {
+                    Ok(outcome) => match outcome? {
+                        Outcome::Compacted(r) if opts.upto_seq.is_some() => {
+                            compacted.push(r);
+                            // It fit: try pieces twice as large.
+                            if let Some(d) = cursor.deferred.get_mut(&p) {
+                                *d = (*d - 1).max(1);
+                            }
+                            if left().is_zero() {
+                                break;
+                            }
+                        }
+                        Outcome::Compacted(r) => {
+                            compacted.push(r);
+                            cursor.deferred.remove(&p);
+                            break;
+                        }
+                        _ => {
+                            cursor.deferred.remove(&p);
+                            break;
+                        }
+                    },
+                    Err(_) => {
+                        tracing::warn!(partition = p, "compaction outran the invocation; deferred");
+                        *cursor.deferred.entry(p).or_default() += 1;
+                        break;
+                    }
                 }
             }
             visited += 1;

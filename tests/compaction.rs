@@ -758,3 +758,66 @@ async fn a_compactor_with_little_time_never_stalls_on_one_partition() {
         "{cursor:?}"
     );
 }
+
+/// A partition whose whole compaction takes longer than an invocation has
+/// (its segment reads are slow) is compacted in pieces: every invocation
+/// with a short budget still makes progress on it, and on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compactor_with_little_time_compacts_a_slow_partition_in_pieces() {
+    let faults = Arc::new(WriteFaults::new(
+        Arc::new(shoal::store::memory::MemoryStore::unique()),
+        "no-write-faults",
+    ));
+    let store = Arc::new(Counted::new(faults.clone()));
+    let db = shoal::Db::open_store(store.clone(), writer_opts(4))
+        .await
+        .unwrap();
+    for i in 0..160u32 {
+        db.upsert(&[Record::new(format!("r{i}"), vec![1.0, i as f32])])
+            .await
+            .unwrap();
+    }
+    let segments = |p: u32| {
+        let store = store.clone();
+        async move {
+            let (m, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
+            m.segments.len()
+        }
+    };
+    let mut before = Vec::new();
+    for p in 0..4 {
+        before.push(segments(p).await);
+    }
+    assert!(before[2] >= 25, "{before:?}");
+    // Reading partition 2's segments whole takes 25 x 40 ms = 1 s or more;
+    // an invocation has 600 ms.
+    faults.slow_reads("vectors/p002/", Duration::from_millis(40));
+    let mut shrinking = vec![before[2]];
+    for _ in 0..12 {
+        db.compact_round(
+            std::time::Instant::now() + Duration::from_millis(600),
+            Duration::from_millis(50),
+            &GcOptions::default(),
+        )
+        .await
+        .unwrap();
+        shrinking.push(segments(2).await);
+    }
+    for p in [0u32, 1, 3] {
+        assert!(segments(p).await < before[p as usize], "partition {p}");
+    }
+    // The first invocations learn how large a piece fits; from then on
+    // (nearly) every invocation commits one.
+    let progressed = shrinking.windows(2).filter(|w| w[1] < w[0]).count();
+    let last = *shrinking.last().unwrap();
+    assert!(
+        progressed >= 6 && last + 10 <= before[2],
+        "partition 2 must shrink in pieces; segments after each invocation: {shrinking:?}"
+    );
+    let cursor = shoal::coord::cursor::read_cursor(store.as_ref())
+        .await
+        .unwrap();
+    assert!(cursor.deferred.contains_key(&2), "{cursor:?}");
+    assert_eq!(db.status(true).await.unwrap().totals.live, Some(160));
+    db.close().await.unwrap();
+}

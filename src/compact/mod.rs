@@ -160,6 +160,22 @@ pub fn select_prefix(m: &Manifest, upto: Option<u64>) -> Vec<SegmentEntry> {
         .collect()
 }
 
+/// The `upto_seq` of a piece of partition `partition`: its oldest
+/// `1/2^shift` of segments (at least two), for a partition whose whole
+/// compaction outran the time an invocation has (`None`: nothing to cut,
+/// compact it whole).
+pub async fn piece_upto(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    partition: u32,
+    shift: u32,
+) -> Result<Option<u64>, CompactError> {
+    let (m, _) = load_manifest(store, partition, settings.partitions_initialized).await?;
+    let n = m.segments.len();
+    let take = (n >> shift.min(31)).max(2);
+    Ok((take < n).then(|| m.segments[take - 1].seq))
+}
+
 /// The newest record of each id in a prefix, oldest segment first,
 /// shadowed versions dropped: the live records, and the tombstones of
 /// deleted ids. Output order follows each record's newest position.

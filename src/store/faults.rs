@@ -155,6 +155,8 @@ pub struct WriteFaults {
     gate: std::sync::Mutex<Option<std::sync::Arc<tokio::sync::Semaphore>>>,
     /// Matching writes currently held at the gate.
     pub waiting: std::sync::atomic::AtomicUsize,
+    /// GETs of keys containing this pattern take this long first.
+    slow: std::sync::Mutex<Option<(String, std::time::Duration)>>,
 }
 
 impl WriteFaults {
@@ -167,6 +169,23 @@ impl WriteFaults {
             hung: Default::default(),
             gate: Default::default(),
             waiting: 0.into(),
+            slow: Default::default(),
+        }
+    }
+
+    /// From now on GETs of keys containing `pattern` wait `delay` first
+    /// (a slow prefix: large objects, a throttled partition).
+    pub fn slow_reads(&self, pattern: &str, delay: std::time::Duration) {
+        *self.slow.lock().unwrap() = Some((pattern.to_string(), delay));
+    }
+
+    async fn maybe_slow(&self, key: &str) {
+        let delay = match self.slow.lock().unwrap().as_ref() {
+            Some((p, d)) if key.contains(p.as_str()) => Some(*d),
+            _ => None,
+        };
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
         }
     }
 
@@ -233,6 +252,7 @@ impl WriteFaults {
 #[async_trait]
 impl ObjectStore for WriteFaults {
     async fn get(&self, key: &str) -> Result<GetResult> {
+        self.maybe_slow(key).await;
         self.inner.get(key).await
     }
     async fn get_range(&self, key: &str, range: ByteRange) -> Result<Bytes> {
