@@ -75,6 +75,11 @@ pub struct OpenOptions {
     /// (`compact::gc`, the config's grace period) every this often, so
     /// storage stays bounded without a separate compactor (`None`: never).
     pub gc_every: Option<Duration>,
+    /// How often a joined instance re-reads the config and takes the
+    /// settings that may change (index, compaction, GC grace, domain
+    /// rules) without a restart (`None`: never). Lambda handlers check it
+    /// per invocation ([`Db::heartbeat_if_due`]) instead of a task.
+    pub config_refresh: Option<Duration>,
     /// Reader settings; `None`: the preset of the role.
     pub reader: Option<ReaderOptions>,
     pub writer: WriterOptions,
@@ -98,6 +103,7 @@ impl Default for OpenOptions {
             create: true,
             compact_every: None,
             gc_every: Some(DEFAULT_GC_EVERY),
+            config_refresh: Some(DEFAULT_CONFIG_REFRESH),
             reader: None,
             writer: WriterOptions::default(),
             batch_size: BatchWriterOptions::default().batch_size,
@@ -172,7 +178,24 @@ struct Inner {
     background: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// When [`Db::ready`] last found the store answering.
     ready_at: Mutex<Option<Instant>>,
+    /// The config in force (replaced when the bucket's changes), its
+    /// ETag, and when it was last checked.
+    live: Mutex<LiveConfig>,
+    /// Re-reads the config every [`OpenOptions::config_refresh`].
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    config_refresh: Option<Duration>,
 }
+
+struct LiveConfig {
+    config: Arc<Config>,
+    etag: Option<crate::store::ETag>,
+    checked: Instant,
+}
+
+/// How often a running instance re-reads the config by default (one
+/// conditional GET), so `shoal config set` reaches every instance within
+/// about this long.
+pub(crate) const DEFAULT_CONFIG_REFRESH: Duration = Duration::from_secs(30);
 
 /// How long a successful readiness check is reused: probes arrive every
 /// few seconds from every load balancer and kubelet, and each would cost a
@@ -227,7 +250,13 @@ impl Db {
             .compact_every
             .filter(|_| role.writes())
             .map(|every| spawn_background(writer.clone(), every, opts.gc_every));
-        Ok(Db {
+        let live = LiveConfig {
+            config: Arc::new(cluster.config().clone()),
+            etag: None,
+            checked: Instant::now(),
+        };
+        let refresh = opts.config_refresh.filter(|_| opts.join);
+        let db = Db {
             inner: Arc::new(Inner {
                 cluster,
                 reader,
@@ -236,21 +265,106 @@ impl Db {
                 batch_size: opts.batch_size.max(1),
                 background: Mutex::new(background),
                 ready_at: Mutex::new(None),
+                live: Mutex::new(live),
+                watcher: Mutex::new(None),
+                config_refresh: refresh,
             }),
-        })
+        };
+        if let Some(every) = refresh.filter(|_| opts.background_heartbeat) {
+            let weak = Arc::downgrade(&db.inner);
+            let task = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let db = Db { inner };
+                    if let Err(e) = db.refresh_config().await {
+                        tracing::warn!(error = %e, "re-reading the config failed; keeping the one in force");
+                    }
+                }
+            });
+            *db.inner.watcher.lock().unwrap() = Some(task);
+        }
+        Ok(db)
+    }
+
+    /// Re-reads the config (a conditional GET) and, if it changed, puts
+    /// the new settings in force: the writer's domain rules, grace period
+    /// and compaction settings, the reader's default `nprobe`, and what
+    /// [`Db::config`] answers. Returns whether it changed. A config whose
+    /// shape (dimensions, metric, partitions) differs from the one this
+    /// handle opened with is refused (it cannot change under data).
+    pub async fn refresh_config(&self) -> Result<bool, Error> {
+        use crate::store::Conditional;
+        let store = self.inner.cluster.store().as_ref();
+        let etag = self.inner.live.lock().unwrap().etag.clone();
+        let got = match etag {
+            Some(e) => store.get_if_changed(paths::CONFIG_KEY, &e).await?,
+            None => Conditional::Modified(store.get(paths::CONFIG_KEY).await?),
+        };
+        let now = Instant::now();
+        let Conditional::Modified(got) = got else {
+            self.inner.live.lock().unwrap().checked = now;
+            return Ok(false);
+        };
+        let config = crate::coord::config::parse_config(paths::CONFIG_KEY, &got.bytes)?;
+        let old = self.config();
+        let (a, b) = (&old.settings, &config.settings);
+        if (a.dimensions, &a.distance_metric, a.partition_count)
+            != (b.dimensions, &b.distance_metric, b.partition_count)
+        {
+            return Err(Error::InvalidInput(format!(
+                "the config at {} now says {} dimensions, metric {}, {} partitions; this \
+                 instance opened with {}, {}, {}: restart it",
+                paths::CONFIG_KEY,
+                b.dimensions,
+                b.distance_metric,
+                b.partition_count,
+                a.dimensions,
+                a.distance_metric,
+                a.partition_count
+            )));
+        }
+        let changed = *old != config;
+        if changed {
+            self.inner.writer.set_settings(&config.settings);
+            self.inner.reader.set_settings(&config.settings);
+            tracing::info!("config changed in the bucket; new settings in force");
+        }
+        *self.inner.live.lock().unwrap() = LiveConfig {
+            config: Arc::new(config),
+            etag: Some(got.etag),
+            checked: now,
+        };
+        Ok(changed)
+    }
+
+    /// [`Db::refresh_config`] if the last check is older than the refresh
+    /// interval (for handlers without background tasks).
+    pub async fn refresh_config_if_due(&self) {
+        let Some(every) = self.inner.config_refresh else {
+            return;
+        };
+        if self.inner.live.lock().unwrap().checked.elapsed() < every {
+            return;
+        }
+        if let Err(e) = self.refresh_config().await {
+            tracing::warn!(error = %e, "re-reading the config failed; keeping the one in force");
+        }
     }
 
     pub fn role(&self) -> Role {
         self.inner.cluster.role()
     }
 
-    /// The bucket's config as it was when this handle opened.
-    pub fn config(&self) -> &Config {
-        self.inner.cluster.config()
+    /// The bucket's config as this handle last read it (at open, then
+    /// every [`OpenOptions::config_refresh`]).
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.live.lock().unwrap().config.clone()
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.config().settings
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        self.config().settings.clone()
     }
 
     pub fn instance_id(&self) -> &str {
@@ -380,7 +494,7 @@ impl Db {
 
     /// Compacts partitions (see `compact` for what compaction does).
     pub async fn compact(&self, req: CompactRequest) -> Result<Vec<Outcome>, Error> {
-        let settings = self.settings();
+        let settings = &self.settings();
         let opts = CompactOptions {
             force: req.force,
             upto_seq: None,
@@ -410,7 +524,7 @@ impl Db {
         let opts = IndexOptions { force };
         Ok(index_round(
             store.as_ref(),
-            self.settings(),
+            &self.settings(),
             self.instance_id(),
             clock,
             opts,
@@ -444,7 +558,7 @@ impl Db {
         gc: &GcOptions,
     ) -> Result<CompactRound, Error> {
         let store = self.inner.cluster.store().as_ref();
-        let settings = self.settings();
+        let settings = &self.settings();
         let n = settings.partition_count;
         let mut cursor = read_cursor(store).await?;
         cursor.next_partition %= n;
@@ -522,7 +636,8 @@ impl Db {
     /// ...; see `coord::config::set_settings`): compare-and-swap, with
     /// the library's refusals (layout settings once data exists, invalid
     /// values). Returns the config as stored. Instances opened earlier
-    /// keep the settings they opened with until they reopen.
+    /// take the new settings within their `config_refresh` (30 s by
+    /// default; see [`Db::refresh_config`]).
     pub async fn set_settings(
         &self,
         changes: &[(String, serde_json::Value)],
@@ -536,7 +651,7 @@ impl Db {
     pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport, Error> {
         let store = self.inner.cluster.store();
         let clock = self.inner.cluster.clock();
-        Ok(crate::compact::gc::gc(store.as_ref(), self.settings(), clock, opts).await?)
+        Ok(crate::compact::gc::gc(store.as_ref(), &self.settings(), clock, opts).await?)
     }
 
     /// Rebuilds partition `partition`'s lost manifest from its segments
@@ -544,7 +659,7 @@ impl Db {
     pub async fn repair(&self, partition: u32, opts: RepairOptions) -> Result<RepairReport, Error> {
         let store = self.inner.cluster.store();
         Ok(
-            crate::compact::repair::repair(store.as_ref(), self.settings(), partition, opts)
+            crate::compact::repair::repair(store.as_ref(), &self.settings(), partition, opts)
                 .await?,
         )
     }
@@ -555,7 +670,7 @@ impl Db {
     pub async fn status(&self, live: bool) -> Result<Status, Error> {
         let store = self.inner.cluster.store();
         let now = self.inner.cluster.clock().now();
-        let mut st = crate::inspect::status(store, self.config(), now).await?;
+        let mut st = crate::inspect::status(store, &self.config(), now).await?;
         // Live counts read every partition: not with one known unreadable.
         if live && st.problems.is_empty() {
             let total = self.inner.reader.warm().await?;
@@ -570,7 +685,7 @@ impl Db {
     /// Reads every manifest and segment and checks them.
     pub async fn verify(&self) -> Result<VerifyReport, Error> {
         let store = self.inner.cluster.store();
-        Ok(crate::inspect::verify(store.as_ref(), self.config()).await?)
+        Ok(crate::inspect::verify(store.as_ref(), &self.config()).await?)
     }
 
     /// Ready when the store answers and the config is still there (one
@@ -612,6 +727,7 @@ impl Db {
         if let Err(e) = self.inner.cluster.heartbeat_if_due().await {
             tracing::warn!(error = %e, "heartbeat failed; continuing");
         }
+        self.refresh_config_if_due().await;
     }
 
     /// Clean shutdown: commits what [`Db::add`] buffered, stops background
@@ -621,6 +737,10 @@ impl Db {
         let flushed = self.flush().await;
         let background = self.inner.background.lock().unwrap().take();
         if let Some(task) = background {
+            task.abort();
+        }
+        let watcher = self.inner.watcher.lock().unwrap().take();
+        if let Some(task) = watcher {
             task.abort();
         }
         self.inner.cluster.deregister().await?;
@@ -648,7 +768,7 @@ async fn compact_dirty(writer: &Writer) -> Vec<Outcome> {
     for p in writer.take_dirty() {
         let r = crate::compact::compact_partition(
             writer.store().as_ref(),
-            writer.settings(),
+            &writer.settings(),
             p,
             writer.writer_id(),
             writer.clock(),
@@ -684,7 +804,7 @@ fn spawn_background(
                 last_gc = Instant::now();
                 let (store, settings) = (writer.store().as_ref(), writer.settings());
                 let opts = crate::compact::gc::GcOptions::default();
-                match crate::compact::gc::gc(store, settings, writer.clock(), &opts).await {
+                match crate::compact::gc::gc(store, &settings, writer.clock(), &opts).await {
                     Ok(r) => tracing::info!(
                         deleted = r.deleted.len(),
                         kept_young = r.kept_young,
@@ -698,7 +818,7 @@ fn spawn_background(
                 let (store, settings) = (writer.store().as_ref(), writer.settings());
                 let opts = IndexOptions::default();
                 let round =
-                    index_round(store, settings, writer.writer_id(), writer.clock(), opts).await;
+                    index_round(store, &settings, writer.writer_id(), writer.clock(), opts).await;
                 if let Err(e) = round {
                     tracing::warn!(error = %e, "background indexing failed; will retry");
                 }

@@ -64,10 +64,29 @@ struct Histogram {
     sum: f64,
 }
 
+/// Upper bounds of the buckets of store requests per search.
+const QUERY_REQUEST_BUCKETS: [u64; 10] = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500];
+
 #[derive(Default)]
 struct HttpMetrics {
     requests: BTreeMap<(&'static str, u16), u64>,
     latency: BTreeMap<&'static str, Histogram>,
+    /// Store requests each served search made (`stats.requests`).
+    query_requests: [u64; QUERY_REQUEST_BUCKETS.len()],
+    query_requests_count: u64,
+    query_requests_sum: u64,
+}
+
+impl HttpMetrics {
+    fn observe_query_requests(&mut self, n: u64) {
+        for (i, b) in QUERY_REQUEST_BUCKETS.iter().enumerate() {
+            if n <= *b {
+                self.query_requests[i] += 1;
+            }
+        }
+        self.query_requests_count += 1;
+        self.query_requests_sum += n;
+    }
 }
 
 struct AppState {
@@ -255,6 +274,14 @@ async fn dispatch(
         } else {
             call.await?
         };
+        if row.op == Op::Search {
+            let r = &value["stats"]["requests"];
+            let n = ["get", "put", "list", "head", "delete"]
+                .iter()
+                .filter_map(|k| r[*k].as_u64())
+                .sum();
+            st.metrics.lock().unwrap().observe_query_requests(n);
+        }
         Ok(json_ok(&value))
     })
     .await
@@ -328,6 +355,23 @@ fn render_metrics(st: &AppState) -> String {
             h.count
         );
     }
+    out.push_str(
+        "# HELP shoal_query_store_requests Object-store requests each search made.\n\
+         # TYPE shoal_query_store_requests histogram\n",
+    );
+    for (i, b) in QUERY_REQUEST_BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "shoal_query_store_requests_bucket{{le=\"{b}\"}} {}",
+            m.query_requests[i]
+        );
+    }
+    let _ = writeln!(
+        out,
+        "shoal_query_store_requests_bucket{{le=\"+Inf\"}} {}\n\
+         shoal_query_store_requests_sum {}\nshoal_query_store_requests_count {}",
+        m.query_requests_count, m.query_requests_sum, m.query_requests_count
+    );
     drop(m);
     let Some(db) = &st.db else {
         return out;
@@ -339,7 +383,25 @@ fn render_metrics(st: &AppState) -> String {
     } else {
         rs.cache_hits as f64 / (rs.cache_hits + rs.cache_misses) as f64
     };
-    let gauges: [(&str, &str, &str, f64); 13] = [
+    let gauges: [(&str, &str, &str, f64); 16] = [
+        (
+            "shoal_unindexed_segments",
+            "gauge",
+            "Segments above their partition's watermark (not yet in index shards), in the partitions this instance has loaded.",
+            rs.unindexed_segments as f64,
+        ),
+        (
+            "shoal_unindexed_records",
+            "gauge",
+            "Records in those segments (searched exactly until the indexer moves them).",
+            rs.unindexed_records as f64,
+        ),
+        (
+            "shoal_index_lag_seconds",
+            "gauge",
+            "Age of the oldest segment not yet in index shards (0: none).",
+            rs.index_lag_seconds,
+        ),
         (
             "shoal_cache_hits_total",
             "counter",

@@ -813,15 +813,61 @@ fn metrics_report_exactly_what_was_done() {
         s.json("POST", "/v1/delete", json!({"ids": ["r1-0"]})).0,
         200
     );
+    let mut per_query = Vec::new();
     for _ in 0..4 {
-        let (st, _) = s.json(
+        let (st, v) = s.json(
             "POST",
             "/v1/search",
             json!({"vector": [1, 0, 0], "k": 3, "consistency": "strong"}),
         );
         assert_eq!(st, 200);
+        let r = &v["stats"]["requests"];
+        per_query.push(
+            ["get", "put", "list", "head", "delete"]
+                .iter()
+                .map(|k| r[*k].as_u64().unwrap())
+                .sum::<u64>(),
+        );
     }
     let (_, m) = s.call("GET", "/metrics", &[], b"");
+    // Store requests per search: each search's own count, exactly.
+    assert!(
+        per_query.iter().all(|&n| n > 0),
+        "strong reads revalidate: {per_query:?}"
+    );
+    assert_eq!(metric(&m, "shoal_query_store_requests_count"), 4.0);
+    assert_eq!(
+        metric(&m, "shoal_query_store_requests_sum"),
+        per_query.iter().sum::<u64>() as f64
+    );
+    let within = |le: u64| per_query.iter().filter(|&&n| n <= le).count() as f64;
+    for le in [2u64, 5, 10, 20] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("shoal_query_store_requests_bucket{{le=\"{le}\"}}")
+            ),
+            within(le),
+            "{per_query:?}"
+        );
+    }
+    // Indexing lag: every write's segments (one per partition a write
+    // touched), none indexed yet; 6 records upserted, 1 deleted.
+    let part = |id: &str| shoal::coord::partition_of(id, 4);
+    let mut segments = 1; // the delete of r1-0
+    for n in 1..=3 {
+        let touched: std::collections::BTreeSet<u32> =
+            (0..n).map(|i| part(&format!("r{n}-{i}"))).collect();
+        segments += touched.len();
+    }
+    assert_eq!(
+        metric(&m, "shoal_unindexed_segments"),
+        segments as f64,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "shoal_unindexed_records"), 7.0, "{m}");
+    let lag = metric(&m, "shoal_index_lag_seconds");
+    assert!(lag > 0.0 && lag < 120.0, "{lag}");
     assert_eq!(
         metric(&m, "shoal_write_records_total"),
         7.0,

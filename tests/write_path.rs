@@ -627,3 +627,92 @@ async fn instance_records_publish_exact_counters() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// Defect: instances kept the settings they opened with until restarted,
+/// so `shoal config set` changed nothing running. Now a running instance
+/// re-reads the config every `config_refresh` (background) or when a
+/// handler asks (`heartbeat_if_due`, the Lambda path) and puts the
+/// settings that may change in force: here the domain rules the writer
+/// validates with, the reader's default nprobe and the GC grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_instances_pick_up_config_changes_within_the_refresh_interval() {
+    let store = Arc::new(Counted::new(Arc::new(
+        shoal::store::memory::MemoryStore::unique(),
+    )));
+    let open = |refresh: Duration, background: bool| {
+        let store = store.clone();
+        async move {
+            Db::open_store(
+                store,
+                OpenOptions {
+                    settings: settings(4, 2, Metric::Euclidean),
+                    role: Some(Role::Writer),
+                    config_refresh: Some(refresh),
+                    background_heartbeat: background,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let server = open(Duration::from_millis(100), true).await;
+    let lambda = open(Duration::from_millis(100), false).await;
+    let admin = open(Duration::from_secs(3600), true).await;
+    let record = || Record::new("r1", vec![1.0, 0.0]).with_metadata(json!({"isbn": "x"}));
+    server.upsert(&[record()]).await.unwrap();
+    let domain = |db: Db| async move {
+        db.get("r1", shoal::api::Consistency::Strong)
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata["domain"]
+            .clone()
+    };
+    assert_eq!(domain(server.clone()).await, json!("general"));
+    let before = server.settings();
+    admin
+        .set_settings(&[
+            (
+                "domainRules".into(),
+                json!([{"fields": ["isbn"], "domain": "books"}]),
+            ),
+            ("index.nprobe".into(), json!(before.index().nprobe + 3)),
+            ("gcGraceSeconds".into(), json!(before.gc_grace_seconds * 2)),
+        ])
+        .await
+        .unwrap();
+    // The background watcher: within a few refresh intervals.
+    let started = std::time::Instant::now();
+    while server.settings().gc_grace_seconds == before.gc_grace_seconds {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the config change never reached the running instance"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.settings().index().nprobe, before.index().nprobe + 3);
+    server.upsert(&[record()]).await.unwrap();
+    assert_eq!(
+        domain(server.clone()).await,
+        json!("books"),
+        "the writer validates with the new domain rules"
+    );
+    // Without a background task nothing changes until a handler asks.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(lambda.settings().gc_grace_seconds, before.gc_grace_seconds);
+    lambda.heartbeat_if_due().await;
+    assert_eq!(
+        lambda.settings().gc_grace_seconds,
+        before.gc_grace_seconds * 2
+    );
+    // A shape change is refused, and the settings in force stay.
+    let e = admin
+        .set_settings(&[("dimensions".into(), json!(3))])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("dimensions"), "{e}");
+    for db in [server, lambda, admin] {
+        db.close().await.unwrap();
+    }
+}

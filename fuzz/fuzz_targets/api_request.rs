@@ -55,7 +55,7 @@ fn index() -> &'static Index {
                 .await
                 .expect("seed deletes");
             let reader = Reader::new(store.clone(), &cfg.settings, ReaderOptions::default());
-            (reader, w.schema().clone())
+            (reader, (*w.schema()).clone())
         });
         Index { rt, reader, schema }
     })

@@ -41,7 +41,7 @@ pub(super) async fn config(ctx: &Ctx, c: ConfigCommand) -> Result<()> {
     match c {
         ConfigCommand::Show => {
             let db = ctx.observe().await?;
-            println!("{}", serde_json::to_string_pretty(db.config())?);
+            println!("{}", serde_json::to_string_pretty(&*db.config())?);
             db.close().await?;
         }
         ConfigCommand::Set { changes } => {
@@ -63,7 +63,7 @@ pub(super) async fn config(ctx: &Ctx, c: ConfigCommand) -> Result<()> {
             }
             println!("{}", serde_json::to_string_pretty(&config.settings)?);
             eprintln!(
-                "changed {}; running instances use the new settings when they restart",
+                "changed {}; running instances take the new settings within 30 s",
                 changes.join(", ")
             );
         }

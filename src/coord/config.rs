@@ -573,7 +573,9 @@ pub async fn set_settings(
             };
             match key.split_once('.') {
                 None => {
-                    if !obj.contains_key(key) {
+                    // Optional settings absent from the stored config
+                    // (their defaults are in force) may be set too.
+                    if !obj.contains_key(key) && key != "domainRules" {
                         return Err(unknown(obj.keys().collect()));
                     }
                     obj.insert(key.clone(), value.clone());

@@ -122,7 +122,10 @@ impl<'a> QueryContext<'a> {
             params: QueryParams {
                 metric: shared.shape.metric,
                 k: req.k,
-                nprobe: req.nprobe.unwrap_or(shared.nprobe).max(1),
+                nprobe: req
+                    .nprobe
+                    .unwrap_or(shared.nprobe.load(std::sync::atomic::Ordering::Relaxed))
+                    .max(1),
                 exact: req.exact,
             },
             want: Freshness {

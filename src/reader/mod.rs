@@ -437,6 +437,16 @@ pub struct ReaderStats {
     /// count (about 100 bytes a row), not with its vector bytes.
     #[serde(default)]
     pub pinned_bytes: u64,
+    /// Indexing lag, as of the manifests this reader holds: segments and
+    /// records above their partition's watermark (not yet in index
+    /// shards, so searched exactly), and the age in seconds of the oldest
+    /// such segment (0 when there is none).
+    #[serde(default)]
+    pub unindexed_segments: u64,
+    #[serde(default)]
+    pub unindexed_records: u64,
+    #[serde(default)]
+    pub index_lag_seconds: f64,
     pub requests: RequestCounts,
 }
 
@@ -449,7 +459,9 @@ impl Shared {
 pub(crate) struct Shared {
     store: Arc<Counted>,
     shape: Shape,
-    nprobe: usize,
+    /// Default IVF probes (the config's `index.nprobe` unless the reader
+    /// options fix it); follows config changes.
+    nprobe: std::sync::atomic::AtomicUsize,
     /// The index created every manifest at init: a missing one fails the
     /// partition instead of reading as empty.
     manifests_required: bool,
@@ -512,7 +524,8 @@ impl Reader {
                 nprobe: opts
                     .nprobe
                     .unwrap_or(settings.index().nprobe as usize)
-                    .max(1),
+                    .max(1)
+                    .into(),
                 manifests_required: settings.partitions_initialized,
                 views: (0..settings.partition_count)
                     .map(|_| view::Slot::default())
@@ -579,6 +592,16 @@ impl Reader {
         exec::get(&self.shared, id, consistency).await
     }
 
+    /// Takes changed settings: the default `nprobe` (unless the reader
+    /// options fixed one).
+    pub fn set_settings(&self, settings: &Settings) {
+        if self.shared.opts.nprobe.is_none() {
+            self.shared
+                .nprobe
+                .store((settings.index().nprobe as usize).max(1), Ordering::Relaxed);
+        }
+    }
+
     /// The ids live in partition `p`, in ascending byte order (for
     /// listing an index page by page).
     pub async fn list_ids(
@@ -632,15 +655,31 @@ impl Reader {
     pub fn stats(&self) -> ReaderStats {
         let s = &self.shared;
         let (mut loaded, mut live, mut segments) = (0, 0, 0);
-        for slot in &s.views {
+        let index = s.index.current();
+        let (mut lag_segments, mut lag_records) = (0, 0);
+        let mut oldest: Option<std::time::SystemTime> = None;
+        for (p, slot) in s.views.iter().enumerate() {
             if let Some(v) = slot.current() {
                 loaded += 1;
                 live += v.live_count();
                 segments += v.manifest.segments.len() as u64;
+                let w = index.as_ref().map_or(0, |ix| ix.watermark(p as u32));
+                for e in v.manifest.segments.iter().filter(|e| e.seq > w) {
+                    lag_segments += 1;
+                    lag_records += e.records;
+                    if let Some(t) = crate::coord::clock::parse_time(&e.created_at) {
+                        oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                    }
+                }
             }
         }
-        let index = s.index.current();
+        let lag = oldest
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
         ReaderStats {
+            unindexed_segments: lag_segments,
+            unindexed_records: lag_records,
+            index_lag_seconds: lag,
             shards: index.as_ref().map_or(0, |v| v.shards.len() as u64),
             shard_rows: index.as_ref().map_or(0, |v| v.live_rows()),
             pinned_bytes: index.as_ref().map_or(0, |v| v.memory_bytes() as u64),

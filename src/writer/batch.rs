@@ -168,7 +168,7 @@ impl BatchWriter {
         let schema = Schema {
             max_records: usize::MAX,
             max_bytes: usize::MAX,
-            ..self.shared.writer.schema().clone()
+            ..(*self.shared.writer.schema()).clone()
         };
         let prepared = prepare_batch(records, &schema)?;
         self.add_prepared(prepared).await
@@ -178,7 +178,7 @@ impl BatchWriter {
     pub async fn delete(&self, ids: &[String]) -> Result<FlushReport, WriteError> {
         let schema = Schema {
             max_records: usize::MAX,
-            ..self.shared.writer.schema().clone()
+            ..(*self.shared.writer.schema()).clone()
         };
         let prepared = crate::record::prepare_deletes(ids, &schema)?;
         self.add_prepared(prepared).await

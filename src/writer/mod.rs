@@ -164,7 +164,7 @@ struct PartitionQueue {
 
 struct Inner {
     store: DynStore,
-    schema: Schema,
+    schema: std::sync::RwLock<Arc<Schema>>,
     partition_count: u32,
     writer_id: String,
     clock: DynClock,
@@ -173,7 +173,9 @@ struct Inner {
     stats: WriterStats,
     /// Partitions committed to since the last `take_dirty` (for compaction).
     dirty: Mutex<std::collections::BTreeSet<u32>>,
-    settings: Settings,
+    /// The settings in force; replaced when the config changes (see
+    /// [`Writer::set_settings`]).
+    settings: std::sync::RwLock<Arc<Settings>>,
 }
 
 /// A handle that writes to one index. Cheap to clone; clones share queues
@@ -202,7 +204,7 @@ impl Writer {
         Writer {
             inner: Arc::new(Inner {
                 store,
-                schema,
+                schema: std::sync::RwLock::new(Arc::new(schema)),
                 partition_count: settings.partition_count,
                 writer_id: writer_id.into(),
                 clock,
@@ -212,22 +214,33 @@ impl Writer {
                     .collect(),
                 stats: WriterStats::default(),
                 dirty: Mutex::default(),
-                settings: settings.clone(),
+                settings: std::sync::RwLock::new(Arc::new(settings.clone())),
             }),
         }
     }
 
-    pub fn schema(&self) -> &Schema {
-        &self.inner.schema
+    /// What records are validated against now.
+    pub fn schema(&self) -> Arc<Schema> {
+        self.inner.schema.read().unwrap().clone()
     }
 
     pub fn partition_count(&self) -> u32 {
         self.inner.partition_count
     }
 
-    /// The index settings this writer was made with.
-    pub fn settings(&self) -> &Settings {
-        &self.inner.settings
+    /// The index settings in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.inner.settings.read().unwrap().clone()
+    }
+
+    /// Takes changed settings (a new config): domain rules, the grace
+    /// period, index and compaction settings. The shape (dimensions,
+    /// metric, partitions) never changes under a writer.
+    pub fn set_settings(&self, settings: &Settings) {
+        let mut schema = (*self.schema()).clone();
+        schema.domain_rules = settings.domain_rules();
+        *self.inner.schema.write().unwrap() = Arc::new(schema);
+        *self.inner.settings.write().unwrap() = Arc::new(settings.clone());
     }
 
     pub fn writer_id(&self) -> &str {
@@ -269,13 +282,13 @@ impl Writer {
     /// Inserts or replaces records. Returns once every record is in a
     /// committed manifest. Duplicate ids within `records`: last wins.
     pub async fn upsert(&self, records: &[Record]) -> Result<WriteReceipt, WriteError> {
-        let prepared = prepare_batch(records, &self.inner.schema)?;
+        let prepared = prepare_batch(records, &self.schema())?;
         self.write_prepared(prepared).await
     }
 
     /// Deletes ids (writes tombstones). Deleting an absent id is fine.
     pub async fn delete(&self, ids: &[String]) -> Result<WriteReceipt, WriteError> {
-        let prepared = prepare_deletes(ids, &self.inner.schema)?;
+        let prepared = prepare_deletes(ids, &self.schema())?;
         self.write_prepared(prepared).await
     }
 
@@ -360,7 +373,7 @@ impl Writer {
             .duration_since(written_at)
             .unwrap_or_default();
         let unchecked = crate::mutation::active(crate::mutation::Mutation::NoAgeBound);
-        if unchecked || took <= inner.settings.commit_age_bound() {
+        if unchecked || took <= inner.settings.read().unwrap().commit_age_bound() {
             return Ok(());
         }
         match inner.store.head(key).await {
@@ -419,8 +432,8 @@ impl Writer {
         let key = new_segment_key(p, now, SegmentOrigin::Writer);
         let header = SegmentHeader {
             format_version: FORMAT_VERSION,
-            dimensions: inner.schema.dimensions as u32,
-            metric: inner.schema.metric,
+            dimensions: inner.schema.read().unwrap().dimensions as u32,
+            metric: inner.schema.read().unwrap().metric,
             record_count: records.len() as u64,
             created_at_ms: unix_millis(now),
             writer_id: inner.writer_id.clone(),
@@ -452,7 +465,8 @@ impl Writer {
                 indexed: false,
             };
             let entry = SegmentEntry::new(key.clone(), stats, format_time(now), &inner.writer_id);
-            let rules = CommitRules::new(&inner.settings, now, inner.clock.as_ref(), inner.backoff);
+            let settings = inner.settings.read().unwrap().clone();
+            let rules = CommitRules::new(&settings, now, inner.clock.as_ref(), inner.backoff);
             let appended = match append_segment(inner.store.as_ref(), p, entry, rules).await {
                 Ok(a) => a,
                 Err(e) => {

@@ -202,7 +202,7 @@ pub async fn get(
 ) -> Result<Option<shoal::record::StoredRecord>, shoal::reader::ReadError> {
     let reader = shoal::reader::Reader::new(
         w.store().clone(),
-        w.settings(),
+        &w.settings(),
         shoal::reader::ReaderOptions::default(),
     );
     reader
