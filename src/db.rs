@@ -302,6 +302,8 @@ impl Db {
             None => Conditional::Modified(store.get(paths::CONFIG_KEY).await?),
         };
         let now = Instant::now();
+        // The store answered with the config: that is what readiness asks.
+        *self.inner.ready_at.lock().unwrap() = Some(now);
         let Conditional::Modified(got) = got else {
             self.inner.live.lock().unwrap().checked = now;
             return Ok(false);

@@ -22,7 +22,9 @@
 //! keys), `/v1/*` and `/metrics` need `Authorization: Bearer <key>`
 //! (compared in constant time over digests; keys are never logged).
 //! Health endpoints stay open; `/readyz` answers from the state the
-//! instance already keeps, without a store request.
+//! instance already keeps: the last successful read of the config (by the
+//! config watcher or a readiness check) counts for 5 seconds, so probes
+//! cost at most one store GET per 5 seconds per instance.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -257,22 +259,34 @@ async fn dispatch(
                 )),
             };
         };
-        let call = routes::call(db, row.op, id, Input::Bytes(&bytes));
         let value = if row.op == Op::Search {
-            tokio::time::timeout(st.query_timeout, call)
-                .await
-                .map_err(|_| {
-                    ApiError::new(
+            // The search runs as its own task holding the slot: answered
+            // 503 at the deadline, it keeps its slot until its work ends,
+            // so abandoned searches never add up beyond the limit.
+            let (db, slot) = (db.clone(), _slot);
+            let task = tokio::spawn(async move {
+                let _slot = slot;
+                routes::call(&db, Op::Search, id, Input::Bytes(&bytes)).await
+            });
+            match tokio::time::timeout(st.query_timeout, task).await {
+                Ok(Ok(answer)) => answer?,
+                Ok(Err(e)) => {
+                    return Err(ApiError::new(500, "internal", format!("the search failed: {e}")))
+                }
+                Err(_) => {
+                    return Err(ApiError::new(
                         503,
                         "deadline_exceeded",
                         format!(
-                            "the search took longer than {} and was abandoned",
+                            "the search took longer than {} and was abandoned; it keeps its \
+                             search slot until its work stops",
                             humantime::format_duration(st.query_timeout)
                         ),
-                    )
-                })??
+                    ))
+                }
+            }
         } else {
-            call.await?
+            routes::call(db, row.op, id, Input::Bytes(&bytes)).await?
         };
         if row.op == Op::Search {
             let r = &value["stats"]["requests"];
@@ -548,34 +562,52 @@ async fn s3vectors(
         } else {
             None
         };
-        let header_list: Vec<(&str, &str)> = headers
+        // Owned, so a query can run as its own task (below).
+        let header_list: Vec<(String, String)> = headers
             .iter()
-            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+            .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        let req = Request {
-            operation: &operation,
-            method: "POST",
-            path: uri.path(),
-            query: uri.query().unwrap_or(""),
-            headers: header_list,
-            body: &bytes,
+        let (path, query) = (
+            uri.path().to_string(),
+            uri.query().unwrap_or("").to_string(),
+        );
+        let op = operation.clone();
+        let run = async move {
+            let _slot = _slot;
+            svc.handle(Request {
+                operation: &op,
+                method: "POST",
+                path: &path,
+                query: &query,
+                headers: header_list
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect(),
+                body: &bytes,
+            })
+            .await
         };
-        let call = svc.handle(req);
         if query_op {
-            tokio::time::timeout(st.query_timeout, call)
-                .await
-                .map_err(|_| {
-                    S3vError::new(
-                        408,
-                        "RequestTimeoutException",
-                        format!(
-                            "the query took longer than {} and was abandoned",
-                            humantime::format_duration(st.query_timeout)
-                        ),
-                    )
-                })?
+            // As for /v1/search: answered at the deadline, the query keeps
+            // its search slot until its work ends.
+            match tokio::time::timeout(st.query_timeout, tokio::spawn(run)).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => Err(S3vError::new(
+                    500,
+                    "InternalServerException",
+                    format!("the query failed: {e}"),
+                )),
+                Err(_) => Err(S3vError::new(
+                    408,
+                    "RequestTimeoutException",
+                    format!(
+                        "the query took longer than {} and was abandoned",
+                        humantime::format_duration(st.query_timeout)
+                    ),
+                )),
+            }
         } else {
-            call.await
+            run.await
         }
     }
     .await;

@@ -6,6 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -543,14 +544,35 @@ fn searches_over_the_limit_get_429_and_slow_ones_503() {
     let mut s = Server::start_with(
         &[("SHOAL_STORE_LATENCY_MS", "400")],
         "20000",
-        &["--query-timeout", "100ms"],
+        &["--query-timeout", "100ms", "--max-concurrent-searches", "1"],
     );
-    let (st, v) = s.json(
-        "POST",
-        "/v1/search",
-        json!({"vector": [1, 0, 0], "consistency": "strong"}),
-    );
+    let search = |s: &Server| {
+        s.json(
+            "POST",
+            "/v1/search",
+            json!({"vector": [1, 0, 0], "consistency": "strong"}),
+        )
+    };
+    let (st, v) = search(&s);
     assert_eq!((st, error_code(&v)), (503, "deadline_exceeded"), "{v}");
+    // The abandoned search still works and still holds the one slot: a
+    // client cannot pile abandoned searches onto the cores.
+    let (st, v) = search(&s);
+    assert_eq!((st, error_code(&v)), (429, "too_many_requests"), "{v}");
+    // Once its work ends the slot is free again.
+    let started = std::time::Instant::now();
+    loop {
+        let (st, v) = search(&s);
+        if st != 429 {
+            assert_eq!((st, error_code(&v)), (503, "deadline_exceeded"), "{v}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     s.stop();
 }
 
