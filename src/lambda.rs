@@ -63,13 +63,7 @@ pub async fn db_from_env(default_role: Role) -> Result<Db, ApiError> {
             .map_err(|e| ApiError::from(Error::from(e)))?,
         None => default_role,
     };
-    let opts = OpenOptions {
-        settings: settings_from_env()?,
-        role: Some(role),
-        background_heartbeat: false,
-        ..Default::default()
-    };
-    let db = Db::open(&url, opts).await?;
+    let db = open_function_db(&url, role, settings_from_env()?).await?;
     if warm_on_init()? {
         // Part of the cold start, so the first invocation is warm; a
         // failure is logged and queries load on demand as usual.
@@ -79,6 +73,39 @@ pub async fn db_from_env(default_role: Role) -> Result<Db, ApiError> {
         }
     }
     Ok(db)
+}
+
+/// Opens a function's handle: heartbeats per invocation, not from a
+/// task. Writers and compactors create the config from `settings` when
+/// the bucket has none (create-only, so racing cold starts agree); a
+/// reader never does (its IAM role cannot write it) and fails naming what
+/// creates it, and Lambda retries the cold start on the next invocation.
+pub async fn open_function_db(
+    url: &str,
+    role: Role,
+    settings: RequestedSettings,
+) -> Result<Db, ApiError> {
+    let opts = OpenOptions {
+        settings,
+        role: Some(role),
+        background_heartbeat: false,
+        create: role != Role::Reader,
+        ..Default::default()
+    };
+    match Db::open(url, opts).await {
+        Ok(db) => Ok(db),
+        Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Err(ApiError::new(
+            503,
+            "no_index",
+            format!(
+                "{e}. A reader never creates the index config: invoke the writer or \
+                 compactor function once (they create it from SHOAL_DIMENSIONS, \
+                 SHOAL_METRIC and SHOAL_PARTITIONS), or run `shoal --bucket {url} init \
+                 --dimensions N`; this function then starts on its next invocation"
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `SHOAL_WARM_ON_INIT`: `true`/`1` fetches manifests, shard heads and

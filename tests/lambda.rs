@@ -12,7 +12,9 @@ use shoal::api::{GcOptions, RequestedSettings, Role};
 use shoal::coord::clock::SystemClock;
 use shoal::coord::config::{update_config, IndexSettings};
 use shoal::coord::role::RoleEnv;
-use shoal::lambda::{error_type, handle_compactor, handle_reader, handle_writer, CURSOR_KEY};
+use shoal::lambda::{
+    error_type, handle_compactor, handle_reader, handle_writer, open_function_db, CURSOR_KEY,
+};
 use shoal::store::{Counted, ObjectStore};
 use shoal::{Db, OpenOptions};
 
@@ -238,4 +240,43 @@ async fn errors_say_whether_a_retry_can_help() {
     assert_eq!(error_type(&e), "Retryable.store_unavailable");
     let e = shoal::api::ApiError::bad_request("bad");
     assert_eq!(error_type(&e), "NonRetryable.invalid_request");
+}
+
+/// Defect: a reader function invoked before any writer tried to create
+/// the config (its IAM role cannot) and failed with an access error. Now
+/// it writes nothing and fails, retryably, naming what creates the index;
+/// after the writer's cold start created it, the reader's next cold start
+/// serves.
+#[tokio::test]
+async fn a_reader_function_before_any_writer_says_what_creates_the_index() {
+    let url = format!("memory://lambda-fresh-{:016x}", rand::random::<u64>());
+    let settings = RequestedSettings {
+        dimensions: Some(3),
+        partition_count: Some(4),
+        ..Default::default()
+    };
+    let Err(e) = open_function_db(&url, Role::Reader, settings.clone()).await else {
+        panic!("a reader created the index");
+    };
+    assert_eq!(error_type(&e), "Retryable.no_index", "{e:?}");
+    assert!(
+        e.message.contains("writer or compactor function") && e.message.contains("init"),
+        "{}",
+        e.message
+    );
+    let store = shoal::store::open(&url).await.unwrap();
+    assert_eq!(
+        store.list("").await.unwrap().len(),
+        0,
+        "the reader wrote nothing"
+    );
+    let writer = open_function_db(&url, Role::Writer, settings)
+        .await
+        .unwrap();
+    let reader = open_function_db(&url, Role::Reader, RequestedSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(reader.settings().dimensions, 3);
+    reader.close().await.unwrap();
+    writer.close().await.unwrap();
 }
