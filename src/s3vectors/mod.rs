@@ -217,8 +217,9 @@ pub struct Service {
     opts: S3VectorsOptions,
     root: Arc<Counted>,
     catalog: CatalogCache,
-    /// Open index handles by `bucket/index`.
-    indexes: tokio::sync::Mutex<HashMap<String, Db>>,
+    /// Index handles by `bucket/index`, each opened once on first use
+    /// (opening one never holds up requests to the others).
+    indexes: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Db>>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -243,7 +244,7 @@ impl Service {
             catalog: CatalogCache::new(opts.catalog_max_age),
             opts,
             root,
-            indexes: tokio::sync::Mutex::new(HashMap::new()),
+            indexes: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -259,10 +260,12 @@ impl Service {
 
     /// Closes every open index handle (instance records removed).
     pub async fn close(&self) {
-        let mut open = self.indexes.lock().await;
-        for (name, db) in open.drain() {
-            if let Err(e) = db.close().await {
-                tracing::warn!(index = %name, error = %e, "closing an S3 Vectors index failed");
+        let open: Vec<_> = self.indexes.lock().unwrap().drain().collect();
+        for (name, cell) in open {
+            if let Some(db) = cell.get() {
+                if let Err(e) = db.close().await {
+                    tracing::warn!(index = %name, error = %e, "closing an S3 Vectors index failed");
+                }
             }
         }
     }
@@ -381,19 +384,30 @@ impl Service {
             Ok(e) => e.clone(),
             Err(e) => {
                 // Gone (maybe deleted by another instance): let go of it.
-                if let Some(db) = self.indexes.lock().await.remove(&name) {
-                    let _ = db.close().await;
-                }
+                self.forget(&name).await;
                 return Err(e);
             }
         };
-        let mut open = self.indexes.lock().await;
-        if let Some(db) = open.get(&name) {
-            return Ok((db.clone(), entry));
-        }
-        let db = self.open_index(bucket, index, &entry).await?;
-        open.insert(name, db.clone());
+        let cell = self
+            .indexes
+            .lock()
+            .unwrap()
+            .entry(name)
+            .or_default()
+            .clone();
+        let db = cell
+            .get_or_try_init(|| self.open_index(bucket, index, &entry))
+            .await?
+            .clone();
         Ok((db, entry))
+    }
+
+    /// Closes and drops this instance's handle on an index, if it has one.
+    async fn forget(&self, name: &str) {
+        let cell = self.indexes.lock().unwrap().remove(name);
+        if let Some(db) = cell.as_ref().and_then(|c| c.get()) {
+            let _ = db.close().await;
+        }
     }
 
     async fn open_index(&self, bucket: &str, index: &str, e: &IndexEntry) -> Result<Db, S3vError> {
@@ -949,15 +963,7 @@ impl Call<'_> {
             })
             .await?;
         // 2. Let go of our handle, 3. delete its objects, 4. forget the name.
-        if let Some(db) = self
-            .svc
-            .indexes
-            .lock()
-            .await
-            .remove(&format!("{bucket}/{index}"))
-        {
-            let _ = db.close().await;
-        }
+        self.svc.forget(&format!("{bucket}/{index}")).await;
         self.svc.wipe(&bucket, &index).await?;
         self.svc
             .change_catalog(|c| {
