@@ -163,6 +163,16 @@ impl AppState {
             })
     }
 
+    /// A search slot, or why there is none (answered 429).
+    fn search_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+        self.searches.clone().try_acquire_owned().map_err(|_| {
+            format!(
+                "this instance is already running {} searches; retry shortly",
+                self.max_searches
+            )
+        })
+    }
+
     fn record(&self, endpoint: &'static str, status: u16, started: Instant) {
         let secs = started.elapsed().as_secs_f64();
         let mut m = self.metrics.lock().unwrap();
@@ -234,16 +244,10 @@ async fn dispatch(
         // Searches and warm-ups take a slot (429 when none is free) and
         // are abandoned at the deadline, so no request holds the cores.
         let _slot = if matches!(row.op, Op::Search | Op::Warm) {
-            Some(st.searches.clone().try_acquire_owned().map_err(|_| {
-                ApiError::new(
-                    429,
-                    "too_many_requests",
-                    format!(
-                        "this instance is already running {} searches; retry shortly",
-                        st.max_searches
-                    ),
-                )
-            })?)
+            Some(
+                st.search_slot()
+                    .map_err(|m| ApiError::new(429, "too_many_requests", m))?,
+            )
         } else {
             None
         };
@@ -346,45 +350,23 @@ fn render_metrics(st: &AppState) -> String {
     out.push_str("# HELP shoal_http_request_duration_seconds Request latency by endpoint.\n");
     out.push_str("# TYPE shoal_http_request_duration_seconds histogram\n");
     for (ep, h) in &m.latency {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "shoal_http_request_duration_seconds_bucket{{endpoint=\"{ep}\",le=\"{b}\"}} {}",
-                h.counts[i]
-            );
-        }
-        let _ = writeln!(
-            out,
-            "shoal_http_request_duration_seconds_bucket{{endpoint=\"{ep}\",le=\"+Inf\"}} {}",
-            h.count
-        );
-        let _ = writeln!(
-            out,
-            "shoal_http_request_duration_seconds_sum{{endpoint=\"{ep}\"}} {}",
-            h.sum
-        );
-        let _ = writeln!(
-            out,
-            "shoal_http_request_duration_seconds_count{{endpoint=\"{ep}\"}} {}",
-            h.count
-        );
+        let bounds = BUCKETS.iter().map(f64::to_string);
+        let labels = format!("endpoint=\"{ep}\"");
+        let name = "shoal_http_request_duration_seconds";
+        write_histogram(&mut out, name, &labels, bounds, &h.counts, h.count, h.sum);
     }
     out.push_str(
         "# HELP shoal_query_store_requests Object-store requests each search made.\n\
          # TYPE shoal_query_store_requests histogram\n",
     );
-    for (i, b) in QUERY_REQUEST_BUCKETS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "shoal_query_store_requests_bucket{{le=\"{b}\"}} {}",
-            m.query_requests[i]
-        );
-    }
-    let _ = writeln!(
-        out,
-        "shoal_query_store_requests_bucket{{le=\"+Inf\"}} {}\n\
-         shoal_query_store_requests_sum {}\nshoal_query_store_requests_count {}",
-        m.query_requests_count, m.query_requests_sum, m.query_requests_count
+    write_histogram(
+        &mut out,
+        "shoal_query_store_requests",
+        "",
+        QUERY_REQUEST_BUCKETS.iter().map(u64::to_string),
+        &m.query_requests,
+        m.query_requests_count,
+        m.query_requests_sum as f64,
     );
     drop(m);
     let Some(db) = &st.db else {
@@ -549,16 +531,10 @@ async fn s3vectors(
             })?;
         let query_op = operation == "QueryVectors";
         let _slot = if query_op {
-            Some(st.searches.clone().try_acquire_owned().map_err(|_| {
-                S3vError::new(
-                    429,
-                    "TooManyRequestsException",
-                    format!(
-                        "this instance is already running {} searches; retry shortly",
-                        st.max_searches
-                    ),
-                )
-            })?)
+            Some(
+                st.search_slot()
+                    .map_err(|m| S3vError::new(429, "TooManyRequestsException", m))?,
+            )
         } else {
             None
         };
@@ -634,6 +610,34 @@ async fn s3vectors(
     };
     st.record("s3vectors", resp.status().as_u16(), started);
     resp
+}
+
+/// One Prometheus histogram's lines: the cumulative count at each bound,
+/// `+Inf`, the sum and the count; `labels` (may be empty) go on each.
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: impl Iterator<Item = String>,
+    counts: &[u64],
+    count: u64,
+    sum: f64,
+) {
+    use std::fmt::Write;
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (b, n) in bounds.zip(counts) {
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let braces = |l: &str| {
+        if l.is_empty() {
+            String::new()
+        } else {
+            format!("{{{l}}}")
+        }
+    };
+    let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+    let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
 }
 
 /// The router: one axum route per row of the route table over `db` (the

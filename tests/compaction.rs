@@ -695,6 +695,33 @@ async fn background_gc_keeps_storage_flat_under_many_tiny_writes() {
     db.close().await.unwrap();
 }
 
+/// A writer over 4 partitions that has committed `n` one-record upserts
+/// (one segment each).
+async fn one_record_writes(store: &Arc<Counted>, n: u32) -> shoal::Db {
+    let db = shoal::Db::open_store(store.clone(), writer_opts(4))
+        .await
+        .unwrap();
+    for i in 0..n {
+        db.upsert(&[Record::new(format!("r{i}"), vec![1.0, i as f32])])
+            .await
+            .unwrap();
+    }
+    db
+}
+
+async fn segment_count(store: &Arc<Counted>, p: u32) -> usize {
+    let (m, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
+    m.segments.len()
+}
+
+async fn segment_counts(store: &Arc<Counted>) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for p in 0..4 {
+        counts.push(segment_count(store, p).await);
+    }
+    counts
+}
+
 /// Defect: the compactor Lambda saved its cursor only at the end of an
 /// invocation, so a partition whose compaction outran the time left was
 /// retried first every time and stalled every other partition (and GC)
@@ -707,25 +734,9 @@ async fn a_compactor_with_little_time_never_stalls_on_one_partition() {
         "vectors/p002/manifest.json",
     ));
     let store = Arc::new(Counted::new(faults.clone()));
-    let db = shoal::Db::open_store(store.clone(), writer_opts(4))
-        .await
-        .unwrap();
-    for i in 0..120u32 {
-        db.upsert(&[Record::new(format!("r{i}"), vec![1.0, i as f32])])
-            .await
-            .unwrap();
-    }
-    let segments = |p: u32| {
-        let store = store.clone();
-        async move {
-            let (m, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
-            m.segments.len()
-        }
-    };
-    let mut before = Vec::new();
-    for p in 0..4 {
-        before.push(segments(p).await);
-    }
+    let db = one_record_writes(&store, 120).await;
+    let segments = |p: u32| segment_count(&store, p);
+    let before = segment_counts(&store).await;
     assert!(before.iter().all(|&n| n >= 10), "{before:?}");
     faults.hang_writes(true);
     for _ in 0..3 {
@@ -769,25 +780,9 @@ async fn a_compactor_with_little_time_compacts_a_slow_partition_in_pieces() {
         "no-write-faults",
     ));
     let store = Arc::new(Counted::new(faults.clone()));
-    let db = shoal::Db::open_store(store.clone(), writer_opts(4))
-        .await
-        .unwrap();
-    for i in 0..160u32 {
-        db.upsert(&[Record::new(format!("r{i}"), vec![1.0, i as f32])])
-            .await
-            .unwrap();
-    }
-    let segments = |p: u32| {
-        let store = store.clone();
-        async move {
-            let (m, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
-            m.segments.len()
-        }
-    };
-    let mut before = Vec::new();
-    for p in 0..4 {
-        before.push(segments(p).await);
-    }
+    let db = one_record_writes(&store, 160).await;
+    let segments = |p: u32| segment_count(&store, p);
+    let before = segment_counts(&store).await;
     assert!(before[2] >= 25, "{before:?}");
     // Reading partition 2's segments whole takes 25 x 40 ms = 1 s or more;
     // an invocation has 600 ms.

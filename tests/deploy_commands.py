@@ -125,6 +125,30 @@ class Process:
         os.unlink(self.log.name)
 
 
+class Running:
+    """Processes started inside a `with`: stopped at the end, their output
+    printed if anything failed."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, name, argv, env):
+        p = Process(name, argv, env)
+        self.procs.append(p)
+        return p
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is not None:
+            for p in self.procs:
+                print(f"--- {p.name} ---\n{p.output()}", file=sys.stderr)
+        for p in self.procs:
+            p.stop()
+        return False
+
+
 def call(port, path, body=None):
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}", data=None if body is None else json.dumps(body).encode(),
@@ -176,30 +200,18 @@ def kubernetes(binary):
     finally:
         early.stop()
 
-    procs = []
-    try:
+    with Running() as running:
         args, own = containers["writer"]
         wport = free_port()
-        writer = Process("k8s-writer", prefix + loopback(args, wport), {**env, **own})
-        procs.append(writer)
-        writer.wait_listening()
+        running.start("k8s-writer", prefix + loopback(args, wport), {**env, **own}).wait_listening()
         args, own = containers["reader"]
         rport = free_port()
-        reader = Process("k8s-reader", prefix + loopback(args, rport), {**env, **own})
-        procs.append(reader)
-        reader.wait_listening()
+        running.start("k8s-reader", prefix + loopback(args, rport), {**env, **own}).wait_listening()
         status = call(rport, "/v1/status")
         cfg = status["config"] if "config" in status else status
         text = json.dumps(cfg)
         assert f'"dimensions": {dims}' in text or f'"dimensions":{dims}' in text, text[:500]
         write_then_find(wport, rport, dims)
-    except BaseException:
-        for p in procs:
-            print(f"--- {p.name} ---\n{p.output()}", file=sys.stderr)
-        raise
-    finally:
-        for p in procs:
-            p.stop()
     print("deploy: the Kubernetes example's commands reach a working search on a fresh bucket")
 
 
@@ -217,24 +229,15 @@ def compose(binary):
     finally:
         run.stop()
     dims = int(init["command"][init["command"].index("--dimensions") + 1])
-    procs = []
-    try:
+    with Running() as running:
         ports = {}
         for name in ("writer", "reader"):
             svc = services[name]
             ports[name] = free_port()
             own = {"BRAINY_ROLE": svc["environment"]["BRAINY_ROLE"]}
-            p = Process(f"compose-{name}", prefix + loopback(svc["command"], ports[name]), {**env, **own})
-            procs.append(p)
-            p.wait_listening()
+            argv = prefix + loopback(svc["command"], ports[name])
+            running.start(f"compose-{name}", argv, {**env, **own}).wait_listening()
         write_then_find(ports["writer"], ports["reader"], dims)
-    except BaseException:
-        for p in procs:
-            print(f"--- {p.name} ---\n{p.output()}", file=sys.stderr)
-        raise
-    finally:
-        for p in procs:
-            p.stop()
     print("deploy: the docker compose example's commands reach a working search on a fresh bucket")
 
 

@@ -667,6 +667,28 @@ fn present_hits(q: &QueryContext<'_>, top: Vec<Found>) -> Vec<Hit> {
         .collect()
 }
 
+/// Partition `p`'s view and an index view that covers it (its watermark
+/// at least the partition's `indexedThrough`), as fresh as `consistency`
+/// asks.
+async fn view_and_index(
+    shared: &Arc<Shared>,
+    p: u32,
+    consistency: Consistency,
+    tally: &CacheTally,
+) -> Result<(Arc<view::PartitionView>, Arc<shards::IndexView>), ReadError> {
+    let want = Freshness {
+        consistency,
+        staleness: shared.opts.max_staleness,
+        ticket: shared.next_ticket(),
+    };
+    let view = load::ensure_view(shared, shared.store.as_ref(), p, want, tally)
+        .await
+        .map_err(|e| e.into_read_error(p))?;
+    let retired = [(p, view.manifest.indexed_through)];
+    let index = shards::ensure_index(shared, &shared.store, want, &retired).await?;
+    Ok((view, index))
+}
+
 /// The newest live version of `id`, reading only its partition.
 pub(super) async fn get(
     shared: &Arc<Shared>,
@@ -676,17 +698,8 @@ pub(super) async fn get(
     let p = crate::coord::partition_of(id, shared.views.len() as u32);
     let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
     let store: &dyn ObjectStore = shared.store.as_ref();
-    let want = Freshness {
-        consistency,
-        staleness: shared.opts.max_staleness,
-        ticket: shared.next_ticket(),
-    };
     let found = async {
-        let view = load::ensure_view(shared, store, p, want, &tally)
-            .await
-            .map_err(|e| e.into_read_error(p))?;
-        let retired = [(p, view.manifest.indexed_through)];
-        let index = shards::ensure_index(shared, &shared.store, want, &retired).await?;
+        let (view, index) = view_and_index(shared, p, consistency, &tally).await?;
         let w = index.watermark(p);
         let in_tail = load::retry_if_vanished(shared, store, view, &tally, |view| {
             let tally = &tally;
@@ -756,17 +769,7 @@ pub(super) async fn list_ids(
         )));
     }
     let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
-    let store: &dyn ObjectStore = shared.store.as_ref();
-    let want = Freshness {
-        consistency,
-        staleness: shared.opts.max_staleness,
-        ticket: shared.next_ticket(),
-    };
-    let view = load::ensure_view(shared, store, p, want, &tally)
-        .await
-        .map_err(|e| e.into_read_error(p))?;
-    let retired = [(p, view.manifest.indexed_through)];
-    let index = shards::ensure_index(shared, &shared.store, want, &retired).await?;
+    let (view, index) = view_and_index(shared, p, consistency, &tally).await?;
     let w = index.watermark(p);
     let mut decided = std::collections::HashSet::new();
     let mut ids = Vec::new();
