@@ -523,7 +523,10 @@ impl Db {
     /// `force`.
     pub async fn index(&self, force: bool) -> Result<IndexRound, Error> {
         let (store, clock) = (self.inner.cluster.store(), self.inner.cluster.clock());
-        let opts = IndexOptions { force };
+        let opts = IndexOptions {
+            force,
+            ..Default::default()
+        };
         Ok(index_round(
             store.as_ref(),
             &self.settings(),
@@ -611,12 +614,24 @@ impl Db {
             cursor.next_partition = (p + 1) % n;
             if cursor.next_partition == 0 {
                 cursor.passes += 1;
-                let opts = IndexOptions::default();
+                // Rounds too large for an invocation take fewer tails.
+                let opts = IndexOptions {
+                    max_rows: cursor.index_rows,
+                    ..Default::default()
+                };
                 match tokio::time::timeout(left(), index_round(store, settings, id, clock, opts))
                     .await
                 {
-                    Ok(round) => indexed.push(round?),
-                    Err(_) => tracing::warn!("indexer round outran the invocation; next pass"),
+                    Ok(round) => {
+                        indexed.push(round?);
+                        cursor.next_index_budget(false);
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "indexer round outran the invocation; fewer tails next pass"
+                        );
+                        cursor.next_index_budget(true);
+                    }
                 }
                 if !left().is_zero() {
                     crate::compact::gc::gc(store, settings, clock, gc).await?;

@@ -245,7 +245,10 @@ async fn racing_indexers_commit_once(store: Arc<Counted>) {
                 &s,
                 "slow",
                 &clock,
-                IndexOptions { force: true },
+                IndexOptions {
+                    force: true,
+                    ..Default::default()
+                },
             )
             .await
         }
@@ -260,7 +263,10 @@ async fn racing_indexers_commit_once(store: Arc<Counted>) {
         &s,
         "fast",
         &now,
-        IndexOptions { force: true },
+        IndexOptions {
+            force: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -272,7 +278,10 @@ async fn racing_indexers_commit_once(store: Arc<Counted>) {
         &s,
         "fast",
         &now,
-        IndexOptions { force: true },
+        IndexOptions {
+            force: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -408,4 +417,60 @@ async fn later_rounds_do_not_read_the_shards_again() {
         read < shard_bytes / 2,
         "the round read {read} bytes; the shards hold {shard_bytes}"
     );
+}
+
+/// A round with a row budget takes the tails of some partitions only,
+/// starting where the index generation points, so rounds too small for
+/// every tail still reach every partition in turn; the shards end up
+/// covering everything exactly once, as one unbounded round would.
+#[tokio::test]
+async fn rounds_with_a_row_budget_reach_every_partition_in_turn() {
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 4, DIMS, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let mut model = Model::default();
+    let recs: Vec<Record> = (0..80)
+        .map(|i| Record::new(format!("r{i}"), vector(i, 1)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    model.upsert(&recs);
+    let clock: DynClock = Arc::new(SystemClock);
+    let budget = IndexOptions {
+        force: true,
+        max_rows: Some(1),
+    };
+    // Every partition keeps getting writes, so a walk that always started
+    // at partition 0 would never leave it.
+    let per_partition: Vec<String> = (0..4u32)
+        .map(|p| {
+            (0..)
+                .map(|i| format!("k{i}"))
+                .find(|id| shoal::coord::partition_of(id, 4) == p)
+                .unwrap()
+        })
+        .collect();
+    let mut rounds = Vec::new();
+    for round in 0..4 {
+        let more: Vec<Record> = per_partition
+            .iter()
+            .map(|id| Record::new(id.clone(), vector(round, 2)))
+            .collect();
+        w.upsert(&more).await.unwrap();
+        model.upsert(&more);
+        let r = index_round(store.as_ref(), &s, "ix", &clock, budget)
+            .await
+            .unwrap();
+        assert_eq!(r.advanced.len(), 1, "one partition's tail per round: {r:?}");
+        assert!(r.records_in < 80, "{r:?}");
+        rounds.push(*r.advanced.keys().next().unwrap());
+    }
+    rounds.sort();
+    assert_eq!(rounds, vec![0, 1, 2, 3], "every partition in turn");
+    // The last writes went to every partition; four more rounds take them.
+    for _ in 0..4 {
+        index_round(store.as_ref(), &s, "ix", &clock, budget)
+            .await
+            .unwrap();
+    }
+    assert_covered(store.as_ref(), &s, &model.0, "after the budgeted rounds").await;
 }

@@ -306,7 +306,10 @@ impl Sim {
             if index {
                 // A failed round may stop anywhere; the next one finishes
                 // what it committed.
-                let opts = IndexOptions { force: true };
+                let opts = IndexOptions {
+                    force: true,
+                    ..Default::default()
+                };
                 let _ = index_round(store.as_ref(), settings, "indexer", clock, opts).await;
             }
             indexing_done.set(true);

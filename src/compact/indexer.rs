@@ -63,6 +63,11 @@ pub const SHARD_TARGET_BYTES: u64 = 512 << 20;
 pub struct IndexOptions {
     /// Index whatever the tails hold, however little or young.
     pub force: bool,
+    /// Take tails until they hold this many records (at least one
+    /// partition's), starting at a partition that moves with every
+    /// commit; the other partitions wait for the next round. `None`:
+    /// every tail. For a compactor whose rounds must fit an invocation.
+    pub max_rows: Option<u64>,
 }
 
 /// The most rows a shard of `settings`' vectors holds.
@@ -133,7 +138,7 @@ pub async fn index_round(
             return Ok(round);
         }
     }
-    let mut result = run_round(store, settings, clock, &mut round).await;
+    let mut result = run_round(store, settings, clock, opts.max_rows, &mut round).await;
     if result.is_ok() {
         result = merge_shards(store, settings, clock, &mut round).await;
     }
@@ -178,22 +183,33 @@ async fn run_round(
     store: &dyn ObjectStore,
     settings: &Settings,
     clock: &DynClock,
+    max_rows: Option<u64>,
     round: &mut IndexRound,
 ) -> Result<(), CompactError> {
     let n = settings.partition_count;
     let shape = shape_of(settings);
     let index = current_index(store, n).await?;
-    // The tails, and where each partition's watermark will move.
+    // The tails, and where each partition's watermark will move. With a
+    // row budget the walk starts where the generation points, so rounds
+    // that cannot take every tail still reach every partition in turn.
     let mut batch: Vec<Prepared> = Vec::new();
     let mut advanced = BTreeMap::new();
     let backoff = Backoff::default();
-    for p in 0..n {
+    let start = if max_rows.is_some() {
+        (index.generation % u64::from(n)) as u32
+    } else {
+        0
+    };
+    for p in (0..n).map(|i| (start + i) % n) {
         let (m, _) = load_manifest(store, p, settings.partitions_initialized).await?;
         let w = index.watermark(p);
         if m.indexed_through < w {
             // An earlier round committed the index manifest and stopped
             // before retiring: finish that first.
             round.retired_partitions += retire(store, settings, clock, p, w).await? as u64;
+        }
+        if max_rows.is_some_and(|max| round.records_in >= max) {
+            continue; // over the budget: the next round takes it
         }
         let tail: Vec<_> = m.segments.iter().filter(|s| s.seq > w).collect();
         let Some(last) = tail.last() else { continue };

@@ -515,7 +515,10 @@ mod tests {
             &settings,
             "ix",
             &clock,
-            IndexOptions { force: true },
+            IndexOptions {
+                force: true,
+                ..Default::default()
+            },
         )
         .await
         .unwrap();

@@ -181,7 +181,10 @@ pub async fn index_now(
     settings: &Settings,
 ) -> shoal::compact::indexer::IndexRound {
     let clock: DynClock = Arc::new(SystemClock);
-    let force = shoal::compact::indexer::IndexOptions { force: true };
+    let force = shoal::compact::indexer::IndexOptions {
+        force: true,
+        ..Default::default()
+    };
     shoal::compact::indexer::index_round(store, settings, "ix", &clock, force)
         .await
         .expect("an indexer round")
