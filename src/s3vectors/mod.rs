@@ -1102,10 +1102,13 @@ impl Call<'_> {
             };
             for id in &ids[start..] {
                 if keys.len() == max {
-                    next = Some(encode_token(p, keys.last().expect("max >= 1")));
+                    // Resume in this partition after the last key taken
+                    // from it (none: from its start).
+                    next = Some(encode_token(p, after.as_deref()));
                     break;
                 }
                 keys.push(id.clone());
+                after = Some(id.clone());
             }
             if next.is_some() {
                 break;
@@ -1335,11 +1338,12 @@ fn to_stored_filter(f: &Value, non_filterable: &[String]) -> Result<Value, S3vEr
     Ok(stored)
 }
 
-/// `ListVectors` tokens: the partition and the last key of the page.
-fn encode_token(p: u32, last: &str) -> String {
+/// `ListVectors` tokens: the partition to resume in and the last key
+/// already listed from it (`None`: resume at its start).
+fn encode_token(p: u32, after: Option<&str>) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(&json!({"p": p, "after": last})).expect("json"))
+        .encode(serde_json::to_vec(&json!({"p": p, "after": after})).expect("json"))
 }
 
 fn decode_token(
@@ -1355,11 +1359,15 @@ fn decode_token(
         .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     let p = v.get("p").and_then(Value::as_u64).ok_or_else(bad)? as u32;
-    let after = v.get("after").and_then(Value::as_str).ok_or_else(bad)?;
+    let after = match v.get("after") {
+        Some(Value::String(a)) => Some(a.clone()),
+        Some(Value::Null) => None,
+        _ => return Err(bad()),
+    };
     if p >= partitions || p % count != segment {
         return Err(bad());
     }
-    Ok((p, Some(after.to_string())))
+    Ok((p, after))
 }
 
 #[cfg(test)]
@@ -1451,11 +1459,13 @@ mod tests {
 
     #[test]
     fn list_tokens_round_trip_and_foreign_tokens_are_refused() {
-        let t = encode_token(6, "key-9");
+        let t = encode_token(6, Some("key-9"));
         assert_eq!(
             decode_token(&t, 3, 0, 100).unwrap(),
             (6, Some("key-9".into()))
         );
+        let start = encode_token(9, None);
+        assert_eq!(decode_token(&start, 3, 0, 100).unwrap(), (9, None));
         assert!(
             decode_token(&t, 4, 1, 100).is_err(),
             "another segment's token"
