@@ -408,3 +408,57 @@ async fn list_vectors_pages_of_every_size_list_each_key_once() {
     }
     svc.close().await;
 }
+
+/// An instance whose cached catalog predates a bucket or index another
+/// instance just created rechecks before answering NotFound, however
+/// long it may otherwise cache the catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_created_elsewhere_is_found_at_once_despite_a_cached_catalog() {
+    let root = root();
+    let a = service(&root, None).await;
+    let mut opts = S3VectorsOptions::new(root.as_str());
+    opts.catalog_max_age = Duration::from_secs(3600);
+    let b = Service::open(opts).await.unwrap();
+    // b caches the (empty) catalog.
+    let listed = call(&b, "ListVectorBuckets", json!({})).await.unwrap();
+    assert_eq!(listed["vectorBuckets"], json!([]));
+    call(
+        &a,
+        "CreateVectorBucket",
+        json!({"vectorBucketName": "fresh"}),
+    )
+    .await
+    .unwrap();
+    call(&a, "CreateIndex", index("fresh", "docs"))
+        .await
+        .unwrap();
+    call(&b, "GetVectorBucket", json!({"vectorBucketName": "fresh"}))
+        .await
+        .unwrap();
+    call(
+        &b,
+        "GetIndex",
+        json!({"vectorBucketName": "fresh", "indexName": "docs"}),
+    )
+    .await
+    .unwrap();
+    call(
+        &b,
+        "PutVectors",
+        json!({"vectorBucketName": "fresh", "indexName": "docs",
+        "vectors": [{"key": "k", "data": {"float32": [1.0, 0.0]}}]}),
+    )
+    .await
+    .unwrap();
+    // A name that really is missing is still NotFound.
+    let e = call(
+        &b,
+        "GetIndex",
+        json!({"vectorBucketName": "fresh", "indexName": "nope"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, "NotFoundException");
+    a.close().await;
+    b.close().await;
+}

@@ -129,10 +129,24 @@ impl CatalogCache {
 
     /// The catalog, revalidated if the copy held is older than `max_age`.
     pub async fn get(&self, store: &dyn ObjectStore) -> Result<Catalog, CoordError> {
+        self.get_within(store, self.max_age).await
+    }
+
+    /// The catalog, revalidated now (for a name the cached copy lacks:
+    /// another instance may have just created it).
+    pub async fn revalidate(&self, store: &dyn ObjectStore) -> Result<Catalog, CoordError> {
+        self.get_within(store, Duration::ZERO).await
+    }
+
+    async fn get_within(
+        &self,
+        store: &dyn ObjectStore,
+        max_age: Duration,
+    ) -> Result<Catalog, CoordError> {
         let held = self.held.lock().unwrap().clone();
         let now = Instant::now();
         let (catalog, etag) = match held {
-            Some((c, _, at)) if now.duration_since(at) < self.max_age => return Ok(c),
+            Some((c, _, at)) if now.duration_since(at) < max_age => return Ok(c),
             Some((c, Some(etag), _)) => {
                 match store.get_if_changed(S3VECTORS_CATALOG_KEY, &etag).await {
                     Ok(Conditional::NotModified) => (c, Some(etag)),
@@ -207,7 +221,8 @@ mod tests {
         .unwrap();
         let seen = cache.get(&store).await.unwrap();
         assert_eq!(seen.buckets["b1"].indexes["i1"], entry(3));
-        // A long-lived cache keeps its copy until it ages out.
+        // A long-lived cache keeps its copy until it ages out, unless
+        // asked to revalidate.
         let slow = CatalogCache::new(Duration::from_secs(3600));
         slow.get(&store).await.unwrap();
         update(&store, |c| {
@@ -217,6 +232,8 @@ mod tests {
         .await
         .unwrap();
         assert!(slow.get(&store).await.unwrap().buckets.contains_key("b1"));
+        assert!(slow.revalidate(&store).await.unwrap().buckets.is_empty());
+        assert!(slow.get(&store).await.unwrap().buckets.is_empty());
         assert!(cache.get(&store).await.unwrap().buckets.is_empty());
     }
 }

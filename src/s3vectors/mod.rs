@@ -353,6 +353,17 @@ impl Service {
         Ok(self.catalog.get(self.root.as_ref()).await?)
     }
 
+    /// The catalog, revalidated first if the cached copy fails `has`
+    /// (a name another instance may have just created is never answered
+    /// NotFound from a stale copy).
+    async fn catalog_with(&self, has: impl Fn(&Catalog) -> bool) -> Result<Catalog, S3vError> {
+        let cat = self.fresh_catalog().await?;
+        if has(&cat) {
+            return Ok(cat);
+        }
+        Ok(self.catalog.revalidate(self.root.as_ref()).await?)
+    }
+
     async fn change_catalog<F>(&self, change: F) -> Result<Catalog, S3vError>
     where
         F: FnMut(&mut Catalog) -> Result<(), String>,
@@ -378,7 +389,9 @@ impl Service {
     /// The open handle on an index the catalog holds, opened (and its
     /// config created, if a crash left it missing) on first use.
     async fn index(&self, bucket: &str, index: &str) -> Result<(Db, IndexEntry), S3vError> {
-        let cat = self.fresh_catalog().await?;
+        let cat = self
+            .catalog_with(|c| live_index(c, bucket, index).is_ok())
+            .await?;
         let name = format!("{bucket}/{index}");
         let entry = match live_index(&cat, bucket, index) {
             Ok(e) => e.clone(),
@@ -706,7 +719,10 @@ impl Call<'_> {
 
     async fn get_bucket(&self) -> Result<Value, S3vError> {
         let name = self.bucket_name()?;
-        let cat = self.svc.fresh_catalog().await?;
+        let cat = self
+            .svc
+            .catalog_with(|c| c.buckets.contains_key(&name))
+            .await?;
         let b = cat
             .buckets
             .get(&name)
@@ -913,14 +929,20 @@ impl Call<'_> {
 
     async fn get_index(&self) -> Result<Value, S3vError> {
         let (bucket, index) = self.index_name()?;
-        let cat = self.svc.fresh_catalog().await?;
+        let cat = self
+            .svc
+            .catalog_with(|c| live_index(c, &bucket, &index).is_ok())
+            .await?;
         let e = live_index(&cat, &bucket, &index)?;
         Ok(json!({"index": self.index_summary(&bucket, &index, e, true)}))
     }
 
     async fn list_indexes(&self) -> Result<Value, S3vError> {
         let bucket = self.bucket_name()?;
-        let cat = self.svc.fresh_catalog().await?;
+        let cat = self
+            .svc
+            .catalog_with(|c| c.buckets.contains_key(&bucket))
+            .await?;
         let b = cat
             .buckets
             .get(&bucket)
