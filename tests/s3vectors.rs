@@ -121,6 +121,10 @@ async fn a_deleted_index_is_gone_everywhere_with_its_objects_and_its_name_is_fre
     call(&b, "PutVectors", put.clone()).await.unwrap();
     assert!(!keys_under(&root, "vb1/docs/vectors/").await.is_empty());
 
+    assert!(
+        keys_under(&root, "vb1/docs/_brainy/instances/").await.len() >= 2,
+        "both instances have registered with the index"
+    );
     call(
         &a,
         "DeleteIndex",
@@ -128,7 +132,16 @@ async fn a_deleted_index_is_gone_everywhere_with_its_objects_and_its_name_is_fre
     )
     .await
     .unwrap();
-    // b held an open handle; it now answers NotFound and lets go of it.
+    // b held an open handle: any request b serves lets go of it, even one
+    // about something else, so its heartbeats stop writing an instance
+    // record into the deleted index (they would after 10 s).
+    call(&b, "ListVectorBuckets", json!({})).await.unwrap();
+    tokio::time::sleep(shoal::coord::DEFAULT_HEARTBEAT_INTERVAL + Duration::from_secs(1)).await;
+    assert_eq!(
+        keys_under(&root, "vb1/docs/").await,
+        Vec::<String>::new(),
+        "nothing of the deleted index is left, nor written again"
+    );
     let e = call(&b, "PutVectors", put.clone()).await.unwrap_err();
     assert_eq!((e.status, e.code), (404, "NotFoundException"), "{e:?}");
     let left = keys_under(&root, "vb1/docs/").await;

@@ -350,7 +350,28 @@ impl Service {
     }
 
     async fn fresh_catalog(&self) -> Result<Catalog, S3vError> {
-        Ok(self.catalog.get(self.root.as_ref()).await?)
+        let cat = self.catalog.get(self.root.as_ref()).await?;
+        self.forget_gone(&cat).await;
+        Ok(cat)
+    }
+
+    /// Closes the handles of indexes `cat` no longer lists as live (deleted
+    /// by any instance), so their heartbeats and background work stop.
+    async fn forget_gone(&self, cat: &Catalog) {
+        let gone: Vec<String> = self
+            .indexes
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|name| {
+                let (b, i) = name.split_once('/').unwrap_or((name, ""));
+                live_index(cat, b, i).is_err()
+            })
+            .cloned()
+            .collect();
+        for name in gone {
+            self.forget(&name).await;
+        }
     }
 
     /// The catalog, revalidated first if the cached copy fails `has`
@@ -361,7 +382,9 @@ impl Service {
         if has(&cat) {
             return Ok(cat);
         }
-        Ok(self.catalog.revalidate(self.root.as_ref()).await?)
+        let cat = self.catalog.revalidate(self.root.as_ref()).await?;
+        self.forget_gone(&cat).await;
+        Ok(cat)
     }
 
     async fn change_catalog<F>(&self, change: F) -> Result<Catalog, S3vError>
