@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target in fuzz/ for a bounded time (the test
-# command runs this with 30 s each):
+# command runs this with 20 s each):
 #
 #   scripts/fuzz.sh [seconds per target] [target ...]
 #

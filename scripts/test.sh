@@ -8,7 +8,7 @@
 # the Lambda functions in the real runtime
 # (cargo lambda watch, loopback), cfn-lint on the SAM template, static
 # checks of the deployment manifests, and every fuzz target for a bounded
-# time (SHOAL_FUZZ_SECONDS, default 30); stops the servers even when
+# time (SHOAL_FUZZ_SECONDS, default 20); stops the servers even when
 # something fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -78,6 +78,6 @@ echo "== deployment manifests (static checks)"
 "$tools/python" scripts/check-manifests.py
 echo "== deployment examples' commands on a fresh bucket (k8s, docker compose)"
 "$tools/python" tests/deploy_commands.py
-echo "== fuzz targets, ${SHOAL_FUZZ_SECONDS:-30} s each (cargo fuzz)"
-bash scripts/fuzz.sh "${SHOAL_FUZZ_SECONDS:-30}"
+echo "== fuzz targets, ${SHOAL_FUZZ_SECONDS:-20} s each (cargo fuzz)"
+bash scripts/fuzz.sh "${SHOAL_FUZZ_SECONDS:-20}"
 echo "== all checks passed"
