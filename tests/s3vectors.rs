@@ -193,7 +193,7 @@ async fn a_stalled_deletion_blocks_the_name_until_it_is_stale_then_is_finished()
     // A deleter that marked the index and died before deleting anything.
     let store = shoal::store::open(&root).await.unwrap();
     let mark = |age_secs: f64| {
-        move |c: &mut catalog::Catalog| {
+        move |c: &mut catalog::Catalog| -> Result<(), &str> {
             let e: &mut IndexEntry = c
                 .buckets
                 .get_mut("vb2")

@@ -58,15 +58,15 @@ pub struct IndexEntry {
     pub deleting_since: Option<f64>,
 }
 
-/// Why a catalog change was refused.
+/// Why a catalog change failed: the store, or the caller's own refusal
+/// (`E`, whatever `change` returned: a bucket that already exists, an
+/// index that does not, ...).
 #[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
+pub enum CatalogError<E> {
     #[error(transparent)]
     Coord(#[from] CoordError),
-    /// The change does not apply to the catalog as it is (a bucket that
-    /// already exists, an index that does not, ...): the message says which.
     #[error("{0}")]
-    Refused(String),
+    Refused(E),
 }
 
 /// Reads the catalog; a store without one has an empty catalog.
@@ -79,11 +79,15 @@ pub async fn read(store: &dyn ObjectStore) -> Result<(Catalog, Option<ETag>), Co
 
 /// Applies `change` to the newest catalog with compare-and-swap (re-read
 /// and re-applied on a lost race, so it must be a pure function of the
-/// catalog it is given). `change` returns `Err(reason)` to refuse: then
-/// nothing is written and [`CatalogError::Refused`] carries the reason.
-pub async fn update<F>(store: &dyn ObjectStore, mut change: F) -> Result<Catalog, CatalogError>
+/// catalog it is given). `change` returns `Err(refusal)` to refuse: then
+/// nothing is written and [`CatalogError::Refused`] carries the refusal.
+pub async fn update<F, E>(
+    store: &dyn ObjectStore,
+    mut change: F,
+) -> Result<Catalog, CatalogError<E>>
 where
-    F: FnMut(&mut Catalog) -> Result<(), String>,
+    F: FnMut(&mut Catalog) -> Result<(), E>,
+    E: std::fmt::Display,
 {
     let mut refused = None;
     let result = update_json::<Catalog, _>(
@@ -97,16 +101,16 @@ where
                     refused = None;
                     Ok(Step::Write(next))
                 }
-                Err(reason) => {
-                    refused = Some(reason);
+                Err(refusal) => {
+                    refused = Some(refusal);
                     Ok(Step::Keep(next))
                 }
             }
         },
     )
     .await;
-    if let Some(reason) = refused {
-        return Err(CatalogError::Refused(reason));
+    if let Some(refusal) = refused {
+        return Err(CatalogError::Refused(refusal));
     }
     Ok(result?.value)
 }
@@ -193,7 +197,7 @@ mod tests {
         assert_eq!(read(&store).await.unwrap().0, Catalog::default());
         update(&store, |c| {
             c.buckets.insert("b1".into(), VectorBucket::default());
-            Ok(())
+            Ok::<(), &str>(())
         })
         .await
         .unwrap();
@@ -202,9 +206,9 @@ mod tests {
         let before = store.get(S3VECTORS_CATALOG_KEY).await.unwrap();
         let e = update(&store, |c| {
             if c.buckets.contains_key("b1") {
-                return Err("bucket b1 already exists".into());
+                return Err("bucket b1 already exists");
             }
-            Ok(())
+            Ok::<(), &str>(())
         })
         .await
         .unwrap_err();
@@ -215,7 +219,7 @@ mod tests {
         update(&store, |c| {
             let b = c.buckets.get_mut("b1").ok_or("no bucket")?;
             b.indexes.insert("i1".into(), entry(3));
-            Ok(())
+            Ok::<(), &str>(())
         })
         .await
         .unwrap();
@@ -227,7 +231,7 @@ mod tests {
         slow.get(&store).await.unwrap();
         update(&store, |c| {
             c.buckets.remove("b1");
-            Ok(())
+            Ok::<(), &str>(())
         })
         .await
         .unwrap();

@@ -99,6 +99,12 @@ impl S3vError {
     }
 }
 
+impl std::fmt::Display for S3vError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
 impl From<Error> for S3vError {
     fn from(e: Error) -> Self {
         let (status, code) = match e.kind() {
@@ -389,22 +395,14 @@ impl Service {
 
     async fn change_catalog<F>(&self, change: F) -> Result<Catalog, S3vError>
     where
-        F: FnMut(&mut Catalog) -> Result<(), String>,
+        F: FnMut(&mut Catalog) -> Result<(), S3vError>,
     {
-        let mut refusal: Option<S3vError> = None;
-        let mut change = change;
-        let result = catalog::update(self.root.as_ref(), |c| {
-            change(c).inspect_err(|m| {
-                refusal = Some(refusal_of(m));
-            })
-        })
-        .await;
-        match result {
+        match catalog::update(self.root.as_ref(), change).await {
             Ok(c) => {
                 self.catalog.set(c.clone());
                 Ok(c)
             }
-            Err(CatalogError::Refused(_)) => Err(refusal.expect("a refusal was recorded")),
+            Err(CatalogError::Refused(e)) => Err(e),
             Err(CatalogError::Coord(e)) => Err(e.into()),
         }
     }
@@ -498,6 +496,10 @@ impl Service {
     }
 }
 
+fn quota(message: String) -> S3vError {
+    S3vError::new(402, "ServiceQuotaExceededException", message)
+}
+
 fn read_only() -> S3vError {
     S3vError::new(
         403,
@@ -507,26 +509,16 @@ fn read_only() -> S3vError {
     )
 }
 
-/// Catalog refusals carry their error class in a leading tag.
-fn refusal_of(m: &str) -> S3vError {
-    if let Some(rest) = m.strip_prefix("conflict:") {
-        S3vError::conflict(rest)
-    } else if let Some(rest) = m.strip_prefix("quota:") {
-        S3vError::new(402, "ServiceQuotaExceededException", rest)
-    } else if let Some(rest) = m.strip_prefix("notfound:") {
-        S3vError::not_found(rest)
-    } else {
-        S3vError::validation(m)
-    }
+/// The vector bucket `bucket`, or NotFound.
+fn bucket_of<'c>(cat: &'c Catalog, bucket: &str) -> Result<&'c VectorBucket, S3vError> {
+    cat.buckets
+        .get(bucket)
+        .ok_or_else(|| S3vError::not_found(format!("vector bucket {bucket} does not exist")))
 }
 
 /// The index `bucket/index`, unless it is missing or being deleted.
 fn live_index<'c>(cat: &'c Catalog, bucket: &str, index: &str) -> Result<&'c IndexEntry, S3vError> {
-    let b = cat
-        .buckets
-        .get(bucket)
-        .ok_or_else(|| S3vError::not_found(format!("vector bucket {bucket} does not exist")))?;
-    match b.indexes.get(index) {
+    match bucket_of(cat, bucket)?.indexes.get(index) {
         Some(e) if e.deleting_since.is_none() => Ok(e),
         _ => Err(S3vError::not_found(format!(
             "index {index} does not exist in vector bucket {bucket}"
@@ -703,14 +695,14 @@ impl Call<'_> {
         self.svc
             .change_catalog(|c| {
                 if c.buckets.contains_key(&name) {
-                    return Err(format!(
-                        "conflict:a vector bucket named {name} already exists"
-                    ));
+                    return Err(S3vError::conflict(format!(
+                        "a vector bucket named {name} already exists"
+                    )));
                 }
                 if c.buckets.len() >= MAX_BUCKETS {
-                    return Err(format!(
-                        "quota:this store already holds {MAX_BUCKETS} vector buckets"
-                    ));
+                    return Err(quota(format!(
+                        "this store already holds {MAX_BUCKETS} vector buckets"
+                    )));
                 }
                 c.buckets.insert(
                     name.clone(),
@@ -746,10 +738,7 @@ impl Call<'_> {
             .svc
             .catalog_with(|c| c.buckets.contains_key(&name))
             .await?;
-        let b = cat
-            .buckets
-            .get(&name)
-            .ok_or_else(|| S3vError::not_found(format!("vector bucket {name} does not exist")))?;
+        let b = bucket_of(&cat, &name)?;
         Ok(json!({"vectorBucket": self.bucket_summary(&name, b, true)}))
     }
 
@@ -795,14 +784,12 @@ impl Call<'_> {
         let name = self.bucket_name()?;
         self.svc
             .change_catalog(|c| {
-                let Some(b) = c.buckets.get(&name) else {
-                    return Err(format!("notfound:vector bucket {name} does not exist"));
-                };
+                let b = bucket_of(c, &name)?;
                 if !b.indexes.is_empty() {
-                    return Err(format!(
-                        "conflict:vector bucket {name} still holds {} indexes; delete them first",
+                    return Err(S3vError::conflict(format!(
+                        "vector bucket {name} still holds {} indexes; delete them first",
                         b.indexes.len()
-                    ));
+                    )));
                 }
                 c.buckets.remove(&name);
                 Ok(())
@@ -899,28 +886,30 @@ impl Call<'_> {
         self.svc
             .change_catalog(|c| {
                 let Some(b) = c.buckets.get_mut(&bucket) else {
-                    return Err(format!("notfound:vector bucket {bucket} does not exist"));
+                    return Err(S3vError::not_found(format!(
+                        "vector bucket {bucket} does not exist"
+                    )));
                 };
                 match b.indexes.get(&index) {
                     Some(e) if e.deleting_since.is_none() => {
-                        return Err(format!(
-                            "conflict:an index named {index} already exists in vector bucket \
+                        return Err(S3vError::conflict(format!(
+                            "an index named {index} already exists in vector bucket \
                              {bucket}"
-                        ))
+                        )))
                     }
                     Some(e) if !stale => {
-                        return Err(format!(
-                            "conflict:index {index} in vector bucket {bucket} is being deleted \
+                        return Err(S3vError::conflict(format!(
+                            "index {index} in vector bucket {bucket} is being deleted \
                              (since {:.0}); retry shortly",
                             e.deleting_since.unwrap_or_default()
-                        ))
+                        )))
                     }
                     _ => {}
                 }
                 if b.indexes.len() >= MAX_INDEXES {
-                    return Err(format!(
-                        "quota:vector bucket {bucket} already holds {MAX_INDEXES} indexes"
-                    ));
+                    return Err(quota(format!(
+                        "vector bucket {bucket} already holds {MAX_INDEXES} indexes"
+                    )));
                 }
                 b.indexes.insert(index.clone(), entry.clone());
                 Ok(())
@@ -966,10 +955,7 @@ impl Call<'_> {
             .svc
             .catalog_with(|c| c.buckets.contains_key(&bucket))
             .await?;
-        let b = cat
-            .buckets
-            .get(&bucket)
-            .ok_or_else(|| S3vError::not_found(format!("vector bucket {bucket} does not exist")))?;
+        let b = bucket_of(&cat, &bucket)?;
         let live = b
             .indexes
             .iter()
@@ -999,9 +985,9 @@ impl Call<'_> {
                     .and_then(|b| b.indexes.get_mut(&index))
                     .filter(|e| e.deleting_since.is_none());
                 let Some(e) = live else {
-                    return Err(format!(
-                        "notfound:index {index} does not exist in vector bucket {bucket}"
-                    ));
+                    return Err(S3vError::not_found(format!(
+                        "index {index} does not exist in vector bucket {bucket}"
+                    )));
                 };
                 e.deleting_since = Some(since);
                 Ok(())
