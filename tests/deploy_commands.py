@@ -23,7 +23,6 @@ import json
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,16 +33,13 @@ import uuid
 
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from support import free_port, shoal_binary  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
 ENDPOINT = os.environ.get("SHOAL_TEST_S3_ENDPOINT")
 API_KEY = "deploy-test-" + uuid.uuid4().hex
-
-
-def shoal_binary():
-    subprocess.run(["cargo", "build", "--quiet", "--locked", "--bin", "shoal"], cwd=ROOT, check=True)
-    meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
-                          cwd=ROOT, check=True, capture_output=True, text=True)
-    return os.path.join(json.loads(meta.stdout)["target_directory"], "debug", "shoal")
 
 
 def entrypoint_args():
@@ -54,12 +50,6 @@ def entrypoint_args():
     entry = json.loads(m.group(1))
     assert entry[0].endswith("/shoal"), entry
     return entry[1:]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fresh_bucket():

@@ -16,7 +16,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,24 +31,11 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from support import free_port, shoal_binary  # noqa: E402
+
 ACCESS, SECRET = "shoal-test", "s3cr3t-for-tests"
 DIM = 8
-
-
-def shoal_binary():
-    subprocess.run(["cargo", "build", "--quiet", "--locked", "--bin", "shoal"], cwd=ROOT, check=True)
-    meta = subprocess.run(
-        ["cargo", "metadata", "--format-version", "1", "--no-deps"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    )
-    return os.path.join(json.loads(meta.stdout)["target_directory"], "debug", "shoal")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
