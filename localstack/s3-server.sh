@@ -6,6 +6,7 @@
 #                                                   # server, waits until it answers
 #   localstack/s3-server.sh stop [moto|seaweedfs]   # stops the server it started, by PID
 #   localstack/s3-server.sh env [moto|seaweedfs]    # prints `export SHOAL_TEST_S3_ENDPOINT=...`
+#   localstack/s3-server.sh errors [moto|seaweedfs] # the tail of its error log (SeaweedFS: weed.ERROR)
 #
 # Env: SHOAL_S3_PORT (moto, default 5599), SHOAL_SEAWEED_PORT (SeaweedFS's
 # S3 port, default 8533; its other services take the ports from
@@ -55,7 +56,15 @@ launch() {
       # A fresh data directory per start: an empty server, like moto.
       rm -rf "$datadir"
       mkdir -p "$datadir"
-      nohup "$venv/bin/weed" mini -dir="$datadir" \
+      # Every test makes its own bucket, and SeaweedFS gives each bucket its
+      # own volumes; the automatic volume limit (free disk / volume size)
+      # runs out after some 80 buckets on a 80 GB disk, and then every PUT
+      # into a new bucket fails with 500 InternalError ("No writable volumes
+      # and no free volumes left"). Volumes are not preallocated, so a high
+      # fixed count of small volumes costs only what is written.
+      mkdir -p "$datadir/log"
+      nohup "$venv/bin/weed" -logdir="$datadir/log" mini -dir="$datadir" \
+        -volume.max=5000 -master.volumeSizeLimitMB=32 \
         -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         -admin.ui=false -webdav=false \
         -s3.port="$port" -s3.port.grpc="$((port + 10000))" \
@@ -96,6 +105,17 @@ start() {
   return 1
 }
 
+# The server's recent errors, for a failed test run's report: SeaweedFS
+# writes them to its error log; moto's log is its request log.
+errors() {
+  local f="$logfile"
+  [ "$server" = moto ] || f="$datadir/log/weed.ERROR"
+  if [ -s "$f" ]; then
+    echo "s3-server: last errors of $server ($f):" >&2
+    tail -n 20 "$f" >&2
+  fi
+}
+
 stop() {
   if [ -f "$pidfile" ]; then
     pid="$(cat "$pidfile")"
@@ -114,5 +134,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   env) echo "export SHOAL_TEST_S3_ENDPOINT=http://127.0.0.1:$port" ;;
-  *) echo "usage: $0 start|stop|env [moto|seaweedfs]" >&2; exit 2 ;;
+  errors) errors ;;
+  *) echo "usage: $0 start|stop|env|errors [moto|seaweedfs]" >&2; exit 2 ;;
 esac

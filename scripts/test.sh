@@ -15,7 +15,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export SHOAL_S3_PORT="${SHOAL_S3_PORT:-5599}"
 export SHOAL_SEAWEED_PORT="${SHOAL_SEAWEED_PORT:-8533}"
-trap 'bash localstack/s3-server.sh stop moto; bash localstack/s3-server.sh stop seaweedfs' EXIT
+# On failure, SeaweedFS's own error log names what went wrong on its side
+# (a 500 reaches the tests only as "InternalError").
+trap 'rc=$?; [ "$rc" -eq 0 ] || bash localstack/s3-server.sh errors seaweedfs;
+      bash localstack/s3-server.sh stop moto; bash localstack/s3-server.sh stop seaweedfs' EXIT
 bash localstack/s3-server.sh start moto
 bash localstack/s3-server.sh start seaweedfs
 
