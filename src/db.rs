@@ -476,6 +476,16 @@ impl Db {
         Ok(self.inner.reader.get_with(id, consistency).await?)
     }
 
+    /// The newest live version of each of `ids` (`None` where it has
+    /// none), in the order given, checking each partition's freshness once.
+    pub async fn get_many(
+        &self,
+        ids: &[&str],
+        consistency: Consistency,
+    ) -> Result<Vec<Option<StoredRecord>>, Error> {
+        Ok(self.inner.reader.get_many(ids, consistency).await?)
+    }
+
     /// The ids live in partition `p`, in ascending byte order.
     pub async fn list_ids(&self, p: u32, consistency: Consistency) -> Result<Vec<String>, Error> {
         Ok(self.inner.reader.list_ids(p, consistency).await?)

@@ -113,6 +113,21 @@ async fn answers(reader: &Reader, model: &Model, when: &str) -> (Answers, Vec<Se
             "metadata": got.as_ref().map(|r| r.metadata.clone()),
         }));
     }
+    // A batch get answers every id ever written (in tails, in shards,
+    // deleted, re-added) and some never written as the model says.
+    let ids: Vec<String> = (0..345).map(|i| format!("r{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let batch = reader.get_many(&refs, Consistency::Strong).await.unwrap();
+    assert_eq!(batch.len(), ids.len());
+    for (id, got) in ids.iter().zip(batch) {
+        match (got, model.0.get(id)) {
+            (Some(rec), Some((v, _))) => {
+                assert_eq!((&rec.id, &rec.vector), (id, v), "{when}: batch get {id}")
+            }
+            (None, None) => {}
+            (got, want) => panic!("{when}: batch get {id}: {got:?} but the model has {want:?}"),
+        }
+    }
     (out, responses)
 }
 

@@ -26,6 +26,7 @@ backend_tests!(
     exact_search_equals_brute_force_for_all_metrics,
     updates_and_deletes_are_visible_to_another_reader_with_strong,
     warm_queries_make_no_requests_and_strong_only_conditional_gets,
+    a_strong_batch_get_checks_each_partition_once,
     allow_partial_names_the_partition_of_a_vanished_segment,
     a_segment_collected_under_a_reader_is_refetched_after_one_refresh,
     corrupt_segment_is_reported_by_key,
@@ -277,6 +278,52 @@ async fn warm_queries_make_no_requests_and_strong_only_conditional_gets(store: A
     assert_eq!(c.not_modified, 9, "{c:?}");
     assert_eq!(c.total(), 9, "nothing else: {c:?}");
     assert_eq!(strong.results, warm.results);
+}
+
+/// A batch get (S3 Vectors' GetVectors) answers each id as a single get
+/// does, and a strong one revalidates each partition once for the batch,
+/// not once per id.
+async fn a_strong_batch_get_checks_each_partition_once(store: Arc<Counted>) {
+    let (w, settings) = setup(&store, 8, Metric::Euclidean).await;
+    let mut rng = StdRng::seed_from_u64(5);
+    let recs: Vec<Record> = (0..300)
+        .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let gone: Vec<String> = (0..300).step_by(7).map(|i| format!("r{i}")).collect();
+    w.delete(&gone).await.unwrap();
+    let r = reader(&store, &settings, Duration::from_secs(3600));
+    r.warm().await.unwrap();
+    // Every written id (some deleted) and some never written, in an order
+    // that mixes partitions.
+    let ids: Vec<String> = (0..320).rev().map(|i| format!("r{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let before = store.counts();
+    let batch = r.get_many(&refs, Consistency::Strong).await.unwrap();
+    let c = store.counts().since(&before);
+    assert_eq!(
+        c.get, 9,
+        "one conditional GET per partition and the index manifest: {c:?}"
+    );
+    assert_eq!(c.total(), 9, "nothing else: {c:?}");
+    assert_eq!(batch.len(), ids.len());
+    let mut found = 0;
+    for (id, got) in ids.iter().zip(&batch) {
+        let i: usize = id[1..].parse().unwrap();
+        match got {
+            Some(rec) => {
+                assert!(i < 300 && !i.is_multiple_of(7), "{id} should not be found");
+                assert_eq!(&rec.id, id);
+                assert_eq!(rec.vector, recs[i].vector, "{id}");
+                found += 1;
+            }
+            None => assert!(
+                i >= 300 || i.is_multiple_of(7),
+                "{id} is live but was not found"
+            ),
+        }
+    }
+    assert_eq!(found, 300 - gone.len());
 }
 
 async fn allow_partial_names_the_partition_of_a_vanished_segment(store: Arc<Counted>) {

@@ -154,14 +154,22 @@ async fn four_writers_with_overlapping_ids_newest_commit_wins(store: Arc<Counted
             "partition {p}: manifest != acknowledged segments"
         );
     }
-    // get(id) returns the version whose commit came last.
-    let reader = writer_on(store.clone(), 8, DIMS as u32, Metric::Euclidean).await;
+    // A fresh reader's get returns the version whose commit came last (one
+    // batch: a reader per id would load all 640 segments 600 times).
+    let w = writer_on(store.clone(), 8, DIMS as u32, Metric::Euclidean).await;
+    let reader = shoal::reader::Reader::new(
+        store.clone(),
+        &w.settings(),
+        shoal::reader::ReaderOptions::default(),
+    );
     assert_eq!(newest.len(), 600);
-    for (id, (_, tag)) in &newest {
-        let got = common::get(&reader, id)
-            .await
-            .unwrap()
-            .expect("record present");
+    let ids: Vec<&str> = newest.keys().map(String::as_str).collect();
+    let got = reader
+        .get_many(&ids, shoal::reader::Consistency::Strong)
+        .await
+        .unwrap();
+    for ((id, (_, tag)), got) in newest.iter().zip(got) {
+        let got = got.unwrap_or_else(|| panic!("{id} is missing"));
         assert_eq!(
             got.vector[0], *tag,
             "{id}: not the newest committed version"
@@ -328,7 +336,11 @@ async fn crash_between_segment_put_and_commit_leaves_manifest_untouched(store: A
 }
 
 async fn concurrent_small_writes_share_segments(store: Arc<Counted>) {
-    let w = writer_on(store.clone(), 1, 4, Metric::Euclidean).await;
+    // Each request takes at least 20 ms (as on S3), so the writes overlap
+    // however the machine schedules the tasks: on an instant store under
+    // load each could finish before the next began, sharing nothing.
+    let slow: Arc<Counted> = Arc::new(store.with_latency(Duration::from_millis(20)));
+    let w = writer_on(slow, 1, 4, Metric::Euclidean).await;
     let puts = store.counts().put;
     let tasks: Vec<_> = (0..50)
         .map(|i| {

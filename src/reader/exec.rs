@@ -689,68 +689,196 @@ async fn view_and_index(
     Ok((view, index))
 }
 
-/// The newest live version of `id`, reading only its partition.
-pub(super) async fn get(
+/// The newest live version of each of `ids` (`None` where it has none), in
+/// the order given. Each partition the ids fall in is viewed once, so a
+/// batch costs one freshness check per partition, not one per id.
+pub(super) async fn get_many(
     shared: &Arc<Shared>,
-    id: &str,
+    ids: &[&str],
     consistency: Consistency,
-) -> Result<Option<StoredRecord>, ReadError> {
-    let p = crate::coord::partition_of(id, shared.views.len() as u32);
+) -> Result<Vec<Option<StoredRecord>>, ReadError> {
+    use futures::TryStreamExt;
+    let n = shared.views.len() as u32;
+    let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for (i, id) in ids.iter().enumerate() {
+        by_partition
+            .entry(crate::coord::partition_of(id, n))
+            .or_default()
+            .push(i);
+    }
     let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
+    let want = Freshness {
+        consistency,
+        staleness: shared.opts.max_staleness,
+        ticket: shared.next_ticket(),
+    };
+    // The partitions' views, then one index view that covers them all, as
+    // a search loads them.
     let store: &dyn ObjectStore = shared.store.as_ref();
-    let found = async {
-        let (view, index) = view_and_index(shared, p, consistency, &tally).await?;
-        let w = index.watermark(p);
-        let in_tail = load::retry_if_vanished(shared, store, view, &tally, |view| {
+    let views: Vec<Arc<PartitionView>> = futures::stream::iter(by_partition.keys().copied())
+        .map(|p| {
             let tally = &tally;
             async move {
-                // The id's newest record in the partition, tombstones
-                // included; at or below the watermark the shards answer.
-                let Some(loc) = view.live.newest_of(id) else {
-                    return Ok(None);
-                };
-                let entry = &view.manifest.segments[loc.seg as usize];
-                if entry.seq <= w {
-                    return Ok(None);
-                }
-                if loc.tombstone {
-                    return Ok(Some(None));
-                }
-                let seg = view::load_segment(shared, store, &entry.key, tally).await?;
-                Ok(Some(Some(stored(id, p, entry.seq, &seg, loc.pos as usize))))
+                load::ensure_view(shared, store, p, want, tally)
+                    .await
+                    .map_err(|e| e.into_read_error(p))
             }
         })
-        .await
-        .map_err(|e| e.into_read_error(p))?;
-        if let Some(answer) = in_tail {
-            return Ok(answer);
-        }
-        let Some((s, row)) = index.row_of(id) else {
-            return Ok(None);
-        };
-        let shard = &index.shards[s as usize];
-        let mut rec = match &shard.body {
-            ShardBody::Whole { segment, .. } => stored(id, p, w, segment, row as usize),
-            ShardBody::Ranged(r) => {
-                let counted = Counted::new(shared.store.clone());
-                let (vector, metadata) = ranged::row(&shared.blocks, &counted, &tally, r, row)
-                    .await
-                    .map_err(|e| shards::index_error(&e))?;
-                StoredRecord {
-                    id: id.to_string(),
-                    vector,
-                    metadata,
-                    partition: p,
-                    seq: w,
-                    position: row as usize,
-                    shard: None,
+        .buffered(8)
+        .try_collect()
+        .await?;
+    let retired: Vec<(u32, u64)> = views
+        .iter()
+        .map(|v| (v.partition, v.manifest.indexed_through))
+        .collect();
+    let index = shards::ensure_index(shared, &shared.store, want, &retired).await?;
+    let answers: Vec<(Vec<usize>, Vec<Option<StoredRecord>>)> =
+        futures::stream::iter(by_partition.into_values().zip(views))
+            .map(|(at, view)| {
+                let (index, tally) = (index.clone(), &tally);
+                async move {
+                    let wanted: Vec<&str> = at.iter().map(|&i| ids[i]).collect();
+                    let found = get_in_partition(shared, view, index, &wanted, tally).await?;
+                    Ok::<_, ReadError>((at, found))
                 }
-            }
-        };
-        rec.shard = Some(shard.key.clone());
-        Ok(Some(rec))
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+    let mut out = vec![None; ids.len()];
+    for (at, found) in answers {
+        for (i, rec) in at.into_iter().zip(found) {
+            out[i] = rec;
+        }
+    }
+    Ok(out)
+}
+
+/// [`get_many`] for ids that all hash to `view`'s partition.
+async fn get_in_partition(
+    shared: &Arc<Shared>,
+    view: Arc<PartitionView>,
+    index: Arc<IndexView>,
+    ids: &[&str],
+    tally: &CacheTally,
+) -> Result<Vec<Option<StoredRecord>>, ReadError> {
+    use futures::TryStreamExt;
+    let p = view.partition;
+    let (index, in_tail) = match tail_lookup(shared, &view, &index, ids, tally).await {
+        Ok(found) => (index, found),
+        Err(e) if e.is_missing_segment() => {
+            // A segment of this view was collected: the partition moved
+            // on, and its records may now be in shards this index view
+            // does not cover. Look again in fresh views of both.
+            let (view, index) = view_and_index(shared, p, Consistency::Strong, tally).await?;
+            let found = tail_lookup(shared, &view, &index, ids, tally)
+                .await
+                .map_err(|e| e.into_read_error(p))?;
+            (index, found)
+        }
+        Err(e) => return Err(e.into_read_error(p)),
     };
-    found.await
+    drop(view);
+    let index = &index;
+    // What the tail does not decide, the shards do (row reads in parallel).
+    let pending: Vec<_> = ids
+        .iter()
+        .zip(in_tail)
+        .map(|(id, tail)| async move {
+            match tail {
+                Some(answer) => Ok(answer),
+                None => from_shards(shared, index, p, id, tally).await,
+            }
+        })
+        .collect();
+    futures::stream::iter(pending)
+        .buffered(16)
+        .try_collect()
+        .await
+}
+
+/// `id`'s row in the index shards of partition `p`, if it has one.
+async fn from_shards(
+    shared: &Arc<Shared>,
+    index: &IndexView,
+    p: u32,
+    id: &str,
+    tally: &CacheTally,
+) -> Result<Option<StoredRecord>, ReadError> {
+    let w = index.watermark(p);
+    let Some((s, row)) = index.row_of(id) else {
+        return Ok(None);
+    };
+    let shard = &index.shards[s as usize];
+    let mut rec = match &shard.body {
+        ShardBody::Whole { segment, .. } => stored(id, p, w, segment, row as usize),
+        ShardBody::Ranged(r) => {
+            let counted = Counted::new(shared.store.clone());
+            let (vector, metadata) = ranged::row(&shared.blocks, &counted, tally, r, row)
+                .await
+                .map_err(|e| shards::index_error(&e))?;
+            StoredRecord {
+                id: id.to_string(),
+                vector,
+                metadata,
+                partition: p,
+                seq: w,
+                position: row as usize,
+                shard: None,
+            }
+        }
+    };
+    rec.shard = Some(shard.key.clone());
+    Ok(Some(rec))
+}
+
+/// What the partition's tail (above the index watermark) says of each id:
+/// `None` if nothing (the shards answer), `Some(None)` if deleted there,
+/// else its newest record.
+async fn tail_lookup(
+    shared: &Arc<Shared>,
+    view: &PartitionView,
+    index: &IndexView,
+    ids: &[&str],
+    tally: &CacheTally,
+) -> Result<Vec<Option<Option<StoredRecord>>>, super::PartitionError> {
+    let p = view.partition;
+    let w = index.watermark(p);
+    // Each id's newest record in the partition, tombstones included; at
+    // or below the watermark the shards answer.
+    let newest: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            view.live
+                .newest_of(id)
+                .filter(|loc| view.manifest.segments[loc.seg as usize].seq > w)
+        })
+        .collect();
+    let mut keys: Vec<String> = newest
+        .iter()
+        .flatten()
+        .filter(|loc| !loc.tombstone)
+        .map(|loc| view.manifest.segments[loc.seg as usize].key.clone())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let segs = view::load_segments(shared, shared.store.as_ref(), keys.clone(), tally).await?;
+    let out = ids
+        .iter()
+        .zip(newest)
+        .map(|(id, loc)| {
+            let loc = loc?;
+            if loc.tombstone {
+                return Some(None);
+            }
+            let entry = &view.manifest.segments[loc.seg as usize];
+            let at = keys
+                .binary_search(&entry.key)
+                .expect("every needed segment was loaded");
+            Some(Some(stored(id, p, entry.seq, &segs[at], loc.pos as usize)))
+        })
+        .collect();
+    Ok(out)
 }
 
 /// The ids live in partition `p`, sorted: the tail's newest versions above

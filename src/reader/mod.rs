@@ -589,7 +589,19 @@ impl Reader {
         id: &str,
         consistency: Consistency,
     ) -> Result<Option<StoredRecord>, ReadError> {
-        exec::get(&self.shared, id, consistency).await
+        let mut found = self.get_many(&[id], consistency).await?;
+        Ok(found.pop().flatten())
+    }
+
+    /// The newest live version of each of `ids` (`None` where it has
+    /// none), in the order given; each partition is checked for freshness
+    /// once for the whole batch.
+    pub async fn get_many(
+        &self,
+        ids: &[&str],
+        consistency: Consistency,
+    ) -> Result<Vec<Option<StoredRecord>>, ReadError> {
+        exec::get_many(&self.shared, ids, consistency).await
     }
 
     /// Takes changed settings: the default `nprobe` (unless the reader

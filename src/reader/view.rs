@@ -229,7 +229,7 @@ pub(crate) async fn segments_of(
 }
 
 /// Loads segments by key, up to 8 at a time, keeping their order.
-async fn load_segments(
+pub(crate) async fn load_segments(
     shared: &Shared,
     store: &dyn ObjectStore,
     keys: Vec<String>,

@@ -1044,12 +1044,14 @@ impl Call<'_> {
         metadata: bool,
         consistency: Consistency,
     ) -> Result<Vec<Value>, S3vError> {
-        use futures::stream::{self, StreamExt, TryStreamExt};
-        let found: Vec<Option<Value>> = stream::iter(keys)
-            .map(|key| async move {
-                let Some(rec) = db.get(&key, consistency).await? else {
-                    return Ok::<_, S3vError>(None);
-                };
+        // One batch: each partition's freshness is checked once, not per key.
+        let wanted: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let found = db.get_many(&wanted, consistency).await?;
+        let vectors = keys
+            .iter()
+            .zip(found)
+            .filter_map(|(key, rec)| {
+                let rec = rec?;
                 let mut v = json!({"key": key});
                 if data {
                     v["data"] = json!({"float32": rec.vector});
@@ -1057,12 +1059,10 @@ impl Call<'_> {
                 if metadata {
                     v["metadata"] = Value::Object(from_stored(rec.metadata));
                 }
-                Ok(Some(v))
+                Some(v)
             })
-            .buffered(16)
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().flatten().collect())
+            .collect();
+        Ok(vectors)
     }
 
     async fn get_vectors(&self) -> Result<Value, S3vError> {
