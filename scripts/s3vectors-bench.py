@@ -17,7 +17,6 @@ recall@10 against the dataset's ground truth.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,17 +27,13 @@ import boto3
 import numpy as np
 from botocore.config import Config
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from support import free_port  # noqa: E402
 from texmex import read_fvecs, read_ivecs  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHOAL = os.path.join(ROOT, "target", "release", "shoal")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(bucket, args, env):

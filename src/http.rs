@@ -188,6 +188,29 @@ impl AppState {
     }
 }
 
+/// Why a search run by [`run_bounded`] gave no answer.
+enum Unfinished {
+    /// Its task panicked or was cancelled.
+    Failed(tokio::task::JoinError),
+    /// It outran the deadline.
+    Deadline,
+}
+
+/// Runs a search as its own task and waits for it at most `limit`. Answered
+/// at the deadline, the task still runs to its end holding what it owns
+/// (its search slot), so abandoned searches never add up beyond the
+/// concurrency limit.
+async fn run_bounded<T: Send + 'static>(
+    limit: std::time::Duration,
+    search: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, Unfinished> {
+    match tokio::time::timeout(limit, tokio::spawn(search)).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(Unfinished::Failed(e)),
+        Err(_) => Err(Unfinished::Deadline),
+    }
+}
+
 /// Runs a handler body, timing it and turning errors into JSON responses.
 async fn respond<F>(
     st: &AppState,
@@ -259,25 +282,27 @@ async fn dispatch(
             return match row.op {
                 Op::Health | Op::Ready => Ok(json_ok(&serde_json::json!({"status": "ok"}))),
                 _ => Err(ApiError::not_found(
-                    "this server has no index at its URL and serves the S3 Vectors API only                      (POST /CreateIndex, ...); start it with --dimensions to serve one here",
+                    "this server has no index at its URL and serves the S3 Vectors API only \
+                     (POST /CreateIndex, ...); start it with --dimensions to serve one here",
                 )),
             };
         };
         let value = if row.op == Op::Search {
-            // The search runs as its own task holding the slot: answered
-            // 503 at the deadline, it keeps its slot until its work ends,
-            // so abandoned searches never add up beyond the limit.
             let (db, slot) = (db.clone(), _slot);
-            let task = tokio::spawn(async move {
+            let search = async move {
                 let _slot = slot;
                 routes::call(&db, Op::Search, id, Input::Bytes(&bytes)).await
-            });
-            match tokio::time::timeout(st.query_timeout, task).await {
-                Ok(Ok(answer)) => answer?,
-                Ok(Err(e)) => {
-                    return Err(ApiError::new(500, "internal", format!("the search failed: {e}")))
+            };
+            match run_bounded(st.query_timeout, search).await {
+                Ok(answer) => answer?,
+                Err(Unfinished::Failed(e)) => {
+                    return Err(ApiError::new(
+                        500,
+                        "internal",
+                        format!("the search failed: {e}"),
+                    ))
                 }
-                Err(_) => {
+                Err(Unfinished::Deadline) => {
                     return Err(ApiError::new(
                         503,
                         "deadline_exceeded",
@@ -564,16 +589,14 @@ async fn s3vectors(
             .await
         };
         if query_op {
-            // As for /v1/search: answered at the deadline, the query keeps
-            // its search slot until its work ends.
-            match tokio::time::timeout(st.query_timeout, tokio::spawn(run)).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(e)) => Err(S3vError::new(
+            match run_bounded(st.query_timeout, run).await {
+                Ok(answer) => answer,
+                Err(Unfinished::Failed(e)) => Err(S3vError::new(
                     500,
                     "InternalServerException",
                     format!("the query failed: {e}"),
                 )),
-                Err(_) => Err(S3vError::new(
+                Err(Unfinished::Deadline) => Err(S3vError::new(
                     408,
                     "RequestTimeoutException",
                     format!(
