@@ -414,6 +414,51 @@ async fn gc_keeps_referenced_and_young_deletes_old_orphans_and_expired_retirees(
 
 // ---- memory only ----
 
+/// A GC host whose clock runs an hour ahead of the store's must not take a
+/// segment written a moment ago for an hour old: a writer's segment not
+/// yet committed survives, and only what is older than the grace by the
+/// store's own clock goes.
+#[tokio::test]
+async fn gc_on_a_host_whose_clock_runs_ahead_of_the_store_keeps_young_objects() {
+    // The store's clock: an hour behind this host's, moved by hand.
+    let store_clock = Arc::new(ManualClock::new(
+        SystemTime::now() - Duration::from_secs(3600),
+    ));
+    let time = {
+        let c = store_clock.clone();
+        Arc::new(move || shoal::coord::clock::Clock::now(c.as_ref()))
+    };
+    let store = Arc::new(Counted::new(Arc::new(
+        shoal::store::memory::MemoryStore::unique().with_time(time),
+    )));
+    let (w, s) = setup(&store, 1, "none", Metric::Euclidean).await;
+    load(&store, &w, 100, 1).await;
+    let young = "vectors/p000/uncommitted.seg";
+    store
+        .put(young, bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let host: DynClock = Arc::new(SystemClock);
+    let r = gc(store.as_ref(), &s, &host, &GcOptions::default())
+        .await
+        .unwrap();
+    assert!(r.deleted.is_empty(), "{r:?}");
+    assert!(
+        store.head(young).await.is_ok(),
+        "gc deleted a young segment"
+    );
+    // Past the grace by the store's clock, the orphan goes.
+    store_clock.advance(Duration::from_secs(16 * 60));
+    let r = gc(store.as_ref(), &s, &host, &GcOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.deleted, vec![young.to_string()], "{r:?}");
+    assert!(
+        store.list("_brainy/probe/").await.unwrap().is_empty(),
+        "the clock probe cleans up"
+    );
+}
+
 #[tokio::test]
 async fn compaction_drops_shadowed_versions_and_keeps_tombstones() {
     let store = common::memory_store();

@@ -13,7 +13,9 @@
 //! segments it names. Writers never commit a segment older than half of it
 //! (by their own wall clock), and GC judges age by the store's object
 //! timestamps, so a writer between its segment PUT and its manifest commit
-//! is never robbed, however long it was paused.
+//! is never robbed, however long it was paused. Nor by a GC host whose
+//! clock runs ahead of the store's: GC reads the store's clock back from a
+//! scratch object and moves its own "now" back by the lead.
 //! A grace below the config's (or below [`MIN_SAFE_GRACE`], 5 min) is
 //! refused unless the caller says it knows nothing else is running
 //! (`allow_unsafe_grace`, `shoal gc --unsafe-grace`); a dry run deletes
@@ -41,9 +43,11 @@ use crate::coord::clock::{parse_time, DynClock};
 use crate::coord::index_manifest::{read_index_manifest, trim_index_retired};
 use crate::coord::instance;
 use crate::coord::manifest::{partition_of_key, read_manifest, trim_retired};
-use crate::coord::paths::{manifest_key, INDEX_MANIFEST_KEY, INDEX_PREFIX, VECTORS_PREFIX};
+use crate::coord::paths::{
+    manifest_key, probe_keys, INDEX_MANIFEST_KEY, INDEX_PREFIX, VECTORS_PREFIX,
+};
 use crate::coord::{CoordError, Settings};
-use crate::store::ObjectStore;
+use crate::store::{store_time, ObjectStore};
 
 pub const DEFAULT_GRACE: Duration =
     Duration::from_secs(crate::coord::config::DEFAULT_GC_GRACE_SECONDS);
@@ -78,6 +82,35 @@ pub struct GcReport {
     pub dry_run: bool,
 }
 
+/// A host clock this far ahead of the store's is taken as skew (below it,
+/// S3's whole-second timestamps and the probe's round trip).
+const CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
+
+/// How far this host's clock runs ahead of the store's, if beyond
+/// [`CLOCK_TOLERANCE`]. GC compares the store's timestamps with its own
+/// clock; a host running ahead would see a young object as old (a writer's
+/// segment not yet committed, say) and delete it, so GC's "now" is moved
+/// back by the lead. A host running behind only keeps objects longer.
+async fn host_clock_lead(
+    store: &dyn ObjectStore,
+    host: std::time::SystemTime,
+) -> Result<Duration, CoordError> {
+    let Some(store_now) = store_time(store, &probe_keys().0).await? else {
+        return Ok(Duration::ZERO);
+    };
+    let lead = host.duration_since(store_now).unwrap_or_default();
+    if lead <= CLOCK_TOLERANCE {
+        return Ok(Duration::ZERO);
+    }
+    tracing::warn!(
+        lead_seconds = lead.as_secs(),
+        store = %store.describe(),
+        "this host's clock runs ahead of the store's; GC judges ages by the store's clock \
+         (fix the host's clock: NTP)"
+    );
+    Ok(lead)
+}
+
 pub async fn gc(
     store: &dyn ObjectStore,
     settings: &Settings,
@@ -104,6 +137,11 @@ pub async fn gc(
         grace
     };
     let now = clock.now();
+    let now = if opts.dry_run || !clock.is_host_clock() {
+        now // a dry run deletes nothing, so it writes nothing either
+    } else {
+        now - host_clock_lead(store, now).await?
+    };
     let old_enough = |t: Option<std::time::SystemTime>| {
         t.and_then(|t| now.duration_since(t).ok())
             .is_some_and(|age| age > grace)

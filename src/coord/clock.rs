@@ -8,6 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// A source of wall-clock time.
 pub trait Clock: Send + Sync + Debug {
     fn now(&self) -> SystemTime;
+
+    /// Whether this is the host's own wall clock, whose lead over the
+    /// store's clock GC measures and corrects. A clock a test or a
+    /// simulation injects stands for the time every party (and the store)
+    /// agrees on, so it is taken as it is.
+    fn is_host_clock(&self) -> bool {
+        false
+    }
 }
 
 pub type DynClock = Arc<dyn Clock>;
@@ -21,6 +29,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
+    }
+
+    fn is_host_clock(&self) -> bool {
+        true
     }
 }
 

@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use counted::{Counted, RequestCounts};
-pub use probe::{probe_conditional_writes, ProbeError};
+pub use probe::{probe_conditional_writes, store_time, ProbeError};
 
 /// An entity tag: an opaque version identifier of an object's bytes.
 ///

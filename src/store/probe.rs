@@ -110,3 +110,15 @@ async fn run_checks(store: &dyn ObjectStore, key: &str, missing: &str) -> Result
         Err(e) => Err(io(e)),
     }
 }
+/// The store's own clock: writes the scratch object `key`, reads back its
+/// last-modified time and deletes it (3 requests). `None` when the backend
+/// keeps no timestamps.
+pub async fn store_time(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> Result<Option<std::time::SystemTime>, StoreError> {
+    store.put(key, Bytes::from_static(b"clock")).await?;
+    let meta = store.head(key).await;
+    let _ = store.delete(key).await;
+    Ok(meta?.last_modified)
+}
