@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::time::Instant;
 
 use super::load::{self, Freshness};
@@ -697,7 +697,6 @@ pub(super) async fn get_many(
     ids: &[&str],
     consistency: Consistency,
 ) -> Result<Vec<Option<StoredRecord>>, ReadError> {
-    use futures::TryStreamExt;
     let n = shared.views.len() as u32;
     let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
     for (i, id) in ids.iter().enumerate() {
@@ -762,7 +761,6 @@ async fn get_in_partition(
     ids: &[&str],
     tally: &CacheTally,
 ) -> Result<Vec<Option<StoredRecord>>, ReadError> {
-    use futures::TryStreamExt;
     let p = view.partition;
     let (index, in_tail) = match tail_lookup(shared, &view, &index, ids, tally).await {
         Ok(found) => (index, found),

@@ -110,6 +110,7 @@ async fn run_checks(store: &dyn ObjectStore, key: &str, missing: &str) -> Result
         Err(e) => Err(io(e)),
     }
 }
+
 /// The store's own clock: writes the scratch object `key`, reads back its
 /// last-modified time and deletes it (3 requests). `None` when the backend
 /// keeps no timestamps.
