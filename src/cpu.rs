@@ -7,6 +7,28 @@
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
+/// Runs `f` on the rayon pool (sized to the cores; inline on a
+/// current-thread runtime) and returns its result, or the payload of its
+/// panic: many small tasks at once (a query's search units) share the
+/// cores instead of each taking a blocking thread.
+pub(crate) async fn pooled<T, F>(f: F) -> std::thread::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let run = move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let inline =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
+    if inline {
+        return run();
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let _ = tx.send(run());
+    });
+    rx.await.expect("the pool runs every task it is given")
+}
+
 /// Runs `f` off the runtime (or inline on a current-thread runtime). A
 /// panic in `f` is resumed in the caller.
 pub(crate) async fn run<T, F>(f: F) -> T

@@ -520,10 +520,9 @@ struct ShardOut {
 }
 
 /// Encodes `rows` into shards of at most the target size: with the
-/// default IVF index, range-readable shards (`segment::shard`: RaBitQ
-/// codes per list, rows addressable one by one); with another index kind
-/// (HNSW for warm-only deployments, or none), the segment format with
-/// that index.
+/// default IVF index, range-readable shards (`index::shard`); with
+/// another index kind (HNSW for warm-only deployments, or none), the
+/// segment format with that index.
 fn build_shards(
     rows: Vec<Prepared>,
     shape: Shape,
@@ -543,45 +542,13 @@ fn build_shards(
             .collect();
     }
     let cap = ix.max_segment_records.max(1) as usize;
-    let mut outs = Vec::new();
-    let mut rows = rows;
-    while !rows.is_empty() {
-        let rest = rows.split_off(rows.len().min(cap));
-        let n = rows.len() as u64;
-        let (centroids, lists) = crate::index::ivf::build_lists(
-            rows,
-            shape.dimensions,
-            shape.metric,
-            ix.nlist.map(|n| n as usize),
-        );
-        let groups: Vec<&[Prepared]> = lists.iter().map(|g| g.as_slice()).collect();
-        let h = SegmentHeader {
-            record_count: n,
-            ..header.clone()
-        };
-        let codes = list_codes(&centroids, &groups, shape.dimensions);
-        let enc = segment::shard::encode_shard(&h, &centroids, &groups, &codes);
-        outs.push(ShardOut {
-            bytes: enc.bytes,
-            rows: n,
-            head_bytes: Some(enc.head_bytes),
-        });
-        rows = rest;
-    }
-    outs
-}
-
-/// Each list's RaBitQ code block (`index::rabitq`), tombstones coded as
-/// zero vectors (never live, so never searched).
-fn list_codes(centroids: &[f32], groups: &[&[Prepared]], d: usize) -> Vec<Vec<u8>> {
-    let rot = crate::index::rabitq::Rotation::new(d);
-    groups
-        .iter()
-        .enumerate()
-        .map(|(l, g)| {
-            let flat = crate::record::flat_vectors(g, d);
-            let c = &centroids[l * d..(l + 1) * d];
-            crate::index::rabitq::ListCodes::encode(&rot, c, &flat).to_bytes()
+    let nlist = ix.nlist.map(|n| n as usize);
+    crate::index::shard::build(rows, shape, nlist, cap, header)
+        .into_iter()
+        .map(|b| ShardOut {
+            bytes: b.bytes,
+            rows: b.rows,
+            head_bytes: Some(b.head_bytes),
         })
         .collect()
 }

@@ -12,10 +12,10 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-pub mod codes;
 pub mod hnsw;
 pub mod ivf;
 pub mod rabitq;
+pub(crate) mod shard;
 
 use crate::record::Prepared;
 use crate::segment::Segment;

@@ -339,6 +339,13 @@ impl QueryCode {
     }
 }
 
+/// Whether the CPU has POPCNT (checked once).
+#[cfg(target_arch = "x86_64")]
+fn has_popcnt() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("popcnt"))
+}
+
 /// A query prepared for one list: its rotated residual, quantized, and
 /// the scalars every row's estimate needs.
 pub struct ListQuery {
@@ -422,7 +429,7 @@ impl ListQuery {
         out: &mut Vec<(f32, f32, u32)>,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if super::codes::has_popcnt() {
+        if has_popcnt() {
             // SAFETY: the CPU supports POPCNT (checked at run time).
             unsafe { self.scan_popcnt(codes, keep, cut, out) };
             return;

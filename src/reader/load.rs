@@ -79,15 +79,14 @@ where
     }
 }
 
-/// A partition's view and all its segments, fresh enough for `want`.
-pub(super) async fn partition(
+/// `view` with all its segments (in manifest order), refreshed once if
+/// one of them has vanished.
+pub(super) async fn with_segments(
     shared: &Shared,
     store: &dyn ObjectStore,
-    p: u32,
-    want: Freshness,
+    view: Arc<PartitionView>,
     tally: &CacheTally,
 ) -> Result<(Arc<PartitionView>, Vec<Arc<Segment>>), PartitionError> {
-    let view = ensure_view(shared, store, p, want, tally).await?;
     retry_if_vanished(shared, store, view, tally, |view| async move {
         let segs = view::segments_of(shared, store, &view, tally).await?;
         Ok((view, segs))

@@ -15,11 +15,15 @@
 //!   bounded concurrency), then scores every partition on the rayon pool
 //!   (sized to the cores) and merges the per-partition top-k.
 
-mod exec;
 mod load;
+mod lookup;
 mod ranged;
+mod search;
 mod shards;
+mod snapshot;
+mod unit;
 mod view;
+mod warm;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -575,7 +579,7 @@ impl Reader {
         }
         use tracing::Instrument;
         let span = tracing::info_span!("search", k = req.k, consistency = ?req.consistency);
-        exec::search(&self.shared, req).instrument(span).await
+        search::search(&self.shared, req).instrument(span).await
     }
 
     /// The newest live version of `id` (bounded consistency), reading only
@@ -601,7 +605,7 @@ impl Reader {
         ids: &[&str],
         consistency: Consistency,
     ) -> Result<Vec<Option<StoredRecord>>, ReadError> {
-        exec::get_many(&self.shared, ids, consistency).await
+        lookup::get_many(&self.shared, ids, consistency).await
     }
 
     /// Takes changed settings: the default `nprobe` (unless the reader
@@ -621,13 +625,13 @@ impl Reader {
         p: u32,
         consistency: Consistency,
     ) -> Result<Vec<String>, ReadError> {
-        exec::list_ids(&self.shared, p, consistency).await
+        lookup::list_ids(&self.shared, p, consistency).await
     }
 
     /// Loads every partition's manifest and segments now (bounded
     /// concurrency), so the first query is warm. Returns live records.
     pub async fn warm(&self) -> Result<u64, ReadError> {
-        exec::warm(&self.shared).await
+        warm::warm(&self.shared).await
     }
 
     /// Everything a query plans with, fetched now: every partition (and
@@ -637,7 +641,7 @@ impl Reader {
     /// fetches the rows it reranks. `POST /v1/warm`, a Lambda's
     /// `SHOAL_WARM_ON_INIT`, and a reader's prefetch run it.
     pub async fn warm_up(&self) -> Result<WarmReport, ReadError> {
-        exec::warm_up(&self.shared).await
+        warm::warm_up(&self.shared).await
     }
 
     /// Starts [`Reader::warm_up`] in the background; a failure is logged,

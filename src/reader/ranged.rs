@@ -11,7 +11,7 @@
 //! share a part that is already being fetched (single flight), so a
 //! burst of cold queries costs one fetch per part.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -20,12 +20,12 @@ use serde_json::{Map, Value};
 
 use super::view::{retrying, CacheTally};
 use super::PartitionError;
-use crate::index::rabitq::{ListCodes, ListQuery, Rotation};
-use crate::index::{distance, dot, ScanStats};
-use crate::segment::shard::{decode_head_region, ShardHead};
+use crate::index::rabitq::ListCodes;
+use crate::index::shard::{ShardQuery, ShardRouting, ShardSearch};
+use crate::index::ScanStats;
+use crate::segment::shard::decode_head_region;
 use crate::segment::{LoadError, SegmentError};
 use crate::store::{ByteRange, Counted, ObjectStore, StoreError};
-use crate::vocab::Metric;
 
 /// Rows per cached row chunk: a rerank fetches a candidate's chunk.
 pub(super) const ROW_CHUNK: u64 = 16;
@@ -41,12 +41,10 @@ pub(crate) struct RangedShard {
     /// A hash of the key: the cache key of its parts (cheaper to hash
     /// on every lookup than the key itself).
     tag: u64,
-    pub head: ShardHead,
+    /// The shard's index: head and rotated centroids.
+    pub routing: ShardRouting,
     pub ids: Vec<String>,
     pub tombstones: Vec<bool>,
-    /// Centroids, rotated for the codes.
-    rotated: Vec<f32>,
-    rotation: Arc<Rotation>,
 }
 
 impl RangedShard {
@@ -66,24 +64,17 @@ impl RangedShard {
         let key2 = key.to_string();
         let parsed = crate::cpu::run(move || {
             let (head, ids) = decode_head_region(&key2, &region, total)?;
-            let rotation = Arc::new(Rotation::new(head.dimensions));
-            let mut rotated = head.centroids.clone();
-            for c in rotated.chunks_exact_mut(head.dimensions) {
-                rotation.apply(c);
-            }
-            Ok::<_, SegmentError>((head, ids, rotated, rotation))
+            Ok::<_, SegmentError>((ShardRouting::new(head), ids))
         })
         .await
         .map_err(|e| PartitionError::from_load(LoadError::Segment(e)))?;
-        let (head, ids, rotated, rotation) = parsed;
+        let (routing, ids) = parsed;
         Ok(RangedShard {
             key: key.into(),
             tag: xxhash_rust::xxh3::xxh3_64(key.as_bytes()),
-            head,
+            routing,
             ids: ids.ids,
             tombstones: ids.tombstones,
-            rotated,
-            rotation,
         })
     }
 
@@ -91,24 +82,23 @@ impl RangedShard {
     pub(super) fn memory_bytes(&self) -> usize {
         self.ids.iter().map(|s| s.len() + 24).sum::<usize>()
             + self.tombstones.len()
-            + self.head.centroids.len() * 8
-            + self.head.lists.len() * 96
+            + self.routing.memory_bytes()
     }
 
     fn range(&self, part: Part) -> Range<u64> {
         match part {
-            Part::Codes(l) => self.head.lists[l as usize].codes.range(),
-            Part::Meta(l) => self.head.lists[l as usize].metadata.range(),
+            Part::Codes(l) => self.routing.head.lists[l as usize].codes.range(),
+            Part::Meta(l) => self.routing.head.lists[l as usize].metadata.range(),
             Part::Rows { list, chunk } => {
                 let (first, count) = self.chunk_rows(list, chunk);
-                self.head.rows_range(list as usize, first, count)
+                self.routing.head.rows_range(list as usize, first, count)
             }
         }
     }
 
     /// First row (within the list) and row count of a chunk.
     fn chunk_rows(&self, list: u32, chunk: u32) -> (u64, u64) {
-        let rows = self.head.lists[list as usize].rows;
+        let rows = self.routing.head.lists[list as usize].rows;
         let first = u64::from(chunk) * ROW_CHUNK;
         (first, ROW_CHUNK.min(rows.saturating_sub(first)))
     }
@@ -118,19 +108,19 @@ impl RangedShard {
         Ok(match part {
             Part::Codes(l) => {
                 let l = l as usize;
-                self.head.check_codes(key, l, bytes)?;
-                let rows = self.head.lists[l].rows as usize;
+                self.routing.head.check_codes(key, l, bytes)?;
+                let rows = self.routing.head.lists[l].rows as usize;
                 Block::Codes(
-                    ListCodes::from_bytes(bytes, self.head.dimensions, rows).map_err(|r| {
-                        SegmentError::Corrupt {
+                    ListCodes::from_bytes(bytes, self.routing.head.dimensions, rows).map_err(
+                        |r| SegmentError::Corrupt {
                             key: key.to_string(),
                             reason: format!("codes of list {l}: {r}"),
-                        }
-                    })?,
+                        },
+                    )?,
                 )
             }
             Part::Meta(l) => {
-                let (offsets, bytes) = self.head.list_metadata(key, l as usize, bytes)?;
+                let (offsets, bytes) = self.routing.head.list_metadata(key, l as usize, bytes)?;
                 Block::Meta {
                     offsets,
                     bytes,
@@ -139,7 +129,11 @@ impl RangedShard {
             }
             Part::Rows { list, chunk } => {
                 let (first, _) = self.chunk_rows(list, chunk);
-                Block::Rows(self.head.list_rows(key, list as usize, first, bytes)?)
+                Block::Rows(
+                    self.routing
+                        .head
+                        .list_rows(key, list as usize, first, bytes)?,
+                )
             }
         })
     }
@@ -454,18 +448,6 @@ pub(super) fn coalesce(
     out
 }
 
-/// What a query asks of one ranged shard.
-pub(super) struct ShardQuery<'a> {
-    pub metric: Metric,
-    pub k: usize,
-    /// Lists to probe (all of them for `exact`).
-    pub probes: usize,
-    pub exact: bool,
-    pub vector: &'a [f32],
-    pub filter: Option<&'a crate::filter::Filter>,
-    pub include_metadata: bool,
-}
-
 /// A reranked row of a ranged shard.
 pub(super) struct RowHit {
     pub distance: f32,
@@ -474,256 +456,89 @@ pub(super) struct RowHit {
     pub metadata: Option<Map<String, Value>>,
 }
 
-/// Searches one ranged shard: probe lists by centroid, estimate every
-/// allowed row of them from its code, rerank with full precision every
-/// row whose lower bound beats the `k`-th best upper bound (at most
-/// [`crate::index::codes::rerank_count`]), best first. `allowed(row)`
-/// says whether a row may be returned (live, not shadowed, not excluded).
+/// What a query needs of a ranged shard beyond the shard index's own
+/// question ([`ShardQuery`]).
+pub(super) struct Wanted<'a> {
+    pub filter: Option<&'a crate::filter::Filter>,
+    pub include_metadata: bool,
+    /// Whether a row may be returned (live, not shadowed, not excluded).
+    pub allowed: &'a (dyn Fn(u32) -> bool + Sync),
+}
+
+/// Searches one ranged shard (`index::shard` decides, this fetches): the
+/// probed lists' codes (and, to filter, metadata) in one round, widened
+/// while the filter policy asks, then the candidates' row chunks (and
+/// metadata for results) in a second. Best first.
 pub(super) async fn search(
     blocks: &Blocks,
     store: &Counted,
     tally: &CacheTally,
     shard: &Arc<RangedShard>,
-    allowed: &(dyn Fn(u32) -> bool + Sync),
-    q: &ShardQuery<'_>,
+    q: ShardQuery<'_>,
+    want: &Wanted<'_>,
     stats: &mut ScanStats,
 ) -> Result<Vec<RowHit>, PartitionError> {
-    let head = &shard.head;
-    let nlist = head.nlist();
-    let order = probe_order(shard, q.metric, q.vector);
-    let mut exact = q.exact;
-    let mut lists: Vec<u32> = if exact {
-        order.clone()
-    } else {
-        order[..q.probes.clamp(1, nlist)].to_vec()
-    };
+    let routing = &shard.routing;
+    let mut search = ShardSearch::new(routing, q);
     stats.segments += 1;
-    // Round: codes (and, to filter, metadata) of the probed lists. A
-    // filter then follows the shared filter policy (`index::route`): its
-    // selectivity among the probed rows widens the probes, or, when
-    // selective, every list is read and every matching row reranked, so
-    // a query asking for k gets k when k rows match.
-    let mut meta_of: HashMap<Part, Arc<Block>> = HashMap::new();
-    let mut codes: HashMap<Part, Arc<Block>> = HashMap::new();
+    let mut got: HashMap<Part, Arc<Block>> = HashMap::new();
     loop {
-        let mut parts: Vec<Part> = lists
-            .iter()
-            .map(|&l| Part::Codes(l))
-            .filter(|p| !codes.contains_key(p))
-            .collect();
-        if q.filter.is_some() {
-            parts.extend(
-                lists
-                    .iter()
-                    .map(|&l| Part::Meta(l))
-                    .filter(|p| !meta_of.contains_key(p)),
-            );
+        let mut parts: Vec<Part> = search.lists().iter().map(|&l| Part::Codes(l)).collect();
+        if want.filter.is_some() {
+            parts.extend(search.lists().iter().map(|&l| Part::Meta(l)));
         }
-        for (p, b) in blocks.get(store, shard, &parts, tally).await? {
-            match p {
-                Part::Meta(_) => meta_of.insert(p, b),
-                _ => codes.insert(p, b),
-            };
-        }
-        let Some(f) = q.filter else { break };
-        if lists.len() == nlist {
-            break;
-        }
+        parts.retain(|p| !got.contains_key(p));
+        got.extend(blocks.get(store, shard, &parts, tally).await?);
+        let Some(f) = want.filter else { break };
         let (mut live, mut matching) = (0usize, 0usize);
-        for &l in &lists {
-            let e = &head.lists[l as usize];
-            let meta = &meta_of[&Part::Meta(l)];
-            for i in 0..e.rows as usize {
-                if allowed(e.start as u32 + i as u32) {
+        for &l in search.lists() {
+            let meta = &got[&Part::Meta(l)];
+            for i in 0..routing.head.lists[l as usize].rows as u32 {
+                if (want.allowed)(routing.row_of(l, i)) {
                     live += 1;
-                    matching += usize::from(f.matches(meta.metadata(i)));
+                    matching += usize::from(f.matches(meta.metadata(i as usize)));
                 }
             }
         }
-        let selectivity = matching as f64 / live.max(1) as f64;
-        let params = crate::index::QueryParams {
-            metric: q.metric,
-            k: q.k,
-            nprobe: lists.len(),
-            exact,
-        };
-        let widened = match crate::index::route(&params, selectivity) {
-            crate::index::Route::Exact => {
-                exact = true;
-                nlist
-            }
-            crate::index::Route::Ann(p) if matching < q.k => p.nprobe.max(nlist),
-            crate::index::Route::Ann(p) => p.nprobe,
-        };
-        if widened <= lists.len() {
+        if !search.widen(live, matching) {
             break;
         }
-        lists = order[..widened.min(nlist)].to_vec();
     }
-    // Estimates from the codes. A row is kept only while its lower bound
-    // can beat the k-th best upper bound seen so far (`bar`, tightening
-    // as lists are scanned).
-    let rq = shard.rotation.rotated(q.vector);
-    let q_norm = dot(q.vector, q.vector).sqrt();
-    let d = head.dimensions;
-    // (lower bound, upper bound, list, index in the list)
-    let mut cands: Vec<(f32, f32, u32, u32)> = Vec::new();
-    let mut scanned = Vec::new();
-    let mut uppers = KthBest::new(q.k);
-    let mut codes_scanned = 0u64;
-    for &l in &lists {
-        let e = &head.lists[l as usize];
-        let c = codes[&Part::Codes(l)].codes();
-        let lq = ListQuery::new(
-            q.metric,
-            &rq,
-            q_norm,
-            &shard.rotated[l as usize * d..(l as usize + 1) * d],
-            dot(q.vector, head.centroid(l as usize)),
-        );
-        let meta = q.filter.map(|_| &meta_of[&Part::Meta(l)]);
-        let keep = |i: usize| {
-            allowed(e.start as u32 + i as u32)
-                && match (q.filter, meta) {
-                    (Some(f), Some(m)) => f.matches(m.metadata(i)),
-                    _ => true,
-                }
-        };
-        let bar = if exact { f32::INFINITY } else { uppers.bar() };
-        // Adaptive probing: a list no row of which can beat the bar is
-        // skipped (its bound is exact, so this never costs recall).
-        if lq.list_bound(c) > bar {
-            continue;
-        }
-        scanned.clear();
-        lq.scan(c, &keep, bar, &mut scanned);
-        codes_scanned += c.len() as u64;
-        for &(lo, hi, i) in &scanned {
-            uppers.offer(hi);
-            cands.push((lo, hi, l, i));
-        }
-    }
-    stats.codes_scanned += codes_scanned;
+    let keep = |l: u32, i: usize| {
+        (want.allowed)(routing.row_of(l, i as u32))
+            && want
+                .filter
+                .is_none_or(|f| f.matches(got[&Part::Meta(l)].metadata(i)))
+    };
+    let cands = search.estimate(|l| got[&Part::Codes(l)].codes(), keep, stats);
     if cands.is_empty() {
         return Ok(Vec::new());
     }
-    // Keep what the k-th best upper bound cannot rule out.
-    if !exact {
-        let bar = uppers.bar();
-        cands.retain(|c| c.0 <= bar);
-        let keep = crate::index::codes::rerank_count(q.k);
-        if cands.len() > keep {
-            cands.select_nth_unstable_by(keep, |a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
-            cands.truncate(keep);
-        }
+    let mut parts: Vec<Part> = cands.iter().map(|c| row_slot(c.list, c.i).0).collect();
+    if want.include_metadata {
+        parts.extend(cands.iter().map(|c| Part::Meta(c.list)));
     }
-    // Round: the candidates' row chunks (and metadata for results).
-    let mut parts: Vec<Part> = cands
-        .iter()
-        .map(|&(_, _, list, i)| row_slot(list, i).0)
-        .collect();
-    if q.include_metadata {
-        parts.extend(cands.iter().map(|&(_, _, l, _)| Part::Meta(l)));
-    }
-    let rows = blocks.get(store, shard, &parts, tally).await?;
-    stats.vectors_compared += cands.len() as u64;
-    // Full-precision distances, then the best k (ties by id).
-    let mut best: Vec<(f32, u32, u32)> = cands
-        .iter()
-        .map(|&(_, _, list, i)| {
-            let v = row_in(&rows, row_slot(list, i), d);
-            (distance(q.metric, q.vector, v), list, i)
-        })
-        .collect();
-    let row_of = |list: u32, i: u32| head.lists[list as usize].start as u32 + i;
-    best.sort_by(|a, b| {
-        a.0.total_cmp(&b.0).then_with(|| {
-            shard.ids[row_of(a.1, a.2) as usize].cmp(&shard.ids[row_of(b.1, b.2) as usize])
-        })
-    });
-    best.truncate(q.k);
+    got.extend(blocks.get(store, shard, &parts, tally).await?);
+    let d = routing.head.dimensions;
+    let best = search.rerank(
+        &cands,
+        |l, i| row_in(&got, row_slot(l, i), d),
+        |row| shard.ids[row as usize].as_str(),
+        stats,
+    );
     // Vectors and metadata for the k kept only.
     let hits = best
         .into_iter()
-        .map(|(distance, list, i)| {
-            let metadata = q
+        .map(|(distance, list, i)| RowHit {
+            distance,
+            row: routing.row_of(list, i),
+            vector: row_in(&got, row_slot(list, i), d).to_vec(),
+            metadata: want
                 .include_metadata
-                .then(|| {
-                    rows.get(&Part::Meta(list))
-                        .or_else(|| meta_of.get(&Part::Meta(list)))
-                })
-                .flatten()
-                .map(|m| m.metadata(i as usize).clone());
-            RowHit {
-                distance,
-                row: row_of(list, i),
-                vector: row_in(&rows, row_slot(list, i), d).to_vec(),
-                metadata,
-            }
+                .then(|| got[&Part::Meta(list)].metadata(i as usize).clone()),
         })
         .collect();
     Ok(hits)
-}
-
-/// The `k` smallest upper bounds seen so far: a row whose lower bound
-/// exceeds the largest of them (the bar) cannot be among the best `k`.
-struct KthBest {
-    k: usize,
-    heap: BinaryHeap<OrdF32>,
-}
-
-impl KthBest {
-    fn new(k: usize) -> Self {
-        KthBest {
-            k,
-            heap: BinaryHeap::with_capacity(k + 1),
-        }
-    }
-
-    /// The `k`-th best upper bound, infinite until `k` were offered.
-    fn bar(&self) -> f32 {
-        if self.heap.len() < self.k {
-            return f32::INFINITY;
-        }
-        self.heap.peek().map_or(f32::INFINITY, |u| u.0)
-    }
-
-    fn offer(&mut self, upper: f32) {
-        if self.heap.len() < self.k {
-            self.heap.push(OrdF32(upper));
-        } else if upper < self.bar() {
-            self.heap.pop();
-            self.heap.push(OrdF32(upper));
-        }
-    }
-}
-
-/// An `f32` ordered by `total_cmp`, for a heap of bounds.
-#[derive(PartialEq)]
-struct OrdF32(f32);
-
-impl Eq for OrdF32 {}
-
-impl PartialOrd for OrdF32 {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for OrdF32 {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
-
-/// The lists nearest the query first (by centroid).
-fn probe_order(shard: &RangedShard, metric: Metric, query: &[f32]) -> Vec<u32> {
-    let pm = crate::index::ivf::probe_metric(metric);
-    let mut order: Vec<(f32, u32)> = (0..shard.head.nlist())
-        .map(|l| (distance(pm, query, shard.head.centroid(l)), l as u32))
-        .collect();
-    order.sort_by(|a, b| a.0.total_cmp(&b.0));
-    order.into_iter().map(|(_, l)| l).collect()
 }
 
 /// Shard row `row`: its vector and metadata (for `get`).
@@ -734,14 +549,13 @@ pub(super) async fn row(
     shard: &Arc<RangedShard>,
     row: u32,
 ) -> Result<(Vec<f32>, Map<String, Value>), PartitionError> {
-    let l = shard.head.list_of(u64::from(row)) as u32;
-    let i = (u64::from(row) - shard.head.lists[l as usize].start) as u32;
+    let (l, i) = shard.routing.list_of(row);
     let slot = row_slot(l, i);
     let got = blocks
         .get(store, shard, &[slot.0, Part::Meta(l)], tally)
         .await?;
     Ok((
-        row_in(&got, slot, shard.head.dimensions).to_vec(),
+        row_in(&got, slot, shard.routing.head.dimensions).to_vec(),
         got[&Part::Meta(l)].metadata(i as usize).clone(),
     ))
 }

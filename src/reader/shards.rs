@@ -23,37 +23,36 @@ use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 use super::load::Freshness;
-use super::ranged::RangedShard;
+use super::ranged::{self, Blocks, Part, RangedShard};
+use super::unit::{Allowed, RangedUnit, SearchUnit, ShardLive, WholeShardUnit};
 use super::view::{load_segment, retrying, CacheTally};
 use super::{Consistency, PartitionError, ReadError, Shared};
 use crate::coord::index_manifest::{parse_index_manifest, IndexManifest, ShardEntry};
 use crate::coord::paths::INDEX_MANIFEST_KEY;
 use crate::coord::CoordError;
-use crate::index::codes::SignCodes;
 use crate::index::AnnIndex;
+use crate::record::StoredRecord;
 use crate::segment::deletions::DeletionVector;
 use crate::segment::Segment;
-use crate::store::{Conditional, ETag, ObjectStore, StoreError};
+use crate::store::{Conditional, Counted, ETag, ObjectStore, StoreError};
 
 /// One shard as a reader sees it.
 pub(super) struct ShardView {
     pub key: String,
     /// The deletion vector applied (`None`: every row is live).
     deletions: Option<String>,
-    pub body: ShardBody,
-    /// `live[i]`: row `i` is not a tombstone and not marked dead.
-    pub live: Vec<bool>,
-    pub live_count: usize,
+    body: ShardBody,
+    /// Rows that are not tombstones and not marked dead.
+    live: Arc<ShardLive>,
 }
 
-/// What the reader holds of a shard.
-pub(super) enum ShardBody {
+/// What the reader holds of a shard. Only [`ShardView`]'s methods ask
+/// which kind a shard is.
+enum ShardBody {
     /// A shard in the segment format (HNSW or no index), read whole.
     Whole {
         segment: Arc<Segment>,
         ann: Option<Arc<AnnIndex>>,
-        /// One-bit codes for candidate generation (`None` for HNSW).
-        codes: Option<Arc<SignCodes>>,
     },
     /// A range-readable shard: its head region; parts on demand.
     Ranged(Arc<RangedShard>),
@@ -70,13 +69,91 @@ impl ShardView {
 
     /// Bytes the reader holds for this shard outside the part cache.
     pub(super) fn memory_bytes(&self) -> usize {
-        self.live.len()
+        self.live.mask.len()
             + match &self.body {
-                ShardBody::Whole { segment, codes, .. } => {
-                    segment.memory_bytes() + codes.as_ref().map_or(0, |c| c.memory_bytes())
-                }
+                ShardBody::Whole { segment, .. } => segment.memory_bytes(),
                 ShardBody::Ranged(r) => r.memory_bytes(),
             }
+    }
+
+    /// This shard as a query's search unit, `allowed` narrowing its live
+    /// rows; `None` when no row is live.
+    pub(super) fn unit(&self, allowed: Allowed) -> Option<Box<dyn SearchUnit>> {
+        if self.live.count == 0 {
+            return None;
+        }
+        let live = self.live.clone();
+        Some(match &self.body {
+            ShardBody::Whole { segment, ann } => Box::new(Arc::new(WholeShardUnit {
+                segment: segment.clone(),
+                ann: ann.clone(),
+                live,
+                allowed,
+            })),
+            ShardBody::Ranged(r) => Box::new(RangedUnit {
+                shard: r.clone(),
+                live,
+                hidden: allowed.hidden.into_iter().collect(),
+                excluded: allowed.excluded,
+            }),
+        })
+    }
+
+    /// Row `row` (of id `id`, partition `p`, indexed through `w`) as
+    /// `get` returns it.
+    pub(super) async fn record(
+        &self,
+        shared: &Shared,
+        tally: &CacheTally,
+        id: &str,
+        p: u32,
+        w: u64,
+        row: u32,
+    ) -> Result<StoredRecord, ReadError> {
+        let mut rec = match &self.body {
+            ShardBody::Whole { segment, .. } => {
+                super::lookup::stored(id, p, w, segment, row as usize)
+            }
+            ShardBody::Ranged(r) => {
+                let counted = Counted::new(shared.store.clone());
+                let (vector, metadata) = ranged::row(&shared.blocks, &counted, tally, r, row)
+                    .await
+                    .map_err(|e| index_error(&e))?;
+                StoredRecord {
+                    id: id.to_string(),
+                    vector,
+                    metadata,
+                    partition: p,
+                    seq: w,
+                    position: row as usize,
+                    shard: None,
+                }
+            }
+        };
+        rec.shard = Some(self.key.clone());
+        Ok(rec)
+    }
+
+    /// Fetches the codes of every list into the part cache (as far as
+    /// its budget holds them); returns the lists (0 for a whole shard,
+    /// which loaded with its view).
+    pub(super) async fn warm(
+        &self,
+        blocks: &Blocks,
+        store: &Counted,
+        tally: &CacheTally,
+    ) -> Result<u64, ReadError> {
+        let ShardBody::Ranged(r) = &self.body else {
+            return Ok(0);
+        };
+        let parts: Vec<Part> = (0..r.routing.head.nlist() as u32)
+            .map(Part::Codes)
+            .collect();
+        blocks
+            .get(store, r, &parts, tally)
+            .await
+            .map_err(|e| index_error(&e))?;
+        Ok(parts.len() as u64)
     }
 }
 
@@ -337,7 +414,7 @@ async fn build(
     let mut rows = HashMap::with_capacity(manifest.live_rows() as usize);
     for (s, shard) in shards.iter().enumerate() {
         for (i, id) in shard.ids().iter().enumerate() {
-            if !shard.live[i] {
+            if !shard.live.mask[i] {
                 continue;
             }
             if let Some((other, _)) = rows.insert(id.clone(), (s as u32, i as u32)) {
@@ -383,27 +460,10 @@ async fn load_shard(
                             .map_err(|reason| PartitionError::bad_index(&entry.key, reason))?,
                     )),
                 };
-                let codes = match ann.as_deref() {
-                    Some(AnnIndex::Hnsw(_)) => None,
-                    _ => {
-                        let seg = segment.clone();
-                        let codes = crate::cpu::run(move || {
-                            SignCodes::build(seg.vectors(), seg.dimensions())
-                        });
-                        Some(Arc::new(codes.await))
-                    }
-                };
                 let tombstones = (0..segment.len())
                     .map(|i| segment.is_tombstone(i))
                     .collect();
-                Ok((
-                    ShardBody::Whole {
-                        segment,
-                        ann,
-                        codes,
-                    },
-                    tombstones,
-                ))
+                Ok((ShardBody::Whole { segment, ann }, tombstones))
             }
         }
     };
@@ -438,13 +498,12 @@ async fn load_shard(
         .enumerate()
         .map(|(i, t)| !t && !dv.as_ref().is_some_and(|dv| dv.is_dead(i as u64)))
         .collect();
-    let live_count = live.iter().filter(|l| **l).count();
+    let count = live.iter().filter(|l| **l).count();
     Ok(ShardView {
         key: entry.key.clone(),
         deletions: entry.deletions.clone(),
         body,
-        live,
-        live_count,
+        live: Arc::new(ShardLive { mask: live, count }),
     })
 }
 

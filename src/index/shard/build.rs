@@ -1,0 +1,64 @@
+//! Building a shard: IVF lists over the rows, a RaBitQ code block per
+//! list, the range-readable layout.
+
+use crate::index::ivf::build_lists;
+use crate::index::rabitq::{ListCodes, Rotation};
+use crate::record::{flat_vectors, Prepared};
+use crate::segment::shard::encode_shard;
+use crate::segment::{SegmentHeader, Shape};
+
+/// One encoded shard object.
+pub(crate) struct BuiltShard {
+    pub bytes: bytes::Bytes,
+    pub rows: u64,
+    /// Length of the head region a reader fetches first.
+    pub head_bytes: u64,
+}
+
+/// Encodes `rows` into range-readable shards of at most `cap` rows each:
+/// IVF lists (`nlist`, or a size-derived default), RaBitQ codes per list,
+/// rows addressable one by one. CPU-bound.
+pub(crate) fn build(
+    rows: Vec<Prepared>,
+    shape: Shape,
+    nlist: Option<usize>,
+    cap: usize,
+    header: &SegmentHeader,
+) -> Vec<BuiltShard> {
+    let mut outs = Vec::new();
+    let mut rows = rows;
+    while !rows.is_empty() {
+        let rest = rows.split_off(rows.len().min(cap.max(1)));
+        let n = rows.len() as u64;
+        let (centroids, lists) = build_lists(rows, shape.dimensions, shape.metric, nlist);
+        let groups: Vec<&[Prepared]> = lists.iter().map(|g| g.as_slice()).collect();
+        let h = SegmentHeader {
+            record_count: n,
+            ..header.clone()
+        };
+        let codes = list_codes(&centroids, &groups, shape.dimensions);
+        let enc = encode_shard(&h, &centroids, &groups, &codes);
+        outs.push(BuiltShard {
+            bytes: enc.bytes,
+            rows: n,
+            head_bytes: enc.head_bytes,
+        });
+        rows = rest;
+    }
+    outs
+}
+
+/// Each list's RaBitQ code block, tombstones coded as zero vectors (never
+/// live, so never searched).
+fn list_codes(centroids: &[f32], groups: &[&[Prepared]], d: usize) -> Vec<Vec<u8>> {
+    let rot = Rotation::new(d);
+    groups
+        .iter()
+        .enumerate()
+        .map(|(l, g)| {
+            let flat = flat_vectors(g, d);
+            let c = &centroids[l * d..(l + 1) * d];
+            ListCodes::encode(&rot, c, &flat).to_bytes()
+        })
+        .collect()
+}

@@ -1,0 +1,305 @@
+//! Searching one shard, sans I/O: plan the lists to probe, estimate from
+//! the code blocks the caller fetched, rerank the rows it fetched.
+//!
+//! A search probes the lists nearest the query (by centroid), estimates
+//! every allowed row of them from its code, keeps the rows whose lower
+//! bound beats the `k`-th best upper bound (at most
+//! [`super::rerank_count`]) and reranks those with full precision. A
+//! filter follows the shared filter policy ([`crate::index::route`]):
+//! its selectivity among the probed rows widens the probes, or, when
+//! selective, every list is read and every matching row reranked, so a
+//! query asking for k gets k when k rows match.
+
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use crate::index::ivf::probe_metric;
+use crate::index::rabitq::{ListCodes, ListQuery, Rotation};
+use crate::index::{distance, dot, route, QueryParams, Route, ScanStats};
+use crate::segment::shard::ShardHead;
+use crate::vocab::Metric;
+
+/// What a reader holds of a shard's index for as long as the shard is
+/// listed: its head (centroids, list table) and the centroids rotated
+/// for the codes.
+pub(crate) struct ShardRouting {
+    pub head: ShardHead,
+    rotated: Vec<f32>,
+    rotation: Arc<Rotation>,
+}
+
+impl ShardRouting {
+    /// Prepares a parsed head for searching (CPU: rotates every centroid).
+    pub(crate) fn new(head: ShardHead) -> Self {
+        let rotation = Arc::new(Rotation::new(head.dimensions));
+        let mut rotated = head.centroids.clone();
+        for c in rotated.chunks_exact_mut(head.dimensions.max(1)) {
+            rotation.apply(c);
+        }
+        ShardRouting {
+            head,
+            rotated,
+            rotation,
+        }
+    }
+
+    /// Bytes held (centroids twice, the list table).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.head.centroids.len() * 8 + self.head.lists.len() * 96
+    }
+
+    /// The shard row of list `list`'s `i`-th row.
+    pub(crate) fn row_of(&self, list: u32, i: u32) -> u32 {
+        self.head.lists[list as usize].start as u32 + i
+    }
+
+    /// The list holding shard row `row`, and the row's place in it.
+    pub(crate) fn list_of(&self, row: u32) -> (u32, u32) {
+        let l = self.head.list_of(u64::from(row));
+        (l as u32, row - self.head.lists[l].start as u32)
+    }
+
+    /// The lists nearest the query first (by centroid).
+    fn probe_order(&self, metric: Metric, query: &[f32]) -> Vec<u32> {
+        let pm = probe_metric(metric);
+        let mut order: Vec<(f32, u32)> = (0..self.head.nlist())
+            .map(|l| (distance(pm, query, self.head.centroid(l)), l as u32))
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        order.into_iter().map(|(_, l)| l).collect()
+    }
+}
+
+/// What a query asks of one shard.
+#[derive(Clone, Copy)]
+pub(crate) struct ShardQuery<'a> {
+    pub metric: Metric,
+    pub k: usize,
+    /// Lists to probe (all of them for `exact`).
+    pub probes: usize,
+    pub exact: bool,
+    pub vector: &'a [f32],
+}
+
+/// A row the code estimates could not rule out: its bounds, and where it
+/// is (list, index in the list).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Candidate {
+    pub lower: f32,
+    pub upper: f32,
+    pub list: u32,
+    pub i: u32,
+}
+
+/// One query's search of one shard.
+pub(crate) struct ShardSearch<'a> {
+    shard: &'a ShardRouting,
+    q: ShardQuery<'a>,
+    /// Every list, nearest first.
+    order: Vec<u32>,
+    /// How many of `order` are probed.
+    probed: usize,
+    exact: bool,
+}
+
+impl<'a> ShardSearch<'a> {
+    /// Plans the first probes.
+    pub(crate) fn new(shard: &'a ShardRouting, q: ShardQuery<'a>) -> Self {
+        let order = shard.probe_order(q.metric, q.vector);
+        let nlist = order.len();
+        let probed = if q.exact {
+            nlist
+        } else {
+            q.probes.clamp(1, nlist.max(1)).min(nlist)
+        };
+        ShardSearch {
+            shard,
+            q,
+            order,
+            probed,
+            exact: q.exact,
+        }
+    }
+
+    /// The lists probed so far: their codes (and, to filter, their
+    /// metadata) are what [`ShardSearch::estimate`] needs.
+    pub(crate) fn lists(&self) -> &[u32] {
+        &self.order[..self.probed]
+    }
+
+    /// Widens the probes after a filter's count over the probed lists
+    /// (`live` allowed rows, `matching` of them passing the filter), by
+    /// the shared filter policy. Returns true when more lists are now
+    /// probed (fetch their parts and count again).
+    pub(crate) fn widen(&mut self, live: usize, matching: usize) -> bool {
+        let nlist = self.order.len();
+        if self.probed == nlist {
+            return false;
+        }
+        let selectivity = matching as f64 / live.max(1) as f64;
+        let params = QueryParams {
+            metric: self.q.metric,
+            k: self.q.k,
+            nprobe: self.probed,
+            exact: self.exact,
+        };
+        let widened = match route(&params, selectivity) {
+            Route::Exact => {
+                self.exact = true;
+                nlist
+            }
+            Route::Ann(p) if matching < self.q.k => p.nprobe.max(nlist),
+            Route::Ann(p) => p.nprobe,
+        };
+        if widened <= self.probed {
+            return false;
+        }
+        self.probed = widened.min(nlist);
+        true
+    }
+
+    /// Estimates every row of the probed lists that `keep(list, i)`
+    /// allows from its code (`codes(list)` gives the list's code block)
+    /// and returns the candidates to rerank: those whose lower bound can
+    /// beat the `k`-th best upper bound, at most [`super::rerank_count`]
+    /// (every one when exact).
+    pub(crate) fn estimate<'c>(
+        &self,
+        codes: impl Fn(u32) -> &'c ListCodes,
+        keep: impl Fn(u32, usize) -> bool,
+        stats: &mut ScanStats,
+    ) -> Vec<Candidate> {
+        let (shard, q) = (self.shard, &self.q);
+        let rq = shard.rotation.rotated(q.vector);
+        let q_norm = dot(q.vector, q.vector).sqrt();
+        let d = shard.head.dimensions;
+        let mut cands: Vec<Candidate> = Vec::new();
+        let mut scanned = Vec::new();
+        let mut uppers = KthBest::new(q.k);
+        for &l in self.lists() {
+            let c = codes(l);
+            let lq = ListQuery::new(
+                q.metric,
+                &rq,
+                q_norm,
+                &shard.rotated[l as usize * d..(l as usize + 1) * d],
+                dot(q.vector, shard.head.centroid(l as usize)),
+            );
+            let bar = if self.exact {
+                f32::INFINITY
+            } else {
+                uppers.bar()
+            };
+            // Adaptive probing: a list no row of which can beat the bar is
+            // skipped (its bound is exact, so this never costs recall).
+            if lq.list_bound(c) > bar {
+                continue;
+            }
+            scanned.clear();
+            lq.scan(c, &|i| keep(l, i), bar, &mut scanned);
+            stats.codes_scanned += c.len() as u64;
+            for &(lower, upper, i) in &scanned {
+                uppers.offer(upper);
+                cands.push(Candidate {
+                    lower,
+                    upper,
+                    list: l,
+                    i,
+                });
+            }
+        }
+        if !self.exact && !cands.is_empty() {
+            let bar = uppers.bar();
+            cands.retain(|c| c.lower <= bar);
+            let keep = super::rerank_count(q.k);
+            if cands.len() > keep {
+                cands.select_nth_unstable_by(keep, |a, b| {
+                    (a.lower + a.upper).total_cmp(&(b.lower + b.upper))
+                });
+                cands.truncate(keep);
+            }
+        }
+        cands
+    }
+
+    /// Full-precision distances of the candidates (`row(list, i)` gives a
+    /// row's vector), best `k` first, ties broken by `id(shard row)`.
+    /// Returns `(distance, list, i)`.
+    pub(crate) fn rerank<'r>(
+        &self,
+        cands: &[Candidate],
+        row: impl Fn(u32, u32) -> &'r [f32],
+        id: impl Fn(u32) -> &'r str,
+        stats: &mut ScanStats,
+    ) -> Vec<(f32, u32, u32)> {
+        stats.vectors_compared += cands.len() as u64;
+        let mut best: Vec<(f32, u32, u32)> = cands
+            .iter()
+            .map(|c| {
+                (
+                    distance(self.q.metric, self.q.vector, row(c.list, c.i)),
+                    c.list,
+                    c.i,
+                )
+            })
+            .collect();
+        let row_of = |l: u32, i: u32| self.shard.row_of(l, i);
+        best.sort_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then_with(|| id(row_of(a.1, a.2)).cmp(id(row_of(b.1, b.2))))
+        });
+        best.truncate(self.q.k);
+        best
+    }
+}
+
+/// The `k` smallest upper bounds seen so far: a row whose lower bound
+/// exceeds the largest of them (the bar) cannot be among the best `k`.
+struct KthBest {
+    k: usize,
+    heap: BinaryHeap<OrdF32>,
+}
+
+impl KthBest {
+    fn new(k: usize) -> Self {
+        KthBest {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    /// The `k`-th best upper bound, infinite until `k` were offered.
+    fn bar(&self) -> f32 {
+        if self.heap.len() < self.k {
+            return f32::INFINITY;
+        }
+        self.heap.peek().map_or(f32::INFINITY, |u| u.0)
+    }
+
+    fn offer(&mut self, upper: f32) {
+        if self.heap.len() < self.k {
+            self.heap.push(OrdF32(upper));
+        } else if upper < self.bar() {
+            self.heap.pop();
+            self.heap.push(OrdF32(upper));
+        }
+    }
+}
+
+/// An `f32` ordered by `total_cmp`, for a heap of bounds.
+#[derive(PartialEq)]
+struct OrdF32(f32);
+
+impl Eq for OrdF32 {}
+
+impl PartialOrd for OrdF32 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdF32 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
