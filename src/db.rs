@@ -294,17 +294,20 @@ impl Db {
     /// shape (dimensions, metric, partitions) differs from the one this
     /// handle opened with is refused (it cannot change under data).
     pub async fn refresh_config(&self) -> Result<bool, Error> {
-        use crate::store::Conditional;
+        use crate::coord::watched::{revalidate, Revalidated};
         let store = self.inner.cluster.store().as_ref();
         let etag = self.inner.live.lock().unwrap().etag.clone();
-        let got = match etag {
-            Some(e) => store.get_if_changed(paths::CONFIG_KEY, &e).await?,
-            None => Conditional::Modified(store.get(paths::CONFIG_KEY).await?),
+        let got = match revalidate(store, paths::CONFIG_KEY, etag.as_ref(), None).await? {
+            Revalidated::Missing => {
+                let key = paths::CONFIG_KEY.to_string();
+                return Err(crate::store::StoreError::NotFound { key }.into());
+            }
+            got => got,
         };
         let now = Instant::now();
         // The store answered with the config: that is what readiness asks.
         *self.inner.ready_at.lock().unwrap() = Some(now);
-        let Conditional::Modified(got) = got else {
+        let Revalidated::Changed(got) = got else {
             self.inner.live.lock().unwrap().checked = now;
             return Ok(false);
         };

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::cas::{parse_json, update_json, Backoff, Step};
 use super::paths::S3VECTORS_CATALOG_KEY;
+use super::watched::{revalidate, Revalidated};
 use super::CoordError;
-use crate::store::{Conditional, ETag, ObjectStore, StoreError};
+use crate::store::{ETag, ObjectStore};
 
 /// Every vector bucket, by name.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -151,18 +152,17 @@ impl CatalogCache {
         let now = Instant::now();
         let (catalog, etag) = match held {
             Some((c, _, at)) if now.duration_since(at) < max_age => return Ok(c),
-            Some((c, Some(etag), _)) => {
-                match store.get_if_changed(S3VECTORS_CATALOG_KEY, &etag).await {
-                    Ok(Conditional::NotModified) => (c, Some(etag)),
-                    Ok(Conditional::Modified(got)) => (
+            Some((c, etag, _)) => {
+                match revalidate(store, S3VECTORS_CATALOG_KEY, etag.as_ref(), None).await? {
+                    Revalidated::Unchanged => (c, etag),
+                    Revalidated::Changed(got) => (
                         parse_json(S3VECTORS_CATALOG_KEY, &got.bytes)?,
                         Some(got.etag),
                     ),
-                    Err(StoreError::NotFound { .. }) => (Catalog::default(), None),
-                    Err(e) => return Err(e.into()),
+                    Revalidated::Missing => (Catalog::default(), None),
                 }
             }
-            _ => read(store).await?,
+            None => read(store).await?,
         };
         *self.held.lock().unwrap() = Some((catalog.clone(), etag, now));
         Ok(catalog)

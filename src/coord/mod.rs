@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod partition;
 pub mod paths;
 pub mod role;
+pub mod watched;
 
 pub use cluster::{Cluster, JoinOptions, DEFAULT_HEARTBEAT_INTERVAL};
 pub use config::{Config, Metric, RequestedSettings, Settings};

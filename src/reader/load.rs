@@ -4,11 +4,14 @@
 //! our manifest predates a compaction plus GC: refresh and retry once).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::view::{self, CacheTally, PartitionView};
-use super::{Consistency, PartitionError, Shared};
+use super::{Consistency, PartitionError, ReadError, Shared};
 use crate::segment::Segment;
 use crate::store::ObjectStore;
 
@@ -20,6 +23,60 @@ pub(super) struct Freshness {
     pub ticket: u64,
 }
 
+/// A reader's copy of one watched object (a partition view, the index
+/// view): the copy, when and by which ticket it was last revalidated,
+/// and a lock so one refresh runs at a time. [`Slot::fresh_for`] is the
+/// freshness rule, the only one.
+pub(crate) struct Slot<V> {
+    view: Mutex<Option<Arc<V>>>,
+    checked_at: Mutex<Option<Instant>>,
+    /// Ticket of the newest refresh (see `Shared::tickets`); 0 = never.
+    checked_ticket: AtomicU64,
+    pub refresh: tokio::sync::Mutex<()>,
+}
+
+impl<V> Default for Slot<V> {
+    fn default() -> Self {
+        Slot {
+            view: Mutex::new(None),
+            checked_at: Mutex::new(None),
+            checked_ticket: AtomicU64::new(0),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl<V> Slot<V> {
+    pub(super) fn current(&self) -> Option<Arc<V>> {
+        self.view.lock().unwrap().clone()
+    }
+
+    /// Whether the copy held was checked recently enough for `want`.
+    pub(super) fn fresh_for(&self, want: Freshness) -> bool {
+        let checked = *self.checked_at.lock().unwrap();
+        match want.consistency {
+            Consistency::Eventual => checked.is_some(),
+            Consistency::Bounded => checked.is_some_and(|t| t.elapsed() < want.staleness),
+            // Revalidated by a refresh that began after this operation did
+            // (ours or a concurrent query's).
+            Consistency::Strong => self.checked_ticket.load(SeqCst) > want.ticket,
+        }
+    }
+
+    /// Holds `view`, revalidated at `at` by the refresh holding `ticket`.
+    pub(super) fn set(&self, view: Arc<V>, at: Instant, ticket: u64) {
+        *self.view.lock().unwrap() = Some(view);
+        self.touch(at, ticket);
+    }
+
+    /// The copy held was found current at `at` by the refresh holding
+    /// `ticket`.
+    pub(super) fn touch(&self, at: Instant, ticket: u64) {
+        *self.checked_at.lock().unwrap() = Some(at);
+        self.checked_ticket.fetch_max(ticket, SeqCst);
+    }
+}
+
 /// Returns a view of `p` as fresh as `want` asks for.
 pub(super) async fn ensure_view(
     shared: &Shared,
@@ -29,16 +86,7 @@ pub(super) async fn ensure_view(
     tally: &CacheTally,
 ) -> Result<Arc<PartitionView>, PartitionError> {
     let slot = &shared.views[p as usize];
-    let fresh = || {
-        let checked = slot.checked_at();
-        match want.consistency {
-            Consistency::Eventual => checked.is_some(),
-            Consistency::Bounded => checked.is_some_and(|t| t.elapsed() < want.staleness),
-            // Revalidated by a refresh that began after this operation did
-            // (ours or a concurrent query's).
-            Consistency::Strong => slot.checked_ticket() > want.ticket,
-        }
-    };
+    let fresh = || slot.fresh_for(want);
     if fresh() {
         if let Some(v) = slot.current() {
             return Ok(v);
@@ -51,6 +99,47 @@ pub(super) async fn ensure_view(
         }
     }
     view::refresh(shared, store, p, false, tally).await
+}
+
+/// An error that can mean an object vanished under a stale manifest.
+pub(super) trait Vanishable {
+    fn vanished(&self) -> bool;
+}
+
+impl Vanishable for PartitionError {
+    fn vanished(&self) -> bool {
+        self.is_missing_segment()
+    }
+}
+
+impl Vanishable for ReadError {
+    fn vanished(&self) -> bool {
+        match self {
+            ReadError::Partition { source, .. } | ReadError::Index { source, .. } => {
+                source.is_missing_segment()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Awaits `first`; if an object it needed has vanished (a compaction or
+/// a newer index, then GC, since the manifest naming it was read), runs
+/// `again` once, which reads that manifest anew (DESIGN section 8). The
+/// one place this retry is written.
+pub(super) async fn once_more_if_vanished<T, E, A, B>(
+    first: A,
+    again: impl FnOnce() -> B,
+) -> Result<T, E>
+where
+    E: Vanishable,
+    A: Future<Output = Result<T, E>>,
+    B: Future<Output = Result<T, E>>,
+{
+    match first.await {
+        Err(e) if e.vanished() => again().await,
+        other => other,
+    }
 }
 
 /// Runs `f` on `view`; if a segment it needs has vanished, refreshes the
@@ -67,16 +156,14 @@ where
     Fut: Future<Output = Result<T, PartitionError>>,
 {
     let p = view.partition;
-    match f(view).await {
-        Err(e) if e.is_missing_segment() => {
-            let view = {
-                let _g = shared.views[p as usize].refresh.lock().await;
-                view::refresh(shared, store, p, true, tally).await?
-            };
-            f(view).await
-        }
-        other => other,
-    }
+    once_more_if_vanished(f(view), || async {
+        let view = {
+            let _g = shared.views[p as usize].refresh.lock().await;
+            view::refresh(shared, store, p, true, tally).await?
+        };
+        f(view).await
+    })
+    .await
 }
 
 /// `view` with all its segments (in manifest order), refreshed once if

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use tokio::time::Instant;
 
-use super::load::Freshness;
+use super::load::{once_more_if_vanished, Freshness};
 use super::snapshot::{Snapshot, Want};
 use super::view::{self, CacheTally, PartitionView};
 use super::{Consistency, PartitionError, ReadError, Shared};
@@ -84,21 +84,22 @@ async fn get_in_partition(
     tally: &CacheTally,
 ) -> Result<Vec<Option<StoredRecord>>, ReadError> {
     let p = view.partition;
-    let fresh;
-    let (snap, in_tail) = match tail_lookup(shared, snap, view, ids, tally).await {
-        Ok(found) => (snap, found),
-        Err(e) if e.is_missing_segment() => {
-            // A segment of this view was collected: the partition moved
-            // on, and its records may now be in shards this index view
-            // does not cover. Look again in a fresh snapshot of both.
-            fresh = snapshot_of(shared, std::iter::once(p), Consistency::Strong, tally).await?;
-            let found = tail_lookup(shared, &fresh, &fresh.loaded[0].view, ids, tally)
-                .await
-                .map_err(|e| e.into_read_error(p))?;
-            (&fresh, found)
-        }
-        Err(e) => return Err(e.into_read_error(p)),
+    let first = async {
+        let found = tail_lookup(shared, snap, view, ids, tally).await;
+        Ok::<_, ReadError>((None, found.map_err(|e| e.into_read_error(p))?))
     };
+    // A segment of this view was collected: the partition moved on, and
+    // its records may now be in shards this index view does not cover.
+    // Look again in a fresh snapshot of both.
+    let again = || async {
+        let fresh = snapshot_of(shared, std::iter::once(p), Consistency::Strong, tally).await?;
+        let found = tail_lookup(shared, &fresh, &fresh.loaded[0].view, ids, tally)
+            .await
+            .map_err(|e| e.into_read_error(p))?;
+        Ok::<_, ReadError>((Some(fresh), found))
+    };
+    let (fresh, in_tail) = once_more_if_vanished(first, again).await?;
+    let snap = fresh.as_ref().unwrap_or(snap);
     let index = &snap.index;
     // What the tail does not decide, the shards do (row reads in parallel).
     let pending: Vec<_> = ids

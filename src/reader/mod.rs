@@ -473,7 +473,7 @@ pub(crate) struct Shared {
     cache: moka::future::Cache<String, Arc<Segment>>,
     /// Parts of range-read shards (codes, rows, metadata).
     blocks: ranged::Blocks,
-    views: Vec<view::Slot>,
+    views: Vec<load::Slot<view::PartitionView>>,
     index: shards::IndexSlot,
     queries: AtomicU64,
     /// Orders queries and manifest refreshes. A `strong` query may reuse a
@@ -532,7 +532,7 @@ impl Reader {
                     .into(),
                 manifests_required: settings.partitions_initialized,
                 views: (0..settings.partition_count)
-                    .map(|_| view::Slot::default())
+                    .map(|_| load::Slot::default())
                     .collect(),
                 index: shards::IndexSlot::default(),
                 blocks: ranged::Blocks::new(

@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use futures::future::{BoxFuture, FutureExt, Shared as SharedFuture};
 use serde_json::{Map, Value};
 
-use super::view::{retrying, CacheTally};
+use super::view::CacheTally;
 use super::PartitionError;
+use crate::coord::watched::retrying;
 use crate::index::rabitq::ListCodes;
 use crate::index::shard::{ShardQuery, ShardRouting, ShardSearch};
 use crate::index::ScanStats;

@@ -17,24 +17,24 @@
 use std::collections::HashMap;
 
 use futures::StreamExt;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::load::Freshness;
 use super::ranged::{self, Blocks, Part, RangedShard};
 use super::unit::{Allowed, RangedUnit, SearchUnit, ShardLive, WholeShardUnit};
-use super::view::{load_segment, retrying, CacheTally};
-use super::{Consistency, PartitionError, ReadError, Shared};
+use super::view::{load_segment, CacheTally};
+use super::{PartitionError, ReadError, Shared};
 use crate::coord::index_manifest::{parse_index_manifest, IndexManifest, ShardEntry};
 use crate::coord::paths::INDEX_MANIFEST_KEY;
+use crate::coord::watched::{retrying, revalidate, Revalidated};
 use crate::coord::CoordError;
 use crate::index::AnnIndex;
 use crate::record::StoredRecord;
 use crate::segment::deletions::DeletionVector;
 use crate::segment::Segment;
-use crate::store::{Conditional, Counted, ETag, ObjectStore, StoreError};
+use crate::store::{Counted, ETag, ObjectStore, StoreError};
 
 /// One shard as a reader sees it.
 pub(super) struct ShardView {
@@ -213,39 +213,8 @@ impl IndexView {
     }
 }
 
-/// The reader's index view, when it was last checked, and a lock so one
-/// refresh runs at a time.
-#[derive(Default)]
-pub(crate) struct IndexSlot {
-    view: Mutex<Option<Arc<IndexView>>>,
-    checked_at: Mutex<Option<Instant>>,
-    /// Ticket of the newest refresh (see `Shared::tickets`); 0 = never.
-    checked_ticket: AtomicU64,
-    refresh: tokio::sync::Mutex<()>,
-}
-
-impl IndexSlot {
-    pub(super) fn current(&self) -> Option<Arc<IndexView>> {
-        self.view.lock().unwrap().clone()
-    }
-
-    fn set(&self, view: Option<Arc<IndexView>>, at: Instant, ticket: u64) {
-        if let Some(v) = view {
-            *self.view.lock().unwrap() = Some(v);
-        }
-        *self.checked_at.lock().unwrap() = Some(at);
-        self.checked_ticket.fetch_max(ticket, SeqCst);
-    }
-
-    fn fresh_for(&self, want: Freshness) -> bool {
-        let checked = *self.checked_at.lock().unwrap();
-        match want.consistency {
-            Consistency::Eventual => checked.is_some(),
-            Consistency::Bounded => checked.is_some_and(|t| t.elapsed() < want.staleness),
-            Consistency::Strong => self.checked_ticket.load(SeqCst) > want.ticket,
-        }
-    }
-}
+/// The reader's index view, as fresh as it was last checked.
+pub(crate) type IndexSlot = super::load::Slot<IndexView>;
 
 /// How long a detached index refresh may keep retrying transient errors.
 const REFRESH_BUDGET: std::time::Duration = std::time::Duration::from_secs(10 * 60);
@@ -320,56 +289,50 @@ async fn refresh(
     let ticket = shared.next_ticket();
     let current = slot.current();
     let held = current.as_ref().and_then(|v| v.etag.clone());
-    let retryable = StoreError::is_retryable;
-    let fetched = match held {
-        Some(etag) => {
-            match retrying(tally.deadline, retryable, || {
-                store.get_if_changed(INDEX_MANIFEST_KEY, &etag)
-            })
-            .await
-            {
-                Ok(Conditional::NotModified) => {
-                    slot.set(None, now, ticket);
-                    return Ok(current.expect("an etag implies a view"));
-                }
-                Ok(Conditional::Modified(got)) => Some(got),
-                Err(StoreError::NotFound { .. }) => None,
-                Err(e) => return Err(CoordError::Store(e).into()),
-            }
-        }
-        None => match retrying(tally.deadline, retryable, || store.get(INDEX_MANIFEST_KEY)).await {
-            Ok(got) => Some(got),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(CoordError::Store(e).into()),
-        },
+    let read = |held: Option<ETag>| async move {
+        revalidate(
+            store,
+            INDEX_MANIFEST_KEY,
+            held.as_ref(),
+            Some(tally.deadline),
+        )
+        .await
+        .map_err(CoordError::Store)
     };
-    let view = match fetched {
+    let n = shared.views.len() as u32;
+    let view = match read(held).await? {
+        Revalidated::Unchanged => {
+            slot.touch(now, ticket);
+            return Ok(current.expect("an etag implies a view"));
+        }
         // An index from before index shards, or one whose manifest was
         // lost: nothing is indexed as far as this reader can tell. A
         // partition that retired segments into shards then fails the
         // snapshot rule in `ensure_index`, naming this key.
-        None => IndexView::empty(shared.views.len() as u32),
-        Some(got) => {
-            let n = shared.views.len() as u32;
+        Revalidated::Missing => IndexView::empty(n),
+        Revalidated::Changed(got) => {
             let m = parse_index_manifest(n, &got.bytes)?;
-            match build(shared, store, m, Some(got.etag), current.as_deref(), tally).await {
-                Err(e) if e.is_missing_segment() => {
-                    // Re-read unconditionally: the shards we were told of
-                    // are gone, so a newer manifest replaced them.
-                    let got = retrying(tally.deadline, retryable, || store.get(INDEX_MANIFEST_KEY))
-                        .await
-                        .map_err(CoordError::Store)?;
-                    let m = parse_index_manifest(n, &got.bytes)?;
-                    build(shared, store, m, Some(got.etag), current.as_deref(), tally)
-                        .await
-                        .map_err(|e| index_error(&e))?
-                }
-                other => other.map_err(|e| index_error(&e))?,
-            }
+            let first = build(shared, store, m, Some(got.etag), current.as_deref(), tally).await;
+            // Shards we were told of are gone: a newer manifest replaced
+            // them. Read it again, whole, once.
+            let again = || async {
+                let Revalidated::Changed(got) = read(None).await? else {
+                    return Err(CoordError::Store(StoreError::NotFound {
+                        key: INDEX_MANIFEST_KEY.into(),
+                    })
+                    .into());
+                };
+                let m = parse_index_manifest(n, &got.bytes)?;
+                build(shared, store, m, Some(got.etag), current.as_deref(), tally)
+                    .await
+                    .map_err(|e| index_error(&e))
+            };
+            let first = async { first.map_err(|e| index_error(&e)) };
+            super::load::once_more_if_vanished(first, again).await?
         }
     };
     let view = Arc::new(view);
-    slot.set(Some(view.clone()), now, ticket);
+    slot.set(view.clone(), now, ticket);
     Ok(view)
 }
 
@@ -523,7 +486,7 @@ mod tests {
     use crate::coord::clock::{DynClock, SystemClock};
     use crate::coord::config::{initialize_partitions, load_or_create};
     use crate::coord::RequestedSettings;
-    use crate::reader::{Reader, ReaderOptions, SearchRequest};
+    use crate::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
     use crate::record::Record;
     use crate::store::memory::MemoryStore;
     use crate::vocab::Metric;

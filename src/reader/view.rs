@@ -11,7 +11,7 @@
 //! Views are immutable once built; a refresh swaps in a new one, so a
 //! running query keeps the snapshot it started with.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -19,9 +19,10 @@ use tokio::time::Instant;
 use super::{PartitionError, Shared};
 use crate::coord::manifest::{found_or_empty, parse_manifest, Manifest};
 use crate::coord::paths::manifest_key;
+use crate::coord::watched::{revalidate, Revalidated};
 use crate::index::AnnIndex;
 use crate::segment::{LiveSet, Segment};
-use crate::store::{Conditional, ETag, ObjectStore, StoreError};
+use crate::store::{ETag, ObjectStore};
 
 /// One partition as a reader sees it.
 #[derive(Clone, Debug)]
@@ -69,44 +70,6 @@ impl PartitionView {
     }
 }
 
-/// A partition's slot in the reader: the current view, when it was last
-/// checked, and a lock so one refresh runs at a time.
-#[derive(Default)]
-pub(crate) struct Slot {
-    view: Mutex<Option<Arc<PartitionView>>>,
-    checked_at: Mutex<Option<Instant>>,
-    /// Ticket of the newest refresh that revalidated this partition (see
-    /// `Shared::tickets`); 0 = never.
-    checked_ticket: std::sync::atomic::AtomicU64,
-    pub refresh: tokio::sync::Mutex<()>,
-}
-
-impl Slot {
-    pub(super) fn current(&self) -> Option<Arc<PartitionView>> {
-        self.view.lock().unwrap().clone()
-    }
-
-    pub(super) fn checked_at(&self) -> Option<Instant> {
-        *self.checked_at.lock().unwrap()
-    }
-
-    pub(super) fn checked_ticket(&self) -> u64 {
-        self.checked_ticket
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn set(&self, view: Arc<PartitionView>, at: Instant, ticket: u64) {
-        *self.view.lock().unwrap() = Some(view);
-        self.touch(at, ticket);
-    }
-
-    fn touch(&self, at: Instant, ticket: u64) {
-        *self.checked_at.lock().unwrap() = Some(at);
-        self.checked_ticket
-            .fetch_max(ticket, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// What one operation (a query, a get, a warm-up) carries into its loads:
 /// the cache hits and misses it saw, and when it must be done.
 pub(crate) struct CacheTally {
@@ -131,35 +94,6 @@ impl CacheTally {
     }
 }
 
-/// Runs `f` again on a transient error, with jittered exponential backoff
-/// (10 ms doubling to 2 s), as long as the next attempt starts before
-/// `deadline`; then returns the last error, which names the key.
-pub(crate) async fn retrying<T, E, F, Fut>(
-    deadline: Instant,
-    retryable: fn(&E) -> bool,
-    mut f: F,
-) -> Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let backoff = crate::coord::cas::Backoff::default();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match f().await {
-            Err(e) if retryable(&e) => {
-                let delay = backoff.delay(attempt);
-                if Instant::now() + delay >= deadline {
-                    return Err(e);
-                }
-                tokio::time::sleep(delay).await;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// A segment through the cache (single flight per key).
 pub(crate) async fn load_segment(
     shared: &Shared,
@@ -172,7 +106,7 @@ pub(crate) async fn load_segment(
         .cache
         .entry(key.to_string())
         .or_try_insert_with(async {
-            retrying(
+            crate::coord::watched::retrying(
                 tally.deadline,
                 crate::segment::LoadError::is_retryable,
                 || crate::segment::load(store, key, shared.shape),
@@ -267,33 +201,19 @@ pub(crate) async fn refresh(
         .as_ref()
         .and_then(|v| v.etag.clone())
         .filter(|_| !force);
-    let retryable = StoreError::is_retryable;
-    let fetched = match held {
-        Some(etag) => match retrying(tally.deadline, retryable, || {
-            store.get_if_changed(&key, &etag)
-        })
+    let got = revalidate(store, &key, held.as_ref(), Some(tally.deadline))
         .await
-        {
-            Ok(Conditional::NotModified) => {
-                slot.touch(now, ticket);
-                return Ok(current.expect("an etag implies a view"));
-            }
-            Ok(Conditional::Modified(got)) => Some(got),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(PartitionError::from_store(e)),
-        },
-        None => match retrying(tally.deadline, retryable, || store.get(&key)).await {
-            Ok(got) => Some(got),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(PartitionError::from_store(e)),
-        },
-    };
-    let (found, etag) = match fetched {
-        Some(got) => (
+        .map_err(PartitionError::from_store)?;
+    let (found, etag) = match got {
+        Revalidated::Unchanged => {
+            slot.touch(now, ticket);
+            return Ok(current.expect("an etag implies a view"));
+        }
+        Revalidated::Changed(got) => (
             Some(parse_manifest(p, &got.bytes).map_err(PartitionError::from_manifest)?),
             Some(got.etag),
         ),
-        None => (None, None),
+        Revalidated::Missing => (None, None),
     };
     let manifest = found_or_empty(p, found, shared.manifests_required)
         .map_err(PartitionError::from_manifest)?;
