@@ -89,7 +89,7 @@ async fn get_in_partition(
         Ok::<_, ReadError>((None, found.map_err(|e| e.into_read_error(p))?))
     };
     // A segment of this view was collected: the partition moved on, and
-    // its records may now be in shards this index view does not cover.
+    // its records may now be in shards this shard set does not cover.
     // Look again in a fresh snapshot of both.
     let again = || async {
         let fresh = snapshot_of(shared, std::iter::once(p), Consistency::Strong, tally).await?;
@@ -100,7 +100,7 @@ async fn get_in_partition(
     };
     let (fresh, in_tail) = once_more_if_vanished(first, again).await?;
     let snap = fresh.as_ref().unwrap_or(snap);
-    let index = &snap.index;
+    let index = &snap.shards;
     // What the tail does not decide, the shards do (row reads in parallel).
     let pending: Vec<_> = ids
         .iter()

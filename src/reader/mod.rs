@@ -15,6 +15,8 @@
 //!   bounded concurrency), then scores every partition on the rayon pool
 //!   (sized to the cores) and merges the per-partition top-k.
 
+mod budget;
+mod error;
 mod load;
 mod lookup;
 mod ranged;
@@ -32,12 +34,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use budget::{cache_budget_bytes, memory_budget_bytes};
+pub use error::{PartitionError, ReadError};
+
 use crate::coord::instance::InstanceMetrics;
-use crate::coord::{CoordError, Role, Settings};
-use crate::filter::FilterError;
+use crate::coord::{Role, Settings};
 use crate::record::StoredRecord;
-use crate::segment::{Segment, SegmentError, Shape};
-use crate::store::{Counted, DynStore, RequestCounts, StoreError};
+use crate::segment::{Segment, Shape};
+use crate::store::{Counted, DynStore, RequestCounts};
 
 /// How fresh a query's view of the bucket must be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,139 +176,6 @@ pub struct SearchResponse {
     pub stats: QueryStats,
 }
 
-/// Errors of the read path.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// The request itself is wrong (400-class).
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Filter(#[from] FilterError),
-    /// A partition could not be read; names the partition and object.
-    #[error("partition {partition} could not be read ({key}): {source}")]
-    Partition {
-        partition: u32,
-        key: String,
-        #[source]
-        source: PartitionError,
-    },
-    /// An index shard or deletion vector could not be read.
-    #[error("index shard data could not be read ({key}): {source}")]
-    Index {
-        key: String,
-        #[source]
-        source: PartitionError,
-    },
-    #[error(transparent)]
-    Coord(#[from] CoordError),
-    /// A fault inside the reader (a panicked search worker).
-    #[error("internal error: {0}")]
-    Internal(String),
-    /// The query's deadline passed before every partition was loaded.
-    #[error(
-        "query deadline of {ms} ms passed while loading partitions; retry later or allow a \
-         longer deadline_ms"
-    )]
-    Deadline { ms: u64 },
-}
-
-impl ReadError {
-    /// What a caller can do about it.
-    pub fn kind(&self) -> crate::vocab::ErrorKind {
-        use crate::vocab::ErrorKind;
-        match self {
-            ReadError::Invalid(_) | ReadError::Filter(_) => ErrorKind::InvalidInput,
-            ReadError::Coord(e) => e.kind(),
-            ReadError::Internal(_) => ErrorKind::Internal,
-            ReadError::Deadline { .. } => ErrorKind::Unavailable,
-            ReadError::Partition { source, .. } | ReadError::Index { source, .. } => {
-                match source.kind() {
-                    // A segment the manifest references is gone even after a
-                    // refresh: the bucket is damaged, not the request.
-                    ErrorKind::NotFound => ErrorKind::Corrupt,
-                    k => k,
-                }
-            }
-        }
-    }
-
-    pub fn is_retryable(&self) -> bool {
-        self.kind().is_retryable()
-    }
-}
-
-/// Why one partition could not be loaded. Cheap to clone (the segment
-/// cache hands one error to every query waiting on the same load).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PartitionError {
-    /// The manifest could not be fetched, parsed or validated.
-    #[error(transparent)]
-    Manifest(Arc<CoordError>),
-    /// A segment could not be fetched, decoded, or belongs elsewhere.
-    #[error(transparent)]
-    Segment(Arc<crate::segment::LoadError>),
-}
-
-impl PartitionError {
-    /// The object the error is about.
-    pub fn key(&self) -> String {
-        match self {
-            PartitionError::Manifest(e) => match &**e {
-                CoordError::Store(s) => s.key().to_string(),
-                CoordError::Corrupt { key, .. } => key.clone(),
-                _ => String::new(),
-            },
-            PartitionError::Segment(e) => e.key().to_string(),
-        }
-    }
-
-    pub fn is_retryable(&self) -> bool {
-        self.kind().is_retryable()
-    }
-
-    /// A referenced segment is gone (compaction + GC since our manifest).
-    pub fn is_missing_segment(&self) -> bool {
-        matches!(self, PartitionError::Segment(e) if e.is_missing())
-    }
-
-    /// What a caller can do about it.
-    pub fn kind(&self) -> crate::vocab::ErrorKind {
-        match self {
-            PartitionError::Manifest(e) => e.kind(),
-            PartitionError::Segment(e) => e.kind(),
-        }
-    }
-
-    fn from_store(e: StoreError) -> Self {
-        PartitionError::Manifest(Arc::new(CoordError::Store(e)))
-    }
-
-    fn from_manifest(e: CoordError) -> Self {
-        PartitionError::Manifest(Arc::new(e))
-    }
-
-    fn from_load(e: crate::segment::LoadError) -> Self {
-        PartitionError::Segment(Arc::new(e))
-    }
-
-    fn bad_index(key: &str, reason: String) -> Self {
-        PartitionError::Segment(Arc::new(crate::segment::LoadError::Segment(
-            SegmentError::Corrupt {
-                key: key.to_string(),
-                reason: format!("bad index section: {reason}"),
-            },
-        )))
-    }
-
-    fn into_read_error(self, partition: u32) -> ReadError {
-        ReadError::Partition {
-            partition,
-            key: self.key(),
-            source: self,
-        }
-    }
-}
-
 /// Reader settings.
 #[derive(Clone, Debug)]
 pub struct ReaderOptions {
@@ -348,64 +219,6 @@ impl ReaderOptions {
     }
 }
 
-/// The memory this process may plan caches with: the container's cgroup
-/// memory limit (v2 `memory.max`, v1 `memory.limit_in_bytes`), else the
-/// Lambda function's memory size, else the host's memory, times
-/// `SHOAL_MEMORY_FRACTION` (default 0.5). Inside a container the host's
-/// memory is never used: it is not ours.
-pub fn memory_budget_bytes() -> u64 {
-    let fraction = std::env::var("SHOAL_MEMORY_FRACTION")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|f| *f > 0.0 && *f <= 1.0)
-        .unwrap_or(0.5);
-    let limit = cgroup_memory_limit()
-        .or_else(|| {
-            std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|mb| mb * 1024 * 1024)
-        })
-        .unwrap_or_else(host_memory);
-    (limit as f64 * fraction) as u64
-}
-
-/// The reader's cache budget: `SHOAL_CACHE_BYTES` (e.g. `256MiB`) when
-/// set, else `fraction` of [`memory_budget_bytes`].
-pub fn cache_budget_bytes(fraction: f64) -> u64 {
-    if let Ok(v) = std::env::var("SHOAL_CACHE_BYTES") {
-        match crate::vocab::parse_bytes(&v) {
-            Ok(b) => return b,
-            Err(e) => tracing::warn!("ignoring SHOAL_CACHE_BYTES: {e}"),
-        }
-    }
-    (memory_budget_bytes() as f64 * fraction) as u64
-}
-
-/// The cgroup memory limit, if this process runs under one that is set.
-fn cgroup_memory_limit() -> Option<u64> {
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    let limit = read("/sys/fs/cgroup/memory.max")
-        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))?
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    // v1 reports "no limit" as a huge number; v2 as "max" (not a number).
-    (limit < host_memory()).then_some(limit)
-}
-
-fn host_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(2 << 30)
-}
-
 /// What a warm-up fetched.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WarmReport {
@@ -432,10 +245,10 @@ pub struct ReaderStats {
     pub partitions_loaded: u64,
     pub live_records: u64,
     pub segments: u64,
-    /// Index shards in the reader's index view, and their live rows.
+    /// Index shards in the reader's shard set, and their live rows.
     pub shards: u64,
     pub shard_rows: u64,
-    /// Bytes held outside the cache for the index view: range-read
+    /// Bytes held outside the cache for the shard set: range-read
     /// shards' heads and ids (or whole shards in the segment format),
     /// live-row masks and the id → row map. Grows with the index's row
     /// count (about 100 bytes a row), not with its vector bytes.
@@ -474,7 +287,7 @@ pub(crate) struct Shared {
     /// Parts of range-read shards (codes, rows, metadata).
     blocks: ranged::Blocks,
     views: Vec<load::Slot<view::PartitionView>>,
-    index: shards::IndexSlot,
+    shards: shards::ShardSlot,
     queries: AtomicU64,
     /// Orders queries and manifest refreshes. A `strong` query may reuse a
     /// refresh only if the refresh took its ticket after the query did
@@ -534,7 +347,7 @@ impl Reader {
                 views: (0..settings.partition_count)
                     .map(|_| load::Slot::default())
                     .collect(),
-                index: shards::IndexSlot::default(),
+                shards: shards::ShardSlot::default(),
                 blocks: ranged::Blocks::new(
                     opts.cache_bytes - segment_bytes,
                     opts.cache_ttl,
@@ -671,7 +484,7 @@ impl Reader {
     pub fn stats(&self) -> ReaderStats {
         let s = &self.shared;
         let (mut loaded, mut live, mut segments) = (0, 0, 0);
-        let index = s.index.current();
+        let index = s.shards.current();
         let (mut lag_segments, mut lag_records) = (0, 0);
         let mut oldest: Option<std::time::SystemTime> = None;
         for (p, slot) in s.views.iter().enumerate() {

@@ -1,16 +1,19 @@
-//! The index shards as a reader sees them (DESIGN section 11).
+//! The shards (the read-optimized layer, DESIGN section 11) as a reader
+//! sees them.
 //!
-//! An [`IndexView`] is one index manifest with everything a query needs
-//! from it: each shard's records, parsed ANN index and live rows (its
-//! deletion vector applied), and the shard row of every live id, so a
-//! partition's tail can shadow the shard rows its ids supersede. Views are
-//! immutable; a refresh builds a new one, reusing the shards whose object
-//! and deletion vector did not change.
+//! A [`ShardSet`] is one index manifest (the shard layer's manifest,
+//! `index/manifest.json`) with everything a query needs from it: each
+//! shard's head or body and live rows (its deletion vector applied), and
+//! the shard row of every live id, so a partition's tail can hide the
+//! shard rows its ids supersede. Shard sets are immutable; a refresh
+//! builds a new one, reusing the shards whose object and deletion vector
+//! did not change. [`ShardView`] is the one place that asks which kind a
+//! shard is (range-read or whole).
 //!
 //! **Snapshot rule.** A reader must never pair a partition manifest with
 //! an index manifest older than what that partition has retired into the
-//! shards (`indexedThrough <= W[p]`). Queries load the partitions first
-//! and then ask [`ensure_index`] for a view covering them: a cached view
+//! shards (`indexedThrough <= W[p]`). A [`super::snapshot::Snapshot`]
+//! asks [`ensure_shards`] for a set covering its partitions: a cached set
 //! that does not is refreshed, and a fresh one that still does not is
 //! corruption (the indexer retires only after its index commit).
 
@@ -158,7 +161,7 @@ impl ShardView {
 }
 
 /// One index manifest, loaded.
-pub(super) struct IndexView {
+pub(super) struct ShardSet {
     pub manifest: IndexManifest,
     etag: Option<ETag>,
     pub shards: Vec<Arc<ShardView>>,
@@ -166,9 +169,9 @@ pub(super) struct IndexView {
     rows: HashMap<String, (u32, u32)>,
 }
 
-impl IndexView {
+impl ShardSet {
     pub(super) fn empty(partition_count: u32) -> Self {
-        IndexView {
+        ShardSet {
             manifest: IndexManifest::empty(partition_count),
             etag: None,
             shards: Vec::new(),
@@ -213,13 +216,13 @@ impl IndexView {
     }
 }
 
-/// The reader's index view, as fresh as it was last checked.
-pub(crate) type IndexSlot = super::load::Slot<IndexView>;
+/// The reader's shard set, as fresh as it was last checked.
+pub(crate) type ShardSlot = super::load::Slot<ShardSet>;
 
 /// How long a detached index refresh may keep retrying transient errors.
 const REFRESH_BUDGET: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
-/// An index view as fresh as `want` asks for and covering `retired`
+/// A shard set as fresh as `want` asks for and covering `retired`
 /// (`(partition, indexedThrough)` of the partition views the caller
 /// holds; see the module docs).
 ///
@@ -229,13 +232,13 @@ const REFRESH_BUDGET: std::time::Duration = std::time::Duration::from_secs(10 * 
 /// so would the one after). Queries waiting meanwhile share it. Its
 /// requests are counted in `store` (the caller's counting view of the
 /// reader's store).
-pub(super) async fn ensure_index(
+pub(super) async fn ensure_shards(
     shared: &Arc<Shared>,
     store: &crate::store::Counted,
     want: Freshness,
     retired: &[(u32, u64)],
-) -> Result<Arc<IndexView>, ReadError> {
-    let slot = &shared.index;
+) -> Result<Arc<ShardSet>, ReadError> {
+    let slot = &shared.shards;
     let usable = || {
         slot.current()
             .filter(|v| slot.fresh_for(want) && v.covers(retired))
@@ -246,7 +249,7 @@ pub(super) async fn ensure_index(
     let task = {
         let (shared, retired, store) = (shared.clone(), retired.to_vec(), store.clone());
         tokio::spawn(async move {
-            let slot = &shared.index;
+            let slot = &shared.shards;
             let _one_refresh_at_a_time = slot.refresh.lock().await;
             let current = slot.current();
             if let Some(v) = current.filter(|v| slot.fresh_for(want) && v.covers(&retired)) {
@@ -283,8 +286,8 @@ async fn refresh(
     shared: &Shared,
     store: &dyn ObjectStore,
     tally: &CacheTally,
-) -> Result<Arc<IndexView>, ReadError> {
-    let slot = &shared.index;
+) -> Result<Arc<ShardSet>, ReadError> {
+    let slot = &shared.shards;
     let now = Instant::now();
     let ticket = shared.next_ticket();
     let current = slot.current();
@@ -308,8 +311,8 @@ async fn refresh(
         // An index from before index shards, or one whose manifest was
         // lost: nothing is indexed as far as this reader can tell. A
         // partition that retired segments into shards then fails the
-        // snapshot rule in `ensure_index`, naming this key.
-        Revalidated::Missing => IndexView::empty(n),
+        // snapshot rule in `ensure_shards`, naming this key.
+        Revalidated::Missing => ShardSet::empty(n),
         Revalidated::Changed(got) => {
             let m = parse_index_manifest(n, &got.bytes)?;
             let first = build(shared, store, m, Some(got.etag), current.as_deref(), tally).await;
@@ -350,9 +353,9 @@ async fn build(
     store: &dyn ObjectStore,
     manifest: IndexManifest,
     etag: Option<ETag>,
-    old: Option<&IndexView>,
+    old: Option<&ShardSet>,
     tally: &CacheTally,
-) -> Result<IndexView, PartitionError> {
+) -> Result<ShardSet, PartitionError> {
     let old_shards: &[Arc<ShardView>] = old.map_or(&[], |v| &v.shards);
     // Every shard at once: a cold reader's heads are one round.
     let mut loads = Vec::with_capacity(manifest.shards.len());
@@ -392,7 +395,7 @@ async fn build(
             }
         }
     }
-    Ok(IndexView {
+    Ok(ShardSet {
         manifest,
         etag,
         shards,
@@ -492,9 +495,9 @@ mod tests {
     use crate::vocab::Metric;
     use crate::writer::{Writer, WriterOptions};
 
-    /// A reader whose partition views are newer than its cached index view
+    /// A reader whose partition views are newer than its cached shard set
     /// (a partition refreshed after the indexer retired its segments) must
-    /// refresh the index view before searching, whatever the consistency
+    /// refresh the shard set before searching, whatever the consistency
     /// level: otherwise the retired records are in neither.
     #[tokio::test]
     async fn partitions_retired_past_the_cached_watermark_refresh_the_index_view() {
@@ -529,7 +532,7 @@ mod tests {
         let mut req = SearchRequest::new(vec![0.0, 0.0], 20);
         req.consistency = Consistency::Eventual;
         assert_eq!(reader.search(&req).await.unwrap().results.len(), 20);
-        let cached = reader.shared.index.current().unwrap();
+        let cached = reader.shared.shards.current().unwrap();
         assert!(cached.shards.is_empty());
 
         let round = index_round(
@@ -546,7 +549,7 @@ mod tests {
         .unwrap();
         assert_eq!(round.retired_partitions, 2, "{round:?}");
         // The partitions are refreshed (as a get or a bounded query would),
-        // the index view is not due for one.
+        // the shard set is not due for one.
         let tally = CacheTally::until(Instant::now() + std::time::Duration::from_secs(5));
         for p in 0..2 {
             let v = super::super::view::refresh(&reader.shared, store.as_ref(), p, true, &tally)
@@ -559,7 +562,7 @@ mod tests {
         assert_eq!(resp.stats.shards_searched, 1);
         assert!(!Arc::ptr_eq(
             &cached,
-            &reader.shared.index.current().unwrap()
+            &reader.shared.shards.current().unwrap()
         ));
     }
 }

@@ -1,5 +1,5 @@
 //! One snapshot per read (DESIGN section 11, reader snapshot): the
-//! partition views an operation loaded, the index view that covers them,
+//! partition views an operation loaded, the shard set that covers them,
 //! and the one rule that joins them: **a tail record hides its shard
 //! row** (a record above its partition's watermark is newer than any
 //! shard row of its id, whether an upsert or a tombstone). Search, get,
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::load::{self, Freshness};
-use super::shards::{self, IndexView};
+use super::shards::{self, ShardSet};
 use super::unit::{Allowed, SearchUnit, TailUnit};
 use super::view::{CacheTally, PartitionView};
 use super::{PartitionError, PartitionFailure, ReadError, Shared};
@@ -37,16 +37,17 @@ pub(super) struct Want {
     pub allow_partial: bool,
 }
 
-/// The partitions one operation reads and the index view covering them.
+/// The partitions one operation reads and the shard set covering them.
 pub(super) struct Snapshot {
     pub loaded: Vec<Loaded>,
     pub failed: Vec<PartitionFailure>,
-    pub index: Arc<IndexView>,
+    /// The shard set covering `loaded`.
+    pub shards: Arc<ShardSet>,
 }
 
 impl Snapshot {
     /// Loads `partitions` (bounded concurrency) and, alongside (one round
-    /// for a cold reader), the index view; an index view that does not
+    /// for a cold reader), the shard set; a shard set that does not
     /// cover what the partitions retired is refreshed before use.
     pub(super) async fn load(
         shared: &Arc<Shared>,
@@ -69,7 +70,7 @@ impl Snapshot {
         // index refresh, detached, may go on retrying).
         let ((loaded, failed), early) = futures::future::try_join(
             partitions,
-            shards::ensure_index(shared, store, want.fresh, &[]),
+            shards::ensure_shards(shared, store, want.fresh, &[]),
         )
         .await?;
         let retired = covering(&loaded);
@@ -78,19 +79,19 @@ impl Snapshot {
         let index = if early.covers(&retired) {
             early
         } else {
-            shards::ensure_index(shared, store, want.fresh, &retired).await?
+            shards::ensure_shards(shared, store, want.fresh, &retired).await?
         };
         Ok(Snapshot {
             loaded,
             failed,
-            index,
+            shards: index,
         })
     }
 
     /// Where `view`'s tail starts: its first segment above the
     /// watermark. Every record from there on is newer than the shards.
     pub(super) fn tail_start(&self, view: &PartitionView) -> usize {
-        let w = self.index.watermark(view.partition);
+        let w = self.shards.watermark(view.partition);
         view.manifest.segments.partition_point(|e| e.seq <= w)
     }
 
@@ -115,7 +116,7 @@ impl Snapshot {
     /// with the rows the tails hide (and, in a partial result, the rows
     /// of the partitions left out) masked off.
     pub(super) fn units(self) -> Vec<Box<dyn SearchUnit>> {
-        let index = &self.index;
+        let index = &self.shards;
         let shadowing = !crate::mutation::active(crate::mutation::Mutation::NoShadowing);
         let mut hidden: Vec<Vec<u32>> = vec![Vec::new(); index.shards.len()];
         if !index.shards.is_empty() && shadowing {
@@ -165,7 +166,7 @@ impl Snapshot {
             }
         }
         ids.extend(
-            self.index
+            self.shards
                 .live_ids()
                 .filter(|id| {
                     !decided.contains(id) && crate::coord::partition_of(id, partitions) == p
@@ -183,10 +184,10 @@ impl Snapshot {
         for l in &self.loaded {
             for (id, loc) in self.tail_newest(&l.view) {
                 tail_live += u64::from(!loc.tombstone);
-                hidden += u64::from(self.index.row_of(id).is_some());
+                hidden += u64::from(self.shards.row_of(id).is_some());
             }
         }
-        self.index.live_rows() - hidden + tail_live
+        self.shards.live_rows() - hidden + tail_live
     }
 }
 
@@ -217,7 +218,7 @@ async fn load_one(
 }
 
 /// `(partition, indexedThrough)` of every loaded partition: what an
-/// index view must cover to be paired with them.
+/// shard set must cover to be paired with them.
 fn covering(loaded: &[Loaded]) -> Vec<(u32, u64)> {
     loaded
         .iter()

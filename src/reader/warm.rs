@@ -1,4 +1,4 @@
-//! Warming a reader: every partition and the index view loaded now, and
+//! Warming a reader: every partition and the shard set loaded now, and
 //! (for [`warm_up`]) the codes of every list of every range-read shard,
 //! so the first query only fetches the rows it reranks.
 
@@ -20,14 +20,14 @@ pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadErro
     let snap = load_all(shared, &counted).await?;
     let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
     let warming = snap
-        .index
+        .shards
         .shards
         .iter()
         .map(|s| s.warm(&shared.blocks, &counted, &tally));
     let lists: u64 = futures::future::try_join_all(warming).await?.iter().sum();
     Ok(WarmReport {
         live_records: snap.live_total(),
-        shards: snap.index.shards.len() as u64,
+        shards: snap.shards.shards.len() as u64,
         code_lists: lists,
         cache_bytes: shared.cache.weighted_size() + shared.blocks.weighted_size(),
         requests: counted.counts(),
