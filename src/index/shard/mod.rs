@@ -28,3 +28,6 @@ pub(crate) const PROBES_PER_NPROBE: usize = 16;
 pub(crate) fn rerank_count(k: usize) -> usize {
     (20 * k).max(200)
 }
+
+#[cfg(test)]
+mod tests;
