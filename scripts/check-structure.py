@@ -11,6 +11,12 @@
   types, the shared route table and (for `serve`) the HTTP server.
 - Release and Lambda builds carry no test helpers: the `test-util`
   feature is off in the normal dependency graph of every shipped crate.
+- The read and index wing: nothing under src/index/ does I/O (the shard
+  index is sans-I/O; the reader fetches); inside src/reader/ only the
+  snapshot (and the shard set that defines them) calls `watermark(` or
+  looks an id's shard row up (`row_of(id)`), so "a tail record hides its
+  shard row" is written once; no `unreachable!` in the reader outside the
+  part cache.
 
 Prints every violation with file and line and exits 1 if there is any.
 """
@@ -132,6 +138,28 @@ for path in front_ends:
             for m in re.findall(r"[:{,]\s*([A-Za-z_]+)", line.split("::{", 1)[1]):
                 if not allowed.match(m):
                     problems.append(f"{rel(path)}:{n}: front end reaches into `{m}`: {line.strip()}")
+
+# 6. The read and index wing (issue 27): the shard index does no I/O; in
+#    the reader, only the snapshot pairs a tail with the shards (compares
+#    a seq with a watermark, looks an id up in the shard set), and no
+#    `unreachable!` tells search units apart (only the part cache's
+#    blocks, keyed by their part's kind, may use it).
+io = re.compile(r"crate::store\b|\.await\b|\basync fn\b|tokio::")
+for path in rs_files(os.path.join(SRC, "index")):
+    for n, line in code_lines(path):
+        if io.search(line):
+            problems.append(f"{rel(path)}:{n}: the index room does I/O: {line.strip()}")
+snapshot_only = re.compile(r"\.watermark\(|\.row_of\(\s*id\b|\.row_of\(\s*&")
+reader = os.path.join(SRC, "reader")
+for path in rs_files(reader):
+    name = os.path.basename(path)
+    for n, line in code_lines(path):
+        if name not in ("snapshot.rs", "shards.rs") and snapshot_only.search(line):
+            problems.append(
+                f"{rel(path)}:{n}: pairs a tail with the shards outside reader::snapshot: {line.strip()}"
+            )
+        if name != "ranged.rs" and "unreachable!" in line:
+            problems.append(f"{rel(path)}:{n}: unreachable! in the reader: {line.strip()}")
 
 # 5. No test helpers in shipped crates.
 if "--no-cargo" not in sys.argv:

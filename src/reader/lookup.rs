@@ -100,7 +100,6 @@ async fn get_in_partition(
     };
     let (fresh, in_tail) = once_more_if_vanished(first, again).await?;
     let snap = fresh.as_ref().unwrap_or(snap);
-    let index = &snap.shards;
     // What the tail does not decide, the shards do (row reads in parallel).
     let pending: Vec<_> = ids
         .iter()
@@ -108,14 +107,7 @@ async fn get_in_partition(
         .map(|(id, tail)| async move {
             match tail {
                 Some(answer) => Ok(answer),
-                None => match index.row_of(id) {
-                    None => Ok(None),
-                    Some((s, row)) => {
-                        let shard = &index.shards[s as usize];
-                        let w = index.watermark(p);
-                        shard.record(shared, tally, id, p, w, row).await.map(Some)
-                    }
-                },
+                None => snap.shard_record(shared, tally, id, p).await,
             }
         })
         .collect();

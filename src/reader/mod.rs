@@ -487,13 +487,13 @@ impl Reader {
         let index = s.shards.current();
         let (mut lag_segments, mut lag_records) = (0, 0);
         let mut oldest: Option<std::time::SystemTime> = None;
-        for (p, slot) in s.views.iter().enumerate() {
+        for slot in s.views.iter() {
             if let Some(v) = slot.current() {
                 loaded += 1;
                 live += v.live_count();
                 segments += v.manifest.segments.len() as u64;
-                let w = index.as_ref().map_or(0, |ix| ix.watermark(p as u32));
-                for e in v.manifest.segments.iter().filter(|e| e.seq > w) {
+                let from = index.as_ref().map_or(0, |ix| snapshot::tail_start(&v, ix));
+                for e in &v.manifest.segments[from..] {
                     lag_segments += 1;
                     lag_records += e.records;
                     if let Some(t) = crate::coord::clock::parse_time(&e.created_at) {

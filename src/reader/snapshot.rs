@@ -16,6 +16,7 @@ use super::shards::{self, ShardSet};
 use super::unit::{Allowed, SearchUnit, TailUnit};
 use super::view::{CacheTally, PartitionView};
 use super::{PartitionError, PartitionFailure, ReadError, Shared};
+use crate::record::StoredRecord;
 use crate::segment::Loc;
 use crate::segment::Segment;
 use crate::store::Counted;
@@ -88,11 +89,26 @@ impl Snapshot {
         })
     }
 
-    /// Where `view`'s tail starts: its first segment above the
-    /// watermark. Every record from there on is newer than the shards.
+    /// Where `view`'s tail starts (see [`tail_start`]).
     pub(super) fn tail_start(&self, view: &PartitionView) -> usize {
-        let w = self.shards.watermark(view.partition);
-        view.manifest.segments.partition_point(|e| e.seq <= w)
+        tail_start(view, &self.shards)
+    }
+
+    /// What the shards say of `id` (of partition `p`), for an id its
+    /// partition's tail does not decide: its live row, if any.
+    pub(super) async fn shard_record(
+        &self,
+        shared: &Shared,
+        tally: &CacheTally,
+        id: &str,
+        p: u32,
+    ) -> Result<Option<StoredRecord>, ReadError> {
+        let Some((s, row)) = self.shards.row_of(id) else {
+            return Ok(None);
+        };
+        let w = self.shards.watermark(p);
+        let shard = &self.shards.shards[s as usize];
+        shard.record(shared, tally, id, p, w, row).await.map(Some)
     }
 
     /// The newest location of every id in `view`'s tail (tombstones
@@ -215,6 +231,15 @@ async fn load_one(
         Err(e) => Err(e),
     };
     (p, loaded)
+}
+
+/// Where `view`'s tail starts: its first segment above the partition's
+/// watermark in `shards`. Every record from there on is newer than any
+/// shard row; everything before it is in the shards. The one place a
+/// segment's seq is compared with a watermark.
+pub(super) fn tail_start(view: &PartitionView, shards: &ShardSet) -> usize {
+    let w = shards.watermark(view.partition);
+    view.manifest.segments.partition_point(|e| e.seq <= w)
 }
 
 /// `(partition, indexedThrough)` of every loaded partition: what an
