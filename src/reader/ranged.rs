@@ -505,11 +505,19 @@ pub(super) async fn search(
             break;
         }
     }
+    // Each probed list's metadata, found once per list rather than per row.
+    let meta: Vec<Option<&Arc<Block>>> = match want.filter {
+        None => Vec::new(),
+        Some(_) => (0..routing.head.nlist() as u32)
+            .map(|l| got.get(&Part::Meta(l)))
+            .collect(),
+    };
     let keep = |l: u32, i: usize| {
         (want.allowed)(routing.row_of(l, i as u32))
-            && want
-                .filter
-                .is_none_or(|f| f.matches(got[&Part::Meta(l)].metadata(i)))
+            && match (want.filter, meta.get(l as usize).copied().flatten()) {
+                (Some(f), Some(m)) => f.matches(m.metadata(i)),
+                _ => true,
+            }
     };
     let cands = search.estimate(|l| got[&Part::Codes(l)].codes(), keep, stats);
     if cands.is_empty() {
