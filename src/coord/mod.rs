@@ -1,11 +1,16 @@
-//! Coordination: the shared config, the instance registry, roles, hash
-//! partitioning and the compare-and-swap loop they share (DESIGN sections
-//! 1, 3, 4 and 5).
+//! Coordination: the protocol over the store (DESIGN sections 1 to 6 and
+//! 11): the shared config, the instance registry and heartbeats, roles,
+//! hash partitioning, the partition manifests ([`manifest`]: every change
+//! a named function), the index manifest of the shard layer
+//! ([`index_manifest`]: its changes and the indexer lease), the S3
+//! Vectors catalog ([`catalog`]) and the compactor cursor.
 //!
 //! This module depends only on the [`crate::store::ObjectStore`] trait, never
-//! on a backend, so all of it runs on the in-memory store in tests. The key
-//! layout lives in [`paths`]; the generic "read, mutate, conditional write,
-//! retry" loop in [`cas`]; time comes from an injected [`clock::Clock`].
+//! on a backend, so all of it runs on the in-memory store in tests, and
+//! knows nothing of readers, writers or compaction. The key layout lives
+//! in [`paths`]; the generic "read, mutate, conditional write, retry" loop
+//! in [`cas`]; holding an object with its ETag and revalidating it in
+//! [`watched`]; time and randomness come from [`clock`] and [`entropy`].
 
 pub mod cas;
 pub mod catalog;

@@ -1,6 +1,11 @@
-//! Per-segment search: distance kernels, the top-k collector, and the
-//! [`SegmentSearch`] trait every index kind implements (exact scan here;
-//! ANN kinds plug in behind the same trait).
+//! Search kernels and indexes, all without I/O: distance kernels, the
+//! top-k collector, exact scan, the per-segment ANN kinds behind the
+//! [`IndexKind`] contract ([`ivf`], [`hnsw`]; a compacted segment or a
+//! shard in the segment format carries one), the filter policy
+//! ([`route`]), the RaBitQ quantizer ([`rabitq`]) and the shard index of
+//! the read-optimized layer (`shard`: build, and a search that plans,
+//! estimates from given code blocks and reranks given rows; the reader
+//! fetches).
 //!
 //! Kernels are written so the compiler vectorizes them: contiguous `f32`
 //! slices, eight independent accumulators (no loop-carried dependency on

@@ -1,19 +1,26 @@
-//! The read path (DESIGN section 8): manifests kept fresh with conditional
-//! GETs, a segment cache, live-record sets per partition, fan-out search.
+//! The read path (DESIGN sections 8 and 11): partition manifests and the
+//! index manifest kept fresh with conditional GETs, a segment cache and a
+//! part cache for range-read shards, and the services over them: search,
+//! get, list, warm-up. Rooms:
 //!
-//! - **Manifests** are revalidated with `If-None-Match` no more often than
-//!   `max_staleness` (per reader, overridable per query). `strong` queries
-//!   revalidate every partition first (read-your-writes across processes);
-//!   `eventual` queries use whatever is cached. No LIST on the query path.
-//! - **Segments** live in a moka cache keyed by their immutable object key
-//!   (entries never go stale, they only evict), weighted by decoded bytes;
-//!   concurrent misses for one key load it once.
-//! - **Live records** (newest version of each id, not a tombstone) are
-//!   computed when a partition's manifest changes, incrementally for
-//!   appended segments, never per query (see `view`).
-//! - **Search** refreshes what the consistency level asks for (async I/O,
-//!   bounded concurrency), then scores every partition on the rayon pool
-//!   (sized to the cores) and merges the per-partition top-k.
+//! - `load`: how fresh a copy must be ([`Consistency`]; `Slot::fresh_for`
+//!   is the one freshness rule) and the one retry when an object vanished
+//!   under a stale manifest. `strong` revalidates before reading
+//!   (read-your-writes across processes), `bounded` when the copy is older
+//!   than `max_staleness`, `eventual` uses what is cached. No LIST.
+//! - `view`: per-partition views (the manifest, live records computed
+//!   when it changes, incrementally for appended segments) and the segment
+//!   cache (moka, keyed by immutable key, weighted by decoded bytes,
+//!   single flight).
+//! - `shards`: the shard set (the read-optimized layer as of one index
+//!   manifest); `ranged`: fetching parts of range-read shards through one
+//!   byte-weighted cache (the shard index in `index::shard` decides what).
+//! - `snapshot`: what one read sees: the partition views, the shard set
+//!   covering them, and "a tail record hides its shard row".
+//! - `unit`: the search-unit seam (tails, whole shards, range-read
+//!   shards), each owning its mask, selectivity and routing.
+//! - `search` (the query pipeline), `lookup` (get, list), `warm`.
+//! - `error`, `budget`: the read errors; the memory caches may plan with.
 
 mod budget;
 mod error;
