@@ -17,7 +17,7 @@ pub use crate::coord::config::{Config, Settings, DEFAULT_PARTITION_COUNT};
 pub use crate::coord::cursor::Cursor;
 pub use crate::coord::instance::InstanceRecord;
 pub use crate::coord::paths::COMPACTOR_CURSOR_KEY;
-pub use crate::coord::{RequestedSettings, Role};
+pub use crate::coord::{JoinOptions, RequestedSettings, Role};
 pub use crate::db::{CompactRequest, ProbeReport};
 pub use crate::inspect::{PartitionStatus, Problem, Status, VerifyReport};
 pub use crate::reader::{

@@ -30,9 +30,7 @@ use crate::compact::indexer::{index_round, IndexOptions, IndexRound};
 use crate::compact::repair::{RepairOptions, RepairReport};
 use crate::compact::schedule::{self, CompactRound, Worker, DEFAULT_GC_EVERY};
 use crate::compact::{CompactOptions, Outcome};
-use crate::coord::clock::{DynClock, SystemClock};
-use crate::coord::role::RoleEnv;
-use crate::coord::{paths, Cluster, Config, JoinOptions, RequestedSettings, Role, Settings};
+use crate::coord::{paths, Cluster, Config, JoinOptions, Role, Settings};
 use crate::error::Error;
 use crate::inspect::{Status, VerifyReport};
 use crate::reader::{
@@ -48,26 +46,16 @@ use crate::writer::{
 /// How to open a [`Db`].
 #[derive(Clone)]
 pub struct OpenOptions {
-    /// Settings this process needs; `None` fields adopt the bucket's. When
-    /// joining a bucket without a config they create it (dimensions are
-    /// then required).
-    pub settings: RequestedSettings,
-    /// Explicit role (beats `BRAINY_ROLE` and detection).
-    pub role: Option<Role>,
-    /// Instance id; defaults to `BRAINY_INSTANCE_ID`, else one is generated.
-    pub instance_id: Option<String>,
+    /// How to join (or observe) the cluster: requested settings, role,
+    /// instance id, heartbeat, probe, whether to create the config, clock
+    /// and role environment. With `background_heartbeat` off (Lambda
+    /// handlers) the config is not re-read by a task either:
+    /// [`Db::heartbeat_if_due`] does both per invocation.
+    pub cluster: JoinOptions,
     /// Join the cluster: probe the store, create the config if missing,
     /// register and heartbeat (the default). Off: observe only, for
     /// read-only tools: the config must exist and nothing is written.
     pub join: bool,
-    /// Heartbeat from a background task. Lambda handlers turn this off and
-    /// call [`Db::heartbeat_if_due`] per invocation instead.
-    pub background_heartbeat: bool,
-    /// Check that the store enforces conditional writes before joining.
-    pub probe: bool,
-    /// When joining a bucket without a config, create it from `settings`
-    /// (the default); off: refuse with a "no index" error.
-    pub create: bool,
     /// Writers compact the partitions they wrote every this often in the
     /// background (`None`: only when asked).
     pub compact_every: Option<Duration>,
@@ -85,30 +73,19 @@ pub struct OpenOptions {
     pub writer: WriterOptions,
     /// Records per partition per segment for [`Db::add`].
     pub batch_size: usize,
-    pub clock: DynClock,
-    pub env: RoleEnv,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
-            settings: RequestedSettings::default(),
-            role: None,
-            instance_id: std::env::var("BRAINY_INSTANCE_ID")
-                .ok()
-                .filter(|v| !v.is_empty()),
+            cluster: JoinOptions::default(),
             join: true,
-            background_heartbeat: true,
-            probe: true,
-            create: true,
             compact_every: None,
             gc_every: Some(DEFAULT_GC_EVERY),
             config_refresh: Some(DEFAULT_CONFIG_REFRESH),
             reader: None,
             writer: WriterOptions::default(),
             batch_size: BatchWriterOptions::default().batch_size,
-            clock: Arc::new(SystemClock),
-            env: RoleEnv::from_process(),
         }
     }
 }
@@ -118,20 +95,6 @@ impl OpenOptions {
     pub fn observer() -> Self {
         OpenOptions {
             join: false,
-            ..Default::default()
-        }
-    }
-
-    fn join_options(&self) -> JoinOptions {
-        JoinOptions {
-            settings: self.settings.clone(),
-            role: self.role,
-            instance_id: self.instance_id.clone(),
-            background_heartbeat: self.background_heartbeat,
-            probe: self.probe,
-            create: self.create,
-            clock: self.clock.clone(),
-            env: self.env.clone(),
             ..Default::default()
         }
     }
@@ -207,9 +170,9 @@ impl Db {
     /// Opens the index in an already opened store.
     pub async fn open_store(store: Arc<Counted>, opts: OpenOptions) -> Result<Db, Error> {
         let cluster = if opts.join {
-            Cluster::join(store, opts.join_options()).await?
+            Cluster::join(store, opts.cluster.clone()).await?
         } else {
-            Cluster::observe(store, opts.join_options()).await?
+            Cluster::observe(store, opts.cluster.clone()).await?
         };
         let role = cluster.role();
         let settings = &cluster.config().settings;
@@ -258,7 +221,7 @@ impl Db {
                 config_refresh: refresh,
             }),
         };
-        if let Some(every) = refresh.filter(|_| opts.background_heartbeat) {
+        if let Some(every) = refresh.filter(|_| opts.cluster.background_heartbeat) {
             let weak = Arc::downgrade(&db.inner);
             let task = tokio::spawn(async move {
                 loop {
