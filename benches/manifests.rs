@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use clap::Parser;
 use shoal::api::Outcome;
 use shoal::coord::clock::ManualClock;
-use shoal::coord::{Metric, RequestedSettings, Role};
+use shoal::coord::{JoinOptions, Metric, RequestedSettings, Role};
 use shoal::record::Record;
 use shoal::store::memory::MemoryStore;
 use shoal::store::{Counted, ObjectStore};
@@ -44,15 +44,18 @@ async fn main() -> anyhow::Result<()> {
     let db = Db::open_store(
         store.clone(),
         OpenOptions {
-            settings: RequestedSettings {
-                partition_count: Some(args.partitions),
-                dimensions: Some(8),
-                distance_metric: Some(Metric::Cosine),
+            cluster: JoinOptions {
+                settings: RequestedSettings {
+                    partition_count: Some(args.partitions),
+                    dimensions: Some(8),
+                    distance_metric: Some(Metric::Cosine),
+                    ..Default::default()
+                },
+                role: Some(Role::Writer),
+                background_heartbeat: false,
+                clock: clock.clone(),
                 ..Default::default()
             },
-            role: Some(Role::Writer),
-            background_heartbeat: false,
-            clock: clock.clone(),
             ..Default::default()
         },
     )

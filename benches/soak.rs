@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use shoal::coord::clock::ManualClock;
-use shoal::coord::{Metric, RequestedSettings, Role};
+use shoal::coord::{JoinOptions, Metric, RequestedSettings, Role};
 use shoal::record::Record;
 use shoal::store::memory::MemoryStore;
 use shoal::store::{Counted, ObjectStore};
@@ -54,14 +54,17 @@ async fn main() -> anyhow::Result<()> {
     let db = Db::open_store(
         store.clone(),
         OpenOptions {
-            settings: RequestedSettings {
-                partition_count: Some(args.partitions),
-                dimensions: Some(16),
-                distance_metric: Some(Metric::Cosine),
+            cluster: JoinOptions {
+                settings: RequestedSettings {
+                    partition_count: Some(args.partitions),
+                    dimensions: Some(16),
+                    distance_metric: Some(Metric::Cosine),
+                    ..Default::default()
+                },
+                role: Some(Role::Writer),
+                clock: clock.clone(),
                 ..Default::default()
             },
-            role: Some(Role::Writer),
-            clock: clock.clone(),
             compact_every: Some(Duration::from_millis(5)),
             gc_every: Some(Duration::from_millis(5)),
             ..Default::default()

@@ -7,7 +7,7 @@
 //! functions use.
 
 use serde_json::json;
-use shoal::api::{Consistency, Metric, Record, RequestedSettings, SearchRequest};
+use shoal::api::{Consistency, JoinOptions, Metric, Record, RequestedSettings, SearchRequest};
 use shoal::{Db, OpenOptions};
 
 #[tokio::main]
@@ -21,11 +21,14 @@ async fn main() -> Result<(), shoal::Error> {
     let db = Db::open(
         &url,
         OpenOptions {
-            // Used to create the index if the bucket has none; must agree
-            // with the bucket's settings otherwise.
-            settings: RequestedSettings {
-                dimensions: Some(3),
-                distance_metric: Some(Metric::Cosine),
+            cluster: JoinOptions {
+                // Used to create the index if the bucket has none; must
+                // agree with the bucket's settings otherwise.
+                settings: RequestedSettings {
+                    dimensions: Some(3),
+                    distance_metric: Some(Metric::Cosine),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             ..Default::default()

@@ -11,13 +11,14 @@ use crate::error::{Error, ErrorKind};
 pub use crate::compact::gc::{GcOptions, GcReport, DEFAULT_GRACE, MIN_SAFE_GRACE};
 pub use crate::compact::indexer::IndexRound;
 pub use crate::compact::repair::{RepairOptions, RepairReport};
+pub use crate::compact::schedule::CompactRound;
 pub use crate::compact::{CompactReport, Outcome};
 pub use crate::coord::config::{Config, Settings, DEFAULT_PARTITION_COUNT};
 pub use crate::coord::cursor::Cursor;
 pub use crate::coord::instance::InstanceRecord;
 pub use crate::coord::paths::COMPACTOR_CURSOR_KEY;
-pub use crate::coord::{RequestedSettings, Role};
-pub use crate::db::{CompactRequest, CompactRound, ProbeReport};
+pub use crate::coord::{JoinOptions, RequestedSettings, Role};
+pub use crate::db::{CompactRequest, ProbeReport};
 pub use crate::inspect::{PartitionStatus, Problem, Status, VerifyReport};
 pub use crate::reader::{
     Consistency, Hit, PartitionFailure, QueryStats, ReaderStats, SearchRequest, SearchResponse,

@@ -28,11 +28,9 @@ use serde::Serialize;
 use crate::compact::gc::{GcOptions, GcReport};
 use crate::compact::indexer::{index_round, IndexOptions, IndexRound};
 use crate::compact::repair::{RepairOptions, RepairReport};
-use crate::compact::{CompactOptions, CompactReport, Outcome};
-use crate::coord::clock::{DynClock, SystemClock};
-use crate::coord::cursor::{read_cursor, save_cursor, Cursor};
-use crate::coord::role::RoleEnv;
-use crate::coord::{paths, Cluster, Config, JoinOptions, RequestedSettings, Role, Settings};
+use crate::compact::schedule::{self, CompactRound, Worker, DEFAULT_GC_EVERY};
+use crate::compact::{CompactOptions, Outcome};
+use crate::coord::{paths, Cluster, Config, JoinOptions, Role, Settings};
 use crate::error::Error;
 use crate::inspect::{Status, VerifyReport};
 use crate::reader::{
@@ -48,26 +46,16 @@ use crate::writer::{
 /// How to open a [`Db`].
 #[derive(Clone)]
 pub struct OpenOptions {
-    /// Settings this process needs; `None` fields adopt the bucket's. When
-    /// joining a bucket without a config they create it (dimensions are
-    /// then required).
-    pub settings: RequestedSettings,
-    /// Explicit role (beats `BRAINY_ROLE` and detection).
-    pub role: Option<Role>,
-    /// Instance id; defaults to `BRAINY_INSTANCE_ID`, else one is generated.
-    pub instance_id: Option<String>,
+    /// How to join (or observe) the cluster: requested settings, role,
+    /// instance id, heartbeat, probe, whether to create the config, clock
+    /// and role environment. With `background_heartbeat` off (Lambda
+    /// handlers) the config is not re-read by a task either:
+    /// [`Db::heartbeat_if_due`] does both per invocation.
+    pub cluster: JoinOptions,
     /// Join the cluster: probe the store, create the config if missing,
     /// register and heartbeat (the default). Off: observe only, for
     /// read-only tools: the config must exist and nothing is written.
     pub join: bool,
-    /// Heartbeat from a background task. Lambda handlers turn this off and
-    /// call [`Db::heartbeat_if_due`] per invocation instead.
-    pub background_heartbeat: bool,
-    /// Check that the store enforces conditional writes before joining.
-    pub probe: bool,
-    /// When joining a bucket without a config, create it from `settings`
-    /// (the default); off: refuse with a "no index" error.
-    pub create: bool,
     /// Writers compact the partitions they wrote every this often in the
     /// background (`None`: only when asked).
     pub compact_every: Option<Duration>,
@@ -85,30 +73,19 @@ pub struct OpenOptions {
     pub writer: WriterOptions,
     /// Records per partition per segment for [`Db::add`].
     pub batch_size: usize,
-    pub clock: DynClock,
-    pub env: RoleEnv,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
-            settings: RequestedSettings::default(),
-            role: None,
-            instance_id: std::env::var("BRAINY_INSTANCE_ID")
-                .ok()
-                .filter(|v| !v.is_empty()),
+            cluster: JoinOptions::default(),
             join: true,
-            background_heartbeat: true,
-            probe: true,
-            create: true,
             compact_every: None,
             gc_every: Some(DEFAULT_GC_EVERY),
             config_refresh: Some(DEFAULT_CONFIG_REFRESH),
             reader: None,
             writer: WriterOptions::default(),
             batch_size: BatchWriterOptions::default().batch_size,
-            clock: Arc::new(SystemClock),
-            env: RoleEnv::from_process(),
         }
     }
 }
@@ -118,20 +95,6 @@ impl OpenOptions {
     pub fn observer() -> Self {
         OpenOptions {
             join: false,
-            ..Default::default()
-        }
-    }
-
-    fn join_options(&self) -> JoinOptions {
-        JoinOptions {
-            settings: self.settings.clone(),
-            role: self.role,
-            instance_id: self.instance_id.clone(),
-            background_heartbeat: self.background_heartbeat,
-            probe: self.probe,
-            create: self.create,
-            clock: self.clock.clone(),
-            env: self.env.clone(),
             ..Default::default()
         }
     }
@@ -145,18 +108,6 @@ pub struct CompactRequest {
     pub force: bool,
     /// Only this partition (default: all).
     pub partition: Option<u32>,
-}
-
-/// What one scheduled compactor round did ([`Db::compact_round`]).
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CompactRound {
-    pub partitions_visited: u32,
-    pub compacted: Vec<CompactReport>,
-    /// Index rounds run (one per full pass, before its GC).
-    pub indexed: Vec<IndexRound>,
-    pub gc_runs: u32,
-    pub cursor: Cursor,
 }
 
 /// What [`probe`] found.
@@ -219,9 +170,9 @@ impl Db {
     /// Opens the index in an already opened store.
     pub async fn open_store(store: Arc<Counted>, opts: OpenOptions) -> Result<Db, Error> {
         let cluster = if opts.join {
-            Cluster::join(store, opts.join_options()).await?
+            Cluster::join(store, opts.cluster.clone()).await?
         } else {
-            Cluster::observe(store, opts.join_options()).await?
+            Cluster::observe(store, opts.cluster.clone()).await?
         };
         let role = cluster.role();
         let settings = &cluster.config().settings;
@@ -249,7 +200,7 @@ impl Db {
         let background = opts
             .compact_every
             .filter(|_| role.writes())
-            .map(|every| spawn_background(writer.clone(), every, opts.gc_every));
+            .map(|every| schedule::spawn_background(writer.clone(), every, opts.gc_every));
         let live = LiveConfig {
             config: Arc::new(cluster.config().clone()),
             etag: None,
@@ -270,7 +221,7 @@ impl Db {
                 config_refresh: refresh,
             }),
         };
-        if let Some(every) = refresh.filter(|_| opts.background_heartbeat) {
+        if let Some(every) = refresh.filter(|_| opts.cluster.background_heartbeat) {
             let weak = Arc::downgrade(&db.inner);
             let task = tokio::spawn(async move {
                 loop {
@@ -553,113 +504,27 @@ impl Db {
     /// Compacts, by policy, the partitions this handle wrote to since the
     /// last call (what a writer runs after an ingest).
     pub async fn compact_dirty(&self) -> Vec<Outcome> {
-        compact_dirty(&self.inner.writer).await
+        schedule::compact_dirty(&self.inner.writer).await
     }
 
     /// One scheduled compactor round (the compactor Lambda): compacts
     /// partitions by policy, resuming where the last round stopped, until
     /// `deadline - margin`; runs the indexer and GC after each full pass.
-    /// Progress is saved after every partition, and a partition (or an
-    /// indexer round) that outruns the time left is abandoned (its
-    /// half-done output is an orphan GC removes), recorded in the cursor as
-    /// deferred and skipped: the next invocation resumes after it, so one
-    /// large partition never stalls the others. A deferred partition is
-    /// then compacted in pieces while time is left, its oldest `1/2^d` of
-    /// segments at a time (`d` grows by one when a piece outruns the time
-    /// left and shrinks by one, to 1, when a piece fits), so it too makes
-    /// progress; a whole compaction that fits clears its deferrals. The indexer commits after each
-    /// shard merge, so an indexer round cut short keeps the merges done.
+    /// See `compact::schedule::compact_round` for what happens to a
+    /// partition (or an indexer round) that outruns the time left.
     pub async fn compact_round(
         &self,
         deadline: Instant,
         margin: Duration,
         gc: &GcOptions,
     ) -> Result<CompactRound, Error> {
-        let store = self.inner.cluster.store().as_ref();
-        let settings = &self.settings();
-        let n = settings.partition_count;
-        let mut cursor = read_cursor(store).await?;
-        cursor.next_partition %= n;
-        let (mut visited, mut compacted, mut gc_runs) = (0u32, Vec::new(), 0u32);
-        let mut indexed = Vec::new();
-        let (id, clock) = (self.instance_id(), self.inner.cluster.clock());
-        let left = || deadline.saturating_duration_since(Instant::now() + margin);
-        while !left().is_zero() && visited < n {
-            let p = cursor.next_partition;
-            // A deferred partition goes piece by piece while time is left
-            // (each piece committed); any other in one compaction.
-            loop {
-                let mut opts = CompactOptions::default();
-                if let Some(&d) = cursor.deferred.get(&p) {
-                    opts.upto_seq = crate::compact::piece_upto(store, settings, p, d).await?;
-                }
-                let work = crate::compact::compact_partition(store, settings, p, id, clock, &opts);
-                match tokio::time::timeout(left(), work).await {
-                    Ok(outcome) => match outcome? {
-                        Outcome::Compacted(r) if opts.upto_seq.is_some() => {
-                            compacted.push(r);
-                            // It fit: try pieces twice as large.
-                            if let Some(d) = cursor.deferred.get_mut(&p) {
-                                *d = (*d - 1).max(1);
-                            }
-                            if left().is_zero() {
-                                break;
-                            }
-                        }
-                        Outcome::Compacted(r) => {
-                            compacted.push(r);
-                            cursor.deferred.remove(&p);
-                            break;
-                        }
-                        _ => {
-                            cursor.deferred.remove(&p);
-                            break;
-                        }
-                    },
-                    Err(_) => {
-                        tracing::warn!(partition = p, "compaction outran the invocation; deferred");
-                        *cursor.deferred.entry(p).or_default() += 1;
-                        break;
-                    }
-                }
-            }
-            visited += 1;
-            cursor.next_partition = (p + 1) % n;
-            if cursor.next_partition == 0 {
-                cursor.passes += 1;
-                // Rounds too large for an invocation take fewer tails.
-                let opts = IndexOptions {
-                    max_rows: cursor.index_rows,
-                    ..Default::default()
-                };
-                match tokio::time::timeout(left(), index_round(store, settings, id, clock, opts))
-                    .await
-                {
-                    Ok(round) => {
-                        indexed.push(round?);
-                        cursor.next_index_budget(false);
-                    }
-                    Err(_) => {
-                        tracing::warn!(
-                            "indexer round outran the invocation; fewer tails next pass"
-                        );
-                        cursor.next_index_budget(true);
-                    }
-                }
-                if !left().is_zero() {
-                    crate::compact::gc::gc(store, settings, clock, gc).await?;
-                    gc_runs += 1;
-                }
-            }
-            save_cursor(store, &cursor).await?;
-        }
-        Ok(CompactRound {
-            partitions_visited: visited,
-            compacted,
-            indexed,
-            gc_runs,
-            cursor,
-        })
+        let worker = Worker {
+            store: self.inner.cluster.store().as_ref(),
+            settings: &self.settings(),
+            id: self.instance_id(),
+            clock: self.inner.cluster.clock(),
+        };
+        Ok(schedule::compact_round(worker, deadline, margin, gc).await?)
     }
 
     /// Changes settings by JSON path (`gcGraceSeconds`, `index.nprobe`,
@@ -790,77 +655,3 @@ pub async fn probe(url: &str) -> Result<ProbeReport, Error> {
         requests: store.counts(),
     })
 }
-
-/// Compacts, by policy, the partitions `writer` committed to since the
-/// last call; a partition that fails is marked again for the next round.
-async fn compact_dirty(writer: &Writer) -> Vec<Outcome> {
-    let mut outcomes = Vec::new();
-    for p in writer.take_dirty() {
-        let r = crate::compact::compact_partition(
-            writer.store().as_ref(),
-            &writer.settings(),
-            p,
-            writer.writer_id(),
-            writer.clock(),
-            &CompactOptions::default(),
-        )
-        .await;
-        match r {
-            Ok(o) => outcomes.push(o),
-            Err(e) => {
-                writer.mark_dirty(p);
-                tracing::warn!(partition = p, error = %e, "background compaction failed; will retry");
-            }
-        }
-    }
-    outcomes
-}
-
-/// Runs [`compact_dirty`] every `interval` until the handle is aborted,
-/// and an indexer round (by policy) every [`INDEX_CHECK_INTERVAL`]:
-/// writers compact and index in the background.
-fn spawn_background(
-    writer: Writer,
-    interval: Duration,
-    gc_every: Option<Duration>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut last_index = Instant::now();
-        let mut last_gc = Instant::now();
-        loop {
-            tokio::time::sleep(interval).await;
-            compact_dirty(&writer).await;
-            if gc_every.is_some_and(|every| last_gc.elapsed() >= every) {
-                last_gc = Instant::now();
-                let (store, settings) = (writer.store().as_ref(), writer.settings());
-                let opts = crate::compact::gc::GcOptions::default();
-                match crate::compact::gc::gc(store, &settings, writer.clock(), &opts).await {
-                    Ok(r) => tracing::info!(
-                        deleted = r.deleted.len(),
-                        kept_young = r.kept_young,
-                        "background gc"
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "background gc failed; will retry"),
-                }
-            }
-            if last_index.elapsed() >= INDEX_CHECK_INTERVAL {
-                last_index = Instant::now();
-                let (store, settings) = (writer.store().as_ref(), writer.settings());
-                let opts = IndexOptions::default();
-                let round =
-                    index_round(store, &settings, writer.writer_id(), writer.clock(), opts).await;
-                if let Err(e) = round {
-                    tracing::warn!(error = %e, "background indexing failed; will retry");
-                }
-            }
-        }
-    })
-}
-
-/// How often background writers collect garbage by default (one LIST of
-/// the bucket each time).
-pub(crate) const DEFAULT_GC_EVERY: Duration = Duration::from_secs(10 * 60);
-
-/// How often background writers check whether the index needs a round
-/// (reading every partition manifest once).
-const INDEX_CHECK_INTERVAL: Duration = Duration::from_secs(30);

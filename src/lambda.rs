@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::api::{ApiError, GcOptions, Metric, RequestedSettings, Role};
+use crate::api::{ApiError, GcOptions, JoinOptions, Metric, RequestedSettings, Role};
 use crate::db::{Db, OpenOptions};
 use crate::error::Error;
 use crate::routes::{self, Input, Op, ROUTES};
@@ -86,10 +86,13 @@ pub async fn open_function_db(
     settings: RequestedSettings,
 ) -> Result<Db, ApiError> {
     let opts = OpenOptions {
-        settings,
-        role: Some(role),
-        background_heartbeat: false,
-        create: role != Role::Reader,
+        cluster: JoinOptions {
+            settings,
+            role: Some(role),
+            background_heartbeat: false,
+            create: role != Role::Reader,
+            ..Default::default()
+        },
         ..Default::default()
     };
     match Db::open(url, opts).await {

@@ -31,8 +31,9 @@
 //! - [`coord`]: the protocol over the store, knowing nothing of readers or
 //!   writers: the config, instances and heartbeats, roles, partitioning,
 //!   the key layout ([`coord::paths`], where every key is minted), the
-//!   generic compare-and-swap loop ([`coord::cas`]) and the one room where
-//!   manifests change ([`coord::manifest`]).
+//!   generic compare-and-swap loop ([`coord::cas`]) and the rooms where
+//!   manifests change, each change a named function ([`coord::manifest`],
+//!   [`coord::index_manifest`]).
 //! - [`record`]: the record model and the validation every write passes.
 //! - [`segment`]: the segment format and the range-readable shard format
 //!   ([`segment::shard`]); [`segment::load`], the one way to read a
@@ -44,7 +45,10 @@
 //! - [`writer`]: upsert/delete with group commit; [`writer::BatchWriter`].
 //! - [`reader`]: manifest freshness, the segment and shard-part cache,
 //!   live views, range reads of index shards and the query pipeline.
-//! - [`compact`]: compaction of partition prefixes; garbage collection.
+//! - [`compact`]: compaction of partition prefixes; garbage collection;
+//!   the indexer; the maintenance schedule ([`compact::schedule`]: when
+//!   the compactor and a writer's background task compact, index and
+//!   collect garbage).
 //! - `inspect` (internal): `status` and `verify`.
 //! - [`dataset`]: file readers (`.fvecs`, `.ivecs`, `.npy`, JSONL);
 //!   `ingest` (internal): bulk ingest of files.

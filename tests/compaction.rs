@@ -601,13 +601,16 @@ async fn hnsw_segments_search_well_and_filters_keep_recall() {
 /// the test.
 fn writer_opts(partitions: u32) -> shoal::OpenOptions {
     shoal::OpenOptions {
-        settings: shoal::api::RequestedSettings {
-            partition_count: Some(partitions),
-            dimensions: Some(2),
+        cluster: shoal::api::JoinOptions {
+            settings: shoal::api::RequestedSettings {
+                partition_count: Some(partitions),
+                dimensions: Some(2),
+                ..Default::default()
+            },
+            role: Some(shoal::api::Role::Writer),
+            background_heartbeat: false,
             ..Default::default()
         },
-        role: Some(shoal::api::Role::Writer),
-        background_heartbeat: false,
         ..Default::default()
     }
 }
@@ -621,15 +624,9 @@ fn writer_opts(partitions: u32) -> shoal::OpenOptions {
 async fn a_busy_partition_keeps_a_small_manifest_without_gc() {
     let store = common::memory_store();
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let db = shoal::Db::open_store(
-        store.clone(),
-        shoal::OpenOptions {
-            clock: clock.clone(),
-            ..writer_opts(1)
-        },
-    )
-    .await
-    .unwrap();
+    let mut opts = writer_opts(1);
+    opts.cluster.clock = clock.clone();
+    let db = shoal::Db::open_store(store.clone(), opts).await.unwrap();
     let grace = db.settings().gc_grace_seconds;
     let step = 10; // seconds per write: 90 writes per grace period
     let mut sizes = Vec::new();
@@ -681,17 +678,13 @@ async fn background_gc_keeps_storage_flat_under_many_tiny_writes() {
     let store = Arc::new(Counted::new(Arc::new(
         shoal::store::memory::MemoryStore::unique().with_time(time),
     )));
-    let db = shoal::Db::open_store(
-        store.clone(),
-        shoal::OpenOptions {
-            clock: clock.clone(),
-            compact_every: Some(Duration::from_millis(5)),
-            gc_every: Some(Duration::from_millis(5)),
-            ..writer_opts(2)
-        },
-    )
-    .await
-    .unwrap();
+    let mut opts = shoal::OpenOptions {
+        compact_every: Some(Duration::from_millis(5)),
+        gc_every: Some(Duration::from_millis(5)),
+        ..writer_opts(2)
+    };
+    opts.cluster.clock = clock.clone();
+    let db = shoal::Db::open_store(store.clone(), opts).await.unwrap();
     let grace = db.settings().gc_grace_seconds;
     let step = 10; // seconds per write: 90 writes per grace period
     let mut samples = Vec::new();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use shoal::api::{GcOptions, RequestedSettings, Role};
+use shoal::api::{GcOptions, JoinOptions, RequestedSettings, Role};
 use shoal::coord::clock::SystemClock;
 use shoal::coord::config::{update_config, IndexSettings};
 use shoal::coord::role::RoleEnv;
@@ -24,14 +24,17 @@ async fn service(store: &Arc<Counted>, role: Role) -> Db {
     Db::open_store(
         store.clone(),
         OpenOptions {
-            settings: RequestedSettings {
-                dimensions: Some(3),
-                partition_count: Some(4),
+            cluster: JoinOptions {
+                settings: RequestedSettings {
+                    dimensions: Some(3),
+                    partition_count: Some(4),
+                    ..Default::default()
+                },
+                role: Some(role),
+                background_heartbeat: false,
+                env: RoleEnv::default(),
                 ..Default::default()
             },
-            role: Some(role),
-            background_heartbeat: false,
-            env: RoleEnv::default(),
             ..Default::default()
         },
     )

@@ -504,7 +504,7 @@ async fn concurrent_cold_queries_load_each_segment_once() {
 #[tokio::test]
 async fn reader_role_prefetches_and_feeds_instance_metrics() {
     use shoal::coord::role::RoleEnv;
-    use shoal::coord::Role;
+    use shoal::coord::{JoinOptions, Role};
     use shoal::{Db, OpenOptions};
     let store = common::memory_store();
     let (w, _) = setup(&store, 4, Metric::Dot).await;
@@ -516,9 +516,12 @@ async fn reader_role_prefetches_and_feeds_instance_metrics() {
     let c = Db::open_store(
         store.clone(),
         OpenOptions {
-            role: Some(Role::Reader),
-            background_heartbeat: false,
-            env: RoleEnv::default(),
+            cluster: JoinOptions {
+                role: Some(Role::Reader),
+                background_heartbeat: false,
+                env: RoleEnv::default(),
+                ..Default::default()
+            },
             ..Default::default()
         },
     )

@@ -14,7 +14,7 @@ use shoal::coord::clock::{DynClock, SystemClock};
 use shoal::coord::config::load_or_create;
 use shoal::coord::manifest::read_manifest;
 use shoal::coord::role::RoleEnv;
-use shoal::coord::{Metric, RequestedSettings, Role};
+use shoal::coord::{JoinOptions, Metric, RequestedSettings, Role};
 use shoal::record::Record;
 use shoal::store::faults::WriteFaults;
 use shoal::store::{Counted, DynStore, ObjectStore};
@@ -68,10 +68,13 @@ async fn four_writers_with_overlapping_ids_newest_commit_wins(store: Arc<Counted
     let mut writers = Vec::new();
     for _ in 0..4 {
         let o = OpenOptions {
-            settings: settings(8, DIMS as u32, Metric::Euclidean),
-            role: Some(Role::Writer),
-            background_heartbeat: false,
-            env: RoleEnv::default(),
+            cluster: JoinOptions {
+                settings: settings(8, DIMS as u32, Metric::Euclidean),
+                role: Some(Role::Writer),
+                background_heartbeat: false,
+                env: RoleEnv::default(),
+                ..Default::default()
+            },
             ..Default::default()
         };
         writers.push(Db::open_store(store.clone(), o).await.unwrap());
@@ -571,13 +574,16 @@ async fn instance_records_publish_exact_counters() {
         Db::open_store(
             store.clone(),
             OpenOptions {
-                settings: RequestedSettings {
-                    partition_count: Some(1),
-                    dimensions: Some(2),
+                cluster: JoinOptions {
+                    settings: RequestedSettings {
+                        partition_count: Some(1),
+                        dimensions: Some(2),
+                        ..Default::default()
+                    },
+                    role: Some(Role::Both),
+                    background_heartbeat: false,
                     ..Default::default()
                 },
-                role: Some(Role::Both),
-                background_heartbeat: false,
                 ..Default::default()
             },
         )
@@ -657,10 +663,13 @@ async fn running_instances_pick_up_config_changes_within_the_refresh_interval() 
             Db::open_store(
                 store,
                 OpenOptions {
-                    settings: settings(4, 2, Metric::Euclidean),
-                    role: Some(Role::Writer),
+                    cluster: JoinOptions {
+                        settings: settings(4, 2, Metric::Euclidean),
+                        role: Some(Role::Writer),
+                        background_heartbeat: background,
+                        ..Default::default()
+                    },
                     config_refresh: Some(refresh),
-                    background_heartbeat: background,
                     ..Default::default()
                 },
             )

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use shoal::api::{RequestedSettings, Role};
+use shoal::api::{JoinOptions, RequestedSettings, Role};
 use shoal::coord::role::RoleEnv;
 use shoal::lambda::handle_reader;
 use shoal::store::{memory::MemoryStore, Counted};
@@ -24,14 +24,17 @@ async fn join(store: &Arc<Counted>, role: Role) -> Db {
     Db::open_store(
         store.clone(),
         OpenOptions {
-            settings: RequestedSettings {
-                dimensions: Some(3),
-                partition_count: Some(3),
+            cluster: JoinOptions {
+                settings: RequestedSettings {
+                    dimensions: Some(3),
+                    partition_count: Some(3),
+                    ..Default::default()
+                },
+                role: Some(role),
+                background_heartbeat: false,
+                env: RoleEnv::default(),
                 ..Default::default()
             },
-            role: Some(role),
-            background_heartbeat: false,
-            env: RoleEnv::default(),
             ..Default::default()
         },
     )

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{concurrent_qps, ingest, run_queries, IngestResult, QueryResult};
 use crate::coord::config::update_config;
+use crate::coord::JoinOptions;
 use crate::db::{CompactRequest, Db, OpenOptions};
 use crate::error::Error;
 use crate::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
@@ -169,13 +170,16 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     };
     let dims = base[0].len() as u32;
     let opts = OpenOptions {
-        settings: crate::coord::RequestedSettings {
-            partition_count: Some(o.partitions),
-            dimensions: Some(dims),
-            distance_metric: Some(o.metric),
+        cluster: JoinOptions {
+            settings: crate::coord::RequestedSettings {
+                partition_count: Some(o.partitions),
+                dimensions: Some(dims),
+                distance_metric: Some(o.metric),
+                ..Default::default()
+            },
+            role: Some(crate::coord::Role::Writer),
             ..Default::default()
         },
-        role: Some(crate::coord::Role::Writer),
         ..Default::default()
     };
     let created = Db::open_store(store.clone(), opts.clone()).await?;

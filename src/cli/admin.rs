@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use shoal::api::{CompactRequest, GcOptions, Outcome, RepairOptions, RequestedSettings, Role};
+use shoal::api::{
+    CompactRequest, GcOptions, JoinOptions, Outcome, RepairOptions, RequestedSettings, Role,
+};
 use shoal::OpenOptions;
 
 use super::{ConfigCommand, Ctx, InitArgs};
@@ -18,8 +20,11 @@ pub(super) async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
     };
     let db = ctx
         .open(OpenOptions {
-            settings: requested,
-            role: Some(ctx.role.unwrap_or(Role::Writer)),
+            cluster: JoinOptions {
+                settings: requested,
+                role: Some(ctx.role.unwrap_or(Role::Writer)),
+                ..Default::default()
+            },
             ..Default::default()
         })
         .await?;

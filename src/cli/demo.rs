@@ -11,8 +11,8 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::json;
 use shoal::api::{
-    exact_top_k, parse_filter_expr, percentile, Consistency, Metric, Record, RequestedSettings,
-    Role, SearchRequest,
+    exact_top_k, parse_filter_expr, percentile, Consistency, JoinOptions, Metric, Record,
+    RequestedSettings, Role, SearchRequest,
 };
 use shoal::{Db, OpenOptions};
 
@@ -91,9 +91,12 @@ pub(super) async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
         instance_timeout_seconds: None,
     };
     let opts = OpenOptions {
-        settings,
-        role: Some(Role::Both),
-        env: Default::default(),
+        cluster: JoinOptions {
+            settings,
+            role: Some(Role::Both),
+            env: Default::default(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let db = Db::open(&bucket, opts).await.with_context(|| {

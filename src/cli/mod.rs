@@ -12,7 +12,7 @@ mod serve;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shoal::api::{Consistency, Metric, Role};
+use shoal::api::{Consistency, JoinOptions, Metric, Role};
 use shoal::{Db, ErrorKind, OpenOptions};
 
 pub(crate) const DEFAULT_BUCKET: &str = "./shoal-data";
@@ -225,7 +225,10 @@ impl Ctx {
     /// create one.
     pub(crate) async fn observe(&self) -> Result<Db> {
         self.open(OpenOptions {
-            role: self.role,
+            cluster: JoinOptions {
+                role: self.role,
+                ..Default::default()
+            },
             ..OpenOptions::observer()
         })
         .await
@@ -235,8 +238,11 @@ impl Ctx {
     /// or says how to create one.
     pub(crate) async fn join_writer(&self) -> Result<Db> {
         self.open(OpenOptions {
-            role: Some(self.role.unwrap_or(Role::Writer)),
-            create: false,
+            cluster: JoinOptions {
+                role: Some(self.role.unwrap_or(Role::Writer)),
+                create: false,
+                ..Default::default()
+            },
             ..Default::default()
         })
         .await

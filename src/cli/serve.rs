@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use shoal::api::{RequestedSettings, Role};
+use shoal::api::{JoinOptions, RequestedSettings, Role};
 use shoal::http::HttpOptions;
 use shoal::{ErrorKind, OpenOptions};
 
@@ -93,14 +93,17 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     let opened = shoal::Db::open(
         &ctx.bucket,
         OpenOptions {
-            settings: RequestedSettings {
-                dimensions: a.dimensions,
-                distance_metric: a.metric.map(Into::into),
-                partition_count: a.partitions,
+            cluster: JoinOptions {
+                settings: RequestedSettings {
+                    dimensions: a.dimensions,
+                    distance_metric: a.metric.map(Into::into),
+                    partition_count: a.partitions,
+                    ..Default::default()
+                },
+                role: ctx.role,
+                create,
                 ..Default::default()
             },
-            role: ctx.role,
-            create,
             compact_every: every,
             gc_every: (!a.gc_every.is_zero()).then_some(a.gc_every),
             ..Default::default()

@@ -11,10 +11,10 @@
 //! 5. write the new shard(s) from the tails' live records (the segment
 //!    format, with the configured ANN index) and the deletion vectors,
 //!    create-only under fresh keys;
-//! 6. commit the index manifest by compare-and-swap if its generation is
-//!    still `g` (else another indexer won: this round's objects become
-//!    orphans for GC): new watermarks, new shards, new deletion vectors,
-//!    replaced ones to `retired`.
+//! 6. commit the index manifest by compare-and-swap ([`record_round`])
+//!    if its generation is still `g` (else another indexer won: this
+//!    round's objects become orphans for GC): new watermarks, new shards,
+//!    new deletion vectors, replaced ones to `retired`.
 //!
 //! 7. only then retire the covered segments from the partition manifests
 //!    (recording `indexedThrough`), so a reader that sees a segment gone
@@ -32,8 +32,8 @@ use super::{build_outputs, newest_records, CompactError};
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
 use crate::coord::index_manifest::{
-    acquire_lease, read_index_manifest, release_lease, update_index, IndexManifest, LeaseHeld,
-    RetiredObject, ShardEntry,
+    acquire_lease, read_index_manifest, record_round, release_lease, replace_merged, IndexManifest,
+    LeaseHeld, MergeCommit, NewDeletions, RoundCommit, ShardEntry,
 };
 use crate::coord::manifest::{load_manifest, retire_indexed, CommitRules};
 use crate::coord::paths::{new_deletions_key, new_shard_key};
@@ -265,7 +265,11 @@ async fn run_round(
     for (i, dv) in deletions {
         let key = new_deletions_key(now);
         put_new_object(store, &key, dv.encode(), backoff).await?;
-        new_dvs.push((index.shards[i].key.clone(), key, dv.dead()));
+        new_dvs.push(NewDeletions {
+            shard: index.shards[i].key.clone(),
+            key,
+            dead: dv.dead(),
+        });
     }
     if crate::mutation::active(crate::mutation::Mutation::RetireBeforeIndexCommit) {
         for (&p, &w) in &advanced {
@@ -273,20 +277,18 @@ async fn run_round(
         }
     }
     // Commit, if nobody else did since we read the index manifest.
-    let expected = index.generation;
     let retired_at = format_time(clock.now());
-    let (m, wrote) = update_index(store, settings.partition_count, backoff, |m| {
-        if m.generation != expected || too_late(clock, written_at, settings) {
-            return Ok(false);
-        }
-        apply(m, &advanced, &new_shards, &new_dvs, &retired_at)?;
-        Ok(true)
-    })
-    .await?;
-    if !wrote {
+    let commit = RoundCommit {
+        advanced: &advanced,
+        shards: &new_shards,
+        deletions: &new_dvs,
+    };
+    let (expected, late) = (index.generation, || too_late(clock, written_at, settings));
+    let committed = record_round(store, n, backoff, expected, late, commit, &retired_at);
+    let Some(m) = committed.await? else {
         round.superseded = true;
         return Ok(());
-    }
+    };
     round.generation = Some(m.generation);
     // The index manifest covers them now: retire them from the partitions.
     for (&p, &w) in &advanced {
@@ -376,29 +378,18 @@ async fn merge_shards(
         let level = inputs.iter().map(|s| s.level).max().unwrap_or(0) + 1;
         let merged_rows = rows.len() as u64;
         let (new_shards, written_at) = write_shards(store, settings, clock, rows, level).await?;
-        let expected = index.generation;
         let retired_at = format_time(clock.now());
-        let (m, wrote) = update_index(store, n, Backoff::default(), |m| {
-            if m.generation != expected || too_late(clock, written_at, settings) {
-                return Ok(false);
-            }
-            m.shards.retain(|s| !inputs.iter().any(|i| i.key == s.key));
-            for input in &inputs {
-                for key in std::iter::once(&input.key).chain(input.deletions.as_ref()) {
-                    m.retired.push(RetiredObject {
-                        key: key.clone(),
-                        retired_at: retired_at.clone(),
-                    });
-                }
-            }
-            m.shards.extend(new_shards.iter().cloned());
-            Ok(true)
-        })
-        .await?;
-        if !wrote {
+        let late = || too_late(clock, written_at, settings);
+        let merge = MergeCommit {
+            inputs: &inputs,
+            outputs: &new_shards,
+        };
+        let (backoff, expected) = (Backoff::default(), index.generation);
+        let committed = replace_merged(store, n, backoff, expected, late, merge, &retired_at);
+        let Some(m) = committed.await? else {
             round.superseded = true;
             return Ok(());
-        }
+        };
         round.generation = Some(m.generation);
         for out in &new_shards {
             round.merged.push(Merge {
@@ -579,34 +570,4 @@ fn shard_header(shape: Shape, now: std::time::SystemTime) -> SegmentHeader {
         writer_id: "indexer".into(),
         has_index: false,
     }
-}
-
-/// The committed change: watermarks forward, shards added, deletion
-/// vectors replaced (the old ones retired).
-fn apply(
-    m: &mut IndexManifest,
-    advanced: &BTreeMap<u32, u64>,
-    new_shards: &[ShardEntry],
-    new_dvs: &[(String, String, u64)],
-    retired_at: &str,
-) -> Result<(), CoordError> {
-    for (&p, &w) in advanced {
-        m.advance(p, w)?;
-    }
-    for (shard, dv, dead) in new_dvs {
-        let entry = m
-            .shards
-            .iter_mut()
-            .find(|s| &s.key == shard)
-            .expect("the generation did not change, so neither did the shards");
-        if let Some(old) = entry.deletions.replace(dv.clone()) {
-            m.retired.push(RetiredObject {
-                key: old,
-                retired_at: retired_at.to_string(),
-            });
-        }
-        entry.dead = *dead;
-    }
-    m.shards.extend(new_shards.iter().cloned());
-    Ok(())
 }

@@ -29,6 +29,7 @@
 pub mod gc;
 pub mod indexer;
 pub mod repair;
+pub mod schedule;
 
 use std::sync::Arc;
 use std::time::Instant;

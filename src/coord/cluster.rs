@@ -26,7 +26,9 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// How to join.
 #[derive(Clone, Debug)]
 pub struct JoinOptions {
-    /// Settings this instance needs; `None` fields adopt the bucket's.
+    /// Settings this instance needs; `None` fields adopt the bucket's. When
+    /// joining a bucket without a config they create it (dimensions are
+    /// then required).
     pub settings: RequestedSettings,
     /// Explicit role (beats `BRAINY_ROLE` and detection).
     pub role: Option<Role>,

@@ -8,10 +8,17 @@
 //! Like the partition manifests it exists from `init` on (created empty,
 //! all watermarks 0, with them), so a missing one is corruption: the
 //! partitions retire what the shards cover, and without this object those
-//! records could not be found. Every change is a compare-and-swap through
-//! [`update_index`]; watermarks only move forward ([`IndexManifest::advance`]
-//! refuses otherwise).
+//! records could not be found.
+//!
+//! This is the one room where the index manifest changes, the way
+//! [`super::manifest`] is for the partition manifests. Each mutation is a
+//! named function over one compare-and-swap loop: [`record_round`] (an
+//! indexer round's commit), [`replace_merged`] (a shard merge's commit),
+//! [`trim_index_retired`] (GC forgetting deleted objects), and
+//! [`acquire_lease`] / [`release_lease`]. Watermarks only move forward
+//! ([`IndexManifest::advance`] refuses otherwise).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -239,6 +246,10 @@ pub async fn create_index_manifest(
 /// one (it may run several times, so it must depend only on its input) or
 /// says to keep it (`Ok(false)`). Every write bumps the generation.
 /// Returns the manifest as now stored and whether this call wrote it.
+///
+/// The unnamed door, for tests that stage (or damage) a manifest; the
+/// engine changes it only through the named functions of this module.
+#[cfg(any(test, feature = "test-util"))]
 pub async fn update_index<F>(
     store: &dyn ObjectStore,
     partition_count: u32,
@@ -249,6 +260,131 @@ where
     F: FnMut(&mut IndexManifest) -> Result<bool, CoordError>,
 {
     update(store, partition_count, backoff, true, change).await
+}
+
+/// A shard's new deletion vector, replacing its current one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDeletions {
+    /// The shard whose rows it marks.
+    pub shard: String,
+    /// The new deletion vector's key.
+    pub key: String,
+    /// Rows it marks dead.
+    pub dead: u64,
+}
+
+/// What one indexing round commits (DESIGN section 11, step 6).
+#[derive(Clone, Copy, Debug)]
+pub struct RoundCommit<'a> {
+    /// Partitions whose watermark moves, and to which seq.
+    pub advanced: &'a BTreeMap<u32, u64>,
+    /// The shards built from the tails.
+    pub shards: &'a [ShardEntry],
+    /// Deletion vectors marking the older shard rows the tails supersede.
+    pub deletions: &'a [NewDeletions],
+}
+
+/// Commits an indexing round if the index manifest's generation is still
+/// `expected` (the one the round read): watermarks forward, the new
+/// shards added, each named shard's deletion vector replaced (the old one
+/// to `retired`, stamped `retired_at`). `too_late` is asked on every
+/// attempt whose generation still matches: true when the round's objects
+/// are past the commit age bound (GC may take them), and the commit is
+/// given up. Returns the manifest as committed, or `None` when another
+/// indexer committed first or it was too late (this round's objects are
+/// orphans for GC).
+pub async fn record_round(
+    store: &dyn ObjectStore,
+    partition_count: u32,
+    backoff: Backoff,
+    expected: u64,
+    mut too_late: impl FnMut() -> bool,
+    round: RoundCommit<'_>,
+    retired_at: &str,
+) -> Result<Option<IndexManifest>, CoordError> {
+    let (m, wrote) = update(store, partition_count, backoff, true, |m| {
+        if m.generation != expected || too_late() {
+            return Ok(false);
+        }
+        m.apply_round(round, retired_at)?;
+        Ok(true)
+    })
+    .await?;
+    Ok(wrote.then_some(m))
+}
+
+/// What one shard merge commits (DESIGN section 11, "Merges").
+#[derive(Clone, Copy, Debug)]
+pub struct MergeCommit<'a> {
+    /// The shards merged.
+    pub inputs: &'a [ShardEntry],
+    /// The shard(s) of their live rows, one level up.
+    pub outputs: &'a [ShardEntry],
+}
+
+/// Commits a shard merge if the index manifest's generation is still
+/// `expected`: the outputs replace the inputs, whose shards and deletion
+/// vectors go to `retired`, stamped `retired_at`. `too_late` and the
+/// result as for [`record_round`].
+pub async fn replace_merged(
+    store: &dyn ObjectStore,
+    partition_count: u32,
+    backoff: Backoff,
+    expected: u64,
+    mut too_late: impl FnMut() -> bool,
+    merge: MergeCommit<'_>,
+    retired_at: &str,
+) -> Result<Option<IndexManifest>, CoordError> {
+    let (m, wrote) = update(store, partition_count, backoff, true, |m| {
+        if m.generation != expected || too_late() {
+            return Ok(false);
+        }
+        m.replace_shards(merge, retired_at);
+        Ok(true)
+    })
+    .await?;
+    Ok(wrote.then_some(m))
+}
+
+impl IndexManifest {
+    /// [`record_round`]'s change.
+    fn apply_round(&mut self, round: RoundCommit<'_>, retired_at: &str) -> Result<(), CoordError> {
+        for (&p, &w) in round.advanced {
+            self.advance(p, w)?;
+        }
+        for d in round.deletions {
+            let entry = self
+                .shards
+                .iter_mut()
+                .find(|s| s.key == d.shard)
+                .expect("the generation did not change, so neither did the shards");
+            if let Some(old) = entry.deletions.replace(d.key.clone()) {
+                self.retired.push(RetiredObject {
+                    key: old,
+                    retired_at: retired_at.to_string(),
+                });
+            }
+            entry.dead = d.dead;
+        }
+        self.shards.extend(round.shards.iter().cloned());
+        Ok(())
+    }
+
+    /// [`replace_merged`]'s change.
+    fn replace_shards(&mut self, merge: MergeCommit<'_>, retired_at: &str) {
+        let MergeCommit { inputs, outputs } = merge;
+        self.shards
+            .retain(|s| !inputs.iter().any(|i| i.key == s.key));
+        for input in inputs {
+            for key in std::iter::once(&input.key).chain(input.deletions.as_ref()) {
+                self.retired.push(RetiredObject {
+                    key: key.clone(),
+                    retired_at: retired_at.to_string(),
+                });
+            }
+        }
+        self.shards.extend(outputs.iter().cloned());
+    }
 }
 
 /// Removes `gone` (objects GC deleted) from `retired`, without bumping
@@ -432,6 +568,139 @@ mod tests {
         assert!(e.contains("11 dead rows of 10"), "{e}");
         let e = parse_index_manifest(2, b"<html>").unwrap_err().to_string();
         assert!(e.contains("index/manifest.json"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_round_commits_only_on_the_generation_it_read_and_in_time() {
+        let store = MemoryStore::unique();
+        create_index_manifest(&store, 2).await.unwrap();
+        let b = Backoff::default();
+        let advanced = BTreeMap::from([(0, 3), (1, 5)]);
+        let shards = [shard("index/shards/a.shard")];
+        let first = RoundCommit {
+            advanced: &advanced,
+            shards: &shards,
+            deletions: &[],
+        };
+        let m = record_round(&store, 2, b, 0, || false, first, "t1")
+            .await
+            .unwrap()
+            .expect("committed");
+        assert_eq!((m.generation, m.watermarks.clone()), (1, vec![3, 5]));
+        assert_eq!(m.shards, shards);
+        // Read at generation 0: another indexer has committed since.
+        let stale = record_round(&store, 2, b, 0, || false, first, "t1");
+        assert_eq!(stale.await.unwrap(), None);
+        // Past the commit age bound: given up.
+        let late = record_round(&store, 2, b, 1, || true, first, "t1");
+        assert_eq!(late.await.unwrap(), None);
+        let (m, _) = read_index_manifest(&store, 2).await.unwrap().unwrap();
+        assert_eq!(m.generation, 1, "nothing written");
+        // Deletion vectors replace the shard's current one, which retires.
+        let none = BTreeMap::new();
+        for (g, dv, dead) in [
+            (1, "index/deletions/1.dv", 2),
+            (2, "index/deletions/2.dv", 4),
+        ] {
+            let deletions = [NewDeletions {
+                shard: "index/shards/a.shard".into(),
+                key: dv.into(),
+                dead,
+            }];
+            let round = RoundCommit {
+                advanced: &none,
+                shards: &[],
+                deletions: &deletions,
+            };
+            let got = record_round(&store, 2, b, g, || false, round, "t2").await;
+            assert!(got.unwrap().is_some());
+        }
+        let (m, _) = read_index_manifest(&store, 2).await.unwrap().unwrap();
+        assert_eq!(
+            m.shards[0].deletions.as_deref(),
+            Some("index/deletions/2.dv")
+        );
+        assert_eq!((m.shards[0].dead, m.generation), (4, 3));
+        let retired: Vec<_> = m
+            .retired
+            .iter()
+            .map(|r| (&*r.key, &*r.retired_at))
+            .collect();
+        assert_eq!(retired, [("index/deletions/1.dv", "t2")]);
+        // A watermark never moves back, even in a commit.
+        let back = BTreeMap::from([(0, 2)]);
+        let round = RoundCommit {
+            advanced: &back,
+            shards: &[],
+            deletions: &[],
+        };
+        let e = record_round(&store, 2, b, 3, || false, round, "t3").await;
+        assert!(e.unwrap_err().to_string().contains("move back from 3 to 2"));
+    }
+
+    #[tokio::test]
+    async fn a_merge_replaces_its_inputs_and_retires_them_with_their_deletion_vectors() {
+        let store = MemoryStore::unique();
+        create_index_manifest(&store, 1).await.unwrap();
+        let b = Backoff::default();
+        let mut inputs = vec![shard("index/shards/a.shard"), shard("index/shards/b.shard")];
+        inputs[1].deletions = Some("index/deletions/b.dv".into());
+        inputs[1].dead = 3;
+        let kept = shard("index/shards/c.shard");
+        let staged = inputs
+            .iter()
+            .cloned()
+            .chain([kept.clone()])
+            .collect::<Vec<_>>();
+        let none = BTreeMap::new();
+        let round = RoundCommit {
+            advanced: &none,
+            shards: &staged,
+            deletions: &[],
+        };
+        record_round(&store, 1, b, 0, || false, round, "t0")
+            .await
+            .unwrap()
+            .unwrap();
+        let mut out = shard("index/shards/ab.shard");
+        out.level = 1;
+        let merge = MergeCommit {
+            inputs: &inputs,
+            outputs: std::slice::from_ref(&out),
+        };
+        assert_eq!(
+            replace_merged(&store, 1, b, 0, || false, merge, "t1")
+                .await
+                .unwrap(),
+            None,
+            "the inputs were read at an older generation"
+        );
+        assert_eq!(
+            replace_merged(&store, 1, b, 1, || true, merge, "t1")
+                .await
+                .unwrap(),
+            None,
+            "too late"
+        );
+        let m = replace_merged(&store, 1, b, 1, || false, merge, "t1")
+            .await
+            .unwrap()
+            .expect("committed");
+        assert_eq!(m.generation, 2);
+        assert_eq!(m.shards, vec![kept, out]);
+        let retired: Vec<_> = m
+            .retired
+            .iter()
+            .map(|r| (&*r.key, &*r.retired_at))
+            .collect();
+        assert_eq!(
+            retired,
+            [
+                ("index/shards/a.shard", "t1"),
+                ("index/shards/b.shard", "t1"),
+                ("index/deletions/b.dv", "t1"),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use crate::coord::catalog::{self, Catalog, CatalogCache, CatalogError, IndexEntry, VectorBucket};
-use crate::coord::{Metric, RequestedSettings, Role};
+use crate::coord::{JoinOptions, Metric, RequestedSettings, Role};
 use crate::db::{Db, OpenOptions};
 use crate::error::{Error, ErrorKind};
 use crate::reader::{Consistency, SearchRequest};
@@ -451,14 +451,17 @@ impl Service {
             Metric::Cosine
         };
         let opts = OpenOptions {
-            settings: RequestedSettings {
-                dimensions: Some(e.dimension),
-                distance_metric: Some(metric),
-                partition_count: self.opts.partitions,
+            cluster: JoinOptions {
+                settings: RequestedSettings {
+                    dimensions: Some(e.dimension),
+                    distance_metric: Some(metric),
+                    partition_count: self.opts.partitions,
+                    ..Default::default()
+                },
+                role: self.opts.role,
+                create: self.opts.role != Some(Role::Reader),
                 ..Default::default()
             },
-            role: self.opts.role,
-            create: self.opts.role != Some(Role::Reader),
             compact_every: self.opts.compact_every,
             gc_every: self.opts.gc_every,
             ..Default::default()
