@@ -20,6 +20,7 @@ use crate::writer::WriteError;
 /// Any error the handle returns. The source error is kept whole; match on
 /// it when the details matter, or ask [`Error::kind`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
     Write(#[from] WriteError),

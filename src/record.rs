@@ -147,6 +147,7 @@ pub struct Schema {
 
 /// A record that failed validation: where, which, and what is wrong.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidInput {
     #[error("record {position} (id {id:?}): {reason}")]
     Record {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 /// What went wrong, as far as a caller needs to know to react.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// The request is wrong (bad vector, filter, setting, JSON): fix it;
     /// retrying as is will fail again. Nothing was written.

@@ -54,6 +54,7 @@ use crate::store::{ObjectStore, StoreError};
 use crate::vocab::{IndexSettings, Metric};
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CompactError {
     #[error(transparent)]
     Coord(#[from] CoordError),

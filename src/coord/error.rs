@@ -4,6 +4,7 @@ use crate::store::{ProbeError, StoreError};
 use crate::vocab::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CoordError {
     #[error(transparent)]
     Store(#[from] StoreError),

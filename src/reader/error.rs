@@ -11,6 +11,7 @@ use crate::store::StoreError;
 
 /// Errors of the read path.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReadError {
     /// The request itself is wrong (400-class).
     #[error("invalid request: {0}")]

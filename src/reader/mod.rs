@@ -53,6 +53,7 @@ use crate::store::{Counted, DynStore, RequestCounts};
 /// How fresh a query's view of the bucket must be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Consistency {
     /// Use cached manifests (load a partition only the first time).
     Eventual,

@@ -33,6 +33,7 @@ impl Shape {
 /// Why a segment could not be loaded: the store failed, or the bytes are
 /// not a segment of this index. Both name the object key.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -225,6 +225,7 @@ impl Segment {
 
 /// A segment that could not be read. Always names the object key.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SegmentError {
     #[error("corrupt segment {key}: {reason}")]
     Corrupt { key: String, reason: String },

@@ -11,6 +11,7 @@ use super::{ETag, ObjectStore, StoreError};
 
 /// Why a store was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProbeError {
     /// The store accepted a conditional write it should have refused.
     #[error(

@@ -48,6 +48,7 @@ use crate::store::{DynStore, StoreError};
 
 /// Errors of the write path.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WriteError {
     /// The batch was rejected before anything was written.
     #[error("invalid input: {0}")]
