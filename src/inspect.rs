@@ -4,7 +4,7 @@
 //! references, lists orphans). Both are administrative: `verify` reads
 //! everything and lists `vectors/`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -14,6 +14,7 @@ use crate::coord::instance::{list_records, InstanceRecord};
 use crate::coord::manifest::{missing, partition_of_key, read_manifest};
 use crate::coord::paths::{manifest_key, INDEX_MANIFEST_KEY, INDEX_PREFIX, VECTORS_PREFIX};
 use crate::coord::{Config, CoordError};
+use crate::segment::deletions::DeletionVector;
 use crate::segment::{self, Shape};
 use crate::store::{ObjectStore, RequestCounts};
 
@@ -90,48 +91,16 @@ pub(crate) async fn status(
     config: &Config,
     now: SystemTime,
 ) -> Result<Status, CoordError> {
-    let timeout = std::time::Duration::from_secs(config.settings.instance_timeout_seconds);
-    let instances = list_records(store)
-        .await?
-        .into_iter()
-        .map(|r| InstanceStatus {
-            alive: r.is_alive(now, timeout),
-            heartbeat_age_s: r.heartbeat_age(now).map(|d| d.as_secs_f64()),
-            record: r,
-        })
-        .collect();
+    let instances = instance_statuses(store, config, now).await?;
     let mut partitions = Vec::new();
     let mut totals = PartitionStatus::default();
     let mut indexed_records = 0u64;
     let mut problems = Vec::new();
     let n = config.settings.partition_count;
-    let index_manifest = match read_index_manifest(store, n).await? {
-        Some((m, _)) => m,
-        None => {
-            if config.settings.partitions_initialized {
-                problems.push(Problem {
-                    key: INDEX_MANIFEST_KEY.into(),
-                    message: missing_index_manifest().to_string(),
-                });
-            }
-            IndexManifest::empty(n)
-        }
-    };
-    let mut index = IndexStatus {
-        generation: index_manifest.generation,
-        live_rows: index_manifest.live_rows(),
-        bytes: index_manifest.shards.iter().map(|s| s.bytes).sum(),
-        retired: index_manifest.retired.len() as u64,
-        lease_holder: index_manifest.lease.as_ref().map(|l| l.holder.clone()),
-        shards: index_manifest.shards.clone(),
-        ..Default::default()
-    };
+    let index_manifest = index_manifest_or_empty(store, config, &mut problems).await?;
+    let mut index = IndexStatus::of(&index_manifest);
     for p in 0..n {
-        let mut ps = PartitionStatus {
-            partition: p,
-            watermark: index_manifest.watermark(p),
-            ..Default::default()
-        };
+        let watermark = index_manifest.watermark(p);
         let found = read_manifest(store, p).await?;
         if found.is_none() && config.settings.partitions_initialized {
             problems.push(Problem {
@@ -139,31 +108,19 @@ pub(crate) async fn status(
                 message: missing(p).to_string(),
             });
         }
-        if let Some((m, _)) = found {
-            let mut indexed = 0;
-            for s in m.segments.iter().filter(|s| s.seq > ps.watermark) {
-                index.tail_records += s.records;
-                let age = crate::coord::clock::parse_time(&s.created_at)
-                    .and_then(|t| now.duration_since(t).ok())
-                    .map_or(0.0, |d| d.as_secs_f64());
-                index.lag_seconds = index.lag_seconds.max(age);
+        let ps = match found {
+            Some((m, _)) => {
+                index.add_tail(&m, watermark, now);
+                let (ps, indexed) = partition_status(p, watermark, &m);
+                indexed_records += indexed;
+                ps
             }
-            for s in &m.segments {
-                ps.segments += 1;
-                ps.records += s.records;
-                ps.tombstones += s.tombstones;
-                ps.bytes += s.bytes;
-                if s.indexed {
-                    indexed += s.records;
-                }
-            }
-            indexed_records += indexed;
-            ps.indexed_fraction = if ps.records == 0 {
-                0.0
-            } else {
-                indexed as f64 / ps.records as f64
-            };
-        }
+            None => PartitionStatus {
+                partition: p,
+                watermark,
+                ..Default::default()
+            },
+        };
         totals.segments += ps.segments;
         totals.records += ps.records;
         totals.tombstones += ps.tombstones;
@@ -171,11 +128,7 @@ pub(crate) async fn status(
         partitions.push(ps);
     }
     totals.partition = config.settings.partition_count;
-    totals.indexed_fraction = if totals.records == 0 {
-        0.0
-    } else {
-        indexed_records as f64 / totals.records as f64
-    };
+    totals.indexed_fraction = fraction(indexed_records, totals.records);
     Ok(Status {
         store: store.describe(),
         config: config.clone(),
@@ -186,6 +139,108 @@ pub(crate) async fn status(
         problems,
         requests: store.counts(),
     })
+}
+
+/// Every registered instance, with whether it is alive and its heartbeat's age.
+async fn instance_statuses(
+    store: &crate::store::Counted,
+    config: &Config,
+    now: SystemTime,
+) -> Result<Vec<InstanceStatus>, CoordError> {
+    let timeout = std::time::Duration::from_secs(config.settings.instance_timeout_seconds);
+    Ok(list_records(store)
+        .await?
+        .into_iter()
+        .map(|r| InstanceStatus {
+            alive: r.is_alive(now, timeout),
+            heartbeat_age_s: r.heartbeat_age(now).map(|d| d.as_secs_f64()),
+            record: r,
+        })
+        .collect())
+}
+
+/// The index manifest, or an empty one when there is none (a problem once
+/// the index was initialized with one).
+async fn index_manifest_or_empty(
+    store: &crate::store::Counted,
+    config: &Config,
+    problems: &mut Vec<Problem>,
+) -> Result<IndexManifest, CoordError> {
+    let n = config.settings.partition_count;
+    Ok(match read_index_manifest(store, n).await? {
+        Some((m, _)) => m,
+        None => {
+            if config.settings.partitions_initialized {
+                problems.push(Problem {
+                    key: INDEX_MANIFEST_KEY.into(),
+                    message: missing_index_manifest().to_string(),
+                });
+            }
+            IndexManifest::empty(n)
+        }
+    })
+}
+
+impl IndexStatus {
+    /// The index manifest's own numbers; the tails are added per partition.
+    fn of(m: &IndexManifest) -> IndexStatus {
+        IndexStatus {
+            generation: m.generation,
+            live_rows: m.live_rows(),
+            bytes: m.shards.iter().map(|s| s.bytes).sum(),
+            retired: m.retired.len() as u64,
+            lease_holder: m.lease.as_ref().map(|l| l.holder.clone()),
+            shards: m.shards.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Counts a partition's tail (its segments past the watermark) and its
+    /// oldest tail segment's age into the indexing lag.
+    fn add_tail(&mut self, m: &crate::coord::manifest::Manifest, watermark: u64, now: SystemTime) {
+        for s in m.segments.iter().filter(|s| s.seq > watermark) {
+            self.tail_records += s.records;
+            let age = crate::coord::clock::parse_time(&s.created_at)
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.lag_seconds = self.lag_seconds.max(age);
+        }
+    }
+}
+
+/// One partition's numbers from its manifest, and how many of its records
+/// sit in indexed segments.
+fn partition_status(
+    p: u32,
+    watermark: u64,
+    m: &crate::coord::manifest::Manifest,
+) -> (PartitionStatus, u64) {
+    let mut ps = PartitionStatus {
+        partition: p,
+        watermark,
+        ..Default::default()
+    };
+    let mut indexed = 0;
+    for s in &m.segments {
+        ps.segments += 1;
+        ps.records += s.records;
+        ps.tombstones += s.tombstones;
+        ps.bytes += s.bytes;
+        if s.indexed {
+            indexed += s.records;
+        }
+    }
+    ps.indexed_fraction = fraction(indexed, ps.records);
+    (ps, indexed)
+}
+
+/// `part / whole`, 0 for an empty whole.
+fn fraction(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
 }
 
 impl Status {
@@ -254,91 +309,162 @@ pub(crate) async fn verify(
     };
     let mut report = VerifyReport::default();
     let mut referenced = HashSet::new();
-    let mut without_manifest = std::collections::BTreeMap::new();
+    // Partitions whose manifest is missing -> objects found under them.
+    let mut without_manifest = BTreeMap::new();
+    let read = verify_partitions(
+        store,
+        s,
+        shape,
+        &mut report,
+        &mut referenced,
+        &mut without_manifest,
+    )
+    .await?;
+    verify_index(store, s, shape, &read, &mut report, &mut referenced).await?;
+    list_unreferenced(store, s, &referenced, &mut without_manifest, &mut report).await?;
+    for (p, objects) in without_manifest {
+        if objects == 0 && !s.partitions_initialized {
+            continue; // an index from before manifests were created at init
+        }
+        report.problems.push(Problem {
+            key: manifest_key(p),
+            message: format!(
+                "{}; {objects} object(s) under its partition are unreachable",
+                missing(p)
+            ),
+        });
+    }
+    Ok(report)
+}
+
+/// Reads every partition manifest and checks every segment it references;
+/// notes the keys referenced and the partitions without a manifest.
+async fn verify_partitions(
+    store: &dyn ObjectStore,
+    s: &crate::coord::Settings,
+    shape: Shape,
+    report: &mut VerifyReport,
+    referenced: &mut HashSet<String>,
+    without_manifest: &mut BTreeMap<u32, usize>,
+) -> Result<PartitionsRead, CoordError> {
     // What the index checks need from this pass: the readable manifests,
     // and the ids of every segment read.
     let mut manifests = Vec::new();
-    let mut segment_ids: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut segment_ids: HashMap<String, Vec<String>> = Default::default();
     for p in 0..s.partition_count {
         referenced.insert(manifest_key(p));
-        let m = match read_manifest(store, p).await {
-            Ok(Some((m, _))) => m,
+        let m = match read_partition_manifest(store, p).await? {
+            Ok(Some(m)) => m,
             Ok(None) => {
                 without_manifest.insert(p, 0usize);
                 continue;
             }
-            Err(CoordError::Store(e)) if !e.is_retryable() => {
-                report.problems.push(Problem {
-                    key: manifest_key(p),
-                    message: e.to_string(),
-                });
+            Err(problem) => {
+                report.problems.push(problem);
                 continue;
             }
-            Err(CoordError::Corrupt { key, reason, found }) => {
-                report.problems.push(Problem {
-                    key,
-                    message: format!("{reason}; found: {found}"),
-                });
-                continue;
-            }
-            Err(e) => return Err(e),
         };
         report.manifests += 1;
         for entry in &m.segments {
             referenced.insert(entry.key.clone());
             report.segments += 1;
-            let problem = |message: String| Problem {
-                key: entry.key.clone(),
-                message,
-            };
-            let seg = match segment::load(store, &entry.key, shape).await {
-                Ok(seg) => seg,
-                Err(segment::LoadError::Store(e)) if e.is_retryable() => return Err(e.into()),
-                Err(segment::LoadError::Store(e)) => {
-                    report
-                        .problems
-                        .push(problem(format!("referenced by {}: {e}", manifest_key(p))));
-                    continue;
-                }
-                Err(e) => {
-                    report.problems.push(problem(e.to_string()));
-                    continue;
-                }
-            };
-            segment_ids.insert(entry.key.clone(), seg.ids().to_vec());
-            let stored = seg.stored_bytes();
-            report.records += seg.len() as u64;
-            report.bytes += stored;
-            let tombs = seg.tombstone_count() as u64;
-            if seg.len() as u64 != entry.records || tombs != entry.tombstones {
-                report.problems.push(problem(format!(
-                    "holds {} records / {tombs} tombstones; the manifest says {} / {}",
-                    seg.len(),
-                    entry.records,
-                    entry.tombstones
-                )));
-            }
-            if stored != entry.bytes {
-                report.problems.push(problem(format!(
-                    "is {stored} bytes; the manifest says {}",
-                    entry.bytes
-                )));
-            }
-            if seg.header().has_index != entry.indexed {
-                report.problems.push(problem(format!(
-                    "index flag {} disagrees with the manifest ({})",
-                    seg.header().has_index,
-                    entry.indexed
-                )));
+            if let Some(ids) = verify_segment(store, shape, p, entry, report).await? {
+                segment_ids.insert(entry.key.clone(), ids);
             }
         }
         manifests.push((p, m));
     }
-    let read = PartitionsRead {
+    Ok(PartitionsRead {
         manifests,
         segment_ids,
+    })
+}
+
+/// Partition `p`'s manifest (`None`: missing), or the problem that makes
+/// it unreadable; fails only on errors worth retrying.
+async fn read_partition_manifest(
+    store: &dyn ObjectStore,
+    p: u32,
+) -> Result<Result<Option<crate::coord::manifest::Manifest>, Problem>, CoordError> {
+    match read_manifest(store, p).await {
+        Ok(found) => Ok(Ok(found.map(|(m, _)| m))),
+        Err(CoordError::Store(e)) if !e.is_retryable() => Ok(Err(Problem {
+            key: manifest_key(p),
+            message: e.to_string(),
+        })),
+        Err(CoordError::Corrupt { key, reason, found }) => Ok(Err(Problem {
+            key,
+            message: format!("{reason}; found: {found}"),
+        })),
+        Err(e) => Err(e),
+    }
+}
+
+/// Loads one segment and checks it against its manifest entry (records,
+/// tombstones, bytes, index flag); returns its ids when it loaded.
+async fn verify_segment(
+    store: &dyn ObjectStore,
+    shape: Shape,
+    p: u32,
+    entry: &crate::coord::manifest::SegmentEntry,
+    report: &mut VerifyReport,
+) -> Result<Option<Vec<String>>, CoordError> {
+    let problem = |message: String| Problem {
+        key: entry.key.clone(),
+        message,
     };
-    verify_index(store, s, shape, &read, &mut report, &mut referenced).await?;
+    let seg = match segment::load(store, &entry.key, shape).await {
+        Ok(seg) => seg,
+        Err(segment::LoadError::Store(e)) if e.is_retryable() => return Err(e.into()),
+        Err(segment::LoadError::Store(e)) => {
+            report
+                .problems
+                .push(problem(format!("referenced by {}: {e}", manifest_key(p))));
+            return Ok(None);
+        }
+        Err(e) => {
+            report.problems.push(problem(e.to_string()));
+            return Ok(None);
+        }
+    };
+    let stored = seg.stored_bytes();
+    report.records += seg.len() as u64;
+    report.bytes += stored;
+    let tombs = seg.tombstone_count() as u64;
+    if seg.len() as u64 != entry.records || tombs != entry.tombstones {
+        report.problems.push(problem(format!(
+            "holds {} records / {tombs} tombstones; the manifest says {} / {}",
+            seg.len(),
+            entry.records,
+            entry.tombstones
+        )));
+    }
+    if stored != entry.bytes {
+        report.problems.push(problem(format!(
+            "is {stored} bytes; the manifest says {}",
+            entry.bytes
+        )));
+    }
+    if seg.header().has_index != entry.indexed {
+        report.problems.push(problem(format!(
+            "index flag {} disagrees with the manifest ({})",
+            seg.header().has_index,
+            entry.indexed
+        )));
+    }
+    Ok(Some(seg.ids().to_vec()))
+}
+
+/// Lists `index/` and `vectors/`: unreferenced objects are orphans, or
+/// (under a partition without a manifest) counted as unreachable; anything
+/// else under `vectors/` that is not a segment is a problem.
+async fn list_unreferenced(
+    store: &dyn ObjectStore,
+    s: &crate::coord::Settings,
+    referenced: &HashSet<String>,
+    without_manifest: &mut BTreeMap<u32, usize>,
+    report: &mut VerifyReport,
+) -> Result<(), CoordError> {
     for obj in store.list(INDEX_PREFIX).await? {
         if !referenced.contains(&obj.key) {
             report.orphans.push(obj.key);
@@ -364,19 +490,7 @@ pub(crate) async fn verify(
             });
         }
     }
-    for (p, objects) in without_manifest {
-        if objects == 0 && !s.partitions_initialized {
-            continue; // an index from before manifests were created at init
-        }
-        report.problems.push(Problem {
-            key: manifest_key(p),
-            message: format!(
-                "{}; {objects} object(s) under its partition are unreachable",
-                missing(p)
-            ),
-        });
-    }
-    Ok(report)
+    Ok(())
 }
 
 /// Checks the index manifest and everything it names: every shard decodes
@@ -392,104 +506,17 @@ async fn verify_index(
     report: &mut VerifyReport,
     referenced: &mut HashSet<String>,
 ) -> Result<(), CoordError> {
-    let index = match read_index_manifest(store, s.partition_count).await {
-        Ok(Some((m, _))) => m,
-        Ok(None) => {
-            if s.partitions_initialized {
-                report.problems.push(Problem {
-                    key: INDEX_MANIFEST_KEY.into(),
-                    message: missing_index_manifest().to_string(),
-                });
-            }
-            return Ok(());
-        }
-        Err(CoordError::Corrupt { key, reason, found }) => {
-            report.problems.push(Problem {
-                key,
-                message: format!("{reason}; found: {found}"),
-            });
-            return Ok(());
-        }
-        Err(e) => return Err(e),
+    let Some(index) = read_index_for_verify(store, s, report).await? else {
+        return Ok(());
     };
     referenced.insert(INDEX_MANIFEST_KEY.to_string());
     referenced.extend(index.retired.iter().map(|r| r.key.clone()));
-    // id -> (shard, hash of its live row's vector)
-    let mut live: std::collections::HashMap<String, (String, u64)> =
-        std::collections::HashMap::new();
+    let mut live = LiveRows::new();
     for shard in &index.shards {
         referenced.insert(shard.key.clone());
         referenced.extend(shard.deletions.iter().cloned());
         report.shards += 1;
-        let problem = |key: &str, message: String| Problem {
-            key: key.to_string(),
-            message,
-        };
-        let seg = match segment::load(store, &shard.key, shape).await {
-            Ok(seg) => seg,
-            Err(segment::LoadError::Store(e)) if e.is_retryable() => return Err(e.into()),
-            Err(e) => {
-                report
-                    .problems
-                    .push(problem(&shard.key, format!("index shard: {e}")));
-                continue;
-            }
-        };
-        if seg.len() as u64 != shard.rows {
-            report.problems.push(problem(
-                &shard.key,
-                format!(
-                    "holds {} rows; the index manifest says {}",
-                    seg.len(),
-                    shard.rows
-                ),
-            ));
-            continue;
-        }
-        let dv = match &shard.deletions {
-            None => crate::segment::deletions::DeletionVector::new(shard.rows),
-            Some(key) => {
-                let got = match store.get(key).await {
-                    Ok(got) => got,
-                    Err(e) if e.is_retryable() => return Err(e.into()),
-                    Err(e) => {
-                        report.problems.push(problem(key, e.to_string()));
-                        continue;
-                    }
-                };
-                match crate::segment::deletions::DeletionVector::decode(key, &got.bytes, shard.rows)
-                {
-                    Ok(dv) => dv,
-                    Err(e) => {
-                        report.problems.push(problem(key, e.to_string()));
-                        continue;
-                    }
-                }
-            }
-        };
-        if dv.dead() != shard.dead {
-            report.problems.push(problem(
-                &shard.key,
-                format!(
-                    "its deletion vector marks {} dead rows; the index manifest says {}",
-                    dv.dead(),
-                    shard.dead
-                ),
-            ));
-        }
-        for (i, id) in seg.ids().iter().enumerate() {
-            if dv.is_dead(i as u64) {
-                continue;
-            }
-            report.shard_rows += 1;
-            let row = (shard.key.clone(), vector_hash(seg.vector(i)));
-            if let Some((other, _)) = live.insert(id.clone(), row) {
-                report.problems.push(problem(
-                    &shard.key,
-                    format!("id {id:?} is live here and in {other}"),
-                ));
-            }
-        }
+        verify_shard(store, shape, shard, &mut live, report).await?;
     }
     for (p, m) in &read.manifests {
         let p = *p;
@@ -510,11 +537,138 @@ async fn verify_index(
     Ok(())
 }
 
+/// The index manifest, or `None` when there is nothing to check (missing
+/// or corrupt: a problem, when it should be there).
+async fn read_index_for_verify(
+    store: &dyn ObjectStore,
+    s: &crate::coord::Settings,
+    report: &mut VerifyReport,
+) -> Result<Option<IndexManifest>, CoordError> {
+    match read_index_manifest(store, s.partition_count).await {
+        Ok(Some((m, _))) => Ok(Some(m)),
+        Ok(None) => {
+            if s.partitions_initialized {
+                report.problems.push(Problem {
+                    key: INDEX_MANIFEST_KEY.into(),
+                    message: missing_index_manifest().to_string(),
+                });
+            }
+            Ok(None)
+        }
+        Err(CoordError::Corrupt { key, reason, found }) => {
+            report.problems.push(Problem {
+                key,
+                message: format!("{reason}; found: {found}"),
+            });
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Live index rows: id -> (shard, hash of its live row's vector).
+type LiveRows = HashMap<String, (String, u64)>;
+
+/// Checks one shard against its index manifest entry (rows, deletion
+/// vector, dead rows) and adds its live rows to `live`, reporting ids
+/// already live in another shard.
+async fn verify_shard(
+    store: &dyn ObjectStore,
+    shape: Shape,
+    shard: &crate::coord::index_manifest::ShardEntry,
+    live: &mut LiveRows,
+    report: &mut VerifyReport,
+) -> Result<(), CoordError> {
+    let problem = |key: &str, message: String| Problem {
+        key: key.to_string(),
+        message,
+    };
+    let seg = match segment::load(store, &shard.key, shape).await {
+        Ok(seg) => seg,
+        Err(segment::LoadError::Store(e)) if e.is_retryable() => return Err(e.into()),
+        Err(e) => {
+            report
+                .problems
+                .push(problem(&shard.key, format!("index shard: {e}")));
+            return Ok(());
+        }
+    };
+    if seg.len() as u64 != shard.rows {
+        report.problems.push(problem(
+            &shard.key,
+            format!(
+                "holds {} rows; the index manifest says {}",
+                seg.len(),
+                shard.rows
+            ),
+        ));
+        return Ok(());
+    }
+    let Some(dv) = load_deletions(store, shard, report).await? else {
+        return Ok(());
+    };
+    if dv.dead() != shard.dead {
+        report.problems.push(problem(
+            &shard.key,
+            format!(
+                "its deletion vector marks {} dead rows; the index manifest says {}",
+                dv.dead(),
+                shard.dead
+            ),
+        ));
+    }
+    for (i, id) in seg.ids().iter().enumerate() {
+        if dv.is_dead(i as u64) {
+            continue;
+        }
+        report.shard_rows += 1;
+        let row = (shard.key.clone(), vector_hash(seg.vector(i)));
+        if let Some((other, _)) = live.insert(id.clone(), row) {
+            report.problems.push(problem(
+                &shard.key,
+                format!("id {id:?} is live here and in {other}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A shard's deletion vector (all rows live when it has none), or `None`
+/// when it cannot be read or decoded (a problem).
+async fn load_deletions(
+    store: &dyn ObjectStore,
+    shard: &crate::coord::index_manifest::ShardEntry,
+    report: &mut VerifyReport,
+) -> Result<Option<DeletionVector>, CoordError> {
+    let Some(key) = &shard.deletions else {
+        return Ok(Some(DeletionVector::new(shard.rows)));
+    };
+    let problem = |message: String| Problem {
+        key: key.to_string(),
+        message,
+    };
+    let got = match store.get(key).await {
+        Ok(got) => got,
+        Err(e) if e.is_retryable() => return Err(e.into()),
+        Err(e) => {
+            report.problems.push(problem(e.to_string()));
+            return Ok(None);
+        }
+    };
+    match DeletionVector::decode(key, &got.bytes, shard.rows) {
+        Ok(dv) => Ok(Some(dv)),
+        Err(e) => {
+            report.problems.push(problem(e.to_string()));
+            Ok(None)
+        }
+    }
+}
+
 /// What `verify`'s pass over the partitions read, for the index checks.
 struct PartitionsRead {
     manifests: Vec<(u32, crate::coord::manifest::Manifest)>,
     /// The ids of each segment read, by key.
-    segment_ids: std::collections::HashMap<String, Vec<String>>,
+    segment_ids: HashMap<String, Vec<String>>,
 }
 
 fn vector_hash(v: &[f32]) -> u64 {
@@ -536,7 +690,7 @@ async fn account(
     m: &crate::coord::manifest::Manifest,
     w: u64,
     read: &PartitionsRead,
-    live: &std::collections::HashMap<String, (String, u64)>,
+    live: &LiveRows,
     report: &mut VerifyReport,
 ) -> Result<(), CoordError> {
     use crate::coord::paths::{segment_origin, SegmentOrigin};

@@ -116,44 +116,10 @@ pub fn machine() -> String {
 /// Runs the suite against the empty bucket at `url`.
 pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Error> {
     let invalid = |m: String| Err(Error::InvalidInput(m));
-    let queries = crate::dataset::read_fvecs(&o.queries)?;
-    let truth = crate::dataset::read_ivecs(&o.truth)?;
-    if queries.is_empty() {
-        return invalid("the query file must hold vectors".into());
-    }
-    if truth.len() < queries.len() {
-        return invalid(format!(
-            "{} has {} rows for {} queries",
-            o.truth.display(),
-            truth.len(),
-            queries.len()
-        ));
-    }
-    if !["ivf", "hnsw", "none"].contains(&o.index.as_str()) {
-        return invalid(format!(
-            "--index must be ivf, hnsw or none, not {:?}",
-            o.index
-        ));
-    }
+    let (queries, truth) = read_queries(o)?;
     let store = crate::store::open(url).await?;
     let existing = crate::coord::config::read_config(store.as_ref()).await?;
-    match (&existing, o.skip_ingest) {
-        (Some(_), false) => {
-            return invalid(format!(
-                "{} already holds an index; bench needs an empty bucket or prefix \
-                 (or --skip-ingest to query the index there)",
-                store.describe()
-            ))
-        }
-        (None, true) => {
-            return invalid(format!(
-                "--skip-ingest queries an existing index, and {} holds none; run bench \
-                 without it first",
-                store.describe()
-            ))
-        }
-        _ => {}
-    }
+    check_bucket(store.as_ref(), existing.is_some(), o.skip_ingest)?;
     if let (Some((config, _)), true) = (existing, o.skip_ingest) {
         // A process that only reads: the base vectors stay on disk, so
         // its peak resident memory is the reader's.
@@ -202,6 +168,73 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
 
     tracing::info!(records = base.len(), dims, store = %store.describe(), "bench: ingest");
     let ingest = ingest(&store, db.writer(), &base, metadata.as_deref(), 1000).await?;
+    let (compact_seconds, index) = compact_and_index(o, &db).await?;
+    db.close().await?;
+    query_phases(
+        o,
+        store,
+        settings,
+        &queries,
+        &truth,
+        Some(base.len()),
+        Some(ingest),
+        compact_seconds,
+        index,
+    )
+    .await
+}
+
+/// The query vectors, and per query the row numbers of its exact neighbours.
+type Queries = (Vec<Vec<f32>>, Vec<Vec<i32>>);
+
+/// Reads the queries and their exact neighbours, refusing inputs and
+/// options the suite cannot run on.
+fn read_queries(o: &SuiteOptions) -> Result<Queries, Error> {
+    let invalid = |m: String| Err(Error::InvalidInput(m));
+    let queries = crate::dataset::read_fvecs(&o.queries)?;
+    let truth = crate::dataset::read_ivecs(&o.truth)?;
+    if queries.is_empty() {
+        return invalid("the query file must hold vectors".into());
+    }
+    if truth.len() < queries.len() {
+        return invalid(format!(
+            "{} has {} rows for {} queries",
+            o.truth.display(),
+            truth.len(),
+            queries.len()
+        ));
+    }
+    if !["ivf", "hnsw", "none"].contains(&o.index.as_str()) {
+        return invalid(format!(
+            "--index must be ivf, hnsw or none, not {:?}",
+            o.index
+        ));
+    }
+    Ok((queries, truth))
+}
+
+/// Refuses a bucket holding an index unless the run only queries it, and
+/// an empty one when it does.
+fn check_bucket(store: &dyn ObjectStore, existing: bool, skip_ingest: bool) -> Result<(), Error> {
+    let invalid = |m: String| Err(Error::InvalidInput(m));
+    match (existing, skip_ingest) {
+        (true, false) => invalid(format!(
+            "{} already holds an index; bench needs an empty bucket or prefix \
+             (or --skip-ingest to query the index there)",
+            store.describe()
+        )),
+        (false, true) => invalid(format!(
+            "--skip-ingest queries an existing index, and {} holds none; run bench \
+             without it first",
+            store.describe()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Compacts every partition with the index, then (with `shards`) builds
+/// the index shards; returns the compaction's seconds and the indexing phase.
+async fn compact_and_index(o: &SuiteOptions, db: &Db) -> Result<(f64, Option<IndexPhase>), Error> {
     tracing::info!(index = %o.index, "bench: compact");
     let t = Instant::now();
     db.compact(CompactRequest {
@@ -223,19 +256,7 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     } else {
         None
     };
-    db.close().await?;
-    query_phases(
-        o,
-        store,
-        settings,
-        &queries,
-        &truth,
-        Some(base.len()),
-        Some(ingest),
-        compact_seconds,
-        index,
-    )
-    .await
+    Ok((compact_seconds, index))
 }
 
 /// The query phases: warm (one client, then concurrent clients) and cold

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
-use shoal::api::{run_suite, FilteredOptions, Metric, SuiteOptions};
+use shoal::api::{run_suite, FilteredOptions, Metric, SuiteOptions, SuiteResults};
 
 use super::Ctx;
 
@@ -81,13 +81,32 @@ pub(crate) struct BenchArgs {
 }
 
 pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
-    let metric: Metric = a.metric.into();
-    let opts = SuiteOptions {
+    let opts = suite_options(&a);
+    eprintln!(
+        "bench: ingest, compact ({} index), warm and cold queries",
+        a.index
+    );
+    let r = run_suite(&ctx.bucket, &opts).await?;
+    let results = results_json(&a, &r)?;
+    if let Some(out) = &a.out {
+        std::fs::write(out, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    if ctx.json {
+        return ctx.print_json(&results);
+    }
+    print_table(&a, &r);
+    Ok(())
+}
+
+/// The library suite's options, as the command line asked for them.
+fn suite_options(a: &BenchArgs) -> SuiteOptions {
+    SuiteOptions {
         base: a.base.clone(),
         queries: a.queries.clone(),
         truth: a.truth.clone(),
         partitions: a.partitions,
-        metric,
+        metric: a.metric.into(),
         index: a.index.clone(),
         index_min_records: a.index_min_records,
         nprobe: a.nprobe,
@@ -104,12 +123,12 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             truth,
             field: a.filter_field.clone(),
         }),
-    };
-    eprintln!(
-        "bench: ingest, compact ({} index), warm and cold queries",
-        a.index
-    );
-    let r = run_suite(&ctx.bucket, &opts).await?;
+    }
+}
+
+/// The results as one JSON document (what `--out` writes and `--json` prints).
+fn results_json(a: &BenchArgs, r: &SuiteResults) -> Result<serde_json::Value> {
+    let metric: Metric = a.metric.into();
     let (ingest, warm, cold) = (&r.ingest, &r.warm, &r.cold);
     let (compact_s, qps_n, dims) = (r.compact_seconds, r.warm_qps_concurrent, r.dimensions);
     // The indexing phase's keys (when it ran) and the index's bytes.
@@ -120,7 +139,7 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         }
         None => index = json!({ "bytes": r.index_bytes }),
     }
-    let results = json!({
+    Ok(json!({
         "ingest": {
             "records": ingest.records, "seconds": ingest.seconds, "records_per_s": ingest.records_per_s,
             "mb_per_s": ingest.mb_per_s, "puts": ingest.puts, "segments": ingest.segments,
@@ -155,22 +174,31 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "records": r.records, "index": {"kind": a.index, "min_records": a.index_min_records, "nprobe": a.nprobe},
             "threads": r.threads, "machine": r.machine, "store_latency_ms": a.store_latency_ms,
         },
-    });
-    if let Some(out) = &a.out {
-        std::fs::write(out, serde_json::to_string_pretty(&results)?)
-            .with_context(|| format!("cannot write {}", out.display()))?;
-    }
-    if ctx.json {
-        return ctx.print_json(&results);
-    }
+    }))
+}
+
+/// The human-readable report: a heading and a markdown table of the results.
+fn print_table(a: &BenchArgs, r: &SuiteResults) {
+    let metric: Metric = a.metric.into();
     println!(
-        "shoal bench: {} x {dims}-d {metric}, {} partitions, index {} (nprobe {}), {}",
-        r.records, a.partitions, a.index, a.nprobe, r.store
+        "shoal bench: {} x {}-d {metric}, {} partitions, index {} (nprobe {}), {}",
+        r.records, r.dimensions, a.partitions, a.index, a.nprobe, r.store
     );
     println!("machine: {}", r.machine);
     println!("| phase | metric | value |");
     println!("|---|---|---|");
-    let rows: Vec<(&str, String, String)> = vec![
+    for (phase, m, v) in build_rows(r).into_iter().chain(query_rows(a, r)) {
+        println!("| {phase} | {m} | {v} |");
+    }
+}
+
+/// One table row: phase, what is measured, the value as printed.
+type Row = (&'static str, String, String);
+
+/// The rows of the phases that build the index: ingest, compaction, indexing.
+fn build_rows(r: &SuiteResults) -> Vec<Row> {
+    let (ingest, compact_s) = (&r.ingest, r.compact_seconds);
+    vec![
         (
             "ingest",
             "records/s".into(),
@@ -211,6 +239,13 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
                 format!("{:.2} / {:.0} / {}", i.seconds, i.records_per_s, i.shards)
             }),
         ),
+    ]
+}
+
+/// The rows of the query phases: warm, warm filtered and cold.
+fn query_rows(a: &BenchArgs, r: &SuiteResults) -> Vec<Row> {
+    let (warm, cold, qps_n) = (&r.warm, &r.cold, r.warm_qps_concurrent);
+    vec![
         (
             "warm",
             "codes estimated / vectors compared per query".into(),
@@ -270,9 +305,5 @@ pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "recall@10".into(),
             format!("{:.4}", cold.recall_at_10),
         ),
-    ];
-    for (phase, m, v) in rows {
-        println!("| {phase} | {m} | {v} |");
-    }
-    Ok(())
+    ]
 }

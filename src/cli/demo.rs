@@ -83,8 +83,18 @@ pub(super) async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
         records.len(),
         queries.len()
     );
+    let db = open(&bucket, a.partitions).await?;
+    ingest(&db, &records, a.partitions).await?;
+    let example_id = search_examples(&db, &records, &queries).await?;
+    measure(&db, &records, &queries).await?;
+    db.close().await?;
+    print_next_steps(&bucket, &queries, &example_id)
+}
+
+/// Opens (or creates) the demo index with the demo data's settings.
+async fn open(bucket: &str, partitions: u32) -> Result<Db> {
     let settings = RequestedSettings {
-        partition_count: Some(a.partitions),
+        partition_count: Some(partitions),
         dimensions: Some(DIMS as u32),
         distance_metric: Some(Metric::Cosine),
         embedding_model: Some("all-MiniLM-L6-v2".into()),
@@ -99,14 +109,16 @@ pub(super) async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
         },
         ..Default::default()
     };
-    let db = Db::open(&bucket, opts).await.with_context(|| {
+    Db::open(bucket, opts).await.with_context(|| {
         format!("cannot use {bucket} for the demo (pass --bucket to pick another place)")
-    })?;
+    })
+}
 
-    // 1. Ingest.
+/// Step 1: writes every record and reports the PUTs it took.
+async fn ingest(db: &Db, records: &[Record], partitions: u32) -> Result<()> {
     let t = Instant::now();
     let before = db.store_counts();
-    let mut flushed = db.add(&records).await?;
+    let mut flushed = db.add(records).await?;
     flushed += db.flush().await?;
     let reqs = db.store_counts().since(&before);
     println!(
@@ -114,12 +126,16 @@ pub(super) async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
         flushed.records,
         db.describe(),
         t.elapsed().as_secs_f64() * 1e3,
-        a.partitions,
+        partitions,
         flushed.segments,
         reqs.put.saturating_sub(flushed.segments as u64)
     );
+    Ok(())
+}
 
-    // 2. Search.
+/// Step 2: a few searches with their hits, one of them filtered; returns
+/// an id worth looking up (the filtered search's best hit).
+async fn search_examples(db: &Db, records: &[Record], queries: &[Query]) -> Result<String> {
     let t = Instant::now();
     db.warm().await?;
     println!(
@@ -157,14 +173,16 @@ pub(super) async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
     );
     print_hits(&resp.results);
     println!();
-    let example_id = resp
+    Ok(resp
         .results
         .first()
-        .map_or_else(|| records[0].id.clone(), |h| h.id.clone());
+        .map_or_else(|| records[0].id.clone(), |h| h.id.clone()))
+}
 
-    // 3. Recall and latency over every demo query.
+/// Step 3: recall against exact brute force and latency over every demo query.
+async fn measure(db: &Db, records: &[Record], queries: &[Query]) -> Result<()> {
     let (mut recall, mut lat) = (0.0, Vec::new());
-    for q in &queries {
+    for q in queries {
         let req = SearchRequest {
             consistency: Consistency::Bounded,
             ..SearchRequest::new(q.vector.clone(), 10)
@@ -173,7 +191,7 @@ pub(super) async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
         let resp = db.search(&req).await?;
         lat.push(t.elapsed().as_secs_f64() * 1e3);
         let got: Vec<String> = resp.results.into_iter().map(|h| h.id).collect();
-        let truth = exact_top_k(&records, &q.vector, 10, Metric::Cosine);
+        let truth = exact_top_k(records, &q.vector, 10, Metric::Cosine);
         recall += got.iter().filter(|id| truth.contains(id)).count() as f64 / 10.0;
     }
     lat.sort_by(f64::total_cmp);
@@ -184,9 +202,11 @@ pub(super) async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
         percentile(&lat, 50.0),
         lat.last().copied().unwrap_or(0.0)
     );
-    db.close().await?;
+    Ok(())
+}
 
-    // 4. What next.
+/// Step 4: writes the queries to a file and prints commands to try on the index.
+fn print_next_steps(bucket: &str, queries: &[Query], example_id: &str) -> Result<()> {
     let qfile = std::env::temp_dir().join("shoal-demo-queries.jsonl");
     let lines: Vec<String> = queries
         .iter()
@@ -196,7 +216,7 @@ pub(super) async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
     let b = if bucket == DEMO_BUCKET {
         "./shoal-demo".to_string()
     } else {
-        bucket.clone()
+        bucket.to_string()
     };
     println!("try next:");
     println!("  shoal --bucket {b} status");

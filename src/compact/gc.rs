@@ -34,7 +34,7 @@
 //! reports it in [`GcReport::missing_manifests`].
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -117,6 +117,34 @@ pub async fn gc(
     clock: &DynClock,
     opts: &GcOptions,
 ) -> Result<GcReport, CoordError> {
+    let grace = checked_grace(settings, opts)?;
+    let now = gc_now(store, clock, opts).await?;
+    let age = Age { now, grace };
+    let mut needed = Needed::default();
+    // Manifests first, then the listing: anything committed after we read
+    // a manifest is young, and the grace protects it.
+    read_partition_manifests(store, settings, &age, &mut needed).await?;
+    // The index manifest after the partitions: a shard it commits later is
+    // young (the indexer commits within the age bound).
+    read_index_manifest_keys(store, settings, &age, &mut needed).await?;
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        grace_seconds: grace.as_secs(),
+        ..Default::default()
+    };
+    let stranded = sweep(store, settings, &needed, &age, &mut report).await?;
+    if !opts.dry_run {
+        delete_and_trim(store, settings, &needed, &report.deleted).await?;
+    }
+    report.stale_instances = stale_instances(store, settings, now, opts.dry_run).await?;
+    report_missing_manifests(&mut report, settings, &needed.untouchable, &stranded);
+    report.deleted.sort();
+    Ok(report)
+}
+
+/// The grace period to use: the asked-for one, refused when unsafe and not
+/// explicitly allowed.
+fn checked_grace(settings: &Settings, opts: &GcOptions) -> Result<Duration, CoordError> {
     let grace = opts.grace.unwrap_or_else(|| settings.gc_grace());
     let safe = settings.gc_grace().max(MIN_SAFE_GRACE);
     if grace < safe && !opts.allow_unsafe_grace && !opts.dry_run {
@@ -131,72 +159,125 @@ pub async fn gc(
             ),
         });
     }
-    let grace = if crate::mutation::active(crate::mutation::Mutation::GcIgnoresGrace) {
-        Duration::ZERO
-    } else {
-        grace
-    };
+    if crate::mutation::active(crate::mutation::Mutation::GcIgnoresGrace) {
+        return Ok(Duration::ZERO);
+    }
+    Ok(grace)
+}
+
+/// GC's "now": the clock's, moved back by the host's lead over the store.
+async fn gc_now(
+    store: &dyn ObjectStore,
+    clock: &DynClock,
+    opts: &GcOptions,
+) -> Result<SystemTime, CoordError> {
     let now = clock.now();
-    let now = if opts.dry_run || !clock.is_host_clock() {
+    Ok(if opts.dry_run || !clock.is_host_clock() {
         now // a dry run deletes nothing, so it writes nothing either
     } else {
         now - host_clock_lead(store, now).await?
-    };
-    let old_enough = |t: Option<std::time::SystemTime>| {
-        t.and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age > grace)
-    };
-    let mut keep: HashSet<String> = HashSet::new();
-    let mut expired: HashMap<u32, Vec<String>> = HashMap::new();
-    let mut untouchable: HashSet<u32> = HashSet::new();
-    // Manifests first, then the listing: anything committed after we read
-    // a manifest is young, and the grace protects it.
+    })
+}
+
+/// Judges whether an object (or a retirement) is past the grace period.
+struct Age {
+    now: SystemTime,
+    grace: Duration,
+}
+
+impl Age {
+    /// True when `t` is known and older than the grace.
+    fn old_enough(&self, t: Option<SystemTime>) -> bool {
+        t.and_then(|t| self.now.duration_since(t).ok())
+            .is_some_and(|age| age > self.grace)
+    }
+}
+
+/// What the manifests say about the objects GC will list.
+#[derive(Default)]
+struct Needed {
+    /// Referenced, or retired too recently to go.
+    keep: HashSet<String>,
+    /// Per partition, retired keys past the grace (their entries are trimmed).
+    expired: HashMap<u32, Vec<String>>,
+    /// Retired index keys past the grace (their entries are trimmed).
+    index_expired: Vec<String>,
+    /// Partitions whose manifest is missing: nothing under them is deleted.
+    untouchable: HashSet<u32>,
+    /// Whether an index manifest exists (without one, `index/` is not listed).
+    has_index: bool,
+}
+
+/// Reads every partition manifest into `needed`: kept, expired and untouchable keys.
+async fn read_partition_manifests(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    age: &Age,
+    needed: &mut Needed,
+) -> Result<(), CoordError> {
     for p in 0..settings.partition_count {
-        keep.insert(manifest_key(p));
+        needed.keep.insert(manifest_key(p));
         let Some((m, _)) = read_manifest(store, p).await? else {
-            untouchable.insert(p);
+            needed.untouchable.insert(p);
             continue;
         };
-        keep.extend(m.segments.iter().map(|s| s.key.clone()));
+        needed.keep.extend(m.segments.iter().map(|s| s.key.clone()));
         for r in &m.retired {
-            if old_enough(parse_time(&r.retired_at)) {
-                expired.entry(p).or_default().push(r.key.clone());
+            if age.old_enough(parse_time(&r.retired_at)) {
+                needed.expired.entry(p).or_default().push(r.key.clone());
             } else {
-                keep.insert(r.key.clone());
+                needed.keep.insert(r.key.clone());
             }
         }
     }
-    // The index manifest after the partitions: a shard it commits later is
-    // young (the indexer commits within the age bound).
-    let index = read_index_manifest(store, settings.partition_count).await?;
-    let mut index_expired: Vec<String> = Vec::new();
-    if let Some((m, _)) = &index {
-        keep.insert(INDEX_MANIFEST_KEY.to_string());
-        for s in &m.shards {
-            keep.insert(s.key.clone());
-            keep.extend(s.deletions.iter().cloned());
-        }
-        for r in &m.retired {
-            if old_enough(parse_time(&r.retired_at)) {
-                index_expired.push(r.key.clone());
-            } else {
-                keep.insert(r.key.clone());
-            }
+    Ok(())
+}
+
+/// Reads the index manifest into `needed`: its shards and deletion vectors
+/// are kept, its retired keys kept or expired by age.
+async fn read_index_manifest_keys(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    age: &Age,
+    needed: &mut Needed,
+) -> Result<(), CoordError> {
+    let Some((m, _)) = read_index_manifest(store, settings.partition_count).await? else {
+        return Ok(());
+    };
+    needed.has_index = true;
+    needed.keep.insert(INDEX_MANIFEST_KEY.to_string());
+    for s in &m.shards {
+        needed.keep.insert(s.key.clone());
+        needed.keep.extend(s.deletions.iter().cloned());
+    }
+    for r in &m.retired {
+        if age.old_enough(parse_time(&r.retired_at)) {
+            needed.index_expired.push(r.key.clone());
+        } else {
+            needed.keep.insert(r.key.clone());
         }
     }
-    let expired_keys: HashSet<&String> = expired
+    Ok(())
+}
+
+/// Lists the bucket and sorts each object into deleted or kept young in
+/// `report`; returns the untouchable partitions that hold objects.
+async fn sweep(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    needed: &Needed,
+    age: &Age,
+    report: &mut GcReport,
+) -> Result<HashSet<u32>, CoordError> {
+    let expired_keys: HashSet<&String> = needed
+        .expired
         .values()
         .flatten()
-        .chain(index_expired.iter())
+        .chain(needed.index_expired.iter())
         .collect();
-    let mut report = GcReport {
-        dry_run: opts.dry_run,
-        grace_seconds: grace.as_secs(),
-        ..Default::default()
-    };
     let mut stranded: HashSet<u32> = HashSet::new();
     let mut listed = store.list(VECTORS_PREFIX).await?;
-    if index.is_some() {
+    if needed.has_index {
         listed.extend(store.list(INDEX_PREFIX).await?);
     } else if settings.partitions_initialized {
         report
@@ -204,34 +285,53 @@ pub async fn gc(
             .push(INDEX_MANIFEST_KEY.to_string());
     }
     for obj in listed {
-        if keep.contains(&obj.key) {
+        if needed.keep.contains(&obj.key) {
             continue;
         }
-        if let Some(p) = partition_of_key(&obj.key).filter(|p| untouchable.contains(p)) {
+        if let Some(p) = partition_of_key(&obj.key).filter(|p| needed.untouchable.contains(p)) {
             stranded.insert(p);
             continue;
         }
-        if expired_keys.contains(&obj.key) || old_enough(obj.last_modified) {
+        if expired_keys.contains(&obj.key) || age.old_enough(obj.last_modified) {
             report.deleted.push(obj.key);
         } else {
             report.kept_young += 1;
         }
     }
-    if !opts.dry_run {
-        for key in &report.deleted {
-            store.delete(key).await?;
-        }
-        for (p, keys) in &expired {
-            let gone: HashSet<&String> = keys.iter().collect();
-            trim_retired(store, *p, &gone, Backoff::default()).await?;
-        }
-        if !index_expired.is_empty() {
-            let gone: HashSet<&String> = index_expired.iter().collect();
-            trim_index_retired(store, settings.partition_count, &gone, Backoff::default()).await?;
-        }
+    Ok(stranded)
+}
+
+/// Deletes the chosen objects, then drops the expired entries from the
+/// partition manifests' and the index manifest's `retired` lists.
+async fn delete_and_trim(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    needed: &Needed,
+    deleted: &[String],
+) -> Result<(), CoordError> {
+    for key in deleted {
+        store.delete(key).await?;
     }
+    for (p, keys) in &needed.expired {
+        let gone: HashSet<&String> = keys.iter().collect();
+        trim_retired(store, *p, &gone, Backoff::default()).await?;
+    }
+    if !needed.index_expired.is_empty() {
+        let gone: HashSet<&String> = needed.index_expired.iter().collect();
+        trim_index_retired(store, settings.partition_count, &gone, Backoff::default()).await?;
+    }
+    Ok(())
+}
+
+/// The instances whose heartbeat timed out: removed, or on a dry run only listed.
+async fn stale_instances(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    now: SystemTime,
+    dry_run: bool,
+) -> Result<Vec<String>, CoordError> {
     let timeout = Duration::from_secs(settings.instance_timeout_seconds);
-    report.stale_instances = if opts.dry_run {
+    Ok(if dry_run {
         instance::list_records(store)
             .await?
             .into_iter()
@@ -240,10 +340,21 @@ pub async fn gc(
             .collect()
     } else {
         instance::remove_stale(store, now, timeout, "").await?
-    };
+    })
+}
+
+/// Adds the missing partition manifests that matter (all once the index is
+/// initialized, else those with stranded objects) to `report`, and logs each.
+fn report_missing_manifests(
+    report: &mut GcReport,
+    settings: &Settings,
+    untouchable: &HashSet<u32>,
+    stranded: &HashSet<u32>,
+) {
     report.missing_manifests.extend(
         untouchable
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|p| settings.partitions_initialized || stranded.contains(p))
             .map(manifest_key),
     );
@@ -254,6 +365,4 @@ pub async fn gc(
             "partition manifest is missing: gc left its partition alone; run `shoal repair`"
         );
     }
-    report.deleted.sort();
-    Ok(report)
 }

@@ -279,28 +279,13 @@ pub async fn compact_partition(
 ) -> Result<Outcome, CompactError> {
     let started = Instant::now();
     let ix = settings.index();
-    let (manifest, _) = load_manifest(store, partition, settings.partitions_initialized).await?;
-    if !opts.force && !policy_wants(&manifest, &ix) {
+    let Some(inputs) = compaction_inputs(store, settings, partition, &ix, opts).await? else {
         return Ok(Outcome::NotNeeded);
-    }
-    let inputs = select_prefix(&manifest, opts.upto_seq);
-    if inputs.is_empty() {
-        return Ok(Outcome::NotNeeded);
-    }
-    // Segments the index covers are the indexer's to retire, not ours to
-    // merge into the tail.
-    let watermark = match read_index_manifest(store, settings.partition_count).await? {
-        Some((m, _)) => m.watermark(partition),
-        None => 0,
     };
-    if inputs[0].seq <= watermark {
-        return Ok(Outcome::NotNeeded);
-    }
     let shape = Shape {
         dimensions: settings.dimensions as usize,
         metric: settings.metric(),
     };
-    let (dims, metric) = (shape.dimensions, shape.metric);
     let mut segments = Vec::with_capacity(inputs.len());
     for e in &inputs {
         segments.push(Arc::new(segment::load(store, &e.key, shape).await?));
@@ -315,51 +300,17 @@ pub async fn compact_partition(
     let now = clock.now();
     let header = SegmentHeader {
         format_version: FORMAT_VERSION,
-        dimensions: dims as u32,
-        metric,
+        dimensions: shape.dimensions as u32,
+        metric: shape.metric,
         record_count: 0,
         created_at_ms: unix_millis(now),
         writer_id: writer_id.to_string(),
         has_index: false,
     };
-    // Index builds are CPU-bound: keep them off the async runtime.
-    let (outputs, index_seconds) = crate::cpu::run({
-        let ix = ix.clone();
-        move || {
-            let mut secs = 0.0;
-            let mut outs = build_outputs(live, dims, metric, &ix, &header, &mut secs);
-            if !tombstones.is_empty() {
-                let h = SegmentHeader {
-                    record_count: tombstones.len() as u64,
-                    ..header
-                };
-                outs.push(Output {
-                    records: tombstones.len() as u64,
-                    tombstones: tombstones.len() as u64,
-                    bytes: encode_segment(&h, &tombstones, None),
-                    indexed: false,
-                });
-            }
-            (outs, secs)
-        }
-    })
-    .await;
-    let mut entries = Vec::with_capacity(outputs.len());
-    let mut bytes_out = 0;
+    let (outputs, index_seconds) = encode_outputs(live, tombstones, &ix, header).await;
     // The outputs obey the commit age bound from their first PUT on.
     let written_at = clock.now();
-    for out in outputs {
-        let key = new_segment_key(partition, now, SegmentOrigin::Compaction);
-        let stats = SegmentStats {
-            records: out.records,
-            tombstones: out.tombstones,
-            bytes: out.bytes.len() as u64,
-            indexed: out.indexed,
-        };
-        bytes_out += stats.bytes;
-        put_new_object(store, &key, out.bytes, Backoff::default()).await?;
-        entries.push(SegmentEntry::new(key, stats, format_time(now), writer_id));
-    }
+    let (entries, bytes_out) = write_outputs(store, partition, outputs, now, writer_id).await?;
     let retired_at = format_time(clock.now());
     let rules = CommitRules::new(settings, written_at, clock.as_ref(), Backoff::default());
     let replaced = replace_prefix(store, partition, &inputs, &entries, &retired_at, rules).await?;
@@ -386,6 +337,95 @@ pub async fn compact_partition(
     };
     tracing::info!(?report, "compacted");
     Ok(Outcome::Compacted(report))
+}
+
+/// The prefix of the partition's segments to compact, or `None` when there
+/// is nothing to do (policy, an empty prefix, or a prefix the index covers).
+async fn compaction_inputs(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    partition: u32,
+    ix: &IndexSettings,
+    opts: &CompactOptions,
+) -> Result<Option<Vec<SegmentEntry>>, CompactError> {
+    let (manifest, _) = load_manifest(store, partition, settings.partitions_initialized).await?;
+    if !opts.force && !policy_wants(&manifest, ix) {
+        return Ok(None);
+    }
+    let inputs = select_prefix(&manifest, opts.upto_seq);
+    if inputs.is_empty() {
+        return Ok(None);
+    }
+    // Segments the index covers are the indexer's to retire, not ours to
+    // merge into the tail.
+    let watermark = match read_index_manifest(store, settings.partition_count).await? {
+        Some((m, _)) => m.watermark(partition),
+        None => 0,
+    };
+    if inputs[0].seq <= watermark {
+        return Ok(None);
+    }
+    Ok(Some(inputs))
+}
+
+/// Encodes the live records (indexed where large enough) and the
+/// tombstones (in a segment of their own) off the async runtime; returns
+/// the outputs and the seconds spent building indexes.
+async fn encode_outputs(
+    live: Vec<Prepared>,
+    tombstones: Vec<Prepared>,
+    ix: &IndexSettings,
+    header: SegmentHeader,
+) -> (Vec<Output>, f64) {
+    let (dims, metric) = (header.dimensions as usize, header.metric);
+    // Index builds are CPU-bound: keep them off the async runtime.
+    crate::cpu::run({
+        let ix = ix.clone();
+        move || {
+            let mut secs = 0.0;
+            let mut outs = build_outputs(live, dims, metric, &ix, &header, &mut secs);
+            if !tombstones.is_empty() {
+                let h = SegmentHeader {
+                    record_count: tombstones.len() as u64,
+                    ..header
+                };
+                outs.push(Output {
+                    records: tombstones.len() as u64,
+                    tombstones: tombstones.len() as u64,
+                    bytes: encode_segment(&h, &tombstones, None),
+                    indexed: false,
+                });
+            }
+            (outs, secs)
+        }
+    })
+    .await
+}
+
+/// PUTs the outputs create-only under fresh keys; returns their manifest
+/// entries and their total bytes.
+async fn write_outputs(
+    store: &dyn ObjectStore,
+    partition: u32,
+    outputs: Vec<Output>,
+    now: std::time::SystemTime,
+    writer_id: &str,
+) -> Result<(Vec<SegmentEntry>, u64), CompactError> {
+    let mut entries = Vec::with_capacity(outputs.len());
+    let mut bytes_out = 0;
+    for out in outputs {
+        let key = new_segment_key(partition, now, SegmentOrigin::Compaction);
+        let stats = SegmentStats {
+            records: out.records,
+            tombstones: out.tombstones,
+            bytes: out.bytes.len() as u64,
+            indexed: out.indexed,
+        };
+        bytes_out += stats.bytes;
+        put_new_object(store, &key, out.bytes, Backoff::default()).await?;
+        entries.push(SegmentEntry::new(key, stats, format_time(now), writer_id));
+    }
+    Ok((entries, bytes_out))
 }
 
 /// Compacts every partition (bounded concurrency), forced or by policy.

@@ -91,6 +91,52 @@ pub async fn repair(
     partition: u32,
     opts: RepairOptions,
 ) -> Result<RepairReport, CompactError> {
+    let key = check_repairable(store, settings, partition).await?;
+    let shape = Shape {
+        dimensions: settings.dimensions as usize,
+        metric: settings.metric(),
+    };
+    let mut report = RepairReport {
+        partition,
+        manifest: key.clone(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let dir = format!("{}/", partition_dir(partition));
+    let segments = load_segments(store, partition, &dir, shape, &mut report).await?;
+    let window = settings.commit_age_bound() + CLOCK_SKEW;
+    report.uncertain = uncertain_orders(&segments, window);
+    // Seqs start above the index watermark: whatever was indexed from this
+    // partition is in the shards, and every segment found becomes tail,
+    // newer than the shards (a seq at or below W[p] would be ignored by
+    // readers, and so would the next commits).
+    let watermark = match read_index_manifest(store, settings.partition_count).await? {
+        Some((m, _)) => m.watermark(partition),
+        None => 0,
+    };
+    let manifest = rebuilt_manifest(partition, watermark, &segments);
+    report.segments = manifest.segments.clone();
+    report.refused = refusal(&report, opts, watermark, !segments.is_empty(), &dir);
+    if report.refused.is_none() && !opts.dry_run {
+        restore(store, &manifest).await?;
+        report.written = true;
+        tracing::warn!(
+            manifest = %key,
+            segments = manifest.segments.len(),
+            guessed = report.uncertain.len(),
+            "rebuilt a lost partition manifest"
+        );
+    }
+    Ok(report)
+}
+
+/// Refuses a partition outside the index or one whose manifest exists;
+/// returns the manifest's key.
+async fn check_repairable(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    partition: u32,
+) -> Result<String, CompactError> {
     if partition >= settings.partition_count {
         return Err(CoordError::InvalidSetting {
             setting: "partition",
@@ -110,19 +156,20 @@ pub async fn repair(
         ))
         .into());
     }
-    let shape = Shape {
-        dimensions: settings.dimensions as usize,
-        metric: settings.metric(),
-    };
-    let mut report = RepairReport {
-        partition,
-        manifest: key.clone(),
-        dry_run: opts.dry_run,
-        ..Default::default()
-    };
+    Ok(key)
+}
+
+/// Every readable segment under the partition's directory `dir`, in
+/// creation order; what cannot be read goes to `report.unreadable`.
+async fn load_segments(
+    store: &dyn ObjectStore,
+    partition: u32,
+    dir: &str,
+    shape: Shape,
+    report: &mut RepairReport,
+) -> Result<Vec<(String, Segment)>, CompactError> {
     let mut segments = Vec::new();
-    let dir = format!("{}/", partition_dir(partition));
-    for obj in store.list(&dir).await? {
+    for obj in store.list(dir).await? {
         if partition_of_key(&obj.key) != Some(partition) || !obj.key.ends_with(".seg") {
             report.unreadable.push((obj.key, "not a segment".into()));
             continue;
@@ -136,20 +183,16 @@ pub async fn repair(
     segments.sort_by(|(ka, a), (kb, b)| {
         (a.header().created_at_ms, ka).cmp(&(b.header().created_at_ms, kb))
     });
-    let window = settings.commit_age_bound() + CLOCK_SKEW;
-    report.uncertain = uncertain_orders(&segments, window);
-    // Seqs start above the index watermark: whatever was indexed from this
-    // partition is in the shards, and every segment found becomes tail,
-    // newer than the shards (a seq at or below W[p] would be ignored by
-    // readers, and so would the next commits).
-    let watermark = match read_index_manifest(store, settings.partition_count).await? {
-        Some((m, _)) => m.watermark(partition),
-        None => 0,
-    };
+    Ok(segments)
+}
+
+/// The manifest listing `segments` in order, with seqs from just above the
+/// index watermark.
+fn rebuilt_manifest(partition: u32, watermark: u64, segments: &[(String, Segment)]) -> Manifest {
     let mut manifest = Manifest::empty(partition);
     manifest.next_seq = watermark + 1;
     manifest.indexed_through = watermark;
-    for (key, seg) in &segments {
+    for (key, seg) in segments {
         let h = seg.header();
         let stats = SegmentStats {
             records: seg.len() as u64,
@@ -163,15 +206,25 @@ pub async fn repair(
         manifest.next_seq += 1;
         manifest.segments.push(entry);
     }
-    report.segments = manifest.segments.clone();
-    report.refused = if !opts.force && !report.uncertain.is_empty() {
+    manifest
+}
+
+/// Why the rebuilt manifest must not be written without `force`, if it must not.
+fn refusal(
+    report: &RepairReport,
+    opts: RepairOptions,
+    watermark: u64,
+    found_segments: bool,
+    dir: &str,
+) -> Option<String> {
+    if !opts.force && !report.uncertain.is_empty() {
         Some(format!(
             "the commit order of {} pair(s) of segments is not certain (listed); nothing was \
              written. Remove the segments that must not come back, or pass --force to accept \
              the creation order shown",
             report.uncertain.len()
         ))
-    } else if !opts.force && watermark > 0 && !segments.is_empty() {
+    } else if !opts.force && watermark > 0 && found_segments {
         Some(format!(
             "the index shards cover this partition through seq {watermark}, and the segments \
              found may include ones the indexer already retired (and older versions a \
@@ -187,18 +240,7 @@ pub async fn repair(
         ))
     } else {
         None
-    };
-    if report.refused.is_none() && !opts.dry_run {
-        restore(store, &manifest).await?;
-        report.written = true;
-        tracing::warn!(
-            manifest = %key,
-            segments = manifest.segments.len(),
-            guessed = report.uncertain.len(),
-            "rebuilt a lost partition manifest"
-        );
     }
-    Ok(report)
 }
 
 fn is_compaction_output(key: &str) -> bool {

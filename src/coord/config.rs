@@ -528,6 +528,38 @@ pub async fn set_settings(
     if changes.is_empty() {
         return bad("no settings to change".into());
     }
+    let (layout, other) = split_changes(changes)?;
+    let has_layout = layout.dimensions.is_some()
+        || layout.partition_count.is_some()
+        || layout.distance_metric.is_some();
+    // Check every other change against the stored config before writing
+    // anything, layout changes included.
+    let apply = |config: &mut Config| apply_changes(config, &other);
+    let Some((mut probe, _)) = read_config(store).await? else {
+        return bad(format!(
+            "cannot change settings: {CONFIG_KEY} does not exist"
+        ));
+    };
+    apply(&mut probe)?;
+    if has_layout {
+        change_settings(store, clock, &layout).await?;
+    }
+    if other.is_empty() {
+        return read_config(store)
+            .await?
+            .map(|(c, _)| c)
+            .ok_or_else(|| CoordError::MissingSetting(format!("{CONFIG_KEY} vanished")));
+    }
+    update_config(store, clock, apply).await
+}
+
+/// Sorts the changes into layout settings (typed, for [`change_settings`])
+/// and all others (JSON paths); refuses fixed settings and ill-typed layout
+/// values.
+fn split_changes(
+    changes: &[(String, Value)],
+) -> Result<(RequestedSettings, Vec<(String, Value)>), CoordError> {
+    let bad = |m: String| Err(CoordError::BadChange(m));
     let mut layout = RequestedSettings::default();
     let mut other = Vec::new();
     for (key, value) in changes {
@@ -559,67 +591,57 @@ pub async fn set_settings(
             _ => other.push((key.clone(), value.clone())),
         }
     }
-    let has_layout = layout.dimensions.is_some()
-        || layout.partition_count.is_some()
-        || layout.distance_metric.is_some();
-    // Check every other change against the stored config before writing
-    // anything, layout changes included.
-    let apply = |config: &mut Config| -> Result<(), CoordError> {
-        let mut v = serde_json::to_value(&config.settings).expect("serializable");
-        let obj = v.as_object_mut().expect("settings are an object");
-        for (key, value) in &other {
-            let unknown = |keys: Vec<&String>| {
-                CoordError::BadChange(format!("unknown setting {key}; settings here: {keys:?}"))
-            };
-            match key.split_once('.') {
-                None => {
-                    // Optional settings absent from the stored config
-                    // (their defaults are in force) may be set too.
-                    if !obj.contains_key(key) && key != "domainRules" {
-                        return Err(unknown(obj.keys().collect()));
-                    }
-                    obj.insert(key.clone(), value.clone());
-                }
-                Some((head, tail)) => {
-                    if head == "index" && !obj.contains_key("index") {
-                        let defaults = serde_json::to_value(IndexSettings::default());
-                        obj.insert("index".into(), defaults.expect("serializable"));
-                    }
-                    let keys: Vec<String> = obj.keys().cloned().collect();
-                    let Some(inner) = obj.get_mut(head).and_then(Value::as_object_mut) else {
-                        return Err(unknown(keys.iter().collect()));
-                    };
-                    if tail.contains('.') || !inner.contains_key(tail) {
-                        return Err(unknown(inner.keys().collect()));
-                    }
-                    inner.insert(tail.to_string(), value.clone());
-                }
+    Ok((layout, other))
+}
+
+/// Applies the non-layout changes to `config`'s settings and validates the
+/// result.
+fn apply_changes(config: &mut Config, changes: &[(String, Value)]) -> Result<(), CoordError> {
+    let mut v = serde_json::to_value(&config.settings).expect("serializable");
+    let obj = v.as_object_mut().expect("settings are an object");
+    for (key, value) in changes {
+        set_path(obj, key, value)?;
+    }
+    config.settings = serde_json::from_value(v)
+        .map_err(|e| CoordError::BadChange(format!("cannot apply {changes:?}: {e}")))?;
+    config.settings.validate()?;
+    if let Some(ix) = &config.settings.index {
+        ix.validate()?;
+    }
+    Ok(())
+}
+
+/// Sets one setting, named by its JSON path (`name` or `group.name`), in
+/// the settings object; refuses a path the settings do not have.
+fn set_path(obj: &mut Map<String, Value>, key: &str, value: &Value) -> Result<(), CoordError> {
+    let unknown = |keys: Vec<&String>| {
+        CoordError::BadChange(format!("unknown setting {key}; settings here: {keys:?}"))
+    };
+    match key.split_once('.') {
+        None => {
+            // Optional settings absent from the stored config
+            // (their defaults are in force) may be set too.
+            if !obj.contains_key(key) && key != "domainRules" {
+                return Err(unknown(obj.keys().collect()));
             }
+            obj.insert(key.to_string(), value.clone());
         }
-        config.settings = serde_json::from_value(v)
-            .map_err(|e| CoordError::BadChange(format!("cannot apply {other:?}: {e}")))?;
-        config.settings.validate()?;
-        if let Some(ix) = &config.settings.index {
-            ix.validate()?;
+        Some((head, tail)) => {
+            if head == "index" && !obj.contains_key("index") {
+                let defaults = serde_json::to_value(IndexSettings::default());
+                obj.insert("index".into(), defaults.expect("serializable"));
+            }
+            let keys: Vec<String> = obj.keys().cloned().collect();
+            let Some(inner) = obj.get_mut(head).and_then(Value::as_object_mut) else {
+                return Err(unknown(keys.iter().collect()));
+            };
+            if tail.contains('.') || !inner.contains_key(tail) {
+                return Err(unknown(inner.keys().collect()));
+            }
+            inner.insert(tail.to_string(), value.clone());
         }
-        Ok(())
-    };
-    let Some((mut probe, _)) = read_config(store).await? else {
-        return bad(format!(
-            "cannot change settings: {CONFIG_KEY} does not exist"
-        ));
-    };
-    apply(&mut probe)?;
-    if has_layout {
-        change_settings(store, clock, &layout).await?;
     }
-    if other.is_empty() {
-        return read_config(store)
-            .await?
-            .map(|(c, _)| c)
-            .ok_or_else(|| CoordError::MissingSetting(format!("{CONFIG_KEY} vanished")));
-    }
-    update_config(store, clock, apply).await
+    Ok(())
 }
 
 #[cfg(test)]
