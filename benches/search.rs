@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg = cfg;
     if a.index != "none" {
         let ix = shoal::coord::config::IndexSettings {
-            kind: a.index.clone(),
+            kind: a.index.parse().expect("--index: ivf, hnsw or none"),
             min_records: a.min_records,
             ef_search: a.ef,
             ef_construction: a.ef.max(40),

@@ -38,7 +38,7 @@
 //! - [`segment`]: the segment format and the range-readable shard format
 //!   ([`segment::shard`]); [`segment::load`], the one way to read a
 //!   segment; [`segment::LiveSet`], the one newest-version-wins rule.
-//! - [`index`]: kernels, top-k, exact scan, the [`index::IndexKind`]
+//! - [`index`]: kernels, top-k, exact scan, the [`index::SegmentAnn`]
 //!   contract the ANN kinds (IVF, HNSW) implement, and the RaBitQ
 //!   quantizer ([`index::rabitq`]).
 //! - [`filter`]: the metadata filter language.

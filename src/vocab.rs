@@ -94,12 +94,59 @@ impl FromStr for Metric {
     }
 }
 
+/// The ANN index kind compacted segments and shards are built with
+/// (`settings.index.kind`), parsed once when the config is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnKind {
+    /// IVF: per-segment lists; shards are range-read with RaBitQ codes.
+    #[default]
+    Ivf,
+    /// HNSW graphs (warm-only deployments); shards are read whole.
+    Hnsw,
+    /// No ANN index: exact scans.
+    None,
+}
+
+impl AnnKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AnnKind::Ivf => "ivf",
+            AnnKind::Hnsw => "hnsw",
+            AnnKind::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for AnnKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AnnKind {
+    type Err = InvalidSetting;
+
+    fn from_str(s: &str) -> Result<Self, InvalidSetting> {
+        match s {
+            "ivf" => Ok(AnnKind::Ivf),
+            "hnsw" => Ok(AnnKind::Hnsw),
+            "none" => Ok(AnnKind::None),
+            other => Err(InvalidSetting {
+                setting: "index.kind",
+                value: format!("{other:?}"),
+                expected: "one of ivf, hnsw, none".into(),
+            }),
+        }
+    }
+}
+
 /// `settings.index`: which ANN index compaction builds, and when.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IndexSettings {
     /// `ivf` (default), `hnsw` or `none`.
-    pub kind: String,
+    pub kind: AnnKind,
     /// Segments with fewer records stay exact-scan.
     pub min_records: u64,
     /// IVF clusters per segment; default √n.
@@ -122,7 +169,7 @@ pub struct IndexSettings {
 impl Default for IndexSettings {
     fn default() -> Self {
         IndexSettings {
-            kind: "ivf".into(),
+            kind: AnnKind::Ivf,
             min_records: 5_000,
             nlist: None,
             nprobe: 8,
@@ -143,13 +190,6 @@ impl IndexSettings {
             value,
             expected: expected.into(),
         };
-        if !["ivf", "hnsw", "none"].contains(&self.kind.as_str()) {
-            return Err(bad(
-                "index.kind",
-                format!("{:?}", self.kind),
-                "one of ivf, hnsw, none",
-            ));
-        }
         if self.nprobe == 0 || self.ef_search == 0 || self.ef_construction == 0 {
             return Err(bad(
                 "index.nprobe/efSearch/efConstruction",

@@ -40,10 +40,10 @@ async fn setup(
 ) -> (Writer, Settings) {
     common::create_index(store.as_ref(), partitions, DIMS as u32, metric).await;
     let clock: DynClock = Arc::new(SystemClock);
-    let kind = kind.to_string();
+    let kind: shoal::vocab::AnnKind = kind.parse().unwrap();
     let cfg = update_config(store.as_ref(), clock.as_ref(), move |c| {
         c.settings.index = Some(IndexSettings {
-            kind: kind.clone(),
+            kind,
             min_records: 500,
             compact_min_segments: 3,
             ef_construction: 40,

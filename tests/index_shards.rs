@@ -525,7 +525,7 @@ async fn hnsw_shards_search_well() {
     let clock: DynClock = Arc::new(SystemClock);
     let s = update_config(store.as_ref(), clock.as_ref(), |c| {
         c.settings.index = Some(IndexSettings {
-            kind: "hnsw".into(),
+            kind: shoal::vocab::AnnKind::Hnsw,
             min_records: 500,
             ef_construction: 40,
             ef_search: 64,

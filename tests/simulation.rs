@@ -113,7 +113,7 @@ async fn setup(seed: u64) -> Sim {
         .unwrap();
     let cfg = update_config(mem.as_ref(), clock.as_ref(), |c| {
         c.settings.index = Some(IndexSettings {
-            kind: "ivf".into(),
+            kind: shoal::vocab::AnnKind::Ivf,
             min_records: 8,
             compact_min_segments: 3,
             ..Default::default()

@@ -150,7 +150,10 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     };
     let created = Db::open_store(store.clone(), opts.clone()).await?;
     let ix = IndexSettings {
-        kind: o.index.clone(),
+        kind: o
+            .index
+            .parse()
+            .map_err(|e| Error::InvalidInput(format!("--index: {e}")))?,
         min_records: o.index_min_records,
         nprobe: o.nprobe as u32,
         ..Default::default()

@@ -520,7 +520,7 @@ fn build_shards(
     ix: &crate::vocab::IndexSettings,
     header: &SegmentHeader,
 ) -> Vec<ShardOut> {
-    if ix.kind != <crate::index::ivf::IvfIndex as crate::index::IndexKind>::NAME {
+    if ix.kind != crate::vocab::AnnKind::Ivf {
         let mut secs = 0.0;
         let outs = build_outputs(rows, shape.dimensions, shape.metric, ix, header, &mut secs);
         return outs

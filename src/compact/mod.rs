@@ -51,7 +51,7 @@ use crate::segment::{
     Shape, FORMAT_VERSION,
 };
 use crate::store::{ObjectStore, StoreError};
-use crate::vocab::{IndexSettings, Metric};
+use crate::vocab::{AnnKind, IndexSettings, Metric};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -143,7 +143,7 @@ pub fn policy_wants(m: &Manifest, ix: &IndexSettings) -> bool {
         .sum();
     segs >= ix.compact_min_segments as usize
         || (records > 0 && tombstones as f64 / records as f64 >= ix.compact_dead_fraction)
-        || (ix.kind != "none" && unindexed >= ix.min_records)
+        || (ix.kind != AnnKind::None && unindexed >= ix.min_records)
 }
 
 /// The segments with seq ≤ `upto` (all when `None`): always a prefix of
@@ -216,7 +216,7 @@ struct Output {
 }
 
 /// Encodes the live records into segments of at most the configured size,
-/// with the configured index (see [`crate::index::IndexKind`]) on those
+/// with the configured index (see [`crate::index::SegmentAnn`]) on those
 /// large enough for one.
 fn build_outputs(
     records: Vec<Prepared>,
@@ -226,8 +226,8 @@ fn build_outputs(
     header: &SegmentHeader,
     index_seconds: &mut f64,
 ) -> Vec<Output> {
-    let cap = match ix.kind.as_str() {
-        "hnsw" => ix.hnsw_max_segment_records.min(ix.max_segment_records),
+    let cap = match ix.kind {
+        AnnKind::Hnsw => ix.hnsw_max_segment_records.min(ix.max_segment_records),
         _ => ix.max_segment_records,
     }
     .max(1) as usize;
@@ -328,7 +328,7 @@ pub async fn compact_partition(
         bytes_in,
         bytes_out,
         index: if entries.iter().any(|e| e.indexed) {
-            ix.kind.clone()
+            ix.kind.to_string()
         } else {
             "none".into()
         },

@@ -17,7 +17,7 @@ use bincode::Options;
 use instant_distance::{Builder, HnswMap, Point, Search};
 use serde::{Deserialize, Serialize};
 
-use super::{distance, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK};
+use super::{distance, Built, Candidate, QueryParams, ScanStats, SegmentAnn, SegmentView, TopK};
 use crate::record::{flat_vectors, Prepared};
 use crate::vocab::{IndexSettings, Metric};
 
@@ -218,8 +218,8 @@ impl HnswIndex {
     }
 }
 
-impl IndexKind for HnswIndex {
-    const NAME: &'static str = "hnsw";
+impl SegmentAnn for HnswIndex {
+    const KIND: crate::vocab::AnnKind = crate::vocab::AnnKind::Hnsw;
 
     /// Builds the graph; records keep their order (one group).
     fn build(records: Vec<Prepared>, dims: usize, metric: Metric, ix: &IndexSettings) -> Built {

@@ -17,7 +17,7 @@ use rand::seq::index::sample;
 use rand::SeedableRng;
 use rayon::prelude::*;
 
-use super::{distance, Built, Candidate, IndexKind, QueryParams, ScanStats, SegmentView, TopK};
+use super::{distance, Built, Candidate, QueryParams, ScanStats, SegmentAnn, SegmentView, TopK};
 use crate::record::{flat_vectors, Prepared};
 use crate::vocab::{IndexSettings, Metric};
 
@@ -140,8 +140,8 @@ impl IvfIndex {
     }
 }
 
-impl IndexKind for IvfIndex {
-    const NAME: &'static str = "ivf";
+impl SegmentAnn for IvfIndex {
+    const KIND: crate::vocab::AnnKind = crate::vocab::AnnKind::Ivf;
 
     /// Trains the centroids and groups the records by cluster: the
     /// segment stores one group of sections per cluster, so a cluster's

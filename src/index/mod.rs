@@ -1,6 +1,6 @@
 //! Search kernels and indexes, all without I/O: distance kernels, the
 //! top-k collector, exact scan, the per-segment ANN kinds behind the
-//! [`IndexKind`] contract ([`ivf`], [`hnsw`]; a compacted segment or a
+//! [`SegmentAnn`] contract ([`ivf`], [`hnsw`]; a compacted segment or a
 //! shard in the segment format carries one), the filter policy
 //! ([`route`]), the RaBitQ quantizer ([`rabitq`]) and the shard index of
 //! the read-optimized layer (`shard`: build, and a search that plans,
@@ -24,7 +24,7 @@ pub(crate) mod shard;
 
 use crate::record::Prepared;
 use crate::segment::Segment;
-use crate::vocab::{IndexSettings, Metric};
+use crate::vocab::{AnnKind, IndexSettings, Metric};
 
 /// Inner product.
 #[inline]
@@ -264,9 +264,9 @@ pub struct Built {
 /// One kind of ANN index: build, serialize, load and search in one
 /// contract (compare lance's `subindex.rs`). Adding a kind means one
 /// implementation plus a line in [`build`] and [`AnnIndex::parse`].
-pub trait IndexKind: Sized + Send + Sync {
+pub trait SegmentAnn: Sized + Send + Sync {
     /// The `index.kind` setting that selects it.
-    const NAME: &'static str;
+    const KIND: AnnKind;
     /// Builds an index over `records` and decides their stored order.
     fn build(records: Vec<Prepared>, dims: usize, metric: Metric, ix: &IndexSettings) -> Built;
     /// Parses an index section of a segment of `records` records,
@@ -292,14 +292,14 @@ pub fn build(
     metric: Metric,
     ix: &IndexSettings,
 ) -> Option<Built> {
-    match ix.kind.as_str() {
-        hnsw::HnswIndex::NAME => Some(<hnsw::HnswIndex as IndexKind>::build(
+    match ix.kind {
+        AnnKind::Hnsw => Some(<hnsw::HnswIndex as SegmentAnn>::build(
             records, dims, metric, ix,
         )),
-        ivf::IvfIndex::NAME => Some(<ivf::IvfIndex as IndexKind>::build(
+        AnnKind::Ivf => Some(<ivf::IvfIndex as SegmentAnn>::build(
             records, dims, metric, ix,
         )),
-        _ => None,
+        AnnKind::None => None,
     }
 }
 
@@ -373,19 +373,20 @@ impl AnnIndex {
     pub fn parse(bytes: &[u8], dims: usize, records: usize) -> Result<Self, String> {
         match bytes.get(..4) {
             Some(t) if t == ivf::TAG => {
-                <ivf::IvfIndex as IndexKind>::from_bytes(bytes, dims, records).map(AnnIndex::Ivf)
+                <ivf::IvfIndex as SegmentAnn>::from_bytes(bytes, dims, records).map(AnnIndex::Ivf)
             }
             Some(t) if t == hnsw::TAG => {
-                <hnsw::HnswIndex as IndexKind>::from_bytes(bytes, dims, records).map(AnnIndex::Hnsw)
+                <hnsw::HnswIndex as SegmentAnn>::from_bytes(bytes, dims, records)
+                    .map(AnnIndex::Hnsw)
             }
             _ => Err("unknown index kind".into()),
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> AnnKind {
         match self {
-            AnnIndex::Ivf(_) => ivf::IvfIndex::NAME,
-            AnnIndex::Hnsw(_) => hnsw::HnswIndex::NAME,
+            AnnIndex::Ivf(_) => <ivf::IvfIndex as SegmentAnn>::KIND,
+            AnnIndex::Hnsw(_) => <hnsw::HnswIndex as SegmentAnn>::KIND,
         }
     }
 }
