@@ -103,11 +103,6 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    /// Opens `url` and joins it (see [`Cluster::join`]).
-    pub async fn join_url(url: &str, opts: JoinOptions) -> Result<Cluster, CoordError> {
-        Cluster::join(crate::store::open(url).await?, opts).await
-    }
-
     /// Probes the store, loads or creates the config, detects the role,
     /// registers this instance and starts heartbeating. Nothing is written
     /// when the requested settings are invalid or contradict the bucket.
@@ -229,11 +224,6 @@ impl Cluster {
     /// This instance's record as last written.
     pub async fn record(&self) -> InstanceRecord {
         self.inner.record.lock().await.clone()
-    }
-
-    /// How long an instance stays alive without a heartbeat.
-    pub fn instance_timeout(&self) -> Duration {
-        self.inner.timeout
     }
 
     /// Instances whose last heartbeat is younger than the timeout
