@@ -559,8 +559,8 @@ impl Reader {
     }
 
     /// Drops every cached segment (manifests stay): the next query fetches
-    /// the segments it needs again. For freeing memory, and for tests that
-    /// need a cache miss.
+    /// the segments it needs again. For tests that need a cache miss.
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn evict_cached_segments(&self) {
         self.shared.cache.invalidate_all();
         self.shared.cache.run_pending_tasks().await;

@@ -78,6 +78,7 @@ impl MemoryStore {
     /// Stamps objects' `last_modified` from `time` instead of the system
     /// clock: tests that move a manual clock need the store's times to
     /// move with it, as S3's follow real time.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn with_time(mut self, time: TimeSource) -> Self {
         self.time = Some(time);
         self
