@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::coord::clock::{Clock, SystemClock};
 use crate::coord::instance::InstanceMetrics;
 use crate::coord::{CoordError, Role, Settings};
 use crate::filter::FilterError;
@@ -686,7 +687,7 @@ impl Reader {
             }
         }
         let lag = oldest
-            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .and_then(|t| SystemClock.now().duration_since(t).ok())
             .map_or(0.0, |d| d.as_secs_f64());
         ReaderStats {
             unindexed_segments: lag_segments,
