@@ -28,7 +28,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::coord::clock::{Clock, SystemClock};
 use crate::coord::instance::InstanceMetrics;
 use crate::coord::{CoordError, Role, Settings};
 use crate::filter::FilterError;
@@ -686,6 +685,9 @@ impl Reader {
                 }
             }
         }
+        // The host's wall time, through the clock seam (a reader holds no
+        // clock of its own).
+        use crate::coord::clock::{Clock, SystemClock};
         let lag = oldest
             .and_then(|t| SystemClock.now().duration_since(t).ok())
             .map_or(0.0, |d| d.as_secs_f64());
