@@ -12,11 +12,11 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clap::Parser;
 use shoal::api::Outcome;
-use shoal::coord::clock::ManualClock;
+use shoal::coord::clock::{Clock, ManualClock, SystemClock};
 use shoal::coord::{JoinOptions, Metric, RequestedSettings, Role};
 use shoal::record::Record;
 use shoal::store::memory::MemoryStore;
@@ -40,7 +40,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let store = Arc::new(Counted::new(Arc::new(MemoryStore::unique())));
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let db = Db::open_store(
         store.clone(),
         OpenOptions {

@@ -13,10 +13,10 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clap::Parser;
-use shoal::coord::clock::ManualClock;
+use shoal::coord::clock::{Clock, ManualClock, SystemClock};
 use shoal::coord::{JoinOptions, Metric, RequestedSettings, Role};
 use shoal::record::Record;
 use shoal::store::memory::MemoryStore;
@@ -43,7 +43,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let time = {
         let c = clock.clone();
         Arc::new(move || shoal::coord::clock::Clock::now(c.as_ref()))

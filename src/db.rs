@@ -611,7 +611,9 @@ impl Db {
         Ok(self.inner.cluster.heartbeat_now().await?)
     }
 
-    /// This instance's record as last written (what `status` shows of it).
+    /// This instance's record as last written (what `status` shows of it;
+    /// for tests).
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn instance_record(&self) -> crate::coord::instance::InstanceRecord {
         self.inner.cluster.record().await
     }

@@ -5,14 +5,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use shoal::compact::gc::{gc, GcOptions};
 use shoal::compact::{compact_all, compact_partition, select_prefix, CompactOptions, Outcome};
-use shoal::coord::clock::{DynClock, ManualClock, SystemClock};
+use shoal::coord::clock::{Clock, DynClock, ManualClock, SystemClock};
 use shoal::coord::config::{update_config, IndexSettings};
 use shoal::coord::manifest::read_manifest;
 use shoal::coord::{Metric, Settings};
@@ -323,7 +323,7 @@ async fn gc_keeps_referenced_and_young_deletes_old_orphans_and_expired_retirees(
 ) {
     let (w, s) = setup(&store, 1, "none", Metric::Euclidean).await;
     load(&store, &w, 1_000, 5).await;
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let dyn_clock: DynClock = clock.clone();
     // A reader holding the pre-compaction manifest.
     let old_reader = Reader::new(
@@ -422,7 +422,7 @@ async fn gc_keeps_referenced_and_young_deletes_old_orphans_and_expired_retirees(
 async fn gc_on_a_host_whose_clock_runs_ahead_of_the_store_keeps_young_objects() {
     // The store's clock: an hour behind this host's, moved by hand.
     let store_clock = Arc::new(ManualClock::new(
-        SystemTime::now() - Duration::from_secs(3600),
+        SystemClock.now() - Duration::from_secs(3600),
     ));
     let time = {
         let c = store_clock.clone();
@@ -623,7 +623,7 @@ fn writer_opts(partitions: u32) -> shoal::OpenOptions {
 #[tokio::test]
 async fn a_busy_partition_keeps_a_small_manifest_without_gc() {
     let store = common::memory_store();
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let mut opts = writer_opts(1);
     opts.cluster.clock = clock.clone();
     let db = shoal::Db::open_store(store.clone(), opts).await.unwrap();
@@ -668,7 +668,7 @@ async fn a_busy_partition_keeps_a_small_manifest_without_gc() {
 /// object count and manifest bytes level off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_gc_keeps_storage_flat_under_many_tiny_writes() {
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
     // The store stamps objects with the same clock, as S3 follows real
     // time: GC's grace compares the two.
     let time = {

@@ -5,10 +5,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
-use shoal::coord::clock::{DynClock, ManualClock};
+use shoal::coord::clock::{Clock, DynClock, ManualClock, SystemClock};
 use shoal::coord::config::{change_settings, read_config, update_config};
 use shoal::coord::instance::list_records;
 use shoal::coord::paths::{CONFIG_KEY, INSTANCES_PREFIX};
@@ -53,7 +53,7 @@ fn opts(clock: &Arc<ManualClock>, role: Option<Role>, settings: RequestedSetting
 }
 
 fn manual_clock() -> Arc<ManualClock> {
-    Arc::new(ManualClock::new(SystemTime::now()))
+    Arc::new(ManualClock::new(SystemClock.now()))
 }
 
 async fn instance_keys(store: &Counted) -> Vec<String> {

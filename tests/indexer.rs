@@ -9,10 +9,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use shoal::compact::indexer::{index_round, IndexOptions};
-use shoal::coord::clock::{DynClock, ManualClock, SystemClock};
+use shoal::coord::clock::{Clock, DynClock, ManualClock, SystemClock};
 use shoal::coord::index_manifest::{read_index_manifest, IndexManifest};
 use shoal::coord::manifest::read_manifest;
 use shoal::coord::{Metric, Settings};
@@ -236,7 +236,7 @@ async fn racing_indexers_commit_once(store: Arc<Counted>) {
     model.upsert(&recs);
     let gated = Arc::new(WriteFaults::new(store.clone(), "index/shards/"));
     gated.close_gate();
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let slow = tokio::spawn({
         let (gated, s, clock) = (gated.clone(), s.clone(), clock.clone() as DynClock);
         async move {
@@ -350,7 +350,7 @@ async fn tail_compaction_stays_above_the_watermark_and_keeps_tombstones() {
     })
     .await
     .unwrap();
-    let rules = CommitRules::new(&s, SystemTime::now(), clock.as_ref(), Default::default());
+    let rules = CommitRules::new(&s, SystemClock.now(), clock.as_ref(), Default::default());
     assert!(
         !retire_indexed(store.as_ref(), 0, 2, "2026-01-01T00:00:00Z", rules)
             .await

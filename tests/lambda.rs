@@ -252,6 +252,8 @@ async fn errors_say_whether_a_retry_can_help() {
 /// serves.
 #[tokio::test]
 async fn a_reader_function_before_any_writer_says_what_creates_the_index() {
+    // A fresh store name, unseeded (see `common::s3_store_with_prefix`).
+    #[allow(clippy::disallowed_methods)]
     let url = format!("memory://lambda-fresh-{:016x}", rand::random::<u64>());
     let settings = RequestedSettings {
         dimensions: Some(3),

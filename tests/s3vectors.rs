@@ -9,9 +9,13 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use shoal::api::Role;
 use shoal::coord::catalog::{self, IndexEntry};
+use shoal::coord::clock::{Clock, SystemClock};
 use shoal::s3vectors::{Request, S3VectorsOptions, S3vError, Service};
 use shoal::store::ObjectStore;
 
+/// A fresh store name: it must differ from run to run, so it is not
+/// drawn from the entropy seam (which a simulation may seed).
+#[allow(clippy::disallowed_methods)]
 fn root() -> String {
     format!("memory://s3v-{:016x}", rand::random::<u64>())
 }
@@ -199,7 +203,8 @@ async fn a_stalled_deletion_blocks_the_name_until_it_is_stale_then_is_finished()
                 .get_mut("vb2")
                 .and_then(|b| b.indexes.get_mut("old"))
                 .ok_or("missing")?;
-            let now = std::time::SystemTime::now()
+            let now = SystemClock
+                .now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs_f64();

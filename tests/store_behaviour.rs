@@ -160,6 +160,8 @@ async fn invalid_keys_are_refused_and_write_nothing() {
 
 #[tokio::test]
 async fn prefixes_scope_every_key_memory() {
+    // A fresh store name, unseeded (see `common::s3_store_with_prefix`).
+    #[allow(clippy::disallowed_methods)]
     let name = format!("scope-{:016x}", rand::random::<u64>());
     let a = shoal::store::open(&format!("memory://{name}/a"))
         .await

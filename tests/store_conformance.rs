@@ -52,6 +52,8 @@ suite!(s3_prefixed, async {
 });
 
 suite!(memory_prefixed, async {
+    // A fresh store name, unseeded (see `common::s3_store_with_prefix`).
+    #[allow(clippy::disallowed_methods)]
     let name = format!("prefixed-{:016x}/idx/one", rand::random::<u64>());
     let s = shoal::store::memory::MemoryStore::open(&name).unwrap();
     Some((

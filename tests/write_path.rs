@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use shoal::coord::clock::{DynClock, SystemClock};
+use shoal::coord::clock::{Clock, DynClock, SystemClock};
 use shoal::coord::config::load_or_create;
 use shoal::coord::manifest::read_manifest;
 use shoal::coord::role::RoleEnv;
@@ -518,7 +518,7 @@ async fn a_writer_frozen_past_the_grace_period_loses_nothing(store: Arc<Counted>
     use std::sync::atomic::Ordering::SeqCst;
     let faults = Arc::new(WriteFaults::new(store.clone(), "manifest.json"));
     let settings = common::create_index(store.as_ref(), 1, 2, Metric::Dot).await;
-    let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let w = Writer::new(
         faults.clone(),
         &settings,

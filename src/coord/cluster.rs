@@ -1,6 +1,7 @@
 //! Joining a bucket: [`Cluster::join`] probes the store, loads or creates
 //! the shared config, picks a role, registers this instance and starts its
-//! heartbeat; [`Cluster::leave`] stops the heartbeat and removes the record.
+//! heartbeat; [`Cluster::deregister`] stops the heartbeat and removes the
+//! record.
 //! [`Cluster::observe`] attaches read-only tools without registering.
 //!
 //! A cluster knows the protocol only: what readers and writers are built
@@ -83,7 +84,7 @@ struct Inner {
 }
 
 /// A joined instance. Dropping it stops the heartbeat but leaves the
-/// record to expire; call [`Cluster::leave`] for a clean shutdown.
+/// record to expire; call [`Cluster::deregister`] for a clean shutdown.
 pub struct Cluster {
     inner: Arc<Inner>,
     heartbeat: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
@@ -103,11 +104,6 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    /// Opens `url` and joins it (see [`Cluster::join`]).
-    pub async fn join_url(url: &str, opts: JoinOptions) -> Result<Cluster, CoordError> {
-        Cluster::join(crate::store::open(url).await?, opts).await
-    }
-
     /// Probes the store, loads or creates the config, detects the role,
     /// registers this instance and starts heartbeating. Nothing is written
     /// when the requested settings are invalid or contradict the bucket.
@@ -227,17 +223,15 @@ impl Cluster {
     }
 
     /// This instance's record as last written.
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn record(&self) -> InstanceRecord {
         self.inner.record.lock().await.clone()
     }
 
-    /// How long an instance stays alive without a heartbeat.
-    pub fn instance_timeout(&self) -> Duration {
-        self.inner.timeout
-    }
-
     /// Instances whose last heartbeat is younger than the timeout
-    /// (one LIST plus one GET per instance).
+    /// (one LIST plus one GET per instance). For tests: `status` reads
+    /// the registry itself.
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn live_instances(&self) -> Result<Vec<InstanceRecord>, CoordError> {
         instance::live_records(
             self.inner.store.as_ref(),
@@ -283,13 +277,14 @@ impl Cluster {
         }
     }
 
-    /// Clean shutdown: stops the heartbeat and removes this instance's
-    /// record.
+    /// [`Cluster::deregister`], consuming the cluster (for tests).
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn leave(self) -> Result<(), CoordError> {
         self.deregister().await
     }
 
-    /// [`Cluster::leave`] for a cluster that is still shared (e.g. by
+    /// Clean shutdown: stops the heartbeat and removes this instance's
+    /// record. Takes `&self`: the cluster may still be shared (e.g. by
     /// server tasks finishing their last requests).
     pub async fn deregister(&self) -> Result<(), CoordError> {
         self.stop_heartbeat().await;

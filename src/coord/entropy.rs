@@ -2,7 +2,9 @@
 //! place, so a deterministic simulation can draw all of it from its seed:
 //! with the `test-util` feature, [`seed_this_thread`] makes every draw on
 //! the calling thread come from a seeded generator. Otherwise draws come
-//! from the thread-local OS-seeded generator.
+//! from the thread-local OS-seeded generator. The workspace's
+//! `clippy.toml` bans the other ways to draw from the OS (`rand::rng`,
+//! `rand::random`, `from_os_rng`, ...) outside this seam.
 
 #[cfg(feature = "test-util")]
 thread_local! {
@@ -11,6 +13,8 @@ thread_local! {
 }
 
 /// A random `u64`.
+// The entropy seam itself: the one draw from the OS-seeded generator.
+#[allow(clippy::disallowed_methods)]
 pub fn random_u64() -> u64 {
     #[cfg(feature = "test-util")]
     {

@@ -489,6 +489,7 @@ pub async fn release_lease(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coord::clock::{Clock, SystemClock};
     use crate::store::memory::MemoryStore;
 
     fn shard(key: &str) -> ShardEntry {
@@ -707,7 +708,7 @@ mod tests {
     async fn one_indexer_holds_the_lease_until_it_expires_or_is_released() {
         let store = MemoryStore::unique();
         create_index_manifest(&store, 1).await.unwrap();
-        let t0 = SystemTime::now();
+        let t0 = SystemClock.now();
         let ttl = Duration::from_secs(60);
         assert!(acquire_lease(&store, 1, "a", t0, ttl)
             .await

@@ -641,7 +641,7 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
 
-    use crate::coord::clock::{format_time, ManualClock};
+    use crate::coord::clock::{format_time, ManualClock, SystemClock};
 
     fn rules(clock: &ManualClock, written_at: SystemTime) -> CommitRules<'_> {
         CommitRules {
@@ -674,7 +674,7 @@ mod tests {
     async fn a_retried_commit_finds_its_segment_among_the_retired() {
         let store = MemoryStore::unique();
         init(&store).await;
-        let clock = ManualClock::new(SystemTime::now());
+        let clock = ManualClock::new(SystemClock.now());
         let b = rules(&clock, clock.now());
         let (s1, s2) = ("vectors/p000/1.seg", "vectors/p000/2.seg");
         append_segment(&store, 0, entry(s1), b).await.unwrap();
@@ -709,7 +709,7 @@ mod tests {
     async fn a_commit_past_the_age_bound_is_refused_and_changes_nothing() {
         let store = MemoryStore::unique();
         init(&store).await;
-        let clock = ManualClock::new(SystemTime::now());
+        let clock = ManualClock::new(SystemClock.now());
         let t0 = clock.now();
         let landed = append_segment(&store, 0, entry("vectors/p000/1.seg"), rules(&clock, t0))
             .await
@@ -755,7 +755,7 @@ mod tests {
     async fn retired_entries_past_the_grace_are_pruned() {
         let store = MemoryStore::unique();
         init(&store).await;
-        let clock = ManualClock::new(SystemTime::now());
+        let clock = ManualClock::new(SystemClock.now());
         for round in 0..3 {
             for i in 0..4 {
                 let key = format!("vectors/p000/{round}-{i}.seg");

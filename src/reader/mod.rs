@@ -384,8 +384,8 @@ impl Reader {
     }
 
     /// Drops every cached segment (manifests stay): the next query fetches
-    /// the segments it needs again. For freeing memory, and for tests that
-    /// need a cache miss.
+    /// the segments it needs again. For tests that need a cache miss.
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn evict_cached_segments(&self) {
         self.shared.cache.invalidate_all();
         self.shared.cache.run_pending_tasks().await;
@@ -510,8 +510,11 @@ impl Reader {
                 }
             }
         }
+        // The host's wall time, through the clock seam (a reader holds no
+        // clock of its own).
+        use crate::coord::clock::{Clock, SystemClock};
         let lag = oldest
-            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .and_then(|t| SystemClock.now().duration_since(t).ok())
             .map_or(0.0, |d| d.as_secs_f64());
         ReaderStats {
             unindexed_segments: lag_segments,

@@ -268,6 +268,8 @@ impl Blocks {
         self.cache.run_pending_tasks().await;
     }
 
+    /// Drops every cached part (for `Reader::evict_cached_segments`).
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) async fn clear(&self) {
         self.cache.invalidate_all();
         self.cache.run_pending_tasks().await;

@@ -27,11 +27,12 @@ pub mod sigv4;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
 use crate::coord::catalog::{self, Catalog, CatalogCache, CatalogError, IndexEntry, VectorBucket};
+use crate::coord::clock::{Clock, SystemClock};
 use crate::coord::{JoinOptions, Metric, RequestedSettings, Role};
 use crate::db::{Db, OpenOptions};
 use crate::error::{Error, ErrorKind};
@@ -238,7 +239,8 @@ impl std::fmt::Debug for Service {
 }
 
 fn now_secs() -> f64 {
-    SystemTime::now()
+    SystemClock
+        .now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0)
 }
@@ -288,7 +290,7 @@ impl Service {
                     headers: req.headers.clone(),
                     body: req.body,
                 };
-                sigv4::verify(&signed, creds, SystemTime::now())
+                sigv4::verify(&signed, creds, SystemClock.now())
                     .map_err(|r| S3vError::new(403, r.code, r.message))?
                     .region
             }

@@ -95,6 +95,7 @@ impl LiveSet {
     }
 
     /// The newest location of `id`, if it is live.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn locate(&self, id: &str) -> Option<Loc> {
         self.newest.get(id).copied().filter(|l| !l.tombstone)
     }

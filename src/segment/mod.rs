@@ -68,20 +68,6 @@ pub enum SectionKind {
     Index = 5,
 }
 
-impl SectionKind {
-    /// The kind for a directory byte; `None` for kinds from newer versions.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => SectionKind::Ids,
-            2 => SectionKind::Vectors,
-            3 => SectionKind::Metadata,
-            4 => SectionKind::Tombstones,
-            5 => SectionKind::Index,
-            _ => return None,
-        })
-    }
-}
-
 pub const CODEC_RAW: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;
 

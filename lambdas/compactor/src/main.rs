@@ -14,7 +14,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         // Time left in this invocation, from the context deadline (epoch
         // milliseconds). The local emulator (cargo lambda watch) sends the
         // timeout as a relative number of milliseconds instead; a value far
-        // below any real epoch time is read that way.
+        // below any real epoch time is read that way. The deadline is the
+        // runtime's wall-clock time, so it is compared with the host's
+        // clock, not an injected one.
+        #[allow(clippy::disallowed_methods)]
         let left = if e.context.deadline < 1_000_000_000_000 {
             Duration::from_millis(e.context.deadline)
         } else {
