@@ -21,17 +21,17 @@
 use serde_json::{Map, Value};
 
 /// Deepest nesting of `$and`/`$or` accepted.
-pub const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// Most terms a filter may hold: conditions and `$and`/`$or` nodes. A
 /// filter is evaluated against every candidate row, so its size
 /// multiplies a query's work; this keeps one request from occupying the
 /// cores.
-pub const MAX_TERMS: usize = 1024;
+pub(crate) const MAX_TERMS: usize = 1024;
 
 /// Most `$in`/`$nin` values a filter may hold, all lists together (each
 /// list is a hash set, so its length costs memory, not time per row).
-pub const MAX_VALUES: usize = 10_000;
+pub(crate) const MAX_VALUES: usize = 10_000;
 
 /// The values of an `$in`/`$nin`, hashed for lookup; numbers compare by
 /// value (`1 == 1.0`), like [`Filter::Eq`].

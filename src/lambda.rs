@@ -24,7 +24,7 @@ use crate::routes::{self, Input, Op, ROUTES};
 /// Index settings from `SHOAL_DIMENSIONS`, `SHOAL_METRIC` and
 /// `SHOAL_PARTITIONS` (all optional: they create the config when the
 /// bucket has none, and must agree with it when it has one).
-pub fn settings_from_env() -> Result<RequestedSettings, ApiError> {
+pub(crate) fn settings_from_env() -> Result<RequestedSettings, ApiError> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let num = |k: &str| -> Result<Option<u32>, ApiError> {
         var(k)

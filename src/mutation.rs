@@ -62,7 +62,7 @@ impl Mutation {
 /// Whether `m` is switched on in this process (`SHOAL_MUTATION`, read
 /// once; test builds only).
 #[cfg(feature = "test-util")]
-pub fn active(m: Mutation) -> bool {
+pub(crate) fn active(m: Mutation) -> bool {
     static ON: std::sync::OnceLock<Option<Mutation>> = std::sync::OnceLock::new();
     let on = ON.get_or_init(|| {
         let name = std::env::var("SHOAL_MUTATION").ok()?;
@@ -76,7 +76,7 @@ pub fn active(m: Mutation) -> bool {
 /// Whether `m` is switched on: never, in a build without `test-util`.
 #[cfg(not(feature = "test-util"))]
 #[inline(always)]
-pub fn active(_m: Mutation) -> bool {
+pub(crate) fn active(_m: Mutation) -> bool {
     false
 }
 
@@ -85,7 +85,7 @@ pub fn active(_m: Mutation) -> bool {
 /// (`HOOK stopped-before-commit <key>`) and stops there for good, before
 /// its manifest commit, so a test can kill the process exactly between
 /// the two.
-pub async fn before_commit(segment: &str) {
+pub(crate) async fn before_commit(segment: &str) {
     #[cfg(feature = "test-util")]
     if std::env::var("SHOAL_TEST_HOOK").is_ok_and(|h| h == "stop-before-commit") {
         eprintln!("HOOK stopped-before-commit {segment}");

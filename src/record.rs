@@ -26,10 +26,10 @@ use serde_json::{Map, Value};
 
 use crate::vocab::Metric;
 
-pub const MAX_ID_BYTES: usize = 1024;
-pub const MAX_METADATA_BYTES: usize = 64 * 1024;
-pub const DEFAULT_MAX_BATCH_RECORDS: usize = 10_000;
-pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_ID_BYTES: usize = 1024;
+pub(crate) const MAX_METADATA_BYTES: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_BATCH_RECORDS: usize = 10_000;
+pub(crate) const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
 /// A record as a caller hands it in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,12 +98,12 @@ impl Prepared {
     }
 
     /// Rough encoded size, for batch limits.
-    pub fn approx_bytes(&self) -> usize {
+    pub(crate) fn approx_bytes(&self) -> usize {
         self.id.len() + self.vector.len() * 4 + self.metadata.len() + 8
     }
 
     /// The vector as stored: a tombstone's is `dims` zeros.
-    pub fn stored_vector(&self, dims: usize) -> std::borrow::Cow<'_, [f32]> {
+    pub(crate) fn stored_vector(&self, dims: usize) -> std::borrow::Cow<'_, [f32]> {
         if self.tombstone {
             std::borrow::Cow::Owned(vec![0.0; dims])
         } else {
@@ -114,7 +114,7 @@ impl Prepared {
 
 /// The records' stored vectors back to back (`n × dims`), as index
 /// builds and codes take them.
-pub fn flat_vectors(records: &[Prepared], dims: usize) -> Vec<f32> {
+pub(crate) fn flat_vectors(records: &[Prepared], dims: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(records.len() * dims);
     for r in records {
         out.extend_from_slice(&r.stored_vector(dims));
@@ -124,10 +124,10 @@ pub fn flat_vectors(records: &[Prepared], dims: usize) -> Vec<f32> {
 
 pub use crate::vocab::{default_domain_rules, DomainRule};
 
-pub const FALLBACK_DOMAIN: &str = "general";
+pub(crate) const FALLBACK_DOMAIN: &str = "general";
 
 /// The first rule whose fields appear in `metadata`, else `general`.
-pub fn detect_domain(metadata: &Map<String, Value>, rules: &[DomainRule]) -> String {
+pub(crate) fn detect_domain(metadata: &Map<String, Value>, rules: &[DomainRule]) -> String {
     rules
         .iter()
         .find(|r| r.fields.iter().any(|f| metadata.contains_key(f)))
@@ -319,7 +319,7 @@ pub fn prepare_batch(records: &[Record], schema: &Schema) -> Result<Vec<Prepared
 
 /// Validates one record (position 0) for callers that validate record by
 /// record, such as file ingest reporting `file:line`.
-pub fn prepare_one(record: &Record, schema: &Schema) -> Result<Prepared, InvalidInput> {
+pub(crate) fn prepare_one(record: &Record, schema: &Schema) -> Result<Prepared, InvalidInput> {
     let one = Schema {
         max_records: 1,
         max_bytes: usize::MAX,
@@ -351,7 +351,7 @@ pub fn prepare_deletes(ids: &[String], schema: &Schema) -> Result<Vec<Prepared>,
 
 /// Keeps only the last occurrence of each id, preserving the order of
 /// those last occurrences.
-pub fn dedupe_last_wins(records: Vec<Prepared>) -> Vec<Prepared> {
+pub(crate) fn dedupe_last_wins(records: Vec<Prepared>) -> Vec<Prepared> {
     let mut last: HashMap<&str, usize> = HashMap::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
         last.insert(r.id.as_str(), i);

@@ -46,7 +46,7 @@ pub(crate) struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum RoleArg {
+pub(crate) enum RoleArg {
     Reader,
     Writer,
     Both,
@@ -63,7 +63,7 @@ impl From<RoleArg> for Role {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum MetricArg {
+pub(crate) enum MetricArg {
     Cosine,
     Euclidean,
     Dot,
@@ -80,7 +80,7 @@ impl From<MetricArg> for Metric {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum ConsistencyArg {
+pub(crate) enum ConsistencyArg {
     Eventual,
     Bounded,
     Strong,

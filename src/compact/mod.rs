@@ -123,7 +123,7 @@ pub enum Outcome {
 /// Whether the policy asks to compact this manifest (manifest data only:
 /// segment count, writers' tombstones, unindexed records). Tombstones in a
 /// compaction's output do not count: compacting again would keep them.
-pub fn policy_wants(m: &Manifest, ix: &IndexSettings) -> bool {
+pub(crate) fn policy_wants(m: &Manifest, ix: &IndexSettings) -> bool {
     let segs = m.segments.len();
     if segs == 0 {
         return false;
@@ -166,7 +166,7 @@ pub fn select_prefix(m: &Manifest, upto: Option<u64>) -> Vec<SegmentEntry> {
 /// `1/2^shift` of segments (at least two), for a partition whose whole
 /// compaction outran the time an invocation has (`None`: nothing to cut,
 /// compact it whole).
-pub async fn piece_upto(
+pub(crate) async fn piece_upto(
     store: &dyn ObjectStore,
     settings: &Settings,
     partition: u32,
@@ -181,7 +181,7 @@ pub async fn piece_upto(
 /// The newest record of each id in a prefix, oldest segment first,
 /// shadowed versions dropped: the live records, and the tombstones of
 /// deleted ids. Output order follows each record's newest position.
-pub fn newest_records(segments: &[Arc<Segment>]) -> (Vec<Prepared>, Vec<Prepared>) {
+pub(crate) fn newest_records(segments: &[Arc<Segment>]) -> (Vec<Prepared>, Vec<Prepared>) {
     let mut live = LiveSet::default();
     for seg in segments {
         live.absorb(seg);

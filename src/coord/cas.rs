@@ -46,7 +46,7 @@ impl Backoff {
 
 /// Reads and parses a JSON object; `None` if it does not exist. Unparsable
 /// bytes are reported as [`CoordError::Corrupt`] naming the key.
-pub async fn read_json<T: DeserializeOwned>(
+pub(crate) async fn read_json<T: DeserializeOwned>(
     store: &dyn ObjectStore,
     key: &str,
 ) -> Result<Option<(T, ETag)>, CoordError> {
@@ -58,7 +58,7 @@ pub async fn read_json<T: DeserializeOwned>(
 }
 
 /// Parses JSON bytes from `key`, or a [`CoordError::Corrupt`] naming it.
-pub fn parse_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoordError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoordError> {
     serde_json::from_slice(bytes).map_err(|e| CoordError::Corrupt {
         key: key.to_string(),
         reason: format!("not valid shoal json: {e}"),
@@ -67,7 +67,7 @@ pub fn parse_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Coo
 }
 
 /// What the mutate function decided.
-pub enum Step<T> {
+pub(crate) enum Step<T> {
     /// Write this value (create-only if the object is missing, else
     /// compare-and-swap against the ETag that was read).
     Write(T),
@@ -77,9 +77,12 @@ pub enum Step<T> {
 
 /// The outcome of [`update_json`].
 #[derive(Debug)]
-pub struct Updated<T> {
+pub(crate) struct Updated<T> {
     /// The value now stored.
     pub value: T,
+    /// The stored object's ETag (what a caller holding the value would
+    /// revalidate against; unused by shoal's callers today).
+    #[allow(dead_code)]
     pub etag: ETag,
     /// Read-mutate-write rounds, including the final one.
     pub attempts: u32,
@@ -96,7 +99,7 @@ pub struct Updated<T> {
 /// be a pure function of its input. A write whose response was lost (a
 /// transient error after the store applied it) is retried like any other;
 /// `mutate` sees the applied value on the next round and can recognise it.
-pub async fn update_json<T, F>(
+pub(crate) async fn update_json<T, F>(
     store: &dyn ObjectStore,
     key: &str,
     backoff: Backoff,
@@ -192,7 +195,7 @@ where
 /// taken means an earlier attempt landed: keys of new objects carry 128
 /// random bits (see [`super::paths::new_segment_key`]), so nobody else
 /// picked it. Returns how many attempts were retried.
-pub async fn put_new_object(
+pub(crate) async fn put_new_object(
     store: &dyn ObjectStore,
     key: &str,
     bytes: Bytes,

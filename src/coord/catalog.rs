@@ -119,13 +119,13 @@ where
 /// A catalog kept in memory and revalidated (conditional GET) when older
 /// than `max_age`, so the query path pays at most one cheap request per
 /// `max_age` to learn which indexes exist.
-pub struct CatalogCache {
+pub(crate) struct CatalogCache {
     max_age: Duration,
     held: Mutex<Option<(Catalog, Option<ETag>, Instant)>>,
 }
 
 impl CatalogCache {
-    pub fn new(max_age: Duration) -> Self {
+    pub(crate) fn new(max_age: Duration) -> Self {
         CatalogCache {
             max_age,
             held: Mutex::new(None),
@@ -133,13 +133,13 @@ impl CatalogCache {
     }
 
     /// The catalog, revalidated if the copy held is older than `max_age`.
-    pub async fn get(&self, store: &dyn ObjectStore) -> Result<Catalog, CoordError> {
+    pub(crate) async fn get(&self, store: &dyn ObjectStore) -> Result<Catalog, CoordError> {
         self.get_within(store, self.max_age).await
     }
 
     /// The catalog, revalidated now (for a name the cached copy lacks:
     /// another instance may have just created it).
-    pub async fn revalidate(&self, store: &dyn ObjectStore) -> Result<Catalog, CoordError> {
+    pub(crate) async fn revalidate(&self, store: &dyn ObjectStore) -> Result<Catalog, CoordError> {
         self.get_within(store, Duration::ZERO).await
     }
 
@@ -169,7 +169,7 @@ impl CatalogCache {
     }
 
     /// Replaces the copy held with one this instance just wrote.
-    pub fn set(&self, catalog: Catalog) {
+    pub(crate) fn set(&self, catalog: Catalog) {
         // The ETag of a write is not kept: the next revalidation reads it whole.
         *self.held.lock().unwrap() = Some((catalog, None, Instant::now()));
     }

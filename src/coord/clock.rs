@@ -41,17 +41,17 @@ impl Clock for SystemClock {
 }
 
 /// RFC 3339 with milliseconds, UTC: `2026-11-21T10:30:00.123Z`.
-pub fn format_time(t: SystemTime) -> String {
+pub(crate) fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Parses what [`format_time`] writes (and other RFC 3339 UTC forms).
-pub fn parse_time(s: &str) -> Option<SystemTime> {
+pub(crate) fn parse_time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s).ok()
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
-pub fn unix_millis(t: SystemTime) -> u64 {
+pub(crate) fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis() as u64

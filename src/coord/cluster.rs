@@ -174,7 +174,10 @@ impl Cluster {
     /// heartbeat. Read-only tools (search, get, status, verify, gc) use it
     /// so they never show up as instances. The role is `opts.role`, else
     /// reader.
-    pub async fn observe(store: Arc<Counted>, opts: JoinOptions) -> Result<Cluster, CoordError> {
+    pub(crate) async fn observe(
+        store: Arc<Counted>,
+        opts: JoinOptions,
+    ) -> Result<Cluster, CoordError> {
         opts.settings.validate()?;
         let Some((config, _)) = read_config(store.as_ref()).await? else {
             return Err(CoordError::NoIndex {
@@ -193,7 +196,7 @@ impl Cluster {
     }
 
     /// Whether this instance is registered (joined), not an observer.
-    pub fn is_registered(&self) -> bool {
+    pub(crate) fn is_registered(&self) -> bool {
         self.inner.registered
     }
 
@@ -286,7 +289,7 @@ impl Cluster {
     /// Clean shutdown: stops the heartbeat and removes this instance's
     /// record. Takes `&self`: the cluster may still be shared (e.g. by
     /// server tasks finishing their last requests).
-    pub async fn deregister(&self) -> Result<(), CoordError> {
+    pub(crate) async fn deregister(&self) -> Result<(), CoordError> {
         self.stop_heartbeat().await;
         if !self.inner.registered {
             return Ok(());

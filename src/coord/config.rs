@@ -35,19 +35,19 @@ use crate::store::{ETag, ObjectStore, StoreError};
 pub use crate::vocab::{DomainRule, IndexSettings, Metric};
 
 /// Current config format version.
-pub const CONFIG_VERSION: u32 = 1;
+pub(crate) const CONFIG_VERSION: u32 = 1;
 pub const DEFAULT_PARTITION_COUNT: u32 = 100;
-pub const DEFAULT_INSTANCE_TIMEOUT_SECONDS: u64 = 60;
-pub const DEFAULT_EMBEDDING_MODEL: &str = "unspecified";
-pub const MAX_PARTITION_COUNT: u32 = 4096;
-pub const MAX_DIMENSIONS: u32 = 65536;
+pub(crate) const DEFAULT_INSTANCE_TIMEOUT_SECONDS: u64 = 60;
+pub(crate) const DEFAULT_EMBEDDING_MODEL: &str = "unspecified";
+pub(crate) const MAX_PARTITION_COUNT: u32 = 4096;
+pub(crate) const MAX_DIMENSIONS: u32 = 65536;
 /// Default GC grace period: how long a retired or unreferenced object is
 /// kept before GC may delete it.
-pub const DEFAULT_GC_GRACE_SECONDS: u64 = 15 * 60;
+pub(crate) const DEFAULT_GC_GRACE_SECONDS: u64 = 15 * 60;
 /// The shortest grace period a config may set (see `gcGraceSeconds`).
-pub const MIN_GC_GRACE_SECONDS: u64 = 5 * 60;
+pub(crate) const MIN_GC_GRACE_SECONDS: u64 = 5 * 60;
 /// The longest grace period a config may set (a week).
-pub const MAX_GC_GRACE_SECONDS: u64 = 7 * 24 * 3600;
+pub(crate) const MAX_GC_GRACE_SECONDS: u64 = 7 * 24 * 3600;
 
 /// The whole config object.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,7 +129,7 @@ impl Settings {
     /// whole grace period old by the store's clock, never deletes a segment
     /// a writer is about to commit, with the other half as margin for
     /// clock skew and the commit's own round trips.
-    pub fn commit_age_bound(&self) -> std::time::Duration {
+    pub(crate) fn commit_age_bound(&self) -> std::time::Duration {
         self.gc_grace() / 2
     }
 

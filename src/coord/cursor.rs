@@ -28,14 +28,14 @@ pub struct Cursor {
 }
 
 /// Where an indexer round's row budget starts after its first timeout.
-pub const FIRST_INDEX_BUDGET: u64 = 100_000;
+pub(crate) const FIRST_INDEX_BUDGET: u64 = 100_000;
 /// The smallest budget (a round always takes at least one partition).
-pub const MIN_INDEX_BUDGET: u64 = 1_000;
+pub(crate) const MIN_INDEX_BUDGET: u64 = 1_000;
 
 impl Cursor {
     /// The budget after a round that outran the time left (`timed_out`)
     /// or fit.
-    pub fn next_index_budget(&mut self, timed_out: bool) {
+    pub(crate) fn next_index_budget(&mut self, timed_out: bool) {
         self.index_rows = match (self.index_rows, timed_out) {
             (None, false) => None,
             (None, true) => Some(FIRST_INDEX_BUDGET),
@@ -57,7 +57,10 @@ pub async fn read_cursor(store: &dyn ObjectStore) -> Result<Cursor, CoordError> 
 
 /// Saves `cursor` (last writer wins: racing compactors at worst redo a
 /// partition, which compaction's own compare-and-swap makes harmless).
-pub async fn save_cursor(store: &dyn ObjectStore, cursor: &Cursor) -> Result<(), CoordError> {
+pub(crate) async fn save_cursor(
+    store: &dyn ObjectStore,
+    cursor: &Cursor,
+) -> Result<(), CoordError> {
     cas::update_json::<Cursor, _>(store, COMPACTOR_CURSOR_KEY, Backoff::default(), |_| {
         Ok(Step::Write(cursor.clone()))
     })

@@ -15,7 +15,7 @@ thread_local! {
 /// A random `u64`.
 // The entropy seam itself: the one draw from the OS-seeded generator.
 #[allow(clippy::disallowed_methods)]
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     #[cfg(feature = "test-util")]
     {
         let seeded = SEEDED.with(|s| s.borrow_mut().as_mut().map(rand::RngCore::next_u64));

@@ -30,7 +30,7 @@ use super::error::CoordError;
 use super::paths::{INDEX_MANIFEST_KEY, INDEX_PREFIX};
 use crate::store::{ETag, ObjectStore, StoreError};
 
-pub const INDEX_MANIFEST_VERSION: u32 = 1;
+pub(crate) const INDEX_MANIFEST_VERSION: u32 = 1;
 
 /// The whole index manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,7 +147,7 @@ impl IndexManifest {
     }
 
     /// Whether the lease is held by someone other than `holder` at `now`.
-    pub fn leased_to_other(&self, holder: &str, now: SystemTime) -> Option<&Lease> {
+    pub(crate) fn leased_to_other(&self, holder: &str, now: SystemTime) -> Option<&Lease> {
         self.lease
             .as_ref()
             .filter(|l| l.holder != holder && parse_time(&l.expires_at).is_some_and(|t| t > now))
@@ -196,7 +196,7 @@ impl IndexManifest {
 }
 
 /// Parses and validates index manifest bytes.
-pub fn parse_index_manifest(
+pub(crate) fn parse_index_manifest(
     partition_count: u32,
     bytes: &[u8],
 ) -> Result<IndexManifest, CoordError> {
@@ -218,7 +218,7 @@ pub async fn read_index_manifest(
 }
 
 /// The error for a missing index manifest.
-pub fn missing_index_manifest() -> CoordError {
+pub(crate) fn missing_index_manifest() -> CoordError {
     CoordError::Corrupt {
         key: INDEX_MANIFEST_KEY.into(),
         reason: "the index manifest is missing: this index creates it at init, so it was \
@@ -230,7 +230,7 @@ pub fn missing_index_manifest() -> CoordError {
 
 /// Creates the empty index manifest if there is none (create-only; a
 /// racing creator's is kept). Returns whether this call created it.
-pub async fn create_index_manifest(
+pub(crate) async fn create_index_manifest(
     store: &dyn ObjectStore,
     partition_count: u32,
 ) -> Result<bool, CoordError> {
@@ -264,7 +264,7 @@ where
 
 /// A shard's new deletion vector, replacing its current one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewDeletions {
+pub(crate) struct NewDeletions {
     /// The shard whose rows it marks.
     pub shard: String,
     /// The new deletion vector's key.
@@ -275,7 +275,7 @@ pub struct NewDeletions {
 
 /// What one indexing round commits (DESIGN section 11, step 6).
 #[derive(Clone, Copy, Debug)]
-pub struct RoundCommit<'a> {
+pub(crate) struct RoundCommit<'a> {
     /// Partitions whose watermark moves, and to which seq.
     pub advanced: &'a BTreeMap<u32, u64>,
     /// The shards built from the tails.
@@ -293,7 +293,7 @@ pub struct RoundCommit<'a> {
 /// given up. Returns the manifest as committed, or `None` when another
 /// indexer committed first or it was too late (this round's objects are
 /// orphans for GC).
-pub async fn record_round(
+pub(crate) async fn record_round(
     store: &dyn ObjectStore,
     partition_count: u32,
     backoff: Backoff,
@@ -315,7 +315,7 @@ pub async fn record_round(
 
 /// What one shard merge commits (DESIGN section 11, "Merges").
 #[derive(Clone, Copy, Debug)]
-pub struct MergeCommit<'a> {
+pub(crate) struct MergeCommit<'a> {
     /// The shards merged.
     pub inputs: &'a [ShardEntry],
     /// The shard(s) of their live rows, one level up.
@@ -326,7 +326,7 @@ pub struct MergeCommit<'a> {
 /// `expected`: the outputs replace the inputs, whose shards and deletion
 /// vectors go to `retired`, stamped `retired_at`. `too_late` and the
 /// result as for [`record_round`].
-pub async fn replace_merged(
+pub(crate) async fn replace_merged(
     store: &dyn ObjectStore,
     partition_count: u32,
     backoff: Backoff,
@@ -389,7 +389,7 @@ impl IndexManifest {
 
 /// Removes `gone` (objects GC deleted) from `retired`, without bumping
 /// the generation (an indexer at work keeps its commit).
-pub async fn trim_index_retired(
+pub(crate) async fn trim_index_retired(
     store: &dyn ObjectStore,
     partition_count: u32,
     gone: &std::collections::HashSet<&String>,
@@ -432,7 +432,7 @@ where
 
 /// Why the lease could not be taken.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseHeld {
+pub(crate) struct LeaseHeld {
     pub holder: String,
     pub expires_at: String,
 }
@@ -440,7 +440,7 @@ pub struct LeaseHeld {
 /// Takes (or renews) the indexer lease for `holder` until `now + ttl`,
 /// unless someone else holds an unexpired one. Returns the index
 /// manifest's generation, or who holds the lease.
-pub async fn acquire_lease(
+pub(crate) async fn acquire_lease(
     store: &dyn ObjectStore,
     partition_count: u32,
     holder: &str,
@@ -470,7 +470,7 @@ pub async fn acquire_lease(
 }
 
 /// Gives the lease up if `holder` has it.
-pub async fn release_lease(
+pub(crate) async fn release_lease(
     store: &dyn ObjectStore,
     partition_count: u32,
     holder: &str,

@@ -43,7 +43,7 @@ pub struct InstanceRecord {
 impl InstanceRecord {
     /// Alive while the last heartbeat is younger than `timeout`. A record
     /// whose time cannot be parsed counts as not alive.
-    pub fn is_alive(&self, now: SystemTime, timeout: Duration) -> bool {
+    pub(crate) fn is_alive(&self, now: SystemTime, timeout: Duration) -> bool {
         match parse_time(&self.last_heartbeat) {
             // A heartbeat from the future (clock skew) counts as fresh.
             Some(t) => now
@@ -55,7 +55,7 @@ impl InstanceRecord {
     }
 
     /// How long ago the last heartbeat was, if its time parses.
-    pub fn heartbeat_age(&self, now: SystemTime) -> Option<Duration> {
+    pub(crate) fn heartbeat_age(&self, now: SystemTime) -> Option<Duration> {
         parse_time(&self.last_heartbeat).map(|t| now.duration_since(t).unwrap_or_default())
     }
 }
@@ -123,7 +123,7 @@ impl InstanceMetrics {
 }
 
 /// Resident set size from /proc (Linux, including Lambda); 0 elsewhere.
-pub fn resident_memory_bytes() -> u64 {
+pub(crate) fn resident_memory_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
@@ -132,7 +132,7 @@ pub fn resident_memory_bytes() -> u64 {
 }
 
 /// This machine's host name, for instance records.
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
@@ -198,7 +198,10 @@ pub fn instance_id(override_id: Option<&str>) -> Result<String, CoordError> {
 }
 
 /// Writes (creates or replaces) an instance's own record.
-pub async fn write_record(store: &dyn ObjectStore, rec: &InstanceRecord) -> Result<(), CoordError> {
+pub(crate) async fn write_record(
+    store: &dyn ObjectStore,
+    rec: &InstanceRecord,
+) -> Result<(), CoordError> {
     let bytes = serde_json::to_vec_pretty(rec).expect("serializable");
     store
         .put(&instance_key(&rec.instance_id), Bytes::from(bytes))
@@ -207,7 +210,10 @@ pub async fn write_record(store: &dyn ObjectStore, rec: &InstanceRecord) -> Resu
 }
 
 /// Removes an instance's record (Ok if already gone).
-pub async fn remove_record(store: &dyn ObjectStore, instance_id: &str) -> Result<(), CoordError> {
+pub(crate) async fn remove_record(
+    store: &dyn ObjectStore,
+    instance_id: &str,
+) -> Result<(), CoordError> {
     store.delete(&instance_key(instance_id)).await?;
     Ok(())
 }
@@ -250,7 +256,7 @@ pub async fn live_records(
 /// (writers do this). Returns the removed ids. If a stale instance comes
 /// back between our read and our delete, its next heartbeat recreates its
 /// record, so the race costs at most one heartbeat interval of visibility.
-pub async fn remove_stale(
+pub(crate) async fn remove_stale(
     store: &dyn ObjectStore,
     now: SystemTime,
     timeout: Duration,

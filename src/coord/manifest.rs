@@ -46,7 +46,7 @@ use super::paths::{manifest_key, partition_dir, VECTORS_PREFIX};
 use crate::mutation::{self, Mutation};
 use crate::store::{ETag, ObjectStore, StoreError};
 
-pub const MANIFEST_VERSION: u32 = 1;
+pub(crate) const MANIFEST_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -286,7 +286,7 @@ pub fn missing(partition: u32) -> CoordError {
 /// A manifest as found: a missing one is empty only in an index made
 /// before manifests were created at init (`required` false); otherwise it
 /// is [`CoordError::MissingManifest`].
-pub fn found_or_empty(
+pub(crate) fn found_or_empty(
     partition: u32,
     found: Option<Manifest>,
     required: bool,
@@ -299,7 +299,7 @@ pub fn found_or_empty(
 }
 
 /// Reads a partition's manifest for use (see [`found_or_empty`]).
-pub async fn load_manifest(
+pub(crate) async fn load_manifest(
     store: &dyn ObjectStore,
     partition: u32,
     required: bool,
@@ -333,7 +333,7 @@ pub fn parse_manifest(partition: u32, bytes: &[u8]) -> Result<Manifest, CoordErr
 
 /// What [`append_segment`] did.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Appended {
+pub(crate) struct Appended {
     pub seq: u64,
     pub attempts: u32,
     pub conflicts: u32,
@@ -347,7 +347,7 @@ pub struct Appended {
 /// manifest under `rules`. Idempotent per segment key: an entry already
 /// committed (live, or retired by a compaction since) is reported as such,
 /// whatever its age.
-pub async fn append_segment(
+pub(crate) async fn append_segment(
     store: &dyn ObjectStore,
     partition: u32,
     entry: SegmentEntry,
@@ -404,7 +404,7 @@ pub async fn append_segment(
 
 /// What [`replace_prefix`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Replaced {
+pub(crate) enum Replaced {
     /// The outputs took the inputs' place; the inputs are retired.
     Replaced,
     /// The inputs are no longer the manifest's first entries (another
@@ -419,7 +419,7 @@ pub enum Replaced {
 /// rebases on whatever writers appended. The outputs obey the commit age
 /// bound like a writer's segment; retired entries past the grace period
 /// are pruned.
-pub async fn replace_prefix(
+pub(crate) async fn replace_prefix(
     store: &dyn ObjectStore,
     partition: u32,
     inputs: &[SegmentEntry],
@@ -525,7 +525,7 @@ pub async fn retire_indexed(
 }
 
 /// Removes `gone` (objects GC deleted) from the partition's `retired` list.
-pub async fn trim_retired(
+pub(crate) async fn trim_retired(
     store: &dyn ObjectStore,
     partition: u32,
     gone: &std::collections::HashSet<&String>,
@@ -570,7 +570,7 @@ pub struct Stranded {
 /// no object (one LIST of `vectors/`, then a create-only PUT per such
 /// partition; a racing creator's manifest is kept). A partition that holds
 /// objects but no manifest is reported in [`Initialized::stranded`].
-pub async fn create_missing(
+pub(crate) async fn create_missing(
     store: &dyn ObjectStore,
     partition_count: u32,
 ) -> Result<Initialized, CoordError> {
@@ -608,7 +608,7 @@ pub async fn create_missing(
 }
 
 /// The partition a key under `vectors/` belongs to, if any.
-pub fn partition_of_key(key: &str) -> Option<u32> {
+pub(crate) fn partition_of_key(key: &str) -> Option<u32> {
     let rest = key.strip_prefix(VECTORS_PREFIX)?;
     let (dir, _) = rest.split_once('/')?;
     let digits = dir.strip_prefix('p')?;
@@ -622,7 +622,10 @@ pub fn partition_of_key(key: &str) -> Option<u32> {
 /// Writes a rebuilt manifest for a partition that has none (create-only:
 /// if a manifest appeared meanwhile, nothing is written and the error says
 /// so). The one way a lost manifest comes back (`shoal repair`).
-pub async fn restore(store: &dyn ObjectStore, manifest: &Manifest) -> Result<(), CoordError> {
+pub(crate) async fn restore(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+) -> Result<(), CoordError> {
     let p = manifest.partition;
     manifest.validate(p)?;
     let key = manifest_key(p);

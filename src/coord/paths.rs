@@ -8,24 +8,24 @@ pub const CONFIG_KEY: &str = "_brainy/config.json";
 /// Folder of per-instance heartbeat records.
 pub const INSTANCES_PREFIX: &str = "_brainy/instances/";
 /// Scratch folder used by the conditional-write probe.
-pub const PROBE_PREFIX: &str = "_brainy/probe/";
+pub(crate) const PROBE_PREFIX: &str = "_brainy/probe/";
 /// Folder holding every partition.
-pub const VECTORS_PREFIX: &str = "vectors/";
+pub(crate) const VECTORS_PREFIX: &str = "vectors/";
 /// Folder of the read-optimized layout (DESIGN section 11).
-pub const INDEX_PREFIX: &str = "index/";
+pub(crate) const INDEX_PREFIX: &str = "index/";
 /// The index manifest: shards, watermarks, deletion vectors, lease.
-pub const INDEX_MANIFEST_KEY: &str = "index/manifest.json";
+pub(crate) const INDEX_MANIFEST_KEY: &str = "index/manifest.json";
 /// The S3 Vectors catalog: the vector buckets and indexes `shoal serve
 /// --s3vectors` serves from this store (each index lives under
 /// `<vector-bucket>/<index>/` as an index of its own).
-pub const S3VECTORS_CATALOG_KEY: &str = "_s3vectors/catalog.json";
+pub(crate) const S3VECTORS_CATALOG_KEY: &str = "_s3vectors/catalog.json";
 /// Where the compactor Lambda resumes its round over the partitions.
 pub const COMPACTOR_CURSOR_KEY: &str = "_brainy/compactor-cursor.json";
 
 /// Who made a new segment: its id says so (`c` marks compaction outputs),
 /// which helps when reading a bucket by hand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SegmentOrigin {
+pub(crate) enum SegmentOrigin {
     Writer,
     Compaction,
 }
@@ -33,7 +33,7 @@ pub enum SegmentOrigin {
 /// A fresh segment key: `vectors/pNNN/<unix ms>-[c]<128 random bits>.seg`.
 /// Time first, so a listing sorts roughly by age; the random bits make
 /// the key unique without coordination (create-only PUTs rely on it).
-pub fn new_segment_key(partition: u32, now: SystemTime, origin: SegmentOrigin) -> String {
+pub(crate) fn new_segment_key(partition: u32, now: SystemTime, origin: SegmentOrigin) -> String {
     let marker = match origin {
         SegmentOrigin::Writer => "",
         SegmentOrigin::Compaction => COMPACTION_MARKER,
@@ -46,7 +46,7 @@ const COMPACTION_MARKER: &str = "c";
 
 /// Who made the segment at `key`, read from its id (see
 /// [`new_segment_key`]); `None` for a key of another shape.
-pub fn segment_origin(key: &str) -> Option<SegmentOrigin> {
+pub(crate) fn segment_origin(key: &str) -> Option<SegmentOrigin> {
     let (_, rest) = key
         .rsplit('/')
         .next()?
@@ -60,12 +60,12 @@ pub fn segment_origin(key: &str) -> Option<SegmentOrigin> {
 }
 
 /// A fresh shard key: `index/shards/<unix ms>-<128 random bits>.shard`.
-pub fn new_shard_key(now: SystemTime) -> String {
+pub(crate) fn new_shard_key(now: SystemTime) -> String {
     format!("{INDEX_PREFIX}shards/{}.shard", fresh_id(now, ""))
 }
 
 /// A fresh deletion-vector key: `index/dv/<unix ms>-<128 random bits>.dv`.
-pub fn new_deletions_key(now: SystemTime) -> String {
+pub(crate) fn new_deletions_key(now: SystemTime) -> String {
     format!("{INDEX_PREFIX}dv/{}.dv", fresh_id(now, ""))
 }
 
@@ -96,27 +96,27 @@ pub fn probe_keys() -> (String, String) {
 }
 
 /// `_brainy/instances/<id>.json`
-pub fn instance_key(instance_id: &str) -> String {
+pub(crate) fn instance_key(instance_id: &str) -> String {
     format!("{INSTANCES_PREFIX}{instance_id}.json")
 }
 
 /// The instance id encoded in an instance record's key, if it is one.
-pub fn instance_id_from_key(key: &str) -> Option<&str> {
+pub(crate) fn instance_id_from_key(key: &str) -> Option<&str> {
     key.strip_prefix(INSTANCES_PREFIX)?.strip_suffix(".json")
 }
 
 /// `vectors/p007`: `p` plus the index zero-padded to at least 3 digits.
-pub fn partition_dir(partition: u32) -> String {
+pub(crate) fn partition_dir(partition: u32) -> String {
     format!("{VECTORS_PREFIX}p{partition:03}")
 }
 
 /// `vectors/p007/manifest.json`
-pub fn manifest_key(partition: u32) -> String {
+pub(crate) fn manifest_key(partition: u32) -> String {
     format!("{}/manifest.json", partition_dir(partition))
 }
 
 /// `vectors/p007/<segment-id>.seg`
-pub fn segment_key(partition: u32, segment_id: &str) -> String {
+pub(crate) fn segment_key(partition: u32, segment_id: &str) -> String {
     format!("{}/{segment_id}.seg", partition_dir(partition))
 }
 

@@ -104,7 +104,7 @@ pub struct RoleEnv {
 }
 
 impl RoleEnv {
-    pub fn from_process() -> Self {
+    pub(crate) fn from_process() -> Self {
         let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
         RoleEnv {
             brainy_role: var("BRAINY_ROLE"),
@@ -117,7 +117,7 @@ impl RoleEnv {
 /// Lambda → reader (writer Lambdas pass their role explicitly); an
 /// embedded store (local directory, memory) → both; no live writer among
 /// `live` → writer; otherwise reader.
-pub fn detect_role(
+pub(crate) fn detect_role(
     explicit: Option<Role>,
     env: &RoleEnv,
     live: &[InstanceRecord],
@@ -136,7 +136,7 @@ pub fn detect_role(
 /// The rules of [`detect_role`] that do not need the live instances;
 /// `None` means "look at who is alive". Lets a joiner skip listing
 /// instances when the answer does not depend on them.
-pub fn preferred_role(
+pub(crate) fn preferred_role(
     explicit: Option<Role>,
     env: &RoleEnv,
     embedded_store: bool,

@@ -54,7 +54,7 @@ pub async fn revalidate(
 /// Runs `f` again on a transient error, with jittered exponential backoff
 /// (10 ms doubling to 2 s), as long as the next attempt starts before
 /// `deadline`; then returns the last error, which names the key.
-pub async fn retrying<T, E, F, Fut>(
+pub(crate) async fn retrying<T, E, F, Fut>(
     deadline: Instant,
     retryable: fn(&E) -> bool,
     mut f: F,

@@ -47,7 +47,7 @@ impl DatasetError {
 }
 
 /// Streams the rows of a `.fvecs` file.
-pub struct FvecsReader {
+pub(crate) struct FvecsReader {
     path: PathBuf,
     reader: BufReader<File>,
     row: usize,
@@ -55,7 +55,7 @@ pub struct FvecsReader {
 }
 
 impl FvecsReader {
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, DatasetError> {
+    pub(crate) fn open(path: impl AsRef<Path>) -> Result<Self, DatasetError> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|source| DatasetError::Open {
             path: path.clone(),

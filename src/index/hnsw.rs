@@ -21,7 +21,7 @@ use super::{distance, Built, Candidate, QueryParams, ScanStats, SegmentAnn, Segm
 use crate::record::{flat_vectors, Prepared};
 use crate::vocab::{IndexSettings, Metric};
 
-pub const TAG: &[u8; 4] = b"HNW1";
+pub(crate) const TAG: &[u8; 4] = b"HNW1";
 
 #[derive(Clone, Debug)]
 pub struct HnswParams {
@@ -42,7 +42,7 @@ impl Default for HnswParams {
 
 /// A point in the graph: the vector and how to compare it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct HPoint {
+pub(crate) struct HPoint {
     v: Vec<f32>,
     metric: u8,
 }
@@ -192,7 +192,7 @@ impl HnswIndex {
 
     /// Parses an index section of a segment of `records` records of
     /// `dims` dimensions, refusing any graph the search could not walk.
-    pub fn from_bytes(b: &[u8], dims: usize, records: usize) -> Result<Self, String> {
+    pub(crate) fn from_bytes(b: &[u8], dims: usize, records: usize) -> Result<Self, String> {
         if b.get(..4) != Some(TAG.as_slice()) || b.len() < 12 {
             return Err("not an HNSW index".into());
         }

@@ -21,7 +21,7 @@ use super::{distance, Built, Candidate, QueryParams, ScanStats, SegmentAnn, Segm
 use crate::record::{flat_vectors, Prepared};
 use crate::vocab::{IndexSettings, Metric};
 
-pub const TAG: &[u8; 4] = b"IVF1";
+pub(crate) const TAG: &[u8; 4] = b"IVF1";
 
 /// Build parameters.
 #[derive(Clone, Debug)]
@@ -74,7 +74,7 @@ impl IvfIndex {
     }
 
     /// Parses an index section; checks it fits a segment of `records`.
-    pub fn from_bytes(b: &[u8], dims: usize, records: usize) -> Result<Self, String> {
+    pub(crate) fn from_bytes(b: &[u8], dims: usize, records: usize) -> Result<Self, String> {
         let u32_at = |i: usize| -> Result<u32, String> {
             b.get(i..i + 4)
                 .map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")))
@@ -116,22 +116,6 @@ impl IvfIndex {
 
     fn centroid(&self, c: usize) -> &[f32] {
         &self.centroids[c * self.dims..(c + 1) * self.dims]
-    }
-
-    /// The `probes` lists nearest `query` (all of them when `probes` is
-    /// at least `nlist`), in no particular order.
-    pub fn nearest_lists(&self, metric: Metric, query: &[f32], probes: usize) -> Vec<usize> {
-        let nlist = self.nlist();
-        let probes = probes.clamp(1, nlist);
-        if probes == nlist {
-            return (0..nlist).collect();
-        }
-        let mut order: Vec<(f32, usize)> = (0..nlist)
-            .map(|c| (distance(probe_metric(metric), query, self.centroid(c)), c))
-            .collect();
-        order.select_nth_unstable_by(probes - 1, |a, b| a.0.total_cmp(&b.0));
-        order.truncate(probes);
-        order.into_iter().map(|(_, c)| c).collect()
     }
 
     /// The positions of list `c`.
@@ -228,7 +212,7 @@ impl SegmentAnn for IvfIndex {
 /// themselves clustered, and lists are laid out cluster by cluster). A
 /// query probes lists near each other, so in a range-readable shard its
 /// probed lists' bytes are few contiguous ranges.
-pub fn build_lists(
+pub(crate) fn build_lists(
     records: Vec<Prepared>,
     dims: usize,
     metric: Metric,

@@ -19,7 +19,7 @@ use std::collections::BinaryHeap;
 
 pub mod hnsw;
 pub mod ivf;
-pub mod rabitq;
+pub(crate) mod rabitq;
 pub(crate) mod shard;
 
 use crate::record::Prepared;
@@ -109,7 +109,7 @@ pub struct Candidate<'a> {
 
 impl Candidate<'_> {
     /// Total order: distance, then id (ties broken by id, ascending).
-    pub fn rank_cmp(&self, other: &Self) -> Ordering {
+    pub(crate) fn rank_cmp(&self, other: &Self) -> Ordering {
         self.distance
             .total_cmp(&other.distance)
             .then_with(|| self.id.cmp(other.id))
@@ -151,7 +151,7 @@ impl<'a> TopK<'a> {
 
     /// The distance a candidate must beat to enter (infinite until full).
     #[inline]
-    pub fn threshold(&self) -> f32 {
+    pub(crate) fn threshold(&self) -> f32 {
         if self.heap.len() < self.k {
             f32::INFINITY
         } else {
@@ -226,11 +226,11 @@ pub struct QueryParams {
 /// Filters keeping less than this share of a segment's live records are
 /// answered by an exact scan of the matching records (cheap, since few
 /// match, and exact), so filtering never costs recall.
-pub const SELECTIVE_FILTER: f64 = 0.1;
+pub(crate) const SELECTIVE_FILTER: f64 = 0.1;
 
 /// How one indexed segment is searched for one query.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Route {
+pub(crate) enum Route {
     /// Scan the allowed records exactly.
     Exact,
     /// Use the ANN index with these (possibly widened) parameters.
@@ -242,7 +242,7 @@ pub enum Route {
 /// A selective filter (or `exact`) scans exactly; otherwise the probe
 /// count grows by 1/selectivity, so a filter that keeps a tenth of the
 /// records probes ten times the clusters and still finds `k` of them.
-pub fn route(params: &QueryParams, selectivity: f64) -> Route {
+pub(crate) fn route(params: &QueryParams, selectivity: f64) -> Route {
     if params.exact || selectivity < SELECTIVE_FILTER {
         return Route::Exact;
     }
@@ -264,7 +264,7 @@ pub struct Built {
 /// One kind of ANN index: build, serialize, load and search in one
 /// contract (compare lance's `subindex.rs`). Adding a kind means one
 /// implementation plus a line in [`build`] and [`AnnIndex::parse`].
-pub trait SegmentAnn: Sized + Send + Sync {
+pub(crate) trait SegmentAnn: Sized + Send + Sync {
     /// The `index.kind` setting that selects it.
     const KIND: AnnKind;
     /// Builds an index over `records` and decides their stored order.

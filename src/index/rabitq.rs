@@ -35,14 +35,14 @@ use crate::vocab::Metric;
 /// `|q⊥| √(1 - ip²) / ip / √(D - 1)`; the paper's 1.9 leaves about 6 % of
 /// rows outside (measured), 3.0 about 0.3 %, which is what a search that
 /// skips rows by their bound needs.
-pub const EPSILON0: f32 = 3.0;
+pub(crate) const EPSILON0: f32 = 3.0;
 
 const ROTATION_SEED: u64 = 0x5241_4249_5451_0001;
 const ROTATION_ROUNDS: usize = 3;
 
 /// The randomized Hadamard rotation for `dims` dimensions.
 #[derive(Clone, Debug)]
-pub struct Rotation {
+pub(crate) struct Rotation {
     dims: usize,
     /// Largest power of two `<= dims`.
     block: usize,
@@ -51,7 +51,7 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    pub fn new(dims: usize) -> Self {
+    pub(crate) fn new(dims: usize) -> Self {
         let block = if dims == 0 {
             0
         } else {
@@ -76,12 +76,12 @@ impl Rotation {
         Rotation { dims, block, signs }
     }
 
-    pub fn dims(&self) -> usize {
+    pub(crate) fn dims(&self) -> usize {
         self.dims
     }
 
     /// Rotates `x` in place.
-    pub fn apply(&self, x: &mut [f32]) {
+    pub(crate) fn apply(&self, x: &mut [f32]) {
         debug_assert_eq!(x.len(), self.dims);
         if self.dims == 0 {
             return;
@@ -100,7 +100,7 @@ impl Rotation {
     }
 
     /// A rotated copy of `x`.
-    pub fn rotated(&self, x: &[f32]) -> Vec<f32> {
+    pub(crate) fn rotated(&self, x: &[f32]) -> Vec<f32> {
         let mut v = x.to_vec();
         self.apply(&mut v);
         v
@@ -126,12 +126,12 @@ fn fwht(x: &mut [f32]) {
 }
 
 /// `u64` words per code of `dims` bits.
-pub fn words(dims: usize) -> usize {
+pub(crate) fn words(dims: usize) -> usize {
     dims.div_ceil(64)
 }
 
 /// Bytes one row takes in a list's code block.
-pub fn row_bytes(dims: usize) -> usize {
+pub(crate) fn row_bytes(dims: usize) -> usize {
     words(dims) * 8 + 12
 }
 
@@ -139,7 +139,7 @@ pub fn row_bytes(dims: usize) -> usize {
 /// `radius` are derived when a block is parsed (never stored): they move
 /// per-row work out of every query's scan.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ListCodes {
+pub(crate) struct ListCodes {
     words: usize,
     bits: Vec<u64>,
     norm: Vec<f32>,
@@ -155,7 +155,7 @@ pub struct ListCodes {
 
 impl ListCodes {
     /// Encodes `vectors` (`n × dims`) of a list with centroid `centroid`.
-    pub fn encode(rot: &Rotation, centroid: &[f32], vectors: &[f32]) -> Self {
+    pub(crate) fn encode(rot: &Rotation, centroid: &[f32], vectors: &[f32]) -> Self {
         let dims = rot.dims();
         let w = words(dims);
         let n = vectors.len() / dims.max(1);
@@ -211,16 +211,12 @@ impl ListCodes {
         self.radius = self.norm.iter().copied().fold(0.0, f32::max);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.norm.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.norm.is_empty()
-    }
-
     /// The block as stored: every row's words, then the factors.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len() * (self.words * 8 + 12));
         for w in &self.bits {
             out.extend_from_slice(&w.to_le_bytes());
@@ -234,7 +230,7 @@ impl ListCodes {
     }
 
     /// Parses a block of `rows` rows of `dims`-d codes.
-    pub fn from_bytes(b: &[u8], dims: usize, rows: usize) -> Result<Self, String> {
+    pub(crate) fn from_bytes(b: &[u8], dims: usize, rows: usize) -> Result<Self, String> {
         let w = words(dims);
         if b.len() != rows * row_bytes(dims) {
             return Err(format!(
@@ -274,14 +270,14 @@ impl ListCodes {
         Ok(codes)
     }
 
-    pub fn memory_bytes(&self) -> usize {
+    pub(crate) fn memory_bytes(&self) -> usize {
         self.bits.len() * 8 + self.norm.len() * 20
     }
 }
 
 /// A rotated query residual quantized to 4 bits, split into bit planes
 /// (`planes[b * words + k]`: bit `b` of coordinates `64k..64k + 64`).
-pub struct QueryCode {
+pub(crate) struct QueryCode {
     words: usize,
     planes: Vec<u64>,
     lo: f32,
@@ -296,7 +292,7 @@ pub struct QueryCode {
 
 impl QueryCode {
     /// `y` is the rotated query residual.
-    pub fn new(y: &[f32]) -> Self {
+    pub(crate) fn new(y: &[f32]) -> Self {
         let dims = y.len();
         let (lo, hi) = y
             .iter()
@@ -348,7 +344,7 @@ fn has_popcnt() -> bool {
 
 /// A query prepared for one list: its rotated residual, quantized, and
 /// the scalars every row's estimate needs.
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     metric: Metric,
     code: QueryCode,
     /// `|q - c|²` and `|q|`.
@@ -366,7 +362,7 @@ pub struct ListQuery {
 impl ListQuery {
     /// `rq` is the rotated query, `q_norm` its norm, `rc` the list's
     /// rotated centroid and `q_dot_c` their inner product.
-    pub fn new(metric: Metric, rq: &[f32], q_norm: f32, rc: &[f32], q_dot_c: f32) -> Self {
+    pub(crate) fn new(metric: Metric, rq: &[f32], q_norm: f32, rc: &[f32], q_dot_c: f32) -> Self {
         let y: Vec<f32> = rq.iter().zip(rc).map(|(q, c)| q - c).collect();
         let y_norm2 = super::dot(&y, &y);
         let code = QueryCode::new(&y);
@@ -388,7 +384,7 @@ impl ListQuery {
     /// recall; it prunes where lists are tight around their centroids
     /// (near-duplicates, well-separated clusters) and rarely in high
     /// dimensions where residuals are long.
-    pub fn list_bound(&self, codes: &ListCodes) -> f32 {
+    pub(crate) fn list_bound(&self, codes: &ListCodes) -> f32 {
         let r = codes.radius;
         match self.metric {
             Metric::Euclidean => (self.y_norm2.sqrt() - r).max(0.0).powi(2),
@@ -421,7 +417,7 @@ impl ListQuery {
     /// the POPCNT instruction where the CPU has it (checked at run time: a
     /// portable x86-64 build cannot assume it, and without it a popcount
     /// is a dozen instructions).
-    pub fn scan(
+    pub(crate) fn scan(
         &self,
         codes: &ListCodes,
         keep: &dyn Fn(usize) -> bool,
@@ -468,7 +464,7 @@ impl ListQuery {
     /// Row `i`'s estimated ranking distance (as [`super::distance`]
     /// computes it: lower is better) and the half-width of its bound.
     #[inline(always)]
-    pub fn estimate(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
+    pub(crate) fn estimate(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
         let (norm, inv_ip) = (codes.norm[i], codes.inv_ip[i]);
         let ipr = norm * self.code_dot(codes, i) * inv_ip;
         let err = norm * (self.per_spread * codes.spread[i] + self.rounding * inv_ip);

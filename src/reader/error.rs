@@ -101,7 +101,7 @@ impl PartitionError {
     }
 
     /// A referenced segment is gone (compaction + GC since our manifest).
-    pub fn is_missing_segment(&self) -> bool {
+    pub(crate) fn is_missing_segment(&self) -> bool {
         matches!(self, PartitionError::Segment(e) if e.is_missing())
     }
 

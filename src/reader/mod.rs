@@ -124,7 +124,7 @@ impl SearchRequest {
 pub const MAX_K: usize = 1000;
 
 /// How long a query may take unless it says otherwise.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// One result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -322,7 +322,7 @@ impl Reader {
     }
 
     /// A reader that also feeds an instance's published metrics.
-    pub fn with_metrics(
+    pub(crate) fn with_metrics(
         store: DynStore,
         settings: &Settings,
         opts: ReaderOptions,
@@ -441,7 +441,7 @@ impl Reader {
 
     /// The ids live in partition `p`, in ascending byte order (for
     /// listing an index page by page).
-    pub async fn list_ids(
+    pub(crate) async fn list_ids(
         &self,
         p: u32,
         consistency: Consistency,
@@ -467,7 +467,7 @@ impl Reader {
 
     /// Starts [`Reader::warm_up`] in the background; a failure is logged,
     /// and queries load what they need as usual.
-    pub fn spawn_warm(&self) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_warm(&self) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             match me.warm_up().await {
@@ -481,7 +481,7 @@ impl Reader {
 
     /// Live records (newest version of an id, not deleted) per partition,
     /// as of each partition's loaded view; `None` where none is loaded.
-    pub fn live_counts(&self) -> Vec<Option<u64>> {
+    pub(crate) fn live_counts(&self) -> Vec<Option<u64>> {
         self.shared
             .views
             .iter()

@@ -31,7 +31,7 @@ pub struct LiveSet {
 
 impl LiveSet {
     /// Adds a segment newer than every segment absorbed so far.
-    pub fn absorb(&mut self, seg: &Segment) {
+    pub(crate) fn absorb(&mut self, seg: &Segment) {
         let j = self.masks.len() as u32;
         let mut mask = vec![false; seg.len()];
         let oldest_wins = crate::mutation::active(crate::mutation::Mutation::OldestWins);
@@ -74,12 +74,12 @@ impl LiveSet {
     }
 
     /// Live records in segment `j`.
-    pub fn live_in(&self, j: usize) -> usize {
+    pub(crate) fn live_in(&self, j: usize) -> usize {
         self.masks[j].iter().filter(|l| **l).count()
     }
 
     /// Live records over every segment.
-    pub fn live_count(&self) -> u64 {
+    pub(crate) fn live_count(&self) -> u64 {
         self.live_count
     }
 
@@ -90,13 +90,13 @@ impl LiveSet {
     }
 
     /// The newest location of `id`, tombstone or not.
-    pub fn newest_of(&self, id: &str) -> Option<Loc> {
+    pub(crate) fn newest_of(&self, id: &str) -> Option<Loc> {
         self.newest.get(id).copied()
     }
 
     /// The newest location of `id`, if it is live.
-    #[cfg(any(test, feature = "test-util"))]
-    pub fn locate(&self, id: &str) -> Option<Loc> {
+    #[cfg(test)]
+    pub(crate) fn locate(&self, id: &str) -> Option<Loc> {
         self.newest.get(id).copied().filter(|l| !l.tombstone)
     }
 }

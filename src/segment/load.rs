@@ -63,7 +63,7 @@ impl LoadError {
     }
 
     /// The object is gone (a compaction and GC since the manifest was read).
-    pub fn is_missing(&self) -> bool {
+    pub(crate) fn is_missing(&self) -> bool {
         matches!(self, LoadError::Store(StoreError::NotFound { .. }))
     }
 }

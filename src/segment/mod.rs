@@ -50,17 +50,17 @@ pub use load::{load, LoadError, Shape};
 use crate::vocab::Metric;
 
 pub const MAGIC: &[u8; 8] = b"SHOALSEG";
-pub const END_MAGIC: &[u8; 8] = b"SHOALEND";
+pub(crate) const END_MAGIC: &[u8; 8] = b"SHOALEND";
 pub const FORMAT_VERSION: u16 = 1;
 pub const DIR_ENTRY_LEN: usize = 40;
 pub const TAIL_LEN: usize = 24;
 /// Most records one segment may hold (a guard against lying headers).
-pub const MAX_SEGMENT_RECORDS: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_SEGMENT_RECORDS: u64 = 16 * 1024 * 1024;
 
 /// Section kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum SectionKind {
+pub(crate) enum SectionKind {
     Ids = 1,
     Vectors = 2,
     Metadata = 3,
@@ -68,8 +68,8 @@ pub enum SectionKind {
     Index = 5,
 }
 
-pub const CODEC_RAW: u8 = 0;
-pub const CODEC_ZSTD: u8 = 1;
+pub(crate) const CODEC_RAW: u8 = 0;
+pub(crate) const CODEC_ZSTD: u8 = 1;
 
 /// One directory entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl Segment {
     }
 
     /// Size of the object as stored (compressed), in bytes.
-    pub fn stored_bytes(&self) -> u64 {
+    pub(crate) fn stored_bytes(&self) -> u64 {
         self.stored_bytes
     }
 

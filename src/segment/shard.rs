@@ -47,21 +47,21 @@ use super::{
 use crate::record::{Prepared, MAX_ID_BYTES, MAX_METADATA_BYTES};
 use crate::vocab::Metric;
 
-pub const SHARD_MAGIC: &[u8; 8] = b"SHOALSHD";
-pub const SHARD_VERSION: u16 = 1;
-pub const PREFIX_LEN: usize = 32;
+pub(crate) const SHARD_MAGIC: &[u8; 8] = b"SHOALSHD";
+pub(crate) const SHARD_VERSION: u16 = 1;
+pub(crate) const PREFIX_LEN: usize = 32;
 const LIST_ENTRY_LEN: usize = 80;
 /// zstd level for ids and metadata.
 const LEVEL_TEXT: i32 = 3;
 
 /// Whether `buf` starts like a shard of this format.
-pub fn is_shard(buf: &[u8]) -> bool {
+pub(crate) fn is_shard(buf: &[u8]) -> bool {
     buf.get(..8) == Some(SHARD_MAGIC.as_slice())
 }
 
 /// A compressed block: where it is, how big, and its checksum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Block {
+pub(crate) struct Block {
     pub offset: u64,
     pub stored_len: u64,
     pub raw_len: u64,
@@ -69,14 +69,14 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn range(&self) -> std::ops::Range<u64> {
+    pub(crate) fn range(&self) -> std::ops::Range<u64> {
         self.offset..self.offset + self.stored_len
     }
 }
 
 /// One IVF list in the head.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListEntry {
+pub(crate) struct ListEntry {
     /// The list's first row in the shard (rows run through lists in order).
     pub start: u64,
     pub rows: u64,
@@ -89,7 +89,7 @@ pub struct ListEntry {
 
 /// A shard's head: everything needed to plan a query on it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ShardHead {
+pub(crate) struct ShardHead {
     pub dimensions: usize,
     pub metric: Metric,
     pub rows: u64,
@@ -102,34 +102,34 @@ pub struct ShardHead {
 }
 
 impl ShardHead {
-    pub fn nlist(&self) -> usize {
+    pub(crate) fn nlist(&self) -> usize {
         self.lists.len()
     }
 
-    pub fn centroid(&self, l: usize) -> &[f32] {
+    pub(crate) fn centroid(&self, l: usize) -> &[f32] {
         &self.centroids[l * self.dimensions..(l + 1) * self.dimensions]
     }
 
     /// Bytes per stored row: the vector and its checksum.
-    pub fn row_stride(&self) -> u64 {
+    pub(crate) fn row_stride(&self) -> u64 {
         self.dimensions as u64 * 4 + 8
     }
 
     /// Byte range of rows `first..first + count` of list `l` (indexes
     /// within the list).
-    pub fn rows_range(&self, l: usize, first: u64, count: u64) -> std::ops::Range<u64> {
+    pub(crate) fn rows_range(&self, l: usize, first: u64, count: u64) -> std::ops::Range<u64> {
         let e = &self.lists[l];
         let s = e.rows_offset + first * self.row_stride();
         s..s + count * self.row_stride()
     }
 
     /// The list holding shard row `row`.
-    pub fn list_of(&self, row: u64) -> usize {
+    pub(crate) fn list_of(&self, row: u64) -> usize {
         self.lists.partition_point(|e| e.start + e.rows <= row)
     }
 
     /// The header a [`Segment`] decoded from this shard carries.
-    pub fn segment_header(&self) -> SegmentHeader {
+    pub(crate) fn segment_header(&self) -> SegmentHeader {
         SegmentHeader {
             format_version: FORMAT_VERSION,
             dimensions: self.dimensions as u32,
@@ -143,7 +143,12 @@ impl ShardHead {
 
     /// Checks a list's code block against its checksum (the quantizer
     /// parses it).
-    pub fn check_codes(&self, key: &str, l: usize, stored: &[u8]) -> Result<(), SegmentError> {
+    pub(crate) fn check_codes(
+        &self,
+        key: &str,
+        l: usize,
+        stored: &[u8],
+    ) -> Result<(), SegmentError> {
         if xxh3_64(stored) != self.lists[l].codes.checksum {
             return Err(corrupt(
                 key,
@@ -155,7 +160,7 @@ impl ShardHead {
 
     /// Checks and parses `count` rows of list `l` starting at `first`
     /// (`bytes` as [`Self::rows_range`] addresses them): vectors, row-major.
-    pub fn list_rows(
+    pub(crate) fn list_rows(
         &self,
         key: &str,
         l: usize,
@@ -185,7 +190,7 @@ impl ShardHead {
 
     /// Checks and parses a list's metadata block: per row, the encoded
     /// JSON object (empty: none), as offsets into the bytes.
-    pub fn list_metadata(
+    pub(crate) fn list_metadata(
         &self,
         key: &str,
         l: usize,
@@ -213,13 +218,13 @@ impl ShardHead {
 
 /// Every row's id and tombstone flag, in row order.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ShardIds {
+pub(crate) struct ShardIds {
     pub ids: Vec<String>,
     pub tombstones: Vec<bool>,
 }
 
 /// What [`encode_shard`] made.
-pub struct EncodedShard {
+pub(crate) struct EncodedShard {
     pub bytes: Bytes,
     /// Length of the head region (ids block, head, footer).
     pub head_bytes: u64,
@@ -258,7 +263,7 @@ fn open_block(
 
 /// Encodes an IVF shard: `groups[l]` are the rows of the list with
 /// centroid `centroids[l]`, `codes[l]` its code block.
-pub fn encode_shard(
+pub(crate) fn encode_shard(
     header: &SegmentHeader,
     centroids: &[f32],
     groups: &[&[Prepared]],
@@ -391,7 +396,7 @@ fn head_len(writer: usize, nlist: usize, dims: usize) -> usize {
 /// The head's length from the prefix (the object's first
 /// [`PREFIX_LEN`] bytes): a reader that does not know the head region's
 /// length reads this much first.
-pub fn prefix_head_len(key: &str, prefix: &[u8]) -> Result<u64, SegmentError> {
+pub(crate) fn prefix_head_len(key: &str, prefix: &[u8]) -> Result<u64, SegmentError> {
     let p = prefix
         .get(..PREFIX_LEN)
         .ok_or_else(|| corrupt(key, "shard is shorter than its prefix"))?;
@@ -411,7 +416,7 @@ pub fn prefix_head_len(key: &str, prefix: &[u8]) -> Result<u64, SegmentError> {
 /// Parses the head region (`region` = the object's first bytes, at least
 /// through the ids block; `total_len` = the object's size): the head and
 /// every row's id.
-pub fn decode_head_region(
+pub(crate) fn decode_head_region(
     key: &str,
     region: &[u8],
     total_len: u64,
@@ -588,7 +593,7 @@ fn parse_head(
 
 /// Decodes a whole shard object into a [`Segment`]: rows in list order,
 /// with an IVF index section of its centroids and list boundaries.
-pub fn decode_shard(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
+pub(crate) fn decode_shard(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
     prefix_head_len(key, buf)?;
     if !buf.ends_with(END_MAGIC) {
         return Err(corrupt(key, "shard is truncated (no end magic)"));

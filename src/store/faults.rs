@@ -316,7 +316,7 @@ pub struct Faulty {
 }
 
 /// The simulated wall clock objects are stamped with.
-pub type SimClock = std::sync::Arc<dyn Fn() -> std::time::SystemTime + Send + Sync>;
+pub(crate) type SimClock = std::sync::Arc<dyn Fn() -> std::time::SystemTime + Send + Sync>;
 
 impl std::fmt::Debug for Faulty {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -33,7 +33,7 @@ use super::{
 
 /// Number of lock files; keys hash onto them. Bounded so lock files never
 /// accumulate, large enough that unrelated keys rarely share one.
-pub const LOCK_STRIPES: u64 = 1024;
+pub(crate) const LOCK_STRIPES: u64 = 1024;
 const TMP_DIR: &str = ".shoal-tmp";
 const LOCK_DIR: &str = ".shoal-locks";
 

@@ -30,7 +30,7 @@ type Bucket = Arc<Mutex<BTreeMap<String, Object>>>;
 static BUCKETS: LazyLock<Mutex<HashMap<String, Bucket>>> = LazyLock::new(Default::default);
 
 /// Where an in-memory store's `last_modified` times come from.
-pub type TimeSource = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+pub(crate) type TimeSource = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// An in-process object store. Cheap to clone; clones share objects.
 #[derive(Clone)]

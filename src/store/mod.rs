@@ -307,7 +307,7 @@ async fn open_s3(rest: &str) -> Result<DynStore> {
 
 /// Checks that a key is a relative path of non-empty components with no
 /// `.`/`..` and no NUL, so no backend can be led outside its root or prefix.
-pub fn validate_key(key: &str) -> Result<()> {
+pub(crate) fn validate_key(key: &str) -> Result<()> {
     let bad = |why: &str| Err(StoreError::other(key, format!("invalid key: {why}")));
     if key.is_empty() {
         return bad("empty");

@@ -187,7 +187,10 @@ impl BatchWriter {
     /// Buffers records already validated with [`crate::record::prepare_one`]
     /// or [`crate::record::prepare_batch`] (callers that report their own
     /// error locations, such as `shoal ingest`).
-    pub async fn add_prepared(&self, prepared: Vec<Prepared>) -> Result<FlushReport, WriteError> {
+    pub(crate) async fn add_prepared(
+        &self,
+        prepared: Vec<Prepared>,
+    ) -> Result<FlushReport, WriteError> {
         let n = self.shared.writer.partition_count();
         let now = Instant::now();
         let mut full = std::collections::BTreeSet::new();

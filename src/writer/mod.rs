@@ -128,7 +128,7 @@ pub struct WriteReceipt {
 
 /// Counters of one writer.
 #[derive(Debug, Default)]
-pub struct WriterStats {
+pub(crate) struct WriterStats {
     pub records: AtomicU64,
     pub segments: AtomicU64,
     pub bytes: AtomicU64,
@@ -257,12 +257,12 @@ impl Writer {
     }
 
     /// Marks a partition for compaction again (after a failed attempt).
-    pub fn mark_dirty(&self, p: u32) {
+    pub(crate) fn mark_dirty(&self, p: u32) {
         self.inner.dirty.lock().unwrap().insert(p);
     }
 
     /// Partitions committed to since the last call (compaction candidates).
-    pub fn take_dirty(&self) -> Vec<u32> {
+    pub(crate) fn take_dirty(&self) -> Vec<u32> {
         std::mem::take(&mut *self.inner.dirty.lock().unwrap())
             .into_iter()
             .collect()
