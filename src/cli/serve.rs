@@ -2,6 +2,8 @@
 //! then a graceful shutdown: in-flight requests finish, background
 //! compaction stops, the instance record is removed.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -85,8 +87,39 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// `shoal serve`: opens the bucket (and the S3 Vectors API), refuses an
+/// exposed address without authentication, serves until a shutdown signal,
+/// then closes everything it opened.
 pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     let every = (a.compact_every > 0).then(|| Duration::from_secs(a.compact_every));
+    let db = open_db(ctx, &a, every).await?;
+    let mut opts = http_options(&a);
+    let s3v = open_s3vectors(ctx, &a, every).await?;
+    opts.s3vectors = s3v.clone();
+    let unauthenticated = check_exposure(&a, &opts, db.is_some(), s3v.as_deref()).await?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    if unauthenticated {
+        warn_every_minute(addr);
+    }
+    let shutdown = shutdown_signal()?;
+    announce(ctx, addr, db.as_ref(), s3v.is_some())?;
+    shoal::http::serve(listener, db.clone(), opts, shutdown).await?;
+    if let Some(svc) = &s3v {
+        svc.close().await;
+    }
+    if let Some(db) = &db {
+        db.close().await?;
+    }
+    eprintln!("shoal serve: stopped cleanly");
+    Ok(())
+}
+
+/// Opens the index at the bucket's root (creating its config when allowed);
+/// `None` when there is none and only the S3 Vectors API is served.
+async fn open_db(ctx: &Ctx, a: &ServeArgs, every: Option<Duration>) -> Result<Option<shoal::Db>> {
     // Readers never create the config (in AWS their role cannot write
     // it); writers do when given the dimensions.
     let create = a.dimensions.is_some() && ctx.role != Some(Role::Reader);
@@ -110,10 +143,10 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         },
     )
     .await;
-    let db = match opened {
-        Ok(db) => Some(db),
+    match opened {
+        Ok(db) => Ok(Some(db)),
         // The S3 Vectors API needs no index at the root.
-        Err(e) if e.kind() == ErrorKind::NotFound && a.s3vectors => None,
+        Err(e) if e.kind() == ErrorKind::NotFound && a.s3vectors => Ok(None),
         Err(e) if e.kind() == ErrorKind::NotFound => anyhow::bail!(
             "{e}. Create it with `shoal --bucket {b} init --dimensions N`, or start a writer \
              with `shoal --bucket {b} serve --dimensions N` (SHOAL_DIMENSIONS=N; also \
@@ -125,8 +158,12 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
                 ""
             }
         ),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open {}", ctx.bucket))),
-    };
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open {}", ctx.bucket))),
+    }
+}
+
+/// The HTTP server's limits from the flags (body size, query timeout, searches at once).
+fn http_options(a: &ServeArgs) -> HttpOptions {
     let mut opts = HttpOptions {
         body_limit: a.max_body_bytes,
         query_timeout: a.query_timeout,
@@ -135,27 +172,45 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     if let Some(n) = a.max_concurrent_searches {
         opts.max_searches = n.max(1);
     }
-    let s3v = if a.s3vectors {
-        let credentials = shoal::s3vectors::Credentials::from_env().map_err(anyhow::Error::msg)?;
-        if credentials.is_empty() && !a.insecure_no_auth {
-            anyhow::bail!(
-                "--s3vectors needs credentials to check request signatures: set                  SHOAL_S3V_CREDENTIALS=ACCESS_KEY:SECRET_KEY (several: comma-separated) or                  SHOAL_S3V_CREDENTIALS_FILE, and give clients the same pair; or pass                  --insecure-no-auth to accept unsigned requests"
-            );
-        }
-        let mut s = shoal::s3vectors::S3VectorsOptions::new(ctx.bucket.clone());
-        s.credentials = (!credentials.is_empty()).then_some(credentials);
-        s.role = ctx.role;
-        s.partitions = a.partitions;
-        s.compact_every = every;
-        s.gc_every = (!a.gc_every.is_zero()).then_some(a.gc_every);
-        let svc = shoal::s3vectors::Service::open(s)
-            .await
-            .with_context(|| format!("cannot open {} for the S3 Vectors API", ctx.bucket))?;
-        Some(std::sync::Arc::new(svc))
-    } else {
-        None
-    };
-    opts.s3vectors = s3v.clone();
+    opts
+}
+
+/// The S3 Vectors API service with `--s3vectors` (which needs credentials
+/// unless `--insecure-no-auth`), `None` without it.
+async fn open_s3vectors(
+    ctx: &Ctx,
+    a: &ServeArgs,
+    every: Option<Duration>,
+) -> Result<Option<Arc<shoal::s3vectors::Service>>> {
+    if !a.s3vectors {
+        return Ok(None);
+    }
+    let credentials = shoal::s3vectors::Credentials::from_env().map_err(anyhow::Error::msg)?;
+    if credentials.is_empty() && !a.insecure_no_auth {
+        anyhow::bail!(
+        "--s3vectors needs credentials to check request signatures: set                  SHOAL_S3V_CREDENTIALS=ACCESS_KEY:SECRET_KEY (several: comma-separated) or                  SHOAL_S3V_CREDENTIALS_FILE, and give clients the same pair; or pass                  --insecure-no-auth to accept unsigned requests"
+        );
+    }
+    let mut s = shoal::s3vectors::S3VectorsOptions::new(ctx.bucket.clone());
+    s.credentials = (!credentials.is_empty()).then_some(credentials);
+    s.role = ctx.role;
+    s.partitions = a.partitions;
+    s.compact_every = every;
+    s.gc_every = (!a.gc_every.is_zero()).then_some(a.gc_every);
+    let svc = shoal::s3vectors::Service::open(s)
+        .await
+        .with_context(|| format!("cannot open {} for the S3 Vectors API", ctx.bucket))?;
+    Ok(Some(Arc::new(svc)))
+}
+
+/// Whether some route would answer without a key or signature on a
+/// non-loopback address; refuses that unless `--insecure-no-auth`.
+async fn check_exposure(
+    a: &ServeArgs,
+    opts: &HttpOptions,
+    has_db: bool,
+    s3v: Option<&shoal::s3vectors::Service>,
+) -> Result<bool> {
     // Checked before binding: an open port is never exposed, not even
     // for a moment.
     let exposed = tokio::net::lookup_host(&a.listen)
@@ -163,8 +218,7 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot resolve the listen address {}", a.listen))?
         .any(|addr| !addr.ip().is_loopback());
     // Open means some route would answer without a key or signature.
-    let open =
-        (opts.keys.is_open() && db.is_some()) || s3v.as_ref().is_some_and(|s| !s.authenticates());
+    let open = (opts.keys.is_open() && has_db) || s3v.is_some_and(|s| !s.authenticates());
     if open && exposed && !a.insecure_no_auth {
         anyhow::bail!(
             "refusing to serve {} without an API key: anyone who can reach it could read, \
@@ -173,29 +227,30 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
             a.listen
         );
     }
-    let listener = tokio::net::TcpListener::bind(&a.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
-    let addr = listener.local_addr()?;
-    if open && exposed {
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                every.tick().await;
-                eprintln!(
-                    "shoal serve: WARNING: {addr} has no API key (--insecure-no-auth): \
-                     anyone who can reach it can read, write and delete"
-                );
-            }
-        });
-    }
-    let shutdown = shutdown_signal()?;
-    // One line on stdout that scripts (and tests) can wait for.
-    let what = match &db {
+    Ok(open && exposed)
+}
+
+/// Logs a warning every minute that `addr` is served without authentication.
+fn warn_every_minute(addr: SocketAddr) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            eprintln!(
+                "shoal serve: WARNING: {addr} has no API key (--insecure-no-auth): \
+                 anyone who can reach it can read, write and delete"
+            );
+        }
+    });
+}
+
+/// Prints the one line on stdout that scripts (and tests) wait for, and flushes it.
+fn announce(ctx: &Ctx, addr: SocketAddr, db: Option<&shoal::Db>, s3v: bool) -> Result<()> {
+    let what = match db {
         Some(db) => format!("{} as {}", db.describe(), db.role()),
         None => format!("{}, S3 Vectors API only", ctx.bucket),
     };
-    let api = if s3v.is_some() && db.is_some() {
+    let api = if s3v && db.is_some() {
         "; S3 Vectors API on"
     } else {
         ""
@@ -203,13 +258,5 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     println!("shoal serve: listening on http://{addr} ({what}{api})");
     use std::io::Write;
     std::io::stdout().flush()?;
-    shoal::http::serve(listener, db.clone(), opts, shutdown).await?;
-    if let Some(svc) = &s3v {
-        svc.close().await;
-    }
-    if let Some(db) = &db {
-        db.close().await?;
-    }
-    eprintln!("shoal serve: stopped cleanly");
     Ok(())
 }

@@ -179,6 +179,9 @@ async fn work_due(
     Ok(due || round.tail_records >= INDEX_MIN_RECORDS)
 }
 
+/// One indexing round under the lease (module docs, steps 1 to 7): take
+/// the tails, write the new shards and deletion vectors, commit the index
+/// manifest, and only then retire the covered segments.
 async fn run_round(
     store: &dyn ObjectStore,
     settings: &Settings,
@@ -189,12 +192,65 @@ async fn run_round(
     let n = settings.partition_count;
     let shape = shape_of(settings);
     let index = current_index(store, n).await?;
+    let backoff = Backoff::default();
+    let (batch, advanced) = take_tails(store, settings, clock, &index, max_rows, round).await?;
+    if advanced.is_empty() {
+        return Ok(());
+    }
+    let deletions = supersede_rows(store, &index, shape, &batch, round).await?;
+    // The new shards: the batch's live records.
+    let live: Vec<Prepared> = batch.into_iter().filter(|r| !r.tombstone).collect();
+    round.rows_out = live.len() as u64;
+    let now = clock.now();
+    // GC spares unreferenced objects for the grace period: commit within
+    // the age bound after the first PUT, or not at all.
+    let (new_shards, written_at) = write_shards(store, settings, clock, live, 0).await?;
+    round
+        .shards_written
+        .extend(new_shards.iter().map(|s| s.key.clone()));
+    let new_dvs = write_deletions(store, &index, deletions, now, backoff).await?;
+    if crate::mutation::active(crate::mutation::Mutation::RetireBeforeIndexCommit) {
+        for (&p, &w) in &advanced {
+            retire(store, settings, clock, p, w).await?; // broken on purpose
+        }
+    }
+    let commit = RoundCommit {
+        advanced: &advanced,
+        shards: &new_shards,
+        deletions: &new_dvs,
+    };
+    let committed = commit_round(store, settings, clock, &index, commit, written_at, backoff);
+    let Some(generation) = committed.await? else {
+        round.superseded = true;
+        return Ok(());
+    };
+    round.generation = Some(generation);
+    // The index manifest covers them now: retire them from the partitions.
+    for (&p, &w) in &advanced {
+        round.retired_partitions += retire(store, settings, clock, p, w).await? as u64;
+    }
+    round.advanced = advanced;
+    Ok(())
+}
+
+/// Loads each partition's tail and resolves it into the round's batch;
+/// returns the batch and each partition's new watermark (finishing an
+/// earlier round's retirement on the way).
+async fn take_tails(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    index: &IndexManifest,
+    max_rows: Option<u64>,
+    round: &mut IndexRound,
+) -> Result<(Vec<Prepared>, BTreeMap<u32, u64>), CompactError> {
+    let n = settings.partition_count;
+    let shape = shape_of(settings);
     // The tails, and where each partition's watermark will move. With a
     // row budget the walk starts where the generation points, so rounds
     // that cannot take every tail still reach every partition in turn.
     let mut batch: Vec<Prepared> = Vec::new();
     let mut advanced = BTreeMap::new();
-    let backoff = Backoff::default();
     let start = if max_rows.is_some() {
         (index.generation % u64::from(n)) as u32
     } else {
@@ -222,9 +278,18 @@ async fn run_round(
         batch.extend(live.into_iter().chain(tombstones));
         advanced.insert(p, last.seq);
     }
-    if advanced.is_empty() {
-        return Ok(());
-    }
+    Ok((batch, advanced))
+}
+
+/// Marks dead every live shard row whose id the batch holds; returns the
+/// changed deletion vectors by shard index.
+async fn supersede_rows(
+    store: &dyn ObjectStore,
+    index: &IndexManifest,
+    shape: Shape,
+    batch: &[Prepared],
+    round: &mut IndexRound,
+) -> Result<Vec<(usize, DeletionVector)>, CompactError> {
     // Older shard rows the batch supersedes.
     let touched: HashSet<&str> = batch.iter().map(|r| r.id.as_str()).collect();
     let mut deletions: Vec<(usize, DeletionVector)> = Vec::new();
@@ -251,16 +316,17 @@ async fn run_round(
             deletions.push((i, dv));
         }
     }
-    // The new shards: the batch's live records.
-    let live: Vec<Prepared> = batch.into_iter().filter(|r| !r.tombstone).collect();
-    round.rows_out = live.len() as u64;
-    let now = clock.now();
-    // GC spares unreferenced objects for the grace period: commit within
-    // the age bound after the first PUT, or not at all.
-    let (new_shards, written_at) = write_shards(store, settings, clock, live, 0).await?;
-    round
-        .shards_written
-        .extend(new_shards.iter().map(|s| s.key.clone()));
+    Ok(deletions)
+}
+
+/// Writes the changed deletion vectors create-only under fresh keys.
+async fn write_deletions(
+    store: &dyn ObjectStore,
+    index: &IndexManifest,
+    deletions: Vec<(usize, DeletionVector)>,
+    now: std::time::SystemTime,
+    backoff: Backoff,
+) -> Result<Vec<NewDeletions>, CompactError> {
     let mut new_dvs = Vec::new();
     for (i, dv) in deletions {
         let key = new_deletions_key(now);
@@ -271,31 +337,26 @@ async fn run_round(
             dead: dv.dead(),
         });
     }
-    if crate::mutation::active(crate::mutation::Mutation::RetireBeforeIndexCommit) {
-        for (&p, &w) in &advanced {
-            retire(store, settings, clock, p, w).await?; // broken on purpose
-        }
-    }
+    Ok(new_dvs)
+}
+
+/// Commits the round to the index manifest; the new generation, or `None`
+/// when another indexer committed since `index` was read (or it is too late).
+async fn commit_round(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    index: &IndexManifest,
+    commit: RoundCommit<'_>,
+    written_at: std::time::SystemTime,
+    backoff: Backoff,
+) -> Result<Option<u64>, CompactError> {
     // Commit, if nobody else did since we read the index manifest.
     let retired_at = format_time(clock.now());
-    let commit = RoundCommit {
-        advanced: &advanced,
-        shards: &new_shards,
-        deletions: &new_dvs,
-    };
     let (expected, late) = (index.generation, || too_late(clock, written_at, settings));
+    let n = settings.partition_count;
     let committed = record_round(store, n, backoff, expected, late, commit, &retired_at);
-    let Some(m) = committed.await? else {
-        round.superseded = true;
-        return Ok(());
-    };
-    round.generation = Some(m.generation);
-    // The index manifest covers them now: retire them from the partitions.
-    for (&p, &w) in &advanced {
-        round.retired_partitions += retire(store, settings, clock, p, w).await? as u64;
-    }
-    round.advanced = advanced;
-    Ok(())
+    Ok(committed.await?.map(|m| m.generation))
 }
 
 /// Retires partition `p`'s segments with seq <= `through` (the index
