@@ -12,11 +12,10 @@ use super::buckets::bucket_of;
 use super::error::{quota, S3vError};
 use super::wire::check_name;
 use super::{now_secs, Call, Service, MAX_DIMENSION, MAX_INDEXES};
-use crate::coord::catalog::{self, Catalog, CatalogError, IndexEntry};
-use crate::coord::{Metric, RequestedSettings, Role};
+use crate::api::{Metric, RequestedSettings, Role};
+use crate::coord::catalog::{Catalog, CatalogError, IndexEntry};
 use crate::db::{Db, OpenOptions};
 use crate::error::Error;
-use crate::store::ObjectStore;
 
 /// A deletion that has not finished after this long is taken to have
 /// died: a `CreateIndex` of the same name then finishes it.
@@ -82,7 +81,7 @@ impl Service {
     }
 
     pub(super) async fn fresh_catalog(&self) -> Result<Catalog, S3vError> {
-        let cat = self.catalog.get(self.root.as_ref()).await?;
+        let cat = self.catalog.get().await?;
         self.forget_gone(&cat).await;
         Ok(cat)
     }
@@ -117,7 +116,7 @@ impl Service {
         if has(&cat) {
             return Ok(cat);
         }
-        let cat = self.catalog.revalidate(self.root.as_ref()).await?;
+        let cat = self.catalog.revalidate().await?;
         self.forget_gone(&cat).await;
         Ok(cat)
     }
@@ -126,11 +125,8 @@ impl Service {
     where
         F: FnMut(&mut Catalog) -> Result<(), S3vError>,
     {
-        match catalog::update(self.root.as_ref(), change).await {
-            Ok(c) => {
-                self.catalog.set(c.clone());
-                Ok(c)
-            }
+        match self.catalog.update(change).await {
+            Ok(c) => Ok(c),
             Err(CatalogError::Refused(e)) => Err(e),
             Err(CatalogError::Coord(e)) => Err(e.into()),
         }
@@ -201,20 +197,10 @@ impl Service {
 
     /// Deletes every object under an index's prefix.
     pub(super) async fn wipe(&self, bucket: &str, index: &str) -> Result<usize, S3vError> {
-        let prefix = format!("{bucket}/{index}/");
-        let objects = self
-            .root
-            .list(&prefix)
+        self.catalog
+            .delete_index_objects(bucket, index)
             .await
-            .map_err(|e| S3vError::from(Error::from(e)))?;
-        let n = objects.len();
-        for o in objects {
-            self.root
-                .delete(&o.key)
-                .await
-                .map_err(|e| S3vError::from(Error::from(e)))?;
-        }
-        Ok(n)
+            .map_err(|e| S3vError::from(Error::from(e)))
     }
 }
 

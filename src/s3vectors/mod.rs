@@ -39,11 +39,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::coord::catalog::CatalogCache;
-use crate::coord::Role;
+use crate::api::{RequestCounts, Role};
+use crate::coord::catalog::CatalogStore;
 use crate::db::Db;
 use crate::error::Error;
-use crate::store::Counted;
 
 pub use error::S3vError;
 pub use sigv4::Credentials;
@@ -173,8 +172,9 @@ pub struct Request<'a> {
 /// The S3 Vectors service over one store.
 pub struct Service {
     opts: S3VectorsOptions,
-    root: Arc<Counted>,
-    catalog: CatalogCache,
+    /// The root of the store: the catalog (each index is reached through
+    /// its own handle in `indexes`).
+    catalog: CatalogStore,
     /// Index handles by `bucket/index`, each opened once on first use
     /// (opening one never holds up requests to the others).
     indexes: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Db>>>>,
@@ -197,11 +197,10 @@ pub(super) fn now_secs() -> f64 {
 
 impl Service {
     pub async fn open(opts: S3VectorsOptions) -> Result<Service, Error> {
-        let root = crate::store::open(&opts.root).await?;
+        let catalog = CatalogStore::open(&opts.root, opts.catalog_max_age).await?;
         Ok(Service {
-            catalog: CatalogCache::new(opts.catalog_max_age),
+            catalog,
             opts,
-            root,
             indexes: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -211,9 +210,10 @@ impl Service {
         self.opts.credentials.is_some()
     }
 
-    /// Requests this service made to the root store (the catalog).
-    pub fn store(&self) -> &Counted {
-        &self.root
+    /// Requests this service made to the root store (the catalog, and
+    /// deleting indexes' objects).
+    pub fn store_counts(&self) -> RequestCounts {
+        self.catalog.counts()
     }
 
     /// Closes every open index handle (instance records removed).

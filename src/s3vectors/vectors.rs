@@ -7,9 +7,8 @@ use serde_json::{json, Value};
 use super::error::{read_only, S3vError};
 use super::wire::{decode_token, encode_token, floats, from_stored, to_record, to_stored_filter};
 use super::{Call, MAX_GET, MAX_LIST_VECTORS, MAX_PUT, MAX_TOP_K};
-use crate::coord::Role;
+use crate::api::{Consistency, Role, SearchRequest};
 use crate::db::Db;
-use crate::reader::{Consistency, SearchRequest};
 
 impl Call<'_> {
     pub(super) async fn put_vectors(&self) -> Result<Value, S3vError> {

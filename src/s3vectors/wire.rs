@@ -10,9 +10,8 @@ use super::{
     Call, MAX_FILTERABLE_BYTES, MAX_KEY_BYTES, MAX_LIST_NAMES, MAX_METADATA_BYTES,
     MAX_METADATA_KEYS,
 };
+use crate::api::{Consistency, Record};
 use crate::coord::catalog::IndexEntry;
-use crate::reader::Consistency;
-use crate::record::Record;
 
 /// A bucket or index name: 3 to 63 of `a-z 0-9 - .`, starting and ending
 /// with a letter or digit.
