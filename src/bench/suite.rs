@@ -9,12 +9,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{concurrent_qps, ingest, run_queries, IngestResult, QueryResult};
-use crate::coord::config::update_config;
+use crate::api::{Consistency, Metric, ReaderOptions, RequestedSettings, Role, SearchRequest};
 use crate::db::{CompactRequest, Db, OpenOptions};
 use crate::error::Error;
-use crate::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
-use crate::store::ObjectStore;
-use crate::vocab::{IndexSettings, Metric};
+use crate::vocab::IndexSettings;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -134,30 +132,28 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
             o.index
         ));
     }
-    let store = crate::store::open(url).await?;
-    let existing = crate::coord::config::read_config(store.as_ref()).await?;
+    let (store, existing) = Db::peek(url).await?;
     match (&existing, o.skip_ingest) {
         (Some(_), false) => {
             return invalid(format!(
                 "{} already holds an index; bench needs an empty bucket or prefix \
                  (or --skip-ingest to query the index there)",
-                store.describe()
+                store
             ))
         }
         (None, true) => {
             return invalid(format!(
                 "--skip-ingest queries an existing index, and {} holds none; run bench \
                  without it first",
-                store.describe()
+                store
             ))
         }
         _ => {}
     }
-    if let (Some((config, _)), true) = (existing, o.skip_ingest) {
+    if let (Some(_), true) = (existing, o.skip_ingest) {
         // A process that only reads: the base vectors stay on disk, so
         // its peak resident memory is the reader's.
-        let settings = config.settings;
-        return query_phases(o, store, settings, &queries, &truth, None, None, 0.0, None).await;
+        return query_phases(o, url, &queries, &truth, None, None, 0.0, None).await;
     }
     let base = crate::dataset::read_fvecs(&o.base)?;
     if base.is_empty() {
@@ -169,35 +165,29 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     };
     let dims = base[0].len() as u32;
     let opts = OpenOptions {
-        settings: crate::coord::RequestedSettings {
+        settings: RequestedSettings {
             partition_count: Some(o.partitions),
             dimensions: Some(dims),
             distance_metric: Some(o.metric),
             ..Default::default()
         },
-        role: Some(crate::coord::Role::Writer),
+        role: Some(Role::Writer),
         ..Default::default()
     };
-    let created = Db::open_store(store.clone(), opts.clone()).await?;
+    let created = Db::open(url, opts.clone()).await?;
     let ix = IndexSettings {
         kind: o.index.clone(),
         min_records: o.index_min_records,
         nprobe: o.nprobe as u32,
         ..Default::default()
     };
-    let clock = crate::coord::clock::SystemClock;
-    update_config(store.as_ref(), &clock, |c| {
-        c.settings.index = Some(ix.clone());
-        Ok(())
-    })
-    .await?;
+    created.set_index_settings(ix).await?;
     created.close().await?;
     // Reopen so the writer and reader see the index settings.
-    let db = Db::open_store(store.clone(), opts).await?;
-    let settings = db.settings().clone();
+    let db = Db::open(url, opts).await?;
 
-    tracing::info!(records = base.len(), dims, store = %store.describe(), "bench: ingest");
-    let ingest = ingest(&store, db.writer(), &base, metadata.as_deref(), 1000).await?;
+    tracing::info!(records = base.len(), dims, store = %db.describe(), "bench: ingest");
+    let ingest = ingest(&db, &base, metadata.as_deref(), 1000).await?;
     tracing::info!(index = %o.index, "bench: compact");
     let t = Instant::now();
     db.compact(CompactRequest {
@@ -222,8 +212,7 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     db.close().await?;
     query_phases(
         o,
-        store,
-        settings,
+        url,
         &queries,
         &truth,
         Some(base.len()),
@@ -235,12 +224,12 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
 }
 
 /// The query phases: warm (one client, then concurrent clients) and cold
-/// (a fresh reader per query).
+/// (a fresh reader per query), on reading copies of a handle that only
+/// observes the index at `url`.
 #[allow(clippy::too_many_arguments)]
 async fn query_phases(
     o: &SuiteOptions,
-    store: std::sync::Arc<crate::store::Counted>,
-    settings: crate::coord::Settings,
+    url: &str,
     queries: &[Vec<f32>],
     truth: &[Vec<i32>],
     records: Option<usize>,
@@ -248,20 +237,19 @@ async fn query_phases(
     compact_seconds: f64,
     index: Option<IndexPhase>,
 ) -> Result<SuiteResults, Error> {
-    let dims = settings.dimensions;
+    let observer = Db::open(url, OpenOptions::observer()).await?;
+    let dims = observer.settings().dimensions;
     // Queries pay the simulated first-byte latency; ingest does not.
-    let store = std::sync::Arc::new(
-        store.with_latency(std::time::Duration::from_millis(o.store_latency_ms)),
-    );
+    let latency = std::time::Duration::from_millis(o.store_latency_ms);
     let warm_n = o.warm_queries.unwrap_or(queries.len()).min(queries.len());
-    let mut reader_opts = ReaderOptions::for_role(crate::coord::Role::Reader);
+    let mut reader_opts = ReaderOptions::for_role(Role::Reader);
     if let Some(b) = o.cache_bytes {
         reader_opts.cache_bytes = b;
     }
-    let fresh_reader = || Reader::new(store.clone(), &settings, reader_opts.clone());
+    let fresh_reader = || observer.reading_copy(reader_opts.clone(), Some(latency));
     let reader = fresh_reader();
     let warmed = reader.warm_up().await?;
-    let index_bytes = index_bytes(&store, &settings).await?;
+    let index_bytes = observer.searchable_bytes().await?;
     let template = SearchRequest {
         consistency: Consistency::Bounded,
         nprobe: Some(o.nprobe),
@@ -322,7 +310,7 @@ async fn query_phases(
         warm_filtered,
         warm_qps_concurrent,
         cold,
-        store: store.describe(),
+        store: observer.describe(),
         records: records.unwrap_or(warmed.live_records as usize),
         dimensions: dims,
         index_bytes,
@@ -395,31 +383,6 @@ fn filtered_inputs(
         )));
     }
     Ok((filters, truth))
-}
-
-/// Bytes of the index a query may read: every shard the index manifest
-/// lists and every partition's tail segment (seq above its watermark).
-async fn index_bytes(
-    store: &crate::store::Counted,
-    settings: &crate::coord::Settings,
-) -> Result<u64, Error> {
-    let n = settings.partition_count;
-    let index = crate::coord::index_manifest::read_index_manifest(store, n).await?;
-    let mut total: u64 = index
-        .as_ref()
-        .map_or(0, |(m, _)| m.shards.iter().map(|s| s.bytes).sum());
-    for p in 0..n {
-        let w = index.as_ref().map_or(0, |(m, _)| m.watermark(p));
-        if let Some((m, _)) = crate::coord::manifest::read_manifest(store, p).await? {
-            total += m
-                .segments
-                .iter()
-                .filter(|e| e.seq > w)
-                .map(|e| e.bytes)
-                .sum::<u64>();
-        }
-    }
-    Ok(total)
 }
 
 /// This process's peak resident memory (`VmHWM`), where Linux reports it.
