@@ -29,8 +29,6 @@ pub use crate::vocab::{parse_bytes, Metric};
 pub use crate::writer::{
     Committed, Durable, DurableHook, FlushReport, WriteReceipt, WriterStatsSnapshot,
 };
-// The reader's options, for `OpenOptions::reader` and `Db::reading_copy`.
-pub use crate::reader::ReaderOptions;
 
 // Input and evaluation helpers the front ends share: reading query rows
 // from files, the readable filter syntax, bulk ingest of files, the

@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::api::{Record, SearchRequest};
 use crate::db::Db;
 use crate::error::Error;
+use crate::reader::SearchRequest;
+use crate::record::Record;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct IngestResult {
@@ -144,7 +145,7 @@ pub fn exact_top_k(
     records: &[Record],
     q: &[f32],
     k: usize,
-    metric: crate::api::Metric,
+    metric: crate::vocab::Metric,
 ) -> Vec<String> {
     let mut scored: Vec<(f32, &str)> = records
         .iter()

@@ -9,10 +9,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{concurrent_qps, ingest, run_queries, IngestResult, QueryResult};
-use crate::api::{Consistency, Metric, ReaderOptions, RequestedSettings, Role, SearchRequest};
+use crate::coord::{RequestedSettings, Role};
 use crate::db::{CompactRequest, Db, OpenOptions};
 use crate::error::Error;
-use crate::vocab::IndexSettings;
+use crate::reader::{Consistency, ReaderOptions, SearchRequest};
+use crate::vocab::{IndexSettings, Metric};
 
 /// What to run.
 #[derive(Clone, Debug)]
