@@ -22,6 +22,13 @@
 //! `PutVectors` returned. Extensions AWS clients never send:
 //! `consistency` (`strong`, `bounded`, `eventual`), `exact` and `nprobe`
 //! on `QueryVectors`.
+//!
+//! Layout: this file holds the service, its options and [`OPERATIONS`],
+//! the one table of operations (name, whether it writes, handler);
+//! `buckets`, `indexes` (with the catalog as this instance sees it and
+//! the registry of open index handles) and `vectors` hold the handlers;
+//! `wire` reads requests and translates records, metadata, filters and
+//! page tokens; `error` is [`S3vError`].
 
 pub mod sigv4;
 
