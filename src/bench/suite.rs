@@ -186,9 +186,32 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     created.close().await?;
     // Reopen so the writer and reader see the index settings.
     let db = Db::open(url, opts).await?;
+    let (ingest, compact_seconds, index) = write_phases(&db, o, &base, metadata.as_deref()).await?;
+    db.close().await?;
+    query_phases(
+        o,
+        url,
+        &queries,
+        &truth,
+        Some(base.len()),
+        Some(ingest),
+        compact_seconds,
+        index,
+    )
+    .await
+}
 
+/// The writing phases: ingest `base` (with its metadata), compact every
+/// partition and, with `shards`, build the index shards.
+async fn write_phases(
+    db: &Db,
+    o: &SuiteOptions,
+    base: &[Vec<f32>],
+    metadata: Option<&[serde_json::Value]>,
+) -> Result<(IngestResult, f64, Option<IndexPhase>), Error> {
+    let dims = base[0].len() as u32;
     tracing::info!(records = base.len(), dims, store = %db.describe(), "bench: ingest");
-    let ingest = ingest(&db, &base, metadata.as_deref(), 1000).await?;
+    let ingest = ingest(db, base, metadata, 1000).await?;
     tracing::info!(index = %o.index, "bench: compact");
     let t = Instant::now();
     db.compact(CompactRequest {
@@ -210,18 +233,7 @@ pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Erro
     } else {
         None
     };
-    db.close().await?;
-    query_phases(
-        o,
-        url,
-        &queries,
-        &truth,
-        Some(base.len()),
-        Some(ingest),
-        compact_seconds,
-        index,
-    )
-    .await
+    Ok((ingest, compact_seconds, index))
 }
 
 /// The query phases: warm (one client, then concurrent clients) and cold
