@@ -9,14 +9,10 @@
 //! dataset), cycled when more records are asked for than the file holds;
 //! ids are row numbers `0..records`, so every record is distinct.
 
-use std::sync::Arc;
-
 use clap::Parser;
-use shoal::coord::clock::{DynClock, SystemClock};
-use shoal::coord::config::load_or_create;
-use shoal::coord::{Metric, RequestedSettings};
+use shoal::coord::{Metric, RequestedSettings, Role};
 use shoal::store::ObjectStore;
-use shoal::writer::{Writer, WriterOptions};
+use shoal::{Db, OpenOptions};
 
 #[derive(Parser)]
 struct Args {
@@ -59,29 +55,35 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let store = shoal::store::open(&args.bucket).await?;
-    let clock: DynClock = Arc::new(SystemClock);
     let requested = RequestedSettings {
         partition_count: Some(args.partitions),
         dimensions: Some(dims as u32),
         distance_metric: Some(Metric::Cosine),
         ..Default::default()
     };
-    let cfg = load_or_create(store.as_ref(), &requested, clock.as_ref()).await?;
-    let writer = Writer::new(
+    // A writer with no background work: only the ingest's requests are
+    // made while it runs.
+    let db = Db::open_store(
         store.clone(),
-        &cfg.settings,
-        "bench-ingest",
-        clock,
-        WriterOptions::default(),
-    );
+        OpenOptions {
+            cluster: shoal::api::JoinOptions {
+                settings: requested,
+                role: Some(Role::Writer),
+                background_heartbeat: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await?;
     let vectors: Vec<Vec<f32>> = (0..args.records)
         .map(|i| base[i % base.len()].clone())
         .collect();
     let metadata: Vec<serde_json::Value> = (0..args.records)
         .map(|i| serde_json::json!({ "row": i % base.len() }))
         .collect();
-    let r =
-        shoal::bench::ingest(&store, &writer, &vectors, Some(&metadata), args.batch_size).await?;
+    let r = shoal::bench::ingest(&db, &vectors, Some(&metadata), args.batch_size).await?;
+    db.close().await?;
     println!("ingest into {}", store.describe());
     println!("  records      {}", r.records);
     println!("  dimensions   {dims}");

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use clap::Parser;
 use shoal::coord::clock::{DynClock, SystemClock};
 use shoal::coord::config::{load_or_create, read_config};
-use shoal::coord::{Metric, RequestedSettings};
-use shoal::reader::{Reader, ReaderOptions, SearchRequest};
+use shoal::coord::{Metric, RequestedSettings, Role};
+use shoal::reader::{ReaderOptions, SearchRequest};
 use shoal::store::ObjectStore;
-use shoal::writer::{Writer, WriterOptions};
+use shoal::{Db, OpenOptions};
 
 const DATA: &str = "../shared/datasets/debian-pkgdesc-minilm384";
 
@@ -77,14 +77,18 @@ async fn main() -> anyhow::Result<()> {
     };
     let cfg = load_or_create(store.as_ref(), &req, clock.as_ref()).await?;
     if fresh {
-        let w = Writer::new(
-            store.clone(),
-            &cfg.settings,
-            "bench",
-            clock.clone(),
-            WriterOptions::default(),
-        );
-        let r = shoal::bench::ingest(&store, &w, &base, None, 1000).await?;
+        let opts = OpenOptions {
+            cluster: shoal::api::JoinOptions {
+                settings: req.clone(),
+                role: Some(Role::Writer),
+                background_heartbeat: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let db = Db::open_store(store.clone(), opts).await?;
+        let r = shoal::bench::ingest(&db, &base, None, 1000).await?;
+        db.close().await?;
         println!("ingest: {}", serde_json::to_string(&r)?);
     }
     let mut cfg = cfg;
@@ -123,7 +127,8 @@ async fn main() -> anyhow::Result<()> {
             ix_secs / recs as f64 * 10_000.0
         );
     }
-    let reader = Reader::new(store.clone(), &cfg.settings, ReaderOptions::default());
+    let observer = Db::open_store(store.clone(), OpenOptions::observer()).await?;
+    let reader = observer.reading_copy(ReaderOptions::default(), None);
     let t = std::time::Instant::now();
     let live = reader.warm().await?;
     println!(

@@ -1,6 +1,6 @@
 //! The one route table: every operation the HTTP API and the Lambda
 //! functions serve, with its method, path, direct-invocation name and
-//! handler. `http.rs` builds its router from [`ROUTES`]; `lambda.rs`
+//! handler. `http` builds its router from [`ROUTES`]; `lambda.rs`
 //! matches Function URL events and direct invocations against it. A new
 //! operation is one row here plus one handler function.
 

@@ -1,6 +1,7 @@
 //! Benchmark phases shared by `benches/` and the CLI: ingest a TEXMEX
-//! base file through the [`BatchWriter`], then run queries and measure
-//! latency and recall against exact ground truth.
+//! base file through a [`Db`]'s batch writer, then run queries and
+//! measure latency and recall against exact ground truth. Everything goes
+//! through the handle: cold queries run on [`Db::reading_copy`]s.
 //!
 //! Record ids are the base file's row numbers (`"0"`, `"1"`, ...), so
 //! results compare directly with `.ivecs` ground truth.
@@ -9,15 +10,14 @@ mod suite;
 
 pub use suite::{machine, run_suite, FilteredOptions, SuiteOptions, SuiteResults};
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::reader::{Reader, SearchRequest};
+use crate::db::Db;
+use crate::error::Error;
+use crate::reader::SearchRequest;
 use crate::record::Record;
-use crate::store::Counted;
-use crate::writer::{BatchWriter, BatchWriterOptions, WriteError, Writer};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct IngestResult {
@@ -40,23 +40,16 @@ pub struct IngestResult {
 }
 
 /// Ingests `vectors` (ids = row numbers, optional per-row metadata)
-/// through a batch writer and measures it.
+/// through a batch writer of `db`'s and measures it.
 pub async fn ingest(
-    store: &Arc<Counted>,
-    writer: &Writer,
+    db: &Db,
     vectors: &[Vec<f32>],
     metadata: Option<&[serde_json::Value]>,
     batch_size: usize,
-) -> Result<IngestResult, WriteError> {
-    let bw = BatchWriter::new(
-        writer.clone(),
-        BatchWriterOptions {
-            batch_size,
-            ..Default::default()
-        },
-    );
-    let before = store.counts();
-    let stats_before = writer.stats();
+) -> Result<IngestResult, Error> {
+    let bw = db.bulk_writer(batch_size, None);
+    let before = db.store_counts();
+    let stats_before = db.writer_stats();
     let start = Instant::now();
     for (chunk_no, chunk) in vectors.chunks(10_000).enumerate() {
         let base = chunk_no * 10_000;
@@ -75,19 +68,12 @@ pub async fn ingest(
     }
     bw.close().await?;
     let seconds = start.elapsed().as_secs_f64();
-    let reqs = store.counts().since(&before);
-    let stats = writer.stats();
+    let reqs = db.store_counts().since(&before);
+    let stats = db.writer_stats();
     let dims = vectors.first().map_or(0, Vec::len);
     let segments = stats.segments - stats_before.segments;
     let manifest_put_bytes = reqs.bytes_written - (stats.bytes - stats_before.bytes);
-    let manifest_bytes =
-        crate::store::ObjectStore::list(store.as_ref(), crate::coord::paths::VECTORS_PREFIX)
-            .await
-            .map_err(crate::coord::CoordError::from)?
-            .iter()
-            .filter(|m| m.key.ends_with("/manifest.json"))
-            .map(|m| m.size)
-            .sum();
+    let manifest_bytes = db.manifest_bytes().await?;
     Ok(IngestResult {
         records: vectors.len(),
         seconds,
@@ -173,8 +159,9 @@ pub fn exact_top_k(
         .collect()
 }
 
-/// Runs every query one at a time through `make_reader()` (a fresh reader
-/// per query measures cold queries; the same one measures warm ones);
+/// Runs every query one at a time through `make_reader()` (a fresh
+/// [`Db::reading_copy`] per query measures cold queries; the same handle
+/// measures warm ones);
 /// `filters[i]`, when given, is query `i`'s metadata filter.
 pub async fn run_queries<F>(
     mut make_reader: F,
@@ -183,9 +170,9 @@ pub async fn run_queries<F>(
     truth_sim: Option<&[Vec<f32>]>,
     filters: Option<&[serde_json::Value]>,
     template: &SearchRequest,
-) -> Result<QueryResult, crate::reader::ReadError>
+) -> Result<QueryResult, Error>
 where
-    F: FnMut() -> Reader,
+    F: FnMut() -> Db,
 {
     let k = 10;
     let mut lat = Vec::with_capacity(queries.len());
@@ -246,14 +233,14 @@ where
     })
 }
 
-/// Runs `queries` from `clients` concurrent tasks against one reader and
+/// Runs `queries` from `clients` concurrent tasks against one handle and
 /// returns queries per second.
 pub async fn concurrent_qps(
-    reader: &Reader,
+    reader: &Db,
     queries: &[Vec<f32>],
     template: &SearchRequest,
     clients: usize,
-) -> Result<f64, crate::reader::ReadError> {
+) -> Result<f64, Error> {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let queries = std::sync::Arc::new(queries.to_vec());
     let start = Instant::now();
@@ -269,7 +256,7 @@ pub async fn concurrent_qps(
                 loop {
                     let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= q.len() {
-                        return Ok::<(), crate::reader::ReadError>(());
+                        return Ok::<(), Error>(());
                     }
                     let req = SearchRequest {
                         vector: q[i].clone(),

@@ -9,12 +9,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{concurrent_qps, ingest, run_queries, IngestResult, QueryResult};
-use crate::coord::config::update_config;
-use crate::coord::JoinOptions;
+use crate::coord::{RequestedSettings, Role};
 use crate::db::{CompactRequest, Db, OpenOptions};
 use crate::error::Error;
-use crate::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
-use crate::store::ObjectStore;
+use crate::reader::{Consistency, ReaderOptions, SearchRequest};
 use crate::vocab::{IndexSettings, Metric};
 
 /// What to run.
@@ -116,84 +114,6 @@ pub fn machine() -> String {
 /// Runs the suite against the empty bucket at `url`.
 pub async fn run_suite(url: &str, o: &SuiteOptions) -> Result<SuiteResults, Error> {
     let invalid = |m: String| Err(Error::InvalidInput(m));
-    let (queries, truth) = read_queries(o)?;
-    let store = crate::store::open(url).await?;
-    let existing = crate::coord::config::read_config(store.as_ref()).await?;
-    check_bucket(store.as_ref(), existing.is_some(), o.skip_ingest)?;
-    if let (Some((config, _)), true) = (existing, o.skip_ingest) {
-        // A process that only reads: the base vectors stay on disk, so
-        // its peak resident memory is the reader's.
-        let settings = config.settings;
-        return query_phases(o, store, settings, &queries, &truth, None, None, 0.0, None).await;
-    }
-    let base = crate::dataset::read_fvecs(&o.base)?;
-    if base.is_empty() {
-        return invalid("the base file must hold vectors".into());
-    }
-    let metadata = match o.filtered.as_ref().and_then(|f| f.metadata.as_ref()) {
-        Some(path) => Some(read_metadata(path, base.len())?),
-        None => None,
-    };
-    let dims = base[0].len() as u32;
-    let opts = OpenOptions {
-        cluster: JoinOptions {
-            settings: crate::coord::RequestedSettings {
-                partition_count: Some(o.partitions),
-                dimensions: Some(dims),
-                distance_metric: Some(o.metric),
-                ..Default::default()
-            },
-            role: Some(crate::coord::Role::Writer),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let created = Db::open_store(store.clone(), opts.clone()).await?;
-    let ix = IndexSettings {
-        kind: o
-            .index
-            .parse()
-            .map_err(|e| Error::InvalidInput(format!("--index: {e}")))?,
-        min_records: o.index_min_records,
-        nprobe: o.nprobe as u32,
-        ..Default::default()
-    };
-    let clock = crate::coord::clock::SystemClock;
-    update_config(store.as_ref(), &clock, |c| {
-        c.settings.index = Some(ix.clone());
-        Ok(())
-    })
-    .await?;
-    created.close().await?;
-    // Reopen so the writer and reader see the index settings.
-    let db = Db::open_store(store.clone(), opts).await?;
-    let settings = db.settings().clone();
-
-    tracing::info!(records = base.len(), dims, store = %store.describe(), "bench: ingest");
-    let ingest = ingest(&store, db.writer(), &base, metadata.as_deref(), 1000).await?;
-    let (compact_seconds, index) = compact_and_index(o, &db).await?;
-    db.close().await?;
-    query_phases(
-        o,
-        store,
-        settings,
-        &queries,
-        &truth,
-        Some(base.len()),
-        Some(ingest),
-        compact_seconds,
-        index,
-    )
-    .await
-}
-
-/// The query vectors, and per query the row numbers of its exact neighbours.
-type Queries = (Vec<Vec<f32>>, Vec<Vec<i32>>);
-
-/// Reads the queries and their exact neighbours, refusing inputs and
-/// options the suite cannot run on.
-fn read_queries(o: &SuiteOptions) -> Result<Queries, Error> {
-    let invalid = |m: String| Err(Error::InvalidInput(m));
     let queries = crate::dataset::read_fvecs(&o.queries)?;
     let truth = crate::dataset::read_ivecs(&o.truth)?;
     if queries.is_empty() {
@@ -213,31 +133,91 @@ fn read_queries(o: &SuiteOptions) -> Result<Queries, Error> {
             o.index
         ));
     }
-    Ok((queries, truth))
-}
-
-/// Refuses a bucket holding an index unless the run only queries it, and
-/// an empty one when it does.
-fn check_bucket(store: &dyn ObjectStore, existing: bool, skip_ingest: bool) -> Result<(), Error> {
-    let invalid = |m: String| Err(Error::InvalidInput(m));
-    match (existing, skip_ingest) {
-        (true, false) => invalid(format!(
-            "{} already holds an index; bench needs an empty bucket or prefix \
-             (or --skip-ingest to query the index there)",
-            store.describe()
-        )),
-        (false, true) => invalid(format!(
-            "--skip-ingest queries an existing index, and {} holds none; run bench \
-             without it first",
-            store.describe()
-        )),
-        _ => Ok(()),
+    let (store, existing) = Db::peek(url).await?;
+    match (&existing, o.skip_ingest) {
+        (Some(_), false) => {
+            return invalid(format!(
+                "{} already holds an index; bench needs an empty bucket or prefix \
+                 (or --skip-ingest to query the index there)",
+                store
+            ))
+        }
+        (None, true) => {
+            return invalid(format!(
+                "--skip-ingest queries an existing index, and {} holds none; run bench \
+                 without it first",
+                store
+            ))
+        }
+        _ => {}
     }
+    if let (Some(_), true) = (existing, o.skip_ingest) {
+        // A process that only reads: the base vectors stay on disk, so
+        // its peak resident memory is the reader's.
+        return query_phases(o, url, &queries, &truth, None, None, 0.0, None).await;
+    }
+    let base = crate::dataset::read_fvecs(&o.base)?;
+    if base.is_empty() {
+        return invalid("the base file must hold vectors".into());
+    }
+    let metadata = match o.filtered.as_ref().and_then(|f| f.metadata.as_ref()) {
+        Some(path) => Some(read_metadata(path, base.len())?),
+        None => None,
+    };
+    let dims = base[0].len() as u32;
+    let opts = OpenOptions {
+        cluster: crate::coord::JoinOptions {
+            settings: RequestedSettings {
+                partition_count: Some(o.partitions),
+                dimensions: Some(dims),
+                distance_metric: Some(o.metric),
+                ..Default::default()
+            },
+            role: Some(Role::Writer),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let created = Db::open(url, opts.clone()).await?;
+    let ix = IndexSettings {
+        kind: o
+            .index
+            .parse()
+            .map_err(|e| Error::InvalidInput(format!("--index: {e}")))?,
+        min_records: o.index_min_records,
+        nprobe: o.nprobe as u32,
+        ..Default::default()
+    };
+    created.set_index_settings(ix).await?;
+    created.close().await?;
+    // Reopen so the writer and reader see the index settings.
+    let db = Db::open(url, opts).await?;
+    let (ingest, compact_seconds, index) = write_phases(&db, o, &base, metadata.as_deref()).await?;
+    db.close().await?;
+    query_phases(
+        o,
+        url,
+        &queries,
+        &truth,
+        Some(base.len()),
+        Some(ingest),
+        compact_seconds,
+        index,
+    )
+    .await
 }
 
-/// Compacts every partition with the index, then (with `shards`) builds
-/// the index shards; returns the compaction's seconds and the indexing phase.
-async fn compact_and_index(o: &SuiteOptions, db: &Db) -> Result<(f64, Option<IndexPhase>), Error> {
+/// The writing phases: ingest `base` (with its metadata), compact every
+/// partition and, with `shards`, build the index shards.
+async fn write_phases(
+    db: &Db,
+    o: &SuiteOptions,
+    base: &[Vec<f32>],
+    metadata: Option<&[serde_json::Value]>,
+) -> Result<(IngestResult, f64, Option<IndexPhase>), Error> {
+    let dims = base[0].len() as u32;
+    tracing::info!(records = base.len(), dims, store = %db.describe(), "bench: ingest");
+    let ingest = ingest(db, base, metadata, 1000).await?;
     tracing::info!(index = %o.index, "bench: compact");
     let t = Instant::now();
     db.compact(CompactRequest {
@@ -259,16 +239,16 @@ async fn compact_and_index(o: &SuiteOptions, db: &Db) -> Result<(f64, Option<Ind
     } else {
         None
     };
-    Ok((compact_seconds, index))
+    Ok((ingest, compact_seconds, index))
 }
 
 /// The query phases: warm (one client, then concurrent clients) and cold
-/// (a fresh reader per query).
+/// (a fresh reader per query), on reading copies of a handle that only
+/// observes the index at `url`.
 #[allow(clippy::too_many_arguments)]
 async fn query_phases(
     o: &SuiteOptions,
-    store: std::sync::Arc<crate::store::Counted>,
-    settings: crate::coord::Settings,
+    url: &str,
     queries: &[Vec<f32>],
     truth: &[Vec<i32>],
     records: Option<usize>,
@@ -276,20 +256,19 @@ async fn query_phases(
     compact_seconds: f64,
     index: Option<IndexPhase>,
 ) -> Result<SuiteResults, Error> {
-    let dims = settings.dimensions;
+    let observer = Db::open(url, OpenOptions::observer()).await?;
+    let dims = observer.settings().dimensions;
     // Queries pay the simulated first-byte latency; ingest does not.
-    let store = std::sync::Arc::new(
-        store.with_latency(std::time::Duration::from_millis(o.store_latency_ms)),
-    );
+    let latency = std::time::Duration::from_millis(o.store_latency_ms);
     let warm_n = o.warm_queries.unwrap_or(queries.len()).min(queries.len());
-    let mut reader_opts = ReaderOptions::for_role(crate::coord::Role::Reader);
+    let mut reader_opts = ReaderOptions::for_role(Role::Reader);
     if let Some(b) = o.cache_bytes {
         reader_opts.cache_bytes = b;
     }
-    let fresh_reader = || Reader::new(store.clone(), &settings, reader_opts.clone());
+    let fresh_reader = || observer.reading_copy(reader_opts.clone(), Some(latency));
     let reader = fresh_reader();
     let warmed = reader.warm_up().await?;
-    let index_bytes = index_bytes(&store, &settings).await?;
+    let index_bytes = observer.searchable_bytes().await?;
     let template = SearchRequest {
         consistency: Consistency::Bounded,
         nprobe: Some(o.nprobe),
@@ -350,7 +329,7 @@ async fn query_phases(
         warm_filtered,
         warm_qps_concurrent,
         cold,
-        store: store.describe(),
+        store: observer.describe(),
         records: records.unwrap_or(warmed.live_records as usize),
         dimensions: dims,
         index_bytes,
@@ -423,31 +402,6 @@ fn filtered_inputs(
         )));
     }
     Ok((filters, truth))
-}
-
-/// Bytes of the index a query may read: every shard the index manifest
-/// lists and every partition's tail segment (seq above its watermark).
-async fn index_bytes(
-    store: &crate::store::Counted,
-    settings: &crate::coord::Settings,
-) -> Result<u64, Error> {
-    let n = settings.partition_count;
-    let index = crate::coord::index_manifest::read_index_manifest(store, n).await?;
-    let mut total: u64 = index
-        .as_ref()
-        .map_or(0, |(m, _)| m.shards.iter().map(|s| s.bytes).sum());
-    for p in 0..n {
-        let w = index.as_ref().map_or(0, |(m, _)| m.watermark(p));
-        if let Some((m, _)) = crate::coord::manifest::read_manifest(store, p).await? {
-            total += m
-                .segments
-                .iter()
-                .filter(|e| e.seq > w)
-                .map(|e| e.bytes)
-                .sum::<u64>();
-        }
-    }
-    Ok(total)
 }
 
 /// This process's peak resident memory (`VmHWM`), where Linux reports it.

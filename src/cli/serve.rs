@@ -188,7 +188,10 @@ async fn open_s3vectors(
     let credentials = shoal::s3vectors::Credentials::from_env().map_err(anyhow::Error::msg)?;
     if credentials.is_empty() && !a.insecure_no_auth {
         anyhow::bail!(
-        "--s3vectors needs credentials to check request signatures: set                  SHOAL_S3V_CREDENTIALS=ACCESS_KEY:SECRET_KEY (several: comma-separated) or                  SHOAL_S3V_CREDENTIALS_FILE, and give clients the same pair; or pass                  --insecure-no-auth to accept unsigned requests"
+            "--s3vectors needs credentials to check request signatures: set \
+             SHOAL_S3V_CREDENTIALS=ACCESS_KEY:SECRET_KEY (several: comma-separated) or \
+             SHOAL_S3V_CREDENTIALS_FILE, and give clients the same pair; or pass \
+             --insecure-no-auth to accept unsigned requests"
         );
     }
     let mut s = shoal::s3vectors::S3VectorsOptions::new(ctx.bucket.clone());

@@ -12,7 +12,7 @@
 //! its objects are deleted.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use super::cas::{parse_json, update_json, Backoff, Step};
 use super::paths::S3VECTORS_CATALOG_KEY;
 use super::watched::{revalidate, Revalidated};
 use super::CoordError;
-use crate::store::{ETag, ObjectStore};
+use crate::store::{Counted, ETag, ObjectStore, RequestCounts, StoreError};
 
 /// Every vector bucket, by name.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -172,6 +172,70 @@ impl CatalogCache {
     pub(crate) fn set(&self, catalog: Catalog) {
         // The ETag of a write is not kept: the next revalidation reads it whole.
         *self.held.lock().unwrap() = Some((catalog, None, Instant::now()));
+    }
+}
+
+/// The root of a store whose prefixes hold S3 Vectors indexes, with its
+/// catalog cached: what the S3 Vectors service holds. It reaches each
+/// index through a handle of its own (`Db`); this store serves only the
+/// catalog and, once an index is deleted from it, the removal of the
+/// index's objects.
+pub struct CatalogStore {
+    store: Arc<Counted>,
+    cache: CatalogCache,
+}
+
+impl CatalogStore {
+    /// Opens the store at `url`; the catalog copy is revalidated when
+    /// older than `max_age` (see [`CatalogCache`]).
+    pub async fn open(url: &str, max_age: Duration) -> Result<CatalogStore, StoreError> {
+        Ok(CatalogStore {
+            store: crate::store::open(url).await?,
+            cache: CatalogCache::new(max_age),
+        })
+    }
+
+    /// The catalog, revalidated if the copy held is older than `max_age`.
+    pub async fn get(&self) -> Result<Catalog, CoordError> {
+        self.cache.get(self.store.as_ref()).await
+    }
+
+    /// The catalog, revalidated now.
+    pub async fn revalidate(&self) -> Result<Catalog, CoordError> {
+        self.cache.revalidate(self.store.as_ref()).await
+    }
+
+    /// [`update`], keeping the catalog written as the copy held.
+    pub async fn update<F, E>(&self, change: F) -> Result<Catalog, CatalogError<E>>
+    where
+        F: FnMut(&mut Catalog) -> Result<(), E>,
+        E: std::fmt::Display,
+    {
+        let c = update(self.store.as_ref(), change).await?;
+        self.cache.set(c.clone());
+        Ok(c)
+    }
+
+    /// Deletes every object under `<bucket>/<index>/`, one by one; returns
+    /// how many. Only for an index the catalog already marks as being
+    /// deleted (no call finds it) and no handle of this instance holds.
+    pub async fn delete_index_objects(
+        &self,
+        bucket: &str,
+        index: &str,
+    ) -> Result<usize, StoreError> {
+        let prefix = format!("{bucket}/{index}/");
+        let objects = self.store.list(&prefix).await?;
+        let n = objects.len();
+        for o in objects {
+            self.store.delete(&o.key).await?;
+        }
+        Ok(n)
+    }
+
+    /// Requests made to this store so far (the catalog's, and deletions').
+    pub fn counts(&self) -> RequestCounts {
+        self.store.counts()
     }
 }
 

@@ -208,6 +208,15 @@ impl Cluster {
         self.inner.role
     }
 
+    /// Another handle on this membership without the heartbeat task (the
+    /// original keeps it): what a [`crate::Db::reading_copy`] holds.
+    pub(crate) fn share(&self) -> Cluster {
+        Cluster {
+            inner: self.inner.clone(),
+            heartbeat: Mutex::new(None),
+        }
+    }
+
     pub fn store(&self) -> &Arc<Counted> {
         &self.inner.store
     }

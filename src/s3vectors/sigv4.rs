@@ -132,14 +132,83 @@ pub fn verify(
     creds: &Credentials,
     now: SystemTime,
 ) -> Result<Verified, Rejected> {
-    let header = |name: &str| -> Vec<&str> {
-        req.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
-            .collect()
+    let auth = auth_fields(&header(req, "authorization"))?;
+    let scope: Vec<&str> = auth.credential.split('/').collect();
+    let [access_key, date, region, service, "aws4_request"] = scope.as_slice() else {
+        return Err(reject(
+            "IncompleteSignatureException",
+            "Credential must be ACCESS_KEY/YYYYMMDD/REGION/SERVICE/aws4_request",
+        ));
     };
-    let auth = match header("authorization").as_slice() {
+    if *service != SERVICE {
+        return Err(reject(
+            "InvalidSignatureException",
+            format!("the request is signed for service {service:?}, not {SERVICE:?}"),
+        ));
+    }
+    let Some(secret) = creds.keys.get(*access_key) else {
+        return Err(reject(
+            "UnrecognizedClientException",
+            "the access key in the request is not one this server knows \
+             (SHOAL_S3V_CREDENTIALS)",
+        ));
+    };
+    let (amz_date, signed_at) = signing_time(req, date, now)?;
+    let names: Vec<&str> = auth.signed_headers.split(';').collect();
+    if !names.contains(&"host") {
+        return Err(reject(
+            "InvalidSignatureException",
+            "the signature must cover the Host header",
+        ));
+    }
+    let body_hash = hex(&Sha256::digest(req.body));
+    if let [claimed] = header(req, "x-amz-content-sha256").as_slice() {
+        if !claimed.eq_ignore_ascii_case(&body_hash) {
+            return Err(reject(
+                "InvalidSignatureException",
+                "X-Amz-Content-SHA256 is not the SHA-256 of the body",
+            ));
+        }
+    }
+    let canonical = canonical_request(req, &names, auth.signed_headers, &body_hash);
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{date}/{region}/{service}/aws4_request\n{}",
+        hex(&Sha256::digest(canonical.as_bytes()))
+    );
+    let key = aws_sigv4::sign::v4::generate_signing_key(secret, signed_at, region, service);
+    let expected = aws_sigv4::sign::v4::calculate_signature(key, string_to_sign.as_bytes());
+    if !same(expected.as_bytes(), auth.signature.as_bytes()) {
+        return Err(reject(
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided. \
+             Check your AWS Secret Access Key and signing method.",
+        ));
+    }
+    Ok(Verified {
+        access_key: access_key.to_string(),
+        region: region.to_string(),
+    })
+}
+
+/// The values of header `name` (any case), in the order sent.
+fn header<'r>(req: &SignedRequest<'r>, name: &str) -> Vec<&'r str> {
+    req.headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
+        .collect()
+}
+
+/// The three fields of an `AWS4-HMAC-SHA256` `Authorization` header.
+struct AuthFields<'a> {
+    credential: &'a str,
+    signed_headers: &'a str,
+    signature: &'a str,
+}
+
+/// Parses the one `Authorization` header among `values`.
+fn auth_fields<'a>(values: &[&'a str]) -> Result<AuthFields<'a>, Rejected> {
+    let auth = match values {
         [] => {
             return Err(reject(
                 "MissingAuthenticationTokenException",
@@ -182,27 +251,21 @@ pub fn verify(
             "the Authorization header needs Credential=, SignedHeaders= and Signature=",
         ));
     };
-    let scope: Vec<&str> = credential.split('/').collect();
-    let [access_key, date, region, service, "aws4_request"] = scope.as_slice() else {
-        return Err(reject(
-            "IncompleteSignatureException",
-            "Credential must be ACCESS_KEY/YYYYMMDD/REGION/SERVICE/aws4_request",
-        ));
-    };
-    if *service != SERVICE {
-        return Err(reject(
-            "InvalidSignatureException",
-            format!("the request is signed for service {service:?}, not {SERVICE:?}"),
-        ));
-    }
-    let Some(secret) = creds.keys.get(*access_key) else {
-        return Err(reject(
-            "UnrecognizedClientException",
-            "the access key in the request is not one this server knows \
-             (SHOAL_S3V_CREDENTIALS)",
-        ));
-    };
-    let amz_date = match header("x-amz-date").as_slice() {
+    Ok(AuthFields {
+        credential,
+        signed_headers,
+        signature,
+    })
+}
+
+/// The request's `X-Amz-Date` and the time it names, checked against the
+/// credential scope's `date` and, within [`MAX_SKEW`], against `now`.
+fn signing_time<'r>(
+    req: &SignedRequest<'r>,
+    date: &str,
+    now: SystemTime,
+) -> Result<(&'r str, SystemTime), Rejected> {
+    let amz_date = match header(req, "x-amz-date").as_slice() {
         [one] => *one,
         _ => {
             return Err(reject(
@@ -236,22 +299,16 @@ pub fn verify(
             ),
         ));
     }
-    let names: Vec<&str> = signed_headers.split(';').collect();
-    if !names.contains(&"host") {
-        return Err(reject(
-            "InvalidSignatureException",
-            "the signature must cover the Host header",
-        ));
-    }
-    let body_hash = hex(&Sha256::digest(req.body));
-    if let [claimed] = header("x-amz-content-sha256").as_slice() {
-        if !claimed.eq_ignore_ascii_case(&body_hash) {
-            return Err(reject(
-                "InvalidSignatureException",
-                "X-Amz-Content-SHA256 is not the SHA-256 of the body",
-            ));
-        }
-    }
+    Ok((amz_date, signed_at))
+}
+
+/// The canonical request of Signature Version 4 over the headers `names`.
+fn canonical_request(
+    req: &SignedRequest<'_>,
+    names: &[&str],
+    signed_headers: &str,
+    body_hash: &str,
+) -> String {
     let mut canonical = String::new();
     canonical.push_str(req.method);
     canonical.push('\n');
@@ -259,8 +316,8 @@ pub fn verify(
     canonical.push('\n');
     canonical.push_str(&canonical_query(req.query));
     canonical.push('\n');
-    for name in &names {
-        let values = header(name);
+    for name in names {
+        let values = header(req, name);
         let joined: Vec<String> = values.iter().map(|v| collapse_spaces(v)).collect();
         canonical.push_str(name);
         canonical.push(':');
@@ -270,24 +327,8 @@ pub fn verify(
     canonical.push('\n');
     canonical.push_str(signed_headers);
     canonical.push('\n');
-    canonical.push_str(&body_hash);
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{date}/{region}/{service}/aws4_request\n{}",
-        hex(&Sha256::digest(canonical.as_bytes()))
-    );
-    let key = aws_sigv4::sign::v4::generate_signing_key(secret, signed_at, region, service);
-    let expected = aws_sigv4::sign::v4::calculate_signature(key, string_to_sign.as_bytes());
-    if !same(expected.as_bytes(), signature.as_bytes()) {
-        return Err(reject(
-            "InvalidSignatureException",
-            "The request signature we calculated does not match the signature you provided. \
-             Check your AWS Secret Access Key and signing method.",
-        ));
-    }
-    Ok(Verified {
-        access_key: access_key.to_string(),
-        region: region.to_string(),
-    })
+    canonical.push_str(body_hash);
+    canonical
 }
 
 /// Constant-time equality (length differences return at once: signatures

@@ -26,7 +26,8 @@
 //! config watcher or a readiness check) counts for 5 seconds, so probes
 //! cost at most one store GET per 5 seconds per instance.
 
-use std::collections::BTreeMap;
+mod metrics;
+
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -44,6 +45,8 @@ use crate::auth::Grant;
 use crate::db::Db;
 use crate::routes::{self, Access, Input, Method, Op, Route, ROUTES};
 
+use metrics::HttpMetrics;
+
 /// Largest request body accepted by default: about 1,000 records of
 /// 1,536-d vectors as JSON. Larger batches: split them, or raise it
 /// (`shoal serve --max-body-bytes`).
@@ -54,42 +57,6 @@ pub const SEARCHES_PER_CORE: usize = 4;
 
 /// How long a search may take by default before it is abandoned (503).
 pub const DEFAULT_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
-
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-/// Upper bounds of the buckets of store requests per search.
-const QUERY_REQUEST_BUCKETS: [u64; 10] = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500];
-
-#[derive(Default)]
-struct HttpMetrics {
-    requests: BTreeMap<(&'static str, u16), u64>,
-    latency: BTreeMap<&'static str, Histogram>,
-    /// Store requests each served search made (`stats.requests`).
-    query_requests: [u64; QUERY_REQUEST_BUCKETS.len()],
-    query_requests_count: u64,
-    query_requests_sum: u64,
-}
-
-impl HttpMetrics {
-    fn observe_query_requests(&mut self, n: u64) {
-        for (i, b) in QUERY_REQUEST_BUCKETS.iter().enumerate() {
-            if n <= *b {
-                self.query_requests[i] += 1;
-            }
-        }
-        self.query_requests_count += 1;
-        self.query_requests_sum += n;
-    }
-}
 
 struct AppState {
     /// The index at the served URL; `None` when `serve --s3vectors` runs
@@ -175,16 +142,10 @@ impl AppState {
 
     fn record(&self, endpoint: &'static str, status: u16, started: Instant) {
         let secs = started.elapsed().as_secs_f64();
-        let mut m = self.metrics.lock().unwrap();
-        *m.requests.entry((endpoint, status)).or_default() += 1;
-        let h = m.latency.entry(endpoint).or_default();
-        h.count += 1;
-        h.sum += secs;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
-            }
-        }
+        self.metrics
+            .lock()
+            .unwrap()
+            .observe_request(endpoint, status, secs);
     }
 }
 
@@ -336,7 +297,7 @@ async fn metrics(State(st): S, headers: HeaderMap) -> Response {
         if let Some(db) = &st.db {
             db.settle_caches().await;
         }
-        let text = render_metrics(&st);
+        let text = metrics::render(&st.metrics, st.db.as_ref());
         Ok((
             StatusCode::OK,
             [(
@@ -358,176 +319,6 @@ async fn fallback(State(st): S, headers: HeaderMap, uri: axum::http::Uri) -> Res
         )))
     })
     .await
-}
-
-fn render_metrics(st: &AppState) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let m = st.metrics.lock().unwrap();
-    out.push_str("# HELP shoal_http_requests_total HTTP requests by endpoint and status.\n");
-    out.push_str("# TYPE shoal_http_requests_total counter\n");
-    for ((ep, status), n) in &m.requests {
-        let _ = writeln!(
-            out,
-            "shoal_http_requests_total{{endpoint=\"{ep}\",status=\"{status}\"}} {n}"
-        );
-    }
-    out.push_str("# HELP shoal_http_request_duration_seconds Request latency by endpoint.\n");
-    out.push_str("# TYPE shoal_http_request_duration_seconds histogram\n");
-    for (ep, h) in &m.latency {
-        let bounds = BUCKETS.iter().map(f64::to_string);
-        let labels = format!("endpoint=\"{ep}\"");
-        let name = "shoal_http_request_duration_seconds";
-        write_histogram(&mut out, name, &labels, bounds, &h.counts, h.count, h.sum);
-    }
-    out.push_str(
-        "# HELP shoal_query_store_requests Object-store requests each search made.\n\
-         # TYPE shoal_query_store_requests histogram\n",
-    );
-    write_histogram(
-        &mut out,
-        "shoal_query_store_requests",
-        "",
-        QUERY_REQUEST_BUCKETS.iter().map(u64::to_string),
-        &m.query_requests,
-        m.query_requests_count,
-        m.query_requests_sum as f64,
-    );
-    drop(m);
-    let Some(db) = &st.db else {
-        return out;
-    };
-    let rs = db.reader_stats();
-    let ws = db.writer_stats();
-    let hit_rate = if rs.cache_hits + rs.cache_misses == 0 {
-        0.0
-    } else {
-        rs.cache_hits as f64 / (rs.cache_hits + rs.cache_misses) as f64
-    };
-    let gauges: [(&str, &str, &str, f64); 16] = [
-        (
-            "shoal_unindexed_segments",
-            "gauge",
-            "Segments above their partition's watermark (not yet in index shards), in the partitions this instance has loaded.",
-            rs.unindexed_segments as f64,
-        ),
-        (
-            "shoal_unindexed_records",
-            "gauge",
-            "Records in those segments (searched exactly until the indexer moves them).",
-            rs.unindexed_records as f64,
-        ),
-        (
-            "shoal_index_lag_seconds",
-            "gauge",
-            "Age of the oldest segment not yet in index shards (0: none).",
-            rs.index_lag_seconds,
-        ),
-        (
-            "shoal_cache_hits_total",
-            "counter",
-            "Cache lookups (segments and shard parts) answered from memory.",
-            rs.cache_hits as f64,
-        ),
-        (
-            "shoal_cache_misses_total",
-            "counter",
-            "Cache lookups that had to fetch.",
-            rs.cache_misses as f64,
-        ),
-        (
-            "shoal_cache_hit_rate",
-            "gauge",
-            "Hits over lookups (0 before any lookup).",
-            hit_rate,
-        ),
-        (
-            "shoal_cache_bytes",
-            "gauge",
-            "Bytes the caches hold (segments and shard parts).",
-            rs.cache_bytes as f64,
-        ),
-        (
-            "shoal_pinned_bytes",
-            "gauge",
-            "Bytes of the index view held outside the cache (shard heads, ids).",
-            rs.pinned_bytes as f64,
-        ),
-        (
-            "shoal_queries_total",
-            "counter",
-            "Searches served.",
-            rs.queries as f64,
-        ),
-        (
-            "shoal_records",
-            "gauge",
-            "Live records in the partitions this reader has loaded.",
-            rs.live_records as f64,
-        ),
-        (
-            "shoal_segments",
-            "gauge",
-            "Segments in the partitions this reader has loaded.",
-            rs.segments as f64,
-        ),
-        (
-            "shoal_write_records_total",
-            "counter",
-            "Records written (upserts and deletes) by this instance.",
-            ws.records as f64,
-        ),
-        (
-            "shoal_write_segments_total",
-            "counter",
-            "Segments this instance committed.",
-            ws.segments as f64,
-        ),
-        (
-            "shoal_write_bytes_total",
-            "counter",
-            "Segment bytes this instance committed.",
-            ws.bytes as f64,
-        ),
-        (
-            "shoal_cas_conflicts_total",
-            "counter",
-            "Manifest commits that lost a compare-and-swap race (then retried).",
-            ws.conflicts as f64,
-        ),
-        (
-            "shoal_cas_retries_total",
-            "counter",
-            "Commits retried after a transient store error.",
-            ws.retries as f64,
-        ),
-    ];
-    for (name, kind, help, value) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
-    let r = db.store_counts();
-    out.push_str("# HELP shoal_store_requests_total Object-store requests by kind.\n# TYPE shoal_store_requests_total counter\n");
-    for (kind, n) in [
-        ("get", r.get),
-        ("put", r.put),
-        ("list", r.list),
-        ("head", r.head),
-        ("delete", r.delete),
-    ] {
-        let _ = writeln!(out, "shoal_store_requests_total{{kind=\"{kind}\"}} {n}");
-    }
-    out.push_str("# HELP shoal_store_outcomes_total Conditional outcomes: 304, 404, 412.\n# TYPE shoal_store_outcomes_total counter\n");
-    for (code, n) in [
-        ("304", r.not_modified),
-        ("404", r.not_found),
-        ("412", r.precondition_failed),
-    ] {
-        let _ = writeln!(out, "shoal_store_outcomes_total{{code=\"{code}\"}} {n}");
-    }
-    out
 }
 
 /// The S3 Vectors API: `POST /<Operation>`, answered in AWS's shapes.
@@ -616,51 +407,29 @@ async fn s3vectors(
             if e.status >= 500 {
                 tracing::warn!(operation, error = %e.message, "S3 Vectors request failed");
             }
-            let status =
-                StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut r = (status, axum::Json(e.body())).into_response();
-            if let Ok(v) = axum::http::HeaderValue::from_str(e.code) {
-                r.headers_mut().insert("x-amzn-errortype", v);
-            }
-            if e.status == 429 {
-                r.headers_mut().insert(
-                    axum::http::header::RETRY_AFTER,
-                    axum::http::HeaderValue::from_static("1"),
-                );
-            }
-            r
+            s3vectors_error(&e)
         }
     };
     st.record("s3vectors", resp.status().as_u16(), started);
     resp
 }
 
-/// One Prometheus histogram's lines: the cumulative count at each bound,
-/// `+Inf`, the sum and the count; `labels` (may be empty) go on each.
-fn write_histogram(
-    out: &mut String,
-    name: &str,
-    labels: &str,
-    bounds: impl Iterator<Item = String>,
-    counts: &[u64],
-    count: u64,
-    sum: f64,
-) {
-    use std::fmt::Write;
-    let sep = if labels.is_empty() { "" } else { "," };
-    for (b, n) in bounds.zip(counts) {
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {n}");
+/// An S3 Vectors error answer: AWS's status, body and `x-amzn-ErrorType`
+/// (and `Retry-After` on a 429).
+#[cfg(feature = "s3vectors")]
+fn s3vectors_error(e: &crate::s3vectors::S3vError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, axum::Json(e.body())).into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(e.code) {
+        r.headers_mut().insert("x-amzn-errortype", v);
     }
-    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-    let braces = |l: &str| {
-        if l.is_empty() {
-            String::new()
-        } else {
-            format!("{{{l}}}")
-        }
-    };
-    let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
-    let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
+    if e.status == 429 {
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+    }
+    r
 }
 
 /// The router: one axum route per row of the route table over `db` (the

@@ -1,0 +1,204 @@
+//! The vector operations: `PutVectors`, `GetVectors`, `DeleteVectors`,
+//! `ListVectors` and `QueryVectors`, each on the [`Db`] handle of the index
+//! it names.
+
+use serde_json::{json, Value};
+
+use super::error::{read_only, S3vError};
+use super::wire::{decode_token, encode_token, floats, from_stored, to_record, to_stored_filter};
+use super::{Call, MAX_GET, MAX_LIST_VECTORS, MAX_PUT, MAX_TOP_K};
+use crate::api::{Consistency, Role, SearchRequest};
+use crate::db::Db;
+
+impl Call<'_> {
+    pub(super) async fn put_vectors(&self) -> Result<Value, S3vError> {
+        let (bucket, index) = self.index_name()?;
+        let items = self.list_field("vectors", 1, MAX_PUT)?;
+        let (db, entry) = self.svc.index(&bucket, &index).await?;
+        if db.role() == Role::Reader {
+            return Err(read_only());
+        }
+        let mut records = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            records.push(to_record(i, item, &entry)?);
+        }
+        db.upsert(&records).await?;
+        Ok(json!({}))
+    }
+
+    /// The answer for stored records: key, and data and metadata if asked.
+    async fn fetch(
+        &self,
+        db: &Db,
+        keys: Vec<String>,
+        data: bool,
+        metadata: bool,
+        consistency: Consistency,
+    ) -> Result<Vec<Value>, S3vError> {
+        // One batch: each partition's freshness is checked once, not per key.
+        let wanted: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let found = db.get_many(&wanted, consistency).await?;
+        let vectors = keys
+            .iter()
+            .zip(found)
+            .filter_map(|(key, rec)| {
+                let rec = rec?;
+                let mut v = json!({"key": key});
+                if data {
+                    v["data"] = json!({"float32": rec.vector});
+                }
+                if metadata {
+                    v["metadata"] = Value::Object(from_stored(rec.metadata));
+                }
+                Some(v)
+            })
+            .collect();
+        Ok(vectors)
+    }
+
+    pub(super) async fn get_vectors(&self) -> Result<Value, S3vError> {
+        let (bucket, index) = self.index_name()?;
+        let keys = self.keys(MAX_GET)?;
+        let (data, metadata) = (
+            self.bool_field("returnData")?,
+            self.bool_field("returnMetadata")?,
+        );
+        let consistency = self.consistency()?;
+        let (db, _) = self.svc.index(&bucket, &index).await?;
+        let vectors = self.fetch(&db, keys, data, metadata, consistency).await?;
+        Ok(json!({"vectors": vectors}))
+    }
+
+    pub(super) async fn delete_vectors(&self) -> Result<Value, S3vError> {
+        let (bucket, index) = self.index_name()?;
+        let keys = self.keys(MAX_PUT)?;
+        let (db, _) = self.svc.index(&bucket, &index).await?;
+        if db.role() == Role::Reader {
+            return Err(read_only());
+        }
+        db.delete(&keys).await?;
+        Ok(json!({}))
+    }
+
+    pub(super) async fn list_vectors(&self) -> Result<Value, S3vError> {
+        let (bucket, index) = self.index_name()?;
+        let max = self
+            .int_field("maxResults", 1, MAX_LIST_VECTORS as u64)?
+            .unwrap_or(500) as usize;
+        let count = self.int_field("segmentCount", 1, 16)?;
+        let segment = self.int_field("segmentIndex", 0, 15)?;
+        let (count, segment) = match (count, segment) {
+            (None, None) => (1u32, 0u32),
+            (Some(c), Some(s)) if s < c => (c as u32, s as u32),
+            (Some(c), Some(s)) => {
+                return Err(S3vError::validation(format!(
+                    "segmentIndex {s} must be less than segmentCount {c}"
+                )))
+            }
+            _ => {
+                return Err(S3vError::validation(
+                    "segmentCount and segmentIndex go together: give both or neither",
+                ))
+            }
+        };
+        let (data, metadata) = (
+            self.bool_field("returnData")?,
+            self.bool_field("returnMetadata")?,
+        );
+        let consistency = self.consistency()?;
+        let (db, _) = self.svc.index(&bucket, &index).await?;
+        let partitions = db.settings().partition_count;
+        let (mut p, mut after) = match self.str_field("nextToken")? {
+            None => (segment, None),
+            Some(t) => decode_token(t, count, segment, partitions)?,
+        };
+        // Partitions p ≡ segment (mod count) hold this segment's vectors,
+        // each listed in id order; the token says where the page stopped.
+        let mut keys: Vec<String> = Vec::new();
+        let mut next = None;
+        while p < partitions {
+            let ids = db.list_ids(p, consistency).await?;
+            let start = match &after {
+                Some(a) => ids.partition_point(|id| id <= a),
+                None => 0,
+            };
+            for id in &ids[start..] {
+                if keys.len() == max {
+                    // Resume in this partition after the last key taken
+                    // from it (none: from its start).
+                    next = Some(encode_token(p, after.as_deref()));
+                    break;
+                }
+                keys.push(id.clone());
+                after = Some(id.clone());
+            }
+            if next.is_some() {
+                break;
+            }
+            p += count;
+            after = None;
+        }
+        let vectors = if data || metadata {
+            self.fetch(&db, keys, data, metadata, consistency).await?
+        } else {
+            keys.into_iter().map(|k| json!({"key": k})).collect()
+        };
+        let mut out = json!({"vectors": vectors});
+        if let Some(t) = next {
+            out["nextToken"] = json!(t);
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn query_vectors(&self) -> Result<Value, S3vError> {
+        let (bucket, index) = self.index_name()?;
+        let k = self
+            .int_field("topK", 1, MAX_TOP_K as u64)?
+            .ok_or_else(|| S3vError::validation("topK is required (1 to 100)"))?
+            as usize;
+        if self.input.contains_key("queryTexts") {
+            return Err(S3vError::validation(
+                "queryTexts are not supported by shoal",
+            ));
+        }
+        let vector = self
+            .input
+            .get("queryVector")
+            .ok_or_else(|| S3vError::validation("queryVector is required"))
+            .and_then(|v| floats("queryVector", v))?;
+        let (db, entry) = self.svc.index(&bucket, &index).await?;
+        if vector.len() != entry.dimension as usize {
+            return Err(S3vError::validation(format!(
+                "queryVector has {} dimensions; index {index} has {}",
+                vector.len(),
+                entry.dimension
+            )));
+        }
+        let metadata = self.bool_field("returnMetadata")?;
+        let distance = self.bool_field("returnDistance")?;
+        let mut req = SearchRequest::new(vector, k);
+        req.include_metadata = metadata;
+        req.consistency = self.consistency()?;
+        req.exact = self.bool_field("exact")?;
+        req.nprobe = self.int_field("nprobe", 1, 1 << 20)?.map(|n| n as usize);
+        if let Some(f) = self.input.get("filter").filter(|f| !f.is_null()) {
+            req.filter = Some(to_stored_filter(f, &entry.non_filterable_metadata_keys)?);
+        }
+        let found = db.search(&req).await?;
+        let vectors: Vec<Value> = found
+            .results
+            .into_iter()
+            .map(|hit| {
+                let mut v = json!({"key": hit.id});
+                if distance {
+                    v["distance"] = json!(hit.distance);
+                }
+                if metadata {
+                    v["metadata"] = Value::Object(from_stored(hit.metadata.unwrap_or_default()));
+                }
+                v
+            })
+            .collect();
+        Ok(json!({"vectors": vectors, "distanceMetric": entry.distance_metric}))
+    }
+}
