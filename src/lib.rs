@@ -63,31 +63,41 @@
 //!   [`auth`]: the API keys `serve` checks.
 //! - [`bench`](mod@bench): benchmark phases and the `shoal bench` suite.
 
+// The library's API: the handle (`Db`, re-exported below), the shared
+// request/response types (`api`), the front-end servers and handlers, the
+// store trait (custom backends, `Db::open_store`) and the shared words.
 pub mod api;
 pub mod auth;
-pub mod bench;
-pub mod compact;
-pub mod coord;
-mod cpu;
-pub mod dataset;
-mod db;
-mod error;
-pub mod filter;
 pub mod http;
-pub mod index;
-mod ingest;
-mod inspect;
 pub mod lambda;
-pub mod mutation;
-pub mod reader;
-pub mod record;
-mod routes;
 #[cfg(feature = "s3vectors")]
 pub mod s3vectors;
-pub mod segment;
 pub mod store;
 pub mod vocab;
-pub mod writer;
+
+// Internal rooms. A library user reaches them through `Db` and `api`;
+// they are `pub` only with the `test-util` feature, for shoal's own
+// integration tests, benches and fuzz targets (which test the protocol
+// and formats directly), and private in every shipped build.
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "test-util")]
+        pub mod $name;
+        // Without `test-util` their `pub` items are crate-visible, and
+        // re-exports kept for the tests' paths go unused.
+        #[cfg(not(feature = "test-util"))]
+        #[allow(unreachable_pub, unused_imports)]
+        mod $name;
+    )*};
+}
+internal!(bench, compact, coord, dataset, filter, index, mutation, reader, record, segment, writer);
+
+mod cpu;
+mod db;
+mod error;
+mod ingest;
+mod inspect;
+mod routes;
 
 pub use db::{probe, Db, OpenOptions};
 pub use error::{Error, ErrorKind};

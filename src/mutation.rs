@@ -33,6 +33,7 @@ pub enum Mutation {
 }
 
 impl Mutation {
+    #[cfg(any(test, feature = "test-util"))]
     pub const ALL: [Mutation; 8] = [
         Mutation::NoDuplicateCheck,
         Mutation::GcIgnoresGrace,
@@ -45,6 +46,7 @@ impl Mutation {
     ];
 
     /// The name `SHOAL_MUTATION` takes.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn name(self) -> &'static str {
         match self {
             Mutation::NoDuplicateCheck => "no-duplicate-check",

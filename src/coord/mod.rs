@@ -13,6 +13,7 @@
 //! [`watched`]; time and randomness come from [`clock`] and [`entropy`].
 
 pub mod cas;
+#[cfg(feature = "s3vectors")]
 pub mod catalog;
 pub mod clock;
 mod cluster;

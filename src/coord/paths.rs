@@ -18,6 +18,7 @@ pub(crate) const INDEX_MANIFEST_KEY: &str = "index/manifest.json";
 /// The S3 Vectors catalog: the vector buckets and indexes `shoal serve
 /// --s3vectors` serves from this store (each index lives under
 /// `<vector-bucket>/<index>/` as an index of its own).
+#[cfg(feature = "s3vectors")]
 pub(crate) const S3VECTORS_CATALOG_KEY: &str = "_s3vectors/catalog.json";
 /// Where the compactor Lambda resumes its round over the partitions.
 pub const COMPACTOR_CURSOR_KEY: &str = "_brainy/compactor-cursor.json";

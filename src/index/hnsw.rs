@@ -219,6 +219,7 @@ impl HnswIndex {
 }
 
 impl SegmentAnn for HnswIndex {
+    #[cfg(any(test, feature = "test-util"))]
     const KIND: crate::vocab::AnnKind = crate::vocab::AnnKind::Hnsw;
 
     /// Builds the graph; records keep their order (one group).

@@ -119,12 +119,14 @@ impl IvfIndex {
     }
 
     /// The positions of list `c`.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn list(&self, c: usize) -> std::ops::Range<usize> {
         self.starts[c] as usize..self.starts[c + 1] as usize
     }
 }
 
 impl SegmentAnn for IvfIndex {
+    #[cfg(any(test, feature = "test-util"))]
     const KIND: crate::vocab::AnnKind = crate::vocab::AnnKind::Ivf;
 
     /// Trains the centroids and groups the records by cluster: the

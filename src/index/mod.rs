@@ -174,10 +174,12 @@ impl<'a> TopK<'a> {
         }
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
@@ -266,6 +268,7 @@ pub struct Built {
 /// implementation plus a line in [`build`] and [`AnnIndex::parse`].
 pub(crate) trait SegmentAnn: Sized + Send + Sync {
     /// The `index.kind` setting that selects it.
+    #[cfg(any(test, feature = "test-util"))]
     const KIND: AnnKind;
     /// Builds an index over `records` and decides their stored order.
     fn build(records: Vec<Prepared>, dims: usize, metric: Metric, ix: &IndexSettings) -> Built;
@@ -383,6 +386,7 @@ impl AnnIndex {
         }
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     pub fn kind(&self) -> AnnKind {
         match self {
             AnnIndex::Ivf(_) => <ivf::IvfIndex as SegmentAnn>::KIND,

@@ -372,6 +372,7 @@ impl Reader {
         }
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     pub fn partition_count(&self) -> u32 {
         self.shared.views.len() as u32
     }
@@ -405,6 +406,7 @@ impl Reader {
 
     /// The newest live version of `id` (bounded consistency), reading only
     /// its partition.
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn get(&self, id: &str) -> Result<Option<StoredRecord>, ReadError> {
         self.get_with(id, Consistency::Bounded).await
     }

@@ -36,6 +36,7 @@ impl DeletionVector {
         }
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     pub fn rows(&self) -> u64 {
         self.rows
     }

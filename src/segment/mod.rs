@@ -148,6 +148,7 @@ impl Segment {
         self.ids.len()
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
@@ -194,6 +195,7 @@ impl Segment {
     }
 
     /// The last position holding `id` (the newest version in this segment).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn find_last(&self, id: &str) -> Option<usize> {
         self.ids.iter().rposition(|x| x == id)
     }

@@ -175,6 +175,7 @@ impl BatchWriter {
     }
 
     /// Buffers deletes (tombstones) like [`BatchWriter::add`].
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn delete(&self, ids: &[String]) -> Result<FlushReport, WriteError> {
         let schema = Schema {
             max_records: usize::MAX,
@@ -234,6 +235,7 @@ impl BatchWriter {
     }
 
     /// The writer underneath (for stats and `get`).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn writer(&self) -> &Writer {
         &self.shared.writer
     }
