@@ -19,49 +19,65 @@
 //! # Layout
 //!
 //! Layers, bottom up; each module uses only the ones listed before it
-//! (`scripts/check-structure.py` checks it; see `ARCHITECTURE.md`):
+//! (`scripts/check-structure.py` checks it; see `ARCHITECTURE.md`). The
+//! API modules are `pub`; the internal rooms (marked *internal*) are
+//! reached through [`Db`] and [`api`], and are `pub` only with the
+//! `test-util` feature, for shoal's own tests, benches and fuzz targets.
 //!
-//! - [`vocab`]: the shared words: [`vocab::Metric`], index settings,
-//!   domain rules, [`ErrorKind`]. A leaf.
-//! - [`store`]: the [`store::ObjectStore`] trait (get, ranged get,
-//!   conditional get, create-only and compare-and-swap put, delete, list),
-//!   its backends (S3, local directory, memory) chosen by URL, request
-//!   counters and the conditional-write probe. The conformance suite and
+//! - `vocab`: the shared words: `Metric`, `AnnKind` and the other index
+//!   settings, domain rules, [`ErrorKind`]. A leaf.
+//! - `mutation` (*internal*): the deliberately broken variants the
+//!   simulation must catch (switched on only in test builds). A leaf.
+//! - `cpu` (*internal*): where CPU-heavy work runs: a blocking thread or
+//!   the rayon pool, inline on a current-thread runtime. A leaf.
+//! - `store`: the `ObjectStore` trait (get, ranged get, conditional get,
+//!   create-only and compare-and-swap put, delete, list), its backends
+//!   (S3, local directory, memory) chosen by URL, request counters and
+//!   the conditional-write probe. The conformance suite and
 //!   fault-injecting stores exist only with the `test-util` feature.
-//! - [`coord`]: the protocol over the store, knowing nothing of readers or
-//!   writers: the config, instances and heartbeats, roles, partitioning,
-//!   the key layout ([`coord::paths`], where every key is minted), the
-//!   generic compare-and-swap loop ([`coord::cas`]) and the rooms where
-//!   manifests change, each change a named function ([`coord::manifest`],
-//!   [`coord::index_manifest`]).
-//! - [`record`]: the record model and the validation every write passes.
-//! - [`segment`]: the segment format and the range-readable shard format
-//!   ([`segment::shard`]); [`segment::load`], the one way to read a
-//!   segment; [`segment::LiveSet`], the one newest-version-wins rule.
-//! - [`index`]: kernels, top-k, exact scan, the [`index::SegmentAnn`]
-//!   contract the ANN kinds (IVF, HNSW) implement, and the RaBitQ
-//!   quantizer ([`index::rabitq`]).
-//! - [`filter`]: the metadata filter language.
-//! - [`writer`]: upsert/delete with group commit; [`writer::BatchWriter`].
-//! - [`reader`]: manifest freshness, the segment and shard-part cache,
-//!   live views, range reads of index shards and the query pipeline.
-//! - [`compact`]: compaction of partition prefixes; garbage collection;
-//!   the indexer; the maintenance schedule ([`compact::schedule`]: when
-//!   the compactor and a writer's background task compact, index and
-//!   collect garbage).
-//! - `inspect` (internal): `status` and `verify`.
-//! - [`dataset`]: file readers (`.fvecs`, `.ivecs`, `.npy`, JSONL);
-//!   `ingest` (internal): bulk ingest of files.
+//! - `coord` (*internal*): the protocol over the store, knowing nothing of
+//!   readers or writers: the config, instances and heartbeats, roles,
+//!   partitioning, the key layout (`coord::paths`, where every key is
+//!   minted), the generic compare-and-swap loop (`coord::cas`), the one
+//!   conditional refresh of a held object (`coord::watched`), the rooms
+//!   where manifests change, each change a named function
+//!   (`coord::manifest`, `coord::index_manifest`), the S3 Vectors catalog,
+//!   and the clock and entropy seams.
+//! - `record` (*internal*): the record model and the validation every
+//!   write passes.
+//! - `segment` (*internal*): the segment format and the range-readable
+//!   shard format (`segment::shard`); `segment::load`, the one way to read
+//!   a segment; `segment::LiveSet`, the one newest-version-wins rule.
+//! - `index` (*internal*): kernels, top-k, exact scan, the `SegmentAnn`
+//!   contract the per-segment ANN kinds (IVF, HNSW) implement, the filter
+//!   policy (`route`), the RaBitQ quantizer and the shard index
+//!   (`index::shard`: build, and a search without I/O that plans,
+//!   estimates from given code blocks and reranks given rows).
+//! - `filter` (*internal*): the metadata filter language.
+//! - `writer` (*internal*): upsert/delete with group commit; the batch
+//!   writer.
+//! - `reader` (*internal*): freshness (one rule), the segment and
+//!   shard-part caches, partition views, the shard set, the read snapshot
+//!   ("a tail record hides its shard row", once), the search-unit seam,
+//!   and the services: search, get/list, warm-up.
+//! - `compact` (*internal*): compaction of partition prefixes; garbage
+//!   collection; repair; the indexer; the maintenance schedule
+//!   (`compact::schedule`: when the compactor and a writer's background
+//!   task compact, index and collect garbage).
+//! - `inspect` (*internal*): `status` and `verify`.
+//! - `dataset` (*internal*): file readers (`.fvecs`, `.ivecs`, `.npy`,
+//!   JSONL); `ingest` (*internal*): bulk ingest of files.
+//! - `bench` (*internal*): benchmark phases and the `shoal bench` suite,
+//!   reached through `api` by the CLI.
 //! - [`Db`] (module `db`): the handle, the one door to all of the above.
 //! - [`Error`] (module `error`): the error every handle call returns.
 //! - [`api`]: the request/response types every front end shares, and the
-//!   wire error [`api::ApiError`].
-//! - `routes` (internal): the one route table HTTP and Lambda serve.
+//!   wire error `api::ApiError`.
+//! - `routes` (*internal*): the one route table HTTP and Lambda serve.
 //! - `s3vectors` (feature `s3vectors`, on by default): the Amazon S3
 //!   Vectors API over many indexes in one store, for `shoal serve`.
-//! - [`http`], [`lambda`]: `shoal serve` and the Lambda handlers;
-//!   [`auth`]: the API keys `serve` checks.
-//! - [`bench`](mod@bench): benchmark phases and the `shoal bench` suite.
+//! - [`http`] (with its `/metrics` rendering), [`lambda`]: `shoal serve`
+//!   and the Lambda handlers; [`auth`]: the API keys `serve` checks.
 
 // The library's API: the handle (`Db`, re-exported below), the shared
 // request/response types (`api`), the front-end servers and handlers, the
