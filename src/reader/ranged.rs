@@ -493,6 +493,9 @@ pub(super) async fn search(
         parts.retain(|p| !got.contains_key(p));
         got.extend(blocks.get(store, shard, &parts, tally).await?);
         let Some(f) = want.filter else { break };
+        if !search.can_widen() {
+            break;
+        }
         let (mut live, mut matching) = (0usize, 0usize);
         for &l in search.lists() {
             let meta = &got[&Part::Meta(l)];

@@ -127,6 +127,12 @@ impl<'a> ShardSearch<'a> {
         &self.order[..self.probed]
     }
 
+    /// Whether any list is left unprobed (a filter's count could widen
+    /// the probes); when every list is probed there is nothing to count.
+    pub(crate) fn can_widen(&self) -> bool {
+        self.probed < self.order.len()
+    }
+
     /// Widens the probes after a filter's count over the probed lists
     /// (`live` allowed rows, `matching` of them passing the filter), by
     /// the shared filter policy. Returns true when more lists are now

@@ -163,7 +163,9 @@ fn a_filter_widens_the_probes_by_the_shared_policy() {
     assert_eq!(s.lists().len(), 4);
     assert!(!s.widen(400, 400), "everything matching: no wider");
     let mut s = ShardSearch::new(&routing, query);
+    assert!(s.can_widen());
     assert!(s.widen(100, 1), "selective: every list");
     assert_eq!(s.lists().len(), 8);
+    assert!(!s.can_widen(), "every list probed: nothing to count");
     assert!(!s.widen(800, 1), "nothing left to widen");
 }
