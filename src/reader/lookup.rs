@@ -41,6 +41,18 @@ pub(super) async fn get_many(
     ids: &[&str],
     consistency: Consistency,
 ) -> Result<Vec<Option<StoredRecord>>, ReadError> {
+    // A shard row whose shard vanished (merged away, then collected)
+    // means the snapshot was stale: look once more in a fresh one.
+    let again = || get_many_once(shared, ids, Consistency::Strong);
+    once_more_if_vanished(get_many_once(shared, ids, consistency), again).await
+}
+
+/// [`get_many`] on one snapshot.
+async fn get_many_once(
+    shared: &Arc<Shared>,
+    ids: &[&str],
+    consistency: Consistency,
+) -> Result<Vec<Option<StoredRecord>>, ReadError> {
     let n = shared.views.len() as u32;
     let mut by_partition: BTreeMap<u32, Vec<usize>> = Default::default();
     for (i, id) in ids.iter().enumerate() {

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::load::Freshness;
+use super::load::{once_more_if_vanished, Freshness};
 use super::snapshot::{Snapshot, Want};
 use super::unit::{Found, Io, Searched, Source, UnitQuery};
 use super::view::CacheTally;
-use super::{Hit, QueryStats, ReadError, SearchRequest, SearchResponse, Shared, MAX_K};
+use super::{Consistency, Hit, QueryStats, ReadError, SearchRequest, SearchResponse, Shared, MAX_K};
 use crate::filter::parse_filter;
 use crate::index::{present, QueryParams, ScanStats};
 use crate::record::check_vector;
@@ -28,6 +28,27 @@ pub(super) async fn search(
         segments: true,
         allow_partial: req.allow_partial,
     };
+    // An object the snapshot names that has vanished (a shard merged away
+    // or a segment compacted, then collected) means the snapshot was
+    // stale, whatever consistency the query asked: search once more on a
+    // snapshot revalidated now (DESIGN section 8).
+    let again = || {
+        let fresh = Freshness {
+            consistency: Consistency::Strong,
+            staleness: Duration::ZERO,
+            ticket: shared.next_ticket(),
+        };
+        run(shared, &q, Want { fresh, ..want })
+    };
+    once_more_if_vanished(run(shared, &q, want), again).await
+}
+
+/// One pass of the pipeline on a snapshot loaded as `want` asks.
+async fn run(
+    shared: &Arc<Shared>,
+    q: &QueryContext<'_>,
+    want: Want,
+) -> Result<SearchResponse, ReadError> {
     let partitions = 0..shared.views.len() as u32;
     let loading = Snapshot::load(shared, &q.store, partitions, want, &q.tally);
     let snapshot = match tokio::time::timeout_at(q.tally.deadline, loading).await {
@@ -55,9 +76,9 @@ pub(super) async fn search(
         scan.add(&s);
         found.push(s.found);
     }
-    let top = merge(found, req.k);
+    let top = merge(found, q.req.k);
     let mut stats = q.stats(scan, searched, fetch_ms);
-    let results = present_hits(&q, top);
+    let results = present_hits(q, top);
     stats.compute_ms = compute.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(?stats, "search done");
     Ok(SearchResponse {
