@@ -217,12 +217,25 @@ pub fn check_vector(
         ));
     }
     let mut v = vector.to_vec();
+    let norm2 = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>();
+    // Every score shoal computes between two accepted vectors must be a
+    // finite f32: |q·v| <= |q||v| and |q - v|² <= 2|q|² + 2|v|², so a
+    // squared length up to a quarter of f32::MAX keeps dot products and
+    // squared distances finite (larger ones overflow to inf or NaN, which
+    // would rank first and serialize as null).
+    if metric != Metric::Cosine && norm2 > f64::from(f32::MAX) / 4.0 {
+        return Err(invalid(
+            position,
+            id,
+            format!(
+                "vector's squared length is {norm2:.3e}, over {:.3e}: its scores would \
+                 overflow a 32-bit float; scale it down",
+                f64::from(f32::MAX) / 4.0
+            ),
+        ));
+    }
     if metric == Metric::Cosine {
-        let norm = v
-            .iter()
-            .map(|x| f64::from(*x) * f64::from(*x))
-            .sum::<f64>()
-            .sqrt();
+        let norm = norm2.sqrt();
         if norm == 0.0 {
             return Err(invalid(
                 position,
@@ -384,6 +397,22 @@ fn json_kind(v: &Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Issue 28 F14: finite components whose products overflow (±3e38
+    /// under dot) are refused, naming the record, under dot and euclidean;
+    /// large but safe lengths pass, and cosine normalizes anything finite.
+    #[test]
+    fn vectors_whose_scores_would_overflow_are_refused() {
+        for metric in [Metric::Dot, Metric::Euclidean] {
+            let e = check_vector(3, "big", &[3e38, -3e38], 2, metric).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains("record 3 (id \"big\")"), "{msg}");
+            assert!(msg.contains("overflow"), "{msg}");
+            assert!(check_vector(0, "ok", &[1e18, -1e18], 2, metric).is_ok());
+        }
+        let v = check_vector(0, "cos", &[3e38, -3e38], 2, Metric::Cosine).unwrap();
+        assert!((v[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+    }
 
     fn schema(metric: Metric) -> Schema {
         Schema {

@@ -75,10 +75,17 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
 /// cosine distance is `1 - dot`; dot "distance" is `-dot`.
 #[inline]
 pub fn distance(metric: Metric, q: &[f32], v: &[f32]) -> f32 {
-    match metric {
+    let d = match metric {
         Metric::Cosine => 1.0 - dot(q, v),
         Metric::Dot => -dot(q, v),
         Metric::Euclidean => l2_squared(q, v),
+    };
+    // Writes refuse vectors whose scores could overflow (`check_vector`);
+    // should an older one still overflow, it ranks last, never first.
+    if d.is_nan() {
+        f32::INFINITY
+    } else {
+        d
     }
 }
 
@@ -87,14 +94,23 @@ pub fn distance(metric: Metric, q: &[f32], v: &[f32]) -> f32 {
 /// the inner product and its negation; euclidean: `1 / (1 + d)` and the
 /// distance `d` (not squared).
 pub fn present(metric: Metric, ranking: f32) -> (f32, f32) {
-    match metric {
+    let ranking = if ranking.is_nan() {
+        f32::INFINITY
+    } else {
+        ranking
+    };
+    let (score, distance) = match metric {
         Metric::Cosine => (1.0 - ranking, ranking),
         Metric::Dot => (-ranking, ranking),
         Metric::Euclidean => {
             let d = ranking.max(0.0).sqrt();
             (1.0 / (1.0 + d), d)
         }
-    }
+    };
+    // JSON has no infinity: an overflowed score is the worst finite one,
+    // never `null`.
+    let finite = |x: f32| x.clamp(-f32::MAX, f32::MAX);
+    (finite(score), finite(distance))
 }
 
 /// A candidate: ranking distance and where the record lives.
@@ -483,6 +499,20 @@ mod tests {
         assert_eq!(route(&p, 0.25), Route::Ann(QueryParams { nprobe: 32, ..p }));
         assert_eq!(route(&p, SELECTIVE_FILTER / 2.0), Route::Exact);
         assert_eq!(route(&QueryParams { exact: true, ..p }, 1.0), Route::Exact);
+    }
+
+    /// Issue 28 F14: a score that overflows (vectors stored before writes
+    /// refused such lengths) ranks last and presents as a finite number.
+    #[test]
+    fn overflowing_scores_rank_last_and_present_finite() {
+        let huge = [3e38f32, 3e38];
+        let d = distance(Metric::Dot, &huge, &[-3e38, 3e38]);
+        assert!(!d.is_nan(), "NaN would rank first: {d}");
+        assert!(d > distance(Metric::Dot, &huge, &[0.0, 0.0]));
+        let (score, dist) = present(Metric::Dot, d);
+        assert!(score.is_finite() && dist.is_finite(), "{score} {dist}");
+        let (score, dist) = present(Metric::Euclidean, f32::INFINITY);
+        assert!(score.is_finite() && dist.is_finite(), "{score} {dist}");
     }
 
     #[test]
