@@ -144,7 +144,8 @@ pub struct S3VectorsOptions {
     pub catalog_max_age: Duration,
     /// The 12-digit account id in ARNs.
     pub account: String,
-    /// Region in ARNs when requests are not signed.
+    /// The region this endpoint serves (`AWS_REGION`, else us-east-1):
+    /// signed requests must be scoped to it; ARNs name it.
     pub region: String,
 }
 
@@ -289,9 +290,11 @@ impl Service {
             headers: req.headers.clone(),
             body: req.body,
         };
-        Ok(sigv4::verify(&signed, creds, SystemClock.now())
-            .map_err(|r| S3vError::new(403, r.code, r.message))?
-            .region)
+        Ok(
+            sigv4::verify(&signed, creds, SystemClock.now(), &self.opts.region)
+                .map_err(|r| S3vError::new(403, r.code, r.message))?
+                .region,
+        )
     }
 
     pub(super) fn bucket_arn(&self, region: &str, bucket: &str) -> String {

@@ -126,12 +126,16 @@ pub struct Verified {
     pub region: String,
 }
 
-/// Checks the `Authorization` header of `req` against `creds` at `now`.
+/// Checks the `Authorization` header of `req` against `creds` at `now`,
+/// for this endpoint's `region` (a request signed for another region is
+/// refused, as AWS does).
 pub fn verify(
     req: &SignedRequest<'_>,
     creds: &Credentials,
     now: SystemTime,
+    region: &str,
 ) -> Result<Verified, Rejected> {
+    let served = region;
     let auth = auth_fields(&header(req, "authorization"))?;
     let scope: Vec<&str> = auth.credential.split('/').collect();
     let [access_key, date, region, service, "aws4_request"] = scope.as_slice() else {
@@ -144,6 +148,17 @@ pub fn verify(
         return Err(reject(
             "InvalidSignatureException",
             format!("the request is signed for service {service:?}, not {SERVICE:?}"),
+        ));
+    }
+    if *region != served {
+        let shown: String = region.chars().take(64).collect();
+        return Err(reject(
+            "InvalidSignatureException",
+            format!(
+                "Credential should be scoped to a valid region: this endpoint serves \
+                 {served:?}, the request is signed for {shown:?} (the server's region is \
+                 AWS_REGION where it runs)"
+            ),
         ));
     }
     let Some(secret) = creds.keys.get(*access_key) else {
@@ -477,6 +492,10 @@ mod tests {
     }
 
     fn sign(secret: &str, amz_date: &str, body: &[u8]) -> String {
+        sign_for("us-east-1", secret, amz_date, body)
+    }
+
+    fn sign_for(region: &str, secret: &str, amz_date: &str, body: &[u8]) -> String {
         let t = parse_amz_date(amz_date).unwrap();
         let date = &amz_date[..8];
         let canonical = format!(
@@ -485,12 +504,12 @@ mod tests {
             hex(&Sha256::digest(body))
         );
         let sts = format!(
-            "AWS4-HMAC-SHA256\n{amz_date}\n{date}/us-east-1/s3vectors/aws4_request\n{}",
+            "AWS4-HMAC-SHA256\n{amz_date}\n{date}/{region}/s3vectors/aws4_request\n{}",
             hex(&Sha256::digest(canonical.as_bytes()))
         );
-        let key = aws_sigv4::sign::v4::generate_signing_key(secret, t, "us-east-1", "s3vectors");
+        let key = aws_sigv4::sign::v4::generate_signing_key(secret, t, region, "s3vectors");
         format!(
-            "AWS4-HMAC-SHA256 Credential=AKID/{date}/us-east-1/s3vectors/aws4_request, \
+            "AWS4-HMAC-SHA256 Credential=AKID/{date}/{region}/s3vectors/aws4_request, \
              SignedHeaders=content-type;host;x-amz-date, Signature={}",
             aws_sigv4::sign::v4::calculate_signature(key, sts.as_bytes())
         )
@@ -512,6 +531,30 @@ mod tests {
         }
     }
 
+    /// Issue 28 F13: a correct signature for another region (or a made-up
+    /// one) is refused with AWS's error; the served region passes.
+    #[test]
+    fn a_signature_for_another_region_is_refused() {
+        let creds = Credentials::parse("AKID:secret1").unwrap();
+        let date = "20261202T120000Z";
+        let now = parse_amz_date(date).unwrap() + Duration::from_secs(60);
+        let body = br#"{"topK": 3}"#;
+        let west = sign_for("us-west-2", "secret1", date, body);
+        let e = verify(&request(&west, date, body), &creds, now, "us-east-1").unwrap_err();
+        assert_eq!(e.code, "InvalidSignatureException");
+        assert!(e.message.contains("valid region"), "{}", e.message);
+        let ok = verify(&request(&west, date, body), &creds, now, "us-west-2").unwrap();
+        assert_eq!(ok.region, "us-west-2");
+        let made_up = "x".repeat(200);
+        let odd = sign_for(&made_up, "secret1", date, body);
+        let e = verify(&request(&odd, date, body), &creds, now, "us-east-1").unwrap_err();
+        assert_eq!(e.code, "InvalidSignatureException");
+        assert!(
+            e.message.len() < 400,
+            "the message does not echo 200 characters"
+        );
+    }
+
     #[test]
     fn good_signatures_pass_and_every_tampering_is_refused() {
         let creds = Credentials::parse("AKID:secret1, other:secret2").unwrap();
@@ -519,11 +562,12 @@ mod tests {
         let now = parse_amz_date(date).unwrap() + Duration::from_secs(60);
         let body = br#"{"topK": 3}"#;
         let auth = sign("secret1", date, body);
-        let ok = verify(&request(&auth, date, body), &creds, now).unwrap();
+        let ok = verify(&request(&auth, date, body), &creds, now, "us-east-1").unwrap();
         assert_eq!(ok.access_key, "AKID");
         assert_eq!(ok.region, "us-east-1");
 
-        let code = |r: SignedRequest<'_>, now| verify(&r, &creds, now).unwrap_err().code;
+        let code =
+            |r: SignedRequest<'_>, now| verify(&r, &creds, now, "us-east-1").unwrap_err().code;
         // Another body under the same signature.
         assert_eq!(
             code(request(&auth, date, br#"{"topK": 4}"#), now),
