@@ -917,3 +917,39 @@ fn metrics_report_exactly_what_was_done() {
     );
     s.stop();
 }
+
+/// Issue 28 F10: the S3 Vectors front end checks the signature's headers
+/// before it reads a body: an unsigned request declaring a 15 MB body it
+/// never sends is answered 403 at once (before, the server waited for the
+/// body, and buffered up to the body limit per request before refusing).
+#[test]
+fn an_unsigned_s3vectors_request_is_refused_before_its_body_is_read() {
+    let mut signed = Server::start_with(
+        &[("SHOAL_S3V_CREDENTIALS", "key:secret")],
+        "16000000",
+        &["--s3vectors"],
+    );
+    let mut s = TcpStream::connect(&signed.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = "POST /PutVectors HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+                Content-Type: application/json\r\nContent-Length: 15000000\r\n\r\n";
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(b"{\"vectors\":").unwrap();
+    let started = std::time::Instant::now();
+    let mut got = [0u8; 512];
+    let n = s.read(&mut got).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&got[..n]).to_string();
+    assert!(
+        answer.starts_with("HTTP/1.1 403"),
+        "no answer before the body ({:?} waited): {answer:?}",
+        started.elapsed()
+    );
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-amzn-errortype: missingauthenticationtokenexception"),
+        "{answer}"
+    );
+    signed.stop();
+}

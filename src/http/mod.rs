@@ -336,6 +336,21 @@ async fn s3vectors(
         return fallback(State(st), headers, uri).await;
     };
     let answer = async {
+        // The signature's headers are checked before the body is read: an
+        // unsigned or wrongly scoped request never makes the server hold
+        // its body (up to the body limit) in memory.
+        let head: Vec<(String, String)> = headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        svc.precheck(&Request {
+            operation: &operation,
+            method: "POST",
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
+            headers: head.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+            body: &[],
+        })?;
         let bytes = axum::body::to_bytes(body, st.body_limit)
             .await
             .map_err(|_| {
@@ -355,10 +370,7 @@ async fn s3vectors(
             None
         };
         // Owned, so a query can run as its own task (below).
-        let header_list: Vec<(String, String)> = headers
-            .iter()
-            .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
+        let header_list = head;
         let (path, query) = (
             uri.path().to_string(),
             uri.query().unwrap_or("").to_string(),

@@ -277,6 +277,25 @@ impl Service {
         run(&cx).await
     }
 
+    /// Refuses, before its body is read, a request whose signature headers
+    /// already fail (unsigned, malformed, unknown key, another region, out
+    /// of the time window); the body's hash and the signature are checked
+    /// by [`Service::handle`].
+    pub fn precheck(&self, req: &Request<'_>) -> Result<(), S3vError> {
+        let Some(creds) = &self.opts.credentials else {
+            return Ok(());
+        };
+        let signed = sigv4::SignedRequest {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: req.headers.clone(),
+            body: &[],
+        };
+        sigv4::precheck(&signed, creds, SystemClock.now(), &self.opts.region)
+            .map_err(|r| S3vError::new(403, r.code, r.message))
+    }
+
     /// The region the request was signed for (checking the signature), or
     /// the configured one when signatures are not checked.
     fn region_of(&self, req: &Request<'_>) -> Result<String, S3vError> {

@@ -126,18 +126,31 @@ pub struct Verified {
     pub region: String,
 }
 
-/// Checks the `Authorization` header of `req` against `creds` at `now`,
-/// for this endpoint's `region` (a request signed for another region is
-/// refused, as AWS does).
-pub fn verify(
-    req: &SignedRequest<'_>,
-    creds: &Credentials,
+/// What the headers alone establish: the parsed `Authorization` fields,
+/// the scope, the secret of a known access key and the signing time.
+struct Scoped<'r, 'c> {
+    auth: AuthFields<'r>,
+    access_key: &'r str,
+    date: &'r str,
+    region: &'r str,
+    service: &'r str,
+    secret: &'c str,
+    amz_date: &'r str,
+    signed_at: SystemTime,
+    names: Vec<&'r str>,
+}
+
+/// The checks that need no body: the header's shape, the service and
+/// region of the scope, a known access key, the signing time window and a
+/// signed Host header.
+fn scoped<'r, 'c>(
+    req: &SignedRequest<'r>,
+    creds: &'c Credentials,
     now: SystemTime,
-    region: &str,
-) -> Result<Verified, Rejected> {
-    let served = region;
+    served: &str,
+) -> Result<Scoped<'r, 'c>, Rejected> {
     let auth = auth_fields(&header(req, "authorization"))?;
-    let scope: Vec<&str> = auth.credential.split('/').collect();
+    let scope: Vec<&'r str> = auth.credential.split('/').collect();
     let [access_key, date, region, service, "aws4_request"] = scope.as_slice() else {
         return Err(reject(
             "IncompleteSignatureException",
@@ -169,13 +182,48 @@ pub fn verify(
         ));
     };
     let (amz_date, signed_at) = signing_time(req, date, now)?;
-    let names: Vec<&str> = auth.signed_headers.split(';').collect();
+    let names: Vec<&'r str> = auth.signed_headers.split(';').collect();
     if !names.contains(&"host") {
         return Err(reject(
             "InvalidSignatureException",
             "the signature must cover the Host header",
         ));
     }
+    Ok(Scoped {
+        access_key,
+        date,
+        region,
+        service,
+        secret,
+        amz_date,
+        signed_at,
+        names,
+        auth,
+    })
+}
+
+/// Checks what the headers alone can show (see [`scoped`]), before the
+/// body is read: a request that fails here is refused without its body
+/// ever being received. `req.body` is not looked at.
+pub fn precheck(
+    req: &SignedRequest<'_>,
+    creds: &Credentials,
+    now: SystemTime,
+    region: &str,
+) -> Result<(), Rejected> {
+    scoped(req, creds, now, region).map(|_| ())
+}
+
+/// Checks the `Authorization` header of `req` against `creds` at `now`,
+/// for this endpoint's `region` (a request signed for another region is
+/// refused, as AWS does).
+pub fn verify(
+    req: &SignedRequest<'_>,
+    creds: &Credentials,
+    now: SystemTime,
+    region: &str,
+) -> Result<Verified, Rejected> {
+    let s = scoped(req, creds, now, region)?;
     let body_hash = hex(&Sha256::digest(req.body));
     if let [claimed] = header(req, "x-amz-content-sha256").as_slice() {
         if !claimed.eq_ignore_ascii_case(&body_hash) {
@@ -185,14 +233,18 @@ pub fn verify(
             ));
         }
     }
-    let canonical = canonical_request(req, &names, auth.signed_headers, &body_hash);
+    let canonical = canonical_request(req, &s.names, s.auth.signed_headers, &body_hash);
     let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{date}/{region}/{service}/aws4_request\n{}",
+        "AWS4-HMAC-SHA256\n{}\n{}/{}/{}/aws4_request\n{}",
+        s.amz_date,
+        s.date,
+        s.region,
+        s.service,
         hex(&Sha256::digest(canonical.as_bytes()))
     );
-    let key = aws_sigv4::sign::v4::generate_signing_key(secret, signed_at, region, service);
+    let key = aws_sigv4::sign::v4::generate_signing_key(s.secret, s.signed_at, s.region, s.service);
     let expected = aws_sigv4::sign::v4::calculate_signature(key, string_to_sign.as_bytes());
-    if !same(expected.as_bytes(), auth.signature.as_bytes()) {
+    if !same(expected.as_bytes(), s.auth.signature.as_bytes()) {
         return Err(reject(
             "InvalidSignatureException",
             "The request signature we calculated does not match the signature you provided. \
@@ -200,8 +252,8 @@ pub fn verify(
         ));
     }
     Ok(Verified {
-        access_key: access_key.to_string(),
-        region: region.to_string(),
+        access_key: s.access_key.to_string(),
+        region: s.region.to_string(),
     })
 }
 
