@@ -41,8 +41,9 @@ pub(super) async fn get_many(
     ids: &[&str],
     consistency: Consistency,
 ) -> Result<Vec<Option<StoredRecord>>, ReadError> {
-    // A shard row whose shard vanished (merged away, then collected)
-    // means the snapshot was stale: look once more in a fresh one.
+    // An object the snapshot names that vanished (a tail segment
+    // compacted, a shard merged away, then collected) means the snapshot
+    // was stale: look once more in a fresh one.
     let again = || get_many_once(shared, ids, Consistency::Strong);
     once_more_if_vanished(get_many_once(shared, ids, consistency), again).await
 }
@@ -96,22 +97,9 @@ async fn get_in_partition(
     tally: &CacheTally,
 ) -> Result<Vec<Option<StoredRecord>>, ReadError> {
     let p = view.partition;
-    let first = async {
-        let found = tail_lookup(shared, snap, view, ids, tally).await;
-        Ok::<_, ReadError>((None, found.map_err(|e| e.into_read_error(p))?))
-    };
-    // A segment of this view was collected: the partition moved on, and
-    // its records may now be in shards this shard set does not cover.
-    // Look again in a fresh snapshot of both.
-    let again = || async {
-        let fresh = snapshot_of(shared, std::iter::once(p), Consistency::Strong, tally).await?;
-        let found = tail_lookup(shared, &fresh, &fresh.loaded[0].view, ids, tally)
-            .await
-            .map_err(|e| e.into_read_error(p))?;
-        Ok::<_, ReadError>((Some(fresh), found))
-    };
-    let (fresh, in_tail) = once_more_if_vanished(first, again).await?;
-    let snap = fresh.as_ref().unwrap_or(snap);
+    let in_tail = tail_lookup(shared, snap, view, ids, tally)
+        .await
+        .map_err(|e| e.into_read_error(p))?;
     // What the tail does not decide, the shards do (row reads in parallel).
     let pending: Vec<_> = ids
         .iter()

@@ -136,8 +136,13 @@ impl Snapshot {
         let shadowing = !crate::mutation::active(crate::mutation::Mutation::NoShadowing);
         let mut hidden: Vec<Vec<u32>> = vec![Vec::new(); index.shards.len()];
         if !index.shards.is_empty() && shadowing {
+            // The ids of the tail segments (a search loads them), not
+            // the whole partition's id map: a view may still list indexed
+            // segments its indexer has not yet retired.
             for l in &self.loaded {
-                for (id, _) in self.tail_newest(&l.view) {
+                let segments = l.segments.as_deref().unwrap_or_default();
+                let tail = segments.get(self.tail_start(&l.view)..).unwrap_or_default();
+                for id in tail.iter().flat_map(|seg| seg.ids()) {
                     if let Some((s, row)) = index.row_of(id) {
                         hidden[s as usize].push(row);
                     }

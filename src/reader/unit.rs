@@ -18,7 +18,9 @@ use super::view::{CacheTally, PartitionView};
 use super::{ReadError, Shared};
 use crate::filter::Filter;
 use crate::index::shard::{ShardQuery, PROBES_PER_NPROBE};
-use crate::index::{AnnIndex, ExactScan, QueryParams, ScanStats, SegmentSearch, SegmentView, TopK};
+use crate::index::{
+    AnnIndex, Candidate, ExactScan, QueryParams, ScanStats, SegmentSearch, SegmentView, TopK,
+};
 use crate::segment::Segment;
 use crate::store::Counted;
 
@@ -100,11 +102,34 @@ impl Allowed {
     }
 
     fn excludes(&self, id: &str, partitions: u32) -> bool {
-        !self.excluded.is_empty()
-            && self
-                .excluded
-                .contains(&crate::coord::partition_of(id, partitions))
+        excludes(&self.excluded, id, partitions)
     }
+}
+
+/// Whether `id` belongs to a partition a partial result leaves out.
+fn excludes(excluded: &[u32], id: &str, partitions: u32) -> bool {
+    !excluded.is_empty() && excluded.contains(&crate::coord::partition_of(id, partitions))
+}
+
+/// The candidates an in-memory search kept, best first: `segment(c)` is
+/// the segment a candidate's position is in, `partition(c)` its partition.
+fn found_in<'s>(
+    top: TopK<'s>,
+    segment: impl Fn(&Candidate<'s>) -> Arc<Segment>,
+    partition: impl Fn(&Candidate<'s>) -> u32,
+) -> Vec<Found> {
+    top.into_sorted()
+        .into_iter()
+        .map(|c| Found {
+            distance: c.distance,
+            id: c.id.to_string(),
+            partition: partition(&c),
+            source: Source::Segment {
+                segment: segment(&c),
+                position: c.position as usize,
+            },
+        })
+        .collect()
 }
 
 /// The mask a query scores a segment with, and the share of its live
@@ -207,19 +232,11 @@ impl TailUnit {
             };
             search_segment(&sv, view.ann[j].as_deref(), q, &mut top, &mut stats);
         }
-        let found = top
-            .into_sorted()
-            .into_iter()
-            .map(|c| Found {
-                distance: c.distance,
-                id: c.id.to_string(),
-                partition: view.partition,
-                source: Source::Segment {
-                    segment: segments[c.segment as usize].clone(),
-                    position: c.position as usize,
-                },
-            })
-            .collect();
+        let found = found_in(
+            top,
+            |c| segments[c.segment as usize].clone(),
+            |_| view.partition,
+        );
         Searched {
             found,
             stats,
@@ -248,19 +265,11 @@ impl WholeShardUnit {
             ordinal: 0,
         };
         search_segment(&sv, self.ann.as_deref(), q, &mut top, &mut stats);
-        let found = top
-            .into_sorted()
-            .into_iter()
-            .map(|c| Found {
-                distance: c.distance,
-                id: c.id.to_string(),
-                partition: crate::coord::partition_of(c.id, q.partitions),
-                source: Source::Segment {
-                    segment: seg.clone(),
-                    position: c.position as usize,
-                },
-            })
-            .collect();
+        let found = found_in(
+            top,
+            |_| seg.clone(),
+            |c| crate::coord::partition_of(c.id, q.partitions),
+        );
         stats.segments = 0;
         Searched {
             found,
@@ -321,11 +330,7 @@ impl SearchUnit for RangedUnit {
         let allowed = |row: u32| {
             self.live.mask[row as usize]
                 && !self.hidden.contains(&row)
-                && (self.excluded.is_empty()
-                    || !self.excluded.contains(&crate::coord::partition_of(
-                        &shard.ids[row as usize],
-                        q.partitions,
-                    )))
+                && !excludes(&self.excluded, &shard.ids[row as usize], q.partitions)
         };
         let sq = ShardQuery {
             metric: q.params.metric,
