@@ -131,6 +131,18 @@ async fn answers(reader: &Reader, model: &Model, when: &str) -> (Answers, Vec<Se
     (out, responses)
 }
 
+/// GC with no grace: nothing else runs in these tests.
+async fn gc_now(store: &Arc<Counted>, s: &Settings) -> shoal::api::GcReport {
+    use shoal::compact::gc::{gc, GcOptions};
+    let clock: DynClock = Arc::new(SystemClock);
+    let opts = GcOptions {
+        grace: Some(std::time::Duration::ZERO),
+        allow_unsafe_grace: true,
+        ..Default::default()
+    };
+    gc(store.as_ref(), s, &clock, &opts).await.unwrap()
+}
+
 fn fresh_reader(store: &Arc<Counted>, s: &Settings) -> Reader {
     Reader::new(store.clone(), s, ReaderOptions::default())
 }
@@ -208,11 +220,9 @@ async fn exact_search_answers_the_same_before_and_after_indexing(store: Arc<Coun
 /// shards.
 #[tokio::test]
 async fn merging_shards_changes_no_answer_even_for_a_reader_holding_the_old_index() {
-    use shoal::compact::gc::{gc, GcOptions};
     let store = common::memory_store();
     let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
     let w = common::writer(store.clone(), &s);
-    let clock: DynClock = Arc::new(SystemClock);
     let mut model = Model::default();
     let mut old_reader = None;
     let mut before_merge = None;
@@ -248,18 +258,7 @@ async fn merging_shards_changes_no_answer_even_for_a_reader_holding_the_old_inde
         .await
         .0;
     // GC with no grace (nothing else runs here) deletes the merged inputs.
-    let report = gc(
-        store.as_ref(),
-        &s,
-        &clock,
-        &GcOptions {
-            grace: Some(std::time::Duration::ZERO),
-            allow_unsafe_grace: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = gc_now(&store, &s).await;
     assert!(
         report
             .deleted
@@ -651,11 +650,9 @@ async fn verify_accounts_for_every_record_below_the_watermark() {
 /// and gets alike, whatever the consistency asked.
 #[tokio::test]
 async fn a_reader_whose_shards_were_merged_and_collected_refreshes_instead_of_failing() {
-    use shoal::compact::gc::{gc, GcOptions};
     let store = common::memory_store();
     let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
     let w = common::writer(store.clone(), &s);
-    let clock: DynClock = Arc::new(SystemClock);
     let mut model = Model::default();
     let mut stale = Vec::new();
     for round in 0..4 {
@@ -681,18 +678,7 @@ async fn a_reader_whose_shards_were_merged_and_collected_refreshes_instead_of_fa
             }
         }
     }
-    let report = gc(
-        store.as_ref(),
-        &s,
-        &clock,
-        &GcOptions {
-            grace: Some(std::time::Duration::ZERO),
-            allow_unsafe_grace: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = gc_now(&store, &s).await;
     assert!(
         report.deleted.iter().any(|k| k.ends_with(".shard")),
         "the merged shards are gone: {:?}",
