@@ -4,14 +4,17 @@
 //! `tests/s3vectors_boto3.py` drives the same API over HTTP with boto3.
 #![cfg(feature = "s3vectors")]
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use shoal::api::Role;
-use shoal::coord::catalog::{self, IndexEntry};
+use shoal::coord::catalog::{self, CatalogStore, IndexEntry};
 use shoal::coord::clock::{Clock, SystemClock};
 use shoal::s3vectors::{Request, S3VectorsOptions, S3vError, Service};
-use shoal::store::ObjectStore;
+use shoal::store::faults::WriteFaults;
+use shoal::store::{Counted, ObjectStore};
 
 /// A fresh store name: it must differ from run to run, so it is not
 /// drawn from the entropy seam (which a simulation may seed).
@@ -111,6 +114,13 @@ async fn racing_creates_of_one_index_have_exactly_one_winner() {
     b.close().await;
 }
 
+/// Where the live incarnation of `bucket/index` keeps its objects.
+async fn prefix_of(root: &str, bucket: &str, index: &str) -> String {
+    let store = shoal::store::open(root).await.unwrap();
+    let (cat, _) = catalog::read(store.as_ref()).await.unwrap();
+    cat.buckets[bucket].indexes[index].prefix(bucket, index)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deleted_index_is_gone_everywhere_with_its_objects_and_its_name_is_free() {
     let root = root();
@@ -120,13 +130,20 @@ async fn a_deleted_index_is_gone_everywhere_with_its_objects_and_its_name_is_fre
         .await
         .unwrap();
     call(&a, "CreateIndex", index("vb1", "docs")).await.unwrap();
+    let prefix = prefix_of(&root, "vb1", "docs").await;
+    assert!(prefix.starts_with("vb1/docs@"), "{prefix}");
     let put = json!({"vectorBucketName": "vb1", "indexName": "docs",
         "vectors": [{"key": "k1", "data": {"float32": [0.5, 0.5]}, "metadata": {"n": 1}}]});
     call(&b, "PutVectors", put.clone()).await.unwrap();
-    assert!(!keys_under(&root, "vb1/docs/vectors/").await.is_empty());
+    assert!(!keys_under(&root, &format!("{prefix}vectors/"))
+        .await
+        .is_empty());
 
     assert!(
-        keys_under(&root, "vb1/docs/_brainy/instances/").await.len() >= 2,
+        keys_under(&root, &format!("{prefix}_brainy/instances/"))
+            .await
+            .len()
+            >= 2,
         "both instances have registered with the index"
     );
     call(
@@ -136,31 +153,32 @@ async fn a_deleted_index_is_gone_everywhere_with_its_objects_and_its_name_is_fre
     )
     .await
     .unwrap();
+    let tombstone = vec![format!("{prefix}_brainy/config.json")];
     // b held an open handle: any request b serves lets go of it, even one
     // about something else, so its heartbeats stop writing an instance
     // record into the deleted index (they would after 10 s).
     call(&b, "ListVectorBuckets", json!({})).await.unwrap();
     tokio::time::sleep(shoal::coord::DEFAULT_HEARTBEAT_INTERVAL + Duration::from_secs(1)).await;
     assert_eq!(
-        keys_under(&root, "vb1/docs/").await,
-        Vec::<String>::new(),
-        "nothing of the deleted index is left, nor written again"
+        keys_under(&root, &prefix).await,
+        tombstone,
+        "nothing of the deleted index is left but its tombstone, nor written again"
     );
     let e = call(&b, "PutVectors", put.clone()).await.unwrap_err();
     assert_eq!((e.status, e.code), (404, "NotFoundException"), "{e:?}");
-    let left = keys_under(&root, "vb1/docs/").await;
-    assert!(
-        left.iter()
-            .all(|k| k.starts_with("vb1/docs/_brainy/instances/")),
-        "only b's own instance record may remain until b closes: {left:?}"
-    );
     b.close().await;
-    assert_eq!(keys_under(&root, "vb1/docs/").await, Vec::<String>::new());
+    assert_eq!(keys_under(&root, &prefix).await, tombstone);
+    // The tombstone keeps the deleted incarnation from being opened again.
+    let Err(e) = shoal::Db::open(&format!("{root}/{prefix}"), Default::default()).await else {
+        panic!("a deleted index opened");
+    };
+    assert_eq!(e.kind(), shoal::vocab::ErrorKind::NotFound, "{e}");
 
     // The name is free, and the new index is empty and may differ.
     let mut again = index("vb1", "docs");
     again["dimension"] = json!(3);
     call(&a, "CreateIndex", again).await.unwrap();
+    assert_ne!(prefix_of(&root, "vb1", "docs").await, prefix);
     let listed = call(
         &a,
         "ListVectors",
@@ -177,14 +195,18 @@ async fn a_deleted_index_is_gone_everywhere_with_its_objects_and_its_name_is_fre
     a.close().await;
 }
 
+/// A deleter that marked an index and died before sealing it does not
+/// hold the name: `CreateIndex` seals the old incarnation itself and
+/// proceeds at once, and the sweep deletes the old objects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stalled_deletion_blocks_the_name_until_it_is_stale_then_is_finished() {
+async fn a_deletion_whose_deleter_died_does_not_hold_the_name() {
     let root = root();
     let a = service(&root, None).await;
     call(&a, "CreateVectorBucket", json!({"vectorBucketName": "vb2"}))
         .await
         .unwrap();
     call(&a, "CreateIndex", index("vb2", "old")).await.unwrap();
+    let old_prefix = prefix_of(&root, "vb2", "old").await;
     call(
         &a,
         "PutVectors",
@@ -196,8 +218,9 @@ async fn a_stalled_deletion_blocks_the_name_until_it_is_stale_then_is_finished()
     a.close().await;
     // A deleter that marked the index and died before deleting anything.
     let store = shoal::store::open(&root).await.unwrap();
-    let mark = |age_secs: f64| {
-        move |c: &mut catalog::Catalog| -> Result<(), &str> {
+    catalog::update(
+        store.as_ref(),
+        |c: &mut catalog::Catalog| -> Result<(), &str> {
             let e: &mut IndexEntry = c
                 .buckets
                 .get_mut("vb2")
@@ -208,11 +231,12 @@ async fn a_stalled_deletion_blocks_the_name_until_it_is_stale_then_is_finished()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs_f64();
-            e.deleting_since = Some(now - age_secs);
+            e.deleting_since = Some(now - 5.0);
             Ok(())
-        }
-    };
-    catalog::update(store.as_ref(), mark(5.0)).await.unwrap();
+        },
+    )
+    .await
+    .unwrap();
     let a = service(&root, None).await;
     let e = call(
         &a,
@@ -222,16 +246,7 @@ async fn a_stalled_deletion_blocks_the_name_until_it_is_stale_then_is_finished()
     .await
     .unwrap_err();
     assert_eq!(e.code, "NotFoundException");
-    let e = call(&a, "CreateIndex", index("vb2", "old"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        e.code, "ConflictException",
-        "a deletion still running: {e:?}"
-    );
     assert!(e.message.contains("being deleted"), "{e:?}");
-    // Ten minutes later it counts as dead: create finishes the deletion.
-    catalog::update(store.as_ref(), mark(3600.0)).await.unwrap();
     call(&a, "CreateIndex", index("vb2", "old")).await.unwrap();
     let got = call(
         &a,
@@ -246,6 +261,19 @@ async fn a_stalled_deletion_blocks_the_name_until_it_is_stale_then_is_finished()
         json!([]),
         "the old index's vectors are gone"
     );
+    assert!(
+        keys_under(&root, &old_prefix).await.len() > 1,
+        "left to the sweep"
+    );
+    assert_eq!(a.sweep().await.unwrap(), 1);
+    assert_eq!(
+        keys_under(&root, &old_prefix).await,
+        [format!("{old_prefix}_brainy/config.json")]
+    );
+    let listed = call(&a, "ListIndexes", json!({"vectorBucketName": "vb2"}))
+        .await
+        .unwrap();
+    assert!(listed.get("deletingIndexes").is_none(), "{listed}");
     a.close().await;
 }
 
@@ -478,5 +506,321 @@ async fn a_name_created_elsewhere_is_found_at_once_despite_a_cached_catalog() {
     .unwrap_err();
     assert_eq!(e.code, "NotFoundException");
     a.close().await;
+    b.close().await;
+}
+
+/// An instance whose catalog copy is `max_age` old at most.
+async fn service_aged(root: &str, max_age: Duration) -> Service {
+    let mut opts = S3VectorsOptions::new(root);
+    opts.catalog_max_age = max_age;
+    Service::open(opts).await.expect("open service")
+}
+
+/// An instance whose deletes of keys containing `pattern` wait at a gate
+/// the test holds (closed: the instance is frozen mid-deletion).
+async fn gated_service(root: &str, pattern: &str) -> (Service, Arc<WriteFaults>) {
+    let store = shoal::store::open(root).await.unwrap();
+    let faults = Arc::new(WriteFaults::new(store, pattern));
+    faults.gate_deletes();
+    let mut opts = S3VectorsOptions::new(root);
+    opts.catalog_max_age = Duration::ZERO;
+    let store = Arc::new(Counted::new(faults.clone()));
+    let svc = Service::open_on(CatalogStore::on(store, Duration::ZERO), opts);
+    (svc, faults)
+}
+
+/// Waits until a deletion is held at the gate.
+async fn until_held(faults: &WriteFaults) {
+    for _ in 0..500 {
+        if faults.waiting.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no deletion reached the gate");
+}
+
+fn put_body(
+    bucket: &str,
+    index: &str,
+    keys: impl IntoIterator<Item = String>,
+    dim: usize,
+) -> Value {
+    let vectors: Vec<Value> = keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let v: Vec<f32> = (0..dim).map(|d| 1.0 + (i * dim + d) as f32).collect();
+            json!({"key": k, "data": {"float32": v}})
+        })
+        .collect();
+    json!({"vectorBucketName": bucket, "indexName": index, "vectors": vectors})
+}
+
+/// The keys `GetVectors` finds among `keys`.
+async fn found(svc: &Service, bucket: &str, index: &str, keys: &[String]) -> Vec<String> {
+    let got = call(
+        svc,
+        "GetVectors",
+        json!({"vectorBucketName": bucket, "indexName": index, "keys": keys}),
+    )
+    .await
+    .unwrap();
+    let mut out: Vec<String> = got["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["key"].as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Issue 28 F1 and F2: instances holding handles on an index that another
+/// instance deleted and re-created (with another metric) never write into
+/// the new index with the old one's schema, nor leave objects in its way;
+/// their next writes land in the new index, validated against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handles_on_a_deleted_index_never_write_into_the_index_that_reuses_its_name() {
+    let root = root();
+    let a = service(&root, None).await;
+    // One instance revalidates its catalog on every call, one holds a
+    // copy for an hour (a copy up to a second old, stretched).
+    let fresh = service(&root, None).await;
+    let stale = service_aged(&root, Duration::from_secs(3600)).await;
+    call(&a, "CreateVectorBucket", json!({"vectorBucketName": "vbk"}))
+        .await
+        .unwrap();
+    let mut cosine = index("vbk", "idx");
+    cosine["dimension"] = json!(4);
+    cosine["distanceMetric"] = json!("cosine");
+    call(&a, "CreateIndex", cosine).await.unwrap();
+    for (svc, key) in [(&fresh, "old-fresh"), (&stale, "old-stale")] {
+        call(
+            svc,
+            "PutVectors",
+            put_body("vbk", "idx", [key.to_string()], 4),
+        )
+        .await
+        .unwrap();
+    }
+    call(
+        &a,
+        "DeleteIndex",
+        json!({"vectorBucketName": "vbk", "indexName": "idx"}),
+    )
+    .await
+    .unwrap();
+    let mut euclidean = index("vbk", "idx");
+    euclidean["dimension"] = json!(4);
+    call(&a, "CreateIndex", euclidean).await.unwrap();
+    // Both old handles' instances write now: into the new index, or not
+    // at all (what they acknowledge must be found there).
+    let mut acked = Vec::new();
+    for (svc, key) in [(&fresh, "new-fresh"), (&stale, "new-stale")] {
+        match call(
+            svc,
+            "PutVectors",
+            put_body("vbk", "idx", [key.to_string()], 4),
+        )
+        .await
+        {
+            Ok(_) => acked.push(key.to_string()),
+            Err(e) => assert_eq!(e.code, "NotFoundException", "{key}: {e:?}"),
+        }
+    }
+    // The new index works for every call, on every partition.
+    let many: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+    call(&a, "PutVectors", put_body("vbk", "idx", many.clone(), 4))
+        .await
+        .unwrap();
+    let q = call(
+        &a,
+        "QueryVectors",
+        json!({"vectorBucketName": "vbk", "indexName": "idx", "topK": 5,
+               "queryVector": {"float32": [1.0, 2.0, 3.0, 4.0]}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(q["vectors"].as_array().unwrap().len(), 5, "{q}");
+    let wanted: Vec<String> = ["old-fresh", "old-stale", "new-fresh", "new-stale"]
+        .map(String::from)
+        .to_vec();
+    let seen = found(&a, "vbk", "idx", &wanted).await;
+    assert!(
+        !seen.iter().any(|k| k.starts_with("old-")),
+        "the deleted index's vectors are gone: {seen:?}"
+    );
+    assert_eq!(found(&a, "vbk", "idx", &many).await.len(), 100);
+    // What the old handles' instances acknowledged is in the new index,
+    // and they read it there too.
+    assert_eq!(acked.len(), 2, "both re-route to the new index: {acked:?}");
+    for key in &acked {
+        assert!(seen.contains(key), "{key} acknowledged but lost: {seen:?}");
+        assert!(found(&stale, "vbk", "idx", std::slice::from_ref(key))
+            .await
+            .contains(key));
+    }
+    for svc in [a, fresh, stale] {
+        svc.close().await;
+    }
+}
+
+/// Issue 28 F3: a deleter frozen half-way through (its listing taken) that
+/// resumes after the name was re-created deletes nothing of the new index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_deletion_that_resumes_deletes_nothing_of_the_new_index() {
+    let root = root();
+    let (a, gate) = gated_service(&root, "vbk/idx").await;
+    let b = service(&root, None).await;
+    // An instance whose catalog copy stays old, with a handle on the index.
+    let c = service_aged(&root, Duration::from_secs(3600)).await;
+    call(&b, "CreateVectorBucket", json!({"vectorBucketName": "vbk"}))
+        .await
+        .unwrap();
+    call(&b, "CreateIndex", index("vbk", "idx")).await.unwrap();
+    let old: Vec<String> = (0..10).map(|i| format!("old{i}")).collect();
+    call(&c, "PutVectors", put_body("vbk", "idx", old.clone(), 2))
+        .await
+        .unwrap();
+    gate.close_gate();
+    let a = Arc::new(a);
+    let deleting = tokio::spawn({
+        let a = a.clone();
+        async move {
+            call(
+                &a,
+                "DeleteIndex",
+                json!({"vectorBucketName": "vbk", "indexName": "idx"}),
+            )
+            .await
+        }
+    });
+    until_held(&gate).await;
+    // Frozen long enough to count as dead (what another instance would
+    // conclude after ten minutes).
+    let store = shoal::store::open(&root).await.unwrap();
+    catalog::update(
+        store.as_ref(),
+        |c: &mut catalog::Catalog| -> Result<(), &str> {
+            let e = c
+                .buckets
+                .get_mut("vbk")
+                .and_then(|b| b.indexes.get_mut("idx"));
+            if let Some(since) = e.and_then(|e| e.deleting_since.as_mut()) {
+                *since -= 3600.0;
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    call(&b, "CreateIndex", index("vbk", "idx")).await.unwrap();
+    let new: Vec<String> = (0..64).map(|i| format!("new{i}")).collect();
+    call(&b, "PutVectors", put_body("vbk", "idx", new.clone(), 2))
+        .await
+        .unwrap();
+    // The stale instance writes while the old incarnation is still being
+    // deleted: into the new index, or not at all.
+    let late = ["late".to_string()];
+    let acked = call(&c, "PutVectors", put_body("vbk", "idx", late.clone(), 2)).await;
+    // The deleter wakes up and goes on where it stopped.
+    gate.open_gate(1 << 20);
+    let _ = deleting.await.unwrap();
+    assert_eq!(
+        found(&b, "vbk", "idx", &new).await.len(),
+        64,
+        "every new vector survives"
+    );
+    assert!(found(&b, "vbk", "idx", &old).await.is_empty());
+    match acked {
+        Ok(_) => assert_eq!(
+            found(&b, "vbk", "idx", &late).await,
+            late,
+            "acknowledged, so kept"
+        ),
+        Err(e) => assert_eq!(e.code, "NotFoundException", "{e:?}"),
+    }
+    let q = call(
+        &b,
+        "QueryVectors",
+        json!({"vectorBucketName": "vbk", "indexName": "idx", "topK": 3,
+               "queryVector": {"float32": [1.0, 2.0]}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(q["vectors"].as_array().unwrap().len(), 3);
+    a.close().await;
+    b.close().await;
+    c.close().await;
+}
+
+/// Issue 28 F9: a deletion cut short (its instance died) is listed as
+/// under way, and any instance finishes it: `DeleteIndex` of the name, or
+/// `DeleteVectorBucket`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deletion_cut_short_is_listed_and_any_instance_finishes_it() {
+    let root = root();
+    let (a, gate) = gated_service(&root, "vbk/").await;
+    call(&a, "CreateVectorBucket", json!({"vectorBucketName": "vbk"}))
+        .await
+        .unwrap();
+    for name in ["one", "two"] {
+        call(&a, "CreateIndex", index("vbk", name)).await.unwrap();
+        call(
+            &a,
+            "PutVectors",
+            put_body("vbk", name, ["k".to_string()], 2),
+        )
+        .await
+        .unwrap();
+    }
+    gate.close_gate();
+    let a = Arc::new(a);
+    for name in ["one", "two"] {
+        let dying = tokio::spawn({
+            let a = a.clone();
+            async move {
+                call(
+                    &a,
+                    "DeleteIndex",
+                    json!({"vectorBucketName": "vbk", "indexName": name}),
+                )
+                .await
+            }
+        });
+        until_held(&gate).await;
+        dying.abort(); // the instance dies mid-deletion
+        let _ = dying.await;
+    }
+    let b = service(&root, None).await;
+    let listed = call(&b, "ListIndexes", json!({"vectorBucketName": "vbk"}))
+        .await
+        .unwrap();
+    assert_eq!(listed["indexes"], json!([]), "{listed}");
+    let deleting: Vec<&str> = listed["deletingIndexes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the listing names deletions under way: {listed}"))
+        .iter()
+        .map(|d| d["indexName"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleting, ["one", "two"]);
+    call(
+        &b,
+        "DeleteIndex",
+        json!({"vectorBucketName": "vbk", "indexName": "one"}),
+    )
+    .await
+    .unwrap();
+    call(&b, "DeleteVectorBucket", json!({"vectorBucketName": "vbk"}))
+        .await
+        .unwrap();
+    // Nothing but each deleted index's tombstone config is left.
+    let left = keys_under(&root, "vbk/").await;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter().all(|k| k.ends_with("/_brainy/config.json")),
+        "{left:?}"
+    );
     b.close().await;
 }

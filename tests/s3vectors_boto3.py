@@ -304,8 +304,11 @@ def scenario(url, label, local_dir=None):
     assert error_code(s3v.delete_index, vectorBucketName=bucket, indexName="docs") == ("NotFoundException", 404)
     assert s3v.list_indexes(vectorBucketName=bucket)["indexes"] == []
     if local_dir:
-        left = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(local_dir, bucket)) for f in fs]
-        assert left == [], left
+        # Only each deleted incarnation's tombstone config stays.
+        top = os.path.join(local_dir, bucket)
+        left = sorted(os.path.relpath(os.path.join(d, f), top) for d, _, fs in os.walk(top) for f in fs)
+        assert [p.split("@")[0] for p in left] == ["docs", "points"], left
+        assert all(p.endswith("/_brainy/config.json") for p in left), left
     # The name is free again, and the new index starts empty.
     s3v.create_index(vectorBucketName=bucket, indexName="docs", dataType="float32",
                      dimension=DIM, distanceMetric="cosine")

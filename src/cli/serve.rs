@@ -203,7 +203,10 @@ async fn open_s3vectors(
     let svc = shoal::s3vectors::Service::open(s)
         .await
         .with_context(|| format!("cannot open {} for the S3 Vectors API", ctx.bucket))?;
-    Ok(Some(Arc::new(svc)))
+    let svc = Arc::new(svc);
+    // Runs until the service is dropped.
+    drop(svc.spawn_sweeper(shoal::s3vectors::SWEEP_EVERY));
+    Ok(Some(svc))
 }
 
 /// Whether some route would answer without a key or signature on a

@@ -6,10 +6,20 @@
 //! revalidated with a conditional GET.
 //!
 //! Each index is an ordinary shoal index (its own config, partitions and
-//! instances) under `<vector-bucket>/<index>/`; the catalog holds what the
-//! S3 Vectors API reports about it and decides which names exist: a name
+//! instances) under a prefix of its own; the catalog holds what the S3
+//! Vectors API reports about it and decides which names exist: a name
 //! enters the catalog before its config is created and leaves it before
 //! its objects are deleted.
+//!
+//! A name is not an index: each `CreateIndex` makes a new *incarnation*
+//! with a fresh id, stored under `<vector-bucket>/<index>@<incarnation>/`,
+//! so no two incarnations of a name share a key. (Indexes made before
+//! incarnations have none and live under `<vector-bucket>/<index>/`;
+//! names cannot hold `@`, so that prefix never covers an incarnation's.)
+//! Deleting an incarnation ([`CatalogStore::seal`], then
+//! [`CatalogStore::wipe`]) touches only its own prefix, so it is safe to
+//! run twice, to resume after any pause, and for any instance to finish.
+//! ARCHITECTURE.md ("S3 Vectors index lifecycle") has the protocol.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,7 +28,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::cas::{parse_json, update_json, Backoff, Step};
-use super::paths::S3VECTORS_CATALOG_KEY;
+use super::clock::{format_time, Clock, SystemClock};
+use super::config::{parse_config, tombstone};
+use super::manifest::partition_of_key;
+use super::paths::{manifest_key, CONFIG_KEY, INDEX_MANIFEST_KEY, S3VECTORS_CATALOG_KEY, VECTORS_PREFIX};
 use super::watched::{revalidate, Revalidated};
 use super::CoordError;
 use crate::store::{Counted, ETag, ObjectStore, RequestCounts, StoreError};
@@ -38,6 +51,80 @@ pub struct VectorBucket {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_configuration: Option<serde_json::Value>,
     pub indexes: BTreeMap<String, IndexEntry>,
+    /// Sealed incarnations whose objects are still being deleted (their
+    /// names are free again). Any instance may finish them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleting: Vec<Deletion>,
+}
+
+impl VectorBucket {
+    /// Frees `name` if it still names `incarnation` being deleted: the
+    /// entry leaves the index list and its deletion is recorded in
+    /// `deleting` until its objects are gone. Whether it did.
+    pub fn free(&mut self, name: &str, incarnation: Option<&str>) -> bool {
+        match self.indexes.get(name) {
+            Some(e) if e.deleting_since.is_some() && e.incarnation.as_deref() == incarnation => {
+                let since = e.deleting_since.unwrap_or_default();
+                self.indexes.remove(name);
+                self.deleting.push(Deletion {
+                    index_name: name.to_string(),
+                    incarnation: incarnation.map(str::to_string),
+                    since,
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the record of a finished deletion.
+    pub fn forget_deletion(&mut self, name: &str, incarnation: Option<&str>) {
+        self.deleting
+            .retain(|d| !(d.index_name == name && d.incarnation.as_deref() == incarnation));
+    }
+
+    /// Every deletion under way: entries being deleted, then sealed ones.
+    pub fn deletions(&self) -> Vec<Deletion> {
+        let marked = self.indexes.iter().filter_map(|(name, e)| {
+            e.deleting_since.map(|since| Deletion {
+                index_name: name.clone(),
+                incarnation: e.incarnation.clone(),
+                since,
+            })
+        });
+        marked.chain(self.deleting.iter().cloned()).collect()
+    }
+}
+
+/// An incarnation being deleted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deletion {
+    pub index_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
+    /// Unix time (seconds) the deletion began.
+    pub since: f64,
+}
+
+impl Deletion {
+    pub fn prefix(&self, bucket: &str) -> String {
+        index_prefix(bucket, &self.index_name, self.incarnation.as_deref())
+    }
+}
+
+/// Where an incarnation's objects live: `<bucket>/<index>@<incarnation>/`,
+/// or `<bucket>/<index>/` for an index made before incarnations.
+pub fn index_prefix(bucket: &str, index: &str, incarnation: Option<&str>) -> String {
+    match incarnation {
+        Some(id) => format!("{bucket}/{index}@{id}/"),
+        None => format!("{bucket}/{index}/"),
+    }
+}
+
+/// A fresh incarnation id: 64 random bits, in hex.
+pub fn new_incarnation() -> String {
+    format!("{:016x}", super::entropy::random_u64())
 }
 
 /// What the API reports about an index.
@@ -52,11 +139,22 @@ pub struct IndexEntry {
     pub distance_metric: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub non_filterable_metadata_keys: Vec<String>,
+    /// Which incarnation of the name this is (see the module doc); `None`
+    /// for an index made before incarnations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
     /// Set (to the Unix time in seconds) when a deletion began: the index
-    /// is gone for every call, its objects are being deleted, and the name
-    /// is freed when they are.
+    /// is gone for every call and the name stays taken until the
+    /// incarnation is sealed ([`VectorBucket::free`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleting_since: Option<f64>,
+}
+
+impl IndexEntry {
+    /// Where this incarnation's objects live.
+    pub fn prefix(&self, bucket: &str, name: &str) -> String {
+        index_prefix(bucket, name, self.incarnation.as_deref())
+    }
 }
 
 /// Why a catalog change failed: the store, or the caller's own refusal
@@ -189,10 +287,15 @@ impl CatalogStore {
     /// Opens the store at `url`; the catalog copy is revalidated when
     /// older than `max_age` (see [`CatalogCache`]).
     pub async fn open(url: &str, max_age: Duration) -> Result<CatalogStore, StoreError> {
-        Ok(CatalogStore {
-            store: crate::store::open(url).await?,
+        Ok(CatalogStore::on(crate::store::open(url).await?, max_age))
+    }
+
+    /// The catalog of the store `store` (see [`CatalogStore::open`]).
+    pub fn on(store: Arc<Counted>, max_age: Duration) -> CatalogStore {
+        CatalogStore {
+            store,
             cache: CatalogCache::new(max_age),
-        })
+        }
     }
 
     /// The catalog, revalidated if the copy held is older than `max_age`.
@@ -216,21 +319,79 @@ impl CatalogStore {
         Ok(c)
     }
 
-    /// Deletes every object under `<bucket>/<index>/`, one by one; returns
-    /// how many. Only for an index the catalog already marks as being
-    /// deleted (no call finds it) and no handle of this instance holds.
-    pub async fn delete_index_objects(
-        &self,
-        bucket: &str,
-        index: &str,
-    ) -> Result<usize, StoreError> {
-        let prefix = format!("{bucket}/{index}/");
-        let objects = self.store.list(&prefix).await?;
-        let n = objects.len();
-        for o in objects {
-            self.store.delete(&o.key).await?;
+    /// Seals the incarnation under `prefix` (the catalog already marks it
+    /// as being deleted): its config becomes a tombstone (no instance can
+    /// open it any more; running ones stop at their next config check),
+    /// then every commit point goes, the partition manifests and the index
+    /// manifest, so no commit can land in it any more (commits never
+    /// recreate a manifest). Idempotent; safe to run concurrently and to
+    /// resume after any pause, since it touches only `prefix`.
+    pub async fn seal(&self, prefix: &str) -> Result<(), CoordError> {
+        let store = self.store.as_ref();
+        let config_key = format!("{prefix}{CONFIG_KEY}");
+        let partitions = match store.get(&config_key).await {
+            Ok(got) => match parse_config(&config_key, &got.bytes) {
+                Ok(c) => {
+                    let at = format_time(SystemClock.now());
+                    let count = Some(c.settings.partition_count);
+                    store.put(&config_key, tombstone(count, &at).into()).await?;
+                    count
+                }
+                Err(CoordError::Deleted {
+                    partition_count, ..
+                }) => partition_count,
+                Err(e) => {
+                    tracing::warn!(key = %config_key, error = %e, "sealing an index whose config is unreadable");
+                    let at = format_time(SystemClock.now());
+                    store.put(&config_key, tombstone(None, &at).into()).await?;
+                    None
+                }
+            },
+            Err(StoreError::NotFound { .. }) => {
+                let at = format_time(SystemClock.now());
+                store.put(&config_key, tombstone(None, &at).into()).await?;
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut manifests = vec![format!("{prefix}{INDEX_MANIFEST_KEY}")];
+        match partitions {
+            Some(n) => manifests.extend((0..n).map(|p| format!("{prefix}{}", manifest_key(p)))),
+            // Not known: the manifests are whatever a listing finds.
+            None => {
+                for o in store.list(&format!("{prefix}{VECTORS_PREFIX}")).await? {
+                    let rel = &o.key[prefix.len()..];
+                    if partition_of_key(rel).is_some_and(|p| manifest_key(p) == rel) {
+                        manifests.push(o.key);
+                    }
+                }
+            }
         }
-        Ok(n)
+        for key in manifests {
+            store.delete(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every object under a sealed incarnation's `prefix` but its
+    /// tombstone, listing again until a listing finds nothing more (or
+    /// three passes: objects a stopped handle still writes are left to a
+    /// later sweep). Returns how many objects it deleted.
+    pub async fn wipe(&self, prefix: &str) -> Result<usize, StoreError> {
+        let keep = format!("{prefix}{CONFIG_KEY}");
+        let mut deleted = 0;
+        for _ in 0..3 {
+            let objects = self.store.list(prefix).await?;
+            let doomed: Vec<_> = objects.into_iter().filter(|o| o.key != keep).collect();
+            if doomed.is_empty() {
+                break;
+            }
+            for o in doomed {
+                self.store.delete(&o.key).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Requests made to this store so far (the catalog's, and deletions').
@@ -251,6 +412,7 @@ mod tests {
             dimension,
             distance_metric: "cosine".into(),
             non_filterable_metadata_keys: vec![],
+            incarnation: None,
             deleting_since: None,
         }
     }

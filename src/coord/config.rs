@@ -36,6 +36,11 @@ pub use crate::vocab::{DomainRule, IndexSettings, Metric};
 
 /// Current config format version.
 pub(crate) const CONFIG_VERSION: u32 = 1;
+/// The version a deleted index's config (its tombstone, see
+/// [`tombstone`]) says it has: far above any real one, so shoal versions
+/// that predate tombstones refuse it as "newer than this shoal
+/// understands" instead of opening the deleted index.
+pub(crate) const TOMBSTONE_VERSION: u32 = 1 << 20;
 pub const DEFAULT_PARTITION_COUNT: u32 = 100;
 pub(crate) const DEFAULT_INSTANCE_TIMEOUT_SECONDS: u64 = 60;
 pub(crate) const DEFAULT_EMBEDDING_MODEL: &str = "unspecified";
@@ -314,8 +319,32 @@ impl RequestedSettings {
     }
 }
 
-/// Parses and validates config bytes read from `key`.
+/// The config a deleted index keeps in place of its own, for good: its
+/// presence makes every open of the index fail ([`CoordError::Deleted`])
+/// and every running handle stop at its next config check, and since
+/// configs are created only with create-only PUTs, nothing can create the
+/// index anew at this prefix. `partition_count` (if known) tells a
+/// resumed deletion which manifests to delete.
+pub(crate) fn tombstone(partition_count: Option<u32>, at: &str) -> Vec<u8> {
+    let body = serde_json::json!({
+        "version": TOMBSTONE_VERSION,
+        "deleted": {"at": at, "partitionCount": partition_count},
+    });
+    serde_json::to_vec(&body).expect("serializable")
+}
+
+/// Parses and validates config bytes read from `key`; a tombstone
+/// ([`tombstone`]) is [`CoordError::Deleted`].
 pub fn parse_config(key: &str, bytes: &[u8]) -> Result<Config, CoordError> {
+    if let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(bytes) {
+        if let Some(d) = top.get("deleted") {
+            return Err(CoordError::Deleted {
+                key: key.into(),
+                at: d["at"].as_str().unwrap_or("?").to_string(),
+                partition_count: d["partitionCount"].as_u64().map(|n| n as u32),
+            });
+        }
+    }
     let config: Config = cas::parse_json(key, bytes)?;
     if config.version > CONFIG_VERSION {
         return Err(CoordError::Corrupt {

@@ -82,6 +82,14 @@ pub enum CoordError {
     Contention { key: String, attempts: u32 },
     #[error("invalid role {value:?}: allowed values are reader, writer, both")]
     InvalidRole { value: String },
+    /// The index was deleted (an S3 Vectors `DeleteIndex`): `key` holds
+    /// its tombstone, so it can be neither opened nor written again.
+    #[error("the index was deleted at {at} ({key} marks it deleted): it can no longer be used")]
+    Deleted {
+        key: String,
+        at: String,
+        partition_count: Option<u32>,
+    },
 }
 
 impl From<crate::vocab::InvalidSetting> for CoordError {
@@ -109,7 +117,7 @@ impl CoordError {
             | CoordError::InvalidRole { .. } => ErrorKind::InvalidInput,
             CoordError::Contradiction { .. } => ErrorKind::Conflict,
             CoordError::Contention { .. } => ErrorKind::Unavailable,
-            CoordError::NoIndex { .. } => ErrorKind::NotFound,
+            CoordError::NoIndex { .. } | CoordError::Deleted { .. } => ErrorKind::NotFound,
         }
     }
 

@@ -231,8 +231,18 @@ impl Db {
                     tokio::time::sleep(every).await;
                     let Some(inner) = weak.upgrade() else { return };
                     let db = Db { inner };
-                    if let Err(e) = db.refresh_config().await {
-                        tracing::warn!(error = %e, "re-reading the config failed; keeping the one in force");
+                    match db.refresh_config().await {
+                        Ok(_) => {}
+                        Err(Error::Coord(e @ crate::coord::CoordError::Deleted { .. })) => {
+                            // Deleted (S3 Vectors DeleteIndex): stop
+                            // writing anything into it, heartbeats too.
+                            tracing::warn!(error = %e, "the index was deleted; this handle stops its background work");
+                            let _ = db.wind_down().await;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "re-reading the config failed; keeping the one in force")
+                        }
                     }
                 }
             });
@@ -635,16 +645,23 @@ impl Db {
     /// server tasks may still hold clones while they finish.
     pub async fn close(&self) -> Result<(), Error> {
         let flushed = self.flush().await;
-        let background = self.inner.background.lock().unwrap().take();
-        if let Some(task) = background {
-            task.abort();
-        }
         let watcher = self.inner.watcher.lock().unwrap().take();
         if let Some(task) = watcher {
             task.abort();
         }
-        self.inner.cluster.deregister().await?;
+        self.wind_down().await?;
         flushed.map(|_| ())
+    }
+
+    /// Stops the background work and the heartbeat, and removes this
+    /// instance's record.
+    async fn wind_down(&self) -> Result<(), Error> {
+        let background = self.inner.background.lock().unwrap().take();
+        if let Some(task) = background {
+            task.abort();
+        }
+        self.inner.cluster.deregister().await?;
+        Ok(())
     }
 }
 

@@ -62,6 +62,7 @@ impl Call<'_> {
                         creation_time: created,
                         encryption_configuration: encryption.clone(),
                         indexes: Default::default(),
+                        deleting: Vec::new(),
                     },
                 );
                 Ok(())
@@ -108,15 +109,27 @@ impl Call<'_> {
         Ok(out)
     }
 
+    /// Deletes an empty vector bucket, first finishing the deletions of
+    /// its indexes still under way (any instance may: a deleter that died
+    /// never keeps a bucket from being deleted).
     pub(super) async fn delete_bucket(&self) -> Result<Value, S3vError> {
         let name = self.bucket_name()?;
+        let cat = self
+            .svc
+            .catalog_with(|c| c.buckets.contains_key(&name))
+            .await?;
+        let b = bucket_of(&cat, &name)?;
+        refuse_live_indexes(&name, b)?;
+        for d in b.deletions() {
+            self.svc.finish(&name, &d).await?;
+        }
         self.svc
             .change_catalog(|c| {
                 let b = bucket_of(c, &name)?;
-                if !b.indexes.is_empty() {
+                refuse_live_indexes(&name, b)?;
+                if !b.deletions().is_empty() {
                     return Err(S3vError::conflict(format!(
-                        "vector bucket {name} still holds {} indexes; delete them first",
-                        b.indexes.len()
+                        "vector bucket {name} has index deletions under way; retry shortly"
                     )));
                 }
                 c.buckets.remove(&name);
@@ -125,4 +138,19 @@ impl Call<'_> {
             .await?;
         Ok(json!({}))
     }
+}
+
+/// Refuses to delete a bucket that still holds live indexes.
+fn refuse_live_indexes(name: &str, b: &VectorBucket) -> Result<(), S3vError> {
+    let live = b
+        .indexes
+        .values()
+        .filter(|e| e.deleting_since.is_none())
+        .count();
+    if live > 0 {
+        return Err(S3vError::conflict(format!(
+            "vector bucket {name} still holds {live} indexes; delete them first"
+        )));
+    }
+    Ok(())
 }

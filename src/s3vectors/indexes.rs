@@ -1,9 +1,12 @@
 //! The index operations (`CreateIndex`, `GetIndex`, `ListIndexes`,
 //! `DeleteIndex`) and what every index-level call stands on: the catalog
-//! as this instance sees it, and the registry of open index handles (one
-//! [`Db`] per index, opened on first use, closed when the catalog no
-//! longer lists the index).
+//! as this instance sees it, the registry of open index handles (one
+//! [`Db`] per index incarnation, opened on first use, closed when the
+//! catalog no longer lists that incarnation), and the deletion protocol
+//! (ARCHITECTURE.md, "S3 Vectors index lifecycle").
 
+use std::future::Future;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -13,13 +16,14 @@ use super::error::{quota, S3vError};
 use super::wire::check_name;
 use super::{now_secs, Call, Service, MAX_DIMENSION, MAX_INDEXES};
 use crate::api::{JoinOptions, Metric, RequestedSettings, Role};
-use crate::coord::catalog::{Catalog, CatalogError, IndexEntry};
+use crate::coord::catalog::{new_incarnation, Catalog, CatalogError, Deletion, IndexEntry};
 use crate::db::{Db, OpenOptions};
-use crate::error::Error;
 
-/// A deletion that has not finished after this long is taken to have
-/// died: a `CreateIndex` of the same name then finishes it.
-const STALE_DELETE: Duration = Duration::from_secs(10 * 60);
+/// A deletion whose entry has been marked this long without being sealed
+/// is taken to have died; the sweep finishes it. (Finishing one that is
+/// still running is harmless, only wasted work: both touch only the
+/// deleted incarnation's prefix.)
+const ABANDONED_DELETE: Duration = Duration::from_secs(60);
 
 /// The index `bucket/index`, unless it is missing or being deleted.
 pub(super) fn live_index<'c>(
@@ -29,21 +33,24 @@ pub(super) fn live_index<'c>(
 ) -> Result<&'c IndexEntry, S3vError> {
     match bucket_of(cat, bucket)?.indexes.get(index) {
         Some(e) if e.deleting_since.is_none() => Ok(e),
-        _ => Err(S3vError::not_found(format!(
+        Some(_) => Err(S3vError::not_found(format!(
+            "index {index} in vector bucket {bucket} is being deleted"
+        ))),
+        None => Err(S3vError::not_found(format!(
             "index {index} does not exist in vector bucket {bucket}"
         ))),
     }
 }
 
 /// Adds `entry` as `bucket/index` to the catalog, unless the name is
-/// taken (a live index, or one being deleted that is not `stale`) or the
-/// bucket is full.
+/// taken (a live index, or one being deleted other than `sealed`, which
+/// the caller has sealed and this frees) or the bucket is full.
 fn add_index(
     c: &mut Catalog,
     bucket: &str,
     index: &str,
     entry: &IndexEntry,
-    stale: bool,
+    sealed: Option<&Deletion>,
 ) -> Result<(), S3vError> {
     let Some(b) = c.buckets.get_mut(bucket) else {
         return Err(S3vError::not_found(format!(
@@ -57,14 +64,15 @@ fn add_index(
                  {bucket}"
             )))
         }
-        Some(e) if !stale => {
-            return Err(S3vError::conflict(format!(
-                "index {index} in vector bucket {bucket} is being deleted \
-                 (since {:.0}); retry shortly",
-                e.deleting_since.unwrap_or_default()
-            )))
+        Some(e) => {
+            let ours = sealed.is_some_and(|d| d.incarnation == e.incarnation);
+            if !ours || !b.free(index, e.incarnation.clone().as_deref()) {
+                return Err(S3vError::conflict(format!(
+                    "index {index} in vector bucket {bucket} is being deleted; retry shortly"
+                )));
+            }
         }
-        _ => {}
+        None => {}
     }
     if b.indexes.len() >= MAX_INDEXES {
         return Err(quota(format!(
@@ -76,8 +84,13 @@ fn add_index(
 }
 
 impl Service {
-    fn index_url(&self, bucket: &str, index: &str) -> String {
-        format!("{}/{bucket}/{index}", self.opts.root.trim_end_matches('/'))
+    /// The store URL of an incarnation's prefix.
+    fn index_url(&self, prefix: &str) -> String {
+        format!(
+            "{}/{}",
+            self.opts.root.trim_end_matches('/'),
+            prefix.trim_end_matches('/')
+        )
     }
 
     pub(super) async fn fresh_catalog(&self) -> Result<Catalog, S3vError> {
@@ -86,22 +99,30 @@ impl Service {
         Ok(cat)
     }
 
-    /// Closes the handles of indexes `cat` no longer lists as live (deleted
-    /// by any instance), so their heartbeats and background work stop.
+    /// Closes the handles of incarnations `cat` no longer lists as live
+    /// (deleted by any instance, or replaced), so their heartbeats and
+    /// background work stop.
     async fn forget_gone(&self, cat: &Catalog) {
+        let live: std::collections::HashSet<String> = cat
+            .buckets
+            .iter()
+            .flat_map(|(b, vb)| {
+                vb.indexes
+                    .iter()
+                    .filter(|(_, e)| e.deleting_since.is_none())
+                    .map(move |(name, e)| e.prefix(b, name))
+            })
+            .collect();
         let gone: Vec<String> = self
             .indexes
             .lock()
             .unwrap()
             .keys()
-            .filter(|name| {
-                let (b, i) = name.split_once('/').unwrap_or((name, ""));
-                live_index(cat, b, i).is_err()
-            })
+            .filter(|prefix| !live.contains(*prefix))
             .cloned()
             .collect();
-        for name in gone {
-            self.forget(&name).await;
+        for prefix in gone {
+            self.forget(&prefix).await;
         }
     }
 
@@ -116,6 +137,10 @@ impl Service {
         if has(&cat) {
             return Ok(cat);
         }
+        self.revalidated_catalog().await
+    }
+
+    async fn revalidated_catalog(&self) -> Result<Catalog, S3vError> {
         let cat = self.catalog.revalidate().await?;
         self.forget_gone(&cat).await;
         Ok(cat)
@@ -132,8 +157,8 @@ impl Service {
         }
     }
 
-    /// The open handle on an index the catalog holds, opened (and its
-    /// config created, if a crash left it missing) on first use.
+    /// The open handle on the live incarnation of an index, opened (and
+    /// its config created, if a crash left it missing) on first use.
     pub(super) async fn index(
         &self,
         bucket: &str,
@@ -142,38 +167,70 @@ impl Service {
         let cat = self
             .catalog_with(|c| live_index(c, bucket, index).is_ok())
             .await?;
-        let name = format!("{bucket}/{index}");
-        let entry = match live_index(&cat, bucket, index) {
-            Ok(e) => e.clone(),
-            Err(e) => {
-                // Gone (maybe deleted by another instance): let go of it.
-                self.forget(&name).await;
-                return Err(e);
-            }
-        };
+        let entry = live_index(&cat, bucket, index)?.clone();
+        let prefix = entry.prefix(bucket, index);
         let cell = self
             .indexes
             .lock()
             .unwrap()
-            .entry(name)
+            .entry(prefix.clone())
             .or_default()
             .clone();
         let db = cell
-            .get_or_try_init(|| self.open_index(bucket, index, &entry))
+            .get_or_try_init(|| self.open_index(&prefix, &entry))
             .await?
             .clone();
         Ok((db, entry))
     }
 
-    /// Closes and drops this instance's handle on an index, if it has one.
-    pub(super) async fn forget(&self, name: &str) {
-        let cell = self.indexes.lock().unwrap().remove(name);
+    /// Runs `call` on the live incarnation of `bucket/index`. If it fails
+    /// and the catalog, read again, no longer lists that incarnation (it
+    /// was deleted, maybe re-created, while this instance's copy was
+    /// stale), the call is run once more on the incarnation now live, or
+    /// answered NotFound: a call through a stale handle never lands in a
+    /// deleted incarnation's place (its commit points are gone) and never
+    /// reports that incarnation's errors.
+    pub(super) async fn on_index<T, F, Fut>(
+        &self,
+        bucket: &str,
+        index: &str,
+        call: F,
+    ) -> Result<T, S3vError>
+    where
+        F: Fn(Db, IndexEntry) -> Fut,
+        Fut: Future<Output = Result<T, S3vError>>,
+    {
+        let mut tried = None;
+        loop {
+            let (db, entry) = self.index(bucket, index).await?;
+            let err = match call(db, entry.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let cat = self.revalidated_catalog().await?;
+            let now = live_index(&cat, bucket, index)?;
+            if now.incarnation == entry.incarnation || tried == Some(entry.incarnation.clone()) {
+                return Err(err);
+            }
+            tracing::info!(
+                bucket,
+                index,
+                "the index was re-created while a call ran; running it again"
+            );
+            tried = Some(entry.incarnation);
+        }
+    }
+
+    /// Closes and drops this instance's handle on the incarnation under
+    /// `prefix`, if it has one.
+    pub(super) async fn forget(&self, prefix: &str) {
+        let cell = self.indexes.lock().unwrap().remove(prefix);
         if let Some(db) = cell.as_ref().and_then(|c| c.get()) {
             let _ = db.close().await;
         }
     }
 
-    async fn open_index(&self, bucket: &str, index: &str, e: &IndexEntry) -> Result<Db, S3vError> {
+    async fn open_index(&self, prefix: &str, e: &IndexEntry) -> Result<Db, S3vError> {
         let metric = if e.distance_metric == "euclidean" {
             Metric::Euclidean
         } else {
@@ -195,15 +252,82 @@ impl Service {
             gc_every: self.opts.gc_every,
             ..Default::default()
         };
-        Ok(Db::open(&self.index_url(bucket, index), opts).await?)
+        Ok(Db::open(&self.index_url(prefix), opts).await?)
     }
 
-    /// Deletes every object under an index's prefix.
-    pub(super) async fn wipe(&self, bucket: &str, index: &str) -> Result<usize, S3vError> {
-        self.catalog
-            .delete_index_objects(bucket, index)
+    /// Finishes the deletion of one incarnation of `bucket/<name>`
+    /// (marked, or already sealed): seal it, free the name, delete its
+    /// objects, drop the record. Each step is idempotent and touches only
+    /// that incarnation, so any instance may run it, at any time, twice.
+    pub(super) async fn finish(&self, bucket: &str, d: &Deletion) -> Result<(), S3vError> {
+        let prefix = d.prefix(bucket);
+        let (name, inc) = (d.index_name.as_str(), d.incarnation.as_deref());
+        self.forget(&prefix).await;
+        self.catalog.seal(&prefix).await?;
+        self.change_catalog(|c| {
+            if let Some(b) = c.buckets.get_mut(bucket) {
+                b.free(name, inc);
+            }
+            Ok(())
+        })
+        .await?;
+        let n = self
+            .catalog
+            .wipe(&prefix)
             .await
-            .map_err(|e| S3vError::from(Error::from(e)))
+            .map_err(crate::error::Error::from)?;
+        self.change_catalog(|c| {
+            if let Some(b) = c.buckets.get_mut(bucket) {
+                b.forget_deletion(name, inc);
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::info!(%prefix, objects = n, "deleted an index");
+        Ok(())
+    }
+
+    /// Finishes every deletion the catalog records that is sealed, or was
+    /// marked more than a minute ago (its deleter died), and closes the
+    /// handles of incarnations no longer live. Returns how many it
+    /// finished. `shoal serve --s3vectors` runs it every minute.
+    pub async fn sweep(&self) -> Result<usize, S3vError> {
+        let cat = self.revalidated_catalog().await?;
+        let mut finished = 0;
+        for (bucket, b) in &cat.buckets {
+            for d in b.deletions() {
+                let marked = b
+                    .indexes
+                    .get(&d.index_name)
+                    .is_some_and(|e| e.incarnation == d.incarnation);
+                if marked && now_secs() - d.since < ABANDONED_DELETE.as_secs_f64() {
+                    continue;
+                }
+                self.finish(bucket, &d).await?;
+                finished += 1;
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Runs [`Service::sweep`] every `every` until the service is dropped
+    /// (a reader instance, which writes nothing, only lets go of handles).
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Service> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(svc) = weak.upgrade() else { return };
+                let swept = if svc.opts.role == Some(Role::Reader) {
+                    svc.revalidated_catalog().await.map(|_| 0)
+                } else {
+                    svc.sweep().await
+                };
+                if let Err(e) = swept {
+                    tracing::warn!(error = %e.message, "finishing S3 Vectors index deletions failed; retrying later");
+                }
+            }
+        })
     }
 }
 
@@ -216,21 +340,30 @@ impl Call<'_> {
             .to_string();
         check_name("indexName", &index)?;
         let entry = self.new_index_entry()?;
-        // A deletion that died half-way left objects behind: finish it
-        // before the name is reused (only after STALE_DELETE, so a
-        // deletion still running on another instance is never raced).
+        // A deletion of the name not yet sealed (running, or its deleter
+        // died) holds the name: seal it here (harmless if it is running),
+        // and the name is free. Its objects are left to the sweep.
         let cat = self.svc.fresh_catalog().await?;
-        let stale = cat
+        let pending = cat
             .buckets
             .get(&bucket)
-            .and_then(|b| b.indexes.get(&index))
-            .and_then(|e| e.deleting_since)
-            .is_some_and(|since| now_secs() - since > STALE_DELETE.as_secs_f64());
-        if stale {
-            self.svc.wipe(&bucket, &index).await?;
+            .map(|b| b.deletions())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|d| {
+                d.index_name == index
+                    && cat.buckets[&bucket]
+                        .indexes
+                        .get(&index)
+                        .is_some_and(|e| e.incarnation == d.incarnation)
+            });
+        if let Some(d) = &pending {
+            let prefix = d.prefix(&bucket);
+            self.svc.forget(&prefix).await;
+            self.svc.catalog.seal(&prefix).await?;
         }
         self.svc
-            .change_catalog(|c| add_index(c, &bucket, &index, &entry, stale))
+            .change_catalog(|c| add_index(c, &bucket, &index, &entry, pending.as_ref()))
             .await?;
         // Create the index's config now, so a bad store fails here.
         self.svc.index(&bucket, &index).await?;
@@ -274,6 +407,7 @@ impl Call<'_> {
             dimension,
             distance_metric: metric,
             non_filterable_metadata_keys: non_filterable,
+            incarnation: Some(new_incarnation()),
             deleting_since: None,
         })
     }
@@ -363,42 +497,55 @@ impl Call<'_> {
         if let Some(t) = next {
             out["nextToken"] = json!(t);
         }
+        // An extension AWS clients ignore: deletions under way, which hold
+        // storage (and, until sealed, the name).
+        let deleting: Vec<Value> = b
+            .deletions()
+            .iter()
+            .map(|d| json!({"indexName": d.index_name, "deletingSince": d.since}))
+            .collect();
+        if !deleting.is_empty() {
+            out["deletingIndexes"] = json!(deleting);
+        }
         Ok(out)
     }
 
+    /// Marks the index deleted (no call finds it from now on), then
+    /// finishes its deletion ([`Service::finish`]). On a name whose
+    /// deletion is already under way (its deleter may have died), it
+    /// finishes that deletion.
     pub(super) async fn delete_index(&self) -> Result<Value, S3vError> {
         let (bucket, index) = self.index_name()?;
         let since = now_secs();
-        // 1. Hide it: from now on no call finds it.
-        self.svc
+        let cat = self
+            .svc
             .change_catalog(|c| {
-                let live = c
-                    .buckets
-                    .get_mut(&bucket)
-                    .and_then(|b| b.indexes.get_mut(&index))
-                    .filter(|e| e.deleting_since.is_none());
-                let Some(e) = live else {
+                let Some(b) = c.buckets.get_mut(&bucket) else {
                     return Err(S3vError::not_found(format!(
-                        "index {index} does not exist in vector bucket {bucket}"
+                        "vector bucket {bucket} does not exist"
                     )));
                 };
-                e.deleting_since = Some(since);
-                Ok(())
-            })
-            .await?;
-        // 2. Let go of our handle, 3. delete its objects, 4. forget the name.
-        self.svc.forget(&format!("{bucket}/{index}")).await;
-        self.svc.wipe(&bucket, &index).await?;
-        self.svc
-            .change_catalog(|c| {
-                if let Some(b) = c.buckets.get_mut(&bucket) {
-                    if b.indexes.get(&index).and_then(|e| e.deleting_since) == Some(since) {
-                        b.indexes.remove(&index);
+                match b.indexes.get_mut(&index) {
+                    Some(e) if e.deleting_since.is_none() => e.deleting_since = Some(since),
+                    Some(_) => {}
+                    None if b.deleting.iter().any(|d| d.index_name == index) => {}
+                    None => {
+                        return Err(S3vError::not_found(format!(
+                            "index {index} does not exist in vector bucket {bucket}"
+                        )))
                     }
                 }
                 Ok(())
             })
             .await?;
+        let doomed: Vec<Deletion> = bucket_of(&cat, &bucket)?
+            .deletions()
+            .into_iter()
+            .filter(|d| d.index_name == index)
+            .collect();
+        for d in &doomed {
+            self.svc.finish(&bucket, d).await?;
+        }
         Ok(json!({}))
     }
 }

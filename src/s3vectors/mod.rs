@@ -72,6 +72,9 @@ pub const MAX_FILTERABLE_BYTES: usize = 2 * 1024;
 pub const MAX_METADATA_KEYS: usize = 50;
 pub const MAX_DIMENSION: u64 = 4096;
 pub const MAX_KEY_BYTES: usize = 1024;
+/// How often `shoal serve --s3vectors` finishes index deletions left
+/// unfinished (see [`Service::sweep`]).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// What an operation does when called: its handler, borrowing the call.
 type Run = for<'a> fn(&'a Call<'a>) -> Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
@@ -208,11 +211,18 @@ pub(super) fn now_secs() -> f64 {
 impl Service {
     pub async fn open(opts: S3VectorsOptions) -> Result<Service, Error> {
         let catalog = CatalogStore::open(&opts.root, opts.catalog_max_age).await?;
-        Ok(Service {
+        Ok(Service::open_on(catalog, opts))
+    }
+
+    /// The service over the catalog of an already opened root store
+    /// (`opts.root` must name the same store: index handles are opened
+    /// from it).
+    pub fn open_on(catalog: CatalogStore, opts: S3VectorsOptions) -> Service {
+        Service {
             catalog,
             opts,
             indexes: std::sync::Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// Whether signatures are checked.

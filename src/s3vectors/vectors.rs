@@ -8,22 +8,26 @@ use super::error::{read_only, S3vError};
 use super::wire::{decode_token, encode_token, floats, from_stored, to_record, to_stored_filter};
 use super::{Call, MAX_GET, MAX_LIST_VECTORS, MAX_PUT, MAX_TOP_K};
 use crate::api::{Consistency, Role, SearchRequest};
+use crate::coord::catalog::IndexEntry;
 use crate::db::Db;
 
 impl Call<'_> {
     pub(super) async fn put_vectors(&self) -> Result<Value, S3vError> {
         let (bucket, index) = self.index_name()?;
         let items = self.list_field("vectors", 1, MAX_PUT)?;
-        let (db, entry) = self.svc.index(&bucket, &index).await?;
-        if db.role() == Role::Reader {
-            return Err(read_only());
-        }
-        let mut records = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            records.push(to_record(i, item, &entry)?);
-        }
-        db.upsert(&records).await?;
-        Ok(json!({}))
+        self.svc
+            .on_index(&bucket, &index, |db, entry| async move {
+                if db.role() == Role::Reader {
+                    return Err(read_only());
+                }
+                let mut records = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    records.push(to_record(i, item, &entry)?);
+                }
+                db.upsert(&records).await?;
+                Ok(json!({}))
+            })
+            .await
     }
 
     /// The answer for stored records: key, and data and metadata if asked.
@@ -64,20 +68,30 @@ impl Call<'_> {
             self.bool_field("returnMetadata")?,
         );
         let consistency = self.consistency()?;
-        let (db, _) = self.svc.index(&bucket, &index).await?;
-        let vectors = self.fetch(&db, keys, data, metadata, consistency).await?;
-        Ok(json!({"vectors": vectors}))
+        self.svc
+            .on_index(&bucket, &index, |db, _| {
+                let keys = keys.clone();
+                async move {
+                    let vectors = self.fetch(&db, keys, data, metadata, consistency).await?;
+                    Ok(json!({"vectors": vectors}))
+                }
+            })
+            .await
     }
 
     pub(super) async fn delete_vectors(&self) -> Result<Value, S3vError> {
         let (bucket, index) = self.index_name()?;
         let keys = self.keys(MAX_PUT)?;
-        let (db, _) = self.svc.index(&bucket, &index).await?;
-        if db.role() == Role::Reader {
-            return Err(read_only());
-        }
-        db.delete(&keys).await?;
-        Ok(json!({}))
+        let keys = &keys;
+        self.svc
+            .on_index(&bucket, &index, |db, _| async move {
+                if db.role() == Role::Reader {
+                    return Err(read_only());
+                }
+                db.delete(keys).await?;
+                Ok(json!({}))
+            })
+            .await
     }
 
     pub(super) async fn list_vectors(&self) -> Result<Value, S3vError> {
@@ -106,9 +120,34 @@ impl Call<'_> {
             self.bool_field("returnMetadata")?,
         );
         let consistency = self.consistency()?;
-        let (db, _) = self.svc.index(&bucket, &index).await?;
+        let token = self.str_field("nextToken")?;
+        self.svc
+            .on_index(&bucket, &index, |db, _| async move {
+                self.list_page(
+                    &db,
+                    (count, segment),
+                    max,
+                    token,
+                    (data, metadata),
+                    consistency,
+                )
+                .await
+            })
+            .await
+    }
+
+    /// One page of `ListVectors` on `db`: segment `segment` of `count`.
+    async fn list_page(
+        &self,
+        db: &Db,
+        (count, segment): (u32, u32),
+        max: usize,
+        token: Option<&str>,
+        (data, metadata): (bool, bool),
+        consistency: Consistency,
+    ) -> Result<Value, S3vError> {
         let partitions = db.settings().partition_count;
-        let (mut p, mut after) = match self.str_field("nextToken")? {
+        let (mut p, mut after) = match token {
             None => (segment, None),
             Some(t) => decode_token(t, count, segment, partitions)?,
         };
@@ -139,7 +178,7 @@ impl Call<'_> {
             after = None;
         }
         let vectors = if data || metadata {
-            self.fetch(&db, keys, data, metadata, consistency).await?
+            self.fetch(db, keys, data, metadata, consistency).await?
         } else {
             keys.into_iter().map(|k| json!({"key": k})).collect()
         };
@@ -166,7 +205,23 @@ impl Call<'_> {
             .get("queryVector")
             .ok_or_else(|| S3vError::validation("queryVector is required"))
             .and_then(|v| floats("queryVector", v))?;
-        let (db, entry) = self.svc.index(&bucket, &index).await?;
+        let (vector, name) = (&vector, index.as_str());
+        self.svc
+            .on_index(&bucket, &index, |db, entry| async move {
+                self.query_on(&db, &entry, name, vector.clone(), k).await
+            })
+            .await
+    }
+
+    /// `QueryVectors` on `db`, the handle of the index `entry` describes.
+    async fn query_on(
+        &self,
+        db: &Db,
+        entry: &IndexEntry,
+        index: &str,
+        vector: Vec<f32>,
+        k: usize,
+    ) -> Result<Value, S3vError> {
         if vector.len() != entry.dimension as usize {
             return Err(S3vError::validation(format!(
                 "queryVector has {} dimensions; index {index} has {}",

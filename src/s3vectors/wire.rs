@@ -394,6 +394,7 @@ mod tests {
             dimension: 2,
             distance_metric: "cosine".into(),
             non_filterable_metadata_keys: nf.iter().map(|s| s.to_string()).collect(),
+            incarnation: None,
             deleting_since: None,
         }
     }

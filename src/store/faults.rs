@@ -157,6 +157,9 @@ pub struct WriteFaults {
     pub waiting: std::sync::atomic::AtomicUsize,
     /// GETs of keys containing this pattern take this long first.
     slow: std::sync::Mutex<Option<(String, std::time::Duration)>>,
+    /// Deletes of matching keys wait at the gate too (a deleter frozen
+    /// half-way through).
+    gate_deletes: std::sync::atomic::AtomicBool,
 }
 
 impl WriteFaults {
@@ -170,6 +173,32 @@ impl WriteFaults {
             gate: Default::default(),
             waiting: 0.into(),
             slow: Default::default(),
+            gate_deletes: false.into(),
+        }
+    }
+
+    /// From now on deletes of matching keys wait at the gate as
+    /// conditional writes do (see [`WriteFaults::close_gate`]).
+    pub fn gate_deletes(&self) {
+        self.gate_deletes
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn at_gate(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        /// Counts a held call out when it leaves, also if it is dropped.
+        struct Held<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, SeqCst);
+            }
+        }
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(g) = gate {
+            self.waiting.fetch_add(1, SeqCst);
+            let _held = Held(&self.waiting);
+            let permit = g.acquire().await.expect("gate is never closed");
+            permit.forget();
         }
     }
 
@@ -223,13 +252,7 @@ impl WriteFaults {
         if !key.contains(&self.pattern) {
             return write.await;
         }
-        let gate = self.gate.lock().unwrap().clone();
-        if let Some(g) = gate {
-            self.waiting.fetch_add(1, SeqCst);
-            let permit = g.acquire().await.expect("gate is never closed");
-            permit.forget();
-            self.waiting.fetch_sub(1, SeqCst);
-        }
+        self.at_gate().await;
         if self.hang.load(SeqCst) {
             self.hung.notify_one();
             return std::future::pending().await;
@@ -276,6 +299,10 @@ impl ObjectStore for WriteFaults {
             .await
     }
     async fn delete(&self, key: &str) -> Result<()> {
+        let held = self.gate_deletes.load(std::sync::atomic::Ordering::SeqCst);
+        if held && key.contains(&self.pattern) {
+            self.at_gate().await;
+        }
         self.inner.delete(key).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
