@@ -439,6 +439,16 @@ async fn gc_on_a_host_whose_clock_runs_ahead_of_the_store_keeps_young_objects() 
         .await
         .unwrap();
     let host: DynClock = Arc::new(SystemClock);
+    // The preview judges ages as a real run does (issue 28 F15).
+    let preview = GcOptions {
+        dry_run: true,
+        ..Default::default()
+    };
+    let r = gc(store.as_ref(), &s, &host, &preview).await.unwrap();
+    assert!(
+        r.deleted.is_empty(),
+        "the dry run lists a young object: {r:?}"
+    );
     let r = gc(store.as_ref(), &s, &host, &GcOptions::default())
         .await
         .unwrap();
@@ -449,6 +459,9 @@ async fn gc_on_a_host_whose_clock_runs_ahead_of_the_store_keeps_young_objects() 
     );
     // Past the grace by the store's clock, the orphan goes.
     store_clock.advance(Duration::from_secs(16 * 60));
+    let r = gc(store.as_ref(), &s, &host, &preview).await.unwrap();
+    assert_eq!(r.deleted, vec![young.to_string()], "{r:?}");
+    assert!(store.head(young).await.is_ok(), "a dry run deletes nothing");
     let r = gc(store.as_ref(), &s, &host, &GcOptions::default())
         .await
         .unwrap();

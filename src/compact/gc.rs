@@ -118,7 +118,7 @@ pub async fn gc(
     opts: &GcOptions,
 ) -> Result<GcReport, CoordError> {
     let grace = checked_grace(settings, opts)?;
-    let now = gc_now(store, clock, opts).await?;
+    let now = gc_now(store, clock).await?;
     let age = Age { now, grace };
     let mut needed = Needed::default();
     // Manifests first, then the listing: anything committed after we read
@@ -166,14 +166,16 @@ fn checked_grace(settings: &Settings, opts: &GcOptions) -> Result<Duration, Coor
 }
 
 /// GC's "now": the clock's, moved back by the host's lead over the store.
+/// A dry run corrects it too, so its preview lists what a real run would
+/// delete (reading the store's clock writes and removes one scratch
+/// object under `_brainy/probe/`, nothing of the index).
 async fn gc_now(
     store: &dyn ObjectStore,
     clock: &DynClock,
-    opts: &GcOptions,
 ) -> Result<SystemTime, CoordError> {
     let now = clock.now();
-    Ok(if opts.dry_run || !clock.is_host_clock() {
-        now // a dry run deletes nothing, so it writes nothing either
+    Ok(if !clock.is_host_clock() {
+        now
     } else {
         now - host_clock_lead(store, now).await?
     })
