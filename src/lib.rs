@@ -76,8 +76,9 @@
 //! - `routes` (*internal*): the one route table HTTP and Lambda serve.
 //! - `s3vectors` (feature `s3vectors`, on by default): the Amazon S3
 //!   Vectors API over many indexes in one store, for `shoal serve`.
-//! - [`http`] (with its `/metrics` rendering), [`lambda`]: `shoal serve`
-//!   and the Lambda handlers; [`auth`]: the API keys `serve` checks.
+//! - [`http`] (with its `/metrics` rendering and its accept loop: the
+//!   connection limit and timeouts), [`lambda`]: `shoal serve` and the
+//!   Lambda handlers; [`auth`]: the API keys `serve` checks.
 
 // The library's API: the handle (`Db`, re-exported below), the shared
 // request/response types (`api`), the front-end servers and handlers, the

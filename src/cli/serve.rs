@@ -39,6 +39,23 @@ pub(crate) struct ServeArgs {
     /// A search running longer is abandoned and answered 503 (e.g. 500ms, 10s).
     #[arg(long, env = "SHOAL_QUERY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
     pub query_timeout: Duration,
+    /// A client must send a whole request head within this of connecting
+    /// (or of the head's first byte on a kept-alive connection), or its
+    /// connection is closed.
+    #[arg(long, env = "SHOAL_HEADER_TIMEOUT", value_parser = positive_duration, default_value = "10s")]
+    pub header_timeout: Duration,
+    /// A request body must arrive whole within this, or it is answered 408
+    /// and its connection closed.
+    #[arg(long, env = "SHOAL_BODY_TIMEOUT", value_parser = positive_duration, default_value = "30s")]
+    pub body_timeout: Duration,
+    /// A kept-alive connection idle this long is closed (longer than a load
+    /// balancer's own idle timeout, 60 s on AWS, so the balancer closes first).
+    #[arg(long, env = "SHOAL_IDLE_TIMEOUT", value_parser = positive_duration, default_value = "75s")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; one more is answered 503 with
+    /// Retry-After and closed.
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS", default_value_t = shoal::http::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Vector dimensions: with them a writer (or both) creates the
     /// index config when the bucket has none (create-only, so racing
     /// starters agree); an existing config must agree.
@@ -97,6 +114,8 @@ pub(super) async fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     let s3v = open_s3vectors(ctx, &a, every).await?;
     opts.s3vectors = s3v.clone();
     let unauthenticated = check_exposure(&a, &opts, db.is_some(), s3v.as_deref()).await?;
+    #[cfg(unix)]
+    make_room_for(opts.max_connections);
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -162,11 +181,26 @@ async fn open_db(ctx: &Ctx, a: &ServeArgs, every: Option<Duration>) -> Result<Op
     }
 }
 
-/// The HTTP server's limits from the flags (body size, query timeout, searches at once).
+/// A duration flag that must be above zero (e.g. 300ms, 10s, 2m): a zero
+/// timeout would close every connection at once.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above zero".to_string()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The HTTP server's limits from the flags (body size and timeouts, query
+/// timeout, searches and connections at once).
 fn http_options(a: &ServeArgs) -> HttpOptions {
     let mut opts = HttpOptions {
         body_limit: a.max_body_bytes,
         query_timeout: a.query_timeout,
+        header_timeout: a.header_timeout,
+        body_timeout: a.body_timeout,
+        idle_timeout: a.idle_timeout,
+        max_connections: a.max_connections.max(1),
         ..HttpOptions::default()
     };
     if let Some(n) = a.max_concurrent_searches {
@@ -234,6 +268,43 @@ async fn check_exposure(
         );
     }
     Ok(open && exposed)
+}
+
+/// Raises the soft limit on open descriptors (toward the hard one) when it
+/// leaves too little room for `connections`: past it accepting fails and
+/// even `/healthz` goes unanswered. systemd's default soft limit (1,024)
+/// is no more than the default `--max-connections`. Warns when the hard
+/// limit is too low too.
+#[cfg(unix)]
+fn make_room_for(connections: usize) {
+    // Besides the connections: the listener, the store's own connections,
+    // files, and up to 64 connections being refused.
+    const OTHERS: usize = 256;
+    let want =
+        libc::rlim_t::try_from(connections.saturating_add(OTHERS)).unwrap_or(libc::rlim_t::MAX);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= want {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: want.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit only reads the struct it is given; a soft limit
+    // up to the hard one is the process's to set.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    if !ok || raised.rlim_cur < want {
+        let now = if ok { raised.rlim_cur } else { limit.rlim_cur };
+        eprintln!(
+            "shoal serve: WARNING: the open-file limit is {now}; --max-connections {connections} \
+             needs about {want}. Raise it (ulimit -n, LimitNOFILE=) or lower --max-connections, \
+             or a flood of connections can leave no descriptor to accept /healthz with"
+        );
+    }
 }
 
 /// Logs a warning every minute that `addr` is served without authentication.

@@ -15,9 +15,10 @@
 //!
 //! Errors are `{"error": {"code", "message"}}` with 400 (bad input), 401
 //! (missing or wrong API key), 403 (a read key on a write route, or a
-//! write to a reader instance), 404, 413 (body or batch too large), 429
-//! (too many concurrent searches; `Retry-After` says when to retry), 503
-//! (store unavailable, or a search past its deadline) or 500. With an API
+//! write to a reader instance), 404, 408 (a body that did not arrive
+//! within the body timeout), 413 (body or batch too large), 429 (too many
+//! concurrent searches; `Retry-After` says when to retry), 503 (store
+//! unavailable, or a search past its deadline) or 500. With an API
 //! key configured (`crate::auth`: one key, or separate read and write
 //! keys), `/v1/*` and `/metrics` need `Authorization: Bearer <key>`
 //! (compared in constant time over digests; keys are never logged).
@@ -25,7 +26,12 @@
 //! instance already keeps: the last successful read of the config (by the
 //! config watcher or a readiness check) counts for 5 seconds, so probes
 //! cost at most one store GET per 5 seconds per instance.
+//!
+//! Connections are accepted by `listen`: a limit on how many are served at
+//! once (503 beyond), and timeouts for a request head and an idle
+//! kept-alive connection; the body timeout is the handlers' (below).
 
+mod listen;
 mod metrics;
 
 use std::sync::{Arc, Mutex};
@@ -45,6 +51,9 @@ use crate::auth::Grant;
 use crate::db::Db;
 use crate::routes::{self, Access, Input, Method, Op, Route, ROUTES};
 
+pub use listen::{
+    DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+};
 use metrics::HttpMetrics;
 
 /// Largest request body accepted by default: about 1,000 records of
@@ -66,6 +75,7 @@ struct AppState {
     s3v: Option<Arc<crate::s3vectors::Service>>,
     keys: ApiKeys,
     body_limit: usize,
+    body_timeout: std::time::Duration,
     searches: Arc<tokio::sync::Semaphore>,
     max_searches: usize,
     query_timeout: std::time::Duration,
@@ -81,6 +91,20 @@ pub struct HttpOptions {
     pub max_searches: usize,
     /// A search still running after this is abandoned and answered 503.
     pub query_timeout: std::time::Duration,
+    /// A client must send a whole request head within this of connecting,
+    /// or of the head's first byte on a kept-alive connection; else the
+    /// connection is closed.
+    pub header_timeout: std::time::Duration,
+    /// A request body must arrive whole within this of the handler
+    /// starting to read it (right after the head); else 408, and the
+    /// connection is closed.
+    pub body_timeout: std::time::Duration,
+    /// A kept-alive connection with no request in progress is closed after
+    /// this without a byte either way.
+    pub idle_timeout: std::time::Duration,
+    /// Connections served at once; one more is answered 503 with
+    /// `Retry-After` and closed.
+    pub max_connections: usize,
     /// The Amazon S3 Vectors API (`POST /<Operation>`), if served.
     #[cfg(feature = "s3vectors")]
     pub s3vectors: Option<Arc<crate::s3vectors::Service>>,
@@ -94,6 +118,10 @@ impl Default for HttpOptions {
             body_limit: DEFAULT_BODY_LIMIT,
             max_searches: SEARCHES_PER_CORE * cores,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             #[cfg(feature = "s3vectors")]
             s3vectors: None,
         }
@@ -119,15 +147,22 @@ impl AppState {
     }
 
     async fn body(&self, body: Body) -> Result<axum::body::Bytes, ApiError> {
-        axum::body::to_bytes(body, self.body_limit)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    413,
-                    "payload_too_large",
-                    format!("request body is larger than {} bytes", self.body_limit),
-                )
-            })
+        self.read_body(body).await.map_err(|e| match e {
+            Unread::TooLarge => ApiError::new(413, "payload_too_large", e.say(self)),
+            Unread::Late => ApiError::new(408, "request_timeout", e.say(self)),
+        })
+    }
+
+    /// The whole body, at most `body_limit` bytes, within `body_timeout`.
+    /// Answered at the timeout, a body that stopped arriving is dropped
+    /// unread, and hyper closes its connection after the answer.
+    async fn read_body(&self, body: Body) -> Result<axum::body::Bytes, Unread> {
+        let read = axum::body::to_bytes(body, self.body_limit);
+        match tokio::time::timeout(self.body_timeout, read).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(_)) => Err(Unread::TooLarge),
+            Err(_) => Err(Unread::Late),
+        }
     }
 
     /// A search slot, or why there is none (answered 429).
@@ -146,6 +181,26 @@ impl AppState {
             .lock()
             .unwrap()
             .observe_request(endpoint, status, secs);
+    }
+}
+
+/// Why a request body was not read.
+enum Unread {
+    /// It is larger than the body limit (or broke off).
+    TooLarge,
+    /// It did not arrive within the body timeout.
+    Late,
+}
+
+impl Unread {
+    fn say(&self, st: &AppState) -> String {
+        match self {
+            Unread::TooLarge => format!("request body is larger than {} bytes", st.body_limit),
+            Unread::Late => format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(st.body_timeout)
+            ),
+        }
     }
 }
 
@@ -351,15 +406,10 @@ async fn s3vectors(
             headers: head.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
             body: &[],
         })?;
-        let bytes = axum::body::to_bytes(body, st.body_limit)
-            .await
-            .map_err(|_| {
-                S3vError::new(
-                    413,
-                    "ValidationException",
-                    format!("request body is larger than {} bytes", st.body_limit),
-                )
-            })?;
+        let bytes = st.read_body(body).await.map_err(|e| match e {
+            Unread::TooLarge => S3vError::new(413, "ValidationException", e.say(&st)),
+            Unread::Late => S3vError::new(408, "RequestTimeoutException", e.say(&st)),
+        })?;
         let query_op = operation == "QueryVectors";
         let _slot = if query_op {
             Some(
@@ -455,6 +505,7 @@ pub fn router(db: Option<Db>, opts: HttpOptions) -> Router {
         s3v: opts.s3vectors,
         keys: opts.keys,
         body_limit: opts.body_limit,
+        body_timeout: opts.body_timeout,
         searches: Arc::new(tokio::sync::Semaphore::new(max_searches)),
         max_searches,
         query_timeout: opts.query_timeout,
@@ -488,14 +539,18 @@ pub fn router(db: Option<Db>, opts: HttpOptions) -> Router {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, finishes the
-/// requests in flight and returns.
+/// requests in flight and returns. HTTP/1.1, with the connection limit and
+/// timeouts of `opts` (see `listen`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     db: Option<Db>,
     opts: HttpOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(db, opts))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = listen::Limits {
+        header_timeout: opts.header_timeout,
+        idle_timeout: opts.idle_timeout,
+        max_connections: opts.max_connections,
+    };
+    listen::serve(listener, router(db, opts), limits, shutdown).await
 }
