@@ -68,7 +68,9 @@ class Instance:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self):
-        env = dict(os.environ, SHOAL_S3V_CREDENTIALS=f"{ACCESS}:{SECRET}", **self.env)
+        # Both instances take writes (left to itself, the second instance
+        # of an index may pick the reader role).
+        env = dict(os.environ, SHOAL_S3V_CREDENTIALS=f"{ACCESS}:{SECRET}", BRAINY_ROLE="both", **self.env)
         env.pop("SHOAL_API_KEY", None)
         self.proc = subprocess.Popen(
             [self.binary, "--bucket", self.root, "serve", "--s3vectors",

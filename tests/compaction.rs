@@ -867,3 +867,75 @@ async fn a_compactor_with_little_time_compacts_a_slow_partition_in_pieces() {
     assert_eq!(db.status(true).await.unwrap().totals.live, Some(160));
     db.close().await.unwrap();
 }
+
+/// A host whose wall clock runs `ahead` seconds ahead of the store's
+/// (negative: behind). Its own clock, so shoal may measure and correct it.
+#[derive(Debug)]
+struct SkewedHost {
+    ahead: i64,
+}
+
+impl Clock for SkewedHost {
+    fn now(&self) -> std::time::SystemTime {
+        let by = Duration::from_secs(self.ahead.unsigned_abs());
+        if self.ahead >= 0 {
+            SystemClock.now() + by
+        } else {
+            SystemClock.now() - by
+        }
+    }
+    fn is_host_clock(&self) -> bool {
+        true
+    }
+}
+
+/// Issue 28 F11: retirements are stamped and pruned by the store's clock,
+/// never by one host's against another's. A compactor an hour behind
+/// retires segments; a writer an hour ahead committing next does not
+/// prune them from the manifest (which would let a writer whose commit
+/// answer was lost re-append one of them over newer data), and GC on a
+/// correct host keeps them for the grace period.
+#[tokio::test]
+async fn retirements_are_judged_by_the_stores_clock_not_by_skewed_hosts() {
+    let store = common::memory_store();
+    let (w, s) = setup(&store, 1, "none", Metric::Euclidean).await;
+    for round in 0..4 {
+        load(&store, &w, 50, round).await;
+    }
+    let behind: DynClock = Arc::new(SkewedHost { ahead: -3600 });
+    let opts = CompactOptions {
+        force: true,
+        ..Default::default()
+    };
+    compact_partition(store.as_ref(), &s, 0, "slow-compactor", &behind, &opts)
+        .await
+        .unwrap();
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    let retired: Vec<String> = m.retired.iter().map(|r| r.key.clone()).collect();
+    assert!(retired.len() >= 4, "compaction retired its inputs: {m:?}");
+    let ahead: DynClock = Arc::new(SkewedHost { ahead: 3600 });
+    let fast = Writer::new(store.clone(), &s, "fast-writer", ahead, Default::default());
+    fast.upsert(&[Record::new("late", vec![0.5; DIMS])])
+        .await
+        .unwrap();
+    let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    let still: Vec<String> = m.retired.iter().map(|r| r.key.clone()).collect();
+    for k in &retired {
+        assert!(
+            still.contains(k),
+            "{k} was pruned from the retired list at once"
+        );
+    }
+    let host: DynClock = Arc::new(SystemClock);
+    let r = gc(store.as_ref(), &s, &host, &GcOptions::default())
+        .await
+        .unwrap();
+    let early: Vec<&String> = r.deleted.iter().filter(|k| retired.contains(k)).collect();
+    assert!(
+        early.is_empty(),
+        "GC deleted just-retired segments: {early:?}"
+    );
+    for k in &retired {
+        assert!(store.head(k).await.is_ok(), "{k} is gone");
+    }
+}

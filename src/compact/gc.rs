@@ -44,10 +44,10 @@ use crate::coord::index_manifest::{read_index_manifest, trim_index_retired};
 use crate::coord::instance;
 use crate::coord::manifest::{partition_of_key, read_manifest, trim_retired};
 use crate::coord::paths::{
-    manifest_key, probe_keys, INDEX_MANIFEST_KEY, INDEX_PREFIX, VECTORS_PREFIX,
+    manifest_key, INDEX_MANIFEST_KEY, INDEX_PREFIX, VECTORS_PREFIX,
 };
 use crate::coord::{CoordError, Settings};
-use crate::store::{store_time, ObjectStore};
+use crate::store::ObjectStore;
 
 pub const DEFAULT_GRACE: Duration =
     Duration::from_secs(crate::coord::config::DEFAULT_GC_GRACE_SECONDS);
@@ -80,35 +80,6 @@ pub struct GcReport {
     /// Manifests found missing; nothing under their partitions was deleted.
     pub missing_manifests: Vec<String>,
     pub dry_run: bool,
-}
-
-/// A host clock this far ahead of the store's is taken as skew (below it,
-/// S3's whole-second timestamps and the probe's round trip).
-const CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
-
-/// How far this host's clock runs ahead of the store's, if beyond
-/// [`CLOCK_TOLERANCE`]. GC compares the store's timestamps with its own
-/// clock; a host running ahead would see a young object as old (a writer's
-/// segment not yet committed, say) and delete it, so GC's "now" is moved
-/// back by the lead. A host running behind only keeps objects longer.
-async fn host_clock_lead(
-    store: &dyn ObjectStore,
-    host: std::time::SystemTime,
-) -> Result<Duration, CoordError> {
-    let Some(store_now) = store_time(store, &probe_keys().0).await? else {
-        return Ok(Duration::ZERO);
-    };
-    let lead = host.duration_since(store_now).unwrap_or_default();
-    if lead <= CLOCK_TOLERANCE {
-        return Ok(Duration::ZERO);
-    }
-    tracing::warn!(
-        lead_seconds = lead.as_secs(),
-        store = %store.describe(),
-        "this host's clock runs ahead of the store's; GC judges ages by the store's clock \
-         (fix the host's clock: NTP)"
-    );
-    Ok(lead)
 }
 
 pub async fn gc(
@@ -165,20 +136,15 @@ fn checked_grace(settings: &Settings, opts: &GcOptions) -> Result<Duration, Coor
     Ok(grace)
 }
 
-/// GC's "now": the clock's, moved back by the host's lead over the store.
-/// A dry run corrects it too, so its preview lists what a real run would
-/// delete (reading the store's clock writes and removes one scratch
-/// object under `_brainy/probe/`, nothing of the index).
-async fn gc_now(
-    store: &dyn ObjectStore,
-    clock: &DynClock,
-) -> Result<SystemTime, CoordError> {
-    let now = clock.now();
-    Ok(if !clock.is_host_clock() {
-        now
-    } else {
-        now - host_clock_lead(store, now).await?
-    })
+/// GC's "now": the store's, measured afresh on every run
+/// (`coord::skew`), since ages are the store's timestamps and retirements
+/// are stamped by the store's clock. A host ahead of the store would
+/// otherwise see young objects as old and delete them. A dry run measures
+/// too, so its preview lists what a real run would delete (its one write
+/// is the scratch probe object, nothing of the index).
+async fn gc_now(store: &dyn ObjectStore, clock: &DynClock) -> Result<SystemTime, CoordError> {
+    let skew = crate::coord::skew::measure(store, clock.as_ref()).await?;
+    Ok(skew.apply(clock.now()))
 }
 
 /// Judges whether an object (or a retirement) is past the grace period.

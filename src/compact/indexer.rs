@@ -352,7 +352,7 @@ async fn commit_round(
     backoff: Backoff,
 ) -> Result<Option<u64>, CompactError> {
     // Commit, if nobody else did since we read the index manifest.
-    let retired_at = format_time(clock.now());
+    let retired_at = format_time(crate::coord::skew::store_now(store, clock.as_ref()).await?);
     let (expected, late) = (index.generation, || too_late(clock, written_at, settings));
     let n = settings.partition_count;
     let committed = record_round(store, n, backoff, expected, late, commit, &retired_at);
@@ -368,9 +368,10 @@ async fn retire(
     p: u32,
     through: u64,
 ) -> Result<bool, CompactError> {
-    let now = clock.now();
-    let rules = CommitRules::new(settings, now, clock.as_ref(), Backoff::default());
-    Ok(retire_indexed(store, p, through, &format_time(now), rules).await?)
+    let store_now = crate::coord::skew::store_now(store, clock.as_ref()).await?;
+    let rules = CommitRules::new(settings, clock.now(), clock.as_ref(), Backoff::default())
+        .pruning_at(store_now);
+    Ok(retire_indexed(store, p, through, &format_time(store_now), rules).await?)
 }
 
 /// The index settings shards are built with: the config's, with shards
@@ -439,7 +440,7 @@ async fn merge_shards(
         let level = inputs.iter().map(|s| s.level).max().unwrap_or(0) + 1;
         let merged_rows = rows.len() as u64;
         let (new_shards, written_at) = write_shards(store, settings, clock, rows, level).await?;
-        let retired_at = format_time(clock.now());
+        let retired_at = format_time(crate::coord::skew::store_now(store, clock.as_ref()).await?);
         let late = || too_late(clock, written_at, settings);
         let merge = MergeCommit {
             inputs: &inputs,

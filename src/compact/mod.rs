@@ -311,8 +311,11 @@ pub async fn compact_partition(
     // The outputs obey the commit age bound from their first PUT on.
     let written_at = clock.now();
     let (entries, bytes_out) = write_outputs(store, partition, outputs, now, writer_id).await?;
-    let retired_at = format_time(clock.now());
-    let rules = CommitRules::new(settings, written_at, clock.as_ref(), Backoff::default());
+    // Retirements are stamped and pruned by the store's clock (F11).
+    let store_now = crate::coord::skew::store_now(store, clock.as_ref()).await?;
+    let retired_at = format_time(store_now);
+    let rules = CommitRules::new(settings, written_at, clock.as_ref(), Backoff::default())
+        .pruning_at(store_now);
     let replaced = replace_prefix(store, partition, &inputs, &entries, &retired_at, rules).await?;
     if replaced == Replaced::Superseded {
         tracing::info!(partition, "compaction superseded by another compactor");

@@ -220,6 +220,12 @@ pub struct CommitRules<'a> {
     /// Retired entries older than this are dropped (GC deletes their
     /// objects as orphans); the GC grace period.
     pub retired_ttl: Duration,
+    /// The store's "now" (see `coord::skew`) by which retired entries are
+    /// pruned; `None`: this commit prunes nothing. Only the commits that
+    /// retire (compaction, the indexer) prune, by the same clock their
+    /// stamps come from, so no host's clock is judged against another's
+    /// (issue 28 F11).
+    pub prune_at: Option<SystemTime>,
     pub clock: &'a dyn Clock,
     pub backoff: Backoff,
 }
@@ -237,8 +243,17 @@ impl<'a> CommitRules<'a> {
             written_at,
             age_bound: settings.commit_age_bound(),
             retired_ttl: settings.gc_grace(),
+            prune_at: None,
             clock,
             backoff,
+        }
+    }
+
+    /// These rules, pruning retired entries by `store_now`.
+    pub fn pruning_at(self, store_now: SystemTime) -> Self {
+        CommitRules {
+            prune_at: Some(store_now),
+            ..self
         }
     }
 
@@ -264,9 +279,12 @@ impl<'a> CommitRules<'a> {
         Ok(())
     }
 
-    /// Drops retired entries older than the grace period.
+    /// Drops retired entries older than the grace period by the store's
+    /// clock (none unless [`CommitRules::prune_at`] says when that is).
     fn prune_retired(&self, m: &mut Manifest) {
-        let now = self.clock.now();
+        let Some(now) = self.prune_at else {
+            return;
+        };
         m.retired.retain(|r| {
             parse_time(&r.retired_at)
                 .and_then(|t| now.duration_since(t).ok())
@@ -652,6 +670,7 @@ mod tests {
             written_at,
             age_bound: Duration::from_secs(450),
             retired_ttl: Duration::from_secs(900),
+            prune_at: Some(clock.now()),
             clock,
             backoff: Backoff::default(),
         }

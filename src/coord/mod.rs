@@ -27,6 +27,7 @@ pub mod manifest;
 pub mod partition;
 pub mod paths;
 pub mod role;
+pub(crate) mod skew;
 pub mod watched;
 
 pub use cluster::{Cluster, JoinOptions, DEFAULT_HEARTBEAT_INTERVAL};
