@@ -112,7 +112,7 @@ def client(url):
     return boto3.client(
         "s3vectors", endpoint_url=url, region_name="us-east-1",
         aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
-        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=60))
+        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=300))
 
 
 class Name:
@@ -163,7 +163,7 @@ class Chaos:
                 self.bump("server_errors")
                 self.fail(f"{what}: {status} {e.response['Error'].get('Message', '')[:300]}")
 
-    def retrying(self, call, what, timeout=60):
+    def retrying(self, call, what, timeout=600):
         """`call(client)` on any instance until it answers (instances come
         back after a kill); returns its answer or raises its ClientError."""
         deadline = time.time() + timeout
@@ -230,7 +230,13 @@ class Chaos:
             inst = rng.choice(self.instances)
             inst.kill()
             time.sleep(rng.uniform(0.2, 2.0))
-            inst.start()
+            while True:
+                try:
+                    inst.start()
+                    break
+                except BaseException as e:  # noqa: BLE001 - keep killing, keep restarting
+                    print(f"restarting {inst.label} failed ({e}); again", flush=True)
+                    time.sleep(1)
 
     def lifecycle(self):
         rng = random.Random(11)
@@ -238,11 +244,28 @@ class Chaos:
             name = rng.choice(NAMES)
             st = self.names[name]
             with st.lock:
-                if st.live:
-                    self.check(name)
-                    self.transition(name, "delete")
-                if rng.random() < 0.8:
-                    self.transition(name, "create")
+                try:
+                    if st.live:
+                        self.check(name)
+                        self.transition(name, "delete")
+                    if rng.random() < 0.8:
+                        self.transition(name, "create")
+                except Exception as e:  # noqa: BLE001 - the run goes on; the state is re-read
+                    print(f"lifecycle of {name}: {e!r}; re-reading its state", flush=True)
+                    self.resync(name)
+
+    def resync(self, name):
+        """After a create or delete whose outcome is unknown: whether the
+        index is live now (a new epoch: nothing counted before is checked
+        against it)."""
+        st = self.names[name]
+        st.epoch += 2 - st.epoch % 2
+        try:
+            self.retrying(lambda c: c.get_index(vectorBucketName=VBUCKET, indexName=name),
+                          f"GetIndex {name}")
+            st.live = True
+        except ClientError:
+            st.live = False
 
     def transition(self, name, what):
         """Create or delete `name`, retried until it takes (an instance
@@ -366,6 +389,8 @@ def finish(chaos, s3, bucket, binary, env):
     out = {}
     for name in NAMES:
         st = chaos.names[name]
+        if st.epoch % 2:
+            chaos.resync(name)
         if st.live:
             chaos.check(name)
         else:

@@ -939,3 +939,41 @@ async fn retirements_are_judged_by_the_stores_clock_not_by_skewed_hosts() {
         assert!(store.head(k).await.is_ok(), "{k} is gone");
     }
 }
+
+/// Issue 28 F5: one unparsable partition manifest does not stop GC
+/// everywhere: GC collects the other partitions, deletes nothing the
+/// unreadable manifest governs, and reports it.
+#[tokio::test]
+async fn gc_goes_on_past_an_unreadable_manifest_and_reports_it() {
+    let store = common::memory_store();
+    let (w, s) = setup(&store, 2, "none", Metric::Euclidean).await;
+    load(&store, &w, 100, 1).await;
+    for orphan in ["vectors/p000/orphan.seg", "vectors/p001/orphan.seg"] {
+        store
+            .put(orphan, bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    let bad = "vectors/p001/manifest.json";
+    store
+        .put(bad, bytes::Bytes::from_static(b"{not json"))
+        .await
+        .unwrap();
+    let later: DynClock = Arc::new(ManualClock::new(
+        SystemClock.now() + Duration::from_secs(7200),
+    ));
+    let r = gc(store.as_ref(), &s, &later, &GcOptions::default())
+        .await
+        .expect("gc works around an unreadable manifest");
+    assert_eq!(r.unreadable, vec![bad.to_string()], "{r:?}");
+    assert!(r.missing_manifests.is_empty(), "{r:?}");
+    assert!(
+        r.deleted.contains(&"vectors/p000/orphan.seg".to_string()),
+        "{r:?}"
+    );
+    assert!(
+        !r.deleted.iter().any(|k| k.starts_with("vectors/p001/")),
+        "{r:?}"
+    );
+    assert!(store.head("vectors/p001/orphan.seg").await.is_ok());
+}

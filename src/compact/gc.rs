@@ -79,6 +79,10 @@ pub struct GcReport {
     pub stale_instances: Vec<String>,
     /// Manifests found missing; nothing under their partitions was deleted.
     pub missing_manifests: Vec<String>,
+    /// Manifests that could not be read (corrupt): GC worked everywhere
+    /// else and deleted nothing they govern (issue 28 F5).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -108,7 +112,14 @@ pub async fn gc(
         delete_and_trim(store, settings, &needed, &report.deleted).await?;
     }
     report.stale_instances = stale_instances(store, settings, now, opts.dry_run).await?;
-    report_missing_manifests(&mut report, settings, &needed.untouchable, &stranded);
+    let unreadable: HashSet<u32> = needed
+        .unreadable
+        .iter()
+        .filter_map(|k| partition_of_key(k))
+        .collect();
+    let missing: HashSet<u32> = needed.untouchable.difference(&unreadable).copied().collect();
+    report_missing_manifests(&mut report, settings, &missing, &stranded);
+    report.unreadable = needed.unreadable;
     report.deleted.sort();
     Ok(report)
 }
@@ -174,6 +185,30 @@ struct Needed {
     untouchable: HashSet<u32>,
     /// Whether an index manifest exists (without one, `index/` is not listed).
     has_index: bool,
+    /// Manifests that could not be read (nothing they govern is deleted).
+    unreadable: Vec<String>,
+}
+
+/// A manifest as GC reads it: found, missing, or corrupt (logged and
+/// recorded in `needed`, so GC goes on everywhere else).
+fn readable<T>(
+    key: &str,
+    found: Result<Option<T>, CoordError>,
+    needed: &mut Needed,
+) -> Result<Option<Option<T>>, CoordError> {
+    match found {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == crate::vocab::ErrorKind::Corrupt => {
+            tracing::error!(
+                key,
+                error = %e,
+                "gc cannot read this manifest: nothing it governs is deleted; see `shoal verify`"
+            );
+            needed.unreadable.push(key.to_string());
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads every partition manifest into `needed`: kept, expired and untouchable keys.
@@ -184,8 +219,13 @@ async fn read_partition_manifests(
     needed: &mut Needed,
 ) -> Result<(), CoordError> {
     for p in 0..settings.partition_count {
-        needed.keep.insert(manifest_key(p));
-        let Some((m, _)) = read_manifest(store, p).await? else {
+        let key = manifest_key(p);
+        needed.keep.insert(key.clone());
+        let Some(found) = readable(&key, read_manifest(store, p).await, needed)? else {
+            needed.untouchable.insert(p); // corrupt: reported as unreadable
+            continue;
+        };
+        let Some((m, _)) = found else {
             needed.untouchable.insert(p);
             continue;
         };
@@ -209,8 +249,9 @@ async fn read_index_manifest_keys(
     age: &Age,
     needed: &mut Needed,
 ) -> Result<(), CoordError> {
-    let Some((m, _)) = read_index_manifest(store, settings.partition_count).await? else {
-        return Ok(());
+    let found = read_index_manifest(store, settings.partition_count).await;
+    let Some(Some((m, _))) = readable(INDEX_MANIFEST_KEY, found, needed)? else {
+        return Ok(()); // missing, or unreadable: `index/` is not listed
     };
     needed.has_index = true;
     needed.keep.insert(INDEX_MANIFEST_KEY.to_string());
@@ -247,7 +288,9 @@ async fn sweep(
     let mut listed = store.list(VECTORS_PREFIX).await?;
     if needed.has_index {
         listed.extend(store.list(INDEX_PREFIX).await?);
-    } else if settings.partitions_initialized {
+    } else if settings.partitions_initialized
+        && !needed.unreadable.iter().any(|k| k == INDEX_MANIFEST_KEY)
+    {
         report
             .missing_manifests
             .push(INDEX_MANIFEST_KEY.to_string());

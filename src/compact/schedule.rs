@@ -263,11 +263,15 @@ async fn background_gc(writer: &Writer) {
     let (store, settings) = (writer.store().as_ref(), writer.settings());
     let opts = GcOptions::default();
     match super::gc::gc(store, &settings, writer.clock(), &opts).await {
-        Ok(r) => tracing::info!(
-            deleted = r.deleted.len(),
-            kept_young = r.kept_young,
-            "background gc"
-        ),
+        Ok(r) => {
+            writer.note_unreadable(r.unreadable.len());
+            tracing::info!(
+                deleted = r.deleted.len(),
+                kept_young = r.kept_young,
+                unreadable = r.unreadable.len(),
+                "background gc"
+            )
+        }
         Err(e) => tracing::warn!(error = %e, "background gc failed; will retry"),
     }
 }

@@ -67,7 +67,7 @@ struct Gauge {
 }
 
 /// The index's figures, in the order `/metrics` lists them.
-const GAUGES: [Gauge; 16] = [
+const GAUGES: [Gauge; 17] = [
     Gauge {
         name: "shoal_unindexed_segments",
         kind: "gauge",
@@ -157,6 +157,12 @@ const GAUGES: [Gauge; 16] = [
         kind: "counter",
         help: "Manifest commits that lost a compare-and-swap race (then retried).",
         value: |_, ws| ws.conflicts as f64,
+    },
+    Gauge {
+        name: "shoal_unreadable_objects",
+        kind: "gauge",
+        help: "Objects (manifests, segments, shards) the last background GC or index round could not read and worked around; `shoal verify` names them.",
+        value: |_, ws| ws.unreadable_objects as f64,
     },
     Gauge {
         name: "shoal_cas_retries_total",

@@ -134,6 +134,8 @@ pub(crate) struct WriterStats {
     pub bytes: AtomicU64,
     pub conflicts: AtomicU64,
     pub retries: AtomicU64,
+    /// Objects the last background GC or index round could not read.
+    pub unreadable: AtomicU64,
 }
 
 /// A snapshot of [`WriterStats`].
@@ -144,6 +146,10 @@ pub struct WriterStatsSnapshot {
     pub bytes: u64,
     pub conflicts: u64,
     pub retries: u64,
+    /// Objects (manifests, segments, shards) the last background GC or
+    /// index round could not read and worked around (`shoal verify`
+    /// names them).
+    pub unreadable_objects: u64,
 }
 
 type CommitResult = Result<Committed, Arc<WriteError>>;
@@ -277,7 +283,14 @@ impl Writer {
             bytes: l(&s.bytes),
             conflicts: l(&s.conflicts),
             retries: l(&s.retries),
+            unreadable_objects: l(&s.unreadable),
         }
+    }
+
+    /// Records how many objects the last background GC or index round
+    /// could not read.
+    pub(crate) fn note_unreadable(&self, n: usize) {
+        self.inner.stats.unreadable.store(n as u64, Ordering::Relaxed);
     }
 
     /// Inserts or replaces records. Returns once every record is in a
