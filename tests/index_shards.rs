@@ -704,3 +704,41 @@ async fn a_reader_whose_shards_were_merged_and_collected_refreshes_instead_of_fa
         .expect("r5 is live");
     assert_eq!(rec.vector, model.0["r5"].0);
 }
+
+/// Issue 28 F4: one damaged part of one shard fails a search that needs
+/// it, naming the shard; with `allow_partial` the search answers from
+/// everything else and names the shard and how many rows it left out.
+#[tokio::test]
+async fn a_damaged_shard_part_is_named_and_a_partial_search_goes_around_it() {
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let batch: Vec<Record> = (0..300).map(|i| record(i, 1)).collect();
+    w.upsert(&batch).await.unwrap();
+    let r = common::index_now(store.as_ref(), &s).await;
+    let shard = r.shards_written.first().expect("one shard").clone();
+    // Records still in the tails, which a partial answer still finds.
+    let tail: Vec<Record> = (1000..1010).map(|i| record(i, 1)).collect();
+    w.upsert(&tail).await.unwrap();
+    let good = store.get(&shard).await.unwrap().bytes;
+    let mut bad = good.to_vec();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0b1010_0101;
+    store.put(&shard, bad.into()).await.unwrap();
+
+    let reader = fresh_reader(&store, &s);
+    let mut req = SearchRequest::new(vector(1000, 1), 10);
+    req.exact = true;
+    let e = reader.search(&req).await.unwrap_err();
+    assert!(
+        e.to_string().contains(&shard),
+        "the error names the shard: {e}"
+    );
+    req.allow_partial = true;
+    let got = reader.search(&req).await.expect("a partial answer");
+    assert!(got.partial, "{got:?}");
+    assert_eq!(got.failed_shards.len(), 1, "{got:?}");
+    assert_eq!(got.failed_shards[0].shard, shard);
+    assert_eq!(got.failed_shards[0].rows, 300);
+    assert_eq!(got.results[0].id, "r1000", "the tails still answer");
+}

@@ -148,6 +148,15 @@ pub struct PartitionFailure {
     pub error: String,
 }
 
+/// An index shard left out of a partial result: one of its parts could
+/// not be read (corrupt); its `rows` live rows were not searched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardFailure {
+    pub shard: String,
+    pub rows: u64,
+    pub error: String,
+}
+
 /// What one query cost.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueryStats {
@@ -177,10 +186,15 @@ pub struct QueryStats {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SearchResponse {
     pub results: Vec<Hit>,
-    /// Some partitions could not be read (only with `allow_partial`).
+    /// Some partitions or shards could not be read (only with `allow_partial`).
     pub partial: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_partitions: Vec<PartitionFailure>,
+    /// Index shards left out because a part of them is unreadable
+    /// (issue 28 F4); their rows are unreachable until the shard is
+    /// repaired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_shards: Vec<ShardFailure>,
     pub stats: QueryStats,
 }
 

@@ -12,7 +12,10 @@ use super::load::{once_more_if_vanished, Freshness};
 use super::snapshot::{Snapshot, Want};
 use super::unit::{Found, Io, Searched, Source, UnitQuery};
 use super::view::CacheTally;
-use super::{Consistency, Hit, QueryStats, ReadError, SearchRequest, SearchResponse, Shared, MAX_K};
+use super::{
+    Consistency, Hit, QueryStats, ReadError, SearchRequest, SearchResponse, Shared, ShardFailure,
+    MAX_K,
+};
 use crate::filter::parse_filter;
 use crate::index::{present, QueryParams, ScanStats};
 use crate::record::check_vector;
@@ -71,8 +74,23 @@ async fn run(
     let runs: Vec<_> = units.iter().map(|u| u.search(&q.unit, &io)).collect();
     let mut scan = Scanned::default();
     let mut found = Vec::with_capacity(units.len());
-    for r in futures::future::join_all(runs).await {
-        let s = r?;
+    let mut failed_shards = Vec::new();
+    for (unit, r) in units.iter().zip(futures::future::join_all(runs).await) {
+        let s = match (r, unit.shard()) {
+            (Ok(s), _) => s,
+            // A corrupt shard part (a vanished one is retried instead):
+            // with `allow_partial` the shard is left out and named.
+            (Err(e), Some((key, rows))) if q.req.allow_partial && unreadable(&e) => {
+                tracing::error!(shard = key, rows, error = %e, "a shard part is unreadable: left out of a partial result");
+                failed_shards.push(ShardFailure {
+                    shard: key.to_string(),
+                    rows,
+                    error: e.to_string(),
+                });
+                continue;
+            }
+            (Err(e), _) => return Err(e),
+        };
         scan.add(&s);
         found.push(s.found);
     }
@@ -83,10 +101,17 @@ async fn run(
     tracing::debug!(?stats, "search done");
     Ok(SearchResponse {
         results,
-        partial: !failed.is_empty(),
+        partial: !failed.is_empty() || !failed_shards.is_empty(),
         failed_partitions: failed,
+        failed_shards,
         stats,
     })
+}
+
+/// Whether `e` is an index part that was read and found damaged (not
+/// one that vanished, which a fresher snapshot fixes).
+fn unreadable(e: &ReadError) -> bool {
+    matches!(e, ReadError::Index { source, .. } if source.kind() == crate::vocab::ErrorKind::Corrupt)
 }
 
 /// What one query carries through the pipeline.

@@ -80,6 +80,13 @@ pub(super) struct Searched {
 pub(super) trait SearchUnit: Send + Sync {
     /// The unit's best `k` allowed, filter-passing records, best first.
     async fn search(&self, q: &Arc<UnitQuery>, io: &Io<'_>) -> Result<Searched, ReadError>;
+
+    /// For a unit that reads a shard's parts as it searches: the shard's
+    /// key and its live rows (what a partial result leaves out if a part
+    /// cannot be read).
+    fn shard(&self) -> Option<(&str, u64)> {
+        None
+    }
 }
 
 /// Rows a unit may return: its live mask, less the rows newer tail
@@ -325,6 +332,10 @@ pub(super) struct RangedUnit {
 
 #[async_trait]
 impl SearchUnit for RangedUnit {
+    fn shard(&self) -> Option<(&str, u64)> {
+        Some((&self.shard.key, self.live.count as u64))
+    }
+
     async fn search(&self, q: &Arc<UnitQuery>, io: &Io<'_>) -> Result<Searched, ReadError> {
         let shard = &self.shard;
         let allowed = |row: u32| {
