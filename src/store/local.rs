@@ -6,41 +6,80 @@
 //!   `<root>/.shoal-tmp/`, is fsynced, then renamed over the target (rename is
 //!   atomic on POSIX), and the directory is fsynced. A reader that opened the
 //!   old file keeps reading the old bytes.
-//! - **Atomic conditional writes across threads and processes.** Each key
-//!   maps to one of [`LOCK_STRIPES`] lock files under `<root>/.shoal-locks/`;
-//!   a write holds an exclusive advisory lock (`flock`) on it while it checks
-//!   the precondition and renames. `flock` locks belong to an open file
-//!   description, so two threads of one process exclude each other just as
-//!   two processes do. Reads take no lock: rename makes them safe.
+//! - **Atomic conditional writes across threads, processes and roots.** A
+//!   write holds an exclusive lock on the directory that holds the key
+//!   (`store::dirlock`) while it checks the precondition and renames
+//!   its staged temp file in. The lock is the directory's inode, so stores
+//!   rooted at different ancestors of one file (the S3 Vectors service's
+//!   root and an index's directory) exclude each other, and there are no
+//!   lock files to list or delete. A lock is waited for up to
+//!   [`DEFAULT_LOCK_TIMEOUT`] (`SHOAL_LOCAL_LOCK_TIMEOUT_MS`); past it the
+//!   write fails naming the key and the holder (a process stopped inside a
+//!   write, say). Reads take no lock: rename makes them safe.
 //! - **Stable ETags.** An ETag is the xxh3-128 of the bytes, so it survives
 //!   restarts; the price is that `head` and `list` read the files to hash
 //!   them (list is only used by GC and tools, never on the query path).
 //!
-//! Keys whose first component starts with `.shoal-` are reserved.
-//! Temp files left by a crash mid-write are harmless and never listed.
+//! Key components starting with `.shoal-` are reserved, at every depth (a
+//! store rooted in a subdirectory keeps its temp files there), and never
+//! listed. Temp files left by a crash mid-write are harmless. Directories
+//! of earlier versions may hold `.shoal-locks/` (the lock files of 1,024
+//! stripes per store root, before issue 28 F12); nothing uses them now.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::dirlock::DirLock;
 use super::{
     content_etag, validate_key, ByteRange, Conditional, ETag, GetResult, ObjectMeta, ObjectStore,
     Result, StoreError,
 };
 
-/// Number of lock files; keys hash onto them. Bounded so lock files never
-/// accumulate, large enough that unrelated keys rarely share one.
-pub(crate) const LOCK_STRIPES: u64 = 1024;
 const TMP_DIR: &str = ".shoal-tmp";
-const LOCK_DIR: &str = ".shoal-locks";
+const RESERVED: &str = ".shoal-";
+
+/// How long a write waits for its directory's lock unless
+/// [`LOCK_TIMEOUT_ENV`] or [`LocalStore::with_lock_timeout`] says
+/// otherwise. A write holds the lock for a check and a rename, so a wait
+/// this long means the holder is stopped or hung.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whole milliseconds, 1 to 3,600,000: the lock timeout of every local
+/// store opened with [`LocalStore::open`].
+pub const LOCK_TIMEOUT_ENV: &str = "SHOAL_LOCAL_LOCK_TIMEOUT_MS";
 
 /// A store rooted at a local directory.
 #[derive(Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    lock_timeout: Duration,
+}
+
+/// What a write requires of the key's current object.
+enum Precondition {
+    /// Nothing: an unconditional put.
+    None,
+    /// That there is none (create-only).
+    Absent,
+    /// That its bytes have this ETag (compare-and-swap).
+    Matches(ETag),
+}
+
+/// A temp file holding a write's bytes, fsynced; removed on drop unless
+/// it was renamed into place.
+struct Staged(Option<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -50,13 +89,15 @@ impl std::fmt::Debug for LocalStore {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) the directory at `path`.
+    /// Opens (creating if needed) the directory at `path`, with the lock
+    /// timeout [`LOCK_TIMEOUT_ENV`] sets (default [`DEFAULT_LOCK_TIMEOUT`]).
     pub fn open(path: &str) -> Result<Self> {
         if path.is_empty() {
             return Err(StoreError::other(path, "empty local store path"));
         }
+        let lock_timeout = lock_timeout_from_env(path)?;
         let root = PathBuf::from(path);
-        for dir in [root.clone(), root.join(TMP_DIR), root.join(LOCK_DIR)] {
+        for dir in [root.clone(), root.join(TMP_DIR)] {
             fs::create_dir_all(&dir).map_err(|e| {
                 StoreError::other(
                     path,
@@ -67,7 +108,13 @@ impl LocalStore {
         let root = root
             .canonicalize()
             .map_err(|e| StoreError::other(path, e))?;
-        Ok(LocalStore { root })
+        Ok(LocalStore { root, lock_timeout })
+    }
+
+    /// This store, waiting up to `timeout` for a directory's lock.
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
     }
 
     /// The directory this store lives in.
@@ -77,11 +124,7 @@ impl LocalStore {
 
     fn path(&self, key: &str) -> Result<PathBuf> {
         validate_key(key)?;
-        if key
-            .split('/')
-            .next()
-            .is_some_and(|c| c.starts_with(".shoal-"))
-        {
+        if key.split('/').any(|c| c.starts_with(RESERVED)) {
             return Err(StoreError::other(
                 key,
                 "invalid key: `.shoal-` is reserved for the local store's own files",
@@ -102,18 +145,11 @@ impl LocalStore {
             .map_err(|e| StoreError::other(key, format!("local store task failed: {e}")))?
     }
 
-    /// Takes the exclusive lock for `key`; released when the file drops.
-    fn lock(&self, key: &str) -> Result<File> {
-        let stripe = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % LOCK_STRIPES;
-        let path = self.root.join(LOCK_DIR).join(format!("{stripe:04}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_err(key, e))?;
-        file.lock().map_err(|e| io_err(key, e))?;
-        Ok(file)
+    /// Takes the lock of the directory holding `target`, the file of
+    /// `key`; `None` if that directory does not exist.
+    fn lock(&self, key: &str, target: &Path) -> Result<Option<DirLock>> {
+        let dir = target.parent().expect("key path has a parent");
+        DirLock::acquire(key, dir, self.lock_timeout)
     }
 
     /// Reads the current bytes of `key`, `None` if missing.
@@ -125,27 +161,69 @@ impl LocalStore {
         }
     }
 
-    /// temp + fsync + rename + fsync(dir). Caller holds the key's lock.
-    fn write_atomic(&self, key: &str, bytes: &[u8]) -> Result<ETag> {
+    /// Writes `bytes` to `key` if `pre` holds: the bytes go to a temp
+    /// file and are fsynced first, outside the lock; then, holding the
+    /// directory's lock, the precondition is checked, the temp file
+    /// renamed over the target and the directory fsynced.
+    fn write(&self, key: &str, bytes: &[u8], pre: &Precondition) -> Result<ETag> {
         let target = self.path(key)?;
-        let dir = target.parent().expect("key path has a parent");
-        fs::create_dir_all(dir).map_err(|e| io_err(key, e))?;
+        // A write that has already lost fails without staging anything.
+        self.check(key, &target, pre)?;
+        if !matches!(pre, Precondition::Matches(_)) {
+            let dir = target.parent().expect("key path has a parent");
+            fs::create_dir_all(dir).map_err(|e| io_err(key, e))?;
+        }
+        let mut staged = self.stage(key, bytes)?;
+        let Some(lock) = self.lock(key, &target)? else {
+            // Only a matching object's directory can be missing here (we
+            // just created it otherwise), and it is gone: the match lost.
+            return Err(StoreError::PreconditionFailed {
+                key: key.to_string(),
+            });
+        };
+        self.check(key, &target, pre)?;
+        let tmp = staged.0.take().expect("staged once");
+        if let Err(e) = fs::rename(&tmp, &target) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(key, e));
+        }
+        lock.sync().map_err(|e| io_err(key, e))?;
+        Ok(content_etag(bytes))
+    }
+
+    /// Whether `pre` holds for the current file of `key` at `target`.
+    fn check(&self, key: &str, target: &Path, pre: &Precondition) -> Result<()> {
+        match pre {
+            Precondition::None => Ok(()),
+            Precondition::Absent => match target.try_exists() {
+                Ok(false) => Ok(()),
+                Ok(true) => Err(StoreError::AlreadyExists {
+                    key: key.to_string(),
+                }),
+                Err(e) if is_missing(&e) => Ok(()),
+                Err(e) => Err(io_err(key, e)),
+            },
+            Precondition::Matches(expected) => match self.read(key)? {
+                Some(current) if &content_etag(&current) == expected => Ok(()),
+                _ => Err(StoreError::PreconditionFailed {
+                    key: key.to_string(),
+                }),
+            },
+        }
+    }
+
+    /// Writes `bytes` to a fresh temp file and fsyncs it.
+    fn stage(&self, key: &str, bytes: &[u8]) -> Result<Staged> {
         let tmp = self
             .root
             .join(TMP_DIR)
             .join(format!("{}.tmp", super::memory::uuid_like()));
-        let result = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &target)?;
-            File::open(dir)?.sync_all()
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(key, e));
-        }
-        Ok(content_etag(bytes))
+        let staged = Staged(Some(tmp.clone()));
+        let mut f = File::create(&tmp).map_err(|e| io_err(key, e))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_err(key, e))?;
+        Ok(staged)
     }
 
     fn meta(&self, key: &str, path: &Path) -> Result<Option<ObjectMeta>> {
@@ -174,7 +252,7 @@ impl LocalStore {
             let Ok(name) = entry.file_name().into_string() else {
                 continue; // not a key shoal could have written
             };
-            if rel.is_empty() && name.starts_with(".shoal-") {
+            if name.starts_with(RESERVED) {
                 continue;
             }
             let key = if rel.is_empty() {
@@ -196,6 +274,20 @@ impl LocalStore {
             }
         }
         Ok(())
+    }
+}
+
+/// [`LOCK_TIMEOUT_ENV`], or [`DEFAULT_LOCK_TIMEOUT`] when unset.
+fn lock_timeout_from_env(path: &str) -> Result<Duration> {
+    let Ok(v) = std::env::var(LOCK_TIMEOUT_ENV) else {
+        return Ok(DEFAULT_LOCK_TIMEOUT);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(ms @ 1..=3_600_000) => Ok(Duration::from_millis(ms)),
+        _ => Err(StoreError::other(
+            path,
+            format!("{LOCK_TIMEOUT_ENV} must be whole milliseconds from 1 to 3600000, not {v:?}"),
+        )),
     }
 }
 
@@ -268,43 +360,31 @@ impl ObjectStore for LocalStore {
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
         let k = key.to_string();
-        self.blocking(key, move |s| {
-            let _lock = s.lock(&k)?;
-            s.write_atomic(&k, &bytes)
-        })
-        .await
+        self.blocking(key, move |s| s.write(&k, &bytes, &Precondition::None))
+            .await
     }
 
     async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<ETag> {
         let k = key.to_string();
-        self.blocking(key, move |s| {
-            let _lock = s.lock(&k)?;
-            if s.path(&k)?.exists() {
-                return Err(StoreError::AlreadyExists { key: k });
-            }
-            s.write_atomic(&k, &bytes)
-        })
-        .await
+        self.blocking(key, move |s| s.write(&k, &bytes, &Precondition::Absent))
+            .await
     }
 
     async fn put_if_match(&self, key: &str, bytes: Bytes, etag: &ETag) -> Result<ETag> {
         let k = key.to_string();
-        let expected = etag.clone();
-        self.blocking(key, move |s| {
-            let _lock = s.lock(&k)?;
-            match s.read(&k)? {
-                Some(current) if content_etag(&current) == expected => s.write_atomic(&k, &bytes),
-                _ => Err(StoreError::PreconditionFailed { key: k }),
-            }
-        })
-        .await
+        let pre = Precondition::Matches(etag.clone());
+        self.blocking(key, move |s| s.write(&k, &bytes, &pre)).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         let k = key.to_string();
         self.blocking(key, move |s| {
-            let _lock = s.lock(&k)?;
-            match fs::remove_file(s.path(&k)?) {
+            let target = s.path(&k)?;
+            // No directory, no object: nothing to delete, nothing to lock.
+            let Some(_lock) = s.lock(&k, &target)? else {
+                return Ok(());
+            };
+            match fs::remove_file(&target) {
                 Ok(()) => Ok(()),
                 Err(e) if is_missing(&e) => Ok(()),
                 Err(e) => Err(io_err(&k, e)),
@@ -320,6 +400,9 @@ impl ObjectStore for LocalStore {
             let (dir_rel, start) = match p.rfind('/') {
                 Some(i) => {
                     validate_key(&p[..i])?;
+                    if p[..i].split('/').any(|c| c.starts_with(RESERVED)) {
+                        return Ok(Vec::new()); // the store's own files
+                    }
                     (&p[..i], s.root.join(&p[..i]))
                 }
                 None => ("", s.root.clone()),

@@ -20,6 +20,7 @@
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 mod counted;
+mod dirlock;
 #[cfg(any(test, feature = "test-util"))]
 pub mod faults;
 pub mod local;
