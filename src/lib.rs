@@ -61,7 +61,8 @@
 //!   ("a tail record hides its shard row", once), the search-unit seam,
 //!   and the services: search, get/list, warm-up.
 //! - `compact` (*internal*): compaction of partition prefixes; garbage
-//!   collection; repair; the indexer; the maintenance schedule
+//!   collection; repair; the indexer and its lease (`compact::lease`:
+//!   renewed while a round works, released after); the maintenance schedule
 //!   (`compact::schedule`: when the compactor and a writer's background
 //!   task compact, index and collect garbage).
 //! - `inspect` (*internal*): `status` and `verify`.

@@ -977,3 +977,51 @@ async fn gc_goes_on_past_an_unreadable_manifest_and_reports_it() {
     );
     assert!(store.head("vectors/p001/orphan.seg").await.is_ok());
 }
+
+/// Issue 28 F6 (b): an indexer round that outruns a compactor
+/// invocation is dropped where it stands; it gives its lease back on the
+/// way out, so the next indexer need not wait for the lease to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexer_round_cut_short_by_the_invocation_gives_its_lease_back() {
+    use shoal::compact::indexer::{index_round, IndexOptions};
+    use shoal::coord::index_manifest::read_index_manifest;
+    let mem = Arc::new(shoal::store::memory::MemoryStore::unique());
+    let faults = Arc::new(WriteFaults::new(mem.clone(), "index/shards/"));
+    let store = Arc::new(Counted::new(faults.clone()));
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let mut opts = writer_opts(4);
+    opts.cluster.clock = clock.clone();
+    let db = shoal::Db::open_store(store.clone(), opts).await.unwrap();
+    for i in 0..20 {
+        db.upsert(&[Record::new(format!("r{i}"), vec![1.0, i as f32])])
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(120)); // the tails are due
+    faults.hang_writes(true); // the round's shard PUT never returns
+    let round = db
+        .compact_round(
+            std::time::Instant::now() + Duration::from_millis(500),
+            Duration::from_millis(50),
+            &GcOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        round.indexed.is_empty(),
+        "the round was cut short: {round:?}"
+    );
+    let (m, _) = read_index_manifest(mem.as_ref(), 4).await.unwrap().unwrap();
+    assert_eq!(m.lease, None, "the cut-short round kept its lease");
+    // Another indexer runs at once.
+    let dyn_clock: DynClock = clock.clone();
+    let force = IndexOptions {
+        force: true,
+        ..Default::default()
+    };
+    let r = index_round(mem.as_ref(), &db.settings(), "other", &dyn_clock, force)
+        .await
+        .unwrap();
+    assert_eq!((r.lease_held_by, r.rows_out), (None, 20));
+    db.close().await.unwrap();
+}

@@ -298,15 +298,14 @@ async fn racing_indexers_commit_once(store: Arc<Counted>) {
     assert_covered(store.as_ref(), &s, &model.0, "after the race").await;
 }
 
-/// Tail compaction stays above the watermark: while the index manifest
-/// covers segments its partition has not retired yet (an indexer between
-/// its commit and its retirement), compaction leaves the partition alone;
-/// once retired, it merges the tail and keeps its tombstones, which still
-/// hide the shard rows of deleted ids.
+/// Tail compaction stays above the watermark: it merges the tail (the
+/// segments above `W[p]`) and keeps its tombstones, which still hide the
+/// shard rows of deleted ids. (Segments the index covers that the
+/// partition has not retired yet: see
+/// `a_compactor_finishes_a_dead_indexers_retirement_and_compacts_the_tail`.)
 #[tokio::test]
 async fn tail_compaction_stays_above_the_watermark_and_keeps_tombstones() {
     use shoal::compact::{compact_partition, CompactOptions, Outcome};
-    use shoal::coord::index_manifest::update_index;
     use shoal::coord::manifest::{retire_indexed, CommitRules};
     let store = common::memory_store();
     let s = common::create_index(store.as_ref(), 1, DIMS, Metric::Euclidean).await;
@@ -322,40 +321,17 @@ async fn tail_compaction_stays_above_the_watermark_and_keeps_tombstones() {
     w.upsert(&[Record::new("r20", vector(20, 1))])
         .await
         .unwrap(); // seq 4
-                   // The index covers seq 3 (as if an indexer committed it), the
-                   // partition has not retired it yet: compaction must not touch it.
-    update_index(store.as_ref(), 1, Default::default(), |m| {
-        m.advance(0, 3)?;
-        Ok(true)
-    })
-    .await
-    .unwrap();
-    let opts = CompactOptions {
-        force: true,
-        upto_seq: None,
-    };
-    let out = compact_partition(store.as_ref(), &s, 0, "c", &clock, &opts)
-        .await
-        .unwrap();
-    assert_eq!(
-        out,
-        Outcome::NotNeeded,
-        "a segment at or below W[p] is the indexer's"
-    );
-    // Put the watermark back where the shards really are (nothing indexed
-    // seq 3), retire nothing more, and compact the tail {3, 4}.
-    update_index(store.as_ref(), 1, Default::default(), |m| {
-        m.watermarks[0] = 2;
-        Ok(true)
-    })
-    .await
-    .unwrap();
+                   // Retiring through a committed watermark again changes nothing.
     let rules = CommitRules::new(&s, SystemClock.now(), clock.as_ref(), Default::default());
     assert!(
         !retire_indexed(store.as_ref(), 0, 2, "2026-01-01T00:00:00Z", rules)
             .await
             .unwrap()
     );
+    let opts = CompactOptions {
+        force: true,
+        upto_seq: None,
+    };
     let out = compact_partition(store.as_ref(), &s, 0, "c", &clock, &opts)
         .await
         .unwrap();
@@ -473,4 +449,162 @@ async fn rounds_with_a_row_budget_reach_every_partition_in_turn() {
             .unwrap();
     }
     assert_covered(store.as_ref(), &s, &model.0, "after the budgeted rounds").await;
+}
+
+/// Issue 28 F6 (a): an indexer killed between its index-manifest commit
+/// and retiring the covered segments. The committed watermark says what
+/// the shards cover, and retiring through it is idempotent, so any
+/// compactor finishes the retirement without the indexer lease and then
+/// compacts the tail. (Before, compaction refused the partition, its
+/// oldest segments being at or below `W[p]`, until an indexer could run
+/// again, and the manifest grew with every write meanwhile.)
+#[tokio::test]
+async fn a_compactor_finishes_a_dead_indexers_retirement_and_compacts_the_tail() {
+    use shoal::compact::{compact_partition, CompactOptions, Outcome};
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 1, DIMS, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let mut model = Model::default();
+    let recs = |n: usize, version: usize| -> Vec<Record> {
+        (0..n)
+            .map(|i| Record::new(format!("r{i}"), vector(i, version)))
+            .collect()
+    };
+    for v in 1..=3 {
+        w.upsert(&recs(10, v)).await.unwrap(); // seq 1..3
+        model.upsert(&recs(10, v));
+    }
+    // The indexer's partition-manifest writes wait at a gate: it commits
+    // the index manifest, reaches the retirement and is killed there.
+    let gated = Arc::new(WriteFaults::new(store.clone(), "vectors/"));
+    gated.close_gate();
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let dyn_clock: DynClock = clock.clone();
+    let force = IndexOptions {
+        force: true,
+        ..Default::default()
+    };
+    let dead = tokio::spawn({
+        let (gated, s, clock) = (gated.clone(), s.clone(), dyn_clock.clone());
+        async move { index_round(gated.as_ref(), &s, "dead", &clock, force).await }
+    });
+    while gated.waiting.load(SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    dead.abort();
+    assert!(dead.await.unwrap_err().is_cancelled());
+    let m = index_manifest(store.as_ref(), 1).await;
+    assert_eq!(m.watermark(0), 3, "the index manifest was committed");
+    let (pm, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    assert_eq!(
+        (pm.indexed_through, pm.segments.len()),
+        (0, 3),
+        "not retired"
+    );
+    // Writes go on: eight tail segments, one of them a delete that hides
+    // a shard row. Eleven segments: the policy wants a compaction.
+    for v in 4..=10 {
+        w.upsert(&recs(5, v)).await.unwrap();
+        model.upsert(&recs(5, v));
+    }
+    w.delete(&["r7".into()]).await.unwrap();
+    model.delete(&["r7".into()]);
+    // A compactor (no lease; the dead indexer's has not expired) on the
+    // policy's say.
+    let out = compact_partition(
+        store.as_ref(),
+        &s,
+        0,
+        "compactor",
+        &dyn_clock,
+        &CompactOptions::default(),
+    )
+    .await
+    .unwrap();
+    let Outcome::Compacted(r) = out else {
+        panic!("compaction refused a partition the index covers but has not retired: {out:?}")
+    };
+    assert_eq!(r.inputs, 8, "the whole tail, nothing at or below W: {r:?}");
+    let (pm, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    assert_eq!(pm.indexed_through, 3, "retired through the watermark");
+    assert!(
+        pm.segments.iter().all(|e| e.seq > 3) && pm.segments.len() <= 2,
+        "{:?}",
+        pm.segments
+    );
+    for (id, v) in &model.0 {
+        let got = common::get(&w, id).await.unwrap();
+        assert_eq!(got.map(|g| g.vector).as_ref(), Some(v), "{id}");
+    }
+    assert!(common::get(&w, "r7").await.unwrap().is_none());
+    assert!(common::verify(&store).await.unwrap().is_clean());
+    // The next indexer round, once the dead one's lease has expired,
+    // covers everything exactly once.
+    clock.advance(Duration::from_secs(11 * 60));
+    let r = index_round(store.as_ref(), &s, "ix", &dyn_clock, force)
+        .await
+        .unwrap();
+    assert!(r.generation.is_some(), "{r:?}");
+    assert_covered(store.as_ref(), &s, &model.0, "after the next round").await;
+}
+
+/// Issue 28 F6 (b): the indexer lease is short and renewed by its
+/// holder while it works. A holder that is alive (here held at a gate
+/// for eleven minutes, longer than any lease) keeps it; one killed
+/// mid-round stops renewing, and another indexer takes over within about
+/// a minute. (Before, the lease ran ten minutes unrenewed: a live holder
+/// lost it after ten minutes, a dead one blocked every indexer that
+/// long.)
+#[tokio::test(start_paused = true)]
+async fn a_live_indexer_keeps_its_lease_and_a_killed_ones_expires_within_a_minute() {
+    use shoal::coord::clock::TokioClock;
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 2, DIMS, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let recs: Vec<Record> = (0..40)
+        .map(|i| Record::new(format!("r{i}"), vector(i, 1)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let mut model = Model::default();
+    model.upsert(&recs);
+    let gated = Arc::new(WriteFaults::new(store.clone(), "index/shards/"));
+    gated.close_gate();
+    let clock: DynClock = Arc::new(TokioClock::new());
+    let force = IndexOptions {
+        force: true,
+        ..Default::default()
+    };
+    let slow = tokio::spawn({
+        let (gated, s, clock) = (gated.clone(), s.clone(), clock.clone());
+        async move { index_round(gated.as_ref(), &s, "slow", &clock, force).await }
+    });
+    while gated.waiting.load(SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Alive and working (its shard PUT is slow): eleven minutes on, it
+    // still holds the lease.
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    let out = index_round(store.as_ref(), &s, "fast", &clock, force)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.lease_held_by.as_deref(),
+        Some("slow"),
+        "a live holder lost its lease: {out:?}"
+    );
+    // Killed: nobody renews or releases its lease. A minute later another
+    // indexer takes over and commits.
+    slow.abort();
+    assert!(slow.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let fast = index_round(store.as_ref(), &s, "fast", &clock, force)
+        .await
+        .unwrap();
+    assert_eq!(fast.lease_held_by, None, "{fast:?}");
+    assert_eq!(fast.generation, Some(1), "{fast:?}");
+    assert_covered(store.as_ref(), &s, &model.0, "after the takeover").await;
+    let m = index_manifest(store.as_ref(), 2).await;
+    assert!(m.lease.is_none(), "released when the round ended");
 }

@@ -1,7 +1,10 @@
 //! The indexer (DESIGN section 11): turns each partition's segments above
 //! its watermark into index shards.
 //!
-//! One round, under the indexer lease in the index manifest:
+//! One round, under the indexer lease in the index manifest (renewed
+//! while the round works, released when it ends: [`super::lease`]; an
+//! efficiency device, the compare-and-swap in step 6 is what keeps two
+//! racing indexers correct):
 //! 1. read the index manifest (generation `g`, watermarks `W`);
 //! 2. per partition, read its manifest and take its tail, the segments
 //!    with seq > `W[p]`; the new watermark is the tail's last seq;
@@ -19,8 +22,11 @@
 //! 7. only then retire the covered segments from the partition manifests
 //!    (recording `indexedThrough`), so a reader that sees a segment gone
 //!    from a partition finds its records in an index manifest at least as
-//!    new. A round that stops between 6 and 7 leaves the retirement to the
-//!    next round, which finishes it first.
+//!    new. A round that stops between 6 and 7 leaves the retirement to
+//!    whoever comes next: retiring through a committed watermark is
+//!    idempotent and needs no lease, so the next round finishes it first,
+//!    and so does any partition compaction that finds segments at or
+//!    below `W[p]` ([`super::retire_covered`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -28,23 +34,21 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{build_outputs, newest_records, CompactError};
+use super::lease::with_lease;
+use super::{build_outputs, newest_records, retire_covered, CompactError};
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
 use crate::coord::index_manifest::{
-    acquire_lease, read_index_manifest, record_round, release_lease, replace_merged, IndexManifest,
-    LeaseHeld, MergeCommit, NewDeletions, RoundCommit, ShardEntry,
+    read_index_manifest, record_round, replace_merged, IndexManifest, LeaseHeld, MergeCommit,
+    NewDeletions, RoundCommit, ShardEntry,
 };
-use crate::coord::manifest::{load_manifest, retire_indexed, CommitRules};
+use crate::coord::manifest::load_manifest;
 use crate::coord::paths::{new_deletions_key, new_shard_key};
 use crate::coord::{CoordError, Settings};
 use crate::record::Prepared;
 use crate::segment::deletions::DeletionVector;
 use crate::segment::{self, SegmentHeader, Shape, FORMAT_VERSION};
 use crate::store::ObjectStore;
-
-/// How long an indexer may hold the lease without renewing it.
-pub const LEASE_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// A round indexes once the tails hold this many records...
 pub const INDEX_MIN_RECORDS: u64 = 10_000;
@@ -91,7 +95,8 @@ pub struct IndexRound {
     pub shards_written: Vec<String>,
     /// Older shard rows marked dead.
     pub rows_killed: u64,
-    /// Another indexer holds the lease.
+    /// Another indexer holds the lease (or took it over while this round
+    /// worked, which then stopped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_held_by: Option<String>,
     /// Another indexer committed first; this round's objects are orphans.
@@ -115,9 +120,10 @@ pub struct Merge {
 }
 
 /// Runs one indexing round as `holder` (see the module docs), then merges
-/// shards where a level has [`MERGE_FANIN`] of them. Unless `opts.force`,
-/// it first checks (without the lease: one GET per manifest) that there
-/// is work: tails of at least [`INDEX_MIN_RECORDS`] records or older than
+/// shards where a level has [`MERGE_FANIN`] of them, holding the lease
+/// throughout ([`with_lease`]). Unless `opts.force`, it first checks
+/// (without the lease: one GET per manifest) that there is work: tails of
+/// at least [`INDEX_MIN_RECORDS`] records or older than
 /// [`INDEX_MAX_LAG`], an unfinished retirement, or a merge due.
 pub async fn index_round(
     store: &dyn ObjectStore,
@@ -131,21 +137,15 @@ pub async fn index_round(
     if !opts.force && !work_due(store, settings, clock, &mut round).await? {
         return Ok(round);
     }
-    match acquire_lease(store, n, holder, clock.now(), LEASE_TTL).await? {
-        Ok(_) => {}
-        Err(LeaseHeld { holder, .. }) => {
-            round.lease_held_by = Some(holder);
-            return Ok(round);
-        }
+    let work = async {
+        run_round(store, settings, clock, opts.max_rows, &mut round).await?;
+        merge_shards(store, settings, clock, &mut round).await
+    };
+    match with_lease(store, n, holder, clock, work).await? {
+        Ok(done) => done?,
+        Err(LeaseHeld { holder, .. }) => round.lease_held_by = Some(holder),
     }
-    let mut result = run_round(store, settings, clock, opts.max_rows, &mut round).await;
-    if result.is_ok() {
-        result = merge_shards(store, settings, clock, &mut round).await;
-    }
-    if let Err(e) = release_lease(store, n, holder).await {
-        tracing::warn!(error = %e, "could not release the indexer lease; it expires by itself");
-    }
-    result.map(|()| round)
+    Ok(round)
 }
 
 /// Whether a round has anything to do (see [`index_round`]).
@@ -211,7 +211,7 @@ async fn run_round(
     let new_dvs = write_deletions(store, &index, deletions, now, backoff).await?;
     if crate::mutation::active(crate::mutation::Mutation::RetireBeforeIndexCommit) {
         for (&p, &w) in &advanced {
-            retire(store, settings, clock, p, w).await?; // broken on purpose
+            retire_covered(store, settings, clock, p, w).await?; // broken on purpose
         }
     }
     let commit = RoundCommit {
@@ -227,7 +227,7 @@ async fn run_round(
     round.generation = Some(generation);
     // The index manifest covers them now: retire them from the partitions.
     for (&p, &w) in &advanced {
-        round.retired_partitions += retire(store, settings, clock, p, w).await? as u64;
+        round.retired_partitions += retire_covered(store, settings, clock, p, w).await? as u64;
     }
     round.advanced = advanced;
     Ok(())
@@ -262,7 +262,7 @@ async fn take_tails(
         if m.indexed_through < w {
             // An earlier round committed the index manifest and stopped
             // before retiring: finish that first.
-            round.retired_partitions += retire(store, settings, clock, p, w).await? as u64;
+            round.retired_partitions += retire_covered(store, settings, clock, p, w).await? as u64;
         }
         if max_rows.is_some_and(|max| round.records_in >= max) {
             continue; // over the budget: the next round takes it
@@ -357,21 +357,6 @@ async fn commit_round(
     let n = settings.partition_count;
     let committed = record_round(store, n, backoff, expected, late, commit, &retired_at);
     Ok(committed.await?.map(|m| m.generation))
-}
-
-/// Retires partition `p`'s segments with seq <= `through` (the index
-/// manifest already covers them).
-async fn retire(
-    store: &dyn ObjectStore,
-    settings: &Settings,
-    clock: &DynClock,
-    p: u32,
-    through: u64,
-) -> Result<bool, CompactError> {
-    let store_now = crate::coord::skew::store_now(store, clock.as_ref()).await?;
-    let rules = CommitRules::new(settings, clock.now(), clock.as_ref(), Backoff::default())
-        .pruning_at(store_now);
-    Ok(retire_indexed(store, p, through, &format_time(store_now), rules).await?)
 }
 
 /// The index settings shards are built with: the config's, with shards

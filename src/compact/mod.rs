@@ -9,10 +9,18 @@
 //!
 //! **Tails only, tombstones kept** (DESIGN section 11). The partition's
 //! segments are the tail above the index watermark `W[p]`: compaction
-//! never merges a segment at or below it (the indexer retires those), and
-//! keeps the newest tombstone of every deleted id, in an output segment of
-//! its own, because it may hide a row of an index shard that the indexer
-//! built meanwhile. The indexer consumes tombstones when it indexes them.
+//! never merges a segment at or below it, and keeps the newest tombstone
+//! of every deleted id, in an output segment of its own, because it may
+//! hide a row of an index shard that the indexer built meanwhile. The
+//! indexer consumes tombstones when it indexes them.
+//!
+//! **Finishing an indexer's retirement** (issue 28 F6). Segments at or
+//! below `W[p]` still listed mean an indexer committed the index manifest
+//! and stopped (crashed, killed, cut short) before retiring them. The
+//! committed watermark says the shards cover them, and retiring through
+//! it is idempotent, so compaction retires them itself
+//! ([`retire_covered`]), without the indexer lease, and goes on with the
+//! tail; it never waits for an indexer to come back.
 //!
 //! **Commit.** Outputs are written create-only under fresh keys, then the
 //! manifest is compare-and-swapped: the inputs must still be its first
@@ -28,6 +36,7 @@
 
 pub mod gc;
 pub mod indexer;
+pub mod lease;
 pub mod repair;
 pub mod schedule;
 
@@ -40,7 +49,8 @@ use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
 use crate::coord::index_manifest::read_index_manifest;
 use crate::coord::manifest::{
-    load_manifest, replace_prefix, CommitRules, Manifest, Replaced, SegmentEntry, SegmentStats,
+    load_manifest, replace_prefix, retire_indexed, CommitRules, Manifest, Replaced, SegmentEntry,
+    SegmentStats,
 };
 use crate::coord::paths::{new_segment_key, segment_origin, SegmentOrigin};
 use crate::coord::{CoordError, Settings};
@@ -279,7 +289,8 @@ pub async fn compact_partition(
 ) -> Result<Outcome, CompactError> {
     let started = Instant::now();
     let ix = settings.index();
-    let Some(inputs) = compaction_inputs(store, settings, partition, &ix, opts).await? else {
+    let inputs = compaction_inputs(store, settings, partition, clock, &ix, opts).await?;
+    let Some(inputs) = inputs else {
         return Ok(Outcome::NotNeeded);
     };
     let shape = Shape {
@@ -344,31 +355,67 @@ pub async fn compact_partition(
 
 /// The prefix of the partition's segments to compact, or `None` when there
 /// is nothing to do (policy, an empty prefix, or a prefix the index covers).
+/// Segments the index covers are retired first (module docs).
 async fn compaction_inputs(
     store: &dyn ObjectStore,
     settings: &Settings,
     partition: u32,
+    clock: &DynClock,
     ix: &IndexSettings,
     opts: &CompactOptions,
 ) -> Result<Option<Vec<SegmentEntry>>, CompactError> {
-    let (manifest, _) = load_manifest(store, partition, settings.partitions_initialized).await?;
+    let init = settings.partitions_initialized;
+    let (mut manifest, _) = load_manifest(store, partition, init).await?;
     if !opts.force && !policy_wants(&manifest, ix) {
         return Ok(None);
     }
-    let inputs = select_prefix(&manifest, opts.upto_seq);
-    if inputs.is_empty() {
-        return Ok(None);
-    }
-    // Segments the index covers are the indexer's to retire, not ours to
-    // merge into the tail.
+    // Read after the partition manifest: a watermark at least as new as
+    // any retirement it shows.
     let watermark = match read_index_manifest(store, settings.partition_count).await? {
         Some((m, _)) => m.watermark(partition),
         None => 0,
     };
-    if inputs[0].seq <= watermark {
+    if manifest.segments.first().is_some_and(|s| s.seq <= watermark) {
+        // An indexer committed and stopped before retiring: finish it.
+        if retire_covered(store, settings, clock, partition, watermark).await? {
+            tracing::info!(
+                partition,
+                watermark,
+                "retired segments an indexer left behind"
+            );
+        }
+        manifest = load_manifest(store, partition, init).await?.0;
+        if !opts.force && !policy_wants(&manifest, ix) {
+            return Ok(None);
+        }
+    }
+    let inputs = select_prefix(&manifest, opts.upto_seq);
+    // Never merge what the index covers into the tail (after the
+    // retirement above none is listed: a guard, not a path).
+    if inputs.first().is_none_or(|s| s.seq <= watermark) {
         return Ok(None);
     }
     Ok(Some(inputs))
+}
+
+/// Retires partition `p`'s segments with seq <= `through` and records
+/// `indexedThrough` (DESIGN section 11, commit order, step 7). `through`
+/// must be a watermark read from a committed index manifest: then the
+/// shards cover those segments, and retiring them is safe for anyone,
+/// with or without the indexer lease, and idempotent (false: nothing
+/// left to retire).
+pub(crate) async fn retire_covered(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    p: u32,
+    through: u64,
+) -> Result<bool, CompactError> {
+    // Retirements are stamped and pruned by the store's clock (F11).
+    let store_now = crate::coord::skew::store_now(store, clock.as_ref()).await?;
+    let rules = CommitRules::new(settings, clock.now(), clock.as_ref(), Backoff::default())
+        .pruning_at(store_now);
+    Ok(retire_indexed(store, p, through, &format_time(store_now), rules).await?)
 }
 
 /// Encodes the live records (indexed where large enough) and the

@@ -174,7 +174,8 @@ async fn compact_in_time(
 
 /// An indexer round within the time left, taking at most the cursor's
 /// row budget of tails; the budget shrinks when a round outruns the time
-/// left (its result is then `None`) and grows back when one fits.
+/// left (its result is then `None`, its lease released) and grows back
+/// when one fits.
 async fn index_in_time(
     w: Worker<'_>,
     cursor: &mut Cursor,
@@ -195,6 +196,11 @@ async fn index_in_time(
         Err(_) => {
             tracing::warn!("indexer round outran the invocation; fewer tails next pass");
             cursor.next_index_budget(true);
+            // The round was dropped where it stood, lease and all: give
+            // the lease back now rather than keep every indexer out for
+            // its TTL (what the round committed stays; the next finishes
+            // its retirement).
+            super::lease::release(w.store, w.settings.partition_count, w.id).await;
             Ok(None)
         }
     }

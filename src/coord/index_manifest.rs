@@ -90,7 +90,11 @@ pub struct RetiredObject {
     pub retired_at: String,
 }
 
-/// Who holds the indexer lease, and until when.
+/// Who holds the indexer lease, and until when. An efficiency device:
+/// two indexers at once are still correct (only one commit on the
+/// generation wins); the lease keeps a second from doing the same work.
+/// Its holder renews it while working and clears it when done
+/// (`compact::lease`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
@@ -439,7 +443,9 @@ pub(crate) struct LeaseHeld {
 
 /// Takes (or renews) the indexer lease for `holder` until `now + ttl`,
 /// unless someone else holds an unexpired one. Returns the index
-/// manifest's generation, or who holds the lease.
+/// manifest's generation, or who holds the lease. A compare-and-swap
+/// like every change here, not bumping the generation, so a renewal
+/// never fails a round's commit.
 pub(crate) async fn acquire_lease(
     store: &dyn ObjectStore,
     partition_count: u32,
