@@ -608,3 +608,65 @@ async fn a_live_indexer_keeps_its_lease_and_a_killed_ones_expires_within_a_minut
     let m = index_manifest(store.as_ref(), 2).await;
     assert!(m.lease.is_none(), "released when the round ended");
 }
+
+/// Issue 28 F4/F5: a damaged object stops indexing only where it is. A
+/// corrupt tail segment keeps its partition's tail (and watermark) whole,
+/// an unparsable manifest its partition's, a shard whose ids cannot be
+/// read gets no deletions; every other partition is indexed as usual and
+/// the round names what it could not read.
+#[tokio::test]
+async fn a_damaged_segment_manifest_or_shard_stops_indexing_only_where_it_is() {
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 4, DIMS, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let first: Vec<Record> = (0..40)
+        .map(|i| Record::new(format!("r{i}"), vector(i, 1)))
+        .collect();
+    w.upsert(&first).await.unwrap();
+    let r = common::index_now(store.as_ref(), &s).await;
+    let shard = r.shards_written[0].clone();
+    // New tails in every partition; then damage one tail segment, one
+    // partition manifest and the shard.
+    let next: Vec<Record> = (0..40)
+        .map(|i| Record::new(format!("r{i}"), vector(i, 2)))
+        .collect();
+    w.upsert(&next).await.unwrap();
+    let (m1, _) = read_manifest(store.as_ref(), 1).await.unwrap().unwrap();
+    let seg = m1.segments.last().unwrap().key.clone();
+    let flip = |key: String| {
+        let store = store.clone();
+        async move {
+            let mut b = store.get(&key).await.unwrap().bytes.to_vec();
+            let mid = b.len() / 2;
+            b[mid] ^= 0xff;
+            store.put(&key, b.into()).await.unwrap();
+        }
+    };
+    flip(seg.clone()).await;
+    flip(shard.clone()).await;
+    let bad_manifest = "vectors/p002/manifest.json";
+    store
+        .put(bad_manifest, bytes::Bytes::from_static(b"{oops"))
+        .await
+        .unwrap();
+    let before = index_manifest(store.as_ref(), 4).await;
+    let r = common::index_now(store.as_ref(), &s).await;
+    let named = |k: &str| r.unreadable.iter().any(|u| u.contains(k));
+    assert!(named(&seg), "{r:?}");
+    assert!(named(bad_manifest), "{r:?}");
+    assert!(named(&shard), "{r:?}");
+    let after = index_manifest(store.as_ref(), 4).await;
+    for p in [1, 2] {
+        assert_eq!(
+            after.watermark(p),
+            before.watermark(p),
+            "partition {p} stays put"
+        );
+    }
+    for p in [0, 3] {
+        assert!(
+            after.watermark(p) > before.watermark(p),
+            "partition {p} is indexed: {r:?}"
+        );
+    }
+}

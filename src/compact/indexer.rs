@@ -108,6 +108,25 @@ pub struct IndexRound {
     /// Shard merges committed: (inputs, output key).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub merged: Vec<Merge>,
+    /// Objects this round could not read (corrupt) and worked around
+    /// (issue 28 F5): a partition whose manifest or tail segment is
+    /// unreadable keeps its tail and watermark; an unreadable shard gets
+    /// no new deletions and is not merged; every other partition and
+    /// shard is indexed as usual. `shoal verify` names them too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
+}
+
+/// Whether `e` is an object found damaged (worked around, reported),
+/// rather than a store that failed (the round stops and is retried).
+fn damaged<E: Into<CompactError>>(e: E) -> Result<String, CompactError> {
+    let e = e.into();
+    if e.kind() == crate::vocab::ErrorKind::Corrupt {
+        tracing::error!(error = %e, "the indexer cannot read an object; it works around it (see `shoal verify`)");
+        Ok(e.to_string())
+    } else {
+        Err(e)
+    }
 }
 
 /// One committed merge of shards.
@@ -163,7 +182,13 @@ async fn work_due(
     let now = clock.now();
     let mut due = false;
     for p in 0..n {
-        let (m, _) = load_manifest(store, p, settings.partitions_initialized).await?;
+        let (m, _) = match load_manifest(store, p, settings.partitions_initialized).await {
+            Ok(found) => found,
+            Err(e) => {
+                damaged(e)?; // reported by the round
+                continue;
+            }
+        };
         let w = index.watermark(p);
         if m.indexed_through < w {
             due = true;
@@ -256,8 +281,14 @@ async fn take_tails(
     } else {
         0
     };
-    for p in (0..n).map(|i| (start + i) % n) {
-        let (m, _) = load_manifest(store, p, settings.partitions_initialized).await?;
+    'partitions: for p in (0..n).map(|i| (start + i) % n) {
+        let (m, _) = match load_manifest(store, p, settings.partitions_initialized).await {
+            Ok(found) => found,
+            Err(e) => {
+                round.unreadable.push(damaged(e)?);
+                continue;
+            }
+        };
         let w = index.watermark(p);
         if m.indexed_through < w {
             // An earlier round committed the index manifest and stopped
@@ -271,7 +302,14 @@ async fn take_tails(
         let Some(last) = tail.last() else { continue };
         let mut segs = Vec::with_capacity(tail.len());
         for e in &tail {
-            segs.push(Arc::new(segment::load(store, &e.key, shape).await?));
+            match segment::load(store, &e.key, shape).await {
+                Ok(seg) => segs.push(Arc::new(seg)),
+                Err(err) => {
+                    // The partition keeps its tail (and watermark) whole.
+                    round.unreadable.push(damaged(err)?);
+                    continue 'partitions;
+                }
+            }
         }
         round.records_in += segs.iter().map(|s| s.len() as u64).sum::<u64>();
         let (live, tombstones) = newest_records(&segs);
@@ -294,7 +332,14 @@ async fn supersede_rows(
     let touched: HashSet<&str> = batch.iter().map(|r| r.id.as_str()).collect();
     let mut deletions: Vec<(usize, DeletionVector)> = Vec::new();
     for (i, shard) in index.shards.iter().enumerate() {
-        let ids = shard_ids(store, shard, shape).await?;
+        let ids = match shard_ids(store, shard, shape).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                // Never served while damaged; a repair must apply newer rows.
+                round.unreadable.push(damaged(e)?);
+                continue;
+            }
+        };
         let hits: Vec<u64> = ids
             .iter()
             .enumerate()
@@ -304,7 +349,13 @@ async fn supersede_rows(
         if hits.is_empty() {
             continue;
         }
-        let mut dv = load_deletions(store, shard).await?;
+        let mut dv = match load_deletions(store, shard).await {
+            Ok(dv) => dv,
+            Err(e) => {
+                round.unreadable.push(damaged(e)?);
+                continue;
+            }
+        };
         let mut killed = 0;
         for row in hits {
             if dv.mark(row) {
@@ -409,8 +460,18 @@ async fn merge_shards(
         };
         let mut rows: Vec<Prepared> = Vec::new();
         for shard in &inputs {
-            let seg = segment::load(store, &shard.key, shape).await?;
-            let dv = load_deletions(store, shard).await?;
+            let loaded = match segment::load(store, &shard.key, shape).await {
+                Ok(seg) => load_deletions(store, shard).await.map(|dv| (seg, dv)),
+                Err(e) => Err(e.into()),
+            };
+            let (seg, dv) = match loaded {
+                Ok(both) => both,
+                Err(e) => {
+                    // Merges wait until the shard is repaired.
+                    round.unreadable.push(damaged(e)?);
+                    return Ok(());
+                }
+            };
             for i in 0..seg.len() {
                 if !dv.is_dead(i as u64) {
                     rows.push(Prepared {

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::gc::GcOptions;
 use super::indexer::{index_round, IndexOptions, IndexRound};
+use crate::writer::Worked;
 use super::{compact_partition, piece_upto, CompactError, CompactOptions, CompactReport, Outcome};
 use crate::coord::clock::DynClock;
 use crate::coord::cursor::{read_cursor, save_cursor, Cursor};
@@ -255,8 +256,9 @@ pub(crate) fn spawn_background(
                 let opts = IndexOptions::default();
                 let round =
                     index_round(store, &settings, writer.writer_id(), writer.clock(), opts).await;
-                if let Err(e) = round {
-                    tracing::warn!(error = %e, "background indexing failed; will retry");
+                match round {
+                    Ok(r) => writer.note_unreadable(Worked::Index, r.unreadable.len()),
+                    Err(e) => tracing::warn!(error = %e, "background indexing failed; will retry"),
                 }
             }
         }
@@ -270,7 +272,7 @@ async fn background_gc(writer: &Writer) {
     let opts = GcOptions::default();
     match super::gc::gc(store, &settings, writer.clock(), &opts).await {
         Ok(r) => {
-            writer.note_unreadable(r.unreadable.len());
+            writer.note_unreadable(Worked::Gc, r.unreadable.len());
             tracing::info!(
                 deleted = r.deleted.len(),
                 kept_young = r.kept_young,

@@ -134,8 +134,16 @@ pub(crate) struct WriterStats {
     pub bytes: AtomicU64,
     pub conflicts: AtomicU64,
     pub retries: AtomicU64,
-    /// Objects the last background GC or index round could not read.
-    pub unreadable: AtomicU64,
+    /// Objects the last background GC, and index round, could not read.
+    pub unreadable_gc: AtomicU64,
+    pub unreadable_index: AtomicU64,
+}
+
+/// Which background work found unreadable objects.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Worked {
+    Gc,
+    Index,
 }
 
 /// A snapshot of [`WriterStats`].
@@ -283,14 +291,19 @@ impl Writer {
             bytes: l(&s.bytes),
             conflicts: l(&s.conflicts),
             retries: l(&s.retries),
-            unreadable_objects: l(&s.unreadable),
+            unreadable_objects: l(&s.unreadable_gc) + l(&s.unreadable_index),
         }
     }
 
     /// Records how many objects the last background GC or index round
     /// could not read.
-    pub(crate) fn note_unreadable(&self, n: usize) {
-        self.inner.stats.unreadable.store(n as u64, Ordering::Relaxed);
+    pub(crate) fn note_unreadable(&self, by: Worked, n: usize) {
+        let s = &self.inner.stats;
+        let gauge = match by {
+            Worked::Gc => &s.unreadable_gc,
+            Worked::Index => &s.unreadable_index,
+        };
+        gauge.store(n as u64, Ordering::Relaxed);
     }
 
     /// Inserts or replaces records. Returns once every record is in a
