@@ -742,3 +742,53 @@ async fn a_damaged_shard_part_is_named_and_a_partial_search_goes_around_it() {
     assert_eq!(got.failed_shards[0].rows, 300);
     assert_eq!(got.results[0].id, "r1000", "the tails still answer");
 }
+
+/// Issue 28 F4: a shard whose head is damaged does not take the index
+/// down with it: a search names it, a partial search answers from
+/// everything else and names it; a get that the shard might answer names
+/// it too (its ids are unknown), one a tail decides is answered.
+#[tokio::test]
+async fn a_shard_with_a_damaged_head_is_left_out_of_partial_searches_and_named() {
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let batch: Vec<Record> = (0..300).map(|i| record(i, 1)).collect();
+    w.upsert(&batch).await.unwrap();
+    let r = common::index_now(store.as_ref(), &s).await;
+    let shard = r.shards_written.first().expect("one shard").clone();
+    let tail: Vec<Record> = (1000..1010).map(|i| record(i, 1)).collect();
+    w.upsert(&tail).await.unwrap();
+    let (m, _) = shoal::coord::index_manifest::read_index_manifest(store.as_ref(), 4)
+        .await
+        .unwrap()
+        .unwrap();
+    let head = m.shards[0].head_bytes.expect("a range-read shard") as usize;
+    let mut bad = store.get(&shard).await.unwrap().bytes.to_vec();
+    bad[head / 2] ^= 0xff;
+    store.put(&shard, bad.into()).await.unwrap();
+
+    let reader = fresh_reader(&store, &s);
+    let mut req = SearchRequest::new(vector(1000, 1), 10);
+    let e = reader.search(&req).await.unwrap_err();
+    assert!(
+        e.to_string().contains(&shard),
+        "the error names the shard: {e}"
+    );
+    req.allow_partial = true;
+    let got = reader.search(&req).await.expect("a partial answer");
+    assert_eq!(got.failed_shards.len(), 1, "{got:?}");
+    assert_eq!(
+        (
+            got.failed_shards[0].shard.as_str(),
+            got.failed_shards[0].rows
+        ),
+        (shard.as_str(), 300)
+    );
+    assert_eq!(got.results[0].id, "r1000", "the tails still answer");
+    let e = reader.get("r5").await.unwrap_err();
+    assert!(e.to_string().contains(&shard), "{e}");
+    assert!(
+        reader.get("r1003").await.unwrap().is_some(),
+        "a tail decides it"
+    );
+}

@@ -189,5 +189,8 @@ pub(super) async fn list_ids(
     }
     let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
     let snap = snapshot_of(shared, std::iter::once(p), consistency, &tally).await?;
+    if let Some(damaged) = snap.shards.damage() {
+        return Err(damaged);
+    }
     Ok(snap.list_ids(p, n))
 }

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::load::Freshness;
 use super::ranged::{self, Blocks, Part, RangedShard};
-use super::unit::{Allowed, RangedUnit, SearchUnit, ShardLive, WholeShardUnit};
+use super::unit::{Allowed, BrokenUnit, RangedUnit, SearchUnit, ShardLive, WholeShardUnit};
 use super::view::{load_segment, CacheTally};
 use super::{PartitionError, ReadError, Shared};
 use crate::coord::index_manifest::{parse_index_manifest, IndexManifest, ShardEntry};
@@ -59,6 +59,11 @@ enum ShardBody {
     },
     /// A range-readable shard: its head region; parts on demand.
     Ranged(Arc<RangedShard>),
+    /// A shard whose head (or whole body, or deletion vector) is damaged
+    /// (issue 28 F4): it serves nothing; a search fails naming it, or
+    /// with `allow_partial` leaves it out; a get or listing fails naming
+    /// it (its ids are unknown, so no answer could be trusted).
+    Broken { error: PartitionError, rows: u64 },
 }
 
 impl ShardView {
@@ -67,6 +72,15 @@ impl ShardView {
         match &self.body {
             ShardBody::Whole { segment, .. } => segment.ids(),
             ShardBody::Ranged(r) => &r.ids,
+            ShardBody::Broken { .. } => &[],
+        }
+    }
+
+    /// The error reading this shard gave, if it is damaged.
+    pub(super) fn damage(&self) -> Option<ReadError> {
+        match &self.body {
+            ShardBody::Broken { error, .. } => Some(index_error(error)),
+            _ => None,
         }
     }
 
@@ -76,12 +90,20 @@ impl ShardView {
             + match &self.body {
                 ShardBody::Whole { segment, .. } => segment.memory_bytes(),
                 ShardBody::Ranged(r) => r.memory_bytes(),
+                ShardBody::Broken { .. } => 0,
             }
     }
 
     /// This shard as a query's search unit, `allowed` narrowing its live
     /// rows; `None` when no row is live.
     pub(super) fn unit(&self, allowed: Allowed) -> Option<Box<dyn SearchUnit>> {
+        if let ShardBody::Broken { error, rows } = &self.body {
+            return Some(Box::new(BrokenUnit {
+                key: self.key.clone(),
+                rows: *rows,
+                error: error.clone(),
+            }));
+        }
         if self.live.count == 0 {
             return None;
         }
@@ -99,6 +121,7 @@ impl ShardView {
                 hidden: allowed.hidden.into_iter().collect(),
                 excluded: allowed.excluded,
             }),
+            ShardBody::Broken { .. } => return None,
         })
     }
 
@@ -114,6 +137,7 @@ impl ShardView {
         row: u32,
     ) -> Result<StoredRecord, ReadError> {
         let mut rec = match &self.body {
+            ShardBody::Broken { error, .. } => return Err(index_error(error)),
             ShardBody::Whole { segment, .. } => {
                 super::lookup::stored(id, p, w, segment, row as usize)
             }
@@ -182,6 +206,12 @@ impl ShardSet {
     /// `W[p]`: partition `p`'s segments with seq <= this are in the shards.
     pub(super) fn watermark(&self, p: u32) -> u64 {
         self.manifest.watermark(p)
+    }
+
+    /// The first damaged shard's error: while one is damaged, its ids are
+    /// unknown, so "not in the shards" cannot be answered.
+    pub(super) fn damage(&self) -> Option<ReadError> {
+        self.shards.iter().find_map(|s| s.damage())
     }
 
     /// Where `id` is live in the shards, if it is.
@@ -367,7 +397,26 @@ async fn build(
         loads.push(async move {
             match kept {
                 Some(s) => Ok(s),
-                None => load_shard(shared, store, entry, tally).await.map(Arc::new),
+                None => match load_shard(shared, store, entry, tally).await {
+                    // Damaged (not vanished: that is a stale manifest,
+                    // refreshed by the caller): kept as a broken shard.
+                    Err(error) if error.kind() == crate::vocab::ErrorKind::Corrupt => {
+                        tracing::error!(shard = %entry.key, %error, "an index shard is unreadable");
+                        Ok(Arc::new(ShardView {
+                            key: entry.key.clone(),
+                            deletions: entry.deletions.clone(),
+                            body: ShardBody::Broken {
+                                error,
+                                rows: entry.rows,
+                            },
+                            live: Arc::new(ShardLive {
+                                mask: Vec::new(),
+                                count: 0,
+                            }),
+                        }))
+                    }
+                    loaded => loaded.map(Arc::new),
+                },
             }
         });
     }

@@ -104,7 +104,8 @@ impl Snapshot {
         p: u32,
     ) -> Result<Option<StoredRecord>, ReadError> {
         let Some((s, row)) = self.shards.row_of(id) else {
-            return Ok(None);
+            // Maybe in a damaged shard: an honest answer is its error.
+            return self.shards.damage().map_or(Ok(None), Err);
         };
         let w = self.shards.watermark(p);
         let shard = &self.shards.shards[s as usize];

@@ -321,6 +321,29 @@ impl SearchUnit for Arc<WholeShardUnit> {
     }
 }
 
+/// A shard that could not be read (its head, body or deletion vector is
+/// damaged): searching it is its error; [`SearchUnit::shard`] lets a
+/// partial search leave it out and name it.
+pub(super) struct BrokenUnit {
+    pub key: String,
+    pub rows: u64,
+    pub error: super::error::PartitionError,
+}
+
+#[async_trait]
+impl SearchUnit for BrokenUnit {
+    fn shard(&self) -> Option<(&str, u64)> {
+        Some((&self.key, self.rows))
+    }
+
+    async fn search(&self, _q: &Arc<UnitQuery>, _io: &Io<'_>) -> Result<Searched, ReadError> {
+        Err(ReadError::Index {
+            key: self.key.clone(),
+            source: self.error.clone(),
+        })
+    }
+}
+
 /// A range-read shard: it fetches the parts it needs (`ranged`) and
 /// searches them with the shard index (`index::shard`).
 pub(super) struct RangedUnit {
