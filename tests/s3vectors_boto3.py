@@ -4,12 +4,13 @@
 
 Runs the same scenario once per store: a local directory, and each S3
 test server that is up (moto at SHOAL_TEST_S3_ENDPOINT, SeaweedFS at
-127.0.0.1:SHOAL_SEAWEED_PORT). Each run starts its own `shoal serve` on a
-free loopback port and stops it at the end.
+127.0.0.1:SHOAL_SEAWEED_PORT, LocalStack at 127.0.0.1:SHOAL_LOCALSTACK_PORT).
+Each run starts its own `shoal serve` on a free loopback port and stops it
+at the end.
 
     localstack/.venv/bin/python tests/s3vectors_boto3.py
 
-(scripts/test.sh runs it with both servers started.)
+(scripts/test.sh runs it with all three servers started.)
 """
 import json
 import math
@@ -337,8 +338,11 @@ def main():
         servers.append(("moto", os.environ["SHOAL_TEST_S3_ENDPOINT"]))
     if os.environ.get("SHOAL_SEAWEED_PORT"):
         servers.append(("SeaweedFS", f"http://127.0.0.1:{os.environ['SHOAL_SEAWEED_PORT']}"))
+    if os.environ.get("SHOAL_LOCALSTACK_PORT"):
+        servers.append(("LocalStack", f"http://127.0.0.1:{os.environ['SHOAL_LOCALSTACK_PORT']}"))
     if not servers and os.environ.get("CI"):
-        raise SystemExit("no S3 test server configured (SHOAL_TEST_S3_ENDPOINT / SHOAL_SEAWEED_PORT)")
+        raise SystemExit("no S3 test server configured "
+                         "(SHOAL_TEST_S3_ENDPOINT / SHOAL_SEAWEED_PORT / SHOAL_LOCALSTACK_PORT)")
     for name, endpoint in servers:
         env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "test",
                "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1", "SHOAL_S3_PATH_STYLE": "1"}
