@@ -12,6 +12,7 @@ pub use crate::compact::gc::{GcOptions, GcReport, DEFAULT_GRACE, MIN_SAFE_GRACE}
 pub use crate::compact::indexer::IndexRound;
 pub use crate::compact::repair::{RepairOptions, RepairReport};
 pub use crate::compact::schedule::CompactRound;
+pub use crate::compact::shard_repair::ShardRepair;
 pub use crate::compact::{CompactReport, Outcome};
 pub use crate::coord::config::{Config, Settings, DEFAULT_PARTITION_COUNT};
 pub use crate::coord::cursor::Cursor;

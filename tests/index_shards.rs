@@ -734,6 +734,11 @@ async fn a_damaged_shard_part_is_named_and_a_partial_search_goes_around_it() {
         e.to_string().contains(&shard),
         "the error names the shard: {e}"
     );
+    assert!(
+        e.to_string()
+            .contains(&format!("shoal repair --shard {shard}")),
+        "and the repair: {e}"
+    );
     req.allow_partial = true;
     let got = reader.search(&req).await.expect("a partial answer");
     assert!(got.partial, "{got:?}");
@@ -791,4 +796,75 @@ async fn a_shard_with_a_damaged_head_is_left_out_of_partial_searches_and_named()
         reader.get("r1003").await.unwrap().is_some(),
         "a tail decides it"
     );
+}
+
+/// Issue 28 F4: `shoal repair --shard` rebuilds a damaged shard from its
+/// readable rows and names each live row it lost; with its head damaged
+/// it drops the shard and counts what was lost. After either, every
+/// search and get works again without `allow_partial`.
+#[tokio::test]
+async fn a_damaged_shard_is_rebuilt_from_its_readable_rows_or_dropped_saying_what_is_lost() {
+    use shoal::compact::shard_repair::repair_shard;
+    for damage_head in [false, true] {
+        let store = common::memory_store();
+        let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
+        let w = common::writer(store.clone(), &s);
+        let batch: Vec<Record> = (0..300).map(|i| record(i, 1)).collect();
+        w.upsert(&batch).await.unwrap();
+        let r = common::index_now(store.as_ref(), &s).await;
+        let shard = r.shards_written.first().expect("one shard").clone();
+        let (m, _) = shoal::coord::index_manifest::read_index_manifest(store.as_ref(), 4)
+            .await
+            .unwrap()
+            .unwrap();
+        let head = m.shards[0].head_bytes.expect("a range-read shard") as usize;
+        let mut bad = store.get(&shard).await.unwrap().bytes.to_vec();
+        let at = if damage_head {
+            head / 2
+        } else {
+            (head + bad.len()) / 2
+        };
+        bad[at] ^= 0xff;
+        store.put(&shard, bad.into()).await.unwrap();
+        let clock: DynClock = Arc::new(SystemClock);
+
+        let preview = repair_shard(store.as_ref(), &s, &clock, &shard, true)
+            .await
+            .unwrap();
+        assert!(!preview.written);
+        let rep = repair_shard(store.as_ref(), &s, &clock, &shard, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            (rep.kept, rep.lost_ids.clone()),
+            (preview.kept, preview.lost_ids.clone())
+        );
+        assert!(rep.written, "{rep:?}");
+        assert_eq!(rep.live, 300);
+        if damage_head {
+            assert_eq!((rep.kept, rep.lost_unknown), (0, 300), "{rep:?}");
+            assert!(rep.replaced_by.is_empty());
+        } else {
+            assert!(!rep.lost_ids.is_empty(), "a damaged row is named: {rep:?}");
+            assert_eq!(rep.kept + rep.lost_ids.len() as u64, 300, "{rep:?}");
+            assert_eq!(rep.replaced_by.len(), 1, "{rep:?}");
+        }
+        // Every search and get answers again, without allow_partial.
+        let reader = fresh_reader(&store, &s);
+        let mut req = SearchRequest::new(vector(7, 1), 10);
+        req.exact = true;
+        let got = reader.search(&req).await.expect("a whole answer");
+        assert!(!got.partial);
+        let lost: std::collections::HashSet<&str> =
+            rep.lost_ids.iter().map(String::as_str).collect();
+        for i in 0..300 {
+            let id = format!("r{i}");
+            let rec = reader.get(&id).await.expect("gets answer");
+            let gone = damage_head || lost.contains(id.as_str());
+            assert_eq!(rec.is_none(), gone, "{id}");
+            if let Some(rec) = rec {
+                assert_eq!(rec.vector, vector(i, 1), "{id} kept whole");
+            }
+        }
+    }
 }

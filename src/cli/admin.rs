@@ -214,6 +214,40 @@ pub(super) async fn verify(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+pub(super) async fn repair_shard(ctx: &Ctx, key: &str, dry_run: bool) -> Result<()> {
+    let db = ctx.observe().await?;
+    let report = db.repair_shard(key, dry_run).await?;
+    if ctx.json {
+        return ctx.print_json(&report);
+    }
+    for id in &report.lost_ids {
+        println!("LOST  {id}");
+    }
+    if report.lost_unknown > 0 {
+        println!(
+            "LOST  {} live rows whose ids are unknown (the shard's head is unreadable)",
+            report.lost_unknown
+        );
+    }
+    let verb = if report.written {
+        "rebuilt"
+    } else {
+        "would rebuild"
+    };
+    println!(
+        "{verb} {} : {} of {} live rows kept, {} lost{}",
+        report.shard,
+        report.kept,
+        report.live,
+        report.lost_ids.len() as u64 + report.lost_unknown,
+        match report.replaced_by.as_slice() {
+            [] => String::new(),
+            keys => format!("; replaced by {}", keys.join(", ")),
+        }
+    );
+    Ok(())
+}
+
 pub(super) async fn repair(ctx: &Ctx, partition: u32, dry_run: bool, force: bool) -> Result<()> {
     let db = ctx.observe().await?;
     let report = db

@@ -158,10 +158,17 @@ pub(crate) enum Command {
     },
     /// Rebuild a lost partition manifest from the segments under the partition.
     /// Writes only when the commit order is certain (else lists what is not),
-    /// and never over an existing manifest.
+    /// and never over an existing manifest. With --shard KEY: rebuild a
+    /// damaged index shard from its readable rows (or drop it if its head is
+    /// unreadable), listing every id lost.
     Repair {
         /// The partition whose manifest is missing.
-        partition: u32,
+        #[arg(required_unless_present = "shard", conflicts_with = "shard")]
+        partition: Option<u32>,
+        /// The damaged index shard to rebuild (its key, as `shoal verify`
+        /// or a failed search names it).
+        #[arg(long)]
+        shard: Option<String>,
         /// Show the manifest that would be written, write nothing.
         #[arg(long)]
         dry_run: bool,
@@ -277,10 +284,16 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => admin::init(&ctx, a).await,
         Command::Config(c) => admin::config(&ctx, c).await,
         Command::Repair {
+            shard: Some(key),
+            dry_run,
+            ..
+        } => admin::repair_shard(&ctx, &key, dry_run).await,
+        Command::Repair {
             partition,
             dry_run,
             force,
-        } => admin::repair(&ctx, partition, dry_run, force).await,
+            ..
+        } => admin::repair(&ctx, partition.unwrap_or_default(), dry_run, force).await,
         Command::Ingest(a) => ingest::run(&ctx, a).await,
         Command::Search(a) => query::search(&ctx, a).await,
         Command::Get { id, consistency } => query::get(&ctx, &id, consistency.into()).await,

@@ -513,7 +513,7 @@ async fn merge_shards(
 /// Whether objects PUT at `written_at` are too old to commit (GC may
 /// take unreferenced objects after the grace period; see
 /// [`Settings::commit_age_bound`]). The round gives up; the next redoes it.
-fn too_late(clock: &DynClock, written_at: std::time::SystemTime, settings: &Settings) -> bool {
+pub(super) fn too_late(clock: &DynClock, written_at: std::time::SystemTime, settings: &Settings) -> bool {
     let age = clock.now().duration_since(written_at).unwrap_or_default();
     let late = age > settings.commit_age_bound();
     if late {
@@ -558,7 +558,7 @@ async fn shard_ids(
 }
 
 /// A shard's deletion vector (all rows live when it has none).
-async fn load_deletions(
+pub(super) async fn load_deletions(
     store: &dyn ObjectStore,
     shard: &ShardEntry,
 ) -> Result<DeletionVector, CompactError> {
@@ -574,7 +574,7 @@ async fn load_deletions(
 /// Builds shards of `rows` at `level` (the configured ANN index, off the
 /// async runtime) and PUTs them create-only. Returns their entries and
 /// when the first PUT was sent (the commit age bound counts from it).
-async fn write_shards(
+pub(super) async fn write_shards(
     store: &dyn ObjectStore,
     settings: &Settings,
     clock: &DynClock,
@@ -653,7 +653,7 @@ fn build_shards(
 }
 
 /// The shape every shard of `settings`' index has.
-fn shape_of(settings: &Settings) -> Shape {
+pub(super) fn shape_of(settings: &Settings) -> Shape {
     Shape {
         dimensions: settings.dimensions as usize,
         metric: settings.metric(),
@@ -661,7 +661,7 @@ fn shape_of(settings: &Settings) -> Shape {
 }
 
 /// The index manifest, which exists from init on.
-async fn current_index(store: &dyn ObjectStore, n: u32) -> Result<IndexManifest, CompactError> {
+pub(super) async fn current_index(store: &dyn ObjectStore, n: u32) -> Result<IndexManifest, CompactError> {
     match read_index_manifest(store, n).await? {
         Some((index, _)) => Ok(index),
         None => Err(crate::coord::index_manifest::missing_index_manifest().into()),

@@ -39,6 +39,7 @@ pub mod indexer;
 pub mod lease;
 pub mod repair;
 pub mod schedule;
+pub mod shard_repair;
 
 use std::sync::Arc;
 use std::time::Instant;

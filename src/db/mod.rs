@@ -31,6 +31,7 @@ use crate::compact::gc::{GcOptions, GcReport};
 use crate::compact::indexer::{index_round, IndexOptions, IndexRound};
 use crate::compact::repair::{RepairOptions, RepairReport};
 use crate::compact::schedule::{self, CompactRound, Worker, DEFAULT_GC_EVERY};
+use crate::compact::shard_repair::ShardRepair;
 use crate::compact::{CompactOptions, Outcome};
 use crate::coord::{paths, Cluster, Config, JoinOptions, Role, Settings};
 use crate::error::Error;
@@ -570,6 +571,24 @@ impl Db {
             crate::compact::repair::repair(store.as_ref(), &self.settings(), partition, opts)
                 .await?,
         )
+    }
+
+    /// Rebuilds the damaged index shard `key` from its readable rows, or
+    /// drops it when its head is unreadable, and says exactly what is lost
+    /// (`shoal repair --shard`; see `compact::shard_repair`). With
+    /// `dry_run`, only reports.
+    pub async fn repair_shard(&self, key: &str, dry_run: bool) -> Result<ShardRepair, Error> {
+        let store = self.inner.cluster.store();
+        let clock = self.inner.cluster.clock();
+        let settings = self.settings();
+        Ok(crate::compact::shard_repair::repair_shard(
+            store.as_ref(),
+            &settings,
+            clock,
+            key,
+            dry_run,
+        )
+        .await?)
     }
 
     /// Config, instances, partitions and request counters; with `live`,

@@ -27,7 +27,7 @@ pub enum ReadError {
         source: PartitionError,
     },
     /// An index shard or deletion vector could not be read.
-    #[error("index shard data could not be read ({key}): {source}")]
+    #[error("index shard data could not be read ({key}): {source}{}", shard_hint(.key, .source))]
     Index {
         key: String,
         #[source]
@@ -44,6 +44,19 @@ pub enum ReadError {
          longer deadline_ms"
     )]
     Deadline { ms: u64 },
+}
+
+/// What to do about a damaged shard (nothing for one that vanished or a
+/// store that failed: a retry settles those).
+fn shard_hint(key: &str, source: &PartitionError) -> String {
+    if source.kind() == crate::vocab::ErrorKind::Corrupt && key.ends_with(".shard") {
+        format!(
+            "; search with allow_partial to answer around it, or rebuild it with \
+             `shoal repair --shard {key}` (it lists what is lost)"
+        )
+    } else {
+        String::new()
+    }
 }
 
 impl ReadError {

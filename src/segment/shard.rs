@@ -627,3 +627,44 @@ pub(crate) fn decode_shard(key: &str, buf: &[u8]) -> Result<Segment, SegmentErro
         maps: Default::default(),
     })
 }
+
+/// What could be read of a damaged shard (issue 28 F4): every row whose
+/// vector and metadata pass their checksums, and the rows that do not.
+/// The head (and its ids) must be readable: without it nothing is known.
+pub(crate) struct Salvage {
+    pub ids: ShardIds,
+    /// (row, vector, encoded metadata) of each readable row, in row order.
+    pub rows: Vec<(u64, Vec<f32>, Vec<u8>)>,
+    /// Rows whose vector or metadata failed its checksum.
+    pub lost: Vec<u64>,
+}
+
+/// Reads what it can of a shard object: the head whole (else the error),
+/// then row by row (a list whose metadata block is damaged loses all its
+/// rows: a row without its metadata is not the row that was written).
+pub(crate) fn salvage_shard(key: &str, buf: &[u8]) -> Result<Salvage, SegmentError> {
+    let (head, ids) = decode_head_region(key, buf, buf.len() as u64)?;
+    let stride = head.row_stride() as usize;
+    let slice = |r: std::ops::Range<u64>| buf.get(r.start as usize..r.end as usize);
+    let mut rows = Vec::new();
+    let mut lost = Vec::new();
+    for (l, e) in head.lists.iter().enumerate() {
+        let meta = slice(e.metadata.range()).and_then(|b| head.list_metadata(key, l, b).ok());
+        let body = slice(head.rows_range(l, 0, e.rows));
+        for j in 0..e.rows {
+            let at = j as usize * stride;
+            let vector = body
+                .and_then(|b| b.get(at..at + stride))
+                .and_then(|r| head.list_rows(key, l, j, r).ok());
+            match (vector, &meta) {
+                (Some(v), Some((offsets, bytes))) => {
+                    let md = bytes[offsets[j as usize] as usize..offsets[j as usize + 1] as usize]
+                        .to_vec();
+                    rows.push((e.start + j, v, md));
+                }
+                _ => lost.push(e.start + j),
+            }
+        }
+    }
+    Ok(Salvage { ids, rows, lost })
+}
