@@ -824,3 +824,90 @@ async fn a_deletion_cut_short_is_listed_and_any_instance_finishes_it() {
     );
     b.close().await;
 }
+
+/// Issue 28: an index made before incarnations (no id in its catalog
+/// entry, objects under `<bucket>/<index>/`) keeps working, and its
+/// deletion and re-creation follow the same protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_made_before_incarnations_keeps_working_and_deletes_cleanly() {
+    let root = root();
+    let a = service(&root, None).await;
+    call(
+        &a,
+        "CreateVectorBucket",
+        json!({"vectorBucketName": "old-vb"}),
+    )
+    .await
+    .unwrap();
+    call(&a, "CreateIndex", index("old-vb", "legacy"))
+        .await
+        .unwrap();
+    call(
+        &a,
+        "PutVectors",
+        put_body("old-vb", "legacy", ["k0".to_string()], 2),
+    )
+    .await
+    .unwrap();
+    a.close().await;
+    // Move it to the layout of the previous version: no incarnation id,
+    // objects under old-vb/legacy/.
+    let store = shoal::store::open(&root).await.unwrap();
+    let prefix = prefix_of(&root, "old-vb", "legacy").await;
+    for key in keys_under(&root, &prefix).await {
+        let got = store.get(&key).await.unwrap();
+        let moved = key.replacen(&prefix, "old-vb/legacy/", 1);
+        store.put(&moved, got.bytes).await.unwrap();
+        store.delete(&key).await.unwrap();
+    }
+    catalog::update(
+        store.as_ref(),
+        |c: &mut catalog::Catalog| -> Result<(), &str> {
+            let e = c
+                .buckets
+                .get_mut("old-vb")
+                .and_then(|b| b.indexes.get_mut("legacy"))
+                .ok_or("missing")?;
+            e.incarnation = None;
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(prefix_of(&root, "old-vb", "legacy").await, "old-vb/legacy/");
+
+    let a = service(&root, None).await;
+    assert_eq!(
+        found(&a, "old-vb", "legacy", &["k0".to_string()]).await,
+        ["k0"]
+    );
+    call(
+        &a,
+        "PutVectors",
+        put_body("old-vb", "legacy", ["k1".to_string()], 2),
+    )
+    .await
+    .unwrap();
+    let both = ["k0".to_string(), "k1".to_string()];
+    assert_eq!(found(&a, "old-vb", "legacy", &both).await, both);
+    call(
+        &a,
+        "DeleteIndex",
+        json!({"vectorBucketName": "old-vb", "indexName": "legacy"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        keys_under(&root, "old-vb/legacy/").await,
+        ["old-vb/legacy/_brainy/config.json"],
+        "only the tombstone is left of the old layout"
+    );
+    call(&a, "CreateIndex", index("old-vb", "legacy"))
+        .await
+        .unwrap();
+    assert!(prefix_of(&root, "old-vb", "legacy")
+        .await
+        .starts_with("old-vb/legacy@"));
+    assert!(found(&a, "old-vb", "legacy", &both).await.is_empty());
+    a.close().await;
+}
