@@ -420,6 +420,11 @@ def finish(chaos, s3, bucket, binary, env):
     for name in NAMES:
         chaos.transition(name, "delete")
     chaos.retrying(lambda c: c.delete_vector_bucket(vectorBucketName=VBUCKET), "DeleteVectorBucket")
+    # Any request an instance serves makes it let go of deleted indexes'
+    # handles (their heartbeats stop and their records go); without one it
+    # does so at its next sweep or config check, within a minute.
+    for inst in chaos.instances:
+        client(inst.url).list_vector_buckets()
     left = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="root/"):
         left += [o["Key"] for o in page.get("Contents", [])]
