@@ -11,7 +11,7 @@
 //!
 //! Mapping: the vector buckets and their indexes are named in one catalog
 //! object ([`crate::coord::catalog`]); each index is an ordinary shoal
-//! index under `<vector-bucket>/<index>/` of the store shoal serves, with
+//! index under `<vector-bucket>/<index>@<incarnation>/` of the store shoal serves, with
 //! its own config (dimension, metric), partitions and instances. Vector
 //! keys are record ids; metadata is stored as given (a key named `domain`
 //! or starting with `~` is stored with one more leading `~`, since shoal
@@ -27,12 +27,14 @@
 //! the one table of operations (name, whether it writes, handler);
 //! `buckets`, `indexes` (with the catalog as this instance sees it and
 //! the registry of open index handles) and `vectors` hold the handlers;
-//! `wire` reads requests and translates records, metadata, filters and
+//! `deletion` finishes index deletions (and the sweep that finishes other
+//! instances'); `wire` reads requests and translates records, metadata, filters and
 //! page tokens; `error` is [`S3vError`].
 
 pub mod sigv4;
 
 mod buckets;
+mod deletion;
 mod error;
 mod indexes;
 mod vectors;
