@@ -705,11 +705,17 @@ async fn a_reader_whose_shards_were_merged_and_collected_refreshes_instead_of_fa
     assert_eq!(rec.vector, model.0["r5"].0);
 }
 
-/// Issue 28 F4: one damaged part of one shard fails a search that needs
-/// it, naming the shard; with `allow_partial` the search answers from
-/// everything else and names the shard and how many rows it left out.
-#[tokio::test]
-async fn a_damaged_shard_part_is_named_and_a_partial_search_goes_around_it() {
+/// Where to damage a shard: in its head region, or past it (a part).
+#[derive(Clone, Copy)]
+enum Damage {
+    Head,
+    Part,
+}
+
+/// An index of 4 partitions whose records r0..r299 are in one range-read
+/// shard, damaged as asked (one byte flipped); with `tail`, r1000..r1009
+/// wait in the tails. Returns the store, the settings and the shard's key.
+async fn one_damaged_shard(damage: Damage, tail: bool) -> (Arc<Counted>, Settings, String) {
     let store = common::memory_store();
     let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
     let w = common::writer(store.clone(), &s);
@@ -717,14 +723,31 @@ async fn a_damaged_shard_part_is_named_and_a_partial_search_goes_around_it() {
     w.upsert(&batch).await.unwrap();
     let r = common::index_now(store.as_ref(), &s).await;
     let shard = r.shards_written.first().expect("one shard").clone();
-    // Records still in the tails, which a partial answer still finds.
-    let tail: Vec<Record> = (1000..1010).map(|i| record(i, 1)).collect();
-    w.upsert(&tail).await.unwrap();
-    let good = store.get(&shard).await.unwrap().bytes;
-    let mut bad = good.to_vec();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0b1010_0101;
+    if tail {
+        let tail: Vec<Record> = (1000..1010).map(|i| record(i, 1)).collect();
+        w.upsert(&tail).await.unwrap();
+    }
+    let (m, _) = shoal::coord::index_manifest::read_index_manifest(store.as_ref(), 4)
+        .await
+        .unwrap()
+        .unwrap();
+    let head = m.shards[0].head_bytes.expect("a range-read shard") as usize;
+    let mut bad = store.get(&shard).await.unwrap().bytes.to_vec();
+    let at = match damage {
+        Damage::Head => head / 2,
+        Damage::Part => (head + bad.len()) / 2,
+    };
+    bad[at] ^= 0xff;
     store.put(&shard, bad.into()).await.unwrap();
+    (store, s, shard)
+}
+
+/// Issue 28 F4: one damaged part of one shard fails a search that needs
+/// it, naming the shard; with `allow_partial` the search answers from
+/// everything else and names the shard and how many rows it left out.
+#[tokio::test]
+async fn a_damaged_shard_part_is_named_and_a_partial_search_goes_around_it() {
+    let (store, s, shard) = one_damaged_shard(Damage::Part, true).await;
 
     let reader = fresh_reader(&store, &s);
     let mut req = SearchRequest::new(vector(1000, 1), 10);
@@ -754,23 +777,7 @@ async fn a_damaged_shard_part_is_named_and_a_partial_search_goes_around_it() {
 /// it too (its ids are unknown), one a tail decides is answered.
 #[tokio::test]
 async fn a_shard_with_a_damaged_head_is_left_out_of_partial_searches_and_named() {
-    let store = common::memory_store();
-    let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
-    let w = common::writer(store.clone(), &s);
-    let batch: Vec<Record> = (0..300).map(|i| record(i, 1)).collect();
-    w.upsert(&batch).await.unwrap();
-    let r = common::index_now(store.as_ref(), &s).await;
-    let shard = r.shards_written.first().expect("one shard").clone();
-    let tail: Vec<Record> = (1000..1010).map(|i| record(i, 1)).collect();
-    w.upsert(&tail).await.unwrap();
-    let (m, _) = shoal::coord::index_manifest::read_index_manifest(store.as_ref(), 4)
-        .await
-        .unwrap()
-        .unwrap();
-    let head = m.shards[0].head_bytes.expect("a range-read shard") as usize;
-    let mut bad = store.get(&shard).await.unwrap().bytes.to_vec();
-    bad[head / 2] ^= 0xff;
-    store.put(&shard, bad.into()).await.unwrap();
+    let (store, s, shard) = one_damaged_shard(Damage::Head, true).await;
 
     let reader = fresh_reader(&store, &s);
     let mut req = SearchRequest::new(vector(1000, 1), 10);
@@ -806,26 +813,12 @@ async fn a_shard_with_a_damaged_head_is_left_out_of_partial_searches_and_named()
 async fn a_damaged_shard_is_rebuilt_from_its_readable_rows_or_dropped_saying_what_is_lost() {
     use shoal::compact::shard_repair::repair_shard;
     for damage_head in [false, true] {
-        let store = common::memory_store();
-        let s = common::create_index(store.as_ref(), 4, DIMS as u32, Metric::Euclidean).await;
-        let w = common::writer(store.clone(), &s);
-        let batch: Vec<Record> = (0..300).map(|i| record(i, 1)).collect();
-        w.upsert(&batch).await.unwrap();
-        let r = common::index_now(store.as_ref(), &s).await;
-        let shard = r.shards_written.first().expect("one shard").clone();
-        let (m, _) = shoal::coord::index_manifest::read_index_manifest(store.as_ref(), 4)
-            .await
-            .unwrap()
-            .unwrap();
-        let head = m.shards[0].head_bytes.expect("a range-read shard") as usize;
-        let mut bad = store.get(&shard).await.unwrap().bytes.to_vec();
-        let at = if damage_head {
-            head / 2
+        let damage = if damage_head {
+            Damage::Head
         } else {
-            (head + bad.len()) / 2
+            Damage::Part
         };
-        bad[at] ^= 0xff;
-        store.put(&shard, bad.into()).await.unwrap();
+        let (store, s, shard) = one_damaged_shard(damage, false).await;
         let clock: DynClock = Arc::new(SystemClock);
 
         let preview = repair_shard(store.as_ref(), &s, &clock, &shard, true)
