@@ -334,3 +334,19 @@ impl Shoal {
         p.to_str().unwrap().to_string()
     }
 }
+
+/// The address a `shoal serve` child prints on its first line
+/// ("listening on http://ADDR ..."), read from its piped stdout.
+#[allow(dead_code)] // only the HTTP tests start servers
+pub fn listening_addr(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout piped"))
+        .read_line(&mut line)
+        .unwrap();
+    line.split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string()
+}
