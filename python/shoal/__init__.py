@@ -147,7 +147,8 @@ class Db:
         """Inserts or replaces records, one per id (row of `vectors`, entry
         of `metadata`); returns once they are committed (durable). The
         whole batch is checked first: on InvalidInput nothing is written.
-        Returns the number of records written."""
+        At most 10,000 records per call (the engine's batch limit); for
+        bulk loads use `add` and `flush`. Returns the number written."""
         ids = _ids(ids)
         if not ids and np.size(vectors) == 0:
             return 0
