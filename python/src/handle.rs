@@ -234,6 +234,23 @@ impl Handle {
     }
 }
 
+impl Drop for Handle {
+    /// A handle dropped unclosed (garbage-collected) deregisters in the
+    /// background, so its instance record does not linger until it
+    /// expires; nobody waits for it (a process exiting meanwhile leaves
+    /// the record to expire, as a crash would).
+    fn drop(&mut self) {
+        let db = self.db.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let (Some(db), true) = (db, std::process::id() == self.pid) {
+            if let Ok(rt) = runtime() {
+                rt.spawn(async move {
+                    let _ = db.close().await;
+                });
+            }
+        }
+    }
+}
+
 fn record_tuple<'py>(py: Python<'py>, r: StoredRecord) -> RecordTuple<'py> {
     let metadata = Value::Object(r.metadata).to_string();
     (r.id, PyArray1::from_vec(py, r.vector), metadata)
