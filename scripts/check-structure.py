@@ -19,6 +19,9 @@
     signature's time window) and the filter language (`filter`: S3
     Vectors filters are checked with it). No `store`, `reader`, `writer`: the
     indexes are reached through their `Db`s;
+  - python/src/ (the `shoal` Python package's native module, a crate of
+    its own: its `shoal::` paths): the handle, `api` and the error types
+    only;
   - src/bench/: not `api`, which re-exports the bench helpers (that
     would be a module cycle), but the types `api` re-exports, at their
     homes: `reader::{SearchRequest, Consistency, ReaderOptions}`,
@@ -162,6 +165,7 @@ FRONT_ENDS = [
             "record::Record", "coord::RequestedSettings", "coord::Role", "coord::JoinOptions",
         ],
     ),
+    (list(rs_files(os.path.join(ROOT, "python", "src"))), HANDLE),
 ]
 
 
@@ -226,8 +230,11 @@ def statements(path):
 
 for files, allowed in FRONT_ENDS:
     for path in files:
+        # In the library `crate::` is shoal; in the Python crate it is its own.
+        outside = not os.path.abspath(path).startswith(os.path.abspath(SRC) + os.sep)
+        prefix = r"\bshoal::" if outside else r"\b(?:shoal|crate)::"
         for n, text in statements(path):
-            for m in re.finditer(r"\b(?:shoal|crate)::", text):
+            for m in re.finditer(prefix, text):
                 for used in use_paths(text, m.end()):
                     if not any(used == a or used.startswith(a + "::") for a in allowed):
                         problems.append(
@@ -258,7 +265,7 @@ for path in rs_files(reader):
 
 # 5. No test helpers in shipped crates.
 if "--no-cargo" not in sys.argv:
-    for crate in ["shoal", "shoal-reader", "shoal-writer", "shoal-compactor"]:
+    for crate in ["shoal", "shoal-reader", "shoal-writer", "shoal-compactor", "shoal-python"]:
         out = subprocess.run(
             ["cargo", "tree", "--locked", "-p", crate, "-e", "features", "-i", "shoal", "--edges", "normal"],
             cwd=ROOT, capture_output=True, text=True,

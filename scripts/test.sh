@@ -5,8 +5,8 @@
 # 127.0.0.1), then runs cargo fmt --check, cargo clippy (-D warnings),
 # every Rust test (including the S3 integration tests over HTTP against
 # moto), the S3 tests again against SeaweedFS and against LocalStack, the
-# boto3 test of the S3 Vectors API,
-# the Lambda functions in the real runtime
+# boto3 test of the S3 Vectors API, the pytest suite of the Python package
+# (python/, built with maturin), the Lambda functions in the real runtime
 # (cargo lambda watch, loopback), cfn-lint on the SAM template, static
 # checks of the deployment manifests, and every fuzz target for a bounded
 # time (SHOAL_FUZZ_SECONDS, default 20); stops the servers even when
@@ -83,6 +83,10 @@ cargo run --quiet --locked -- --bucket "$demo_dir/index" demo >"$demo_dir/demo.l
   || { cat "$demo_dir/demo.log"; exit 1; }
 grep -E "recall@10" "$demo_dir/demo.log"
 rm -rf "$demo_dir"
+echo "== the Python package: pip install ./python, pytest (local directory, memory, moto, SeaweedFS)"
+# After the demo: its build compiled shoal's dependencies with the features
+# the Python module needs, so this adds only pyo3, numpy and shoal itself.
+bash scripts/python-test.sh
 echo "== lambda functions in the real runtime (cargo lambda watch)"
 bash scripts/lambda-test.sh
 tools="$(bash scripts/tools.sh)"
