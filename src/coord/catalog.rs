@@ -83,15 +83,20 @@ impl VectorBucket {
             .retain(|d| !(d.index_name == name && d.incarnation.as_deref() == incarnation));
     }
 
+    /// The deletion of `name` that is marked but not yet sealed (the name
+    /// is still taken), if any.
+    pub fn marked(&self, name: &str) -> Option<Deletion> {
+        let e = self.indexes.get(name)?;
+        e.deleting_since.map(|since| Deletion {
+            index_name: name.to_string(),
+            incarnation: e.incarnation.clone(),
+            since,
+        })
+    }
+
     /// Every deletion under way: entries being deleted, then sealed ones.
     pub fn deletions(&self) -> Vec<Deletion> {
-        let marked = self.indexes.iter().filter_map(|(name, e)| {
-            e.deleting_since.map(|since| Deletion {
-                index_name: name.clone(),
-                incarnation: e.incarnation.clone(),
-                since,
-            })
-        });
+        let marked = self.indexes.keys().filter_map(|name| self.marked(name));
         marked.chain(self.deleting.iter().cloned()).collect()
     }
 }
@@ -329,31 +334,26 @@ impl CatalogStore {
     pub async fn seal(&self, prefix: &str) -> Result<(), CoordError> {
         let store = self.store.as_ref();
         let config_key = format!("{prefix}{CONFIG_KEY}");
-        let partitions = match store.get(&config_key).await {
+        // The partition count (for the manifests' keys), and whether the
+        // tombstone is still to be written (a resumed seal finds it there).
+        let (write, partitions) = match store.get(&config_key).await {
             Ok(got) => match parse_config(&config_key, &got.bytes) {
-                Ok(c) => {
-                    let at = format_time(SystemClock.now());
-                    let count = Some(c.settings.partition_count);
-                    store.put(&config_key, tombstone(count, &at).into()).await?;
-                    count
-                }
+                Ok(c) => (true, Some(c.settings.partition_count)),
                 Err(CoordError::Deleted {
                     partition_count, ..
-                }) => partition_count,
+                }) => (false, partition_count),
                 Err(e) => {
                     tracing::warn!(key = %config_key, error = %e, "sealing an index whose config is unreadable");
-                    let at = format_time(SystemClock.now());
-                    store.put(&config_key, tombstone(None, &at).into()).await?;
-                    None
+                    (true, None)
                 }
             },
-            Err(StoreError::NotFound { .. }) => {
-                let at = format_time(SystemClock.now());
-                store.put(&config_key, tombstone(None, &at).into()).await?;
-                None
-            }
+            Err(StoreError::NotFound { .. }) => (true, None),
             Err(e) => return Err(e.into()),
         };
+        if write {
+            let at = format_time(SystemClock.now());
+            store.put(&config_key, tombstone(partitions, &at).into()).await?;
+        }
         let mut manifests = vec![format!("{prefix}{INDEX_MANIFEST_KEY}")];
         match partitions {
             Some(n) => manifests.extend((0..n).map(|p| format!("{prefix}{}", manifest_key(p)))),

@@ -58,10 +58,7 @@ impl Service {
         let mut finished = 0;
         for (bucket, b) in &cat.buckets {
             for d in b.deletions() {
-                let marked = b
-                    .indexes
-                    .get(&d.index_name)
-                    .is_some_and(|e| e.incarnation == d.incarnation);
+                let marked = b.marked(&d.index_name).as_ref() == Some(&d);
                 if marked && now_secs() - d.since < ABANDONED_DELETE.as_secs_f64() {
                     continue;
                 }

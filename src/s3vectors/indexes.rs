@@ -261,19 +261,7 @@ impl Call<'_> {
         // died) holds the name: seal it here (harmless if it is running),
         // and the name is free. Its objects are left to the sweep.
         let cat = self.svc.fresh_catalog().await?;
-        let pending = cat
-            .buckets
-            .get(&bucket)
-            .map(|b| b.deletions())
-            .unwrap_or_default()
-            .into_iter()
-            .find(|d| {
-                d.index_name == index
-                    && cat.buckets[&bucket]
-                        .indexes
-                        .get(&index)
-                        .is_some_and(|e| e.incarnation == d.incarnation)
-            });
+        let pending = cat.buckets.get(&bucket).and_then(|b| b.marked(&index));
         if let Some(d) = &pending {
             let prefix = d.prefix(&bucket);
             self.svc.forget(&prefix).await;
