@@ -129,10 +129,8 @@ class Db:
     """An open index. Use `shoal.open` to get one; close it (or use it as
     a context manager) so its instance record is removed at once rather
     than expiring. Safe to share between threads. A handle belongs to the
-    process that opened it: after `fork`, open a new one in the child. With
-    an `s3://` handle open, start workers with multiprocessing's "spawn" or
-    "forkserver" rather than "fork" (a forked child has been seen to abort
-    in the AWS SDK's setup)."""
+    process that opened it: after `fork` it raises in the child; open a new
+    one there (the child gets its own runtime)."""
 
     def __init__(self, handle: _shoal.Handle) -> None:
         self._h = handle
