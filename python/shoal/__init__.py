@@ -244,6 +244,14 @@ class Db:
         the indexer, as `shoal compact` does. Returns its report."""
         return json.loads(self._h.compact(force))  # type: ignore[no-any-return]
 
+    def warm(self) -> Dict[str, Any]:
+        """Fetches what queries plan with (manifests, shard heads, deletion
+        vectors, the codes of every list, as far as the cache budget holds
+        them), so the next query is warm; returns what it fetched
+        (`live_records`, `shards`, `code_lists`, `cache_bytes`,
+        `requests`, `ms`). A Lambda calls it at init."""
+        return json.loads(self._h.warm())  # type: ignore[no-any-return]
+
     def status(self, live: bool = False) -> Dict[str, Any]:
         """`shoal status --json` as a dict: config, instances, partitions,
         shards, request counters; with `live`, live and dead records

@@ -437,6 +437,13 @@ impl Handle {
         Ok(json_text(&st))
     }
 
+    /// `Db::warm_up` (what a query plans with, fetched now) as JSON.
+    fn warm(&self, py: Python<'_>) -> PyResult<String> {
+        let db = self.db(py)?;
+        let report = engine(py, async move { db.warm_up().await })?;
+        Ok(json_text(&report))
+    }
+
     /// The bucket's config as JSON.
     fn config(&self, py: Python<'_>) -> PyResult<String> {
         Ok(json_text(&*self.db(py)?.config()))
