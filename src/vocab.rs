@@ -70,6 +70,25 @@ impl Metric {
             Metric::Dot => "dot",
         }
     }
+
+    /// The metric's byte in binary formats (segments, shards, routings).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Metric::Cosine => 1,
+            Metric::Euclidean => 2,
+            Metric::Dot => 3,
+        }
+    }
+
+    /// The metric a format byte names.
+    pub(crate) fn from_code(code: u8) -> Option<Metric> {
+        match code {
+            1 => Some(Metric::Cosine),
+            2 => Some(Metric::Euclidean),
+            3 => Some(Metric::Dot),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Metric {

@@ -20,6 +20,7 @@ use std::collections::BinaryHeap;
 pub mod hnsw;
 pub mod ivf;
 pub(crate) mod rabitq;
+pub(crate) mod routing;
 pub(crate) mod shard;
 
 use crate::record::Prepared;

@@ -71,12 +71,9 @@ pub(super) fn decode_header(key: &str, buf: &[u8]) -> Result<(SegmentHeader, usi
     let mut b = Cursor { buf: body, at: 0 };
     let bad = || corrupt(key, "malformed header body");
     let dimensions = b.u32().ok_or_else(bad)?;
-    let metric = match b.u8().ok_or_else(bad)? {
-        1 => Metric::Cosine,
-        2 => Metric::Euclidean,
-        3 => Metric::Dot,
-        m => return Err(corrupt(key, format!("unknown metric code {m}"))),
-    };
+    let code = b.u8().ok_or_else(bad)?;
+    let metric = Metric::from_code(code)
+        .ok_or_else(|| corrupt(key, format!("unknown metric code {code}")))?;
     let flags = b.u8().ok_or_else(bad)?;
     b.u16().ok_or_else(bad)?;
     let record_count = b.u64().ok_or_else(bad)?;

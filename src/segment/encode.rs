@@ -120,9 +120,5 @@ pub(super) fn push_offsets(out: &mut Vec<u8>, lens: impl ExactSizeIterator<Item 
 }
 
 pub(super) fn metric_byte(m: crate::vocab::Metric) -> u8 {
-    match m {
-        crate::vocab::Metric::Cosine => 1,
-        crate::vocab::Metric::Euclidean => 2,
-        crate::vocab::Metric::Dot => 3,
-    }
+    m.code()
 }

@@ -1,0 +1,453 @@
+//! One routing for the whole index (DESIGN section 12): cluster centroids
+//! trained once from a sample, immutable, two levels so a reader holds
+//! only the top and fetches the rest by range.
+//!
+//! The routing's clusters are split into *groups*: the top level is one
+//! centroid per group, and each group's block holds its clusters'
+//! centroids. Cluster ids run through the groups in order, so a group's
+//! clusters are consecutive ids, and a shard that lays clusters out by id
+//! puts clusters that are near each other in space next to each other in
+//! its bytes: a query's probed clusters come in a few contiguous ranges.
+//!
+//! Training is hierarchical k-means (the groups over the sample, then
+//! each group's clusters over its part of the sample), so it costs
+//! `sample × (groups + clusters / groups)` distance computations per
+//! iteration instead of `sample × clusters`. Routing a vector (a query's
+//! probes, a row's cluster) looks at the nearest groups first and ranks
+//! only their clusters: a beam over the top level.
+//!
+//! # Object layout
+//!
+//! All integers little-endian; `index/routing/<generation>-<token>.routing`.
+//!
+//! ```text
+//! prefix  magic "SHOALRTE" (8) | version u16 | reserved (6) |
+//!         head length u64 | xxh3-64 of the head
+//! head    dimensions u32 | metric u8 | reserved (3) | generation u64 |
+//!         trained-for rows u64 | clusters u32 | groups u32 |
+//!         top centroids (groups × dimensions f32) |
+//!         per group: first cluster u32, clusters u32,
+//!                    block offset u64, block length u64, xxh3-64
+//! blocks  per group: its clusters' centroids (clusters × dimensions f32)
+//! end     magic "SHOALEND" (8)
+//! ```
+//!
+//! A reader fetches the prefix and head (one ranged GET of
+//! [`RoutingHead::region_len`] bytes, or the whole object when it is
+//! small) and each group block it needs, checking every part against
+//! its checksum.
+
+// Built and tested here first; the index manifest and the routed shard
+// format take it up in the next steps of issue 29.
+#![allow(dead_code)]
+
+use rayon::prelude::*;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::distance;
+use super::ivf::{probe_metric, train, IvfParams};
+use crate::vocab::Metric;
+
+const MAGIC: &[u8; 8] = b"SHOALRTE";
+const END: &[u8; 8] = b"SHOALEND";
+const VERSION: u16 = 1;
+const PREFIX_LEN: usize = 32;
+const FIXED_HEAD_LEN: usize = 4 + 1 + 3 + 8 + 8 + 4 + 4;
+const GROUP_ENTRY_LEN: usize = 4 + 4 + 8 + 8 + 8;
+
+/// Rows a cluster is trained to hold.
+pub(crate) const TARGET_CLUSTER_ROWS: usize = 1000;
+/// Training rows per cluster (the sample is at most this many times the
+/// cluster count).
+const SAMPLE_PER_CLUSTER: usize = 48;
+/// Groups whose clusters a row is routed among when it is assigned.
+const ASSIGN_BEAM: usize = 4;
+
+/// A group of the top level: its clusters and where their centroids are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Group {
+    pub first: u32,
+    pub clusters: u32,
+    pub offset: u64,
+    pub len: u64,
+    pub checksum: u64,
+}
+
+impl Group {
+    pub(crate) fn range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + self.len
+    }
+}
+
+/// The part of a routing every reader holds: the top level.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RoutingHead {
+    pub dimensions: usize,
+    pub metric: Metric,
+    pub generation: u64,
+    /// How many rows the routing was sized for.
+    pub trained_rows: u64,
+    pub clusters: u32,
+    /// `groups × dimensions`.
+    pub top: Vec<f32>,
+    pub groups: Vec<Group>,
+}
+
+/// A whole routing: the head and every group's centroids (what the
+/// indexer assigns rows with).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Routing {
+    pub head: RoutingHead,
+    /// `clusters × dimensions`, by cluster id.
+    pub centroids: Vec<f32>,
+}
+
+/// Why a routing object (or part of one) cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct RoutingError(pub String);
+
+fn bad(m: impl Into<String>) -> RoutingError {
+    RoutingError(m.into())
+}
+
+impl RoutingHead {
+    pub(crate) fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub(crate) fn top_centroid(&self, g: usize) -> &[f32] {
+        &self.top[g * self.dimensions..(g + 1) * self.dimensions]
+    }
+
+    /// Bytes of the prefix and head: what a reader fetches first.
+    pub(crate) fn region_len(&self) -> u64 {
+        (PREFIX_LEN + head_len(self.groups.len(), self.dimensions)) as u64
+    }
+
+    /// The group holding cluster `c`.
+    pub(crate) fn group_of(&self, c: u32) -> usize {
+        self.groups.partition_point(|g| g.first + g.clusters <= c)
+    }
+
+    /// Groups nearest `v` first (by top centroid), with their distances.
+    pub(crate) fn nearest_groups(&self, v: &[f32]) -> Vec<(f32, u32)> {
+        let pm = probe_metric(self.metric);
+        let mut order: Vec<(f32, u32)> = (0..self.groups())
+            .map(|g| (distance(pm, v, self.top_centroid(g)), g as u32))
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        order
+    }
+
+    /// Checks and parses group `g`'s block (bytes as
+    /// [`Group::range`] addresses them): its clusters' centroids.
+    pub(crate) fn group_centroids(&self, g: usize, bytes: &[u8]) -> Result<Vec<f32>, RoutingError> {
+        let e = &self.groups[g];
+        if bytes.len() as u64 != e.len || xxh3_64(bytes) != e.checksum {
+            return Err(bad(format!("checksum mismatch in the centroids of group {g}")));
+        }
+        let out: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        if out.iter().any(|x| !x.is_finite()) {
+            return Err(bad(format!("group {g} holds a non-finite centroid")));
+        }
+        Ok(out)
+    }
+
+    /// Parses the prefix and head from the first bytes of the object
+    /// (at least [`Self::region_len`] of them; `Err` names how many more
+    /// it needs when given fewer).
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, RoutingError> {
+        if bytes.len() < PREFIX_LEN {
+            return Err(bad("truncated before the end of its prefix"));
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(bad("not a routing object (bad magic)"));
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version != VERSION {
+            return Err(bad(format!(
+                "routing format version {version}, which this shoal cannot read (it reads \
+                 version {VERSION}); upgrade shoal"
+            )));
+        }
+        let len = u64_at(bytes, 16) as usize;
+        let sum = u64_at(bytes, 24);
+        let head = bytes
+            .get(PREFIX_LEN..PREFIX_LEN.saturating_add(len))
+            .ok_or_else(|| bad(format!("truncated: its head needs {} bytes", PREFIX_LEN + len)))?;
+        if xxh3_64(head) != sum {
+            return Err(bad("checksum mismatch in the head"));
+        }
+        if head.len() < FIXED_HEAD_LEN {
+            return Err(bad("head too short"));
+        }
+        let dimensions = u32_at(head, 0) as usize;
+        let metric = Metric::from_code(head[4])
+            .ok_or_else(|| bad(format!("unknown metric code {}", head[4])))?;
+        let generation = u64_at(head, 8);
+        let trained_rows = u64_at(head, 16);
+        let clusters = u32_at(head, 24);
+        let ngroups = u32_at(head, 28) as usize;
+        if dimensions == 0 || ngroups == 0 || clusters == 0 || ngroups > clusters as usize {
+            return Err(bad(format!(
+                "impossible shape: {dimensions} dimensions, {clusters} clusters in {ngroups} groups"
+            )));
+        }
+        if head.len() != head_len(ngroups, dimensions) {
+            return Err(bad("head length does not match its shape"));
+        }
+        let mut at = FIXED_HEAD_LEN;
+        let top: Vec<f32> = head[at..at + ngroups * dimensions * 4]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        if top.iter().any(|x| !x.is_finite()) {
+            return Err(bad("the top level holds a non-finite centroid"));
+        }
+        at += ngroups * dimensions * 4;
+        let body_start = (PREFIX_LEN + head.len()) as u64;
+        let mut groups = Vec::with_capacity(ngroups);
+        let mut next = 0u32;
+        let mut next_offset = body_start;
+        for g in 0..ngroups {
+            let e = Group {
+                first: u32_at(head, at),
+                clusters: u32_at(head, at + 4),
+                offset: u64_at(head, at + 8),
+                len: u64_at(head, at + 16),
+                checksum: u64_at(head, at + 24),
+            };
+            at += GROUP_ENTRY_LEN;
+            if e.first != next
+                || e.clusters == 0
+                || e.offset != next_offset
+                || e.len != u64::from(e.clusters) * dimensions as u64 * 4
+            {
+                return Err(bad(format!("group {g}'s entry does not follow the one before")));
+            }
+            next = e.first + e.clusters;
+            next_offset = e.offset + e.len;
+            groups.push(e);
+        }
+        if next != clusters {
+            return Err(bad(format!("groups hold {next} clusters, the head says {clusters}")));
+        }
+        Ok(RoutingHead {
+            dimensions,
+            metric,
+            generation,
+            trained_rows,
+            clusters,
+            top,
+            groups,
+        })
+    }
+}
+
+impl Routing {
+    /// Trains a routing for an index of about `rows` rows from `sample`
+    /// (`n × dims`, a uniform sample of it): about `rows /
+    /// TARGET_CLUSTER_ROWS` clusters (fewer when the sample is too small
+    /// to train them), in about `√clusters` groups. Deterministic for a
+    /// given sample. CPU-bound.
+    pub(crate) fn train(
+        sample: &[f32],
+        dims: usize,
+        metric: Metric,
+        rows: u64,
+        generation: u64,
+    ) -> Routing {
+        let n = sample.len() / dims.max(1);
+        assert!(n > 0 && dims > 0, "a routing needs a sample");
+        let wanted = (rows as usize).div_ceil(TARGET_CLUSTER_ROWS).max(1);
+        let clusters = wanted.min(n.div_ceil(8)).max(1);
+        let ngroups = ((clusters as f64).sqrt().round() as usize).clamp(1, clusters);
+        let (top, of) = train(
+            sample,
+            dims,
+            metric,
+            &IvfParams {
+                nlist: Some(ngroups),
+                sample_per_list: SAMPLE_PER_CLUSTER * clusters / ngroups,
+                ..Default::default()
+            },
+        );
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); ngroups];
+        for (i, g) in of.iter().enumerate() {
+            members[*g as usize].push(i);
+        }
+        // Each non-empty group gets clusters in proportion to its rows;
+        // an empty group (k-means left it so) is dropped.
+        let parts: Vec<(Vec<f32>, Vec<f32>)> = members
+            .par_iter()
+            .enumerate()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(g, m)| {
+                let k = ((clusters * m.len()) as f64 / n as f64).round() as usize;
+                let k = k.clamp(1, m.len());
+                let rows: Vec<f32> = m
+                    .iter()
+                    .flat_map(|&i| sample[i * dims..(i + 1) * dims].iter().copied())
+                    .collect();
+                let (cents, _) = train(
+                    &rows,
+                    dims,
+                    metric,
+                    &IvfParams {
+                        nlist: Some(k),
+                        sample_per_list: SAMPLE_PER_CLUSTER,
+                        ..Default::default()
+                    },
+                );
+                (top[g * dims..(g + 1) * dims].to_vec(), cents)
+            })
+            .collect();
+        Routing::from_parts(dims, metric, generation, rows, parts)
+    }
+
+    /// A routing from its groups: each group's top centroid and its
+    /// clusters' centroids.
+    pub(crate) fn from_parts(
+        dims: usize,
+        metric: Metric,
+        generation: u64,
+        trained_rows: u64,
+        parts: Vec<(Vec<f32>, Vec<f32>)>,
+    ) -> Routing {
+        let body_start = (PREFIX_LEN + head_len(parts.len(), dims)) as u64;
+        let (mut top, mut centroids, mut groups) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut first, mut offset) = (0u32, body_start);
+        for (t, cents) in parts {
+            let count = (cents.len() / dims) as u32;
+            let bytes: Vec<u8> = cents.iter().flat_map(|x| x.to_le_bytes()).collect();
+            groups.push(Group {
+                first,
+                clusters: count,
+                offset,
+                len: bytes.len() as u64,
+                checksum: xxh3_64(&bytes),
+            });
+            first += count;
+            offset += bytes.len() as u64;
+            top.extend_from_slice(&t);
+            centroids.extend_from_slice(&cents);
+        }
+        Routing {
+            head: RoutingHead {
+                dimensions: dims,
+                metric,
+                generation,
+                trained_rows,
+                clusters: first,
+                top,
+                groups,
+            },
+            centroids,
+        }
+    }
+
+    pub(crate) fn centroid(&self, c: u32) -> &[f32] {
+        let d = self.head.dimensions;
+        &self.centroids[c as usize * d..(c as usize + 1) * d]
+    }
+
+    /// The object's bytes.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let h = &self.head;
+        let d = h.dimensions;
+        let mut head = Vec::with_capacity(head_len(h.groups(), d));
+        head.extend_from_slice(&(d as u32).to_le_bytes());
+        head.push(h.metric.code());
+        head.extend_from_slice(&[0; 3]);
+        head.extend_from_slice(&h.generation.to_le_bytes());
+        head.extend_from_slice(&h.trained_rows.to_le_bytes());
+        head.extend_from_slice(&h.clusters.to_le_bytes());
+        head.extend_from_slice(&(h.groups() as u32).to_le_bytes());
+        for x in &h.top {
+            head.extend_from_slice(&x.to_le_bytes());
+        }
+        for g in &h.groups {
+            head.extend_from_slice(&g.first.to_le_bytes());
+            head.extend_from_slice(&g.clusters.to_le_bytes());
+            head.extend_from_slice(&g.offset.to_le_bytes());
+            head.extend_from_slice(&g.len.to_le_bytes());
+            head.extend_from_slice(&g.checksum.to_le_bytes());
+        }
+        let mut out = Vec::with_capacity(PREFIX_LEN + head.len() + self.centroids.len() * 4 + 8);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&[0; 6]);
+        out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+        out.extend_from_slice(&xxh3_64(&head).to_le_bytes());
+        out.extend_from_slice(&head);
+        for x in &self.centroids {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.extend_from_slice(END);
+        out
+    }
+
+    /// Parses a whole routing object.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Routing, RoutingError> {
+        let head = RoutingHead::parse(bytes)?;
+        let end = head.groups.last().map_or(0, |g| g.offset + g.len) as usize;
+        if bytes.len() != end + END.len() || &bytes[end..] != END {
+            return Err(bad("truncated or trailing bytes after the last group"));
+        }
+        let mut centroids = Vec::with_capacity(head.clusters as usize * head.dimensions);
+        for (g, e) in head.groups.iter().enumerate() {
+            let r = e.range();
+            centroids.extend(head.group_centroids(g, &bytes[r.start as usize..r.end as usize])?);
+        }
+        Ok(Routing { head, centroids })
+    }
+
+    /// Each vector's cluster (`vectors` is `n × dims`): the nearest
+    /// cluster among those of the [`ASSIGN_BEAM`] nearest groups.
+    /// CPU-bound, parallel.
+    pub(crate) fn assign(&self, vectors: &[f32]) -> Vec<u32> {
+        let d = self.head.dimensions;
+        vectors
+            .par_chunks_exact(d)
+            .map(|v| self.nearest(v, ASSIGN_BEAM, 1)[0].1)
+            .collect()
+    }
+
+    /// The `n` clusters nearest `v` among those of its `beam` nearest
+    /// groups, nearest first, with their distances (by the metric
+    /// centroids are compared with).
+    pub(crate) fn nearest(&self, v: &[f32], beam: usize, n: usize) -> Vec<(f32, u32)> {
+        let pm = probe_metric(self.head.metric);
+        let groups = self.head.nearest_groups(v);
+        let mut out: Vec<(f32, u32)> = groups
+            .iter()
+            .take(beam.max(1))
+            .flat_map(|&(_, g)| {
+                let e = &self.head.groups[g as usize];
+                (e.first..e.first + e.clusters).map(|c| (distance(pm, v, self.centroid(c)), c))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        out.truncate(n.max(1));
+        out
+    }
+}
+
+fn head_len(groups: usize, dims: usize) -> usize {
+    FIXED_HEAD_LEN + groups * dims * 4 + groups * GROUP_ENTRY_LEN
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+/// `n` rows of `dims`-d data around `centres` random centres.
+fn blobs(n: usize, dims: usize, centres: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let c: Vec<f32> = (0..centres * dims).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut out = Vec::with_capacity(n * dims);
+    for _ in 0..n {
+        let k = rng.random_range(0..centres);
+        for j in 0..dims {
+            out.push(c[k * dims + j] + rng.random_range(-0.15..0.15));
+        }
+    }
+    out
+}
+
+fn exact_nearest(r: &Routing, v: &[f32]) -> u32 {
+    let pm = probe_metric(r.head.metric);
+    (0..r.head.clusters)
+        .map(|c| (distance(pm, v, r.centroid(c)), c))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .expect("clusters")
+        .1
+}
+
+#[test]
+fn training_sizes_clusters_for_the_rows_and_groups_them() {
+    let dims = 16;
+    let sample = blobs(20_000, dims, 300, 1);
+    let r = Routing::train(&sample, dims, Metric::Euclidean, 200_000, 7);
+    let h = &r.head;
+    // About rows / TARGET_CLUSTER_ROWS clusters, in about √ of that groups.
+    assert!((180..=220).contains(&h.clusters), "{} clusters", h.clusters);
+    assert!((10..=18).contains(&h.groups()), "{} groups", h.groups());
+    assert_eq!(r.centroids.len(), h.clusters as usize * dims);
+    assert_eq!(h.generation, 7);
+    assert_eq!(h.trained_rows, 200_000);
+    // Cluster ids run through the groups in order.
+    let mut next = 0;
+    for g in &h.groups {
+        assert_eq!(g.first, next);
+        next += g.clusters;
+        assert_eq!(h.group_of(g.first), h.group_of(g.first + g.clusters - 1));
+    }
+    assert_eq!(next, h.clusters);
+    // A small sample trains fewer clusters than the rows ask for.
+    let small = Routing::train(&sample[..80 * dims], dims, Metric::Euclidean, 1_000_000, 1);
+    assert!(small.head.clusters <= 10, "{}", small.head.clusters);
+    // Training is deterministic: same sample, same object.
+    let again = Routing::train(&sample, dims, Metric::Euclidean, 200_000, 7);
+    assert_eq!(again.encode(), r.encode());
+}
+
+#[test]
+fn routing_through_the_beam_finds_the_nearest_cluster() {
+    for metric in [Metric::Euclidean, Metric::Cosine] {
+        let dims = 24;
+        let mut data = blobs(30_000, dims, 400, 2);
+        if metric == Metric::Cosine {
+            for v in data.chunks_exact_mut(dims) {
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|x| *x /= n);
+            }
+        }
+        let r = Routing::train(&data, dims, metric, 300_000, 1);
+        let assigned = r.assign(&data);
+        let agree = data
+            .chunks_exact(dims)
+            .zip(&assigned)
+            .filter(|(v, c)| exact_nearest(&r, v) == **c)
+            .count();
+        // The beam misses the exact nearest cluster only for rows on a
+        // boundary between groups.
+        assert!(agree * 100 >= data.len() / dims * 97, "{metric}: {agree} agree");
+        // A query probing 8 clusters through the beam finds its exact
+        // nearest cluster among them.
+        let queries = blobs(500, dims, 400, 2);
+        let found = queries
+            .chunks_exact(dims)
+            .filter(|q| {
+                let want = exact_nearest(&r, q);
+                r.nearest(q, 3, 8).iter().any(|&(_, c)| c == want)
+            })
+            .count();
+        assert!(found >= 495, "{metric}: {found} of 500");
+        // Sorted nearest first, distances as the metric gives them.
+        let near = r.nearest(&queries[..dims], r.head.groups(), 5);
+        assert!(near.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert_eq!(near[0].1, exact_nearest(&r, &queries[..dims]));
+    }
+}
+
+#[test]
+fn the_object_round_trips_and_a_reader_can_fetch_it_in_parts() {
+    let dims = 8;
+    let r = Routing::train(&blobs(5_000, dims, 50, 3), dims, Metric::Dot, 40_000, 3);
+    let bytes = r.encode();
+    assert_eq!(Routing::decode(&bytes).unwrap(), r);
+    // The head alone, from the object's first bytes...
+    let region = r.head.region_len() as usize;
+    let head = RoutingHead::parse(&bytes[..region]).unwrap();
+    assert_eq!(head, r.head);
+    // ...then each group's block by its range.
+    let mut centroids = Vec::new();
+    for (g, e) in head.groups.iter().enumerate() {
+        let rg = e.range();
+        centroids.extend(head.group_centroids(g, &bytes[rg.start as usize..rg.end as usize]).unwrap());
+    }
+    assert_eq!(centroids, r.centroids);
+}
+
+#[test]
+fn damaged_objects_are_refused_with_what_is_wrong() {
+    let dims = 4;
+    let r = Routing::train(&blobs(2_000, dims, 20, 4), dims, Metric::Euclidean, 20_000, 1);
+    let bytes = r.encode();
+    let region = r.head.region_len() as usize;
+    let err = |b: &[u8]| Routing::decode(b).unwrap_err().0;
+    // A flipped bit in the head, in a group's block, a wrong magic, a
+    // newer version, truncation: each refused.
+    let mut b = bytes.clone();
+    b[region - 3] ^= 1;
+    assert!(err(&b).contains("checksum mismatch in the head"), "{}", err(&b));
+    let mut b = bytes.clone();
+    let g1 = r.head.groups[1].offset as usize;
+    b[g1 + 1] ^= 1;
+    assert!(err(&b).contains("group 1"), "{}", err(&b));
+    let mut b = bytes.clone();
+    b[0] = b'X';
+    assert!(err(&b).contains("magic"));
+    let mut b = bytes.clone();
+    b[8] = 2;
+    assert!(err(&b).contains("version 2"), "{}", err(&b));
+    assert!(err(&bytes[..bytes.len() - 1]).contains("truncated"));
+    assert!(err(&bytes[..region - 1]).contains("truncated"));
+    assert!(err(&bytes[..10]).contains("truncated"));
+    // A block handed to the wrong group is refused too.
+    let e0 = r.head.groups[0].range();
+    assert!(r
+        .head
+        .group_centroids(1, &bytes[e0.start as usize..e0.end as usize])
+        .is_err());
+}
