@@ -40,6 +40,7 @@ pub mod deletions;
 mod encode;
 mod live;
 mod load;
+pub(crate) mod routed;
 pub mod shard;
 
 pub use decode::{decode_segment, decode_tail, Tail};
