@@ -6,11 +6,13 @@ IAM: docs/deploy.md, "A Python Lambda".
 Environment: `SHOAL_BUCKET` (`s3://bucket/prefix`, required), `BRAINY_ROLE`
 (default `reader`), and optionally `SHOAL_DIMENSIONS`, `SHOAL_METRIC`,
 `SHOAL_PARTITIONS` (must agree with the index's config; a reader never
-creates it) and `BRAINY_INSTANCE_PREFIX` (read by the engine itself).
+creates it), `SHOAL_WARM_ON_INIT` (`true`: fetch manifests, shard heads
+and codes when the handle opens, so the first query is warm) and
+`BRAINY_INSTANCE_PREFIX` (read by the engine itself).
 
 Requests, as the Rust reader takes them:
 - a direct invocation: `{"search": {"vector": [...], "k": 10}}`,
-  `{"get": {"id": "..."}}` or a bare search request;
+  `{"get": {"id": "..."}}`, `{"warm": {}}` or a bare search request;
 - a Function URL / API Gateway HTTP (payload v2) event: `POST /v1/search`
   (also `/search` and `/`) or `GET /v1/records/{id}`, answered with
   `{statusCode, headers, body}`.
@@ -91,6 +93,13 @@ def env_int(name: str) -> Optional[int]:
     return None if value is None else int(value)
 
 
+def warm_on_init() -> bool:
+    value = (os.environ.get("SHOAL_WARM_ON_INIT") or "").strip()
+    if value not in ("", "0", "false", "1", "true"):
+        raise ApiError(500, "misconfigured", f"SHOAL_WARM_ON_INIT must be true or false, not {value!r}")
+    return value in ("1", "true")
+
+
 def db() -> shoal.Db:
     """The container's handle, opened on first use from the environment
     (a failed open is retried by the next invocation)."""
@@ -99,6 +108,7 @@ def db() -> shoal.Db:
         url = os.environ.get("SHOAL_BUCKET")
         if not url:
             raise ApiError(500, "misconfigured", "SHOAL_BUCKET is not set (e.g. s3://bucket/prefix)")
+        warm = warm_on_init()
         try:
             _db = shoal.open(
                 url,
@@ -119,6 +129,11 @@ def db() -> shoal.Db:
             ) from None
         except shoal.ShoalError as e:
             raise api_error(e) from None
+        if warm:
+            try:
+                _db.warm()
+            except shoal.ShoalError:
+                pass  # as the Rust reader: queries load what they need
     return _db
 
 
@@ -130,7 +145,7 @@ def checked(body: Any, fields: Dict[str, Tuple[type, Any]]) -> Dict[str, Any]:
         if name in RUST_ONLY:
             raise Malformed(f"`{name}` is not supported by the Python reader")
         if name not in fields:
-            raise Malformed(f"unknown field `{name}`, expected one of {', '.join(fields)}")
+            raise Malformed(f"unknown field `{name}`, expected one of {', '.join(fields) or 'none'}")
     out = {}
     for name, (kind, default) in fields.items():
         value = body.get(name, default)
@@ -169,11 +184,15 @@ def get(id: str) -> Dict[str, Any]:
 
 
 def direct(event: Any) -> Dict[str, Any]:
-    """`{"search": body}`, `{"get": {"id": ...}}` or a bare search body."""
+    """`{"search": body}`, `{"get": {"id": ...}}`, `{"warm": {}}` or a bare
+    search body."""
     op, body = "search", event
-    if isinstance(event, dict) and len(event) == 1 and next(iter(event)) in ("search", "get"):
+    if isinstance(event, dict) and len(event) == 1 and next(iter(event)) in ("search", "get", "warm"):
         op, body = next(iter(event.items()))
     try:
+        if op == "warm":
+            checked(body, {})
+            return db().warm()
         return get(checked(body, GET_FIELDS)["id"]) if op == "get" else search(body)
     except Malformed as e:
         raise ApiError(400, "invalid_request", f"malformed reader event ({e}); send {USAGE}") from None

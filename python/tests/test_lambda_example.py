@@ -192,6 +192,33 @@ def test_one_handle_per_container_that_sees_later_writes(writer: shoal.Db, handl
     assert lambda_handler._db is opened
 
 
+def test_warm_fetches_what_queries_plan_with(store: Store, writer: shoal.Db, handler: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    writer.compact(force=True)  # a shard to warm
+    report = handler({"warm": {}}, None)
+    assert report["live_records"] == len(IDS) and report["shards"] >= 1
+    assert lambda_error(handler, {"warm": {"x": 1}}).status == 400
+    # SHOAL_WARM_ON_INIT warms the handle as it opens (and only then).
+    warmed: List[Dict[str, Any]] = []
+    real_warm = shoal.Db.warm
+    monkeypatch.setattr(shoal.Db, "warm", lambda self: warmed.append(real_warm(self)) or warmed[-1])
+    lambda_handler._db.close()  # type: ignore[union-attr]
+    monkeypatch.setattr(lambda_handler, "_db", None)
+    handler({"get": {"id": "doc-1"}}, None)
+    assert warmed == []
+    lambda_handler._db.close()  # type: ignore[union-attr]
+    monkeypatch.setattr(lambda_handler, "_db", None)
+    monkeypatch.setenv("SHOAL_WARM_ON_INIT", "true")
+    opened = lambda_handler.db()
+    assert len(warmed) == 1 and warmed[0]["live_records"] == len(IDS)
+    monkeypatch.setattr(lambda_handler, "_db", None)
+    monkeypatch.setenv("SHOAL_WARM_ON_INIT", "sometimes")
+    e = lambda_error(handler, {"get": {"id": "x"}})
+    assert (e.status, e.code) == (500, "misconfigured") and "SHOAL_WARM_ON_INIT" in e.message
+    assert lambda_handler._db is None  # nothing opened: the next invocation reports it again
+    opened.close()
+
+
 def test_configuration_errors_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = str(tmp_path / "index")
     monkeypatch.setattr(lambda_handler, "_db", None)
