@@ -33,7 +33,14 @@ from typing import (
 import numpy as np
 import numpy.typing as npt
 
-from . import _shoal
+try:
+    from . import _shoal
+except ImportError as e:  # pragma: no cover - an environment problem, not a code path
+    raise ImportError(
+        f"shoal's native module is missing from {__path__[0]}: this is the source "
+        "directory (python/shoal), not the installed package; install it with "
+        "`pip install ./python` and run from another directory"
+    ) from e
 from .errors import Conflict, CorruptData, InvalidInput, NotFound, ShoalError, Unavailable
 
 __all__ = [
