@@ -33,8 +33,9 @@ case "$server" in
   localstack) port="${SHOAL_LOCALSTACK_PORT:-4599}" ;;
   *) echo "s3-server: unknown server $server (moto, seaweedfs or localstack)" >&2; exit 2 ;;
 esac
-suffix=""
-[ "$server" = moto ] || suffix=".$server"
+# One pid, log and data file per server and port: a server started on
+# another port (a second checkout, a benchmark) is not mistaken for this one.
+suffix=".$server.$port"
 pidfile="$here/.s3-server$suffix.pid"
 logfile="$here/.s3-server$suffix.log"
 datadir="$here/.s3-server$suffix.data"
