@@ -484,8 +484,13 @@ fn bench_writes_every_result_key(s: &Shoal) {
         r["memory"]["reader_peak_rss_bytes"].as_u64().unwrap() > 0,
         "{r}"
     );
+    // Rounds are counted by timing (a request that starts after one of
+    // round r has finished is in round r + 1), so on a loaded machine a
+    // request of a round that starts late counts one more: 5 was seen
+    // with two builds running beside the suite. The benchmark reports
+    // the real figure; this checks it is reported and sane.
     let rounds = r["cold"]["rounds"].as_u64().unwrap();
-    assert!((1..=4).contains(&rounds), "{r}");
+    assert!((1..=6).contains(&rounds), "{r}");
     assert_eq!(r["settings"]["records"], 300, "{r}");
 }
 
