@@ -861,3 +861,42 @@ async fn a_damaged_shard_is_rebuilt_from_its_readable_rows_or_dropped_saying_wha
         }
     }
 }
+
+/// GC keeps the routing objects the index manifest lists (DESIGN section
+/// 12) and deletes one it does not list once it is past the grace period,
+/// like any orphan under `index/`.
+#[tokio::test]
+async fn gc_keeps_listed_routings_and_deletes_orphan_ones() {
+    use shoal::coord::index_manifest::{update_index, RoutingEntry};
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
+    let listed = "index/routing/00000000000000000001-a.routing";
+    let orphan = "index/routing/00000000000000000002-b.routing";
+    for key in [listed, orphan] {
+        store
+            .put(key, bytes::Bytes::from_static(b"routing"))
+            .await
+            .unwrap();
+    }
+    update_index(store.as_ref(), 2, Default::default(), |m| {
+        m.version = 2;
+        m.routings = vec![RoutingEntry {
+            key: listed.into(),
+            generation: 1,
+            clusters: 1,
+            trained_rows: 1,
+            bytes: 7,
+            head_bytes: 7,
+            created_at: "2026-12-04T00:00:00Z".into(),
+            extra: Default::default(),
+        }];
+        Ok(true)
+    })
+    .await
+    .unwrap();
+    let report = gc_now(&store, &s).await;
+    assert!(report.deleted.iter().any(|k| k == orphan), "{report:?}");
+    assert!(!report.deleted.iter().any(|k| k == listed), "{report:?}");
+    assert!(store.get(listed).await.is_ok());
+    assert!(store.get(orphan).await.is_err());
+}

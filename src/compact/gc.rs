@@ -259,6 +259,9 @@ async fn read_index_manifest_keys(
         needed.keep.insert(s.key.clone());
         needed.keep.extend(s.deletions.iter().cloned());
     }
+    for r in &m.routings {
+        needed.keep.insert(r.key.clone());
+    }
     for r in &m.retired {
         if age.old_enough(parse_time(&r.retired_at)) {
             needed.index_expired.push(r.key.clone());

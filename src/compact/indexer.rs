@@ -243,6 +243,7 @@ async fn run_round(
         advanced: &advanced,
         shards: &new_shards,
         deletions: &new_dvs,
+        routing: None,
     };
     let committed = commit_round(store, settings, clock, &index, commit, written_at, backoff);
     let Some(generation) = committed.await? else {
@@ -605,6 +606,7 @@ pub(super) async fn write_shards(
             deletions: None,
             created_at: format_time(now),
             head_bytes: out.head_bytes,
+            routing: None,
             extra: Default::default(),
         });
     }

@@ -30,7 +30,13 @@ use super::error::CoordError;
 use super::paths::{INDEX_MANIFEST_KEY, INDEX_PREFIX};
 use crate::store::{ETag, ObjectStore, StoreError};
 
-pub(crate) const INDEX_MANIFEST_VERSION: u32 = 1;
+pub(crate) const INDEX_MANIFEST_VERSION: u32 = 2;
+/// The version a manifest that lists routings carries: shoal versions
+/// that do not know routed shards refuse it rather than misread it.
+pub(crate) const ROUTED_MANIFEST_VERSION: u32 = 2;
+/// Most routings live at once (the current one and the one its shards
+/// are migrating from).
+pub(crate) const MAX_LIVE_ROUTINGS: usize = 2;
 
 /// The whole index manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,6 +49,12 @@ pub struct IndexManifest {
     /// `W[p]` per partition: a segment seq of p, 0 when nothing is indexed.
     pub watermarks: Vec<u64>,
     pub shards: Vec<ShardEntry>,
+    /// The routings live shards are built with (DESIGN section 12),
+    /// oldest first, at most [`MAX_LIVE_ROUTINGS`]: new shards use the
+    /// last; a routing leaves for `retired` when no listed shard names it
+    /// and a newer one exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routings: Vec<RoutingEntry>,
     /// Shards and deletion vectors no longer current, kept for GC's grace
     /// period so readers holding an older index manifest can still fetch
     /// them.
@@ -78,6 +90,29 @@ pub struct ShardEntry {
     /// shard is read whole (the segment format).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_bytes: Option<u64>,
+    /// The generation of the routing the shard is grouped by (the routed
+    /// format, `segment::routed`); absent for a shard with its own IVF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One routing object (`index::routing`): immutable, named by its
+/// generation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingEntry {
+    pub key: String,
+    /// Shards built with it name it by this (ascending in the list).
+    pub generation: u64,
+    pub clusters: u32,
+    /// How many rows it was sized for.
+    pub trained_rows: u64,
+    pub bytes: u64,
+    /// Length of its prefix and head (the top level a reader holds).
+    pub head_bytes: u64,
+    pub created_at: String,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -106,10 +141,13 @@ impl IndexManifest {
     /// The manifest of an index with nothing indexed yet.
     pub fn empty(partition_count: u32) -> Self {
         IndexManifest {
-            version: INDEX_MANIFEST_VERSION,
+            // Version 1 until a routing is listed: older shoal versions
+            // read an index without routed shards.
+            version: 1,
             generation: 0,
             watermarks: vec![0; partition_count as usize],
             shards: Vec::new(),
+            routings: Vec::new(),
             retired: Vec::new(),
             lease: None,
             extra: Map::new(),
@@ -194,8 +232,56 @@ impl IndexManifest {
                     s.key, s.dead, s.rows
                 )));
             }
+            if let Some(g) = s.routing {
+                if self.routing(g).is_none() {
+                    return Err(bad(format!("shard {} names routing {g}, which is not listed", s.key)));
+                }
+            }
+        }
+        if !self.routings.is_empty() && self.version < ROUTED_MANIFEST_VERSION {
+            return Err(bad(format!("version {} lists routings", self.version)));
+        }
+        if self.routings.len() > MAX_LIVE_ROUTINGS {
+            return Err(bad(format!("{} routings are listed", self.routings.len())));
+        }
+        for (i, r) in self.routings.iter().enumerate() {
+            if !r.key.starts_with(INDEX_PREFIX) || r.key.contains("..") || !seen.insert(&r.key) {
+                return Err(bad(format!("routing key {} is outside {INDEX_PREFIX} or listed twice", r.key)));
+            }
+            if i > 0 && self.routings[i - 1].generation >= r.generation {
+                return Err(bad("routings are not in ascending generation".into()));
+            }
         }
         Ok(())
+    }
+
+    /// The routing of generation `g`, if listed.
+    pub fn routing(&self, g: u64) -> Option<&RoutingEntry> {
+        self.routings.iter().find(|r| r.generation == g)
+    }
+
+    /// The routing new shards are built with.
+    #[allow(dead_code)] // the indexer takes it up in the next step of issue 29
+    pub fn current_routing(&self) -> Option<&RoutingEntry> {
+        self.routings.last()
+    }
+
+    /// Moves to `retired` every routing that no listed shard names and
+    /// that is not the current one.
+    fn retire_unused_routings(&mut self, retired_at: &str) {
+        let Some(current) = self.routings.last().map(|r| r.generation) else {
+            return;
+        };
+        let named: std::collections::HashSet<u64> =
+            self.shards.iter().filter_map(|s| s.routing).collect();
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.routings)
+            .into_iter()
+            .partition(|r| r.generation == current || named.contains(&r.generation));
+        self.routings = keep;
+        self.retired.extend(gone.into_iter().map(|r| RetiredObject {
+            key: r.key,
+            retired_at: retired_at.to_string(),
+        }));
     }
 }
 
@@ -286,6 +372,9 @@ pub(crate) struct RoundCommit<'a> {
     pub shards: &'a [ShardEntry],
     /// Deletion vectors marking the older shard rows the tails supersede.
     pub deletions: &'a [NewDeletions],
+    /// A routing this round trained (its shards name it): it becomes the
+    /// current one.
+    pub routing: Option<&'a RoutingEntry>,
 }
 
 /// Commits an indexing round if the index manifest's generation is still
@@ -370,7 +459,12 @@ impl IndexManifest {
             }
             entry.dead = d.dead;
         }
+        if let Some(r) = round.routing {
+            self.routings.push(r.clone());
+            self.version = self.version.max(ROUTED_MANIFEST_VERSION);
+        }
         self.shards.extend(round.shards.iter().cloned());
+        self.retire_unused_routings(retired_at);
         Ok(())
     }
 
@@ -388,6 +482,7 @@ impl IndexManifest {
             }
         }
         self.shards.extend(outputs.iter().cloned());
+        self.retire_unused_routings(retired_at);
     }
 }
 
@@ -508,6 +603,7 @@ mod tests {
             deletions: None,
             created_at: "t".into(),
             head_bytes: None,
+            routing: None,
             extra: Map::new(),
         }
     }
@@ -588,6 +684,7 @@ mod tests {
             advanced: &advanced,
             shards: &shards,
             deletions: &[],
+            routing: None,
         };
         let m = record_round(&store, 2, b, 0, || false, first, "t1")
             .await
@@ -618,6 +715,7 @@ mod tests {
                 advanced: &none,
                 shards: &[],
                 deletions: &deletions,
+                routing: None,
             };
             let got = record_round(&store, 2, b, g, || false, round, "t2").await;
             assert!(got.unwrap().is_some());
@@ -640,6 +738,7 @@ mod tests {
             advanced: &back,
             shards: &[],
             deletions: &[],
+            routing: None,
         };
         let e = record_round(&store, 2, b, 3, || false, round, "t3").await;
         assert!(e.unwrap_err().to_string().contains("move back from 3 to 2"));
@@ -664,6 +763,7 @@ mod tests {
             advanced: &none,
             shards: &staged,
             deletions: &[],
+            routing: None,
         };
         record_round(&store, 1, b, 0, || false, round, "t0")
             .await
@@ -743,5 +843,73 @@ mod tests {
         release_lease(&store, 1, "b").await.unwrap();
         let (m, _) = read_index_manifest(&store, 1).await.unwrap().unwrap();
         assert!(m.lease.is_none());
+    }
+
+    fn routing(g: u64) -> RoutingEntry {
+        RoutingEntry {
+            key: format!("index/routing/{g:020}-x.routing"),
+            generation: g,
+            clusters: 10,
+            trained_rows: 10_000,
+            bytes: 1000,
+            head_bytes: 100,
+            created_at: "t".into(),
+            extra: Map::new(),
+        }
+    }
+
+    fn routed(key: &str, g: u64) -> ShardEntry {
+        ShardEntry {
+            routing: Some(g),
+            ..shard(key)
+        }
+    }
+
+    /// A round that trains a routing lists it (and the manifest becomes
+    /// version 2, which older shoal versions refuse); a routing no shard
+    /// names any more retires once a newer one exists; a shard naming an
+    /// unlisted routing, or a version-1 manifest with routings, is refused.
+    #[tokio::test]
+    async fn routings_are_listed_by_rounds_and_retired_when_unused() {
+        let store = MemoryStore::unique();
+        create_index_manifest(&store, 1).await.unwrap();
+        let (m, _) = read_index_manifest(&store, 1).await.unwrap().unwrap();
+        assert_eq!(m.version, 1, "an index without routings stays readable by older versions");
+        let b = Backoff::default();
+        let none = BTreeMap::new();
+        let (r1, r2) = (routing(1), routing(2));
+        let old = [routed("index/shards/a.shard", 1)];
+        let round = RoundCommit { advanced: &none, shards: &old, deletions: &[], routing: Some(&r1) };
+        let m = record_round(&store, 1, b, 0, || false, round, "t0").await.unwrap().unwrap();
+        assert_eq!((m.version, m.current_routing()), (2, Some(&r1)));
+        // A second routing: the first stays while a shard names it.
+        let new = [routed("index/shards/b.shard", 2)];
+        let round = RoundCommit { advanced: &none, shards: &new, deletions: &[], routing: Some(&r2) };
+        let m = record_round(&store, 1, b, 1, || false, round, "t1").await.unwrap().unwrap();
+        assert_eq!(m.routings, vec![r1.clone(), r2.clone()]);
+        assert!(m.retired.is_empty());
+        // The migration rebuilds a's rows under routing 2: routing 1 retires.
+        let out = [routed("index/shards/c.shard", 2)];
+        let merge = MergeCommit { inputs: &old, outputs: &out };
+        let m = replace_merged(&store, 1, b, 2, || false, merge, "t2").await.unwrap().unwrap();
+        assert_eq!(m.routings, vec![r2.clone()]);
+        let retired: Vec<&str> = m.retired.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(retired, vec!["index/shards/a.shard", r1.key.as_str()]);
+        // The current routing stays even with no shard.
+        let mut m2 = m.clone();
+        m2.shards.clear();
+        m2.retire_unused_routings("t3");
+        assert_eq!(m2.routings, vec![r2.clone()]);
+        // What validation refuses.
+        let bad = |f: &dyn Fn(&mut IndexManifest)| {
+            let mut x = m.clone();
+            f(&mut x);
+            x.validate(1).unwrap_err().to_string()
+        };
+        assert!(bad(&|x| x.shards.push(routed("index/shards/d.shard", 7))).contains("names routing 7"));
+        assert!(bad(&|x| x.version = 1).contains("version 1 lists routings"));
+        assert!(bad(&|x| x.routings = vec![routing(2), routing(4), routing(5)]).contains("3 routings"));
+        assert!(bad(&|x| x.routings.insert(0, routing(9))).contains("ascending"));
+        assert!(bad(&|x| x.version = 3).contains("newer than this shoal"));
     }
 }

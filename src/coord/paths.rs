@@ -70,6 +70,13 @@ pub(crate) fn new_deletions_key(now: SystemTime) -> String {
     format!("{INDEX_PREFIX}dv/{}.dv", fresh_id(now, ""))
 }
 
+/// A fresh routing key for generation `g`:
+/// `index/routing/<g, 20 digits>-<unix ms>-<128 random bits>.routing`.
+#[allow(dead_code)] // the indexer takes it up in the next step of issue 29
+pub(crate) fn new_routing_key(g: u64, now: SystemTime) -> String {
+    format!("{INDEX_PREFIX}routing/{g:020}-{}.routing", fresh_id(now, ""))
+}
+
 /// `<unix ms>-<marker><128 random bits>`: time first, so a listing sorts
 /// roughly by age; the random bits make the id unique without
 /// coordination (create-only PUTs rely on it).

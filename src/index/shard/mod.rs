@@ -12,6 +12,7 @@
 //! searcher asks, and tantivy's `Collector`, which never does I/O).
 
 mod build;
+pub(crate) mod routed;
 mod search;
 
 pub(crate) use build::build;
