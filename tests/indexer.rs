@@ -414,6 +414,7 @@ async fn rounds_with_a_row_budget_reach_every_partition_in_turn() {
     let budget = IndexOptions {
         force: true,
         max_rows: Some(1),
+        ..Default::default()
     };
     // Every partition keeps getting writes, so a walk that always started
     // at partition 0 would never leave it.

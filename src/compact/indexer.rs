@@ -35,12 +35,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::lease::with_lease;
-use super::{build_outputs, newest_records, retire_covered, CompactError};
+use super::{build_outputs, newest_records, retire_covered, routed, CompactError};
+use crate::index::shard::routed::group_by_cluster;
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
 use crate::coord::index_manifest::{
     read_index_manifest, record_round, replace_merged, IndexManifest, LeaseHeld, MergeCommit,
-    NewDeletions, RoundCommit, ShardEntry,
+    NewDeletions, RoundCommit, RoutingEntry, ShardEntry,
 };
 use crate::coord::manifest::load_manifest;
 use crate::coord::paths::{new_deletions_key, new_shard_key};
@@ -72,6 +73,13 @@ pub struct IndexOptions {
     /// commit; the other partitions wait for the next round. `None`:
     /// every tail. For a compactor whose rounds must fit an invocation.
     pub max_rows: Option<u64>,
+    /// Build routed shards (DESIGN section 12: one routing for the whole
+    /// index, `compact::routed`) and move other shards to the current
+    /// routing as merges. Off by default until readers search routed
+    /// shards (issue 29 builds it in steps; a reader holds a routed shard
+    /// as damaged).
+    #[doc(hidden)]
+    pub routed: bool,
 }
 
 /// The most rows a shard of `settings`' vectors holds.
@@ -157,8 +165,8 @@ pub async fn index_round(
         return Ok(round);
     }
     let work = async {
-        run_round(store, settings, clock, opts.max_rows, &mut round).await?;
-        merge_shards(store, settings, clock, &mut round).await
+        run_round(store, settings, clock, opts, &mut round).await?;
+        merge_shards(store, settings, clock, opts.routed, &mut round).await
     };
     match with_lease(store, n, holder, clock, work).await? {
         Ok(done) => done?,
@@ -176,7 +184,7 @@ async fn work_due(
 ) -> Result<bool, CompactError> {
     let n = settings.partition_count;
     let index = current_index(store, n).await?;
-    if !merges_due(&index, shard_target_rows(settings)).is_empty() {
+    if !merges_due(&index, shard_target_rows(settings), false).is_empty() {
         return Ok(true);
     }
     let now = clock.now();
@@ -211,9 +219,10 @@ async fn run_round(
     store: &dyn ObjectStore,
     settings: &Settings,
     clock: &DynClock,
-    max_rows: Option<u64>,
+    opts: IndexOptions,
     round: &mut IndexRound,
 ) -> Result<(), CompactError> {
+    let max_rows = opts.max_rows;
     let n = settings.partition_count;
     let shape = shape_of(settings);
     let index = current_index(store, n).await?;
@@ -229,7 +238,17 @@ async fn run_round(
     let now = clock.now();
     // GC spares unreferenced objects for the grace period: commit within
     // the age bound after the first PUT, or not at all.
-    let (new_shards, written_at) = write_shards(store, settings, clock, live, 0).await?;
+    let mut new_routing = None;
+    let (new_shards, written_at) = if opts.routed && !live.is_empty() {
+        let rr = routed::routing_for_round(store, settings, clock, &index, &live).await?;
+        new_routing = rr.new;
+        let r = rr.routing.clone();
+        let clusters = crate::cpu::run(move || group_by_cluster(live, &r)).await;
+        let cap = shard_target_rows(settings) as usize;
+        routed::write_routed(store, clock, clusters, rr.routing, 0, cap).await?
+    } else {
+        write_shards(store, settings, clock, live, 0).await?
+    };
     round
         .shards_written
         .extend(new_shards.iter().map(|s| s.key.clone()));
@@ -243,7 +262,7 @@ async fn run_round(
         advanced: &advanced,
         shards: &new_shards,
         deletions: &new_dvs,
-        routing: None,
+        routing: new_routing.as_ref(),
     };
     let committed = commit_round(store, settings, clock, &index, commit, written_at, backoff);
     let Some(generation) = committed.await? else {
@@ -333,20 +352,27 @@ async fn supersede_rows(
     let touched: HashSet<&str> = batch.iter().map(|r| r.id.as_str()).collect();
     let mut deletions: Vec<(usize, DeletionVector)> = Vec::new();
     for (i, shard) in index.shards.iter().enumerate() {
-        let ids = match shard_ids(store, shard, shape).await {
-            Ok(ids) => ids,
+        let found = if shard.routing.is_some() {
+            // Through the shard's id index: its head and the blocks that
+            // could hold the batch's ids, nothing per row in memory.
+            routed::routed_rows_of(store, shard, &touched).await
+        } else {
+            shard_ids(store, shard, shape).await.map(|ids| {
+                ids.iter()
+                    .enumerate()
+                    .filter(|(_, id)| touched.contains(id.as_str()))
+                    .map(|(row, _)| row as u64)
+                    .collect()
+            })
+        };
+        let hits: Vec<u64> = match found {
+            Ok(hits) => hits,
             Err(e) => {
                 // Never served while damaged; a repair must apply newer rows.
                 round.unreadable.push(damaged(e)?);
                 continue;
             }
         };
-        let hits: Vec<u64> = ids
-            .iter()
-            .enumerate()
-            .filter(|(_, id)| touched.contains(id.as_str()))
-            .map(|(row, _)| row as u64)
-            .collect();
         if hits.is_empty() {
             continue;
         }
@@ -422,14 +448,23 @@ fn shard_index_settings(settings: &Settings) -> crate::vocab::IndexSettings {
 /// Per level, the oldest [`MERGE_FANIN`] shards when a level has that
 /// many; shards that are already full (or would make a merge overfull)
 /// stay out.
-fn merges_due(index: &IndexManifest, target_rows: u64) -> Vec<Vec<ShardEntry>> {
-    let mut levels: BTreeMap<u32, Vec<&ShardEntry>> = BTreeMap::new();
+fn merges_due(index: &IndexManifest, target_rows: u64, routed: bool) -> Vec<Vec<ShardEntry>> {
+    let mut due = Vec::new();
+    let current = index.current_routing().map(|r| r.generation);
+    if routed && current.is_some() {
+        // Shards of another routing (or with their own IVF) move to the
+        // current routing, one per commit (a piece that fits an
+        // invocation), before anything else merges.
+        let stray = index.shards.iter().filter(|s| s.routing != current);
+        due.extend(stray.map(|s| vec![s.clone()]));
+    }
+    // Shards merge with shards of their own routing and level.
+    let mut levels: BTreeMap<(Option<u64>, u32), Vec<&ShardEntry>> = BTreeMap::new();
     for s in &index.shards {
-        if s.rows - s.dead.min(s.rows) < target_rows {
-            levels.entry(s.level).or_default().push(s);
+        if s.rows - s.dead.min(s.rows) < target_rows && (!routed || s.routing == current) {
+            levels.entry((s.routing, s.level)).or_default().push(s);
         }
     }
-    let mut due = Vec::new();
     for (_, shards) in levels {
         for group in shards.chunks_exact(MERGE_FANIN) {
             let live: u64 = group.iter().map(|s| s.rows - s.dead.min(s.rows)).sum();
@@ -449,6 +484,7 @@ async fn merge_shards(
     store: &dyn ObjectStore,
     settings: &Settings,
     clock: &DynClock,
+    routed: bool,
     round: &mut IndexRound,
 ) -> Result<(), CompactError> {
     let n = settings.partition_count;
@@ -456,9 +492,15 @@ async fn merge_shards(
     let target = shard_target_rows(settings);
     loop {
         let index = current_index(store, n).await?;
-        let Some(inputs) = merges_due(&index, target).into_iter().next() else {
+        let Some(inputs) = merges_due(&index, target, routed).into_iter().next() else {
             return Ok(());
         };
+        if let Some(current) = index.current_routing().filter(|_| routed) {
+            if !merge_routed(store, settings, clock, &index, current, &inputs, round).await? {
+                return Ok(());
+            }
+            continue;
+        }
         let mut rows: Vec<Prepared> = Vec::new();
         for shard in &inputs {
             let loaded = match segment::load(store, &shard.key, shape).await {
@@ -509,6 +551,59 @@ async fn merge_shards(
             });
         }
     }
+}
+
+/// One merge under the current routing ([`merges_due`]): the inputs' live
+/// rows, each in its cluster (rows of another routing assigned now),
+/// rewritten as routed shards, one level up (a migration stays at its
+/// level). Returns whether it committed.
+async fn merge_routed(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    index: &IndexManifest,
+    current: &RoutingEntry,
+    inputs: &[ShardEntry],
+    round: &mut IndexRound,
+) -> Result<bool, CompactError> {
+    let routing = routed::load_routing(store, current).await?;
+    let clusters = match routed::live_rows_by_cluster(store, inputs, &routing).await {
+        Ok(c) => c,
+        Err(e) => {
+            // Merges wait until the shard is repaired.
+            round.unreadable.push(damaged(e)?);
+            return Ok(false);
+        }
+    };
+    let migration = inputs.iter().any(|s| s.routing != Some(current.generation));
+    let top = inputs.iter().map(|s| s.level).max().unwrap_or(0);
+    let level = if migration { top } else { top + 1 };
+    let rows: u64 = clusters.iter().map(|(_, r)| r.len() as u64).sum();
+    let cap = shard_target_rows(settings) as usize;
+    let (outputs, written_at) =
+        routed::write_routed(store, clock, clusters, routing, level, cap).await?;
+    let retired_at = format_time(crate::coord::skew::store_now(store, clock.as_ref()).await?);
+    let late = || too_late(clock, written_at, settings);
+    let merge = MergeCommit {
+        inputs,
+        outputs: &outputs,
+    };
+    let n = settings.partition_count;
+    let committed = replace_merged(store, n, Backoff::default(), index.generation, late, merge, &retired_at);
+    let Some(m) = committed.await? else {
+        round.superseded = true;
+        return Ok(false);
+    };
+    round.generation = Some(m.generation);
+    for out in &outputs {
+        round.merged.push(Merge {
+            inputs: inputs.iter().map(|s| s.key.clone()).collect(),
+            output: out.key.clone(),
+            level,
+            rows,
+        });
+    }
+    Ok(true)
 }
 
 /// Whether objects PUT at `written_at` are too old to commit (GC may

@@ -38,6 +38,7 @@ pub mod gc;
 pub mod indexer;
 pub mod lease;
 pub mod repair;
+mod routed;
 pub mod schedule;
 pub mod shard_repair;
 

@@ -261,7 +261,6 @@ impl IndexManifest {
     }
 
     /// The routing new shards are built with.
-    #[allow(dead_code)] // the indexer takes it up in the next step of issue 29
     pub fn current_routing(&self) -> Option<&RoutingEntry> {
         self.routings.last()
     }

@@ -72,7 +72,6 @@ pub(crate) fn new_deletions_key(now: SystemTime) -> String {
 
 /// A fresh routing key for generation `g`:
 /// `index/routing/<g, 20 digits>-<unix ms>-<128 random bits>.routing`.
-#[allow(dead_code)] // the indexer takes it up in the next step of issue 29
 pub(crate) fn new_routing_key(g: u64, now: SystemTime) -> String {
     format!("{INDEX_PREFIX}routing/{g:020}-{}.routing", fresh_id(now, ""))
 }

@@ -37,10 +37,6 @@
 //! small) and each group block it needs, checking every part against
 //! its checksum.
 
-// Built and tested here first; the index manifest and the routed shard
-// format take it up in the next steps of issue 29.
-#![allow(dead_code)]
-
 use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -59,7 +55,7 @@ const GROUP_ENTRY_LEN: usize = 4 + 4 + 8 + 8 + 8;
 pub(crate) const TARGET_CLUSTER_ROWS: usize = 1000;
 /// Training rows per cluster (the sample is at most this many times the
 /// cluster count).
-const SAMPLE_PER_CLUSTER: usize = 48;
+pub(crate) const SAMPLE_PER_CLUSTER: usize = 48;
 /// Groups whose clusters a row is routed among when it is assigned.
 const ASSIGN_BEAM: usize = 4;
 
@@ -126,6 +122,7 @@ impl RoutingHead {
     }
 
     /// The group holding cluster `c`.
+    #[allow(dead_code)] // for readers, the next step of issue 29
     pub(crate) fn group_of(&self, c: u32) -> usize {
         self.groups.partition_point(|g| g.first + g.clusters <= c)
     }

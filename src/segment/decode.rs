@@ -297,10 +297,14 @@ pub(super) fn push_ids(
     Ok(())
 }
 
-/// Decodes a whole segment object (or a whole range-readable shard,
-/// see [`super::shard`]).
+/// Decodes a whole segment object (or a whole range-readable shard, see
+/// [`super::shard`], or a routed one, [`super::routed`], its rows in
+/// shard-row order).
 pub fn decode_segment(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
     if super::shard::is_shard(buf) {
+        if buf.get(8..10) == Some(&super::routed::ROUTED_VERSION.to_le_bytes()[..]) {
+            return super::routed::decode_routed(key, buf).map(|(_, seg, _)| seg);
+        }
         return super::shard::decode_shard(key, buf);
     }
     let (header, header_end) = decode_header(key, buf)?;

@@ -41,10 +41,6 @@
 //! (consecutive ids within a routing group) come in a few ranged GETs.
 //! Every part is checked against its checksum when it is parsed.
 
-// Built and tested here first; the indexer and readers take it up in the
-// next steps of issue 29.
-#![allow(dead_code)]
-
 use bytes::Bytes;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -329,8 +325,7 @@ pub(crate) fn encode_routed(
 
 mod read;
 
-#[allow(unused_imports)] // used by the next steps of issue 29
-pub(crate) use read::{decode_routed, IdBlock};
+pub(crate) use read::decode_routed;
 
 #[cfg(test)]
 mod tests;

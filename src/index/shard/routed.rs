@@ -3,9 +3,6 @@
 //! against the routing's centroid, laid out by [`crate::segment::routed`].
 //! Nothing is trained here: the routing was, once.
 
-// Used by the indexer in the next step of issue 29.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 
 use rayon::prelude::*;

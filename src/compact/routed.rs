@@ -1,0 +1,275 @@
+//! The indexer's side of one routing for the whole index (DESIGN section
+//! 12): which routing a round builds with, routed shards written under
+//! it, older rows found through a shard's id index, and merges that keep
+//! each row in its cluster (or move shards of an older routing, or with
+//! their own IVF, to the current one).
+//!
+//! A routing is trained when the index has none, and again when the
+//! index has grown [`REGROW_FACTOR`] times past the rows it was sized
+//! for; the sample is the round's rows plus rows of the listed shards
+//! (reservoir-sampled, one shard in memory at a time). Shards under an
+//! older routing are then rebuilt under the new one by merges, one shard
+//! per commit, so each piece fits a compactor invocation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::CompactError;
+use crate::coord::cas::{put_new_object, Backoff};
+use crate::coord::clock::{format_time, unix_millis, DynClock};
+use crate::coord::index_manifest::{IndexManifest, RoutingEntry, ShardEntry};
+use crate::coord::paths::{new_routing_key, new_shard_key};
+use crate::coord::{CoordError, Settings};
+use crate::index::routing::{Routing, SAMPLE_PER_CLUSTER, TARGET_CLUSTER_ROWS};
+use crate::index::shard::routed::{build_routed, group_by_cluster};
+use crate::record::Prepared;
+use crate::segment::routed::{decode_routed, RoutedHead};
+use crate::segment::{self, SegmentError, Shape};
+use crate::store::{ByteRange, ObjectStore};
+
+/// A new routing is trained once the index holds this many times the
+/// rows its routing was sized for.
+pub(super) const REGROW_FACTOR: u64 = 4;
+/// Most rows a routing is trained on.
+const MAX_SAMPLE: usize = 100_000;
+
+/// The routing a round builds with, and the entry to list when the round
+/// trained it.
+pub(super) struct RoundRouting {
+    pub routing: Arc<Routing>,
+    pub new: Option<RoutingEntry>,
+}
+
+/// The routing for a round that adds `batch` to `index`: the current one,
+/// or a new one when there is none or the index outgrew it (written
+/// create-only; listed by the round's commit).
+pub(super) async fn routing_for_round(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    index: &IndexManifest,
+    batch: &[Prepared],
+) -> Result<RoundRouting, CompactError> {
+    let rows = index.live_rows() + batch.len() as u64;
+    if let Some(cur) = index.current_routing() {
+        if rows <= REGROW_FACTOR * cur.trained_rows.max(TARGET_CLUSTER_ROWS as u64) {
+            return Ok(RoundRouting {
+                routing: load_routing(store, cur).await?,
+                new: None,
+            });
+        }
+    }
+    let shape = super::indexer::shape_of(settings);
+    let sample = sample_rows(store, index, shape, batch).await?;
+    let generation = index.current_routing().map_or(1, |r| r.generation + 1);
+    let (d, metric) = (shape.dimensions, shape.metric);
+    let routing = crate::cpu::run(move || Routing::train(&sample, d, metric, rows, generation)).await;
+    let now = clock.now();
+    let key = new_routing_key(generation, now);
+    let bytes = routing.encode();
+    let len = bytes.len() as u64;
+    put_new_object(store, &key, bytes.into(), Backoff::default()).await?;
+    tracing::info!(generation, clusters = routing.head.clusters, rows, "trained a routing");
+    let entry = RoutingEntry {
+        key,
+        generation,
+        clusters: routing.head.clusters,
+        trained_rows: rows,
+        bytes: len,
+        head_bytes: routing.head.region_len(),
+        created_at: format_time(now),
+        extra: Default::default(),
+    };
+    Ok(RoundRouting {
+        routing: Arc::new(routing),
+        new: Some(entry),
+    })
+}
+
+/// A listed routing, read once per process (routings are immutable).
+pub(super) async fn load_routing(
+    store: &dyn ObjectStore,
+    entry: &RoutingEntry,
+) -> Result<Arc<Routing>, CompactError> {
+    type Cache = moka::future::Cache<String, Arc<Routing>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| Cache::new(8));
+    let cache_key = format!("{}\n{}", store.describe(), entry.key);
+    if let Some(r) = cache.get(&cache_key).await {
+        return Ok(r);
+    }
+    let got = store.get(&entry.key).await.map_err(CoordError::from)?;
+    let key = entry.key.clone();
+    let routing = crate::cpu::run(move || Routing::decode(&got.bytes))
+        .await
+        .map_err(|e| SegmentError::Corrupt { key: key.clone(), reason: e.0 })?;
+    if routing.head.generation != entry.generation {
+        return Err(SegmentError::Corrupt {
+            key: entry.key.clone(),
+            reason: format!(
+                "routing generation {} where the index manifest lists {}",
+                routing.head.generation, entry.generation
+            ),
+        }
+        .into());
+    }
+    let routing = Arc::new(routing);
+    cache.insert(cache_key, routing.clone()).await;
+    Ok(routing)
+}
+
+/// A uniform sample (at most [`MAX_SAMPLE`] rows, flat) of `batch` and the
+/// live rows of `index`'s shards, one shard loaded at a time.
+async fn sample_rows(
+    store: &dyn ObjectStore,
+    index: &IndexManifest,
+    shape: Shape,
+    batch: &[Prepared],
+) -> Result<Vec<f32>, CompactError> {
+    let d = shape.dimensions;
+    let want = MAX_SAMPLE.max(SAMPLE_PER_CLUSTER);
+    let mut rng = StdRng::seed_from_u64(index.generation);
+    let mut sample: Vec<f32> = Vec::with_capacity(want.min(batch.len() + 1) * d);
+    let mut seen = 0usize;
+    let mut offer = |v: &[f32], sample: &mut Vec<f32>| {
+        if sample.len() < want * d {
+            sample.extend_from_slice(v);
+        } else {
+            let j = rng.random_range(0..=seen);
+            if j < want {
+                sample[j * d..(j + 1) * d].copy_from_slice(v);
+            }
+        }
+        seen += 1;
+    };
+    for r in batch.iter().filter(|r| !r.tombstone) {
+        offer(&r.vector, &mut sample);
+    }
+    for shard in &index.shards {
+        let seg = segment::load(store, &shard.key, shape).await?;
+        let dv = super::indexer::load_deletions(store, shard).await?;
+        for i in 0..seg.len() {
+            if !dv.is_dead(i as u64) && !seg.is_tombstone(i) {
+                offer(seg.vector(i), &mut sample);
+            }
+        }
+    }
+    Ok(sample)
+}
+
+/// Builds routed shards of `rows` (at most `cap` rows each) under
+/// `routing` at `level` and PUTs them create-only. Returns their entries
+/// and when the first PUT was sent.
+pub(super) async fn write_routed(
+    store: &dyn ObjectStore,
+    clock: &DynClock,
+    clusters: Vec<(u32, Vec<Prepared>)>,
+    routing: Arc<Routing>,
+    level: u32,
+    cap: usize,
+) -> Result<(Vec<ShardEntry>, SystemTime), CompactError> {
+    let now = clock.now();
+    let generation = routing.head.generation;
+    let built = crate::cpu::run(move || build_routed(clusters, &routing, unix_millis(now), "indexer", cap)).await;
+    let written_at = clock.now();
+    let mut entries = Vec::with_capacity(built.len());
+    for out in built {
+        let key = new_shard_key(now);
+        let bytes = out.bytes.len() as u64;
+        put_new_object(store, &key, out.bytes, Backoff::default()).await?;
+        entries.push(ShardEntry {
+            key,
+            rows: out.rows,
+            dead: 0,
+            bytes,
+            level,
+            deletions: None,
+            created_at: format_time(now),
+            head_bytes: Some(out.head_bytes),
+            routing: Some(generation),
+            extra: Default::default(),
+        });
+    }
+    Ok((entries, written_at))
+}
+
+/// The rows of a routed shard holding one of `ids`: its head, then only
+/// the id-index blocks whose fences could hold them (ranged GETs).
+pub(super) async fn routed_rows_of(
+    store: &dyn ObjectStore,
+    shard: &ShardEntry,
+    ids: &HashSet<&str>,
+) -> Result<Vec<u64>, CompactError> {
+    let head = routed_head(store, shard).await?;
+    let mut blocks: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+    for id in ids {
+        if let Some(b) = head.fence_for(id) {
+            blocks.entry(b).or_default().push(id);
+        }
+    }
+    let mut rows = Vec::new();
+    for (b, wanted) in blocks {
+        let r = head.fences[b].block.range();
+        let got = store.get_range(&shard.key, ByteRange::new(r.start, r.end)).await;
+        let got = got.map_err(CoordError::from)?;
+        let block = head.id_block(&shard.key, b, &got)?;
+        rows.extend(wanted.iter().filter_map(|id| block.row_of(id)).map(u64::from));
+    }
+    rows.sort_unstable();
+    Ok(rows)
+}
+
+/// A routed shard's head, from its first `headBytes` bytes.
+async fn routed_head(store: &dyn ObjectStore, shard: &ShardEntry) -> Result<RoutedHead, CompactError> {
+    let len = shard.head_bytes.unwrap_or(0);
+    let region = store
+        .get_range(&shard.key, ByteRange::new(0, len))
+        .await
+        .map_err(CoordError::from)?;
+    Ok(RoutedHead::parse(&shard.key, &region, shard.bytes)?)
+}
+
+/// The live rows of `inputs`, each with the cluster it belongs to under
+/// `routing`: a shard of that routing keeps its rows' clusters (its rows
+/// were assigned by it); any other shard's rows are assigned now.
+pub(super) async fn live_rows_by_cluster(
+    store: &dyn ObjectStore,
+    inputs: &[ShardEntry],
+    routing: &Arc<Routing>,
+) -> Result<Vec<(u32, Vec<Prepared>)>, CompactError> {
+    let mut by: BTreeMap<u32, Vec<Prepared>> = BTreeMap::new();
+    let mut strays: Vec<Prepared> = Vec::new();
+    for shard in inputs {
+        let got = store.get(&shard.key).await.map_err(CoordError::from)?;
+        let dv = super::indexer::load_deletions(store, shard).await?;
+        let row = |seg: &segment::Segment, i: usize| Prepared {
+            id: seg.id(i).to_string(),
+            vector: seg.vector(i).to_vec(),
+            metadata: seg.metadata_raw(i).to_vec(),
+            tombstone: false,
+        };
+        if shard.routing == Some(routing.head.generation) {
+            let (head, seg, _) = decode_routed(&shard.key, &got.bytes)?;
+            for c in &head.clusters {
+                let live = (c.start..c.start + u64::from(c.rows)).filter(|r| !dv.is_dead(*r));
+                by.entry(c.cluster).or_default().extend(live.map(|r| row(&seg, r as usize)));
+            }
+        } else {
+            let seg = segment::decode_segment(&shard.key, &got.bytes)?;
+            let live = (0..seg.len()).filter(|i| !dv.is_dead(*i as u64) && !seg.is_tombstone(*i));
+            strays.extend(live.map(|i| row(&seg, i)));
+        }
+    }
+    if !strays.is_empty() {
+        let r = routing.clone();
+        let grouped = crate::cpu::run(move || group_by_cluster(strays, &r)).await;
+        for (c, rows) in grouped {
+            by.entry(c).or_default().extend(rows);
+        }
+    }
+    Ok(by.into_iter().filter(|(_, rows)| !rows.is_empty()).collect())
+}

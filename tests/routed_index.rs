@@ -1,0 +1,211 @@
+//! The indexer under one routing (DESIGN section 12, issue 29): rounds
+//! train a routing and write routed shards; newer versions and deletes
+//! mark older rows dead through the shards' id indexes; merges keep rows
+//! in their clusters and drop dead ones; shards of an older routing (or
+//! with their own IVF) move to the current routing; a grown index gets a
+//! new routing and the old one retires once no shard names it. Checked
+//! against a model of what was written, shard by shard (readers do not
+//! search routed shards yet).
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use shoal::compact::indexer::{index_round, IndexOptions, IndexRound, MERGE_FANIN};
+use shoal::coord::clock::{DynClock, SystemClock};
+use shoal::coord::index_manifest::{read_index_manifest, IndexManifest};
+use shoal::coord::{Metric, Settings};
+use shoal::record::Record;
+use shoal::segment::deletions::DeletionVector;
+use shoal::segment::{load, Shape};
+use shoal::store::{Counted, ObjectStore};
+
+backend_tests!(routed_rounds_keep_every_live_row_exactly_once);
+
+const DIMS: usize = 12;
+
+/// Rows around 40 centres, so a routing has structure to find.
+fn vector(i: usize, version: usize) -> Vec<f32> {
+    let mut x =
+        (i as u64 * 2_654_435_761 + version as u64 * 97 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = || {
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let centre = (i * 7 + version) % 40;
+    (0..DIMS)
+        .map(|j| if j == centre % DIMS { 4.0 + (centre / DIMS) as f32 } else { 0.0 } + 0.3 * next())
+        .collect()
+}
+
+async fn round(store: &dyn ObjectStore, s: &Settings, routed: bool) -> IndexRound {
+    let clock: DynClock = Arc::new(SystemClock);
+    let opts = IndexOptions {
+        force: true,
+        routed,
+        ..Default::default()
+    };
+    index_round(store, s, "ix", &clock, opts)
+        .await
+        .expect("an indexer round")
+}
+
+async fn manifest(store: &dyn ObjectStore, s: &Settings) -> IndexManifest {
+    read_index_manifest(store, s.partition_count)
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+}
+
+/// Every live shard row (its deletion vector applied): id -> vector. An
+/// id live twice fails.
+async fn live_in_shards(store: &dyn ObjectStore, s: &Settings) -> BTreeMap<String, Vec<f32>> {
+    let m = manifest(store, s).await;
+    let shape = Shape {
+        dimensions: DIMS,
+        metric: s.metric(),
+    };
+    let mut out = BTreeMap::new();
+    for shard in &m.shards {
+        let seg = load(store, &shard.key, shape).await.unwrap();
+        let dv = match &shard.deletions {
+            Some(k) => {
+                DeletionVector::decode(k, &store.get(k).await.unwrap().bytes, shard.rows).unwrap()
+            }
+            None => DeletionVector::new(shard.rows),
+        };
+        assert_eq!(dv.dead(), shard.dead, "{}", shard.key);
+        for i in (0..seg.len()).filter(|i| !dv.is_dead(*i as u64)) {
+            let prev = out.insert(seg.id(i).to_string(), seg.vector(i).to_vec());
+            assert!(prev.is_none(), "{} live twice", seg.id(i));
+        }
+    }
+    out
+}
+
+async fn routed_rounds_keep_every_live_row_exactly_once(store: Arc<Counted>) {
+    let s = common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let mut model: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let write = |recs: Vec<Record>, model: &mut BTreeMap<String, Vec<f32>>| {
+        for r in &recs {
+            model.insert(r.id.clone(), r.vector.clone());
+        }
+        recs
+    };
+    // A first index with shards of their own IVF (the layout before).
+    let recs = write(
+        (0..600)
+            .map(|i| Record::new(format!("r{i}"), vector(i, 0)))
+            .collect(),
+        &mut model,
+    );
+    w.upsert(&recs).await.unwrap();
+    round(store.as_ref(), &s, false).await;
+    let m = manifest(store.as_ref(), &s).await;
+    assert!(m.routings.is_empty() && m.shards.iter().all(|x| x.routing.is_none()));
+
+    // Routed rounds from now on: the first trains a routing, and the
+    // legacy shard moves to it.
+    let recs = write(
+        (600..1500)
+            .map(|i| Record::new(format!("r{i}"), vector(i, 0)))
+            .collect(),
+        &mut model,
+    );
+    w.upsert(&recs).await.unwrap();
+    let r = round(store.as_ref(), &s, true).await;
+    let m = manifest(store.as_ref(), &s).await;
+    assert_eq!(m.version, 2);
+    assert_eq!(m.routings.len(), 1, "{:?}", m.routings);
+    let g1 = m.routings[0].generation;
+    assert!(
+        m.shards
+            .iter()
+            .all(|x| x.routing == Some(g1) && x.head_bytes.is_some()),
+        "{r:?}"
+    );
+    assert!(!r.merged.is_empty(), "the legacy shard migrated: {r:?}");
+    assert_eq!(live_in_shards(store.as_ref(), &s).await, model);
+
+    // Newer versions and deletes mark older rows dead through id indexes.
+    let recs = write(
+        (0..1500)
+            .step_by(7)
+            .map(|i| Record::new(format!("r{i}"), vector(i, 1)))
+            .collect(),
+        &mut model,
+    );
+    w.upsert(&recs).await.unwrap();
+    let gone: Vec<String> = (3..1500)
+        .step_by(11)
+        .map(|i| format!("r{i}"))
+        .filter(|id| !recs.iter().any(|r| &r.id == id))
+        .collect();
+    w.delete(&gone).await.unwrap();
+    for id in &gone {
+        model.remove(id);
+    }
+    let r = round(store.as_ref(), &s, true).await;
+    assert_eq!(r.rows_killed as usize, recs.len() + gone.len(), "{r:?}");
+    assert_eq!(live_in_shards(store.as_ref(), &s).await, model);
+
+    // Rounds until a level holds MERGE_FANIN shards: they merge into one
+    // routed shard of the same routing without the dead rows.
+    let mut merged = false;
+    for v in 2..2 + MERGE_FANIN {
+        let recs = write(
+            (0..1500)
+                .step_by(13)
+                .map(|i| Record::new(format!("r{i}"), vector(i, v)))
+                .collect(),
+            &mut model,
+        );
+        w.upsert(&recs).await.unwrap();
+        merged |= !round(store.as_ref(), &s, true).await.merged.is_empty();
+    }
+    assert!(merged, "a level of {MERGE_FANIN} shards merged");
+    let m = manifest(store.as_ref(), &s).await;
+    assert!(
+        m.shards
+            .iter()
+            .any(|x| x.level >= 1 && x.routing == Some(g1)),
+        "{:?}",
+        m.shards
+    );
+    assert_eq!(live_in_shards(store.as_ref(), &s).await, model);
+
+    // The index outgrows its routing: a new one is trained, the shards
+    // move to it, and the first retires.
+    let n = 1500 + 4 * m.routings[0].trained_rows.max(1000) as usize;
+    let recs = write(
+        (1500..n)
+            .map(|i| Record::new(format!("r{i}"), vector(i, 0)))
+            .collect(),
+        &mut model,
+    );
+    for chunk in recs.chunks(2000) {
+        w.upsert(chunk).await.unwrap();
+    }
+    round(store.as_ref(), &s, true).await;
+    let m = manifest(store.as_ref(), &s).await;
+    assert_eq!(m.routings.len(), 1, "{:?}", m.routings);
+    let g2 = m.routings[0].generation;
+    assert!(g2 > g1);
+    assert!(m.routings[0].clusters > 1);
+    assert!(
+        m.shards.iter().all(|x| x.routing == Some(g2)),
+        "{:?}",
+        m.shards
+    );
+    assert!(
+        m.retired.iter().any(|r| r.key.contains("/routing/")),
+        "{:?}",
+        m.retired
+    );
+    assert_eq!(live_in_shards(store.as_ref(), &s).await, model);
+}
