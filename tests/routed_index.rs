@@ -208,4 +208,23 @@ async fn routed_rounds_keep_every_live_row_exactly_once(store: Arc<Counted>) {
         m.retired
     );
     assert_eq!(live_in_shards(store.as_ref(), &s).await, model);
+
+    // `verify` reads routings and routed shards: clean, then a damaged
+    // routing object is named by its key.
+    let v = common::verify(&store).await.unwrap();
+    assert!(v.is_clean(), "{:?}", v.problems);
+    assert_eq!(v.shard_rows as usize, model.len());
+    let key = &m.routings[0].key;
+    let mut bytes = store.get(key).await.unwrap().bytes.to_vec();
+    let at = bytes.len() - 12;
+    bytes[at] ^= 0x40;
+    store.put(key, bytes.into()).await.unwrap();
+    let v = common::verify(&store).await.unwrap();
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| &p.key == key && p.message.contains("checksum")),
+        "{:?}",
+        v.problems
+    );
 }

@@ -11,6 +11,7 @@
 
 use serde::Serialize;
 
+mod routings;
 mod status;
 mod verify;
 

@@ -254,6 +254,7 @@ async fn verify_index(
     };
     referenced.insert(INDEX_MANIFEST_KEY.to_string());
     referenced.extend(index.retired.iter().map(|r| r.key.clone()));
+    super::routings::verify_routings(store, &index, report, referenced).await?;
     let mut live = LiveRows::new();
     for shard in &index.shards {
         referenced.insert(shard.key.clone());
