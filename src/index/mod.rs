@@ -216,6 +216,9 @@ pub struct ScanStats {
     pub vectors_compared: u64,
     /// Rows estimated from quantized codes.
     pub codes_scanned: u64,
+    /// Shard rows whose exact distance a rerank computed (counted in
+    /// `vectors_compared` too).
+    pub rows_reranked: u64,
 }
 
 /// One segment's view for a query.

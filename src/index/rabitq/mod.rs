@@ -30,6 +30,8 @@
 
 use crate::vocab::Metric;
 
+pub(crate) mod ex;
+
 /// The bound's width in standard deviations of the estimator's error.
 /// The error is close to normal with standard deviation
 /// `|q⊥| √(1 - ip²) / ip / √(D - 1)`; the paper's 1.9 leaves about 6 % of
@@ -130,47 +132,82 @@ pub(crate) fn words(dims: usize) -> usize {
     dims.div_ceil(64)
 }
 
-/// Bytes one row takes in a list's code block.
-pub(crate) fn row_bytes(dims: usize) -> usize {
-    words(dims) * 8 + 12
+/// Bytes one row takes in a list's code block of `bits` bits per
+/// dimension: the sign words and three factors, plus, for more than one
+/// bit, `bits - 1` low-bit planes and two more factors.
+pub(crate) fn row_bytes(dims: usize, bits: u8) -> usize {
+    let one = words(dims) * 8 + 12;
+    match bits {
+        1 => one,
+        b => one + usize::from(b - 1) * words(dims) * 8 + 8,
+    }
 }
 
-/// The codes of one IVF list, struct-of-arrays. `spread`, `inv_ip` and
-/// `radius` are derived when a block is parsed (never stored): they move
-/// per-row work out of every query's scan.
+/// The codes of one IVF list, struct-of-arrays. `spread`, `inv_ip`,
+/// `ex_*` derived fields and `radius` are derived when a block is parsed
+/// (never stored): they move per-row work out of every query's scan.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ListCodes {
     words: usize,
+    /// Bits per dimension (1: the sign only).
+    code_bits: u8,
     bits: Vec<u64>,
     norm: Vec<f32>,
     ip: Vec<f32>,
     cdot: Vec<f32>,
+    /// With more than one bit: per row, `code_bits - 1` planes of
+    /// `words` words (plane `b`: bit `b` of each coordinate's value).
+    planes: Vec<u64>,
+    /// The grid point's cosine with the residual ([`ex`]).
+    ex_ip: Vec<f32>,
+    /// The grid point's length `|ȳ|`.
+    ex_len: Vec<f32>,
     /// `√(1 - ip²) / ip`: the row's share of the bound.
     spread: Vec<f32>,
     /// `1 / ip`.
     inv_ip: Vec<f32>,
+    /// The same two for the multi-bit code, and `1 / (|ȳ| ex_ip)`.
+    ex_spread: Vec<f32>,
+    ex_inv_ip: Vec<f32>,
+    ex_scale: Vec<f32>,
     /// The largest `norm`: every row lies within it of the centroid.
     radius: f32,
 }
 
 impl ListCodes {
-    /// Encodes `vectors` (`n × dims`) of a list with centroid `centroid`.
-    pub(crate) fn encode(rot: &Rotation, centroid: &[f32], vectors: &[f32]) -> Self {
+    /// Encodes `vectors` (`n × dims`) of a list with centroid `centroid`,
+    /// `code_bits` bits per dimension (1 to [`ex::MAX_CODE_BITS`]).
+    pub(crate) fn encode(
+        rot: &Rotation,
+        centroid: &[f32],
+        vectors: &[f32],
+        code_bits: u8,
+    ) -> Self {
+        assert!((1..=ex::MAX_CODE_BITS).contains(&code_bits));
         let dims = rot.dims();
         let w = words(dims);
         let n = vectors.len() / dims.max(1);
+        let ex_planes = usize::from(code_bits - 1);
         let mut codes = ListCodes {
             words: w,
+            code_bits,
             bits: vec![0; n * w],
             norm: Vec::with_capacity(n),
             ip: Vec::with_capacity(n),
             cdot: Vec::with_capacity(n),
+            planes: vec![0; n * ex_planes * w],
+            ex_ip: Vec::new(),
+            ex_len: Vec::new(),
             spread: Vec::new(),
             inv_ip: Vec::new(),
+            ex_spread: Vec::new(),
+            ex_inv_ip: Vec::new(),
+            ex_scale: Vec::new(),
             radius: 0.0,
         };
         let sqrt_d = (dims as f32).sqrt();
         let mut r = vec![0f32; dims];
+        let mut x = vec![0u8; dims];
         for (i, v) in vectors.chunks_exact(dims).enumerate() {
             for ((r, x), c) in r.iter_mut().zip(v).zip(centroid) {
                 *r = x - c;
@@ -195,6 +232,19 @@ impl ListCodes {
             codes.norm.push(norm);
             codes.ip.push(ip);
             codes.cdot.push(cdot);
+            if code_bits > 1 {
+                let (cos, len) = ex::encode(&r, code_bits, &mut x);
+                let planes = &mut codes.planes[i * ex_planes * w..(i + 1) * ex_planes * w];
+                for (j, v) in x.iter().enumerate() {
+                    for b in 0..ex_planes {
+                        if v >> b & 1 == 1 {
+                            planes[b * w + j / 64] |= 1 << (j % 64);
+                        }
+                    }
+                }
+                codes.ex_ip.push(cos);
+                codes.ex_len.push(len);
+            }
         }
         codes.derive();
         codes
@@ -202,12 +252,17 @@ impl ListCodes {
 
     /// Fills the parse-time fields from the stored ones.
     fn derive(&mut self) {
-        self.spread = self
-            .ip
-            .iter()
-            .map(|ip| (1.0 - ip * ip).max(0.0).sqrt() / ip)
-            .collect();
+        let spread = |ip: &f32| (1.0 - ip * ip).max(0.0).sqrt() / ip;
+        self.spread = self.ip.iter().map(spread).collect();
         self.inv_ip = self.ip.iter().map(|ip| 1.0 / ip).collect();
+        self.ex_spread = self.ex_ip.iter().map(spread).collect();
+        self.ex_inv_ip = self.ex_ip.iter().map(|ip| 1.0 / ip).collect();
+        self.ex_scale = self
+            .ex_ip
+            .iter()
+            .zip(&self.ex_len)
+            .map(|(ip, len)| 1.0 / (ip * len))
+            .collect();
         self.radius = self.norm.iter().copied().fold(0.0, f32::max);
     }
 
@@ -215,55 +270,91 @@ impl ListCodes {
         self.norm.len()
     }
 
-    /// The block as stored: every row's words, then the factors.
+    /// The block as stored: every row's sign words, then the factors
+    /// `norm`, `ip`, `cdot` (a one-bit block ends there: the format of
+    /// shards written before multi-bit codes), then every row's low-bit
+    /// planes and the factors `ex_ip`, `ex_len`.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len() * (self.words * 8 + 12));
-        for w in &self.bits {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
+        let dims = self.words * 64;
+        let mut out = Vec::with_capacity(self.len() * row_bytes(dims, self.code_bits));
+        let words = |out: &mut Vec<u8>, col: &[u64]| {
+            col.iter().for_each(|w| out.extend_from_slice(&w.to_le_bytes()))
+        };
+        let floats = |out: &mut Vec<u8>, col: &[f32]| {
+            col.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+        };
+        words(&mut out, &self.bits);
         for col in [&self.norm, &self.ip, &self.cdot] {
-            for x in col.iter() {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
+            floats(&mut out, col);
+        }
+        words(&mut out, &self.planes);
+        for col in [&self.ex_ip, &self.ex_len] {
+            floats(&mut out, col);
         }
         out
     }
 
-    /// Parses a block of `rows` rows of `dims`-d codes.
-    pub(crate) fn from_bytes(b: &[u8], dims: usize, rows: usize) -> Result<Self, String> {
+    /// Parses a block of `rows` rows of `dims`-d codes with `code_bits`
+    /// bits per dimension.
+    pub(crate) fn from_bytes(
+        b: &[u8],
+        dims: usize,
+        rows: usize,
+        code_bits: u8,
+    ) -> Result<Self, String> {
+        if !(1..=ex::MAX_CODE_BITS).contains(&code_bits) {
+            return Err(format!("codes of {code_bits} bits per dimension"));
+        }
         let w = words(dims);
-        if b.len() != rows * row_bytes(dims) {
+        let want = rows * row_bytes(dims, code_bits);
+        if b.len() != want {
             return Err(format!(
-                "code block is {} bytes, {rows} rows of {dims}-d codes take {}",
+                "code block is {} bytes, {rows} rows of {dims}-d {code_bits}-bit codes take {want}",
                 b.len(),
-                rows * row_bytes(dims)
             ));
         }
+        let u64s = |b: &[u8]| -> Vec<u64> {
+            b.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect()
+        };
+        let f32s = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        };
+        let ex_planes = usize::from(code_bits - 1);
         let (bits, rest) = b.split_at(rows * w * 8);
-        let bits = bits
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        let floats: Vec<f32> = rest
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        if floats.iter().any(|x| !x.is_finite()) {
+        let (factors, rest) = rest.split_at(rows * 12);
+        let (planes, ex_factors) = rest.split_at(rows * ex_planes * w * 8);
+        let floats = f32s(factors);
+        let ex_floats = f32s(ex_factors);
+        if floats.iter().chain(&ex_floats).any(|x| !x.is_finite()) {
             return Err("code block holds a non-finite factor".into());
         }
         let (norm, rest) = floats.split_at(rows);
         let (ip, cdot) = rest.split_at(rows);
-        if ip.iter().any(|x| *x <= 0.0) || norm.iter().any(|x| *x < 0.0) {
+        let (ex_ip, ex_len) = ex_floats.split_at(ex_floats.len() / 2);
+        if ip.iter().chain(ex_ip).chain(ex_len).any(|x| *x <= 0.0)
+            || norm.iter().any(|x| *x < 0.0)
+        {
             return Err("code block holds an impossible factor".into());
         }
         let mut codes = ListCodes {
             words: w,
-            bits,
+            code_bits,
+            bits: u64s(bits),
             norm: norm.to_vec(),
             ip: ip.to_vec(),
             cdot: cdot.to_vec(),
+            planes: u64s(planes),
+            ex_ip: ex_ip.to_vec(),
+            ex_len: ex_len.to_vec(),
             spread: Vec::new(),
             inv_ip: Vec::new(),
+            ex_spread: Vec::new(),
+            ex_inv_ip: Vec::new(),
+            ex_scale: Vec::new(),
             radius: 0.0,
         };
         codes.derive();
@@ -271,28 +362,27 @@ impl ListCodes {
     }
 
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.bits.len() * 8 + self.norm.len() * 20
+        (self.bits.len() + self.planes.len()) * 8 + self.norm.len() * 20 + self.ex_ip.len() * 24
     }
 }
 
-/// A rotated query residual quantized to 4 bits, split into bit planes
+/// A rotated query residual quantized to `bits` bits (4 for the one-bit
+/// stage, 8 to refine multi-bit codes), split into bit planes
 /// (`planes[b * words + k]`: bit `b` of coordinates `64k..64k + 64`).
-pub(crate) struct QueryCode {
+struct QueryCode {
     words: usize,
+    bits: usize,
     planes: Vec<u64>,
     lo: f32,
     delta: f32,
     /// `Σ ŷ_i` over the quantized residual.
     sum: f32,
-    /// `1 / √D`.
-    inv_sqrt_d: f32,
-    /// `ε0 / √(D - 1)`.
-    eps: f32,
 }
 
 impl QueryCode {
     /// `y` is the rotated query residual.
-    pub(crate) fn new(y: &[f32]) -> Self {
+    fn new(y: &[f32], bits: usize) -> Self {
+        debug_assert!((1..=8).contains(&bits));
         let dims = y.len();
         let (lo, hi) = y
             .iter()
@@ -300,23 +390,24 @@ impl QueryCode {
                 (lo.min(*v), hi.max(*v))
             });
         let (lo, hi) = if dims == 0 { (0.0, 0.0) } else { (lo, hi) };
-        let delta = (hi - lo) / 15.0;
+        let top = ((1u32 << bits) - 1) as f32;
+        let delta = (hi - lo) / top;
         let inv = if delta > 0.0 { 1.0 / delta } else { 0.0 };
         let w = words(dims);
-        let mut planes = vec![0u64; 4 * w];
-        let mut sum_u = 0u32;
-        // Eight coordinates at a time: their 4-bit values as the bytes of
-        // a word, then each bit plane's eight bits gathered by one
+        let mut planes = vec![0u64; bits * w];
+        let mut sum_u = 0u64;
+        // Eight coordinates at a time: their values as the bytes of a
+        // word, then each bit plane's eight bits gathered by one
         // multiply (bit b of byte t lands on bit t of the top byte).
         for (g, chunk) in y.chunks(8).enumerate() {
             let mut packed = 0u64;
             for (t, v) in chunk.iter().enumerate() {
-                let u = (((v - lo) * inv + 0.5) as u32).min(15);
-                sum_u += u;
+                let u = (((v - lo) * inv + 0.5) as u32).min(top as u32);
+                sum_u += u64::from(u);
                 packed |= u64::from(u) << (8 * t);
             }
             let (k, shift) = (g / 8, (g % 8) * 8);
-            for b in 0..4 {
+            for b in 0..bits {
                 let bits = ((packed >> b) & 0x0101_0101_0101_0101)
                     .wrapping_mul(0x0102_0408_1020_4080)
                     >> 56;
@@ -325,13 +416,32 @@ impl QueryCode {
         }
         QueryCode {
             words: w,
+            bits,
             planes,
             lo,
             delta,
             sum: lo * dims as f32 + delta * sum_u as f32,
-            inv_sqrt_d: 1.0 / (dims.max(1) as f32).sqrt(),
-            eps: EPSILON0 / ((dims.max(2) - 1) as f32).sqrt(),
         }
+    }
+
+    /// `Σ_j v_j u_j` over the quantized coordinates `u_j` (the query's
+    /// integer values) and a row's `v_j`, given as `plane_count` bit
+    /// planes weighted `1, 2, 4, …` (`row_planes[b * words + k]`).
+    #[inline(always)]
+    fn weighted(&self, row_planes: &[u64], plane_count: usize) -> u32 {
+        let w = self.words;
+        let mut total = 0u32;
+        for b in 0..plane_count {
+            let row = &row_planes[b * w..(b + 1) * w];
+            let mut sum = 0u32;
+            for c in 0..self.bits {
+                let q = &self.planes[c * w..(c + 1) * w];
+                let ones: u32 = row.iter().zip(q).map(|(r, q)| (r & q).count_ones()).sum();
+                sum += ones << c;
+            }
+            total += sum << b;
+        }
+        total
     }
 }
 
@@ -346,12 +456,19 @@ fn has_popcnt() -> bool {
 /// the scalars every row's estimate needs.
 pub(crate) struct ListQuery {
     metric: Metric,
+    /// The rotated query residual `y` (kept to refine multi-bit codes).
+    y: Vec<f32>,
+    /// `y` at 4 bits, for the one-bit stage.
     code: QueryCode,
+    /// `y` at 8 bits, made the first time a multi-bit code is refined.
+    fine: std::cell::OnceCell<QueryCode>,
     /// `|q - c|²` and `|q|`.
     y_norm2: f32,
     q_norm: f32,
     /// `<q, c>`.
     q_dot_c: f32,
+    /// `1 / √D`.
+    inv_sqrt_d: f32,
     /// The bound's two terms: `|q - c| ε0 / √(D - 1)` (per unit of a
     /// row's spread) and the query's 4-bit rounding, `<x, ŷ - y>`, whose
     /// standard deviation is `delta / √12`, three of them.
@@ -364,16 +481,21 @@ impl ListQuery {
     /// rotated centroid and `q_dot_c` their inner product.
     pub(crate) fn new(metric: Metric, rq: &[f32], q_norm: f32, rc: &[f32], q_dot_c: f32) -> Self {
         let y: Vec<f32> = rq.iter().zip(rc).map(|(q, c)| q - c).collect();
+        let dims = y.len();
         let y_norm2 = super::dot(&y, &y);
-        let code = QueryCode::new(&y);
+        let code = QueryCode::new(&y, 4);
+        let eps = EPSILON0 / ((dims.max(2) - 1) as f32).sqrt();
         ListQuery {
             metric,
             y_norm2,
             q_norm,
             q_dot_c,
-            per_spread: y_norm2.sqrt() * code.eps,
+            inv_sqrt_d: 1.0 / (dims.max(1) as f32).sqrt(),
+            per_spread: y_norm2.sqrt() * eps,
             rounding: 0.87 * code.delta,
             code,
+            fine: std::cell::OnceCell::new(),
+            y,
         }
     }
 
@@ -393,7 +515,7 @@ impl ListQuery {
         }
     }
 
-    /// `<x, ŷ>` for row `i`: `(2 Σ_{x_j > 0} ŷ_j - Σ ŷ_j) / √D`.
+    /// `<x, ŷ>` for row `i`'s one-bit code: `(2 Σ_{x_j > 0} ŷ_j - Σ ŷ_j) / √D`.
     #[inline(always)]
     fn code_dot(&self, codes: &ListCodes, i: usize) -> f32 {
         let (w, q) = (codes.words, &self.code);
@@ -408,15 +530,40 @@ impl ListQuery {
                 + 8 * (word & p[3 * w + k]).count_ones();
         }
         let pos = q.lo * ones as f32 + q.delta * weighted as f32;
-        (2.0 * pos - q.sum) * q.inv_sqrt_d
+        (2.0 * pos - q.sum) * self.inv_sqrt_d
+    }
+
+    /// `<ȳ, ŷ>` for row `i`'s multi-bit code, with `ŷ` at 8 bits: the
+    /// stored value `x_j = ȳ_j + 2^(B-1) - 0.5` has the sign bit on top
+    /// of the low-bit planes, so `Σ x_j ŷ_j` is popcounts of planes.
+    /// Also returns the 8-bit query's step.
+    fn ex_dot(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
+        let fine = self.fine.get_or_init(|| QueryCode::new(&self.y, 8));
+        let w = codes.words;
+        let low = usize::from(codes.code_bits - 1);
+        let sign = &codes.bits[i * w..(i + 1) * w];
+        let planes = &codes.planes[i * low * w..(i + 1) * low * w];
+        let top = 1u32 << low;
+        let ones_sign: u32 = sign.iter().map(|x| x.count_ones()).sum();
+        let ones_low: u32 = (0..low)
+            .map(|b| planes[b * w..(b + 1) * w].iter().map(|x| x.count_ones()).sum::<u32>() << b)
+            .sum();
+        let sum_x = (top * ones_sign + ones_low) as f32;
+        let weighted = top as f32 * fine.weighted(sign, 1) as f32
+            + fine.weighted(planes, low) as f32;
+        let sum_xy = fine.lo * sum_x + fine.delta * weighted;
+        (sum_xy - (top as f32 - 0.5) * fine.sum, fine.delta)
     }
 
     /// Estimates every row of `codes` that `keep` allows, appending
     /// `(lower bound, upper bound, row)` for those whose lower bound is at
-    /// most `cut` (rows that cannot beat it are not worth keeping). Uses
-    /// the POPCNT instruction where the CPU has it (checked at run time: a
-    /// portable x86-64 build cannot assume it, and without it a popcount
-    /// is a dozen instructions).
+    /// most `cut` (rows that cannot beat it are not worth keeping). Rows
+    /// are estimated from their sign bits first; with multi-bit codes,
+    /// a row that survives that is refined from its full code, whose
+    /// bound is the tighter one kept. Uses the POPCNT instruction where
+    /// the CPU has it (checked at run time: a portable x86-64 build
+    /// cannot assume it, and without it a popcount is a dozen
+    /// instructions).
     pub(crate) fn scan(
         &self,
         codes: &ListCodes,
@@ -453,21 +600,61 @@ impl ListQuery {
         cut: f32,
         out: &mut Vec<(f32, f32, u32)>,
     ) {
+        let multi = codes.code_bits > 1;
         for i in 0..codes.len() {
-            let (est, err) = self.estimate(codes, i);
-            if est - err <= cut && keep(i) {
-                out.push((est - err, est + err, i as u32));
+            let (mut est, mut err) = self.estimate_one_bit(codes, i);
+            if est - err > cut || !keep(i) {
+                continue;
             }
+            if multi {
+                (est, err) = self.estimate_multi_bit(codes, i);
+                if est - err > cut {
+                    continue;
+                }
+            }
+            out.push((est - err, est + err, i as u32));
         }
     }
 
     /// Row `i`'s estimated ranking distance (as [`super::distance`]
-    /// computes it: lower is better) and the half-width of its bound.
-    #[inline(always)]
+    /// computes it: lower is better) and the half-width of its bound,
+    /// from its full code.
+    #[cfg(test)]
     pub(crate) fn estimate(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
+        if codes.code_bits > 1 {
+            self.estimate_multi_bit(codes, i)
+        } else {
+            self.estimate_one_bit(codes, i)
+        }
+    }
+
+    /// The estimate from row `i`'s sign bits alone.
+    #[inline(always)]
+    pub(crate) fn estimate_one_bit(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
         let (norm, inv_ip) = (codes.norm[i], codes.inv_ip[i]);
         let ipr = norm * self.code_dot(codes, i) * inv_ip;
         let err = norm * (self.per_spread * codes.spread[i] + self.rounding * inv_ip);
+        self.distance(codes, i, ipr, err)
+    }
+
+    /// The estimate from row `i`'s multi-bit code: `<ȳ, ŷ> / <ȳ, o'>`,
+    /// whose bound has the grid point's cosine in place of `ip` and the
+    /// 8-bit query's rounding (`|ȳ| delta / √12` standard deviation,
+    /// three of them, over `<ȳ, o'>`).
+    fn estimate_multi_bit(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
+        let norm = codes.norm[i];
+        let (dot, delta) = self.ex_dot(codes, i);
+        let ipr = norm * dot * codes.ex_scale[i];
+        let err = norm
+            * (self.per_spread * codes.ex_spread[i] + 0.87 * delta * codes.ex_inv_ip[i]);
+        self.distance(codes, i, ipr, err)
+    }
+
+    /// The ranking distance and its half-width from `ipr`, the estimate
+    /// of `<o - c, q - c>`, and `err`, its half-width.
+    #[inline(always)]
+    fn distance(&self, codes: &ListCodes, i: usize, ipr: f32, err: f32) -> (f32, f32) {
+        let norm = codes.norm[i];
         match self.metric {
             Metric::Euclidean => (self.y_norm2 + norm * norm - 2.0 * ipr, 2.0 * err),
             Metric::Dot => (-(self.q_dot_c + ipr + codes.cdot[i]), err),
@@ -477,228 +664,4 @@ impl ListQuery {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::index::{distance, dot};
-    use rand::{Rng, SeedableRng};
-
-    fn normalize(v: &mut [f32]) {
-        let n = dot(v, v).sqrt();
-        v.iter_mut().for_each(|x| *x /= n);
-    }
-
-    /// `n` rows around `centre` (flattened), each `centre` plus uniform
-    /// noise of the size `scale` draws for it, like one IVF list;
-    /// normalized for cosine.
-    fn cluster(
-        rng: &mut rand::rngs::StdRng,
-        centre: &[f32],
-        n: usize,
-        metric: Metric,
-        mut scale: impl FnMut(&mut rand::rngs::StdRng) -> f32,
-    ) -> Vec<f32> {
-        let mut vectors = Vec::with_capacity(n * centre.len());
-        for _ in 0..n {
-            let s = scale(rng);
-            let mut v: Vec<f32> = centre
-                .iter()
-                .map(|c| c + s * rng.random_range(-1.0..1.0))
-                .collect();
-            if metric == Metric::Cosine {
-                normalize(&mut v);
-            }
-            vectors.extend(v);
-        }
-        vectors
-    }
-
-    /// The query `q` prepared for the list with centroid `c`.
-    fn list_query(rot: &Rotation, metric: Metric, q: &[f32], c: &[f32]) -> ListQuery {
-        ListQuery::new(
-            metric,
-            &rot.rotated(q),
-            dot(q, q).sqrt(),
-            &rot.rotated(c),
-            dot(q, c),
-        )
-    }
-
-    #[test]
-    fn the_rotation_is_orthogonal_for_any_dimension() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        for dims in [1usize, 2, 3, 7, 64, 100, 384, 1000] {
-            let rot = Rotation::new(dims);
-            let a: Vec<f32> = (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let b: Vec<f32> = (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let (ra, rb) = (rot.rotated(&a), rot.rotated(&b));
-            assert!((dot(&ra, &rb) - dot(&a, &b)).abs() < 1e-3, "dims {dims}");
-            assert!((dot(&ra, &ra) - dot(&a, &a)).abs() < 1e-3, "dims {dims}");
-            if dims >= 64 {
-                assert!(ra.iter().zip(&a).any(|(x, y)| (x - y).abs() > 1e-3));
-            }
-        }
-    }
-
-    /// Estimates track the exact distance, and the exact distance lies
-    /// within the bound for (nearly) every row, for every metric.
-    #[test]
-    fn estimates_are_close_and_the_bound_holds() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for metric in [Metric::Cosine, Metric::Euclidean, Metric::Dot] {
-            for dims in [96usize, 384] {
-                let rot = Rotation::new(dims);
-                let n = 500;
-                // A cluster: a centre plus noise of varying size, like
-                // one IVF list.
-                let centre: Vec<f32> = (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let vectors = cluster(&mut rng, &centre, n, metric, |r| r.random_range(0.1..1.0));
-                let mut c = vec![0f32; dims];
-                for v in vectors.chunks_exact(dims) {
-                    c.iter_mut().zip(v).for_each(|(c, x)| *c += x / n as f32);
-                }
-                let codes = ListCodes::encode(&rot, &c, &vectors);
-                let back = ListCodes::from_bytes(&codes.to_bytes(), dims, n).expect("round trip");
-                assert_eq!(back, codes);
-                let (mut outside, mut total, mut abs_err, mut spread) = (0, 0, 0f64, 0f64);
-                for round in 0..20 {
-                    // Half the queries near a row (where the estimate
-                    // must be sharp), half anywhere in the cluster.
-                    let near = &vectors[round * 7 * dims..(round * 7 + 1) * dims];
-                    let mut q: Vec<f32> = if round % 2 == 0 {
-                        near.iter()
-                            .map(|x| x + rng.random_range(-0.05..0.05))
-                            .collect()
-                    } else {
-                        centre
-                            .iter()
-                            .map(|c| c + rng.random_range(-0.8..0.8))
-                            .collect()
-                    };
-                    if metric == Metric::Cosine {
-                        normalize(&mut q);
-                    }
-                    let lq = list_query(&rot, metric, &q, &c);
-                    let exact: Vec<f32> = vectors
-                        .chunks_exact(dims)
-                        .map(|v| distance(metric, &q, v))
-                        .collect();
-                    let mean = exact.iter().sum::<f32>() / n as f32;
-                    if round % 2 == 0 {
-                        // The row the query sits on: inside its bound,
-                        // and ranked about where it truly is.
-                        let j = round * 7;
-                        let (est, bound) = lq.estimate(&codes, j);
-                        assert!((est - exact[j]).abs() <= bound, "{metric} {dims}-d row {j}");
-                        let better = (0..n).filter(|&i| lq.estimate(&codes, i).0 < est).count();
-                        let truly = (0..n).filter(|&i| exact[i] < exact[j]).count();
-                        assert!(
-                            better <= truly + 5,
-                            "{metric} {dims}-d: {better} rows estimated closer, {truly} are"
-                        );
-                    }
-                    for (i, e) in exact.iter().enumerate() {
-                        let (est, bound) = lq.estimate(&codes, i);
-                        total += 1;
-                        if (est - e).abs() > bound {
-                            outside += 1;
-                        }
-                        abs_err += f64::from((est - e).abs());
-                        spread += f64::from((e - mean).abs());
-                    }
-                }
-                let outside = outside as f64 / total as f64;
-                assert!(
-                    outside < 0.01,
-                    "{metric} {dims}-d: {outside} outside the bound"
-                );
-                // The estimate's error is well below how much distances
-                // differ between rows: it ranks them.
-                assert!(
-                    abs_err < 0.5 * spread,
-                    "{metric} {dims}-d: mean error {} vs spread {}",
-                    abs_err / total as f64,
-                    spread / total as f64
-                );
-            }
-        }
-    }
-
-    /// A list's bound is below every row's exact distance (so skipping a
-    /// list by it never loses a neighbour), and it is tight enough to
-    /// rule out a far, tight list.
-    #[test]
-    fn the_list_bound_is_below_every_row_and_prunes_far_tight_lists() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let dims = 64;
-        let rot = Rotation::new(dims);
-        for metric in [Metric::Cosine, Metric::Euclidean, Metric::Dot] {
-            for spread in [0.01f32, 0.3, 1.0] {
-                let centre: Vec<f32> = (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let vectors = cluster(&mut rng, &centre, 100, metric, |_| spread);
-                let mut c = centre.clone();
-                if metric == Metric::Cosine {
-                    normalize(&mut c);
-                }
-                let codes = ListCodes::encode(&rot, &c, &vectors);
-                // The row farthest from the centroid: a query next to it
-                // has a neighbour at the list's very edge.
-                let edge = vectors
-                    .chunks_exact(dims)
-                    .max_by(|a, b| {
-                        distance(Metric::Euclidean, a, &c).total_cmp(&distance(
-                            Metric::Euclidean,
-                            b,
-                            &c,
-                        ))
-                    })
-                    .expect("rows")
-                    .to_vec();
-                for round in 0..20 {
-                    let mut q: Vec<f32> = if round % 2 == 0 {
-                        edge.iter()
-                            .map(|x| x + rng.random_range(-0.001..0.001))
-                            .collect()
-                    } else {
-                        (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect()
-                    };
-                    if metric == Metric::Cosine {
-                        normalize(&mut q);
-                    }
-                    let lq = list_query(&rot, metric, &q, &c);
-                    let bound = lq.list_bound(&codes);
-                    let nearest = vectors
-                        .chunks_exact(dims)
-                        .map(|v| distance(metric, &q, v))
-                        .fold(f32::INFINITY, f32::min);
-                    assert!(
-                        bound <= nearest + 1e-4,
-                        "{metric} spread {spread}: {bound} > {nearest}"
-                    );
-                    if spread == 0.01 && metric != Metric::Dot && round % 2 == 1 {
-                        // A tight list's bound is nearly its distance.
-                        assert!(
-                            nearest - bound < 0.2 * nearest.abs().max(0.1),
-                            "{metric}: {bound} vs {nearest}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn garbage_code_blocks_are_refused() {
-        let rot = Rotation::new(8);
-        let codes = ListCodes::encode(&rot, &[0.0; 8], &[1.0; 16]);
-        let b = codes.to_bytes();
-        assert!(ListCodes::from_bytes(&b, 8, 3).is_err(), "wrong row count");
-        assert!(ListCodes::from_bytes(&b[1..], 8, 2).is_err(), "truncated");
-        let mut nan = b.clone();
-        let at = nan.len() - 4;
-        nan[at..].copy_from_slice(&f32::NAN.to_le_bytes());
-        assert!(
-            ListCodes::from_bytes(&nan, 8, 2).is_err(),
-            "non-finite factor"
-        );
-    }
-}
+mod tests;
