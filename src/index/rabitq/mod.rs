@@ -451,7 +451,9 @@ impl ListQuery {
     /// `<ȳ, ŷ>` for row `i`'s multi-bit code, with `ŷ` at 8 bits: the
     /// stored value `x_j = ȳ_j + 2^(B-1) - 0.5` has the sign bit on top
     /// of the low-bit planes, so `Σ x_j ŷ_j` is popcounts of planes.
-    /// Also returns the 8-bit query's step.
+    /// Also returns the 8-bit query's step. Inlined into the scan, so it
+    /// is compiled with POPCNT where the scan is.
+    #[inline(always)]
     fn ex_dot(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
         let fine = self.fine.get_or_init(|| QueryCode::new(&self.y, 8));
         let w = codes.words;
@@ -556,6 +558,7 @@ impl ListQuery {
     /// whose bound has the grid point's cosine in place of `ip` and the
     /// 8-bit query's rounding (`|ȳ| delta / √12` standard deviation,
     /// three of them, over `<ȳ, o'>`).
+    #[inline(always)]
     fn estimate_multi_bit(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
         let norm = codes.norm[i];
         let (dot, delta) = self.ex_dot(codes, i);
