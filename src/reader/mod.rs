@@ -175,6 +175,10 @@ pub struct QueryStats {
     /// error bounds could not rule out; part of `vectors_compared`).
     #[serde(default)]
     pub rows_reranked: u64,
+    /// Shard rows fetched for the rerank: those the codes' bounds could
+    /// not rule out (the rerank may stop before computing them all).
+    #[serde(default)]
+    pub rerank_candidates: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
     /// Object-store requests made by this query, by kind.

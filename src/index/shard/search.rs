@@ -226,6 +226,7 @@ impl<'a> ShardSearch<'a> {
             cands.retain(|c| c.lower <= bar);
         }
         cands.sort_by(|a, b| a.lower.total_cmp(&b.lower));
+        stats.rerank_candidates += cands.len() as u64;
         cands
     }
 

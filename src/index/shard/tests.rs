@@ -125,6 +125,11 @@ fn an_exact_search_over_given_parts_finds_the_true_top_k_and_respects_keep() {
     assert_eq!(cands.len(), 800, "exact keeps every allowed row");
     let row = |l: u32, i: u32| &vectors[l as usize][i as usize * D..(i as usize + 1) * D];
     let best = search.rerank(&cands, row, |r| ids[r as usize].as_str(), &mut stats);
+    assert_eq!(
+        (stats.rerank_candidates, stats.rows_reranked),
+        (800, 800),
+        "exact reranks every row"
+    );
     let got: Vec<u32> = best.iter().map(|&(_, l, i)| routing.row_of(l, i)).collect();
     assert_eq!(got, exact_top(&routing, &vectors, &q, 10));
     // The nearest row (the query itself) refused: it never comes back.
@@ -146,6 +151,7 @@ fn an_approximate_search_plans_few_lists_and_keeps_the_neighbours() {
     let (routing, ids, codes, vectors) = shard(2000, 9);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let (mut found, mut total) = (0, 0);
+    let (mut candidates, mut reranked) = (0, 0);
     for _ in 0..20 {
         let l = rng.random_range(0..vectors.len());
         let q: Vec<f32> = vectors[l][..D].iter().map(|x| x + 0.1).collect();
@@ -169,6 +175,9 @@ fn an_approximate_search_plans_few_lists_and_keeps_the_neighbours() {
         assert!((cands.len() as u64) * 4 < stats.codes_scanned);
         let row = |l: u32, i: u32| &vectors[l as usize][i as usize * D..(i as usize + 1) * D];
         let best = search.rerank(&cands, row, |r| ids[r as usize].as_str(), &mut stats);
+        assert_eq!(stats.rerank_candidates, cands.len() as u64);
+        candidates += stats.rerank_candidates;
+        reranked += stats.rows_reranked;
         let truth = exact_top(&routing, &vectors, &q, 10);
         found += best
             .iter()
@@ -177,6 +186,8 @@ fn an_approximate_search_plans_few_lists_and_keeps_the_neighbours() {
         total += 10;
     }
     assert!(found * 10 >= total * 9, "recall {found}/{total}");
+    // The rerank stops once no candidate left can enter the top k.
+    assert!(reranked < candidates, "{reranked} of {candidates} reranked");
 }
 
 /// The filter policy widens the plan: a filter keeping a quarter of the
