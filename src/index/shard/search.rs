@@ -182,6 +182,9 @@ impl<'a> ShardSearch<'a> {
         keep: impl Fn(u32, usize) -> bool,
         stats: &mut ScanStats,
     ) -> Vec<Candidate> {
+        if self.exact {
+            return self.every_row(codes, keep, stats);
+        }
         let (shard, q) = (self.shard, &self.q);
         let rq = shard.rotation.rotated(q.vector);
         let q_norm = dot(q.vector, q.vector).sqrt();
@@ -198,11 +201,7 @@ impl<'a> ShardSearch<'a> {
                 &shard.rotated[l as usize * d..(l as usize + 1) * d],
                 dot(q.vector, shard.head.centroid(l as usize)),
             );
-            let bar = if self.exact {
-                f32::INFINITY
-            } else {
-                uppers.bar()
-            };
+            let bar = uppers.bar();
             // Adaptive probing: a list no row of which can beat the bar is
             // skipped (its bound is exact, so this never costs recall).
             if lq.list_bound(c) > bar {
@@ -221,11 +220,36 @@ impl<'a> ShardSearch<'a> {
                 });
             }
         }
-        if !self.exact {
-            let bar = uppers.bar();
-            cands.retain(|c| c.lower <= bar);
-        }
+        let bar = uppers.bar();
+        cands.retain(|c| c.lower <= bar);
         cands.sort_by(|a, b| a.lower.total_cmp(&b.lower));
+        stats.rerank_candidates += cands.len() as u64;
+        cands
+    }
+
+    /// Every allowed row of the probed lists, unbounded: an exact search
+    /// reranks them all, so estimating them would order nothing (and
+    /// refining multi-bit codes of every row costs more than it did with
+    /// one bit).
+    fn every_row<'c>(
+        &self,
+        codes: impl Fn(u32) -> &'c ListCodes,
+        keep: impl Fn(u32, usize) -> bool,
+        stats: &mut ScanStats,
+    ) -> Vec<Candidate> {
+        let mut cands = Vec::new();
+        for &l in self.lists() {
+            for i in 0..codes(l).len() {
+                if keep(l, i) {
+                    cands.push(Candidate {
+                        lower: f32::NEG_INFINITY,
+                        upper: f32::INFINITY,
+                        list: l,
+                        i: i as u32,
+                    });
+                }
+            }
+        }
         stats.rerank_candidates += cands.len() as u64;
         cands
     }
