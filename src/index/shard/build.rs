@@ -1,6 +1,8 @@
 //! Building a shard: IVF lists over the rows, a RaBitQ code block per
 //! list, the range-readable layout.
 
+use rayon::prelude::*;
+
 use crate::index::ivf::build_lists;
 use crate::index::rabitq::ex::code_bits;
 use crate::index::rabitq::{ListCodes, Rotation};
@@ -67,8 +69,10 @@ pub(crate) fn build_with_bits(
 /// coded as zero vectors (never live, so never searched).
 fn list_codes(centroids: &[f32], groups: &[&[Prepared]], d: usize, bits: u8) -> Vec<Vec<u8>> {
     let rot = Rotation::new(d);
+    // Lists encode independently; multi-bit codes cost a scale search per
+    // row, so they take the cores as the k-means does.
     groups
-        .iter()
+        .par_iter()
         .enumerate()
         .map(|(l, g)| {
             let flat = flat_vectors(g, d);
