@@ -735,7 +735,9 @@ async fn one_damaged_shard(damage: Damage, tail: bool) -> (Arc<Counted>, Setting
     let mut bad = store.get(&shard).await.unwrap().bytes.to_vec();
     let at = match damage {
         Damage::Head => head / 2,
-        Damage::Part => (head + bad.len()) / 2,
+        // The body is codes, then rows, then metadata (small here): three
+        // quarters in is a row, whatever the code bits make the codes.
+        Damage::Part => head + (bad.len() - head) * 3 / 4,
     };
     bad[at] ^= 0xff;
     store.put(&shard, bad.into()).await.unwrap();

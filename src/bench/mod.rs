@@ -110,6 +110,10 @@ pub struct QueryResult {
     pub vectors_compared_per_query: f64,
     /// Rows a query estimated from quantized codes, on average.
     pub codes_scanned_per_query: f64,
+    /// Shard rows a query reranked with full precision, on average.
+    pub rows_reranked_per_query: f64,
+    /// Shard rows fetched for the rerank per query, on average.
+    pub rerank_candidates_per_query: f64,
     /// Most sequential rounds of store requests any query waited for.
     pub rounds_max: u64,
 }
@@ -178,6 +182,7 @@ where
     let mut lat = Vec::with_capacity(queries.len());
     let (mut rec, mut rec_tie, mut reqs, mut bytes) = (0.0, 0.0, 0u64, 0u64);
     let (mut fetch, mut compute, mut compared, mut codes) = (0.0, 0.0, 0.0, 0.0);
+    let (mut reranked, mut candidates) = (0.0, 0.0);
     let mut rounds = 0;
     let start = Instant::now();
     for (i, q) in queries.iter().enumerate() {
@@ -207,6 +212,8 @@ where
         compute += resp.stats.compute_ms;
         compared += resp.stats.vectors_compared as f64;
         codes += resp.stats.codes_scanned as f64;
+        reranked += resp.stats.rows_reranked as f64;
+        candidates += resp.stats.rerank_candidates as f64;
         rounds = rounds.max(resp.stats.rounds);
         bytes += resp.stats.requests.bytes_read;
     }
@@ -229,6 +236,8 @@ where
         compute_ms: compute / n,
         vectors_compared_per_query: compared / n,
         codes_scanned_per_query: codes / n,
+        rows_reranked_per_query: reranked / n,
+        rerank_candidates_per_query: candidates / n,
         rounds_max: rounds,
     })
 }

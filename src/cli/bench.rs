@@ -155,6 +155,8 @@ fn results_json(a: &BenchArgs, r: &SuiteResults) -> Result<serde_json::Value> {
             "qps": warm.qps, "qps_concurrent": qps_n, "clients": a.clients, "recall_at_10": warm.recall_at_10,
             "vectors_compared_per_query": warm.vectors_compared_per_query,
             "codes_scanned_per_query": warm.codes_scanned_per_query,
+            "rows_reranked_per_query": warm.rows_reranked_per_query,
+            "rerank_candidates_per_query": warm.rerank_candidates_per_query,
             "vectors_scored_per_query": warm.vectors_compared_per_query + warm.codes_scanned_per_query,
             "fetch_ms": warm.fetch_ms, "compute_ms": warm.compute_ms,
         },
@@ -163,6 +165,8 @@ fn results_json(a: &BenchArgs, r: &SuiteResults) -> Result<serde_json::Value> {
             "recall_at_10": f.recall_at_10, "field": a.filter_field,
             "vectors_compared_per_query": f.vectors_compared_per_query,
             "codes_scanned_per_query": f.codes_scanned_per_query,
+            "rows_reranked_per_query": f.rows_reranked_per_query,
+            "rerank_candidates_per_query": f.rerank_candidates_per_query,
         })),
         "cold": {
             "queries": cold.queries, "p50_ms": cold.p50_ms, "p99_ms": cold.p99_ms,
@@ -248,10 +252,14 @@ fn query_rows(a: &BenchArgs, r: &SuiteResults) -> Vec<Row> {
     vec![
         (
             "warm",
-            "codes estimated / vectors compared per query".into(),
+            "codes estimated / rerank candidates / rows reranked / vectors compared per query"
+                .into(),
             format!(
-                "{:.0} / {:.0}",
-                warm.codes_scanned_per_query, warm.vectors_compared_per_query
+                "{:.0} / {:.0} / {:.0} / {:.0}",
+                warm.codes_scanned_per_query,
+                warm.rerank_candidates_per_query,
+                warm.rows_reranked_per_query,
+                warm.vectors_compared_per_query
             ),
         ),
         (

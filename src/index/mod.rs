@@ -217,6 +217,12 @@ pub struct ScanStats {
     pub vectors_compared: u64,
     /// Rows estimated from quantized codes.
     pub codes_scanned: u64,
+    /// Shard rows whose exact distance a rerank computed (counted in
+    /// `vectors_compared` too).
+    pub rows_reranked: u64,
+    /// Shard rows the codes' bounds could not rule out: their rows are
+    /// fetched for the rerank, which may stop before reaching them all.
+    pub rerank_candidates: u64,
 }
 
 /// One segment's view for a query.

@@ -171,6 +171,14 @@ pub struct QueryStats {
     /// Rows estimated from quantized codes (range-read shards).
     #[serde(default)]
     pub codes_scanned: u64,
+    /// Shard rows reranked with full precision (the rows the codes'
+    /// error bounds could not rule out; part of `vectors_compared`).
+    #[serde(default)]
+    pub rows_reranked: u64,
+    /// Shard rows fetched for the rerank: those the codes' bounds could
+    /// not rule out (the rerank may stop before computing them all).
+    #[serde(default)]
+    pub rerank_candidates: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
     /// Object-store requests made by this query, by kind.

@@ -110,15 +110,16 @@ impl RangedShard {
             Part::Codes(l) => {
                 let l = l as usize;
                 self.routing.head.check_codes(key, l, bytes)?;
-                let rows = self.routing.head.lists[l].rows as usize;
-                Block::Codes(
-                    ListCodes::from_bytes(bytes, self.routing.head.dimensions, rows).map_err(
+                let head = &self.routing.head;
+                let rows = head.lists[l].rows as usize;
+                Block::Codes(Box::new(
+                    ListCodes::from_bytes(bytes, head.dimensions, rows, head.code_bits).map_err(
                         |r| SegmentError::Corrupt {
                             key: key.to_string(),
                             reason: format!("codes of list {l}: {r}"),
                         },
                     )?,
-                )
+                ))
             }
             Part::Meta(l) => {
                 let (offsets, bytes) = self.routing.head.list_metadata(key, l as usize, bytes)?;
@@ -162,7 +163,7 @@ pub(crate) enum Part {
 
 /// A fetched part, parsed.
 pub(crate) enum Block {
-    Codes(ListCodes),
+    Codes(Box<ListCodes>),
     Meta {
         offsets: Vec<u64>,
         bytes: Vec<u8>,

@@ -173,6 +173,8 @@ impl<'a> QueryContext<'a> {
             shards_searched: scan.shards,
             vectors_compared: scan.stats.vectors_compared,
             codes_scanned: scan.stats.codes_scanned,
+            rows_reranked: scan.stats.rows_reranked,
+            rerank_candidates: scan.stats.rerank_candidates,
             cache_hits: self.tally.hits.load(Relaxed),
             cache_misses: self.tally.misses.load(Relaxed),
             requests: self.store.counts(),
@@ -211,6 +213,8 @@ impl Scanned {
         self.stats.segments += s.stats.segments;
         self.stats.vectors_compared += s.stats.vectors_compared;
         self.stats.codes_scanned += s.stats.codes_scanned;
+        self.stats.rows_reranked += s.stats.rows_reranked;
+        self.stats.rerank_candidates += s.stats.rerank_candidates;
         self.shards += s.shards;
     }
 }

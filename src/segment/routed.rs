@@ -14,7 +14,8 @@
 //! ```text
 //! prefix    magic "SHOALSHD" (8) | version u16 = 3 | reserved (6) |
 //!           head length u64 | xxh3-64 of the head
-//! head      dimensions u32 | metric u8 | reserved (3) | rows u64 |
+//! head      dimensions u32 | metric u8 | code bits u8 | reserved (2) |
+//!           rows u64 |
 //!           created-at unix ms u64 | routing generation u64 |
 //!           code row bytes u32 | clusters u32 | id blocks u32 |
 //!           rows section offset u64 | writer id length u16 | writer id |
@@ -104,6 +105,8 @@ pub(crate) struct RoutedHead {
     pub rows: u64,
     pub created_at_ms: u64,
     pub generation: u64,
+    /// Bits per dimension of the codes (`index::rabitq`).
+    pub code_bits: u8,
     pub code_row_bytes: u32,
     pub writer_id: String,
     pub rows_offset: u64,
@@ -160,18 +163,31 @@ pub(crate) struct EncodedRouted {
     pub head_bytes: u64,
 }
 
+/// What a routed shard's head says of all its rows.
+pub(crate) struct RoutedMeta<'a> {
+    pub dims: usize,
+    pub metric: Metric,
+    pub created_at_ms: u64,
+    pub writer_id: &'a str,
+    /// The routing's generation.
+    pub generation: u64,
+    pub code_bits: u8,
+    pub code_row_bytes: usize,
+}
+
 /// Encodes a routed shard: `clusters` ascending by id, each with its rows
 /// (at least one; no id twice in the shard) and its code block
 /// (`rows × code_row_bytes` bytes).
-pub(crate) fn encode_routed(
-    dims: usize,
-    metric: Metric,
-    created_at_ms: u64,
-    writer_id: &str,
-    generation: u64,
-    code_row_bytes: usize,
-    clusters: &[ClusterRows<'_>],
-) -> EncodedRouted {
+pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>]) -> EncodedRouted {
+    let RoutedMeta {
+        dims,
+        metric,
+        created_at_ms,
+        writer_id,
+        generation,
+        code_bits,
+        code_row_bytes,
+    } = *meta;
     assert!(clusters.windows(2).all(|w| w[0].cluster < w[1].cluster), "clusters ascending");
     let n: usize = clusters.iter().map(|c| c.rows.len()).sum();
     let writer = &writer_id.as_bytes()[..writer_id.len().min(1024)];
@@ -282,7 +298,8 @@ pub(crate) fn encode_routed(
     let mut head = Vec::with_capacity(head_len);
     head.extend_from_slice(&(dims as u32).to_le_bytes());
     head.push(metric.code());
-    head.extend_from_slice(&[0; 3]);
+    head.push(code_bits);
+    head.extend_from_slice(&[0; 2]);
     head.extend_from_slice(&(n as u64).to_le_bytes());
     head.extend_from_slice(&created_at_ms.to_le_bytes());
     head.extend_from_slice(&generation.to_le_bytes());

@@ -9,7 +9,8 @@
 //! ```text
 //! prefix    magic "SHOALSHD" (8) | version u16 | reserved (6) |
 //!           head length u64 | xxh3-64 of the head
-//! head      dimensions u32 | metric u8 | reserved (3) | rows u64 |
+//! head      dimensions u32 | metric u8 | code bits u8 | reserved (2) |
+//!           rows u64 |
 //!           created-at unix ms u64 | list count u32 | writer id length u16 |
 //!           writer id | centroids (lists × dimensions f32) |
 //!           per list: first row u64, rows u64, codes (offset, length,
@@ -18,7 +19,8 @@
 //! ids       zstd(count u64, (count+1) u64 offsets, UTF-8 ids,
 //!                count tombstone bytes), every row in list order
 //! codes     per IVF list: its code block (opaque here; the indexer
-//!           writes RaBitQ codes, `index::rabitq`), raw
+//!           writes RaBitQ codes of the head's code bits per dimension,
+//!           `index::rabitq`), raw
 //! rows      per list, per row: dimensions × f32 | xxh3-64 of those bytes
 //!           (raw, so row r of a list is at a computable offset)
 //! metadata  per list: zstd(count u64, (count+1) u64 offsets, JSON objects)
@@ -31,6 +33,10 @@
 //! fetches it. Codes and metadata are checked against the head's
 //! checksums, each row against its own, so a ranged read of any part is
 //! verified.
+//!
+//! Versions: 2 records the code bits per dimension in the head; version
+//! 1 (same layout, that byte reserved as 0) has one-bit codes, and is
+//! still read.
 //!
 //! [`decode_shard`] turns a whole object into a [`Segment`] (records in
 //! list order), which is how the indexer, `verify` and repair read shards.
@@ -45,10 +51,17 @@ use super::{
     MAX_SEGMENT_RECORDS,
 };
 use crate::record::{Prepared, MAX_ID_BYTES, MAX_METADATA_BYTES};
+
+/// Most bits per dimension a code block may have (a coordinate of a code
+/// fits a byte; `index::rabitq` writes at most this many).
+pub(crate) const MAX_CODE_BITS: u8 = 8;
 use crate::vocab::Metric;
 
 pub(crate) const SHARD_MAGIC: &[u8; 8] = b"SHOALSHD";
-pub(crate) const SHARD_VERSION: u16 = 1;
+/// The version written. Readers also take [`SHARD_VERSION_ONE_BIT`].
+pub(crate) const SHARD_VERSION: u16 = 2;
+/// Shards written before codes had more than one bit per dimension.
+pub(crate) const SHARD_VERSION_ONE_BIT: u16 = 1;
 pub(crate) const PREFIX_LEN: usize = 32;
 const LIST_ENTRY_LEN: usize = 80;
 /// zstd level for ids and metadata.
@@ -92,6 +105,8 @@ pub(crate) struct ListEntry {
 pub(crate) struct ShardHead {
     pub dimensions: usize,
     pub metric: Metric,
+    /// Bits per dimension of the lists' code blocks.
+    pub code_bits: u8,
     pub rows: u64,
     pub created_at_ms: u64,
     pub writer_id: String,
@@ -262,12 +277,14 @@ fn open_block(
 }
 
 /// Encodes an IVF shard: `groups[l]` are the rows of the list with
-/// centroid `centroids[l]`, `codes[l]` its code block.
+/// centroid `centroids[l]`, `codes[l]` its code block of `code_bits` bits
+/// per dimension.
 pub(crate) fn encode_shard(
     header: &SegmentHeader,
     centroids: &[f32],
     groups: &[&[Prepared]],
     codes: &[Vec<u8>],
+    code_bits: u8,
 ) -> EncodedShard {
     assert_eq!(groups.len(), codes.len(), "one code block per list");
     let d = header.dimensions as usize;
@@ -333,7 +350,8 @@ pub(crate) fn encode_shard(
     let mut head = Vec::with_capacity(head_len);
     head.extend_from_slice(&(d as u32).to_le_bytes());
     head.push(metric_byte(header.metric));
-    head.extend_from_slice(&[0u8; 3]);
+    head.push(code_bits);
+    head.extend_from_slice(&[0u8; 2]);
     head.extend_from_slice(&(n as u64).to_le_bytes());
     head.extend_from_slice(&header.created_at_ms.to_le_bytes());
     head.extend_from_slice(&(groups.len() as u32).to_le_bytes());
@@ -397,6 +415,11 @@ fn head_len(writer: usize, nlist: usize, dims: usize) -> usize {
 /// [`PREFIX_LEN`] bytes): a reader that does not know the head region's
 /// length reads this much first.
 pub(crate) fn prefix_head_len(key: &str, prefix: &[u8]) -> Result<u64, SegmentError> {
+    check_prefix(key, prefix).map(|(_, len)| len)
+}
+
+/// The format version and the head's length, from the prefix.
+fn check_prefix(key: &str, prefix: &[u8]) -> Result<(u16, u64), SegmentError> {
     let p = prefix
         .get(..PREFIX_LEN)
         .ok_or_else(|| corrupt(key, "shard is shorter than its prefix"))?;
@@ -404,13 +427,16 @@ pub(crate) fn prefix_head_len(key: &str, prefix: &[u8]) -> Result<u64, SegmentEr
         return Err(corrupt(key, "not a shoal shard (bad magic)"));
     }
     let version = u16::from_le_bytes(p[8..10].try_into().expect("2 bytes"));
-    if version != SHARD_VERSION {
+    if version != SHARD_VERSION && version != SHARD_VERSION_ONE_BIT {
         return Err(SegmentError::UnsupportedVersion {
             key: key.to_string(),
             found: version,
         });
     }
-    Ok(u64::from_le_bytes(p[16..24].try_into().expect("8 bytes")))
+    Ok((
+        version,
+        u64::from_le_bytes(p[16..24].try_into().expect("8 bytes")),
+    ))
 }
 
 /// Parses the head region (`region` = the object's first bytes, at least
@@ -421,7 +447,7 @@ pub(crate) fn decode_head_region(
     region: &[u8],
     total_len: u64,
 ) -> Result<(ShardHead, ShardIds), SegmentError> {
-    let head_len = prefix_head_len(key, region)?;
+    let (version, head_len) = check_prefix(key, region)?;
     let head_sum = u64::from_le_bytes(region[24..32].try_into().expect("8 bytes"));
     let head_end = (PREFIX_LEN as u64)
         .checked_add(head_len)
@@ -432,7 +458,7 @@ pub(crate) fn decode_head_region(
     if xxh3_64(head_bytes) != head_sum {
         return Err(corrupt(key, "shard head checksum mismatch"));
     }
-    let head = parse_head(key, head_bytes, head_end as u64, total_len)?;
+    let head = parse_head(key, version, head_bytes, head_end as u64, total_len)?;
     let stored = region
         .get(head.ids.range().start as usize..head.ids.range().end as usize)
         .ok_or_else(|| corrupt(key, "the ids block is longer than the bytes read"))?;
@@ -464,6 +490,7 @@ pub(crate) fn decode_head_region(
 
 fn parse_head(
     key: &str,
+    version: u16,
     b: &[u8],
     head_end: u64,
     total_len: u64,
@@ -479,11 +506,18 @@ fn parse_head(
     };
     let u64_ = |s: &[u8]| u64::from_le_bytes(s.try_into().expect("8 bytes"));
     let dims = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
-    let metric = match take(4)?[0] {
+    let kind = take(4)?;
+    let metric = match kind[0] {
         1 => Metric::Cosine,
         2 => Metric::Euclidean,
         3 => Metric::Dot,
         m => return Err(corrupt(key, format!("unknown metric code {m}"))),
+    };
+    // Version 1 shards hold one-bit codes (the byte was reserved, 0).
+    let code_bits = match (version, kind[1]) {
+        (SHARD_VERSION_ONE_BIT, _) => 1,
+        (_, b @ 1..=MAX_CODE_BITS) => b,
+        (_, b) => return Err(corrupt(key, format!("codes of {b} bits per dimension"))),
     };
     let rows = u64_(take(8)?);
     let created_at_ms = u64_(take(8)?);
@@ -582,6 +616,7 @@ fn parse_head(
     Ok(ShardHead {
         dimensions: dims,
         metric,
+        code_bits,
         rows,
         created_at_ms,
         writer_id,

@@ -48,6 +48,7 @@ fn sample_shard(seed: u64) -> (Vec<Vec<Prepared>>, Vec<f32>, usize, EncodedShard
         &centroids,
         &refs,
         &codes,
+        3,
     );
     (groups, centroids, d, enc)
 }

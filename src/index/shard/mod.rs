@@ -1,8 +1,9 @@
 //! The shard index: the IVF + RaBitQ index of the read-optimized layer
 //! (DESIGN section 11), in one room.
 //!
-//! A shard's rows are grouped into IVF lists; each list stores one-bit
-//! RaBitQ codes ([`super::rabitq`]), full-precision rows and metadata,
+//! A shard's rows are grouped into IVF lists; each list stores RaBitQ
+//! codes ([`super::rabitq`]; one bit per dimension, more in low
+//! dimensions), full-precision rows and metadata,
 //! laid out range-readably by [`crate::segment::shard`]. This module
 //! builds that index ([`build`]) and searches it without doing any I/O
 //! ([`ShardSearch`]): the search names the lists whose codes it needs,
@@ -16,6 +17,8 @@ pub(crate) mod routed;
 mod search;
 
 pub(crate) use build::build;
+#[cfg(test)]
+pub(crate) use build::build_with_bits;
 pub(crate) use search::{ShardQuery, ShardRouting, ShardSearch};
 
 /// A shard search probes this many IVF lists per `nprobe` of the query:
@@ -23,12 +26,6 @@ pub(crate) use search::{ShardQuery, ShardRouting, ShardSearch};
 /// full-precision distance costs hundreds, so it can afford to look much
 /// wider (on the shared dataset 8 × 16 = 128 of 250 lists).
 pub(crate) const PROBES_PER_NPROBE: usize = 16;
-
-/// At most this many candidates go from the code estimates to the exact
-/// rerank for `k` results.
-pub(crate) fn rerank_count(k: usize) -> usize {
-    (20 * k).max(200)
-}
 
 #[cfg(test)]
 mod tests;

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use super::build::BuiltShard;
+use crate::index::rabitq::ex::code_bits;
 use crate::index::rabitq::{row_bytes, ListCodes, Rotation};
 use crate::index::routing::Routing;
 use crate::record::{flat_vectors, Prepared};
-use crate::segment::routed::{encode_routed, ClusterRows};
+use crate::segment::routed::{encode_routed, ClusterRows, RoutedMeta};
 
 /// Each cluster's rows, clusters ascending (rows in the order given).
 pub(crate) fn group_by_cluster(rows: Vec<Prepared>, routing: &Routing) -> Vec<(u32, Vec<Prepared>)> {
@@ -24,10 +25,12 @@ pub(crate) fn group_by_cluster(rows: Vec<Prepared>, routing: &Routing) -> Vec<(u
     by.into_iter().collect()
 }
 
-/// A cluster's code block against its routing centroid.
+/// A cluster's code block against its routing centroid, with the bits
+/// per dimension the dimension gets.
 pub(crate) fn cluster_codes(routing: &Routing, rot: &Rotation, cluster: u32, rows: &[Prepared]) -> Vec<u8> {
     let d = routing.head.dimensions;
-    ListCodes::encode(rot, routing.centroid(cluster), &flat_vectors(rows, d)).to_bytes()
+    let bits = code_bits(d);
+    ListCodes::encode(rot, routing.centroid(cluster), &flat_vectors(rows, d), bits).to_bytes()
 }
 
 /// Encodes `clusters` (ascending, each with its rows) into routed shards
@@ -63,15 +66,16 @@ pub(crate) fn build_routed(
                 codes: codes[i].clone(),
             })
             .collect();
-        let enc = encode_routed(
-            d,
-            routing.head.metric,
+        let meta = RoutedMeta {
+            dims: d,
+            metric: routing.head.metric,
             created_at_ms,
             writer_id,
-            routing.head.generation,
-            row_bytes(d),
-            &input,
-        );
+            generation: routing.head.generation,
+            code_bits: code_bits(d),
+            code_row_bytes: row_bytes(d, code_bits(d)),
+        };
+        let enc = encode_routed(&meta, &input);
         out.push(BuiltShard {
             bytes: enc.bytes,
             rows: rows as u64,

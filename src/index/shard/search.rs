@@ -2,9 +2,11 @@
 //! the code blocks the caller fetched, rerank the rows it fetched.
 //!
 //! A search probes the lists nearest the query (by centroid), estimates
-//! every allowed row of them from its code, keeps the rows whose lower
-//! bound beats the `k`-th best upper bound (at most
-//! [`super::rerank_count`]) and reranks those with full precision. A
+//! every allowed row of them from its code, keeps every row whose lower
+//! bound beats the `k`-th best upper bound (no fixed count: how many is
+//! up to the codes' error bounds, which the code bits keep tight) and
+//! reranks those with full precision, nearest lower bound first, until
+//! the next lower bound cannot beat the `k`-th best exact distance. A
 //! filter follows the shared filter policy ([`crate::index::route`]):
 //! its selectivity among the probed rows widens the probes, or, when
 //! selective, every list is read and every matching row reranked, so a
@@ -86,6 +88,8 @@ pub(crate) struct ShardQuery<'a> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Candidate {
     pub lower: f32,
+    /// Read by tests: the bound the candidate was kept against.
+    #[allow(dead_code)]
     pub upper: f32,
     pub list: u32,
     pub i: u32,
@@ -166,15 +170,21 @@ impl<'a> ShardSearch<'a> {
 
     /// Estimates every row of the probed lists that `keep(list, i)`
     /// allows from its code (`codes(list)` gives the list's code block)
-    /// and returns the candidates to rerank: those whose lower bound can
-    /// beat the `k`-th best upper bound, at most [`super::rerank_count`]
-    /// (every one when exact).
+    /// and returns the candidates to rerank: every one whose lower bound
+    /// can beat the `k`-th best upper bound (every allowed row when
+    /// exact), by lower bound. Candidates are a subset of the probed rows,
+    /// so the probes bound their number; a fixed cap would drop rows the
+    /// bounds say may be neighbours, which is where recall went on data
+    /// whose neighbours sit at nearly equal distances.
     pub(crate) fn estimate<'c>(
         &self,
         codes: impl Fn(u32) -> &'c ListCodes,
         keep: impl Fn(u32, usize) -> bool,
         stats: &mut ScanStats,
     ) -> Vec<Candidate> {
+        if self.exact {
+            return self.every_row(codes, keep, stats);
+        }
         let (shard, q) = (self.shard, &self.q);
         let rq = shard.rotation.rotated(q.vector);
         let q_norm = dot(q.vector, q.vector).sqrt();
@@ -191,11 +201,7 @@ impl<'a> ShardSearch<'a> {
                 &shard.rotated[l as usize * d..(l as usize + 1) * d],
                 dot(q.vector, shard.head.centroid(l as usize)),
             );
-            let bar = if self.exact {
-                f32::INFINITY
-            } else {
-                uppers.bar()
-            };
+            let bar = uppers.bar();
             // Adaptive probing: a list no row of which can beat the bar is
             // skipped (its bound is exact, so this never costs recall).
             if lq.list_bound(c) > bar {
@@ -214,22 +220,46 @@ impl<'a> ShardSearch<'a> {
                 });
             }
         }
-        if !self.exact && !cands.is_empty() {
-            let bar = uppers.bar();
-            cands.retain(|c| c.lower <= bar);
-            let keep = super::rerank_count(q.k);
-            if cands.len() > keep {
-                cands.select_nth_unstable_by(keep, |a, b| {
-                    (a.lower + a.upper).total_cmp(&(b.lower + b.upper))
-                });
-                cands.truncate(keep);
+        let bar = uppers.bar();
+        cands.retain(|c| c.lower <= bar);
+        cands.sort_by(|a, b| a.lower.total_cmp(&b.lower));
+        stats.rerank_candidates += cands.len() as u64;
+        cands
+    }
+
+    /// Every allowed row of the probed lists, unbounded: an exact search
+    /// reranks them all, so estimating them would order nothing (and
+    /// refining multi-bit codes of every row costs more than it did with
+    /// one bit).
+    fn every_row<'c>(
+        &self,
+        codes: impl Fn(u32) -> &'c ListCodes,
+        keep: impl Fn(u32, usize) -> bool,
+        stats: &mut ScanStats,
+    ) -> Vec<Candidate> {
+        let mut cands = Vec::new();
+        for &l in self.lists() {
+            for i in 0..codes(l).len() {
+                if keep(l, i) {
+                    cands.push(Candidate {
+                        lower: f32::NEG_INFINITY,
+                        upper: f32::INFINITY,
+                        list: l,
+                        i: i as u32,
+                    });
+                }
             }
         }
+        stats.rerank_candidates += cands.len() as u64;
         cands
     }
 
     /// Full-precision distances of the candidates (`row(list, i)` gives a
     /// row's vector), best `k` first, ties broken by `id(shard row)`.
+    /// Candidates are taken by lower bound (as [`Self::estimate`] orders
+    /// them); once `k` are reranked, a candidate whose lower bound
+    /// exceeds the `k`-th best exact distance ends the rerank (unless
+    /// exact): neither it nor any after it can enter the top `k`.
     /// Returns `(distance, list, i)`.
     pub(crate) fn rerank<'r>(
         &self,
@@ -238,17 +268,18 @@ impl<'a> ShardSearch<'a> {
         id: impl Fn(u32) -> &'r str,
         stats: &mut ScanStats,
     ) -> Vec<(f32, u32, u32)> {
-        stats.vectors_compared += cands.len() as u64;
-        let mut best: Vec<(f32, u32, u32)> = cands
-            .iter()
-            .map(|c| {
-                (
-                    distance(self.q.metric, self.q.vector, row(c.list, c.i)),
-                    c.list,
-                    c.i,
-                )
-            })
-            .collect();
+        let mut kth = KthBest::new(self.q.k);
+        let mut best: Vec<(f32, u32, u32)> = Vec::new();
+        for c in cands {
+            if !self.exact && c.lower > kth.bar() {
+                break;
+            }
+            let d = distance(self.q.metric, self.q.vector, row(c.list, c.i));
+            kth.offer(d);
+            best.push((d, c.list, c.i));
+        }
+        stats.vectors_compared += best.len() as u64;
+        stats.rows_reranked += best.len() as u64;
         let row_of = |l: u32, i: u32| self.shard.row_of(l, i);
         best.sort_by(|a, b| {
             a.0.total_cmp(&b.0)
@@ -259,8 +290,9 @@ impl<'a> ShardSearch<'a> {
     }
 }
 
-/// The `k` smallest upper bounds seen so far: a row whose lower bound
-/// exceeds the largest of them (the bar) cannot be among the best `k`.
+/// The `k` smallest upper bounds (or exact distances) seen so far: a row
+/// whose lower bound exceeds the largest of them (the bar) cannot be
+/// among the best `k`.
 struct KthBest {
     k: usize,
     heap: BinaryHeap<OrdF32>,

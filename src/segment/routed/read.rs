@@ -237,6 +237,10 @@ fn parse_head(key: &str, b: &[u8], head_end: u64, total_len: u64) -> Result<Rout
     let f = take(FIXED_LEN)?;
     let dims = u32_(&f[..4]) as usize;
     let metric = Metric::from_code(f[4]).ok_or_else(|| corrupt(key, format!("unknown metric code {}", f[4])))?;
+    let code_bits = f[5];
+    if !(1..=crate::segment::shard::MAX_CODE_BITS).contains(&code_bits) {
+        return Err(corrupt(key, format!("codes of {code_bits} bits per dimension")));
+    }
     let rows = u64_(&f[8..16]);
     let created_at_ms = u64_(&f[16..24]);
     let generation = u64_(&f[24..32]);
@@ -320,6 +324,7 @@ fn parse_head(key: &str, b: &[u8], head_end: u64, total_len: u64) -> Result<Rout
         rows,
         created_at_ms,
         generation,
+        code_bits,
         code_row_bytes,
         writer_id,
         rows_offset,

@@ -33,7 +33,18 @@ fn encode(cs: &[(u32, Vec<Prepared>)]) -> (EncodedRouted, Vec<Vec<u8>>) {
         .zip(&codes)
         .map(|((c, rows), codes)| ClusterRows { cluster: *c, rows, codes: codes.clone() })
         .collect();
-    (encode_routed(DIMS, Metric::Cosine, 1234, "w1", 7, CODE_ROW, &input), codes)
+    (encode_routed(
+            &RoutedMeta {
+                dims: DIMS,
+                metric: Metric::Cosine,
+                created_at_ms: 1234,
+                writer_id: "w1",
+                generation: 7,
+                code_bits: 3,
+                code_row_bytes: CODE_ROW,
+            },
+            &input,
+        ), codes)
 }
 
 #[test]
@@ -42,7 +53,7 @@ fn a_routed_shard_round_trips_whole() {
     let (enc, codes) = encode(&cs);
     let (head, seg, got_codes) = decode_routed("k", &enc.bytes).unwrap();
     assert_eq!(head.rows, 1505);
-    assert_eq!(head.generation, 7);
+    assert_eq!((head.generation, head.code_bits), (7, 3));
     assert_eq!(head.writer_id, "w1");
     assert_eq!(head.clusters.iter().map(|c| c.cluster).collect::<Vec<_>>(), [2, 5, 9]);
     assert_eq!(got_codes, codes);
