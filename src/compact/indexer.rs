@@ -687,6 +687,17 @@ pub(super) async fn write_shards(
         crate::cpu::run(move || build_shards(rows, shape, &ix, &header)).await
     };
     let written_at = clock.now();
+    Ok((put_shards(store, now, level, outputs).await?, written_at))
+}
+
+/// PUTs built shards create-only under fresh keys (stamped `now`) and
+/// returns their index manifest entries at `level`.
+pub(super) async fn put_shards(
+    store: &dyn ObjectStore,
+    now: std::time::SystemTime,
+    level: u32,
+    outputs: Vec<ShardOut>,
+) -> Result<Vec<ShardEntry>, CompactError> {
     let mut entries = Vec::with_capacity(outputs.len());
     for out in outputs {
         let key = new_shard_key(now);
@@ -701,18 +712,20 @@ pub(super) async fn write_shards(
             deletions: None,
             created_at: format_time(now),
             head_bytes: out.head_bytes,
-            routing: None,
+            routing: out.routing,
             extra: Default::default(),
         });
     }
-    Ok((entries, written_at))
+    Ok(entries)
 }
 
 /// One shard object to write.
-struct ShardOut {
-    bytes: bytes::Bytes,
-    rows: u64,
-    head_bytes: Option<u64>,
+pub(super) struct ShardOut {
+    pub bytes: bytes::Bytes,
+    pub rows: u64,
+    pub head_bytes: Option<u64>,
+    /// The routing generation of a routed shard.
+    pub routing: Option<u64>,
 }
 
 /// Encodes `rows` into shards of at most the target size: with the
@@ -734,6 +747,7 @@ fn build_shards(
                 bytes: o.bytes,
                 rows: o.records,
                 head_bytes: None,
+                routing: None,
             })
             .collect();
     }
@@ -745,6 +759,7 @@ fn build_shards(
             bytes: b.bytes,
             rows: b.rows,
             head_bytes: Some(b.head_bytes),
+            routing: None,
         })
         .collect()
 }

@@ -18,11 +18,12 @@ use std::time::SystemTime;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::indexer::{put_shards, ShardOut};
 use super::CompactError;
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
 use crate::coord::index_manifest::{IndexManifest, RoutingEntry, ShardEntry};
-use crate::coord::paths::{new_routing_key, new_shard_key};
+use crate::coord::paths::new_routing_key;
 use crate::coord::{CoordError, Settings};
 use crate::index::routing::{Routing, SAMPLE_PER_CLUSTER, TARGET_CLUSTER_ROWS};
 use crate::index::shard::routed::{build_routed, group_by_cluster};
@@ -176,25 +177,16 @@ pub(super) async fn write_routed(
     let generation = routing.head.generation;
     let built = crate::cpu::run(move || build_routed(clusters, &routing, unix_millis(now), "indexer", cap)).await;
     let written_at = clock.now();
-    let mut entries = Vec::with_capacity(built.len());
-    for out in built {
-        let key = new_shard_key(now);
-        let bytes = out.bytes.len() as u64;
-        put_new_object(store, &key, out.bytes, Backoff::default()).await?;
-        entries.push(ShardEntry {
-            key,
-            rows: out.rows,
-            dead: 0,
-            bytes,
-            level,
-            deletions: None,
-            created_at: format_time(now),
-            head_bytes: Some(out.head_bytes),
+    let outputs = built
+        .into_iter()
+        .map(|b| ShardOut {
+            bytes: b.bytes,
+            rows: b.rows,
+            head_bytes: Some(b.head_bytes),
             routing: Some(generation),
-            extra: Default::default(),
-        });
-    }
-    Ok((entries, written_at))
+        })
+        .collect();
+    Ok((put_shards(store, now, level, outputs).await?, written_at))
 }
 
 /// The rows of a routed shard holding one of `ids`: its head, then only

@@ -182,25 +182,7 @@ impl ShardHead {
         first: u64,
         bytes: &[u8],
     ) -> Result<Vec<f32>, SegmentError> {
-        let stride = self.row_stride() as usize;
-        if !bytes.len().is_multiple_of(stride) {
-            return Err(corrupt(key, format!("rows of list {l} are truncated")));
-        }
-        let mut out = Vec::with_capacity(bytes.len() / stride * self.dimensions);
-        for (j, row) in bytes.chunks_exact(stride).enumerate() {
-            let (v, sum) = row.split_at(stride - 8);
-            if xxh3_64(v) != u64::from_le_bytes(sum.try_into().expect("8 bytes")) {
-                return Err(corrupt(
-                    key,
-                    format!("checksum mismatch in row {} of list {l}", first + j as u64),
-                ));
-            }
-            out.extend(
-                v.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
-            );
-        }
-        Ok(out)
+        checked_rows(key, &format!("list {l}"), self.dimensions, first, bytes)
     }
 
     /// Checks and parses a list's metadata block: per row, the encoded
@@ -243,6 +225,37 @@ pub(crate) struct EncodedShard {
     pub bytes: Bytes,
     /// Length of the head region (ids block, head, footer).
     pub head_bytes: u64,
+}
+
+/// Checks and parses stored rows (each `dims` f32 and the xxh3-64 of
+/// their bytes) of `what` (e.g. "list 3"), the first being row `first`:
+/// vectors, row-major. Shared by both shard formats.
+pub(super) fn checked_rows(
+    key: &str,
+    what: &str,
+    dims: usize,
+    first: u64,
+    bytes: &[u8],
+) -> Result<Vec<f32>, SegmentError> {
+    let stride = dims * 4 + 8;
+    if !bytes.len().is_multiple_of(stride) {
+        return Err(corrupt(key, format!("rows of {what} are truncated")));
+    }
+    let mut out = Vec::with_capacity(bytes.len() / stride * dims);
+    for (j, row) in bytes.chunks_exact(stride).enumerate() {
+        let (v, sum) = row.split_at(stride - 8);
+        if xxh3_64(v) != u64::from_le_bytes(sum.try_into().expect("8 bytes")) {
+            return Err(corrupt(
+                key,
+                format!("checksum mismatch in row {} of {what}", first + j as u64),
+            ));
+        }
+        out.extend(
+            v.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
+        );
+    }
+    Ok(out)
 }
 
 fn cap(rows: u64, per: usize) -> u64 {

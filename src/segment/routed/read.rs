@@ -111,23 +111,8 @@ impl RoutedHead {
         first: u64,
         bytes: &[u8],
     ) -> Result<Vec<f32>, SegmentError> {
-        let stride = self.row_stride() as usize;
-        let cluster = self.clusters[i].cluster;
-        if !bytes.len().is_multiple_of(stride) {
-            return Err(corrupt(key, format!("rows of cluster {cluster} are truncated")));
-        }
-        let mut out = Vec::with_capacity(bytes.len() / stride * self.dimensions);
-        for (j, row) in bytes.chunks_exact(stride).enumerate() {
-            let (v, sum) = row.split_at(stride - 8);
-            if xxh3_64(v) != u64::from_le_bytes(sum.try_into().expect("8 bytes")) {
-                return Err(corrupt(
-                    key,
-                    format!("checksum mismatch in row {} of cluster {cluster}", first + j as u64),
-                ));
-            }
-            out.extend(v.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))));
-        }
-        Ok(out)
+        let what = format!("cluster {}", self.clusters[i].cluster);
+        crate::segment::shard::checked_rows(key, &what, self.dimensions, first, bytes)
     }
 
     /// Checks and parses cluster `i`'s metadata: per row, the encoded JSON
