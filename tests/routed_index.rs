@@ -22,7 +22,10 @@ use shoal::segment::deletions::DeletionVector;
 use shoal::segment::{load, Shape};
 use shoal::store::{Counted, ObjectStore};
 
-backend_tests!(routed_rounds_keep_every_live_row_exactly_once);
+backend_tests!(
+    routed_rounds_keep_every_live_row_exactly_once,
+    a_budgeted_round_migrates_one_piece_and_the_next_round_sees_the_rest
+);
 
 const DIMS: usize = 12;
 
@@ -42,12 +45,16 @@ fn vector(i: usize, version: usize) -> Vec<f32> {
 }
 
 async fn round(store: &dyn ObjectStore, s: &Settings, routed: bool) -> IndexRound {
-    let clock: DynClock = Arc::new(SystemClock);
     let opts = IndexOptions {
         force: true,
         routed,
         ..Default::default()
     };
+    round_with(store, s, opts).await
+}
+
+async fn round_with(store: &dyn ObjectStore, s: &Settings, opts: IndexOptions) -> IndexRound {
+    let clock: DynClock = Arc::new(SystemClock);
     index_round(store, s, "ix", &clock, opts)
         .await
         .expect("an indexer round")
@@ -226,5 +233,91 @@ async fn routed_rounds_keep_every_live_row_exactly_once(store: Arc<Counted>) {
             .any(|p| &p.key == key && p.message.contains("checksum")),
         "{:?}",
         v.problems
+    );
+}
+
+/// Whether the shards hold exactly the model (a short message if not).
+fn check_same(live: &BTreeMap<String, Vec<f32>>, model: &BTreeMap<String, Vec<f32>>, when: &str) {
+    let missing = model.keys().filter(|k| !live.contains_key(*k)).count();
+    let extra = live.keys().filter(|k| !model.contains_key(*k)).count();
+    let differ = model
+        .iter()
+        .filter(|(k, v)| live.get(*k).is_some_and(|l| l != *v))
+        .count();
+    assert_eq!(
+        (missing, extra, differ),
+        (0, 0, 0),
+        "{when}: missing, extra, different rows"
+    );
+}
+
+/// A compactor's round has a row budget: moving shards to a new routing
+/// stops once it is spent (one shard per round here), and a later round
+/// that is not forced and has no tails sees the moves still due.
+async fn a_budgeted_round_migrates_one_piece_and_the_next_round_sees_the_rest(store: Arc<Counted>) {
+    let s = common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let mut model: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for b in 0..4 {
+        let recs: Vec<Record> = (b * 300..b * 300 + 300)
+            .map(|i| Record::new(format!("r{i}"), vector(i, 0)))
+            .collect();
+        for r in &recs {
+            model.insert(r.id.clone(), r.vector.clone());
+        }
+        w.upsert(&recs).await.unwrap();
+        if b < 3 {
+            round(store.as_ref(), &s, false).await; // three shards with their own IVF
+        }
+    }
+    let legacy = |m: &IndexManifest| m.shards.iter().filter(|x| x.routing.is_none()).count();
+    assert_eq!(legacy(&manifest(store.as_ref(), &s).await), 3);
+    // Two forced rounds with a budget of one row: each takes one
+    // partition's tail and moves one shard to the routing.
+    for left in [2, 1] {
+        let opts = IndexOptions {
+            force: true,
+            routed: true,
+            max_rows: Some(1),
+        };
+        let r = round_with(store.as_ref(), &s, opts).await;
+        assert_eq!(r.merged.len(), 1, "{r:?}");
+        assert_eq!(legacy(&manifest(store.as_ref(), &s).await), left);
+    }
+    check_same(
+        &live_in_shards(store.as_ref(), &s).await,
+        &model,
+        "tails taken",
+    );
+    // Not forced, no tails: the move still due is work.
+    let budget = IndexOptions {
+        routed: true,
+        max_rows: Some(1),
+        ..Default::default()
+    };
+    let r = round_with(store.as_ref(), &s, budget).await;
+    assert_eq!(r.merged.len(), 1, "{r:?}");
+    assert_eq!(legacy(&manifest(store.as_ref(), &s).await), 0);
+    check_same(
+        &live_in_shards(store.as_ref(), &s).await,
+        &model,
+        "all moved",
+    );
+    // Merges of the routed shards (a level of four now) follow, in
+    // budgeted pieces too, until a round finds nothing to do.
+    let mut quiet = false;
+    for _ in 0..6 {
+        let r = round_with(store.as_ref(), &s, budget).await;
+        assert!(r.merged.len() <= 1, "{r:?}");
+        if r.generation.is_none() {
+            quiet = true;
+            break;
+        }
+    }
+    assert!(quiet, "rounds kept finding work");
+    check_same(
+        &live_in_shards(store.as_ref(), &s).await,
+        &model,
+        "after merges",
     );
 }

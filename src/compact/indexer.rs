@@ -161,12 +161,12 @@ pub async fn index_round(
 ) -> Result<IndexRound, CompactError> {
     let n = settings.partition_count;
     let mut round = IndexRound::default();
-    if !opts.force && !work_due(store, settings, clock, &mut round).await? {
+    if !opts.force && !work_due(store, settings, clock, opts.routed, &mut round).await? {
         return Ok(round);
     }
     let work = async {
         run_round(store, settings, clock, opts, &mut round).await?;
-        merge_shards(store, settings, clock, opts.routed, &mut round).await
+        merge_shards(store, settings, clock, opts, &mut round).await
     };
     match with_lease(store, n, holder, clock, work).await? {
         Ok(done) => done?,
@@ -180,11 +180,12 @@ async fn work_due(
     store: &dyn ObjectStore,
     settings: &Settings,
     clock: &DynClock,
+    routed: bool,
     round: &mut IndexRound,
 ) -> Result<bool, CompactError> {
     let n = settings.partition_count;
     let index = current_index(store, n).await?;
-    if !merges_due(&index, shard_target_rows(settings), false).is_empty() {
+    if !merges_due(&index, shard_target_rows(settings), routed).is_empty() {
         return Ok(true);
     }
     let now = clock.now();
@@ -484,13 +485,21 @@ async fn merge_shards(
     store: &dyn ObjectStore,
     settings: &Settings,
     clock: &DynClock,
-    routed: bool,
+    opts: IndexOptions,
     round: &mut IndexRound,
 ) -> Result<(), CompactError> {
     let n = settings.partition_count;
     let shape = shape_of(settings);
     let target = shard_target_rows(settings);
+    let routed = opts.routed;
+    // Rows routed merges have rewritten: with a row budget (a compactor
+    // invocation), a round stops once it has spent it, and the next
+    // round goes on (a routing migration rewrites every shard).
+    let mut rewritten = 0u64;
     loop {
+        if opts.max_rows.is_some_and(|max| routed && rewritten >= max) {
+            return Ok(());
+        }
         let index = current_index(store, n).await?;
         let Some(inputs) = merges_due(&index, target, routed).into_iter().next() else {
             return Ok(());
@@ -499,6 +508,7 @@ async fn merge_shards(
             if !merge_routed(store, settings, clock, &index, current, &inputs, round).await? {
                 return Ok(());
             }
+            rewritten += inputs.iter().map(|s| s.rows).sum::<u64>();
             continue;
         }
         let mut rows: Vec<Prepared> = Vec::new();
