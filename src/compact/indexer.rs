@@ -525,16 +525,7 @@ async fn merge_shards(
                     return Ok(());
                 }
             };
-            for i in 0..seg.len() {
-                if !dv.is_dead(i as u64) {
-                    rows.push(Prepared {
-                        id: seg.id(i).to_string(),
-                        vector: seg.vector(i).to_vec(),
-                        metadata: seg.metadata_raw(i).to_vec(),
-                        tombstone: false,
-                    });
-                }
-            }
+            rows.extend((0..seg.len()).filter(|i| !dv.is_dead(*i as u64)).map(|i| seg.prepared(i)));
         }
         let level = inputs.iter().map(|s| s.level).max().unwrap_or(0) + 1;
         let merged_rows = rows.len() as u64;

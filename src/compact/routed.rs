@@ -238,22 +238,16 @@ pub(super) async fn live_rows_by_cluster(
     for shard in inputs {
         let got = store.get(&shard.key).await.map_err(CoordError::from)?;
         let dv = super::indexer::load_deletions(store, shard).await?;
-        let row = |seg: &segment::Segment, i: usize| Prepared {
-            id: seg.id(i).to_string(),
-            vector: seg.vector(i).to_vec(),
-            metadata: seg.metadata_raw(i).to_vec(),
-            tombstone: false,
-        };
         if shard.routing == Some(routing.head.generation) {
             let (head, seg, _) = decode_routed(&shard.key, &got.bytes)?;
             for c in &head.clusters {
                 let live = (c.start..c.start + u64::from(c.rows)).filter(|r| !dv.is_dead(*r));
-                by.entry(c.cluster).or_default().extend(live.map(|r| row(&seg, r as usize)));
+                by.entry(c.cluster).or_default().extend(live.map(|r| seg.prepared(r as usize)));
             }
         } else {
             let seg = segment::decode_segment(&shard.key, &got.bytes)?;
             let live = (0..seg.len()).filter(|i| !dv.is_dead(*i as u64) && !seg.is_tombstone(*i));
-            strays.extend(live.map(|i| row(&seg, i)));
+            strays.extend(live.map(|i| seg.prepared(i)));
         }
     }
     if !strays.is_empty() {

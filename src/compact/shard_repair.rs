@@ -109,12 +109,7 @@ pub async fn repair_shard(
                 Ok(seg) => {
                     for i in 0..seg.len() {
                         if !seg.is_tombstone(i) && !dv.is_dead(i as u64) {
-                            keep.push(Prepared {
-                                id: seg.id(i).to_string(),
-                                vector: seg.vector(i).to_vec(),
-                                metadata: seg.metadata_raw(i).to_vec(),
-                                tombstone: false,
-                            });
+                            keep.push(seg.prepared(i));
                         }
                     }
                     report.live = keep.len() as u64;

@@ -38,7 +38,8 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn corrupt(key: &str, reason: impl Into<String>) -> SegmentError {
+/// A [`SegmentError::Corrupt`] naming `key` (every format's decoder).
+pub(super) fn corrupt(key: &str, reason: impl Into<String>) -> SegmentError {
     SegmentError::Corrupt {
         key: key.to_string(),
         reason: reason.into(),

@@ -187,6 +187,17 @@ impl Segment {
         })
     }
 
+    /// Record `i` as a live row to write again (a merge, a repair, a
+    /// move to another routing).
+    pub(crate) fn prepared(&self, i: usize) -> crate::record::Prepared {
+        crate::record::Prepared {
+            id: self.id(i).to_string(),
+            vector: self.vector(i).to_vec(),
+            metadata: self.metadata_raw(i).to_vec(),
+            tombstone: false,
+        }
+    }
+
     pub fn is_tombstone(&self, i: usize) -> bool {
         self.tombstones[i]
     }

@@ -45,7 +45,7 @@
 use bytes::Bytes;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::decode::{open_section, push_ids, split_offsets, split_offsets_prefix};
+use super::decode::{corrupt, open_section, push_ids, split_offsets, split_offsets_prefix};
 use super::encode::push_offsets;
 use super::shard::{ShardIds, PREFIX_LEN, SHARD_MAGIC};
 use super::{SectionEntry, SegmentError, CODEC_ZSTD, END_MAGIC};
@@ -119,13 +119,6 @@ pub(crate) struct ClusterRows<'a> {
     pub cluster: u32,
     pub rows: &'a [Prepared],
     pub codes: Vec<u8>,
-}
-
-fn corrupt(key: &str, reason: impl Into<String>) -> SegmentError {
-    SegmentError::Corrupt {
-        key: key.to_string(),
-        reason: reason.into(),
-    }
 }
 
 fn compress(raw: &[u8]) -> Vec<u8> {

@@ -44,7 +44,7 @@
 use bytes::Bytes;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::decode::open_section;
+use super::decode::{corrupt, open_section};
 use super::encode::{metric_byte, push_offsets};
 use super::{
     SectionEntry, Segment, SegmentError, SegmentHeader, CODEC_ZSTD, END_MAGIC, FORMAT_VERSION,
@@ -145,15 +145,7 @@ impl ShardHead {
 
     /// The header a [`Segment`] decoded from this shard carries.
     pub(crate) fn segment_header(&self) -> SegmentHeader {
-        SegmentHeader {
-            format_version: FORMAT_VERSION,
-            dimensions: self.dimensions as u32,
-            metric: self.metric,
-            record_count: self.rows,
-            created_at_ms: self.created_at_ms,
-            writer_id: self.writer_id.clone(),
-            has_index: false,
-        }
+        whole_shard_header(self.dimensions, self.metric, self.rows, self.created_at_ms, &self.writer_id)
     }
 
     /// Checks a list's code block against its checksum (the quantizer
@@ -258,15 +250,30 @@ pub(super) fn checked_rows(
     Ok(out)
 }
 
-fn cap(rows: u64, per: usize) -> u64 {
-    (rows + 1) * 8 + 8 + rows * per as u64
+/// The header of a shard decoded whole into a [`Segment`] (either shard
+/// format): the segment format's version, no index section.
+pub(super) fn whole_shard_header(
+    dimensions: usize,
+    metric: Metric,
+    rows: u64,
+    created_at_ms: u64,
+    writer_id: &str,
+) -> SegmentHeader {
+    SegmentHeader {
+        format_version: FORMAT_VERSION,
+        dimensions: dimensions as u32,
+        metric,
+        record_count: rows,
+        created_at_ms,
+        writer_id: writer_id.to_string(),
+        has_index: false,
+    }
 }
 
-fn corrupt(key: &str, reason: impl Into<String>) -> SegmentError {
-    SegmentError::Corrupt {
-        key: key.to_string(),
-        reason: reason.into(),
-    }
+/// The most raw bytes a count-offsets-items block of `rows` items of at
+/// most `per` bytes each can hold (a bound for decompression).
+pub(super) fn cap(rows: u64, per: usize) -> u64 {
+    (rows + 1) * 8 + 8 + rows * per as u64
 }
 
 fn open_block(

@@ -130,12 +130,7 @@ mod tests {
                 let range = c.start as usize..(c.start + u64::from(c.rows)) as usize;
                 let members: Vec<Prepared> = range
                     .clone()
-                    .map(|r| Prepared {
-                        id: seg.id(r).to_string(),
-                        vector: seg.vector(r).to_vec(),
-                        metadata: seg.metadata_raw(r).to_vec(),
-                        tombstone: false,
-                    })
+                    .map(|r| seg.prepared(r))
                     .collect();
                 // Every row sits in the cluster the routing assigns it...
                 let assigned = routing.assign(&flat_vectors(&members, D));

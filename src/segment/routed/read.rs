@@ -9,7 +9,8 @@ use super::{
     Part, RoutedHead, ShardIds, CLUSTER_LEN, FIXED_LEN, PREFIX_LEN, ROUTED_VERSION, SHARD_MAGIC,
 };
 use crate::record::{MAX_ID_BYTES, MAX_METADATA_BYTES};
-use crate::segment::{Segment, SegmentError, SegmentHeader, END_MAGIC, FORMAT_VERSION, MAX_SEGMENT_RECORDS};
+use crate::segment::shard::cap;
+use crate::segment::{Segment, SegmentError, END_MAGIC, MAX_SEGMENT_RECORDS};
 use crate::vocab::Metric;
 
 /// One id-index block: ids in byte order and each one's shard row.
@@ -79,7 +80,7 @@ impl RoutedHead {
             return Err(corrupt(key, format!("checksum mismatch in the codes of cluster {}", c.cluster)));
         }
         let what = format!("the ids of cluster {}", c.cluster);
-        let raw = open_part(key, &what, &c.ids, ids, cap(c.rows, MAX_ID_BYTES + 1))?;
+        let raw = open_part(key, &what, &c.ids, ids, cap(u64::from(c.rows), MAX_ID_BYTES + 1))?;
         let n = c.rows as usize;
         let (offsets, body) = split_offsets_prefix(key, &what, &raw)?;
         if offsets.len() - 1 != n || body.len() != offsets[n] as usize + n {
@@ -125,7 +126,7 @@ impl RoutedHead {
     ) -> Result<(Vec<u64>, Vec<u8>), SegmentError> {
         let c = &self.clusters[i];
         let what = format!("the metadata of cluster {}", c.cluster);
-        let raw = open_part(key, &what, &c.metadata, stored, cap(c.rows, MAX_METADATA_BYTES))?;
+        let raw = open_part(key, &what, &c.metadata, stored, cap(u64::from(c.rows), MAX_METADATA_BYTES))?;
         let (offsets, bytes) = split_offsets(key, &what, &raw)?;
         if offsets.len() - 1 != c.rows as usize {
             return Err(corrupt(key, format!("{what} has a different row count")));
@@ -142,7 +143,7 @@ impl RoutedHead {
     pub(crate) fn id_block(&self, key: &str, b: usize, stored: &[u8]) -> Result<IdBlock, SegmentError> {
         let f = &self.fences[b];
         let what = format!("id-index block {b}");
-        let raw = open_part(key, &what, &f.block, stored, cap(u32::MAX, MAX_ID_BYTES + 4))?;
+        let raw = open_part(key, &what, &f.block, stored, cap(u64::from(u32::MAX), MAX_ID_BYTES + 4))?;
         let (offsets, body) = split_offsets_prefix(key, &what, &raw)?;
         let n = offsets.len() - 1;
         let ids_end = offsets[n] as usize;
@@ -197,10 +198,6 @@ impl RoutedHead {
         }
         parse_head(key, b, end, total_len)
     }
-}
-
-fn cap(rows: u32, per: usize) -> u64 {
-    (u64::from(rows) + 1) * 8 + 8 + u64::from(rows) * per as u64
 }
 
 fn parse_head(key: &str, b: &[u8], head_end: u64, total_len: u64) -> Result<RoutedHead, SegmentError> {
@@ -357,15 +354,13 @@ pub(crate) fn decode_routed(key: &str, buf: &[u8]) -> Result<(RoutedHead, Segmen
     if seen != n {
         return Err(corrupt(key, format!("the id index holds {seen} ids for {n} rows")));
     }
-    let header = SegmentHeader {
-        format_version: FORMAT_VERSION,
-        dimensions: head.dimensions as u32,
-        metric: head.metric,
-        record_count: head.rows,
-        created_at_ms: head.created_at_ms,
-        writer_id: head.writer_id.clone(),
-        has_index: false,
-    };
+    let header = crate::segment::shard::whole_shard_header(
+        head.dimensions,
+        head.metric,
+        head.rows,
+        head.created_at_ms,
+        &head.writer_id,
+    );
     let segment = Segment {
         header,
         ids,
