@@ -28,7 +28,7 @@ use crate::coord::{CoordError, Settings};
 use crate::index::routing::{Routing, SAMPLE_PER_CLUSTER, TARGET_CLUSTER_ROWS};
 use crate::index::shard::routed::{build_routed, group_by_cluster};
 use crate::record::Prepared;
-use crate::segment::routed::{decode_routed, RoutedHead};
+use crate::segment::routed::decode_routed;
 use crate::segment::{self, SegmentError, Shape};
 use crate::store::{ByteRange, ObjectStore};
 
@@ -104,20 +104,10 @@ pub(super) async fn load_routing(
         return Ok(r);
     }
     let got = store.get(&entry.key).await.map_err(CoordError::from)?;
-    let key = entry.key.clone();
-    let routing = crate::cpu::run(move || Routing::decode(&got.bytes))
+    let (key, g) = (entry.key.clone(), entry.generation);
+    let routing = crate::cpu::run(move || Routing::decode_listed(&got.bytes, g))
         .await
-        .map_err(|e| SegmentError::Corrupt { key: key.clone(), reason: e.0 })?;
-    if routing.head.generation != entry.generation {
-        return Err(SegmentError::Corrupt {
-            key: entry.key.clone(),
-            reason: format!(
-                "routing generation {} where the index manifest lists {}",
-                routing.head.generation, entry.generation
-            ),
-        }
-        .into());
-    }
+        .map_err(|e| SegmentError::Corrupt { key, reason: e.0 })?;
     let routing = Arc::new(routing);
     cache.insert(cache_key, routing.clone()).await;
     Ok(routing)
@@ -196,7 +186,7 @@ pub(super) async fn routed_rows_of(
     shard: &ShardEntry,
     ids: &HashSet<&str>,
 ) -> Result<Vec<u64>, CompactError> {
-    let head = routed_head(store, shard).await?;
+    let head = segment::load_routed_head(store, &shard.key, shard.head_bytes.unwrap_or(0), shard.bytes).await?;
     let mut blocks: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
     for id in ids {
         if let Some(b) = head.fence_for(id) {
@@ -213,16 +203,6 @@ pub(super) async fn routed_rows_of(
     }
     rows.sort_unstable();
     Ok(rows)
-}
-
-/// A routed shard's head, from its first `headBytes` bytes.
-async fn routed_head(store: &dyn ObjectStore, shard: &ShardEntry) -> Result<RoutedHead, CompactError> {
-    let len = shard.head_bytes.unwrap_or(0);
-    let region = store
-        .get_range(&shard.key, ByteRange::new(0, len))
-        .await
-        .map_err(CoordError::from)?;
-    Ok(RoutedHead::parse(&shard.key, &region, shard.bytes)?)
 }
 
 /// The live rows of `inputs`, each with the cluster it belongs to under

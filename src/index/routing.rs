@@ -403,6 +403,19 @@ impl Routing {
         Ok(Routing { head, centroids })
     }
 
+    /// Parses a routing object the index manifest lists as generation
+    /// `generation`, refusing one of another generation.
+    pub(crate) fn decode_listed(bytes: &[u8], generation: u64) -> Result<Routing, RoutingError> {
+        let routing = Routing::decode(bytes)?;
+        if routing.head.generation != generation {
+            return Err(bad(format!(
+                "routing generation {} where the index manifest lists {generation}",
+                routing.head.generation
+            )));
+        }
+        Ok(routing)
+    }
+
     /// Each vector's cluster (`vectors` is `n × dims`): the nearest
     /// cluster among those of the [`ASSIGN_BEAM`] nearest groups.
     /// CPU-bound, parallel.

@@ -36,28 +36,14 @@ pub(super) async fn verify_routings(
                 continue;
             }
         };
-        match crate::index::routing::Routing::decode(&got.bytes) {
-            Ok(d) if d.head.generation == r.generation => {}
-            Ok(d) => problem(
-                &r.key,
-                format!(
-                    "routing generation {} where the index manifest lists {}",
-                    d.head.generation, r.generation
-                ),
-            ),
-            Err(e) => problem(&r.key, format!("routing: {e}")),
+        if let Err(e) = crate::index::routing::Routing::decode_listed(&got.bytes, r.generation) {
+            problem(&r.key, format!("routing: {e}"));
         }
     }
     for shard in &index.shards {
         let Some(g) = shard.routing else { continue };
         let len = shard.head_bytes.unwrap_or(0);
-        let range = crate::store::ByteRange::new(0, len);
-        let region = match store.get_range(&shard.key, range).await {
-            Ok(b) => b,
-            Err(e) if e.is_retryable() => return Err(e.into()),
-            Err(_) => continue, // verify_shard reports it
-        };
-        match segment::routed::RoutedHead::parse(&shard.key, &region, shard.bytes) {
+        match segment::load_routed_head(store, &shard.key, len, shard.bytes).await {
             Ok(h) if h.generation == g => {}
             Ok(h) => problem(
                 &shard.key,
@@ -66,6 +52,8 @@ pub(super) async fn verify_routings(
                     h.generation
                 ),
             ),
+            Err(segment::LoadError::Store(e)) if e.is_retryable() => return Err(e.into()),
+            Err(segment::LoadError::Store(_)) => {} // verify_shard reports it
             Err(e) => problem(&shard.key, format!("index shard head: {e}")),
         }
     }

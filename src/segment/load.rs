@@ -68,6 +68,18 @@ impl LoadError {
     }
 }
 
+/// The head of the routed shard `key` (`total` bytes), from a ranged GET
+/// of its first `head_bytes` bytes.
+pub(crate) async fn load_routed_head(
+    store: &dyn ObjectStore,
+    key: &str,
+    head_bytes: u64,
+    total: u64,
+) -> Result<super::routed::RoutedHead, LoadError> {
+    let region = store.get_range(key, crate::store::ByteRange::new(0, head_bytes)).await?;
+    Ok(super::routed::RoutedHead::parse(key, &region, total)?)
+}
+
 /// GETs `key`, decodes it and checks it against `expected`.
 pub async fn load(
     store: &dyn ObjectStore,

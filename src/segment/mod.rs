@@ -47,6 +47,7 @@ pub use decode::{decode_segment, decode_tail, Tail};
 pub use encode::{encode_segment, encode_segment_groups};
 pub use live::{LiveSet, Loc};
 pub use load::{load, LoadError, Shape};
+pub(crate) use load::load_routed_head;
 
 use crate::vocab::Metric;
 

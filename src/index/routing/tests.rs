@@ -99,6 +99,10 @@ fn the_object_round_trips_and_a_reader_can_fetch_it_in_parts() {
     let r = Routing::train(&blobs(5_000, dims, 50, 3), dims, Metric::Dot, 40_000, 3);
     let bytes = r.encode();
     assert_eq!(Routing::decode(&bytes).unwrap(), r);
+    // Listed under its generation it parses; under another it is refused.
+    assert_eq!(Routing::decode_listed(&bytes, 3).unwrap(), r);
+    let e = Routing::decode_listed(&bytes, 4).unwrap_err().0;
+    assert!(e.contains("generation 3 where the index manifest lists 4"), "{e}");
     // The head alone, from the object's first bytes...
     let region = r.head.region_len() as usize;
     let head = RoutingHead::parse(&bytes[..region]).unwrap();
