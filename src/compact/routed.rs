@@ -25,7 +25,7 @@ use crate::coord::clock::{format_time, unix_millis, DynClock};
 use crate::coord::index_manifest::{IndexManifest, RoutingEntry, ShardEntry};
 use crate::coord::paths::new_routing_key;
 use crate::coord::{CoordError, Settings};
-use crate::index::routing::{Routing, SAMPLE_PER_CLUSTER, TARGET_CLUSTER_ROWS};
+use crate::index::routing::{Routing, TARGET_CLUSTER_ROWS};
 use crate::index::shard::routed::{build_routed, group_by_cluster};
 use crate::record::Prepared;
 use crate::segment::routed::decode_routed;
@@ -122,7 +122,7 @@ async fn sample_rows(
     batch: &[Prepared],
 ) -> Result<Vec<f32>, CompactError> {
     let d = shape.dimensions;
-    let want = MAX_SAMPLE.max(SAMPLE_PER_CLUSTER);
+    let want = MAX_SAMPLE;
     let mut rng = StdRng::seed_from_u64(index.generation);
     let mut sample: Vec<f32> = Vec::with_capacity(want.min(batch.len() + 1) * d);
     let mut seen = 0usize;

@@ -55,7 +55,7 @@ const GROUP_ENTRY_LEN: usize = 4 + 4 + 8 + 8 + 8;
 pub(crate) const TARGET_CLUSTER_ROWS: usize = 1000;
 /// Training rows per cluster (the sample is at most this many times the
 /// cluster count).
-pub(crate) const SAMPLE_PER_CLUSTER: usize = 48;
+const SAMPLE_PER_CLUSTER: usize = 48;
 /// Groups whose clusters a row is routed among when it is assigned.
 const ASSIGN_BEAM: usize = 4;
 
