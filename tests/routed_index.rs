@@ -4,8 +4,9 @@
 //! in their clusters and drop dead ones; shards of an older routing (or
 //! with their own IVF) move to the current routing; a grown index gets a
 //! new routing and the old one retires once no shard names it. Checked
-//! against a model of what was written, shard by shard (readers do not
-//! search routed shards yet).
+//! against a model of what was written, shard by shard, and through a
+//! fresh reader: searches (exact and approximate), gets, listings and
+//! live counts over routed shards and the tails that shadow them.
 
 #[macro_use]
 mod common;
@@ -17,6 +18,7 @@ use shoal::compact::indexer::{index_round, IndexOptions, IndexRound, MERGE_FANIN
 use shoal::coord::clock::{DynClock, SystemClock};
 use shoal::coord::index_manifest::{read_index_manifest, IndexManifest};
 use shoal::coord::{Metric, Settings};
+use shoal::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
 use shoal::record::Record;
 use shoal::segment::deletions::DeletionVector;
 use shoal::segment::{load, Shape};
@@ -94,6 +96,73 @@ async fn live_in_shards(store: &dyn ObjectStore, s: &Settings) -> BTreeMap<Strin
     out
 }
 
+/// A fresh reader over the index answers as the model says: live count,
+/// listing, gets (live and deleted ids), exact top-10s, and approximate
+/// top-10s with recall >= 0.9.
+async fn check_reader(
+    store: &Arc<Counted>,
+    s: &Settings,
+    model: &BTreeMap<String, Vec<f32>>,
+    deleted: &[String],
+    when: &str,
+) {
+    let reader = Reader::new(
+        common::dyn_store(store.clone()),
+        s,
+        ReaderOptions::default(),
+    );
+    assert_eq!(
+        reader.warm().await.unwrap() as usize,
+        model.len(),
+        "{when}: live count"
+    );
+    let db = shoal::Db::open_store(store.clone(), shoal::OpenOptions::observer())
+        .await
+        .unwrap();
+    let mut listed = Vec::new();
+    for p in 0..s.partition_count {
+        listed.extend(db.list_ids(p, Consistency::Strong).await.unwrap());
+    }
+    listed.sort();
+    assert_eq!(
+        listed,
+        model.keys().cloned().collect::<Vec<_>>(),
+        "{when}: listing"
+    );
+    for id in deleted.iter().take(10) {
+        let got = reader.get_with(id, Consistency::Strong).await.unwrap();
+        assert!(got.is_none(), "{when}: deleted {id} is back");
+    }
+    let (mut found, mut wanted) = (0, 0);
+    for (id, v) in model.iter().step_by(model.len() / 25 + 1) {
+        let got = reader.get_with(id, Consistency::Strong).await.unwrap();
+        assert_eq!(got.map(|r| r.vector).as_ref(), Some(v), "{when}: get {id}");
+        let q: Vec<f32> = v.iter().map(|x| x + 0.05).collect();
+        let mut truth: Vec<(f32, &String)> = model
+            .iter()
+            .map(|(i, x)| (x.iter().zip(&q).map(|(a, b)| (a - b) * (a - b)).sum(), i))
+            .collect();
+        truth.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+        let truth: Vec<&String> = truth.iter().take(10).map(|t| t.1).collect();
+        let mut req = SearchRequest::new(q, 10);
+        req.consistency = Consistency::Strong;
+        let ann = reader.search(&req).await.unwrap();
+        assert!(!ann.partial, "{when}");
+        found += ann
+            .results
+            .iter()
+            .filter(|h| truth.contains(&&h.id))
+            .count();
+        wanted += truth.len();
+        req.exact = true;
+        let exact = reader.search(&req).await.unwrap();
+        let ids: Vec<&String> = exact.results.iter().map(|h| &h.id).collect();
+        assert_eq!(ids, truth, "{when}: exact top-10");
+    }
+    let recall = found as f64 / wanted as f64;
+    assert!(recall >= 0.9, "{when}: recall {recall}");
+}
+
 async fn routed_rounds_keep_every_live_row_exactly_once(store: Arc<Counted>) {
     let s = common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
     let w = common::writer(store.clone(), &s);
@@ -138,6 +207,7 @@ async fn routed_rounds_keep_every_live_row_exactly_once(store: Arc<Counted>) {
     );
     assert!(!r.merged.is_empty(), "the legacy shard migrated: {r:?}");
     assert_eq!(live_in_shards(store.as_ref(), &s).await, model);
+    check_reader(&store, &s, &model, &[], "routed").await;
 
     // Newer versions and deletes mark older rows dead through id indexes.
     let recs = write(
@@ -157,9 +227,12 @@ async fn routed_rounds_keep_every_live_row_exactly_once(store: Arc<Counted>) {
     for id in &gone {
         model.remove(id);
     }
+    // Not yet indexed: the tails shadow the routed rows.
+    check_reader(&store, &s, &model, &gone, "tails over routed shards").await;
     let r = round(store.as_ref(), &s, true).await;
     assert_eq!(r.rows_killed as usize, recs.len() + gone.len(), "{r:?}");
     assert_eq!(live_in_shards(store.as_ref(), &s).await, model);
+    check_reader(&store, &s, &model, &gone, "dead rows").await;
 
     // Rounds until a level holds MERGE_FANIN shards: they merge into one
     // routed shard of the same routing without the dead rows.
@@ -176,6 +249,7 @@ async fn routed_rounds_keep_every_live_row_exactly_once(store: Arc<Counted>) {
         merged |= !round(store.as_ref(), &s, true).await.merged.is_empty();
     }
     assert!(merged, "a level of {MERGE_FANIN} shards merged");
+    check_reader(&store, &s, &model, &gone, "merged").await;
     let m = manifest(store.as_ref(), &s).await;
     assert!(
         m.shards
@@ -215,6 +289,7 @@ async fn routed_rounds_keep_every_live_row_exactly_once(store: Arc<Counted>) {
         m.retired
     );
     assert_eq!(live_in_shards(store.as_ref(), &s).await, model);
+    check_reader(&store, &s, &model, &gone, "second routing").await;
 
     // `verify` reads routings and routed shards: clean, then a damaged
     // routing object is named by its key.

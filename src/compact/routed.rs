@@ -199,7 +199,7 @@ pub(super) async fn routed_rows_of(
         let got = store.get_range(&shard.key, ByteRange::new(r.start, r.end)).await;
         let got = got.map_err(CoordError::from)?;
         let block = head.id_block(&shard.key, b, &got)?;
-        rows.extend(wanted.iter().filter_map(|id| block.row_of(id)).map(u64::from));
+        rows.extend(wanted.iter().filter_map(|id| block.get(id)).map(u64::from));
     }
     rows.sort_unstable();
     Ok(rows)

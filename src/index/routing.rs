@@ -122,7 +122,7 @@ impl RoutingHead {
     }
 
     /// The group holding cluster `c`.
-    #[allow(dead_code)] // for readers, the next step of issue 29
+    #[cfg(test)]
     pub(crate) fn group_of(&self, c: u32) -> usize {
         self.groups.partition_point(|g| g.first + g.clusters <= c)
     }

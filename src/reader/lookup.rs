@@ -192,5 +192,5 @@ pub(super) async fn list_ids(
     if let Some(damaged) = snap.shards.damage() {
         return Err(damaged);
     }
-    Ok(snap.list_ids(p, n))
+    snap.list_ids(shared, &tally, p, n).await
 }

@@ -27,6 +27,7 @@ mod error;
 mod load;
 mod lookup;
 mod ranged;
+mod routed;
 mod search;
 mod shards;
 mod snapshot;

@@ -24,6 +24,7 @@ use crate::coord::watched::retrying;
 use crate::index::rabitq::ListCodes;
 use crate::index::shard::{ShardQuery, ShardRouting, ShardSearch};
 use crate::index::ScanStats;
+use crate::segment::routed::IdBlock;
 use crate::segment::shard::decode_head_region;
 use crate::segment::{LoadError, SegmentError};
 use crate::store::{ByteRange, Counted, ObjectStore, StoreError};
@@ -86,6 +87,40 @@ impl RangedShard {
             + self.routing.memory_bytes()
     }
 
+    /// First row (within the list) and row count of a chunk.
+    fn chunk_rows(&self, list: u32, chunk: u32) -> (u64, u64) {
+        chunk_of(self.routing.head.lists[list as usize].rows, chunk)
+    }
+}
+
+/// First row and row count of chunk `chunk` of a list of `rows` rows.
+pub(super) fn chunk_of(rows: u64, chunk: u32) -> (u64, u64) {
+    let first = u64::from(chunk) * ROW_CHUNK;
+    (first, ROW_CHUNK.min(rows.saturating_sub(first)))
+}
+
+/// Something the reader fetches by parts through [`Blocks`]: a shard
+/// (either format) or a routing object.
+pub(crate) trait PartSource: Send + Sync + 'static {
+    /// The object's key (requests and errors name it).
+    fn key(&self) -> &str;
+    /// A hash of the key: its parts' cache key.
+    fn tag(&self) -> u64;
+    /// Where `part` is in the object.
+    fn range(&self, part: Part) -> Range<u64>;
+    /// Checks and parses `part` from exactly its bytes.
+    fn parse(&self, part: Part, bytes: &[u8]) -> Result<Block, SegmentError>;
+}
+
+impl PartSource for RangedShard {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn tag(&self) -> u64 {
+        self.tag
+    }
+
     fn range(&self, part: Part) -> Range<u64> {
         match part {
             Part::Codes(l) => self.routing.head.lists[l as usize].codes.range(),
@@ -94,14 +129,8 @@ impl RangedShard {
                 let (first, count) = self.chunk_rows(list, chunk);
                 self.routing.head.rows_range(list as usize, first, count)
             }
+            _ => unreachable!("{part:?} is not a part of a range-read shard"),
         }
-    }
-
-    /// First row (within the list) and row count of a chunk.
-    fn chunk_rows(&self, list: u32, chunk: u32) -> (u64, u64) {
-        let rows = self.routing.head.lists[list as usize].rows;
-        let first = u64::from(chunk) * ROW_CHUNK;
-        (first, ROW_CHUNK.min(rows.saturating_sub(first)))
     }
 
     fn parse(&self, part: Part, bytes: &[u8]) -> Result<Block, SegmentError> {
@@ -123,11 +152,7 @@ impl RangedShard {
             }
             Part::Meta(l) => {
                 let (offsets, bytes) = self.routing.head.list_metadata(key, l as usize, bytes)?;
-                Block::Meta {
-                    offsets,
-                    bytes,
-                    maps: OnceLock::new(),
-                }
+                Block::meta(offsets, bytes)
             }
             Part::Rows { list, chunk } => {
                 let (first, _) = self.chunk_rows(list, chunk);
@@ -137,6 +162,7 @@ impl RangedShard {
                         .list_rows(key, list as usize, first, bytes)?,
                 )
             }
+            _ => unreachable!("{part:?} is not a part of a range-read shard"),
         })
     }
 }
@@ -153,12 +179,20 @@ fn row_in(parts: &HashMap<Part, Arc<Block>>, slot: (Part, usize), d: usize) -> &
     &parts[&part].rows()[at * d..(at + 1) * d]
 }
 
-/// A fetchable part of a shard.
+/// A fetchable part of a shard or routing. Lists of a range-read shard
+/// and clusters of a routed shard (by their index in its head) share
+/// `Meta` and `Rows`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Part {
     Codes(u32),
     Meta(u32),
     Rows { list: u32, chunk: u32 },
+    /// A routed shard's cluster: codes, ids and tombstone flags.
+    Probe(u32),
+    /// A routed shard's id-index block.
+    Ids(u32),
+    /// A routing's group of cluster centroids.
+    Group(u32),
 }
 
 /// A fetched part, parsed.
@@ -170,25 +204,68 @@ pub(crate) enum Block {
         maps: OnceLock<Vec<Map<String, Value>>>,
     },
     Rows(Vec<f32>),
+    /// A routed shard's cluster: its codes and its rows' ids.
+    Probe {
+        codes: Box<ListCodes>,
+        ids: Vec<String>,
+    },
+    Ids(IdBlock),
+    /// A routing group's centroids, by cluster from the group's first.
+    Group(Vec<f32>),
 }
 
 impl Block {
+    /// A metadata part: per row, its encoded JSON object (empty: none),
+    /// as offsets into `bytes`; parsed on first use.
+    pub(super) fn meta(offsets: Vec<u64>, bytes: Vec<u8>) -> Self {
+        Block::Meta {
+            offsets,
+            bytes,
+            maps: OnceLock::new(),
+        }
+    }
+
     fn memory_bytes(&self) -> usize {
         64 + match self {
             Block::Codes(c) => c.memory_bytes(),
             Block::Meta { offsets, bytes, .. } => offsets.len() * 8 + bytes.len() * 3,
-            Block::Rows(v) => v.len() * 4,
+            Block::Rows(v) | Block::Group(v) => v.len() * 4,
+            Block::Probe { codes, ids } => {
+                codes.memory_bytes() + ids.iter().map(|s| s.len() + 24).sum::<usize>()
+            }
+            Block::Ids(b) => b.memory_bytes(),
         }
     }
 
-    fn codes(&self) -> &ListCodes {
+    pub(super) fn codes(&self) -> &ListCodes {
         match self {
-            Block::Codes(c) => c,
+            Block::Codes(c) | Block::Probe { codes: c, .. } => c,
             _ => unreachable!("a codes part holds codes"),
         }
     }
 
-    fn rows(&self) -> &[f32] {
+    pub(super) fn probe_ids(&self) -> &[String] {
+        match self {
+            Block::Probe { ids, .. } => ids,
+            _ => unreachable!("a probe part holds ids"),
+        }
+    }
+
+    pub(super) fn id_block(&self) -> &IdBlock {
+        match self {
+            Block::Ids(b) => b,
+            _ => unreachable!("an id-index part holds an id block"),
+        }
+    }
+
+    pub(super) fn centroids(&self) -> &[f32] {
+        match self {
+            Block::Group(v) => v,
+            _ => unreachable!("a group part holds centroids"),
+        }
+    }
+
+    pub(super) fn rows(&self) -> &[f32] {
         match self {
             Block::Rows(v) => v,
             _ => unreachable!("a rows part holds rows"),
@@ -196,7 +273,7 @@ impl Block {
     }
 
     /// Row `i`'s metadata, parsed (the whole block once, on first use).
-    fn metadata(&self, i: usize) -> &Map<String, Value> {
+    pub(super) fn metadata(&self, i: usize) -> &Map<String, Value> {
         match self {
             Block::Meta {
                 offsets,
@@ -278,10 +355,10 @@ impl Blocks {
 
     /// The parts of `shard`, from the cache or fetched (nearby parts in
     /// one ranged GET, parts another query is fetching awaited).
-    pub(super) async fn get(
+    pub(super) async fn get<S: PartSource>(
         &self,
         store: &Counted,
-        shard: &Arc<RangedShard>,
+        shard: &Arc<S>,
         parts: &[Part],
         tally: &CacheTally,
     ) -> Result<HashMap<Part, Arc<Block>>, PartitionError> {
@@ -291,7 +368,7 @@ impl Blocks {
         wanted.dedup();
         let mut missing = Vec::new();
         for p in wanted {
-            match self.cache.get(&(shard.tag, p)).await {
+            match self.cache.get(&(shard.tag(), p)).await {
                 Some(b) => {
                     got.insert(p, b);
                 }
@@ -320,7 +397,7 @@ impl Blocks {
             let mut inflight = self.inflight.lock().unwrap();
             let mut mine = Vec::new();
             for p in missing {
-                match inflight.get(&(shard.tag, p)) {
+                match inflight.get(&(shard.tag(), p)) {
                     Some((fut, i)) => waits.push((vec![(p, *i)], fut.clone())),
                     None => mine.push(p),
                 }
@@ -339,7 +416,7 @@ impl Blocks {
                 .boxed()
                 .shared();
                 for (i, p) in parts.iter().enumerate() {
-                    inflight.insert((shard.tag, *p), (fut.clone(), i));
+                    inflight.insert((shard.tag(), *p), (fut.clone(), i));
                 }
                 waits.push((parts.into_iter().zip(0..).collect(), fut));
             }
@@ -351,7 +428,7 @@ impl Blocks {
                 Ok(blocks) => {
                     for &(p, i) in parts {
                         let b = blocks[i].clone();
-                        self.cache.insert((shard.tag, p), b.clone()).await;
+                        self.cache.insert((shard.tag(), p), b.clone()).await;
                         got.insert(p, b);
                     }
                 }
@@ -370,15 +447,15 @@ impl Blocks {
 }
 
 /// One ranged GET covering `parts`, split and parsed.
-async fn fetch(
+async fn fetch<S: PartSource>(
     store: Counted,
-    shard: Arc<RangedShard>,
+    shard: Arc<S>,
     range: Range<u64>,
     parts: Vec<Part>,
     deadline: tokio::time::Instant,
 ) -> Fetched {
     let bytes = retrying(deadline, StoreError::is_retryable, || {
-        store.get_range(&shard.key, ByteRange::new(range.start, range.end))
+        store.get_range(shard.key(), ByteRange::new(range.start, range.end))
     })
     .await
     .map_err(|e| PartitionError::from_load(LoadError::Store(e)))?;
@@ -389,7 +466,7 @@ async fn fetch(
             .get((r.start - range.start) as usize..(r.end - range.start) as usize)
             .ok_or_else(|| {
                 PartitionError::from_load(LoadError::Segment(SegmentError::Corrupt {
-                    key: shard.key.to_string(),
+                    key: shard.key().to_string(),
                     reason: format!(
                         "a ranged read of bytes {}..{} returned {} bytes: the shard is shorter \
                          than its head says",

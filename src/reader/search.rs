@@ -92,6 +92,7 @@ async fn run(
             (Err(e), _) => return Err(e),
         };
         scan.add(&s);
+        failed_shards.extend(s.failed_shards);
         found.push(s.found);
     }
     let top = merge(found, q.req.k);
@@ -154,6 +155,7 @@ impl<'a> QueryContext<'a> {
                 filter,
                 include_metadata: req.include_metadata,
                 partitions: shared.views.len() as u32,
+                allow_partial: req.allow_partial,
             }),
             want: Freshness {
                 consistency: req.consistency,

@@ -26,6 +26,8 @@ use tokio::time::Instant;
 
 use super::load::Freshness;
 use super::ranged::{self, Blocks, Part, RangedShard};
+use super::routed::search::RoutedUnit;
+use super::routed::{RoutedShard, RoutingView};
 use super::unit::{Allowed, BrokenUnit, RangedUnit, SearchUnit, ShardLive, WholeShardUnit};
 use super::view::{load_segment, CacheTally};
 use super::{PartitionError, ReadError, Shared};
@@ -59,6 +61,10 @@ enum ShardBody {
     },
     /// A range-readable shard: its head region; parts on demand.
     Ranged(Arc<RangedShard>),
+    /// A shard grouped by the index's routing (DESIGN section 12): its
+    /// head and deletion vector; parts on demand. Searched with the
+    /// other shards of its routing ([`ShardSet::units`]).
+    Routed(Arc<RoutedShard>),
     /// A shard whose head (or whole body, or deletion vector) is damaged
     /// (issue 28 F4): it serves nothing; a search fails naming it, or
     /// with `allow_partial` leaves it out; a get or listing fails naming
@@ -72,7 +78,7 @@ impl ShardView {
         match &self.body {
             ShardBody::Whole { segment, .. } => segment.ids(),
             ShardBody::Ranged(r) => &r.ids,
-            ShardBody::Broken { .. } => &[],
+            ShardBody::Routed(_) | ShardBody::Broken { .. } => &[],
         }
     }
 
@@ -90,12 +96,14 @@ impl ShardView {
             + match &self.body {
                 ShardBody::Whole { segment, .. } => segment.memory_bytes(),
                 ShardBody::Ranged(r) => r.memory_bytes(),
+                ShardBody::Routed(r) => r.memory_bytes(),
                 ShardBody::Broken { .. } => 0,
             }
     }
 
     /// This shard as a query's search unit, `allowed` narrowing its live
-    /// rows; `None` when no row is live.
+    /// rows; `None` when no row is live, and for a routed shard (its
+    /// routing's unit searches it).
     pub(super) fn unit(&self, allowed: Allowed) -> Option<Box<dyn SearchUnit>> {
         if let ShardBody::Broken { error, rows } = &self.body {
             return Some(Box::new(BrokenUnit {
@@ -104,7 +112,7 @@ impl ShardView {
                 error: error.clone(),
             }));
         }
-        if self.live.count == 0 {
+        if self.live.count == 0 || matches!(self.body, ShardBody::Routed(_)) {
             return None;
         }
         let live = self.live.clone();
@@ -121,7 +129,7 @@ impl ShardView {
                 hidden: allowed.hidden.into_iter().collect(),
                 excluded: allowed.excluded,
             }),
-            ShardBody::Broken { .. } => return None,
+            ShardBody::Routed(_) | ShardBody::Broken { .. } => return None,
         })
     }
 
@@ -143,18 +151,13 @@ impl ShardView {
             }
             ShardBody::Ranged(r) => {
                 let counted = Counted::new(shared.store.clone());
-                let (vector, metadata) = ranged::row(&shared.blocks, &counted, tally, r, row)
-                    .await
-                    .map_err(|e| index_error(&e))?;
-                StoredRecord {
-                    id: id.to_string(),
-                    vector,
-                    metadata,
-                    partition: p,
-                    seq: w,
-                    position: row as usize,
-                    shard: None,
-                }
+                let got = ranged::row(&shared.blocks, &counted, tally, r, row).await;
+                ranged_record(id, p, w, row, got)?
+            }
+            ShardBody::Routed(r) => {
+                let counted = Counted::new(shared.store.clone());
+                let got = r.row(&shared.blocks, &counted, tally, row).await;
+                ranged_record(id, p, w, row, got)?
             }
         };
         rec.shard = Some(self.key.clone());
@@ -170,8 +173,12 @@ impl ShardView {
         store: &Counted,
         tally: &CacheTally,
     ) -> Result<u64, ReadError> {
-        let ShardBody::Ranged(r) = &self.body else {
-            return Ok(0);
+        let r = match &self.body {
+            ShardBody::Ranged(r) => r,
+            ShardBody::Routed(r) => {
+                return r.warm(blocks, store, tally).await.map_err(|e| index_error(&e))
+            }
+            _ => return Ok(0),
         };
         let parts: Vec<Part> = (0..r.routing.head.nlist() as u32)
             .map(Part::Codes)
@@ -184,13 +191,37 @@ impl ShardView {
     }
 }
 
+/// Row `row` of a shard read by parts (`got`: its vector and metadata)
+/// as `get` returns it.
+fn ranged_record(
+    id: &str,
+    p: u32,
+    w: u64,
+    row: u32,
+    got: Result<(Vec<f32>, serde_json::Map<String, serde_json::Value>), PartitionError>,
+) -> Result<StoredRecord, ReadError> {
+    let (vector, metadata) = got.map_err(|e| index_error(&e))?;
+    Ok(StoredRecord {
+        id: id.to_string(),
+        vector,
+        metadata,
+        partition: p,
+        seq: w,
+        position: row as usize,
+        shard: None,
+    })
+}
+
 /// One index manifest, loaded.
 pub(super) struct ShardSet {
     pub manifest: IndexManifest,
     etag: Option<ETag>,
     pub shards: Vec<Arc<ShardView>>,
-    /// The live shard row of every id: (shard ordinal, row).
+    /// The live row of every id in a shard of the older formats (shard
+    /// ordinal, row); routed shards are asked through their id index.
     rows: HashMap<String, (u32, u32)>,
+    /// The routings the manifest lists that could be read.
+    routings: Vec<Arc<RoutingView>>,
 }
 
 impl ShardSet {
@@ -200,6 +231,7 @@ impl ShardSet {
             etag: None,
             shards: Vec::new(),
             rows: HashMap::new(),
+            routings: Vec::new(),
         }
     }
 
@@ -214,19 +246,83 @@ impl ShardSet {
         self.shards.iter().find_map(|s| s.damage())
     }
 
-    /// Where `id` is live in the shards, if it is.
+    /// Where `id` is live in a shard of the older formats, if it is.
     pub(super) fn row_of(&self, id: &str) -> Option<(u32, u32)> {
         self.rows.get(id).copied()
     }
 
-    /// Every id live in the shards (all partitions), in no order.
-    pub(super) fn live_ids(&self) -> impl Iterator<Item = &str> {
-        self.rows.keys().map(String::as_str)
+    /// The routed shards, with their ordinals.
+    fn routed(&self) -> impl Iterator<Item = (u32, &Arc<RoutedShard>)> {
+        self.shards.iter().enumerate().filter_map(|(s, v)| match &v.body {
+            ShardBody::Routed(r) => Some((s as u32, r)),
+            _ => None,
+        })
     }
 
-    /// Bytes this view holds: its shards and the id → row map.
+    /// The routings held.
+    pub(super) fn routings(&self) -> &[Arc<RoutingView>] {
+        &self.routings
+    }
+
+    /// Whether any shard is routed (a search then needs the tails' ids).
+    pub(super) fn has_routed(&self) -> bool {
+        self.routed().next().is_some()
+    }
+
+    /// Where `id` is live in the shards, if it is: the id map of the
+    /// older formats, then every routed shard's id index (one block each,
+    /// cached).
+    pub(super) async fn locate(
+        &self,
+        shared: &Shared,
+        store: &Counted,
+        tally: &CacheTally,
+        id: &str,
+    ) -> Result<Option<(u32, u32)>, ReadError> {
+        if let Some(at) = self.row_of(id) {
+            return Ok(Some(at));
+        }
+        let mut lookups = Vec::new();
+        for (s, r) in self.routed() {
+            let r = r.clone();
+            lookups.push(async move {
+                let row = r.row_of(&shared.blocks, store, tally, id).await?;
+                Ok::<_, PartitionError>(row.map(|row| (s, row)))
+            });
+        }
+        let found = futures::future::try_join_all(lookups)
+            .await
+            .map_err(|e| index_error(&e))?;
+        Ok(found.into_iter().flatten().next())
+    }
+
+    /// Every id live in the shards (all partitions), in no order: the id
+    /// map of the older formats and every routed shard's id index.
+    pub(super) async fn live_ids(
+        &self,
+        shared: &Shared,
+        store: &Counted,
+        tally: &CacheTally,
+    ) -> Result<Vec<String>, ReadError> {
+        let mut ids: Vec<String> = self.rows.keys().cloned().collect();
+        let mut lists = Vec::new();
+        for (_, r) in self.routed() {
+            let r = r.clone();
+            lists.push(async move { r.live_ids(&shared.blocks, store, tally).await });
+        }
+        for more in futures::future::try_join_all(lists)
+            .await
+            .map_err(|e| index_error(&e))?
+        {
+            ids.extend(more);
+        }
+        Ok(ids)
+    }
+
+    /// Bytes this view holds: its shards, routings and the id → row map.
     pub(super) fn memory_bytes(&self) -> usize {
         self.shards.iter().map(|s| s.memory_bytes()).sum::<usize>()
+            + self.routings.iter().map(|r| r.memory_bytes()).sum::<usize>()
             + self
                 .rows
                 .keys()
@@ -236,7 +332,35 @@ impl ShardSet {
 
     /// Live shard rows.
     pub(super) fn live_rows(&self) -> u64 {
-        self.rows.len() as u64
+        self.rows.len() as u64 + self.routed().map(|(_, r)| r.live).sum::<u64>()
+    }
+
+    /// One search unit per routing: its shards with a live row, the rows
+    /// of `hidden` ids (the tails') and of `excluded` partitions masked.
+    pub(super) fn routed_units(
+        &self,
+        hidden: &Arc<std::collections::HashSet<String>>,
+        excluded: &Arc<[u32]>,
+    ) -> Vec<Box<dyn super::unit::SearchUnit>> {
+        self.routings
+            .iter()
+            .filter_map(|routing| {
+                let g = routing.head.generation;
+                let shards: Vec<Arc<RoutedShard>> = self
+                    .routed()
+                    .filter(|(_, r)| r.head.generation == g && r.live > 0)
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                (!shards.is_empty()).then(|| {
+                    Box::new(RoutedUnit {
+                        routing: routing.clone(),
+                        shards,
+                        hidden: hidden.clone(),
+                        excluded: excluded.clone(),
+                    }) as Box<dyn super::unit::SearchUnit>
+                })
+            })
+            .collect()
     }
 
     /// Whether this view may be paired with partitions that retired
@@ -402,30 +526,58 @@ async fn build(
                     // refreshed by the caller): kept as a broken shard.
                     Err(error) if error.kind() == crate::vocab::ErrorKind::Corrupt => {
                         tracing::error!(shard = %entry.key, %error, "an index shard is unreadable");
-                        Ok(Arc::new(ShardView {
-                            key: entry.key.clone(),
-                            deletions: entry.deletions.clone(),
-                            body: ShardBody::Broken {
-                                error,
-                                rows: entry.rows,
-                            },
-                            live: Arc::new(ShardLive {
-                                mask: Vec::new(),
-                                count: 0,
-                            }),
-                        }))
+                        Ok(Arc::new(broken(&entry.key, entry.deletions.clone(), error, entry.rows)))
                     }
                     loaded => loaded.map(Arc::new),
                 },
             }
         });
     }
-    let shards: Vec<Arc<ShardView>> = futures::stream::iter(loads)
+    let shards = futures::stream::iter(loads)
         .buffered(shared.opts.io_concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+        .collect::<Vec<_>>();
+    // The routings in the same round as the shards.
+    let routings = manifest.routings.iter().map(|entry| async move {
+        let kept = old
+            .and_then(|o| o.routings.iter().find(|r| *r.key == *entry.key))
+            .cloned();
+        match kept {
+            Some(r) => (entry.generation, Ok(r)),
+            None => {
+                let loaded = RoutingView::load(store, entry, tally).await;
+                (entry.generation, loaded.map(Arc::new))
+            }
+        }
+    });
+    let (shards, routings) =
+        futures::future::join(shards, futures::future::join_all(routings)).await;
+    let mut shards: Vec<Arc<ShardView>> = shards.into_iter().collect::<Result<_, _>>()?;
+    // A routed shard whose routing cannot be read serves nothing: it is
+    // damaged as far as a reader can tell (a vanished routing means a
+    // stale manifest, refreshed by the caller).
+    let mut held = Vec::new();
+    for (g, loaded) in routings {
+        match loaded {
+            Ok(r) => held.push(r),
+            Err(error) if error.kind() == crate::vocab::ErrorKind::Corrupt => {
+                tracing::error!(routing = g, %error, "an index routing is unreadable");
+                for v in shards.iter_mut() {
+                    if matches!(&v.body, ShardBody::Routed(r) if r.head.generation == g) {
+                        *v = Arc::new(broken(&v.key, v.deletions.clone(), error.clone(), v.live.count as u64));
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(v) = shards.iter().find(|v| {
+        matches!(&v.body, ShardBody::Routed(r) if !held.iter().any(|h| h.head.generation == r.head.generation))
+    }) {
+        return Err(corrupt_shard(
+            &v.key,
+            "the shard's routing generation is not one the index manifest lists".into(),
+        ));
+    }
     let mut rows = HashMap::with_capacity(manifest.live_rows() as usize);
     for (s, shard) in shards.iter().enumerate() {
         for (i, id) in shard.ids().iter().enumerate() {
@@ -449,7 +601,21 @@ async fn build(
         etag,
         shards,
         rows,
+        routings: held,
     })
+}
+
+/// A shard that serves nothing but its error.
+fn broken(key: &str, deletions: Option<String>, error: PartitionError, rows: u64) -> ShardView {
+    ShardView {
+        key: key.to_string(),
+        deletions,
+        body: ShardBody::Broken { error, rows },
+        live: Arc::new(ShardLive {
+            mask: Vec::new(),
+            count: 0,
+        }),
+    }
 }
 
 async fn load_shard(
@@ -458,6 +624,20 @@ async fn load_shard(
     entry: &ShardEntry,
     tally: &CacheTally,
 ) -> Result<ShardView, PartitionError> {
+    if let (Some(_), Some(head_bytes)) = (entry.routing, entry.head_bytes) {
+        let dv = load_deletions(store, entry, tally).await?;
+        let r = RoutedShard::load(store, entry, head_bytes, dv, tally).await?;
+        let count = r.live as usize;
+        return Ok(ShardView {
+            key: entry.key.clone(),
+            deletions: entry.deletions.clone(),
+            body: ShardBody::Routed(Arc::new(r)),
+            live: Arc::new(ShardLive {
+                mask: Vec::new(),
+                count,
+            }),
+        });
+    }
     let body = async {
         match entry.head_bytes {
             Some(head_bytes) => {
@@ -483,20 +663,7 @@ async fn load_shard(
         }
     };
     // The deletion vector in the same round as the shard.
-    let deletions = async {
-        match &entry.deletions {
-            None => Ok(None),
-            Some(key) => {
-                let got = retrying(tally.deadline, StoreError::is_retryable, || store.get(key))
-                    .await
-                    .map_err(|e| PartitionError::from_load(crate::segment::LoadError::Store(e)))?;
-                DeletionVector::decode(key, &got.bytes, entry.rows)
-                    .map(Some)
-                    .map_err(|e| PartitionError::from_load(crate::segment::LoadError::Segment(e)))
-            }
-        }
-    };
-    let (body, dv) = futures::future::join(body, deletions).await;
+    let (body, dv) = futures::future::join(body, load_deletions(store, entry, tally)).await;
     let ((body, tombstones), dv): ((ShardBody, Vec<bool>), _) = (body?, dv?);
     if tombstones.len() as u64 != entry.rows {
         return Err(corrupt_shard(
@@ -520,6 +687,23 @@ async fn load_shard(
         body,
         live: Arc::new(ShardLive { mask: live, count }),
     })
+}
+
+/// The deletion vector `entry` names, if any.
+async fn load_deletions(
+    store: &dyn ObjectStore,
+    entry: &ShardEntry,
+    tally: &CacheTally,
+) -> Result<Option<DeletionVector>, PartitionError> {
+    let Some(key) = &entry.deletions else {
+        return Ok(None);
+    };
+    let got = retrying(tally.deadline, StoreError::is_retryable, || store.get(key))
+        .await
+        .map_err(|e| PartitionError::from_load(crate::segment::LoadError::Store(e)))?;
+    DeletionVector::decode(key, &got.bytes, entry.rows)
+        .map(Some)
+        .map_err(|e| PartitionError::from_load(crate::segment::LoadError::Segment(e)))
 }
 
 fn corrupt_shard(key: &str, reason: String) -> PartitionError {

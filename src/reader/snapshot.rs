@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use super::load::{self, Freshness};
 use super::shards::{self, ShardSet};
@@ -103,7 +103,8 @@ impl Snapshot {
         id: &str,
         p: u32,
     ) -> Result<Option<StoredRecord>, ReadError> {
-        let Some((s, row)) = self.shards.row_of(id) else {
+        let store = Counted::new(shared.store.clone());
+        let Some((s, row)) = self.shards.locate(shared, &store, tally, id).await? else {
             // Maybe in a damaged shard: an honest answer is its error.
             return self.shards.damage().map_or(Ok(None), Err);
         };
@@ -152,6 +153,18 @@ impl Snapshot {
         }
         let excluded: Arc<[u32]> = self.failed.iter().map(|f| f.partition).collect();
         let mut units: Vec<Box<dyn SearchUnit>> = Vec::new();
+        if index.has_routed() {
+            // Routed shards hold no id map: they are handed the tails' ids.
+            let mut ids = HashSet::new();
+            if shadowing {
+                for l in &self.loaded {
+                    let segments = l.segments.as_deref().unwrap_or_default();
+                    let tail = segments.get(self.tail_start(&l.view)..).unwrap_or_default();
+                    ids.extend(tail.iter().flat_map(|seg| seg.ids()).cloned());
+                }
+            }
+            units.extend(index.routed_units(&Arc::new(ids), &excluded));
+        }
         for l in &self.loaded {
             let from = self.tail_start(&l.view);
             let segments = l.segments.clone().unwrap_or_default();
@@ -176,7 +189,13 @@ impl Snapshot {
     /// Partition `p`'s live ids, sorted: the tail's newest versions
     /// (tombstones hide ids), then the shards' live rows of `p` the tail
     /// does not hide.
-    pub(super) fn list_ids(&self, p: u32, partitions: u32) -> Vec<String> {
+    pub(super) async fn list_ids(
+        &self,
+        shared: &Shared,
+        tally: &CacheTally,
+        p: u32,
+        partitions: u32,
+    ) -> Result<Vec<String>, ReadError> {
         let mut decided = HashSet::new();
         let mut ids = Vec::new();
         for l in self.loaded.iter().filter(|l| l.view.partition == p) {
@@ -187,29 +206,42 @@ impl Snapshot {
                 }
             }
         }
-        ids.extend(
-            self.shards
-                .live_ids()
-                .filter(|id| {
-                    !decided.contains(id) && crate::coord::partition_of(id, partitions) == p
-                })
-                .map(str::to_string),
-        );
+        let store = Counted::new(shared.store.clone());
+        let in_shards = self.shards.live_ids(shared, &store, tally).await?;
+        ids.extend(in_shards.into_iter().filter(|id| {
+            !decided.contains(id.as_str()) && crate::coord::partition_of(id, partitions) == p
+        }));
         ids.sort_unstable();
-        ids
+        Ok(ids)
     }
 
     /// Live records across the shards and the loaded tails: shard rows no
     /// tail record hides, plus the tails' live records.
-    pub(super) fn live_total(&self) -> u64 {
-        let (mut tail_live, mut hidden) = (0, 0);
+    pub(super) async fn live_total(
+        &self,
+        shared: &Shared,
+        store: &Counted,
+        tally: &CacheTally,
+    ) -> Result<u64, ReadError> {
+        let mut tail_live = 0;
+        let mut tail_ids = Vec::new();
         for l in &self.loaded {
             for (id, loc) in self.tail_newest(&l.view) {
                 tail_live += u64::from(!loc.tombstone);
-                hidden += u64::from(self.shards.row_of(id).is_some());
+                tail_ids.push(id.to_string());
             }
         }
-        self.shards.live_rows() - hidden + tail_live
+        let index = &self.shards;
+        let lookups: Vec<_> = tail_ids
+            .into_iter()
+            .map(|id| async move { index.locate(shared, store, tally, &id).await })
+            .collect();
+        let hidden: Vec<_> = futures::stream::iter(lookups)
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        let hidden = hidden.iter().filter(|at| at.is_some()).count() as u64;
+        Ok(index.live_rows() - hidden + tail_live)
     }
 }
 

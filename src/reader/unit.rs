@@ -33,6 +33,9 @@ pub(super) struct UnitQuery {
     pub include_metadata: bool,
     /// Partitions of the index (a shard row's partition is its id's).
     pub partitions: u32,
+    /// Whether a damaged shard part leaves its shard out of the result
+    /// (named) instead of failing the query.
+    pub allow_partial: bool,
 }
 
 /// Where a unit fetches what it has not got: the reader's caches, the
@@ -73,6 +76,10 @@ pub(super) struct Searched {
     /// `segments` counts tail segments only; shards count in `shards`.
     pub stats: ScanStats,
     pub shards: u64,
+    /// Shards a partial result left out (a unit over many shards names
+    /// them itself; a one-shard unit fails and [`SearchUnit::shard`]
+    /// names it).
+    pub failed_shards: Vec<super::ShardFailure>,
 }
 
 /// Something a query scores.
@@ -114,7 +121,7 @@ impl Allowed {
 }
 
 /// Whether `id` belongs to a partition a partial result leaves out.
-fn excludes(excluded: &[u32], id: &str, partitions: u32) -> bool {
+pub(super) fn excludes(excluded: &[u32], id: &str, partitions: u32) -> bool {
     !excluded.is_empty() && excluded.contains(&crate::coord::partition_of(id, partitions))
 }
 
@@ -248,6 +255,7 @@ impl TailUnit {
             found,
             stats,
             shards: 0,
+            failed_shards: Vec::new(),
         }
     }
 }
@@ -282,6 +290,7 @@ impl WholeShardUnit {
             found,
             stats,
             shards: 1,
+            failed_shards: Vec::new(),
         }
     }
 }
@@ -410,6 +419,7 @@ impl SearchUnit for RangedUnit {
             found,
             stats,
             shards: 1,
+            failed_shards: Vec::new(),
         })
     }
 }

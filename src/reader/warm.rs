@@ -25,8 +25,13 @@ pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadErro
         .iter()
         .map(|s| s.warm(&shared.blocks, &counted, &tally));
     let lists: u64 = futures::future::try_join_all(warming).await?.iter().sum();
+    for r in snap.shards.routings() {
+        r.warm(&shared.blocks, &counted, &tally)
+            .await
+            .map_err(|e| super::shards::index_error(&e))?;
+    }
     Ok(WarmReport {
-        live_records: snap.live_total(),
+        live_records: snap.live_total(shared, &counted, &tally).await?,
         shards: snap.shards.shards.len() as u64,
         code_lists: lists,
         cache_bytes: shared.cache.weighted_size() + shared.blocks.weighted_size(),
@@ -38,8 +43,10 @@ pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadErro
 /// Loads every partition now, so the first query is warm. Returns the
 /// live records.
 pub(super) async fn warm(shared: &Arc<Shared>) -> Result<u64, ReadError> {
-    let snap = load_all(shared, &Counted::new(shared.store.clone())).await?;
-    Ok(snap.live_total())
+    let counted = Counted::new(shared.store.clone());
+    let snap = load_all(shared, &counted).await?;
+    let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
+    snap.live_total(shared, &counted, &tally).await
 }
 
 /// A strong snapshot of every partition with its segments, through

@@ -19,7 +19,9 @@ mod search;
 pub(crate) use build::build;
 #[cfg(test)]
 pub(crate) use build::build_with_bits;
-pub(crate) use search::{ShardQuery, ShardRouting, ShardSearch};
+pub(crate) use search::{
+    estimate_lists, every_row, rerank_lists, ProbedList, ShardQuery, ShardRouting, ShardSearch,
+};
 
 /// A shard search probes this many IVF lists per `nprobe` of the query:
 /// estimating from a code costs a few instructions where a

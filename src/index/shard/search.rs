@@ -183,84 +183,21 @@ impl<'a> ShardSearch<'a> {
         stats: &mut ScanStats,
     ) -> Vec<Candidate> {
         if self.exact {
-            return self.every_row(codes, keep, stats);
+            return every_row(self.lists().iter().map(|&l| (l, codes(l))), keep, stats);
         }
-        let (shard, q) = (self.shard, &self.q);
-        let rq = shard.rotation.rotated(q.vector);
-        let q_norm = dot(q.vector, q.vector).sqrt();
+        let shard = self.shard;
         let d = shard.head.dimensions;
-        let mut cands: Vec<Candidate> = Vec::new();
-        let mut scanned = Vec::new();
-        let mut uppers = KthBest::new(q.k);
-        for &l in self.lists() {
-            let c = codes(l);
-            let lq = ListQuery::new(
-                q.metric,
-                &rq,
-                q_norm,
-                &shard.rotated[l as usize * d..(l as usize + 1) * d],
-                dot(q.vector, shard.head.centroid(l as usize)),
-            );
-            let bar = uppers.bar();
-            // Adaptive probing: a list no row of which can beat the bar is
-            // skipped (its bound is exact, so this never costs recall).
-            if lq.list_bound(c) > bar {
-                continue;
-            }
-            scanned.clear();
-            lq.scan(c, &|i| keep(l, i), bar, &mut scanned);
-            stats.codes_scanned += c.len() as u64;
-            for &(lower, upper, i) in &scanned {
-                uppers.offer(upper);
-                cands.push(Candidate {
-                    lower,
-                    upper,
-                    list: l,
-                    i,
-                });
-            }
-        }
-        let bar = uppers.bar();
-        cands.retain(|c| c.lower <= bar);
-        cands.sort_by(|a, b| a.lower.total_cmp(&b.lower));
-        stats.rerank_candidates += cands.len() as u64;
-        cands
+        let lists = self.lists().iter().map(|&l| ProbedList {
+            list: l,
+            codes: codes(l),
+            rotated: &shard.rotated[l as usize * d..(l as usize + 1) * d],
+            centroid: shard.head.centroid(l as usize),
+        });
+        estimate_lists(&self.q, &shard.rotation, lists, keep, stats)
     }
 
-    /// Every allowed row of the probed lists, unbounded: an exact search
-    /// reranks them all, so estimating them would order nothing (and
-    /// refining multi-bit codes of every row costs more than it did with
-    /// one bit).
-    fn every_row<'c>(
-        &self,
-        codes: impl Fn(u32) -> &'c ListCodes,
-        keep: impl Fn(u32, usize) -> bool,
-        stats: &mut ScanStats,
-    ) -> Vec<Candidate> {
-        let mut cands = Vec::new();
-        for &l in self.lists() {
-            for i in 0..codes(l).len() {
-                if keep(l, i) {
-                    cands.push(Candidate {
-                        lower: f32::NEG_INFINITY,
-                        upper: f32::INFINITY,
-                        list: l,
-                        i: i as u32,
-                    });
-                }
-            }
-        }
-        stats.rerank_candidates += cands.len() as u64;
-        cands
-    }
-
-    /// Full-precision distances of the candidates (`row(list, i)` gives a
-    /// row's vector), best `k` first, ties broken by `id(shard row)`.
-    /// Candidates are taken by lower bound (as [`Self::estimate`] orders
-    /// them); once `k` are reranked, a candidate whose lower bound
-    /// exceeds the `k`-th best exact distance ends the rerank (unless
-    /// exact): neither it nor any after it can enter the top `k`.
-    /// Returns `(distance, list, i)`.
+    /// The candidates reranked ([`rerank_lists`]), ties broken by
+    /// `id(shard row)`.
     pub(crate) fn rerank<'r>(
         &self,
         cands: &[Candidate],
@@ -268,26 +205,121 @@ impl<'a> ShardSearch<'a> {
         id: impl Fn(u32) -> &'r str,
         stats: &mut ScanStats,
     ) -> Vec<(f32, u32, u32)> {
-        let mut kth = KthBest::new(self.q.k);
-        let mut best: Vec<(f32, u32, u32)> = Vec::new();
-        for c in cands {
-            if !self.exact && c.lower > kth.bar() {
-                break;
-            }
-            let d = distance(self.q.metric, self.q.vector, row(c.list, c.i));
-            kth.offer(d);
-            best.push((d, c.list, c.i));
-        }
-        stats.vectors_compared += best.len() as u64;
-        stats.rows_reranked += best.len() as u64;
         let row_of = |l: u32, i: u32| self.shard.row_of(l, i);
-        best.sort_by(|a, b| {
-            a.0.total_cmp(&b.0)
-                .then_with(|| id(row_of(a.1, a.2)).cmp(id(row_of(b.1, b.2))))
-        });
-        best.truncate(self.q.k);
-        best
+        rerank_lists(&self.q, self.exact, cands, row, |l, i| id(row_of(l, i)), stats)
     }
+}
+
+/// One probed list as [`estimate_lists`] sees it: its codes and the
+/// centroid they were taken against (as is and rotated).
+pub(crate) struct ProbedList<'c> {
+    pub list: u32,
+    pub codes: &'c ListCodes,
+    pub rotated: &'c [f32],
+    pub centroid: &'c [f32],
+}
+
+/// Estimates every row of `lists` that `keep(list, i)` allows from its
+/// code and returns the candidates to rerank: every one whose lower
+/// bound can beat the `k`-th best upper bound, by lower bound. A list no
+/// row of which can beat the bar is skipped (its bound is exact, so this
+/// never costs recall). Shared by a shard's own lists and the clusters
+/// of the index's routing (`reader::routed`).
+pub(crate) fn estimate_lists<'c>(
+    q: &ShardQuery<'_>,
+    rotation: &Rotation,
+    lists: impl Iterator<Item = ProbedList<'c>>,
+    keep: impl Fn(u32, usize) -> bool,
+    stats: &mut ScanStats,
+) -> Vec<Candidate> {
+    let rq = rotation.rotated(q.vector);
+    let q_norm = dot(q.vector, q.vector).sqrt();
+    let mut cands: Vec<Candidate> = Vec::new();
+    let mut scanned = Vec::new();
+    let mut uppers = KthBest::new(q.k);
+    for p in lists {
+        let (l, c) = (p.list, p.codes);
+        let lq = ListQuery::new(q.metric, &rq, q_norm, p.rotated, dot(q.vector, p.centroid));
+        let bar = uppers.bar();
+        if lq.list_bound(c) > bar {
+            continue;
+        }
+        scanned.clear();
+        lq.scan(c, &|i| keep(l, i), bar, &mut scanned);
+        stats.codes_scanned += c.len() as u64;
+        for &(lower, upper, i) in &scanned {
+            uppers.offer(upper);
+            cands.push(Candidate {
+                lower,
+                upper,
+                list: l,
+                i,
+            });
+        }
+    }
+    let bar = uppers.bar();
+    cands.retain(|c| c.lower <= bar);
+    cands.sort_by(|a, b| a.lower.total_cmp(&b.lower));
+    stats.rerank_candidates += cands.len() as u64;
+    cands
+}
+
+/// Every row of `lists` that `keep(list, i)` allows, unbounded: an
+/// exact search reranks them all, so estimating them would order
+/// nothing (and refining multi-bit codes of every row costs more than it
+/// did with one bit).
+pub(crate) fn every_row<'c>(
+    lists: impl Iterator<Item = (u32, &'c ListCodes)>,
+    keep: impl Fn(u32, usize) -> bool,
+    stats: &mut ScanStats,
+) -> Vec<Candidate> {
+    let mut cands = Vec::new();
+    for (l, codes) in lists {
+        for i in 0..codes.len() {
+            if keep(l, i) {
+                cands.push(Candidate {
+                    lower: f32::NEG_INFINITY,
+                    upper: f32::INFINITY,
+                    list: l,
+                    i: i as u32,
+                });
+            }
+        }
+    }
+    stats.rerank_candidates += cands.len() as u64;
+    cands
+}
+
+/// Full-precision distances of the candidates (`row(list, i)` gives a
+/// row's vector), best `k` first, ties broken by `id(list, i)`.
+/// Candidates are taken by lower bound (as [`estimate_lists`] orders
+/// them); once `k` are reranked, a candidate whose lower bound exceeds
+/// the `k`-th best exact distance ends the rerank (unless `exact`):
+/// neither it nor any after it can enter the top `k`. Returns
+/// `(distance, list, i)`.
+pub(crate) fn rerank_lists<'r>(
+    q: &ShardQuery<'_>,
+    exact: bool,
+    cands: &[Candidate],
+    row: impl Fn(u32, u32) -> &'r [f32],
+    id: impl Fn(u32, u32) -> &'r str,
+    stats: &mut ScanStats,
+) -> Vec<(f32, u32, u32)> {
+    let mut kth = KthBest::new(q.k);
+    let mut best: Vec<(f32, u32, u32)> = Vec::new();
+    for c in cands {
+        if !exact && c.lower > kth.bar() {
+            break;
+        }
+        let d = distance(q.metric, q.vector, row(c.list, c.i));
+        kth.offer(d);
+        best.push((d, c.list, c.i));
+    }
+    stats.vectors_compared += best.len() as u64;
+    stats.rows_reranked += best.len() as u64;
+    best.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| id(a.1, a.2).cmp(id(b.1, b.2))));
+    best.truncate(q.k);
+    best
 }
 
 /// The `k` smallest upper bounds (or exact distances) seen so far: a row

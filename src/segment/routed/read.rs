@@ -22,14 +22,13 @@ pub(crate) struct IdBlock {
 
 impl IdBlock {
     /// The shard row holding `id`, if this block has it.
-    pub(crate) fn row_of(&self, id: &str) -> Option<u32> {
+    pub(crate) fn get(&self, id: &str) -> Option<u32> {
         self.ids
             .binary_search_by(|x| x.as_str().cmp(id))
             .ok()
             .map(|i| self.rows[i])
     }
 
-    #[allow(dead_code)] // for readers, the next step of issue 29
     pub(crate) fn memory_bytes(&self) -> usize {
         self.ids.iter().map(|s| s.len() + 24).sum::<usize>() + self.rows.len() * 4
     }
@@ -42,7 +41,7 @@ impl RoutedHead {
     }
 
     /// Bytes of the prefix and head: what a reader fetches first.
-    #[allow(dead_code)] // for readers, the next step of issue 29
+    #[cfg(test)]
     pub(crate) fn region_len(&self) -> u64 {
         self.clusters
             .first()
@@ -51,7 +50,6 @@ impl RoutedHead {
 
     /// The index in [`Self::clusters`] of routing cluster `cluster`, if
     /// this shard holds rows of it.
-    #[allow(dead_code)] // for readers, the next step of issue 29
     pub(crate) fn position(&self, cluster: u32) -> Option<usize> {
         self.clusters.binary_search_by_key(&cluster, |c| c.cluster).ok()
     }
@@ -167,7 +165,6 @@ impl RoutedHead {
 
     /// The cluster (index in [`Self::clusters`]) holding shard row `row`,
     /// and the row's place in it.
-    #[allow(dead_code)] // for readers, the next step of issue 29
     pub(crate) fn locate(&self, row: u64) -> (usize, u64) {
         let i = self.clusters.partition_point(|c| c.start + u64::from(c.rows) <= row);
         (i, row - self.clusters[i].start)

@@ -97,13 +97,13 @@ fn a_reader_plans_from_the_head_and_reads_parts_by_range() {
     for (shard_row, r) in all.iter().enumerate() {
         let f = head.fence_for(&r.id).expect("a fence");
         let block = head.id_block("k", f, slice(head.fences[f].block.range())).unwrap();
-        assert_eq!(block.row_of(&r.id), Some(shard_row as u32), "{}", r.id);
+        assert_eq!(block.get(&r.id), Some(shard_row as u32), "{}", r.id);
         let (i, j) = head.locate(shard_row as u64);
         assert_eq!(cs[i].1[j as usize].id, r.id);
     }
     for absent in ["", "aa", "m00000x", "zz"] {
         let found = head.fence_for(absent).and_then(|f| {
-            head.id_block("k", f, slice(head.fences[f].block.range())).unwrap().row_of(absent)
+            head.id_block("k", f, slice(head.fences[f].block.range())).unwrap().get(absent)
         });
         assert_eq!(found, None, "{absent:?}");
     }

@@ -1,0 +1,394 @@
+//! Routed shards (DESIGN section 12) as a reader sees them: a shard's
+//! head (cluster directory and id fences, no per-row data) and deletion
+//! vector held for as long as it is listed; everything else fetched by
+//! parts through the reader's byte-budgeted cache ([`super::ranged::Blocks`]):
+//! a cluster's *probe block* (codes, ids), its rows and metadata, the id
+//! index's blocks. The routing the shards share is held as its top level
+//! (and, while small, all of it); its groups of centroids are parts too.
+//!
+//! A query routes once over the routing and reads, from every shard of
+//! it, only the probed clusters' blocks ([`search`]); `get` finds an id
+//! through each shard's sorted id index; a listing reads the id index
+//! whole. Nothing here grows with the rows of the index but the
+//! deletion vectors (a bit per row) and the cache, which is bounded.
+
+pub(super) mod search;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::ranged::{chunk_of, Block, Blocks, Part, PartSource, ROW_CHUNK};
+use super::view::CacheTally;
+use super::PartitionError;
+use crate::coord::index_manifest::{RoutingEntry, ShardEntry};
+use crate::coord::watched::retrying;
+use crate::index::rabitq::ListCodes;
+use crate::index::routing::{Routing, RoutingHead};
+use crate::segment::deletions::DeletionVector;
+use crate::segment::routed::RoutedHead;
+use crate::segment::{LoadError, SegmentError};
+use crate::store::{ByteRange, Counted, ObjectStore, StoreError};
+
+/// A routing whose object is at most this big is held whole (every
+/// centroid: 1.5 MB for 1M rows of 384 dimensions), which saves a cold
+/// query the round that fetches its groups; a bigger one is held as its
+/// top level, its groups fetched as parts.
+pub(super) const HOLD_WHOLE_BYTES: u64 = 8 << 20;
+
+/// A routing as a reader holds it.
+pub(crate) struct RoutingView {
+    pub key: Arc<str>,
+    tag: u64,
+    pub head: RoutingHead,
+    /// Every centroid, by cluster, when the routing is small enough
+    /// ([`HOLD_WHOLE_BYTES`]).
+    held: Option<Vec<f32>>,
+}
+
+impl RoutingView {
+    /// Fetches the routing `entry` lists: whole while small, else its
+    /// head region.
+    pub(super) async fn load(
+        store: &dyn ObjectStore,
+        entry: &RoutingEntry,
+        tally: &CacheTally,
+    ) -> Result<Self, PartitionError> {
+        let key = entry.key.as_str();
+        let whole = entry.bytes <= HOLD_WHOLE_BYTES;
+        let bytes = retrying(tally.deadline, StoreError::is_retryable, || async {
+            if whole {
+                store.get(key).await.map(|g| g.bytes)
+            } else {
+                store.get_range(key, ByteRange::new(0, entry.head_bytes)).await
+            }
+        })
+        .await
+        .map_err(|e| PartitionError::from_load(LoadError::Store(e)))?;
+        let generation = entry.generation;
+        let parsed = crate::cpu::run(move || {
+            if whole {
+                Routing::decode_listed(&bytes, generation).map(|r| (r.head, Some(r.centroids)))
+            } else {
+                let head = RoutingHead::parse(&bytes)?;
+                if head.generation != generation {
+                    return Err(crate::index::routing::RoutingError(format!(
+                        "routing generation {} where the index manifest lists {generation}",
+                        head.generation
+                    )));
+                }
+                Ok((head, None))
+            }
+        })
+        .await
+        .map_err(|e| corrupt(key, format!("routing: {e}")))?;
+        Ok(RoutingView {
+            key: key.into(),
+            tag: xxhash_rust::xxh3::xxh3_64(key.as_bytes()),
+            head: parsed.0,
+            held: parsed.1,
+        })
+    }
+
+    /// Bytes held for good.
+    pub(super) fn memory_bytes(&self) -> usize {
+        (self.head.top.len() + self.held.as_ref().map_or(0, Vec::len)) * 4
+            + self.head.groups.len() * 40
+    }
+
+    /// Centroids of the clusters of `groups` (`(cluster, centroid)`),
+    /// from what is held or fetched as parts.
+    pub(super) async fn centroids_of(
+        self: &Arc<Self>,
+        blocks: &Blocks,
+        store: &Counted,
+        tally: &CacheTally,
+        groups: &[u32],
+    ) -> Result<Vec<(u32, Vec<f32>)>, PartitionError> {
+        let d = self.head.dimensions;
+        let mut out = Vec::new();
+        let mut push = |g: u32, all: &[f32]| {
+            let first = self.head.groups[g as usize].first;
+            for (j, c) in all.chunks_exact(d).enumerate() {
+                out.push((first + j as u32, c.to_vec()));
+            }
+        };
+        match &self.held {
+            Some(all) => {
+                for &g in groups {
+                    let e = &self.head.groups[g as usize];
+                    push(g, &all[e.first as usize * d..(e.first + e.clusters) as usize * d]);
+                }
+            }
+            None => {
+                let parts: Vec<Part> = groups.iter().map(|&g| Part::Group(g)).collect();
+                let got = blocks.get(store, self, &parts, tally).await?;
+                for &g in groups {
+                    push(g, got[&Part::Group(g)].centroids());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches every group's centroids into the cache (none when held).
+    pub(super) async fn warm(
+        self: &Arc<Self>,
+        blocks: &Blocks,
+        store: &Counted,
+        tally: &CacheTally,
+    ) -> Result<(), PartitionError> {
+        if self.held.is_none() {
+            let parts: Vec<Part> = (0..self.head.groups() as u32).map(Part::Group).collect();
+            blocks.get(store, self, &parts, tally).await?;
+        }
+        Ok(())
+    }
+}
+
+impl PartSource for RoutingView {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    fn range(&self, part: Part) -> Range<u64> {
+        match part {
+            Part::Group(g) => self.head.groups[g as usize].range(),
+            _ => unreachable!("{part:?} is not a part of a routing"),
+        }
+    }
+
+    fn parse(&self, part: Part, bytes: &[u8]) -> Result<Block, SegmentError> {
+        let Part::Group(g) = part else {
+            unreachable!("{part:?} is not a part of a routing")
+        };
+        self.head
+            .group_centroids(g as usize, bytes)
+            .map(Block::Group)
+            .map_err(|e| SegmentError::Corrupt {
+                key: self.key.to_string(),
+                reason: format!("routing: {e}"),
+            })
+    }
+}
+
+/// A routed shard as a reader holds it.
+pub(crate) struct RoutedShard {
+    pub key: Arc<str>,
+    tag: u64,
+    pub head: RoutedHead,
+    /// Its deletion vector (`None`: no row dead).
+    dv: Option<DeletionVector>,
+    /// Rows not marked dead (routed shards hold no tombstones).
+    pub live: u64,
+}
+
+impl RoutedShard {
+    /// Fetches the head region of the shard `entry` lists; `dv` is its
+    /// deletion vector, read alongside.
+    pub(super) async fn load(
+        store: &dyn ObjectStore,
+        entry: &ShardEntry,
+        head_bytes: u64,
+        dv: Option<DeletionVector>,
+        tally: &CacheTally,
+    ) -> Result<Self, PartitionError> {
+        let key = entry.key.as_str();
+        let region = retrying(tally.deadline, StoreError::is_retryable, || {
+            store.get_range(key, ByteRange::new(0, head_bytes))
+        })
+        .await
+        .map_err(|e| PartitionError::from_load(LoadError::Store(e)))?;
+        let (k, total) = (key.to_string(), entry.bytes);
+        let head = crate::cpu::run(move || RoutedHead::parse(&k, &region, total))
+            .await
+            .map_err(|e| PartitionError::from_load(LoadError::Segment(e)))?;
+        if Some(head.generation) != entry.routing || head.rows != entry.rows {
+            return Err(corrupt(
+                key,
+                format!(
+                    "the shard holds {} rows of routing generation {}; the index manifest lists \
+                     {} rows of generation {:?}",
+                    head.rows, head.generation, entry.rows, entry.routing
+                ),
+            ));
+        }
+        let dead = dv.as_ref().map_or(0, DeletionVector::dead);
+        Ok(RoutedShard {
+            key: key.into(),
+            tag: xxhash_rust::xxh3::xxh3_64(key.as_bytes()),
+            live: head.rows - dead,
+            head,
+            dv,
+        })
+    }
+
+    /// Bytes held for good: the head and the deletion vector.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.head.clusters.len() * 80
+            + self.head.fences.iter().map(|f| f.first.len() + 56).sum::<usize>()
+            + self.head.rows.div_ceil(8) as usize * usize::from(self.dv.is_some())
+    }
+
+    /// Whether shard row `row` is live (not marked dead).
+    pub(super) fn is_live(&self, row: u64) -> bool {
+        !self.dv.as_ref().is_some_and(|dv| dv.is_dead(row))
+    }
+
+    /// The live row holding `id`, if this shard has one: one id-index
+    /// block, by the fences in the head.
+    pub(super) async fn row_of(
+        self: &Arc<Self>,
+        blocks: &Blocks,
+        store: &Counted,
+        tally: &CacheTally,
+        id: &str,
+    ) -> Result<Option<u32>, PartitionError> {
+        let Some(b) = self.head.fence_for(id) else {
+            return Ok(None);
+        };
+        let got = blocks.get(store, self, &[Part::Ids(b as u32)], tally).await?;
+        let row = got[&Part::Ids(b as u32)].id_block().get(id);
+        Ok(row.filter(|&r| self.is_live(u64::from(r))))
+    }
+
+    /// Every live id (from the whole id index, through the cache).
+    pub(super) async fn live_ids(
+        self: &Arc<Self>,
+        blocks: &Blocks,
+        store: &Counted,
+        tally: &CacheTally,
+    ) -> Result<Vec<String>, PartitionError> {
+        let parts: Vec<Part> = (0..self.head.fences.len() as u32).map(Part::Ids).collect();
+        let got = blocks.get(store, self, &parts, tally).await?;
+        let mut ids = Vec::new();
+        for p in &parts {
+            let b = got[p].id_block();
+            ids.extend(
+                b.ids
+                    .iter()
+                    .zip(&b.rows)
+                    .filter(|(_, r)| self.is_live(u64::from(**r)))
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        Ok(ids)
+    }
+
+    /// Shard row `row`'s vector and metadata (for `get`).
+    pub(super) async fn row(
+        self: &Arc<Self>,
+        blocks: &Blocks,
+        store: &Counted,
+        tally: &CacheTally,
+        row: u32,
+    ) -> Result<(Vec<f32>, Map<String, Value>), PartitionError> {
+        let (pos, i) = self.head.locate(u64::from(row));
+        let (chunk, at) = row_slot(pos as u32, i as u32);
+        let meta = Part::Meta(pos as u32);
+        let got = blocks.get(store, self, &[chunk, meta], tally).await?;
+        let d = self.head.dimensions;
+        Ok((
+            got[&chunk].rows()[at * d..(at + 1) * d].to_vec(),
+            got[&meta].metadata(i as usize).clone(),
+        ))
+    }
+
+    /// Fetches every cluster's probe block into the cache (as far as its
+    /// budget holds them); returns how many.
+    pub(super) async fn warm(
+        self: &Arc<Self>,
+        blocks: &Blocks,
+        store: &Counted,
+        tally: &CacheTally,
+    ) -> Result<u64, PartitionError> {
+        let parts: Vec<Part> = (0..self.head.clusters.len() as u32).map(Part::Probe).collect();
+        blocks.get(store, self, &parts, tally).await?;
+        Ok(parts.len() as u64)
+    }
+}
+
+/// The row chunk holding row `i` of cluster `pos`, and the row's place
+/// in it.
+pub(super) fn row_slot(pos: u32, i: u32) -> (Part, usize) {
+    let chunk = i / ROW_CHUNK as u32;
+    (Part::Rows { list: pos, chunk }, (i % ROW_CHUNK as u32) as usize)
+}
+
+impl PartSource for RoutedShard {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    fn range(&self, part: Part) -> Range<u64> {
+        let h = &self.head;
+        match part {
+            Part::Probe(i) => h.probe_range(i as usize),
+            Part::Meta(i) => h.clusters[i as usize].metadata.range(),
+            Part::Rows { list, chunk } => {
+                let (first, count) = chunk_of(u64::from(h.clusters[list as usize].rows), chunk);
+                h.rows_range(list as usize, first, count)
+            }
+            Part::Ids(b) => h.fences[b as usize].block.range(),
+            _ => unreachable!("{part:?} is not a part of a routed shard"),
+        }
+    }
+
+    fn parse(&self, part: Part, bytes: &[u8]) -> Result<Block, SegmentError> {
+        let (key, h) = (&*self.key, &self.head);
+        Ok(match part {
+            Part::Probe(i) => {
+                let i = i as usize;
+                let (codes, ids) = h.open_probe(key, i, bytes)?;
+                let c = &h.clusters[i];
+                if ids.tombstones.iter().any(|t| *t) {
+                    return Err(SegmentError::Corrupt {
+                        key: key.to_string(),
+                        reason: format!(
+                            "cluster {} holds a tombstone; routed shards hold live rows only",
+                            c.cluster
+                        ),
+                    });
+                }
+                let codes = ListCodes::from_bytes(codes, h.dimensions, c.rows as usize, h.code_bits)
+                    .map_err(|r| SegmentError::Corrupt {
+                        key: key.to_string(),
+                        reason: format!("codes of cluster {}: {r}", c.cluster),
+                    })?;
+                Block::Probe {
+                    codes: Box::new(codes),
+                    ids: ids.ids,
+                }
+            }
+            Part::Meta(i) => {
+                let (offsets, bytes) = h.cluster_metadata(key, i as usize, bytes)?;
+                Block::meta(offsets, bytes)
+            }
+            Part::Rows { list, chunk } => {
+                let (first, _) = chunk_of(u64::from(h.clusters[list as usize].rows), chunk);
+                Block::Rows(h.cluster_rows(key, list as usize, first, bytes)?)
+            }
+            Part::Ids(b) => Block::Ids(h.id_block(key, b as usize, bytes)?),
+            _ => unreachable!("{part:?} is not a part of a routed shard"),
+        })
+    }
+}
+
+pub(super) fn corrupt(key: &str, reason: String) -> PartitionError {
+    PartitionError::from_load(LoadError::Segment(SegmentError::Corrupt {
+        key: key.to_string(),
+        reason,
+    }))
+}
+
+#[cfg(test)]
+mod tests;

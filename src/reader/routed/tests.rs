@@ -1,0 +1,198 @@
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::compact::indexer::{index_round, IndexOptions};
+use crate::coord::clock::{DynClock, SystemClock};
+use crate::coord::config::{initialize_partitions, load_or_create};
+use crate::coord::index_manifest::read_index_manifest;
+use crate::coord::{RequestedSettings, Settings};
+use crate::index::routing::Routing;
+use crate::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
+use crate::record::Record;
+use crate::segment::routed::RoutedHead;
+use crate::store::memory::MemoryStore;
+use crate::store::{
+    ByteRange, Conditional, DynStore, ETag, GetResult, ObjectMeta, ObjectStore, Result,
+};
+use crate::vocab::Metric;
+use crate::writer::{Writer, WriterOptions};
+
+/// A store that logs every ranged GET.
+#[derive(Debug)]
+struct Ranges {
+    inner: DynStore,
+    log: Mutex<Vec<(String, Range<u64>)>>,
+}
+
+#[async_trait]
+impl ObjectStore for Ranges {
+    async fn get(&self, key: &str) -> Result<GetResult> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Bytes> {
+        let got = self.inner.get_range(key, range).await?;
+        let start = range.start;
+        let r = start..start + got.len() as u64;
+        self.log.lock().unwrap().push((key.to_string(), r));
+        Ok(got)
+    }
+    async fn get_if_changed(&self, key: &str, etag: &ETag) -> Result<Conditional> {
+        self.inner.get_if_changed(key, etag).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        self.inner.head(key).await
+    }
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<ETag> {
+        self.inner.put(key, bytes).await
+    }
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<ETag> {
+        self.inner.put_if_absent(key, bytes).await
+    }
+    async fn put_if_match(&self, key: &str, bytes: Bytes, etag: &ETag) -> Result<ETag> {
+        self.inner.put_if_match(key, bytes, etag).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<crate::store::ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    fn describe(&self) -> String {
+        "ranges".into()
+    }
+}
+
+const DIMS: usize = 32;
+
+fn vector(i: usize) -> Vec<f32> {
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let centre = i % 60;
+    (0..DIMS)
+        .map(|j| {
+            x ^= x >> 29;
+            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let noise = ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+            let c = ((centre * 31 + j * 7) % 13) as f32;
+            c + noise
+        })
+        .collect()
+}
+
+async fn routed_index(store: &DynStore, rows: usize) -> Settings {
+    let req = RequestedSettings {
+        partition_count: Some(2),
+        dimensions: Some(DIMS as u32),
+        distance_metric: Some(Metric::Euclidean),
+        ..Default::default()
+    };
+    let config = load_or_create(store.as_ref(), &req, &SystemClock)
+        .await
+        .unwrap();
+    let settings = initialize_partitions(store.as_ref(), &SystemClock, config)
+        .await
+        .unwrap()
+        .0
+        .settings;
+    let clock: DynClock = Arc::new(SystemClock);
+    let w = Writer::new(
+        store.clone(),
+        &settings,
+        "w",
+        clock.clone(),
+        WriterOptions::default(),
+    );
+    let recs: Vec<Record> = (0..rows)
+        .map(|i| Record::new(format!("r{i}"), vector(i)))
+        .collect();
+    for chunk in recs.chunks(5000) {
+        w.upsert(chunk).await.unwrap();
+    }
+    let opts = IndexOptions {
+        force: true,
+        routed: true,
+        ..Default::default()
+    };
+    index_round(store.as_ref(), &settings, "ix", &clock, opts)
+        .await
+        .unwrap();
+    settings
+}
+
+/// A query reads, of each routed shard, its head and the blocks of the
+/// clusters it probes (their probe blocks and the rows it reranks),
+/// nothing of any other cluster beyond the small gaps a coalesced
+/// request reads through; and it probes `nprobe × PROBES_PER_NPROBE`
+/// clusters however many the routing has.
+#[tokio::test]
+async fn a_query_reads_only_the_probed_clusters_blocks() {
+    let inner: DynStore = Arc::new(MemoryStore::unique());
+    let settings = routed_index(&inner, 30_000).await;
+    let (m, _) = read_index_manifest(inner.as_ref(), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    let entry = m.current_routing().unwrap();
+    let routing = Routing::decode(&inner.get(&entry.key).await.unwrap().bytes).unwrap();
+    assert!(routing.head.clusters >= 20, "{}", routing.head.clusters);
+    let mut heads = Vec::new();
+    for s in &m.shards {
+        let bytes = inner.get(&s.key).await.unwrap().bytes;
+        heads.push((s.key.clone(), RoutedHead::parse(&s.key, &bytes, s.bytes).unwrap()));
+    }
+
+    let logged = Arc::new(Ranges {
+        inner: inner.clone(),
+        log: Mutex::default(),
+    });
+    let reader = Reader::new(logged.clone(), &settings, ReaderOptions::default());
+    let q: Vec<f32> = vector(12_345).iter().map(|x| x + 0.01).collect();
+    let mut req = SearchRequest::new(q.clone(), 10);
+    req.consistency = Consistency::Strong;
+    req.nprobe = Some(1);
+    let got = reader.search(&req).await.unwrap();
+    assert_eq!(got.results.len(), 10);
+    assert!(got.results.iter().any(|h| h.id == "r12345"), "{:?}", got.results);
+
+    // The clusters a query with nprobe 1 probes: the nearest few.
+    let probes = super::search::PROBES_PER_NPROBE;
+    let groups = routing.head.groups() as u32;
+    let probed: Vec<u32> = routing
+        .nearest(&q, groups as usize, probes)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    let log = logged.log.lock().unwrap().clone();
+    let mut read = 0;
+    for (key, range) in log.iter().filter(|(k, _)| k.contains("/shards/")) {
+        let (_, head) = heads.iter().find(|(k, _)| k == key).unwrap();
+        if range.start == 0 {
+            continue; // the head
+        }
+        // The bytes of probed clusters' blocks this request covers.
+        let mut wanted = 0;
+        let mut blocks = 0;
+        for c in &probed {
+            let Some(pos) = head.position(*c) else { continue };
+            let e = &head.clusters[pos];
+            for b in [
+                head.probe_range(pos),
+                head.rows_range(pos, 0, u64::from(e.rows)),
+                e.metadata.range(),
+            ] {
+                let overlap = range.end.min(b.end).saturating_sub(range.start.max(b.start));
+                wanted += overlap;
+                blocks += u64::from(overlap > 0);
+            }
+        }
+        assert!(blocks > 0, "{key} {range:?} reads no probed cluster's block");
+        let gaps = (range.end - range.start) - wanted;
+        assert!(gaps <= blocks * (64 << 10), "{key} {range:?}: {gaps} bytes of other clusters");
+        read += range.end - range.start;
+    }
+    let total: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    assert!(read > 0);
+    assert!(read * 4 < total, "read {read} of {total} shard bytes");
+}
