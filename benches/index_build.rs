@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     let clock: DynClock = Arc::new(SystemClock);
     let opts = IndexOptions {
         force: true,
-        routed: args.routed,
+        legacy: !args.routed,
         ..Default::default()
     };
     let t = Instant::now();

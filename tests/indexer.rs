@@ -634,17 +634,18 @@ async fn a_damaged_segment_manifest_or_shard_stops_indexing_only_where_it_is() {
     w.upsert(&next).await.unwrap();
     let (m1, _) = read_manifest(store.as_ref(), 1).await.unwrap().unwrap();
     let seg = m1.segments.last().unwrap().key.clone();
-    let flip = |key: String| {
+    let flip = |key: String, from_end: Option<usize>| {
         let store = store.clone();
         async move {
             let mut b = store.get(&key).await.unwrap().bytes.to_vec();
-            let mid = b.len() / 2;
-            b[mid] ^= 0xff;
+            let at = from_end.map_or(b.len() / 2, |n| b.len() - n);
+            b[at] ^= 0xff;
             store.put(&key, b.into()).await.unwrap();
         }
     };
-    flip(seg.clone()).await;
-    flip(shard.clone()).await;
+    flip(seg.clone(), None).await;
+    // A shard's id index is its last part, before the 8-byte end magic.
+    flip(shard.clone(), Some(12)).await;
     let bad_manifest = "vectors/p002/manifest.json";
     store
         .put(bad_manifest, bytes::Bytes::from_static(b"{oops"))

@@ -49,7 +49,7 @@ fn vector(i: usize, version: usize) -> Vec<f32> {
 async fn round(store: &dyn ObjectStore, s: &Settings, routed: bool) -> IndexRound {
     let opts = IndexOptions {
         force: true,
-        routed,
+        legacy: !routed,
         ..Default::default()
     };
     round_with(store, s, opts).await
@@ -184,6 +184,7 @@ async fn routed_rounds_keep_every_live_row_exactly_once(store: Arc<Counted>) {
     round(store.as_ref(), &s, false).await;
     let m = manifest(store.as_ref(), &s).await;
     assert!(m.routings.is_empty() && m.shards.iter().all(|x| x.routing.is_none()));
+    check_reader(&store, &s, &model, &[], "shards of their own IVF").await;
 
     // Routed rounds from now on: the first trains a routing, and the
     // legacy shard moves to it.
@@ -352,8 +353,8 @@ async fn a_budgeted_round_migrates_one_piece_and_the_next_round_sees_the_rest(st
     for left in [2, 1] {
         let opts = IndexOptions {
             force: true,
-            routed: true,
             max_rows: Some(1),
+            legacy: false,
         };
         let r = round_with(store.as_ref(), &s, opts).await;
         assert_eq!(r.merged.len(), 1, "{r:?}");
@@ -366,7 +367,6 @@ async fn a_budgeted_round_migrates_one_piece_and_the_next_round_sees_the_rest(st
     );
     // Not forced, no tails: the move still due is work.
     let budget = IndexOptions {
-        routed: true,
         max_rows: Some(1),
         ..Default::default()
     };

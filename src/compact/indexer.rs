@@ -73,13 +73,12 @@ pub struct IndexOptions {
     /// commit; the other partitions wait for the next round. `None`:
     /// every tail. For a compactor whose rounds must fit an invocation.
     pub max_rows: Option<u64>,
-    /// Build routed shards (DESIGN section 12: one routing for the whole
-    /// index, `compact::routed`) and move other shards to the current
-    /// routing as merges. Off by default until readers search routed
-    /// shards (issue 29 builds it in steps; a reader holds a routed shard
-    /// as damaged).
+    /// Build shards of the older format (each with its own IVF, DESIGN
+    /// section 11) instead of routed shards (section 12), and leave
+    /// shards where they are: only for tests of the move from that
+    /// layout to one routing.
     #[doc(hidden)]
-    pub routed: bool,
+    pub legacy: bool,
 }
 
 /// The most rows a shard of `settings`' vectors holds.
@@ -161,7 +160,7 @@ pub async fn index_round(
 ) -> Result<IndexRound, CompactError> {
     let n = settings.partition_count;
     let mut round = IndexRound::default();
-    if !opts.force && !work_due(store, settings, clock, opts.routed, &mut round).await? {
+    if !opts.force && !work_due(store, settings, clock, routed(settings, opts), &mut round).await? {
         return Ok(round);
     }
     let work = async {
@@ -240,7 +239,7 @@ async fn run_round(
     // GC spares unreferenced objects for the grace period: commit within
     // the age bound after the first PUT, or not at all.
     let mut new_routing = None;
-    let (new_shards, written_at) = if opts.routed && !live.is_empty() {
+    let (new_shards, written_at) = if routed(settings, opts) && !live.is_empty() {
         let rr = routed::routing_for_round(store, settings, clock, &index, &live).await?;
         new_routing = rr.new;
         let r = rr.routing.clone();
@@ -440,6 +439,13 @@ async fn commit_round(
 
 /// The index settings shards are built with: the config's, with shards
 /// as large as [`shard_target_rows`].
+/// Whether rounds build routed shards (DESIGN section 12): with the
+/// default IVF index kind. HNSW (for warm-only deployments) and no index
+/// keep shards in the segment format, read whole.
+fn routed(settings: &Settings, opts: IndexOptions) -> bool {
+    !opts.legacy && settings.index().kind == crate::vocab::AnnKind::Ivf
+}
+
 fn shard_index_settings(settings: &Settings) -> crate::vocab::IndexSettings {
     let mut ix = settings.index();
     ix.max_segment_records = shard_target_rows(settings);
@@ -491,7 +497,7 @@ async fn merge_shards(
     let n = settings.partition_count;
     let shape = shape_of(settings);
     let target = shard_target_rows(settings);
-    let routed = opts.routed;
+    let routed = routed(settings, opts);
     // Rows routed merges have rewritten: with a row budget (a compactor
     // invocation), a round stops once it has spent it, and the next
     // round goes on (a routing migration rewrites every shard).

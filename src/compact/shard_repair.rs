@@ -7,8 +7,10 @@
 //!   superseded or deleted; without it no row can be trusted, and the
 //!   repair refuses);
 //! - with the head readable, every live row whose vector and metadata pass
-//!   their checksums goes into new shards at the same level; each live row
-//!   that does not is lost, by id;
+//!   their checksums goes into new shards at the same level (a routed
+//!   shard's under its own routing); each live row that does not is lost,
+//!   by id (a routed shard's row whose id neither its cluster nor the id
+//!   index gives is lost, id unknown);
 //! - with the head unreadable (or a whole-read shard that does not
 //!   decode), the shard is dropped and its live rows are lost, ids
 //!   unknown (their count is the manifest's).
@@ -27,6 +29,8 @@ use crate::coord::clock::{format_time, DynClock};
 use crate::coord::index_manifest::{replace_merged, MergeCommit};
 use crate::coord::{CoordError, Settings};
 use crate::record::Prepared;
+use crate::index::shard::routed::group_by_cluster;
+use crate::segment::routed::salvage_routed;
 use crate::segment::shard::{is_shard, salvage_shard};
 use crate::store::{ObjectStore, StoreError};
 
@@ -82,7 +86,10 @@ pub async fn repair_shard(
     let salvaged = bytes
         .as_deref()
         .filter(|b| is_shard(b))
-        .and_then(|b| salvage_shard(key, b).ok());
+        .and_then(|b| match entry.routing {
+            Some(_) => salvage_routed(key, b).ok(),
+            None => salvage_shard(key, b).ok(),
+        });
     match salvaged {
         Some(s) => {
             let live = |row: u64| !s.ids.tombstones[row as usize] && !dv.is_dead(row);
@@ -90,6 +97,7 @@ pub async fn repair_shard(
             for &row in s.lost.iter().filter(|&&r| live(r)) {
                 report.lost_ids.push(s.ids.ids[row as usize].clone());
             }
+            report.lost_unknown = s.unknown.iter().filter(|&&r| live(r)).count() as u64;
             for (row, vector, metadata) in s.rows {
                 if live(row) {
                     keep.push(Prepared {
@@ -128,7 +136,17 @@ pub async fn repair_shard(
     if dry_run {
         return Ok(report);
     }
-    let (outputs, written_at) = write_shards(store, settings, clock, keep, entry.level).await?;
+    let (outputs, written_at) = match index.routing(entry.routing.unwrap_or(u64::MAX)) {
+        // A routed shard is rebuilt under its own routing.
+        Some(r) => {
+            let routing = super::routed::load_routing(store, r).await?;
+            let r2 = routing.clone();
+            let clusters = crate::cpu::run(move || group_by_cluster(keep, &r2)).await;
+            let cap = super::indexer::shard_target_rows(settings) as usize;
+            super::routed::write_routed(store, clock, clusters, routing, entry.level, cap).await?
+        }
+        None => write_shards(store, settings, clock, keep, entry.level).await?,
+    };
     let store_now = crate::coord::skew::store_now(store, clock.as_ref()).await?;
     let merge = MergeCommit {
         inputs: std::slice::from_ref(&entry),

@@ -210,8 +210,9 @@ pub(crate) enum Block {
         ids: Vec<String>,
     },
     Ids(IdBlock),
-    /// A routing group's centroids, by cluster from the group's first.
-    Group(Vec<f32>),
+    /// Centroids of consecutive clusters of a routing (a group, or all
+    /// of them), as they are and rotated for the codes.
+    Group { centroids: Vec<f32>, rotated: Vec<f32> },
 }
 
 impl Block {
@@ -225,11 +226,12 @@ impl Block {
         }
     }
 
-    fn memory_bytes(&self) -> usize {
+    pub(super) fn memory_bytes(&self) -> usize {
         64 + match self {
             Block::Codes(c) => c.memory_bytes(),
             Block::Meta { offsets, bytes, .. } => offsets.len() * 8 + bytes.len() * 3,
-            Block::Rows(v) | Block::Group(v) => v.len() * 4,
+            Block::Rows(v) => v.len() * 4,
+            Block::Group { centroids, .. } => centroids.len() * 8,
             Block::Probe { codes, ids } => {
                 codes.memory_bytes() + ids.iter().map(|s| s.len() + 24).sum::<usize>()
             }
@@ -258,9 +260,12 @@ impl Block {
         }
     }
 
-    pub(super) fn centroids(&self) -> &[f32] {
+    /// Centroid `j` of a group part, as it is and rotated.
+    pub(super) fn centroid(&self, j: usize, d: usize) -> (&[f32], &[f32]) {
         match self {
-            Block::Group(v) => v,
+            Block::Group { centroids, rotated } => {
+                (&centroids[j * d..(j + 1) * d], &rotated[j * d..(j + 1) * d])
+            }
             _ => unreachable!("a group part holds centroids"),
         }
     }

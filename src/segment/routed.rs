@@ -335,7 +335,7 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
 
 mod read;
 
-pub(crate) use read::{decode_routed, IdBlock};
+pub(crate) use read::{decode_routed, salvage_routed, IdBlock};
 
 #[cfg(test)]
 mod tests;

@@ -692,6 +692,9 @@ pub(crate) struct Salvage {
     pub rows: Vec<(u64, Vec<f32>, Vec<u8>)>,
     /// Rows whose vector or metadata failed its checksum.
     pub lost: Vec<u64>,
+    /// Rows whose id could not be read (their place in `ids` is empty):
+    /// lost, ids unknown.
+    pub unknown: Vec<u64>,
 }
 
 /// Reads what it can of a shard object: the head whole (else the error),
@@ -721,5 +724,10 @@ pub(crate) fn salvage_shard(key: &str, buf: &[u8]) -> Result<Salvage, SegmentErr
             }
         }
     }
-    Ok(Salvage { ids, rows, lost })
+    Ok(Salvage {
+        ids,
+        rows,
+        lost,
+        unknown: Vec::new(),
+    })
 }

@@ -14,6 +14,7 @@
 
 pub(super) mod search;
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use super::view::CacheTally;
 use super::PartitionError;
 use crate::coord::index_manifest::{RoutingEntry, ShardEntry};
 use crate::coord::watched::retrying;
-use crate::index::rabitq::ListCodes;
+use crate::index::rabitq::{ListCodes, Rotation};
 use crate::index::routing::{Routing, RoutingHead};
 use crate::segment::deletions::DeletionVector;
 use crate::segment::routed::RoutedHead;
@@ -42,9 +43,35 @@ pub(crate) struct RoutingView {
     pub key: Arc<str>,
     tag: u64,
     pub head: RoutingHead,
-    /// Every centroid, by cluster, when the routing is small enough
-    /// ([`HOLD_WHOLE_BYTES`]).
-    held: Option<Vec<f32>>,
+    /// The rotation codes are taken in (the same for every routing of
+    /// these dimensions).
+    pub rotation: Arc<Rotation>,
+    /// Every centroid, by cluster, as a group part of them all, when the
+    /// routing is small enough ([`HOLD_WHOLE_BYTES`]).
+    held: Option<Arc<Block>>,
+}
+
+/// A cluster a query may probe: its centroid is centroid `at` of `block`.
+pub(super) struct Centroid {
+    pub cluster: u32,
+    block: Arc<Block>,
+    at: usize,
+}
+
+impl Centroid {
+    /// The centroid, as it is and rotated.
+    pub(super) fn vectors(&self, d: usize) -> (&[f32], &[f32]) {
+        self.block.centroid(self.at, d)
+    }
+}
+
+/// A group part of `centroids` (rotating each).
+fn group_block(centroids: Vec<f32>, rotation: &Rotation) -> Block {
+    let mut rotated = centroids.clone();
+    for c in rotated.chunks_exact_mut(rotation.dims().max(1)) {
+        rotation.apply(c);
+    }
+    Block::Group { centroids, rotated }
 }
 
 impl RoutingView {
@@ -69,7 +96,11 @@ impl RoutingView {
         let generation = entry.generation;
         let parsed = crate::cpu::run(move || {
             if whole {
-                Routing::decode_listed(&bytes, generation).map(|r| (r.head, Some(r.centroids)))
+                Routing::decode_listed(&bytes, generation).map(|r| {
+                    let rotation = Rotation::new(r.head.dimensions);
+                    let held = Arc::new(group_block(r.centroids, &rotation));
+                    (r.head, Some(held))
+                })
             } else {
                 let head = RoutingHead::parse(&bytes)?;
                 if head.generation != generation {
@@ -86,6 +117,7 @@ impl RoutingView {
         Ok(RoutingView {
             key: key.into(),
             tag: xxhash_rust::xxh3::xxh3_64(key.as_bytes()),
+            rotation: Arc::new(Rotation::new(parsed.0.dimensions)),
             head: parsed.0,
             held: parsed.1,
         })
@@ -93,41 +125,38 @@ impl RoutingView {
 
     /// Bytes held for good.
     pub(super) fn memory_bytes(&self) -> usize {
-        (self.head.top.len() + self.held.as_ref().map_or(0, Vec::len)) * 4
+        self.head.top.len() * 4
             + self.head.groups.len() * 40
+            + self.held.as_ref().map_or(0, |b| b.memory_bytes())
     }
 
-    /// Centroids of the clusters of `groups` (`(cluster, centroid)`),
-    /// from what is held or fetched as parts.
+    /// The clusters of `groups`, from what is held or fetched as parts.
     pub(super) async fn centroids_of(
         self: &Arc<Self>,
         blocks: &Blocks,
         store: &Counted,
         tally: &CacheTally,
         groups: &[u32],
-    ) -> Result<Vec<(u32, Vec<f32>)>, PartitionError> {
-        let d = self.head.dimensions;
+    ) -> Result<Vec<Centroid>, PartitionError> {
         let mut out = Vec::new();
-        let mut push = |g: u32, all: &[f32]| {
-            let first = self.head.groups[g as usize].first;
-            for (j, c) in all.chunks_exact(d).enumerate() {
-                out.push((first + j as u32, c.to_vec()));
-            }
-        };
-        match &self.held {
-            Some(all) => {
-                for &g in groups {
-                    let e = &self.head.groups[g as usize];
-                    push(g, &all[e.first as usize * d..(e.first + e.clusters) as usize * d]);
-                }
-            }
+        let fetched = match &self.held {
+            Some(_) => HashMap::new(),
             None => {
                 let parts: Vec<Part> = groups.iter().map(|&g| Part::Group(g)).collect();
-                let got = blocks.get(store, self, &parts, tally).await?;
-                for &g in groups {
-                    push(g, got[&Part::Group(g)].centroids());
-                }
+                blocks.get(store, self, &parts, tally).await?
             }
+        };
+        for &g in groups {
+            let e = &self.head.groups[g as usize];
+            let (block, base) = match &self.held {
+                Some(all) => (all, e.first as usize),
+                None => (&fetched[&Part::Group(g)], 0),
+            };
+            out.extend((0..e.clusters).map(|j| Centroid {
+                cluster: e.first + j,
+                block: block.clone(),
+                at: base + j as usize,
+            }));
         }
         Ok(out)
     }
@@ -169,7 +198,7 @@ impl PartSource for RoutingView {
         };
         self.head
             .group_centroids(g as usize, bytes)
-            .map(Block::Group)
+            .map(|c| group_block(c, &self.rotation))
             .map_err(|e| SegmentError::Corrupt {
                 key: self.key.to_string(),
                 reason: format!("routing: {e}"),

@@ -12,9 +12,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{row_slot, RoutedShard, RoutingView};
+use super::{row_slot, Centroid, RoutedShard, RoutingView};
 use crate::filter::Filter;
-use crate::index::rabitq::Rotation;
 use crate::index::shard::{estimate_lists, every_row, rerank_lists, ProbedList, ShardQuery};
 use crate::index::{distance, ivf::probe_metric, route, QueryParams, Route, ScanStats};
 use crate::reader::ranged::{Block, Part};
@@ -156,15 +155,17 @@ impl Run<'_> {
             let lists = probed.iter().enumerate().map(|(l, p)| (l as u32, codes(p)));
             every_row(lists, keep, stats)
         } else {
-            let rotation = Rotation::new(unit.routing.head.dimensions);
-            let rotated: Vec<Vec<f32>> = route.iter().map(|(_, c)| rotation.rotated(c)).collect();
-            let lists = probed.iter().enumerate().map(|(l, p)| ProbedList {
-                list: l as u32,
-                codes: codes(p),
-                rotated: &rotated[p.route],
-                centroid: &route[p.route].1,
+            let d = unit.routing.head.dimensions;
+            let lists = probed.iter().enumerate().map(|(l, p)| {
+                let (centroid, rotated) = route[p.route].vectors(d);
+                ProbedList {
+                    list: l as u32,
+                    codes: codes(p),
+                    rotated,
+                    centroid,
+                }
             });
-            estimate_lists(&sq, &rotation, lists, keep, stats)
+            estimate_lists(&sq, &unit.routing.rotation, lists, keep, stats)
         };
         if cands.is_empty() {
             return Ok(Vec::new());
@@ -214,7 +215,7 @@ impl Run<'_> {
 
     /// The clusters of the groups nearest the query, nearest first, with
     /// their centroids: enough groups for `probes` clusters.
-    async fn route(&self, probes: usize) -> Result<Vec<(u32, Vec<f32>)>, ReadError> {
+    async fn route(&self, probes: usize) -> Result<Vec<Centroid>, ReadError> {
         let routing = &self.unit.routing;
         let head = &routing.head;
         let per_group = head.clusters as f64 / head.groups() as f64;
@@ -228,27 +229,22 @@ impl Run<'_> {
             .map(|(_, g)| g)
             .collect();
         let io = self.io;
-        let mut route = routing
+        let route = routing
             .centroids_of(&io.shared.blocks, io.store, io.tally, &groups)
             .await
             .map_err(|e| index_error(&e))?;
-        let pm = probe_metric(head.metric);
-        let mut by: Vec<(f32, usize)> = route
-            .iter()
-            .enumerate()
-            .map(|(j, (_, c))| (distance(pm, &self.q.vector, c), j))
+        let (pm, d) = (probe_metric(head.metric), head.dimensions);
+        let mut by: Vec<(f32, Centroid)> = route
+            .into_iter()
+            .map(|c| (distance(pm, &self.q.vector, c.vectors(d).0), c))
             .collect();
-        by.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let mut sorted = Vec::with_capacity(route.len());
-        for (_, j) in by {
-            sorted.push(std::mem::take(&mut route[j]));
-        }
-        Ok(sorted)
+        by.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cluster.cmp(&b.1.cluster)));
+        Ok(by.into_iter().map(|(_, c)| c).collect())
     }
 
     /// The probed clusters each shard holds (every cluster of every
     /// shard when exact), nearest first, shards left out skipped.
-    fn probed(&self, route: &[(u32, Vec<f32>)], exact: bool) -> Vec<Probed> {
+    fn probed(&self, route: &[Centroid], exact: bool) -> Vec<Probed> {
         let mut out = Vec::new();
         let live = |s: usize| !self.failed.iter().any(|f| *f.shard == *self.unit.shards[s].key);
         if exact {
@@ -261,9 +257,9 @@ impl Run<'_> {
             }
             return out;
         }
-        for (j, (c, _)) in route.iter().enumerate() {
+        for (j, c) in route.iter().enumerate() {
             for (s, shard) in self.unit.shards.iter().enumerate().filter(|(s, _)| live(*s)) {
-                if let Some(pos) = shard.head.position(*c) {
+                if let Some(pos) = shard.head.position(c.cluster) {
                     out.push(Probed {
                         shard: s,
                         pos: pos as u32,

@@ -112,7 +112,6 @@ async fn routed_index(store: &DynStore, rows: usize) -> Settings {
     }
     let opts = IndexOptions {
         force: true,
-        routed: true,
         ..Default::default()
     };
     index_round(store.as_ref(), &settings, "ix", &clock, opts)

@@ -9,7 +9,7 @@ use super::{
     Part, RoutedHead, ShardIds, CLUSTER_LEN, FIXED_LEN, PREFIX_LEN, ROUTED_VERSION, SHARD_MAGIC,
 };
 use crate::record::{MAX_ID_BYTES, MAX_METADATA_BYTES};
-use crate::segment::shard::cap;
+use crate::segment::shard::{cap, Salvage};
 use crate::segment::{Segment, SegmentError, END_MAGIC, MAX_SEGMENT_RECORDS};
 use crate::vocab::Metric;
 
@@ -309,6 +309,71 @@ fn parse_head(key: &str, b: &[u8], head_end: u64, total_len: u64) -> Result<Rout
         rows_offset,
         clusters,
         fences,
+    })
+}
+
+/// Reads what it can of a routed shard object (issue 28 F4, for
+/// `repair --shard`): the head whole (else the error), each cluster's ids
+/// from its probe block or, when that is damaged, from the id index; then
+/// row by row. A row whose vector or metadata block fails its checksum is
+/// lost by id; a row whose id neither place gives is lost, id unknown.
+pub(crate) fn salvage_routed(key: &str, buf: &[u8]) -> Result<Salvage, SegmentError> {
+    let head = RoutedHead::parse(key, buf, buf.len() as u64)?;
+    let slice = |r: std::ops::Range<u64>| buf.get(r.start as usize..r.end as usize);
+    let n = head.rows as usize;
+    let mut ids: Vec<Option<String>> = vec![None; n];
+    for (i, c) in head.clusters.iter().enumerate() {
+        let probe = slice(head.probe_range(i)).and_then(|b| head.open_probe(key, i, b).ok());
+        if let Some((_, cids)) = probe {
+            for (j, id) in cids.ids.into_iter().enumerate() {
+                if !cids.tombstones[j] {
+                    ids[c.start as usize + j] = Some(id);
+                }
+            }
+        }
+    }
+    if ids.iter().any(Option::is_none) {
+        for (b, f) in head.fences.iter().enumerate() {
+            let Some(block) = slice(f.block.range()).and_then(|x| head.id_block(key, b, x).ok()) else {
+                continue;
+            };
+            for (id, row) in block.ids.into_iter().zip(block.rows) {
+                ids[row as usize].get_or_insert(id);
+            }
+        }
+    }
+    let (mut rows, mut lost, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+    let stride = head.row_stride() as usize;
+    for (i, c) in head.clusters.iter().enumerate() {
+        let meta = slice(c.metadata.range()).and_then(|b| head.cluster_metadata(key, i, b).ok());
+        let body = slice(head.rows_range(i, 0, u64::from(c.rows)));
+        for j in 0..u64::from(c.rows) {
+            let row = c.start + j;
+            if ids[row as usize].is_none() {
+                unknown.push(row);
+                continue;
+            }
+            let at = j as usize * stride;
+            let vector = body
+                .and_then(|b| b.get(at..at + stride))
+                .and_then(|r| head.cluster_rows(key, i, j, r).ok());
+            match (vector, &meta) {
+                (Some(v), Some((offsets, bytes))) => {
+                    let md = bytes[offsets[j as usize] as usize..offsets[j as usize + 1] as usize].to_vec();
+                    rows.push((row, v, md));
+                }
+                _ => lost.push(row),
+            }
+        }
+    }
+    Ok(Salvage {
+        ids: ShardIds {
+            ids: ids.into_iter().map(Option::unwrap_or_default).collect(),
+            tombstones: vec![false; n],
+        },
+        rows,
+        lost,
+        unknown,
     })
 }
 
