@@ -30,14 +30,15 @@ fn exact_nearest(r: &Routing, v: &[f32]) -> u32 {
 fn training_sizes_clusters_for_the_rows_and_groups_them() {
     let dims = 16;
     let sample = blobs(20_000, dims, 300, 1);
-    let r = Routing::train(&sample, dims, Metric::Euclidean, 200_000, 7);
+    let rows = 200 * TARGET_CLUSTER_ROWS as u64;
+    let r = Routing::train(&sample, dims, Metric::Euclidean, rows, 7);
     let h = &r.head;
     // About rows / TARGET_CLUSTER_ROWS clusters, in about √ of that groups.
     assert!((180..=220).contains(&h.clusters), "{} clusters", h.clusters);
     assert!((10..=18).contains(&h.groups()), "{} groups", h.groups());
     assert_eq!(r.centroids.len(), h.clusters as usize * dims);
     assert_eq!(h.generation, 7);
-    assert_eq!(h.trained_rows, 200_000);
+    assert_eq!(h.trained_rows, rows);
     // Cluster ids run through the groups in order.
     let mut next = 0;
     for g in &h.groups {
@@ -50,7 +51,7 @@ fn training_sizes_clusters_for_the_rows_and_groups_them() {
     let small = Routing::train(&sample[..80 * dims], dims, Metric::Euclidean, 1_000_000, 1);
     assert!(small.head.clusters <= 10, "{}", small.head.clusters);
     // Training is deterministic: same sample, same object.
-    let again = Routing::train(&sample, dims, Metric::Euclidean, 200_000, 7);
+    let again = Routing::train(&sample, dims, Metric::Euclidean, rows, 7);
     assert_eq!(again.encode(), r.encode());
 }
 
