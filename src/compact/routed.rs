@@ -33,8 +33,12 @@ use crate::segment::{self, SegmentError, Shape};
 use crate::store::{ByteRange, ObjectStore};
 
 /// A new routing is trained once the index holds this many times the
-/// rows its routing was sized for.
-pub(super) const REGROW_FACTOR: u64 = 4;
+/// rows its routing was sized for: clusters at most double before they
+/// are cut again (meanwhile a query probes proportionally fewer of them,
+/// `reader::routed`, so the codes it scans stay flat), and moving the
+/// shards rewrites each row about once more over the index's growth (a
+/// geometric series).
+pub(super) const REGROW_FACTOR: u64 = 2;
 /// Most rows a routing is trained on.
 const MAX_SAMPLE: usize = 100_000;
 

@@ -98,7 +98,7 @@ impl Run<'_> {
     async fn search(&mut self, stats: &mut ScanStats) -> Result<Vec<Found>, ReadError> {
         let (q, unit) = (self.q, self.unit);
         let mut exact = q.params.exact;
-        let mut probes = q.params.nprobe.saturating_mul(PROBES_PER_NPROBE).max(1);
+        let mut probes = scaled_probes(q.params.nprobe, &unit.routing, &unit.shards);
         let mut route = Vec::new();
         loop {
             if !exact {
@@ -339,6 +339,20 @@ impl Run<'_> {
         self.got[s].clear();
         Ok(())
     }
+}
+
+/// Clusters to probe: [`PROBES_PER_NPROBE`] per `nprobe`, fewer in
+/// proportion when the shards hold more rows than the routing was
+/// trained for (its clusters have grown; the indexer trains a new
+/// routing before they double), so the codes a query scans stay flat.
+fn scaled_probes(nprobe: usize, routing: &RoutingView, shards: &[Arc<RoutedShard>]) -> usize {
+    let probes = nprobe.saturating_mul(PROBES_PER_NPROBE).max(1);
+    let rows: u64 = shards.iter().map(|s| s.live).sum();
+    let trained = routing.head.trained_rows.max(1);
+    if rows <= trained {
+        return probes;
+    }
+    ((probes as f64 * trained as f64 / rows as f64).ceil() as usize).max(1)
 }
 
 /// The shared filter policy over the probed rows' count (`live` allowed,
