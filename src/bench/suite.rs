@@ -82,6 +82,9 @@ pub struct SuiteResults {
     /// Peak resident memory of this process, reported only with
     /// `skip_ingest` (a process that did nothing but read).
     pub reader_peak_rss_bytes: Option<u64>,
+    /// What the warm reader holds of the index outside its cache: shard
+    /// heads, routings, deletion vectors and any id map.
+    pub reader_index_bytes: u64,
     pub threads: usize,
     pub machine: String,
 }
@@ -307,6 +310,7 @@ async fn query_phases(
     };
     let warm_qps_concurrent =
         concurrent_qps(&reader, &queries[..warm_n], &template, o.clients).await?;
+    let reader_index_bytes = reader.reader_stats().pinned_bytes;
     // Cold queries run on readers of their own: the warm one goes first,
     // so the process holds one reader at a time.
     drop(reader);
@@ -334,6 +338,7 @@ async fn query_phases(
         dimensions: dims,
         index_bytes,
         reader_peak_rss_bytes: o.skip_ingest.then(peak_rss_bytes).flatten(),
+        reader_index_bytes,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         machine: machine(),
     })

@@ -232,6 +232,11 @@ fn build_rows(r: &SuiteResults) -> Vec<Row> {
         ),
         (
             "reader",
+            "index MB held (shard heads, routings, deletion vectors)".into(),
+            format!("{:.2}", r.reader_index_bytes as f64 / 1e6),
+        ),
+        (
+            "reader",
             "peak resident MB (--skip-ingest runs only)".into(),
             r.reader_peak_rss_bytes
                 .map_or("not measured".into(), |b| format!("{:.0}", b as f64 / 1e6)),
