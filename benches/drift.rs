@@ -9,9 +9,9 @@
 //!
 //! ```sh
 //! D=../shared/datasets/debian-pkgdesc-minilm384
-//! python3 scripts/domain-order.py $D > /tmp/by-domain.txt
-//! cargo bench --bench drift -- --dir $D --bucket /tmp/drift-sorted --order /tmp/by-domain.txt
-//! cargo bench --bench drift -- --dir $D --bucket /tmp/drift-shuffled
+//! python3 scripts/domain-order.py $D 250000 > /tmp/nc250k-by-domain.txt
+//! cargo bench --bench drift -- --dir /tmp/nc250k --bucket /tmp/drift-sorted --order /tmp/nc250k-by-domain.txt
+//! cargo bench --bench drift -- --dir /tmp/nc250k --bucket /tmp/drift-shuffled
 //! ```
 
 use std::time::Instant;

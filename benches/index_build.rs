@@ -1,14 +1,15 @@
 //! Index build: one forced indexer round (and the merges it runs) over
-//! whatever the bucket's tails hold, with shards of their own IVF (the
-//! layout before issue 29) or under one routing (`--routed`). Reports
+//! whatever the bucket's tails hold, under one routing (the default) or
+//! with shards of their own IVF (`--legacy`, the layout before issue
+//! 29). Reports
 //! the seconds, the shards written and this process's peak resident
 //! memory (the indexer's: nothing else runs in it).
 //!
 //! ```sh
 //! cargo bench --bench ingest -- --bucket /tmp/ib --records 1000000 --base /tmp/nc1m/base.fvecs
-//! cp -a /tmp/ib /tmp/ib-routed
+//! cp -a /tmp/ib /tmp/ib-legacy
 //! cargo bench --bench index_build -- --bucket /tmp/ib
-//! cargo bench --bench index_build -- --bucket /tmp/ib-routed --routed
+//! cargo bench --bench index_build -- --bucket /tmp/ib-legacy --legacy
 //! ```
 
 use std::sync::Arc;
@@ -24,9 +25,9 @@ use shoal::store::ObjectStore;
 struct Args {
     #[arg(long)]
     bucket: String,
-    /// Build routed shards under one routing.
+    /// Build shards with their own IVF (the layout before one routing).
     #[arg(long)]
-    routed: bool,
+    legacy: bool,
     /// cargo bench passes --bench; accept and ignore it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -54,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let clock: DynClock = Arc::new(SystemClock);
     let opts = IndexOptions {
         force: true,
-        legacy: !args.routed,
+        legacy: args.legacy,
         ..Default::default()
     };
     let t = Instant::now();
@@ -65,10 +66,10 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no index manifest"))?;
     println!(
         "index build ({}) of {}",
-        if args.routed {
-            "routed"
-        } else {
+        if args.legacy {
             "per-shard IVF"
+        } else {
+            "routed"
         },
         store.describe()
     );

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Prints the base row numbers of a dataset sorted by domain (its
-docs.jsonl.gz `domain`, ties by row): the order a drift benchmark
-ingests rows in, so later rows fall where the first routing had few.
+"""Prints base row numbers sorted by domain (the dataset's docs.jsonl.gz
+`domain`, ties by row): the order `cargo bench --bench drift` ingests
+rows in, so later rows fall where the first routing had few.
 
-    python3 scripts/domain-order.py DATASET_DIR > order.txt
+    python3 scripts/domain-order.py DATASET_DIR [N] > order.txt
+
+With N, for a set built by make-noisy-copies.py from DATASET_DIR (row i
+is a copy of original i % the base's rows): its N rows, by their
+original's domain.
 """
 import gzip
 import json
@@ -11,11 +15,13 @@ import sys
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
     with gzip.open(f"{sys.argv[1]}/docs.jsonl.gz", "rt", encoding="utf-8") as f:
-        docs = [json.loads(line) for line in f]
-    rows = sorted(range(len(docs)), key=lambda i: (docs[i]["domain"], i))
+        domains = [json.loads(line)["domain"] for line in f]
+    m = len(domains)
+    n = int(sys.argv[2]) if len(sys.argv) == 3 else m
+    rows = sorted(range(n), key=lambda i: (domains[i % m], i))
     sys.stdout.write("".join(f"{i}\n" for i in rows))
 
 
