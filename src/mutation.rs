@@ -30,11 +30,14 @@ pub enum Mutation {
     /// Readers keep shard rows that a newer tail record (an upsert or a
     /// delete) supersedes.
     NoShadowing,
+    /// Moving shards to another routing keeps the rows their deletion
+    /// vectors mark dead (superseded or deleted rows come back).
+    MigrationResurrects,
 }
 
 impl Mutation {
     #[cfg(any(test, feature = "test-util"))]
-    pub const ALL: [Mutation; 8] = [
+    pub const ALL: [Mutation; 9] = [
         Mutation::NoDuplicateCheck,
         Mutation::GcIgnoresGrace,
         Mutation::CompactionBeyondPrefix,
@@ -43,6 +46,7 @@ impl Mutation {
         Mutation::NoAgeBound,
         Mutation::RetireBeforeIndexCommit,
         Mutation::NoShadowing,
+        Mutation::MigrationResurrects,
     ];
 
     /// The name `SHOAL_MUTATION` takes.
@@ -57,6 +61,7 @@ impl Mutation {
             Mutation::NoAgeBound => "no-age-bound",
             Mutation::RetireBeforeIndexCommit => "retire-before-index-commit",
             Mutation::NoShadowing => "no-shadowing",
+            Mutation::MigrationResurrects => "migration-resurrects",
         }
     }
 }

@@ -26,7 +26,8 @@ use shoal::store::{Counted, ObjectStore};
 
 backend_tests!(
     routed_rounds_keep_every_live_row_exactly_once,
-    a_budgeted_round_migrates_one_piece_and_the_next_round_sees_the_rest
+    a_budgeted_round_migrates_one_piece_and_the_next_round_sees_the_rest,
+    growth_while_shards_move_trains_no_third_routing
 );
 
 const DIMS: usize = 12;
@@ -354,7 +355,7 @@ async fn a_budgeted_round_migrates_one_piece_and_the_next_round_sees_the_rest(st
         let opts = IndexOptions {
             force: true,
             max_rows: Some(1),
-            legacy: false,
+            ..Default::default()
         };
         let r = round_with(store.as_ref(), &s, opts).await;
         assert_eq!(r.merged.len(), 1, "{r:?}");
@@ -395,4 +396,60 @@ async fn a_budgeted_round_migrates_one_piece_and_the_next_round_sees_the_rest(st
         &model,
         "after merges",
     );
+}
+
+/// While shards still move to the current routing (budgeted rounds move
+/// one at a time), an index that doubles again keeps the current routing
+/// rather than train a third: at most two routings are live, and a round
+/// that listed a third could never commit.
+async fn growth_while_shards_move_trains_no_third_routing(store: Arc<Counted>) {
+    let s = common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let mut model: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut next = 0;
+    let mut write = |n: usize, model: &mut BTreeMap<String, Vec<f32>>| {
+        let recs: Vec<Record> = (next..next + n)
+            .map(|i| Record::new(format!("r{i}"), vector(i, 0)))
+            .collect();
+        next += n;
+        for r in &recs {
+            model.insert(r.id.clone(), r.vector.clone());
+        }
+        recs
+    };
+    let budget = IndexOptions {
+        force: true,
+        max_rows: Some(1),
+        ..Default::default()
+    };
+    // Two shards under a first routing.
+    for n in [300, 200] {
+        w.upsert(&write(n, &mut model)).await.unwrap();
+        round(store.as_ref(), &s, true).await;
+    }
+    let m = manifest(store.as_ref(), &s).await;
+    assert_eq!((m.routings.len(), m.shards.len()), (1, 2), "{m:?}");
+    // The index doubles: a budgeted round trains a second routing and
+    // moves one of the two shards.
+    w.upsert(&write(600, &mut model)).await.unwrap();
+    round_with(store.as_ref(), &s, budget).await;
+    let m = manifest(store.as_ref(), &s).await;
+    assert_eq!(m.routings.len(), 2, "shards still move: {m:?}");
+    // It doubles again while they move: still two routings.
+    for chunk in write(3000, &mut model).chunks(1000) {
+        w.upsert(chunk).await.unwrap();
+    }
+    round_with(store.as_ref(), &s, budget).await;
+    let m = manifest(store.as_ref(), &s).await;
+    assert!(m.routings.len() <= 2, "{:?}", m.routings);
+    // Unbudgeted rounds finish the move; then a third routing may come.
+    for _ in 0..4 {
+        round(store.as_ref(), &s, true).await;
+    }
+    check_same(
+        &live_in_shards(store.as_ref(), &s).await,
+        &model,
+        "after the moves",
+    );
+    check_reader(&store, &s, &model, &[], "after the moves").await;
 }

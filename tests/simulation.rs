@@ -267,11 +267,15 @@ impl Sim {
             }
         });
         let index = self.rng.random_bool(0.3);
+        // Rounds that train a new routing move every shard to it (within
+        // a row budget, one shard a round, or all at once).
+        let retrain = self.rng.random_bool(0.5);
+        let budget = self.rng.random_bool(0.3).then_some(1);
         let reads = self.rng.random_bool(0.3);
         let fresh_reads = self.rng.random_bool(0.5);
         let query = self.rand_vec();
         self.trace.push(format!(
-            "step {:?} compact={compact:?} index={index} gc_after={gc_after:?} reads={reads}",
+            "step {:?} compact={compact:?} index={index} retrain={retrain} budget={budget:?} gc_after={gc_after:?} reads={reads}",
             batches
                 .iter()
                 .map(|b| b.iter().map(|(id, v)| (id.clone(), v.is_some())).collect())
@@ -312,6 +316,8 @@ impl Sim {
                 // what it committed.
                 let opts = IndexOptions {
                     force: true,
+                    retrain,
+                    max_rows: budget,
                     ..Default::default()
                 };
                 let _ = index_round(store.as_ref(), settings, "indexer", clock, opts).await;

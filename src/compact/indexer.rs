@@ -79,6 +79,11 @@ pub struct IndexOptions {
     /// layout to one routing.
     #[doc(hidden)]
     pub legacy: bool,
+    /// Train a new routing this round even when the current one fits
+    /// (unless shards still move to it): only for tests that move shards
+    /// between routings often.
+    #[doc(hidden)]
+    pub retrain: bool,
 }
 
 /// The most rows a shard of `settings`' vectors holds.
@@ -240,7 +245,7 @@ async fn run_round(
     // the age bound after the first PUT, or not at all.
     let mut new_routing = None;
     let (new_shards, written_at) = if routed(settings, opts) && !live.is_empty() {
-        let rr = routed::routing_for_round(store, settings, clock, &index, &live).await?;
+        let rr = routed::routing_for_round(store, settings, clock, &index, &live, opts.retrain).await?;
         new_routing = rr.new;
         let r = rr.routing.clone();
         let clusters = crate::cpu::run(move || group_by_cluster(live, &r)).await;

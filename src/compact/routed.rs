@@ -22,7 +22,7 @@ use super::indexer::{put_shards, ShardOut};
 use super::CompactError;
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
-use crate::coord::index_manifest::{IndexManifest, RoutingEntry, ShardEntry};
+use crate::coord::index_manifest::{IndexManifest, RoutingEntry, ShardEntry, MAX_LIVE_ROUTINGS};
 use crate::coord::paths::new_routing_key;
 use crate::coord::{CoordError, Settings};
 use crate::index::routing::{Routing, TARGET_CLUSTER_ROWS};
@@ -50,18 +50,24 @@ pub(super) struct RoundRouting {
 }
 
 /// The routing for a round that adds `batch` to `index`: the current one,
-/// or a new one when there is none or the index outgrew it (written
-/// create-only; listed by the round's commit).
+/// or a new one when there is none or the index outgrew it (or `retrain`
+/// asks for one: tests), unless shards still move to the current one
+/// (written create-only; listed by the round's commit).
 pub(super) async fn routing_for_round(
     store: &dyn ObjectStore,
     settings: &Settings,
     clock: &DynClock,
     index: &IndexManifest,
     batch: &[Prepared],
+    retrain: bool,
 ) -> Result<RoundRouting, CompactError> {
     let rows = index.live_rows() + batch.len() as u64;
     if let Some(cur) = index.current_routing() {
-        if rows <= REGROW_FACTOR * cur.trained_rows.max(TARGET_CLUSTER_ROWS as u64) {
+        let fits = rows <= REGROW_FACTOR * cur.trained_rows.max(TARGET_CLUSTER_ROWS as u64);
+        // Shards still move to the current routing: a new one waits
+        // until they have (at most two routings are live).
+        let moving = index.routings.len() >= MAX_LIVE_ROUTINGS;
+        if (fits && !retrain) || moving {
             return Ok(RoundRouting {
                 routing: load_routing(store, cur).await?,
                 new: None,
@@ -230,7 +236,9 @@ pub(super) async fn live_rows_by_cluster(
             }
         } else {
             let seg = segment::decode_segment(&shard.key, &got.bytes)?;
-            let live = (0..seg.len()).filter(|i| !dv.is_dead(*i as u64) && !seg.is_tombstone(*i));
+            let resurrect = crate::mutation::active(crate::mutation::Mutation::MigrationResurrects);
+            let dead = |i: usize| dv.is_dead(i as u64) && !resurrect; // broken on purpose when mutated
+            let live = (0..seg.len()).filter(|i| !dead(*i) && !seg.is_tombstone(*i));
             strays.extend(live.map(|i| seg.prepared(i)));
         }
     }
