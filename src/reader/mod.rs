@@ -85,7 +85,9 @@ pub struct SearchRequest {
     /// Overrides the reader's `max_staleness` for `bounded` queries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_staleness_ms: Option<u64>,
-    /// IVF clusters to probe per segment (default: the index settings').
+    /// How widely to probe (default: the index settings'): IVF clusters
+    /// per tail segment; in the index shards, 16 routing clusters per
+    /// unit (`reader::routed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nprobe: Option<usize>,
     /// Ignore ANN indexes: exact search.
