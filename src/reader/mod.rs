@@ -86,8 +86,8 @@ pub struct SearchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_staleness_ms: Option<u64>,
     /// How widely to probe (default: the index settings'): IVF clusters
-    /// per tail segment; in the index shards, 16 routing clusters per
-    /// unit (`reader::routed`).
+    /// per tail segment; in the index shards, 16 routing clusters for
+    /// each (`reader::routed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nprobe: Option<usize>,
     /// Ignore ANN indexes: exact search.
