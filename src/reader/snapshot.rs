@@ -137,10 +137,13 @@ impl Snapshot {
         let index = &self.shards;
         let shadowing = !crate::mutation::active(crate::mutation::Mutation::NoShadowing);
         let mut hidden: Vec<Vec<u32>> = vec![Vec::new(); index.shards.len()];
+        // Routed shards hold no id map: they are handed the tails' ids.
+        let mut tail_ids = HashSet::new();
         if !index.shards.is_empty() && shadowing {
             // The ids of the tail segments (a search loads them), not
             // the whole partition's id map: a view may still list indexed
             // segments its indexer has not yet retired.
+            let routed = index.has_routed();
             for l in &self.loaded {
                 let segments = l.segments.as_deref().unwrap_or_default();
                 let tail = segments.get(self.tail_start(&l.view)..).unwrap_or_default();
@@ -148,22 +151,16 @@ impl Snapshot {
                     if let Some((s, row)) = index.row_of(id) {
                         hidden[s as usize].push(row);
                     }
+                    if routed {
+                        tail_ids.insert(id.clone());
+                    }
                 }
             }
         }
         let excluded: Arc<[u32]> = self.failed.iter().map(|f| f.partition).collect();
         let mut units: Vec<Box<dyn SearchUnit>> = Vec::new();
         if index.has_routed() {
-            // Routed shards hold no id map: they are handed the tails' ids.
-            let mut ids = HashSet::new();
-            if shadowing {
-                for l in &self.loaded {
-                    let segments = l.segments.as_deref().unwrap_or_default();
-                    let tail = segments.get(self.tail_start(&l.view)..).unwrap_or_default();
-                    ids.extend(tail.iter().flat_map(|seg| seg.ids()).cloned());
-                }
-            }
-            units.extend(index.routed_units(&Arc::new(ids), &excluded));
+            units.extend(index.routed_units(&Arc::new(tail_ids), &excluded));
         }
         for l in &self.loaded {
             let from = self.tail_start(&l.view);
