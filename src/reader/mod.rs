@@ -563,3 +563,6 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

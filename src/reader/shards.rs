@@ -720,13 +720,9 @@ mod tests {
     use super::*;
     use crate::compact::indexer::{index_round, IndexOptions};
     use crate::coord::clock::{DynClock, SystemClock};
-    use crate::coord::config::{initialize_partitions, load_or_create};
-    use crate::coord::RequestedSettings;
     use crate::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
     use crate::record::Record;
     use crate::store::memory::MemoryStore;
-    use crate::vocab::Metric;
-    use crate::writer::{Writer, WriterOptions};
 
     /// A reader whose partition views are newer than its cached shard set
     /// (a partition refreshed after the indexer retired its segments) must
@@ -735,28 +731,8 @@ mod tests {
     #[tokio::test]
     async fn partitions_retired_past_the_cached_watermark_refresh_the_index_view() {
         let store: crate::store::DynStore = Arc::new(MemoryStore::unique());
-        let req = RequestedSettings {
-            partition_count: Some(2),
-            dimensions: Some(2),
-            distance_metric: Some(Metric::Euclidean),
-            ..Default::default()
-        };
-        let config = load_or_create(store.as_ref(), &req, &SystemClock)
-            .await
-            .unwrap();
-        let settings = initialize_partitions(store.as_ref(), &SystemClock, config)
-            .await
-            .unwrap()
-            .0
-            .settings;
+        let (settings, w) = crate::reader::tests::index_with_writer(&store, 2, 2).await;
         let clock: DynClock = Arc::new(SystemClock);
-        let w = Writer::new(
-            store.clone(),
-            &settings,
-            "w",
-            clock.clone(),
-            WriterOptions::default(),
-        );
         let recs: Vec<Record> = (0..20)
             .map(|i| Record::new(format!("r{i}"), vec![i as f32, 0.0]))
             .collect();

@@ -6,9 +6,8 @@ use bytes::Bytes;
 
 use crate::compact::indexer::{index_round, IndexOptions};
 use crate::coord::clock::{DynClock, SystemClock};
-use crate::coord::config::{initialize_partitions, load_or_create};
 use crate::coord::index_manifest::read_index_manifest;
-use crate::coord::{RequestedSettings, Settings};
+use crate::coord::Settings;
 use crate::index::routing::Routing;
 use crate::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
 use crate::record::Record;
@@ -17,8 +16,6 @@ use crate::store::memory::MemoryStore;
 use crate::store::{
     ByteRange, Conditional, DynStore, ETag, GetResult, ObjectMeta, ObjectStore, Result,
 };
-use crate::vocab::Metric;
-use crate::writer::{Writer, WriterOptions};
 
 /// A store that logs every ranged GET.
 #[derive(Debug)]
@@ -82,28 +79,8 @@ fn vector(i: usize) -> Vec<f32> {
 }
 
 async fn routed_index(store: &DynStore, rows: usize) -> Settings {
-    let req = RequestedSettings {
-        partition_count: Some(2),
-        dimensions: Some(DIMS as u32),
-        distance_metric: Some(Metric::Euclidean),
-        ..Default::default()
-    };
-    let config = load_or_create(store.as_ref(), &req, &SystemClock)
-        .await
-        .unwrap();
-    let settings = initialize_partitions(store.as_ref(), &SystemClock, config)
-        .await
-        .unwrap()
-        .0
-        .settings;
+    let (settings, w) = crate::reader::tests::index_with_writer(store, 2, DIMS).await;
     let clock: DynClock = Arc::new(SystemClock);
-    let w = Writer::new(
-        store.clone(),
-        &settings,
-        "w",
-        clock.clone(),
-        WriterOptions::default(),
-    );
     let recs: Vec<Record> = (0..rows)
         .map(|i| Record::new(format!("r{i}"), vector(i)))
         .collect();
