@@ -88,8 +88,9 @@ def puts(role):
     return [r for st in statements(role) if "s3:PutObject" in actions(st) for r in resources(st)]
 check(all("/_brainy/instances/${AWS::StackName}-reader-" in r or "/_brainy/probe/" in r for r in puts("ReaderRole")),
       "the reader writes only its function's instance records and probe keys")
-check(any(r.endswith("/vectors/*") for r in puts("WriterRole")) and not any("/index/" in r for r in puts("WriterRole")),
-      "the writer writes segments and manifests, not index shards")
+check(any(r.endswith("/vectors/*") for r in puts("WriterRole")) and any(r.endswith("/_brainy/manifests/*") for r in puts("WriterRole"))
+      and all(r.endswith("/index/manifest.json") for r in puts("WriterRole") if "/index/" in r),
+      "the writer writes segments and manifests (of an older index, the index manifest's moved marker), not index shards")
 check(all(any(r.endswith(p) for r in [x for st in statements(role) if "s3:GetObject" in actions(st) for x in resources(st)])
           for role in roles for p in ("/vectors/*", "/index/*", "/_brainy/*")),
       "every role reads vectors/, index/ (shards) and _brainy/")
@@ -112,7 +113,7 @@ def denies(pred):
     return [st for st in policy if st["Effect"] == "Deny" and st["Principal"] == "*" and pred(st)]
 check(denies(lambda st: st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false" and actions(st) == ["s3:*"]),
       "the bucket policy denies plain HTTP")
-protected = ("/vectors/*/manifest.json", "/index/manifest.json", "/_brainy/config.json")
+protected = ("/_brainy/manifests/*", "/vectors/*/manifest.json", "/index/manifest.json", "/_brainy/config.json")
 check(denies(lambda st: "s3:DeleteObject" in actions(st) and all(any(r.endswith(p) for r in resources(st)) for p in protected) and "Condition" not in st),
       "nobody may delete a manifest or the config")
 check(denies(lambda st: actions(st) == ["s3:PutObject"] and all(any(r.endswith(p) for r in resources(st)) for p in protected)

@@ -33,11 +33,14 @@ pub enum Mutation {
     /// Moving shards to another routing keeps the rows their deletion
     /// vectors mark dead (superseded or deleted rows come back).
     MigrationResurrects,
+    /// A reader's freshness check (one LIST of the manifests) counts every
+    /// copy it holds as current, whatever ETag the listing shows.
+    ListingTrustsAll,
 }
 
 impl Mutation {
     #[cfg(any(test, feature = "test-util"))]
-    pub const ALL: [Mutation; 9] = [
+    pub const ALL: [Mutation; 10] = [
         Mutation::NoDuplicateCheck,
         Mutation::GcIgnoresGrace,
         Mutation::CompactionBeyondPrefix,
@@ -47,6 +50,7 @@ impl Mutation {
         Mutation::RetireBeforeIndexCommit,
         Mutation::NoShadowing,
         Mutation::MigrationResurrects,
+        Mutation::ListingTrustsAll,
     ];
 
     /// The name `SHOAL_MUTATION` takes.
@@ -62,6 +66,7 @@ impl Mutation {
             Mutation::RetireBeforeIndexCommit => "retire-before-index-commit",
             Mutation::NoShadowing => "no-shadowing",
             Mutation::MigrationResurrects => "migration-resurrects",
+            Mutation::ListingTrustsAll => "listing-trusts-all",
         }
     }
 }

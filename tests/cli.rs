@@ -689,9 +689,9 @@ fn a_lost_manifest_is_reported_and_repaired_local() {
     let good = s.file("good.jsonl", GOOD.as_bytes());
     s.ok(&["ingest", &good, "--no-compact"]);
     s.ok(&["delete", "c"]);
-    let manifest = Path::new(&s.bucket).join("vectors/p000/manifest.json");
+    let manifest = Path::new(&s.bucket).join("_brainy/manifests/p000.json");
     std::fs::remove_file(&manifest).unwrap();
-    let key = "vectors/p000/manifest.json";
+    let key = "_brainy/manifests/p000.json";
     for cmd in [
         &["status"][..],
         &["verify"],
@@ -724,7 +724,7 @@ fn a_lost_manifest_is_reported_and_repaired_local() {
     // ... until the operator accepts the creation order it showed.
     let out = s.ok(&["repair", "0", "--force"]);
     assert!(
-        out.contains("rebuilt vectors/p000/manifest.json with 2 segment(s)"),
+        out.contains("rebuilt _brainy/manifests/p000.json with 2 segment(s)"),
         "{out}"
     );
     assert!(out.contains("UNCERTAIN"), "{out}");

@@ -198,7 +198,7 @@ async fn exact_results_are_identical_before_and_after_compaction(store: Arc<Coun
 async fn a_writer_committing_during_compaction_survives_and_stays_newest(store: Arc<Counted>) {
     let (w, s) = setup(&store, 1, "ivf", Metric::Euclidean).await;
     load(&store, &w, 3_000, 3).await;
-    let faults = Arc::new(WriteFaults::new(store.clone(), "manifest.json"));
+    let faults = Arc::new(WriteFaults::new(store.clone(), "_brainy/manifests/"));
     faults.close_gate();
     let compactor = {
         let (f, s) = (faults.clone(), s.clone());
@@ -264,7 +264,7 @@ async fn wait_for(cond: impl Fn() -> bool) {
 async fn racing_compactors_one_wins_nothing_lost(store: Arc<Counted>) {
     let (w, s) = setup(&store, 1, "ivf", Metric::Dot).await;
     load(&store, &w, 2_000, 4).await;
-    let faults = Arc::new(WriteFaults::new(store.clone(), "manifest.json"));
+    let faults = Arc::new(WriteFaults::new(store.clone(), "_brainy/manifests/"));
     faults.close_gate();
     let spawn = |name: &'static str| {
         let (f, s) = (faults.clone(), s.clone());
@@ -650,7 +650,11 @@ async fn a_busy_partition_keeps_a_small_manifest_without_gc() {
         db.compact_dirty().await;
         clock.advance(Duration::from_secs(step));
         if i % 100 == 99 {
-            let bytes = store.get("vectors/p000/manifest.json").await.unwrap().bytes;
+            let bytes = store
+                .get("_brainy/manifests/p000.json")
+                .await
+                .unwrap()
+                .bytes;
             let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
             sizes.push((bytes.len(), m.retired.len()));
         }
@@ -721,7 +725,7 @@ async fn background_gc_keeps_storage_flat_under_many_tiny_writes() {
             let objects = store.list("").await.unwrap();
             let manifest_bytes: u64 = objects
                 .iter()
-                .filter(|o| o.key.ends_with("manifest.json"))
+                .filter(|o| o.key.starts_with("_brainy/manifests/"))
                 .map(|o| o.size)
                 .sum();
             samples.push((objects.len(), manifest_bytes));
@@ -782,7 +786,7 @@ async fn segment_counts(store: &Arc<Counted>) -> Vec<usize> {
 async fn a_compactor_with_little_time_never_stalls_on_one_partition() {
     let faults = Arc::new(WriteFaults::new(
         Arc::new(shoal::store::memory::MemoryStore::unique()),
-        "vectors/p002/manifest.json",
+        "_brainy/manifests/p002.json",
     ));
     let store = Arc::new(Counted::new(faults.clone()));
     let db = one_record_writes(&store, 120).await;
@@ -837,7 +841,7 @@ async fn a_compactor_with_little_time_compacts_a_slow_partition_in_pieces() {
     assert!(before[2] >= 25, "{before:?}");
     // Reading partition 2's segments whole takes 25 x 40 ms = 1 s or more;
     // an invocation has 600 ms.
-    faults.slow_reads("vectors/p002/", Duration::from_millis(40));
+    faults.slow_reads("p002", Duration::from_millis(40)); // segments and manifest
     let mut shrinking = vec![before[2]];
     for _ in 0..12 {
         db.compact_round(
@@ -954,7 +958,7 @@ async fn gc_goes_on_past_an_unreadable_manifest_and_reports_it() {
             .await
             .unwrap();
     }
-    let bad = "vectors/p001/manifest.json";
+    let bad = "_brainy/manifests/p001.json";
     store
         .put(bad, bytes::Bytes::from_static(b"{not json"))
         .await

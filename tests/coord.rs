@@ -28,6 +28,7 @@ backend_tests!(
     shape_settings_cannot_change_once_data_exists,
     invalid_role_env_is_refused_before_anything_is_written,
     a_writer_creates_every_manifest_and_upgrades_an_older_index_once,
+    an_index_from_before_the_manifests_moved_reads_the_same_and_moves_once,
 );
 
 fn settings(dims: u32) -> RequestedSettings {
@@ -521,7 +522,7 @@ async fn a_writer_creates_every_manifest_and_upgrades_an_older_index_once(store:
         .collect();
     w.upsert(&recs).await.unwrap();
     // Partition 1 lost its manifest before the upgrade.
-    store.delete("vectors/p001/manifest.json").await.unwrap();
+    store.delete("_brainy/manifests/p001.json").await.unwrap();
     assert!(read_manifest(store.as_ref(), 2).await.unwrap().is_none());
 
     let c = Cluster::join(store.clone(), opts(&clock, Some(Role::Writer), req.clone()))
@@ -543,7 +544,7 @@ async fn a_writer_creates_every_manifest_and_upgrades_an_older_index_once(store:
     );
     let report = common::verify(&store).await.unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
-    assert_eq!(report.problems[0].key, "vectors/p001/manifest.json");
+    assert_eq!(report.problems[0].key, "_brainy/manifests/p001.json");
     c.leave().await.unwrap();
 
     // A brand-new index: every manifest exists once a writer joined.
@@ -558,4 +559,113 @@ async fn a_writer_creates_every_manifest_and_upgrades_an_older_index_once(store:
             "{p}"
         );
     }
+}
+
+/// An index made before the manifests moved under `_brainy/manifests/`
+/// (config version 1, manifests at `vectors/pNNN/manifest.json` and
+/// `index/manifest.json`): a reader of this version reads it as it is,
+/// writing nothing; the first writer to join moves every manifest once
+/// (the config goes to version 2), leaving markers an older shoal refuses;
+/// nothing is lost, and a strong check is one LIST from then on.
+async fn an_index_from_before_the_manifests_moved_reads_the_same_and_moves_once(
+    store: Arc<Counted>,
+) {
+    use shoal::coord::manifest::parse_manifest;
+    use shoal::reader::{Consistency, Reader, ReaderOptions};
+    let settings = common::create_index(store.as_ref(), 4, 2, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &settings);
+    let recs: Vec<_> = (0..40)
+        .map(|i| shoal::record::Record::new(format!("id{i}"), vec![i as f32, 1.0]))
+        .collect();
+    w.upsert(&recs[..30]).await.unwrap();
+    common::index_now(store.as_ref(), &settings).await;
+    w.upsert(&recs[30..]).await.unwrap();
+    let orphans = common::verify(&store).await.unwrap().orphans; // retired by the indexer
+                                                                 // Back to the older layout, by hand.
+    let moved = store.list("_brainy/manifests/").await.unwrap();
+    assert_eq!(
+        moved.len(),
+        5,
+        "4 partition manifests and the index manifest"
+    );
+    for o in &moved {
+        let bytes = store.get(&o.key).await.unwrap().bytes;
+        let legacy = match o.key.as_str() {
+            "_brainy/manifests/index.json" => "index/manifest.json".to_string(),
+            k => format!("vectors/{}/manifest.json", &k[18..22]),
+        };
+        store.put(&legacy, bytes).await.unwrap();
+        store.delete(&o.key).await.unwrap();
+    }
+    update_config(store.as_ref(), &SystemClock, |c| {
+        c.version = 1;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let before = store.list("").await.unwrap();
+
+    async fn all_there(r: Reader, recs: &[shoal::record::Record]) {
+        for rec in recs {
+            let got = r.get_with(&rec.id, Consistency::Strong).await.unwrap();
+            assert_eq!(
+                got.map(|g| g.vector),
+                Some(rec.vector.clone()),
+                "{}",
+                rec.id
+            );
+        }
+    }
+    let reader = || Reader::new(store.clone(), &settings, ReaderOptions::default());
+    all_there(reader(), &recs).await;
+    assert_eq!(
+        store.list("").await.unwrap(),
+        before,
+        "a reader writes nothing"
+    );
+
+    let c = Cluster::join(
+        store.clone(),
+        JoinOptions {
+            settings: RequestedSettings::default(),
+            role: Some(Role::Writer),
+            background_heartbeat: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read_config(store.as_ref())
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .version,
+        2
+    );
+    assert_eq!(store.list("_brainy/manifests/").await.unwrap().len(), 5);
+    for p in 0..4 {
+        let marker = store
+            .get(&format!("vectors/p00{p}/manifest.json"))
+            .await
+            .unwrap();
+        let e = parse_manifest(p, &marker.bytes).unwrap_err().to_string();
+        assert!(e.contains("newer than this shoal understands"), "{e}");
+    }
+    let marker = store.get("index/manifest.json").await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&marker.bytes).unwrap();
+    assert!(
+        v["version"].as_u64().unwrap() > 2,
+        "an older shoal refuses it: {v}"
+    );
+    c.leave().await.unwrap();
+    let r = reader();
+    all_there(r.clone(), &recs).await;
+    let before = r.stats().requests;
+    r.get_with("id0", Consistency::Strong).await.unwrap();
+    assert_eq!(r.stats().requests.since(&before).total(), 1, "one LIST");
+    let report = common::verify(&store).await.unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert_eq!(report.orphans, orphans, "the markers are no orphans");
 }

@@ -120,7 +120,7 @@ async fn every_corruption_is_named_and_contained(store: Arc<Counted>) {
     store.put(&seg, good).await.unwrap();
 
     // Garbage manifest.
-    let mkey = "vectors/p001/manifest.json";
+    let mkey = "_brainy/manifests/p001.json";
     let good_manifest = store.get(mkey).await.unwrap().bytes;
     store
         .put(
@@ -176,7 +176,7 @@ async fn hostile_ids_never_escape_the_layout(
         "a/b/c".into(),
         "%2F%2e%2e".into(),
         "nul\0byte".into(),
-        "vectors/p000/manifest.json".into(),
+        "_brainy/manifests/p000.json".into(),
         "_brainy/config.json".into(),
         "ключ-鍵-🔑".repeat(20),
         "x".repeat(1024),
@@ -198,10 +198,9 @@ async fn hostile_ids_never_escape_the_layout(
     }
     for m in store.list("").await.unwrap() {
         let ok = m.key == CONFIG_KEY
-            || m.key == "index/manifest.json"
+            || m.key.starts_with("_brainy/manifests/")
             || m.key.starts_with("_brainy/instances/")
-            || (m.key.starts_with("vectors/p00")
-                && (m.key.ends_with("/manifest.json") || m.key.ends_with(".seg")));
+            || (m.key.starts_with("vectors/p00") && m.key.ends_with(".seg"));
         assert!(ok, "unexpected key {:?}", m.key);
     }
     if let Some(root) = root {
@@ -250,7 +249,7 @@ async fn a_lost_manifest_is_corruption_until_repaired(store: Arc<Counted>) {
         .map(|i| Record::new(format!("r{i}"), vec![-(i as f32), 2.0, 0.0]))
         .collect();
     w.upsert(&newer).await.unwrap();
-    let mkey = "vectors/p000/manifest.json";
+    let mkey = "_brainy/manifests/p000.json";
     let (lost, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
     assert!(lost.segments.len() >= 2, "{:?}", lost.segments);
     store.delete(mkey).await.unwrap();
@@ -373,7 +372,7 @@ async fn repair_reports_what_it_cannot_order() {
     let db = shoal::Db::open_store(store.clone(), shoal::OpenOptions::observer())
         .await
         .unwrap();
-    let mkey = "vectors/p000/manifest.json";
+    let mkey = "_brainy/manifests/p000.json";
     store.delete(mkey).await.unwrap();
     let r = db
         .repair(0, shoal::api::RepairOptions::default())
@@ -481,7 +480,7 @@ async fn repair_of_an_indexed_partition_stays_above_the_watermark() {
     w.upsert(&[Record::new("y", vec![0.0, 1.0, 0.0])])
         .await
         .unwrap(); // seq 3: the tail
-    let mkey = "vectors/p000/manifest.json";
+    let mkey = "_brainy/manifests/p000.json";
     store.delete(mkey).await.unwrap();
     let db = shoal::Db::open_store(store.clone(), shoal::OpenOptions::observer())
         .await

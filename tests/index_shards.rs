@@ -398,7 +398,7 @@ async fn verify_checks_shards_deletion_vectors_and_watermarks() {
     assert!(
         v.problems
             .iter()
-            .any(|p| p.key.ends_with("p000/manifest.json")
+            .any(|p| p.key == "_brainy/manifests/p000.json"
                 && p.message.contains("records are missing")),
         "{:?}",
         v.problems

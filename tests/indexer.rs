@@ -478,7 +478,7 @@ async fn a_compactor_finishes_a_dead_indexers_retirement_and_compacts_the_tail()
     }
     // The indexer's partition-manifest writes wait at a gate: it commits
     // the index manifest, reaches the retirement and is killed there.
-    let gated = Arc::new(WriteFaults::new(store.clone(), "vectors/"));
+    let gated = Arc::new(WriteFaults::new(store.clone(), "_brainy/manifests/p"));
     gated.close_gate();
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let dyn_clock: DynClock = clock.clone();
@@ -646,7 +646,7 @@ async fn a_damaged_segment_manifest_or_shard_stops_indexing_only_where_it_is() {
     flip(seg.clone(), None).await;
     // A shard's id index is its last part, before the 8-byte end magic.
     flip(shard.clone(), Some(12)).await;
-    let bad_manifest = "vectors/p002/manifest.json";
+    let bad_manifest = "_brainy/manifests/p002.json";
     store
         .put(bad_manifest, bytes::Bytes::from_static(b"{oops"))
         .await

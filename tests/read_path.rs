@@ -25,7 +25,9 @@ use shoal::writer::{BatchWriter, BatchWriterOptions, Writer};
 backend_tests!(
     exact_search_equals_brute_force_for_all_metrics,
     updates_and_deletes_are_visible_to_another_reader_with_strong,
-    warm_queries_make_no_requests_and_strong_only_conditional_gets,
+    warm_queries_make_no_requests_and_strong_only_one_list,
+    freshness_costs_one_list_whatever_the_partition_count,
+    bounded_queries_check_in_the_background_once_per_staleness,
     a_strong_batch_get_checks_each_partition_once,
     allow_partial_names_the_partition_of_a_vanished_segment,
     a_segment_collected_under_a_reader_is_refetched_after_one_refresh,
@@ -247,7 +249,7 @@ impl TapStrong for SearchRequest {
     }
 }
 
-async fn warm_queries_make_no_requests_and_strong_only_conditional_gets(store: Arc<Counted>) {
+async fn warm_queries_make_no_requests_and_strong_only_one_list(store: Arc<Counted>) {
     let (w, settings) = setup(&store, 8, Metric::Cosine).await;
     let mut rng = StdRng::seed_from_u64(3);
     let recs: Vec<Record> = (0..500)
@@ -271,17 +273,84 @@ async fn warm_queries_make_no_requests_and_strong_only_conditional_gets(store: A
         .await
         .unwrap();
     let c = strong.stats.requests;
-    assert_eq!(
-        c.get, 9,
-        "one conditional GET per partition and the index manifest: {c:?}"
-    );
-    assert_eq!(c.not_modified, 9, "{c:?}");
-    assert_eq!(c.total(), 9, "nothing else: {c:?}");
+    assert_eq!(c.list, 1, "one LIST shows every manifest unchanged: {c:?}");
+    assert_eq!(c.total(), 1, "nothing else: {c:?}");
     assert_eq!(strong.results, warm.results);
 }
 
+/// A strong query's freshness check is one LIST at 100 partitions as at
+/// 8, and after a write it fetches only what changed: the one manifest
+/// and its new segment. The write is seen (read-your-writes).
+async fn freshness_costs_one_list_whatever_the_partition_count(store: Arc<Counted>) {
+    let (w, settings) = setup(&store, 100, Metric::Euclidean).await;
+    let mut rng = StdRng::seed_from_u64(11);
+    let recs: Vec<Record> = (0..400)
+        .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let r = reader(&store, &settings, Duration::from_secs(3600));
+    r.warm().await.unwrap();
+    let q = rand_vec(&mut rng);
+    let strong = SearchRequest::new(q.clone(), 5).tap_strong();
+    let c = r.search(&strong).await.unwrap().stats.requests;
+    assert_eq!((c.list, c.total()), (1, 1), "nothing changed: {c:?}");
+    // A record right at the query, written by another writer.
+    let other = common::writer(store.clone(), &settings);
+    other
+        .upsert(&[Record::new("new", q.clone())])
+        .await
+        .unwrap();
+    let after = r.search(&strong).await.unwrap();
+    let c = after.stats.requests;
+    assert_eq!(after.results[0].id, "new", "the acknowledged write is seen");
+    assert_eq!(c.list, 1, "{c:?}");
+    assert_eq!(c.get, 2, "the changed manifest and its new segment: {c:?}");
+    assert_eq!(c.total(), 3, "nothing else: {c:?}");
+}
+
+/// Bounded queries at a steady rate send about two LISTs per
+/// `max_staleness` (run in the background: a query whose copy is recent
+/// enough makes no request itself), and still see a write within the
+/// bound plus one check.
+async fn bounded_queries_check_in_the_background_once_per_staleness(store: Arc<Counted>) {
+    let (w, settings) = setup(&store, 16, Metric::Euclidean).await;
+    let mut rng = StdRng::seed_from_u64(12);
+    let recs: Vec<Record> = (0..200)
+        .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
+        .collect();
+    w.upsert(&recs).await.unwrap();
+    let staleness = Duration::from_millis(300);
+    let r = reader(&store, &settings, staleness);
+    r.warm().await.unwrap();
+    let q = rand_vec(&mut rng);
+    w.upsert(&[Record::new("new", q.clone())]).await.unwrap();
+    let before = r.stats().requests;
+    let start = std::time::Instant::now();
+    let (mut queries, mut waited, mut seen) = (0u64, 0u64, None);
+    while start.elapsed() < Duration::from_millis(1500) {
+        let got = r.search(&SearchRequest::new(q.clone(), 1)).await.unwrap();
+        queries += 1;
+        waited += u64::from(got.stats.requests.list > 0);
+        if got.results[0].id == "new" && seen.is_none() {
+            seen = Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let lists = r.stats().requests.since(&before).list;
+    assert!(queries >= 20, "{queries}");
+    // 1.5 s at 300 ms, a check once the copies are 150 ms old: about 10,
+    // never one per query.
+    assert!(
+        (1..=14).contains(&lists),
+        "{lists} LISTs for {queries} queries"
+    );
+    assert!(waited <= 1, "{waited} queries waited for a check");
+    let seen = seen.expect("the write became visible");
+    assert!(seen < Duration::from_millis(1200), "seen after {seen:?}");
+}
+
 /// A batch get (S3 Vectors' GetVectors) answers each id as a single get
-/// does, and a strong one revalidates each partition once for the batch,
+/// does, and a strong one checks freshness once for the batch (one LIST),
 /// not once per id.
 async fn a_strong_batch_get_checks_each_partition_once(store: Arc<Counted>) {
     let (w, settings) = setup(&store, 8, Metric::Euclidean).await;
@@ -301,11 +370,8 @@ async fn a_strong_batch_get_checks_each_partition_once(store: Arc<Counted>) {
     let before = store.counts();
     let batch = r.get_many(&refs, Consistency::Strong).await.unwrap();
     let c = store.counts().since(&before);
-    assert_eq!(
-        c.get, 9,
-        "one conditional GET per partition and the index manifest: {c:?}"
-    );
-    assert_eq!(c.total(), 9, "nothing else: {c:?}");
+    assert_eq!(c.list, 1, "one LIST checks every manifest: {c:?}");
+    assert_eq!(c.total(), 1, "nothing else: {c:?}");
     assert_eq!(batch.len(), ids.len());
     let mut found = 0;
     for (id, got) in ids.iter().zip(&batch) {
@@ -716,7 +782,10 @@ async fn transient_read_errors_are_retried_within_the_query_deadline() {
     let took = started.elapsed();
     assert!(e.is_retryable(), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("vectors/p00"), "names the key: {msg}");
+    assert!(
+        msg.contains("_brainy/manifests/p00"),
+        "names the key: {msg}"
+    );
     assert!(
         took < Duration::from_secs(5),
         "bounded by the deadline, took {took:?}"

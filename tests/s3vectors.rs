@@ -911,3 +911,65 @@ async fn an_index_made_before_incarnations_keeps_working_and_deletes_cleanly() {
     assert!(found(&a, "old-vb", "legacy", &both).await.is_empty());
     a.close().await;
 }
+
+/// `QueryVectors` carries no consistency field, so the server's default
+/// decides: `strong` (the default) sees a write made through another
+/// instance at once; a server started with `bounded` may answer from what
+/// it checked up to `max_staleness` (2 s) ago; a request that names a
+/// consistency gets it either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_default_consistency_decides_what_a_query_sees() {
+    let root = root();
+    let strong = service(&root, None).await;
+    call(
+        &strong,
+        "CreateVectorBucket",
+        json!({"vectorBucketName": "bkt"}),
+    )
+    .await
+    .unwrap();
+    call(&strong, "CreateIndex", index("bkt", "idx"))
+        .await
+        .unwrap();
+    let put = |key: &str, v: [f32; 2]| {
+        json!({"vectorBucketName": "bkt", "indexName": "idx",
+               "vectors": [{"key": key, "data": {"float32": v}}]})
+    };
+    call(&strong, "PutVectors", put("far", [0.0, 0.0]))
+        .await
+        .unwrap();
+    let mut opts = S3VectorsOptions::new(root.as_str());
+    opts.default_consistency = shoal::api::Consistency::Bounded;
+    let bounded = Service::open(opts).await.unwrap();
+    let query = json!({"vectorBucketName": "bkt", "indexName": "idx", "topK": 1,
+                       "queryVector": {"float32": [1.0, 1.0]}});
+    let top = |v: Value| v["vectors"][0]["key"].as_str().unwrap().to_string();
+    for svc in [&strong, &bounded, &bounded] {
+        assert_eq!(
+            top(call(svc, "QueryVectors", query.clone()).await.unwrap()),
+            "far"
+        );
+    }
+    let checked = std::time::Instant::now();
+    let writer = service(&root, None).await;
+    call(&writer, "PutVectors", put("near", [1.0, 1.0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        top(call(&strong, "QueryVectors", query.clone()).await.unwrap()),
+        "near"
+    );
+    let stale = top(call(&bounded, "QueryVectors", query.clone()).await.unwrap());
+    if checked.elapsed() < Duration::from_secs(2) {
+        assert_eq!(stale, "far", "bounded answers from its recent check");
+    }
+    let mut asked = query.clone();
+    asked["consistency"] = json!("strong");
+    assert_eq!(
+        top(call(&bounded, "QueryVectors", asked).await.unwrap()),
+        "near"
+    );
+    for s in [strong, bounded, writer] {
+        s.close().await;
+    }
+}

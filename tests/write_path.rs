@@ -208,7 +208,7 @@ async fn upsert_delete_get(store: Arc<Counted>) {
 }
 
 async fn ambiguous_manifest_write_is_detected_not_duplicated(store: Arc<Counted>) {
-    let faults = Arc::new(WriteFaults::new(store.clone(), "manifest.json"));
+    let faults = Arc::new(WriteFaults::new(store.clone(), "_brainy/manifests/"));
     let w = writer_on(faults.clone(), 1, 2, Metric::Dot).await;
     w.upsert(&[Record::new("first", vec![1.0, 0.0])])
         .await
@@ -297,7 +297,7 @@ async fn invalid_batches_are_rejected_with_zero_puts(store: Arc<Counted>) {
 }
 
 async fn crash_between_segment_put_and_commit_leaves_manifest_untouched(store: Arc<Counted>) {
-    let faults = Arc::new(WriteFaults::new(store.clone(), "manifest.json"));
+    let faults = Arc::new(WriteFaults::new(store.clone(), "_brainy/manifests/"));
     let w = writer_on(faults.clone(), 1, 2, Metric::Dot).await;
     w.upsert(&[Record::new("kept", vec![1.0, 0.0])])
         .await
@@ -516,7 +516,7 @@ async fn a_writer_frozen_past_the_grace_period_loses_nothing(store: Arc<Counted>
     use shoal::compact::gc::{gc, GcOptions};
     use shoal::coord::clock::ManualClock;
     use std::sync::atomic::Ordering::SeqCst;
-    let faults = Arc::new(WriteFaults::new(store.clone(), "manifest.json"));
+    let faults = Arc::new(WriteFaults::new(store.clone(), "_brainy/manifests/"));
     let settings = common::create_index(store.as_ref(), 1, 2, Metric::Dot).await;
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let w = Writer::new(

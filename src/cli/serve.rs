@@ -80,6 +80,19 @@ pub(crate) struct ServeArgs {
     /// then needed at the bucket's root.
     #[arg(long, env = "SHOAL_S3VECTORS")]
     pub s3vectors: bool,
+    /// How fresh S3 Vectors reads (`GetVectors`, `ListVectors`,
+    /// `QueryVectors`) are when the request does not say (AWS clients
+    /// never do). `strong`: every write acknowledged before the call is
+    /// seen, for one LIST request per call; `bounded`: at most 2 s old,
+    /// checked in the background (about one LIST a second under load,
+    /// none per call); `eventual`: what the server holds.
+    #[arg(
+        long,
+        value_enum,
+        env = "SHOAL_S3V_CONSISTENCY",
+        default_value = "strong"
+    )]
+    pub s3vectors_consistency: super::ConsistencyArg,
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
@@ -234,6 +247,7 @@ async fn open_s3vectors(
     s.partitions = a.partitions;
     s.compact_every = every;
     s.gc_every = (!a.gc_every.is_zero()).then_some(a.gc_every);
+    s.default_consistency = a.s3vectors_consistency.into();
     let svc = shoal::s3vectors::Service::open(s)
         .await
         .with_context(|| format!("cannot open {} for the S3 Vectors API", ctx.bucket))?;

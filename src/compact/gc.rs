@@ -44,7 +44,8 @@ use crate::coord::index_manifest::{read_index_manifest, trim_index_retired};
 use crate::coord::instance;
 use crate::coord::manifest::{partition_of_key, read_manifest, trim_retired};
 use crate::coord::paths::{
-    manifest_key, INDEX_MANIFEST_KEY, INDEX_PREFIX, VECTORS_PREFIX,
+    legacy_manifest_key, manifest_key, partition_of_manifest, INDEX_MANIFEST_KEY, INDEX_PREFIX,
+    LEGACY_INDEX_MANIFEST_KEY, VECTORS_PREFIX,
 };
 use crate::coord::{CoordError, Settings};
 use crate::store::ObjectStore;
@@ -115,7 +116,7 @@ pub async fn gc(
     let unreadable: HashSet<u32> = needed
         .unreadable
         .iter()
-        .filter_map(|k| partition_of_key(k))
+        .filter_map(|k| partition_of_manifest(k))
         .collect();
     let missing: HashSet<u32> = needed.untouchable.difference(&unreadable).copied().collect();
     report_missing_manifests(&mut report, settings, &missing, &stranded);
@@ -221,6 +222,8 @@ async fn read_partition_manifests(
     for p in 0..settings.partition_count {
         let key = manifest_key(p);
         needed.keep.insert(key.clone());
+        // Its moved marker stops older shoal versions (see `layout`).
+        needed.keep.insert(legacy_manifest_key(p));
         let Some(found) = readable(&key, read_manifest(store, p).await, needed)? else {
             needed.untouchable.insert(p); // corrupt: reported as unreadable
             continue;
@@ -255,6 +258,7 @@ async fn read_index_manifest_keys(
     };
     needed.has_index = true;
     needed.keep.insert(INDEX_MANIFEST_KEY.to_string());
+    needed.keep.insert(LEGACY_INDEX_MANIFEST_KEY.to_string());
     for s in &m.shards {
         needed.keep.insert(s.key.clone());
         needed.keep.extend(s.deletions.iter().cloned());

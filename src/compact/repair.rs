@@ -45,7 +45,9 @@ use crate::coord::index_manifest::read_index_manifest;
 use crate::coord::manifest::{
     partition_of_key, read_manifest, restore, Manifest, SegmentEntry, SegmentStats,
 };
-use crate::coord::paths::{manifest_key, partition_dir, segment_origin, SegmentOrigin};
+use crate::coord::paths::{
+    legacy_manifest_key, manifest_key, partition_dir, segment_origin, SegmentOrigin,
+};
 use crate::coord::{CoordError, Settings};
 use crate::segment::{self, Segment, Shape};
 use crate::store::ObjectStore;
@@ -170,6 +172,9 @@ async fn load_segments(
 ) -> Result<Vec<(String, Segment)>, CompactError> {
     let mut segments = Vec::new();
     for obj in store.list(dir).await? {
+        if obj.key == legacy_manifest_key(partition) {
+            continue; // the moved marker of an older layout (see `coord::layout`)
+        }
         if partition_of_key(&obj.key) != Some(partition) || !obj.key.ends_with(".seg") {
             report.unreadable.push((obj.key, "not a segment".into()));
             continue;

@@ -46,12 +46,28 @@ impl Backoff {
 
 /// Reads and parses a JSON object; `None` if it does not exist. Unparsable
 /// bytes are reported as [`CoordError::Corrupt`] naming the key.
+/// A manifest key is read through [`super::layout::read_current`], so a
+/// bucket whose manifests are not moved yet reads the same.
 pub(crate) async fn read_json<T: DeserializeOwned>(
     store: &dyn ObjectStore,
     key: &str,
 ) -> Result<Option<(T, ETag)>, CoordError> {
+    Ok(read_tracked(store, key).await?.map(|(v, e, _)| (v, e)))
+}
+
+/// [`read_json`], also saying whether a manifest came from its legacy key.
+async fn read_tracked<T: DeserializeOwned>(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> Result<Option<(T, ETag, bool)>, CoordError> {
+    if super::paths::legacy_of(key).is_some() {
+        return match super::layout::read_current(store, key).await? {
+            Some(c) => Ok(Some((parse_json(key, &c.got.bytes)?, c.got.etag, c.legacy))),
+            None => Ok(None),
+        };
+    }
     match store.get(key).await {
-        Ok(got) => Ok(Some((parse_json(key, &got.bytes)?, got.etag))),
+        Ok(got) => Ok(Some((parse_json(key, &got.bytes)?, got.etag, false))),
         Err(StoreError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -110,11 +126,18 @@ where
     F: FnMut(Option<T>) -> Result<Step<T>, CoordError>,
 {
     let (mut attempt, mut conflicts, mut retries) = (0, 0, 0);
+    let mut marked = false;
     loop {
         attempt += 1;
-        let current = read_json::<T>(store, key).await;
+        let current = read_tracked::<T>(store, key).await;
         let current = match current {
-            Ok(c) => c,
+            // A manifest still at its legacy key: move it, then commit
+            // to where it now lives (see `layout`).
+            Ok(Some((_, _, true))) => {
+                super::layout::migrate(store, key).await?;
+                continue;
+            }
+            Ok(c) => c.map(|(v, e, _)| (v, e)),
             Err(CoordError::Store(e)) if e.is_retryable() && attempt < backoff.max_attempts => {
                 retries += 1;
                 tokio::time::sleep(backoff.delay(attempt)).await;
@@ -144,6 +167,14 @@ where
             }
             Step::Write(v) => v,
         };
+        // Creating a manifest missing at both keys: a marker goes to the
+        // legacy key first, so no older writer creates one there that
+        // nobody would read (see `layout`).
+        if etag.is_none() && !marked && super::paths::legacy_of(key).is_some() {
+            marked = true;
+            super::layout::migrate(store, key).await?;
+            continue;
+        }
         // Compact: manifests are rewritten on every commit. The config,
         // which people read (and used to edit) by hand, stays indented.
         let bytes = if key == super::paths::CONFIG_KEY {

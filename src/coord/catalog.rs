@@ -31,7 +31,10 @@ use super::cas::{parse_json, update_json, Backoff, Step};
 use super::clock::{format_time, Clock, SystemClock};
 use super::config::{parse_config, tombstone};
 use super::manifest::partition_of_key;
-use super::paths::{manifest_key, CONFIG_KEY, INDEX_MANIFEST_KEY, S3VECTORS_CATALOG_KEY, VECTORS_PREFIX};
+use super::paths::{
+    legacy_manifest_key, manifest_key, CONFIG_KEY, INDEX_MANIFEST_KEY, LEGACY_INDEX_MANIFEST_KEY,
+    MANIFESTS_PREFIX, S3VECTORS_CATALOG_KEY, VECTORS_PREFIX,
+};
 use super::watched::{revalidate, Revalidated};
 use super::CoordError;
 use crate::store::{Counted, ETag, ObjectStore, RequestCounts, StoreError};
@@ -354,14 +357,24 @@ impl CatalogStore {
             let at = format_time(SystemClock.now());
             store.put(&config_key, tombstone(partitions, &at).into()).await?;
         }
-        let mut manifests = vec![format!("{prefix}{INDEX_MANIFEST_KEY}")];
+        // Both layouts' manifests (see `layout`): an index made before the
+        // move may still have some at their legacy keys.
+        let mut manifests = vec![
+            format!("{prefix}{INDEX_MANIFEST_KEY}"),
+            format!("{prefix}{LEGACY_INDEX_MANIFEST_KEY}"),
+        ];
         match partitions {
-            Some(n) => manifests.extend((0..n).map(|p| format!("{prefix}{}", manifest_key(p)))),
+            Some(n) => manifests.extend((0..n).flat_map(|p| {
+                [manifest_key(p), legacy_manifest_key(p)].map(|k| format!("{prefix}{k}"))
+            })),
             // Not known: the manifests are whatever a listing finds.
             None => {
+                for o in store.list(&format!("{prefix}{MANIFESTS_PREFIX}")).await? {
+                    manifests.push(o.key);
+                }
                 for o in store.list(&format!("{prefix}{VECTORS_PREFIX}")).await? {
                     let rel = &o.key[prefix.len()..];
-                    if partition_of_key(rel).is_some_and(|p| manifest_key(p) == rel) {
+                    if partition_of_key(rel).is_some_and(|p| legacy_manifest_key(p) == rel) {
                         manifests.push(o.key);
                     }
                 }

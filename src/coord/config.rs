@@ -35,7 +35,11 @@ use crate::store::{ETag, ObjectStore, StoreError};
 pub use crate::vocab::{DomainRule, IndexSettings, Metric};
 
 /// Current config format version.
-pub(crate) const CONFIG_VERSION: u32 = 1;
+pub(crate) const CONFIG_VERSION: u32 = 2;
+/// The config version from which every manifest lives under
+/// `_brainy/manifests/` (see `layout`): older shoal versions refuse it,
+/// so none of them commits where nobody reads.
+pub(crate) const LISTED_MANIFESTS_VERSION: u32 = 2;
 /// The version a deleted index's config (its tombstone, see
 /// [`tombstone`]) says it has: far above any real one, so shoal versions
 /// that predate tombstones refuse it as "newer than this shoal
@@ -439,15 +443,21 @@ where
 /// one-time upgrade: only partitions holding no objects get an empty
 /// manifest, and one holding segments without a manifest is reported in
 /// the result (and from then on reads, writes and GC treat it as the
-/// corruption it is until `shoal repair`). One LIST, idempotent, safe to
-/// race. Returns the config as now stored.
+/// corruption it is until `shoal repair`). A bucket made before the
+/// manifests moved under `_brainy/manifests/` (config version 1) has them
+/// moved first (`layout::upgrade`) and its config raised to version 2.
+/// Idempotent, safe to race. Returns the config as now stored.
 pub async fn initialize_partitions(
     store: &dyn ObjectStore,
     clock: &dyn Clock,
     config: Config,
 ) -> Result<(Config, super::manifest::Initialized), CoordError> {
-    if config.settings.partitions_initialized {
+    if config.settings.partitions_initialized && config.version >= LISTED_MANIFESTS_VERSION {
         return Ok((config, Default::default()));
+    }
+    if config.version < LISTED_MANIFESTS_VERSION {
+        // The one-time move of the manifests under `_brainy/manifests/`.
+        super::layout::upgrade(store, config.settings.partition_count).await?;
     }
     let done = super::manifest::create_missing(store, config.settings.partition_count).await?;
     super::index_manifest::create_index_manifest(store, config.settings.partition_count).await?;
@@ -462,6 +472,7 @@ pub async fn initialize_partitions(
     }
     let config = update_config(store, clock, |c| {
         c.settings.partitions_initialized = true;
+        c.version = c.version.max(LISTED_MANIFESTS_VERSION);
         Ok(())
     })
     .await?;

@@ -1,4 +1,4 @@
-//! The index manifest `index/manifest.json` (DESIGN section 11): the
+//! The index manifest `_brainy/manifests/index.json` (DESIGN section 11): the
 //! read-optimized layout over all partitions. It holds a generation number
 //! (bumped by every commit), one watermark `W[p]` per partition (every
 //! record of partition p committed at seq <= `W[p]` is accounted for in the
@@ -614,7 +614,7 @@ mod tests {
         let e = update_index(&store, 4, Backoff::default(), |_| Ok(true))
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("index/manifest.json"), "{e}");
+        assert!(e.to_string().contains("_brainy/manifests/index.json"), "{e}");
         assert!(create_index_manifest(&store, 4).await.unwrap());
         assert!(!create_index_manifest(&store, 4).await.unwrap(), "kept");
         let (m, _) = read_index_manifest(&store, 4).await.unwrap().unwrap();
@@ -669,7 +669,7 @@ mod tests {
         });
         assert!(e.contains("11 dead rows of 10"), "{e}");
         let e = parse_index_manifest(2, b"<html>").unwrap_err().to_string();
-        assert!(e.contains("index/manifest.json"), "{e}");
+        assert!(e.contains("_brainy/manifests/index.json"), "{e}");
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! Partition manifests `vectors/pNNN/manifest.json`: the committed segment
+//! Partition manifests `_brainy/manifests/pNNN.json`: the committed segment
 //! list of one partition (DESIGN section 6).
 //!
 //! Idempotence covers compaction too: a retried append finds its segment
@@ -42,7 +42,10 @@ use super::cas::{self, Backoff, Step};
 use super::clock::{parse_time, Clock};
 use super::config::Settings;
 use super::error::CoordError;
-use super::paths::{manifest_key, partition_dir, VECTORS_PREFIX};
+use super::paths::{
+    legacy_manifest_key, manifest_key, partition_dir, partition_of_manifest, MANIFESTS_PREFIX,
+    VECTORS_PREFIX,
+};
 use crate::mutation::{self, Mutation};
 use crate::store::{ETag, ObjectStore, StoreError};
 
@@ -585,7 +588,7 @@ pub struct Stranded {
 }
 
 /// Creates the empty manifest of every partition that has none and holds
-/// no object (one LIST of `vectors/`, then a create-only PUT per such
+/// no object (one LIST of the manifests, one of `vectors/`, then a create-only PUT per such
 /// partition; a racing creator's manifest is kept). A partition that holds
 /// objects but no manifest is reported in [`Initialized::stranded`].
 pub(crate) async fn create_missing(
@@ -593,14 +596,15 @@ pub(crate) async fn create_missing(
     partition_count: u32,
 ) -> Result<Initialized, CoordError> {
     let mut objects: BTreeMap<u32, (bool, usize)> = BTreeMap::new();
+    for obj in store.list(MANIFESTS_PREFIX).await? {
+        if let Some(p) = partition_of_manifest(&obj.key) {
+            objects.entry(p).or_default().0 = true;
+        }
+    }
     for obj in store.list(VECTORS_PREFIX).await? {
-        if let Some(p) = partition_of_key(&obj.key) {
-            let e = objects.entry(p).or_default();
-            if obj.key == manifest_key(p) {
-                e.0 = true;
-            } else {
-                e.1 += 1;
-            }
+        match partition_of_key(&obj.key) {
+            Some(p) if obj.key != legacy_manifest_key(p) => objects.entry(p).or_default().1 += 1,
+            _ => {}
         }
     }
     let mut out = Initialized::default();

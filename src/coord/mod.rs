@@ -23,6 +23,7 @@ pub mod entropy;
 mod error;
 pub mod index_manifest;
 pub mod instance;
+pub(crate) mod layout;
 pub mod manifest;
 pub mod partition;
 pub mod paths;

@@ -13,8 +13,16 @@ pub(crate) const PROBE_PREFIX: &str = "_brainy/probe/";
 pub(crate) const VECTORS_PREFIX: &str = "vectors/";
 /// Folder of the read-optimized layout (DESIGN section 11).
 pub(crate) const INDEX_PREFIX: &str = "index/";
+/// Folder holding every manifest and nothing else (the partition
+/// manifests and the index manifest), so one LIST page shows each one's
+/// ETag: a reader's freshness check costs one request whatever the
+/// partition count (see [`super::layout`]).
+pub(crate) const MANIFESTS_PREFIX: &str = "_brainy/manifests/";
 /// The index manifest: shards, watermarks, deletion vectors, lease.
-pub(crate) const INDEX_MANIFEST_KEY: &str = "index/manifest.json";
+pub(crate) const INDEX_MANIFEST_KEY: &str = "_brainy/manifests/index.json";
+/// Where the index manifest lived before manifests were listed together;
+/// an upgraded bucket keeps a moved marker there (see [`super::layout`]).
+pub(crate) const LEGACY_INDEX_MANIFEST_KEY: &str = "index/manifest.json";
 /// The S3 Vectors catalog: the vector buckets and indexes `shoal serve
 /// --s3vectors` serves from this store (each index lives under
 /// `<vector-bucket>/<index>/` as an index of its own).
@@ -117,9 +125,31 @@ pub(crate) fn partition_dir(partition: u32) -> String {
     format!("{VECTORS_PREFIX}p{partition:03}")
 }
 
-/// `vectors/p007/manifest.json`
+/// `_brainy/manifests/p007.json`
 pub(crate) fn manifest_key(partition: u32) -> String {
+    format!("{MANIFESTS_PREFIX}p{partition:03}.json")
+}
+
+/// `vectors/p007/manifest.json`: where partition 7's manifest lived before
+/// manifests were listed together (see [`super::layout`]).
+pub(crate) fn legacy_manifest_key(partition: u32) -> String {
     format!("{}/manifest.json", partition_dir(partition))
+}
+
+/// The partition whose manifest is at `key`, if it is one.
+pub(crate) fn partition_of_manifest(key: &str) -> Option<u32> {
+    let digits = key.strip_prefix(MANIFESTS_PREFIX)?.strip_prefix('p')?.strip_suffix(".json")?;
+    let p: u32 = digits.parse().ok()?;
+    (manifest_key(p) == key).then_some(p)
+}
+
+/// The legacy key of the manifest at `key` (a partition manifest or the
+/// index manifest); `None` for any other key.
+pub(crate) fn legacy_of(key: &str) -> Option<String> {
+    if key == INDEX_MANIFEST_KEY {
+        return Some(LEGACY_INDEX_MANIFEST_KEY.to_string());
+    }
+    partition_of_manifest(key).map(legacy_manifest_key)
 }
 
 /// `vectors/p007/<segment-id>.seg`
@@ -136,7 +166,15 @@ mod tests {
         assert_eq!(partition_dir(0), "vectors/p000");
         assert_eq!(partition_dir(99), "vectors/p099");
         assert_eq!(partition_dir(4095), "vectors/p4095");
-        assert_eq!(manifest_key(7), "vectors/p007/manifest.json");
+        assert_eq!(manifest_key(7), "_brainy/manifests/p007.json");
+        assert_eq!(manifest_key(4095), "_brainy/manifests/p4095.json");
+        assert_eq!(partition_of_manifest("_brainy/manifests/p007.json"), Some(7));
+        assert_eq!(partition_of_manifest("_brainy/manifests/p7.json"), None);
+        assert_eq!(partition_of_manifest(INDEX_MANIFEST_KEY), None);
+        assert_eq!(legacy_manifest_key(7), "vectors/p007/manifest.json");
+        assert_eq!(legacy_of(&manifest_key(7)).as_deref(), Some("vectors/p007/manifest.json"));
+        assert_eq!(legacy_of(INDEX_MANIFEST_KEY).as_deref(), Some("index/manifest.json"));
+        assert_eq!(legacy_of("vectors/p007/manifest.json"), None);
         assert_eq!(segment_key(12, "abc"), "vectors/p012/abc.seg");
         assert_eq!(instance_key("i-1"), "_brainy/instances/i-1.json");
         assert_eq!(

@@ -46,6 +46,17 @@ pub async fn revalidate(
         None => once().await,
     };
     match got {
+        // A manifest of a bucket whose manifests are not all moved yet
+        // (see `layout`): read where it still is, writing nothing.
+        Err(StoreError::NotFound { .. }) if super::paths::legacy_of(key).is_some() => {
+            match super::layout::through_legacy(store, key).await {
+                Ok(Some(c)) if Some(&c.got.etag) == held => Ok(Revalidated::Unchanged),
+                Ok(Some(c)) => Ok(Revalidated::Changed(c.got)),
+                Ok(None) => Ok(Revalidated::Missing),
+                Err(super::CoordError::Store(e)) => Err(e),
+                Err(e) => Err(StoreError::other(key, e)),
+            }
+        }
         Err(StoreError::NotFound { .. }) => Ok(Revalidated::Missing),
         other => other,
     }

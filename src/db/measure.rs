@@ -73,10 +73,10 @@ impl Db {
     pub async fn manifest_bytes(&self) -> Result<u64, Error> {
         let store = self.inner.cluster.store();
         Ok(store
-            .list(paths::VECTORS_PREFIX)
+            .list(paths::MANIFESTS_PREFIX)
             .await?
             .iter()
-            .filter(|m| m.key.ends_with("/manifest.json"))
+            .filter(|m| paths::partition_of_manifest(&m.key).is_some())
             .map(|m| m.size)
             .sum())
     }

@@ -11,7 +11,10 @@ use serde::Serialize;
 use super::Problem;
 use crate::coord::index_manifest::{missing_index_manifest, read_index_manifest, IndexManifest};
 use crate::coord::manifest::{missing, partition_of_key, read_manifest};
-use crate::coord::paths::{manifest_key, INDEX_MANIFEST_KEY, INDEX_PREFIX, VECTORS_PREFIX};
+use crate::coord::paths::{
+    legacy_manifest_key, manifest_key, INDEX_MANIFEST_KEY, INDEX_PREFIX, LEGACY_INDEX_MANIFEST_KEY,
+    VECTORS_PREFIX,
+};
 use crate::coord::{Config, CoordError};
 use crate::segment::deletions::DeletionVector;
 use crate::segment::{self, Shape};
@@ -96,6 +99,7 @@ async fn verify_partitions(
     let mut segment_ids: HashMap<String, Vec<String>> = Default::default();
     for p in 0..s.partition_count {
         referenced.insert(manifest_key(p));
+        referenced.insert(legacy_manifest_key(p)); // a moved marker (see `layout`)
         let m = match read_partition_manifest(store, p).await? {
             Ok(Some(m)) => m,
             Ok(None) => {
@@ -253,6 +257,7 @@ async fn verify_index(
         return Ok(());
     };
     referenced.insert(INDEX_MANIFEST_KEY.to_string());
+    referenced.insert(LEGACY_INDEX_MANIFEST_KEY.to_string());
     referenced.extend(index.retired.iter().map(|r| r.key.clone()));
     super::routings::verify_routings(store, &index, report, referenced).await?;
     let mut live = LiveRows::new();

@@ -7,7 +7,10 @@
 //!   is the one freshness rule) and the one retry when an object vanished
 //!   under a stale manifest. `strong` revalidates before reading
 //!   (read-your-writes across processes), `bounded` when the copy is older
-//!   than `max_staleness`, `eventual` uses what is cached. No LIST.
+//!   than `max_staleness`, `eventual` uses what is cached.
+//! - `listing`: the freshness check itself, one LIST of the manifests
+//!   whatever the partition count; `bounded` reads run it in the
+//!   background.
 //! - `view`: per-partition views (the manifest, live records computed
 //!   when it changes, incrementally for appended segments) and the segment
 //!   cache (moka, keyed by immutable key, weighted by decoded bytes,
@@ -24,6 +27,7 @@
 
 mod budget;
 mod error;
+mod listing;
 mod load;
 mod lookup;
 mod ranged;
@@ -58,10 +62,15 @@ use crate::store::{Counted, DynStore, RequestCounts};
 pub enum Consistency {
     /// Use cached manifests (load a partition only the first time).
     Eventual,
-    /// Revalidate manifests older than `max_staleness` (the default).
+    /// Data at most `max_staleness` old (the default). The freshness check
+    /// (one LIST of every manifest, then only the changed ones fetched)
+    /// runs in the background once the last one is half that old, so a
+    /// reader under steady load does not wait for it.
     #[default]
     Bounded,
-    /// Revalidate every manifest before searching.
+    /// Check every manifest before searching (one LIST, then only the
+    /// changed ones fetched): sees every write acknowledged before the
+    /// query began, from any process.
     Strong,
 }
 
@@ -212,6 +221,8 @@ pub struct SearchResponse {
 /// Reader settings.
 #[derive(Clone, Debug)]
 pub struct ReaderOptions {
+    /// How old a `bounded` read's data may be (default 2 s); past half of
+    /// it, queries start a freshness check in the background.
     pub max_staleness: Duration,
     /// Cache budget in bytes (decoded segments and parts of range-read
     /// shards together); see [`cache_budget_bytes`].
@@ -241,7 +252,7 @@ impl ReaderOptions {
     pub fn for_role(role: Role) -> Self {
         let preset = role.preset();
         ReaderOptions {
-            max_staleness: Duration::from_secs(1),
+            max_staleness: Duration::from_secs(2),
             cache_bytes: cache_budget_bytes(preset.segment_cache_fraction),
             cache_ttl: preset.cache_ttl,
             io_concurrency: 128,
@@ -321,6 +332,8 @@ pub(crate) struct Shared {
     blocks: ranged::Blocks,
     views: Vec<load::Slot<view::PartitionView>>,
     shards: shards::ShardSlot,
+    /// Held while a freshness check over every manifest runs (see `listing`).
+    listing: listing::ListingLock,
     queries: AtomicU64,
     /// Orders queries and manifest refreshes. A `strong` query may reuse a
     /// refresh only if the refresh took its ticket after the query did
@@ -381,6 +394,7 @@ impl Reader {
                     .map(|_| load::Slot::default())
                     .collect(),
                 shards: shards::ShardSlot::default(),
+                listing: listing::ListingLock::default(),
                 blocks: ranged::Blocks::new(
                     opts.cache_bytes - segment_bytes,
                     opts.cache_ttl,

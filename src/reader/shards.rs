@@ -2,7 +2,7 @@
 //! sees them.
 //!
 //! A [`ShardSet`] is one index manifest (the shard layer's manifest,
-//! `index/manifest.json`) with everything a query needs from it: each
+//! `_brainy/manifests/index.json`) with everything a query needs from it: each
 //! shard's head or body and live rows (its deletion vector applied), and
 //! the shard row of every live id, so a partition's tail can hide the
 //! shard rows its ids supersede. Shard sets are immutable; a refresh
@@ -215,7 +215,7 @@ fn ranged_record(
 /// One index manifest, loaded.
 pub(super) struct ShardSet {
     pub manifest: IndexManifest,
-    etag: Option<ETag>,
+    pub(super) etag: Option<ETag>,
     pub shards: Vec<Arc<ShardView>>,
     /// The live row of every id in a shard of the older formats (shard
     /// ordinal, row); routed shards are asked through their id index.

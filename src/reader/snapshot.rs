@@ -57,6 +57,8 @@ impl Snapshot {
         want: Want,
         tally: &CacheTally,
     ) -> Result<Snapshot, ReadError> {
+        // One LIST tells which held manifests are current.
+        super::listing::check(shared, store, want.fresh).await;
         let loads: Vec<_> = partitions
             .map(|p| load_one(shared, store, p, want, tally))
             .collect();

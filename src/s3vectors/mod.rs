@@ -145,6 +145,13 @@ pub struct S3VectorsOptions {
     pub partitions: Option<u32>,
     pub compact_every: Option<Duration>,
     pub gc_every: Option<Duration>,
+    /// How fresh `GetVectors`, `ListVectors` and `QueryVectors` read when
+    /// the request names no `consistency` (AWS's requests have no such
+    /// field, so this decides what every client pays). `Strong` (the
+    /// default): every write acknowledged before the call is seen, for one
+    /// LIST per call; `Bounded`: at most the reader's `max_staleness` (2 s)
+    /// old, checked in the background, no request of its own under load.
+    pub default_consistency: crate::api::Consistency,
     /// How stale the catalog may be on the query path.
     pub catalog_max_age: Duration,
     /// The 12-digit account id in ARNs.
@@ -163,6 +170,7 @@ impl S3VectorsOptions {
             partitions: None,
             compact_every: None,
             gc_every: None,
+            default_consistency: crate::api::Consistency::Strong,
             catalog_max_age: Duration::from_secs(1),
             account: "000000000000".into(),
             region: std::env::var("AWS_REGION")

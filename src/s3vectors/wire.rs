@@ -149,7 +149,7 @@ impl Call<'_> {
 
     pub(super) fn consistency(&self) -> Result<Consistency, S3vError> {
         match self.input.get("consistency") {
-            None | Some(Value::Null) => Ok(Consistency::Strong),
+            None | Some(Value::Null) => Ok(self.svc.opts.default_consistency),
             Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
                 S3vError::validation(format!(
                     "consistency must be strong, bounded or eventual, not {v}"

@@ -12,7 +12,7 @@
 //! Every backend passes one conformance suite (`conformance`, feature `test-util`); every handle
 //! returned by [`open`] is wrapped in [`Counted`], which counts requests by kind
 //! because request counts are what an S3 deployment pays for. Keys are always
-//! relative to the URL's prefix: `vectors/p000/manifest.json`, never the full
+//! relative to the URL's prefix: `_brainy/manifests/p000.json`, never the full
 //! bucket path.
 
 // Test helpers, compiled only for shoal's own tests and for users who

@@ -21,6 +21,13 @@ pub enum ProbeError {
          MinIO, LocalStack or moto"
     )]
     NotEnforced { store: String, check: &'static str },
+    #[error(
+        "store {store} lists objects with a delay: a listing right after a write did not show \
+         the written object's ETag; shoal's readers check every manifest's freshness with one \
+         LIST and need it read-after-write consistent (AWS S3 is since 2020, as are MinIO, \
+         LocalStack and moto)"
+    )]
+    ListLags { store: String },
     /// The probe could not run (permissions, network, ...).
     #[error("conditional-write probe on {store} failed: {source}")]
     Store {
@@ -35,7 +42,9 @@ impl ProbeError {
     /// probe that could not run is whatever its store error is.
     pub fn kind(&self) -> crate::vocab::ErrorKind {
         match self {
-            ProbeError::NotEnforced { .. } => crate::vocab::ErrorKind::Internal,
+            ProbeError::NotEnforced { .. } | ProbeError::ListLags { .. } => {
+                crate::vocab::ErrorKind::Internal
+            }
             ProbeError::Store { source, .. } => source.kind(),
         }
     }
@@ -84,10 +93,22 @@ async fn run_checks(store: &dyn ObjectStore, key: &str, missing: &str) -> Result
         }
         Err(e) => return Err(io(e)),
     }
-    let _e2 = store
+    let e2 = store
         .put_if_match(key, Bytes::from_static(b"probe-3"), &e1)
         .await
         .map_err(io)?;
+    // Readers' freshness check trusts one LIST of the manifests: it must
+    // show an acknowledged write at once, with the ETag a GET gives.
+    let listed = store.list(key).await.map_err(io)?;
+    let unquoted = |e: &ETag| e.0.trim_matches('"').to_string();
+    match listed.iter().find(|o| o.key == key) {
+        Some(o) if unquoted(&o.etag) == unquoted(&e2) => {}
+        _ => {
+            return Err(ProbeError::ListLags {
+                store: name.clone(),
+            })
+        }
+    }
     match store
         .put_if_match(key, Bytes::from_static(b"probe-4"), &e1)
         .await
