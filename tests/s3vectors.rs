@@ -973,3 +973,50 @@ async fn the_servers_default_consistency_decides_what_a_query_sees() {
         s.close().await;
     }
 }
+
+/// An index nobody calls is closed by the sweeper's idle check: its
+/// instance record goes (no heartbeats, no background work), and the next
+/// call opens it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_index_handles_are_closed_and_reopen_on_the_next_call() {
+    let root = root();
+    let svc = service(&root, None).await;
+    call(
+        &svc,
+        "CreateVectorBucket",
+        json!({"vectorBucketName": "bkt"}),
+    )
+    .await
+    .unwrap();
+    call(&svc, "CreateIndex", index("bkt", "idx"))
+        .await
+        .unwrap();
+    let put = json!({"vectorBucketName": "bkt", "indexName": "idx",
+                     "vectors": [{"key": "a", "data": {"float32": [1.0, 2.0]}}]});
+    call(&svc, "PutVectors", put).await.unwrap();
+    let query = json!({"vectorBucketName": "bkt", "indexName": "idx", "topK": 1,
+                       "queryVector": {"float32": [1.0, 2.0]}});
+    let top = |v: Value| v["vectors"][0]["key"].as_str().unwrap().to_string();
+    assert_eq!(
+        top(call(&svc, "QueryVectors", query.clone()).await.unwrap()),
+        "a"
+    );
+    let instances = format!("{}_brainy/instances/", prefix_of(&root, "bkt", "idx").await);
+    assert_eq!(keys_under(&root, &instances).await.len(), 1);
+    assert_eq!(
+        svc.close_idle(Duration::from_secs(3600)).await,
+        0,
+        "used just now"
+    );
+    assert_eq!(svc.close_idle(Duration::ZERO).await, 1);
+    assert!(
+        keys_under(&root, &instances).await.is_empty(),
+        "its record is gone"
+    );
+    assert_eq!(
+        top(call(&svc, "QueryVectors", query.clone()).await.unwrap()),
+        "a"
+    );
+    assert_eq!(keys_under(&root, &instances).await.len(), 1, "open again");
+    svc.close().await;
+}

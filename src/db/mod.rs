@@ -672,6 +672,12 @@ impl Db {
         flushed.map(|_| ())
     }
 
+    /// Whether this is the only clone of the handle (nothing else holds
+    /// it: closing it interrupts nobody).
+    pub(crate) fn is_unshared(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+
     /// Stops the background work and the heartbeat, and removes this
     /// instance's record.
     async fn wind_down(&self) -> Result<(), Error> {

@@ -70,7 +70,8 @@ impl Service {
     }
 
     /// Runs [`Service::sweep`] every `every` until the service is dropped
-    /// (a reader instance, which writes nothing, only lets go of handles).
+    /// (a reader instance, which writes nothing, only lets go of handles),
+    /// and closes the handles idle for `idle_after`.
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Service> = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -84,6 +85,10 @@ impl Service {
                 };
                 if let Err(e) = swept {
                     tracing::warn!(error = %e.message, "finishing S3 Vectors index deletions failed; retrying later");
+                }
+                let closed = svc.close_idle(svc.opts.idle_after).await;
+                if closed > 0 {
+                    tracing::info!(closed, "closed idle S3 Vectors index handles");
                 }
             }
         })

@@ -161,13 +161,12 @@ impl Service {
             .await?;
         let entry = live_index(&cat, bucket, index)?.clone();
         let prefix = entry.prefix(bucket, index);
-        let cell = self
-            .indexes
-            .lock()
-            .unwrap()
-            .entry(prefix.clone())
-            .or_default()
-            .clone();
+        let cell = {
+            let mut map = self.indexes.lock().unwrap();
+            let h = map.entry(prefix.clone()).or_default();
+            h.used = Some(std::time::Instant::now());
+            h.cell.clone()
+        };
         let db = cell
             .get_or_try_init(|| self.open_index(&prefix, &entry))
             .await?
@@ -216,7 +215,7 @@ impl Service {
     /// Closes and drops this instance's handle on the incarnation under
     /// `prefix`, if it has one.
     pub(super) async fn forget(&self, prefix: &str) {
-        let cell = self.indexes.lock().unwrap().remove(prefix);
+        let cell = self.indexes.lock().unwrap().remove(prefix).map(|h| h.cell);
         if let Some(db) = cell.as_ref().and_then(|c| c.get()) {
             let _ = db.close().await;
         }

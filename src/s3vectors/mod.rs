@@ -154,6 +154,9 @@ pub struct S3VectorsOptions {
     pub default_consistency: crate::api::Consistency,
     /// How stale the catalog may be on the query path.
     pub catalog_max_age: Duration,
+    /// An index handle nobody used for this long is closed by the sweeper
+    /// (default 5 min): an idle index costs no requests.
+    pub idle_after: Duration,
     /// The 12-digit account id in ARNs.
     pub account: String,
     /// The region this endpoint serves (`AWS_REGION`, else us-east-1):
@@ -172,6 +175,7 @@ impl S3VectorsOptions {
             gc_every: None,
             default_consistency: crate::api::Consistency::Strong,
             catalog_max_age: Duration::from_secs(1),
+            idle_after: Duration::from_secs(300),
             account: "000000000000".into(),
             region: std::env::var("AWS_REGION")
                 .ok()
@@ -198,8 +202,16 @@ pub struct Service {
     /// its own handle in `indexes`).
     catalog: CatalogStore,
     /// Index handles by `bucket/index`, each opened once on first use
-    /// (opening one never holds up requests to the others).
-    indexes: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Db>>>>,
+    /// (opening one never holds up requests to the others), and when each
+    /// was last asked for: idle ones are closed ([`Service::close_idle`]).
+    indexes: std::sync::Mutex<HashMap<String, Handle>>,
+}
+
+/// One index handle slot.
+#[derive(Clone, Default)]
+pub(super) struct Handle {
+    pub cell: Arc<tokio::sync::OnceCell<Db>>,
+    pub used: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Service {
@@ -249,13 +261,48 @@ impl Service {
     /// Closes every open index handle (instance records removed).
     pub async fn close(&self) {
         let open: Vec<_> = self.indexes.lock().unwrap().drain().collect();
-        for (name, cell) in open {
-            if let Some(db) = cell.get() {
+        for (name, h) in open {
+            if let Some(db) = h.cell.get() {
                 if let Err(e) = db.close().await {
                     tracing::warn!(index = %name, error = %e, "closing an S3 Vectors index failed");
                 }
             }
         }
+    }
+
+    /// Closes the handles of indexes nobody asked for in `idle` (their
+    /// instance records, heartbeats, compaction and GC stop; the next call
+    /// opens them again), skipping any a call still holds. Returns how
+    /// many it closed.
+    pub async fn close_idle(&self, idle: Duration) -> usize {
+        let closing: Vec<(String, Db)> = {
+            let mut map = self.indexes.lock().unwrap();
+            let idle_keys: Vec<String> = map
+                .iter()
+                .filter(|(_, h)| {
+                    h.used.is_none_or(|t| t.elapsed() >= idle)
+                        // Nobody between taking the slot and cloning the
+                        // handle, nobody holding a clone.
+                        && Arc::strong_count(&h.cell) == 1
+                        && h.cell.get().is_none_or(Db::is_unshared)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            idle_keys
+                .into_iter()
+                .filter_map(|k| {
+                    let h = map.remove(&k)?;
+                    h.cell.get().cloned().map(|db| (k, db))
+                })
+                .collect()
+        };
+        let n = closing.len();
+        for (name, db) in closing {
+            if let Err(e) = db.close().await {
+                tracing::warn!(index = %name, error = %e, "closing an idle S3 Vectors index failed");
+            }
+        }
+        n
     }
 
     /// Checks the signature, runs the operation, and answers JSON.
