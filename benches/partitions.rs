@@ -74,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
                         let writer = Writer::new(
                             store,
                             &settings,
-                            &format!("w{w}"),
+                            format!("w{w}"),
                             clock,
                             WriterOptions::default(),
                         );
