@@ -319,7 +319,9 @@ async fn bounded_queries_check_in_the_background_once_per_staleness(store: Arc<C
         .map(|i| Record::new(format!("r{i}"), rand_vec(&mut rng)))
         .collect();
     w.upsert(&recs).await.unwrap();
-    let staleness = Duration::from_millis(300);
+    // Long enough that a background check (one LIST, then the changed
+    // manifest and segment) ends well within half of it on a busy machine.
+    let staleness = Duration::from_secs(1);
     let r = reader(&store, &settings, staleness);
     r.warm().await.unwrap();
     let q = rand_vec(&mut rng);
@@ -327,7 +329,7 @@ async fn bounded_queries_check_in_the_background_once_per_staleness(store: Arc<C
     let before = r.stats().requests;
     let start = std::time::Instant::now();
     let (mut queries, mut waited, mut seen) = (0u64, 0u64, None);
-    while start.elapsed() < Duration::from_millis(1500) {
+    while start.elapsed() < Duration::from_secs(3) {
         let got = r.search(&SearchRequest::new(q.clone(), 1)).await.unwrap();
         queries += 1;
         waited += u64::from(got.stats.requests.list > 0);
@@ -338,15 +340,15 @@ async fn bounded_queries_check_in_the_background_once_per_staleness(store: Arc<C
     }
     let lists = r.stats().requests.since(&before).list;
     assert!(queries >= 20, "{queries}");
-    // 1.5 s at 300 ms, a check once the copies are 150 ms old: about 10,
-    // never one per query.
+    // 3 s at 1 s, a check once the copies are 500 ms old: about 6, never
+    // one per query.
     assert!(
-        (1..=14).contains(&lists),
+        (1..=10).contains(&lists),
         "{lists} LISTs for {queries} queries"
     );
     assert!(waited <= 1, "{waited} queries waited for a check");
     let seen = seen.expect("the write became visible");
-    assert!(seen < Duration::from_millis(1200), "seen after {seen:?}");
+    assert!(seen < Duration::from_millis(2500), "seen after {seen:?}");
 }
 
 /// A batch get (S3 Vectors' GetVectors) answers each id as a single get
