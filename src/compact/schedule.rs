@@ -12,6 +12,7 @@
 //! time left) lives here; [`crate::Db`] only hands over its store,
 //! settings, clock and writer.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -23,7 +24,8 @@ use super::{compact_partition, piece_upto, CompactError, CompactOptions, Compact
 use crate::coord::clock::DynClock;
 use crate::coord::cursor::{read_cursor, save_cursor, Cursor};
 use crate::coord::Settings;
-use crate::store::ObjectStore;
+use crate::coord::paths::MANIFESTS_PREFIX;
+use crate::store::{ETag, ObjectStore};
 use crate::writer::Writer;
 
 /// How often background writers collect garbage by default (one LIST of
@@ -31,7 +33,8 @@ use crate::writer::Writer;
 pub(crate) const DEFAULT_GC_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// How often background writers check whether the index needs a round
-/// (reading every partition manifest once).
+/// (one LIST of the manifests; a round, which reads every partition
+/// manifest, only if something changed or was left to do).
 const INDEX_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What one scheduled compactor round did ([`crate::Db::compact_round`]).
@@ -243,6 +246,7 @@ pub(crate) fn spawn_background(
     tokio::spawn(async move {
         let mut last_index = Instant::now();
         let mut last_gc = Instant::now();
+        let mut idle_at = None;
         loop {
             tokio::time::sleep(interval).await;
             compact_dirty(&writer).await;
@@ -252,17 +256,52 @@ pub(crate) fn spawn_background(
             }
             if last_index.elapsed() >= INDEX_CHECK_INTERVAL {
                 last_index = Instant::now();
-                let (store, settings) = (writer.store().as_ref(), writer.settings());
-                let opts = IndexOptions::default();
-                let round =
-                    index_round(store, &settings, writer.writer_id(), writer.clock(), opts).await;
-                match round {
-                    Ok(r) => writer.note_unreadable(Worked::Index, r.unreadable.len()),
-                    Err(e) => tracing::warn!(error = %e, "background indexing failed; will retry"),
-                }
+                index_check(&writer, &mut idle_at).await;
             }
         }
     })
+}
+
+/// Every manifest's ETag (one LIST of `_brainy/manifests/`); `None` if
+/// the listing failed.
+async fn manifest_etags(store: &dyn ObjectStore) -> Option<BTreeMap<String, ETag>> {
+    let listed = store.list(MANIFESTS_PREFIX).await.ok()?;
+    Some(listed.into_iter().map(|o| (o.key, o.etag)).collect())
+}
+
+/// One background index check: an indexer round by policy, unless the
+/// last one found nothing to do and no manifest changed since (one LIST
+/// instead of reading every manifest: an idle index costs one request per
+/// check). `idle_at` holds the manifests' ETags as of an idle round.
+/// Returns whether a round ran.
+pub(crate) async fn index_check(
+    writer: &Writer,
+    idle_at: &mut Option<BTreeMap<String, ETag>>,
+) -> bool {
+    let (store, settings) = (writer.store().as_ref(), writer.settings());
+    let now = manifest_etags(store).await;
+    if now.is_some() && *idle_at == now {
+        return false;
+    }
+    let opts = IndexOptions::default();
+    let round = index_round(store, &settings, writer.writer_id(), writer.clock(), opts).await;
+    *idle_at = None;
+    match round {
+        Ok(r) => {
+            writer.note_unreadable(Worked::Index, r.unreadable.len());
+            // Nothing waiting, nothing done: idle until a manifest changes
+            // (a commit after the listing makes the next one differ).
+            let idle = r.generation.is_none()
+                && r.tail_records == 0
+                && r.unreadable.is_empty()
+                && r.lease_held_by.is_none();
+            if idle {
+                *idle_at = now;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "background indexing failed; will retry"),
+    }
+    true
 }
 
 /// One background GC run with the config's grace period; a failure is
@@ -281,5 +320,54 @@ async fn background_gc(writer: &Writer) {
             )
         }
         Err(e) => tracing::warn!(error = %e, "background gc failed; will retry"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::coord::clock::SystemClock;
+    use crate::coord::config::{initialize_partitions, load_or_create};
+    use crate::coord::{Metric, RequestedSettings};
+    use crate::record::Record;
+    use crate::store::memory::MemoryStore;
+    use crate::store::Counted;
+    use crate::writer::WriterOptions;
+
+    /// An idle index costs a background writer one LIST per index check:
+    /// no round (which reads every manifest) until a manifest changes or
+    /// a round left work waiting.
+    #[tokio::test]
+    async fn an_idle_index_costs_one_list_per_check() {
+        let store = Arc::new(Counted::new(Arc::new(MemoryStore::unique())));
+        let req = RequestedSettings {
+            partition_count: Some(8),
+            dimensions: Some(2),
+            distance_metric: Some(Metric::Euclidean),
+            ..Default::default()
+        };
+        let config = load_or_create(store.as_ref(), &req, &SystemClock).await.unwrap();
+        let settings = initialize_partitions(store.as_ref(), &SystemClock, config)
+            .await
+            .unwrap()
+            .0
+            .settings;
+        let clock: DynClock = Arc::new(SystemClock);
+        let w = Writer::new(store.clone(), &settings, "w", clock, WriterOptions::default());
+        let mut idle_at = None;
+        assert!(index_check(&w, &mut idle_at).await, "the first check runs a round");
+        assert!(idle_at.is_some(), "an empty index is idle");
+        let before = store.counts();
+        assert!(!index_check(&w, &mut idle_at).await);
+        let c = store.counts().since(&before);
+        assert_eq!((c.list, c.total()), (1, 1), "{c:?}");
+        // A write changes a manifest: the next check runs a round, which
+        // leaves the small tail waiting (not due yet), so checks go on.
+        w.upsert(&[Record::new("a", vec![1.0, 2.0])]).await.unwrap();
+        assert!(index_check(&w, &mut idle_at).await);
+        assert!(idle_at.is_none(), "a tail is waiting");
+        assert!(index_check(&w, &mut idle_at).await, "a waiting tail keeps rounds running");
     }
 }
