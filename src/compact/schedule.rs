@@ -19,13 +19,12 @@ use serde::Serialize;
 
 use super::gc::GcOptions;
 use super::indexer::{index_round, IndexOptions, IndexRound};
-use crate::writer::Worked;
 use super::{compact_partition, piece_upto, CompactError, CompactOptions, CompactReport, Outcome};
 use crate::coord::clock::DynClock;
 use crate::coord::cursor::{read_cursor, save_cursor, Cursor};
 use crate::coord::Settings;
-use crate::coord::paths::MANIFESTS_PREFIX;
 use crate::store::{ETag, ObjectStore};
+use crate::writer::Worked;
 use crate::writer::Writer;
 
 /// How often background writers collect garbage by default (one LIST of
@@ -262,13 +261,6 @@ pub(crate) fn spawn_background(
     })
 }
 
-/// Every manifest's ETag (one LIST of `_brainy/manifests/`); `None` if
-/// the listing failed.
-async fn manifest_etags(store: &dyn ObjectStore) -> Option<BTreeMap<String, ETag>> {
-    let listed = store.list(MANIFESTS_PREFIX).await.ok()?;
-    Some(listed.into_iter().map(|o| (o.key, o.etag)).collect())
-}
-
 /// One background index check: an indexer round by policy, unless the
 /// last one found nothing to do and no manifest changed since (one LIST
 /// instead of reading every manifest: an idle index costs one request per
@@ -279,7 +271,7 @@ pub(crate) async fn index_check(
     idle_at: &mut Option<BTreeMap<String, ETag>>,
 ) -> bool {
     let (store, settings) = (writer.store().as_ref(), writer.settings());
-    let now = manifest_etags(store).await;
+    let now = crate::coord::layout::manifest_etags(store).await.ok();
     if now.is_some() && *idle_at == now {
         return false;
     }
@@ -328,13 +320,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::coord::clock::SystemClock;
-    use crate::coord::config::{initialize_partitions, load_or_create};
-    use crate::coord::{Metric, RequestedSettings};
     use crate::record::Record;
     use crate::store::memory::MemoryStore;
     use crate::store::Counted;
-    use crate::writer::WriterOptions;
 
     /// An idle index costs a background writer one LIST per index check:
     /// no round (which reads every manifest) until a manifest changes or
@@ -342,22 +330,13 @@ mod tests {
     #[tokio::test]
     async fn an_idle_index_costs_one_list_per_check() {
         let store = Arc::new(Counted::new(Arc::new(MemoryStore::unique())));
-        let req = RequestedSettings {
-            partition_count: Some(8),
-            dimensions: Some(2),
-            distance_metric: Some(Metric::Euclidean),
-            ..Default::default()
-        };
-        let config = load_or_create(store.as_ref(), &req, &SystemClock).await.unwrap();
-        let settings = initialize_partitions(store.as_ref(), &SystemClock, config)
-            .await
-            .unwrap()
-            .0
-            .settings;
-        let clock: DynClock = Arc::new(SystemClock);
-        let w = Writer::new(store.clone(), &settings, "w", clock, WriterOptions::default());
+        let dyn_store: crate::store::DynStore = store.clone();
+        let (_, w) = crate::reader::tests::index_with_writer(&dyn_store, 8, 2).await;
         let mut idle_at = None;
-        assert!(index_check(&w, &mut idle_at).await, "the first check runs a round");
+        assert!(
+            index_check(&w, &mut idle_at).await,
+            "the first check runs a round"
+        );
         assert!(idle_at.is_some(), "an empty index is idle");
         let before = store.counts();
         assert!(!index_check(&w, &mut idle_at).await);
@@ -368,6 +347,9 @@ mod tests {
         w.upsert(&[Record::new("a", vec![1.0, 2.0])]).await.unwrap();
         assert!(index_check(&w, &mut idle_at).await);
         assert!(idle_at.is_none(), "a tail is waiting");
-        assert!(index_check(&w, &mut idle_at).await, "a waiting tail keeps rounds running");
+        assert!(
+            index_check(&w, &mut idle_at).await,
+            "a waiting tail keeps rounds running"
+        );
     }
 }

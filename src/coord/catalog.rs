@@ -355,7 +355,9 @@ impl CatalogStore {
         };
         if write {
             let at = format_time(SystemClock.now());
-            store.put(&config_key, tombstone(partitions, &at).into()).await?;
+            store
+                .put(&config_key, tombstone(partitions, &at).into())
+                .await?;
         }
         // Both layouts' manifests (see `layout`): an index made before the
         // move may still have some at their legacy keys.

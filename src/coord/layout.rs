@@ -32,7 +32,8 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::paths::{legacy_of, manifest_key, INDEX_MANIFEST_KEY};
+use super::error::excerpt;
+use super::paths::{legacy_of, manifest_key, INDEX_MANIFEST_KEY, MANIFESTS_PREFIX};
 use super::CoordError;
 use crate::store::{GetResult, ObjectStore, StoreError};
 
@@ -80,13 +81,11 @@ fn moved_document(key: &str, bytes: &[u8]) -> Result<Option<Option<Vec<u8>>>, Co
         return Err(CoordError::Corrupt {
             key: key.to_string(),
             reason: format!("a moved manifest's movedVersion must be a number, found {version}"),
-            found: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+            found: excerpt(bytes),
         });
     }
     doc.insert("version".into(), version);
-    Ok(Some(Some(
-        serde_json::to_vec(&doc).expect("serializable"),
-    )))
+    Ok(Some(Some(serde_json::to_vec(&doc).expect("serializable"))))
 }
 
 /// The moved marker for the document `bytes` (`None`: a bare marker)
@@ -170,18 +169,21 @@ pub(crate) async fn migrate(store: &dyn ObjectStore, key: &str) -> Result<bool, 
     let doc = loop {
         match read_legacy(store, &legacy).await? {
             Legacy::Moved(doc, _) => break doc,
-            Legacy::Missing => match store.put_if_absent(&legacy, marker(None, key).expect("bare")).await {
-                Ok(_) => break None,
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
-            },
+            Legacy::Missing => {
+                let bare = marker(None, key).expect("a bare marker is built from nothing");
+                match store.put_if_absent(&legacy, bare).await {
+                    Ok(_) => break None,
+                    Err(e) if e.is_conflict() => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Legacy::Live(got) => {
-                let moved = marker(Some(&got.bytes), key).map_err(|reason| CoordError::Corrupt {
-                    key: legacy.clone(),
-                    reason,
-                    found: String::from_utf8_lossy(&got.bytes[..got.bytes.len().min(200)])
-                        .into_owned(),
-                })?;
+                let moved =
+                    marker(Some(&got.bytes), key).map_err(|reason| CoordError::Corrupt {
+                        key: legacy.clone(),
+                        reason,
+                        found: excerpt(&got.bytes),
+                    })?;
                 match store.put_if_match(&legacy, moved, &got.etag).await {
                     Ok(_) => break Some(got.bytes.to_vec()),
                     // An older writer committed meanwhile: move that.
@@ -200,9 +202,21 @@ pub(crate) async fn migrate(store: &dyn ObjectStore, key: &str) -> Result<bool, 
     }
 }
 
+/// Every manifest's ETag, by key: one LIST of `_brainy/manifests/`
+/// (one page up to 999 partitions).
+pub(crate) async fn manifest_etags(
+    store: &dyn ObjectStore,
+) -> Result<std::collections::BTreeMap<String, crate::store::ETag>, StoreError> {
+    let listed = store.list(MANIFESTS_PREFIX).await?;
+    Ok(listed.into_iter().map(|o| (o.key, o.etag)).collect())
+}
+
 /// Moves every manifest of an index with `partition_count` partitions,
 /// 8 at a time; safe to run again after an interruption.
-pub(crate) async fn upgrade(store: &dyn ObjectStore, partition_count: u32) -> Result<(), CoordError> {
+pub(crate) async fn upgrade(
+    store: &dyn ObjectStore,
+    partition_count: u32,
+) -> Result<(), CoordError> {
     use futures::{StreamExt, TryStreamExt};
     let keys: Vec<String> = (0..partition_count)
         .map(manifest_key)
@@ -265,7 +279,10 @@ mod tests {
         let e = parse_manifest(0, &marker.bytes).unwrap_err().to_string();
         assert!(e.contains("newer than this shoal understands"), "{e}");
         let old_writer = s.put_if_match(&legacy, manifest(6).into(), &held).await;
-        assert!(matches!(old_writer, Err(StoreError::PreconditionFailed { .. })));
+        assert!(matches!(
+            old_writer,
+            Err(StoreError::PreconditionFailed { .. })
+        ));
         // Reading now takes the new key; moving again changes nothing.
         assert!(migrate(&s, &manifest_key(0)).await.unwrap());
         let c = read_current(&s, &manifest_key(0)).await.unwrap().unwrap();
@@ -287,7 +304,11 @@ mod tests {
         async fn get(&self, key: &str) -> crate::store::Result<GetResult> {
             self.inner.get(key).await
         }
-        async fn get_range(&self, key: &str, r: crate::store::ByteRange) -> crate::store::Result<Bytes> {
+        async fn get_range(
+            &self,
+            key: &str,
+            r: crate::store::ByteRange,
+        ) -> crate::store::Result<Bytes> {
             self.inner.get_range(key, r).await
         }
         async fn get_if_changed(
@@ -303,7 +324,11 @@ mod tests {
         async fn put(&self, key: &str, b: Bytes) -> crate::store::Result<crate::store::ETag> {
             self.inner.put(key, b).await
         }
-        async fn put_if_absent(&self, key: &str, b: Bytes) -> crate::store::Result<crate::store::ETag> {
+        async fn put_if_absent(
+            &self,
+            key: &str,
+            b: Bytes,
+        ) -> crate::store::Result<crate::store::ETag> {
             self.inner.put_if_absent(key, b).await
         }
         async fn put_if_match(

@@ -588,8 +588,9 @@ pub struct Stranded {
 }
 
 /// Creates the empty manifest of every partition that has none and holds
-/// no object (one LIST of the manifests, one of `vectors/`, then a create-only PUT per such
-/// partition; a racing creator's manifest is kept). A partition that holds
+/// no object (one LIST of the manifests, one of `vectors/`, then a
+/// create-only PUT per such partition; a racing creator's manifest is
+/// kept). A partition that holds
 /// objects but no manifest is reported in [`Initialized::stranded`].
 pub(crate) async fn create_missing(
     store: &dyn ObjectStore,

@@ -81,7 +81,10 @@ pub(crate) fn new_deletions_key(now: SystemTime) -> String {
 /// A fresh routing key for generation `g`:
 /// `index/routing/<g, 20 digits>-<unix ms>-<128 random bits>.routing`.
 pub(crate) fn new_routing_key(g: u64, now: SystemTime) -> String {
-    format!("{INDEX_PREFIX}routing/{g:020}-{}.routing", fresh_id(now, ""))
+    format!(
+        "{INDEX_PREFIX}routing/{g:020}-{}.routing",
+        fresh_id(now, "")
+    )
 }
 
 /// `<unix ms>-<marker><128 random bits>`: time first, so a listing sorts
@@ -138,7 +141,10 @@ pub(crate) fn legacy_manifest_key(partition: u32) -> String {
 
 /// The partition whose manifest is at `key`, if it is one.
 pub(crate) fn partition_of_manifest(key: &str) -> Option<u32> {
-    let digits = key.strip_prefix(MANIFESTS_PREFIX)?.strip_prefix('p')?.strip_suffix(".json")?;
+    let digits = key
+        .strip_prefix(MANIFESTS_PREFIX)?
+        .strip_prefix('p')?
+        .strip_suffix(".json")?;
     let p: u32 = digits.parse().ok()?;
     (manifest_key(p) == key).then_some(p)
 }
@@ -168,12 +174,21 @@ mod tests {
         assert_eq!(partition_dir(4095), "vectors/p4095");
         assert_eq!(manifest_key(7), "_brainy/manifests/p007.json");
         assert_eq!(manifest_key(4095), "_brainy/manifests/p4095.json");
-        assert_eq!(partition_of_manifest("_brainy/manifests/p007.json"), Some(7));
+        assert_eq!(
+            partition_of_manifest("_brainy/manifests/p007.json"),
+            Some(7)
+        );
         assert_eq!(partition_of_manifest("_brainy/manifests/p7.json"), None);
         assert_eq!(partition_of_manifest(INDEX_MANIFEST_KEY), None);
         assert_eq!(legacy_manifest_key(7), "vectors/p007/manifest.json");
-        assert_eq!(legacy_of(&manifest_key(7)).as_deref(), Some("vectors/p007/manifest.json"));
-        assert_eq!(legacy_of(INDEX_MANIFEST_KEY).as_deref(), Some("index/manifest.json"));
+        assert_eq!(
+            legacy_of(&manifest_key(7)).as_deref(),
+            Some("vectors/p007/manifest.json")
+        );
+        assert_eq!(
+            legacy_of(INDEX_MANIFEST_KEY).as_deref(),
+            Some("index/manifest.json")
+        );
         assert_eq!(legacy_of("vectors/p007/manifest.json"), None);
         assert_eq!(segment_key(12, "abc"), "vectors/p012/abc.seg");
         assert_eq!(instance_key("i-1"), "_brainy/instances/i-1.json");

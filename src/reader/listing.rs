@@ -16,7 +16,6 @@
 //! are never older than `max_staleness`: a query that finds one older (an
 //! idle reader, a failed background fetch) revalidates it first.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -24,8 +23,8 @@ use tokio::time::Instant;
 use super::load::Freshness;
 use super::view::CacheTally;
 use super::{Consistency, Shared};
-use crate::coord::paths::{manifest_key, INDEX_MANIFEST_KEY, MANIFESTS_PREFIX};
-use crate::store::{Counted, ETag, ObjectStore};
+use crate::coord::paths::{manifest_key, INDEX_MANIFEST_KEY};
+use crate::store::{Counted, ETag};
 
 /// One check runs at a time; queries that need one meanwhile share it.
 pub(crate) type ListingLock = tokio::sync::Mutex<()>;
@@ -74,7 +73,10 @@ fn all_fresh(shared: &Shared, want: Freshness) -> bool {
         .views
         .iter()
         .all(|v| held_fresh(v.fresh_for(want), v.current().is_some()))
-        && held_fresh(shared.shards.fresh_for(want), shared.shards.current().is_some())
+        && held_fresh(
+            shared.shards.fresh_for(want),
+            shared.shards.current().is_some(),
+        )
 }
 
 /// Starts a check in the background unless one is running; it also
@@ -126,19 +128,21 @@ struct Changed {
 async fn list_and_mark(shared: &Shared, store: &Counted) -> Changed {
     let ticket = shared.next_ticket();
     let at = Instant::now();
-    let listed: HashMap<String, ETag> = match store.list(MANIFESTS_PREFIX).await {
-        Ok(objects) => objects.into_iter().map(|o| (o.key, o.etag)).collect(),
+    let listed = match crate::coord::layout::manifest_etags(store).await {
+        Ok(listed) => listed,
         Err(e) => {
             tracing::warn!(error = %e, "listing the manifests failed; revalidating each instead");
             return Changed {
-                partitions: (0..shared.views.len() as u32).collect(),
-                index: true,
+                partitions: (0..shared.views.len() as u32)
+                    .filter(|&p| shared.views[p as usize].current().is_some())
+                    .collect(),
+                index: shared.shards.current().is_some(),
             };
         }
     };
     let trust_all = crate::mutation::active(crate::mutation::Mutation::ListingTrustsAll);
     let same = |key: &str, held: Option<&ETag>| {
-        trust_all || matches!((listed.get(key), held), (Some(l), Some(h)) if same_etag(l, h))
+        trust_all || matches!((listed.get(key), held), (Some(l), Some(h)) if l.same_as(h))
     };
     let mut changed = Changed::default();
     for (p, slot) in shared.views.iter().enumerate() {
@@ -155,10 +159,4 @@ async fn list_and_mark(shared: &Shared, store: &Counted) -> Changed {
         None => {}
     }
     changed
-}
-
-/// Whether two ETags name the same bytes; S3 quotes them, and a listing
-/// and a GET of some stores disagree on the quotes.
-fn same_etag(a: &ETag, b: &ETag) -> bool {
-    a.0.trim_matches('"') == b.0.trim_matches('"')
 }

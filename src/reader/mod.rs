@@ -579,4 +579,4 @@ impl Reader {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

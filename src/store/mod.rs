@@ -47,6 +47,15 @@ pub use probe::{probe_conditional_writes, store_time, ProbeError};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ETag(pub String);
 
+impl ETag {
+    /// Whether `self` and `other` name the same bytes, quotes aside: S3
+    /// quotes ETags, and some stores' listings and GETs disagree on the
+    /// quotes.
+    pub fn same_as(&self, other: &ETag) -> bool {
+        self.0.trim_matches('"') == other.0.trim_matches('"')
+    }
+}
+
 impl fmt::Display for ETag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

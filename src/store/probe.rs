@@ -100,9 +100,8 @@ async fn run_checks(store: &dyn ObjectStore, key: &str, missing: &str) -> Result
     // Readers' freshness check trusts one LIST of the manifests: it must
     // show an acknowledged write at once, with the ETag a GET gives.
     let listed = store.list(key).await.map_err(io)?;
-    let unquoted = |e: &ETag| e.0.trim_matches('"').to_string();
     match listed.iter().find(|o| o.key == key) {
-        Some(o) if unquoted(&o.etag) == unquoted(&e2) => {}
+        Some(o) if o.etag.same_as(&e2) => {}
         _ => {
             return Err(ProbeError::ListLags {
                 store: name.clone(),
