@@ -9,6 +9,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The most dimensions an index may have.
+pub(crate) const MAX_DIMENSIONS: u32 = 65536;
+
 /// What went wrong, as far as a caller needs to know to react.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

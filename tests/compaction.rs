@@ -27,7 +27,86 @@ backend_tests!(
     a_writer_committing_during_compaction_survives_and_stays_newest,
     racing_compactors_one_wins_nothing_lost,
     gc_keeps_referenced_and_young_deletes_old_orphans_and_expired_retirees,
+    gc_keeps_a_batch_object_while_any_partition_needs_it,
 );
+
+/// One write to two partitions is one batch object holding both sections.
+/// Compacting one partition retires its section; GC must keep the object
+/// past that partition's grace while the other still references it, and
+/// delete it only once every partition has let go (and the grace passed).
+async fn gc_keeps_a_batch_object_while_any_partition_needs_it(store: Arc<Counted>) {
+    let (w, s) = setup(&store, 2, "none", Metric::Euclidean).await;
+    let recs: Vec<Record> = (0..40)
+        .map(|i| Record::new(format!("b{i}"), vec![i as f32; DIMS]))
+        .collect();
+    w.upsert(&recs[..20]).await.unwrap();
+    w.upsert(&recs[20..]).await.unwrap();
+    let (m0, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    let (m1, _) = read_manifest(store.as_ref(), 1).await.unwrap().unwrap();
+    let batches: Vec<String> = m0.segments.iter().map(|e| e.key.clone()).collect();
+    assert_eq!(batches.len(), 2);
+    assert!(batches.iter().all(|k| k.starts_with("vectors/batches/")));
+    assert_eq!(
+        batches,
+        m1.segments
+            .iter()
+            .map(|e| e.key.clone())
+            .collect::<Vec<_>>(),
+        "both partitions' sections in the same two objects"
+    );
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let dyn_clock: DynClock = clock.clone();
+    let force = CompactOptions {
+        force: true,
+        ..Default::default()
+    };
+    let compact = |p: u32| compact_partition(store.as_ref(), &s, p, "c", &dyn_clock, &force);
+    assert!(matches!(compact(0).await.unwrap(), Outcome::Compacted(_)));
+    clock.advance(Duration::from_secs(16 * 60));
+    let r = gc(store.as_ref(), &s, &dyn_clock, &GcOptions::default())
+        .await
+        .unwrap();
+    for k in &batches {
+        assert!(
+            !r.deleted.contains(k),
+            "{k} deleted while partition 1 needs it: {r:?}"
+        );
+        assert!(store.head(k).await.is_ok(), "{k}");
+    }
+    let (m0, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    assert!(
+        m0.retired.is_empty(),
+        "partition 0's expired retirements are trimmed"
+    );
+    let exact = SearchRequest {
+        exact: true,
+        ..SearchRequest::new(vec![3.0; DIMS], 40)
+    };
+    let fresh = Reader::new(store.clone(), &s, ReaderOptions::default());
+    assert_eq!(fresh.search(&exact).await.unwrap().results.len(), 40);
+    // Partition 1 lets go too; after the grace both objects go.
+    assert!(matches!(compact(1).await.unwrap(), Outcome::Compacted(_)));
+    let r = gc(store.as_ref(), &s, &dyn_clock, &GcOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        batches.iter().all(|k| !r.deleted.contains(k)),
+        "retired just now: {r:?}"
+    );
+    clock.advance(Duration::from_secs(16 * 60));
+    let r = gc(store.as_ref(), &s, &dyn_clock, &GcOptions::default())
+        .await
+        .unwrap();
+    for k in &batches {
+        assert!(
+            r.deleted.contains(k),
+            "{k} kept after every partition let go: {r:?}"
+        );
+        assert!(store.head(k).await.is_err(), "{k}");
+    }
+    let fresh = Reader::new(store.clone(), &s, ReaderOptions::default());
+    assert_eq!(fresh.search(&exact).await.unwrap().results.len(), 40);
+}
 
 const DIMS: usize = 16;
 const DOMAINS: [&str; 4] = ["a", "b", "c", "d"];

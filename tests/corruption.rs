@@ -20,17 +20,102 @@ use shoal::store::{Counted, ObjectStore};
 
 backend_tests!(
     every_corruption_is_named_and_contained,
+    a_corrupt_batch_object_fails_every_partition_it_holds,
     a_lost_manifest_is_corruption_until_repaired
 );
 
-async fn setup(store: &Arc<Counted>) -> Settings {
+/// A batch object holds a section of each partition a write touched: when
+/// it is damaged, every one of them fails naming it (or is left out of a
+/// partial result, named), `verify` reports it, and nothing is written.
+async fn a_corrupt_batch_object_fails_every_partition_it_holds(store: Arc<Counted>) {
+    let s = setup(&store, true).await;
+    let (m0, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
+    let (m1, _) = read_manifest(store.as_ref(), 1).await.unwrap().unwrap();
+    let batch = m0.segments[0].key.clone();
+    assert!(batch.starts_with("vectors/batches/"), "{batch}");
+    assert!(m0.segments[0].section.is_some());
+    assert_eq!(m1.segments[0].key, batch, "one object for both partitions");
+    let good = store.get(&batch).await.unwrap().bytes;
+    let mut flipped = good.to_vec();
+    for b in flipped.iter_mut().take(good.len() - 30) {
+        *b ^= 0x5a; // every section damaged, the directory intact
+    }
+    for bad in [good.slice(..good.len() / 3), Bytes::from(flipped)] {
+        store.put(&batch, bad).await.unwrap();
+        let before = snapshot(&store).await;
+        let r = Reader::new(
+            store.clone(),
+            &s,
+            ReaderOptions {
+                max_staleness: Duration::ZERO,
+                ..Default::default()
+            },
+        );
+        let q = SearchRequest::new(vec![1.0, 0.0, 0.0], 50);
+        let e = r
+            .search(&q)
+            .await
+            .expect_err("search must fail")
+            .to_string();
+        assert!(e.contains(&batch), "{e}");
+        let partial = r
+            .search(&SearchRequest {
+                allow_partial: true,
+                ..q
+            })
+            .await
+            .unwrap();
+        let mut failed: Vec<u32> = partial
+            .failed_partitions
+            .iter()
+            .map(|f| f.partition)
+            .collect();
+        failed.sort();
+        assert_eq!(failed, vec![0, 1], "{:?}", partial.failed_partitions);
+        assert!(partial
+            .failed_partitions
+            .iter()
+            .all(|f| f.error.contains(&batch)));
+        let report = common::verify(&store).await.unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.key == batch),
+            "verify misses {batch}: {:?}",
+            report.problems
+        );
+        assert_eq!(snapshot(&store).await, before, "reading changed the bucket");
+    }
+    store.put(&batch, good).await.unwrap();
+    let r = Reader::new(store.clone(), &s, ReaderOptions::default());
+    let all = r
+        .search(&SearchRequest::new(vec![1.0, 0.0, 0.0], 50))
+        .await
+        .unwrap();
+    assert_eq!(all.results.len(), 40);
+}
+
+/// Two partitions, 40 records in two writes: `batched`, each write is one
+/// batch object holding both partitions' sections; otherwise each
+/// partition's records are written on their own (one segment each).
+async fn setup(store: &Arc<Counted>, batched: bool) -> Settings {
     let settings = common::create_index(store.as_ref(), 2, 3, Metric::Dot).await;
     let w = common::writer(store.clone(), &settings);
     let recs: Vec<Record> = (0..40)
         .map(|i| Record::new(format!("r{i}"), vec![i as f32, 1.0, 0.5]))
         .collect();
-    w.upsert(&recs[..20]).await.unwrap();
-    w.upsert(&recs[20..]).await.unwrap();
+    for half in [&recs[..20], &recs[20..]] {
+        if batched {
+            w.upsert(half).await.unwrap();
+            continue;
+        }
+        for p in 0..2 {
+            let mine: Vec<Record> = half
+                .iter()
+                .filter(|r| shoal::coord::partition_of(&r.id, 2) == p)
+                .cloned()
+                .collect();
+            w.upsert(&mine).await.unwrap();
+        }
+    }
     settings
 }
 
@@ -92,7 +177,7 @@ async fn probe(store: &Arc<Counted>, s: &Settings, key: &str, partition: u32) {
 }
 
 async fn every_corruption_is_named_and_contained(store: Arc<Counted>) {
-    let s = setup(&store).await;
+    let s = setup(&store, false).await;
     let (m, _) = read_manifest(store.as_ref(), 0).await.unwrap().unwrap();
     let seg = m.segments[0].key.clone();
     let good = store.get(&seg).await.unwrap().bytes;
@@ -200,7 +285,8 @@ async fn hostile_ids_never_escape_the_layout(
         let ok = m.key == CONFIG_KEY
             || m.key.starts_with("_brainy/manifests/")
             || m.key.starts_with("_brainy/instances/")
-            || (m.key.starts_with("vectors/p00") && m.key.ends_with(".seg"));
+            || (m.key.starts_with("vectors/p00") && m.key.ends_with(".seg"))
+            || (m.key.starts_with("vectors/batches/") && m.key.ends_with(".seg"));
         assert!(ok, "unexpected key {:?}", m.key);
     }
     if let Some(root) = root {
@@ -238,7 +324,7 @@ async fn hostile_ids_local() {
 /// init, so a missing one is corruption everywhere, and `repair` brings
 /// the data back.
 async fn a_lost_manifest_is_corruption_until_repaired(store: Arc<Counted>) {
-    let s = setup(&store).await;
+    let s = setup(&store, true).await;
     assert!(s.partitions_initialized, "create_index initializes");
     // Newer versions of six records, so the rebuilt order matters. (A
     // second writer object under the same name: a millisecond apart, as

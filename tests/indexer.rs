@@ -633,19 +633,24 @@ async fn a_damaged_segment_manifest_or_shard_stops_indexing_only_where_it_is() {
         .collect();
     w.upsert(&next).await.unwrap();
     let (m1, _) = read_manifest(store.as_ref(), 1).await.unwrap().unwrap();
-    let seg = m1.segments.last().unwrap().key.clone();
-    let flip = |key: String, from_end: Option<usize>| {
+    let tail = m1.segments.last().unwrap().clone();
+    let seg = tail.key.clone();
+    // The middle of partition 1's own section (the write is one batch
+    // object holding every partition's section).
+    let section = tail.section.expect("a batch write");
+    let middle = (section.offset + section.length / 2) as usize;
+    let flip = |key: String, at: Result<usize, usize>| {
         let store = store.clone();
         async move {
             let mut b = store.get(&key).await.unwrap().bytes.to_vec();
-            let at = from_end.map_or(b.len() / 2, |n| b.len() - n);
+            let at = at.unwrap_or_else(|from_end| b.len() - from_end);
             b[at] ^= 0xff;
             store.put(&key, b.into()).await.unwrap();
         }
     };
-    flip(seg.clone(), None).await;
+    flip(seg.clone(), Ok(middle)).await;
     // A shard's id index is its last part, before the 8-byte end magic.
-    flip(shard.clone(), Some(12)).await;
+    flip(shard.clone(), Err(12)).await;
     let bad_manifest = "_brainy/manifests/p002.json";
     store
         .put(bad_manifest, bytes::Bytes::from_static(b"{oops"))

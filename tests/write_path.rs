@@ -737,3 +737,78 @@ async fn running_instances_pick_up_config_changes_within_the_refresh_interval() 
         db.close().await.unwrap();
     }
 }
+
+/// Issue 30, item 2: a write that spans partitions costs one object PUT
+/// however many partitions it touches, plus the manifest commits it must
+/// make (one GET and one conditional PUT per partition touched).
+#[tokio::test]
+async fn a_batch_costs_one_object_put_whatever_the_partition_count() {
+    for partitions in [2u32, 8, 32, 100] {
+        let store = common::memory_store();
+        let w = writer_on(store.clone(), partitions, 4, Metric::Euclidean).await;
+        let recs: Vec<Record> = (0..500)
+            .map(|i| Record::new(format!("r{i}"), vec_for(i, 4)))
+            .collect();
+        let touched: BTreeSet<u32> = recs
+            .iter()
+            .map(|r| shoal::coord::partition_of(&r.id, partitions))
+            .collect();
+        let before = store.counts();
+        let receipt = w.upsert(&recs).await.unwrap();
+        let d = store.counts().since(&before);
+        let objects = store.list("vectors/").await.unwrap();
+        assert_eq!(objects.len(), 1, "{partitions} partitions: {objects:?}");
+        assert!(objects[0].key.starts_with("vectors/batches/"));
+        let t = touched.len() as u64;
+        assert_eq!(d.put, 1 + t, "{partitions} partitions: {d:?}");
+        assert_eq!(d.get, t, "{partitions} partitions: {d:?}");
+        assert_eq!(receipt.segments.len(), touched.len());
+        assert_eq!(receipt.records, 500);
+        for i in [0, 250, 499] {
+            let got = common::get(&w, &format!("r{i}")).await.unwrap().unwrap();
+            assert_eq!(got.vector, vec_for(i, 4), "r{i}");
+        }
+    }
+}
+
+/// Concurrent batch writes in one process share each partition's manifest
+/// commit (their sections wait together), and newest wins per id.
+#[tokio::test]
+async fn concurrent_batch_writes_share_manifest_commits() {
+    let store = common::memory_store();
+    let slow: Arc<Counted> = Arc::new(store.with_latency(Duration::from_millis(20)));
+    let w = writer_on(slow, 4, 4, Metric::Euclidean).await;
+    let before = store.counts();
+    let tasks: Vec<_> = (0..16u32)
+        .map(|t| {
+            let w = w.clone();
+            tokio::spawn(async move {
+                let recs: Vec<Record> = (0..40)
+                    .map(|i| Record::new(format!("t{t}-{i}"), vec_for(t * 100 + i, 4)))
+                    .collect();
+                w.upsert(&recs).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let d = store.counts().since(&before);
+    let objects = store.list("vectors/batches/").await.unwrap().len() as u64;
+    assert_eq!(objects, 16, "one object per write");
+    let commits = d.put - objects;
+    assert!(
+        commits < 16 * 4,
+        "{commits} manifest PUTs for 16 writes to 4 partitions: sections should share commits"
+    );
+    let mut total = 0;
+    for p in 0..4 {
+        let (m, _) = read_manifest(store.as_ref(), p).await.unwrap().unwrap();
+        total += m.total_records();
+    }
+    assert_eq!(total, 16 * 40);
+    for t in [0u32, 15] {
+        let got = common::get(&w, &format!("t{t}-7")).await.unwrap().unwrap();
+        assert_eq!(got.vector, vec_for(t * 100 + 7, 4));
+    }
+}

@@ -30,8 +30,12 @@
 //!
 //! A partition whose manifest is missing is left alone entirely: its
 //! objects may be the only copy of acknowledged data (`shoal repair`
-//! rebuilds the manifest from them), so GC deletes nothing under it and
+//! rebuilds the manifest from them), so GC deletes nothing under it, nor
+//! any batch object (`vectors/batches/`, which may hold its sections), and
 //! reports it in [`GcReport::missing_manifests`].
+//!
+//! A batch object holds sections of several partitions: it is kept while
+//! any manifest references it or retired it within the grace period.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -44,8 +48,8 @@ use crate::coord::index_manifest::{read_index_manifest, trim_index_retired};
 use crate::coord::instance;
 use crate::coord::manifest::{partition_of_key, read_manifest, trim_retired};
 use crate::coord::paths::{
-    legacy_manifest_key, manifest_key, partition_of_manifest, INDEX_MANIFEST_KEY, INDEX_PREFIX,
-    LEGACY_INDEX_MANIFEST_KEY, VECTORS_PREFIX,
+    legacy_manifest_key, manifest_key, partition_of_manifest, BATCHES_PREFIX, INDEX_MANIFEST_KEY,
+    INDEX_PREFIX, LEGACY_INDEX_MANIFEST_KEY, VECTORS_PREFIX,
 };
 use crate::coord::{CoordError, Settings};
 use crate::store::ObjectStore;
@@ -118,7 +122,11 @@ pub async fn gc(
         .iter()
         .filter_map(|k| partition_of_manifest(k))
         .collect();
-    let missing: HashSet<u32> = needed.untouchable.difference(&unreadable).copied().collect();
+    let missing: HashSet<u32> = needed
+        .untouchable
+        .difference(&unreadable)
+        .copied()
+        .collect();
     report_missing_manifests(&mut report, settings, &missing, &stranded);
     report.unreadable = needed.unreadable;
     report.deleted.sort();
@@ -308,6 +316,11 @@ async fn sweep(
         }
         if let Some(p) = partition_of_key(&obj.key).filter(|p| needed.untouchable.contains(p)) {
             stranded.insert(p);
+            continue;
+        }
+        // A batch object may hold the only copy of a partition without a
+        // readable manifest: none goes while any partition is untouchable.
+        if obj.key.starts_with(BATCHES_PREFIX) && !needed.untouchable.is_empty() {
             continue;
         }
         if expired_keys.contains(&obj.key) || age.old_enough(obj.last_modified) {

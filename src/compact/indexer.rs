@@ -36,7 +36,6 @@ use serde::Serialize;
 
 use super::lease::with_lease;
 use super::{build_outputs, newest_records, retire_covered, routed, CompactError};
-use crate::index::shard::routed::group_by_cluster;
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
 use crate::coord::index_manifest::{
@@ -46,6 +45,7 @@ use crate::coord::index_manifest::{
 use crate::coord::manifest::load_manifest;
 use crate::coord::paths::{new_deletions_key, new_shard_key};
 use crate::coord::{CoordError, Settings};
+use crate::index::shard::routed::group_by_cluster;
 use crate::record::Prepared;
 use crate::segment::deletions::DeletionVector;
 use crate::segment::{self, SegmentHeader, Shape, FORMAT_VERSION};
@@ -245,7 +245,8 @@ async fn run_round(
     // the age bound after the first PUT, or not at all.
     let mut new_routing = None;
     let (new_shards, written_at) = if routed(settings, opts) && !live.is_empty() {
-        let rr = routed::routing_for_round(store, settings, clock, &index, &live, opts.retrain).await?;
+        let rr =
+            routed::routing_for_round(store, settings, clock, &index, &live, opts.retrain).await?;
         new_routing = rr.new;
         let r = rr.routing.clone();
         let clusters = crate::cpu::run(move || group_by_cluster(live, &r)).await;
@@ -327,7 +328,7 @@ async fn take_tails(
         let Some(last) = tail.last() else { continue };
         let mut segs = Vec::with_capacity(tail.len());
         for e in &tail {
-            match segment::load(store, &e.key, shape).await {
+            match segment::load_at(store, &e.key, e.range(), shape).await {
                 Ok(seg) => segs.push(Arc::new(seg)),
                 Err(err) => {
                     // The partition keeps its tail (and watermark) whole.
@@ -536,7 +537,11 @@ async fn merge_shards(
                     return Ok(());
                 }
             };
-            rows.extend((0..seg.len()).filter(|i| !dv.is_dead(*i as u64)).map(|i| seg.prepared(i)));
+            rows.extend(
+                (0..seg.len())
+                    .filter(|i| !dv.is_dead(*i as u64))
+                    .map(|i| seg.prepared(i)),
+            );
         }
         let level = inputs.iter().map(|s| s.level).max().unwrap_or(0) + 1;
         let merged_rows = rows.len() as u64;
@@ -601,7 +606,15 @@ async fn merge_routed(
         outputs: &outputs,
     };
     let n = settings.partition_count;
-    let committed = replace_merged(store, n, Backoff::default(), index.generation, late, merge, &retired_at);
+    let committed = replace_merged(
+        store,
+        n,
+        Backoff::default(),
+        index.generation,
+        late,
+        merge,
+        &retired_at,
+    );
     let Some(m) = committed.await? else {
         round.superseded = true;
         return Ok(false);
@@ -621,7 +634,11 @@ async fn merge_routed(
 /// Whether objects PUT at `written_at` are too old to commit (GC may
 /// take unreferenced objects after the grace period; see
 /// [`Settings::commit_age_bound`]). The round gives up; the next redoes it.
-pub(super) fn too_late(clock: &DynClock, written_at: std::time::SystemTime, settings: &Settings) -> bool {
+pub(super) fn too_late(
+    clock: &DynClock,
+    written_at: std::time::SystemTime,
+    settings: &Settings,
+) -> bool {
     let age = clock.now().duration_since(written_at).unwrap_or_default();
     let late = age > settings.commit_age_bound();
     if late {
@@ -785,7 +802,10 @@ pub(super) fn shape_of(settings: &Settings) -> Shape {
 }
 
 /// The index manifest, which exists from init on.
-pub(super) async fn current_index(store: &dyn ObjectStore, n: u32) -> Result<IndexManifest, CompactError> {
+pub(super) async fn current_index(
+    store: &dyn ObjectStore,
+    n: u32,
+) -> Result<IndexManifest, CompactError> {
     match read_index_manifest(store, n).await? {
         Some((index, _)) => Ok(index),
         None => Err(crate::coord::index_manifest::missing_index_manifest().into()),

@@ -112,7 +112,12 @@ mod tests {
     use crate::store::memory::MemoryStore;
 
     async fn lease(store: &MemoryStore) -> Option<Lease> {
-        read_index_manifest(store, 1).await.unwrap().unwrap().0.lease
+        read_index_manifest(store, 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .lease
     }
 
     #[tokio::test(start_paused = true)]

@@ -301,7 +301,9 @@ pub async fn compact_partition(
     };
     let mut segments = Vec::with_capacity(inputs.len());
     for e in &inputs {
-        segments.push(Arc::new(segment::load(store, &e.key, shape).await?));
+        segments.push(Arc::new(
+            segment::load_at(store, &e.key, e.range(), shape).await?,
+        ));
     }
     let bytes_in = segments.iter().map(|s| s.stored_bytes()).sum();
     let records_in: u64 = segments.iter().map(|s| s.len() as u64).sum();
@@ -377,7 +379,11 @@ async fn compaction_inputs(
         Some((m, _)) => m.watermark(partition),
         None => 0,
     };
-    if manifest.segments.first().is_some_and(|s| s.seq <= watermark) {
+    if manifest
+        .segments
+        .first()
+        .is_some_and(|s| s.seq <= watermark)
+    {
         // An indexer committed and stopped before retiring: finish it.
         if retire_covered(store, settings, clock, partition, watermark).await? {
             tracing::info!(

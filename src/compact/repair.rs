@@ -6,7 +6,11 @@
 //! writer created them (header `createdAtMs`, then the key). That order is
 //! the commit order whenever it matters and can be known:
 //! - segments of one writer commit in creation order (a writer commits a
-//!   partition's segments one at a time, under a lock);
+//!   partition's segments one at a time, under a lock, and the sections of
+//!   batch objects that wait together in order of creation; two concurrent
+//!   calls of one process writing one id, where a batch object created
+//!   earlier finished its PUT later, are the exception: such calls have no
+//!   order of their own, and repair keeps the creation order);
 //! - segments of different writers created further apart than the commit
 //!   age bound plus a minute of clock skew commit in creation order (a
 //!   segment is committed within the bound or never);
@@ -43,10 +47,11 @@ use super::CompactError;
 use crate::coord::clock::format_time;
 use crate::coord::index_manifest::read_index_manifest;
 use crate::coord::manifest::{
-    partition_of_key, read_manifest, restore, Manifest, SegmentEntry, SegmentStats,
+    partition_of_key, read_manifest, restore, Manifest, Section, SegmentEntry, SegmentStats,
+    SECTIONS_MANIFEST_VERSION,
 };
 use crate::coord::paths::{
-    legacy_manifest_key, manifest_key, partition_dir, segment_origin, SegmentOrigin,
+    legacy_manifest_key, manifest_key, partition_dir, segment_origin, SegmentOrigin, BATCHES_PREFIX,
 };
 use crate::coord::{CoordError, Settings};
 use crate::segment::{self, Segment, Shape};
@@ -105,7 +110,7 @@ pub async fn repair(
         ..Default::default()
     };
     let dir = format!("{}/", partition_dir(partition));
-    let segments = load_segments(store, partition, &dir, shape, &mut report).await?;
+    let (segments, sections) = load_segments(store, partition, &dir, shape, &mut report).await?;
     let window = settings.commit_age_bound() + CLOCK_SKEW;
     report.uncertain = uncertain_orders(&segments, window);
     // Seqs start above the index watermark: whatever was indexed from this
@@ -116,7 +121,7 @@ pub async fn repair(
         Some((m, _)) => m.watermark(partition),
         None => 0,
     };
-    let manifest = rebuilt_manifest(partition, watermark, &segments);
+    let manifest = rebuilt_manifest(partition, watermark, &segments, &sections);
     report.segments = manifest.segments.clone();
     report.refused = refusal(&report, opts, watermark, !segments.is_empty(), &dir);
     if report.refused.is_none() && !opts.dry_run {
@@ -161,16 +166,36 @@ async fn check_repairable(
     Ok(key)
 }
 
-/// Every readable segment under the partition's directory `dir`, in
-/// creation order; what cannot be read goes to `report.unreadable`.
+/// Where the partition's section lies in each batch object that has one.
+type Sections = HashMap<String, Section>;
+
+/// Every readable segment under the partition's directory `dir`, and the
+/// partition's section of every batch object, in creation order; what
+/// cannot be read goes to `report.unreadable`.
 async fn load_segments(
     store: &dyn ObjectStore,
     partition: u32,
     dir: &str,
     shape: Shape,
     report: &mut RepairReport,
-) -> Result<Vec<(String, Segment)>, CompactError> {
+) -> Result<(Vec<(String, Segment)>, Sections), CompactError> {
     let mut segments = Vec::new();
+    let mut sections = Sections::new();
+    for obj in store.list(BATCHES_PREFIX).await? {
+        let found = match store.get(&obj.key).await {
+            Ok(got) => batch_section(&obj.key, &got.bytes, partition, shape),
+            Err(e) if e.is_retryable() => return Err(CoordError::from(e).into()),
+            Err(e) => Err(e.into()),
+        };
+        match found {
+            Ok(None) => {}
+            Ok(Some((section, seg))) => {
+                sections.insert(obj.key.clone(), section);
+                segments.push((obj.key, seg));
+            }
+            Err(e) => report.unreadable.push((obj.key, e.to_string())),
+        }
+    }
     for obj in store.list(dir).await? {
         if obj.key == legacy_manifest_key(partition) {
             continue; // the moved marker of an older layout (see `coord::layout`)
@@ -188,12 +213,36 @@ async fn load_segments(
     segments.sort_by(|(ka, a), (kb, b)| {
         (a.header().created_at_ms, ka).cmp(&(b.header().created_at_ms, kb))
     });
-    Ok(segments)
+    Ok((segments, sections))
+}
+
+/// The partition's section of the batch object `buf`, if it has one.
+fn batch_section(
+    key: &str,
+    buf: &[u8],
+    partition: u32,
+    shape: Shape,
+) -> Result<Option<(Section, Segment)>, segment::LoadError> {
+    let dir = segment::batch::decode_batch(key, buf)?;
+    let Some(s) = dir.iter().find(|s| s.partition == partition) else {
+        return Ok(None);
+    };
+    let seg = segment::decode_section(key, buf, (s.offset, s.length), shape)?;
+    let section = Section {
+        offset: s.offset,
+        length: s.length,
+    };
+    Ok(Some((section, seg)))
 }
 
 /// The manifest listing `segments` in order, with seqs from just above the
 /// index watermark.
-fn rebuilt_manifest(partition: u32, watermark: u64, segments: &[(String, Segment)]) -> Manifest {
+fn rebuilt_manifest(
+    partition: u32,
+    watermark: u64,
+    segments: &[(String, Segment)],
+    sections: &Sections,
+) -> Manifest {
     let mut manifest = Manifest::empty(partition);
     manifest.next_seq = watermark + 1;
     manifest.indexed_through = watermark;
@@ -207,6 +256,10 @@ fn rebuilt_manifest(partition: u32, watermark: u64, segments: &[(String, Segment
         };
         let at = std::time::UNIX_EPOCH + Duration::from_millis(h.created_at_ms);
         let mut entry = SegmentEntry::new(key.clone(), stats, format_time(at), &h.writer_id);
+        entry.section = sections.get(key).copied();
+        if entry.section.is_some() {
+            manifest.version = manifest.version.max(SECTIONS_MANIFEST_VERSION);
+        }
         entry.seq = manifest.next_seq;
         manifest.next_seq += 1;
         manifest.segments.push(entry);

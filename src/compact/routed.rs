@@ -78,13 +78,19 @@ pub(super) async fn routing_for_round(
     let sample = sample_rows(store, index, shape, batch).await?;
     let generation = index.current_routing().map_or(1, |r| r.generation + 1);
     let (d, metric) = (shape.dimensions, shape.metric);
-    let routing = crate::cpu::run(move || Routing::train(&sample, d, metric, rows, generation)).await;
+    let routing =
+        crate::cpu::run(move || Routing::train(&sample, d, metric, rows, generation)).await;
     let now = clock.now();
     let key = new_routing_key(generation, now);
     let bytes = routing.encode();
     let len = bytes.len() as u64;
     put_new_object(store, &key, bytes.into(), Backoff::default()).await?;
-    tracing::info!(generation, clusters = routing.head.clusters, rows, "trained a routing");
+    tracing::info!(
+        generation,
+        clusters = routing.head.clusters,
+        rows,
+        "trained a routing"
+    );
     let entry = RoutingEntry {
         key,
         generation,
@@ -175,7 +181,9 @@ pub(super) async fn write_routed(
 ) -> Result<(Vec<ShardEntry>, SystemTime), CompactError> {
     let now = clock.now();
     let generation = routing.head.generation;
-    let built = crate::cpu::run(move || build_routed(clusters, &routing, unix_millis(now), "indexer", cap)).await;
+    let built =
+        crate::cpu::run(move || build_routed(clusters, &routing, unix_millis(now), "indexer", cap))
+            .await;
     let written_at = clock.now();
     let outputs = built
         .into_iter()
@@ -196,7 +204,13 @@ pub(super) async fn routed_rows_of(
     shard: &ShardEntry,
     ids: &HashSet<&str>,
 ) -> Result<Vec<u64>, CompactError> {
-    let head = segment::load_routed_head(store, &shard.key, shard.head_bytes.unwrap_or(0), shard.bytes).await?;
+    let head = segment::load_routed_head(
+        store,
+        &shard.key,
+        shard.head_bytes.unwrap_or(0),
+        shard.bytes,
+    )
+    .await?;
     let mut blocks: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
     for id in ids {
         if let Some(b) = head.fence_for(id) {
@@ -206,7 +220,9 @@ pub(super) async fn routed_rows_of(
     let mut rows = Vec::new();
     for (b, wanted) in blocks {
         let r = head.fences[b].block.range();
-        let got = store.get_range(&shard.key, ByteRange::new(r.start, r.end)).await;
+        let got = store
+            .get_range(&shard.key, ByteRange::new(r.start, r.end))
+            .await;
         let got = got.map_err(CoordError::from)?;
         let block = head.id_block(&shard.key, b, &got)?;
         rows.extend(wanted.iter().filter_map(|id| block.get(id)).map(u64::from));
@@ -232,7 +248,9 @@ pub(super) async fn live_rows_by_cluster(
             let (head, seg, _) = decode_routed(&shard.key, &got.bytes)?;
             for c in &head.clusters {
                 let live = (c.start..c.start + u64::from(c.rows)).filter(|r| !dv.is_dead(*r));
-                by.entry(c.cluster).or_default().extend(live.map(|r| seg.prepared(r as usize)));
+                by.entry(c.cluster)
+                    .or_default()
+                    .extend(live.map(|r| seg.prepared(r as usize)));
             }
         } else {
             let seg = segment::decode_segment(&shard.key, &got.bytes)?;
@@ -249,5 +267,8 @@ pub(super) async fn live_rows_by_cluster(
             by.entry(c).or_default().extend(rows);
         }
     }
-    Ok(by.into_iter().filter(|(_, rows)| !rows.is_empty()).collect())
+    Ok(by
+        .into_iter()
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect())
 }

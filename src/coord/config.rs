@@ -49,7 +49,7 @@ pub const DEFAULT_PARTITION_COUNT: u32 = 100;
 pub(crate) const DEFAULT_INSTANCE_TIMEOUT_SECONDS: u64 = 60;
 pub(crate) const DEFAULT_EMBEDDING_MODEL: &str = "unspecified";
 pub(crate) const MAX_PARTITION_COUNT: u32 = 4096;
-pub(crate) const MAX_DIMENSIONS: u32 = 65536;
+pub(crate) use crate::vocab::MAX_DIMENSIONS;
 /// Default GC grace period: how long a retired or unreferenced object is
 /// kept before GC may delete it.
 pub(crate) const DEFAULT_GC_GRACE_SECONDS: u64 = 15 * 60;

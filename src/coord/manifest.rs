@@ -3,7 +3,7 @@
 //!
 //! Idempotence covers compaction too: a retried append finds its segment
 //! among the live entries or, if a compaction retired it in between,
-//! among the retired ones (see [`append_segment`]).
+//! among the retired ones (see [`append_segments`]).
 //!
 //! Every partition manifest exists from `init` on (the config records it as
 //! `partitionsInitialized`), so a missing manifest is corruption: nothing
@@ -19,7 +19,7 @@
 //!
 //! This is the one room where manifests change. Each mutation is a named
 //! function over the generic compare-and-swap loop ([`super::cas`]):
-//! [`append_segment`] (a writer's commit), [`replace_prefix`] (a
+//! [`append_segments`] (a writer's commit), [`replace_prefix`] (a
 //! compaction's commit) and [`trim_retired`] (GC forgetting deleted
 //! objects). No other module builds a manifest by hand.
 //!
@@ -43,13 +43,17 @@ use super::clock::{parse_time, Clock};
 use super::config::Settings;
 use super::error::CoordError;
 use super::paths::{
-    legacy_manifest_key, manifest_key, partition_dir, partition_of_manifest, MANIFESTS_PREFIX,
-    VECTORS_PREFIX,
+    legacy_manifest_key, manifest_key, partition_dir, partition_of_manifest, BATCHES_PREFIX,
+    MANIFESTS_PREFIX, VECTORS_PREFIX,
 };
 use crate::mutation::{self, Mutation};
 use crate::store::{ETag, ObjectStore, StoreError};
 
-pub(crate) const MANIFEST_VERSION: u32 = 1;
+pub(crate) const MANIFEST_VERSION: u32 = 2;
+/// The version a manifest takes when it first names a section of a batch
+/// object: older shoal versions then refuse it with a clear error instead
+/// of reading the whole batch object as one segment.
+pub(crate) const SECTIONS_MANIFEST_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -89,6 +93,9 @@ pub struct RetiredEntry {
     /// before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The section of a batch object it named (see [`SegmentEntry::section`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section: Option<Section>,
 }
 
 /// One committed segment.
@@ -106,13 +113,24 @@ pub struct SegmentEntry {
     /// Whether the segment carries an ANN index.
     #[serde(default)]
     pub indexed: bool,
+    /// Where in `key` the segment lies when `key` is a batch object
+    /// holding several partitions' sections (`None`: the whole object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section: Option<Section>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
+/// A byte range of a batch object: one partition's segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Section {
+    pub offset: u64,
+    pub length: u64,
+}
+
 impl SegmentEntry {
     /// An entry for a segment about to be committed or replaced into a
-    /// manifest. `seq` is 0 until [`append_segment`] assigns one (or
+    /// manifest. `seq` is 0 until [`append_segments`] assigns one (or
     /// [`replace_prefix`] gives it the prefix's).
     pub fn new(key: String, stats: SegmentStats, created_at: String, writer_id: &str) -> Self {
         SegmentEntry {
@@ -124,7 +142,30 @@ impl SegmentEntry {
             created_at,
             writer_id: writer_id.to_string(),
             indexed: stats.indexed,
+            section: None,
             extra: Map::new(),
+        }
+    }
+
+    /// This entry, naming `section` of the batch object at its key.
+    pub fn in_section(self, section: Section) -> Self {
+        SegmentEntry {
+            section: Some(section),
+            ..self
+        }
+    }
+
+    /// The section as (offset, length), for `segment::load_at`.
+    pub fn range(&self) -> Option<(u64, u64)> {
+        self.section.map(|s| (s.offset, s.length))
+    }
+
+    /// A name for the segment unique across partitions: its key, plus the
+    /// section for a batch object's (cache keys, reports).
+    pub fn locator(&self) -> String {
+        match self.section {
+            None => self.key.clone(),
+            Some(s) => format!("{}#{}+{}", self.key, s.offset, s.length),
         }
     }
 }
@@ -189,7 +230,8 @@ impl Manifest {
                     self.next_seq, s.seq
                 )));
             }
-            if !s.key.starts_with(&dir) || s.key.contains("..") {
+            let batch = s.section.is_some() && s.key.starts_with(BATCHES_PREFIX);
+            if !(s.key.starts_with(&dir) || batch) || s.key.contains("..") {
                 return Err(bad(format!("segment key {} is outside {dir}", s.key)));
             }
             last = s.seq;
@@ -352,74 +394,79 @@ pub fn parse_manifest(partition: u32, bytes: &[u8]) -> Result<Manifest, CoordErr
     Ok(m)
 }
 
-/// What [`append_segment`] did.
+/// What [`append_segments`] did.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Appended {
-    pub seq: u64,
+    /// Each entry's seq, in the order given.
+    pub seqs: Vec<u64>,
     pub attempts: u32,
     pub conflicts: u32,
     pub retries: u32,
-    /// The segment was found already committed (an earlier attempt's
+    /// Some entry was found already committed (an earlier attempt's
     /// response was lost after the store applied it).
     pub already_committed: bool,
 }
 
-/// Commits `entry` (its `seq` is assigned here) to its partition's
-/// manifest under `rules`. Idempotent per segment key: an entry already
-/// committed (live, or retired by a compaction since) is reported as such,
-/// whatever its age.
-pub(crate) async fn append_segment(
+/// Commits `entries` (their `seq`s are assigned here, ascending in the
+/// order given) to the partition's manifest in one compare-and-swap under
+/// `rules`. Idempotent per segment key: an entry already committed (live,
+/// or retired by a compaction since) is reported with its seq, whatever its
+/// age, and not appended again.
+pub(crate) async fn append_segments(
     store: &dyn ObjectStore,
     partition: u32,
-    entry: SegmentEntry,
+    entries: &[SegmentEntry],
     rules: CommitRules<'_>,
 ) -> Result<Appended, CoordError> {
     let key = manifest_key(partition);
-    let mut found_seq = None;
+    let mut seqs = vec![0; entries.len()];
+    let mut found_any = false;
     let dedupe = !mutation::active(Mutation::NoDuplicateCheck);
     let updated = cas::update_json::<Manifest, _>(store, &key, rules.backoff, |current| {
         let mut m = found_or_empty(partition, current, rules.manifest_required)?;
         m.validate(partition)?;
-        if let Some(existing) = m.find(&entry.key).filter(|_| dedupe) {
-            found_seq = Some(existing.seq);
+        found_any = false;
+        let mut fresh = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            if let Some(existing) = m.find(&entry.key).filter(|_| dedupe) {
+                seqs[i] = existing.seq;
+                found_any = true;
+                continue;
+            }
+            // Committed, then compacted away before this retry: its records
+            // are in the compaction's output. Appending it again would put an
+            // old version above newer acknowledged writes.
+            if let Some(retired) = m.retired.iter().find(|r| dedupe && r.key == entry.key) {
+                seqs[i] = retired.seq.unwrap_or(0);
+                found_any = true;
+                continue;
+            }
+            fresh.push(i);
+        }
+        if fresh.is_empty() {
             return Ok(Step::Keep(m));
         }
-        // Committed, then compacted away before this retry: its records
-        // are in the compaction's output. Appending it again would put an
-        // old version above newer acknowledged writes.
-        if let Some(retired) = m.retired.iter().find(|r| dedupe && r.key == entry.key) {
-            found_seq = Some(retired.seq.unwrap_or(0));
-            return Ok(Step::Keep(m));
-        }
-        found_seq = None;
-        rules.check_age(&entry.key)?;
+        rules.check_age(&entries[fresh[0]].key)?;
         rules.prune_retired(&mut m);
-        let mut e = entry.clone();
-        e.seq = m.next_seq;
-        m.next_seq += 1;
-        m.segments.push(e);
+        for i in fresh {
+            let mut e = entries[i].clone();
+            if e.section.is_some() {
+                m.version = m.version.max(SECTIONS_MANIFEST_VERSION);
+            }
+            e.seq = m.next_seq;
+            seqs[i] = e.seq;
+            m.next_seq += 1;
+            m.segments.push(e);
+        }
         Ok(Step::Write(m))
     })
     .await?;
-    let seq = match found_seq {
-        Some(seq) => seq,
-        None => {
-            updated
-                .value
-                .segments
-                .iter()
-                .rev()
-                .find(|s| s.key == entry.key)
-                .expect("the written manifest holds the new segment")
-                .seq
-        }
-    };
     Ok(Appended {
-        seq,
+        seqs,
         attempts: updated.attempts,
         conflicts: updated.conflicts,
         retries: updated.retries,
-        already_committed: !updated.wrote,
+        already_committed: found_any,
     })
 }
 
@@ -488,6 +535,7 @@ pub(crate) async fn replace_prefix(
             key: i.key.clone(),
             retired_at: retired_at.to_string(),
             seq: Some(i.seq),
+            section: i.section,
         }));
         Ok(Step::Write(m))
     })
@@ -537,6 +585,7 @@ pub async fn retire_indexed(
             key: s.key,
             retired_at: retired_at.to_string(),
             seq: Some(s.seq),
+            section: s.section,
         }));
         m.indexed_through = through;
         Ok(Step::Write(m))
@@ -588,9 +637,10 @@ pub struct Stranded {
 }
 
 /// Creates the empty manifest of every partition that has none and holds
-/// no object (one LIST of the manifests, one of `vectors/`, then a
-/// create-only PUT per such partition; a racing creator's manifest is
-/// kept). A partition that holds
+/// no object, nor a section of a batch object (one LIST of the manifests,
+/// one of `vectors/`, a GET per batch object when some manifest is
+/// missing, then a create-only PUT per such partition; a racing creator's
+/// manifest is kept). A partition that holds
 /// objects but no manifest is reported in [`Initialized::stranded`].
 pub(crate) async fn create_missing(
     store: &dyn ObjectStore,
@@ -602,10 +652,28 @@ pub(crate) async fn create_missing(
             objects.entry(p).or_default().0 = true;
         }
     }
+    let mut batches = Vec::new();
     for obj in store.list(VECTORS_PREFIX).await? {
         match partition_of_key(&obj.key) {
             Some(p) if obj.key != legacy_manifest_key(p) => objects.entry(p).or_default().1 += 1,
+            None if obj.key.starts_with(BATCHES_PREFIX) => batches.push(obj.key),
             _ => {}
+        }
+    }
+    let lacking = (0..partition_count).any(|p| !objects.get(&p).is_some_and(|o| o.0));
+    // Batch objects hold sections of several partitions: read which (only
+    // when some partition has no manifest).
+    for key in batches.iter().filter(|_| lacking) {
+        let got = store.get(key).await?;
+        let sections = crate::segment::batch::decode_batch(key, &got.bytes).map_err(|e| {
+            CoordError::Corrupt {
+                key: key.clone(),
+                reason: e.to_string(),
+                found: "a batch object".into(),
+            }
+        })?;
+        for s in sections {
+            objects.entry(s.partition).or_default().1 += 1;
         }
     }
     let mut out = Initialized::default();
@@ -704,8 +772,8 @@ mod tests {
         let clock = ManualClock::new(SystemClock.now());
         let b = rules(&clock, clock.now());
         let (s1, s2) = ("vectors/p000/1.seg", "vectors/p000/2.seg");
-        append_segment(&store, 0, entry(s1), b).await.unwrap();
-        let second = append_segment(&store, 0, entry(s2), b).await.unwrap();
+        append_segments(&store, 0, &[entry(s1)], b).await.unwrap();
+        let second = append_segments(&store, 0, &[entry(s2)], b).await.unwrap();
         let (m, _) = read_manifest(&store, 0).await.unwrap().unwrap();
         let out = entry("vectors/p000/c.seg");
         let replaced = replace_prefix(&store, 0, &m.segments, &[out], "t", b)
@@ -713,10 +781,10 @@ mod tests {
             .unwrap();
         assert_eq!(replaced, Replaced::Replaced);
         // The retry of s2's commit (its first PUT landed, the answer was lost).
-        let retry = append_segment(&store, 0, entry(s2), b).await.unwrap();
+        let retry = append_segments(&store, 0, &[entry(s2)], b).await.unwrap();
         assert!(retry.already_committed, "{retry:?}");
         assert_eq!(
-            retry.seq, second.seq,
+            retry.seqs, second.seqs,
             "the seq the segment was committed at"
         );
         let (m, _) = read_manifest(&store, 0).await.unwrap().unwrap();
@@ -738,12 +806,12 @@ mod tests {
         init(&store).await;
         let clock = ManualClock::new(SystemClock.now());
         let t0 = clock.now();
-        let landed = append_segment(&store, 0, entry("vectors/p000/1.seg"), rules(&clock, t0))
+        let landed = append_segments(&store, 0, &[entry("vectors/p000/1.seg")], rules(&clock, t0))
             .await
             .unwrap();
         let (before, _) = read_manifest(&store, 0).await.unwrap().unwrap();
         clock.advance(Duration::from_secs(451));
-        let e = append_segment(&store, 0, entry("vectors/p000/2.seg"), rules(&clock, t0))
+        let e = append_segments(&store, 0, &[entry("vectors/p000/2.seg")], rules(&clock, t0))
             .await
             .unwrap_err();
         assert!(matches!(e, CoordError::CommitTooLate { .. }), "{e}");
@@ -752,13 +820,13 @@ mod tests {
         let (after, _) = read_manifest(&store, 0).await.unwrap().unwrap();
         assert_eq!(after, before, "nothing committed");
         // The retry of a commit that did land long ago is still success.
-        let again = append_segment(&store, 0, entry("vectors/p000/1.seg"), rules(&clock, t0))
+        let again = append_segments(&store, 0, &[entry("vectors/p000/1.seg")], rules(&clock, t0))
             .await
             .unwrap();
-        assert!(again.already_committed && again.seq == landed.seq);
+        assert!(again.already_committed && again.seqs == landed.seqs);
         // Within the bound it commits.
         let fresh = rules(&clock, clock.now() - Duration::from_secs(449));
-        append_segment(&store, 0, entry("vectors/p000/3.seg"), fresh)
+        append_segments(&store, 0, &[entry("vectors/p000/3.seg")], fresh)
             .await
             .unwrap();
         // A compaction's outputs obey the same bound.
@@ -786,7 +854,7 @@ mod tests {
         for round in 0..3 {
             for i in 0..4 {
                 let key = format!("vectors/p000/{round}-{i}.seg");
-                append_segment(&store, 0, entry(&key), rules(&clock, clock.now()))
+                append_segments(&store, 0, &[entry(&key)], rules(&clock, clock.now()))
                     .await
                     .unwrap();
             }

@@ -11,6 +11,9 @@ pub const INSTANCES_PREFIX: &str = "_brainy/instances/";
 pub(crate) const PROBE_PREFIX: &str = "_brainy/probe/";
 /// Folder holding every partition.
 pub(crate) const VECTORS_PREFIX: &str = "vectors/";
+/// Batch objects: one write's sections for several partitions (see
+/// `segment::batch`).
+pub(crate) const BATCHES_PREFIX: &str = "vectors/batches/";
 /// Folder of the read-optimized layout (DESIGN section 11).
 pub(crate) const INDEX_PREFIX: &str = "index/";
 /// Folder holding every manifest and nothing else (the partition
@@ -48,6 +51,11 @@ pub(crate) fn new_segment_key(partition: u32, now: SystemTime, origin: SegmentOr
         SegmentOrigin::Compaction => COMPACTION_MARKER,
     };
     segment_key(partition, &fresh_id(now, marker))
+}
+
+/// A fresh batch object key: `vectors/batches/<unix ms>-<128 random bits>.seg`.
+pub(crate) fn new_batch_key(now: SystemTime) -> String {
+    format!("{BATCHES_PREFIX}{}.seg", fresh_id(now, ""))
 }
 
 /// What follows the time in a compaction output's segment id.

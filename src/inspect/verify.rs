@@ -160,7 +160,7 @@ async fn verify_segment(
         key: entry.key.clone(),
         message,
     };
-    let seg = match segment::load(store, &entry.key, shape).await {
+    let seg = match segment::load_at(store, &entry.key, entry.range(), shape).await {
         Ok(seg) => seg,
         Err(segment::LoadError::Store(e)) if e.is_retryable() => return Err(e.into()),
         Err(segment::LoadError::Store(e)) => {
@@ -204,7 +204,7 @@ async fn verify_segment(
 
 /// Lists `index/` and `vectors/`: unreferenced objects are orphans, or
 /// (under a partition without a manifest) counted as unreachable; anything
-/// else under `vectors/` that is not a segment is a problem.
+/// else under `vectors/` that is not a segment or a batch object is a problem.
 async fn list_unreferenced(
     store: &dyn ObjectStore,
     s: &crate::coord::Settings,
@@ -227,7 +227,10 @@ async fn list_unreferenced(
             *n += 1;
             continue;
         }
-        if partition.is_some() && obj.key.ends_with(".seg") {
+        let batch = obj.key.starts_with(crate::coord::paths::BATCHES_PREFIX);
+        if (partition.is_some() || batch) && obj.key.ends_with(".seg") {
+            // (A batch object may hold sections of a partition without a
+            // manifest too: `shoal repair` looks in every one.)
             report.orphans.push(obj.key);
         } else {
             report.problems.push(Problem {
@@ -449,22 +452,26 @@ async fn account(
     let output = |key: &str| segment_origin(key) == Some(SegmentOrigin::Compaction);
     // In commit order; a compaction's outputs after the inputs they share
     // a seq with.
-    let mut covered: Vec<(u64, bool, &str)> = m
+    type Covered<'a> = (u64, bool, &'a str, Option<(u64, u64)>);
+    let mut covered: Vec<Covered> = m
         .retired
         .iter()
-        .filter_map(|r| Some((r.seq.filter(|s| *s <= w)?, r.key.as_str())))
+        .filter_map(|r| {
+            let range = r.section.map(|s| (s.offset, s.length));
+            Some((r.seq.filter(|s| *s <= w)?, r.key.as_str(), range))
+        })
         .chain(
             m.segments
                 .iter()
                 .filter(|e| e.seq <= w)
-                .map(|e| (e.seq, e.key.as_str())),
+                .map(|e| (e.seq, e.key.as_str(), e.range())),
         )
-        .map(|(seq, key)| (seq, output(key), key))
+        .map(|(seq, key, range)| (seq, output(key), key, range))
         .collect();
     covered.sort();
     let mut segs = Vec::new();
-    for (_, _, key) in covered {
-        match segment::load(store, key, shape).await {
+    for (_, _, key, range) in covered {
+        match segment::load_at(store, key, range, shape).await {
             Ok(seg) => segs.push(seg),
             Err(e) if e.is_missing() => {} // collected after its grace period
             Err(segment::LoadError::Store(e)) if e.is_retryable() => return Err(e.into()),

@@ -128,11 +128,11 @@ async fn tail_lookup(
 ) -> Result<Vec<Option<Option<StoredRecord>>>, PartitionError> {
     let p = view.partition;
     let newest: Vec<_> = ids.iter().map(|id| snap.tail_of(view, id)).collect();
-    let mut keys: Vec<String> = newest
+    let mut keys: Vec<view::SegRef> = newest
         .iter()
         .flatten()
         .filter(|loc| !loc.tombstone)
-        .map(|loc| view.manifest.segments[loc.seg as usize].key.clone())
+        .map(|loc| view::SegRef::of(&view.manifest.segments[loc.seg as usize]))
         .collect();
     keys.sort_unstable();
     keys.dedup();
@@ -147,7 +147,7 @@ async fn tail_lookup(
             }
             let entry = &view.manifest.segments[loc.seg as usize];
             let at = keys
-                .binary_search(&entry.key)
+                .binary_search(&view::SegRef::of(entry))
                 .expect("every needed segment was loaded");
             Some(Some(stored(id, p, entry.seq, &segs[at], loc.pos as usize)))
         })

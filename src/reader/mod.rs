@@ -328,6 +328,9 @@ pub(crate) struct Shared {
     manifests_required: bool,
     opts: ReaderOptions,
     cache: moka::future::Cache<String, Arc<Segment>>,
+    /// Batch objects fetched whole for their sections (see
+    /// `segment::ObjectCache`); part of the segment budget.
+    objects: crate::segment::ObjectCache,
     /// Parts of range-read shards (codes, rows, metadata).
     blocks: ranged::Blocks,
     views: Vec<load::Slot<view::PartitionView>>,
@@ -377,6 +380,7 @@ impl Reader {
             })
             .time_to_idle(opts.cache_ttl)
             .build();
+        let objects = crate::segment::ObjectCache::new((segment_bytes / 2).max(16 << 20));
         Reader {
             shared: Arc::new(Shared {
                 store,
@@ -402,6 +406,7 @@ impl Reader {
                 ),
                 opts,
                 cache,
+                objects,
                 queries: AtomicU64::new(0),
                 tickets: AtomicU64::new(0),
                 hits: AtomicU64::new(0),

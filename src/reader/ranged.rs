@@ -186,7 +186,10 @@ fn row_in(parts: &HashMap<Part, Arc<Block>>, slot: (Part, usize), d: usize) -> &
 pub(crate) enum Part {
     Codes(u32),
     Meta(u32),
-    Rows { list: u32, chunk: u32 },
+    Rows {
+        list: u32,
+        chunk: u32,
+    },
     /// A routed shard's cluster: codes, ids and tombstone flags.
     Probe(u32),
     /// A routed shard's id-index block.
@@ -212,7 +215,10 @@ pub(crate) enum Block {
     Ids(IdBlock),
     /// Centroids of consecutive clusters of a routing (a group, or all
     /// of them), as they are and rotated for the codes.
-    Group { centroids: Vec<f32>, rotated: Vec<f32> },
+    Group {
+        centroids: Vec<f32>,
+        rotated: Vec<f32>,
+    },
 }
 
 impl Block {

@@ -13,7 +13,7 @@ use super::snapshot::{Snapshot, Want};
 use super::unit::{Found, Io, Searched, Source, UnitQuery};
 use super::view::CacheTally;
 use super::{
-    Consistency, Hit, QueryStats, ReadError, SearchRequest, SearchResponse, Shared, ShardFailure,
+    Consistency, Hit, QueryStats, ReadError, SearchRequest, SearchResponse, ShardFailure, Shared,
     MAX_K,
 };
 use crate::filter::parse_filter;

@@ -176,7 +176,10 @@ impl ShardView {
         let r = match &self.body {
             ShardBody::Ranged(r) => r,
             ShardBody::Routed(r) => {
-                return r.warm(blocks, store, tally).await.map_err(|e| index_error(&e))
+                return r
+                    .warm(blocks, store, tally)
+                    .await
+                    .map_err(|e| index_error(&e))
             }
             _ => return Ok(0),
         };
@@ -253,10 +256,13 @@ impl ShardSet {
 
     /// The routed shards, with their ordinals.
     fn routed(&self) -> impl Iterator<Item = (u32, &Arc<RoutedShard>)> {
-        self.shards.iter().enumerate().filter_map(|(s, v)| match &v.body {
-            ShardBody::Routed(r) => Some((s as u32, r)),
-            _ => None,
-        })
+        self.shards
+            .iter()
+            .enumerate()
+            .filter_map(|(s, v)| match &v.body {
+                ShardBody::Routed(r) => Some((s as u32, r)),
+                _ => None,
+            })
     }
 
     /// The routings held.
@@ -322,7 +328,11 @@ impl ShardSet {
     /// Bytes this view holds: its shards, routings and the id → row map.
     pub(super) fn memory_bytes(&self) -> usize {
         self.shards.iter().map(|s| s.memory_bytes()).sum::<usize>()
-            + self.routings.iter().map(|r| r.memory_bytes()).sum::<usize>()
+            + self
+                .routings
+                .iter()
+                .map(|r| r.memory_bytes())
+                .sum::<usize>()
             + self
                 .rows
                 .keys()
@@ -526,7 +536,12 @@ async fn build(
                     // refreshed by the caller): kept as a broken shard.
                     Err(error) if error.kind() == crate::vocab::ErrorKind::Corrupt => {
                         tracing::error!(shard = %entry.key, %error, "an index shard is unreadable");
-                        Ok(Arc::new(broken(&entry.key, entry.deletions.clone(), error, entry.rows)))
+                        Ok(Arc::new(broken(
+                            &entry.key,
+                            entry.deletions.clone(),
+                            error,
+                            entry.rows,
+                        )))
                     }
                     loaded => loaded.map(Arc::new),
                 },
@@ -563,7 +578,12 @@ async fn build(
                 tracing::error!(routing = g, %error, "an index routing is unreadable");
                 for v in shards.iter_mut() {
                     if matches!(&v.body, ShardBody::Routed(r) if r.head.generation == g) {
-                        *v = Arc::new(broken(&v.key, v.deletions.clone(), error.clone(), v.live.count as u64));
+                        *v = Arc::new(broken(
+                            &v.key,
+                            v.deletions.clone(),
+                            error.clone(),
+                            v.live.count as u64,
+                        ));
                     }
                 }
             }
@@ -647,7 +667,8 @@ async fn load_shard(
                 Ok::<_, PartitionError>((ShardBody::Ranged(Arc::new(r)), tombstones))
             }
             None => {
-                let segment = load_segment(shared, store, &entry.key, tally).await?;
+                let at = super::view::SegRef::whole(&entry.key);
+                let segment = load_segment(shared, store, &at, tally).await?;
                 let ann = match segment.index_bytes() {
                     None => None,
                     Some(bytes) => Some(Arc::new(

@@ -31,6 +31,12 @@ pub(crate) async fn index_with_writer(
         .0
         .settings;
     let clock: DynClock = Arc::new(SystemClock);
-    let w = Writer::new(store.clone(), &settings, "w", clock, WriterOptions::default());
+    let w = Writer::new(
+        store.clone(),
+        &settings,
+        "w",
+        clock,
+        WriterOptions::default(),
+    );
     (settings, w)
 }

@@ -94,14 +94,49 @@ impl CacheTally {
     }
 }
 
-/// A segment through the cache (single flight per key).
+/// Where a segment is: an object key, and the section of it when the
+/// object is a batch object (see `segment::batch`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct SegRef {
+    pub key: String,
+    pub section: Option<(u64, u64)>,
+}
+
+impl SegRef {
+    pub(crate) fn whole(key: &str) -> Self {
+        SegRef {
+            key: key.to_string(),
+            section: None,
+        }
+    }
+
+    pub(crate) fn of(entry: &crate::coord::manifest::SegmentEntry) -> Self {
+        SegRef {
+            key: entry.key.clone(),
+            section: entry.range(),
+        }
+    }
+
+    /// The cache key: unique across partitions.
+    fn locator(&self) -> String {
+        match self.section {
+            None => self.key.clone(),
+            Some((offset, length)) => format!("{}#{offset}+{length}", self.key),
+        }
+    }
+}
+
+/// A segment through the cache (single flight per segment). Sections of
+/// one batch object share one whole-object GET (`Shared::objects`).
 pub(crate) async fn load_segment(
     shared: &Shared,
     store: &dyn ObjectStore,
-    key: &str,
+    at: &SegRef,
     tally: &CacheTally,
 ) -> Result<Arc<Segment>, PartitionError> {
     use std::sync::atomic::Ordering::Relaxed;
+    let key = at.locator();
+    let key = key.as_str();
     let entry = shared
         .cache
         .entry(key.to_string())
@@ -109,7 +144,11 @@ pub(crate) async fn load_segment(
             crate::coord::watched::retrying(
                 tally.deadline,
                 crate::segment::LoadError::is_retryable,
-                || crate::segment::load(store, key, shared.shape),
+                || {
+                    shared
+                        .objects
+                        .load_at(store, &at.key, at.section, shared.shape)
+                },
             )
             .await
             .map(Arc::new)
@@ -153,25 +192,20 @@ pub(crate) async fn segments_of(
     view: &PartitionView,
     tally: &CacheTally,
 ) -> Result<Vec<Arc<Segment>>, PartitionError> {
-    let keys: Vec<String> = view
-        .manifest
-        .segments
-        .iter()
-        .map(|e| e.key.clone())
-        .collect();
-    load_segments(shared, store, keys, tally).await
+    let refs: Vec<SegRef> = view.manifest.segments.iter().map(SegRef::of).collect();
+    load_segments(shared, store, refs, tally).await
 }
 
-/// Loads segments by key, up to 8 at a time, keeping their order.
+/// Loads segments, up to 8 at a time, keeping their order.
 pub(crate) async fn load_segments(
     shared: &Shared,
     store: &dyn ObjectStore,
-    keys: Vec<String>,
+    refs: Vec<SegRef>,
     tally: &CacheTally,
 ) -> Result<Vec<Arc<Segment>>, PartitionError> {
-    let futs = keys
+    let futs = refs
         .into_iter()
-        .map(|key| async move { load_segment(shared, store, &key, tally).await });
+        .map(|at| async move { load_segment(shared, store, &at, tally).await });
     futures::stream::iter(futs)
         .buffered(8)
         .collect::<Vec<_>>()
@@ -235,7 +269,8 @@ pub(crate) async fn refresh(
         .iter()
         .map(|e| e.key.clone())
         .collect();
-    let new_segments = load_segments(shared, store, new_keys.clone(), tally).await?;
+    let new_refs = manifest.segments[skip..].iter().map(SegRef::of).collect();
+    let new_segments = load_segments(shared, store, new_refs, tally).await?;
     view.absorb(&new_segments, &new_keys)?;
     view.manifest = manifest;
     view.etag = etag;

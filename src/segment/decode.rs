@@ -83,7 +83,7 @@ pub(super) fn decode_header(key: &str, buf: &[u8]) -> Result<(SegmentHeader, usi
     let writer_id = std::str::from_utf8(b.take(wlen).ok_or_else(bad)?)
         .map_err(|_| corrupt(key, "writer id is not UTF-8"))?
         .to_string();
-    if dimensions == 0 || dimensions > crate::coord::config::MAX_DIMENSIONS {
+    if dimensions == 0 || dimensions > crate::vocab::MAX_DIMENSIONS {
         return Err(corrupt(key, format!("invalid dimensions {dimensions}")));
     }
     if record_count > MAX_SEGMENT_RECORDS {

@@ -76,7 +76,9 @@ pub(crate) async fn load_routed_head(
     head_bytes: u64,
     total: u64,
 ) -> Result<super::routed::RoutedHead, LoadError> {
-    let region = store.get_range(key, crate::store::ByteRange::new(0, head_bytes)).await?;
+    let region = store
+        .get_range(key, crate::store::ByteRange::new(0, head_bytes))
+        .await?;
     Ok(super::routed::RoutedHead::parse(key, &region, total)?)
 }
 
@@ -87,7 +89,96 @@ pub async fn load(
     expected: Shape,
 ) -> Result<Segment, LoadError> {
     let got = store.get(key).await?;
-    let seg = decode_segment(key, &got.bytes)?;
+    decode_checked(key, &got.bytes, expected)
+}
+
+/// The segment at `key`: the whole object, or (`section` = offset,
+/// length, from a manifest entry) one partition's section of a batch
+/// object, fetched with one ranged GET.
+pub async fn load_at(
+    store: &dyn ObjectStore,
+    key: &str,
+    section: Option<(u64, u64)>,
+    expected: Shape,
+) -> Result<Segment, LoadError> {
+    let Some((offset, length)) = section else {
+        return load(store, key, expected).await;
+    };
+    let end = offset.saturating_add(length);
+    let got = store
+        .get_range(key, crate::store::ByteRange::new(offset, end))
+        .await?;
+    if got.len() as u64 != length {
+        return Err(short_section(key, offset, length, got.len()).into());
+    }
+    decode_checked(key, &got, expected)
+}
+
+/// The segment at `section` of the whole batch object `buf` (see
+/// [`ObjectCache`]).
+pub fn decode_section(
+    key: &str,
+    buf: &[u8],
+    section: (u64, u64),
+    expected: Shape,
+) -> Result<Segment, LoadError> {
+    let bytes = super::batch::slice_section(key, buf, section.0, section.1)?;
+    decode_checked(key, bytes, expected)
+}
+
+fn short_section(key: &str, offset: u64, length: u64, got: usize) -> SegmentError {
+    SegmentError::Corrupt {
+        key: key.to_string(),
+        reason: format!("section {offset}+{length} lies beyond the object (got {got} bytes)"),
+    }
+}
+
+fn decode_checked(key: &str, bytes: &[u8], expected: Shape) -> Result<Segment, LoadError> {
+    let seg = decode_segment(key, bytes)?;
     expected.check(key, &seg.header)?;
     Ok(seg)
+}
+
+/// Whole batch objects held briefly, so the sections of one object that a
+/// reader or an indexer round needs for many partitions cost one GET
+/// together (single flight per key), not one ranged GET each. Bounded by
+/// bytes; entries expire after a minute (the sections themselves are
+/// cached decoded by their users).
+#[derive(Clone)]
+pub struct ObjectCache {
+    objects: moka::future::Cache<String, bytes::Bytes>,
+}
+
+impl ObjectCache {
+    pub fn new(max_bytes: u64) -> Self {
+        ObjectCache {
+            objects: moka::future::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_, v: &bytes::Bytes| v.len().try_into().unwrap_or(u32::MAX))
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// The segment at `key` (whole, or its `section`), the batch object
+    /// fetched whole at most once while it stays cached.
+    pub async fn load_at(
+        &self,
+        store: &dyn ObjectStore,
+        key: &str,
+        section: Option<(u64, u64)>,
+        expected: Shape,
+    ) -> Result<Segment, LoadError> {
+        let Some(section) = section else {
+            return load(store, key, expected).await;
+        };
+        let whole = self
+            .objects
+            .try_get_with(key.to_string(), async {
+                store.get(key).await.map(|g| g.bytes)
+            })
+            .await
+            .map_err(|e: std::sync::Arc<StoreError>| LoadError::Store((*e).clone()))?;
+        decode_section(key, &whole, section, expected)
+    }
 }

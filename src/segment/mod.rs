@@ -35,6 +35,7 @@
 //! is capped at the declared raw length (and allocates only as real output
 //! appears), and every problem is a [`SegmentError`] naming the object key.
 
+pub mod batch;
 mod decode;
 pub mod deletions;
 mod encode;
@@ -46,8 +47,8 @@ pub mod shard;
 pub use decode::{decode_segment, decode_tail, Tail};
 pub use encode::{encode_segment, encode_segment_groups};
 pub use live::{LiveSet, Loc};
-pub use load::{load, LoadError, Shape};
 pub(crate) use load::load_routed_head;
+pub use load::{decode_section, load, load_at, LoadError, ObjectCache, Shape};
 
 use crate::vocab::Metric;
 

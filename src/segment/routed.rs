@@ -126,7 +126,13 @@ fn compress(raw: &[u8]) -> Vec<u8> {
 }
 
 /// Decompresses and checks a part; errors name `what`.
-fn open_part(key: &str, what: &str, p: &Part, stored: &[u8], max_raw: u64) -> Result<Vec<u8>, SegmentError> {
+fn open_part(
+    key: &str,
+    what: &str,
+    p: &Part,
+    stored: &[u8],
+    max_raw: u64,
+) -> Result<Vec<u8>, SegmentError> {
     let e = SectionEntry {
         kind: 0,
         codec: CODEC_ZSTD,
@@ -137,7 +143,10 @@ fn open_part(key: &str, what: &str, p: &Part, stored: &[u8], max_raw: u64) -> Re
         checksum: p.checksum,
     };
     open_section(key, &e, stored, max_raw).map_err(|err| match err {
-        SegmentError::Corrupt { reason, .. } => corrupt(key, format!("{what}: {}", reason.replace("section 0", "block"))),
+        SegmentError::Corrupt { reason, .. } => corrupt(
+            key,
+            format!("{what}: {}", reason.replace("section 0", "block")),
+        ),
         other => other,
     })
 }
@@ -181,7 +190,10 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
         code_bits,
         code_row_bytes,
     } = *meta;
-    assert!(clusters.windows(2).all(|w| w[0].cluster < w[1].cluster), "clusters ascending");
+    assert!(
+        clusters.windows(2).all(|w| w[0].cluster < w[1].cluster),
+        "clusters ascending"
+    );
     let n: usize = clusters.iter().map(|c| c.rows.len()).sum();
     let writer = &writer_id.as_bytes()[..writer_id.len().min(1024)];
     // The id index: every row's id in byte order with its shard row.
@@ -194,12 +206,22 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
         }
     }
     sorted.sort_unstable();
-    assert!(sorted.windows(2).all(|w| w[0].0 != w[1].0), "a shard holds one row per id");
+    assert!(
+        sorted.windows(2).all(|w| w[0].0 != w[1].0),
+        "a shard holds one row per id"
+    );
     let id_blocks: Vec<(String, Vec<u8>, usize)> = sorted
         .chunks(IDS_PER_BLOCK)
         .map(|chunk| {
             let mut raw = Vec::new();
-            push_offsets(&mut raw, chunk.iter().map(|(id, _)| id.len()).collect::<Vec<_>>().into_iter());
+            push_offsets(
+                &mut raw,
+                chunk
+                    .iter()
+                    .map(|(id, _)| id.len())
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            );
             for (id, _) in chunk {
                 raw.extend_from_slice(id.as_bytes());
             }
@@ -212,16 +234,30 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
     let head_len = FIXED_LEN
         + writer.len()
         + clusters.len() * CLUSTER_LEN
-        + id_blocks.iter().map(|(f, _, _)| 2 + f.len() + 24).sum::<usize>();
+        + id_blocks
+            .iter()
+            .map(|(f, _, _)| 2 + f.len() + 24)
+            .sum::<usize>();
     let mut at = (PREFIX_LEN + head_len) as u64;
     // Probe blocks, then rows, then metadata, then id blocks.
     let mut body = Vec::new();
     let mut entries = Vec::with_capacity(clusters.len());
     let mut start = 0u64;
     for c in clusters {
-        assert_eq!(c.codes.len(), c.rows.len() * code_row_bytes, "one code per row");
+        assert_eq!(
+            c.codes.len(),
+            c.rows.len() * code_row_bytes,
+            "one code per row"
+        );
         let mut raw = Vec::new();
-        push_offsets(&mut raw, c.rows.iter().map(|r| r.id.len()).collect::<Vec<_>>().into_iter());
+        push_offsets(
+            &mut raw,
+            c.rows
+                .iter()
+                .map(|r| r.id.len())
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
         for r in c.rows {
             raw.extend_from_slice(r.id.as_bytes());
         }

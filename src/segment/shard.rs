@@ -145,7 +145,13 @@ impl ShardHead {
 
     /// The header a [`Segment`] decoded from this shard carries.
     pub(crate) fn segment_header(&self) -> SegmentHeader {
-        whole_shard_header(self.dimensions, self.metric, self.rows, self.created_at_ms, &self.writer_id)
+        whole_shard_header(
+            self.dimensions,
+            self.metric,
+            self.rows,
+            self.created_at_ms,
+            &self.writer_id,
+        )
     }
 
     /// Checks a list's code block against its checksum (the quantizer
@@ -546,7 +552,7 @@ fn parse_head(
     let writer_id = std::str::from_utf8(take(wlen)?)
         .map_err(|_| corrupt(key, "writer id is not UTF-8"))?
         .to_string();
-    if dims == 0 || dims > crate::coord::config::MAX_DIMENSIONS as usize {
+    if dims == 0 || dims > crate::vocab::MAX_DIMENSIONS as usize {
         return Err(corrupt(key, format!("invalid dimensions {dims}")));
     }
     if rows > MAX_SEGMENT_RECORDS || nlist == 0 || nlist as u64 > rows.max(1) {

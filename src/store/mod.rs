@@ -120,7 +120,7 @@ impl ByteRange {
 }
 
 /// Errors from any backend. Messages are lowercase and name the key.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The object does not exist.

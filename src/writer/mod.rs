@@ -35,16 +35,18 @@ use tracing::Instrument;
 
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
-use crate::coord::manifest::{append_segment, CommitRules, SegmentEntry, SegmentStats};
-use crate::coord::paths::{new_segment_key, SegmentOrigin};
+use crate::coord::manifest::{append_segments, CommitRules, Section, SegmentEntry, SegmentStats};
+use crate::coord::paths::{new_batch_key, new_segment_key, SegmentOrigin};
 use crate::coord::{partition_of, CoordError, Settings};
 pub use crate::record::StoredRecord;
 use crate::record::{
     dedupe_last_wins, prepare_batch, prepare_deletes, InvalidInput, Prepared, Record, Schema,
     DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_RECORDS,
 };
+use crate::segment::batch::encode_batch;
 use crate::segment::{encode_segment, SegmentError, SegmentHeader, FORMAT_VERSION};
 use crate::store::{DynStore, StoreError};
+use std::time::SystemTime;
 
 /// Errors of the write path.
 #[derive(Debug, thiserror::Error)]
@@ -162,8 +164,19 @@ pub struct WriterStatsSnapshot {
 
 type CommitResult = Result<Committed, Arc<WriteError>>;
 
+/// What a caller hands to a partition's group commit.
+#[derive(Clone)]
+enum Work {
+    /// Records to write as a new segment of the partition (a write that
+    /// touches only this partition).
+    Records(Arc<Vec<Prepared>>),
+    /// The partition's section of a batch object the caller already wrote
+    /// (a write that touches several partitions).
+    Section(SegmentEntry),
+}
+
 struct Pending {
-    records: Arc<Vec<Prepared>>,
+    work: Work,
     done: oneshot::Sender<CommitResult>,
 }
 
@@ -319,7 +332,9 @@ impl Writer {
         self.write_prepared(prepared).await
     }
 
-    /// Commits already validated records, grouped by partition.
+    /// Commits already validated records, grouped by partition: a write
+    /// that touches one partition joins its group commit; one that touches
+    /// several is written as one batch object (see [`Writer::write_batch`]).
     pub(crate) async fn write_prepared(
         &self,
         prepared: Vec<Prepared>,
@@ -332,52 +347,235 @@ impl Writer {
                 .or_default()
                 .push(r);
         }
-        let commits = by_partition
-            .into_iter()
-            .map(|(p, recs)| self.submit(p, Arc::new(recs)));
-        let results = futures::future::join_all(commits).await;
-        let mut receipt = WriteReceipt {
-            records: total,
-            segments: Vec::with_capacity(results.len()),
+        let segments = if by_partition.len() > 1 {
+            self.write_batch(by_partition).await?
+        } else {
+            let commits = by_partition
+                .into_iter()
+                .map(|(p, recs)| self.submit(p, Work::Records(Arc::new(recs))));
+            let results = futures::future::join_all(commits).await;
+            results.into_iter().collect::<Result<Vec<_>, _>>()?
         };
-        for r in results {
-            receipt.segments.push(r?);
+        Ok(WriteReceipt {
+            records: total,
+            segments,
+        })
+    }
+
+    /// Writes records of several partitions as one batch object (one PUT),
+    /// then commits each partition's section through that partition's
+    /// group commit. A partition whose commit came too late (the process
+    /// paused past the commit age bound) has its records written again in
+    /// a fresh batch object; an object no partition committed is deleted.
+    async fn write_batch(
+        &self,
+        mut remaining: BTreeMap<u32, Vec<Prepared>>,
+    ) -> Result<Vec<Committed>, WriteError> {
+        const TRIES: u32 = 3;
+        let mut done = Vec::with_capacity(remaining.len());
+        for attempt in 1..=TRIES {
+            let (key, entries, bytes, written_at) = self.put_batch_object(&remaining).await?;
+            crate::mutation::before_commit(&key).await;
+            let commits = entries
+                .into_iter()
+                .map(|(p, e)| async move { (p, self.submit(p, Work::Section(e)).await) });
+            let results = futures::future::join_all(commits).await;
+            let mut committed_any = false;
+            let mut first_error = None;
+            let mut too_late = BTreeMap::new();
+            for (p, r) in results {
+                match r {
+                    Ok(c) => {
+                        committed_any = true;
+                        remaining.remove(&p);
+                        done.push(c);
+                    }
+                    Err(e) if is_too_late(&e) && attempt < TRIES => {
+                        tracing::warn!(partition = p, error = %e, "writing the records again");
+                        too_late.insert(p, ());
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if committed_any {
+                self.ensure_still_there(&key, bytes, written_at).await?;
+            } else if let Err(d) = self.inner.store.delete(&key).await {
+                tracing::warn!(key, error = %d, "could not delete an uncommitted batch object");
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            remaining.retain(|p, _| too_late.contains_key(p));
+            if remaining.is_empty() {
+                break;
+            }
         }
-        Ok(receipt)
+        done.sort_by_key(|c| c.partition);
+        Ok(done)
+    }
+
+    /// Encodes one section per partition into a batch object and PUTs it
+    /// (create-only); returns its key, each partition's manifest entry,
+    /// the bytes (for [`Writer::ensure_still_there`]) and when it was
+    /// written.
+    async fn put_batch_object(
+        &self,
+        parts: &BTreeMap<u32, Vec<Prepared>>,
+    ) -> Result<(String, Vec<(u32, SegmentEntry)>, bytes::Bytes, SystemTime), WriteError> {
+        let inner = &self.inner;
+        let ms = unix_millis(inner.clock.now());
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let key = new_batch_key(now);
+        let schema = inner.schema.read().unwrap().clone();
+        let header = SegmentHeader {
+            format_version: FORMAT_VERSION,
+            dimensions: schema.dimensions as u32,
+            metric: schema.metric,
+            record_count: 0,
+            created_at_ms: ms,
+            writer_id: inner.writer_id.clone(),
+            has_index: false,
+        };
+        let sections: Vec<(u32, bytes::Bytes)> = parts
+            .iter()
+            .map(|(p, records)| {
+                let h = SegmentHeader {
+                    record_count: records.len() as u64,
+                    ..header.clone()
+                };
+                (*p, encode_segment(&h, records, None))
+            })
+            .collect();
+        let (bytes, placed) = encode_batch(&sections);
+        let retries =
+            put_new_object(inner.store.as_ref(), &key, bytes.clone(), inner.backoff).await?;
+        inner
+            .stats
+            .retries
+            .fetch_add(u64::from(retries), Ordering::Relaxed);
+        let entries = placed
+            .iter()
+            .map(|s| {
+                let records = &parts[&s.partition];
+                let stats = SegmentStats {
+                    records: records.len() as u64,
+                    tombstones: records.iter().filter(|r| r.tombstone).count() as u64,
+                    bytes: s.length,
+                    indexed: false,
+                };
+                let section = Section {
+                    offset: s.offset,
+                    length: s.length,
+                };
+                let entry =
+                    SegmentEntry::new(key.clone(), stats, format_time(now), &inner.writer_id)
+                        .in_section(section);
+                (s.partition, entry)
+            })
+            .collect();
+        let s = &inner.stats;
+        s.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok((key, entries, bytes, now))
     }
 
     /// Group commit for one partition (see the module docs).
-    async fn submit(&self, p: u32, records: Arc<Vec<Prepared>>) -> Result<Committed, WriteError> {
+    async fn submit(&self, p: u32, work: Work) -> Result<Committed, WriteError> {
         let q = &self.inner.queues[p as usize];
         loop {
             let (done, mut result) = oneshot::channel();
             q.pending.lock().unwrap().push(Pending {
-                records: records.clone(),
+                work: work.clone(),
                 done,
             });
             let mut guard = q.commit.lock().await;
             match result.try_recv() {
                 Ok(r) => return self.finish(p, r),
-                // The caller that took our records was cancelled: re-enqueue.
+                // The caller that took our work was cancelled: re-enqueue.
                 Err(oneshot::error::TryRecvError::Closed) => continue,
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
             let batch = std::mem::take(&mut *q.pending.lock().unwrap());
-            let all: Vec<Prepared> = batch
-                .iter()
-                .flat_map(|b| b.records.iter().cloned())
-                .collect();
-            let r = self
-                .commit_partition(p, dedupe_last_wins(all), &mut guard)
-                .await
-                .map_err(Arc::new);
+            let mut records = Vec::new();
+            let mut sections = Vec::new();
+            for b in &batch {
+                match &b.work {
+                    Work::Records(r) => records.extend(r.iter().cloned()),
+                    Work::Section(e) => sections.push(e.clone()),
+                }
+            }
+            let from_records = if records.is_empty() {
+                None
+            } else {
+                let r = self.commit_partition(p, dedupe_last_wins(records), &mut guard);
+                Some(r.await.map_err(Arc::new))
+            };
+            let from_sections = if sections.is_empty() {
+                Vec::new()
+            } else {
+                self.commit_sections(p, &sections).await
+            };
+            let mut from_sections = from_sections.into_iter();
             for b in batch {
-                let _ = b.done.send(r.clone());
+                let r = match b.work {
+                    Work::Records(_) => from_records.clone().expect("records were committed"),
+                    Work::Section(_) => from_sections.next().expect("one result per section"),
+                };
+                let _ = b.done.send(r);
             }
             drop(guard);
             let r = result.await.expect("our own entry was in the batch");
             return self.finish(p, r);
         }
+    }
+
+    /// Appends sections of batch objects (already written by their
+    /// callers) to partition `p`'s manifest in one compare-and-swap, in
+    /// the order the objects were created (`shoal repair` orders by it).
+    /// Each section's result, in the order given.
+    async fn commit_sections(&self, p: u32, sections: &[SegmentEntry]) -> Vec<CommitResult> {
+        let inner = &self.inner;
+        let mut order: Vec<usize> = (0..sections.len()).collect();
+        order.sort_by(|&a, &b| sections[a].created_at.cmp(&sections[b].created_at));
+        let sorted: Vec<SegmentEntry> = order.iter().map(|&i| sections[i].clone()).collect();
+        let oldest = sorted
+            .iter()
+            .filter_map(|e| crate::coord::clock::parse_time(&e.created_at))
+            .min()
+            .unwrap_or_else(|| inner.clock.now());
+        let settings = inner.settings.read().unwrap().clone();
+        let rules = CommitRules::new(&settings, oldest, inner.clock.as_ref(), inner.backoff);
+        let appended = append_segments(inner.store.as_ref(), p, &sorted, rules).await;
+        let appended = match appended {
+            Ok(a) => a,
+            Err(e) => {
+                let e = Arc::new(WriteError::from(e));
+                return sections.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        inner.dirty.lock().unwrap().insert(p);
+        let s = &inner.stats;
+        s.conflicts
+            .fetch_add(u64::from(appended.conflicts), Ordering::Relaxed);
+        s.retries
+            .fetch_add(u64::from(appended.retries), Ordering::Relaxed);
+        let mut results = vec![None; sections.len()];
+        for (k, &i) in order.iter().enumerate() {
+            let e = &sections[i];
+            s.records.fetch_add(e.records, Ordering::Relaxed);
+            s.segments.fetch_add(1, Ordering::Relaxed);
+            results[i] = Some(Ok(Committed {
+                partition: p,
+                key: e.key.clone(),
+                seq: appended.seqs[k],
+                records: e.records as usize,
+            }));
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every section"))
+            .collect()
     }
 
     /// The age bound is checked before the manifest PUT is sent; a pause
@@ -494,7 +692,7 @@ impl Writer {
             let entry = SegmentEntry::new(key.clone(), stats, format_time(now), &inner.writer_id);
             let settings = inner.settings.read().unwrap().clone();
             let rules = CommitRules::new(&settings, now, inner.clock.as_ref(), inner.backoff);
-            let appended = match append_segment(inner.store.as_ref(), p, entry, rules).await {
+            let appended = match append_segments(inner.store.as_ref(), p, &[entry], rules).await {
                 Ok(a) => a,
                 Err(e) => {
                     if matches!(
@@ -532,11 +730,21 @@ impl Writer {
             Ok(Committed {
                 partition: p,
                 key,
-                seq: appended.seq,
+                seq: appended.seqs[0],
                 records: records.len(),
             })
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Whether a partition's commit failed only for coming too late (the
+/// records can be written again).
+fn is_too_late(e: &WriteError) -> bool {
+    match e {
+        WriteError::Commit { source, .. } => is_too_late(source),
+        WriteError::Coord(CoordError::CommitTooLate { .. }) => true,
+        _ => false,
     }
 }

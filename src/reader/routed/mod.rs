@@ -88,7 +88,9 @@ impl RoutingView {
             if whole {
                 store.get(key).await.map(|g| g.bytes)
             } else {
-                store.get_range(key, ByteRange::new(0, entry.head_bytes)).await
+                store
+                    .get_range(key, ByteRange::new(0, entry.head_bytes))
+                    .await
             }
         })
         .await
@@ -260,7 +262,12 @@ impl RoutedShard {
     /// Bytes held for good: the head and the deletion vector.
     pub(super) fn memory_bytes(&self) -> usize {
         self.head.clusters.len() * 80
-            + self.head.fences.iter().map(|f| f.first.len() + 56).sum::<usize>()
+            + self
+                .head
+                .fences
+                .iter()
+                .map(|f| f.first.len() + 56)
+                .sum::<usize>()
             + self.head.rows.div_ceil(8) as usize * usize::from(self.dv.is_some())
     }
 
@@ -281,7 +288,9 @@ impl RoutedShard {
         let Some(b) = self.head.fence_for(id) else {
             return Ok(None);
         };
-        let got = blocks.get(store, self, &[Part::Ids(b as u32)], tally).await?;
+        let got = blocks
+            .get(store, self, &[Part::Ids(b as u32)], tally)
+            .await?;
         let row = got[&Part::Ids(b as u32)].id_block().get(id);
         Ok(row.filter(|&r| self.is_live(u64::from(r))))
     }
@@ -336,7 +345,9 @@ impl RoutedShard {
         store: &Counted,
         tally: &CacheTally,
     ) -> Result<u64, PartitionError> {
-        let parts: Vec<Part> = (0..self.head.clusters.len() as u32).map(Part::Probe).collect();
+        let parts: Vec<Part> = (0..self.head.clusters.len() as u32)
+            .map(Part::Probe)
+            .collect();
         blocks.get(store, self, &parts, tally).await?;
         Ok(parts.len() as u64)
     }
@@ -346,7 +357,10 @@ impl RoutedShard {
 /// in it.
 pub(super) fn row_slot(pos: u32, i: u32) -> (Part, usize) {
     let chunk = i / ROW_CHUNK as u32;
-    (Part::Rows { list: pos, chunk }, (i % ROW_CHUNK as u32) as usize)
+    (
+        Part::Rows { list: pos, chunk },
+        (i % ROW_CHUNK as u32) as usize,
+    )
 }
 
 impl PartSource for RoutedShard {
@@ -388,11 +402,12 @@ impl PartSource for RoutedShard {
                         ),
                     });
                 }
-                let codes = ListCodes::from_bytes(codes, h.dimensions, c.rows as usize, h.code_bits)
-                    .map_err(|r| SegmentError::Corrupt {
-                        key: key.to_string(),
-                        reason: format!("codes of cluster {}: {r}", c.cluster),
-                    })?;
+                let codes =
+                    ListCodes::from_bytes(codes, h.dimensions, c.rows as usize, h.code_bits)
+                        .map_err(|r| SegmentError::Corrupt {
+                            key: key.to_string(),
+                            reason: format!("codes of cluster {}: {r}", c.cluster),
+                        })?;
                 Block::Probe {
                     codes: Box::new(codes),
                     ids: ids.ids,

@@ -63,7 +63,10 @@ impl SearchUnit for RoutedUnit {
         if q.vector.len() != d {
             return Err(index_error(&super::corrupt(
                 &self.routing.key,
-                format!("the routing has {d} dimensions, the index {}", q.vector.len()),
+                format!(
+                    "the routing has {d} dimensions, the index {}",
+                    q.vector.len()
+                ),
             )));
         }
         let mut run = Run {
@@ -150,7 +153,9 @@ impl Run<'_> {
         let keep = |l: u32, i: usize| {
             let p = &probed[l as usize];
             self.allowed(p, i as u32)
-                && q.filter.as_ref().is_none_or(|f| self.matches(f, p, i as u32))
+                && q.filter
+                    .as_ref()
+                    .is_none_or(|f| self.matches(f, p, i as u32))
         };
         let codes = |p: &Probed| self.got[p.shard][&Part::Probe(p.pos)].codes();
         let cands = if exact {
@@ -199,9 +204,11 @@ impl Run<'_> {
             .map(|(distance, l, i)| {
                 let p = &probed[l as usize];
                 let id = self.id(p, i).to_string();
-                let metadata = q
-                    .include_metadata
-                    .then(|| self.got[p.shard][&Part::Meta(p.pos)].metadata(i as usize).clone());
+                let metadata = q.include_metadata.then(|| {
+                    self.got[p.shard][&Part::Meta(p.pos)]
+                        .metadata(i as usize)
+                        .clone()
+                });
                 Found {
                     distance,
                     partition: crate::coord::partition_of(&id, q.partitions),
@@ -248,9 +255,20 @@ impl Run<'_> {
     /// shard when exact), nearest first, shards left out skipped.
     fn probed(&self, route: &[Centroid], exact: bool) -> Vec<Probed> {
         let mut out = Vec::new();
-        let live = |s: usize| !self.failed.iter().any(|f| *f.shard == *self.unit.shards[s].key);
+        let live = |s: usize| {
+            !self
+                .failed
+                .iter()
+                .any(|f| *f.shard == *self.unit.shards[s].key)
+        };
         if exact {
-            for (s, shard) in self.unit.shards.iter().enumerate().filter(|(s, _)| live(*s)) {
+            for (s, shard) in self
+                .unit
+                .shards
+                .iter()
+                .enumerate()
+                .filter(|(s, _)| live(*s))
+            {
                 out.extend((0..shard.head.clusters.len() as u32).map(|pos| Probed {
                     shard: s,
                     pos,
@@ -260,7 +278,13 @@ impl Run<'_> {
             return out;
         }
         for (j, c) in route.iter().enumerate() {
-            for (s, shard) in self.unit.shards.iter().enumerate().filter(|(s, _)| live(*s)) {
+            for (s, shard) in self
+                .unit
+                .shards
+                .iter()
+                .enumerate()
+                .filter(|(s, _)| live(*s))
+            {
                 if let Some(pos) = shard.head.position(c.cluster) {
                     out.push(Probed {
                         shard: s,
@@ -311,7 +335,11 @@ impl Run<'_> {
             parts.retain(|p| !self.got[s].contains_key(p));
             let shard = &self.unit.shards[s];
             (!parts.is_empty()).then_some(async move {
-                let got = io.shared.blocks.get(io.store, shard, &parts, io.tally).await;
+                let got = io
+                    .shared
+                    .blocks
+                    .get(io.store, shard, &parts, io.tally)
+                    .await;
                 (s, got)
             })
         });

@@ -116,7 +116,10 @@ async fn a_query_reads_only_the_probed_clusters_blocks() {
     let mut heads = Vec::new();
     for s in &m.shards {
         let bytes = inner.get(&s.key).await.unwrap().bytes;
-        heads.push((s.key.clone(), RoutedHead::parse(&s.key, &bytes, s.bytes).unwrap()));
+        heads.push((
+            s.key.clone(),
+            RoutedHead::parse(&s.key, &bytes, s.bytes).unwrap(),
+        ));
     }
 
     let logged = Arc::new(Ranges {
@@ -130,7 +133,11 @@ async fn a_query_reads_only_the_probed_clusters_blocks() {
     req.nprobe = Some(1);
     let got = reader.search(&req).await.unwrap();
     assert_eq!(got.results.len(), 10);
-    assert!(got.results.iter().any(|h| h.id == "r12345"), "{:?}", got.results);
+    assert!(
+        got.results.iter().any(|h| h.id == "r12345"),
+        "{:?}",
+        got.results
+    );
 
     // The clusters a query with nprobe 1 probes: the nearest few.
     let probes = super::search::PROBES_PER_NPROBE;
@@ -151,21 +158,32 @@ async fn a_query_reads_only_the_probed_clusters_blocks() {
         let mut wanted = 0;
         let mut blocks = 0;
         for c in &probed {
-            let Some(pos) = head.position(*c) else { continue };
+            let Some(pos) = head.position(*c) else {
+                continue;
+            };
             let e = &head.clusters[pos];
             for b in [
                 head.probe_range(pos),
                 head.rows_range(pos, 0, u64::from(e.rows)),
                 e.metadata.range(),
             ] {
-                let overlap = range.end.min(b.end).saturating_sub(range.start.max(b.start));
+                let overlap = range
+                    .end
+                    .min(b.end)
+                    .saturating_sub(range.start.max(b.start));
                 wanted += overlap;
                 blocks += u64::from(overlap > 0);
             }
         }
-        assert!(blocks > 0, "{key} {range:?} reads no probed cluster's block");
+        assert!(
+            blocks > 0,
+            "{key} {range:?} reads no probed cluster's block"
+        );
         let gaps = (range.end - range.start) - wanted;
-        assert!(gaps <= blocks * (64 << 10), "{key} {range:?}: {gaps} bytes of other clusters");
+        assert!(
+            gaps <= blocks * (64 << 10),
+            "{key} {range:?}: {gaps} bytes of other clusters"
+        );
         read += range.end - range.start;
     }
     let total: u64 = m.shards.iter().map(|s| s.bytes).sum();

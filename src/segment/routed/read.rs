@@ -5,8 +5,8 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{
-    corrupt, open_part, push_ids, split_offsets, split_offsets_prefix, ClusterEntry, IdFence,
-    Part, RoutedHead, ShardIds, CLUSTER_LEN, FIXED_LEN, PREFIX_LEN, ROUTED_VERSION, SHARD_MAGIC,
+    corrupt, open_part, push_ids, split_offsets, split_offsets_prefix, ClusterEntry, IdFence, Part,
+    RoutedHead, ShardIds, CLUSTER_LEN, FIXED_LEN, PREFIX_LEN, ROUTED_VERSION, SHARD_MAGIC,
 };
 use crate::record::{MAX_ID_BYTES, MAX_METADATA_BYTES};
 use crate::segment::shard::{cap, Salvage};
@@ -51,7 +51,9 @@ impl RoutedHead {
     /// The index in [`Self::clusters`] of routing cluster `cluster`, if
     /// this shard holds rows of it.
     pub(crate) fn position(&self, cluster: u32) -> Option<usize> {
-        self.clusters.binary_search_by_key(&cluster, |c| c.cluster).ok()
+        self.clusters
+            .binary_search_by_key(&cluster, |c| c.cluster)
+            .ok()
     }
 
     /// The byte range of cluster `i`'s probe block (codes, then ids).
@@ -71,27 +73,51 @@ impl RoutedHead {
         let c = &self.clusters[i];
         let codes_len = (c.ids.offset - c.probe_offset) as usize;
         if bytes.len() as u64 != self.probe_range(i).end - c.probe_offset {
-            return Err(corrupt(key, format!("the probe block of cluster {} is truncated", c.cluster)));
+            return Err(corrupt(
+                key,
+                format!("the probe block of cluster {} is truncated", c.cluster),
+            ));
         }
         let (codes, ids) = bytes.split_at(codes_len);
         if xxh3_64(codes) != c.codes_checksum {
-            return Err(corrupt(key, format!("checksum mismatch in the codes of cluster {}", c.cluster)));
+            return Err(corrupt(
+                key,
+                format!("checksum mismatch in the codes of cluster {}", c.cluster),
+            ));
         }
         let what = format!("the ids of cluster {}", c.cluster);
-        let raw = open_part(key, &what, &c.ids, ids, cap(u64::from(c.rows), MAX_ID_BYTES + 1))?;
+        let raw = open_part(
+            key,
+            &what,
+            &c.ids,
+            ids,
+            cap(u64::from(c.rows), MAX_ID_BYTES + 1),
+        )?;
         let n = c.rows as usize;
         let (offsets, body) = split_offsets_prefix(key, &what, &raw)?;
         if offsets.len() - 1 != n || body.len() != offsets[n] as usize + n {
-            return Err(corrupt(key, format!("{what} do not hold one id and flag per row")));
+            return Err(corrupt(
+                key,
+                format!("{what} do not hold one id and flag per row"),
+            ));
         }
         let mut out = Vec::with_capacity(n);
         push_ids(key, &offsets, &body, &mut out)?;
         let flags = &body[offsets[n] as usize..];
         if flags.iter().any(|b| *b > 1) {
-            return Err(corrupt(key, format!("{what}: tombstone flags are malformed")));
+            return Err(corrupt(
+                key,
+                format!("{what}: tombstone flags are malformed"),
+            ));
         }
         let tombstones = flags.iter().map(|b| *b == 1).collect();
-        Ok((codes, ShardIds { ids: out, tombstones }))
+        Ok((
+            codes,
+            ShardIds {
+                ids: out,
+                tombstones,
+            },
+        ))
     }
 
     /// Byte range of rows `first..first + count` of cluster `i` (indexes
@@ -124,7 +150,13 @@ impl RoutedHead {
     ) -> Result<(Vec<u64>, Vec<u8>), SegmentError> {
         let c = &self.clusters[i];
         let what = format!("the metadata of cluster {}", c.cluster);
-        let raw = open_part(key, &what, &c.metadata, stored, cap(u64::from(c.rows), MAX_METADATA_BYTES))?;
+        let raw = open_part(
+            key,
+            &what,
+            &c.metadata,
+            stored,
+            cap(u64::from(c.rows), MAX_METADATA_BYTES),
+        )?;
         let (offsets, bytes) = split_offsets(key, &what, &raw)?;
         if offsets.len() - 1 != c.rows as usize {
             return Err(corrupt(key, format!("{what} has a different row count")));
@@ -134,14 +166,27 @@ impl RoutedHead {
 
     /// The id-index block that would hold `id` (by the fence keys).
     pub(crate) fn fence_for(&self, id: &str) -> Option<usize> {
-        self.fences.partition_point(|f| f.first.as_str() <= id).checked_sub(1)
+        self.fences
+            .partition_point(|f| f.first.as_str() <= id)
+            .checked_sub(1)
     }
 
     /// Checks and parses id-index block `b`.
-    pub(crate) fn id_block(&self, key: &str, b: usize, stored: &[u8]) -> Result<IdBlock, SegmentError> {
+    pub(crate) fn id_block(
+        &self,
+        key: &str,
+        b: usize,
+        stored: &[u8],
+    ) -> Result<IdBlock, SegmentError> {
         let f = &self.fences[b];
         let what = format!("id-index block {b}");
-        let raw = open_part(key, &what, &f.block, stored, cap(u64::from(u32::MAX), MAX_ID_BYTES + 4))?;
+        let raw = open_part(
+            key,
+            &what,
+            &f.block,
+            stored,
+            cap(u64::from(u32::MAX), MAX_ID_BYTES + 4),
+        )?;
         let (offsets, body) = split_offsets_prefix(key, &what, &raw)?;
         let n = offsets.len() - 1;
         let ids_end = offsets[n] as usize;
@@ -158,7 +203,10 @@ impl RoutedHead {
             || ids.windows(2).any(|w| w[0] >= w[1])
             || rows.iter().any(|r| u64::from(*r) >= self.rows)
         {
-            return Err(corrupt(key, format!("{what} is out of order or points past the shard")));
+            return Err(corrupt(
+                key,
+                format!("{what} is out of order or points past the shard"),
+            ));
         }
         Ok(IdBlock { ids, rows })
     }
@@ -166,7 +214,9 @@ impl RoutedHead {
     /// The cluster (index in [`Self::clusters`]) holding shard row `row`,
     /// and the row's place in it.
     pub(crate) fn locate(&self, row: u64) -> (usize, u64) {
-        let i = self.clusters.partition_point(|c| c.start + u64::from(c.rows) <= row);
+        let i = self
+            .clusters
+            .partition_point(|c| c.start + u64::from(c.rows) <= row);
         (i, row - self.clusters[i].start)
     }
 
@@ -181,7 +231,10 @@ impl RoutedHead {
         }
         let version = u16::from_le_bytes([p[8], p[9]]);
         if version != ROUTED_VERSION {
-            return Err(SegmentError::UnsupportedVersion { key: key.into(), found: version });
+            return Err(SegmentError::UnsupportedVersion {
+                key: key.into(),
+                found: version,
+            });
         }
         let len = u64::from_le_bytes(p[16..24].try_into().expect("8 bytes"));
         let sum = u64::from_le_bytes(p[24..32].try_into().expect("8 bytes"));
@@ -197,11 +250,18 @@ impl RoutedHead {
     }
 }
 
-fn parse_head(key: &str, b: &[u8], head_end: u64, total_len: u64) -> Result<RoutedHead, SegmentError> {
+fn parse_head(
+    key: &str,
+    b: &[u8],
+    head_end: u64,
+    total_len: u64,
+) -> Result<RoutedHead, SegmentError> {
     let bad = || corrupt(key, "malformed shard head");
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8], SegmentError> {
-        let s = b.get(at..at.checked_add(n).ok_or_else(bad)?).ok_or_else(bad)?;
+        let s = b
+            .get(at..at.checked_add(n).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
         at += n;
         Ok(s)
     };
@@ -215,10 +275,14 @@ fn parse_head(key: &str, b: &[u8], head_end: u64, total_len: u64) -> Result<Rout
     };
     let f = take(FIXED_LEN)?;
     let dims = u32_(&f[..4]) as usize;
-    let metric = Metric::from_code(f[4]).ok_or_else(|| corrupt(key, format!("unknown metric code {}", f[4])))?;
+    let metric = Metric::from_code(f[4])
+        .ok_or_else(|| corrupt(key, format!("unknown metric code {}", f[4])))?;
     let code_bits = f[5];
     if !(1..=crate::segment::shard::MAX_CODE_BITS).contains(&code_bits) {
-        return Err(corrupt(key, format!("codes of {code_bits} bits per dimension")));
+        return Err(corrupt(
+            key,
+            format!("codes of {code_bits} bits per dimension"),
+        ));
     }
     let rows = u64_(&f[8..16]);
     let created_at_ms = u64_(&f[16..24]);
@@ -231,15 +295,24 @@ fn parse_head(key: &str, b: &[u8], head_end: u64, total_len: u64) -> Result<Rout
     let writer_id = std::str::from_utf8(take(wlen)?)
         .map_err(|_| corrupt(key, "writer id is not UTF-8"))?
         .to_string();
-    if dims == 0 || dims > crate::coord::config::MAX_DIMENSIONS as usize {
+    if dims == 0 || dims > crate::vocab::MAX_DIMENSIONS as usize {
         return Err(corrupt(key, format!("invalid dimensions {dims}")));
     }
-    if rows == 0 || rows > MAX_SEGMENT_RECORDS || nclusters == 0 || nclusters as u64 > rows || code_row_bytes == 0 {
-        return Err(corrupt(key, format!("{rows} rows in {nclusters} clusters is implausible")));
+    if rows == 0
+        || rows > MAX_SEGMENT_RECORDS
+        || nclusters == 0
+        || nclusters as u64 > rows
+        || code_row_bytes == 0
+    {
+        return Err(corrupt(
+            key,
+            format!("{rows} rows in {nclusters} clusters is implausible"),
+        ));
     }
     let stride = dims as u64 * 4 + 8;
     let body_end = total_len.saturating_sub(END_MAGIC.len() as u64);
-    let inside = |s: u64, len: u64| s >= head_end && s.checked_add(len).is_some_and(|e| e <= body_end);
+    let inside =
+        |s: u64, len: u64| s >= head_end && s.checked_add(len).is_some_and(|e| e <= body_end);
     if !inside(rows_offset, rows.checked_mul(stride).ok_or_else(bad)?) {
         return Err(corrupt(key, "the shard head misplaces its rows"));
     }
@@ -273,14 +346,20 @@ fn parse_head(key: &str, b: &[u8], head_end: u64, total_len: u64) -> Result<Rout
             || !inside(probe_offset, codes_len + u64::from(ids.stored))
             || !inside(e.metadata.offset, u64::from(e.metadata.stored))
         {
-            return Err(corrupt(key, format!("cluster {cluster} of the shard head is inconsistent")));
+            return Err(corrupt(
+                key,
+                format!("cluster {cluster} of the shard head is inconsistent"),
+            ));
         }
         next_probe = ids.offset + u64::from(ids.stored);
         start += u64::from(n);
         clusters.push(e);
     }
     if start != rows {
-        return Err(corrupt(key, format!("clusters hold {start} rows, the head says {rows}")));
+        return Err(corrupt(
+            key,
+            format!("clusters hold {start} rows, the head says {rows}"),
+        ));
     }
     let mut fences: Vec<IdFence> = Vec::with_capacity(nfences);
     for i in 0..nfences {
@@ -289,13 +368,21 @@ fn parse_head(key: &str, b: &[u8], head_end: u64, total_len: u64) -> Result<Rout
             .map_err(|_| corrupt(key, "an id fence is not UTF-8"))?
             .to_string();
         let block = part(take(24)?);
-        if fences.last().is_some_and(|p| p.first >= first) || !inside(block.offset, u64::from(block.stored)) {
-            return Err(corrupt(key, format!("id fence {i} of the shard head is inconsistent")));
+        if fences.last().is_some_and(|p| p.first >= first)
+            || !inside(block.offset, u64::from(block.stored))
+        {
+            return Err(corrupt(
+                key,
+                format!("id fence {i} of the shard head is inconsistent"),
+            ));
         }
         fences.push(IdFence { first, block });
     }
     if at != b.len() || fences.is_empty() {
-        return Err(corrupt(key, "shard head has the wrong length for its clusters"));
+        return Err(corrupt(
+            key,
+            "shard head has the wrong length for its clusters",
+        ));
     }
     Ok(RoutedHead {
         dimensions: dims,
@@ -334,7 +421,8 @@ pub(crate) fn salvage_routed(key: &str, buf: &[u8]) -> Result<Salvage, SegmentEr
     }
     if ids.iter().any(Option::is_none) {
         for (b, f) in head.fences.iter().enumerate() {
-            let Some(block) = slice(f.block.range()).and_then(|x| head.id_block(key, b, x).ok()) else {
+            let Some(block) = slice(f.block.range()).and_then(|x| head.id_block(key, b, x).ok())
+            else {
                 continue;
             };
             for (id, row) in block.ids.into_iter().zip(block.rows) {
@@ -359,7 +447,8 @@ pub(crate) fn salvage_routed(key: &str, buf: &[u8]) -> Result<Salvage, SegmentEr
                 .and_then(|r| head.cluster_rows(key, i, j, r).ok());
             match (vector, &meta) {
                 (Some(v), Some((offsets, bytes))) => {
-                    let md = bytes[offsets[j as usize] as usize..offsets[j as usize + 1] as usize].to_vec();
+                    let md = bytes[offsets[j as usize] as usize..offsets[j as usize + 1] as usize]
+                        .to_vec();
                     rows.push((row, v, md));
                 }
                 _ => lost.push(row),
@@ -380,7 +469,10 @@ pub(crate) fn salvage_routed(key: &str, buf: &[u8]) -> Result<Salvage, SegmentEr
 /// Decodes a whole routed shard: its head, its rows as a [`Segment`] in
 /// shard-row order, and each cluster's code block (a merge copies codes
 /// of the same routing as they are).
-pub(crate) fn decode_routed(key: &str, buf: &[u8]) -> Result<(RoutedHead, Segment, Vec<Vec<u8>>), SegmentError> {
+pub(crate) fn decode_routed(
+    key: &str,
+    buf: &[u8],
+) -> Result<(RoutedHead, Segment, Vec<Vec<u8>>), SegmentError> {
     if !buf.ends_with(END_MAGIC) {
         return Err(corrupt(key, "shard is truncated (no end magic)"));
     }
@@ -396,7 +488,12 @@ pub(crate) fn decode_routed(key: &str, buf: &[u8]) -> Result<(RoutedHead, Segmen
         codes.push(code.to_vec());
         ids.extend(cids.ids);
         tombstones.extend(cids.tombstones);
-        vectors.extend(head.cluster_rows(key, i, 0, slice(head.rows_range(i, 0, u64::from(c.rows))))?);
+        vectors.extend(head.cluster_rows(
+            key,
+            i,
+            0,
+            slice(head.rows_range(i, 0, u64::from(c.rows))),
+        )?);
         let (offsets, bytes) = head.cluster_metadata(key, i, slice(c.metadata.range()))?;
         let base = meta_bytes.len() as u64;
         meta_offsets.extend(offsets[1..].iter().map(|o| o + base));
@@ -408,13 +505,19 @@ pub(crate) fn decode_routed(key: &str, buf: &[u8]) -> Result<(RoutedHead, Segmen
         let block = head.id_block(key, b, slice(f.block.range()))?;
         for (id, row) in block.ids.iter().zip(&block.rows) {
             if ids[*row as usize] != *id {
-                return Err(corrupt(key, format!("the id index names row {row} under another id")));
+                return Err(corrupt(
+                    key,
+                    format!("the id index names row {row} under another id"),
+                ));
             }
         }
         seen += block.ids.len();
     }
     if seen != n {
-        return Err(corrupt(key, format!("the id index holds {seen} ids for {n} rows")));
+        return Err(corrupt(
+            key,
+            format!("the id index holds {seen} ids for {n} rows"),
+        ));
     }
     let header = crate::segment::shard::whole_shard_header(
         head.dimensions,

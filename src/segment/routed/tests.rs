@@ -17,8 +17,20 @@ fn row(id: &str, x: f32, meta: &str) -> Prepared {
 /// spans two id-index blocks.
 fn clusters() -> Vec<(u32, Vec<Prepared>)> {
     vec![
-        (2, vec![row("b", 0.1, r#"{"n":1}"#), row("a", 0.2, ""), row("c", 0.3, r#"{"n":3}"#)]),
-        (5, (0..1500).map(|i| row(&format!("m{i:05}"), i as f32, "")).collect()),
+        (
+            2,
+            vec![
+                row("b", 0.1, r#"{"n":1}"#),
+                row("a", 0.2, ""),
+                row("c", 0.3, r#"{"n":3}"#),
+            ],
+        ),
+        (
+            5,
+            (0..1500)
+                .map(|i| row(&format!("m{i:05}"), i as f32, ""))
+                .collect(),
+        ),
         (9, vec![row("z", -1.0, r#"{"z":true}"#), row("0", -2.0, "")]),
     ]
 }
@@ -26,14 +38,23 @@ fn clusters() -> Vec<(u32, Vec<Prepared>)> {
 fn encode(cs: &[(u32, Vec<Prepared>)]) -> (EncodedRouted, Vec<Vec<u8>>) {
     let codes: Vec<Vec<u8>> = cs
         .iter()
-        .map(|(c, rows)| (0..rows.len() * CODE_ROW).map(|i| (i as u32 * 7 + c) as u8).collect())
+        .map(|(c, rows)| {
+            (0..rows.len() * CODE_ROW)
+                .map(|i| (i as u32 * 7 + c) as u8)
+                .collect()
+        })
         .collect();
     let input: Vec<ClusterRows<'_>> = cs
         .iter()
         .zip(&codes)
-        .map(|((c, rows), codes)| ClusterRows { cluster: *c, rows, codes: codes.clone() })
+        .map(|((c, rows), codes)| ClusterRows {
+            cluster: *c,
+            rows,
+            codes: codes.clone(),
+        })
         .collect();
-    (encode_routed(
+    (
+        encode_routed(
             &RoutedMeta {
                 dims: DIMS,
                 metric: Metric::Cosine,
@@ -44,7 +65,9 @@ fn encode(cs: &[(u32, Vec<Prepared>)]) -> (EncodedRouted, Vec<Vec<u8>>) {
                 code_row_bytes: CODE_ROW,
             },
             &input,
-        ), codes)
+        ),
+        codes,
+    )
 }
 
 #[test]
@@ -55,11 +78,22 @@ fn a_routed_shard_round_trips_whole() {
     assert_eq!(head.rows, 1505);
     assert_eq!((head.generation, head.code_bits), (7, 3));
     assert_eq!(head.writer_id, "w1");
-    assert_eq!(head.clusters.iter().map(|c| c.cluster).collect::<Vec<_>>(), [2, 5, 9]);
+    assert_eq!(
+        head.clusters.iter().map(|c| c.cluster).collect::<Vec<_>>(),
+        [2, 5, 9]
+    );
     assert_eq!(got_codes, codes);
     let want: Vec<&Prepared> = cs.iter().flat_map(|(_, r)| r.iter()).collect();
-    assert_eq!(seg.ids, want.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
-    assert_eq!(seg.vectors, want.iter().flat_map(|r| r.vector.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        seg.ids,
+        want.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seg.vectors,
+        want.iter()
+            .flat_map(|r| r.vector.clone())
+            .collect::<Vec<_>>()
+    );
     for (i, r) in want.iter().enumerate() {
         let m = &seg.meta_bytes[seg.meta_offsets[i] as usize..seg.meta_offsets[i + 1] as usize];
         assert_eq!(m, r.metadata.as_slice(), "row {i}");
@@ -85,10 +119,14 @@ fn a_reader_plans_from_the_head_and_reads_parts_by_range() {
     // Adjacent clusters' probe blocks are adjacent.
     assert_eq!(head.probe_range(0).end, head.probe_range(1).start);
     // Rows by range, one at a time or several.
-    let r = head.cluster_rows("k", 1, 10, slice(head.rows_range(1, 10, 2))).unwrap();
+    let r = head
+        .cluster_rows("k", 1, 10, slice(head.rows_range(1, 10, 2)))
+        .unwrap();
     assert_eq!(r[..DIMS], cs[1].1[10].vector[..]);
     assert_eq!(r[DIMS..], cs[1].1[11].vector[..]);
-    let (offs, bytes) = head.cluster_metadata("k", 2, slice(head.clusters[2].metadata.range())).unwrap();
+    let (offs, bytes) = head
+        .cluster_metadata("k", 2, slice(head.clusters[2].metadata.range()))
+        .unwrap();
     assert_eq!(&bytes[offs[0] as usize..offs[1] as usize], br#"{"z":true}"#);
     // Every id is found through its fence and block, at its shard row;
     // ids the shard does not hold are not.
@@ -96,14 +134,18 @@ fn a_reader_plans_from_the_head_and_reads_parts_by_range() {
     let all: Vec<&Prepared> = cs.iter().flat_map(|(_, r)| r.iter()).collect();
     for (shard_row, r) in all.iter().enumerate() {
         let f = head.fence_for(&r.id).expect("a fence");
-        let block = head.id_block("k", f, slice(head.fences[f].block.range())).unwrap();
+        let block = head
+            .id_block("k", f, slice(head.fences[f].block.range()))
+            .unwrap();
         assert_eq!(block.get(&r.id), Some(shard_row as u32), "{}", r.id);
         let (i, j) = head.locate(shard_row as u64);
         assert_eq!(cs[i].1[j as usize].id, r.id);
     }
     for absent in ["", "aa", "m00000x", "zz"] {
         let found = head.fence_for(absent).and_then(|f| {
-            head.id_block("k", f, slice(head.fences[f].block.range())).unwrap().get(absent)
+            head.id_block("k", f, slice(head.fences[f].block.range()))
+                .unwrap()
+                .get(absent)
         });
         assert_eq!(found, None, "{absent:?}");
     }
@@ -120,17 +162,41 @@ fn damage_is_refused_naming_the_part() {
         d
     };
     let err = |d: &[u8]| decode_routed("k", d).unwrap_err().to_string();
-    assert!(err(&flip(40)).contains("head checksum"), "{}", err(&flip(40)));
+    assert!(
+        err(&flip(40)).contains("head checksum"),
+        "{}",
+        err(&flip(40))
+    );
     let codes_at = head.clusters[1].probe_offset + 3;
-    assert!(err(&flip(codes_at)).contains("codes of cluster 5"), "{}", err(&flip(codes_at)));
+    assert!(
+        err(&flip(codes_at)).contains("codes of cluster 5"),
+        "{}",
+        err(&flip(codes_at))
+    );
     let ids_at = head.clusters[2].ids.offset + 2;
-    assert!(err(&flip(ids_at)).contains("ids of cluster 9"), "{}", err(&flip(ids_at)));
+    assert!(
+        err(&flip(ids_at)).contains("ids of cluster 9"),
+        "{}",
+        err(&flip(ids_at))
+    );
     let row_at = head.rows_range(1, 7, 1).start + 1;
-    assert!(err(&flip(row_at)).contains("row 7 of cluster 5"), "{}", err(&flip(row_at)));
+    assert!(
+        err(&flip(row_at)).contains("row 7 of cluster 5"),
+        "{}",
+        err(&flip(row_at))
+    );
     let meta_at = head.clusters[0].metadata.offset + 1;
-    assert!(err(&flip(meta_at)).contains("metadata of cluster 2"), "{}", err(&flip(meta_at)));
+    assert!(
+        err(&flip(meta_at)).contains("metadata of cluster 2"),
+        "{}",
+        err(&flip(meta_at))
+    );
     let fence_at = head.fences[1].block.offset + 1;
-    assert!(err(&flip(fence_at)).contains("id-index block 1"), "{}", err(&flip(fence_at)));
+    assert!(
+        err(&flip(fence_at)).contains("id-index block 1"),
+        "{}",
+        err(&flip(fence_at))
+    );
     assert!(err(&b[..b.len() - 1]).contains("truncated"));
     // A head region cut short, and a shard of another format version.
     assert!(RoutedHead::parse("k", &b[..enc.head_bytes as usize - 1], b.len() as u64).is_err());
