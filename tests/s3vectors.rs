@@ -1020,3 +1020,55 @@ async fn idle_index_handles_are_closed_and_reopen_on_the_next_call() {
     assert_eq!(keys_under(&root, &instances).await.len(), 1, "open again");
     svc.close().await;
 }
+
+/// Issue 30, item 4: 10k vectors loaded as 100 `PutVectors` of 100 (a
+/// common client default) make one object per call, not one per partition
+/// touched (about 6,400 before), so the first query after the load reads
+/// a hundred objects and answers at once, with the nearest vector first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_put_vectors_batches_make_one_object_each_and_the_first_query_answers() {
+    let root = root();
+    let svc = service(&root, None).await;
+    call(&svc, "CreateVectorBucket", json!({"vectorBucketName": "bkt"}))
+        .await
+        .unwrap();
+    call(&svc, "CreateIndex", index("bkt", "idx")).await.unwrap();
+    for call_no in 0..100 {
+        let vectors: Vec<Value> = (0..100)
+            .map(|i| {
+                let n = call_no * 100 + i;
+                json!({"key": format!("k{n}"), "data": {"float32": [n as f32, 1.0]}})
+            })
+            .collect();
+        call(
+            &svc,
+            "PutVectors",
+            json!({"vectorBucketName": "bkt", "indexName": "idx", "vectors": vectors}),
+        )
+        .await
+        .unwrap();
+    }
+    let prefix = prefix_of(&root, "bkt", "idx").await;
+    let batches = keys_under(&root, &format!("{prefix}vectors/batches/")).await;
+    assert_eq!(batches.len(), 100, "one object per PutVectors call");
+    // A fresh instance: a cold reader over everything just written.
+    let cold = service(&root, Some(Role::Reader)).await;
+    let got = call(
+        &cold,
+        "QueryVectors",
+        json!({"vectorBucketName": "bkt", "indexName": "idx", "topK": 3,
+               "queryVector": {"float32": [4321.2, 1.0]}}),
+    )
+    .await
+    .unwrap();
+    let keys: Vec<&str> = got["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["k4321", "k4322", "k4320"]);
+    for s in [svc, cold] {
+        s.close().await;
+    }
+}
