@@ -6,8 +6,10 @@
 //! Record ids are the base file's row numbers (`"0"`, `"1"`, ...), so
 //! results compare directly with `.ivecs` ground truth.
 
+mod cost;
 mod suite;
 
+pub use cost::{run_cost, CostOptions, CostReport, QueryCost, Requests};
 pub use suite::{machine, run_suite, FilteredOptions, SuiteOptions, SuiteResults};
 
 use std::time::Instant;

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
-use shoal::api::{run_suite, FilteredOptions, Metric, SuiteOptions, SuiteResults};
+use shoal::api::{
+    run_cost, run_suite, CostOptions, CostReport, FilteredOptions, Metric, SuiteOptions,
+    SuiteResults,
+};
 
 use super::Ctx;
 
@@ -22,7 +25,7 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub truth: PathBuf,
     /// Partitions (for a new index).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = shoal::api::DEFAULT_PARTITION_COUNT)]
     pub partitions: u32,
     /// Metric (for a new index).
     #[arg(long, value_enum, default_value = "cosine")]
@@ -78,9 +81,24 @@ pub(crate) struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Instead of the suite: what the requests cost. Writes the base
+    /// vectors in 500-record batches, compacts and indexes, then queries
+    /// at 10/s under each consistency level, and prices the requests at
+    /// S3 Standard list prices next to Amazon S3 Vectors' charges.
+    #[arg(long)]
+    pub cost: bool,
+    /// With --cost: seconds of queries per consistency level.
+    #[arg(long, default_value_t = 20)]
+    pub cost_seconds: u64,
+    /// With --cost: partitions of the new index (default: the default).
+    #[arg(long)]
+    pub cost_partitions: Option<u32>,
 }
 
 pub(super) async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
+    if a.cost {
+        return run_cost_report(ctx, &a).await;
+    }
     let opts = suite_options(&a);
     eprintln!(
         "bench: ingest, compact ({} index), warm and cold queries",
@@ -319,4 +337,78 @@ fn query_rows(a: &BenchArgs, r: &SuiteResults) -> Vec<Row> {
             format!("{:.4}", cold.recall_at_10),
         ),
     ]
+}
+
+/// `--cost`: runs the cost measurement and prints it.
+async fn run_cost_report(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
+    let opts = CostOptions {
+        base: a.base.clone(),
+        queries: a.queries.clone(),
+        partitions: a.cost_partitions,
+        metric: a.metric.into(),
+        batch: 500,
+        qps: 10.0,
+        seconds: a.cost_seconds,
+    };
+    eprintln!(
+        "bench --cost: write in 500-record batches, compact, index, then {} s of queries at 10/s \
+         per consistency level",
+        a.cost_seconds
+    );
+    let r = run_cost(&ctx.bucket, &opts).await?;
+    let results = serde_json::to_value(&r)?;
+    if let Some(out) = &a.out {
+        std::fs::write(out, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    if ctx.json {
+        return ctx.print_json(&results);
+    }
+    print_cost(&r);
+    Ok(())
+}
+
+fn print_cost(r: &CostReport) {
+    println!(
+        "{} records x {}-d, {} partitions, batches of {}, store {}",
+        r.records, r.dimensions, r.partitions, r.batch, r.store
+    );
+    println!();
+    println!(
+        "| work | GET | PUT | LIST | HEAD | DELETE | shoal at S3 list prices | Amazon S3 Vectors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let row = |name: &str, q: &shoal::api::Requests, usd: String, s3v: String| {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {usd} | {s3v} |",
+            q.get, q.put, q.list, q.head, q.delete
+        );
+    };
+    row(
+        "write 1M vectors: write calls",
+        &r.write_per_million,
+        format!("${:.3}", r.write_per_million.usd()),
+        String::new(),
+    );
+    row(
+        "write 1M vectors: compaction and indexing",
+        &r.compact_index_per_million,
+        format!("${:.3}", r.compact_index_per_million.usd()),
+        String::new(),
+    );
+    println!(
+        "| write 1M vectors: total | | | | | | ${:.3} | ${:.3} |",
+        r.write_usd_per_million, r.s3v_write_usd_per_million
+    );
+    for q in &r.queries {
+        row(
+            &format!(
+                "1M queries, {} ({} measured at {}/s)",
+                q.consistency, q.queries, r.qps
+            ),
+            &q.per_million,
+            format!("${:.2}", q.usd_per_million),
+            format!("${:.2}", r.s3v_query_usd_per_million),
+        );
+    }
 }

@@ -64,7 +64,7 @@ pub(crate) struct ServeArgs {
     /// Distance metric for a new config (default cosine).
     #[arg(long, value_enum, env = "SHOAL_METRIC")]
     pub metric: Option<super::MetricArg>,
-    /// Hash partitions for a new config (default 100).
+    /// Hash partitions for a new config (default 8).
     #[arg(long, env = "SHOAL_PARTITIONS")]
     pub partitions: Option<u32>,
     /// Serve a non-loopback address without an API key. Anyone who can

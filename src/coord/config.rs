@@ -45,7 +45,15 @@ pub(crate) const LISTED_MANIFESTS_VERSION: u32 = 2;
 /// that predate tombstones refuse it as "newer than this shoal
 /// understands" instead of opening the deleted index.
 pub(crate) const TOMBSTONE_VERSION: u32 = 1 << 20;
-pub const DEFAULT_PARTITION_COUNT: u32 = 100;
+/// Hash partitions of a new index. Measured (`benches/partitions.rs`,
+/// docs/benchmarks.md): every partition a batch touches costs a manifest
+/// commit, and batches of random ids touch them all, so fewer is cheaper
+/// (a 500-record batch: 2 PUTs at 1 partition, 9 at 8, 100 at 100); more
+/// partitions let concurrent single-record writers commit side by side
+/// (16 writers: 28 commits/s at 1 partition, 147 at 8, 238 at 100). 8
+/// keeps a batch at a few requests and most of the small-write
+/// concurrency.
+pub const DEFAULT_PARTITION_COUNT: u32 = 8;
 pub(crate) const DEFAULT_INSTANCE_TIMEOUT_SECONDS: u64 = 60;
 pub(crate) const DEFAULT_EMBEDDING_MODEL: &str = "unspecified";
 pub(crate) const MAX_PARTITION_COUNT: u32 = 4096;
