@@ -36,8 +36,8 @@ pub use crate::writer::{
 // from files, the readable filter syntax, bulk ingest of files, the
 // benchmark suite and its statistics.
 pub use crate::bench::{
-    exact_top_k, percentile, recall, run_cost, run_suite, CostOptions, CostReport,
-    FilteredOptions, Requests, SuiteOptions, SuiteResults,
+    exact_top_k, percentile, recall, run_cost, run_suite, CostOptions, CostReport, FilteredOptions,
+    Requests, SuiteOptions, SuiteResults,
 };
 pub use crate::dataset::{row_of, DatasetError};
 pub use crate::filter::{parse_filter, parse_filter_expr, FilterError};

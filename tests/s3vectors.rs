@@ -1029,10 +1029,16 @@ async fn idle_index_handles_are_closed_and_reopen_on_the_next_call() {
 async fn small_put_vectors_batches_make_one_object_each_and_the_first_query_answers() {
     let root = root();
     let svc = service(&root, None).await;
-    call(&svc, "CreateVectorBucket", json!({"vectorBucketName": "bkt"}))
+    call(
+        &svc,
+        "CreateVectorBucket",
+        json!({"vectorBucketName": "bkt"}),
+    )
+    .await
+    .unwrap();
+    call(&svc, "CreateIndex", index("bkt", "idx"))
         .await
         .unwrap();
-    call(&svc, "CreateIndex", index("bkt", "idx")).await.unwrap();
     for call_no in 0..100 {
         let vectors: Vec<Value> = (0..100)
             .map(|i| {
