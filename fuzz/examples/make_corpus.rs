@@ -178,6 +178,7 @@ fn manifests() {
         created_at: "2026-11-21T10:00:00Z".into(),
         writer_id: "writer-1".into(),
         indexed,
+        section: None,
         extra: Default::default(),
     };
     let mut m = Manifest::empty(3);
@@ -191,7 +192,17 @@ fn manifests() {
         seq: None,
         key: "vectors/p003/seg-000001-w1-0001.seg".into(),
         retired_at: "2026-11-21T09:00:00Z".into(),
+        section: None,
     }];
+    // A section of a batch object (several partitions' segments in one).
+    let mut batch = entry("vectors/batches/0001796444268416-ab12.seg", 8, false);
+    batch.section = Some(shoal::coord::manifest::Section {
+        offset: 4096,
+        length: 2048,
+    });
+    m.next_seq = 10;
+    m.segments.push(SegmentEntry { seq: 9, ..batch });
+    m.version = 2;
     m.extra
         .insert("futureField".into(), json!({"kept": [1, 2.5]}));
     let pretty = serde_json::to_vec_pretty(&m).expect("serialize");
