@@ -142,9 +142,13 @@ async fn a_deleted_index_is_gone_everywhere_with_its_objects_and_its_name_is_fre
     assert!(
         keys_under(&root, &format!("{prefix}_brainy/instances/"))
             .await
-            .len()
-            >= 2,
-        "both instances have registered with the index"
+            .is_empty(),
+        "servers keep no records in an index"
+    );
+    assert_eq!(
+        keys_under(&root, "_s3vectors/instances/").await.len(),
+        2,
+        "one record per server"
     );
     call(
         &a,
@@ -391,8 +395,8 @@ async fn unknown_and_unimplemented_operations_and_bad_bodies_get_aws_errors() {
     }
     assert_eq!(
         keys_under(&root, "").await,
-        Vec::<String>::new(),
-        "nothing written"
+        vec![format!("_s3vectors/instances/{}.json", svc.instance_id())],
+        "nothing written but the server's own instance record"
     );
     svc.close().await;
 }
@@ -525,7 +529,7 @@ async fn gated_service(root: &str, pattern: &str) -> (Service, Arc<WriteFaults>)
     let mut opts = S3VectorsOptions::new(root);
     opts.catalog_max_age = Duration::ZERO;
     let store = Arc::new(Counted::new(faults.clone()));
-    let svc = Service::open_on(CatalogStore::on(store, Duration::ZERO), opts);
+    let svc = Service::open_on(CatalogStore::on(store, Duration::ZERO), opts).unwrap();
     (svc, faults)
 }
 
@@ -974,9 +978,10 @@ async fn the_servers_default_consistency_decides_what_a_query_sees() {
     }
 }
 
-/// An index nobody calls is closed by the sweeper's idle check: its
-/// instance record goes (no heartbeats, no background work), and the next
-/// call opens it again.
+/// An index nobody calls is closed by the sweeper's idle check (no
+/// background work, no handle), and the next call opens it again. No index
+/// ever holds an instance record of the server: the process keeps one at
+/// the root, whatever the number of indexes it serves (issue 30, item 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_index_handles_are_closed_and_reopen_on_the_next_call() {
     let root = root();
@@ -988,12 +993,12 @@ async fn idle_index_handles_are_closed_and_reopen_on_the_next_call() {
     )
     .await
     .unwrap();
-    call(&svc, "CreateIndex", index("bkt", "idx"))
-        .await
-        .unwrap();
-    let put = json!({"vectorBucketName": "bkt", "indexName": "idx",
-                     "vectors": [{"key": "a", "data": {"float32": [1.0, 2.0]}}]});
-    call(&svc, "PutVectors", put).await.unwrap();
+    for name in ["idx", "two", "three"] {
+        call(&svc, "CreateIndex", index("bkt", name)).await.unwrap();
+        let put = json!({"vectorBucketName": "bkt", "indexName": name,
+                         "vectors": [{"key": "a", "data": {"float32": [1.0, 2.0]}}]});
+        call(&svc, "PutVectors", put).await.unwrap();
+    }
     let query = json!({"vectorBucketName": "bkt", "indexName": "idx", "topK": 1,
                        "queryVector": {"float32": [1.0, 2.0]}});
     let top = |v: Value| v["vectors"][0]["key"].as_str().unwrap().to_string();
@@ -1001,24 +1006,42 @@ async fn idle_index_handles_are_closed_and_reopen_on_the_next_call() {
         top(call(&svc, "QueryVectors", query.clone()).await.unwrap()),
         "a"
     );
-    let instances = format!("{}_brainy/instances/", prefix_of(&root, "bkt", "idx").await);
-    assert_eq!(keys_under(&root, &instances).await.len(), 1);
+    let server_records = || keys_under(&root, "_s3vectors/instances/");
+    let own = format!("_s3vectors/instances/{}.json", svc.instance_id());
+    assert_eq!(server_records().await, vec![own.clone()]);
+    svc.heartbeat().await.unwrap();
+    let store = shoal::store::open(&root).await.unwrap();
+    let rec: Value = serde_json::from_slice(&store.get(&own).await.unwrap().bytes).unwrap();
+    assert_eq!(rec["heartbeatSeq"], 2);
+    assert_eq!(rec["indexes"].as_array().unwrap().len(), 3, "{rec}");
+    for name in ["idx", "two", "three"] {
+        let instances = format!("{}_brainy/instances/", prefix_of(&root, "bkt", name).await);
+        assert!(
+            keys_under(&root, &instances).await.is_empty(),
+            "{name}: an index holds no record of the server"
+        );
+    }
+    // A heartbeat costs one PUT (and, at most every 30 s, one LIST for
+    // records of dead servers), whatever the number of indexes open.
+    let before = svc.store_counts();
+    svc.heartbeat().await.unwrap();
+    let d = svc.store_counts().since(&before);
+    assert_eq!((d.put, d.get), (1, 0), "{d:?}");
     assert_eq!(
         svc.close_idle(Duration::from_secs(3600)).await,
         0,
         "used just now"
     );
-    assert_eq!(svc.close_idle(Duration::ZERO).await, 1);
-    assert!(
-        keys_under(&root, &instances).await.is_empty(),
-        "its record is gone"
-    );
+    assert_eq!(svc.close_idle(Duration::ZERO).await, 3);
+    svc.heartbeat().await.unwrap();
+    let rec: Value = serde_json::from_slice(&store.get(&own).await.unwrap().bytes).unwrap();
+    assert!(rec["indexes"].as_array().unwrap().is_empty(), "{rec}");
     assert_eq!(
         top(call(&svc, "QueryVectors", query.clone()).await.unwrap()),
         "a"
     );
-    assert_eq!(keys_under(&root, &instances).await.len(), 1, "open again");
     svc.close().await;
+    assert!(server_records().await.is_empty(), "its record is gone");
 }
 
 /// Issue 30, item 4: 10k vectors loaded as 100 `PutVectors` of 100 (a

@@ -413,6 +413,90 @@ impl CatalogStore {
     pub fn counts(&self) -> RequestCounts {
         self.store.counts()
     }
+
+    /// Writes (or refreshes) the instance record of this `shoal serve
+    /// --s3vectors` process at `_s3vectors/instances/<id>.json`: one per
+    /// process, whatever the number of indexes it holds open (listed in
+    /// `indexes`); the indexes themselves hold no records of it.
+    pub async fn publish_server(&self, s: &ServerRecord<'_>) -> Result<(), CoordError> {
+        let mut rec = super::instance::InstanceRecord {
+            instance_id: s.instance_id.to_string(),
+            role: s.role,
+            status: "active".into(),
+            host: super::instance::host_name(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: s.started_at.to_string(),
+            last_heartbeat: format_time(SystemClock.now()),
+            heartbeat_seq: s.seq,
+            metrics: super::instance::MetricsSnapshot {
+                memory_usage: super::instance::resident_memory_bytes(),
+                requests: self.store.counts(),
+                ..Default::default()
+            },
+            extra: Default::default(),
+        };
+        rec.extra
+            .insert("indexes".into(), serde_json::json!(s.indexes));
+        super::instance::write_record_in(self.store.as_ref(), SERVER_REGISTRY, &rec).await
+    }
+
+    /// Removes this process's record (a clean shutdown).
+    pub async fn withdraw_server(&self, instance_id: &str) -> Result<(), CoordError> {
+        super::instance::remove_record_in(self.store.as_ref(), SERVER_REGISTRY, instance_id).await
+    }
+
+    /// The ids of the `serve --s3vectors` processes whose record is fresher
+    /// than `timeout`.
+    pub async fn live_servers(&self, timeout: Duration) -> Result<Vec<String>, CoordError> {
+        let now = SystemClock.now();
+        Ok(
+            super::instance::list_records_in(self.store.as_ref(), SERVER_REGISTRY)
+                .await?
+                .into_iter()
+                .filter(|r| r.is_alive(now, timeout))
+                .map(|r| r.instance_id)
+                .collect(),
+        )
+    }
+
+    /// Removes the records of processes silent for longer than `timeout`
+    /// (but `keep`'s); returns their ids.
+    pub async fn remove_stale_servers(
+        &self,
+        timeout: Duration,
+        keep: &str,
+    ) -> Result<Vec<String>, CoordError> {
+        let now = SystemClock.now();
+        super::instance::remove_stale_in(self.store.as_ref(), SERVER_REGISTRY, now, timeout, keep)
+            .await
+    }
+}
+
+/// The id of this `serve --s3vectors` process: `BRAINY_INSTANCE_ID`, else
+/// one generated from the host name, process id and random bits.
+pub fn server_instance_id() -> Result<String, CoordError> {
+    let given = std::env::var("BRAINY_INSTANCE_ID")
+        .ok()
+        .filter(|v| !v.is_empty());
+    super::instance::instance_id(given.as_deref())
+}
+
+/// Where `shoal serve --s3vectors` processes keep their records.
+pub const SERVER_INSTANCES_PREFIX: &str = "_s3vectors/instances/";
+const SERVER_REGISTRY: super::instance::Registry =
+    super::instance::Registry(SERVER_INSTANCES_PREFIX);
+
+/// What a `serve --s3vectors` process publishes about itself.
+#[derive(Clone, Debug)]
+pub struct ServerRecord<'a> {
+    pub instance_id: &'a str,
+    pub role: super::role::Role,
+    pub started_at: &'a str,
+    /// Records written so far, this one included.
+    pub seq: u64,
+    /// The index incarnations it holds open (their prefixes).
+    pub indexes: &'a [String],
 }
 
 #[cfg(test)]

@@ -45,6 +45,12 @@ pub struct JoinOptions {
     /// Create the config when the bucket has none (the default). Off: a
     /// bucket without one is refused with [`CoordError::NoIndex`].
     pub create: bool,
+    /// Write an instance record in the index and heartbeat it (the
+    /// default). Off: the instance works as a member (its role, writes,
+    /// compaction) but publishes nothing in the index; `shoal serve
+    /// --s3vectors` keeps one record per process instead, at the root
+    /// (issue 30: an index costs no heartbeats).
+    pub register: bool,
     pub clock: DynClock,
     pub env: RoleEnv,
 }
@@ -61,6 +67,7 @@ impl Default for JoinOptions {
             background_heartbeat: true,
             probe: true,
             create: true,
+            register: true,
             clock: Arc::new(SystemClock),
             env: RoleEnv::from_process(),
         }
@@ -150,18 +157,27 @@ impl Cluster {
         } else {
             config
         };
-        let inner = Arc::new(Inner::new(store, instance_id, config, role, &opts, true));
+        let inner = Arc::new(Inner::new(
+            store,
+            instance_id,
+            config,
+            role,
+            &opts,
+            opts.register,
+        ));
         let record = inner.record.lock().await.clone();
-        instance::write_record(inner.store.as_ref(), &record).await?;
-        tracing::info!(instance = %record.instance_id, %role, store = %inner.store.describe(), "joined");
-        if role.writes() {
+        if opts.register {
+            instance::write_record(inner.store.as_ref(), &record).await?;
+        }
+        tracing::info!(instance = %record.instance_id, %role, store = %inner.store.describe(), registered = opts.register, "joined");
+        if role.writes() && opts.register {
             inner.cleanup_if_due().await;
         }
         let cluster = Cluster {
             inner: inner.clone(),
             heartbeat: Mutex::new(None),
         };
-        if opts.background_heartbeat {
+        if opts.background_heartbeat && opts.register {
             let (stop, stopped) = oneshot::channel();
             let task = tokio::spawn(heartbeat_loop(inner, stopped));
             *cluster.heartbeat.lock().unwrap() = Some((stop, task));

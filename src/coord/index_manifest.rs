@@ -234,7 +234,10 @@ impl IndexManifest {
             }
             if let Some(g) = s.routing {
                 if self.routing(g).is_none() {
-                    return Err(bad(format!("shard {} names routing {g}, which is not listed", s.key)));
+                    return Err(bad(format!(
+                        "shard {} names routing {g}, which is not listed",
+                        s.key
+                    )));
                 }
             }
         }
@@ -246,7 +249,10 @@ impl IndexManifest {
         }
         for (i, r) in self.routings.iter().enumerate() {
             if !r.key.starts_with(INDEX_PREFIX) || r.key.contains("..") || !seen.insert(&r.key) {
-                return Err(bad(format!("routing key {} is outside {INDEX_PREFIX} or listed twice", r.key)));
+                return Err(bad(format!(
+                    "routing key {} is outside {INDEX_PREFIX} or listed twice",
+                    r.key
+                )));
             }
             if i > 0 && self.routings[i - 1].generation >= r.generation {
                 return Err(bad("routings are not in ascending generation".into()));
@@ -614,7 +620,10 @@ mod tests {
         let e = update_index(&store, 4, Backoff::default(), |_| Ok(true))
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("_brainy/manifests/index.json"), "{e}");
+        assert!(
+            e.to_string().contains("_brainy/manifests/index.json"),
+            "{e}"
+        );
         assert!(create_index_manifest(&store, 4).await.unwrap());
         assert!(!create_index_manifest(&store, 4).await.unwrap(), "kept");
         let (m, _) = read_index_manifest(&store, 4).await.unwrap().unwrap();
@@ -873,24 +882,49 @@ mod tests {
         let store = MemoryStore::unique();
         create_index_manifest(&store, 1).await.unwrap();
         let (m, _) = read_index_manifest(&store, 1).await.unwrap().unwrap();
-        assert_eq!(m.version, 1, "an index without routings stays readable by older versions");
+        assert_eq!(
+            m.version, 1,
+            "an index without routings stays readable by older versions"
+        );
         let b = Backoff::default();
         let none = BTreeMap::new();
         let (r1, r2) = (routing(1), routing(2));
         let old = [routed("index/shards/a.shard", 1)];
-        let round = RoundCommit { advanced: &none, shards: &old, deletions: &[], routing: Some(&r1) };
-        let m = record_round(&store, 1, b, 0, || false, round, "t0").await.unwrap().unwrap();
+        let round = RoundCommit {
+            advanced: &none,
+            shards: &old,
+            deletions: &[],
+            routing: Some(&r1),
+        };
+        let m = record_round(&store, 1, b, 0, || false, round, "t0")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((m.version, m.current_routing()), (2, Some(&r1)));
         // A second routing: the first stays while a shard names it.
         let new = [routed("index/shards/b.shard", 2)];
-        let round = RoundCommit { advanced: &none, shards: &new, deletions: &[], routing: Some(&r2) };
-        let m = record_round(&store, 1, b, 1, || false, round, "t1").await.unwrap().unwrap();
+        let round = RoundCommit {
+            advanced: &none,
+            shards: &new,
+            deletions: &[],
+            routing: Some(&r2),
+        };
+        let m = record_round(&store, 1, b, 1, || false, round, "t1")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(m.routings, vec![r1.clone(), r2.clone()]);
         assert!(m.retired.is_empty());
         // The migration rebuilds a's rows under routing 2: routing 1 retires.
         let out = [routed("index/shards/c.shard", 2)];
-        let merge = MergeCommit { inputs: &old, outputs: &out };
-        let m = replace_merged(&store, 1, b, 2, || false, merge, "t2").await.unwrap().unwrap();
+        let merge = MergeCommit {
+            inputs: &old,
+            outputs: &out,
+        };
+        let m = replace_merged(&store, 1, b, 2, || false, merge, "t2")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(m.routings, vec![r2.clone()]);
         let retired: Vec<&str> = m.retired.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(retired, vec!["index/shards/a.shard", r1.key.as_str()]);
@@ -905,9 +939,13 @@ mod tests {
             f(&mut x);
             x.validate(1).unwrap_err().to_string()
         };
-        assert!(bad(&|x| x.shards.push(routed("index/shards/d.shard", 7))).contains("names routing 7"));
+        assert!(
+            bad(&|x| x.shards.push(routed("index/shards/d.shard", 7))).contains("names routing 7")
+        );
         assert!(bad(&|x| x.version = 1).contains("version 1 lists routings"));
-        assert!(bad(&|x| x.routings = vec![routing(2), routing(4), routing(5)]).contains("3 routings"));
+        assert!(
+            bad(&|x| x.routings = vec![routing(2), routing(4), routing(5)]).contains("3 routings")
+        );
         assert!(bad(&|x| x.routings.insert(0, routing(9))).contains("ascending"));
         assert!(bad(&|x| x.version = 3).contains("newer than this shoal"));
     }

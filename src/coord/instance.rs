@@ -197,14 +197,49 @@ pub fn instance_id(override_id: Option<&str>) -> Result<String, CoordError> {
     }
 }
 
+/// Where instance records live: an index's registry
+/// (`_brainy/instances/`, [`INDEX_REGISTRY`]) or the one of
+/// `shoal serve --s3vectors` processes at the root of a store of S3
+/// Vectors indexes (`_s3vectors/instances/`, see `catalog`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Registry(pub &'static str);
+
+/// An index's instance registry.
+pub(crate) const INDEX_REGISTRY: Registry = Registry(INSTANCES_PREFIX);
+
+impl Registry {
+    fn key(self, instance_id: &str) -> String {
+        if self == INDEX_REGISTRY {
+            return instance_key(instance_id);
+        }
+        format!("{}{instance_id}.json", self.0)
+    }
+
+    fn id_of(self, key: &str) -> Option<&str> {
+        if self == INDEX_REGISTRY {
+            return instance_id_from_key(key);
+        }
+        key.strip_prefix(self.0)?.strip_suffix(".json")
+    }
+}
+
 /// Writes (creates or replaces) an instance's own record.
 pub(crate) async fn write_record(
     store: &dyn ObjectStore,
     rec: &InstanceRecord,
 ) -> Result<(), CoordError> {
+    write_record_in(store, INDEX_REGISTRY, rec).await
+}
+
+/// [`write_record`] in `registry`.
+pub(crate) async fn write_record_in(
+    store: &dyn ObjectStore,
+    registry: Registry,
+    rec: &InstanceRecord,
+) -> Result<(), CoordError> {
     let bytes = serde_json::to_vec_pretty(rec).expect("serializable");
     store
-        .put(&instance_key(&rec.instance_id), Bytes::from(bytes))
+        .put(&registry.key(&rec.instance_id), Bytes::from(bytes))
         .await?;
     Ok(())
 }
@@ -214,7 +249,16 @@ pub(crate) async fn remove_record(
     store: &dyn ObjectStore,
     instance_id: &str,
 ) -> Result<(), CoordError> {
-    store.delete(&instance_key(instance_id)).await?;
+    remove_record_in(store, INDEX_REGISTRY, instance_id).await
+}
+
+/// [`remove_record`] in `registry`.
+pub(crate) async fn remove_record_in(
+    store: &dyn ObjectStore,
+    registry: Registry,
+    instance_id: &str,
+) -> Result<(), CoordError> {
+    store.delete(&registry.key(instance_id)).await?;
     Ok(())
 }
 
@@ -222,9 +266,17 @@ pub(crate) async fn remove_record(
 /// key) and skipped: one bad object must not stop an instance from
 /// joining. Records deleted between LIST and GET are skipped too.
 pub async fn list_records(store: &dyn ObjectStore) -> Result<Vec<InstanceRecord>, CoordError> {
+    list_records_in(store, INDEX_REGISTRY).await
+}
+
+/// [`list_records`] of `registry`.
+pub(crate) async fn list_records_in(
+    store: &dyn ObjectStore,
+    registry: Registry,
+) -> Result<Vec<InstanceRecord>, CoordError> {
     let mut out = Vec::new();
-    for meta in store.list(INSTANCES_PREFIX).await? {
-        if instance_id_from_key(&meta.key).is_none() {
+    for meta in store.list(registry.0).await? {
+        if registry.id_of(&meta.key).is_none() {
             continue;
         }
         match store.get(&meta.key).await {
@@ -262,10 +314,21 @@ pub(crate) async fn remove_stale(
     timeout: Duration,
     keep: &str,
 ) -> Result<Vec<String>, CoordError> {
+    remove_stale_in(store, INDEX_REGISTRY, now, timeout, keep).await
+}
+
+/// [`remove_stale`] in `registry`.
+pub(crate) async fn remove_stale_in(
+    store: &dyn ObjectStore,
+    registry: Registry,
+    now: SystemTime,
+    timeout: Duration,
+    keep: &str,
+) -> Result<Vec<String>, CoordError> {
     let mut removed = Vec::new();
-    for rec in list_records(store).await? {
+    for rec in list_records_in(store, registry).await? {
         if rec.instance_id != keep && !rec.is_alive(now, timeout) {
-            remove_record(store, &rec.instance_id).await?;
+            remove_record_in(store, registry, &rec.instance_id).await?;
             removed.push(rec.instance_id);
         }
     }

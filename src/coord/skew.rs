@@ -62,7 +62,10 @@ impl Skew {
 /// Measures the skew now (no cache): GC, which deletes by it, measures on
 /// every run. `Skew::None` when `clock` is not the host's, or when the
 /// store reports no timestamps.
-pub(crate) async fn measure(store: &dyn ObjectStore, clock: &dyn Clock) -> Result<Skew, CoordError> {
+pub(crate) async fn measure(
+    store: &dyn ObjectStore,
+    clock: &dyn Clock,
+) -> Result<Skew, CoordError> {
     if !clock.is_host_clock() {
         return Ok(Skew::None);
     }
@@ -123,8 +126,14 @@ mod tests {
     fn skews_within_the_tolerance_are_none_and_others_apply_both_ways() {
         let host = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let hour = Duration::from_secs(3600);
-        assert_eq!(Skew::between(host, host + Duration::from_secs(3)), Skew::None);
-        assert_eq!(Skew::between(host, host - Duration::from_secs(3)), Skew::None);
+        assert_eq!(
+            Skew::between(host, host + Duration::from_secs(3)),
+            Skew::None
+        );
+        assert_eq!(
+            Skew::between(host, host - Duration::from_secs(3)),
+            Skew::None
+        );
         let ahead = Skew::between(host, host + hour);
         assert_eq!(ahead.apply(host), host + hour);
         let behind = Skew::between(host, host - hour);

@@ -74,10 +74,20 @@ impl Service {
     /// and closes the handles idle for `idle_after`.
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Service> = Arc::downgrade(self);
+        let tick = every.min(super::HEARTBEAT_EVERY);
         tokio::spawn(async move {
+            let mut since_sweep = Duration::ZERO;
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(tick).await;
                 let Some(svc) = weak.upgrade() else { return };
+                if let Err(e) = svc.heartbeat().await {
+                    tracing::warn!(error = %e, "this server's heartbeat failed; retrying later");
+                }
+                since_sweep += tick;
+                if since_sweep < every {
+                    continue;
+                }
+                since_sweep = Duration::ZERO;
                 let swept = if svc.opts.role == Some(Role::Reader) {
                     svc.revalidated_catalog().await.map(|_| 0)
                 } else {

@@ -237,6 +237,8 @@ impl Service {
                 },
                 role: self.opts.role,
                 create: self.opts.role != Some(Role::Reader),
+                // The process keeps one record at the root instead.
+                register: false,
                 ..Default::default()
             },
             compact_every: self.opts.compact_every,

@@ -77,6 +77,11 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// How often `shoal serve --s3vectors` finishes index deletions left
 /// unfinished (see [`Service::sweep`]).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often a `serve --s3vectors` process refreshes its one instance
+/// record (at the root, `_s3vectors/instances/`), and how long a silent
+/// one is kept.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(20);
+pub const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What an operation does when called: its handler, borrowing the call.
 type Run = for<'a> fn(&'a Call<'a>) -> Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
@@ -205,6 +210,17 @@ pub struct Service {
     /// (opening one never holds up requests to the others), and when each
     /// was last asked for: idle ones are closed ([`Service::close_idle`]).
     indexes: std::sync::Mutex<HashMap<String, Handle>>,
+    /// This process's one instance record (see [`Service::heartbeat`]).
+    me: Me,
+}
+
+/// What this process publishes about itself.
+struct Me {
+    id: String,
+    started_at: String,
+    beats: std::sync::atomic::AtomicU64,
+    /// When stale records of other processes were last removed.
+    cleaned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// One index handle slot.
@@ -233,18 +249,72 @@ pub(super) fn now_secs() -> f64 {
 impl Service {
     pub async fn open(opts: S3VectorsOptions) -> Result<Service, Error> {
         let catalog = CatalogStore::open(&opts.root, opts.catalog_max_age).await?;
-        Ok(Service::open_on(catalog, opts))
+        let svc = Service::open_on(catalog, opts)?;
+        svc.heartbeat().await?;
+        Ok(svc)
     }
 
     /// The service over the catalog of an already opened root store
     /// (`opts.root` must name the same store: index handles are opened
     /// from it).
-    pub fn open_on(catalog: CatalogStore, opts: S3VectorsOptions) -> Service {
-        Service {
+    pub fn open_on(catalog: CatalogStore, opts: S3VectorsOptions) -> Result<Service, Error> {
+        let me = Me {
+            id: crate::coord::catalog::server_instance_id()?,
+            started_at: crate::coord::clock::format_time(SystemClock.now()),
+            beats: Default::default(),
+            cleaned: Default::default(),
+        };
+        Ok(Service {
             catalog,
             opts,
             indexes: std::sync::Mutex::new(HashMap::new()),
+            me,
+        })
+    }
+
+    /// This process's instance id (its record is
+    /// `_s3vectors/instances/<id>.json`).
+    pub fn instance_id(&self) -> &str {
+        &self.me.id
+    }
+
+    /// Writes this process's one instance record at the root of the store
+    /// (listing the indexes it holds open); the indexes hold no records of
+    /// their own, so an index costs no heartbeats (issue 30, item 3).
+    /// Writers also remove records silent for longer than
+    /// [`SERVER_TIMEOUT`], at most every half of it. The sweeper calls it
+    /// every [`HEARTBEAT_EVERY`].
+    pub async fn heartbeat(&self) -> Result<(), crate::coord::CoordError> {
+        use std::sync::atomic::Ordering;
+        let seq = self.me.beats.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut indexes: Vec<String> = self.indexes.lock().unwrap().keys().cloned().collect();
+        indexes.sort();
+        let record = crate::coord::catalog::ServerRecord {
+            instance_id: &self.me.id,
+            role: self.opts.role.unwrap_or(Role::Both),
+            started_at: &self.me.started_at,
+            seq,
+            indexes: &indexes,
+        };
+        self.catalog.publish_server(&record).await?;
+        let due = {
+            let mut cleaned = self.me.cleaned.lock().unwrap();
+            let due = cleaned.is_none_or(|t| t.elapsed() >= SERVER_TIMEOUT / 2);
+            if due {
+                *cleaned = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due && self.opts.role != Some(Role::Reader) {
+            let gone = self
+                .catalog
+                .remove_stale_servers(SERVER_TIMEOUT, &self.me.id)
+                .await?;
+            if !gone.is_empty() {
+                tracing::info!(?gone, "removed records of silent S3 Vectors servers");
+            }
         }
+        Ok(())
     }
 
     /// Whether signatures are checked.
@@ -258,7 +328,7 @@ impl Service {
         self.catalog.counts()
     }
 
-    /// Closes every open index handle (instance records removed).
+    /// Closes every open index handle and removes this process's record.
     pub async fn close(&self) {
         let open: Vec<_> = self.indexes.lock().unwrap().drain().collect();
         for (name, h) in open {
@@ -267,6 +337,9 @@ impl Service {
                     tracing::warn!(index = %name, error = %e, "closing an S3 Vectors index failed");
                 }
             }
+        }
+        if let Err(e) = self.catalog.withdraw_server(&self.me.id).await {
+            tracing::warn!(error = %e, "removing this server's instance record failed");
         }
     }
 
