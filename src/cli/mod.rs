@@ -212,7 +212,7 @@ pub(crate) struct InitArgs {
     /// Distance metric.
     #[arg(long, value_enum, default_value = "cosine")]
     pub metric: MetricArg,
-    /// Number of hash partitions (1..=4096); cannot change later.
+    /// Number of hash partitions (1..=1999); cannot change later.
     #[arg(long, default_value_t = shoal::api::DEFAULT_PARTITION_COUNT)]
     pub partitions: u32,
     /// Name of the embedding model, recorded so every instance agrees.

@@ -57,6 +57,12 @@ pub const DEFAULT_PARTITION_COUNT: u32 = 8;
 pub(crate) const DEFAULT_INSTANCE_TIMEOUT_SECONDS: u64 = 60;
 pub(crate) const DEFAULT_EMBEDDING_MODEL: &str = "unspecified";
 pub(crate) const MAX_PARTITION_COUNT: u32 = 4096;
+/// The most partitions a *new* index may have: its manifests and the index
+/// manifest then fit two LIST pages (1,000 keys each), so a reader's
+/// freshness check is at most two requests. Indexes made earlier with more
+/// (up to [`MAX_PARTITION_COUNT`]) still open; their check lists one page
+/// per 1,000 manifests.
+pub(crate) const MAX_NEW_PARTITION_COUNT: u32 = 1999;
 pub(crate) use crate::vocab::MAX_DIMENSIONS;
 /// Default GC grace period: how long a retired or unreferenced object is
 /// kept before GC may delete it.
@@ -305,12 +311,23 @@ impl RequestedSettings {
                  vector dimensions (e.g. `shoal init --dimensions 384`) to create the index"
             ))
         })?;
+        let partition_count = self.partition_count.unwrap_or(DEFAULT_PARTITION_COUNT);
+        if partition_count > MAX_NEW_PARTITION_COUNT {
+            return Err(CoordError::InvalidSetting {
+                setting: "partitionCount",
+                value: partition_count.to_string(),
+                expected: format!(
+                    "between 1 and {MAX_NEW_PARTITION_COUNT} for a new index (a reader's \
+                     freshness check lists every manifest: at most two LIST pages)"
+                ),
+            });
+        }
         Ok(Config {
             version: CONFIG_VERSION,
             updated: now,
             settings: Settings {
                 partition_strategy: "hash".into(),
-                partition_count: self.partition_count.unwrap_or(DEFAULT_PARTITION_COUNT),
+                partition_count,
                 embedding_model: self
                     .embedding_model
                     .clone()
@@ -733,6 +750,30 @@ mod tests {
         parse_config(CONFIG_KEY, v.to_string().as_bytes())
             .unwrap_err()
             .to_string()
+    }
+
+    /// A new index gets at most 1,999 partitions (two LIST pages of
+    /// manifests); an existing config with more still parses.
+    #[test]
+    fn a_new_index_is_capped_at_two_list_pages_of_manifests() {
+        let ask = |n: u32| RequestedSettings {
+            partition_count: Some(n),
+            dimensions: Some(4),
+            ..Default::default()
+        };
+        assert!(ask(MAX_NEW_PARTITION_COUNT).to_config("t".into()).is_ok());
+        let e = ask(MAX_NEW_PARTITION_COUNT + 1)
+            .to_config("t".into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("partitionCount = 2000") && e.contains("1999"),
+            "{e}"
+        );
+        let v: Value = serde_json::from_str(GOOD).unwrap();
+        let mut v = v;
+        v["settings"]["partitionCount"] = 4096.into();
+        parse_config(CONFIG_KEY, v.to_string().as_bytes()).expect("an older index opens");
     }
 
     #[test]
