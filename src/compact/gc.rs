@@ -79,6 +79,10 @@ pub struct GcReport {
     pub deleted: Vec<String>,
     /// Unreferenced objects kept because they are younger than the grace.
     pub kept_young: usize,
+    /// Retired objects kept because they were retired within the grace
+    /// (a later run deletes them).
+    #[serde(default)]
+    pub retired_waiting: usize,
     /// The grace period used, in seconds.
     pub grace_seconds: u64,
     pub stale_instances: Vec<String>,
@@ -89,6 +93,20 @@ pub struct GcReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<String>,
     pub dry_run: bool,
+}
+
+impl GcReport {
+    /// Nothing deleted and nothing waiting for the grace to pass: until a
+    /// manifest changes, a run finds only orphans written meanwhile by a
+    /// writer that died before committing (see `schedule::gc_check`).
+    pub fn settled(&self) -> bool {
+        self.deleted.is_empty()
+            && self.kept_young == 0
+            && self.retired_waiting == 0
+            && self.stale_instances.is_empty()
+            && self.missing_manifests.is_empty()
+            && self.unreadable.is_empty()
+    }
 }
 
 pub async fn gc(
@@ -110,6 +128,7 @@ pub async fn gc(
     let mut report = GcReport {
         dry_run: opts.dry_run,
         grace_seconds: grace.as_secs(),
+        retired_waiting: needed.retired_waiting,
         ..Default::default()
     };
     let stranded = sweep(store, settings, &needed, &age, &mut report).await?;
@@ -192,6 +211,8 @@ struct Needed {
     index_expired: Vec<String>,
     /// Partitions whose manifest is missing: nothing under them is deleted.
     untouchable: HashSet<u32>,
+    /// Retired keys kept because they were retired too recently.
+    retired_waiting: usize,
     /// Whether an index manifest exists (without one, `index/` is not listed).
     has_index: bool,
     /// Manifests that could not be read (nothing they govern is deleted).
@@ -246,6 +267,7 @@ async fn read_partition_manifests(
                 needed.expired.entry(p).or_default().push(r.key.clone());
             } else {
                 needed.keep.insert(r.key.clone());
+                needed.retired_waiting += 1;
             }
         }
     }
@@ -279,6 +301,7 @@ async fn read_index_manifest_keys(
             needed.index_expired.push(r.key.clone());
         } else {
             needed.keep.insert(r.key.clone());
+            needed.retired_waiting += 1;
         }
     }
     Ok(())

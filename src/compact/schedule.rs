@@ -246,12 +246,13 @@ pub(crate) fn spawn_background(
         let mut last_index = Instant::now();
         let mut last_gc = Instant::now();
         let mut idle_at = None;
+        let mut settled_at = None;
         loop {
             tokio::time::sleep(interval).await;
             compact_dirty(&writer).await;
             if gc_every.is_some_and(|every| last_gc.elapsed() >= every) {
                 last_gc = Instant::now();
-                background_gc(&writer).await;
+                gc_check(&writer, &mut settled_at).await;
             }
             if last_index.elapsed() >= INDEX_CHECK_INTERVAL {
                 last_index = Instant::now();
@@ -296,9 +297,35 @@ pub(crate) async fn index_check(
     true
 }
 
+/// However settled an index looks, a background writer runs GC at least
+/// this often: an orphan a dying writer left behind changes no manifest.
+pub(crate) const GC_AT_LEAST_EVERY: Duration = Duration::from_secs(3600);
+
+/// One background GC check: a GC run, unless the last one left the index
+/// settled (nothing deleted, nothing waiting for the grace) and no
+/// manifest changed since (one LIST instead of the run's listings and
+/// manifest reads), for at most [`GC_AT_LEAST_EVERY`]. `settled_at` holds
+/// the manifests' ETags as of a settled run, and when it ran. Returns
+/// whether GC ran.
+pub(crate) async fn gc_check(
+    writer: &Writer,
+    settled_at: &mut Option<(BTreeMap<String, ETag>, Instant)>,
+) -> bool {
+    let store = writer.store().as_ref();
+    let now = crate::coord::layout::manifest_etags(store).await.ok();
+    if let (Some(now), Some((then, ran))) = (&now, settled_at.as_ref()) {
+        if now == then && ran.elapsed() < GC_AT_LEAST_EVERY {
+            return false;
+        }
+    }
+    let settled = background_gc(writer).await.is_some_and(|r| r.settled());
+    *settled_at = now.filter(|_| settled).map(|n| (n, Instant::now()));
+    true
+}
+
 /// One background GC run with the config's grace period; a failure is
 /// logged and the next run retries.
-async fn background_gc(writer: &Writer) {
+async fn background_gc(writer: &Writer) -> Option<super::gc::GcReport> {
     let (store, settings) = (writer.store().as_ref(), writer.settings());
     let opts = GcOptions::default();
     match super::gc::gc(store, &settings, writer.clock(), &opts).await {
@@ -307,11 +334,16 @@ async fn background_gc(writer: &Writer) {
             tracing::info!(
                 deleted = r.deleted.len(),
                 kept_young = r.kept_young,
+                retired_waiting = r.retired_waiting,
                 unreadable = r.unreadable.len(),
                 "background gc"
-            )
+            );
+            Some(r)
         }
-        Err(e) => tracing::warn!(error = %e, "background gc failed; will retry"),
+        Err(e) => {
+            tracing::warn!(error = %e, "background gc failed; will retry");
+            None
+        }
     }
 }
 
@@ -351,5 +383,41 @@ mod tests {
             index_check(&w, &mut idle_at).await,
             "a waiting tail keeps rounds running"
         );
+    }
+
+    /// A settled index costs a background writer's GC check one LIST: no
+    /// run (listings, manifest reads, the store-clock probe) until a
+    /// manifest changes; a run that leaves something waiting keeps them
+    /// coming.
+    #[tokio::test]
+    async fn a_settled_index_costs_one_list_per_gc_check() {
+        let store = Arc::new(Counted::new(Arc::new(MemoryStore::unique())));
+        let dyn_store: crate::store::DynStore = store.clone();
+        let (_, w) = crate::reader::tests::index_with_writer(&dyn_store, 8, 2).await;
+        let mut settled = None;
+        assert!(gc_check(&w, &mut settled).await, "the first check runs");
+        assert!(settled.is_some(), "an empty index is settled");
+        let before = store.counts();
+        assert!(!gc_check(&w, &mut settled).await);
+        let c = store.counts().since(&before);
+        assert_eq!((c.list, c.total()), (1, 1), "{c:?}");
+        // A write changes manifests: the next check runs GC. An orphan
+        // younger than the grace (a writer died before its commit) leaves
+        // that run unsettled, so GC runs at every check until it is gone.
+        w.upsert(&[
+            Record::new("a", vec![1.0, 2.0]),
+            Record::new("b", vec![2.0, 1.0]),
+        ])
+        .await
+        .unwrap();
+        store
+            .put("vectors/p000/orphan.seg", bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        let before = store.counts();
+        assert!(gc_check(&w, &mut settled).await);
+        assert!(store.counts().since(&before).total() > 1);
+        assert!(settled.is_none(), "a young orphan waits for the grace");
+        assert!(gc_check(&w, &mut settled).await, "so GC keeps running");
     }
 }
