@@ -116,7 +116,7 @@ async fn verify_partitions(
             referenced.insert(entry.key.clone());
             report.segments += 1;
             if let Some(ids) = verify_segment(store, shape, p, entry, report).await? {
-                segment_ids.insert(entry.key.clone(), ids);
+                segment_ids.insert(entry.locator(), ids);
             }
         }
         manifests.push((p, m));
@@ -419,7 +419,8 @@ async fn load_deletions(
 /// What `verify`'s pass over the partitions read, for the index checks.
 struct PartitionsRead {
     manifests: Vec<(u32, crate::coord::manifest::Manifest)>,
-    /// The ids of each segment read, by key.
+    /// The ids of each segment read, by locator (a batch object holds one
+    /// segment per partition under one key).
     segment_ids: HashMap<String, Vec<String>>,
 }
 
@@ -482,7 +483,7 @@ async fn account(
         .segments
         .iter()
         .filter(|e| e.seq > w)
-        .filter_map(|e| read.segment_ids.get(&e.key))
+        .filter_map(|e| read.segment_ids.get(&e.locator()))
         .flatten()
         .map(String::as_str)
         .collect();
