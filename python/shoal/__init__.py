@@ -315,7 +315,7 @@ def open(
     `memory://name` (in this process only).
 
     `dimensions`, `metric` ("cosine" (default), "euclidean", "dot"),
-    `partitions` (hash partitions, default 100) and `model` (the embedding
+    `partitions` (hash partitions, default 8) and `model` (the embedding
     model's name) create the index; given for an existing index they must
     match it (else Conflict). `role`: "both" (default: reads and writes),
     "writer" or "reader". `compact_every`: seconds between background
