@@ -758,7 +758,20 @@ async fn a_batch_costs_one_object_put_whatever_the_partition_count() {
         let d = store.counts().since(&before);
         let objects = store.list("vectors/").await.unwrap();
         assert_eq!(objects.len(), 1, "{partitions} partitions: {objects:?}");
-        assert!(objects[0].key.starts_with("vectors/batches/"));
+        assert!(objects[0].key.contains("-b"), "{}", objects[0].key);
+        // It sits in the folder of a partition whose manifest names a
+        // section of it, and so is version 2: an older version's GC, which
+        // cannot read that manifest, leaves the whole folder alone.
+        let home = objects[0].key[8..12]
+            .trim_start_matches('p')
+            .parse::<u32>()
+            .unwrap();
+        let (m, _) = read_manifest(store.as_ref(), home).await.unwrap().unwrap();
+        assert_eq!(m.version, 2);
+        let entry = m
+            .find(&objects[0].key)
+            .expect("its home partition names it");
+        assert!(entry.section.is_some());
         let t = touched.len() as u64;
         assert_eq!(d.put, 1 + t, "{partitions} partitions: {d:?}");
         assert_eq!(d.get, t, "{partitions} partitions: {d:?}");
@@ -794,7 +807,13 @@ async fn concurrent_batch_writes_share_manifest_commits() {
         t.await.unwrap().unwrap();
     }
     let d = store.counts().since(&before);
-    let objects = store.list("vectors/batches/").await.unwrap().len() as u64;
+    let objects = store
+        .list("vectors/")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|o| o.key.contains("-b"))
+        .count() as u64;
     assert_eq!(objects, 16, "one object per write");
     let commits = d.put - objects;
     assert!(
@@ -811,4 +830,167 @@ async fn concurrent_batch_writes_share_manifest_commits() {
         let got = common::get(&w, &format!("t{t}-7")).await.unwrap().unwrap();
         assert_eq!(got.vector, vec_for(t * 100 + 7, 4));
     }
+}
+
+/// A store whose manifest writes land but are answered with a transient
+/// error, after which every read of a manifest fails too, until `heal`:
+/// a commit whose outcome the writer cannot learn.
+#[derive(Debug)]
+struct LostAnswers {
+    inner: DynStore,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl LostAnswers {
+    fn transient(&self, key: &str) -> shoal::store::StoreError {
+        shoal::store::StoreError::Transient {
+            key: key.to_string(),
+            message: "injected: the answer was lost".into(),
+        }
+    }
+
+    fn failing(&self, key: &str) -> bool {
+        key.contains("_brainy/manifests/") && self.broken.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for LostAnswers {
+    async fn get(&self, key: &str) -> shoal::store::Result<shoal::store::GetResult> {
+        if self.failing(key) {
+            return Err(self.transient(key));
+        }
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: shoal::store::ByteRange,
+    ) -> shoal::store::Result<bytes::Bytes> {
+        self.inner.get_range(key, range).await
+    }
+    async fn get_if_changed(
+        &self,
+        key: &str,
+        etag: &shoal::store::ETag,
+    ) -> shoal::store::Result<shoal::store::Conditional> {
+        if self.failing(key) {
+            return Err(self.transient(key));
+        }
+        self.inner.get_if_changed(key, etag).await
+    }
+    async fn head(&self, key: &str) -> shoal::store::Result<shoal::store::ObjectMeta> {
+        self.inner.head(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        bytes: bytes::Bytes,
+    ) -> shoal::store::Result<shoal::store::ETag> {
+        self.inner.put(key, bytes).await
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        bytes: bytes::Bytes,
+    ) -> shoal::store::Result<shoal::store::ETag> {
+        let r = self.inner.put_if_absent(key, bytes).await;
+        if key.contains("_brainy/manifests/") && r.is_ok() {
+            self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(self.transient(key));
+        }
+        r
+    }
+    async fn put_if_match(
+        &self,
+        key: &str,
+        bytes: bytes::Bytes,
+        etag: &shoal::store::ETag,
+    ) -> shoal::store::Result<shoal::store::ETag> {
+        let r = self.inner.put_if_match(key, bytes, etag).await;
+        if key.contains("_brainy/manifests/") && r.is_ok() {
+            self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(self.transient(key));
+        }
+        r
+    }
+    async fn delete(&self, key: &str) -> shoal::store::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> shoal::store::Result<Vec<shoal::store::ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// Review of issue 30: a batch write whose manifest compare-and-swaps
+/// landed but whose answers were lost (and whose re-reads then failed)
+/// reports an error, and must keep its batch object: the manifests name
+/// it. Only a refusal that proves nothing was committed (too late, no
+/// manifest) may delete it.
+#[tokio::test]
+async fn a_batch_whose_commits_cannot_be_confirmed_keeps_its_object() {
+    let mem = common::memory_store();
+    let clock: DynClock = Arc::new(SystemClock);
+    let cfg = load_or_create(mem.as_ref(), &settings(2, 2, Metric::Dot), clock.as_ref())
+        .await
+        .unwrap();
+    shoal::coord::config::initialize_partitions(mem.as_ref(), clock.as_ref(), cfg.clone())
+        .await
+        .unwrap();
+    let lossy = Arc::new(LostAnswers {
+        inner: mem.clone(),
+        broken: false.into(),
+    });
+    let opts = WriterOptions {
+        backoff: shoal::coord::cas::Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(4),
+            max_attempts: 3,
+        },
+        ..Default::default()
+    };
+    let w = Writer::new(lossy.clone(), &cfg.settings, "w", clock.clone(), opts);
+    let recs: Vec<Record> = (0..20)
+        .map(|i| Record::new(format!("r{i}"), vec![i as f32, 1.0]))
+        .collect();
+    let touched: BTreeSet<u32> = recs
+        .iter()
+        .map(|r| shoal::coord::partition_of(&r.id, 2))
+        .collect();
+    assert_eq!(touched.len(), 2, "the write spans both partitions");
+    let e = w.upsert(&recs).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    lossy
+        .broken
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // Whatever the writer could not confirm is committed: every manifest
+    // entry's object must still be there, and every record readable.
+    let mut named = 0;
+    for p in 0..2 {
+        let (m, _) = read_manifest(mem.as_ref(), p).await.unwrap().unwrap();
+        for entry in &m.segments {
+            named += 1;
+            assert!(
+                mem.head(&entry.key).await.is_ok(),
+                "{} is named by partition {p} but was deleted",
+                entry.key
+            );
+        }
+    }
+    assert!(named >= 1, "at least one commit landed");
+    let w = Writer::new(
+        mem.clone(),
+        &cfg.settings,
+        "w2",
+        clock,
+        WriterOptions::default(),
+    );
+    let mut found = 0;
+    for r in &recs {
+        found += usize::from(common::get(&w, &r.id).await.unwrap().is_some());
+    }
+    assert!(found > 0, "the landed commits' records are readable");
 }

@@ -195,10 +195,15 @@ fn manifests() {
         section: None,
     }];
     // A section of a batch object (several partitions' segments in one).
-    let mut batch = entry("vectors/batches/0001796444268416-ab12.seg", 8, false);
+    let mut batch = entry(
+        "vectors/p003/1796444268416-b9aba819a9d72f35126c61ed974e6284e.seg",
+        8,
+        false,
+    );
     batch.section = Some(shoal::coord::manifest::Section {
         offset: 4096,
         length: 2048,
+        object_bytes: Some(16_384),
     });
     m.next_seq = 10;
     m.segments.push(SegmentEntry { seq: 9, ..batch });

@@ -31,7 +31,7 @@
 //! A partition whose manifest is missing is left alone entirely: its
 //! objects may be the only copy of acknowledged data (`shoal repair`
 //! rebuilds the manifest from them), so GC deletes nothing under it, nor
-//! any batch object (`vectors/batches/`, which may hold its sections), and
+//! any batch object (which may hold its sections, see `paths::is_batch_key`), and
 //! reports it in [`GcReport::missing_manifests`].
 //!
 //! A batch object holds sections of several partitions: it is kept while
@@ -48,7 +48,7 @@ use crate::coord::index_manifest::{read_index_manifest, trim_index_retired};
 use crate::coord::instance;
 use crate::coord::manifest::{partition_of_key, read_manifest, trim_retired};
 use crate::coord::paths::{
-    legacy_manifest_key, manifest_key, partition_of_manifest, BATCHES_PREFIX, INDEX_MANIFEST_KEY,
+    is_batch_key, legacy_manifest_key, manifest_key, partition_of_manifest, INDEX_MANIFEST_KEY,
     INDEX_PREFIX, LEGACY_INDEX_MANIFEST_KEY, VECTORS_PREFIX,
 };
 use crate::coord::{CoordError, Settings};
@@ -343,7 +343,7 @@ async fn sweep(
         }
         // A batch object may hold the only copy of a partition without a
         // readable manifest: none goes while any partition is untouchable.
-        if obj.key.starts_with(BATCHES_PREFIX) && !needed.untouchable.is_empty() {
+        if is_batch_key(&obj.key) && !needed.untouchable.is_empty() {
             continue;
         }
         if expired_keys.contains(&obj.key) || age.old_enough(obj.last_modified) {

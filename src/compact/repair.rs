@@ -51,7 +51,8 @@ use crate::coord::manifest::{
     SECTIONS_MANIFEST_VERSION,
 };
 use crate::coord::paths::{
-    legacy_manifest_key, manifest_key, partition_dir, segment_origin, SegmentOrigin, BATCHES_PREFIX,
+    is_batch_key, legacy_manifest_key, manifest_key, partition_dir, segment_origin, SegmentOrigin,
+    VECTORS_PREFIX,
 };
 use crate::coord::{CoordError, Settings};
 use crate::segment::{self, Segment, Shape};
@@ -181,7 +182,10 @@ async fn load_segments(
 ) -> Result<(Vec<(String, Segment)>, Sections), CompactError> {
     let mut segments = Vec::new();
     let mut sections = Sections::new();
-    for obj in store.list(BATCHES_PREFIX).await? {
+    // Batch objects sit in the folder of the first partition they hold a
+    // section of: any of them may hold one of this partition's.
+    let batches = store.list(VECTORS_PREFIX).await?;
+    for obj in batches.into_iter().filter(|o| is_batch_key(&o.key)) {
         let found = match store.get(&obj.key).await {
             Ok(got) => batch_section(&obj.key, &got.bytes, partition, shape),
             Err(e) if e.is_retryable() => return Err(CoordError::from(e).into()),
@@ -199,6 +203,9 @@ async fn load_segments(
     for obj in store.list(dir).await? {
         if obj.key == legacy_manifest_key(partition) {
             continue; // the moved marker of an older layout (see `coord::layout`)
+        }
+        if is_batch_key(&obj.key) {
+            continue; // read above, with every other batch object
         }
         if partition_of_key(&obj.key) != Some(partition) || !obj.key.ends_with(".seg") {
             report.unreadable.push((obj.key, "not a segment".into()));
@@ -231,6 +238,7 @@ fn batch_section(
     let section = Section {
         offset: s.offset,
         length: s.length,
+        object_bytes: Some(buf.len() as u64),
     };
     Ok(Some((section, seg)))
 }
@@ -278,8 +286,9 @@ fn refusal(
     if !opts.force && !report.uncertain.is_empty() {
         Some(format!(
             "the commit order of {} pair(s) of segments is not certain (listed); nothing was \
-             written. Remove the segments that must not come back, or pass --force to accept \
-             the creation order shown",
+             written. Remove the segments that must not come back (never a batch object, \
+             `-b` in its name: it holds other partitions' records too), or pass --force to \
+             accept the creation order shown",
             report.uncertain.len()
         ))
     } else if !opts.force && watermark > 0 && found_segments {

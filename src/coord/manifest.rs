@@ -43,7 +43,7 @@ use super::clock::{parse_time, Clock};
 use super::config::Settings;
 use super::error::CoordError;
 use super::paths::{
-    legacy_manifest_key, manifest_key, partition_dir, partition_of_manifest, BATCHES_PREFIX,
+    is_batch_key, legacy_manifest_key, manifest_key, partition_dir, partition_of_manifest,
     MANIFESTS_PREFIX, VECTORS_PREFIX,
 };
 use crate::mutation::{self, Mutation};
@@ -123,9 +123,14 @@ pub struct SegmentEntry {
 
 /// A byte range of a batch object: one partition's segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Section {
     pub offset: u64,
     pub length: u64,
+    /// The whole object's size: a reader fetches a small object whole for
+    /// all its sections at once, a large one section by section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_bytes: Option<u64>,
 }
 
 impl SegmentEntry {
@@ -182,7 +187,9 @@ pub struct SegmentStats {
 impl Manifest {
     pub fn empty(partition: u32) -> Self {
         Manifest {
-            version: MANIFEST_VERSION,
+            // Version 2 only once a section is named (see
+            // SECTIONS_MANIFEST_VERSION): older versions read the rest.
+            version: 1,
             partition,
             next_seq: 1,
             segments: Vec::new(),
@@ -230,11 +237,21 @@ impl Manifest {
                     self.next_seq, s.seq
                 )));
             }
-            let batch = s.section.is_some() && s.key.starts_with(BATCHES_PREFIX);
+            let batch =
+                s.section.is_some() && is_batch_key(&s.key) && partition_of_key(&s.key).is_some();
             if !(s.key.starts_with(&dir) || batch) || s.key.contains("..") {
                 return Err(bad(format!("segment key {} is outside {dir}", s.key)));
             }
             last = s.seq;
+        }
+        if self.version < SECTIONS_MANIFEST_VERSION {
+            if let Some(s) = self.segments.iter().find(|s| s.section.is_some()) {
+                return Err(bad(format!(
+                    "segment {} names a section, which needs manifest version \
+                     {SECTIONS_MANIFEST_VERSION} (found {})",
+                    s.key, self.version
+                )));
+            }
         }
         if self.indexed_through >= self.next_seq {
             return Err(bad(format!(
@@ -306,13 +323,18 @@ impl<'a> CommitRules<'a> {
     /// [`Settings::commit_age_bound`]). A clock that went backwards counts
     /// as age zero.
     fn check_age(&self, key: &str) -> Result<(), CoordError> {
+        self.check_age_of(key, self.written_at)
+    }
+
+    /// [`CommitRules::check_age`] for an object written at `written_at`.
+    fn check_age_of(&self, key: &str, written_at: SystemTime) -> Result<(), CoordError> {
         if mutation::active(Mutation::NoAgeBound) {
             return Ok(());
         }
         let age = self
             .clock
             .now()
-            .duration_since(self.written_at)
+            .duration_since(written_at)
             .unwrap_or_default();
         if age > self.age_bound {
             return Err(CoordError::CommitTooLate {
@@ -397,8 +419,11 @@ pub fn parse_manifest(partition: u32, bytes: &[u8]) -> Result<Manifest, CoordErr
 /// What [`append_segments`] did.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Appended {
-    /// Each entry's seq, in the order given.
+    /// Each entry's seq, in the order given (0 for those in `late`).
     pub seqs: Vec<u64>,
+    /// Entries not committed because they came later than the commit age
+    /// bound (indexes into the entries given; see [`append_segments`]).
+    pub late: Vec<usize>,
     pub attempts: u32,
     pub conflicts: u32,
     pub retries: u32,
@@ -411,7 +436,11 @@ pub(crate) struct Appended {
 /// order given) to the partition's manifest in one compare-and-swap under
 /// `rules`. Idempotent per segment key: an entry already committed (live,
 /// or retired by a compaction since) is reported with its seq, whatever its
-/// age, and not appended again.
+/// age, and not appended again. Each new entry obeys the commit age bound
+/// by its own `createdAt` (or `rules.written_at` if that does not parse):
+/// one that comes too late is left out and listed in [`Appended::late`],
+/// and when every entry is, the call fails with
+/// [`CoordError::CommitTooLate`].
 pub(crate) async fn append_segments(
     store: &dyn ObjectStore,
     partition: u32,
@@ -420,13 +449,16 @@ pub(crate) async fn append_segments(
 ) -> Result<Appended, CoordError> {
     let key = manifest_key(partition);
     let mut seqs = vec![0; entries.len()];
+    let mut late = Vec::new();
     let mut found_any = false;
     let dedupe = !mutation::active(Mutation::NoDuplicateCheck);
     let updated = cas::update_json::<Manifest, _>(store, &key, rules.backoff, |current| {
         let mut m = found_or_empty(partition, current, rules.manifest_required)?;
         m.validate(partition)?;
         found_any = false;
+        late.clear();
         let mut fresh = Vec::new();
+        let mut too_late = None;
         for (i, entry) in entries.iter().enumerate() {
             if let Some(existing) = m.find(&entry.key).filter(|_| dedupe) {
                 seqs[i] = existing.seq;
@@ -441,12 +473,21 @@ pub(crate) async fn append_segments(
                 found_any = true;
                 continue;
             }
+            let written_at = parse_time(&entry.created_at).unwrap_or(rules.written_at);
+            if let Err(e) = rules.check_age_of(&entry.key, written_at) {
+                seqs[i] = 0;
+                late.push(i);
+                too_late.get_or_insert(e);
+                continue;
+            }
             fresh.push(i);
         }
         if fresh.is_empty() {
-            return Ok(Step::Keep(m));
+            return match too_late {
+                Some(e) if !found_any => Err(e),
+                _ => Ok(Step::Keep(m)),
+            };
         }
-        rules.check_age(&entries[fresh[0]].key)?;
         rules.prune_retired(&mut m);
         for i in fresh {
             let mut e = entries[i].clone();
@@ -463,6 +504,7 @@ pub(crate) async fn append_segments(
     .await?;
     Ok(Appended {
         seqs,
+        late,
         attempts: updated.attempts,
         conflicts: updated.conflicts,
         retries: updated.retries,
@@ -655,8 +697,8 @@ pub(crate) async fn create_missing(
     let mut batches = Vec::new();
     for obj in store.list(VECTORS_PREFIX).await? {
         match partition_of_key(&obj.key) {
+            Some(_) if is_batch_key(&obj.key) => batches.push(obj.key),
             Some(p) if obj.key != legacy_manifest_key(p) => objects.entry(p).or_default().1 += 1,
-            None if obj.key.starts_with(BATCHES_PREFIX) => batches.push(obj.key),
             _ => {}
         }
     }
@@ -664,16 +706,25 @@ pub(crate) async fn create_missing(
     // Batch objects hold sections of several partitions: read which (only
     // when some partition has no manifest).
     for key in batches.iter().filter(|_| lacking) {
-        let got = store.get(key).await?;
-        let sections = crate::segment::batch::decode_batch(key, &got.bytes).map_err(|e| {
-            CoordError::Corrupt {
-                key: key.clone(),
-                reason: e.to_string(),
-                found: "a batch object".into(),
+        let got = match store.get(key).await {
+            Ok(got) => got,
+            Err(StoreError::NotFound { .. }) => continue, // collected meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        match crate::segment::batch::decode_batch(key, &got.bytes) {
+            Ok(sections) => {
+                for s in sections {
+                    objects.entry(s.partition).or_default().1 += 1;
+                }
             }
-        })?;
-        for s in sections {
-            objects.entry(s.partition).or_default().1 += 1;
+            // It may hold any partition's records: none gets an empty
+            // manifest while it is there (each is reported stranded).
+            Err(e) => {
+                tracing::error!(key, error = %e, "an unreadable batch object blocks creating missing manifests");
+                for p in 0..partition_count {
+                    objects.entry(p).or_default().1 += 1;
+                }
+            }
         }
     }
     let mut out = Initialized::default();
@@ -794,6 +845,44 @@ mod tests {
             m.segments
         );
         assert_eq!(m.segments.len(), 1);
+    }
+
+    /// Entries committed together each obey the age bound by their own
+    /// creation time: a stale one is left out (and named), the others are
+    /// appended, and one found already committed is never refused.
+    #[tokio::test]
+    async fn one_late_entry_does_not_refuse_the_others() {
+        let store = MemoryStore::unique();
+        init(&store).await;
+        let clock = ManualClock::new(SystemClock.now());
+        let at = |ago: u64| format_time(clock.now() - Duration::from_secs(ago));
+        let with_time = |key: &str, t: String| SegmentEntry {
+            created_at: t,
+            ..entry(key)
+        };
+        let landed = with_time("vectors/p000/old.seg", at(10));
+        append_segments(&store, 0, &[landed.clone()], rules(&clock, clock.now()))
+            .await
+            .unwrap();
+        let entries = [
+            landed,
+            with_time("vectors/p000/stale.seg", at(451)),
+            with_time("vectors/p000/fresh.seg", at(1)),
+        ];
+        clock.advance(Duration::from_secs(445));
+        let a = append_segments(&store, 0, &entries, rules(&clock, clock.now()))
+            .await
+            .unwrap();
+        assert_eq!(a.late, vec![1], "{a:?}");
+        assert!(a.already_committed);
+        let (m, _) = read_manifest(&store, 0).await.unwrap().unwrap();
+        let keys: Vec<&str> = m.segments.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["vectors/p000/old.seg", "vectors/p000/fresh.seg"]);
+        // Only late entries: refused as before.
+        let e = append_segments(&store, 0, &entries[1..2], rules(&clock, clock.now()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CoordError::CommitTooLate { .. }), "{e}");
     }
 
     /// A writer paused between its segment PUT and its commit for longer

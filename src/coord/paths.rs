@@ -11,9 +11,6 @@ pub const INSTANCES_PREFIX: &str = "_brainy/instances/";
 pub(crate) const PROBE_PREFIX: &str = "_brainy/probe/";
 /// Folder holding every partition.
 pub(crate) const VECTORS_PREFIX: &str = "vectors/";
-/// Batch objects: one write's sections for several partitions (see
-/// `segment::batch`).
-pub(crate) const BATCHES_PREFIX: &str = "vectors/batches/";
 /// Folder of the read-optimized layout (DESIGN section 11).
 pub(crate) const INDEX_PREFIX: &str = "index/";
 /// Folder holding every manifest and nothing else (the partition
@@ -53,9 +50,30 @@ pub(crate) fn new_segment_key(partition: u32, now: SystemTime, origin: SegmentOr
     segment_key(partition, &fresh_id(now, marker))
 }
 
-/// A fresh batch object key: `vectors/batches/<unix ms>-<128 random bits>.seg`.
-pub(crate) fn new_batch_key(now: SystemTime) -> String {
-    format!("{BATCHES_PREFIX}{}.seg", fresh_id(now, ""))
+/// A fresh batch object key (one write's segments for several partitions,
+/// see `segment::batch`), in the folder of the first partition it holds a
+/// section of: `vectors/p003/<unix ms>-b<128 random bits>.seg`. That
+/// partition's manifest names it, and a manifest naming a section is
+/// version 2, which older shoal versions cannot read: their GC leaves the
+/// folder of a manifest it cannot read alone, so it never deletes a batch
+/// object during a rolling upgrade.
+pub(crate) fn new_batch_key(first_partition: u32, now: SystemTime) -> String {
+    segment_key(first_partition, &fresh_id(now, BATCH_MARKER))
+}
+
+/// What follows the time in a batch object's id.
+const BATCH_MARKER: &str = "b";
+
+/// Whether `key` names a batch object (see [`new_batch_key`]).
+pub(crate) fn is_batch_key(key: &str) -> bool {
+    key.starts_with(VECTORS_PREFIX)
+        && key
+            .rsplit('/')
+            .next()
+            .and_then(|name| name.strip_suffix(".seg"))
+            .and_then(|id| id.split_once('-'))
+            .and_then(|(_, rest)| rest.strip_prefix(BATCH_MARKER))
+            .is_some_and(|random| random.len() == 32)
 }
 
 /// What follows the time in a compaction output's segment id.

@@ -227,10 +227,7 @@ async fn list_unreferenced(
             *n += 1;
             continue;
         }
-        let batch = obj.key.starts_with(crate::coord::paths::BATCHES_PREFIX);
-        if (partition.is_some() || batch) && obj.key.ends_with(".seg") {
-            // (A batch object may hold sections of a partition without a
-            // manifest too: `shoal repair` looks in every one.)
+        if partition.is_some() && obj.key.ends_with(".seg") {
             report.orphans.push(obj.key);
         } else {
             report.problems.push(Problem {

@@ -100,6 +100,8 @@ impl CacheTally {
 pub(crate) struct SegRef {
     pub key: String,
     pub section: Option<(u64, u64)>,
+    /// The batch object's size, when the manifest says.
+    pub object_bytes: Option<u64>,
 }
 
 impl SegRef {
@@ -107,6 +109,7 @@ impl SegRef {
         SegRef {
             key: key.to_string(),
             section: None,
+            object_bytes: None,
         }
     }
 
@@ -114,6 +117,7 @@ impl SegRef {
         SegRef {
             key: entry.key.clone(),
             section: entry.range(),
+            object_bytes: entry.section.and_then(|s| s.object_bytes),
         }
     }
 
@@ -145,9 +149,13 @@ pub(crate) async fn load_segment(
                 tally.deadline,
                 crate::segment::LoadError::is_retryable,
                 || {
-                    shared
-                        .objects
-                        .load_at(store, &at.key, at.section, shared.shape)
+                    shared.objects.load_at(
+                        store,
+                        &at.key,
+                        at.section,
+                        at.object_bytes,
+                        shared.shape,
+                    )
                 },
             )
             .await

@@ -173,8 +173,8 @@ mod tests {
         let mut bad = obj.to_vec();
         let at = bad.len() - TAIL_LEN - 1;
         bad[at] ^= 0xff;
-        let e = decode_batch("vectors/batches/x.seg", &bad).unwrap_err();
-        assert!(e.to_string().contains("vectors/batches/x.seg"), "{e}");
+        let e = decode_batch("vectors/p000/1-bx.seg", &bad).unwrap_err();
+        assert!(e.to_string().contains("vectors/p000/1-bx.seg"), "{e}");
         assert!(decode_batch("k", b"short").is_err());
         let truncated = &obj[..obj.len() - 3];
         assert!(decode_batch("k", truncated).is_err());

@@ -147,6 +147,7 @@ fn decode_checked(key: &str, bytes: &[u8], expected: Shape) -> Result<Segment, L
 #[derive(Clone)]
 pub struct ObjectCache {
     objects: moka::future::Cache<String, bytes::Bytes>,
+    max_bytes: u64,
 }
 
 impl ObjectCache {
@@ -157,21 +158,28 @@ impl ObjectCache {
                 .weigher(|_, v: &bytes::Bytes| v.len().try_into().unwrap_or(u32::MAX))
                 .time_to_live(std::time::Duration::from_secs(60))
                 .build(),
+            max_bytes,
         }
     }
 
     /// The segment at `key` (whole, or its `section`), the batch object
-    /// fetched whole at most once while it stays cached.
+    /// fetched whole at most once while it stays cached; one whose size
+    /// (`object_bytes`) is unknown or above a quarter of the cache is read
+    /// section by section instead (it would not stay).
     pub async fn load_at(
         &self,
         store: &dyn ObjectStore,
         key: &str,
         section: Option<(u64, u64)>,
+        object_bytes: Option<u64>,
         expected: Shape,
     ) -> Result<Segment, LoadError> {
         let Some(section) = section else {
             return load(store, key, expected).await;
         };
+        if object_bytes.is_none_or(|n| n > self.max_bytes / 4) {
+            return load_at(store, key, Some(section), expected).await;
+        }
         let whole = self
             .objects
             .try_get_with(key.to_string(), async {

@@ -172,7 +172,7 @@ enum Work {
     Records(Arc<Vec<Prepared>>),
     /// The partition's section of a batch object the caller already wrote
     /// (a write that touches several partitions).
-    Section(SegmentEntry),
+    Section(Box<SegmentEntry>),
 }
 
 struct Pending {
@@ -378,28 +378,34 @@ impl Writer {
             crate::mutation::before_commit(&key).await;
             let commits = entries
                 .into_iter()
-                .map(|(p, e)| async move { (p, self.submit(p, Work::Section(e)).await) });
+                .map(|(p, e)| async move { (p, self.submit(p, Work::Section(Box::new(e))).await) });
             let results = futures::future::join_all(commits).await;
-            let mut committed_any = false;
+            // Only a commit refused as too late or for a missing manifest
+            // is certainly not in a manifest: any other error (a timeout
+            // after the PUT landed, ...) may hide a commit, so the object
+            // is deleted only when every partition was refused.
+            let mut maybe_committed = false;
             let mut first_error = None;
             let mut too_late = BTreeMap::new();
             for (p, r) in results {
                 match r {
                     Ok(c) => {
-                        committed_any = true;
+                        maybe_committed = true;
                         remaining.remove(&p);
                         done.push(c);
                     }
-                    Err(e) if is_too_late(&e) && attempt < TRIES => {
-                        tracing::warn!(partition = p, error = %e, "writing the records again");
-                        too_late.insert(p, ());
-                    }
                     Err(e) => {
-                        first_error.get_or_insert(e);
+                        maybe_committed |= !certainly_not_committed(&e);
+                        if is_too_late(&e) && attempt < TRIES {
+                            tracing::warn!(partition = p, error = %e, "writing the records again");
+                            too_late.insert(p, ());
+                        } else {
+                            first_error.get_or_insert(e);
+                        }
                     }
                 }
             }
-            if committed_any {
+            if maybe_committed {
                 self.ensure_still_there(&key, bytes, written_at).await?;
             } else if let Err(d) = self.inner.store.delete(&key).await {
                 tracing::warn!(key, error = %d, "could not delete an uncommitted batch object");
@@ -427,7 +433,8 @@ impl Writer {
         let inner = &self.inner;
         let ms = unix_millis(inner.clock.now());
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-        let key = new_batch_key(now);
+        let first = *parts.keys().next().expect("a batch spans partitions");
+        let key = new_batch_key(first, now);
         let schema = inner.schema.read().unwrap().clone();
         let header = SegmentHeader {
             format_version: FORMAT_VERSION,
@@ -468,6 +475,7 @@ impl Writer {
                 let section = Section {
                     offset: s.offset,
                     length: s.length,
+                    object_bytes: Some(bytes.len() as u64),
                 };
                 let entry =
                     SegmentEntry::new(key.clone(), stats, format_time(now), &inner.writer_id)
@@ -502,19 +510,22 @@ impl Writer {
             for b in &batch {
                 match &b.work {
                     Work::Records(r) => records.extend(r.iter().cloned()),
-                    Work::Section(e) => sections.push(e.clone()),
+                    Work::Section(e) => sections.push((**e).clone()),
                 }
             }
+            // Sections first: their objects were written before the
+            // segment the records become, so commit order stays creation
+            // order (what `shoal repair` relies on).
+            let from_sections = if sections.is_empty() {
+                Vec::new()
+            } else {
+                self.commit_sections(p, &sections).await
+            };
             let from_records = if records.is_empty() {
                 None
             } else {
                 let r = self.commit_partition(p, dedupe_last_wins(records), &mut guard);
                 Some(r.await.map_err(Arc::new))
-            };
-            let from_sections = if sections.is_empty() {
-                Vec::new()
-            } else {
-                self.commit_sections(p, &sections).await
             };
             let mut from_sections = from_sections.into_iter();
             for b in batch {
@@ -563,6 +574,23 @@ impl Writer {
         let mut results = vec![None; sections.len()];
         for (k, &i) in order.iter().enumerate() {
             let e = &sections[i];
+            if appended.late.contains(&k) {
+                let bound = inner.settings.read().unwrap().commit_age_bound();
+                let late = CoordError::CommitTooLate {
+                    key: e.key.clone(),
+                    age_s: inner
+                        .clock
+                        .now()
+                        .duration_since(
+                            crate::coord::clock::parse_time(&e.created_at).unwrap_or(oldest),
+                        )
+                        .unwrap_or_default()
+                        .as_secs(),
+                    bound_s: bound.as_secs(),
+                };
+                results[i] = Some(Err(Arc::new(WriteError::from(late))));
+                continue;
+            }
             s.records.fetch_add(e.records, Ordering::Relaxed);
             s.segments.fetch_add(1, Ordering::Relaxed);
             results[i] = Some(Ok(Committed {
@@ -745,6 +773,18 @@ fn is_too_late(e: &WriteError) -> bool {
     match e {
         WriteError::Commit { source, .. } => is_too_late(source),
         WriteError::Coord(CoordError::CommitTooLate { .. }) => true,
+        _ => false,
+    }
+}
+
+/// Whether a partition's commit failed in a way that proves nothing was
+/// committed: refused as too late, or its manifest is missing.
+fn certainly_not_committed(e: &WriteError) -> bool {
+    match e {
+        WriteError::Commit { source, .. } => certainly_not_committed(source),
+        WriteError::Coord(
+            CoordError::CommitTooLate { .. } | CoordError::MissingManifest { .. },
+        ) => true,
         _ => false,
     }
 }
