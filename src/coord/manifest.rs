@@ -861,9 +861,14 @@ mod tests {
             ..entry(key)
         };
         let landed = with_time("vectors/p000/old.seg", at(10));
-        append_segments(&store, 0, &[landed.clone()], rules(&clock, clock.now()))
-            .await
-            .unwrap();
+        append_segments(
+            &store,
+            0,
+            std::slice::from_ref(&landed),
+            rules(&clock, clock.now()),
+        )
+        .await
+        .unwrap();
         let entries = [
             landed,
             with_time("vectors/p000/stale.seg", at(451)),
