@@ -22,12 +22,12 @@ pub use crate::coord::{JoinOptions, RequestedSettings, Role};
 pub use crate::db::{CompactRequest, ProbeReport};
 pub use crate::inspect::{PartitionStatus, Problem, Status, VerifyReport};
 pub use crate::reader::{
-    Consistency, Hit, PartitionFailure, QueryStats, ReaderStats, SearchRequest, SearchResponse,
-    WarmReport, MAX_K,
+    Consistency, Hit, HitScores, KeyScore, PartitionFailure, QueryStats, QueryText, ReaderStats,
+    SearchRequest, SearchResponse, WarmReport, MAX_K,
 };
 pub use crate::record::{InvalidInput, Record, StoredRecord};
 pub use crate::store::RequestCounts;
-pub use crate::vocab::{parse_bytes, Metric};
+pub use crate::vocab::{parse_bytes, Analyzer, Metric, TextField};
 pub use crate::writer::{
     Committed, Durable, DurableHook, FlushReport, WriteReceipt, WriterStatsSnapshot,
 };

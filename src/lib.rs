@@ -26,6 +26,9 @@
 //!
 //! - `vocab`: the shared words: `Metric`, `AnnKind` and the other index
 //!   settings, domain rules, [`ErrorKind`]. A leaf.
+//! - `text` (*internal*): full-text search's words: which metadata keys
+//!   are searchable (`TextFields`), the analyzers (tantivy's tokenizers
+//!   and stemmers), BM25 and reciprocal rank fusion. Uses only `vocab`.
 //! - `mutation` (*internal*): the deliberately broken variants the
 //!   simulation must catch (switched on only in test builds). A leaf.
 //! - `cpu` (*internal*): where CPU-heavy work runs: a blocking thread or
@@ -108,7 +111,9 @@ macro_rules! internal {
         mod $name;
     )*};
 }
-internal!(bench, compact, coord, dataset, filter, index, mutation, reader, record, segment, writer);
+internal!(
+    bench, compact, coord, dataset, filter, index, mutation, reader, record, segment, text, writer
+);
 
 mod cpu;
 mod db;

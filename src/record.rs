@@ -141,6 +141,8 @@ pub struct Schema {
     pub dimensions: usize,
     pub metric: Metric,
     pub domain_rules: Vec<DomainRule>,
+    /// Keys whose values must be text (`settings.textFields`).
+    pub text_fields: crate::text::TextFields,
     pub max_records: usize,
     pub max_bytes: usize,
 }
@@ -298,6 +300,10 @@ pub fn prepare_batch(records: &[Record], schema: &Schema) -> Result<Vec<Prepared
         if domain.is_empty() {
             return Err(invalid(position, &r.id, "domain is empty"));
         }
+        schema
+            .text_fields
+            .check(Some(&meta))
+            .map_err(|reason| invalid(position, &r.id, reason))?;
         meta.insert("domain".into(), Value::String(domain));
         let metadata = serde_json::to_vec(&meta).expect("json map serializes");
         if metadata.len() > MAX_METADATA_BYTES {
@@ -419,6 +425,7 @@ mod tests {
             dimensions: 3,
             metric,
             domain_rules: default_domain_rules(),
+            text_fields: Default::default(),
             max_records: 4,
             max_bytes: 1 << 20,
         }

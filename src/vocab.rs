@@ -233,6 +233,93 @@ impl IndexSettings {
     }
 }
 
+/// How a full-text searchable key's text becomes terms
+/// (`settings.textFields.<key>.analyzer`): `standard` (split on what is
+/// not a letter or digit, lowercase), a language (`en`, `fr`, `es`, `pt`,
+/// `it`, `de`, `nl`: also drops that language's stop words and stems), or
+/// `zh`, `ja`, `ko` (CJK text as overlapping character bigrams).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Analyzer {
+    Standard,
+    En,
+    Fr,
+    Es,
+    Pt,
+    It,
+    De,
+    Nl,
+    Zh,
+    Ja,
+    Ko,
+}
+
+impl Analyzer {
+    pub const ALL: [Analyzer; 11] = [
+        Analyzer::Standard,
+        Analyzer::En,
+        Analyzer::Fr,
+        Analyzer::Es,
+        Analyzer::Pt,
+        Analyzer::It,
+        Analyzer::De,
+        Analyzer::Nl,
+        Analyzer::Zh,
+        Analyzer::Ja,
+        Analyzer::Ko,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Analyzer::Standard => "standard",
+            Analyzer::En => "en",
+            Analyzer::Fr => "fr",
+            Analyzer::Es => "es",
+            Analyzer::Pt => "pt",
+            Analyzer::It => "it",
+            Analyzer::De => "de",
+            Analyzer::Nl => "nl",
+            Analyzer::Zh => "zh",
+            Analyzer::Ja => "ja",
+            Analyzer::Ko => "ko",
+        }
+    }
+
+    /// Chinese, Japanese, Korean: written without spaces between words.
+    pub fn is_cjk(&self) -> bool {
+        matches!(self, Analyzer::Zh | Analyzer::Ja | Analyzer::Ko)
+    }
+}
+
+impl fmt::Display for Analyzer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Analyzer {
+    type Err = InvalidSetting;
+
+    fn from_str(s: &str) -> Result<Self, InvalidSetting> {
+        Analyzer::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| InvalidSetting {
+                setting: "textFields.analyzer",
+                value: format!("{s:?}"),
+                expected: format!("one of {}", Analyzer::ALL.map(|a| a.as_str()).join(", ")),
+            })
+    }
+}
+
+/// One full-text searchable metadata key's settings
+/// (`settings.textFields.<key>`). The analyzer is kept as written so
+/// validation can name a bad one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TextField {
+    pub analyzer: String,
+}
+
 /// One domain rule: any of `fields` present in the metadata → `domain`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DomainRule {

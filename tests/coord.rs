@@ -38,6 +38,7 @@ fn settings(dims: u32) -> RequestedSettings {
         distance_metric: Some(Metric::Cosine),
         embedding_model: Some("all-MiniLM-L6-v2".into()),
         instance_timeout_seconds: None,
+        text_fields: None,
     }
 }
 

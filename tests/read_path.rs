@@ -179,7 +179,7 @@ async fn check_exact_search(store: Arc<Counted>, metric: Metric, n: usize) {
             let (v, m) = &model[&h.id];
             assert_eq!(h.metadata.as_ref().unwrap(), m, "metadata of {}", h.id);
             let (score, dist) = shoal::index::present(metric, distance(metric, &qn, v));
-            assert!((h.score - score).abs() < 1e-5 && (h.distance - dist).abs() < 1e-5);
+            assert!((h.score - score).abs() < 1e-5 && (h.distance.unwrap() - dist).abs() < 1e-5);
         }
         assert_eq!(resp.stats.partitions_searched, 8);
     }
@@ -214,7 +214,7 @@ async fn updates_and_deletes_are_visible_to_another_reader_with_strong(store: Ar
     let hit = &other.search(&req).await.unwrap().results[0];
     assert_eq!(
         (hit.id.as_str(), hit.distance),
-        ("r7", 0.0),
+        ("r7", Some(0.0)),
         "strong sees the upsert at once"
     );
     w.delete(&["r7".into()]).await.unwrap();

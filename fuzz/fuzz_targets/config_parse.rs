@@ -16,13 +16,14 @@ fuzz_target!(|data: &[u8]| {
     s.index()
         .validate()
         .expect("parsed index settings are valid");
-    let _ = (s.metric(), s.domain_rules());
+    let _ = (s.metric(), s.domain_rules(), s.text_fields());
     let asked = RequestedSettings {
         partition_count: Some(8),
         dimensions: Some(384),
         distance_metric: Some(Metric::Cosine),
         embedding_model: Some("all-MiniLM-L6-v2".into()),
         instance_timeout_seconds: Some(30),
+        text_fields: None,
     };
     let _ = asked.contradiction(s);
     let written = serde_json::to_vec(&config).expect("a config serializes");

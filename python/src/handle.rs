@@ -104,6 +104,7 @@ fn open_options(
                 distance_metric: metric,
                 embedding_model: model,
                 instance_timeout_seconds: None,
+                text_fields: None,
             },
             role: Some(role),
             create,
@@ -266,7 +267,8 @@ fn hits_tuple(py: Python<'_>, resp: SearchResponse) -> HitsTuple<'_> {
     let mut metadata = Vec::with_capacity(n);
     for h in resp.results {
         ids.push(h.id);
-        distances.push(h.distance);
+        // NaN for a hit found by text alone (no vector distance).
+        distances.push(h.distance.unwrap_or(f32::NAN));
         scores.push(h.score);
         metadata.push(h.metadata.map(Value::Object).unwrap_or(Value::Null));
     }

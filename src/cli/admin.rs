@@ -1,14 +1,31 @@
 //! `init`, `status`, `verify`, `probe`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use shoal::api::{
     CompactRequest, GcOptions, JoinOptions, Outcome, RepairOptions, RequestedSettings, Role,
+    TextField,
 };
 use shoal::OpenOptions;
 
 use super::{ConfigCommand, Ctx, InitArgs};
+
+/// `--text-field KEY[=ANALYZER]` flags as settings (`None` when there
+/// are none: whatever an existing index has). Analyzer names are checked
+/// with the rest of the settings, before anything is written.
+fn text_fields(flags: &[String]) -> Option<BTreeMap<String, TextField>> {
+    if flags.is_empty() {
+        return None;
+    }
+    let field = |f: &String| {
+        let (key, analyzer) = f.split_once('=').unwrap_or((f, "standard"));
+        let analyzer = analyzer.to_string();
+        (key.to_string(), TextField { analyzer })
+    };
+    Some(flags.iter().map(field).collect())
+}
 
 pub(super) async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
     let requested = RequestedSettings {
@@ -17,6 +34,7 @@ pub(super) async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
         distance_metric: Some(a.metric.into()),
         embedding_model: a.model,
         instance_timeout_seconds: None,
+        text_fields: text_fields(&a.text_fields),
     };
     let db = ctx
         .open(OpenOptions {
@@ -39,6 +57,9 @@ pub(super) async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
         "  {} dimensions, {} metric, {} partitions, model {}",
         s.dimensions, s.distance_metric, s.partition_count, s.embedding_model
     );
+    for (key, f) in s.text_fields.iter().flatten() {
+        println!("  full-text searchable: {key} (analyzer {})", f.analyzer);
+    }
     Ok(())
 }
 

@@ -99,6 +99,7 @@ async fn open(bucket: &str, partitions: u32) -> Result<Db> {
         distance_metric: Some(Metric::Cosine),
         embedding_model: Some("all-MiniLM-L6-v2".into()),
         instance_timeout_seconds: None,
+        text_fields: None,
     };
     let opts = OpenOptions {
         cluster: JoinOptions {

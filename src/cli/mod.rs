@@ -218,6 +218,11 @@ pub(crate) struct InitArgs {
     /// Name of the embedding model, recorded so every instance agrees.
     #[arg(long)]
     pub model: Option<String>,
+    /// A metadata key searchable as full text (BM25), with its analyzer:
+    /// `KEY` (standard analyzer) or `KEY=ANALYZER`, ANALYZER one of
+    /// standard, en, fr, es, pt, it, de, nl, zh, ja, ko. Repeatable.
+    #[arg(long = "text-field", value_name = "KEY[=ANALYZER]")]
+    pub text_fields: Vec<String>,
 }
 
 /// What every command needs: where the bucket is and how to talk.

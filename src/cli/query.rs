@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::Value;
-use shoal::api::{Consistency, Hit, SearchRequest};
+use shoal::api::{Consistency, Hit, QueryText, SearchRequest};
 
 use super::{ConsistencyArg, Ctx};
 
@@ -24,6 +24,14 @@ pub(crate) struct SearchArgs {
     /// ... and which row of it to use (0-based).
     #[arg(long)]
     pub query_index: Option<usize>,
+    /// Full-text query (BM25) in the index's searchable key (see `init
+    /// --text-field`); with a vector too, a hybrid search (reciprocal rank
+    /// fusion of both rankings).
+    #[arg(long)]
+    pub text: Option<String>,
+    /// The searchable key `--text` searches (default: the index's only one).
+    #[arg(long, requires = "text")]
+    pub text_key: Option<String>,
     /// How many results.
     #[arg(short, long, default_value_t = 10)]
     pub k: usize,
@@ -59,7 +67,13 @@ fn query_vector(a: &SearchArgs) -> Result<Vec<f32>> {
     if let (Some(f), Some(i)) = (&a.query_file, a.query_index) {
         return first_row(f, i);
     }
-    bail!("give the query vector with --vector, --vector-file, or --query-file with --query-index")
+    if a.text.is_some() {
+        return Ok(Vec::new());
+    }
+    bail!(
+        "give the query vector with --vector, --vector-file, or --query-file with \
+         --query-index, or a full-text query with --text"
+    )
 }
 
 /// A short, one-line excerpt of a hit's metadata (text first, if any).
@@ -118,8 +132,13 @@ pub(super) async fn search(ctx: &Ctx, a: SearchArgs) -> Result<()> {
         _ => None,
     };
     let db = ctx.observe().await?;
+    let text = a.text.iter().map(|text| QueryText {
+        key: a.text_key.clone(),
+        text: text.clone(),
+    });
     let req = SearchRequest {
         filter,
+        text: text.collect(),
         consistency: a.consistency.into(),
         include_vectors: a.include_vectors,
         allow_partial: a.allow_partial,

@@ -22,6 +22,7 @@
 //! create-only put; a racing loser re-reads and adopts the winner's
 //! settings. Every later change is a compare-and-swap.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,8 @@ use super::clock::{format_time, Clock};
 use super::error::{excerpt, CoordError};
 use super::paths::{CONFIG_KEY, VECTORS_PREFIX};
 use crate::store::{ETag, ObjectStore, StoreError};
-pub use crate::vocab::{DomainRule, IndexSettings, Metric};
+use crate::text::TextFields;
+pub use crate::vocab::{DomainRule, IndexSettings, Metric, TextField};
 
 /// Current config format version.
 pub(crate) const CONFIG_VERSION: u32 = 2;
@@ -115,6 +117,10 @@ pub struct Settings {
     /// to join upgrades them (see `coord::manifest::create_missing`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub partitions_initialized: bool,
+    /// Metadata keys searchable as full text, each with its analyzer
+    /// (`text::TextFields`); absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_fields: Option<BTreeMap<String, TextField>>,
     /// Settings written by newer versions; preserved.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -156,6 +162,14 @@ impl Settings {
         self.gc_grace() / 2
     }
 
+    /// The full-text searchable keys. Only call on validated settings.
+    pub fn text_fields(&self) -> TextFields {
+        self.text_fields
+            .as_ref()
+            .map(|f| TextFields::from_settings(f).expect("settings were validated when loaded"))
+            .unwrap_or_default()
+    }
+
     /// The validated metric. Only call on validated settings.
     pub fn metric(&self) -> Metric {
         self.distance_metric
@@ -177,6 +191,9 @@ impl Settings {
         Metric::from_str(&self.distance_metric)?;
         if let Some(ix) = &self.index {
             ix.validate()?;
+        }
+        if let Some(f) = &self.text_fields {
+            TextFields::from_settings(f)?;
         }
         if self.instance_timeout_seconds == 0 {
             return Err(CoordError::InvalidSetting {
@@ -234,6 +251,9 @@ pub struct RequestedSettings {
     pub distance_metric: Option<Metric>,
     pub embedding_model: Option<String>,
     pub instance_timeout_seconds: Option<u64>,
+    /// Full-text searchable keys of a new index (`None`: whatever the
+    /// bucket has; none for a new one).
+    pub text_fields: Option<BTreeMap<String, TextField>>,
 }
 
 impl RequestedSettings {
@@ -251,6 +271,9 @@ impl RequestedSettings {
                 value: "0".into(),
                 expected: "at least 1".into(),
             });
+        }
+        if let Some(f) = &self.text_fields {
+            TextFields::from_settings(f)?;
         }
         Ok(())
     }
@@ -300,6 +323,20 @@ impl RequestedSettings {
                 m.clone(),
             ));
         }
+        let text = |f: Option<&BTreeMap<String, TextField>>| {
+            serde_json::to_string(&f.cloned().unwrap_or_default()).expect("serializable")
+        };
+        if let Some(f) = self
+            .text_fields
+            .as_ref()
+            .filter(|f| text(Some(f)) != text(bucket.text_fields.as_ref()))
+        {
+            return Some(c(
+                "textFields",
+                text(bucket.text_fields.as_ref()),
+                text(Some(f)),
+            ));
+        }
         None
     }
 
@@ -341,6 +378,7 @@ impl RequestedSettings {
                 index: None,
                 gc_grace_seconds: DEFAULT_GC_GRACE_SECONDS,
                 partitions_initialized: false,
+                text_fields: self.text_fields.clone().filter(|f| !f.is_empty()),
                 extra: Map::new(),
             },
             extra: Map::new(),

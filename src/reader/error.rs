@@ -44,6 +44,9 @@ pub enum ReadError {
          longer deadline_ms"
     )]
     Deadline { ms: u64 },
+    /// The index cannot answer this query yet; retrying later helps.
+    #[error("{0}")]
+    NotYet(String),
 }
 
 /// What to do about a damaged shard (nothing for one that vanished or a
@@ -67,7 +70,7 @@ impl ReadError {
             ReadError::Invalid(_) | ReadError::Filter(_) => ErrorKind::InvalidInput,
             ReadError::Coord(e) => e.kind(),
             ReadError::Internal(_) => ErrorKind::Internal,
-            ReadError::Deadline { .. } => ErrorKind::Unavailable,
+            ReadError::Deadline { .. } | ReadError::NotYet(_) => ErrorKind::Unavailable,
             ReadError::Partition { source, .. } | ReadError::Index { source, .. } => {
                 match source.kind() {
                     // A segment the manifest references is gone even after a

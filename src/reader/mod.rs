@@ -35,6 +35,7 @@ mod routed;
 mod search;
 mod shards;
 mod snapshot;
+mod text;
 mod unit;
 mod view;
 mod warm;
@@ -78,7 +79,15 @@ pub enum Consistency {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    /// The query vector; may be left out (empty) when `text` is given.
+    #[serde(default)]
     pub vector: Vec<f32>,
+    /// Full-text queries (BM25), each ranking the records by one
+    /// searchable metadata key (`settings.textFields`). Alone, one text
+    /// ranks by its BM25 score; several, or text with a vector (a hybrid
+    /// search), are fused by reciprocal rank (RRF, k = 60).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text: Vec<QueryText>,
     #[serde(default = "default_k")]
     pub k: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,9 +125,21 @@ fn yes() -> bool {
 }
 
 impl SearchRequest {
+    /// A full-text search of `text` in the index's searchable key `key`
+    /// (`None`: its only one), BM25-ranked.
+    pub fn text(key: Option<&str>, text: &str, k: usize) -> Self {
+        let mut req = SearchRequest::new(Vec::new(), k);
+        req.text.push(QueryText {
+            key: key.map(str::to_string),
+            text: text.to_string(),
+        });
+        req
+    }
+
     pub fn new(vector: Vec<f32>, k: usize) -> Self {
         SearchRequest {
             vector,
+            text: Vec::new(),
             k,
             filter: None,
             consistency: Consistency::default(),
@@ -138,19 +159,60 @@ pub const MAX_K: usize = 1000;
 /// How long a query may take unless it says otherwise.
 pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
+/// A full-text query: a text to rank records by, with BM25, in one
+/// searchable metadata key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryText {
+    /// The searchable key; may be left out when the index has only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// 1 to 1,024 characters, analyzed as the key's text is.
+    pub text: String,
+}
+
+/// A hit's scores in a search with text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HitScores {
+    /// The reciprocal-rank fusion score, when several lists were fused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fused: Option<f32>,
+    /// The BM25 score in each searched key whose text the hit matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bm25: Vec<KeyScore>,
+    /// The distance to the query vector, when the hit was in the
+    /// vector's ranked list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector_distance: Option<f32>,
+}
+
+/// A BM25 score in one searchable key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyScore {
+    pub key: String,
+    pub score: f32,
+}
+
 /// One result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
     pub id: String,
-    /// Similarity, higher is better.
+    /// Higher is better: the similarity to the query vector; for one text
+    /// alone its BM25 score; for fused lists the fused score.
     pub score: f32,
-    /// Distance, lower is better (see `index::present`).
-    pub distance: f32,
+    /// The distance to the query vector, lower is better (see
+    /// `index::present`); absent for a hit found by text alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vector: Option<Vec<f32>>,
     pub partition: u32,
+    /// Per-list scores, in a search with text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<HitScores>,
 }
 
 /// A partition left out of a partial result.
@@ -347,6 +409,14 @@ pub(crate) struct Shared {
     hits: AtomicU64,
     misses: AtomicU64,
     metrics: Option<Arc<InstanceMetrics>>,
+    /// The full-text searchable keys; follows config changes.
+    text: std::sync::RwLock<Arc<crate::text::TextFields>>,
+}
+
+impl Shared {
+    pub(crate) fn text_fields(&self) -> Arc<crate::text::TextFields> {
+        self.text.read().unwrap().clone()
+    }
 }
 
 /// A handle that searches one index. Cheap to clone.
@@ -412,6 +482,7 @@ impl Reader {
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 metrics,
+                text: std::sync::RwLock::new(Arc::new(settings.text_fields())),
             }),
         }
     }
@@ -476,8 +547,9 @@ impl Reader {
     }
 
     /// Takes changed settings: the default `nprobe` (unless the reader
-    /// options fixed one).
+    /// options fixed one) and the full-text searchable keys.
     pub fn set_settings(&self, settings: &Settings) {
+        *self.shared.text.write().unwrap() = Arc::new(settings.text_fields());
         if self.shared.opts.nprobe.is_none() {
             self.shared
                 .nprobe

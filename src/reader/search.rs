@@ -2,24 +2,28 @@
 //! validate, load a snapshot as fresh as the consistency level asks,
 //! search every unit at once, merge their top-k, present the hits.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::load::{once_more_if_vanished, Freshness};
 use super::snapshot::{Snapshot, Want};
-use super::unit::{Found, Io, Searched, Source, UnitQuery};
+use super::text::{Scored, TextDoc, TextList, TextQuery};
+use super::unit::{Found, Io, SearchUnit, Searched, Source, UnitQuery};
 use super::view::CacheTally;
 use super::{
-    Consistency, Hit, QueryStats, ReadError, SearchRequest, SearchResponse, ShardFailure, Shared,
-    MAX_K,
+    Consistency, Hit, HitScores, KeyScore, QueryStats, ReadError, SearchRequest, SearchResponse,
+    ShardFailure, Shared, MAX_K,
 };
 use crate::filter::parse_filter;
 use crate::index::{present, QueryParams, ScanStats};
 use crate::record::check_vector;
 use crate::store::Counted;
+use crate::vocab::Metric;
 
 pub(super) async fn search(
     shared: &Arc<Shared>,
@@ -71,33 +75,46 @@ async fn run(
         store: &q.store,
         tally: &q.tally,
     };
-    let runs: Vec<_> = units.iter().map(|u| u.search(&q.unit, &io)).collect();
     let mut scan = Scanned::default();
-    let mut found = Vec::with_capacity(units.len());
     let mut failed_shards = Vec::new();
-    for (unit, r) in units.iter().zip(futures::future::join_all(runs).await) {
-        let s = match (r, unit.shard()) {
-            (Ok(s), _) => s,
-            // A corrupt shard part (a vanished one is retried instead):
-            // with `allow_partial` the shard is left out and named.
-            (Err(e), Some((key, rows))) if q.req.allow_partial && unreadable(&e) => {
-                tracing::error!(shard = key, rows, error = %e, "a shard part is unreadable: left out of a partial result");
-                failed_shards.push(ShardFailure {
-                    shard: key.to_string(),
-                    rows,
-                    error: e.to_string(),
-                });
-                continue;
+    let vector = match &q.unit {
+        None => None,
+        Some(unit) => {
+            let runs = units.iter().map(|u| u.search(unit, &io));
+            let results = futures::future::join_all(runs).await;
+            let mut found = Vec::with_capacity(units.len());
+            for s in q.kept(&units, results, &mut failed_shards)? {
+                scan.add(&s);
+                failed_shards.extend(s.failed_shards);
+                found.push(s.found);
             }
-            (Err(e), _) => return Err(e),
-        };
-        scan.add(&s);
-        failed_shards.extend(s.failed_shards);
-        found.push(s.found);
-    }
-    let top = merge(found, q.req.k);
+            Some(merge(found, unit.params.k))
+        }
+    };
+    let text = match &q.text {
+        None => None,
+        Some(tq) => {
+            let runs = units.iter().map(|u| u.text(tq, &io));
+            let results = futures::future::join_all(runs).await;
+            let mut searched = q.kept(&units, results, &mut failed_shards)?;
+            for s in &mut searched {
+                scan.shards += s.shards;
+                failed_shards.append(&mut s.failed_shards);
+            }
+            Some(super::text::score(tq, searched, q.depth))
+        }
+    };
     let mut stats = q.stats(scan, searched, fetch_ms);
-    let results = present_hits(q, top);
+    let results = match text {
+        None => present_hits(q, vector.unwrap_or_default()),
+        Some((docs, lists)) => {
+            let mut hits = present_fused(q, vector, docs, lists);
+            if q.req.include_vectors {
+                fill_vectors(shared, &mut hits).await?;
+            }
+            hits
+        }
+    };
     stats.compute_ms = compute.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(?stats, "search done");
     Ok(SearchResponse {
@@ -109,6 +126,30 @@ async fn run(
     })
 }
 
+/// The vectors of text hits whose unit read only metadata (a routed
+/// shard scanned for text), fetched by id from the views just loaded.
+async fn fill_vectors(shared: &Arc<Shared>, hits: &mut [Hit]) -> Result<(), ReadError> {
+    let missing: Vec<String> = hits
+        .iter()
+        .filter(|h| h.vector.is_none())
+        .map(|h| h.id.clone())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = missing.iter().map(String::as_str).collect();
+    let got = super::lookup::get_many(shared, &ids, Consistency::Eventual).await?;
+    let mut by_id: HashMap<String, Vec<f32>> = got
+        .into_iter()
+        .flatten()
+        .map(|r| (r.id, r.vector))
+        .collect();
+    for h in hits.iter_mut().filter(|h| h.vector.is_none()) {
+        h.vector = by_id.remove(&h.id);
+    }
+    Ok(())
+}
+
 /// Whether `e` is an index part that was read and found damaged (not
 /// one that vanished, which a fresher snapshot fixes).
 fn unreadable(e: &ReadError) -> bool {
@@ -118,8 +159,13 @@ fn unreadable(e: &ReadError) -> bool {
 /// What one query carries through the pipeline.
 pub(super) struct QueryContext<'a> {
     req: &'a SearchRequest,
-    /// What every search unit is asked.
-    pub unit: Arc<UnitQuery>,
+    metric: Metric,
+    /// What every search unit is asked for the vector (`None`: no vector).
+    pub unit: Option<Arc<UnitQuery>>,
+    /// What every search unit is asked for the text (`None`: no text).
+    pub text: Option<Arc<TextQuery>>,
+    /// How deep each ranked list goes when lists are fused.
+    depth: usize,
     pub want: Freshness,
     /// Counts this query's store requests.
     pub store: Counted,
@@ -130,7 +176,11 @@ pub(super) struct QueryContext<'a> {
 impl<'a> QueryContext<'a> {
     /// Validates the request (nothing is fetched for a bad one).
     pub(super) fn new(shared: &'a Arc<Shared>, req: &'a SearchRequest) -> Result<Self, ReadError> {
-        let vector = check_query(shared, req)?;
+        check_k(req)?;
+        let vector = (!req.vector.is_empty() || req.text.is_empty())
+            .then(|| check_query(shared, req))
+            .transpose()?;
+        let lists = text_lists(shared, req)?;
         let filter = req.filter.as_ref().map(parse_filter).transpose()?;
         let staleness = req
             .max_staleness_ms
@@ -141,22 +191,45 @@ impl<'a> QueryContext<'a> {
             .deadline_ms
             .map(Duration::from_millis)
             .unwrap_or(shared.opts.deadline);
+        // One list ranks alone; fused lists each go deeper than k, so a
+        // document ranked well in one list but past k in another is not
+        // lost to the fusion.
+        let fused = lists.len() + usize::from(vector.is_some()) > 1;
+        let depth = if fused {
+            (req.k * FUSION_DEPTH_PER_K).clamp(MIN_FUSION_DEPTH, MAX_K)
+        } else {
+            req.k
+        };
+        let partitions = shared.views.len() as u32;
+        let metric = shared.shape.metric;
         let params = QueryParams {
-            metric: shared.shape.metric,
-            k: req.k,
+            metric,
+            k: depth.max(req.k),
             nprobe: req.nprobe.unwrap_or(shared.nprobe.load(Relaxed)).max(1),
             exact: req.exact,
         };
         Ok(QueryContext {
             req,
-            unit: Arc::new(UnitQuery {
-                params,
-                vector,
-                filter,
-                include_metadata: req.include_metadata,
-                partitions: shared.views.len() as u32,
-                allow_partial: req.allow_partial,
+            metric,
+            unit: vector.map(|vector| {
+                Arc::new(UnitQuery {
+                    params,
+                    vector,
+                    filter: filter.clone(),
+                    include_metadata: req.include_metadata,
+                    partitions,
+                    allow_partial: req.allow_partial,
+                })
             }),
+            text: (!lists.is_empty()).then(|| {
+                Arc::new(TextQuery {
+                    lists,
+                    filter,
+                    partitions,
+                    allow_partial: req.allow_partial,
+                })
+            }),
+            depth,
             want: Freshness {
                 consistency: req.consistency,
                 staleness,
@@ -166,6 +239,57 @@ impl<'a> QueryContext<'a> {
             tally: CacheTally::until(started + budget),
             started,
         })
+    }
+
+    /// The units' answers; a shard whose part is unreadable (not one
+    /// that vanished, which a fresher snapshot fixes) is left out and
+    /// named when the query allows a partial result.
+    fn kept<T>(
+        &self,
+        units: &[Box<dyn SearchUnit>],
+        results: Vec<Result<T, ReadError>>,
+        failed: &mut Vec<ShardFailure>,
+    ) -> Result<Vec<T>, ReadError> {
+        let mut out = Vec::with_capacity(results.len());
+        for (unit, r) in units.iter().zip(results) {
+            match (r, unit.shard()) {
+                (Ok(s), _) => out.push(s),
+                (Err(e), Some((key, rows))) if self.req.allow_partial && unreadable(&e) => {
+                    tracing::error!(shard = key, rows, error = %e, "a shard part is unreadable: left out of a partial result");
+                    if !failed.iter().any(|f| f.shard == key) {
+                        failed.push(ShardFailure {
+                            shard: key.to_string(),
+                            rows,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+                (Err(e), _) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A hit's metadata and vector, as far as the request asked for them.
+    fn shown(&self, source: Source) -> (Option<Map<String, Value>>, Option<Vec<f32>>) {
+        let req = self.req;
+        match source {
+            Source::Segment { segment, position } => (
+                req.include_metadata
+                    .then(|| segment.metadata(position).unwrap_or_default()),
+                req.include_vectors
+                    .then(|| segment.vector(position).to_vec()),
+            ),
+            Source::Row { vector, metadata } => (
+                req.include_metadata.then(|| metadata.unwrap_or_default()),
+                req.include_vectors.then_some(vector),
+            ),
+            // Filled in afterwards when asked for (`fill_vectors`).
+            Source::Block { block, row } => (
+                req.include_metadata.then(|| block.metadata(row).clone()),
+                None,
+            ),
+        }
     }
 
     fn stats(&self, scan: Scanned, searched: u64, fetch_ms: f64) -> QueryStats {
@@ -187,20 +311,47 @@ impl<'a> QueryContext<'a> {
     }
 }
 
-/// Checks a query and returns the vector ready to score (normalized for
-/// cosine).
-fn check_query(shared: &Shared, req: &SearchRequest) -> Result<Vec<f32>, ReadError> {
+/// Each fused list holds this many documents per hit asked for ...
+const FUSION_DEPTH_PER_K: usize = 4;
+/// ... and at least this many.
+const MIN_FUSION_DEPTH: usize = 100;
+
+fn check_k(req: &SearchRequest) -> Result<(), ReadError> {
     if req.k == 0 || req.k > MAX_K {
         return Err(ReadError::Invalid(format!(
             "k must be between 1 and {MAX_K}, got {}",
             req.k
         )));
     }
+    Ok(())
+}
+
+/// Checks a query and returns the vector ready to score (normalized for
+/// cosine).
+fn check_query(shared: &Shared, req: &SearchRequest) -> Result<Vec<f32>, ReadError> {
     let shape = shared.shape;
     check_vector(0, "query", &req.vector, shape.dimensions, shape.metric).map_err(|e| {
         let msg = e.to_string();
         ReadError::Invalid(msg.replacen("record 0 (id \"query\"): ", "query ", 1))
     })
+}
+
+/// The request's text queries as ranked lists, each checked against the
+/// index's full-text searchable keys.
+fn text_lists(shared: &Shared, req: &SearchRequest) -> Result<Vec<TextList>, ReadError> {
+    if req.text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fields = shared.text_fields();
+    let asked = req.text.iter().map(|t| (t.key.as_deref(), t.text.as_str()));
+    crate::text::check_queries(&fields, asked)
+        .map(|checked| {
+            checked
+                .into_iter()
+                .map(|(key, analyzer, text)| TextList::new(&key, analyzer, text))
+                .collect()
+        })
+        .map_err(ReadError::Invalid)
 }
 
 /// What the units touched, summed.
@@ -236,32 +387,90 @@ fn merge(per_unit: Vec<Vec<Found>>, k: usize) -> Vec<Found> {
 /// Hits as users see them: score and distance, metadata and vector on
 /// request.
 fn present_hits(q: &QueryContext<'_>, top: Vec<Found>) -> Vec<Hit> {
-    let metric = q.unit.params.metric;
-    let req = q.req;
     top.into_iter()
         .map(|f| {
-            let (score, distance) = present(metric, f.distance);
-            let (metadata, vector) = match f.source {
-                Source::Segment { segment, position } => (
-                    req.include_metadata
-                        .then(|| segment.metadata(position).unwrap_or_default()),
-                    req.include_vectors
-                        .then(|| segment.vector(position).to_vec()),
-                ),
-                Source::Row { vector, metadata } => (
-                    req.include_metadata.then(|| metadata.unwrap_or_default()),
-                    req.include_vectors.then_some(vector),
-                ),
-            };
+            let (score, distance) = present(q.metric, f.distance);
+            let (metadata, vector) = q.shown(f.source);
             Hit {
                 score,
-                distance,
+                distance: Some(distance),
                 metadata,
                 vector,
                 partition: f.partition,
                 id: f.id,
+                scores: None,
             }
         })
+        .collect()
+}
+
+/// The hits of a query with text: one text list alone ranks by its BM25
+/// score; anything more (several keys, or a vector too) is fused by
+/// reciprocal rank (`text::fuse`), the vector's list first.
+fn present_fused(
+    q: &QueryContext<'_>,
+    vector: Option<Vec<Found>>,
+    docs: Vec<TextDoc>,
+    lists: Vec<Vec<Scored>>,
+) -> Vec<Hit> {
+    let tq = q.text.as_ref().expect("a text query");
+    let mut ranked: Vec<Vec<String>> = Vec::new();
+    let mut sources: HashMap<String, (Source, u32)> = HashMap::new();
+    let mut distances: HashMap<String, f32> = HashMap::new();
+    if let Some(found) = vector.as_ref() {
+        ranked.push(found.iter().map(|f| f.id.clone()).collect());
+    }
+    for list in &lists {
+        ranked.push(list.iter().map(|s| docs[s.doc].id.clone()).collect());
+    }
+    let mut bm25: HashMap<String, Vec<KeyScore>> = HashMap::new();
+    for (l, list) in lists.iter().enumerate() {
+        for s in list {
+            bm25.entry(docs[s.doc].id.clone())
+                .or_default()
+                .push(KeyScore {
+                    key: tq.lists[l].key.clone(),
+                    score: s.score as f32,
+                });
+        }
+    }
+    let alone = vector.is_none() && lists.len() == 1;
+    for f in vector.into_iter().flatten() {
+        distances.insert(f.id.clone(), present(q.metric, f.distance).1);
+        sources.insert(f.id, (f.source, f.partition));
+    }
+    for d in docs {
+        sources.entry(d.id).or_insert((d.source, d.partition));
+    }
+    crate::text::fuse::rrf(&ranked)
+        .into_iter()
+        .take(q.req.k)
+        .filter_map(
+            |crate::text::fuse::Fused {
+                 doc: id,
+                 score: fused,
+                 ..
+             }| {
+                let (source, partition) = sources.remove(&id)?;
+                let (metadata, vector) = q.shown(source);
+                let bm25 = bm25.remove(&id).unwrap_or_default();
+                let distance = distances.get(&id).copied();
+                let score = if alone { bm25[0].score } else { fused as f32 };
+                Some(Hit {
+                    score,
+                    distance,
+                    metadata,
+                    vector,
+                    partition,
+                    scores: Some(HitScores {
+                        fused: (!alone).then_some(fused as f32),
+                        bm25,
+                        vector_distance: distance,
+                    }),
+                    id,
+                })
+            },
+        )
         .collect()
 }
 
@@ -336,7 +545,7 @@ mod tests {
         assert!(!units.is_empty());
         let mut outcome = Ok(());
         for u in &units {
-            if let Err(e) = u.search(&q.unit, &io).await {
+            if let Err(e) = u.search(q.unit.as_ref().unwrap(), &io).await {
                 outcome = Err(e);
             }
         }

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use super::ranged::{self, RangedShard, Wanted};
+use super::text::{observe_segment, TextQuery, TextSearched};
 use super::view::{CacheTally, PartitionView};
 use super::{ReadError, Shared};
 use crate::filter::Filter;
@@ -67,6 +68,12 @@ pub(super) enum Source {
         vector: Vec<f32>,
         metadata: Option<Map<String, Value>>,
     },
+    /// Row `row` of a routed shard's metadata block (a text match: its
+    /// vector was not read).
+    Block {
+        block: Arc<super::ranged::Block>,
+        row: usize,
+    },
 }
 
 /// What one unit found and what it touched.
@@ -87,6 +94,10 @@ pub(super) struct Searched {
 pub(super) trait SearchUnit: Send + Sync {
     /// The unit's best `k` allowed, filter-passing records, best first.
     async fn search(&self, q: &Arc<UnitQuery>, io: &Io<'_>) -> Result<Searched, ReadError>;
+
+    /// The unit's text statistics and its allowed, filter-passing records
+    /// holding a query term (`reader::text`).
+    async fn text(&self, q: &Arc<TextQuery>, io: &Io<'_>) -> Result<TextSearched, ReadError>;
 
     /// For a unit that reads a shard's parts as it searches: the shard's
     /// key and its live rows (what a partial result leaves out if a part
@@ -295,13 +306,40 @@ impl WholeShardUnit {
     }
 }
 
+impl TailUnit {
+    fn text(&self, q: &TextQuery) -> TextSearched {
+        let mut out = TextSearched::new(q);
+        for j in self.from..self.segments.len() {
+            let live = self.view.live.mask(j);
+            observe_segment(&mut out, q, &self.segments[j], |i| live[i]);
+        }
+        out
+    }
+}
+
+impl WholeShardUnit {
+    fn text(&self, q: &TextQuery) -> TextSearched {
+        let mut out = TextSearched::new(q);
+        let mut mask = self.live.mask.clone();
+        for &row in &self.allowed.hidden {
+            mask[row as usize] = false;
+        }
+        let ids = self.segment.ids();
+        observe_segment(&mut out, q, &self.segment, |i| {
+            mask[i] && !self.allowed.excludes(&ids[i], q.partitions)
+        });
+        out.shards = 1;
+        out
+    }
+}
+
 /// Runs an in-memory unit's scoring on the CPU pool (`crate::cpu`); a
 /// panic becomes an internal error for this query, never an abort.
-async fn on_pool<U: Send + Sync + 'static>(
+async fn on_pool<U: Send + Sync + 'static, Q: Send + Sync + 'static, T: Send + 'static>(
     unit: Arc<U>,
-    q: &Arc<UnitQuery>,
-    score: fn(&U, &UnitQuery) -> Searched,
-) -> Result<Searched, ReadError> {
+    q: &Arc<Q>,
+    score: fn(&U, &Q) -> T,
+) -> Result<T, ReadError> {
     let q = q.clone();
     crate::cpu::pooled(move || score(&unit, &q))
         .await
@@ -321,12 +359,20 @@ impl SearchUnit for Arc<TailUnit> {
     async fn search(&self, q: &Arc<UnitQuery>, _io: &Io<'_>) -> Result<Searched, ReadError> {
         on_pool(self.clone(), q, TailUnit::score).await
     }
+
+    async fn text(&self, q: &Arc<TextQuery>, _io: &Io<'_>) -> Result<TextSearched, ReadError> {
+        on_pool(self.clone(), q, TailUnit::text).await
+    }
 }
 
 #[async_trait]
 impl SearchUnit for Arc<WholeShardUnit> {
     async fn search(&self, q: &Arc<UnitQuery>, _io: &Io<'_>) -> Result<Searched, ReadError> {
         on_pool(self.clone(), q, WholeShardUnit::score).await
+    }
+
+    async fn text(&self, q: &Arc<TextQuery>, _io: &Io<'_>) -> Result<TextSearched, ReadError> {
+        on_pool(self.clone(), q, WholeShardUnit::text).await
     }
 }
 
@@ -346,10 +392,20 @@ impl SearchUnit for BrokenUnit {
     }
 
     async fn search(&self, _q: &Arc<UnitQuery>, _io: &Io<'_>) -> Result<Searched, ReadError> {
-        Err(ReadError::Index {
+        Err(self.failure())
+    }
+
+    async fn text(&self, _q: &Arc<TextQuery>, _io: &Io<'_>) -> Result<TextSearched, ReadError> {
+        Err(self.failure())
+    }
+}
+
+impl BrokenUnit {
+    fn failure(&self) -> ReadError {
+        ReadError::Index {
             key: self.key.clone(),
             source: self.error.clone(),
-        })
+        }
     }
 }
 
@@ -366,6 +422,18 @@ pub(super) struct RangedUnit {
 impl SearchUnit for RangedUnit {
     fn shard(&self) -> Option<(&str, u64)> {
         Some((&self.shard.key, self.live.count as u64))
+    }
+
+    /// Shards of this older format (each with its own IVF) move to the
+    /// index's routing at the indexer's next rounds; text queries are
+    /// answered once they have.
+    async fn text(&self, _q: &Arc<TextQuery>, _io: &Io<'_>) -> Result<TextSearched, ReadError> {
+        Err(ReadError::NotYet(format!(
+            "index shard {} predates the routed layout and cannot answer a text query; the \
+             indexer moves it to the index's routing in its next rounds (`shoal compact` runs \
+             one now)",
+            self.shard.key
+        )))
     }
 
     async fn search(&self, q: &Arc<UnitQuery>, io: &Io<'_>) -> Result<Searched, ReadError> {

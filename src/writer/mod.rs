@@ -226,6 +226,7 @@ impl Writer {
             dimensions: settings.dimensions as usize,
             metric: settings.metric(),
             domain_rules: settings.domain_rules(),
+            text_fields: settings.text_fields(),
             max_records: opts.max_batch_records,
             max_bytes: opts.max_batch_bytes,
         };
@@ -267,6 +268,7 @@ impl Writer {
     pub fn set_settings(&self, settings: &Settings) {
         let mut schema = (*self.schema()).clone();
         schema.domain_rules = settings.domain_rules();
+        schema.text_fields = settings.text_fields();
         *self.inner.schema.write().unwrap() = Arc::new(schema);
         *self.inner.settings.write().unwrap() = Arc::new(settings.clone());
     }

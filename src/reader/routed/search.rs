@@ -18,6 +18,7 @@ use crate::index::shard::{estimate_lists, every_row, rerank_lists, ProbedList, S
 use crate::index::{distance, ivf::probe_metric, route, QueryParams, Route, ScanStats};
 use crate::reader::ranged::{Block, Part};
 use crate::reader::shards::index_error;
+use crate::reader::text::{TextQuery, TextSearched};
 use crate::reader::unit::{excludes, Found, Io, SearchUnit, Searched, Source, UnitQuery};
 use crate::reader::{PartitionError, ReadError, ShardFailure};
 
@@ -85,6 +86,10 @@ impl SearchUnit for RoutedUnit {
             shards: touched,
             failed_shards: run.failed,
         })
+    }
+
+    async fn text(&self, q: &Arc<TextQuery>, io: &Io<'_>) -> Result<TextSearched, ReadError> {
+        self.text_scan(q, io).await
     }
 }
 
@@ -395,5 +400,54 @@ fn route_filtered(params: &QueryParams, live: usize, matching: usize) -> Route {
             ..p
         }),
         r => r,
+    }
+}
+
+impl RoutedUnit {
+    /// A text query over every allowed row of every shard: each cluster's
+    /// ids and metadata, fetched at once (the shards carry no text index
+    /// yet, so a text query reads every row's metadata).
+    async fn text_scan(&self, q: &TextQuery, io: &Io<'_>) -> Result<TextSearched, ReadError> {
+        let uq = UnitQuery {
+            params: QueryParams {
+                metric: self.routing.head.metric,
+                k: 1,
+                nprobe: 1,
+                exact: true,
+            },
+            vector: Vec::new(),
+            filter: None,
+            include_metadata: true,
+            partitions: q.partitions,
+            allow_partial: q.allow_partial,
+        };
+        let mut run = Run {
+            unit: self,
+            q: &uq,
+            io,
+            got: vec![HashMap::new(); self.shards.len()],
+            failed: Vec::new(),
+        };
+        let mut wants: Vec<Vec<Part>> = vec![Vec::new(); self.shards.len()];
+        for p in run.probed(&[], true) {
+            wants[p.shard].extend([Part::Probe(p.pos), Part::Meta(p.pos)]);
+        }
+        run.fetch(wants).await?;
+        let mut out = TextSearched::new(q);
+        for p in run.probed(&[], true) {
+            let meta = run.got[p.shard][&Part::Meta(p.pos)].clone();
+            let rows = self.shards[p.shard].head.clusters[p.pos as usize].rows;
+            for i in (0..rows).filter(|&i| run.allowed(&p, i)) {
+                out.observe(q, run.id(&p, i), Some(meta.metadata(i as usize)), || {
+                    Source::Block {
+                        block: meta.clone(),
+                        row: i as usize,
+                    }
+                });
+            }
+        }
+        out.shards = run.got.iter().filter(|g| !g.is_empty()).count() as u64;
+        out.failed_shards = run.failed;
+        Ok(out)
     }
 }
