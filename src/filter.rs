@@ -8,6 +8,7 @@
 //! {"tag": {"$in": ["a", "b"]}}                       $in, $nin
 //! {"status": {"$ne": "retired"}}                     $ne (also matches a missing field)
 //! {"sku": {"$exists": true}}                         $exists
+//! {"package": {"$startsWith": "python3-"}}           $startsWith (a string prefix)
 //! {"$and": [{...}, {...}]}   {"$or": [{...}, ...]}   several keys in one object = and
 //! {"meta.author": "x"}                               dotted paths reach into objects
 //! ```
@@ -95,6 +96,8 @@ pub enum Filter {
     In(String, ValueSet),
     Nin(String, ValueSet),
     Exists(String, bool),
+    /// A string value (or an item of an array) beginning with the prefix.
+    StartsWith(String, String),
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -105,7 +108,7 @@ fn err<T>(msg: impl Into<String>) -> Result<T, FilterError> {
     Err(FilterError(msg.into()))
 }
 
-const OPERATORS: &str = "$eq, $ne, $lt, $lte, $gt, $gte, $in, $nin, $exists";
+const OPERATORS: &str = "$eq, $ne, $lt, $lte, $gt, $gte, $in, $nin, $exists, $startsWith";
 
 /// Parses a JSON filter.
 pub fn parse_filter(v: &Value) -> Result<Filter, FilterError> {
@@ -203,6 +206,14 @@ fn parse_field(field: &str, val: &Value) -> Result<Filter, FilterError> {
             "$gte" => Filter::Gte(f, num(op, v)?),
             "$in" => Filter::In(f, ValueSet::new(list(op, v)?)),
             "$nin" => Filter::Nin(f, ValueSet::new(list(op, v)?)),
+            "$startsWith" => match v {
+                Value::String(p) => Filter::StartsWith(f, p.clone()),
+                _ => {
+                    return err(format!(
+                        "field `{field}`: $startsWith needs a string, found {v}"
+                    ))
+                }
+            },
             "$exists" => match v {
                 Value::Bool(b) => Filter::Exists(f, *b),
                 _ => {
@@ -281,6 +292,8 @@ impl Filter {
             Filter::In(f, vs) => lookup(meta, f).is_some_and(|x| any_item(x, |y| vs.contains(y))),
             Filter::Nin(f, vs) => !lookup(meta, f).is_some_and(|x| any_item(x, |y| vs.contains(y))),
             Filter::Exists(f, want) => lookup(meta, f).is_some() == *want,
+            Filter::StartsWith(f, p) => lookup(meta, f)
+                .is_some_and(|x| any_item(x, |y| y.as_str().is_some_and(|s| s.starts_with(p)))),
         }
     }
 }
@@ -620,6 +633,9 @@ mod tests {
             json!({"$or": [{"domain": "legal"}, {"price": {"$lt": 6}}]}),
             json!({"$and": [{"domain": "medical"}, {"price": 5}]}),
             json!({"domain": "medical", "price": {"$gt": 1}}),
+            json!({"domain": {"$startsWith": "med"}}),
+            json!({"domain": {"$startsWith": ""}}),
+            json!({"tags": {"$startsWith": "a"}}),
         ];
         for f in yes {
             assert!(parse_filter(&f).unwrap().matches(&doc), "{f} should match");
@@ -633,6 +649,9 @@ mod tests {
             json!({"domain": {"$ne": "medical"}}),
             json!({"price": {"$exists": false}}),
             json!({"$and": [{"domain": "medical"}, {"price": 6}]}),
+            json!({"domain": {"$startsWith": "Med"}}),
+            json!({"price": {"$startsWith": "5"}}),
+            json!({"missing": {"$startsWith": ""}}),
         ];
         for f in no {
             assert!(
@@ -658,6 +677,10 @@ mod tests {
             (json!({"$not": {"a": 1}}), "unknown operator `$not`"),
             (json!({"a": {"b": 1}}), "needs operators"),
             (json!({"a": {"$exists": 1}}), "$exists needs true or false"),
+            (
+                json!({"a": {"$startsWith": 1}}),
+                "$startsWith needs a string",
+            ),
         ];
         for (f, want) in cases {
             let e = parse_filter(&f).unwrap_err().to_string();

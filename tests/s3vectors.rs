@@ -1102,3 +1102,256 @@ async fn small_put_vectors_batches_make_one_object_each_and_the_first_query_answ
         s.close().await;
     }
 }
+
+/// Issue 31: full-text and hybrid search through the S3 Vectors API:
+/// `textSearchConfigurations` at `CreateIndex` (status ACTIVE, index mode
+/// ENHANCED in `GetIndex`), `queryTexts` alone (BM25) and with a vector
+/// (RRF) with `returnScores` in AWS's shape, `UpdateMetadataConfiguration`
+/// adding and deleting keys, `$startsWith`, and the errors of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_hybrid_queries_with_scores_and_metadata_configuration() {
+    let root = root();
+    let svc = service(&root, None).await;
+    call(
+        &svc,
+        "CreateVectorBucket",
+        json!({"vectorBucketName": "bkt"}),
+    )
+    .await
+    .unwrap();
+    let mut create = index("bkt", "docs");
+    create["metadataConfiguration"] = json!({"textSearchConfigurations": [
+        {"metadataKey": "body", "language": "en"}, {"metadataKey": "title"}]});
+    call(&svc, "CreateIndex", create).await.unwrap();
+    let got = call(
+        &svc,
+        "GetIndex",
+        json!({"vectorBucketName": "bkt", "indexName": "docs"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got["index"]["indexMode"], "ENHANCED");
+    let cfg = &got["index"]["metadataConfiguration"]["textSearchConfigurations"];
+    assert_eq!(
+        cfg,
+        &json!([{"metadataKey": "body", "language": "en", "status": "ACTIVE"},
+                {"metadataKey": "title", "status": "ACTIVE"}])
+    );
+    let docs = [
+        (
+            "ini",
+            [1.0, 0.0],
+            "Small INI library for Python 3",
+            "python3-iniconfig",
+        ),
+        (
+            "toml",
+            [0.9, 0.1],
+            "TOML parsing library for Python",
+            "python3-toml",
+        ),
+        (
+            "yaml",
+            [0.0, 1.0],
+            "YAML parser and emitter",
+            "python3-yaml",
+        ),
+        ("rust", [0.1, 0.9], "Rust compiler", "rustc"),
+    ];
+    let vectors: Vec<Value> = docs
+        .iter()
+        .map(|(k, v, body, title)| {
+            json!({"key": k, "data": {"float32": v}, "metadata": {"body": body, "title": title}})
+        })
+        .collect();
+    call(
+        &svc,
+        "PutVectors",
+        json!({"vectorBucketName": "bkt", "indexName": "docs", "vectors": vectors}),
+    )
+    .await
+    .unwrap();
+    let query = |extra: Value| {
+        let mut q = json!({"vectorBucketName": "bkt", "indexName": "docs", "topK": 3,
+                           "returnScores": true, "returnDistance": true});
+        for (k, v) in extra.as_object().unwrap() {
+            q[k] = v.clone();
+        }
+        q
+    };
+    let keys = |v: &Value| -> Vec<String> {
+        v["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Text alone: BM25 in one key, scores per key, no fused score, no distance.
+    let text = call(
+        &svc,
+        "QueryVectors",
+        query(json!({"queryTexts": [
+        {"metadataKey": "body", "text": "libraries for python"}]})),
+    )
+    .await
+    .unwrap();
+    // Both hold both terms (stemmed: librari, python); the shorter text
+    // ranks first.
+    assert_eq!(keys(&text), ["toml", "ini"], "{text}");
+    let first = &text["vectors"][0];
+    assert!(first.get("distance").is_none(), "{first}");
+    assert!(first["scores"].get("fused").is_none(), "{first}");
+    assert_eq!(first["scores"]["bm25Scores"][0]["metadataKey"], "body");
+    assert!(first["scores"]["bm25Scores"][0]["score"].as_f64().unwrap() > 0.0);
+    // Hybrid: the vector's nearest is yaml ([0, 1]); "iniconfig" names ini.
+    let hybrid = call(
+        &svc,
+        "QueryVectors",
+        query(json!({
+        "queryVector": {"float32": [0.0, 1.0]},
+        "queryTexts": [{"metadataKey": "title", "text": "python3-iniconfig"}]})),
+    )
+    .await
+    .unwrap();
+    let top = &hybrid["vectors"][0];
+    assert!(top["scores"]["fused"].as_f64().unwrap() > 0.0, "{hybrid}");
+    let ini = hybrid["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["key"] == "ini")
+        .expect("ini fused in");
+    assert_eq!(
+        ini["scores"]["bm25Scores"][0]["metadataKey"], "title",
+        "{ini}"
+    );
+    assert!(
+        ini["scores"]["vectorDistance"].is_number(),
+        "ini is in the vector list too: {ini}"
+    );
+    // $startsWith filters both lists.
+    let filtered = call(
+        &svc,
+        "QueryVectors",
+        query(json!({
+        "queryVector": {"float32": [0.0, 1.0]},
+        "filter": {"title": {"$startsWith": "python3-t"}}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(keys(&filtered), ["toml"]);
+    // Errors: a key that is not searchable, CLASSIC, nothing to search.
+    for (bad, says) in [
+        (
+            json!({"queryTexts": [{"metadataKey": "other", "text": "x"}]}),
+            "not full-text searchable",
+        ),
+        (
+            json!({"queryTexts": [{"metadataKey": "body", "text": ""}]}),
+            "1 to 1024",
+        ),
+        (
+            json!({"queryVector": {"float32": [0.0, 1.0]}, "queryMode": "CLASSIC"}),
+            "CLASSIC",
+        ),
+        (json!({}), "queryVector, queryTexts, or both"),
+    ] {
+        let e = call(&svc, "QueryVectors", query(bad)).await.unwrap_err();
+        assert_eq!(e.status, 400, "{}", e.message);
+        assert!(e.message.contains(says), "{}", e.message);
+    }
+    // Delete a key, add another: queries follow at once.
+    let umc = |change: Value| {
+        let mut q = json!({"vectorBucketName": "bkt", "indexName": "docs"});
+        for (k, v) in change.as_object().unwrap() {
+            q[k] = v.clone();
+        }
+        q
+    };
+    call(
+        &svc,
+        "UpdateMetadataConfiguration",
+        umc(json!({"delete": {"textSearchConfigurations": [{"metadataKey": "title"}]}})),
+    )
+    .await
+    .unwrap();
+    let e = call(
+        &svc,
+        "QueryVectors",
+        query(json!({"queryTexts": [{"metadataKey": "title", "text": "rustc"}]})),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.message.contains("not full-text searchable"),
+        "{}",
+        e.message
+    );
+    call(&svc, "UpdateMetadataConfiguration", umc(json!({"add": {"textSearchConfigurations": [{"metadataKey": "title", "language": "en"}]}})))
+        .await
+        .unwrap();
+    let again = call(
+        &svc,
+        "QueryVectors",
+        query(json!({"queryTexts": [{"metadataKey": "title", "text": "rustc"}]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(keys(&again), ["rust"]);
+    let got = call(
+        &svc,
+        "GetIndex",
+        json!({"vectorBucketName": "bkt", "indexName": "docs"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        got["index"]["metadataConfiguration"]["textSearchConfigurations"][1],
+        json!({"metadataKey": "title", "language": "en", "status": "ACTIVE"})
+    );
+    for (bad, says) in [
+        (json!({}), "add or delete"),
+        (
+            json!({"delete": {"textSearchConfigurations": [{"metadataKey": "nope"}]}}),
+            "not full-text searchable",
+        ),
+        (
+            json!({"add": {"textSearchConfigurations": [{"metadataKey": "x", "language": "tlh"}]}}),
+            "not supported",
+        ),
+    ] {
+        let e = call(&svc, "UpdateMetadataConfiguration", umc(bad))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, 400, "{}", e.message);
+        assert!(e.message.contains(says), "{}", e.message);
+    }
+    call(
+        &svc,
+        "UpdateIndexMode",
+        umc(json!({"indexMode": "ENHANCED"})),
+    )
+    .await
+    .unwrap();
+    let e = call(
+        &svc,
+        "UpdateIndexMode",
+        umc(json!({"indexMode": "CLASSIC"})),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.status, 400);
+    call(
+        &svc,
+        "PutVectorBucketDefaultIndexMode",
+        json!({"vectorBucketName": "bkt", "defaultIndexMode": "ENHANCED"}),
+    )
+    .await
+    .unwrap();
+    let b = call(&svc, "GetVectorBucket", json!({"vectorBucketName": "bkt"}))
+        .await
+        .unwrap();
+    assert_eq!(b["vectorBucket"]["defaultIndexMode"], "ENHANCED");
+    svc.close().await;
+}

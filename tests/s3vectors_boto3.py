@@ -297,6 +297,8 @@ def scenario(url, label, local_dir=None):
     assert status == 404 and body["__type"] == "UnknownOperationException", (status, body)
     assert headers.get("x-amzn-ErrorType") == "UnknownOperationException", headers
 
+    text_search(s3v, bucket)
+
     # Delete: a bucket with indexes refuses; indexes go, then the bucket.
     assert error_code(s3v.delete_vector_bucket, vectorBucketName=bucket) == ("ConflictException", 409)
     for name in ("docs", "points"):
@@ -308,7 +310,7 @@ def scenario(url, label, local_dir=None):
         # Only each deleted incarnation's tombstone config stays.
         top = os.path.join(local_dir, bucket)
         left = sorted(os.path.relpath(os.path.join(d, f), top) for d, _, fs in os.walk(top) for f in fs)
-        assert [p.split("@")[0] for p in left] == ["docs", "points"], left
+        assert [p.split("@")[0] for p in left] == ["docs", "points", "texts"], left
         assert all(p.endswith("/_brainy/config.json") for p in left), left
     # The name is free again, and the new index starts empty.
     s3v.create_index(vectorBucketName=bucket, indexName="docs", dataType="float32",
@@ -319,6 +321,65 @@ def scenario(url, label, local_dir=None):
     s3v.delete_vector_bucket(vectorBucketName=other)
     assert error_code(s3v.get_vector_bucket, vectorBucketName=bucket) == ("NotFoundException", 404)
     print(f"s3vectors boto3 scenario passed on {label}")
+
+
+def text_search(s3v, bucket):
+    """Full-text and hybrid search (issue 31) with boto3's own shapes:
+    textSearchConfigurations, queryTexts, returnScores, hybrid RRF,
+    UpdateMetadataConfiguration to ACTIVE, index modes and $startsWith."""
+    s3v.create_index(vectorBucketName=bucket, indexName="texts", dataType="float32", dimension=2,
+                     distanceMetric="euclidean",
+                     metadataConfiguration={"textSearchConfigurations": [
+                         {"metadataKey": "body", "language": "en"}]})
+    got = s3v.get_index(vectorBucketName=bucket, indexName="texts")["index"]
+    assert got["indexMode"] == "ENHANCED", got
+    assert got["metadataConfiguration"]["textSearchConfigurations"] == [
+        {"metadataKey": "body", "language": "en", "status": "ACTIVE"}], got
+    docs = [("ini", [1.0, 0.0], "Small INI library for Python 3", "python3-iniconfig"),
+            ("toml", [0.9, 0.1], "TOML parsing library for Python", "python3-toml"),
+            ("yaml", [0.0, 1.0], "YAML parser and emitter", "python3-yaml"),
+            ("rust", [0.1, 0.9], "Rust compiler", "rustc")]
+    s3v.put_vectors(vectorBucketName=bucket, indexName="texts", vectors=[
+        {"key": k, "data": {"float32": v}, "metadata": {"body": b, "name": n}} for k, v, b, n in docs])
+    out = s3v.query_vectors(vectorBucketName=bucket, indexName="texts", topK=3, returnScores=True,
+                            queryTexts=[{"metadataKey": "body", "text": "python libraries"}])
+    assert [v["key"] for v in out["vectors"]] == ["toml", "ini"], out["vectors"]
+    bm25 = out["vectors"][0]["scores"]["bm25Scores"]
+    assert bm25[0]["metadataKey"] == "body" and bm25[0]["score"] > 0, bm25
+    assert "fused" not in out["vectors"][0]["scores"], out["vectors"][0]
+    # name is not searchable yet; UpdateMetadataConfiguration makes it so.
+    assert error_code(s3v.query_vectors, vectorBucketName=bucket, indexName="texts", topK=3,
+                      queryTexts=[{"metadataKey": "name", "text": "python3-iniconfig"}]) == (
+        "ValidationException", 400)
+    s3v.update_metadata_configuration(vectorBucketName=bucket, indexName="texts", add={
+        "textSearchConfigurations": [{"metadataKey": "name"}]})
+    configs = s3v.get_index(vectorBucketName=bucket, indexName="texts")["index"][
+        "metadataConfiguration"]["textSearchConfigurations"]
+    assert {c["metadataKey"]: c["status"] for c in configs} == {"body": "ACTIVE", "name": "ACTIVE"}, configs
+    # Hybrid: the vector is nearest to yaml; the name query names ini.
+    out = s3v.query_vectors(vectorBucketName=bucket, indexName="texts", topK=4, returnScores=True,
+                            returnDistance=True, queryVector={"float32": [0.0, 1.0]},
+                            queryTexts=[{"metadataKey": "name", "text": "python3-iniconfig"}])
+    by_key = {v["key"]: v for v in out["vectors"]}
+    fused = [v["scores"]["fused"] for v in out["vectors"]]
+    assert fused == sorted(fused, reverse=True) and all(f > 0 for f in fused), out["vectors"]
+    assert by_key["ini"]["scores"]["bm25Scores"][0]["metadataKey"] == "name", by_key["ini"]
+    assert "vectorDistance" in by_key["yaml"]["scores"], by_key["yaml"]
+    # $startsWith (ENHANCED indexes have it) narrows both lists.
+    out = s3v.query_vectors(vectorBucketName=bucket, indexName="texts", topK=4,
+                            queryVector={"float32": [0.0, 1.0]},
+                            filter={"name": {"$startsWith": "python3-t"}})
+    assert [v["key"] for v in out["vectors"]] == ["toml"], out["vectors"]
+    s3v.update_index_mode(vectorBucketName=bucket, indexName="texts", indexMode="ENHANCED")
+    assert error_code(s3v.update_index_mode, vectorBucketName=bucket, indexName="texts",
+                      indexMode="CLASSIC") == ("ValidationException", 400)
+    s3v.put_vector_bucket_default_index_mode(vectorBucketName=bucket, defaultIndexMode="ENHANCED")
+    assert s3v.get_vector_bucket(vectorBucketName=bucket)["vectorBucket"]["defaultIndexMode"] == "ENHANCED"
+    s3v.update_metadata_configuration(vectorBucketName=bucket, indexName="texts", delete={
+        "textSearchConfigurations": [{"metadataKey": "name"}]})
+    assert error_code(s3v.query_vectors, vectorBucketName=bucket, indexName="texts", topK=3,
+                      queryTexts=[{"metadataKey": "name", "text": "rustc"}]) == ("ValidationException", 400)
+    s3v.delete_index(vectorBucketName=bucket, indexName="texts")
 
 
 def s3_bucket(endpoint):

@@ -36,6 +36,7 @@ pub(super) async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
         instance_timeout_seconds: None,
         text_fields: text_fields(&a.text_fields),
     };
+    let wanted = requested.text_fields.clone();
     let db = ctx
         .open(OpenOptions {
             cluster: JoinOptions {
@@ -48,6 +49,14 @@ pub(super) async fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
         .await?;
     let config = db.config().clone();
     db.close().await?;
+    if wanted.is_some() && wanted != config.settings.text_fields {
+        bail!(
+            "the index exists with other full-text fields ({}); change them with `shoal config \
+             set 'textFields={}'`",
+            serde_json::to_string(&config.settings.text_fields)?,
+            serde_json::to_string(&wanted)?
+        );
+    }
     if ctx.json {
         return ctx.print_json(&config);
     }

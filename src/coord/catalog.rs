@@ -147,6 +147,15 @@ pub struct IndexEntry {
     pub distance_metric: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub non_filterable_metadata_keys: Vec<String>,
+    /// The metadata keys searchable as full text, with their languages
+    /// (`textSearchConfigurations`; the index's `settings.textFields`
+    /// follow them).
+    #[serde(
+        default,
+        rename = "textSearchConfigurations",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub text_search: Vec<TextSearch>,
     /// Which incarnation of the name this is (see the module doc); `None`
     /// for an index made before incarnations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +165,16 @@ pub struct IndexEntry {
     /// incarnation is sealed ([`VectorBucket::free`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleting_since: Option<f64>,
+}
+
+/// One full-text searchable key of an S3 Vectors index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TextSearch {
+    pub metadata_key: String,
+    /// One of AWS's language codes; `None`: the standard analyzer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 impl IndexEntry {
@@ -511,6 +530,7 @@ mod tests {
             dimension,
             distance_metric: "cosine".into(),
             non_filterable_metadata_keys: vec![],
+            text_search: Vec::new(),
             incarnation: None,
             deleting_since: None,
         }

@@ -251,8 +251,9 @@ pub struct RequestedSettings {
     pub distance_metric: Option<Metric>,
     pub embedding_model: Option<String>,
     pub instance_timeout_seconds: Option<u64>,
-    /// Full-text searchable keys of a new index (`None`: whatever the
-    /// bucket has; none for a new one).
+    /// Full-text searchable keys of a new index (`None`: none). Only a
+    /// new index takes them: they are a setting that changes later
+    /// (`textFields`, `update_config`), never a contradiction.
     pub text_fields: Option<BTreeMap<String, TextField>>,
 }
 
@@ -321,20 +322,6 @@ impl RequestedSettings {
                 "embeddingModel",
                 bucket.embedding_model.clone(),
                 m.clone(),
-            ));
-        }
-        let text = |f: Option<&BTreeMap<String, TextField>>| {
-            serde_json::to_string(&f.cloned().unwrap_or_default()).expect("serializable")
-        };
-        if let Some(f) = self
-            .text_fields
-            .as_ref()
-            .filter(|f| text(Some(f)) != text(bucket.text_fields.as_ref()))
-        {
-            return Some(c(
-                "textFields",
-                text(bucket.text_fields.as_ref()),
-                text(Some(f)),
             ));
         }
         None

@@ -129,9 +129,13 @@ pub static OPERATIONS: [Operation; 22] = [
     not_implemented("DeleteVectorBucketPolicy", true),
     not_implemented("GetVectorBucketPolicy", false),
     not_implemented("PutVectorBucketPolicy", true),
-    not_implemented("PutVectorBucketDefaultIndexMode", true),
-    not_implemented("UpdateIndexMode", true),
-    not_implemented("UpdateMetadataConfiguration", true),
+    op("PutVectorBucketDefaultIndexMode", true, |c| {
+        Box::pin(c.put_default_index_mode())
+    }),
+    op("UpdateIndexMode", true, |c| Box::pin(c.update_index_mode())),
+    op("UpdateMetadataConfiguration", true, |c| {
+        Box::pin(c.update_metadata_configuration())
+    }),
     not_implemented("ListTagsForResource", false),
     not_implemented("TagResource", true),
     not_implemented("UntagResource", true),

@@ -5,9 +5,12 @@
 use serde_json::{json, Value};
 
 use super::error::{read_only, S3vError};
-use super::wire::{decode_token, encode_token, floats, from_stored, to_record, to_stored_filter};
+use super::wire::{
+    decode_token, encode_token, escape_key, floats, from_stored, to_record, to_stored_filter,
+    unescape_key,
+};
 use super::{Call, MAX_GET, MAX_LIST_VECTORS, MAX_PUT, MAX_TOP_K};
-use crate::api::{Consistency, Role, SearchRequest};
+use crate::api::{Consistency, HitScores, QueryText, Role, SearchRequest};
 use crate::coord::catalog::IndexEntry;
 use crate::db::Db;
 
@@ -195,22 +198,70 @@ impl Call<'_> {
             .int_field("topK", 1, MAX_TOP_K as u64)?
             .ok_or_else(|| S3vError::validation("topK is required (1 to 100)"))?
             as usize;
-        if self.input.contains_key("queryTexts") {
-            return Err(S3vError::validation(
-                "queryTexts are not supported by shoal",
-            ));
+        let texts = self.query_texts()?;
+        let vector = match self.input.get("queryVector") {
+            Some(v) => floats("queryVector", v)?,
+            None if !texts.is_empty() => Vec::new(),
+            None => {
+                return Err(S3vError::validation(
+                    "a request must include queryVector, queryTexts, or both",
+                ))
+            }
+        };
+        match self.str_field("queryMode")? {
+            None | Some(super::indexes::INDEX_MODE) => {}
+            Some("CLASSIC") => {
+                return Err(S3vError::validation(
+                    "queryMode CLASSIC is not available: the index is ENHANCED (filters apply \
+                     before the vector search)",
+                ))
+            }
+            Some(other) => {
+                return Err(S3vError::validation(format!(
+                    "queryMode {other} is not one of CLASSIC, ENHANCED"
+                )))
+            }
         }
-        let vector = self
-            .input
-            .get("queryVector")
-            .ok_or_else(|| S3vError::validation("queryVector is required"))
-            .and_then(|v| floats("queryVector", v))?;
-        let (vector, name) = (&vector, index.as_str());
+        let (vector, texts, name) = (&vector, &texts, index.as_str());
         self.svc
             .on_index(&bucket, &index, |db, entry| async move {
-                self.query_on(&db, &entry, name, vector.clone(), k).await
+                self.query_on(&db, &entry, name, vector.clone(), texts, k)
+                    .await
             })
             .await
+    }
+
+    /// `queryTexts`: 1 to 10 `{text, metadataKey}`, each key once.
+    fn query_texts(&self) -> Result<Vec<(String, String)>, S3vError> {
+        let Some(list) = self.input.get("queryTexts") else {
+            return Ok(Vec::new());
+        };
+        let items = list
+            .as_array()
+            .filter(|a| (1..=10).contains(&a.len()))
+            .ok_or_else(|| S3vError::validation("queryTexts must be a list of 1 to 10 entries"))?;
+        let mut out: Vec<(String, String)> = Vec::with_capacity(items.len());
+        for item in items {
+            let key = item.get("metadataKey").and_then(Value::as_str);
+            let text = item.get("text").and_then(Value::as_str);
+            let (Some(key), Some(text)) = (key, text) else {
+                return Err(S3vError::validation(
+                    "each queryTexts entry needs text and metadataKey (strings)",
+                ));
+            };
+            if !(1..=1024).contains(&text.chars().count()) {
+                return Err(S3vError::validation(format!(
+                    "the query text for metadata key {key:?} must hold 1 to 1024 characters"
+                )));
+            }
+            if out.iter().any(|(k, _)| k == key) {
+                return Err(S3vError::validation(format!(
+                    "metadata key {key:?} appears in more than one queryTexts entry"
+                )));
+            }
+            out.push((key.to_string(), text.to_string()));
+        }
+        Ok(out)
     }
 
     /// `QueryVectors` on `db`, the handle of the index `entry` describes.
@@ -220,18 +271,35 @@ impl Call<'_> {
         entry: &IndexEntry,
         index: &str,
         vector: Vec<f32>,
+        texts: &[(String, String)],
         k: usize,
     ) -> Result<Value, S3vError> {
-        if vector.len() != entry.dimension as usize {
+        if !vector.is_empty() && vector.len() != entry.dimension as usize {
             return Err(S3vError::validation(format!(
                 "queryVector has {} dimensions; index {index} has {}",
                 vector.len(),
                 entry.dimension
             )));
         }
+        for (key, _) in texts {
+            if !entry.text_search.iter().any(|t| t.metadata_key == *key) {
+                return Err(S3vError::validation(format!(
+                    "metadata key {key:?} is not full-text searchable in index {index}; add it \
+                     with UpdateMetadataConfiguration"
+                )));
+            }
+        }
         let metadata = self.bool_field("returnMetadata")?;
         let distance = self.bool_field("returnDistance")?;
+        let scores = self.bool_field("returnScores")?;
         let mut req = SearchRequest::new(vector, k);
+        req.text = texts
+            .iter()
+            .map(|(key, text)| QueryText {
+                key: Some(escape_key(key)),
+                text: text.clone(),
+            })
+            .collect();
         req.include_metadata = metadata;
         req.consistency = self.consistency()?;
         req.exact = self.bool_field("exact")?;
@@ -245,15 +313,38 @@ impl Call<'_> {
             .into_iter()
             .map(|hit| {
                 let mut v = json!({"key": hit.id});
-                if distance {
-                    v["distance"] = json!(hit.distance);
+                if let (true, Some(d)) = (distance, hit.distance) {
+                    v["distance"] = json!(d);
                 }
                 if metadata {
                     v["metadata"] = Value::Object(from_stored(hit.metadata.unwrap_or_default()));
+                }
+                if let (true, Some(s)) = (scores, &hit.scores) {
+                    v["scores"] = query_scores(s);
                 }
                 v
             })
             .collect();
         Ok(json!({"vectors": vectors, "distanceMetric": entry.distance_metric}))
     }
+}
+
+/// A hit's scores in AWS's `QueryScores` shape (keys unescaped).
+fn query_scores(s: &HitScores) -> Value {
+    let mut out = json!({});
+    if let Some(f) = s.fused {
+        out["fused"] = json!(f);
+    }
+    if !s.bm25.is_empty() {
+        let bm25: Vec<Value> = s
+            .bm25
+            .iter()
+            .map(|b| json!({"metadataKey": unescape_key(&b.key), "score": b.score}))
+            .collect();
+        out["bm25Scores"] = json!(bm25);
+    }
+    if let Some(d) = s.vector_distance {
+        out["vectorDistance"] = json!(d);
+    }
+    out
 }

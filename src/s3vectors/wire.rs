@@ -224,12 +224,17 @@ pub(super) fn floats(what: &str, v: &Value) -> Result<Vec<f32>, S3vError> {
 /// Metadata keys as shoal stores them: shoal keeps a `domain` field of its
 /// own, so a user key `domain` (and, to stay reversible, any key starting
 /// with `~`) gets one more leading `~`.
-fn escape_key(k: &str) -> String {
+pub(super) fn escape_key(k: &str) -> String {
     if k == "domain" || k.starts_with('~') {
         format!("~{k}")
     } else {
         k.to_string()
     }
+}
+
+/// A stored key as the user wrote it (see [`escape_key`]).
+pub(super) fn unescape_key(k: &str) -> &str {
+    k.strip_prefix('~').unwrap_or(k)
 }
 
 /// Stored metadata as the user sent it: shoal's `domain` dropped, keys
@@ -394,6 +399,7 @@ mod tests {
             dimension: 2,
             distance_metric: "cosine".into(),
             non_filterable_metadata_keys: nf.iter().map(|s| s.to_string()).collect(),
+            text_search: Vec::new(),
             incarnation: None,
             deleting_since: None,
         }
