@@ -4,6 +4,7 @@
 //! scripts/make-demo-data.py). Needs no server: by default it builds a
 //! local-directory index in ./shoal-demo.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -11,8 +12,8 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::json;
 use shoal::api::{
-    exact_top_k, parse_filter_expr, percentile, Consistency, JoinOptions, Metric, Record,
-    RequestedSettings, Role, SearchRequest,
+    exact_top_k, parse_filter_expr, percentile, Consistency, JoinOptions, Metric, QueryText,
+    Record, RequestedSettings, Role, SearchRequest, TextField,
 };
 use shoal::{Db, OpenOptions};
 
@@ -86,6 +87,7 @@ pub(super) async fn run(ctx: Option<Ctx>, a: DemoArgs) -> Result<()> {
     let db = open(&bucket, a.partitions).await?;
     ingest(&db, &records, a.partitions).await?;
     let example_id = search_examples(&db, &records, &queries).await?;
+    hybrid_example(&db, &queries).await?;
     measure(&db, &records, &queries).await?;
     db.close().await?;
     print_next_steps(&bucket, &queries, &example_id)
@@ -99,7 +101,7 @@ async fn open(bucket: &str, partitions: u32) -> Result<Db> {
         distance_metric: Some(Metric::Cosine),
         embedding_model: Some("all-MiniLM-L6-v2".into()),
         instance_timeout_seconds: None,
-        text_fields: None,
+        text_fields: Some(text_fields()),
     };
     let opts = OpenOptions {
         cluster: JoinOptions {
@@ -110,9 +112,62 @@ async fn open(bucket: &str, partitions: u32) -> Result<Db> {
         },
         ..Default::default()
     };
-    Db::open(bucket, opts).await.with_context(|| {
+    let db = Db::open(bucket, opts).await.with_context(|| {
         format!("cannot use {bucket} for the demo (pass --bucket to pick another place)")
-    })
+    })?;
+    // A demo index made before text search: make its text searchable.
+    if db.config().settings.text_fields.is_none() {
+        let fields = serde_json::to_value(text_fields())?;
+        db.set_settings(&[("textFields".into(), fields)]).await?;
+        db.refresh_config().await?;
+    }
+    Ok(db)
+}
+
+/// The demo's full-text searchable key: each package's description.
+fn text_fields() -> BTreeMap<String, TextField> {
+    let en = TextField {
+        analyzer: "en".into(),
+    };
+    [("text".to_string(), en)].into()
+}
+
+/// Step 2b: a query whose package a term match finds better than its
+/// embedding does: its rank by vector alone, then in a hybrid search
+/// where the user also names the package as text ("iniconfig"; BM25 on
+/// the descriptions, fused with the vector's ranking by reciprocal rank).
+async fn hybrid_example(db: &Db, queries: &[Query]) -> Result<()> {
+    let Some(q) = queries.iter().find(|q| q.text.contains("INI")) else {
+        return Ok(());
+    };
+    let target = "python3-iniconfig";
+    let rank = |resp: &shoal::api::SearchResponse| {
+        resp.results
+            .iter()
+            .position(|h| h.id == target)
+            .map_or("not in the top 10".to_string(), |r| format!("#{}", r + 1))
+    };
+    let vector = db.search(&SearchRequest::new(q.vector.clone(), 10)).await?;
+    let mut req = SearchRequest::new(q.vector.clone(), 10);
+    let name = "iniconfig";
+    req.text.push(QueryText {
+        key: Some("text".into()),
+        text: name.into(),
+    });
+    let t = Instant::now();
+    let mut hybrid = db.search(&req).await?;
+    println!(
+        "   hybrid: \"{}\" by vector alone ranks {target} {}; with the text \"{name}\" \
+         (BM25) fused in, {}  ({:.2} ms)",
+        q.text,
+        rank(&vector),
+        rank(&hybrid),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    hybrid.results.truncate(5);
+    print_hits(&hybrid.results);
+    println!();
+    Ok(())
 }
 
 /// Step 1: writes every record and reports the PUTs it took.

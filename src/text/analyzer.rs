@@ -25,7 +25,7 @@ use crate::vocab::Analyzer;
 pub(crate) const MAX_TERM_BYTES: usize = 64;
 
 /// The terms of `text` under `analyzer`, in order, repeats kept.
-pub(crate) fn terms(analyzer: Analyzer, text: &str) -> Vec<String> {
+pub fn terms(analyzer: Analyzer, text: &str) -> Vec<String> {
     let mut pipeline = pipeline(analyzer);
     let mut out = Vec::new();
     let mut stream = pipeline.token_stream(text);

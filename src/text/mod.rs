@@ -10,7 +10,7 @@
 //! anything else is refused at write. Keys that are not searchable are
 //! never analyzed.
 
-pub(crate) mod analyzer;
+pub mod analyzer;
 pub(crate) mod bm25;
 pub(crate) mod fuse;
 
