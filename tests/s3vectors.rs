@@ -1355,3 +1355,41 @@ async fn text_and_hybrid_queries_with_scores_and_metadata_configuration() {
     assert_eq!(b["vectorBucket"]["defaultIndexMode"], "ENHANCED");
     svc.close().await;
 }
+
+/// Issue 30 target, "an idle index costs nothing": `serve --s3vectors`
+/// opens index handles as `open_index` does (no instance record, no
+/// heartbeat) and its sweeper closes idle ones
+/// (`idle_index_handles_are_closed_and_reopen_on_the_next_call`). An open
+/// writer handle checks its index in the background (a LIST every 30 s);
+/// once closed, the index sees no request at all, counted over ten
+/// minutes of (paused) time.
+#[tokio::test(start_paused = true)]
+async fn a_closed_index_handle_sends_no_requests() {
+    let store = shoal::store::open(&root()).await.unwrap();
+    let mut opts = shoal::OpenOptions::default();
+    opts.cluster.settings.dimensions = Some(2);
+    opts.cluster.role = Some(Role::Writer);
+    opts.cluster.register = false;
+    opts.compact_every = Some(Duration::from_secs(30));
+    opts.gc_every = Some(Duration::from_secs(600));
+    let db = shoal::Db::open_store(store.clone(), opts).await.unwrap();
+    db.upsert(&[shoal::api::Record::new("a", vec![1.0, 2.0])])
+        .await
+        .unwrap();
+    let before = store.counts();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let open = store.counts().since(&before);
+    assert!(
+        open.total() > 0,
+        "an open handle works in the background: {open:?}"
+    );
+    db.close().await.unwrap();
+    let before = store.counts();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let closed = store.counts().since(&before);
+    assert_eq!(
+        closed.total(),
+        0,
+        "a closed handle sends nothing: {closed:?}"
+    );
+}
