@@ -36,6 +36,8 @@ impl Server {
                 "3",
                 "--partitions",
                 "4",
+                "--text-field",
+                "text=en",
             ])
             .output()
             .unwrap();
@@ -207,6 +209,40 @@ fn every_endpoint_and_error_case() {
     );
     assert_eq!(v["results"].as_array().unwrap().len(), 1);
     assert_eq!(v["results"][0]["id"], "b");
+    // Full-text (the index's one searchable key, `text`) and hybrid.
+    let (st, v) = s.json(
+        "POST",
+        "/v1/search",
+        json!({"text": [{"text": "apples"}], "k": 5, "consistency": "strong"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["results"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["results"][0]["id"], "a");
+    assert_eq!(v["results"][0]["scores"]["bm25"][0]["key"], "text");
+    assert!(v["results"][0].get("distance").is_none(), "{v}");
+    let (st, v) = s.json(
+        "POST",
+        "/v1/search",
+        json!({"vector": [0, 1, 0], "text": [{"key": "text", "text": "apple"}], "k": 2}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["results"][0]["scores"]["fused"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    let (st, v) = s.json(
+        "POST",
+        "/v1/search",
+        json!({"text": [{"key": "title", "text": "apple"}]}),
+    );
+    assert_eq!((st, error_code(&v)), (400, "invalid_request"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("searchable keys: text"),
+        "{v}"
+    );
 
     let (st, v) = s.json("GET", "/v1/records/b", json!(null));
     assert_eq!(st, 200);
