@@ -18,8 +18,8 @@ use serde_json::{Map, Value};
 use super::unit::Source;
 use crate::filter::Filter;
 use crate::segment::Segment;
+use crate::text::analyzer;
 use crate::text::bm25::{FieldQuery, FieldStats};
-use crate::text::{analyzer, FieldTerms};
 use crate::vocab::Analyzer;
 
 /// One ranked list of a text query: a searchable key and the query's
@@ -123,9 +123,14 @@ impl TextSearched {
                 lists.push(None);
                 continue;
             };
-            let field = FieldTerms::of(&analyzer::terms(l.analyzer, &text));
-            stats.field.count(field.len);
-            let tf: Vec<u32> = l.distinct.iter().map(|t| field.tf(t)).collect();
+            let (mut len, mut tf) = (0u32, vec![0u32; l.distinct.len()]);
+            analyzer::for_each_term(l.analyzer, &text, |t| {
+                len = len.saturating_add(1);
+                if let Ok(j) = l.distinct.binary_search_by(|x| x.as_str().cmp(t)) {
+                    tf[j] += 1;
+                }
+            });
+            stats.field.count(len);
             let mut holds = false;
             for (df, &n) in stats.df.iter_mut().zip(&tf) {
                 if n > 0 {
@@ -134,7 +139,7 @@ impl TextSearched {
                 }
             }
             any |= holds;
-            lists.push(holds.then_some((field.len, tf)));
+            lists.push(holds.then_some((len, tf)));
         }
         if any
             && q.filter

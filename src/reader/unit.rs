@@ -335,7 +335,11 @@ impl WholeShardUnit {
 
 /// Runs an in-memory unit's scoring on the CPU pool (`crate::cpu`); a
 /// panic becomes an internal error for this query, never an abort.
-async fn on_pool<U: Send + Sync + 'static, Q: Send + Sync + 'static, T: Send + 'static>(
+pub(super) async fn on_pool<
+    U: Send + Sync + 'static,
+    Q: Send + Sync + 'static,
+    T: Send + 'static,
+>(
     unit: Arc<U>,
     q: &Arc<Q>,
     score: fn(&U, &Q) -> T,

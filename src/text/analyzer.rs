@@ -13,6 +13,9 @@
 //! The same analyzer runs on documents (at write, index and scoring time)
 //! and on queries, so the terms always agree.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
     TokenStream,
@@ -26,18 +29,35 @@ pub(crate) const MAX_TERM_BYTES: usize = 64;
 
 /// The terms of `text` under `analyzer`, in order, repeats kept.
 pub fn terms(analyzer: Analyzer, text: &str) -> Vec<String> {
-    let mut pipeline = pipeline(analyzer);
     let mut out = Vec::new();
-    let mut stream = pipeline.token_stream(text);
-    while stream.advance() {
-        let token = &stream.token().text;
-        if analyzer.is_cjk() && token.chars().any(is_cjk) {
-            cjk_bigrams(token, &mut out);
-        } else {
-            out.push(token.clone());
-        }
-    }
+    for_each_term(analyzer, text, |t| out.push(t.to_string()));
     out
+}
+
+thread_local! {
+    /// Each thread's pipelines, built once per analyzer: building one
+    /// (its filters, its stemmer) costs more than analyzing a short text.
+    static PIPELINES: RefCell<HashMap<Analyzer, TextAnalyzer>> = RefCell::new(HashMap::new());
+}
+
+/// Calls `f` with each term of `text` under `analyzer`, in order
+/// (what [`terms`] collects), without allocating per term.
+pub(crate) fn for_each_term(analyzer: Analyzer, text: &str, mut f: impl FnMut(&str)) {
+    PIPELINES.with(|cell| {
+        let mut pipelines = cell.borrow_mut();
+        let pipeline = pipelines
+            .entry(analyzer)
+            .or_insert_with(|| pipeline(analyzer));
+        let mut stream = pipeline.token_stream(text);
+        while stream.advance() {
+            let token = stream.token().text.as_str();
+            if analyzer.is_cjk() && token.chars().any(is_cjk) {
+                cjk_bigrams(token, &mut f);
+            } else {
+                f(token);
+            }
+        }
+    })
 }
 
 fn language(analyzer: Analyzer) -> Option<Language> {
@@ -87,22 +107,22 @@ fn is_cjk(c: char) -> bool {
 
 /// Splits a token into its non-CJK runs (kept whole) and, per CJK run,
 /// its overlapping character bigrams (a lone CJK character is a term).
-fn cjk_bigrams(token: &str, out: &mut Vec<String>) {
-    let chars: Vec<char> = token.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let cjk = is_cjk(chars[i]);
-        let start = i;
-        while i < chars.len() && is_cjk(chars[i]) == cjk {
-            i += 1;
+fn cjk_bigrams(token: &str, f: &mut impl FnMut(&str)) {
+    // Byte offsets of every character, and the token's end.
+    let at: Vec<(usize, bool)> = token.char_indices().map(|(i, c)| (i, is_cjk(c))).collect();
+    let end = |k: usize| at.get(k).map_or(token.len(), |&(i, _)| i);
+    let mut k = 0;
+    while k < at.len() {
+        let (start, cjk) = (k, at[k].1);
+        while k < at.len() && at[k].1 == cjk {
+            k += 1;
         }
-        let run = &chars[start..i];
-        if !cjk {
-            out.push(run.iter().collect());
-        } else if run.len() == 1 {
-            out.push(run[0].to_string());
+        if !cjk || k - start == 1 {
+            f(&token[at[start].0..end(k)]);
         } else {
-            out.extend(run.windows(2).map(|w| w.iter().collect::<String>()));
+            for j in start..k - 1 {
+                f(&token[at[j].0..end(j + 2)]);
+            }
         }
     }
 }

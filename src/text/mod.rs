@@ -1,8 +1,7 @@
 //! Full-text search over metadata text: which keys are searchable and
 //! how their text is analyzed ([`TextFields`], from the index settings'
-//! `textFields`), the analyzers ([`analyzer`]), BM25 ([`bm25`]), one
-//! field's analyzed terms ([`FieldTerms`]) and reciprocal rank fusion
-//! ([`fuse`]). Knows nothing of where documents live: the reader
+//! `textFields`), the analyzers ([`analyzer`]), BM25 ([`bm25`]) and
+//! reciprocal rank fusion ([`fuse`]). Knows nothing of where documents live: the reader
 //! gathers them (`reader::text`).
 //!
 //! A searchable key's value is a string, or a list of strings (its
@@ -180,38 +179,6 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// One field of one document: its length in terms and how often it
-/// holds each distinct term (sorted by term).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct FieldTerms {
-    pub len: u32,
-    pub tf: Vec<(String, u32)>,
-}
-
-impl FieldTerms {
-    pub(crate) fn of(terms: &[String]) -> FieldTerms {
-        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
-        for t in terms {
-            *counts.entry(t).or_default() += 1;
-        }
-        FieldTerms {
-            len: u32::try_from(terms.len()).unwrap_or(u32::MAX),
-            tf: counts
-                .into_iter()
-                .map(|(t, n)| (t.to_string(), n))
-                .collect(),
-        }
-    }
-
-    /// How often the field holds `term`.
-    pub(crate) fn tf(&self, term: &str) -> u32 {
-        self.tf
-            .binary_search_by(|(t, _)| t.as_str().cmp(term))
-            .map(|i| self.tf[i].1)
-            .unwrap_or(0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,14 +236,9 @@ mod tests {
     }
 
     #[test]
-    fn a_field_counts_its_terms() {
-        let terms = |t: &str| analyzer::terms(Analyzer::En, t);
-        let field = FieldTerms::of(&terms("files parsing file"));
-        assert_eq!(field.len, 3);
-        assert_eq!(field.tf, [("file".to_string(), 2), ("pars".to_string(), 1)]);
-        assert_eq!(field.tf("file"), 2);
-        assert_eq!(field.tf("x"), 0);
+    fn lists_of_strings_are_one_text() {
         let list = text_of(&json!(["one", "two"])).unwrap();
         assert_eq!(list, "one\ntwo");
+        assert!(text_of(&json!(3)).is_none());
     }
 }

@@ -19,7 +19,7 @@ use crate::index::{distance, ivf::probe_metric, route, QueryParams, Route, ScanS
 use crate::reader::ranged::{Block, Part};
 use crate::reader::shards::index_error;
 use crate::reader::text::{TextQuery, TextSearched};
-use crate::reader::unit::{excludes, Found, Io, SearchUnit, Searched, Source, UnitQuery};
+use crate::reader::unit::{excludes, on_pool, Found, Io, SearchUnit, Searched, Source, UnitQuery};
 use crate::reader::{PartitionError, ReadError, ShardFailure};
 
 /// Clusters a query probes per `nprobe`: at the default `nprobe` of 8,
@@ -407,7 +407,7 @@ impl RoutedUnit {
     /// A text query over every allowed row of every shard: each cluster's
     /// ids and metadata, fetched at once (the shards carry no text index
     /// yet, so a text query reads every row's metadata).
-    async fn text_scan(&self, q: &TextQuery, io: &Io<'_>) -> Result<TextSearched, ReadError> {
+    async fn text_scan(&self, q: &Arc<TextQuery>, io: &Io<'_>) -> Result<TextSearched, ReadError> {
         let uq = UnitQuery {
             params: QueryParams {
                 metric: self.routing.head.metric,
@@ -433,21 +433,46 @@ impl RoutedUnit {
             wants[p.shard].extend([Part::Probe(p.pos), Part::Meta(p.pos)]);
         }
         run.fetch(wants).await?;
-        let mut out = TextSearched::new(q);
-        for p in run.probed(&[], true) {
-            let meta = run.got[p.shard][&Part::Meta(p.pos)].clone();
-            let rows = self.shards[p.shard].head.clusters[p.pos as usize].rows;
-            for i in (0..rows).filter(|&i| run.allowed(&p, i)) {
-                out.observe(q, run.id(&p, i), Some(meta.metadata(i as usize)), || {
-                    Source::Block {
-                        block: meta.clone(),
-                        row: i as usize,
-                    }
-                });
-            }
-        }
+        // Which rows each cluster may return (cheap), then their
+        // analysis on the CPU pool (not on the async runtime).
+        let clusters: Vec<ScanCluster> = run
+            .probed(&[], true)
+            .into_iter()
+            .map(|p| {
+                let rows = self.shards[p.shard].head.clusters[p.pos as usize].rows;
+                ScanCluster {
+                    probe: run.got[p.shard][&Part::Probe(p.pos)].clone(),
+                    meta: run.got[p.shard][&Part::Meta(p.pos)].clone(),
+                    rows: (0..rows).filter(|&i| run.allowed(&p, i)).collect(),
+                }
+            })
+            .collect();
+        let mut out = on_pool(Arc::new(clusters), q, scan_text).await?;
         out.shards = run.got.iter().filter(|g| !g.is_empty()).count() as u64;
         out.failed_shards = run.failed;
         Ok(out)
     }
+}
+
+/// One cluster of a text scan: its ids, its metadata, the rows it may
+/// return.
+struct ScanCluster {
+    probe: Arc<Block>,
+    meta: Arc<Block>,
+    rows: Vec<u32>,
+}
+
+fn scan_text(clusters: &Vec<ScanCluster>, q: &TextQuery) -> TextSearched {
+    let mut out = TextSearched::new(q);
+    for c in clusters {
+        let ids = c.probe.probe_ids();
+        for &i in &c.rows {
+            let i = i as usize;
+            out.observe(q, &ids[i], Some(c.meta.metadata(i)), || Source::Block {
+                block: c.meta.clone(),
+                row: i,
+            });
+        }
+    }
+    out
 }
