@@ -281,8 +281,11 @@ impl Call<'_> {
                 entry.dimension
             )));
         }
+        // The index's settings decide what is searchable (the catalog's
+        // copy could have been rewritten by an older shoal without it).
+        let fields = db.config().settings.text_fields.clone().unwrap_or_default();
         for (key, _) in texts {
-            if !entry.text_search.iter().any(|t| t.metadata_key == *key) {
+            if !fields.contains_key(&escape_key(key)) {
                 return Err(S3vError::validation(format!(
                     "metadata key {key:?} is not full-text searchable in index {index}; add it \
                      with UpdateMetadataConfiguration"
