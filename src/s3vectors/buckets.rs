@@ -81,7 +81,7 @@ impl Call<'_> {
             if let Some(e) = &b.encryption_configuration {
                 v["encryptionConfiguration"] = e.clone();
             }
-            v["defaultIndexMode"] = json!(super::indexes::INDEX_MODE);
+            v["defaultIndexMode"] = json!(super::text::INDEX_MODE);
         }
         v
     }

@@ -26,8 +26,8 @@
 //! Layout: this file holds the service, its options and [`OPERATIONS`],
 //! the one table of operations (name, whether it writes, handler);
 //! `buckets`, `indexes` (with the catalog as this instance sees it and
-//! the registry of open index handles) and `vectors` hold the handlers;
-//! `deletion` finishes index deletions (and the sweep that finishes other
+//! the registry of open index handles), `vectors` and `text` (full-text
+//! configuration and index modes) hold the handlers; `deletion` finishes index deletions (and the sweep that finishes other
 //! instances'); `wire` reads requests and translates records, metadata, filters and
 //! page tokens; `error` is [`S3vError`].
 
@@ -37,6 +37,7 @@ mod buckets;
 mod deletion;
 mod error;
 mod indexes;
+mod text;
 mod vectors;
 mod wire;
 

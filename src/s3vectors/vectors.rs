@@ -209,7 +209,7 @@ impl Call<'_> {
             }
         };
         match self.str_field("queryMode")? {
-            None | Some(super::indexes::INDEX_MODE) => {}
+            None | Some(super::text::INDEX_MODE) => {}
             Some("CLASSIC") => {
                 return Err(S3vError::validation(
                     "queryMode CLASSIC is not available: the index is ENHANCED (filters apply \
