@@ -251,7 +251,8 @@ async fn run_round(
         let r = rr.routing.clone();
         let clusters = crate::cpu::run(move || group_by_cluster(live, &r)).await;
         let cap = shard_target_rows(settings) as usize;
-        routed::write_routed(store, clock, clusters, rr.routing, 0, cap).await?
+        let text = settings.text_fields();
+        routed::write_routed(store, clock, clusters, rr.routing, 0, cap, &text).await?
     } else {
         write_shards(store, settings, clock, live, 0).await?
     };
@@ -597,8 +598,9 @@ async fn merge_routed(
     let level = if migration { top } else { top + 1 };
     let rows: u64 = clusters.iter().map(|(_, r)| r.len() as u64).sum();
     let cap = shard_target_rows(settings) as usize;
+    let text = settings.text_fields();
     let (outputs, written_at) =
-        routed::write_routed(store, clock, clusters, routing, level, cap).await?;
+        routed::write_routed(store, clock, clusters, routing, level, cap, &text).await?;
     let retired_at = format_time(crate::coord::skew::store_now(store, clock.as_ref()).await?);
     let late = || too_late(clock, written_at, settings);
     let merge = MergeCommit {
@@ -742,6 +744,7 @@ pub(super) async fn put_shards(
             created_at: format_time(now),
             head_bytes: out.head_bytes,
             routing: out.routing,
+            text_fields: out.text_fields,
             extra: Default::default(),
         });
     }
@@ -755,6 +758,8 @@ pub(super) struct ShardOut {
     pub head_bytes: Option<u64>,
     /// The routing generation of a routed shard.
     pub routing: Option<u64>,
+    /// The searchable keys its text index covers.
+    pub text_fields: Vec<crate::coord::index_manifest::ShardTextField>,
 }
 
 /// Encodes `rows` into shards of at most the target size: with the
@@ -777,6 +782,7 @@ fn build_shards(
                 rows: o.records,
                 head_bytes: None,
                 routing: None,
+                text_fields: Vec::new(),
             })
             .collect();
     }
@@ -789,6 +795,7 @@ fn build_shards(
             rows: b.rows,
             head_bytes: Some(b.head_bytes),
             routing: None,
+            text_fields: Vec::new(),
         })
         .collect()
 }

@@ -22,7 +22,10 @@ use super::indexer::{put_shards, ShardOut};
 use super::CompactError;
 use crate::coord::cas::{put_new_object, Backoff};
 use crate::coord::clock::{format_time, unix_millis, DynClock};
-use crate::coord::index_manifest::{IndexManifest, RoutingEntry, ShardEntry, MAX_LIVE_ROUTINGS};
+use crate::coord::index_manifest::{
+    IndexManifest, RoutingEntry, ShardEntry, ShardTextField, MAX_LIVE_ROUTINGS,
+};
+use crate::text::TextFields;
 use crate::coord::paths::new_routing_key;
 use crate::coord::{CoordError, Settings};
 use crate::index::routing::{Routing, TARGET_CLUSTER_ROWS};
@@ -178,12 +181,22 @@ pub(super) async fn write_routed(
     routing: Arc<Routing>,
     level: u32,
     cap: usize,
+    text: &TextFields,
 ) -> Result<(Vec<ShardEntry>, SystemTime), CompactError> {
     let now = clock.now();
     let generation = routing.head.generation;
-    let built =
-        crate::cpu::run(move || build_routed(clusters, &routing, unix_millis(now), "indexer", cap))
-            .await;
+    let fields = text.to_vec();
+    let text_fields: Vec<ShardTextField> = text
+        .iter()
+        .map(|(key, a)| ShardTextField {
+            key: key.to_string(),
+            analyzer: a.as_str().to_string(),
+        })
+        .collect();
+    let built = crate::cpu::run(move || {
+        build_routed(clusters, &routing, unix_millis(now), "indexer", cap, &fields)
+    })
+    .await;
     let written_at = clock.now();
     let outputs = built
         .into_iter()
@@ -192,6 +205,7 @@ pub(super) async fn write_routed(
             rows: b.rows,
             head_bytes: Some(b.head_bytes),
             routing: Some(generation),
+            text_fields: text_fields.clone(),
         })
         .collect();
     Ok((put_shards(store, now, level, outputs).await?, written_at))

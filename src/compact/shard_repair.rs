@@ -143,7 +143,9 @@ pub async fn repair_shard(
             let r2 = routing.clone();
             let clusters = crate::cpu::run(move || group_by_cluster(keep, &r2)).await;
             let cap = super::indexer::shard_target_rows(settings) as usize;
-            super::routed::write_routed(store, clock, clusters, routing, entry.level, cap).await?
+            let text = settings.text_fields();
+            super::routed::write_routed(store, clock, clusters, routing, entry.level, cap, &text)
+                .await?
         }
         None => write_shards(store, settings, clock, keep, entry.level).await?,
     };

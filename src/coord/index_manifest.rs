@@ -94,8 +94,33 @@ pub struct ShardEntry {
     /// format, `segment::routed`); absent for a shard with its own IVF.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<u64>,
+    /// The searchable keys a routed shard holds a text index of
+    /// (`segment::routed::text`), each with its analyzer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text_fields: Vec<ShardTextField>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A searchable key a shard's text index covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardTextField {
+    pub key: String,
+    pub analyzer: String,
+}
+
+impl ShardEntry {
+    /// Whether the shard holds a text index of every one of `fields`
+    /// (a routed shard without one is rebuilt by the indexer: a
+    /// backfill).
+    pub fn indexes_text(&self, fields: &crate::text::TextFields) -> bool {
+        fields.iter().all(|(k, a)| {
+            self.text_fields
+                .iter()
+                .any(|f| f.key == k && f.analyzer == a.as_str())
+        })
+    }
 }
 
 /// One routing object (`index::routing`): immutable, named by its
@@ -609,6 +634,7 @@ mod tests {
             created_at: "t".into(),
             head_bytes: None,
             routing: None,
+            text_fields: Vec::new(),
             extra: Map::new(),
         }
     }

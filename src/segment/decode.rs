@@ -303,7 +303,8 @@ pub(super) fn push_ids(
 /// shard-row order).
 pub fn decode_segment(key: &str, buf: &[u8]) -> Result<Segment, SegmentError> {
     if super::shard::is_shard(buf) {
-        if buf.get(8..10) == Some(&super::routed::ROUTED_VERSION.to_le_bytes()[..]) {
+        let routed = [super::routed::ROUTED_VERSION, super::routed::TEXT_VERSION];
+        if routed.iter().any(|v| buf.get(8..10) == Some(&v.to_le_bytes()[..])) {
             return super::routed::decode_routed(key, buf).map(|(_, seg, _)| seg);
         }
         return super::shard::decode_shard(key, buf);

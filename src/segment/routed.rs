@@ -50,9 +50,11 @@ use super::encode::push_offsets;
 use super::shard::{ShardIds, PREFIX_LEN, SHARD_MAGIC};
 use super::{SectionEntry, SegmentError, CODEC_ZSTD, END_MAGIC};
 use crate::record::Prepared;
-use crate::vocab::Metric;
+use crate::vocab::{Analyzer, Metric};
 
 pub(crate) const ROUTED_VERSION: u16 = 3;
+/// The version of routed shards with a text index ([`text`]).
+pub(crate) const TEXT_VERSION: u16 = 4;
 const FIXED_LEN: usize = 4 + 4 + 8 + 8 + 8 + 4 + 4 + 4 + 8 + 2;
 const CLUSTER_LEN: usize = 4 + 4 + 8 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 8;
 /// Ids per id-index block.
@@ -112,6 +114,8 @@ pub(crate) struct RoutedHead {
     pub rows_offset: u64,
     pub clusters: Vec<ClusterEntry>,
     pub fences: Vec<IdFence>,
+    /// The text index's fields (version 4; none before).
+    pub text: Vec<TextFieldDir>,
 }
 
 /// One cluster's rows and code block, for [`encode_routed`].
@@ -175,6 +179,8 @@ pub(crate) struct RoutedMeta<'a> {
     pub generation: u64,
     pub code_bits: u8,
     pub code_row_bytes: usize,
+    /// The searchable keys to index, in key order (none: version 3).
+    pub text: &'a [(String, Analyzer)],
 }
 
 /// Encodes a routed shard: `clusters` ascending by id, each with its rows
@@ -189,6 +195,7 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
         generation,
         code_bits,
         code_row_bytes,
+        text,
     } = *meta;
     assert!(
         clusters.windows(2).all(|w| w[0].cluster < w[1].cluster),
@@ -210,6 +217,17 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
         sorted.windows(2).all(|w| w[0].0 != w[1].0),
         "a shard holds one row per id"
     );
+    // The text index: each searchable key's postings over the shard rows.
+    let metadata: Vec<&[u8]> = clusters
+        .iter()
+        .flat_map(|c| c.rows.iter().map(|r| r.metadata.as_slice()))
+        .collect();
+    let postings = crate::text::postings::build(text, &metadata);
+    let version = if text.is_empty() {
+        ROUTED_VERSION
+    } else {
+        TEXT_VERSION
+    };
     let id_blocks: Vec<(String, Vec<u8>, usize)> = sorted
         .chunks(IDS_PER_BLOCK)
         .map(|chunk| {
@@ -228,10 +246,47 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
             for (_, r) in chunk {
                 raw.extend_from_slice(&r.to_le_bytes());
             }
+            for p in &postings {
+                for (_, r) in chunk {
+                    raw.extend_from_slice(&p.lengths[*r as usize].to_le_bytes());
+                }
+            }
             (chunk[0].0.to_string(), compress(&raw), raw.len())
         })
         .collect();
-    let head_len = FIXED_LEN
+    let term_blocks: Vec<Vec<(String, Vec<u8>, usize)>> =
+        postings.iter().map(text::encode_blocks).collect();
+    // The text directory, its block offsets set once the body is laid out.
+    let mut dirs: Vec<TextFieldDir> = text
+        .iter()
+        .zip(&postings)
+        .zip(&term_blocks)
+        .map(|(((key, analyzer), p), blocks)| TextFieldDir {
+            key: key.clone(),
+            analyzer: *analyzer,
+            docs: p.docs,
+            total_len: p.total_len,
+            blocks: blocks
+                .iter()
+                .map(|(first, _, _)| TermFence {
+                    first: first.clone(),
+                    block: Part {
+                        offset: 0,
+                        stored: 0,
+                        raw: 0,
+                        checksum: 0,
+                    },
+                })
+                .collect(),
+        })
+        .collect();
+    let dir_len = if version == TEXT_VERSION {
+        text::dir_len(&dirs)
+    } else {
+        0
+    };
+    let head_len = dir_len
+        + FIXED_LEN
         + writer.len()
         + clusters.len() * CLUSTER_LEN
         + id_blocks
@@ -322,6 +377,17 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
         });
         body.extend_from_slice(&stored);
     }
+    for (dir, blocks) in dirs.iter_mut().zip(term_blocks) {
+        for (fence, (_, stored, raw)) in dir.blocks.iter_mut().zip(blocks) {
+            fence.block = Part {
+                offset: at + body.len() as u64,
+                stored: stored.len() as u32,
+                raw: raw as u32,
+                checksum: xxh3_64(&stored),
+            };
+            body.extend_from_slice(&stored);
+        }
+    }
     at += body.len() as u64;
     debug_assert_eq!(at as usize, PREFIX_LEN + head_len + body.len());
     let mut head = Vec::with_capacity(head_len);
@@ -353,10 +419,13 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
         head.extend_from_slice(f.first.as_bytes());
         part_bytes(&f.block, &mut head);
     }
+    if version == TEXT_VERSION {
+        text::push_dir(&dirs, &mut head);
+    }
     debug_assert_eq!(head.len(), head_len);
     let mut out = Vec::with_capacity(at as usize + END_MAGIC.len());
     out.extend_from_slice(SHARD_MAGIC);
-    out.extend_from_slice(&ROUTED_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&[0; 6]);
     out.extend_from_slice(&(head.len() as u64).to_le_bytes());
     out.extend_from_slice(&xxh3_64(&head).to_le_bytes());
@@ -370,8 +439,10 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
 }
 
 mod read;
+pub(crate) mod text;
 
 pub(crate) use read::{decode_routed, salvage_routed, IdBlock};
+use text::{TermFence, TextFieldDir};
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@
 pub mod analyzer;
 pub(crate) mod bm25;
 pub(crate) mod fuse;
+pub(crate) mod postings;
 
 use std::collections::BTreeMap;
 
@@ -63,8 +64,17 @@ impl TextFields {
         Ok(TextFields(out))
     }
 
+    /// The searchable keys with their analyzers, in key order, owned.
+    pub(crate) fn to_vec(&self) -> Vec<(String, Analyzer)> {
+        self.0.clone()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The searchable keys with their analyzers, in key order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, Analyzer)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Analyzer)> {
         self.0.iter().map(|(k, a)| (k.as_str(), *a))
     }
 

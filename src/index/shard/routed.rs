@@ -13,6 +13,7 @@ use crate::index::rabitq::{row_bytes, ListCodes, Rotation};
 use crate::index::routing::Routing;
 use crate::record::{flat_vectors, Prepared};
 use crate::segment::routed::{encode_routed, ClusterRows, RoutedMeta};
+use crate::vocab::Analyzer;
 
 /// Each cluster's rows, clusters ascending (rows in the order given).
 pub(crate) fn group_by_cluster(rows: Vec<Prepared>, routing: &Routing) -> Vec<(u32, Vec<Prepared>)> {
@@ -43,6 +44,7 @@ pub(crate) fn build_routed(
     created_at_ms: u64,
     writer_id: &str,
     cap: usize,
+    text: &[(String, Analyzer)],
 ) -> Vec<BuiltShard> {
     let d = routing.head.dimensions;
     let rot = Rotation::new(d);
@@ -74,6 +76,7 @@ pub(crate) fn build_routed(
             generation: routing.head.generation,
             code_bits: code_bits(d),
             code_row_bytes: row_bytes(d, code_bits(d)),
+            text,
         };
         let enc = encode_routed(&meta, &input);
         out.push(BuiltShard {
@@ -117,7 +120,7 @@ mod tests {
         assert!(clusters.windows(2).all(|w| w[0].0 < w[1].0), "ascending");
         let largest = clusters.iter().map(|(_, r)| r.len()).max().unwrap();
         let cap = 1500;
-        let built = build_routed(clusters, &routing, 99, "indexer", cap);
+        let built = build_routed(clusters, &routing, 99, "indexer", cap, &[]);
         assert!(built.len() >= 4, "{} shards", built.len());
         let rot = Rotation::new(D);
         let mut seen = HashSet::new();

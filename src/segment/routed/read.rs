@@ -7,30 +7,46 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::{
     corrupt, open_part, push_ids, split_offsets, split_offsets_prefix, ClusterEntry, IdFence, Part,
     RoutedHead, ShardIds, CLUSTER_LEN, FIXED_LEN, PREFIX_LEN, ROUTED_VERSION, SHARD_MAGIC,
+    TEXT_VERSION,
 };
 use crate::record::{MAX_ID_BYTES, MAX_METADATA_BYTES};
 use crate::segment::shard::{cap, Salvage};
 use crate::segment::{Segment, SegmentError, END_MAGIC, MAX_SEGMENT_RECORDS};
 use crate::vocab::Metric;
 
-/// One id-index block: ids in byte order and each one's shard row.
+/// One id-index block: ids in byte order and each one's shard row (and,
+/// in a shard with a text index, its field lengths).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct IdBlock {
     pub ids: Vec<String>,
     pub rows: Vec<u32>,
+    /// Per text field (the head's order), per id: its row's field length
+    /// plus one, 0 where the row holds no text at the key.
+    pub lengths: Vec<u32>,
 }
 
 impl IdBlock {
     /// The shard row holding `id`, if this block has it.
     pub(crate) fn get(&self, id: &str) -> Option<u32> {
-        self.ids
-            .binary_search_by(|x| x.as_str().cmp(id))
-            .ok()
-            .map(|i| self.rows[i])
+        self.find(id).map(|i| self.rows[i])
+    }
+
+    /// `id`'s place in the block.
+    pub(crate) fn find(&self, id: &str) -> Option<usize> {
+        self.ids.binary_search_by(|x| x.as_str().cmp(id)).ok()
+    }
+
+    /// The field lengths (plus one; 0: no text) of the row at place `i`,
+    /// per text field.
+    pub(crate) fn lengths_of(&self, i: usize) -> impl Iterator<Item = u32> + '_ {
+        let n = self.ids.len();
+        self.lengths.iter().skip(i).step_by(n.max(1)).copied()
     }
 
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.ids.iter().map(|s| s.len() + 24).sum::<usize>() + self.rows.len() * 4
+        self.ids.iter().map(|s| s.len() + 24).sum::<usize>()
+            + self.rows.len() * 4
+            + self.lengths.len() * 4
     }
 }
 
@@ -190,15 +206,19 @@ impl RoutedHead {
         let (offsets, body) = split_offsets_prefix(key, &what, &raw)?;
         let n = offsets.len() - 1;
         let ids_end = offsets[n] as usize;
-        if body.len() != ids_end + 4 * n {
+        let fields = self.text.len();
+        if body.len() != ids_end + 4 * n * (1 + fields) {
             return Err(corrupt(key, format!("{what} does not hold one row per id")));
         }
         let mut ids = Vec::with_capacity(n);
         push_ids(key, &offsets, &body, &mut ids)?;
-        let rows: Vec<u32> = body[ids_end..]
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
+        let words = |s: &[u8]| -> Vec<u32> {
+            s.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        };
+        let rows = words(&body[ids_end..ids_end + 4 * n]);
+        let lengths = words(&body[ids_end + 4 * n..]);
         if ids.first() != Some(&f.first)
             || ids.windows(2).any(|w| w[0] >= w[1])
             || rows.iter().any(|r| u64::from(*r) >= self.rows)
@@ -208,7 +228,7 @@ impl RoutedHead {
                 format!("{what} is out of order or points past the shard"),
             ));
         }
-        Ok(IdBlock { ids, rows })
+        Ok(IdBlock { ids, rows, lengths })
     }
 
     /// The cluster (index in [`Self::clusters`]) holding shard row `row`,
@@ -230,7 +250,7 @@ impl RoutedHead {
             return Err(corrupt(key, "not a shoal shard (bad magic)"));
         }
         let version = u16::from_le_bytes([p[8], p[9]]);
-        if version != ROUTED_VERSION {
+        if version != ROUTED_VERSION && version != TEXT_VERSION {
             return Err(SegmentError::UnsupportedVersion {
                 key: key.into(),
                 found: version,
@@ -246,7 +266,7 @@ impl RoutedHead {
         if xxh3_64(b) != sum {
             return Err(corrupt(key, "shard head checksum mismatch"));
         }
-        parse_head(key, b, end, total_len)
+        parse_head(key, b, end, total_len, version == TEXT_VERSION)
     }
 }
 
@@ -255,6 +275,7 @@ fn parse_head(
     b: &[u8],
     head_end: u64,
     total_len: u64,
+    with_text: bool,
 ) -> Result<RoutedHead, SegmentError> {
     let bad = || corrupt(key, "malformed shard head");
     let mut at = 0usize;
@@ -378,6 +399,13 @@ fn parse_head(
         }
         fences.push(IdFence { first, block });
     }
+    let text = if with_text {
+        let (dirs, read) = super::text::parse_dir(key, &b[at..], rows, inside)?;
+        at += read;
+        dirs
+    } else {
+        Vec::new()
+    };
     if at != b.len() || fences.is_empty() {
         return Err(corrupt(
             key,
@@ -396,6 +424,7 @@ fn parse_head(
         rows_offset,
         clusters,
         fences,
+        text,
     })
 }
 

@@ -36,6 +36,13 @@ fn clusters() -> Vec<(u32, Vec<Prepared>)> {
 }
 
 fn encode(cs: &[(u32, Vec<Prepared>)]) -> (EncodedRouted, Vec<Vec<u8>>) {
+    encode_with(cs, &[])
+}
+
+fn encode_with(
+    cs: &[(u32, Vec<Prepared>)],
+    text: &[(String, Analyzer)],
+) -> (EncodedRouted, Vec<Vec<u8>>) {
     let codes: Vec<Vec<u8>> = cs
         .iter()
         .map(|(c, rows)| {
@@ -63,6 +70,7 @@ fn encode(cs: &[(u32, Vec<Prepared>)]) -> (EncodedRouted, Vec<Vec<u8>>) {
                 generation: 7,
                 code_bits: 3,
                 code_row_bytes: CODE_ROW,
+                text,
             },
             &input,
         ),
@@ -206,4 +214,74 @@ fn damage_is_refused_naming_the_part() {
         RoutedHead::parse("k", &v1, b.len() as u64),
         Err(SegmentError::UnsupportedVersion { found: 1, .. })
     ));
+}
+
+#[test]
+fn a_text_index_holds_each_terms_postings_and_each_rows_lengths() {
+    let mut cs = clusters();
+    cs[0].1[0].metadata = br#"{"t":"red apple red"}"#.to_vec();
+    cs[0].1[2].metadata = br#"{"t":"green apple","u":"red"}"#.to_vec();
+    cs[2].1[0].metadata = br#"{"t":""}"#.to_vec();
+    for (i, r) in cs[1].1.iter_mut().enumerate() {
+        r.metadata = format!(r#"{{"t":"word{} red"}}"#, i % 3000).into_bytes();
+    }
+    let text = vec![
+        ("t".to_string(), Analyzer::Standard),
+        ("u".to_string(), Analyzer::En),
+    ];
+    let (enc, _) = encode_with(&cs, &text);
+    assert_eq!(&enc.bytes[8..10], &TEXT_VERSION.to_le_bytes());
+    let head = RoutedHead::parse("k", &enc.bytes, enc.bytes.len() as u64).unwrap();
+    assert_eq!(head.text.len(), 2);
+    let t = &head.text[0];
+    assert_eq!((t.key.as_str(), t.analyzer), ("t", Analyzer::Standard));
+    // Rows b, c, the 1,500 "m" rows and z hold text at "t".
+    assert_eq!(t.docs, 1503);
+    assert_eq!(t.total_len, 3 + 2 + 1500 * 2);
+    assert!(t.blocks.len() > 1, "{} term blocks", t.blocks.len());
+    let slice = |r: std::ops::Range<u64>| &enc.bytes[r.start as usize..r.end as usize];
+    let postings = |f: usize, term: &str| {
+        let Some(b) = head.term_fence(f, term) else {
+            return Vec::new();
+        };
+        let block = head
+            .term_block("k", f, b, slice(head.text[f].blocks[b].block.range()))
+            .unwrap();
+        let r = block.postings(term);
+        (r.clone())
+            .map(|i| (block.rows[i], block.tfs[i], block.lens[i]))
+            .collect::<Vec<_>>()
+    };
+    // Shard rows: b 0, a 1, c 2, m 3..1503, z 1503, 0 1504.
+    let red = postings(0, "red");
+    assert_eq!(red.len(), 1501);
+    assert_eq!(red[0], (0, 2, 3));
+    assert_eq!(red[1], (3, 1, 2));
+    assert_eq!(postings(0, "apple"), vec![(0, 1, 3), (2, 1, 2)]);
+    assert_eq!(postings(0, "word1499"), vec![(1502, 1, 2)]);
+    assert_eq!(postings(1, "red"), vec![(2, 1, 1)]);
+    assert!(postings(0, "absent").is_empty());
+    assert!(postings(0, "blue").is_empty());
+    // Id-index blocks carry each row's lengths plus one (0: no text).
+    let b = head.fence_for("c").unwrap();
+    let block = head.id_block("k", b, slice(head.fences[b].block.range())).unwrap();
+    let i = block.find("c").unwrap();
+    assert_eq!(block.lengths_of(i).collect::<Vec<_>>(), vec![3, 2]);
+    let i = block.find("a").unwrap();
+    assert_eq!(block.lengths_of(i).collect::<Vec<_>>(), vec![0, 0]);
+    let b = head.fence_for("z").unwrap();
+    let block = head.id_block("k", b, slice(head.fences[b].block.range())).unwrap();
+    assert_eq!(block.lengths_of(block.find("z").unwrap()).collect::<Vec<_>>(), vec![1, 0]);
+    // The whole object still decodes, rows and metadata as written.
+    let (_, seg, _) = decode_routed("k", &enc.bytes).unwrap();
+    assert_eq!(seg.len(), 1505);
+    assert_eq!(seg.prepared(0).metadata, cs[0].1[0].metadata);
+    // A damaged term block is reported by key, never a panic.
+    let f = &head.text[0].blocks[0].block;
+    let mut bad = enc.bytes.to_vec();
+    bad[f.offset as usize + 3] ^= 0xff;
+    let err = head
+        .term_block("k", 0, 0, &bad[f.offset as usize..(f.offset + u64::from(f.stored)) as usize])
+        .unwrap_err();
+    assert!(err.to_string().contains("k"), "{err}");
 }
