@@ -368,11 +368,11 @@ async fn supersede_rows(
                 ids.iter()
                     .enumerate()
                     .filter(|(_, id)| touched.contains(id.as_str()))
-                    .map(|(row, _)| row as u64)
+                    .map(|(row, _)| (row as u64, Vec::new()))
                     .collect()
             })
         };
-        let hits: Vec<u64> = match found {
+        let hits: Vec<(u64, Vec<u32>)> = match found {
             Ok(hits) => hits,
             Err(e) => {
                 // Never served while damaged; a repair must apply newer rows.
@@ -391,8 +391,10 @@ async fn supersede_rows(
             }
         };
         let mut killed = 0;
-        for row in hits {
-            if dv.mark(row) {
+        for (row, lengths) in hits {
+            // A shard with a text index: the vector records what its
+            // dead rows held, so BM25's statistics never count them.
+            if dv.mark_with_lengths(row, lengths.into_iter()) {
                 killed += 1;
             }
         }
@@ -694,7 +696,7 @@ pub(super) async fn load_deletions(
             let got = store.get(key).await.map_err(CoordError::from)?;
             DeletionVector::decode(key, &got.bytes, shard.rows)?
         }
-        None => DeletionVector::new(shard.rows),
+        None => DeletionVector::with_text(shard.rows, shard.text_fields.len()),
     })
 }
 

@@ -211,13 +211,14 @@ pub(super) async fn write_routed(
     Ok((put_shards(store, now, level, outputs).await?, written_at))
 }
 
-/// The rows of a routed shard holding one of `ids`: its head, then only
-/// the id-index blocks whose fences could hold them (ranged GETs).
+/// The rows of a routed shard holding one of `ids`, each with its field
+/// lengths (per text field; none without a text index): its head, then only the id-index blocks whose fences
+/// could hold them (ranged GETs).
 pub(super) async fn routed_rows_of(
     store: &dyn ObjectStore,
     shard: &ShardEntry,
     ids: &HashSet<&str>,
-) -> Result<Vec<u64>, CompactError> {
+) -> Result<Vec<(u64, Vec<u32>)>, CompactError> {
     let head = segment::load_routed_head(
         store,
         &shard.key,
@@ -239,7 +240,10 @@ pub(super) async fn routed_rows_of(
             .await;
         let got = got.map_err(CoordError::from)?;
         let block = head.id_block(&shard.key, b, &got)?;
-        rows.extend(wanted.iter().filter_map(|id| block.get(id)).map(u64::from));
+        rows.extend(wanted.iter().filter_map(|id| {
+            let i = block.find(id)?;
+            Some((u64::from(block.rows[i]), block.lengths_of(i).collect()))
+        }));
     }
     rows.sort_unstable();
     Ok(rows)

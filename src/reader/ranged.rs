@@ -24,6 +24,7 @@ use crate::coord::watched::retrying;
 use crate::index::rabitq::ListCodes;
 use crate::index::shard::{ShardQuery, ShardRouting, ShardSearch};
 use crate::index::ScanStats;
+use crate::segment::routed::text::TermBlock;
 use crate::segment::routed::IdBlock;
 use crate::segment::shard::decode_head_region;
 use crate::segment::{LoadError, SegmentError};
@@ -194,6 +195,10 @@ pub(crate) enum Part {
     Probe(u32),
     /// A routed shard's id-index block.
     Ids(u32),
+    /// A routed shard's cluster's ids alone (the end of its probe block).
+    ClusterIds(u32),
+    /// Term block `block` of a routed shard's text field `field`.
+    Terms { field: u32, block: u32 },
     /// A routing's group of cluster centroids.
     Group(u32),
 }
@@ -213,6 +218,10 @@ pub(crate) enum Block {
         ids: Vec<String>,
     },
     Ids(IdBlock),
+    /// A routed shard's cluster's ids.
+    ClusterIds(Vec<String>),
+    /// A term block of a routed shard's text index.
+    Terms(TermBlock),
     /// Centroids of consecutive clusters of a routing (a group, or all
     /// of them), as they are and rotated for the codes.
     Group {
@@ -242,6 +251,23 @@ impl Block {
                 codes.memory_bytes() + ids.iter().map(|s| s.len() + 24).sum::<usize>()
             }
             Block::Ids(b) => b.memory_bytes(),
+            Block::ClusterIds(ids) => ids.iter().map(|s| s.len() + 24).sum::<usize>(),
+            Block::Terms(t) => t.memory_bytes(),
+        }
+    }
+
+    /// A cluster's ids (from its probe part or its ids part).
+    pub(super) fn cluster_ids(&self) -> &[String] {
+        match self {
+            Block::Probe { ids, .. } | Block::ClusterIds(ids) => ids,
+            _ => unreachable!("a cluster-ids part holds ids"),
+        }
+    }
+
+    pub(super) fn terms(&self) -> &TermBlock {
+        match self {
+            Block::Terms(t) => t,
+            _ => unreachable!("a terms part holds a term block"),
         }
     }
 

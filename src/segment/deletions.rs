@@ -5,9 +5,17 @@
 //!
 //! Layout, little-endian: magic `SHDV`, format version (u16), rows (u64),
 //! dead rows (u64), the bitset (`ceil(rows / 64)` u64 words, row `i` is bit
-//! `i % 64` of word `i / 64`), then an xxh3-64 checksum of everything
-//! before it. The decoder never panics: anything else is
-//! [`SegmentError::Corrupt`] naming the key.
+//! `i % 64` of word `i / 64`), then (version 2, for a shard with a text
+//! index) what the dead rows held per text field: fields (u16), per
+//! field dead rows holding a term at the key (u64) and their field
+//! lengths summed (u64); then an xxh3-64 checksum of everything before it. The
+//! decoder never panics: anything else is [`SegmentError::Corrupt`]
+//! naming the key.
+//!
+//! A reader subtracts the version-2 sums from the shard's text
+//! statistics, so BM25 never counts a dead row; a shard whose vector
+//! lacks them (written by an older shoal) is searched without its text
+//! index.
 
 use bytes::Bytes;
 use xxhash_rust::xxh3::xxh3_64;
@@ -16,6 +24,8 @@ use super::SegmentError;
 
 const MAGIC: &[u8; 4] = b"SHDV";
 const VERSION: u16 = 1;
+/// The version with text statistics.
+const TEXT_VERSION: u16 = 2;
 const HEAD: usize = 4 + 2 + 8 + 8;
 
 /// The dead rows of one shard.
@@ -24,6 +34,9 @@ pub struct DeletionVector {
     rows: u64,
     words: Vec<u64>,
     dead: u64,
+    /// Per text field of the shard: dead rows holding text at the key and
+    /// their field lengths summed (`None`: not recorded).
+    text: Option<Vec<(u64, u64)>>,
 }
 
 impl DeletionVector {
@@ -33,7 +46,37 @@ impl DeletionVector {
             rows,
             words: vec![0; rows.div_ceil(64) as usize],
             dead: 0,
+            text: None,
         }
+    }
+
+    /// No row dead, of a shard with a text index of `fields` fields.
+    pub fn with_text(rows: u64, fields: usize) -> Self {
+        DeletionVector {
+            text: (fields > 0).then(|| vec![(0, 0); fields]),
+            ..DeletionVector::new(rows)
+        }
+    }
+
+    /// Per text field: dead rows holding a term at the key and their
+    /// field lengths summed; `None` when the vector does not record them.
+    pub fn text_dead(&self) -> Option<&[(u64, u64)]> {
+        self.text.as_deref()
+    }
+
+    /// Marks row `i` dead as [`Self::mark`] does and, when it was live,
+    /// records its field `lengths` (per text field; 0: no term).
+    pub fn mark_with_lengths(&mut self, i: u64, lengths: impl Iterator<Item = u32>) -> bool {
+        let was_live = self.mark(i);
+        if let (true, Some(text)) = (was_live, self.text.as_mut()) {
+            for (t, l) in text.iter_mut().zip(lengths) {
+                if l > 0 {
+                    t.0 += 1;
+                    t.1 += u64::from(l);
+                }
+            }
+        }
+        was_live
     }
 
     #[cfg(any(test, feature = "test-util"))]
@@ -68,11 +111,23 @@ impl DeletionVector {
     pub fn encode(&self) -> Bytes {
         let mut b = Vec::with_capacity(HEAD + self.words.len() * 8 + 8);
         b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
+        let version = if self.text.is_some() {
+            TEXT_VERSION
+        } else {
+            VERSION
+        };
+        b.extend_from_slice(&version.to_le_bytes());
         b.extend_from_slice(&self.rows.to_le_bytes());
         b.extend_from_slice(&self.dead.to_le_bytes());
         for w in &self.words {
             b.extend_from_slice(&w.to_le_bytes());
+        }
+        if let Some(text) = &self.text {
+            b.extend_from_slice(&(text.len() as u16).to_le_bytes());
+            for (docs, len) in text {
+                b.extend_from_slice(&docs.to_le_bytes());
+                b.extend_from_slice(&len.to_le_bytes());
+            }
         }
         let sum = xxh3_64(&b);
         b.extend_from_slice(&sum.to_le_bytes());
@@ -98,9 +153,9 @@ impl DeletionVector {
         }
         let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
         let version = u16::from_le_bytes([body[4], body[5]]);
-        if version != VERSION {
+        if version != VERSION && version != TEXT_VERSION {
             return Err(bad(format!(
-                "deletion vector format {version} (this shoal reads {VERSION})"
+                "deletion vector format {version} (this shoal reads {VERSION} and {TEXT_VERSION})"
             )));
         }
         let (rows, dead) = (u64_at(6), u64_at(14));
@@ -110,12 +165,28 @@ impl DeletionVector {
             )));
         }
         let n_words = rows.div_ceil(64);
-        if (body.len() - HEAD) as u64 != n_words * 8 {
+        let bits_end = (n_words * 8)
+            .checked_add(HEAD as u64)
+            .filter(|e| *e <= body.len() as u64)
+            .ok_or_else(|| bad(format!("{} bitset bytes for {rows} rows", body.len() - HEAD)))?
+            as usize;
+        let text = if version == TEXT_VERSION {
+            let t = &body[bits_end..];
+            let n = t
+                .get(..2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+                .filter(|n| t.len() == 2 + 16 * n)
+                .ok_or_else(|| bad("malformed text statistics".into()))?;
+            let word = |at: usize| u64::from_le_bytes(t[at..at + 8].try_into().expect("8 bytes"));
+            Some((0..n).map(|f| (word(2 + 16 * f), word(10 + 16 * f))).collect())
+        } else if bits_end != body.len() {
             return Err(bad(format!(
                 "{} bitset bytes for {rows} rows",
                 body.len() - HEAD
             )));
-        }
+        } else {
+            None
+        };
         let words: Vec<u64> = (0..n_words as usize)
             .map(|w| u64_at(HEAD + w * 8))
             .collect();
@@ -130,7 +201,20 @@ impl DeletionVector {
                 "says {dead} dead rows, its bits say {counted}"
             )));
         }
-        Ok(DeletionVector { rows, words, dead })
+        if text
+            .as_ref()
+            .is_some_and(|t: &Vec<(u64, u64)>| t.iter().any(|(docs, _)| *docs > dead))
+        {
+            return Err(bad(format!(
+                "text statistics count more rows than its {dead} dead ones"
+            )));
+        }
+        Ok(DeletionVector {
+            rows,
+            words,
+            dead,
+            text,
+        })
     }
 }
 
@@ -152,6 +236,22 @@ mod tests {
             DeletionVector::decode("k", &empty.encode(), 0).unwrap(),
             empty
         );
+    }
+
+    #[test]
+    fn text_statistics_add_what_newly_dead_rows_held() {
+        let mut dv = DeletionVector::with_text(100, 2);
+        assert!(dv.mark_with_lengths(5, [4, 0].into_iter()));
+        assert!(dv.mark_with_lengths(7, [1, 3].into_iter()));
+        assert!(!dv.mark_with_lengths(5, [4, 0].into_iter()), "already dead");
+        assert_eq!(dv.text_dead(), Some(&[(2, 5), (1, 3)][..]));
+        let back = DeletionVector::decode("k", &dv.encode(), 100).unwrap();
+        assert_eq!(back, dv);
+        assert_eq!(DeletionVector::new(100).text_dead(), None);
+        let good = dv.encode().to_vec();
+        for len in 0..good.len() {
+            assert!(DeletionVector::decode("k", &good[..len], 100).is_err());
+        }
     }
 
     #[test]

@@ -14,12 +14,13 @@ use crate::vocab::Analyzer;
 /// One searchable key's inverted index over rows `0..lengths.len()`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FieldPostings {
-    /// Rows holding text at the key.
+    /// Rows holding at least one term at the key (BM25's documents,
+    /// `bm25::FieldStats`).
     pub docs: u64,
     /// Their field lengths (terms), summed.
     pub total_len: u64,
-    /// Per row: its field length plus one; 0 where it holds no text at
-    /// the key (an empty text counts, with length 0).
+    /// Per row: its field length (0: no text at the key, or none that
+    /// makes a term).
     pub lengths: Vec<u32>,
     /// Every term with its postings (row, term frequency), rows
     /// ascending; terms in byte order.
@@ -69,7 +70,7 @@ pub(crate) fn build(fields: &[(String, Analyzer)], metadata: &[&[u8]]) -> Vec<Fi
                             }
                         }
                     });
-                    lengths.push(len.saturating_add(1));
+                    lengths.push(len);
                     for (t, n) in tf.drain() {
                         terms.entry(t).or_default().push((row, n));
                     }
@@ -99,10 +100,9 @@ pub(crate) fn build(fields: &[(String, Analyzer)], metadata: &[&[u8]]) -> Vec<Fi
             for (_, rows) in &mut terms {
                 rows.sort_unstable_by_key(|r| r.0);
             }
-            let held = lengths.iter().filter(|l| **l > 0);
             FieldPostings {
-                docs: held.clone().count() as u64,
-                total_len: held.map(|l| u64::from(l - 1)).sum(),
+                docs: lengths.iter().filter(|l| **l > 0).count() as u64,
+                total_len: lengths.iter().map(|l| u64::from(*l)).sum(),
                 lengths,
                 terms,
             }
@@ -128,9 +128,9 @@ mod tests {
         let built = build(&fields, &refs);
         let t = &built[0];
         // "and" is an English stop word: 4 terms in row 0; row 2 holds an
-        // empty text (counted, length 0); rows 1 and 3 hold none.
-        assert_eq!(t.lengths, vec![5, 0, 1, 0, 4]);
-        assert_eq!((t.docs, t.total_len), (3, 7));
+        // empty text (no term: not a document); rows 1 and 3 hold none.
+        assert_eq!(t.lengths, vec![4, 0, 0, 0, 3]);
+        assert_eq!((t.docs, t.total_len), (2, 7));
         let get = |f: &FieldPostings, term: &str| {
             f.terms.iter().find(|(x, _)| x == term).map(|(_, p)| p.clone())
         };
@@ -138,7 +138,7 @@ mod tests {
         assert_eq!(get(t, "appl"), Some(vec![(0, 1), (4, 1)]));
         assert_eq!(get(t, "and"), None);
         assert!(t.terms.windows(2).all(|w| w[0].0 < w[1].0));
-        assert_eq!(built[1].lengths, vec![0, 0, 0, 2, 0]);
+        assert_eq!(built[1].lengths, vec![0, 0, 0, 1, 0]);
         assert_eq!(get(&built[1], "red"), Some(vec![(3, 1)]));
     }
 

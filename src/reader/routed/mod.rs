@@ -382,6 +382,10 @@ impl PartSource for RoutedShard {
                 h.rows_range(list as usize, first, count)
             }
             Part::Ids(b) => h.fences[b as usize].block.range(),
+            Part::ClusterIds(i) => h.clusters[i as usize].ids.range(),
+            Part::Terms { field, block } => h.text[field as usize].blocks[block as usize]
+                .block
+                .range(),
             _ => unreachable!("{part:?} is not a part of a routed shard"),
         }
     }
@@ -422,6 +426,10 @@ impl PartSource for RoutedShard {
                 Block::Rows(h.cluster_rows(key, list as usize, first, bytes)?)
             }
             Part::Ids(b) => Block::Ids(h.id_block(key, b as usize, bytes)?),
+            Part::ClusterIds(i) => Block::ClusterIds(h.cluster_ids(key, i as usize, bytes)?.ids),
+            Part::Terms { field, block } => {
+                Block::Terms(h.term_block(key, field as usize, block as usize, bytes)?)
+            }
             _ => unreachable!("{part:?} is not a part of a routed shard"),
         })
     }

@@ -21,7 +21,7 @@ pub(crate) struct IdBlock {
     pub ids: Vec<String>,
     pub rows: Vec<u32>,
     /// Per text field (the head's order), per id: its row's field length
-    /// plus one, 0 where the row holds no text at the key.
+    /// (0: no term at the key).
     pub lengths: Vec<u32>,
 }
 
@@ -36,8 +36,7 @@ impl IdBlock {
         self.ids.binary_search_by(|x| x.as_str().cmp(id)).ok()
     }
 
-    /// The field lengths (plus one; 0: no text) of the row at place `i`,
-    /// per text field.
+    /// The field lengths of the row at place `i`, per text field.
     pub(crate) fn lengths_of(&self, i: usize) -> impl Iterator<Item = u32> + '_ {
         let n = self.ids.len();
         self.lengths.iter().skip(i).step_by(n.max(1)).copied()
@@ -101,6 +100,18 @@ impl RoutedHead {
                 format!("checksum mismatch in the codes of cluster {}", c.cluster),
             ));
         }
+        Ok((codes, self.cluster_ids(key, i, ids)?))
+    }
+
+    /// Checks and parses cluster `i`'s ids (the end of its probe block,
+    /// [`ClusterEntry::ids`]): its rows' ids and tombstone flags.
+    pub(crate) fn cluster_ids(
+        &self,
+        key: &str,
+        i: usize,
+        ids: &[u8],
+    ) -> Result<ShardIds, SegmentError> {
+        let c = &self.clusters[i];
         let what = format!("the ids of cluster {}", c.cluster);
         let raw = open_part(
             key,
@@ -127,13 +138,10 @@ impl RoutedHead {
             ));
         }
         let tombstones = flags.iter().map(|b| *b == 1).collect();
-        Ok((
-            codes,
-            ShardIds {
-                ids: out,
-                tombstones,
-            },
-        ))
+        Ok(ShardIds {
+            ids: out,
+            tombstones,
+        })
     }
 
     /// Byte range of rows `first..first + count` of cluster `i` (indexes

@@ -235,8 +235,8 @@ fn a_text_index_holds_each_terms_postings_and_each_rows_lengths() {
     assert_eq!(head.text.len(), 2);
     let t = &head.text[0];
     assert_eq!((t.key.as_str(), t.analyzer), ("t", Analyzer::Standard));
-    // Rows b, c, the 1,500 "m" rows and z hold text at "t".
-    assert_eq!(t.docs, 1503);
+    // Rows b, c and the 1,500 "m" rows hold terms at "t" (z's is empty).
+    assert_eq!(t.docs, 1502);
     assert_eq!(t.total_len, 3 + 2 + 1500 * 2);
     assert!(t.blocks.len() > 1, "{} term blocks", t.blocks.len());
     let slice = |r: std::ops::Range<u64>| &enc.bytes[r.start as usize..r.end as usize];
@@ -262,16 +262,16 @@ fn a_text_index_holds_each_terms_postings_and_each_rows_lengths() {
     assert_eq!(postings(1, "red"), vec![(2, 1, 1)]);
     assert!(postings(0, "absent").is_empty());
     assert!(postings(0, "blue").is_empty());
-    // Id-index blocks carry each row's lengths plus one (0: no text).
+    // Id-index blocks carry each row's field lengths.
     let b = head.fence_for("c").unwrap();
     let block = head.id_block("k", b, slice(head.fences[b].block.range())).unwrap();
     let i = block.find("c").unwrap();
-    assert_eq!(block.lengths_of(i).collect::<Vec<_>>(), vec![3, 2]);
+    assert_eq!(block.lengths_of(i).collect::<Vec<_>>(), vec![2, 1]);
     let i = block.find("a").unwrap();
     assert_eq!(block.lengths_of(i).collect::<Vec<_>>(), vec![0, 0]);
     let b = head.fence_for("z").unwrap();
     let block = head.id_block("k", b, slice(head.fences[b].block.range())).unwrap();
-    assert_eq!(block.lengths_of(block.find("z").unwrap()).collect::<Vec<_>>(), vec![1, 0]);
+    assert_eq!(block.lengths_of(block.find("z").unwrap()).collect::<Vec<_>>(), vec![0, 0]);
     // The whole object still decodes, rows and metadata as written.
     let (_, seg, _) = decode_routed("k", &enc.bytes).unwrap();
     assert_eq!(seg.len(), 1505);

@@ -18,7 +18,7 @@
 //!           u32 | field length u32)
 //! ```
 //!
-//! `docs` counts the shard's rows holding text at the key and `total
+//! `docs` counts the shard's rows holding a term at the key and `total
 //! length` sums their field lengths; id-index blocks of a version-4
 //! shard carry each row's field lengths too (`read::IdBlock`), so the
 //! indexer can record what the rows it marks dead held.
@@ -46,7 +46,7 @@ pub(crate) struct TermFence {
 pub(crate) struct TextFieldDir {
     pub key: String,
     pub analyzer: Analyzer,
-    /// Rows holding text at the key.
+    /// Rows holding a term at the key.
     pub docs: u64,
     /// Their field lengths, summed.
     pub total_len: u64,
@@ -101,7 +101,7 @@ pub(super) fn encode_blocks(p: &FieldPostings) -> Vec<(String, Vec<u8>, usize)> 
             for &(row, tf) in posts {
                 raw.extend_from_slice(&(row - prev).to_le_bytes());
                 raw.extend_from_slice(&tf.to_le_bytes());
-                raw.extend_from_slice(&(p.lengths[row as usize] - 1).to_le_bytes());
+                raw.extend_from_slice(&p.lengths[row as usize].to_le_bytes());
                 prev = row;
             }
         }
