@@ -21,6 +21,8 @@ backend_tests!(
     bm25_scores_equal_the_formula_in_tails_and_in_shards,
     newer_text_replaces_older_and_deleted_rows_never_match,
     hybrid_search_fuses_the_vector_and_text_rankings,
+    shard_text_indexes_leave_out_dead_and_hidden_rows,
+    a_text_query_reads_term_blocks_not_every_rows_metadata,
 );
 
 const WORDS: [&str; 8] = [
@@ -285,6 +287,116 @@ async fn newer_text_replaces_older_and_deleted_rows_never_match(store: Arc<Count
         db.compact(Default::default()).await.unwrap();
         db.index(true).await.unwrap();
     }
+    db.close().await.unwrap();
+}
+
+/// The statistics a shard's text index gives, less its dead rows (its
+/// deletion vector's record of them) and the rows newer tail records
+/// hide, equal the formula over the live corpus at every step.
+async fn shard_text_indexes_leave_out_dead_and_hidden_rows(store: Arc<Counted>) {
+    let db = open(store).await;
+    db.upsert(&corpus(200)).await.unwrap();
+    db.compact(Default::default()).await.unwrap();
+    db.index(true).await.unwrap();
+    let mut docs: BTreeMap<String, String> = (0..200)
+        .map(|i| (format!("doc{i:03}"), text_of(i)))
+        .collect();
+    let queries = [
+        "apple",
+        "parser library",
+        "small small tool",
+        "banana cherry",
+    ];
+    let check = |docs: &BTreeMap<String, String>| {
+        let docs: Vec<(String, String)> = docs.clone().into_iter().collect();
+        queries.map(|q| (q, expected_bm25(&docs, q)))
+    };
+    for (q, want) in check(&docs) {
+        assert_same_ranking(&ranked(&db, &body_query(q, 30)).await, &want, 30);
+    }
+    // Newer versions of some rows (other words, longer) and deletes of
+    // others: in the tails, hiding their shard rows.
+    let newer: Vec<Record> = (0..200)
+        .step_by(9)
+        .map(|i| {
+            let body = format!("{} apple apple tool", text_of(i + 1));
+            docs.insert(format!("doc{i:03}"), body.clone());
+            Record::new(format!("doc{i:03}"), vector_of(i)).with_metadata(json!({"body": body}))
+        })
+        .collect();
+    db.upsert(&newer).await.unwrap();
+    let gone: Vec<String> = (5..200).step_by(13).map(|i| format!("doc{i:03}")).collect();
+    for id in &gone {
+        docs.remove(id);
+    }
+    db.delete(&gone).await.unwrap();
+    for pass in ["hidden by the tails", "dead in the shards"] {
+        for (q, want) in check(&docs) {
+            let got = ranked(&db, &body_query(q, 30)).await;
+            assert!(got.len() >= 10, "{pass}: {q}");
+            assert_same_ranking(&got, &want, 30);
+        }
+        db.compact(Default::default()).await.unwrap();
+        db.index(true).await.unwrap();
+    }
+    db.close().await.unwrap();
+}
+
+/// A text query on indexed shards reads the query terms' blocks and the
+/// hits' clusters, not every row's metadata: a cold reader's query for a
+/// rare term reads a small share of the shards' bytes.
+async fn a_text_query_reads_term_blocks_not_every_rows_metadata(store: Arc<Counted>) {
+    let db = open(store.clone()).await;
+    let n = 3000;
+    // Metadata that does not compress away: what a scan would read.
+    let pad = |i: usize| -> String {
+        (0..40)
+            .map(|j| {
+                format!(
+                    "{:x}",
+                    (i * 7919 + j * 104_729).wrapping_mul(2_654_435_761) % 65_521
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("")
+    };
+    let records: Vec<Record> = (0..n)
+        .map(|i| {
+            Record::new(format!("doc{i:04}"), vector_of(i))
+                .with_metadata(json!({"body": format!("uniq{i} {}", text_of(i)), "pad": pad(i)}))
+        })
+        .collect();
+    for chunk in records.chunks(1000) {
+        db.upsert(chunk).await.unwrap();
+    }
+    db.compact(Default::default()).await.unwrap();
+    db.index(true).await.unwrap();
+    db.close().await.unwrap();
+    let shard_bytes: u64 = store
+        .list("index/shards/")
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .sum();
+    assert!(shard_bytes > 0);
+    let db = open(store.clone()).await;
+    let before = store.counts();
+    let resp = db.search(&body_query("uniq1234", 1)).await.unwrap();
+    let read = store.counts().since(&before);
+    assert_eq!(resp.results.len(), 1);
+    assert_eq!(resp.results[0].id, "doc1234");
+    assert_eq!(
+        resp.results[0].metadata.as_ref().unwrap()["pad"],
+        json!(pad(1234)),
+        "a hit found by the text index carries its metadata"
+    );
+    assert!(
+        read.bytes_read * 5 < shard_bytes,
+        "a rare term read {} of {} shard bytes",
+        read.bytes_read,
+        shard_bytes
+    );
     db.close().await.unwrap();
 }
 

@@ -278,13 +278,6 @@ impl Block {
         }
     }
 
-    pub(super) fn probe_ids(&self) -> &[String] {
-        match self {
-            Block::Probe { ids, .. } => ids,
-            _ => unreachable!("a probe part holds ids"),
-        }
-    }
-
     pub(super) fn id_block(&self) -> &IdBlock {
         match self {
             Block::Ids(b) => b,

@@ -101,7 +101,10 @@ async fn run(
                 scan.shards += s.shards;
                 failed_shards.append(&mut s.failed_shards);
             }
-            Some(super::text::score(tq, searched, q.depth))
+            let mut ranking = super::text::score(tq, searched, q.depth);
+            let pending = ranking.pending();
+            super::routed::text::resolve(&mut ranking.docs, &pending, &io, tq.partitions).await?;
+            Some(ranking.finish(q.depth))
         }
     };
     let mut stats = q.stats(scan, searched, fetch_ms);
@@ -289,6 +292,9 @@ impl<'a> QueryContext<'a> {
                 req.include_metadata.then(|| block.metadata(row).clone()),
                 None,
             ),
+            // Never shown: `routed::text::resolve` turns every kept one
+            // into a `Source::Block`.
+            Source::Pending { .. } => (None, None),
         }
     }
 

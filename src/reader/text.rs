@@ -72,8 +72,12 @@ pub(super) struct TextDoc {
     pub id: String,
     pub partition: u32,
     pub source: Source,
-    pub lists: Vec<Option<(u32, Vec<u32>)>>,
+    pub lists: DocLists,
 }
+
+/// Per list of a query, a document's field length and how often it holds
+/// each distinct term (`None`: none of that list's terms).
+pub(super) type DocLists = Vec<Option<(u32, Vec<u32>)>>;
 
 /// What one unit found.
 #[derive(Default)]
@@ -101,6 +105,19 @@ impl TextSearched {
             shards: 0,
             failed_shards: Vec::new(),
         }
+    }
+
+    /// Adds what another pass over the same query found.
+    pub(super) fn merge(&mut self, other: TextSearched) {
+        for (a, b) in self.stats.iter_mut().zip(other.stats) {
+            a.field.add(b.field);
+            for (x, y) in a.df.iter_mut().zip(b.df) {
+                *x += y;
+            }
+        }
+        self.docs.extend(other.docs);
+        self.shards += other.shards;
+        self.failed_shards.extend(other.failed_shards);
     }
 
     /// Counts one document the unit may return and, when it passes the
@@ -164,15 +181,17 @@ pub(super) struct Scored {
     pub doc: usize,
 }
 
-/// Scores every unit's documents with statistics summed over the units:
-/// per list, its documents best first (ties by id), at most `depth`.
-/// Returns the documents (all units' together, indexed by `Scored::doc`)
-/// and the ranked lists.
-pub(super) fn score(
-    q: &TextQuery,
-    units: Vec<TextSearched>,
-    depth: usize,
-) -> (Vec<TextDoc>, Vec<Vec<Scored>>) {
+/// Every unit's documents scored with statistics summed over the units,
+/// each list cut to its best `depth` by score (and every document tied
+/// with the last): what [`Ranking::finish`] orders by id once the kept
+/// documents found by a text index have ids ([`Ranking::pending`]).
+pub(super) struct Ranking {
+    pub docs: Vec<TextDoc>,
+    lists: Vec<Vec<Scored>>,
+}
+
+/// Scores every unit's documents (see [`Ranking`]).
+pub(super) fn score(q: &TextQuery, units: Vec<TextSearched>, depth: usize) -> Ranking {
     let mut totals: Vec<ListStats> = TextSearched::new(q).stats;
     let mut docs = Vec::new();
     for u in units {
@@ -200,7 +219,7 @@ pub(super) fn score(
             let mut ranked: Vec<Scored> = docs
                 .iter()
                 .enumerate()
-                .filter_map(|(i, d)| {
+                .filter_map(|(i, d): (usize, &TextDoc)| {
                     let (len, tf) = d.lists[l].as_ref()?;
                     let score = fq.score(*len, |t| {
                         list.distinct
@@ -210,16 +229,45 @@ pub(super) fn score(
                     Some(Scored { score, doc: i })
                 })
                 .collect();
+            ranked.sort_unstable_by(|a, b| b.score.total_cmp(&a.score));
+            if let Some(bar) = ranked.get(depth.max(1) - 1).map(|s| s.score) {
+                let keep = ranked.partition_point(|s| s.score.total_cmp(&bar).is_ge());
+                ranked.truncate(keep);
+            }
+            ranked
+        })
+        .collect();
+    Ranking { docs, lists }
+}
+
+impl Ranking {
+    /// The documents a list keeps that are known by shard row only.
+    pub(super) fn pending(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .lists
+            .iter()
+            .flatten()
+            .map(|s| s.doc)
+            .filter(|&d| matches!(self.docs[d].source, Source::Pending { .. }))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The documents and, per list, its best `depth` (ties by id).
+    pub(super) fn finish(self, depth: usize) -> (Vec<TextDoc>, Vec<Vec<Scored>>) {
+        let Ranking { docs, mut lists } = self;
+        for ranked in &mut lists {
             ranked.sort_by(|a, b| {
                 b.score
                     .total_cmp(&a.score)
                     .then_with(|| docs[a.doc].id.cmp(&docs[b.doc].id))
             });
             ranked.truncate(depth);
-            ranked
-        })
-        .collect();
-    (docs, lists)
+        }
+        (docs, lists)
+    }
 }
 
 /// Observes every row of an in-memory segment that `allowed` lets a

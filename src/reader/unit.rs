@@ -74,6 +74,13 @@ pub(super) enum Source {
         block: Arc<super::ranged::Block>,
         row: usize,
     },
+    /// Shard row `row` of a routed shard, found by its text index: its
+    /// id and metadata are fetched once the query has ranked it
+    /// (`routed::text::resolve`), and it becomes a [`Source::Block`].
+    Pending {
+        shard: Arc<super::routed::RoutedShard>,
+        row: u32,
+    },
 }
 
 /// What one unit found and what it touched.

@@ -37,7 +37,8 @@ pub(crate) fn build(fields: &[(String, Analyzer)], metadata: &[&[u8]]) -> Vec<Fi
         return Vec::new();
     }
     // Per piece, per field: lengths and term -> postings of its rows.
-    type Piece = Vec<(Vec<u32>, HashMap<String, Vec<(u32, u32)>>)>;
+    type Field = (Vec<u32>, HashMap<String, Vec<(u32, u32)>>);
+    type Piece = Vec<Field>;
     let pieces: Vec<Piece> = metadata
         .par_chunks(PIECE)
         .enumerate()
@@ -79,7 +80,7 @@ pub(crate) fn build(fields: &[(String, Analyzer)], metadata: &[&[u8]]) -> Vec<Fi
             out
         })
         .collect();
-    let mut merged: Vec<(Vec<u32>, HashMap<String, Vec<(u32, u32)>>)> = fields
+    let mut merged: Vec<Field> = fields
         .iter()
         .map(|_| (Vec::with_capacity(metadata.len()), HashMap::new()))
         .collect();

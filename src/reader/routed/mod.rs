@@ -13,6 +13,7 @@
 //! deletion vectors (a bit per row) and the cache, which is bounded.
 
 pub(super) mod search;
+pub(super) mod text;
 
 use std::collections::HashMap;
 use std::ops::Range;

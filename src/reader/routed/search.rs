@@ -19,7 +19,7 @@ use crate::index::{distance, ivf::probe_metric, route, QueryParams, Route, ScanS
 use crate::reader::ranged::{Block, Part};
 use crate::reader::shards::index_error;
 use crate::reader::text::{TextQuery, TextSearched};
-use crate::reader::unit::{excludes, on_pool, Found, Io, SearchUnit, Searched, Source, UnitQuery};
+use crate::reader::unit::{excludes, Found, Io, SearchUnit, Searched, Source, UnitQuery};
 use crate::reader::{PartitionError, ReadError, ShardFailure};
 
 /// Clusters a query probes per `nprobe`: at the default `nprobe` of 8,
@@ -49,13 +49,13 @@ pub(in crate::reader) struct RoutedUnit {
 /// A probed cluster of one shard: (shard, position in its head,
 /// index in the route).
 #[derive(Clone, Copy)]
-struct Probed {
-    shard: usize,
-    pos: u32,
+pub(super) struct Probed {
+    pub shard: usize,
+    pub pos: u32,
     route: usize,
 }
 
-type Got = Vec<HashMap<Part, Arc<Block>>>;
+pub(super) type Got = Vec<HashMap<Part, Arc<Block>>>;
 
 #[async_trait]
 impl SearchUnit for RoutedUnit {
@@ -89,18 +89,18 @@ impl SearchUnit for RoutedUnit {
     }
 
     async fn text(&self, q: &Arc<TextQuery>, io: &Io<'_>) -> Result<TextSearched, ReadError> {
-        self.text_scan(q, io).await
+        self.text_query(q, io).await
     }
 }
 
 /// One query's pass over a [`RoutedUnit`]: the parts fetched per shard
 /// and the shards a partial result left out.
-struct Run<'a> {
-    unit: &'a RoutedUnit,
-    q: &'a UnitQuery,
-    io: &'a Io<'a>,
-    got: Got,
-    failed: Vec<ShardFailure>,
+pub(super) struct Run<'a> {
+    pub unit: &'a RoutedUnit,
+    pub q: &'a UnitQuery,
+    pub io: &'a Io<'a>,
+    pub got: Got,
+    pub failed: Vec<ShardFailure>,
 }
 
 impl Run<'_> {
@@ -258,7 +258,7 @@ impl Run<'_> {
 
     /// The probed clusters each shard holds (every cluster of every
     /// shard when exact), nearest first, shards left out skipped.
-    fn probed(&self, route: &[Centroid], exact: bool) -> Vec<Probed> {
+    pub(super) fn probed(&self, route: &[Centroid], exact: bool) -> Vec<Probed> {
         let mut out = Vec::new();
         let live = |s: usize| {
             !self
@@ -302,13 +302,19 @@ impl Run<'_> {
         out
     }
 
+    /// Row `i`'s id, from the cluster's probe part or its ids part.
     fn id(&self, p: &Probed, i: u32) -> &str {
-        &self.got[p.shard][&Part::Probe(p.pos)].probe_ids()[i as usize]
+        let got = &self.got[p.shard];
+        let ids = got
+            .get(&Part::Probe(p.pos))
+            .or_else(|| got.get(&Part::ClusterIds(p.pos)))
+            .expect("a cluster's ids are fetched before its rows are read");
+        &ids.cluster_ids()[i as usize]
     }
 
     /// Whether row `i` of a probed cluster may be returned: live, not
     /// hidden by a tail, not of a partition left out.
-    fn allowed(&self, p: &Probed, i: u32) -> bool {
+    pub(super) fn allowed(&self, p: &Probed, i: u32) -> bool {
         let shard = &self.unit.shards[p.shard];
         if !shard.is_live(shard.head.clusters[p.pos as usize].start + u64::from(i)) {
             return false;
@@ -334,7 +340,7 @@ impl Run<'_> {
     /// Fetches each shard's `wants` (not yet got) at once; a shard whose
     /// parts are damaged fails the query, or with `allow_partial` is
     /// left out and named.
-    async fn fetch(&mut self, wants: Vec<Vec<Part>>) -> Result<(), ReadError> {
+    pub(super) async fn fetch(&mut self, wants: Vec<Vec<Part>>) -> Result<(), ReadError> {
         let io = self.io;
         let runs = wants.into_iter().enumerate().filter_map(|(s, mut parts)| {
             parts.retain(|p| !self.got[s].contains_key(p));
@@ -401,78 +407,4 @@ fn route_filtered(params: &QueryParams, live: usize, matching: usize) -> Route {
         }),
         r => r,
     }
-}
-
-impl RoutedUnit {
-    /// A text query over every allowed row of every shard: each cluster's
-    /// ids and metadata, fetched at once (the shards carry no text index
-    /// yet, so a text query reads every row's metadata).
-    async fn text_scan(&self, q: &Arc<TextQuery>, io: &Io<'_>) -> Result<TextSearched, ReadError> {
-        let uq = UnitQuery {
-            params: QueryParams {
-                metric: self.routing.head.metric,
-                k: 1,
-                nprobe: 1,
-                exact: true,
-            },
-            vector: Vec::new(),
-            filter: None,
-            include_metadata: true,
-            partitions: q.partitions,
-            allow_partial: q.allow_partial,
-        };
-        let mut run = Run {
-            unit: self,
-            q: &uq,
-            io,
-            got: vec![HashMap::new(); self.shards.len()],
-            failed: Vec::new(),
-        };
-        let mut wants: Vec<Vec<Part>> = vec![Vec::new(); self.shards.len()];
-        for p in run.probed(&[], true) {
-            wants[p.shard].extend([Part::Probe(p.pos), Part::Meta(p.pos)]);
-        }
-        run.fetch(wants).await?;
-        // Which rows each cluster may return (cheap), then their
-        // analysis on the CPU pool (not on the async runtime).
-        let clusters: Vec<ScanCluster> = run
-            .probed(&[], true)
-            .into_iter()
-            .map(|p| {
-                let rows = self.shards[p.shard].head.clusters[p.pos as usize].rows;
-                ScanCluster {
-                    probe: run.got[p.shard][&Part::Probe(p.pos)].clone(),
-                    meta: run.got[p.shard][&Part::Meta(p.pos)].clone(),
-                    rows: (0..rows).filter(|&i| run.allowed(&p, i)).collect(),
-                }
-            })
-            .collect();
-        let mut out = on_pool(Arc::new(clusters), q, scan_text).await?;
-        out.shards = run.got.iter().filter(|g| !g.is_empty()).count() as u64;
-        out.failed_shards = run.failed;
-        Ok(out)
-    }
-}
-
-/// One cluster of a text scan: its ids, its metadata, the rows it may
-/// return.
-struct ScanCluster {
-    probe: Arc<Block>,
-    meta: Arc<Block>,
-    rows: Vec<u32>,
-}
-
-fn scan_text(clusters: &Vec<ScanCluster>, q: &TextQuery) -> TextSearched {
-    let mut out = TextSearched::new(q);
-    for c in clusters {
-        let ids = c.probe.probe_ids();
-        for &i in &c.rows {
-            let i = i as usize;
-            out.observe(q, &ids[i], Some(c.meta.metadata(i)), || Source::Block {
-                block: c.meta.clone(),
-                row: i,
-            });
-        }
-    }
-    out
 }
