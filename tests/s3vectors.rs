@@ -1393,3 +1393,112 @@ async fn a_closed_index_handle_sends_no_requests() {
         "a closed handle sends nothing: {closed:?}"
     );
 }
+
+/// Issue 31: adding a searchable key to an index whose rows sit in index
+/// shards backfills it. `GetIndex` says BUILDING until the indexer has
+/// rebuilt every shard with the key's text index, then ACTIVE; queries
+/// on the key answer the same all along (shards without it are scanned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_added_to_indexed_rows_is_building_until_the_indexer_backfills_it() {
+    let root = root();
+    let svc = service(&root, None).await;
+    call(
+        &svc,
+        "CreateVectorBucket",
+        json!({"vectorBucketName": "bkt"}),
+    )
+    .await
+    .unwrap();
+    call(&svc, "CreateIndex", index("bkt", "docs"))
+        .await
+        .unwrap();
+    let names = ["alpha red", "beta red green", "gamma blue", "delta red"];
+    let vectors: Vec<Value> = (0..300)
+        .map(|i| {
+            let v = [(i % 17) as f32, (i % 5) as f32];
+            json!({"key": format!("k{i:03}"), "data": {"float32": v},
+                   "metadata": {"name": format!("{} n{i}", names[i % 4])}})
+        })
+        .collect();
+    call(
+        &svc,
+        "PutVectors",
+        json!({"vectorBucketName": "bkt", "indexName": "docs", "vectors": vectors}),
+    )
+    .await
+    .unwrap();
+    // The rows go to index shards built without any text index.
+    let prefix = prefix_of(&root, "bkt", "docs").await;
+    let index_now = || async {
+        let mut opts = shoal::OpenOptions::default();
+        opts.cluster.role = Some(Role::Writer);
+        opts.compact_every = None;
+        let db = shoal::Db::open(&format!("{root}/{prefix}"), opts)
+            .await
+            .unwrap();
+        db.compact(Default::default()).await.unwrap();
+        let round = db.index(true).await.unwrap();
+        db.close().await.unwrap();
+        round
+    };
+    assert!(index_now().await.rows_out >= 300);
+    let status = || async {
+        let got = call(
+            &svc,
+            "GetIndex",
+            json!({"vectorBucketName": "bkt", "indexName": "docs"}),
+        )
+        .await
+        .unwrap();
+        got["index"]["metadataConfiguration"]["textSearchConfigurations"][0]["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    call(
+        &svc,
+        "UpdateMetadataConfiguration",
+        json!({"vectorBucketName": "bkt", "indexName": "docs",
+               "add": {"textSearchConfigurations": [{"metadataKey": "name"}]}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status().await, "BUILDING");
+    let query = || async {
+        let got = call(
+            &svc,
+            "QueryVectors",
+            json!({"vectorBucketName": "bkt", "indexName": "docs", "topK": 5,
+                   "returnScores": true,
+                   "queryTexts": [{"metadataKey": "name", "text": "green n1"}]}),
+        )
+        .await
+        .unwrap();
+        got["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                let s = h["scores"]["bm25Scores"][0]["score"].as_f64().unwrap();
+                (h["key"].as_str().unwrap().to_string(), s)
+            })
+            .collect::<Vec<_>>()
+    };
+    let scanned = query().await;
+    // "n1" names one row; "green" one in four.
+    assert_eq!(scanned.len(), 5, "{scanned:?}");
+    assert_eq!(scanned[0].0, "k001", "{scanned:?}");
+    // The indexer's next round rebuilds the shards with the key indexed.
+    let round = index_now().await;
+    assert!(!round.merged.is_empty(), "{round:?}");
+    assert_eq!(status().await, "ACTIVE");
+    let indexed = query().await;
+    assert_eq!(
+        indexed.iter().map(|h| &h.0).collect::<Vec<_>>(),
+        scanned.iter().map(|h| &h.0).collect::<Vec<_>>()
+    );
+    for (a, b) in indexed.iter().zip(&scanned) {
+        assert!((a.1 - b.1).abs() < 1e-4, "{indexed:?} {scanned:?}");
+    }
+    svc.close().await;
+}

@@ -47,6 +47,7 @@ use crate::coord::paths::{new_deletions_key, new_shard_key};
 use crate::coord::{CoordError, Settings};
 use crate::index::shard::routed::group_by_cluster;
 use crate::record::Prepared;
+use crate::text::TextFields;
 use crate::segment::deletions::DeletionVector;
 use crate::segment::{self, SegmentHeader, Shape, FORMAT_VERSION};
 use crate::store::ObjectStore;
@@ -189,7 +190,8 @@ async fn work_due(
 ) -> Result<bool, CompactError> {
     let n = settings.partition_count;
     let index = current_index(store, n).await?;
-    if !merges_due(&index, shard_target_rows(settings), routed).is_empty() {
+    let text = settings.text_fields();
+    if !merges_due(&index, shard_target_rows(settings), routed, &text).is_empty() {
         return Ok(true);
     }
     let now = clock.now();
@@ -464,20 +466,27 @@ fn shard_index_settings(settings: &Settings) -> crate::vocab::IndexSettings {
 /// Per level, the oldest [`MERGE_FANIN`] shards when a level has that
 /// many; shards that are already full (or would make a merge overfull)
 /// stay out.
-fn merges_due(index: &IndexManifest, target_rows: u64, routed: bool) -> Vec<Vec<ShardEntry>> {
+fn merges_due(
+    index: &IndexManifest,
+    target_rows: u64,
+    routed: bool,
+    text: &TextFields,
+) -> Vec<Vec<ShardEntry>> {
     let mut due = Vec::new();
     let current = index.current_routing().map(|r| r.generation);
+    let rebuilt = |s: &ShardEntry| s.routing != current || !s.indexes_text(text);
     if routed && current.is_some() {
-        // Shards of another routing (or with their own IVF) move to the
-        // current routing, one per commit (a piece that fits an
-        // invocation), before anything else merges.
-        let stray = index.shards.iter().filter(|s| s.routing != current);
+        // Shards of another routing (or with their own IVF), and shards
+        // without a text index of every searchable key (a backfill), are
+        // rebuilt under the current routing, one per commit (a piece
+        // that fits an invocation), before anything else merges.
+        let stray = index.shards.iter().filter(|s| rebuilt(s));
         due.extend(stray.map(|s| vec![s.clone()]));
     }
     // Shards merge with shards of their own routing and level.
     let mut levels: BTreeMap<(Option<u64>, u32), Vec<&ShardEntry>> = BTreeMap::new();
     for s in &index.shards {
-        if s.rows - s.dead.min(s.rows) < target_rows && (!routed || s.routing == current) {
+        if s.rows - s.dead.min(s.rows) < target_rows && (!routed || !rebuilt(s)) {
             levels.entry((s.routing, s.level)).or_default().push(s);
         }
     }
@@ -516,7 +525,8 @@ async fn merge_shards(
             return Ok(());
         }
         let index = current_index(store, n).await?;
-        let Some(inputs) = merges_due(&index, target, routed).into_iter().next() else {
+        let text = settings.text_fields();
+        let Some(inputs) = merges_due(&index, target, routed, &text).into_iter().next() else {
             return Ok(());
         };
         if let Some(current) = index.current_routing().filter(|_| routed) {
@@ -595,7 +605,11 @@ async fn merge_routed(
             return Ok(false);
         }
     };
-    let migration = inputs.iter().any(|s| s.routing != Some(current.generation));
+    // A migration (or a text backfill) rewrites shards in place: same level.
+    let text = settings.text_fields();
+    let migration = inputs
+        .iter()
+        .any(|s| s.routing != Some(current.generation) || !s.indexes_text(&text));
     let top = inputs.iter().map(|s| s.level).max().unwrap_or(0);
     let level = if migration { top } else { top + 1 };
     let rows: u64 = clusters.iter().map(|(_, r)| r.len() as u64).sum();

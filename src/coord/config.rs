@@ -701,6 +701,10 @@ fn apply_changes(config: &mut Config, changes: &[(String, Value)]) -> Result<(),
     Ok(())
 }
 
+/// Top-level settings a stored config may lack (their defaults are in
+/// force) that a change may set.
+const OPTIONAL_SETTINGS: [&str; 2] = ["domainRules", "textFields"];
+
 /// Sets one setting, named by its JSON path (`name` or `group.name`), in
 /// the settings object; refuses a path the settings do not have.
 fn set_path(obj: &mut Map<String, Value>, key: &str, value: &Value) -> Result<(), CoordError> {
@@ -711,7 +715,7 @@ fn set_path(obj: &mut Map<String, Value>, key: &str, value: &Value) -> Result<()
         None => {
             // Optional settings absent from the stored config
             // (their defaults are in force) may be set too.
-            if !obj.contains_key(key) && key != "domainRules" {
+            if !obj.contains_key(key) && !OPTIONAL_SETTINGS.contains(&key) {
                 return Err(unknown(obj.keys().collect()));
             }
             obj.insert(key.to_string(), value.clone());

@@ -110,6 +110,34 @@ pub struct ShardTextField {
     pub analyzer: String,
 }
 
+impl IndexManifest {
+    /// Per searchable key of `fields`, how many listed shards cannot yet
+    /// answer it from a text index: routed shards built without it, and
+    /// range-read shards with their own IVF (the indexer moves both to
+    /// the current routing with every key indexed: a backfill). Shards
+    /// read whole are scanned and never wait.
+    pub fn text_backfill(&self, fields: &crate::text::TextFields) -> Vec<(String, String, u64)> {
+        fields
+            .iter()
+            .map(|(key, a)| {
+                let pending = self
+                    .shards
+                    .iter()
+                    .filter(|s| {
+                        s.head_bytes.is_some()
+                            && (s.routing.is_none()
+                                || !s
+                                    .text_fields
+                                    .iter()
+                                    .any(|f| f.key == key && f.analyzer == a.as_str()))
+                    })
+                    .count() as u64;
+                (key.to_string(), a.as_str().to_string(), pending)
+            })
+            .collect()
+    }
+}
+
 impl ShardEntry {
     /// Whether the shard holds a text index of every one of `fields`
     /// (a routed shard without one is rebuilt by the indexer: a

@@ -33,9 +33,10 @@ use crate::compact::repair::{RepairOptions, RepairReport};
 use crate::compact::schedule::{self, CompactRound, Worker, DEFAULT_GC_EVERY};
 use crate::compact::shard_repair::ShardRepair;
 use crate::compact::{CompactOptions, Outcome};
+use crate::coord::index_manifest::IndexManifest;
 use crate::coord::{paths, Cluster, Config, JoinOptions, Role, Settings};
 use crate::error::Error;
-use crate::inspect::{Status, VerifyReport};
+use crate::inspect::{Status, TextIndexStatus, VerifyReport};
 use crate::reader::{
     Consistency, Reader, ReaderOptions, ReaderStats, SearchRequest, SearchResponse,
 };
@@ -607,6 +608,23 @@ impl Db {
             st.requests = store.counts();
         }
         Ok(st)
+    }
+
+    /// Each full-text searchable key's text index status (one GET of the
+    /// index manifest): `ACTIVE` when every shard has it, `BUILDING`
+    /// while the indexer backfills it (text queries are exact meanwhile,
+    /// scanning the shards without it).
+    pub async fn text_index_status(&self) -> Result<Vec<TextIndexStatus>, Error> {
+        let store = self.inner.cluster.store();
+        let settings = self.settings();
+        let index = crate::coord::index_manifest::read_index_manifest(
+            store.as_ref(),
+            settings.partition_count,
+        )
+        .await?
+        .map(|(m, _)| m)
+        .unwrap_or_else(|| IndexManifest::empty(settings.partition_count));
+        Ok(crate::inspect::text_index_status(&index, &settings))
     }
 
     /// Reads every manifest and segment and checks them.

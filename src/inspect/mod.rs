@@ -15,8 +15,8 @@ mod routings;
 mod status;
 mod verify;
 
-pub(crate) use status::status;
-pub use status::{PartitionStatus, Status};
+pub(crate) use status::{status, text_index_status};
+pub use status::{PartitionStatus, Status, TextIndexStatus};
 pub(crate) use verify::verify;
 pub use verify::VerifyReport;
 

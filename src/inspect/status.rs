@@ -55,6 +55,44 @@ pub struct IndexStatus {
     pub retired: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_holder: Option<String>,
+    /// Each full-text searchable key's text index: ACTIVE once every
+    /// shard has it, BUILDING while the indexer backfills it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub text: Vec<TextIndexStatus>,
+}
+
+/// Whether a searchable key's text index covers the whole index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TextIndexStatus {
+    pub key: String,
+    pub analyzer: String,
+    /// `ACTIVE` or `BUILDING`.
+    pub status: String,
+    /// Shards the indexer still rebuilds with this key's text index
+    /// (text queries scan them meanwhile).
+    pub shards_pending: u64,
+}
+
+/// The text index status of each of `settings`' searchable keys over the
+/// shards `m` lists.
+pub(crate) fn text_index_status(
+    m: &IndexManifest,
+    settings: &crate::coord::Settings,
+) -> Vec<TextIndexStatus> {
+    let routed = settings.index().kind == crate::vocab::AnnKind::Ivf;
+    m.text_backfill(&settings.text_fields())
+        .into_iter()
+        .map(|(key, analyzer, pending)| {
+            let pending = if routed { pending } else { 0 };
+            TextIndexStatus {
+                key,
+                analyzer,
+                status: if pending == 0 { "ACTIVE" } else { "BUILDING" }.into(),
+                shards_pending: pending,
+            }
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -96,6 +134,7 @@ pub(crate) async fn status(
     let n = config.settings.partition_count;
     let index_manifest = index_manifest_or_empty(store, config, &mut problems).await?;
     let mut index = IndexStatus::of(&index_manifest);
+    index.text = text_index_status(&index_manifest, &config.settings);
     for p in 0..n {
         let watermark = index_manifest.watermark(p);
         let found = read_manifest(store, p).await?;

@@ -378,9 +378,9 @@ impl Call<'_> {
                 );
             }
             if !e.text_search.is_empty() {
-                // Every key is searchable as soon as it is configured:
-                // shards carry no text index to build (a text query reads
-                // the rows' metadata), so there is no BUILDING phase.
+                // Every key is searchable as soon as it is configured
+                // (shards without its text index are scanned); GetIndex
+                // reports BUILDING while the indexer backfills it.
                 let configs: Vec<Value> = e
                     .text_search
                     .iter()
@@ -411,7 +411,24 @@ impl Call<'_> {
             .catalog_with(|c| live_index(c, &bucket, &index).is_ok())
             .await?;
         let e = live_index(&cat, &bucket, &index)?;
-        Ok(json!({"index": self.index_summary(&bucket, &index, e, true)}))
+        let mut summary = self.index_summary(&bucket, &index, e, true);
+        if !e.text_search.is_empty() {
+            let statuses = self
+                .svc
+                .on_index(&bucket, &index, |db, _| async move {
+                    db.text_index_status().await.map_err(S3vError::from)
+                })
+                .await?;
+            let configs =
+                summary["metadataConfiguration"]["textSearchConfigurations"].as_array_mut();
+            for c in configs.into_iter().flatten() {
+                let key = c["metadataKey"].as_str().unwrap_or_default();
+                if let Some(st) = statuses.iter().find(|s| s.key == key) {
+                    c["status"] = json!(st.status);
+                }
+            }
+        }
+        Ok(json!({"index": summary}))
     }
 
     pub(super) async fn list_indexes(&self) -> Result<Value, S3vError> {
