@@ -130,7 +130,7 @@ def signed_post(url, operation, body):
         return e.code, e.headers, json.loads(e.read() or b"{}")
 
 
-def scenario(url, label, local_dir=None):
+def scenario(url, label, local_dir=None, index_now=None):
     s3v = client(url)
     rng = random.Random(7)
     bucket = f"vb-{uuid.uuid4().hex[:10]}"
@@ -297,7 +297,7 @@ def scenario(url, label, local_dir=None):
     assert status == 404 and body["__type"] == "UnknownOperationException", (status, body)
     assert headers.get("x-amzn-ErrorType") == "UnknownOperationException", headers
 
-    text_search(s3v, bucket)
+    text_search(s3v, bucket, index_now)
 
     # Delete: a bucket with indexes refuses; indexes go, then the bucket.
     assert error_code(s3v.delete_vector_bucket, vectorBucketName=bucket) == ("ConflictException", 409)
@@ -323,10 +323,11 @@ def scenario(url, label, local_dir=None):
     print(f"s3vectors boto3 scenario passed on {label}")
 
 
-def text_search(s3v, bucket):
+def text_search(s3v, bucket, index_now):
     """Full-text and hybrid search (issue 31) with boto3's own shapes:
     textSearchConfigurations, queryTexts, returnScores, hybrid RRF,
-    UpdateMetadataConfiguration to ACTIVE, index modes and $startsWith."""
+    UpdateMetadataConfiguration's backfill (BUILDING, then ACTIVE once
+    `index_now` has run the indexer), index modes and $startsWith."""
     s3v.create_index(vectorBucketName=bucket, indexName="texts", dataType="float32", dimension=2,
                      distanceMetric="euclidean",
                      metadataConfiguration={"textSearchConfigurations": [
@@ -351,11 +352,26 @@ def text_search(s3v, bucket):
     assert error_code(s3v.query_vectors, vectorBucketName=bucket, indexName="texts", topK=3,
                       queryTexts=[{"metadataKey": "name", "text": "python3-iniconfig"}]) == (
         "ValidationException", 400)
+    # The rows go to index shards (the indexer, run as `shoal compact`),
+    # so adding a key backfills: BUILDING until the indexer has rebuilt
+    # them with its text index, answering all along.
+    index_now(bucket, "texts")
     s3v.update_metadata_configuration(vectorBucketName=bucket, indexName="texts", add={
         "textSearchConfigurations": [{"metadataKey": "name"}]})
-    configs = s3v.get_index(vectorBucketName=bucket, indexName="texts")["index"][
-        "metadataConfiguration"]["textSearchConfigurations"]
-    assert {c["metadataKey"]: c["status"] for c in configs} == {"body": "ACTIVE", "name": "ACTIVE"}, configs
+
+    def statuses():
+        configs = s3v.get_index(vectorBucketName=bucket, indexName="texts")["index"][
+            "metadataConfiguration"]["textSearchConfigurations"]
+        return {c["metadataKey"]: c["status"] for c in configs}
+    assert statuses() == {"body": "ACTIVE", "name": "BUILDING"}, statuses()
+    by_name = s3v.query_vectors(vectorBucketName=bucket, indexName="texts", topK=2,
+                                queryTexts=[{"metadataKey": "name", "text": "python3-iniconfig"}])
+    assert [v["key"] for v in by_name["vectors"]][0] == "ini", by_name["vectors"]
+    index_now(bucket, "texts")
+    assert statuses() == {"body": "ACTIVE", "name": "ACTIVE"}, statuses()
+    again = s3v.query_vectors(vectorBucketName=bucket, indexName="texts", topK=2,
+                              queryTexts=[{"metadataKey": "name", "text": "python3-iniconfig"}])
+    assert again["vectors"] == by_name["vectors"], (again["vectors"], by_name["vectors"])
     # Hybrid: the vector is nearest to yaml; the name query names ini.
     out = s3v.query_vectors(vectorBucketName=bucket, indexName="texts", topK=4, returnScores=True,
                             returnDistance=True, queryVector={"float32": [0.0, 1.0]},
@@ -380,6 +396,28 @@ def text_search(s3v, bucket):
     assert error_code(s3v.query_vectors, vectorBucketName=bucket, indexName="texts", topK=3,
                       queryTexts=[{"metadataKey": "name", "text": "rustc"}]) == ("ValidationException", 400)
     s3v.delete_index(vectorBucketName=bucket, indexName="texts")
+
+
+def indexer(binary, root, env):
+    """Runs the indexer (`shoal compact --force`) on the live incarnation of
+    an index of the server at `root`: the one folder `<vector bucket>/
+    <index>@<incarnation>` under it."""
+    def index_now(vector_bucket, index):
+        if root.startswith("s3://"):
+            name, _, base = root[len("s3://"):].partition("/")
+            s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+            listed = s3.list_objects_v2(Bucket=name, Prefix=f"{base}/{vector_bucket}/{index}@",
+                                        Delimiter="/")
+            found = [f"s3://{name}/{p['Prefix'].rstrip('/')}" for p in listed.get("CommonPrefixes", [])]
+        else:
+            found = [p for p in os.listdir(os.path.join(root, vector_bucket)) if p.startswith(index + "@")]
+            found = [os.path.join(root, vector_bucket, p) for p in found]
+        assert len(found) == 1, found
+        out = subprocess.run([binary, "--bucket", found[0], "compact", "--force"],
+                             env=dict(os.environ, **env), capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+    return index_now
 
 
 def s3_bucket(endpoint):
@@ -412,7 +450,7 @@ def main():
         for label, bucket, env, local_dir in runs:
             server = Server(binary, bucket, env)
             try:
-                scenario(server.url, label, local_dir)
+                scenario(server.url, label, local_dir, indexer(binary, bucket, env))
             except BaseException:
                 print(f"--- shoal serve output ({label}) ---\n{server.output()}", file=sys.stderr)
                 raise
