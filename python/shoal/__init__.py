@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import weakref
 from typing import (
@@ -83,21 +84,30 @@ class Hit(NamedTuple):
 
 
 class Results(List[Hit]):
-    """The hits of one search, nearest first (a list), with the columns
-    as arrays: `ids`, `distances` and `scores`."""
+    """The hits of one search, best first (a list), with the columns as
+    arrays: `ids`, `distances` and `scores`. A search with text also has
+    `bm25` (per hit, its BM25 score in each key it matched) and `fused`
+    (per hit, its reciprocal-rank fusion score; NaN when one ranked list
+    stood alone). A hit found by text alone has distance NaN."""
 
     ids: List[str]
     distances: npt.NDArray[np.float32]
     scores: npt.NDArray[np.float32]
+    bm25: List[Dict[str, float]]
+    fused: npt.NDArray[np.float32]
 
     @classmethod
-    def _from_native(cls, raw: Tuple[List[str], Any, Any, str]) -> "Results":
-        ids, distances, scores, metadata = raw
+    def _from_native(cls, raw: Tuple[List[str], Any, Any, str, str]) -> "Results":
+        ids, distances, scores, metadata, text = raw
         metas = json.loads(metadata)
+        texts = json.loads(text)
         out = cls(
             Hit(i, float(d), float(s), m) for i, d, s, m in zip(ids, distances, scores, metas)
         )
         out.ids, out.distances, out.scores = ids, distances, scores
+        out.bm25 = [t["bm25"] if t else {} for t in texts]
+        fused = [t["fused"] if t and t["fused"] is not None else math.nan for t in texts]
+        out.fused = np.array(fused, dtype=np.float32)
         return out
 
 
@@ -114,6 +124,22 @@ def _floats(value: ArrayLike, ndim: int, what: str) -> npt.NDArray[np.float32]:
         shape = "one vector" if ndim == 1 else "a 2-D array, one row per id"
         raise InvalidInput(f"{what} must be {shape}; got shape {a.shape}")
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _texts(
+    text: Union[str, Mapping[str, str], None],
+) -> Optional[List[Tuple[Optional[str], str]]]:
+    """`search`'s `text` as (key, text) pairs (key None: the index's one
+    searchable key), or InvalidInput."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        return [(None, text)]
+    if isinstance(text, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in text.items()
+    ):
+        return [(k, v) for k, v in text.items()]
+    raise InvalidInput("text must be a string or a mapping of searchable key to text")
 
 
 def _ids(ids: Iterable[str], what: str = "ids") -> List[str]:
@@ -206,15 +232,21 @@ class Db:
 
     def search(
         self,
-        vector: ArrayLike,
+        vector: Optional[ArrayLike] = None,
         k: int = 10,
         *,
+        text: Union[str, Mapping[str, str], None] = None,
         filter: Optional[Filter] = None,
         consistency: Optional[str] = None,
         exact: bool = False,
         nprobe: Optional[int] = None,
     ) -> Results:
-        """The `k` records nearest to `vector`, nearest first.
+        """The `k` records nearest to `vector`, nearest first; or, with
+        `text`, the best by BM25 over the index's full-text searchable
+        keys (`text_fields` at `open`): a string searches the index's one
+        such key, a mapping `{key: text}` one key per entry. A vector and
+        text together (or several texts) are fused by reciprocal rank
+        (k = 60); `Results.bm25` and `Results.fused` carry the scores.
 
         `filter` is the JSON shape of `/v1/search`, e.g.
         `{"domain": "product", "price": {"$lt": 10}}` (`$eq $ne $lt $lte
@@ -223,9 +255,14 @@ class Db:
         than the reader's staleness bound) or "strong" (every manifest
         revalidated: sees every write committed before the call).
         `exact` skips the ANN indexes; `nprobe` overrides IVF probes."""
-        q = _floats(vector, 1, "vector")
+        if vector is None and text is None:
+            raise InvalidInput("search needs a vector, text, or both")
+        q = None if vector is None else _floats(vector, 1, "vector")
         f = None if filter is None else _json(filter, "filter")
-        return Results._from_native(self._h.search(q, k, f, consistency, exact, nprobe))
+        texts = _texts(text)
+        return Results._from_native(
+            self._h.search(q, k, f, consistency, exact, nprobe, texts=texts)
+        )
 
     def search_many(
         self,
@@ -305,6 +342,7 @@ def open(
     role: Optional[str] = None,
     create: bool = True,
     compact_every: Optional[float] = None,
+    text_fields: Optional[Mapping[str, str]] = None,
 ) -> Db:
     """Opens the index at `url`, creating it if missing (with `create`;
     `dimensions` is then required).
@@ -320,7 +358,9 @@ def open(
     match it (else Conflict). `role`: "both" (default: reads and writes),
     "writer" or "reader". `compact_every`: seconds between background
     compactions of the partitions this handle wrote (default: only on
-    `compact()`)."""
+    `compact()`). `text_fields` (at creation): the metadata keys searchable
+    as full text, each with its analyzer ("standard", "en", "fr", "es",
+    "pt", "it", "de", "nl", "zh", "ja", "ko"), e.g. `{"text": "en"}`."""
     handle = _shoal.open(
         os.fspath(url),
         dimensions=dimensions,
@@ -330,6 +370,7 @@ def open(
         role=role,
         create=create,
         compact_every=compact_every,
+        text_fields=None if text_fields is None else list(dict(text_fields).items()),
     )
     return Db(handle)
 

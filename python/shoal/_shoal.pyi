@@ -7,7 +7,7 @@ import numpy.typing as npt
 
 _F32 = npt.NDArray[np.float32]
 _RecordTuple = Tuple[str, _F32, str]
-_HitsTuple = Tuple[List[str], _F32, _F32, str]
+_HitsTuple = Tuple[List[str], _F32, _F32, str, str]
 
 def open(
     url: str,
@@ -19,6 +19,7 @@ def open(
     role: Optional[str] = ...,
     create: bool = ...,
     compact_every: Optional[float] = ...,
+    text_fields: Optional[List[Tuple[str, str]]] = ...,
 ) -> Handle: ...
 
 class Handle:
@@ -32,12 +33,13 @@ class Handle:
     ) -> List[Optional[_RecordTuple]]: ...
     def search(
         self,
-        vector: _F32,
+        vector: Optional[_F32],
         k: int,
         filter: Optional[str] = ...,
         consistency: Optional[str] = ...,
         exact: bool = ...,
         nprobe: Optional[int] = ...,
+        texts: Optional[List[Tuple[Optional[str], str]]] = ...,
     ) -> _HitsTuple: ...
     def search_many(
         self,

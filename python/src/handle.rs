@@ -16,8 +16,8 @@ use pyo3::prelude::*;
 use serde_json::Value;
 use shoal::api::CompactRequest;
 use shoal::api::{
-    Consistency, JoinOptions, Metric, Record, RequestedSettings, Role, SearchRequest,
-    SearchResponse, StoredRecord,
+    Consistency, JoinOptions, Metric, QueryText, Record, RequestedSettings, Role, SearchRequest,
+    SearchResponse, StoredRecord, TextField,
 };
 use shoal::{Db, OpenOptions};
 
@@ -28,11 +28,13 @@ const SEARCH_CONCURRENCY: usize = 8;
 
 /// A record as Python receives it: id, vector, metadata as JSON text.
 type RecordTuple<'py> = (String, Bound<'py, PyArray1<f32>>, String);
-/// Search hits: ids, distances, scores, and a JSON array of metadata.
+/// Search hits: ids, distances, scores, a JSON array of metadata, and a
+/// JSON array of each hit's text scores (`null` without text).
 type HitsTuple<'py> = (
     Vec<String>,
     Bound<'py, PyArray1<f32>>,
     Bound<'py, PyArray1<f32>>,
+    String,
     String,
 );
 
@@ -72,6 +74,7 @@ fn open_options(
     role: Option<&str>,
     create: bool,
     compact_every: Option<f64>,
+    text_fields: Option<Vec<(String, String)>>,
 ) -> PyResult<OpenOptions> {
     let metric = metric
         .map(|m| m.parse::<Metric>().map_err(|e| invalid(py, e.to_string())))
@@ -104,7 +107,11 @@ fn open_options(
                 distance_metric: metric,
                 embedding_model: model,
                 instance_timeout_seconds: None,
-                text_fields: None,
+                text_fields: text_fields.map(|f| {
+                    f.into_iter()
+                        .map(|(key, analyzer)| (key, TextField { analyzer }))
+                        .collect()
+                }),
             },
             role: Some(role),
             create,
@@ -117,7 +124,7 @@ fn open_options(
 
 /// Opens (or creates) the index at `url`; see `shoal.open`.
 #[pyfunction]
-#[pyo3(signature = (url, *, dimensions=None, metric=None, partitions=None, model=None, role=None, create=true, compact_every=None))]
+#[pyo3(signature = (url, *, dimensions=None, metric=None, partitions=None, model=None, role=None, create=true, compact_every=None, text_fields=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn open(
     py: Python<'_>,
@@ -129,6 +136,7 @@ pub(crate) fn open(
     role: Option<&str>,
     create: bool,
     compact_every: Option<f64>,
+    text_fields: Option<Vec<(String, String)>>,
 ) -> PyResult<Handle> {
     let opts = open_options(
         py,
@@ -139,6 +147,7 @@ pub(crate) fn open(
         role,
         create,
         compact_every,
+        text_fields,
     )?;
     let db = engine(py, Db::open(&url, opts))?;
     Ok(Handle {
@@ -264,19 +273,28 @@ fn hits_tuple(py: Python<'_>, resp: SearchResponse) -> HitsTuple<'_> {
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let mut metadata = Vec::with_capacity(n);
+    let (mut metadata, mut text) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for h in resp.results {
         ids.push(h.id);
         // NaN for a hit found by text alone (no vector distance).
         distances.push(h.distance.unwrap_or(f32::NAN));
         scores.push(h.score);
         metadata.push(h.metadata.map(Value::Object).unwrap_or(Value::Null));
+        text.push(h.scores.map_or(Value::Null, |s| {
+            let bm25: serde_json::Map<String, Value> = s
+                .bm25
+                .into_iter()
+                .map(|k| (k.key, Value::from(k.score)))
+                .collect();
+            serde_json::json!({"fused": s.fused, "bm25": bm25})
+        }));
     }
     (
         ids,
         PyArray1::from_vec(py, distances),
         PyArray1::from_vec(py, scores),
         Value::Array(metadata).to_string(),
+        Value::Array(text).to_string(),
     )
 }
 
@@ -360,21 +378,29 @@ impl Handle {
             .collect())
     }
 
-    #[pyo3(signature = (vector, k, filter=None, consistency=None, exact=false, nprobe=None))]
+    /// A vector search, a text search (`texts`: each a searchable key,
+    /// `None` for the index's only one, and its text), or both (hybrid).
+    #[pyo3(signature = (vector, k, filter=None, consistency=None, exact=false, nprobe=None, texts=None))]
     #[allow(clippy::too_many_arguments)]
     fn search<'py>(
         &self,
         py: Python<'py>,
-        vector: PyReadonlyArray1<'_, f32>,
+        vector: Option<PyReadonlyArray1<'_, f32>>,
         k: usize,
         filter: Option<&str>,
         consistency: Option<&str>,
         exact: bool,
         nprobe: Option<usize>,
+        texts: Option<Vec<(Option<String>, String)>>,
     ) -> PyResult<HitsTuple<'py>> {
         let db = self.db(py)?;
-        let v = vector.as_array().to_vec();
-        let req = Self::request(py, v, k, filter, consistency, exact, nprobe)?;
+        let v = vector.map(|v| v.as_array().to_vec()).unwrap_or_default();
+        let mut req = Self::request(py, v, k, filter, consistency, exact, nprobe)?;
+        req.text = texts
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, text)| QueryText { key, text })
+            .collect();
         let resp = engine(py, async move { db.search(&req).await })?;
         Ok(hits_tuple(py, resp))
     }

@@ -205,6 +205,50 @@ def test_filters_take_the_v1_search_shape(store: Store) -> None:
             db.search(q, k=1, filter={"price": {1, 2}})  # a set is not JSON
 
 
+def test_text_and_hybrid_search(store: Store) -> None:
+    """Full text (BM25) alone, with a vector (fused), in tails and in
+    index shards; bad text input raises InvalidInput."""
+    docs = [
+        ("ini", "Small INI library for Python 3"),
+        ("toml", "TOML parsing library for Python"),
+        ("yaml", "YAML parser and emitter"),
+        ("rustc", "Rust compiler"),
+    ]
+    with new_db(store, text_fields={"text": "en", "name": "standard"}) as db:
+        meta = [{"text": t, "name": f"python3-{i}"} for i, t in docs]
+        db.upsert([i for i, _ in docs], np.eye(4, DIM, dtype=np.float32), meta)
+        for place in ("tails", "shards"):
+            hits = db.search(text={"text": "python libraries"}, k=3, consistency="strong")
+            # Both hold both (stemmed) terms; the shorter text ranks first.
+            assert hits.ids == ["toml", "ini"], (place, hits.ids)
+            assert all(np.isnan(hits.distances)), hits.distances
+            assert hits.bm25[0]["text"] > hits.bm25[1]["text"] > 0, hits.bm25
+            assert list(hits.scores) == [h["text"] for h in hits.bm25]
+            assert all(np.isnan(hits.fused))
+            assert hits[0].metadata is not None and hits[0].metadata["name"] == "python3-toml"
+            # Hybrid: the vector is yaml's; the name query names ini.
+            both = db.search(unit(2), k=4, text={"name": "python3-ini"}, consistency="strong")
+            assert set(both.ids[:2]) == {"yaml", "ini"}, both.ids
+            assert all(f > 0 for f in both.fused), both.fused
+            assert both.bm25[both.ids.index("ini")]["name"] > 0
+            assert not np.isnan(both.distances[both.ids.index("yaml")])
+            db.compact(force=True)
+        status = db.status()["index"]["text"]
+        assert {s["key"]: s["status"] for s in status} == {"name": "ACTIVE", "text": "ACTIVE"}
+        with pytest.raises(shoal.InvalidInput, match="search needs a vector, text, or both"):
+            db.search(k=3)
+        with pytest.raises(shoal.InvalidInput, match="not full-text searchable"):
+            db.search(text={"price": "cheap"}, k=3)
+        with pytest.raises(shoal.InvalidInput):
+            db.search(text="python", k=3)  # two searchable keys: name one
+        with pytest.raises(shoal.InvalidInput):
+            db.search(text={"text": ""}, k=3)
+        with pytest.raises(shoal.InvalidInput, match="mapping"):
+            db.search(text=["python"], k=3)  # type: ignore[arg-type]
+    with pytest.raises(shoal.InvalidInput, match="klingon"):
+        shoal.open(store.url + "-bad-analyzer", dimensions=DIM, text_fields={"text": "klingon"})
+
+
 def test_consistency(store: Store) -> None:
     with new_db(store) as a, shoal.open(store.url) as b:
         a.upsert(["first"], unit(0)[None, :])
