@@ -22,14 +22,29 @@ import argparse
 import gzip
 import json
 import random
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import wordllama
 from wordllama import WordLlama
 
 import shoal
 
 MAX_TEXT = 60_000  # shoal's metadata holds at most 64 KiB per record
+
+
+def load_model() -> WordLlama:
+    """WordLlama's bundled model, offline. (0.4.0 looks for its bundled
+    tokenizer in a folder the wheel does not have, then downloads it; a
+    cache folder holding the bundled file avoids that.)"""
+    cache = Path(tempfile.mkdtemp(prefix="wordllama-"))
+    (cache / "tokenizers").mkdir()
+    bundled = Path(wordllama.__file__).parent / "tokenizers" / "l2_supercat_tokenizer_config.json"
+    shutil.copy(bundled, cache / "tokenizers")
+    return WordLlama.load(cache_dir=cache, disable_download=True)
 
 
 def main() -> None:
@@ -40,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     with gzip.open(args.docs, "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f]
-    wl = WordLlama.load()
+    wl = load_model()
     t = time.time()
     vectors = np.asarray(wl.embed([d["text"][:MAX_TEXT] for d in docs], norm=True), dtype=np.float32)
     print(f"embedded {len(docs)} descriptions ({vectors.shape[1]}-d) in {time.time() - t:.1f} s")
