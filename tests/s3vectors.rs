@@ -1502,3 +1502,87 @@ async fn a_key_added_to_indexed_rows_is_building_until_the_indexer_backfills_it(
     }
     svc.close().await;
 }
+
+/// `QueryVectors` pages with `nextToken`: page after page of `topK`
+/// continues the one ranking (for a vector query and a text query), the
+/// last page comes without a token, and a token this server did not
+/// issue is a ValidationException.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_vectors_pages_through_the_ranking_with_next_token() {
+    let root = root();
+    let svc = service(&root, None).await;
+    call(
+        &svc,
+        "CreateVectorBucket",
+        json!({"vectorBucketName": "bkt"}),
+    )
+    .await
+    .unwrap();
+    let mut create = index("bkt", "docs");
+    create["metadataConfiguration"] =
+        json!({"textSearchConfigurations": [{"metadataKey": "body"}]});
+    call(&svc, "CreateIndex", create).await.unwrap();
+    let vectors: Vec<Value> = (0..7)
+        .map(|i| {
+            json!({"key": format!("k{i}"), "data": {"float32": [i as f32, 0.0]},
+                   "metadata": {"body": "word ".repeat(i + 1)}})
+        })
+        .collect();
+    call(
+        &svc,
+        "PutVectors",
+        json!({"vectorBucketName": "bkt", "indexName": "docs", "vectors": vectors}),
+    )
+    .await
+    .unwrap();
+    for search in [
+        json!({"queryVector": {"float32": [0.0, 0.0]}}),
+        json!({"queryTexts": [{"metadataKey": "body", "text": "word"}]}),
+    ] {
+        let query = |top_k: usize, token: Option<&str>| {
+            let mut q = json!({"vectorBucketName": "bkt", "indexName": "docs", "topK": top_k});
+            for (k, v) in search.as_object().unwrap() {
+                q[k] = v.clone();
+            }
+            if let Some(t) = token {
+                q["nextToken"] = json!(t);
+            }
+            q
+        };
+        let keys = |v: &Value| -> Vec<String> {
+            v["vectors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["key"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let all = call(&svc, "QueryVectors", query(10, None)).await.unwrap();
+        assert_eq!(keys(&all).len(), 7, "{all}");
+        assert!(all.get("nextToken").is_none(), "{all}");
+        let (mut paged, mut token) = (Vec::new(), None::<String>);
+        for _ in 0..4 {
+            let page = call(&svc, "QueryVectors", query(3, token.as_deref()))
+                .await
+                .unwrap();
+            paged.extend(keys(&page));
+            token = page["nextToken"].as_str().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        assert!(token.is_none(), "the last page has no token");
+        assert_eq!(paged, keys(&all), "{search}");
+    }
+    let e = call(
+        &svc,
+        "QueryVectors",
+        json!({"vectorBucketName": "bkt", "indexName": "docs", "topK": 2,
+               "queryVector": {"float32": [0.0, 0.0]}, "nextToken": "forged"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.status, 400, "{}", e.message);
+    assert!(e.message.contains("nextToken"), "{}", e.message);
+    svc.close().await;
+}

@@ -10,6 +10,7 @@ use super::wire::{
     unescape_key,
 };
 use super::{Call, MAX_GET, MAX_LIST_VECTORS, MAX_PUT, MAX_TOP_K};
+use crate::api::MAX_K;
 use crate::api::{Consistency, HitScores, QueryText, Role, SearchRequest};
 use crate::coord::catalog::IndexEntry;
 use crate::db::Db;
@@ -222,13 +223,34 @@ impl Call<'_> {
                 )))
             }
         }
+        let page = Page {
+            offset: self.query_offset()?,
+            k,
+        };
         let (vector, texts, name) = (&vector, &texts, index.as_str());
         self.svc
             .on_index(&bucket, &index, |db, entry| async move {
-                self.query_on(&db, &entry, name, vector.clone(), texts, k)
+                self.query_on(&db, &entry, name, vector.clone(), texts, page)
                     .await
             })
             .await
+    }
+
+    /// Where `nextToken` (one this server issued: the rank the next page
+    /// starts at) puts the page; 0 without one.
+    fn query_offset(&self) -> Result<usize, S3vError> {
+        let Some(token) = self.str_field("nextToken")? else {
+            return Ok(0);
+        };
+        token
+            .strip_prefix(QUERY_TOKEN_PREFIX)
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| (1..MAX_K).contains(n))
+            .ok_or_else(|| {
+                S3vError::validation(format!(
+                    "nextToken {token:?} is not one QueryVectors returned"
+                ))
+            })
     }
 
     /// `queryTexts`: 1 to 10 `{text, metadataKey}`, each key once.
@@ -272,8 +294,10 @@ impl Call<'_> {
         index: &str,
         vector: Vec<f32>,
         texts: &[(String, String)],
-        k: usize,
+        page: Page,
     ) -> Result<Value, S3vError> {
+        // A page past the first: the ranking down to its end, its part.
+        let k = (page.offset + page.k).min(MAX_K);
         if !vector.is_empty() && vector.len() != entry.dimension as usize {
             return Err(S3vError::validation(format!(
                 "queryVector has {} dimensions; index {index} has {}",
@@ -311,9 +335,11 @@ impl Call<'_> {
             req.filter = Some(to_stored_filter(f, &entry.non_filterable_metadata_keys)?);
         }
         let found = db.search(&req).await?;
+        let ranked = found.results.len();
         let vectors: Vec<Value> = found
             .results
             .into_iter()
+            .skip(page.offset)
             .map(|hit| {
                 let mut v = json!({"key": hit.id});
                 if let (true, Some(d)) = (distance, hit.distance) {
@@ -328,9 +354,27 @@ impl Call<'_> {
                 v
             })
             .collect();
-        Ok(json!({"vectors": vectors, "distanceMetric": entry.distance_metric}))
+        let mut out = json!({"vectors": vectors, "distanceMetric": entry.distance_metric});
+        // A full page, and the ranking may go on: the next page's token.
+        if ranked == k && k < MAX_K {
+            out["nextToken"] = json!(format!("{QUERY_TOKEN_PREFIX}{k}"));
+        }
+        Ok(out)
     }
 }
+
+/// Which part of a query's ranking a `QueryVectors` call returns: `k`
+/// results from rank `offset` (`nextToken`).
+#[derive(Clone, Copy)]
+struct Page {
+    offset: usize,
+    k: usize,
+}
+
+/// What a `QueryVectors` `nextToken` starts with (then the next page's
+/// first rank). Pages are cut from the ranking each call computes anew,
+/// so writes between calls can shift them.
+const QUERY_TOKEN_PREFIX: &str = "rank-";
 
 /// A hit's scores in AWS's `QueryScores` shape (keys unescaped).
 fn query_scores(s: &HitScores) -> Value {
