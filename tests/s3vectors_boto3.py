@@ -348,6 +348,13 @@ def text_search(s3v, bucket, index_now):
     bm25 = out["vectors"][0]["scores"]["bm25Scores"]
     assert bm25[0]["metadataKey"] == "body" and bm25[0]["score"] > 0, bm25
     assert "fused" not in out["vectors"][0]["scores"], out["vectors"][0]
+    # nextToken pages through the same ranking.
+    first = s3v.query_vectors(vectorBucketName=bucket, indexName="texts", topK=1,
+                              queryTexts=[{"metadataKey": "body", "text": "python libraries"}])
+    second = s3v.query_vectors(vectorBucketName=bucket, indexName="texts", topK=1,
+                               nextToken=first["nextToken"],
+                               queryTexts=[{"metadataKey": "body", "text": "python libraries"}])
+    assert [first["vectors"][0]["key"], second["vectors"][0]["key"]] == ["toml", "ini"], (first, second)
     # name is not searchable yet; UpdateMetadataConfiguration makes it so.
     assert error_code(s3v.query_vectors, vectorBucketName=bucket, indexName="texts", topK=3,
                       queryTexts=[{"metadataKey": "name", "text": "python3-iniconfig"}]) == (
