@@ -9,8 +9,9 @@ in-memory shoal index with two full-text keys: `package` (the name,
 analyzer `standard`) and `text` (the description, `en`). For a seeded
 sample of packages, the query is the package's name, as a user looking
 one up would type it: the vector alone (its embedding), the text alone
-(BM25 on `package`) and hybrid (both, fused by reciprocal rank) each get
-k = 3, and the script reports how often the named package is among them.
+(BM25 on `package`, and on `package` and `text` at once) and hybrid (the
+vector with those texts, fused by reciprocal rank) each get k = 3, and the
+script reports how often the named package is among them.
 
     python3 -m venv /tmp/hybridvenv
     /tmp/hybridvenv/bin/pip install wordllama==0.4.0.post1 maturin numpy
@@ -73,19 +74,23 @@ def main() -> None:
     sample = rng.sample(docs, args.queries)
     names = [d["package"] for d in sample]
     qv = np.asarray(wl.embed(names, norm=True), dtype=np.float32)
-    found = {"vector": 0, "text": 0, "hybrid": 0}
+    modes = {
+        "vector alone": lambda v, name: db.search(v, k=3),
+        "text: package": lambda v, name: db.search(text={"package": name}, k=3),
+        "text: package + text": lambda v, name: db.search(
+            text={"package": name, "text": name}, k=3),
+        "hybrid: vector + package": lambda v, name: db.search(v, k=3, text={"package": name}),
+        "hybrid: vector + package + text": lambda v, name: db.search(
+            v, k=3, text={"package": name, "text": name}),
+    }
+    found = dict.fromkeys(modes, 0)
     for d, name, v in zip(sample, names, qv):
         want = str(d["id"])
-        runs = {
-            "vector": db.search(v, k=3),
-            "text": db.search(text={"package": name}, k=3),
-            "hybrid": db.search(v, k=3, text={"package": name}),
-        }
-        for mode, hits in runs.items():
-            found[mode] += want in hits.ids
+        for mode, run in modes.items():
+            found[mode] += want in run(v, name).ids
     n = len(sample)
     for mode, hits in found.items():
-        print(f"{mode:>6}: the named package in the top 3 for {hits}/{n} = {100 * hits / n:.1f} %")
+        print(f"{mode:>32}: the named package in the top 3 for {hits}/{n} = {100 * hits / n:.1f} %")
     db.close()
 
 

@@ -77,11 +77,28 @@ async fn run(
     };
     let mut scan = Scanned::default();
     let mut failed_shards = Vec::new();
-    let vector = match &q.unit {
-        None => None,
-        Some(unit) => {
-            let runs = units.iter().map(|u| u.search(unit, &io));
-            let results = futures::future::join_all(runs).await;
+    // A hybrid query's vector and text passes run at once.
+    let vector_pass = async {
+        match &q.unit {
+            None => None,
+            Some(unit) => {
+                let runs = units.iter().map(|u| u.search(unit, &io));
+                Some(futures::future::join_all(runs).await)
+            }
+        }
+    };
+    let text_pass = async {
+        match &q.text {
+            None => None,
+            Some(tq) => {
+                let runs = units.iter().map(|u| u.text(tq, &io));
+                Some(futures::future::join_all(runs).await)
+            }
+        }
+    };
+    let (vector_results, text_results) = futures::join!(vector_pass, text_pass);
+    let vector = match (&q.unit, vector_results) {
+        (Some(unit), Some(results)) => {
             let mut found = Vec::with_capacity(units.len());
             for s in q.kept(&units, results, &mut failed_shards)? {
                 scan.add(&s);
@@ -90,12 +107,10 @@ async fn run(
             }
             Some(merge(found, unit.params.k))
         }
+        _ => None,
     };
-    let text = match &q.text {
-        None => None,
-        Some(tq) => {
-            let runs = units.iter().map(|u| u.text(tq, &io));
-            let results = futures::future::join_all(runs).await;
+    let text = match (&q.text, text_results) {
+        (Some(tq), Some(results)) => {
             let mut searched = q.kept(&units, results, &mut failed_shards)?;
             for s in &mut searched {
                 scan.shards += s.shards;
@@ -106,6 +121,7 @@ async fn run(
             super::routed::text::resolve(&mut ranking.docs, &pending, &io, tq.partitions).await?;
             Some(ranking.finish(q.depth))
         }
+        _ => None,
     };
     let mut stats = q.stats(scan, searched, fetch_ms);
     let results = match text {
