@@ -36,11 +36,15 @@ pub enum Mutation {
     /// A reader's freshness check (one LIST of the manifests) counts every
     /// copy it holds as current, whatever ETag the listing shows.
     ListingTrustsAll,
+    /// An indexer round over a prefix of a tail cuts it between segments
+    /// sharing a seq (a compaction output and the segment it ended at),
+    /// so the watermark covers a segment no round took.
+    WatermarkSplitsSeq,
 }
 
 impl Mutation {
     #[cfg(any(test, feature = "test-util"))]
-    pub const ALL: [Mutation; 10] = [
+    pub const ALL: [Mutation; 11] = [
         Mutation::NoDuplicateCheck,
         Mutation::GcIgnoresGrace,
         Mutation::CompactionBeyondPrefix,
@@ -51,6 +55,7 @@ impl Mutation {
         Mutation::NoShadowing,
         Mutation::MigrationResurrects,
         Mutation::ListingTrustsAll,
+        Mutation::WatermarkSplitsSeq,
     ];
 
     /// The name `SHOAL_MUTATION` takes.
@@ -67,6 +72,7 @@ impl Mutation {
             Mutation::NoShadowing => "no-shadowing",
             Mutation::MigrationResurrects => "migration-resurrects",
             Mutation::ListingTrustsAll => "listing-trusts-all",
+            Mutation::WatermarkSplitsSeq => "watermark-splits-seq",
         }
     }
 }

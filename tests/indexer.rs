@@ -443,11 +443,19 @@ async fn rounds_with_a_row_budget_reach_every_partition_in_turn() {
     }
     rounds.sort();
     assert_eq!(rounds, vec![0, 1, 2, 3], "every partition in turn");
-    // The last writes went to every partition; four more rounds take them.
-    for _ in 0..4 {
-        index_round(store.as_ref(), &s, "ix", &clock, budget)
+    // A round takes a prefix of one tail up to the budget (a segment at
+    // least); more rounds take the rest, until a round finds nothing.
+    let mut more_rounds = 0;
+    loop {
+        let r = index_round(store.as_ref(), &s, "ix", &clock, budget)
             .await
             .unwrap();
+        if r.advanced.is_empty() {
+            break;
+        }
+        assert_eq!(r.advanced.len(), 1, "{r:?}");
+        more_rounds += 1;
+        assert!(more_rounds < 40, "the budgeted rounds never finish");
     }
     assert_covered(store.as_ref(), &s, &model.0, "after the budgeted rounds").await;
 }
@@ -676,4 +684,64 @@ async fn a_damaged_segment_manifest_or_shard_stops_indexing_only_where_it_is() {
             "partition {p} is indexed: {r:?}"
         );
     }
+}
+
+/// Issue 29, item 5 (the indexer's memory): a call without a row budget
+/// (a forced round) runs as rounds of at most `round_rows` records, each
+/// its own commit, until the tails are empty; the routing is sized for
+/// every tail at the first, so the whole build stays on one routing; and
+/// newest-wins holds across the rounds (versions and deletes landing in
+/// later rounds than the rows they supersede).
+#[tokio::test]
+async fn a_round_without_a_budget_runs_as_bounded_rounds_on_one_routing() {
+    let store = common::memory_store();
+    let s = common::create_index(store.as_ref(), 4, DIMS, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    let mut model = Model::default();
+    for batch in 0..10 {
+        let recs: Vec<Record> = (0..200)
+            .map(|i| {
+                // Later batches rewrite some earlier ids.
+                let id = if i % 5 == 0 && batch > 0 {
+                    (batch - 1) * 200 + i
+                } else {
+                    batch * 200 + i
+                };
+                Record::new(format!("r{id}"), vector(id, batch))
+            })
+            .collect();
+        w.upsert(&recs).await.unwrap();
+        model.upsert(&recs);
+        if batch % 3 == 2 {
+            let gone: Vec<String> = (0..20)
+                .map(|i| format!("r{}", batch * 200 + i * 7 + 1))
+                .collect();
+            w.delete(&gone).await.unwrap();
+            model.delete(&gone);
+        }
+    }
+    let clock: DynClock = Arc::new(SystemClock);
+    let opts = IndexOptions {
+        force: true,
+        round_rows: Some(300),
+        ..Default::default()
+    };
+    let r = index_round(store.as_ref(), &s, "ix", &clock, opts)
+        .await
+        .unwrap();
+    assert!(r.records_in >= 2000, "{r:?}");
+    let m = index_manifest(store.as_ref(), s.partition_count).await;
+    assert!(
+        m.generation >= 6,
+        "about 2,060 records in rounds of at most 300 (and a segment): generation {}",
+        m.generation
+    );
+    assert_eq!(m.routings.len(), 1, "one routing, sized for every tail");
+    assert_covered(
+        store.as_ref(),
+        &s,
+        &model.0,
+        "after one call without a budget",
+    )
+    .await;
 }

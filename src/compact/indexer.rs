@@ -85,7 +85,18 @@ pub struct IndexOptions {
     /// between routings often.
     #[doc(hidden)]
     pub retrain: bool,
+    /// The records each round of an unbudgeted call takes ([`ROUND_ROWS`]
+    /// when `None`): only for tests of rounds that split.
+    #[doc(hidden)]
+    pub round_rows: Option<u64>,
 }
+
+/// Records one indexing round takes from the tails when it is given no
+/// budget (`IndexOptions::max_rows`): a forced or scheduled round over
+/// more runs as several, so what the indexer holds (the round's rows,
+/// then its shards' bytes) stays bounded however long the tails grow.
+/// About 300 MB of 384-d rows.
+pub const ROUND_ROWS: u64 = 200_000;
 
 /// The most rows a shard of `settings`' vectors holds.
 pub fn shard_target_rows(settings: &Settings) -> u64 {
@@ -170,7 +181,22 @@ pub async fn index_round(
         return Ok(round);
     }
     let work = async {
-        run_round(store, settings, clock, opts, &mut round).await?;
+        // A round without a budget takes every tail, as rounds of at most
+        // ROUND_ROWS records each, one after the other: the indexer's
+        // memory is bounded by a round, not by the tails.
+        let rounds = IndexOptions {
+            max_rows: Some(opts.max_rows.or(opts.round_rows).unwrap_or(ROUND_ROWS)),
+            ..opts
+        };
+        loop {
+            let taken = round.records_in;
+            run_round(store, settings, clock, rounds, &mut round).await?;
+            if opts.max_rows.is_some() || round.records_in == taken || round.superseded {
+                break;
+            }
+        }
+        round.unreadable.sort();
+        round.unreadable.dedup();
         merge_shards(store, settings, clock, opts, &mut round).await
     };
     match with_lease(store, n, holder, clock, work).await? {
@@ -234,21 +260,30 @@ async fn run_round(
     let shape = shape_of(settings);
     let index = current_index(store, n).await?;
     let backoff = Backoff::default();
-    let (batch, advanced) = take_tails(store, settings, clock, &index, max_rows, round).await?;
+    let taken = take_tails(store, settings, clock, &index, max_rows, round).await?;
+    let (batch, advanced, pending) = (taken.batch, taken.advanced, taken.pending);
     if advanced.is_empty() {
         return Ok(());
     }
     let deletions = supersede_rows(store, &index, shape, &batch, round).await?;
     // The new shards: the batch's live records.
     let live: Vec<Prepared> = batch.into_iter().filter(|r| !r.tombstone).collect();
-    round.rows_out = live.len() as u64;
+    round.rows_out += live.len() as u64;
     let now = clock.now();
     // GC spares unreferenced objects for the grace period: commit within
     // the age bound after the first PUT, or not at all.
     let mut new_routing = None;
     let (new_shards, written_at) = if routed(settings, opts) && !live.is_empty() {
-        let rr =
-            routed::routing_for_round(store, settings, clock, &index, &live, opts.retrain).await?;
+        let rr = routed::routing_for_round(
+            store,
+            settings,
+            clock,
+            &index,
+            &live,
+            pending,
+            opts.retrain,
+        )
+        .await?;
         new_routing = rr.new;
         let r = rr.routing.clone();
         let clusters = crate::cpu::run(move || group_by_cluster(live, &r)).await;
@@ -283,13 +318,13 @@ async fn run_round(
     for (&p, &w) in &advanced {
         round.retired_partitions += retire_covered(store, settings, clock, p, w).await? as u64;
     }
-    round.advanced = advanced;
+    round.advanced.extend(advanced);
     Ok(())
 }
 
 /// Loads each partition's tail and resolves it into the round's batch;
-/// returns the batch and each partition's new watermark (finishing an
-/// earlier round's retirement on the way).
+/// returns the batch, each partition's new watermark and the records in
+/// every tail (finishing an earlier round's retirement on the way).
 async fn take_tails(
     store: &dyn ObjectStore,
     settings: &Settings,
@@ -297,7 +332,7 @@ async fn take_tails(
     index: &IndexManifest,
     max_rows: Option<u64>,
     round: &mut IndexRound,
-) -> Result<(Vec<Prepared>, BTreeMap<u32, u64>), CompactError> {
+) -> Result<Taken, CompactError> {
     let n = settings.partition_count;
     let shape = shape_of(settings);
     // The tails, and where each partition's watermark will move. With a
@@ -305,6 +340,9 @@ async fn take_tails(
     // that cannot take every tail still reach every partition in turn.
     let mut batch: Vec<Prepared> = Vec::new();
     let mut advanced = BTreeMap::new();
+    // Records this round takes (the budget's count), and records in every
+    // tail it saw (what the routing is sized for).
+    let (mut taken, mut pending) = (0u64, 0u64);
     let start = if max_rows.is_some() {
         (index.generation % u64::from(n)) as u32
     } else {
@@ -324,10 +362,31 @@ async fn take_tails(
             // before retiring: finish that first.
             round.retired_partitions += retire_covered(store, settings, clock, p, w).await? as u64;
         }
-        if max_rows.is_some_and(|max| round.records_in >= max) {
-            continue; // over the budget: the next round takes it
+        let mut tail: Vec<_> = m.segments.iter().filter(|s| s.seq > w).collect();
+        pending += tail.iter().map(|e| e.records).sum::<u64>();
+        if let Some(max) = max_rows {
+            if taken >= max {
+                continue; // over the budget: the next round takes it
+            }
+            // A prefix of the tail (in seq order, at least one segment)
+            // up to the budget: the watermark stops on its last segment,
+            // and a later round takes the rest (newer versions then
+            // supersede this round's rows, as any newer tail does).
+            // Compaction outputs share a seq with the segment they
+            // ended at, so the prefix takes every segment of its last
+            // seq: a watermark covers whole seqs.
+            let mut sum = taken;
+            if let Some(mut end) = tail.iter().position(|e| {
+                sum += e.records;
+                sum >= max
+            }) {
+                let splits = crate::mutation::active(crate::mutation::Mutation::WatermarkSplitsSeq);
+                while !splits && tail.get(end + 1).is_some_and(|e| e.seq == tail[end].seq) {
+                    end += 1;
+                }
+                tail.truncate(end + 1);
+            }
         }
-        let tail: Vec<_> = m.segments.iter().filter(|s| s.seq > w).collect();
         let Some(last) = tail.last() else { continue };
         let mut segs = Vec::with_capacity(tail.len());
         for e in &tail {
@@ -340,12 +399,27 @@ async fn take_tails(
                 }
             }
         }
-        round.records_in += segs.iter().map(|s| s.len() as u64).sum::<u64>();
+        let records = segs.iter().map(|s| s.len() as u64).sum::<u64>();
+        round.records_in += records;
+        taken += records;
         let (live, tombstones) = newest_records(&segs);
         batch.extend(live.into_iter().chain(tombstones));
         advanced.insert(p, last.seq);
     }
-    Ok((batch, advanced))
+    Ok(Taken {
+        batch,
+        advanced,
+        pending,
+    })
+}
+
+/// What [`take_tails`] took.
+struct Taken {
+    batch: Vec<Prepared>,
+    /// Each partition's new watermark.
+    advanced: BTreeMap<u32, u64>,
+    /// Records in every tail seen, taken or not.
+    pending: u64,
 }
 
 /// Marks dead every live shard row whose id the batch holds; returns the

@@ -52,19 +52,23 @@ pub(super) struct RoundRouting {
     pub new: Option<RoutingEntry>,
 }
 
-/// The routing for a round that adds `batch` to `index`: the current one,
-/// or a new one when there is none or the index outgrew it (or `retrain`
-/// asks for one: tests), unless shards still move to the current one
-/// (written create-only; listed by the round's commit).
+/// The routing for a round that adds `batch` to `index` while the tails
+/// hold `pending` records (the batch's among them; later rounds take
+/// the rest): the current one, or a new one when there is none or the
+/// index with every tail outgrows it (or `retrain` asks for one: tests),
+/// unless shards still move to the current one (written create-only;
+/// listed by the round's commit). Sizing for every tail keeps a build
+/// over long tails, taken a round at a time, on one routing.
 pub(super) async fn routing_for_round(
     store: &dyn ObjectStore,
     settings: &Settings,
     clock: &DynClock,
     index: &IndexManifest,
     batch: &[Prepared],
+    pending: u64,
     retrain: bool,
 ) -> Result<RoundRouting, CompactError> {
-    let rows = index.live_rows() + batch.len() as u64;
+    let rows = index.live_rows() + pending.max(batch.len() as u64);
     if let Some(cur) = index.current_routing() {
         let fits = rows <= REGROW_FACTOR * cur.trained_rows.max(TARGET_CLUSTER_ROWS as u64);
         // Shards still move to the current routing: a new one waits
