@@ -11,6 +11,9 @@
 //! cargo bench --bench index_build -- --bucket /tmp/ib
 //! cargo bench --bench index_build -- --bucket /tmp/ib-legacy --legacy
 //! ```
+//!
+//! `--round-rows N` sets the records each of the forced call's rounds
+//! takes (`--round-rows 100000000`: every tail in one round).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +31,11 @@ struct Args {
     /// Build shards with their own IVF (the layout before one routing).
     #[arg(long)]
     legacy: bool,
+    /// Records per round of the forced call (default: the indexer's
+    /// `ROUND_ROWS`); a huge value takes every tail in one round, as the
+    /// indexer did before issue 29's bounded rounds.
+    #[arg(long)]
+    round_rows: Option<u64>,
     /// cargo bench passes --bench; accept and ignore it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -56,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     let opts = IndexOptions {
         force: true,
         legacy: args.legacy,
+        round_rows: args.round_rows,
         ..Default::default()
     };
     let t = Instant::now();
@@ -74,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         store.describe()
     );
     println!("  rows in      {}", round.records_in);
+    println!("  commits      {}", m.generation);
     println!("  seconds      {seconds:.1}");
     println!(
         "  shards       {} ({} merges)",

@@ -737,6 +737,16 @@ async fn a_round_without_a_budget_runs_as_bounded_rounds_on_one_routing() {
         m.generation
     );
     assert_eq!(m.routings.len(), 1, "one routing, sized for every tail");
+    // The rounds' shards (each with rows of every cluster) are rewritten
+    // as shards of disjoint cluster ranges: here, all fit one.
+    assert_eq!(m.shards.len(), 1, "{:?}", m.shards);
+    let mut seen = std::collections::BTreeSet::new();
+    for shard in &m.shards {
+        let bytes = store.get(&shard.key).await.unwrap().bytes;
+        for c in segment::routed_clusters(&shard.key, &bytes).unwrap() {
+            assert!(seen.insert(c), "cluster {c} in two shards");
+        }
+    }
     assert_covered(
         store.as_ref(),
         &s,

@@ -271,6 +271,9 @@ impl Sim {
         // a row budget, one shard a round, or all at once).
         let retrain = self.rng.random_bool(0.5);
         let budget = self.rng.random_bool(0.3).then_some(1);
+        // Unbudgeted rounds of a few records each, sometimes: several
+        // commits, then their shards rewritten by cluster range.
+        let round_rows = self.rng.random_bool(0.5).then(|| self.rng.random_range(2..20));
         let reads = self.rng.random_bool(0.3);
         let fresh_reads = self.rng.random_bool(0.5);
         let query = self.rand_vec();
@@ -318,6 +321,7 @@ impl Sim {
                     force: true,
                     retrain,
                     max_rows: budget,
+                    round_rows,
                     ..Default::default()
                 };
                 let _ = index_round(store.as_ref(), settings, "indexer", clock, opts).await;

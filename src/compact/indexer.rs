@@ -188,15 +188,25 @@ pub async fn index_round(
             max_rows: Some(opts.max_rows.or(opts.round_rows).unwrap_or(ROUND_ROWS)),
             ..opts
         };
+        let mut committed = 0;
         loop {
             let taken = round.records_in;
             run_round(store, settings, clock, rounds, &mut round).await?;
+            if round.records_in > taken && !round.superseded {
+                committed += 1;
+            }
             if opts.max_rows.is_some() || round.records_in == taken || round.superseded {
                 break;
             }
         }
         round.unreadable.sort();
         round.unreadable.dedup();
+        // Several rounds' shards each hold rows of every cluster: rewrite
+        // them as shards of disjoint cluster ranges (as one round's are),
+        // so a query's probed clusters sit in few shards.
+        if committed > 1 && routed(settings, opts) {
+            rewrite_by_cluster_range(store, settings, clock, &mut round).await?;
+        }
         merge_shards(store, settings, clock, opts, &mut round).await
     };
     match with_lease(store, n, holder, clock, work).await? {
@@ -721,6 +731,76 @@ async fn merge_routed(
         });
     }
     Ok(true)
+}
+
+/// Replaces the shards this call's rounds wrote (still listed, under
+/// the current routing) by shards of disjoint cluster ranges at the next
+/// level, in one commit (`routed::write_by_cluster_range`: one output's
+/// rows in memory at a time). Anything in the way (a shard unreadable,
+/// the inputs changed, the commit too late) leaves the rounds' shards as
+/// they are: they are correct, only costlier to query.
+async fn rewrite_by_cluster_range(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    round: &mut IndexRound,
+) -> Result<(), CompactError> {
+    let n = settings.partition_count;
+    let index = current_index(store, n).await?;
+    let Some(current) = index.current_routing() else {
+        return Ok(());
+    };
+    let inputs: Vec<ShardEntry> = index
+        .shards
+        .iter()
+        .filter(|s| round.shards_written.contains(&s.key) && s.routing == Some(current.generation))
+        .cloned()
+        .collect();
+    if inputs.len() < 2 {
+        return Ok(());
+    }
+    let routing = routed::load_routing(store, current).await?;
+    let cap = shard_target_rows(settings) as usize;
+    let text = settings.text_fields();
+    let level = inputs.iter().map(|s| s.level).max().unwrap_or(0) + 1;
+    let written =
+        routed::write_by_cluster_range(store, clock, &inputs, routing, level, cap, &text).await;
+    let (outputs, written_at) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            round.unreadable.push(damaged(e)?);
+            return Ok(());
+        }
+    };
+    let retired_at = format_time(crate::coord::skew::store_now(store, clock.as_ref()).await?);
+    let late = || too_late(clock, written_at, settings);
+    let merge = MergeCommit {
+        inputs: &inputs,
+        outputs: &outputs,
+    };
+    let committed = replace_merged(
+        store,
+        n,
+        Backoff::default(),
+        index.generation,
+        late,
+        merge,
+        &retired_at,
+    );
+    let Some(m) = committed.await? else {
+        return Ok(()); // the inputs changed meanwhile: the outputs are orphans for GC
+    };
+    round.generation = Some(m.generation);
+    let rows = inputs.iter().map(|s| s.rows - s.dead.min(s.rows)).sum();
+    for out in &outputs {
+        round.merged.push(Merge {
+            inputs: inputs.iter().map(|s| s.key.clone()).collect(),
+            output: out.key.clone(),
+            level,
+            rows,
+        });
+    }
+    Ok(())
 }
 
 /// Whether objects PUT at `written_at` are too old to commit (GC may

@@ -294,3 +294,121 @@ pub(super) async fn live_rows_by_cluster(
         .filter(|(_, rows)| !rows.is_empty())
         .collect())
 }
+
+/// Rewrites `inputs` (routed shards of `routing`, e.g. the shards of one
+/// unbudgeted call's rounds, each holding rows of every cluster) as shards
+/// holding disjoint ranges of consecutive clusters, so a query's probed
+/// clusters sit in few shards. One output range at a time: its clusters'
+/// live rows are read from every input by ranged GETs (probe blocks,
+/// rows, metadata), so memory holds one output's rows, not the inputs'.
+pub(super) async fn write_by_cluster_range(
+    store: &dyn ObjectStore,
+    clock: &DynClock,
+    inputs: &[ShardEntry],
+    routing: Arc<Routing>,
+    level: u32,
+    cap: usize,
+    text: &TextFields,
+) -> Result<(Vec<ShardEntry>, SystemTime), CompactError> {
+    let mut heads = Vec::with_capacity(inputs.len());
+    for shard in inputs {
+        let head = segment::load_routed_head(
+            store,
+            &shard.key,
+            shard.head_bytes.unwrap_or(0),
+            shard.bytes,
+        )
+        .await?;
+        let dv = super::indexer::load_deletions(store, shard).await?;
+        heads.push((shard, head, dv));
+    }
+    // Rows per cluster over every input; ranges of consecutive clusters
+    // up to `cap` rows (a cluster is never split).
+    let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
+    for (_, head, _) in &heads {
+        for c in &head.clusters {
+            *counts.entry(c.cluster).or_default() += u64::from(c.rows);
+        }
+    }
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    let mut current: Option<(u32, u32, u64)> = None;
+    for (&c, &n) in &counts {
+        current = match current {
+            Some((lo, _, rows)) if rows + n <= cap as u64 => Some((lo, c, rows + n)),
+            Some((lo, hi, _)) => {
+                ranges.push((lo, hi));
+                Some((c, c, n))
+            }
+            None => Some((c, c, n)),
+        };
+    }
+    ranges.extend(current.map(|(lo, hi, _)| (lo, hi)));
+    let (mut outputs, mut first_put) = (Vec::new(), None);
+    for (lo, hi) in ranges {
+        let mut by: BTreeMap<u32, Vec<Prepared>> = BTreeMap::new();
+        for (shard, head, dv) in &heads {
+            let at = head.clusters.partition_point(|c| c.cluster < lo);
+            let to = head.clusters.partition_point(|c| c.cluster <= hi);
+            if at == to {
+                continue;
+            }
+            let key = shard.key.as_str();
+            let get = |r: std::ops::Range<u64>| async move {
+                store
+                    .get_range(key, ByteRange::new(r.start, r.end))
+                    .await
+                    .map_err(CoordError::from)
+            };
+            let probes = head.probe_range(at).start..head.probe_range(to - 1).end;
+            let last = &head.clusters[to - 1];
+            let rows = head.rows_range(at, 0, 0).start
+                ..head.rows_range(to - 1, 0, u64::from(last.rows)).end;
+            let metas = head.clusters[at].metadata.offset..last.metadata.range().end;
+            let (pb, rb, mb) = (
+                get(probes.clone()).await?,
+                get(rows.clone()).await?,
+                get(metas.clone()).await?,
+            );
+            let slice = |b: &[u8], base: u64, r: std::ops::Range<u64>| -> Vec<u8> {
+                b.get((r.start - base) as usize..(r.end - base) as usize)
+                    .unwrap_or_default()
+                    .to_vec()
+            };
+            let d = head.dimensions;
+            for k in at..to {
+                let c = &head.clusters[k];
+                let (_, ids) = head.open_probe(key, k, &slice(&pb, probes.start, head.probe_range(k)))?;
+                let vectors = head.cluster_rows(
+                    key,
+                    k,
+                    0,
+                    &slice(&rb, rows.start, head.rows_range(k, 0, u64::from(c.rows))),
+                )?;
+                let (offsets, meta) =
+                    head.cluster_metadata(key, k, &slice(&mb, metas.start, c.metadata.range()))?;
+                let live = by.entry(c.cluster).or_default();
+                for (i, id) in ids.ids.into_iter().enumerate() {
+                    if dv.is_dead(c.start + i as u64) {
+                        continue;
+                    }
+                    live.push(Prepared {
+                        id,
+                        vector: vectors[i * d..(i + 1) * d].to_vec(),
+                        metadata: meta[offsets[i] as usize..offsets[i + 1] as usize].to_vec(),
+                        tombstone: false,
+                    });
+                }
+            }
+        }
+        let clusters: Vec<(u32, Vec<Prepared>)> =
+            by.into_iter().filter(|(_, r)| !r.is_empty()).collect();
+        if clusters.is_empty() {
+            continue;
+        }
+        let (written, at) =
+            write_routed(store, clock, clusters, routing.clone(), level, cap, text).await?;
+        first_put.get_or_insert(at);
+        outputs.extend(written);
+    }
+    Ok((outputs, first_put.unwrap_or_else(|| clock.now())))
+}

@@ -254,3 +254,10 @@ impl SegmentError {
 mod shard_tests;
 #[cfg(test)]
 mod tests;
+
+/// The routing clusters a routed shard object holds, in order (tests).
+#[cfg(any(test, feature = "test-util"))]
+pub fn routed_clusters(key: &str, bytes: &[u8]) -> Result<Vec<u32>, SegmentError> {
+    let head = routed::RoutedHead::parse(key, bytes, bytes.len() as u64)?;
+    Ok(head.clusters.iter().map(|c| c.cluster).collect())
+}
