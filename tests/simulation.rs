@@ -273,7 +273,10 @@ impl Sim {
         let budget = self.rng.random_bool(0.3).then_some(1);
         // Unbudgeted rounds of a few records each, sometimes: several
         // commits, then their shards rewritten by cluster range.
-        let round_rows = self.rng.random_bool(0.5).then(|| self.rng.random_range(2..20));
+        let round_rows = self
+            .rng
+            .random_bool(0.5)
+            .then(|| self.rng.random_range(2..20));
         let reads = self.rng.random_bool(0.3);
         let fresh_reads = self.rng.random_bool(0.5);
         let query = self.rand_vec();

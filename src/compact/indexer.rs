@@ -760,7 +760,9 @@ async fn rewrite_by_cluster_range(
         return Ok(());
     }
     let routing = routed::load_routing(store, current).await?;
-    let cap = shard_target_rows(settings) as usize;
+    // Half-size outputs: a rewrite holds an output's rows and its encoded
+    // bytes at once, and stays within what a round holds (ROUND_ROWS).
+    let cap = (shard_target_rows(settings) / 2).clamp(1, ROUND_ROWS) as usize;
     let text = settings.text_fields();
     let level = inputs.iter().map(|s| s.level).max().unwrap_or(0) + 1;
     let written =
