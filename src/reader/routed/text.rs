@@ -52,7 +52,13 @@ impl RoutedUnit {
     /// when the shard can answer them all from its index.
     fn text_fields(&self, s: usize, q: &TextQuery) -> Option<Vec<usize>> {
         let shard = &self.shards[s];
-        if !self.excluded.is_empty() || shard.dv.as_ref().is_some_and(|d| d.text_dead().is_none()) {
+        // A deletion vector must record what its dead rows held, field by
+        // field of this shard's index (an older shoal's does not).
+        let fields = shard.head.text.len();
+        let recorded = |d: &crate::segment::deletions::DeletionVector| {
+            d.text_dead().is_some_and(|t| t.len() == fields)
+        };
+        if !self.excluded.is_empty() || shard.dv.as_ref().is_some_and(|d| !recorded(d)) {
             return None;
         }
         q.lists
