@@ -643,26 +643,17 @@ async fn merge_shards(
         let level = inputs.iter().map(|s| s.level).max().unwrap_or(0) + 1;
         let merged_rows = rows.len() as u64;
         let (new_shards, written_at) = write_shards(store, settings, clock, rows, level).await?;
-        let retired_at = format_time(crate::coord::skew::store_now(store, clock.as_ref()).await?);
-        let late = || too_late(clock, written_at, settings);
-        let merge = MergeCommit {
+        let merge = Merged {
+            expected: index.generation,
             inputs: &inputs,
             outputs: &new_shards,
+            written_at,
+            level,
+            rows: merged_rows,
         };
-        let (backoff, expected) = (Backoff::default(), index.generation);
-        let committed = replace_merged(store, n, backoff, expected, late, merge, &retired_at);
-        let Some(m) = committed.await? else {
+        if !commit_merge(store, settings, clock, merge, round).await? {
             round.superseded = true;
             return Ok(());
-        };
-        round.generation = Some(m.generation);
-        for out in &new_shards {
-            round.merged.push(Merge {
-                inputs: inputs.iter().map(|s| s.key.clone()).collect(),
-                output: out.key.clone(),
-                level,
-                rows: merged_rows,
-            });
         }
     }
 }
@@ -698,37 +689,19 @@ async fn merge_routed(
     let level = if migration { top } else { top + 1 };
     let rows: u64 = clusters.iter().map(|(_, r)| r.len() as u64).sum();
     let cap = shard_target_rows(settings) as usize;
-    let text = settings.text_fields();
     let (outputs, written_at) =
         routed::write_routed(store, clock, clusters, routing, level, cap, &text).await?;
-    let retired_at = format_time(crate::coord::skew::store_now(store, clock.as_ref()).await?);
-    let late = || too_late(clock, written_at, settings);
-    let merge = MergeCommit {
+    let merge = Merged {
+        expected: index.generation,
         inputs,
         outputs: &outputs,
+        written_at,
+        level,
+        rows,
     };
-    let n = settings.partition_count;
-    let committed = replace_merged(
-        store,
-        n,
-        Backoff::default(),
-        index.generation,
-        late,
-        merge,
-        &retired_at,
-    );
-    let Some(m) = committed.await? else {
+    if !commit_merge(store, settings, clock, merge, round).await? {
         round.superseded = true;
         return Ok(false);
-    };
-    round.generation = Some(m.generation);
-    for out in &outputs {
-        round.merged.push(Merge {
-            inputs: inputs.iter().map(|s| s.key.clone()).collect(),
-            output: out.key.clone(),
-            level,
-            rows,
-        });
     }
     Ok(true)
 }
@@ -774,35 +747,73 @@ async fn rewrite_by_cluster_range(
             return Ok(());
         }
     };
-    let retired_at = format_time(crate::coord::skew::store_now(store, clock.as_ref()).await?);
-    let late = || too_late(clock, written_at, settings);
-    let merge = MergeCommit {
+    let merge = Merged {
+        expected: index.generation,
         inputs: &inputs,
         outputs: &outputs,
+        written_at,
+        level,
+        rows: inputs.iter().map(|s| s.rows - s.dead.min(s.rows)).sum(),
     };
+    // Not committed (the index moved on): the outputs are orphans for GC
+    // and the rounds' shards stay.
+    commit_merge(store, settings, clock, merge, round).await?;
+    Ok(())
+}
+
+/// A merge's outputs, written, to commit in place of its inputs.
+struct Merged<'a> {
+    /// The index manifest generation the inputs were read at.
+    expected: u64,
+    inputs: &'a [ShardEntry],
+    outputs: &'a [ShardEntry],
+    /// When the outputs' first PUT was sent.
+    written_at: std::time::SystemTime,
+    level: u32,
+    /// Live rows the outputs hold.
+    rows: u64,
+}
+
+/// Replaces a merge's inputs by its outputs in one index-manifest commit
+/// (the inputs and their deletion vectors to `retired`) and records the
+/// merge in `round`. Returns false when it did not commit (the index
+/// moved on, or the outputs are too old to commit): they are orphans.
+async fn commit_merge(
+    store: &dyn ObjectStore,
+    settings: &Settings,
+    clock: &DynClock,
+    merge: Merged<'_>,
+    round: &mut IndexRound,
+) -> Result<bool, CompactError> {
+    let retired_at = format_time(crate::coord::skew::store_now(store, clock.as_ref()).await?);
+    let late = || too_late(clock, merge.written_at, settings);
+    let commit = MergeCommit {
+        inputs: merge.inputs,
+        outputs: merge.outputs,
+    };
+    let n = settings.partition_count;
     let committed = replace_merged(
         store,
         n,
         Backoff::default(),
-        index.generation,
+        merge.expected,
         late,
-        merge,
+        commit,
         &retired_at,
     );
     let Some(m) = committed.await? else {
-        return Ok(()); // the inputs changed meanwhile: the outputs are orphans for GC
+        return Ok(false);
     };
     round.generation = Some(m.generation);
-    let rows = inputs.iter().map(|s| s.rows - s.dead.min(s.rows)).sum();
-    for out in &outputs {
+    for out in merge.outputs {
         round.merged.push(Merge {
-            inputs: inputs.iter().map(|s| s.key.clone()).collect(),
+            inputs: merge.inputs.iter().map(|s| s.key.clone()).collect(),
             output: out.key.clone(),
-            level,
-            rows,
+            level: merge.level,
+            rows: merge.rows,
         });
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Whether objects PUT at `written_at` are too old to commit (GC may
