@@ -32,6 +32,8 @@ use crate::vocab::Metric;
 
 pub(crate) mod ex;
 mod rotation;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 pub(crate) use rotation::Rotation;
 
@@ -489,6 +491,12 @@ impl ListQuery {
         out: &mut Vec<(f32, f32, u32)>,
     ) {
         #[cfg(target_arch = "x86_64")]
+        if simd::available() {
+            // SAFETY: the CPU has what the kernel uses (checked at run time).
+            unsafe { self.scan_avx512(codes, keep, cut, out) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
         if has_popcnt() {
             // SAFETY: the CPU supports POPCNT (checked at run time).
             unsafe { self.scan_popcnt(codes, keep, cut, out) };
@@ -519,18 +527,51 @@ impl ListQuery {
     ) {
         let multi = codes.code_bits > 1;
         for i in 0..codes.len() {
-            let (mut est, mut err) = self.estimate_one_bit(codes, i);
-            if est - err > cut || !keep(i) {
-                continue;
-            }
-            if multi {
-                (est, err) = self.estimate_multi_bit(codes, i);
-                if est - err > cut {
-                    continue;
-                }
-            }
-            out.push((est - err, est + err, i as u32));
+            self.scan_row(codes, i, keep, cut, multi, out);
         }
+    }
+
+    /// Row `i` of the scan: its one-bit estimate, then, if that can
+    /// still beat `cut` and `keep` allows it, [`ListQuery::survivor`].
+    #[inline(always)]
+    fn scan_row(
+        &self,
+        codes: &ListCodes,
+        i: usize,
+        keep: &dyn Fn(usize) -> bool,
+        cut: f32,
+        multi: bool,
+        out: &mut Vec<(f32, f32, u32)>,
+    ) {
+        let one = self.estimate_one_bit(codes, i);
+        if one.0 - one.1 > cut || !keep(i) {
+            return;
+        }
+        self.survivor(codes, i, one, cut, multi, out);
+    }
+
+    /// A row whose one-bit estimate `one` (estimate, half-width) can
+    /// still beat `cut`: refined from its multi-bit code if it has one,
+    /// and kept as `(lower, upper, row)` if it still can.
+    #[inline(always)]
+    fn survivor(
+        &self,
+        codes: &ListCodes,
+        i: usize,
+        one: (f32, f32),
+        cut: f32,
+        multi: bool,
+        out: &mut Vec<(f32, f32, u32)>,
+    ) {
+        let (est, err) = if multi {
+            self.estimate_multi_bit(codes, i)
+        } else {
+            one
+        };
+        if multi && est - err > cut {
+            return;
+        }
+        out.push((est - err, est + err, i as u32));
     }
 
     /// Row `i`'s estimated ranking distance (as [`super::distance`]

@@ -334,3 +334,53 @@ fn the_scale_search_is_nearly_as_good_as_the_exact_sweep() {
         }
     }
 }
+
+/// The AVX-512 scan gives the portable scan's rows and bounds, bit for
+/// bit, for every metric, one and several bits, dimensions that fill
+/// their last word or not, rows past the last block of eight, a filter
+/// and cuts that keep all, some or no rows.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx512_scan_matches_the_portable_one() {
+    if !simd::available() {
+        eprintln!("this CPU lacks AVX-512 VPOPCNTDQ: the kernel cannot run here");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut compared = 0;
+    for dims in [24, 64, 100, 384, 700] {
+        let rot = Rotation::new(dims);
+        for metric in [Metric::Cosine, Metric::Euclidean, Metric::Dot] {
+            let centre: Vec<f32> = (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let vectors = cluster(&mut rng, &centre, 61, metric, |r| r.random_range(0.1..0.8));
+            let q: Vec<f32> = centre.iter().map(|c| c + rng.random_range(-0.6..0.6)).collect();
+            for bits in [1, 3] {
+                let codes = ListCodes::encode(&rot, &centre, &vectors, bits);
+                let lq = list_query(&rot, metric, &q, &centre);
+                let keep = |i: usize| i % 7 != 3;
+                let scans = |cut: f32| {
+                    let (mut simd, mut portable) = (Vec::new(), Vec::new());
+                    // SAFETY: the CPU has the kernel's features (checked above).
+                    unsafe { lq.scan_avx512(&codes, &keep, cut, &mut simd) };
+                    lq.scan_portable(&codes, &keep, cut, &mut portable);
+                    let raw = |v: &[(f32, f32, u32)]| -> Vec<(u32, u32, u32)> {
+                        v.iter()
+                            .map(|(l, u, i)| (l.to_bits(), u.to_bits(), *i))
+                            .collect()
+                    };
+                    assert_eq!(raw(&simd), raw(&portable), "{dims}-d {metric:?} {bits} bits cut {cut}");
+                    simd
+                };
+                let all = scans(f32::INFINITY);
+                assert_eq!(all.len(), (0..61).filter(|i| keep(*i)).count());
+                let mut lowers: Vec<f32> = all.iter().map(|r| r.0).collect();
+                lowers.sort_by(f32::total_cmp);
+                let some = scans(lowers[lowers.len() / 2]);
+                assert!(!some.is_empty() && some.len() < all.len());
+                assert!(scans(lowers[0] - 1.0).is_empty());
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 30);
+}

@@ -1,0 +1,161 @@
+//! The one-bit stage of [`ListQuery::scan`] eight rows at a time, with
+//! AVX-512 (`VPOPCNTQ`) where the CPU has it (checked at run time).
+//!
+//! Each of a block's eight rows takes one 64-bit lane: word `k` of every
+//! row's sign code is gathered into one register, ANDed with the query's
+//! four bit planes' word `k` and popcounted in all lanes at once; the
+//! counts then become the eight estimates and bounds in the same float
+//! operations, in the same order, as [`ListQuery::estimate_one_bit`]
+//! (no fused multiply-adds), so both paths give identical results.
+//! Survivors go on as in the portable scan (the filter, the multi-bit
+//! refinement), one by one; rows past the last full block take the
+//! portable path.
+
+use std::arch::x86_64::*;
+
+use super::{ListCodes, ListQuery};
+use crate::vocab::Metric;
+
+/// Whether the CPU has what [`ListQuery::scan_avx512`] uses (checked
+/// once).
+pub(super) fn available() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
+            && std::arch::is_x86_feature_detected!("popcnt")
+    })
+}
+
+impl ListQuery {
+    /// [`ListQuery::scan`] with the one-bit stage in blocks of eight
+    /// rows.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512DQ, AVX-512 VPOPCNTDQ and
+    /// POPCNT ([`available`]).
+    #[target_feature(enable = "avx512f,avx512dq,avx512vpopcntdq,popcnt")]
+    pub(super) unsafe fn scan_avx512(
+        &self,
+        codes: &ListCodes,
+        keep: &dyn Fn(usize) -> bool,
+        cut: f32,
+        out: &mut Vec<(f32, f32, u32)>,
+    ) {
+        let (n, w) = (codes.len(), codes.words);
+        let multi = codes.code_bits > 1;
+        let q = &self.code;
+        let planes = &q.planes[..4 * q.words];
+        let stride = w as i64;
+        let lanes = _mm512_setr_epi64(
+            0,
+            stride,
+            2 * stride,
+            3 * stride,
+            4 * stride,
+            5 * stride,
+            6 * stride,
+            7 * stride,
+        );
+        let splat = _mm256_set1_ps;
+        let (lo, delta, sum) = (splat(q.lo), splat(q.delta), splat(q.sum));
+        let (two, inv_sqrt_d) = (splat(2.0), splat(self.inv_sqrt_d));
+        let (per_spread, rounding) = (splat(self.per_spread), splat(self.rounding));
+        let blocks = n / 8;
+        for b in 0..blocks {
+            let first = b * 8;
+            // SAFETY: rows `first..first + 8` exist, so every gathered
+            // word `(first + lane) * w + k` (k < w) is inside `bits`.
+            let base = unsafe { codes.bits.as_ptr().add(first * w) } as *const i64;
+            let (mut ones, mut weighted) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for k in 0..w {
+                let at = _mm512_add_epi64(lanes, _mm512_set1_epi64(k as i64));
+                // SAFETY: as above.
+                let x = unsafe { _mm512_i64gather_epi64::<8>(at, base) };
+                let plane = |p: usize| {
+                    _mm512_popcnt_epi64(_mm512_and_si512(
+                        x,
+                        _mm512_set1_epi64(planes[p * w + k] as i64),
+                    ))
+                };
+                let sum01 = _mm512_add_epi64(plane(0), _mm512_slli_epi64::<1>(plane(1)));
+                let sum23 = _mm512_add_epi64(
+                    _mm512_slli_epi64::<2>(plane(2)),
+                    _mm512_slli_epi64::<3>(plane(3)),
+                );
+                ones = _mm512_add_epi64(ones, _mm512_popcnt_epi64(x));
+                weighted = _mm512_add_epi64(weighted, _mm512_add_epi64(sum01, sum23));
+            }
+            // As `code_dot`: (2 (lo · ones + delta · weighted) - sum) / √D.
+            let pos = _mm256_add_ps(
+                _mm256_mul_ps(lo, _mm512_cvtepi64_ps(ones)),
+                _mm256_mul_ps(delta, _mm512_cvtepi64_ps(weighted)),
+            );
+            let dot = _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(two, pos), sum), inv_sqrt_d);
+            // SAFETY: rows `first..first + 8` exist in every factor array.
+            let load = |v: &[f32]| unsafe { _mm256_loadu_ps(v.as_ptr().add(first)) };
+            let (norm, inv_ip) = (load(&codes.norm), load(&codes.inv_ip));
+            // As `estimate_one_bit` and `distance`.
+            let ipr = _mm256_mul_ps(_mm256_mul_ps(norm, dot), inv_ip);
+            let err = _mm256_mul_ps(
+                norm,
+                _mm256_add_ps(
+                    _mm256_mul_ps(per_spread, load(&codes.spread)),
+                    _mm256_mul_ps(rounding, inv_ip),
+                ),
+            );
+            let (est, err) = match self.metric {
+                Metric::Euclidean => (
+                    _mm256_sub_ps(
+                        _mm256_add_ps(splat(self.y_norm2), _mm256_mul_ps(norm, norm)),
+                        _mm256_mul_ps(two, ipr),
+                    ),
+                    _mm256_mul_ps(two, err),
+                ),
+                Metric::Dot => (
+                    _mm256_sub_ps(
+                        _mm256_setzero_ps(),
+                        _mm256_add_ps(
+                            _mm256_add_ps(splat(self.q_dot_c), ipr),
+                            load(&codes.cdot),
+                        ),
+                    ),
+                    err,
+                ),
+                Metric::Cosine => (
+                    _mm256_sub_ps(
+                        splat(1.0),
+                        _mm256_add_ps(
+                            _mm256_add_ps(splat(self.q_dot_c), ipr),
+                            load(&codes.cdot),
+                        ),
+                    ),
+                    err,
+                ),
+            };
+            let low = _mm256_sub_ps(est, err);
+            // Rows whose lower bound is above the cut (not NaN) are
+            // skipped, as the portable scan's `est - err > cut`.
+            let over = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(low, splat(cut)));
+            if over == 0xff {
+                continue;
+            }
+            let (mut ests, mut errs) = ([0f32; 8], [0f32; 8]);
+            // SAFETY: `ests` and `errs` hold eight floats.
+            unsafe {
+                _mm256_storeu_ps(ests.as_mut_ptr(), est);
+                _mm256_storeu_ps(errs.as_mut_ptr(), err);
+            }
+            for lane in 0..8 {
+                let i = first + lane;
+                if over & (1 << lane) == 0 && keep(i) {
+                    self.survivor(codes, i, (ests[lane], errs[lane]), cut, multi, out);
+                }
+            }
+        }
+        for i in blocks * 8..n {
+            self.scan_row(codes, i, keep, cut, multi, out);
+        }
+    }
+}
