@@ -299,6 +299,15 @@ struct QueryCode {
 impl QueryCode {
     /// `y` is the rotated query residual.
     fn new(y: &[f32], bits: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if simd::available() {
+            // SAFETY: the CPU has what it uses (checked at run time).
+            return unsafe { Self::new_avx512(y, bits) };
+        }
+        Self::new_portable(y, bits)
+    }
+
+    fn new_portable(y: &[f32], bits: usize) -> Self {
         debug_assert!((1..=8).contains(&bits));
         let dims = y.len();
         let (lo, hi) = y

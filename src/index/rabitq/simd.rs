@@ -13,16 +13,17 @@
 
 use std::arch::x86_64::*;
 
-use super::{ListCodes, ListQuery};
+use super::{words, ListCodes, ListQuery, QueryCode};
 use crate::vocab::Metric;
 
-/// Whether the CPU has what [`ListQuery::scan_avx512`] uses (checked
-/// once).
+/// Whether the CPU has what [`ListQuery::scan_avx512`] and
+/// [`QueryCode::new_avx512`] use (checked once).
 pub(super) fn available() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
             && std::arch::is_x86_feature_detected!("popcnt")
     })
@@ -156,6 +157,89 @@ impl ListQuery {
         }
         for i in blocks * 8..n {
             self.scan_row(codes, i, keep, cut, multi, out);
+        }
+    }
+}
+
+impl QueryCode {
+    /// [`QueryCode::new`] sixteen coordinates at a time: the same float
+    /// operations per coordinate, so the same integers; each bit plane's
+    /// word is one byte-mask test over 64 coordinates' values.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512BW ([`available`]).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn new_avx512(y: &[f32], bits: usize) -> QueryCode {
+        debug_assert!((1..=8).contains(&bits));
+        let dims = y.len();
+        let w = words(dims);
+        // The masked lanes of a last, partial chunk of sixteen.
+        let lanes = |at: usize| -> __mmask16 {
+            let left = dims - at;
+            if left >= 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            }
+        };
+        // SAFETY (every masked load below): only lanes inside `y` are read.
+        let load = |at: usize| unsafe { _mm512_maskz_loadu_ps(lanes(at), y.as_ptr().add(at)) };
+        let (mut lo, mut hi) = (
+            _mm512_set1_ps(f32::INFINITY),
+            _mm512_set1_ps(f32::NEG_INFINITY),
+        );
+        for at in (0..dims).step_by(16) {
+            let m = lanes(at);
+            let v = load(at);
+            lo = _mm512_mask_min_ps(lo, m, lo, v);
+            hi = _mm512_mask_max_ps(hi, m, hi, v);
+        }
+        let (lo, hi) = if dims == 0 {
+            (0.0, 0.0)
+        } else {
+            (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi))
+        };
+        let top = (1u32 << bits) - 1;
+        let delta = (hi - lo) / top as f32;
+        let inv = if delta > 0.0 { 1.0 / delta } else { 0.0 };
+        let (lo_v, inv_v, half) = (
+            _mm512_set1_ps(lo),
+            _mm512_set1_ps(inv),
+            _mm512_set1_ps(0.5),
+        );
+        let top_v = _mm512_set1_epi32(top as i32);
+        let mut planes = vec![0u64; bits * w];
+        let mut sum_u = _mm512_setzero_si512();
+        let mut bytes = [0u8; 64];
+        for k in 0..w {
+            for c in 0..4 {
+                let at = 64 * k + 16 * c;
+                let packed = if at < dims {
+                    // As the portable `((v - lo) * inv + 0.5) as u32`, capped at `top`.
+                    let t = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(load(at), lo_v), inv_v), half);
+                    let u = _mm512_maskz_min_epu32(lanes(at), _mm512_cvttps_epu32(t), top_v);
+                    sum_u = _mm512_add_epi32(sum_u, u);
+                    _mm512_cvtepi32_epi8(u)
+                } else {
+                    _mm_setzero_si128()
+                };
+                // SAFETY: `bytes` holds 64 bytes; this writes 16 at 16 c.
+                unsafe { _mm_storeu_si128(bytes.as_mut_ptr().add(16 * c) as *mut __m128i, packed) };
+            }
+            // SAFETY: `bytes` holds 64 bytes.
+            let values = unsafe { _mm512_loadu_si512(bytes.as_ptr() as *const __m512i) };
+            for (b, plane) in planes.chunks_exact_mut(w).enumerate() {
+                plane[k] = _mm512_test_epi8_mask(values, _mm512_set1_epi8((1u8 << b) as i8));
+            }
+        }
+        let sum_u = _mm512_reduce_add_epi32(sum_u) as u32;
+        QueryCode {
+            words: w,
+            bits,
+            planes,
+            lo,
+            delta,
+            sum: lo * dims as f32 + delta * sum_u as f32,
         }
     }
 }

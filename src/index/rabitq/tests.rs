@@ -384,3 +384,31 @@ fn the_avx512_scan_matches_the_portable_one() {
     }
     assert_eq!(compared, 30);
 }
+
+/// The AVX-512 query quantization gives the portable one's planes and
+/// scalars, bit for bit, at every bit count and for dimensions that
+/// fill their last chunk of sixteen and word of 64 or not.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx512_query_code_matches_the_portable_one() {
+    if !simd::available() {
+        eprintln!("this CPU lacks AVX-512: the kernel cannot run here");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let mut compared = 0;
+    for dims in [1, 15, 16, 17, 63, 64, 65, 100, 384, 700] {
+        let y: Vec<f32> = (0..dims).map(|_| rng.random_range(-2.0..3.0)).collect();
+        for bits in 1..=8 {
+            let a = QueryCode::new_portable(&y, bits);
+            // SAFETY: the CPU has the kernel's features (checked above).
+            let b = unsafe { QueryCode::new_avx512(&y, bits) };
+            let scalars = |c: &QueryCode| (c.words, c.bits, c.lo.to_bits(), c.delta.to_bits(), c.sum.to_bits());
+            assert_eq!(scalars(&a), scalars(&b), "{dims}-d {bits} bits");
+            assert_eq!(a.planes, b.planes, "{dims}-d {bits} bits");
+            assert!(dims == 1 || a.planes.iter().any(|w| *w != 0));
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 80);
+}
