@@ -220,3 +220,48 @@ async fn after_a_warm_up_a_query_fetches_only_rows() {
     let again = r.search(&req).await.unwrap();
     assert_eq!(again.stats.requests.total(), 0, "{:?}", again.stats);
 }
+
+/// A warm-up under a cache budget far below the index fetches what the
+/// part cache can keep, not every probe block at once (a 4M-row index's
+/// are ~700 MB), and the first query is right after it.
+#[tokio::test]
+async fn a_warm_up_fetches_no_more_than_the_cache_can_hold() {
+    let (store, settings, shard_bytes) = indexed().await;
+    let full = reader(&store, &settings, ReaderOptions::default());
+    let all = full.warm_up().await.unwrap();
+    // What a warm-up reads besides the parts: manifests, heads, routing.
+    let plain = reader(&store, &settings, ReaderOptions::default());
+    let before = store.counts().bytes_read;
+    plain.warm().await.unwrap();
+    let planning = store.counts().bytes_read - before;
+
+    let budget = 96 * 1024;
+    assert!(shard_bytes > 20 * budget);
+    assert!(all.requests.bytes_read > planning + 4 * budget, "{all:?}");
+    let opts = ReaderOptions {
+        cache_bytes: budget,
+        ..ReaderOptions::default()
+    };
+    let r = reader(&store, &settings, opts);
+    let report = r.warm_up().await.unwrap();
+    // The part cache's share of the budget (three quarters).
+    let parts = report.requests.bytes_read - planning;
+    assert!(
+        parts <= budget * 3 / 4,
+        "{parts} bytes of parts for a {budget}-byte cache"
+    );
+    assert!(
+        report.code_lists > 0 && report.code_lists < all.code_lists,
+        "{} of {} clusters warmed",
+        report.code_lists,
+        all.code_lists
+    );
+    let q = query(3);
+    let resp = r.search(&SearchRequest::new(q.clone(), 10)).await.unwrap();
+    let got: Vec<String> = resp.results.iter().map(|h| h.id.clone()).collect();
+    let want = exact_top(&q, 10, false);
+    assert!(
+        got.iter().filter(|id| want.contains(id)).count() >= 8,
+        "{got:?}"
+    );
+}

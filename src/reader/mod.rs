@@ -575,8 +575,9 @@ impl Reader {
 
     /// Everything a query plans with, fetched now: every partition (and
     /// its tail), the index manifest, every shard's head and deletion
-    /// vector, and the codes of every list of every range-read shard (as
-    /// far as the cache budget holds them), so the first query only
+    /// vector, then the routings' groups and the shards' codes as far as
+    /// the part cache's budget holds them (fetched a batch at a time, so a
+    /// warm-up holds little more than the cache), so the first query only
     /// fetches the rows it reranks. `POST /v1/warm`, a Lambda's
     /// `SHOAL_WARM_ON_INIT`, and a reader's prefetch run it.
     pub async fn warm_up(&self) -> Result<WarmReport, ReadError> {

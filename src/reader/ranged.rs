@@ -328,6 +328,9 @@ impl Block {
 }
 
 type PartKey = (u64, Part);
+
+/// Most stored bytes a warm-up fetches at once ([`Blocks::warm`]).
+const WARM_BATCH_BYTES: u64 = 16 << 20;
 type Fetched = Result<Arc<Vec<Arc<Block>>>, PartitionError>;
 type Pending = SharedFuture<BoxFuture<'static, Fetched>>;
 
@@ -366,6 +369,47 @@ impl Blocks {
 
     pub(crate) fn weighted_size(&self) -> u64 {
         self.cache.weighted_size()
+    }
+
+    /// Fetches `parts` of `source` into the cache, in order, while
+    /// `budget` (bytes, charged each part's stored length) lasts, at most
+    /// [`WARM_BATCH_BYTES`] at a time: a warm-up never holds more than a
+    /// batch beyond what the cache keeps, however large the index.
+    /// Returns how many parts it fetched (or found cached).
+    pub(super) async fn warm<S: PartSource>(
+        &self,
+        store: &Counted,
+        source: &Arc<S>,
+        parts: impl IntoIterator<Item = Part>,
+        budget: &mut u64,
+        tally: &CacheTally,
+    ) -> Result<u64, PartitionError> {
+        let (mut batch, mut batch_bytes, mut done) = (Vec::new(), 0u64, 0u64);
+        for part in parts {
+            let r = source.range(part);
+            let len = r.end - r.start;
+            if len > *budget {
+                break;
+            }
+            *budget -= len;
+            if batch_bytes + len > WARM_BATCH_BYTES && !batch.is_empty() {
+                self.get(store, source, &batch, tally).await?;
+                done += batch.len() as u64;
+                (batch_bytes, batch) = (0, Vec::new());
+            }
+            batch.push(part);
+            batch_bytes += len;
+        }
+        if !batch.is_empty() {
+            self.get(store, source, &batch, tally).await?;
+            done += batch.len() as u64;
+        }
+        Ok(done)
+    }
+
+    /// The bytes the cache may hold.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.cache.policy().max_capacity().unwrap_or(u64::MAX)
     }
 
     pub(crate) fn entry_count(&self) -> u64 {

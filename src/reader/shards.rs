@@ -164,33 +164,31 @@ impl ShardView {
         Ok(rec)
     }
 
-    /// Fetches the codes of every list into the part cache (as far as
-    /// its budget holds them); returns the lists (0 for a whole shard,
-    /// which loaded with its view).
+    /// Fetches the codes of its lists into the part cache while `budget`
+    /// lasts (`Blocks::warm`); returns the lists fetched (0 for a whole
+    /// shard, which loaded with its view).
     pub(super) async fn warm(
         &self,
         blocks: &Blocks,
         store: &Counted,
         tally: &CacheTally,
+        budget: &mut u64,
     ) -> Result<u64, ReadError> {
         let r = match &self.body {
             ShardBody::Ranged(r) => r,
             ShardBody::Routed(r) => {
                 return r
-                    .warm(blocks, store, tally)
+                    .warm(blocks, store, tally, budget)
                     .await
                     .map_err(|e| index_error(&e))
             }
             _ => return Ok(0),
         };
-        let parts: Vec<Part> = (0..r.routing.head.nlist() as u32)
-            .map(Part::Codes)
-            .collect();
+        let parts = (0..r.routing.head.nlist() as u32).map(Part::Codes);
         blocks
-            .get(store, r, &parts, tally)
+            .warm(store, r, parts, budget, tally)
             .await
-            .map_err(|e| index_error(&e))?;
-        Ok(parts.len() as u64)
+            .map_err(|e| index_error(&e))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Warming a reader: every partition and the shard set loaded now, and
-//! (for [`warm_up`]) the codes of every list of every range-read shard,
-//! so the first query only fetches the rows it reranks.
+//! (for [`warm_up`]) the routings' groups and the shards' codes, as far
+//! as the part cache's budget holds them, so the first query only
+//! fetches the rows it reranks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,22 +14,28 @@ use super::view::CacheTally;
 use super::{Consistency, ReadError, Shared, WarmReport};
 use crate::store::Counted;
 
-/// [`warm`], then the codes of every list of every range-read shard.
+/// [`warm`], then the routings' groups and the shards' codes, as far as
+/// the part cache holds them.
 pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadError> {
     let started = Instant::now();
     let counted = Counted::new(shared.store.clone());
     let snap = load_all(shared, &counted).await?;
     let tally = CacheTally::until(Instant::now() + shared.opts.deadline);
-    let warming = snap
-        .shards
-        .shards
-        .iter()
-        .map(|s| s.warm(&shared.blocks, &counted, &tally));
-    let lists: u64 = futures::future::try_join_all(warming).await?.iter().sum();
+    // What the part cache can keep, routings first (every query routes),
+    // then the shards in turn: fetching more would only be evicted, and
+    // holding it at once could outgrow the process (a 4M-row index's
+    // probe blocks are ~700 MB).
+    let mut budget = shared.blocks.capacity();
     for r in snap.shards.routings() {
-        r.warm(&shared.blocks, &counted, &tally)
+        r.warm(&shared.blocks, &counted, &tally, &mut budget)
             .await
             .map_err(|e| super::shards::index_error(&e))?;
+    }
+    let mut lists = 0;
+    for s in &snap.shards.shards {
+        lists += s
+            .warm(&shared.blocks, &counted, &tally, &mut budget)
+            .await?;
     }
     Ok(WarmReport {
         live_records: snap.live_total(shared, &counted, &tally).await?,

@@ -170,10 +170,11 @@ impl RoutingView {
         blocks: &Blocks,
         store: &Counted,
         tally: &CacheTally,
+        budget: &mut u64,
     ) -> Result<(), PartitionError> {
         if self.held.is_none() {
-            let parts: Vec<Part> = (0..self.head.groups() as u32).map(Part::Group).collect();
-            blocks.get(store, self, &parts, tally).await?;
+            let parts = (0..self.head.groups() as u32).map(Part::Group);
+            blocks.warm(store, self, parts, budget, tally).await?;
         }
         Ok(())
     }
@@ -338,19 +339,17 @@ impl RoutedShard {
         ))
     }
 
-    /// Fetches every cluster's probe block into the cache (as far as its
-    /// budget holds them); returns how many.
+    /// Fetches the clusters' probe blocks into the cache while `budget`
+    /// lasts ([`Blocks::warm`]); returns how many.
     pub(super) async fn warm(
         self: &Arc<Self>,
         blocks: &Blocks,
         store: &Counted,
         tally: &CacheTally,
+        budget: &mut u64,
     ) -> Result<u64, PartitionError> {
-        let parts: Vec<Part> = (0..self.head.clusters.len() as u32)
-            .map(Part::Probe)
-            .collect();
-        blocks.get(store, self, &parts, tally).await?;
-        Ok(parts.len() as u64)
+        let parts = (0..self.head.clusters.len() as u32).map(Part::Probe);
+        blocks.warm(store, self, parts, budget, tally).await
     }
 }
 
