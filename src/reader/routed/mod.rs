@@ -26,12 +26,14 @@ use super::view::CacheTally;
 use super::PartitionError;
 use crate::coord::index_manifest::{RoutingEntry, ShardEntry};
 use crate::coord::watched::retrying;
+use crate::index::distance;
 use crate::index::rabitq::{ListCodes, Rotation};
 use crate::index::routing::{Routing, RoutingHead};
 use crate::segment::deletions::DeletionVector;
 use crate::segment::routed::RoutedHead;
 use crate::segment::{LoadError, SegmentError};
 use crate::store::{ByteRange, Counted, ObjectStore, StoreError};
+use crate::vocab::Metric;
 
 /// A routing whose object is at most this big is held whole (every
 /// centroid: 1.5 MB for 1M rows of 384 dimensions), which saves a cold
@@ -133,15 +135,22 @@ impl RoutingView {
             + self.held.as_ref().map_or(0, |b| b.memory_bytes())
     }
 
-    /// The clusters of `groups`, from what is held or fetched as parts.
-    pub(super) async fn centroids_of(
+    /// The `take` clusters of `groups` nearest `q` by `metric`, nearest
+    /// first (ties by cluster), with their centroids. Distances are taken
+    /// over the groups' blocks in place and the nearest selected before
+    /// sorting, so only the kept clusters become [`Centroid`]s: a wide
+    /// beam costs its distances, not a sort and a handle per centroid.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn nearest_of(
         self: &Arc<Self>,
         blocks: &Blocks,
         store: &Counted,
         tally: &CacheTally,
         groups: &[u32],
+        q: &[f32],
+        metric: Metric,
+        take: usize,
     ) -> Result<Vec<Centroid>, PartitionError> {
-        let mut out = Vec::new();
         let fetched = match &self.held {
             Some(_) => HashMap::new(),
             None => {
@@ -149,19 +158,40 @@ impl RoutingView {
                 blocks.get(store, self, &parts, tally).await?
             }
         };
+        let block_of = |g: u32| match &self.held {
+            Some(all) => (all, self.head.groups[g as usize].first as usize),
+            None => (&fetched[&Part::Group(g)], 0),
+        };
+        let d = self.head.dimensions;
+        // (distance, cluster, group, index in the group)
+        let mut by: Vec<(f32, u32, u32, u32)> = Vec::new();
         for &g in groups {
             let e = &self.head.groups[g as usize];
-            let (block, base) = match &self.held {
-                Some(all) => (all, e.first as usize),
-                None => (&fetched[&Part::Group(g)], 0),
-            };
-            out.extend((0..e.clusters).map(|j| Centroid {
-                cluster: e.first + j,
-                block: block.clone(),
-                at: base + j as usize,
+            let (block, base) = block_of(g);
+            by.extend((0..e.clusters).map(|j| {
+                let c = block.centroid(base + j as usize, d).0;
+                (distance(metric, q, c), e.first + j, g, j)
             }));
         }
-        Ok(out)
+        let order = |a: &(f32, u32, u32, u32), b: &(f32, u32, u32, u32)| {
+            a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+        };
+        if take < by.len() {
+            by.select_nth_unstable_by(take, order);
+            by.truncate(take);
+        }
+        by.sort_unstable_by(order);
+        Ok(by
+            .into_iter()
+            .map(|(_, cluster, g, j)| {
+                let (block, base) = block_of(g);
+                Centroid {
+                    cluster,
+                    block: block.clone(),
+                    at: base + j as usize,
+                }
+            })
+            .collect())
     }
 
     /// Fetches every group's centroids into the cache (none when held).
