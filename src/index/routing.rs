@@ -514,10 +514,24 @@ impl Routing {
                 (e.first..e.first + e.clusters).map(|c| (distance(pm, v, self.centroid(c)), c))
             })
             .collect();
-        out.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        out.truncate(n.max(1));
+        keep_nearest(&mut out, n.max(1), |&(d, c)| (d, c));
         out
     }
+}
+
+/// Keeps the `n` entries of `by` nearest first, by `key`'s (distance,
+/// cluster): the order every route takes clusters in. Selects before
+/// sorting, so a wide beam costs its distances, not a sort of them all.
+pub(crate) fn keep_nearest<T>(by: &mut Vec<T>, n: usize, key: impl Fn(&T) -> (f32, u32)) {
+    let order = |a: &T, b: &T| {
+        let (a, b) = (key(a), key(b));
+        a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+    };
+    if n < by.len() {
+        by.select_nth_unstable_by(n, order);
+        by.truncate(n);
+    }
+    by.sort_unstable_by(order);
 }
 
 fn head_len(groups: usize, dims: usize) -> usize {

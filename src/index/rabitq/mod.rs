@@ -316,9 +316,8 @@ impl QueryCode {
                 (lo.min(*v), hi.max(*v))
             });
         let (lo, hi) = if dims == 0 { (0.0, 0.0) } else { (lo, hi) };
-        let top = ((1u32 << bits) - 1) as f32;
-        let delta = (hi - lo) / top;
-        let inv = if delta > 0.0 { 1.0 / delta } else { 0.0 };
+        let (top, delta, inv) = Self::grid(lo, hi, bits);
+        let top = top as f32;
         let w = words(dims);
         let mut planes = vec![0u64; bits * w];
         let mut sum_u = 0u64;
@@ -340,8 +339,24 @@ impl QueryCode {
                 planes[b * w + k] |= bits << shift;
             }
         }
+        Self::from_parts(dims, bits, planes, lo, delta, sum_u)
+    }
+
+    /// The grid of `bits` bits over `[lo, hi]`: its top value, its step
+    /// and the step's inverse (0 for an empty range). Both
+    /// quantizations take it from here, so they agree bit for bit.
+    fn grid(lo: f32, hi: f32, bits: usize) -> (u32, f32, f32) {
+        let top = (1u32 << bits) - 1;
+        let delta = (hi - lo) / top as f32;
+        let inv = if delta > 0.0 { 1.0 / delta } else { 0.0 };
+        (top, delta, inv)
+    }
+
+    /// The code of `dims` coordinates from its planes, grid and the sum
+    /// of its integer values.
+    fn from_parts(dims: usize, bits: usize, planes: Vec<u64>, lo: f32, delta: f32, sum_u: u64) -> Self {
         QueryCode {
-            words: w,
+            words: words(dims),
             bits,
             planes,
             lo,

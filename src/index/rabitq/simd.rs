@@ -199,9 +199,7 @@ impl QueryCode {
         } else {
             (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi))
         };
-        let top = (1u32 << bits) - 1;
-        let delta = (hi - lo) / top as f32;
-        let inv = if delta > 0.0 { 1.0 / delta } else { 0.0 };
+        let (top, delta, inv) = QueryCode::grid(lo, hi, bits);
         let (lo_v, inv_v, half) = (
             _mm512_set1_ps(lo),
             _mm512_set1_ps(inv),
@@ -233,13 +231,6 @@ impl QueryCode {
             }
         }
         let sum_u = _mm512_reduce_add_epi32(sum_u) as u32;
-        QueryCode {
-            words: w,
-            bits,
-            planes,
-            lo,
-            delta,
-            sum: lo * dims as f32 + delta * sum_u as f32,
-        }
+        QueryCode::from_parts(dims, bits, planes, lo, delta, u64::from(sum_u))
     }
 }

@@ -28,7 +28,7 @@ use crate::coord::index_manifest::{RoutingEntry, ShardEntry};
 use crate::coord::watched::retrying;
 use crate::index::distance;
 use crate::index::rabitq::{ListCodes, Rotation};
-use crate::index::routing::{Routing, RoutingHead};
+use crate::index::routing::{keep_nearest, Routing, RoutingHead};
 use crate::segment::deletions::DeletionVector;
 use crate::segment::routed::RoutedHead;
 use crate::segment::{LoadError, SegmentError};
@@ -173,14 +173,7 @@ impl RoutingView {
                 (distance(metric, q, c), e.first + j, g, j)
             }));
         }
-        let order = |a: &(f32, u32, u32, u32), b: &(f32, u32, u32, u32)| {
-            a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
-        };
-        if take < by.len() {
-            by.select_nth_unstable_by(take, order);
-            by.truncate(take);
-        }
-        by.sort_unstable_by(order);
+        keep_nearest(&mut by, take, |&(d, c, _, _)| (d, c));
         Ok(by
             .into_iter()
             .map(|(_, cluster, g, j)| {
