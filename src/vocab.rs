@@ -163,6 +163,9 @@ impl std::str::FromStr for AnnKind {
     }
 }
 
+/// `settings.index.nprobe` unless a config sets it.
+pub const DEFAULT_NPROBE: u32 = 8;
+
 /// `settings.index`: which ANN index compaction builds, and when.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -194,7 +197,7 @@ impl Default for IndexSettings {
             kind: AnnKind::Ivf,
             min_records: 5_000,
             nlist: None,
-            nprobe: 8,
+            nprobe: DEFAULT_NPROBE,
             ef_construction: 100,
             ef_search: 64,
             max_segment_records: 200_000,

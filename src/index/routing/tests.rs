@@ -98,6 +98,7 @@ fn routing_through_the_beam_finds_the_nearest_cluster() {
 fn the_object_round_trips_and_a_reader_can_fetch_it_in_parts() {
     let dims = 8;
     let r = Routing::train(&blobs(5_000, dims, 50, 3), dims, Metric::Dot, 40_000, 3);
+    assert!(r.head.calibrated_probes > 0);
     let bytes = r.encode();
     assert_eq!(Routing::decode(&bytes).unwrap(), r);
     // Listed under its generation it parses; under another it is refused.
@@ -148,4 +149,61 @@ fn damaged_objects_are_refused_with_what_is_wrong() {
         .head
         .group_centroids(1, &bytes[e0.start as usize..e0.end as usize])
         .is_err());
+}
+
+/// `n` rows of `dims`-d uniform noise: no structure for clusters to find.
+fn noise(n: usize, dims: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n * dims).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// Recall@10 of probing each query's `probes` nearest clusters, the
+/// rows in the clusters the indexer assigns them to.
+fn recall_at(r: &Routing, data: &[f32], queries: &[f32], probes: usize) -> f64 {
+    let dims = r.head.dimensions;
+    let assigned = r.assign(data);
+    let mut found = 0;
+    for q in queries.chunks_exact(dims) {
+        let mut near: Vec<(f32, u32)> = data
+            .chunks_exact(dims)
+            .zip(0u32..)
+            .map(|(v, i)| (distance(Metric::Euclidean, q, v), i))
+            .collect();
+        keep_nearest(&mut near, 10, |&(d, i)| (d, i));
+        let probed: Vec<u32> = r
+            .nearest(q, r.head.groups(), probes)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        found += near
+            .iter()
+            .filter(|(_, i)| probed.contains(&assigned[*i as usize]))
+            .count();
+    }
+    found as f64 / (queries.len() / dims * 10) as f64
+}
+
+/// Calibration measures how many clusters a query must probe on the
+/// data at hand: few where rows cluster, many where they do not, and on
+/// queries it never saw that many reach recall@10 of 0.95 while the
+/// default count would not.
+#[test]
+fn calibration_finds_the_probes_the_data_needs() {
+    let dims = 32;
+    let rows = 20_000;
+    let tight = Routing::train(&blobs(rows, dims, 100, 5), dims, Metric::Euclidean, rows as u64, 1);
+    let data = noise(rows, dims, 6);
+    let loose = Routing::train(&data, dims, Metric::Euclidean, rows as u64, 1);
+    let (t, l) = (tight.head.calibrated_probes, loose.head.calibrated_probes);
+    assert!(t >= 1 && t * 8 <= tight.head.clusters, "tight: {t} of {}", tight.head.clusters);
+    assert!(l > 4 * t, "noise: {l}, blobs: {t}");
+    assert!(l <= loose.head.clusters, "{l} of {}", loose.head.clusters);
+    let queries = noise(200, dims, 7);
+    let at = recall_at(&loose, &data, &queries, l as usize);
+    assert!(at >= 0.95, "recall {at} at the calibrated {l} probes");
+    let fewer = recall_at(&loose, &data, &queries, (l / 3) as usize);
+    assert!(fewer < 0.95, "recall {fewer} at a third of the calibrated {l}");
+    // Too small a sample to hold queries out of: not calibrated.
+    let small = Routing::train(&data[..1_000 * dims], dims, Metric::Euclidean, 1_000, 1);
+    assert_eq!(small.head.calibrated_probes, 0);
 }

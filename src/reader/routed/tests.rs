@@ -79,10 +79,18 @@ fn vector(i: usize) -> Vec<f32> {
 }
 
 async fn routed_index(store: &DynStore, rows: usize) -> Settings {
-    let (settings, w) = crate::reader::tests::index_with_writer(store, 2, DIMS).await;
+    routed_index_of(store, (0..rows).map(vector).collect()).await
+}
+
+/// An index of `vectors` (ids `r0`, `r1`, ...), built by a forced round.
+async fn routed_index_of(store: &DynStore, vectors: Vec<Vec<f32>>) -> Settings {
+    let dims = vectors[0].len();
+    let (settings, w) = crate::reader::tests::index_with_writer(store, 2, dims).await;
     let clock: DynClock = Arc::new(SystemClock);
-    let recs: Vec<Record> = (0..rows)
-        .map(|i| Record::new(format!("r{i}"), vector(i)))
+    let recs: Vec<Record> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| Record::new(format!("r{i}"), v))
         .collect();
     for chunk in recs.chunks(5000) {
         w.upsert(chunk).await.unwrap();
@@ -100,8 +108,8 @@ async fn routed_index(store: &DynStore, rows: usize) -> Settings {
 /// A query reads, of each routed shard, its head and the blocks of the
 /// clusters it probes (their probe blocks and the rows it reranks),
 /// nothing of any other cluster beyond the small gaps a coalesced
-/// request reads through; and it probes `nprobe × PROBES_PER_NPROBE`
-/// clusters however many the routing has.
+/// request reads through; and it probes `nprobe ×
+/// probes_per_nprobe` clusters however many the routing has.
 #[tokio::test]
 async fn a_query_reads_only_the_probed_clusters_blocks() {
     let inner: DynStore = Arc::new(MemoryStore::unique());
@@ -140,7 +148,7 @@ async fn a_query_reads_only_the_probed_clusters_blocks() {
     );
 
     // The clusters a query with nprobe 1 probes: the nearest few.
-    let probes = super::search::PROBES_PER_NPROBE;
+    let probes = super::search::probes_per_nprobe(&routing.head);
     let groups = routing.head.groups() as u32;
     let probed: Vec<u32> = routing
         .nearest(&q, groups as usize, probes)
@@ -189,4 +197,57 @@ async fn a_query_reads_only_the_probed_clusters_blocks() {
     let total: u64 = m.shards.iter().map(|s| s.bytes).sum();
     assert!(read > 0);
     assert!(read * 4 < total, "read {read} of {total} shard bytes");
+}
+
+/// On data with no structure for clusters to find, a query's neighbours
+/// spread over many clusters: the routing's calibration asks for more
+/// probes than the default, and the reader probes them, so recall@10
+/// holds at the default `nprobe` without tuning.
+#[tokio::test]
+async fn a_query_probes_as_many_clusters_as_the_routing_calibrated() {
+    use rand::{Rng, SeedableRng};
+    let (rows, dims) = (64_000, 64);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut noise = |n: usize| -> Vec<Vec<f32>> {
+        (0..n)
+            .map(|_| (0..dims).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+            .collect()
+    };
+    let data = noise(rows);
+    let store: DynStore = Arc::new(MemoryStore::unique());
+    let settings = routed_index_of(&store, data.clone()).await;
+    let (m, _) = read_index_manifest(store.as_ref(), 2).await.unwrap().unwrap();
+    let entry = m.current_routing().unwrap();
+    let routing = Routing::decode(&store.get(&entry.key).await.unwrap().bytes).unwrap();
+    let default = 8 * super::search::PROBES_PER_NPROBE;
+    let calibrated = routing.head.calibrated_probes as usize;
+    assert!(
+        calibrated > default && (calibrated as u32) < routing.head.clusters,
+        "calibrated {calibrated} of {} clusters",
+        routing.head.clusters
+    );
+    let reader = Reader::new(store.clone(), &settings, ReaderOptions::default());
+    let (mut found, mut codes) = (0, 0);
+    let queries = noise(40);
+    for q in &queries {
+        let got = reader.search(&SearchRequest::new(q.clone(), 10)).await.unwrap();
+        codes += got.stats.codes_scanned;
+        let mut exact: Vec<(f32, usize)> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (crate::index::distance(crate::vocab::Metric::Euclidean, q, v), i))
+            .collect();
+        exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+        found += exact[..10]
+            .iter()
+            .filter(|(_, i)| got.results.iter().any(|h| h.id == format!("r{i}")))
+            .count();
+    }
+    let recall = found as f64 / (queries.len() * 10) as f64;
+    assert!(recall >= 0.95, "recall@10 {recall}");
+    // It scanned about the calibrated clusters' rows, more than the
+    // default probes hold.
+    let per_query = codes as f64 / queries.len() as f64;
+    let per_cluster = rows as f64 / f64::from(routing.head.clusters);
+    assert!(per_query > 1.2 * default as f64 * per_cluster, "{per_query} codes per query");
 }
