@@ -294,6 +294,10 @@ struct QueryCode {
     delta: f32,
     /// `Σ ŷ_i` over the quantized residual.
     sum: f32,
+    /// The integer values, one byte per coordinate, `64 × words` of them
+    /// (zero past the last coordinate): made by the AVX-512 quantization
+    /// only, for [`ListQuery::ex_dot_avx512`].
+    values: Vec<u8>,
 }
 
 impl QueryCode {
@@ -362,6 +366,7 @@ impl QueryCode {
             lo,
             delta,
             sum: lo * dims as f32 + delta * sum_u as f32,
+            values: Vec::new(),
         }
     }
 
@@ -571,12 +576,14 @@ impl ListQuery {
         if one.0 - one.1 > cut || !keep(i) {
             return;
         }
-        self.survivor(codes, i, one, cut, multi, out);
+        self.survivor(codes, i, one, cut, multi, out, || self.ex_dot(codes, i));
     }
 
     /// A row whose one-bit estimate `one` (estimate, half-width) can
-    /// still beat `cut`: refined from its multi-bit code if it has one,
-    /// and kept as `(lower, upper, row)` if it still can.
+    /// still beat `cut`: refined from its multi-bit code if it has one
+    /// (`ex_dot` gives [`ListQuery::ex_dot`] of it), and kept as
+    /// `(lower, upper, row)` if it still can.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn survivor(
         &self,
@@ -586,9 +593,10 @@ impl ListQuery {
         cut: f32,
         multi: bool,
         out: &mut Vec<(f32, f32, u32)>,
+        ex_dot: impl FnOnce() -> (f32, f32),
     ) {
         let (est, err) = if multi {
-            self.estimate_multi_bit(codes, i)
+            self.multi_bit_estimate(codes, i, ex_dot())
         } else {
             one
         };
@@ -623,10 +631,16 @@ impl ListQuery {
     /// whose bound has the grid point's cosine in place of `ip` and the
     /// 8-bit query's rounding (`|ȳ| delta / √12` standard deviation,
     /// three of them, over `<ȳ, o'>`).
-    #[inline(always)]
+    #[cfg(test)]
     fn estimate_multi_bit(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
+        self.multi_bit_estimate(codes, i, self.ex_dot(codes, i))
+    }
+
+    /// [`ListQuery::estimate_multi_bit`] from row `i`'s
+    /// [`ListQuery::ex_dot`].
+    #[inline(always)]
+    fn multi_bit_estimate(&self, codes: &ListCodes, i: usize, (dot, delta): (f32, f32)) -> (f32, f32) {
         let norm = codes.norm[i];
-        let (dot, delta) = self.ex_dot(codes, i);
         let ipr = norm * dot * codes.ex_scale[i];
         let err = norm
             * (self.per_spread * codes.ex_spread[i] + 0.87 * delta * codes.ex_inv_ip[i]);

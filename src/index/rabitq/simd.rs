@@ -151,7 +151,17 @@ impl ListQuery {
             for lane in 0..8 {
                 let i = first + lane;
                 if over & (1 << lane) == 0 && keep(i) {
-                    self.survivor(codes, i, (ests[lane], errs[lane]), cut, multi, out);
+                    let ex_dot = || {
+                        if codes.code_bits <= MAX_BYTE_CODE_BITS {
+                            // SAFETY: the CPU has AVX-512F and BW (this
+                            // kernel's own requirements), and the code's
+                            // low bits fit the byte products.
+                            unsafe { self.ex_dot_avx512(codes, i) }
+                        } else {
+                            self.ex_dot(codes, i)
+                        }
+                    };
+                    self.survivor(codes, i, (ests[lane], errs[lane]), cut, multi, out, ex_dot);
                 }
             }
         }
@@ -159,7 +169,57 @@ impl ListQuery {
             self.scan_row(codes, i, keep, cut, multi, out);
         }
     }
+
+    /// [`ListQuery::ex_dot`] 64 coordinates at a time, from the 8-bit
+    /// query's values as bytes `u`: `Σ_j s_j u_j` (`s` the sign bits) is
+    /// a sum of the bytes the sign word masks in, and `Σ_j l_j u_j` (`l`
+    /// the low bits' value) a sum of byte products. The same integers as
+    /// the portable popcounts, so the same floats.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512BW ([`available`]), and
+    /// `codes.code_bits` must be at most [`MAX_BYTE_CODE_BITS`].
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn ex_dot_avx512(&self, codes: &ListCodes, i: usize) -> (f32, f32) {
+        let fine = self.fine.get_or_init(|| QueryCode::new(&self.y, 8));
+        let w = codes.words;
+        debug_assert!(fine.values.len() >= 64 * w && codes.code_bits <= MAX_BYTE_CODE_BITS);
+        let low = usize::from(codes.code_bits - 1);
+        let sign = &codes.bits[i * w..(i + 1) * w];
+        let planes = &codes.planes[i * low * w..(i + 1) * low * w];
+        let zero = _mm512_setzero_si512();
+        let pairs = _mm512_set1_epi16(1);
+        let (mut signed, mut products, mut lows) = (zero, zero, zero);
+        let mut ones_sign = 0u32;
+        for (k, &s) in sign.iter().enumerate() {
+            // SAFETY: `values` holds 64 bytes per word.
+            let u = unsafe { _mm512_loadu_si512(fine.values.as_ptr().add(64 * k) as *const __m512i) };
+            signed = _mm512_add_epi64(signed, _mm512_sad_epu8(_mm512_maskz_mov_epi8(s, u), zero));
+            ones_sign += s.count_ones();
+            let mut x = zero;
+            for b in 0..low {
+                x = _mm512_mask_add_epi8(x, planes[b * w + k], x, _mm512_set1_epi8(1 << b));
+            }
+            lows = _mm512_add_epi64(lows, _mm512_sad_epu8(x, zero));
+            // `u` unsigned times `x` (< 64) signed, pairs summed: at most
+            // 2 × 255 × 63, inside an i16.
+            let prod = _mm512_maddubs_epi16(u, x);
+            products = _mm512_add_epi32(products, _mm512_madd_epi16(prod, pairs));
+        }
+        let top = 1u32 << low;
+        let ones_low = _mm512_reduce_add_epi64(lows) as u32;
+        let sum_x = (top * ones_sign + ones_low) as f32;
+        let signed = _mm512_reduce_add_epi64(signed) as u32;
+        let products = _mm512_reduce_add_epi32(products) as u32;
+        let weighted = top as f32 * signed as f32 + products as f32;
+        let sum_xy = fine.lo * sum_x + fine.delta * weighted;
+        (sum_xy - (top as f32 - 0.5) * fine.sum, fine.delta)
+    }
 }
+
+/// Most bits per dimension [`ListQuery::ex_dot_avx512`] takes: its byte
+/// products hold low bits' values below 64.
+pub(super) const MAX_BYTE_CODE_BITS: u8 = 7;
 
 impl QueryCode {
     /// [`QueryCode::new`] sixteen coordinates at a time: the same float
@@ -208,8 +268,9 @@ impl QueryCode {
         let top_v = _mm512_set1_epi32(top as i32);
         let mut planes = vec![0u64; bits * w];
         let mut sum_u = _mm512_setzero_si512();
-        let mut bytes = [0u8; 64];
+        let mut values = vec![0u8; 64 * w];
         for k in 0..w {
+            let bytes = &mut values[64 * k..64 * (k + 1)];
             for c in 0..4 {
                 let at = 64 * k + 16 * c;
                 let packed = if at < dims {
@@ -231,6 +292,8 @@ impl QueryCode {
             }
         }
         let sum_u = _mm512_reduce_add_epi32(sum_u) as u32;
-        QueryCode::from_parts(dims, bits, planes, lo, delta, u64::from(sum_u))
+        let mut code = QueryCode::from_parts(dims, bits, planes, lo, delta, u64::from(sum_u));
+        code.values = values;
+        code
     }
 }
