@@ -47,3 +47,28 @@ where
         Err(e) => panic!("cpu task cancelled: {e}"),
     }
 }
+
+/// Caps glibc's malloc arenas (`M_ARENA_MAX`) at one per core, unless
+/// the `MALLOC_ARENA_MAX` environment variable sets it (a no-op off
+/// glibc). glibc's default is eight per core, and every thread that
+/// allocates may open one: a reader's cache parts are decoded on
+/// blocking threads and freed from others, so each arena keeps its own
+/// freed, fragmented pages. On 2 cores, a reader serving the 4M
+/// noisy-copy set with a 256 MiB cache peaked at 600 MB resident with
+/// the default, 486 MB with four arenas, 385 MB with two and 299 MB with
+/// one; but one arena halved the warm throughput of 8 clients (threads
+/// queue for its lock), two kept it (docs/benchmarks.md, "Reader
+/// memory"). Call first in `main`, before any thread starts: arenas a
+/// thread already opened stay.
+pub(crate) fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let arenas = i32::try_from(cores.max(2)).unwrap_or(i32::MAX);
+        // SAFETY: mallopt only sets an allocator parameter; called
+        // before other threads exist, nothing races it.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+}

@@ -124,3 +124,12 @@ mod routes;
 
 pub use db::{probe, Db, OpenOptions};
 pub use error::{Error, ErrorKind};
+
+/// Bounds the memory a long-running shoal process loses to its
+/// allocator: caps glibc's malloc arenas at one per core (the
+/// `MALLOC_ARENA_MAX` environment variable overrides; elsewhere a no-op). shoal's binaries
+/// (the CLI, `shoal serve`, the Lambda functions) call it first in
+/// `main`, before any thread starts; a program embedding shoal may too.
+pub fn limit_malloc_arenas() {
+    cpu::limit_malloc_arenas();
+}

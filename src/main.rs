@@ -5,8 +5,17 @@ mod cli;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before the runtime's threads exist (see `limit_malloc_arenas`).
+    shoal::limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(run())
+}
+
+async fn run() -> std::process::ExitCode {
     // Like other Unix tools, end quietly when stdout is closed early
     // (`shoal status | head`) instead of panicking on a broken pipe.
     #[cfg(unix)]

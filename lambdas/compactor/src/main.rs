@@ -8,9 +8,8 @@ use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use shoal::api::Role;
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
-    shoal_lambda_common::run(Role::Writer, |svc, e: LambdaEvent<Value>| async move {
+fn main() -> Result<(), lambda_runtime::Error> {
+    shoal_lambda_common::main(Role::Writer, |svc, e: LambdaEvent<Value>| async move {
         // Time left in this invocation, from the context deadline (epoch
         // milliseconds). The local emulator (cargo lambda watch) sends the
         // timeout as a relative number of milliseconds instead; a value far
@@ -34,5 +33,4 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         let gc = shoal::api::GcOptions::default();
         shoal::lambda::handle_compactor(svc, deadline, margin, &gc).await
     })
-    .await
 }

@@ -3,10 +3,8 @@
 
 use shoal::api::Role;
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
-    shoal_lambda_common::run(Role::Reader, |svc, e| {
+fn main() -> Result<(), lambda_runtime::Error> {
+    shoal_lambda_common::main(Role::Reader, |svc, e| {
         shoal::lambda::handle_reader(svc, e.payload)
     })
-    .await
 }

@@ -3,10 +3,8 @@
 
 use shoal::api::Role;
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
-    shoal_lambda_common::run(Role::Writer, |svc, e| {
+fn main() -> Result<(), lambda_runtime::Error> {
+    shoal_lambda_common::main(Role::Writer, |svc, e| {
         shoal::lambda::handle_writer(svc, e.payload)
     })
-    .await
 }
