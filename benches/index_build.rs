@@ -52,8 +52,16 @@ fn peak_rss_mb() -> f64 {
     kb / 1024.0
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // As the compactor Lambda and the CLI do, before any thread starts.
+    shoal::limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let store = shoal::store::open(&args.bucket).await?;
     let config = shoal::coord::config::read_config(store.as_ref())
