@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Reference numbers for docs/benchmarks.md: one in-memory hnswlib index
 (M=16, ef_construction=200) over a TEXMEX dataset, queried one at a time
-like `shoal bench`'s warm phase. Prints p50 latency and recall@10 per ef.
+like `shoal bench`'s warm phase. Prints p50 latency and recall@10 per ef
+(the second argument, comma-separated, replaces the default list).
 
     python3 -m venv /tmp/hv && /tmp/hv/bin/pip install hnswlib numpy
     /tmp/hv/bin/python scripts/hnswlib-reference.py ../shared/datasets/debian-pkgdesc-minilm384
+    /tmp/hv/bin/python scripts/hnswlib-reference.py /tmp/syn200k 128,256,512,1024
 """
 import sys
 import time
@@ -20,11 +22,12 @@ def main():
     base, queries, truth = fvecs(f"{d}/base.fvecs"), fvecs(f"{d}/query.fvecs"), ivecs(f"{d}/groundtruth.ivecs")
     index = hnswlib.Index(space="cosine", dim=base.shape[1])
     index.init_index(max_elements=len(base), M=16, ef_construction=200)
-    index.set_num_threads(1)
     t = time.perf_counter()
     index.add_items(base, np.arange(len(base)))
     print(f"build {time.perf_counter() - t:.1f} s for {len(base)} vectors")
-    for ef in (10, 16, 24, 32, 48, 64, 96, 128):
+    index.set_num_threads(1)
+    efs = [int(e) for e in sys.argv[2].split(",")] if len(sys.argv) > 2 else (10, 16, 24, 32, 48, 64, 96, 128)
+    for ef in efs:
         index.set_ef(ef)
         times, hits = [], 0
         for q, gt in zip(queries, truth):
