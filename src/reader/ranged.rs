@@ -203,6 +203,39 @@ pub(crate) enum Part {
     Group(u32),
 }
 
+/// A cluster's ids in one buffer: two allocations per cluster instead of
+/// one per id, so the part cache's weight is what the ids take and the
+/// parts it evicts leave no scatter of small holes in the heap.
+pub(crate) struct PackedIds {
+    /// Where each id ends in `bytes`.
+    ends: Vec<u32>,
+    bytes: String,
+}
+
+impl PackedIds {
+    pub(crate) fn new(ids: &[String]) -> Self {
+        let mut bytes = String::with_capacity(ids.iter().map(String::len).sum());
+        let ends = ids
+            .iter()
+            .map(|id| {
+                bytes.push_str(id);
+                u32::try_from(bytes.len()).expect("a cluster's ids fit 4 GiB")
+            })
+            .collect();
+        PackedIds { ends, bytes }
+    }
+
+    /// Id `i`.
+    pub(crate) fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.ends.len() * 4 + self.bytes.len()
+    }
+}
+
 /// A fetched part, parsed.
 pub(crate) enum Block {
     Codes(Box<ListCodes>),
@@ -215,11 +248,11 @@ pub(crate) enum Block {
     /// A routed shard's cluster: its codes and its rows' ids.
     Probe {
         codes: Box<ListCodes>,
-        ids: Vec<String>,
+        ids: PackedIds,
     },
     Ids(IdBlock),
     /// A routed shard's cluster's ids.
-    ClusterIds(Vec<String>),
+    ClusterIds(PackedIds),
     /// A term block of a routed shard's text index.
     Terms(TermBlock),
     /// Centroids of consecutive clusters of a routing (a group, or all
@@ -247,17 +280,15 @@ impl Block {
             Block::Meta { offsets, bytes, .. } => offsets.len() * 8 + bytes.len() * 3,
             Block::Rows(v) => v.len() * 4,
             Block::Group { centroids, .. } => centroids.len() * 8,
-            Block::Probe { codes, ids } => {
-                codes.memory_bytes() + ids.iter().map(|s| s.len() + 24).sum::<usize>()
-            }
+            Block::Probe { codes, ids } => codes.memory_bytes() + ids.memory_bytes(),
             Block::Ids(b) => b.memory_bytes(),
-            Block::ClusterIds(ids) => ids.iter().map(|s| s.len() + 24).sum::<usize>(),
+            Block::ClusterIds(ids) => ids.memory_bytes(),
             Block::Terms(t) => t.memory_bytes(),
         }
     }
 
     /// A cluster's ids (from its probe part or its ids part).
-    pub(super) fn cluster_ids(&self) -> &[String] {
+    pub(super) fn cluster_ids(&self) -> &PackedIds {
         match self {
             Block::Probe { ids, .. } | Block::ClusterIds(ids) => ids,
             _ => unreachable!("a cluster-ids part holds ids"),
@@ -729,6 +760,19 @@ pub(super) async fn row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_ids_give_back_each_id_and_weigh_what_they_hold() {
+        let ids: Vec<String> = ["a", "", "ünïcode-id", "r12345", ""]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let packed = PackedIds::new(&ids);
+        let back: Vec<&str> = (0..ids.len()).map(|i| packed.get(i)).collect();
+        assert_eq!(back, ids);
+        let bytes: usize = ids.iter().map(String::len).sum();
+        assert_eq!(packed.memory_bytes(), bytes + 4 * ids.len());
+    }
 
     #[test]
     fn coalescing_reads_small_gaps_through_and_caps_the_requests() {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::ranged::{chunk_of, Block, Blocks, Part, PartSource, ROW_CHUNK};
+use super::ranged::{chunk_of, Block, Blocks, PackedIds, Part, PartSource, ROW_CHUNK};
 use super::view::CacheTally;
 use super::PartitionError;
 use crate::coord::index_manifest::{RoutingEntry, ShardEntry};
@@ -437,7 +437,7 @@ impl PartSource for RoutedShard {
                         })?;
                 Block::Probe {
                     codes: Box::new(codes),
-                    ids: ids.ids,
+                    ids: PackedIds::new(&ids.ids),
                 }
             }
             Part::Meta(i) => {
@@ -449,7 +449,9 @@ impl PartSource for RoutedShard {
                 Block::Rows(h.cluster_rows(key, list as usize, first, bytes)?)
             }
             Part::Ids(b) => Block::Ids(h.id_block(key, b as usize, bytes)?),
-            Part::ClusterIds(i) => Block::ClusterIds(h.cluster_ids(key, i as usize, bytes)?.ids),
+            Part::ClusterIds(i) => {
+                Block::ClusterIds(PackedIds::new(&h.cluster_ids(key, i as usize, bytes)?.ids))
+            }
             Part::Terms { field, block } => {
                 Block::Terms(h.term_block(key, field as usize, block as usize, bytes)?)
             }

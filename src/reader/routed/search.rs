@@ -317,7 +317,7 @@ impl Run<'_> {
             .get(&Part::Probe(p.pos))
             .or_else(|| got.get(&Part::ClusterIds(p.pos)))
             .expect("a cluster's ids are fetched before its rows are read");
-        &ids.cluster_ids()[i as usize]
+        ids.cluster_ids().get(i as usize)
     }
 
     /// Whether row `i` of a probed cluster may be returned: live, not

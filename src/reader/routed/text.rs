@@ -292,7 +292,7 @@ fn scan_text(clusters: &Vec<ScanCluster>, q: &TextQuery) -> TextSearched {
         let ids = c.ids.cluster_ids();
         for &i in &c.rows {
             let i = i as usize;
-            out.observe(q, &ids[i], Some(c.meta.metadata(i)), || Source::Block {
+            out.observe(q, ids.get(i), Some(c.meta.metadata(i)), || Source::Block {
                 block: c.meta.clone(),
                 row: i,
             });
@@ -341,7 +341,7 @@ pub(in crate::reader) async fn resolve(
         let got = got.map_err(|e| index_error(&e))?;
         for &(d, row) in ds {
             let (pos, i) = shard.head.locate(u64::from(row));
-            let id = got[&Part::ClusterIds(pos as u32)].cluster_ids()[i as usize].clone();
+            let id = got[&Part::ClusterIds(pos as u32)].cluster_ids().get(i as usize).to_string();
             docs[d].partition = crate::coord::partition_of(&id, partitions);
             docs[d].id = id;
             docs[d].source = Source::Block {
