@@ -458,6 +458,11 @@ fn bench_writes_every_result_key(s: &Shoal) {
         );
     }
     assert_eq!(r["ingest"]["records"], 300);
+    // The indexer's peak memory, where the kernel lets a process reset
+    // its peak (`clear_refs`, Linux 4.0 and later).
+    if std::fs::write("/proc/self/clear_refs", "5").is_ok() {
+        assert!(r["index"]["indexer_peak_rss_bytes"].is_u64(), "{r}");
+    }
     assert!(
         r["cold"]["s3_requests_per_query"].as_f64().unwrap() >= 4.0,
         "cold queries fetch manifests and segments"

@@ -96,6 +96,10 @@ pub struct IndexPhase {
     pub seconds: f64,
     pub records_per_s: f64,
     pub shards: usize,
+    /// The indexer's peak resident memory: the process's peak during the
+    /// round less what it held when the round began (the bench's base
+    /// vectors and writer), where Linux lets the peak be reset.
+    pub indexer_peak_rss_bytes: Option<u64>,
 }
 
 pub fn machine() -> String {
@@ -231,6 +235,7 @@ async fn write_phases(
     let compact_seconds = t.elapsed().as_secs_f64();
     let index = if o.shards {
         tracing::info!("bench: index shards");
+        let held = reset_peak_rss().then(rss_bytes).flatten();
         let t = Instant::now();
         let round = db.index(true).await?;
         let seconds = t.elapsed().as_secs_f64();
@@ -238,6 +243,9 @@ async fn write_phases(
             seconds,
             records_per_s: round.records_in as f64 / seconds.max(1e-9),
             shards: round.shards_written.len(),
+            indexer_peak_rss_bytes: held
+                .zip(peak_rss_bytes())
+                .map(|(held, peak)| peak.saturating_sub(held)),
         })
     } else {
         None
@@ -411,8 +419,23 @@ fn filtered_inputs(
 
 /// This process's peak resident memory (`VmHWM`), where Linux reports it.
 fn peak_rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// This process's resident memory now (`VmRSS`).
+fn rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
+}
+
+fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Resets the peak resident memory to the current one (Linux 4.0 and
+/// later: `5` written to `/proc/self/clear_refs`); whether it could.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }

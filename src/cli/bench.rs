@@ -266,6 +266,14 @@ fn build_rows(r: &SuiteResults) -> Vec<Row> {
                 format!("{:.2} / {:.0} / {}", i.seconds, i.records_per_s, i.shards)
             }),
         ),
+        (
+            "index shards",
+            "indexer peak resident MB (above the bench's own)".into(),
+            r.index.as_ref().map_or("skipped".into(), |i| {
+                i.indexer_peak_rss_bytes
+                    .map_or("not measured".into(), |b| format!("{:.0}", b as f64 / 1e6))
+            }),
+        ),
     ]
 }
 
