@@ -519,10 +519,13 @@ impl Routing {
     /// CPU-bound, parallel.
     pub(crate) fn assign(&self, vectors: &[f32]) -> Vec<u32> {
         let d = self.head.dimensions;
-        vectors
-            .par_chunks_exact(d)
-            .map(|v| self.nearest(v, ASSIGN_BEAM, 1)[0].1)
-            .collect()
+        vectors.par_chunks_exact(d).map(|v| self.cluster_of(v)).collect()
+    }
+
+    /// `v`'s cluster: the nearest among those of the [`ASSIGN_BEAM`]
+    /// nearest groups, as the indexer assigns rows.
+    pub(crate) fn cluster_of(&self, v: &[f32]) -> u32 {
+        self.nearest(v, ASSIGN_BEAM, 1)[0].1
     }
 
     /// The `n` clusters nearest `v` among those of its `beam` nearest

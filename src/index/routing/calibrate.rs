@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use super::{keep_nearest, Routing, ASSIGN_BEAM};
+use super::{keep_nearest, Routing};
 use crate::index::distance;
 use crate::index::ivf::probe_metric;
 
@@ -35,7 +35,7 @@ const TARGET: f64 = 0.97;
 const QUERIES: usize = 500;
 /// Fewest sample rows a routing calibrates on (fewer: no calibration,
 /// the default probes hold).
-pub(super) const MIN_SAMPLE: usize = 2_000;
+const MIN_SAMPLE: usize = 2_000;
 
 /// Splits a sample (`n × dims`) into held-out query rows (every
 /// `n / QUERIES`-th, at most one in 20) and the rest, in order. Too
@@ -85,7 +85,7 @@ impl Routing {
                 near.into_iter()
                     .map(|(_, i)| {
                         let v = &pool[i as usize * d..(i as usize + 1) * d];
-                        let c = self.nearest(v, ASSIGN_BEAM, 1)[0].1;
+                        let c = self.cluster_of(v);
                         // Its cluster's place in the query's route: the
                         // clusters before it by (distance, id).
                         let at = (cents[c as usize], c);
