@@ -53,12 +53,8 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    // As the compactor Lambda and the CLI do, before any thread starts.
-    shoal::limit_malloc_arenas();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    // The runtime the compactor Lambda and the CLI run on.
+    shoal::runtime()?.block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -149,7 +149,7 @@ for path in rs_files(SRC):
             problems.append(f"{rel(path)}:{n}: conditional write outside store/coord: {line.strip()}")
 
 # 4. Front ends use the handle, api, errors and what belongs to each.
-HANDLE = ["api", "db", "error", "Db", "OpenOptions", "Error", "ErrorKind", "probe", "limit_malloc_arenas"]
+HANDLE = ["api", "db", "error", "Db", "OpenOptions", "Error", "ErrorKind", "probe", "runtime"]
 FRONT_ENDS = [
     (
         [*rs_files(os.path.join(SRC, "cli")), *rs_files(os.path.join(SRC, "http")),

@@ -58,8 +58,8 @@ where
 /// the default, 486 MB with four arenas, 385 MB with two and 299 MB with
 /// one; but one arena halved the warm throughput of 8 clients (threads
 /// queue for its lock), two kept it (docs/benchmarks.md, "Reader
-/// memory"). Call first in `main`, before any thread starts: arenas a
-/// thread already opened stay.
+/// memory"). Called by [`crate::runtime`] before the runtime's threads
+/// start: arenas a thread already opened stay.
 pub(crate) fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

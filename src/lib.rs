@@ -125,11 +125,16 @@ mod routes;
 pub use db::{probe, Db, OpenOptions};
 pub use error::{Error, ErrorKind};
 
-/// Bounds the memory a long-running shoal process loses to its
-/// allocator: caps glibc's malloc arenas at one per core (the
-/// `MALLOC_ARENA_MAX` environment variable overrides; elsewhere a no-op). shoal's binaries
-/// (the CLI, `shoal serve`, the Lambda functions) call it first in
-/// `main`, before any thread starts; a program embedding shoal may too.
-pub fn limit_malloc_arenas() {
+/// The multi-threaded tokio runtime a shoal process runs on, built after
+/// capping glibc's malloc arenas at one per core (the `MALLOC_ARENA_MAX`
+/// environment variable overrides; elsewhere a no-op), which bounds the
+/// memory a long-running process loses to its allocator. The cap holds
+/// only for threads started after it, so shoal's binaries (the CLI,
+/// `shoal serve`, the Lambda functions) call this first in `main`; a
+/// program embedding shoal may too.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     cpu::limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }

@@ -6,13 +6,7 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // Before the runtime's threads exist (see `limit_malloc_arenas`).
-    shoal::limit_malloc_arenas();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-        .block_on(run())
+    shoal::runtime().expect("a tokio runtime").block_on(run())
 }
 
 async fn run() -> std::process::ExitCode {

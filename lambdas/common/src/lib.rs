@@ -24,19 +24,13 @@ impl From<Failure> for Diagnostic {
     }
 }
 
-/// A Lambda function's `main`: caps the allocator's arenas before any
-/// thread starts ([`shoal::limit_malloc_arenas`]), then runs [`run`] on
-/// a multi-threaded runtime.
+/// A Lambda function's `main`: runs [`run`] on [`shoal::runtime`].
 pub fn main<F, Fut>(role: Role, handler: F) -> Result<(), lambda_runtime::Error>
 where
     F: Fn(&'static Db, LambdaEvent<Value>) -> Fut,
     Fut: Future<Output = Result<Value, ApiError>>,
 {
-    shoal::limit_malloc_arenas();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(role, handler))
+    shoal::runtime()?.block_on(run(role, handler))
 }
 
 /// Sets up JSON logs (CloudWatch adds the time), joins the bucket as
