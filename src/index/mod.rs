@@ -8,11 +8,13 @@
 //! fetches).
 //!
 //! Kernels are written so the compiler vectorizes them: contiguous `f32`
-//! slices, eight independent accumulators (no loop-carried dependency on
-//! one sum), `chunks_exact` so the hot loop has no bounds checks. With
+//! slices, sixteen independent accumulators (no loop-carried dependency
+//! on one sum), `chunks_exact` so the hot loop has no bounds checks. With
 //! plain SSE2 (the x86-64 baseline, and all a Lambda build may assume
 //! without `x86-64-v3`) this is several times faster than
-//! `iter().map().sum()`; `benches/` measures it.
+//! `iter().map().sum()`; on CPUs with AVX2 the same code runs compiled
+//! for it ([`wide`], chosen at run time). `benches/kernels.rs` measures
+//! both.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -27,48 +29,169 @@ use crate::record::Prepared;
 use crate::segment::Segment;
 use crate::vocab::{AnnKind, IndexSettings, Metric};
 
+/// Independent accumulators per kernel: thirty-two lanes are four AVX2
+/// registers or eight SSE2 ones, enough that no add waits on the one
+/// before it (one 384-d dot product on two AVX2 registers was bound by
+/// the adds' latency). Rows shorter than that, or their last lanes, go
+/// eight at a time into the first eight lanes, then one at a time.
+const LANES: usize = 32;
+
 /// Inner product.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        let x: &[f32; 8] = x.try_into().expect("chunks of 8");
-        let y: &[f32; 8] = y.try_into().expect("chunks of 8");
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
+    #[cfg(target_arch = "x86_64")]
+    if wide::available() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { wide::dot(a, b) };
     }
-    let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+    lanes(a, b, |x, y| x * y)
 }
 
 /// Squared Euclidean distance.
 #[inline]
 pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if wide::available() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { wide::l2_squared(a, b) };
+    }
+    lanes(a, b, |x, y| (x - y) * (x - y))
+}
+
+/// `Σ term(a_i, b_i)` over [`LANES`] accumulators, the order every
+/// build and CPU sums in.
+#[inline(always)]
+fn lanes(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        let x: &[f32; 8] = x.try_into().expect("chunks of 8");
-        let y: &[f32; 8] = y.try_into().expect("chunks of 8");
+    let n = a.len().min(b.len());
+    let split = n - n % LANES;
+    let (a, rest_a) = a[..n].split_at(split);
+    let (b, rest_b) = b[..n].split_at(split);
+    let mut acc = [0.0f32; LANES];
+    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        let x: &[f32; LANES] = x.try_into().expect("chunks of LANES");
+        let y: &[f32; LANES] = y.try_into().expect("chunks of LANES");
+        for i in 0..LANES {
+            acc[i] += term(x[i], y[i]);
+        }
+    }
+    let (xs, ys) = (rest_a.chunks_exact(8), rest_b.chunks_exact(8));
+    let (tail_a, tail_b) = (xs.remainder(), ys.remainder());
+    for (x, y) in xs.zip(ys) {
         for i in 0..8 {
-            let d = x[i] - y[i];
-            acc[i] += d * d;
+            acc[i] += term(x[i], y[i]);
         }
     }
     let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        let d = x - y;
-        tail += d * d;
+    for (x, y) in tail_a.iter().zip(tail_b) {
+        tail += term(*x, *y);
     }
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+    sum_lanes(acc) + tail
+}
+
+/// The lanes' total, halves added pairwise in a fixed order (every build,
+/// every CPU: the same float).
+#[inline(always)]
+pub(crate) fn sum_lanes<const N: usize>(mut acc: [f32; N]) -> f32 {
+    let mut half = N / 2;
+    while half > 0 {
+        for i in 0..half {
+            acc[i] += acc[i + half];
+        }
+        half /= 2;
+    }
+    acc[0]
+}
+
+/// The float kernels on AVX2, chosen at run time: the same per-lane
+/// operations in the same order as the portable code (a multiply then an
+/// add, never fused), so the same result to the bit, on registers twice
+/// as wide as the SSE2 baseline's (which the compiler fills only two
+/// lanes at a time for these loops). Index builds spend most of their
+/// time here: distances to centroids, and encoding codes
+/// ([`rabitq::ListCodes::encode`] runs compiled for AVX2 as a whole).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod wide {
+    use super::{sum_lanes, LANES};
+    use std::arch::x86_64::*;
+
+    /// Whether this CPU has AVX2 (detected once).
+    #[inline]
+    pub(crate) fn available() -> bool {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
+    }
+
+    /// A kernel `Σ term(a_i, b_i)` laid out as [`super::lanes`]: four
+    /// registers of eight lanes, then eight at a time into the first,
+    /// then one at a time.
+    macro_rules! kernel {
+        ($(#[$doc:meta])* $name:ident, |$x:ident, $y:ident| $term:expr, |$sx:ident, $sy:ident| $scalar:expr) => {
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// The CPU must have AVX2 ([`available`]).
+            #[target_feature(enable = "avx2")]
+            pub(crate) unsafe fn $name(a: &[f32], b: &[f32]) -> f32 {
+                debug_assert_eq!(a.len(), b.len());
+                let n = a.len().min(b.len());
+                let mut acc = [_mm256_setzero_ps(); LANES / 8];
+                let mut i = 0;
+                while i + LANES <= n {
+                    for (k, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: `i + 8k + 8 <= n`, inside both slices.
+                        let ($x, $y) = unsafe { (load(a, i + 8 * k), load(b, i + 8 * k)) };
+                        *acc = _mm256_add_ps(*acc, $term);
+                    }
+                    i += LANES;
+                }
+                while i + 8 <= n {
+                    // SAFETY: `i + 8 <= n`, inside both slices.
+                    let ($x, $y) = unsafe { (load(a, i), load(b, i)) };
+                    acc[0] = _mm256_add_ps(acc[0], $term);
+                    i += 8;
+                }
+                let mut tail = 0.0;
+                for (&$sx, &$sy) in a[i..n].iter().zip(&b[i..n]) {
+                    tail += $scalar;
+                }
+                let mut out = [0f32; LANES];
+                for (k, acc) in acc.iter().enumerate() {
+                    // SAFETY: `out` holds eight floats at `8k`.
+                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * k), *acc) };
+                }
+                sum_lanes(out) + tail
+            }
+        };
+    }
+
+    kernel!(
+        /// [`super::dot`] on AVX2.
+        dot,
+        |x, y| _mm256_mul_ps(x, y),
+        |x, y| x * y
+    );
+
+    kernel!(
+        /// [`super::l2_squared`] on AVX2.
+        l2_squared,
+        |x, y| {
+            let d = _mm256_sub_ps(x, y);
+            _mm256_mul_ps(d, d)
+        },
+        |x, y| (x - y) * (x - y)
+    );
+
+    /// Eight floats of `v` at `i`.
+    ///
+    /// # Safety
+    /// AVX2, and `i + 8` within `v`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(v: &[f32], i: usize) -> __m256 {
+        // SAFETY: the caller keeps `i + 8` within `v`.
+        unsafe { _mm256_loadu_ps(v.as_ptr().add(i)) }
+    }
 }
 
 /// The ranking distance of `v` from `q` under `metric`: lower is better.
@@ -470,6 +593,33 @@ mod tests {
                 "l2 len {len}"
             );
         }
+    }
+
+    /// The AVX2 clones must give the portable kernels' floats to the bit:
+    /// an index built on one CPU is read on another, and a distance that
+    /// differed in the last bit could order ties differently.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_kernels_match_the_portable_ones() {
+        if !wide::available() {
+            eprintln!("this CPU lacks AVX2: the kernels cannot run here");
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let mut compared = 0;
+        for len in [1usize, 7, 8, 15, 16, 17, 31, 32, 33, 48, 100, 384, 1000] {
+            for _ in 0..20 {
+                let a: Vec<f32> = (0..len).map(|_| rng.random_range(-3.0..3.0)).collect();
+                let b: Vec<f32> = (0..len).map(|_| rng.random_range(-3.0..3.0)).collect();
+                // SAFETY: the CPU has AVX2 (checked above).
+                let (d, l) = unsafe { (wide::dot(&a, &b), wide::l2_squared(&a, &b)) };
+                let portable = (lanes(&a, &b, |x, y| x * y), lanes(&a, &b, |x, y| (x - y) * (x - y)));
+                assert_eq!(d.to_bits(), portable.0.to_bits(), "dot len {len}");
+                assert_eq!(l.to_bits(), portable.1.to_bits(), "l2 len {len}");
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 260);
     }
 
     #[test]

@@ -71,6 +71,11 @@ const ASSIGN_BEAM: usize = 8;
 /// Lloyd rounds over the whole sample after the hierarchical training.
 const REFINE_ROUNDS: usize = 2;
 
+/// Rows [`Routing::assign`] takes a group at a time: enough that each
+/// group's centroids serve many rows while cached, few enough that the
+/// rows (1.5 MB at 384-d) stay in a core's cache too.
+const ASSIGN_BATCH: usize = 1024;
+
 /// A group of the top level: its clusters and where their centroids are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Group {
@@ -515,11 +520,46 @@ impl Routing {
     }
 
     /// Each vector's cluster (`vectors` is `n × dims`): the nearest
-    /// cluster among those of the [`ASSIGN_BEAM`] nearest groups.
-    /// CPU-bound, parallel.
+    /// cluster among those of the [`ASSIGN_BEAM`] nearest groups, as
+    /// [`Routing::cluster_of`] gives it. CPU-bound, parallel, in batches
+    /// of [`ASSIGN_BATCH`] rows.
     pub(crate) fn assign(&self, vectors: &[f32]) -> Vec<u32> {
         let d = self.head.dimensions;
-        vectors.par_chunks_exact(d).map(|v| self.cluster_of(v)).collect()
+        vectors
+            .par_chunks(ASSIGN_BATCH * d)
+            .flat_map_iter(|batch| self.assign_batch(batch))
+            .collect()
+    }
+
+    /// [`Routing::cluster_of`] for every row of `batch`, a group at a
+    /// time: each group's centroids are compared with every row whose
+    /// beam reaches it while they are in cache. Row by row, each row
+    /// walked its eight groups' centroids (0.8 MB at 384-d and 4,000
+    /// clusters) and a 1M build waited on memory for a third of its
+    /// time. Same distances, same order of ties, same clusters.
+    fn assign_batch(&self, batch: &[f32]) -> Vec<u32> {
+        let d = self.head.dimensions;
+        let pm = probe_metric(self.head.metric);
+        let mut reached: Vec<Vec<u32>> = vec![Vec::new(); self.head.groups()];
+        for (i, v) in batch.chunks_exact(d).enumerate() {
+            for &(_, g) in self.head.nearest_groups(v).iter().take(ASSIGN_BEAM) {
+                reached[g as usize].push(i as u32);
+            }
+        }
+        let mut best = vec![(f32::INFINITY, u32::MAX); batch.len() / d];
+        for (e, rows) in self.head.groups.iter().zip(&reached) {
+            for &i in rows {
+                let v = &batch[i as usize * d..(i as usize + 1) * d];
+                let b = &mut best[i as usize];
+                for c in e.first..e.first + e.clusters {
+                    let dist = distance(pm, v, self.centroid(c));
+                    if dist.total_cmp(&b.0).then(c.cmp(&b.1)).is_lt() {
+                        *b = (dist, c);
+                    }
+                }
+            }
+        }
+        best.into_iter().map(|(_, c)| c).collect()
     }
 
     /// `v`'s cluster: the nearest among those of the [`ASSIGN_BEAM`]

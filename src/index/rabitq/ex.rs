@@ -67,6 +67,7 @@ fn typical_spread(bits: u8) -> f32 {
 /// The grid point of `r` (a rotated residual, any length) with `bits`
 /// bits per coordinate: per coordinate the stored value `x_i` (in
 /// `0..2^bits`), and the point's cosine with `r` and its length `|ȳ|`.
+#[inline(always)]
 pub(crate) fn encode(r: &[f32], bits: u8, x: &mut [u8]) -> (f32, f32) {
     let levels = 1u32 << (bits - 1);
     let abs: Vec<f32> = r.iter().map(|v| v.abs()).collect();
@@ -93,16 +94,34 @@ pub(crate) fn encode(r: &[f32], bits: u8, x: &mut [u8]) -> (f32, f32) {
 }
 
 /// `<ȳ, |r|> / |ȳ|` for the grid point at scale `t`:
-/// `m_i = min(⌊t a_i⌋, top)`, `|ȳ_i| = m_i + 0.5`.
-#[inline]
+/// `m_i = min(⌊t a_i⌋, top)`, `|ȳ_i| = m_i + 0.5`. Sums in
+/// sixteen independent lanes: a search calls this 65
+/// times per row, and one running sum per total left it waiting on each
+/// add (a third of a 1M index build).
+#[inline(always)]
 fn score(abs: &[f32], top: u32, t: f32) -> f32 {
-    let (mut num, mut den) = (0f32, 0f32);
+    const L: usize = 16;
     let top = top as f32;
-    for &a in abs {
+    let level = |a: f32| {
         // SAFETY: `t a` is finite and non-negative and capped at `top`,
         // so it fits an i32; the unchecked conversion vectorizes (a
         // saturating `as` does not).
-        let m = unsafe { (t * a).min(top).to_int_unchecked::<i32>() } as f32 + 0.5;
+        unsafe { (t * a).min(top).to_int_unchecked::<i32>() as f32 + 0.5 }
+    };
+    let (mut num, mut den) = ([0f32; L], [0f32; L]);
+    let chunks = abs.chunks_exact(L);
+    let rest = chunks.remainder();
+    for c in chunks {
+        let c: &[f32; L] = c.try_into().expect("chunks of 16");
+        for i in 0..L {
+            let m = level(c[i]);
+            num[i] += c[i] * m;
+            den[i] += m * m;
+        }
+    }
+    let (mut num, mut den) = (crate::index::sum_lanes(num), crate::index::sum_lanes(den));
+    for &a in rest {
+        let m = level(a);
         num += a * m;
         den += m * m;
     }
@@ -119,6 +138,7 @@ fn score(abs: &[f32], top: u32, t: f32) -> f32 {
 /// take twice as long; the search lands within 0.1 % of its cosine (a
 /// test holds it there), and the bound is computed for whatever point is
 /// chosen, so it stays honest either way.
+#[inline(always)]
 fn search_levels(abs: &[f32], levels: u32) -> Vec<u32> {
     let top = levels - 1;
     let rms = (abs.iter().map(|a| a * a).sum::<f32>() / abs.len().max(1) as f32).sqrt();

@@ -391,6 +391,32 @@ fn the_avx512_scan_matches_the_portable_one() {
 /// scalars, bit for bit, at every bit count and for dimensions that
 /// fill their last chunk of sixteen and word of 64 or not.
 #[cfg(target_arch = "x86_64")]
+/// The encoder's AVX2 clone writes the portable encoder's codes, bit for
+/// bit: shards built on different CPUs must read the same.
+#[test]
+fn the_avx2_encoder_matches_the_portable_one() {
+    if !crate::index::wide::available() {
+        eprintln!("this CPU lacks AVX2: the encoder's clone cannot run here");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut compared = 0;
+    for dims in [5, 24, 64, 100, 384, 700] {
+        let rot = Rotation::new(dims);
+        let centre: Vec<f32> = (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let vectors = cluster(&mut rng, &centre, 37, Metric::Euclidean, |r| r.random_range(0.1..0.8));
+        for bits in [1, 3, 4, 5, 8] {
+            // SAFETY: the CPU has AVX2 (checked above).
+            let wide = unsafe { ListCodes::encode_avx2(&rot, &centre, &vectors, bits) };
+            let portable = ListCodes::encode_rows(&rot, &centre, &vectors, bits);
+            assert_eq!(wide.to_bytes(), portable.to_bytes(), "{dims}-d {bits} bits");
+            assert!(wide.planes.iter().any(|w| *w != 0) || bits == 1);
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 30);
+}
+
 #[test]
 fn the_avx512_query_code_matches_the_portable_one() {
     if !simd::available() {

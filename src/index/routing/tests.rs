@@ -94,6 +94,35 @@ fn routing_through_the_beam_finds_the_nearest_cluster() {
     }
 }
 
+/// `assign` batches rows a group at a time; it must give each row the
+/// cluster `cluster_of` gives it, every group of the beam counted. Noise,
+/// so rows often land in a far group of their beam.
+#[test]
+fn batched_assignment_gives_each_row_its_cluster() {
+    let dims = 32;
+    let mut rng = StdRng::seed_from_u64(12);
+    let data: Vec<f32> = (0..20_000 * dims).map(|_| rng.random_range(-1.0..1.0)).collect();
+    for metric in [Metric::Euclidean, Metric::Cosine] {
+        let r = Routing::train(&data, dims, metric, 400_000, 1);
+        assert!(r.head.groups() > ASSIGN_BEAM && !(data.len() / dims).is_multiple_of(ASSIGN_BATCH));
+        let assigned = r.assign(&data);
+        let one_by_one: Vec<u32> = data.chunks_exact(dims).map(|v| r.cluster_of(v)).collect();
+        assert_eq!(assigned, one_by_one, "{metric}");
+        // Rows whose cluster sits in the last group of their beam: a
+        // batch that dropped that group would differ on each.
+        let last = data
+            .chunks_exact(dims)
+            .zip(&assigned)
+            .filter(|(v, c)| {
+                let (_, g) = r.head.nearest_groups(v)[ASSIGN_BEAM - 1];
+                let e = &r.head.groups[g as usize];
+                (e.first..e.first + e.clusters).contains(c)
+            })
+            .count();
+        assert!(last > 0, "{metric}: no row's cluster is in its beam's last group");
+    }
+}
+
 #[test]
 fn the_object_round_trips_and_a_reader_can_fetch_it_in_parts() {
     let dims = 8;
