@@ -45,7 +45,7 @@ use crate::coord::index_manifest::{
 use crate::coord::manifest::load_manifest;
 use crate::coord::paths::{new_deletions_key, new_shard_key};
 use crate::coord::{CoordError, Settings};
-use crate::index::shard::routed::group_by_cluster;
+use crate::index::shard::routed::{group_by_cluster, KnownCodes};
 use crate::record::Prepared;
 use crate::text::TextFields;
 use crate::segment::deletions::DeletionVector;
@@ -299,7 +299,8 @@ async fn run_round(
         let clusters = crate::cpu::run(move || group_by_cluster(live, &r)).await;
         let cap = shard_target_rows(settings) as usize;
         let text = settings.text_fields();
-        routed::write_routed(store, clock, clusters, rr.routing, 0, cap, &text).await?
+        routed::write_routed(store, clock, clusters, KnownCodes::new(), rr.routing, 0, cap, &text)
+            .await?
     } else {
         write_shards(store, settings, clock, live, 0).await?
     };
@@ -672,7 +673,7 @@ async fn merge_routed(
     round: &mut IndexRound,
 ) -> Result<bool, CompactError> {
     let routing = routed::load_routing(store, current).await?;
-    let clusters = match routed::live_rows_by_cluster(store, inputs, &routing).await {
+    let (clusters, known) = match routed::live_rows_by_cluster(store, inputs, &routing).await {
         Ok(c) => c,
         Err(e) => {
             // Merges wait until the shard is repaired.
@@ -690,7 +691,7 @@ async fn merge_routed(
     let rows: u64 = clusters.iter().map(|(_, r)| r.len() as u64).sum();
     let cap = shard_target_rows(settings) as usize;
     let (outputs, written_at) =
-        routed::write_routed(store, clock, clusters, routing, level, cap, &text).await?;
+        routed::write_routed(store, clock, clusters, known, routing, level, cap, &text).await?;
     let merge = Merged {
         expected: index.generation,
         inputs,

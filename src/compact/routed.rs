@@ -29,7 +29,9 @@ use crate::text::TextFields;
 use crate::coord::paths::new_routing_key;
 use crate::coord::{CoordError, Settings};
 use crate::index::routing::{Routing, TARGET_CLUSTER_ROWS};
-use crate::index::shard::routed::{build_routed, group_by_cluster};
+use crate::index::rabitq::ListCodes;
+use crate::index::rabitq::ex::code_bits;
+use crate::index::shard::routed::{build_routed, group_by_cluster, KnownCodes};
 use crate::record::Prepared;
 use crate::segment::routed::decode_routed;
 use crate::segment::{self, SegmentError, Shape};
@@ -176,12 +178,15 @@ async fn sample_rows(
 }
 
 /// Builds routed shards of `rows` (at most `cap` rows each) under
-/// `routing` at `level` and PUTs them create-only. Returns their entries
-/// and when the first PUT was sent.
+/// `routing` at `level` and PUTs them create-only, taking the code blocks
+/// in `known` as they are. Returns their entries and when the first PUT
+/// was sent.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn write_routed(
     store: &dyn ObjectStore,
     clock: &DynClock,
     clusters: Vec<(u32, Vec<Prepared>)>,
+    known: KnownCodes,
     routing: Arc<Routing>,
     level: u32,
     cap: usize,
@@ -198,7 +203,7 @@ pub(super) async fn write_routed(
         })
         .collect();
     let built = crate::cpu::run(move || {
-        build_routed(clusters, &routing, unix_millis(now), "indexer", cap, &fields)
+        build_routed(clusters, known, &routing, unix_millis(now), "indexer", cap, &fields)
     })
     .await;
     let written_at = clock.now();
@@ -255,24 +260,29 @@ pub(super) async fn routed_rows_of(
 
 /// The live rows of `inputs`, each with the cluster it belongs to under
 /// `routing`: a shard of that routing keeps its rows' clusters (its rows
-/// were assigned by it); any other shard's rows are assigned now.
+/// were assigned by it) and their codes; any other shard's rows are
+/// assigned now, and their clusters' codes encoded again.
 pub(super) async fn live_rows_by_cluster(
     store: &dyn ObjectStore,
     inputs: &[ShardEntry],
     routing: &Arc<Routing>,
-) -> Result<Vec<(u32, Vec<Prepared>)>, CompactError> {
+) -> Result<(Vec<(u32, Vec<Prepared>)>, KnownCodes), CompactError> {
     let mut by: BTreeMap<u32, Vec<Prepared>> = BTreeMap::new();
+    let mut codes = Gathered::new(routing.head.dimensions);
     let mut strays: Vec<Prepared> = Vec::new();
     for shard in inputs {
         let got = store.get(&shard.key).await.map_err(CoordError::from)?;
         let dv = super::indexer::load_deletions(store, shard).await?;
         if shard.routing == Some(routing.head.generation) {
             let (head, seg, _) = decode_routed(&shard.key, &got.bytes)?;
-            for c in &head.clusters {
+            for (k, c) in head.clusters.iter().enumerate() {
                 let live = (c.start..c.start + u64::from(c.rows)).filter(|r| !dv.is_dead(*r));
                 by.entry(c.cluster)
                     .or_default()
                     .extend(live.map(|r| seg.prepared(r as usize)));
+                let r = head.probe_range(k);
+                let block = got.bytes.get(r.start as usize..r.end as usize).unwrap_or_default();
+                codes.add(&shard.key, &head, k, block, |i| !dv.is_dead(c.start + i as u64))?;
             }
         } else {
             let seg = segment::decode_segment(&shard.key, &got.bytes)?;
@@ -286,13 +296,77 @@ pub(super) async fn live_rows_by_cluster(
         let r = routing.clone();
         let grouped = crate::cpu::run(move || group_by_cluster(strays, &r)).await;
         for (c, rows) in grouped {
+            // Its gathered codes no longer cover all its rows.
+            codes.forget(c);
             by.entry(c).or_default().extend(rows);
         }
     }
-    Ok(by
-        .into_iter()
-        .filter(|(_, rows)| !rows.is_empty())
-        .collect())
+    let clusters = by.into_iter().filter(|(_, rows)| !rows.is_empty()).collect();
+    Ok((clusters, codes.into_known()))
+}
+
+/// Code blocks gathered per cluster from routed shards of one routing, a
+/// live row at a time in the order its row is taken: what a merge writes
+/// instead of encoding every row again.
+struct Gathered {
+    dims: usize,
+    by: BTreeMap<u32, ListCodes>,
+    /// Clusters whose codes must be encoded again: a row came from
+    /// elsewhere, or a shard's codes have other bits than the encoder
+    /// now gives.
+    forgotten: HashSet<u32>,
+}
+
+impl Gathered {
+    fn new(dims: usize) -> Self {
+        Gathered {
+            dims,
+            by: BTreeMap::new(),
+            forgotten: HashSet::new(),
+        }
+    }
+
+    /// The rows `live` accepts of cluster `k` of the shard `head` heads,
+    /// from its probe block `block`.
+    fn add(
+        &mut self,
+        key: &str,
+        head: &segment::routed::RoutedHead,
+        k: usize,
+        block: &[u8],
+        live: impl Fn(usize) -> bool,
+    ) -> Result<(), SegmentError> {
+        let c = &head.clusters[k];
+        if head.code_bits != code_bits(self.dims) || self.forgotten.contains(&c.cluster) {
+            self.forget(c.cluster);
+            return Ok(());
+        }
+        let (bytes, _) = head.open_probe(key, k, block)?;
+        let rows = c.rows as usize;
+        let codes = ListCodes::from_bytes(bytes, self.dims, rows, head.code_bits).map_err(|e| {
+            SegmentError::Corrupt {
+                key: key.to_string(),
+                reason: format!("the codes of cluster {}: {e}", c.cluster),
+            }
+        })?;
+        let out = self.by.entry(c.cluster).or_insert_with(|| codes.empty_like());
+        for i in (0..rows).filter(|i| live(*i)) {
+            out.push_row(&codes, i);
+        }
+        Ok(())
+    }
+
+    fn forget(&mut self, cluster: u32) {
+        self.by.remove(&cluster);
+        self.forgotten.insert(cluster);
+    }
+
+    fn into_known(self) -> KnownCodes {
+        self.by
+            .into_iter()
+            .map(|(c, codes)| (c, codes.finish().to_bytes()))
+            .collect()
+    }
 }
 
 /// Rewrites `inputs` (routed shards of `routing`, e.g. the shards of one
@@ -346,6 +420,7 @@ pub(super) async fn write_by_cluster_range(
     let (mut outputs, mut first_put) = (Vec::new(), None);
     for (lo, hi) in ranges {
         let mut by: BTreeMap<u32, Vec<Prepared>> = BTreeMap::new();
+        let mut codes = Gathered::new(routing.head.dimensions);
         for (shard, head, dv) in &heads {
             let at = head.clusters.partition_point(|c| c.cluster < lo);
             let to = head.clusters.partition_point(|c| c.cluster <= hi);
@@ -377,7 +452,9 @@ pub(super) async fn write_by_cluster_range(
             let d = head.dimensions;
             for k in at..to {
                 let c = &head.clusters[k];
-                let (_, ids) = head.open_probe(key, k, &slice(&pb, probes.start, head.probe_range(k)))?;
+                let probe = slice(&pb, probes.start, head.probe_range(k));
+                let (_, ids) = head.open_probe(key, k, &probe)?;
+                codes.add(key, head, k, &probe, |i| !dv.is_dead(c.start + i as u64))?;
                 let vectors = head.cluster_rows(
                     key,
                     k,
@@ -405,10 +482,83 @@ pub(super) async fn write_by_cluster_range(
         if clusters.is_empty() {
             continue;
         }
+        let known = codes.into_known();
         let (written, at) =
-            write_routed(store, clock, clusters, routing.clone(), level, cap, text).await?;
+            write_routed(store, clock, clusters, known, routing.clone(), level, cap, text).await?;
         first_put.get_or_insert(at);
         outputs.extend(written);
     }
     Ok((outputs, first_put.unwrap_or_else(|| clock.now())))
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::index::rabitq::Rotation;
+    use crate::index::shard::routed::cluster_codes;
+    use crate::vocab::Metric;
+
+    /// A merge carries each live row's code from its shard instead of
+    /// encoding it again: the gathered blocks are, byte for byte, what
+    /// encoding the live rows gives, across shards and with dead rows
+    /// dropped; and a block gathered for the wrong rows is caught.
+    #[test]
+    fn gathered_codes_are_the_codes_of_the_live_rows() {
+        let d = 24;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let row = |i: usize, rng: &mut rand::rngs::StdRng| Prepared {
+            id: format!("r{i}"),
+            vector: (0..d).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            metadata: Vec::new(),
+            tombstone: false,
+        };
+        let rows: Vec<Prepared> = (0..3000).map(|i| row(i, &mut rng)).collect();
+        let sample: Vec<f32> = rows.iter().flat_map(|r| r.vector.clone()).collect();
+        let routing = Routing::train(&sample, d, Metric::Euclidean, 3000, 1);
+        let (a, b) = rows.split_at(1700);
+        let shards: Vec<Vec<u8>> = [a, b]
+            .iter()
+            .map(|part| {
+                let clusters = group_by_cluster(part.to_vec(), &routing);
+                let built = build_routed(clusters, KnownCodes::new(), &routing, 1, "t", usize::MAX, &[]);
+                assert_eq!(built.len(), 1);
+                built[0].bytes.to_vec()
+            })
+            .collect();
+        let dead = |shard: usize, row: u64| (row + shard as u64).is_multiple_of(5);
+        let mut gathered = Gathered::new(d);
+        let mut live: BTreeMap<u32, Vec<Prepared>> = BTreeMap::new();
+        for (s, bytes) in shards.iter().enumerate() {
+            let (head, seg, _) = decode_routed("t", bytes).unwrap();
+            for (k, c) in head.clusters.iter().enumerate() {
+                let r = head.probe_range(k);
+                let block = &bytes[r.start as usize..r.end as usize];
+                gathered.add("t", &head, k, block, |i| !dead(s, c.start + i as u64)).unwrap();
+                let rows = (c.start..c.start + u64::from(c.rows)).filter(|r| !dead(s, *r));
+                live.entry(c.cluster).or_default().extend(rows.map(|r| seg.prepared(r as usize)));
+            }
+        }
+        let known = gathered.into_known();
+        let rot = Rotation::new(d);
+        let mut shared = 0;
+        for (c, rows) in &live {
+            let fresh = cluster_codes(&routing, &rot, *c, rows);
+            assert_eq!(known[c], fresh, "cluster {c}");
+            let vectors: Vec<f32> = rows.iter().flat_map(|r| r.vector.clone()).collect();
+            assert!(ListCodes::block_matches(&known[c], routing.centroid(*c), &vectors, code_bits(d)));
+            if rows.len() > 1 {
+                // The same rows in another order are not these codes.
+                let mut turned = rows.clone();
+                turned.rotate_left(1);
+                let vectors: Vec<f32> = turned.iter().flat_map(|r| r.vector.clone()).collect();
+                assert!(!ListCodes::block_matches(&known[c], routing.centroid(*c), &vectors, code_bits(d)));
+                shared += 1;
+            }
+        }
+        assert_eq!(known.len(), live.len());
+        assert!(shared > 10, "{shared} clusters of several rows");
+    }
+}
+

@@ -28,7 +28,7 @@ use crate::coord::cas::Backoff;
 use crate::coord::clock::{format_time, DynClock};
 use crate::coord::index_manifest::{replace_merged, MergeCommit};
 use crate::coord::{CoordError, Settings};
-use crate::index::shard::routed::group_by_cluster;
+use crate::index::shard::routed::{group_by_cluster, KnownCodes};
 use crate::record::Prepared;
 use crate::segment::routed::salvage_routed;
 use crate::segment::shard::{is_shard, salvage_shard};
@@ -144,7 +144,8 @@ pub async fn repair_shard(
             let clusters = crate::cpu::run(move || group_by_cluster(keep, &r2)).await;
             let cap = super::indexer::shard_target_rows(settings) as usize;
             let text = settings.text_fields();
-            super::routed::write_routed(store, clock, clusters, routing, entry.level, cap, &text)
+            let known = KnownCodes::new();
+            super::routed::write_routed(store, clock, clusters, known, routing, entry.level, cap, &text)
                 .await?
         }
         None => write_shards(store, settings, clock, keep, entry.level).await?,

@@ -210,6 +210,59 @@ impl ListCodes {
         self.norm.len()
     }
 
+    /// A block of no rows in this block's shape, for [`ListCodes::push_row`].
+    pub(crate) fn empty_like(&self) -> ListCodes {
+        ListCodes::from_bytes(&[], self.words * 64, 0, self.code_bits).expect("an empty block parses")
+    }
+
+    /// Appends row `i` of `from` (a block of the same shape) as stored:
+    /// how a merge carries a row's code into its output instead of
+    /// encoding it again (codes are taken against the routing's centroid,
+    /// so a row's code does not depend on the shard holding it). Call
+    /// [`ListCodes::finish`] after the last row.
+    pub(crate) fn push_row(&mut self, from: &ListCodes, i: usize) {
+        assert_eq!((self.words, self.code_bits), (from.words, from.code_bits), "blocks of one shape");
+        let w = self.words;
+        self.bits.extend_from_slice(&from.bits[i * w..(i + 1) * w]);
+        self.norm.push(from.norm[i]);
+        self.ip.push(from.ip[i]);
+        self.cdot.push(from.cdot[i]);
+        if self.code_bits > 1 {
+            let per = usize::from(self.code_bits - 1) * w;
+            self.planes.extend_from_slice(&from.planes[i * per..(i + 1) * per]);
+            self.ex_ip.push(from.ex_ip[i]);
+            self.ex_len.push(from.ex_len[i]);
+        }
+    }
+
+    /// Whether `block` (`rows` rows of `dims`-d codes, `code_bits` bits)
+    /// was encoded from `vectors` against `centroid`: each row's stored
+    /// residual length is the one the encoder computes, to the bit. A
+    /// merge checks the blocks it gathered with this before writing them
+    /// (a row's code taken for another row would otherwise go unnoticed:
+    /// the search would only rank by it).
+    pub(crate) fn block_matches(block: &[u8], centroid: &[f32], vectors: &[f32], code_bits: u8) -> bool {
+        let dims = centroid.len();
+        let rows = vectors.len() / dims.max(1);
+        if dims == 0 || block.len() != rows * row_bytes(dims, code_bits) {
+            return false;
+        }
+        let norms = &block[rows * words(dims) * 8..][..rows * 4];
+        let mut r = vec![0f32; dims];
+        vectors.chunks_exact(dims).zip(norms.chunks_exact(4)).all(|(v, n)| {
+            for ((r, x), c) in r.iter_mut().zip(v).zip(centroid) {
+                *r = x - c;
+            }
+            super::dot(&r, &r).sqrt().to_bits() == u32::from_le_bytes(n.try_into().expect("4 bytes"))
+        })
+    }
+
+    /// Fills the parse-time fields after [`ListCodes::push_row`].
+    pub(crate) fn finish(mut self) -> Self {
+        self.derive();
+        self
+    }
+
     /// The block as stored: every row's sign words, then the factors
     /// `norm`, `ip`, `cdot` (a one-bit block ends there: the format of
     /// shards written before multi-bit codes), then every row's low-bit

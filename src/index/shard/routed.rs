@@ -34,12 +34,19 @@ pub(crate) fn cluster_codes(routing: &Routing, rot: &Rotation, cluster: u32, row
     ListCodes::encode(rot, routing.centroid(cluster), &flat_vectors(rows, d), bits).to_bytes()
 }
 
+/// Code blocks already known, by cluster: each exactly its cluster's
+/// rows, in order, as [`cluster_codes`] would encode them (gathered from
+/// shards of the same routing by a merge).
+pub(crate) type KnownCodes = BTreeMap<u32, Vec<u8>>;
+
 /// Encodes `clusters` (ascending, each with its rows) into routed shards
 /// of about `cap` rows at most: consecutive clusters fill a shard until
 /// the next would overflow it (a cluster is never split, so a cluster
-/// larger than `cap` makes a shard of its own). CPU-bound.
+/// larger than `cap` makes a shard of its own). A cluster in `known`
+/// takes its code block from there; the others are encoded. CPU-bound.
 pub(crate) fn build_routed(
     clusters: Vec<(u32, Vec<Prepared>)>,
+    mut known: KnownCodes,
     routing: &Routing,
     created_at_ms: u64,
     writer_id: &str,
@@ -48,9 +55,21 @@ pub(crate) fn build_routed(
 ) -> Vec<BuiltShard> {
     let d = routing.head.dimensions;
     let rot = Rotation::new(d);
+    let known: Vec<Option<Vec<u8>>> = clusters.iter().map(|(c, _)| known.remove(c)).collect();
     let codes: Vec<Vec<u8>> = clusters
         .par_iter()
-        .map(|(c, rows)| cluster_codes(routing, &rot, *c, rows))
+        .zip(known)
+        .map(|((c, rows), known)| {
+            let centroid = routing.centroid(*c);
+            match known {
+                Some(b) if ListCodes::block_matches(&b, centroid, &flat_vectors(rows, d), code_bits(d)) => b,
+                Some(_) => {
+                    tracing::warn!(cluster = c, "gathered codes do not match the cluster's rows: encoding them again");
+                    cluster_codes(routing, &rot, *c, rows)
+                }
+                None => cluster_codes(routing, &rot, *c, rows),
+            }
+        })
         .collect();
     let mut out = Vec::new();
     let mut start = 0;
@@ -120,7 +139,7 @@ mod tests {
         assert!(clusters.windows(2).all(|w| w[0].0 < w[1].0), "ascending");
         let largest = clusters.iter().map(|(_, r)| r.len()).max().unwrap();
         let cap = 1500;
-        let built = build_routed(clusters, &routing, 99, "indexer", cap, &[]);
+        let built = build_routed(clusters, KnownCodes::new(), &routing, 99, "indexer", cap, &[]);
         assert!(built.len() >= 4, "{} shards", built.len());
         let rot = Rotation::new(D);
         let mut seen = HashSet::new();
