@@ -1,5 +1,5 @@
-//! Distance kernels: shoal's eight-accumulator dot product and squared L2
-//! against the naive `iter().map().sum()` they replace, over the real
+//! Distance kernels: shoal's 32-lane dot product and squared L2 (on AVX2
+//! where the CPU has it, chosen at run time) against the naive `iter().map().sum()` they replace, over the real
 //! dataset's vectors (or random ones if it is missing).
 //!
 //! ```sh
