@@ -1,6 +1,7 @@
 //! Distance kernels: shoal's 32-lane dot product and squared L2 (on AVX2
-//! where the CPU has it, chosen at run time) against the naive `iter().map().sum()` they replace, over the real
-//! dataset's vectors (or random ones if it is missing).
+//! where the CPU has it, chosen at run time) against the naive
+//! `iter().map().sum()` they replace, over the real dataset's vectors (or
+//! random ones if it is missing).
 //!
 //! ```sh
 //! cargo bench --bench kernels
