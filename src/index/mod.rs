@@ -30,10 +30,11 @@ use crate::segment::Segment;
 use crate::vocab::{AnnKind, IndexSettings, Metric};
 
 /// Independent accumulators per kernel: thirty-two lanes are four AVX2
-/// registers or eight SSE2 ones, enough that no add waits on the one
-/// before it (one 384-d dot product on two AVX2 registers was bound by
-/// the adds' latency). Rows shorter than that, or their last lanes, go
-/// eight at a time into the first eight lanes, then one at a time.
+/// registers or eight SSE2 ones, enough that the adds never wait on one
+/// another and a kernel is bound by its loads (sixteen measured the same
+/// at 384-d; a single running sum is several times slower). Rows shorter
+/// than that, or their last lanes, go eight at a time into the first
+/// eight lanes, then one at a time.
 const LANES: usize = 32;
 
 /// Inner product.
