@@ -546,14 +546,14 @@ mod tests {
         for (c, rows) in &live {
             let fresh = cluster_codes(&routing, &rot, *c, rows);
             assert_eq!(known[c], fresh, "cluster {c}");
-            let vectors: Vec<f32> = rows.iter().flat_map(|r| r.vector.clone()).collect();
-            assert!(ListCodes::block_matches(&known[c], routing.centroid(*c), &vectors, code_bits(d)));
+            let vectors = rows.iter().map(|r| r.vector.as_slice());
+            assert!(ListCodes::block_matches(&known[c], routing.centroid(*c), vectors, code_bits(d)));
             if rows.len() > 1 {
                 // The same rows in another order are not these codes.
                 let mut turned = rows.clone();
                 turned.rotate_left(1);
-                let vectors: Vec<f32> = turned.iter().flat_map(|r| r.vector.clone()).collect();
-                assert!(!ListCodes::block_matches(&known[c], routing.centroid(*c), &vectors, code_bits(d)));
+                let vectors = turned.iter().map(|r| r.vector.as_slice());
+                assert!(!ListCodes::block_matches(&known[c], routing.centroid(*c), vectors, code_bits(d)));
                 shared += 1;
             }
         }

@@ -60,6 +60,16 @@ pub(crate) fn row_bytes(dims: usize, bits: u8) -> usize {
     }
 }
 
+/// Writes `v - centroid` into `r` and returns its length, as the encoder
+/// stores it (and [`ListCodes::block_matches`] checks it).
+#[inline(always)]
+fn residual(v: &[f32], centroid: &[f32], r: &mut [f32]) -> f32 {
+    for ((r, x), c) in r.iter_mut().zip(v).zip(centroid) {
+        *r = x - c;
+    }
+    super::dot(r, r).sqrt()
+}
+
 /// The codes of one IVF list, struct-of-arrays. `spread`, `inv_ip`,
 /// `ex_*` derived fields and `radius` are derived when a block is parsed
 /// (never stored): they move per-row work out of every query's scan.
@@ -148,11 +158,8 @@ impl ListCodes {
         let mut r = vec![0f32; dims];
         let mut x = vec![0u8; dims];
         for (i, v) in vectors.chunks_exact(dims).enumerate() {
-            for ((r, x), c) in r.iter_mut().zip(v).zip(centroid) {
-                *r = x - c;
-            }
+            let norm = residual(v, centroid, &mut r);
             let cdot = super::dot(centroid, &r);
-            let norm = super::dot(&r, &r).sqrt();
             rot.apply(&mut r);
             let out = &mut codes.bits[i * w..(i + 1) * w];
             for (word, r) in out.iter_mut().zip(r.chunks(64)) {
@@ -241,19 +248,22 @@ impl ListCodes {
     /// merge checks the blocks it gathered with this before writing them
     /// (a row's code taken for another row would otherwise go unnoticed:
     /// the search would only rank by it).
-    pub(crate) fn block_matches(block: &[u8], centroid: &[f32], vectors: &[f32], code_bits: u8) -> bool {
-        let dims = centroid.len();
-        let rows = vectors.len() / dims.max(1);
+    pub(crate) fn block_matches<'a>(
+        block: &[u8],
+        centroid: &[f32],
+        vectors: impl ExactSizeIterator<Item = &'a [f32]>,
+        code_bits: u8,
+    ) -> bool {
+        let (dims, rows) = (centroid.len(), vectors.len());
         if dims == 0 || block.len() != rows * row_bytes(dims, code_bits) {
             return false;
         }
         let norms = &block[rows * words(dims) * 8..][..rows * 4];
         let mut r = vec![0f32; dims];
-        vectors.chunks_exact(dims).zip(norms.chunks_exact(4)).all(|(v, n)| {
-            for ((r, x), c) in r.iter_mut().zip(v).zip(centroid) {
-                *r = x - c;
-            }
-            super::dot(&r, &r).sqrt().to_bits() == u32::from_le_bytes(n.try_into().expect("4 bytes"))
+        vectors.zip(norms.chunks_exact(4)).all(|(v, n)| {
+            v.len() == dims
+                && residual(v, centroid, &mut r).to_bits()
+                    == u32::from_le_bytes(n.try_into().expect("4 bytes"))
         })
     }
 

@@ -62,7 +62,7 @@ pub(crate) fn build_routed(
         .map(|((c, rows), known)| {
             let centroid = routing.centroid(*c);
             match known {
-                Some(b) if ListCodes::block_matches(&b, centroid, &flat_vectors(rows, d), code_bits(d)) => b,
+                Some(b) if ListCodes::block_matches(&b, centroid, rows.iter().map(|r| r.vector.as_slice()), code_bits(d)) => b,
                 Some(_) => {
                     tracing::warn!(cluster = c, "gathered codes do not match the cluster's rows: encoding them again");
                     cluster_codes(routing, &rot, *c, rows)
