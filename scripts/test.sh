@@ -14,6 +14,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The suite builds everything once: incremental caches would only add 2 GB
+# or more to the target directory (CI's disk filled at stop 42).
+export CARGO_INCREMENTAL=0
+
 export SHOAL_S3_PORT="${SHOAL_S3_PORT:-5599}"
 export SHOAL_SEAWEED_PORT="${SHOAL_SEAWEED_PORT:-8533}"
 export SHOAL_LOCALSTACK_PORT="${SHOAL_LOCALSTACK_PORT:-4599}"
