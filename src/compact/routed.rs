@@ -33,7 +33,8 @@ use crate::index::rabitq::ListCodes;
 use crate::index::rabitq::ex::code_bits;
 use crate::index::shard::routed::{build_routed, group_by_cluster, KnownCodes};
 use crate::record::Prepared;
-use crate::segment::routed::decode_routed;
+use crate::segment::deletions::DeletionVector;
+use crate::segment::routed::{decode_routed, RoutedHead};
 use crate::segment::{self, SegmentError, Shape};
 use crate::store::{ByteRange, ObjectStore};
 
@@ -192,6 +193,28 @@ pub(super) async fn write_routed(
     cap: usize,
     text: &TextFields,
 ) -> Result<(Vec<ShardEntry>, SystemTime), CompactError> {
+    let built = build_shards(clock, clusters, known, routing, cap, text).await;
+    let written_at = clock.now();
+    Ok((put_shards(store, built.at, level, built.outputs).await?, written_at))
+}
+
+/// Routed shards built and not yet written, keyed by the time they were
+/// built at.
+struct Built {
+    at: SystemTime,
+    outputs: Vec<ShardOut>,
+}
+
+/// Encodes `clusters` into routed shard objects (`build_routed`, off
+/// the runtime).
+async fn build_shards(
+    clock: &DynClock,
+    clusters: Vec<(u32, Vec<Prepared>)>,
+    known: KnownCodes,
+    routing: Arc<Routing>,
+    cap: usize,
+    text: &TextFields,
+) -> Built {
     let now = clock.now();
     let generation = routing.head.generation;
     let fields = text.to_vec();
@@ -206,7 +229,6 @@ pub(super) async fn write_routed(
         build_routed(clusters, known, &routing, unix_millis(now), "indexer", cap, &fields)
     })
     .await;
-    let written_at = clock.now();
     let outputs = built
         .into_iter()
         .map(|b| ShardOut {
@@ -217,7 +239,7 @@ pub(super) async fn write_routed(
             text_fields: text_fields.clone(),
         })
         .collect();
-    Ok((put_shards(store, now, level, outputs).await?, written_at))
+    Built { at: now, outputs }
 }
 
 /// The rows of a routed shard holding one of `ids`, each with its field
@@ -417,78 +439,112 @@ pub(super) async fn write_by_cluster_range(
         };
     }
     ranges.extend(current.map(|(lo, hi, _)| (lo, hi)));
+    // Each range is gathered and encoded while the one before it is
+    // written: the two overlap (one built range waits at most), so the
+    // rewrite costs about its reads and encoding, not those plus its PUTs.
     let (mut outputs, mut first_put) = (Vec::new(), None);
+    let mut pending: Option<Built> = None;
     for (lo, hi) in ranges {
-        let mut by: BTreeMap<u32, Vec<Prepared>> = BTreeMap::new();
-        let mut codes = Gathered::new(routing.head.dimensions);
-        for (shard, head, dv) in &heads {
-            let at = head.clusters.partition_point(|c| c.cluster < lo);
-            let to = head.clusters.partition_point(|c| c.cluster <= hi);
-            if at == to {
-                continue;
-            }
-            let key = shard.key.as_str();
-            let get = |r: std::ops::Range<u64>| async move {
-                store
-                    .get_range(key, ByteRange::new(r.start, r.end))
-                    .await
-                    .map_err(CoordError::from)
-            };
-            let probes = head.probe_range(at).start..head.probe_range(to - 1).end;
-            let last = &head.clusters[to - 1];
-            let rows = head.rows_range(at, 0, 0).start
-                ..head.rows_range(to - 1, 0, u64::from(last.rows)).end;
-            let metas = head.clusters[at].metadata.offset..last.metadata.range().end;
-            let (pb, rb, mb) = (
-                get(probes.clone()).await?,
-                get(rows.clone()).await?,
-                get(metas.clone()).await?,
-            );
-            let slice = |b: &[u8], base: u64, r: std::ops::Range<u64>| -> Vec<u8> {
-                b.get((r.start - base) as usize..(r.end - base) as usize)
-                    .unwrap_or_default()
-                    .to_vec()
-            };
-            let d = head.dimensions;
-            for k in at..to {
-                let c = &head.clusters[k];
-                let probe = slice(&pb, probes.start, head.probe_range(k));
-                let (_, ids) = head.open_probe(key, k, &probe)?;
-                codes.add(key, head, k, &probe, |i| !dv.is_dead(c.start + i as u64))?;
-                let vectors = head.cluster_rows(
-                    key,
-                    k,
-                    0,
-                    &slice(&rb, rows.start, head.rows_range(k, 0, u64::from(c.rows))),
-                )?;
-                let (offsets, meta) =
-                    head.cluster_metadata(key, k, &slice(&mb, metas.start, c.metadata.range()))?;
-                let live = by.entry(c.cluster).or_default();
-                for (i, id) in ids.ids.into_iter().enumerate() {
-                    if dv.is_dead(c.start + i as u64) {
-                        continue;
-                    }
-                    live.push(Prepared {
-                        id,
-                        vector: vectors[i * d..(i + 1) * d].to_vec(),
-                        metadata: meta[offsets[i] as usize..offsets[i + 1] as usize].to_vec(),
-                        tombstone: false,
-                    });
-                }
-            }
-        }
-        let clusters: Vec<(u32, Vec<Prepared>)> =
-            by.into_iter().filter(|(_, r)| !r.is_empty()).collect();
+        let gather = gather_range(store, &heads, lo, hi, &routing);
+        let put = put_built(store, clock, pending.take(), level, &mut first_put);
+        let (written, gathered) = futures::join!(put, gather);
+        outputs.extend(written?);
+        let (clusters, known) = gathered?;
         if clusters.is_empty() {
             continue;
         }
-        let known = codes.into_known();
-        let (written, at) =
-            write_routed(store, clock, clusters, known, routing.clone(), level, cap, text).await?;
-        first_put.get_or_insert(at);
-        outputs.extend(written);
+        pending = Some(build_shards(clock, clusters, known, routing.clone(), cap, text).await);
     }
+    outputs.extend(put_built(store, clock, pending, level, &mut first_put).await?);
     Ok((outputs, first_put.unwrap_or_else(|| clock.now())))
+}
+
+/// PUTs `built` (if any), noting when the first PUT was sent.
+async fn put_built(
+    store: &dyn ObjectStore,
+    clock: &DynClock,
+    built: Option<Built>,
+    level: u32,
+    first_put: &mut Option<SystemTime>,
+) -> Result<Vec<ShardEntry>, CompactError> {
+    let Some(built) = built else {
+        return Ok(Vec::new());
+    };
+    first_put.get_or_insert_with(|| clock.now());
+    put_shards(store, built.at, level, built.outputs).await
+}
+
+/// The live rows of clusters `lo..=hi` over every input shard, by
+/// cluster, with the code blocks gathered from them (ranged GETs of each
+/// shard's probe, row and metadata blocks for the range).
+async fn gather_range(
+    store: &dyn ObjectStore,
+    heads: &[(&ShardEntry, RoutedHead, DeletionVector)],
+    lo: u32,
+    hi: u32,
+    routing: &Routing,
+) -> Result<(Vec<(u32, Vec<Prepared>)>, KnownCodes), CompactError> {
+    let mut by: BTreeMap<u32, Vec<Prepared>> = BTreeMap::new();
+    let mut codes = Gathered::new(routing.head.dimensions);
+    for (shard, head, dv) in heads {
+        let at = head.clusters.partition_point(|c| c.cluster < lo);
+        let to = head.clusters.partition_point(|c| c.cluster <= hi);
+        if at == to {
+            continue;
+        }
+        let key = shard.key.as_str();
+        let get = |r: std::ops::Range<u64>| async move {
+            store
+                .get_range(key, ByteRange::new(r.start, r.end))
+                .await
+                .map_err(CoordError::from)
+        };
+        let probes = head.probe_range(at).start..head.probe_range(to - 1).end;
+        let last = &head.clusters[to - 1];
+        let rows = head.rows_range(at, 0, 0).start
+            ..head.rows_range(to - 1, 0, u64::from(last.rows)).end;
+        let metas = head.clusters[at].metadata.offset..last.metadata.range().end;
+        let (pb, rb, mb) = (
+            get(probes.clone()).await?,
+            get(rows.clone()).await?,
+            get(metas.clone()).await?,
+        );
+        let slice = |b: &[u8], base: u64, r: std::ops::Range<u64>| -> Vec<u8> {
+            b.get((r.start - base) as usize..(r.end - base) as usize)
+                .unwrap_or_default()
+                .to_vec()
+        };
+        let d = head.dimensions;
+        for k in at..to {
+            let c = &head.clusters[k];
+            let probe = slice(&pb, probes.start, head.probe_range(k));
+            let (_, ids) = head.open_probe(key, k, &probe)?;
+            codes.add(key, head, k, &probe, |i| !dv.is_dead(c.start + i as u64))?;
+            let vectors = head.cluster_rows(
+                key,
+                k,
+                0,
+                &slice(&rb, rows.start, head.rows_range(k, 0, u64::from(c.rows))),
+            )?;
+            let (offsets, meta) =
+                head.cluster_metadata(key, k, &slice(&mb, metas.start, c.metadata.range()))?;
+            let live = by.entry(c.cluster).or_default();
+            for (i, id) in ids.ids.into_iter().enumerate() {
+                if dv.is_dead(c.start + i as u64) {
+                    continue;
+                }
+                live.push(Prepared {
+                    id,
+                    vector: vectors[i * d..(i + 1) * d].to_vec(),
+                    metadata: meta[offsets[i] as usize..offsets[i + 1] as usize].to_vec(),
+                    tombstone: false,
+                });
+            }
+        }
+    }
+    let clusters: Vec<(u32, Vec<Prepared>)> =
+        by.into_iter().filter(|(_, r)| !r.is_empty()).collect();
+    Ok((clusters, codes.into_known()))
 }
 
 #[cfg(test)]
@@ -560,5 +616,80 @@ mod tests {
         assert_eq!(known.len(), live.len());
         assert!(shared > 10, "{shared} clusters of several rows");
     }
-}
 
+    /// The cluster-range rewrite (its ranges gathered and encoded while
+    /// the one before is written) puts every live row of its inputs in
+    /// exactly one output, drops the dead ones, and gives each output a
+    /// range of clusters no other output holds, at most `cap` rows unless
+    /// a single cluster is larger.
+    #[tokio::test]
+    async fn the_cluster_range_rewrite_writes_each_live_row_once_in_disjoint_ranges() {
+        use crate::coord::clock::SystemClock;
+        use crate::coord::paths::new_deletions_key;
+        use crate::store::memory::MemoryStore;
+        let d = 16;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let rows: Vec<Prepared> = (0..4000)
+            .map(|i| Prepared {
+                id: format!("r{i}"),
+                vector: (0..d).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                metadata: format!("{{\"i\":{i}}}").into_bytes(),
+                tombstone: false,
+            })
+            .collect();
+        let sample: Vec<f32> = rows.iter().flat_map(|r| r.vector.clone()).collect();
+        let routing = Arc::new(Routing::train(&sample, d, Metric::Euclidean, 4000, 1));
+        let store = MemoryStore::unique();
+        let clock: DynClock = Arc::new(SystemClock);
+        let text = TextFields::default();
+        // Three round-like shards, each with rows of every cluster; every
+        // seventh row of the second is dead.
+        let mut inputs = Vec::new();
+        for part in rows.chunks(1400) {
+            let clusters = group_by_cluster(part.to_vec(), &routing);
+            let (written, _) = write_routed(&store, &clock, clusters, KnownCodes::new(), routing.clone(), 0, usize::MAX, &text)
+                .await
+                .unwrap();
+            inputs.extend(written);
+        }
+        assert_eq!(inputs.len(), 3);
+        let mut dv = DeletionVector::new(inputs[1].rows);
+        let mut dead = HashSet::new();
+        let bytes = store.get(&inputs[1].key).await.unwrap().bytes;
+        let (_, seg, _) = decode_routed("t", &bytes).unwrap();
+        for r in (0..inputs[1].rows).step_by(7) {
+            dv.mark(r);
+            dead.insert(seg.prepared(r as usize).id);
+        }
+        let key = new_deletions_key(clock.now());
+        store.put(&key, dv.encode()).await.unwrap();
+        inputs[1].deletions = Some(key);
+        let cap = 600;
+        let (outputs, _) = write_by_cluster_range(&store, &clock, &inputs, routing.clone(), 1, cap, &text)
+            .await
+            .unwrap();
+        assert!(outputs.len() >= 5, "{} ranges", outputs.len());
+        let (mut clusters_seen, mut ids_seen) = (HashSet::new(), HashSet::new());
+        for out in &outputs {
+            let bytes = store.get(&out.key).await.unwrap().bytes;
+            let (head, seg, _) = decode_routed(&out.key, &bytes).unwrap();
+            assert_eq!(head.rows, out.rows);
+            let largest = head.clusters.iter().map(|c| c.rows as u64).max().unwrap();
+            assert!(out.rows <= (cap as u64).max(largest), "{} rows", out.rows);
+            for c in &head.clusters {
+                assert!(clusters_seen.insert(c.cluster), "cluster {} in two outputs", c.cluster);
+            }
+            for r in 0..seg.len() {
+                let row = seg.prepared(r);
+                let i: usize = row.id[1..].parse().unwrap();
+                assert_eq!((&row.vector, &row.metadata), (&rows[i].vector, &rows[i].metadata));
+                assert!(ids_seen.insert(row.id), "a row twice");
+            }
+        }
+        let live: HashSet<String> = rows.iter().map(|r| r.id.clone()).filter(|id| !dead.contains(id)).collect();
+        assert!(dead.len() > 150, "{} dead", dead.len());
+        let missing = live.difference(&ids_seen).count();
+        let extra = ids_seen.difference(&live).count();
+        assert_eq!((missing, extra), (0, 0), "live rows missing, dead rows kept");
+    }
+}

@@ -43,6 +43,7 @@
 //! Every part is checked against its checksum when it is parsed.
 
 use bytes::Bytes;
+use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::decode::{corrupt, open_section, push_ids, split_offsets, split_offsets_prefix};
@@ -125,6 +126,9 @@ pub(crate) struct ClusterRows<'a> {
     pub codes: Vec<u8>,
 }
 
+/// A compressed part and its raw length.
+type Packed = (Vec<u8>, usize);
+
 fn compress(raw: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(raw, LEVEL).expect("zstd to memory")
 }
@@ -185,7 +189,10 @@ pub(crate) struct RoutedMeta<'a> {
 
 /// Encodes a routed shard: `clusters` ascending by id, each with its rows
 /// (at least one; no id twice in the shard) and its code block
-/// (`rows × code_row_bytes` bytes).
+/// (`rows × code_row_bytes` bytes). CPU-bound and parallel: the parts are
+/// compressed and the rows written on the rayon pool, into one buffer of
+/// the shard's exact size (the layout is known from the parts' sizes
+/// before a byte of the body is written).
 pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>]) -> EncodedRouted {
     let RoutedMeta {
         dims,
@@ -201,27 +208,29 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
         clusters.windows(2).all(|w| w[0].cluster < w[1].cluster),
         "clusters ascending"
     );
-    let n: usize = clusters.iter().map(|c| c.rows.len()).sum();
+    for c in clusters {
+        assert_eq!(
+            c.codes.len(),
+            c.rows.len() * code_row_bytes,
+            "one code per row"
+        );
+    }
+    let rows: Vec<&Prepared> = clusters.iter().flat_map(|c| c.rows.iter()).collect();
+    let n = rows.len();
     let writer = &writer_id.as_bytes()[..writer_id.len().min(1024)];
     // The id index: every row's id in byte order with its shard row.
-    let mut sorted: Vec<(&str, u32)> = Vec::with_capacity(n);
-    let mut row = 0u32;
-    for c in clusters {
-        for r in c.rows {
-            sorted.push((r.id.as_str(), row));
-            row += 1;
-        }
-    }
-    sorted.sort_unstable();
+    let mut sorted: Vec<(&str, u32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(row, r)| (r.id.as_str(), row as u32))
+        .collect();
+    sorted.par_sort_unstable();
     assert!(
         sorted.windows(2).all(|w| w[0].0 != w[1].0),
         "a shard holds one row per id"
     );
     // The text index: each searchable key's postings over the shard rows.
-    let metadata: Vec<&[u8]> = clusters
-        .iter()
-        .flat_map(|c| c.rows.iter().map(|r| r.metadata.as_slice()))
-        .collect();
+    let metadata: Vec<&[u8]> = rows.iter().map(|r| r.metadata.as_slice()).collect();
     let postings = crate::text::postings::build(text, &metadata);
     let version = if text.is_empty() {
         ROUTED_VERSION
@@ -229,17 +238,10 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
         TEXT_VERSION
     };
     let id_blocks: Vec<(String, Vec<u8>, usize)> = sorted
-        .chunks(IDS_PER_BLOCK)
+        .par_chunks(IDS_PER_BLOCK)
         .map(|chunk| {
             let mut raw = Vec::new();
-            push_offsets(
-                &mut raw,
-                chunk
-                    .iter()
-                    .map(|(id, _)| id.len())
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-            );
+            push_offsets(&mut raw, chunk.iter().map(|(id, _)| id.len()));
             for (id, _) in chunk {
                 raw.extend_from_slice(id.as_bytes());
             }
@@ -255,8 +257,26 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
         })
         .collect();
     let term_blocks: Vec<Vec<(String, Vec<u8>, usize)>> =
-        postings.iter().map(text::encode_blocks).collect();
-    // The text directory, its block offsets set once the body is laid out.
+        postings.par_iter().map(text::encode_blocks).collect();
+    // Each cluster's ids (with tombstone flags) and metadata, compressed.
+    let parts: Vec<(Packed, Packed)> = clusters
+        .par_iter()
+        .map(|c| {
+            let mut ids = Vec::new();
+            push_offsets(&mut ids, c.rows.iter().map(|r| r.id.len()));
+            for r in c.rows {
+                ids.extend_from_slice(r.id.as_bytes());
+            }
+            ids.extend(c.rows.iter().map(|r| u8::from(r.tombstone)));
+            let mut meta = Vec::new();
+            push_offsets(&mut meta, c.rows.iter().map(|r| r.metadata.len()));
+            for r in c.rows {
+                meta.extend_from_slice(&r.metadata);
+            }
+            ((compress(&ids), ids.len()), (compress(&meta), meta.len()))
+        })
+        .collect();
+    // The text directory, its block offsets set below.
     let mut dirs: Vec<TextFieldDir> = text
         .iter()
         .zip(&postings)
@@ -293,103 +313,58 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
             .iter()
             .map(|(f, _, _)| 2 + f.len() + 24)
             .sum::<usize>();
+    // The body's layout: probe blocks, then rows, then metadata, then id
+    // blocks, then term blocks; every offset follows from the sizes.
     let mut at = (PREFIX_LEN + head_len) as u64;
-    // Probe blocks, then rows, then metadata, then id blocks.
-    let mut body = Vec::new();
+    let part = |at: &mut u64, stored: &[u8], raw: usize| {
+        let p = Part {
+            offset: *at,
+            stored: stored.len() as u32,
+            raw: raw as u32,
+            checksum: xxh3_64(stored),
+        };
+        *at += stored.len() as u64;
+        p
+    };
     let mut entries = Vec::with_capacity(clusters.len());
     let mut start = 0u64;
-    for c in clusters {
-        assert_eq!(
-            c.codes.len(),
-            c.rows.len() * code_row_bytes,
-            "one code per row"
-        );
-        let mut raw = Vec::new();
-        push_offsets(
-            &mut raw,
-            c.rows
-                .iter()
-                .map(|r| r.id.len())
-                .collect::<Vec<_>>()
-                .into_iter(),
-        );
-        for r in c.rows {
-            raw.extend_from_slice(r.id.as_bytes());
-        }
-        raw.extend(c.rows.iter().map(|r| u8::from(r.tombstone)));
-        let ids = compress(&raw);
-        let probe_offset = at + body.len() as u64;
-        body.extend_from_slice(&c.codes);
-        let ids_part = Part {
-            offset: at + body.len() as u64,
-            stored: ids.len() as u32,
-            raw: raw.len() as u32,
-            checksum: xxh3_64(&ids),
-        };
-        body.extend_from_slice(&ids);
+    for (c, ((ids, ids_raw), _)) in clusters.iter().zip(&parts) {
+        let probe_offset = at;
+        at += c.codes.len() as u64;
         entries.push(ClusterEntry {
             cluster: c.cluster,
             rows: c.rows.len() as u32,
             start,
             probe_offset,
             codes_checksum: xxh3_64(&c.codes),
-            ids: ids_part,
-            metadata: ids_part, // set below
+            ids: part(&mut at, ids, *ids_raw),
+            metadata: Part {
+                offset: 0,
+                stored: 0,
+                raw: 0,
+                checksum: 0,
+            }, // set below
         });
         start += c.rows.len() as u64;
     }
-    let rows_offset = at + body.len() as u64;
-    for c in clusters {
-        for r in c.rows {
-            let s = body.len();
-            for x in r.stored_vector(dims).iter() {
-                body.extend_from_slice(&x.to_le_bytes());
-            }
-            let sum = xxh3_64(&body[s..]);
-            body.extend_from_slice(&sum.to_le_bytes());
-        }
+    let rows_offset = at;
+    let stride = dims * 4 + 8;
+    at += (n * stride) as u64;
+    for (e, (_, (meta, meta_raw))) in entries.iter_mut().zip(&parts) {
+        e.metadata = part(&mut at, meta, *meta_raw);
     }
-    for (c, e) in clusters.iter().zip(entries.iter_mut()) {
-        let mut raw = Vec::new();
-        push_offsets(&mut raw, c.rows.iter().map(|r| r.metadata.len()));
-        for r in c.rows {
-            raw.extend_from_slice(&r.metadata);
-        }
-        let stored = compress(&raw);
-        e.metadata = Part {
-            offset: at + body.len() as u64,
-            stored: stored.len() as u32,
-            raw: raw.len() as u32,
-            checksum: xxh3_64(&stored),
-        };
-        body.extend_from_slice(&stored);
-    }
-    let mut fences = Vec::with_capacity(id_blocks.len());
-    for (first, stored, raw) in id_blocks {
-        fences.push(IdFence {
-            first,
-            block: Part {
-                offset: at + body.len() as u64,
-                stored: stored.len() as u32,
-                raw: raw as u32,
-                checksum: xxh3_64(&stored),
-            },
-        });
-        body.extend_from_slice(&stored);
-    }
-    for (dir, blocks) in dirs.iter_mut().zip(term_blocks) {
+    let fences: Vec<IdFence> = id_blocks
+        .iter()
+        .map(|(first, stored, raw)| IdFence {
+            first: first.clone(),
+            block: part(&mut at, stored, *raw),
+        })
+        .collect();
+    for (dir, blocks) in dirs.iter_mut().zip(&term_blocks) {
         for (fence, (_, stored, raw)) in dir.blocks.iter_mut().zip(blocks) {
-            fence.block = Part {
-                offset: at + body.len() as u64,
-                stored: stored.len() as u32,
-                raw: raw as u32,
-                checksum: xxh3_64(&stored),
-            };
-            body.extend_from_slice(&stored);
+            fence.block = part(&mut at, stored, *raw);
         }
     }
-    at += body.len() as u64;
-    debug_assert_eq!(at as usize, PREFIX_LEN + head_len + body.len());
     let mut head = Vec::with_capacity(head_len);
     head.extend_from_slice(&(dims as u32).to_le_bytes());
     head.push(metric.code());
@@ -430,7 +405,35 @@ pub(crate) fn encode_routed(meta: &RoutedMeta<'_>, clusters: &[ClusterRows<'_>])
     out.extend_from_slice(&(head.len() as u64).to_le_bytes());
     out.extend_from_slice(&xxh3_64(&head).to_le_bytes());
     out.extend_from_slice(&head);
-    out.extend_from_slice(&body);
+    for (c, ((ids, _), _)) in clusters.iter().zip(&parts) {
+        out.extend_from_slice(&c.codes);
+        out.extend_from_slice(ids);
+    }
+    debug_assert_eq!(out.len() as u64, rows_offset);
+    // Each row's floats and their checksum, written in place.
+    out.resize(out.len() + n * stride, 0);
+    out[rows_offset as usize..]
+        .par_chunks_mut(stride)
+        .zip(rows.par_iter())
+        .for_each(|(slot, r)| {
+            let (floats, sum) = slot.split_at_mut(dims * 4);
+            for (b, x) in floats.chunks_exact_mut(4).zip(r.stored_vector(dims).iter()) {
+                b.copy_from_slice(&x.to_le_bytes());
+            }
+            sum.copy_from_slice(&xxh3_64(floats).to_le_bytes());
+        });
+    for (_, (meta, _)) in &parts {
+        out.extend_from_slice(meta);
+    }
+    for (_, stored, _) in &id_blocks {
+        out.extend_from_slice(stored);
+    }
+    for blocks in &term_blocks {
+        for (_, stored, _) in blocks {
+            out.extend_from_slice(stored);
+        }
+    }
+    debug_assert_eq!(out.len() as u64, at);
     out.extend_from_slice(END_MAGIC);
     EncodedRouted {
         bytes: Bytes::from(out),
