@@ -70,7 +70,8 @@ launch() {
   case "$server" in
     moto)
       # moto keeps everything in memory; a fresh start is an empty server.
-      nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$logfile" 2>&1 &
+      # Its requests are handled one at a time (moto-server.py says why).
+      nohup "$venv/bin/python" "$here/moto-server.py" 127.0.0.1 "$port" >"$logfile" 2>&1 &
       ;;
     seaweedfs)
       # A fresh data directory per start: an empty server, like moto.
