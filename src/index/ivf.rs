@@ -283,20 +283,25 @@ pub fn train(vectors: &[f32], dims: usize, metric: Metric, p: &IvfParams) -> (Ve
         .collect();
     let pm = probe_metric(metric);
     let spherical = metric != Metric::Euclidean;
-    let nearest = |v: &[f32], cents: &[f32]| -> u32 {
-        let mut best = (f32::INFINITY, 0u32);
+    // Each row's nearest centroid (the first of equals), a tile of rows
+    // at a time: the tile stays in cache while the centroids pass it.
+    let nearest = |ids: &[usize], cents: &[f32]| -> Vec<u32> {
+        let mut best = vec![(f32::INFINITY, 0u32); ids.len()];
         for (c, cv) in cents.chunks_exact(dims).enumerate() {
-            let dist = distance(pm, v, cv);
-            if dist < best.0 {
-                best = (dist, c as u32);
+            for (b, &i) in best.iter_mut().zip(ids) {
+                let dist = distance(pm, row(i), cv);
+                if dist < b.0 {
+                    *b = (dist, c as u32);
+                }
             }
         }
-        best.1
+        best.into_iter().map(|(_, c)| c).collect()
     };
+    let tile = super::tile_rows(dims);
     for _ in 0..p.iterations {
         let assign: Vec<u32> = train_ids
-            .par_iter()
-            .map(|&i| nearest(row(i), &centroids))
+            .par_chunks(tile)
+            .flat_map_iter(|ids| nearest(ids, &centroids))
             .collect();
         let mut sums = vec![0f64; nlist * dims];
         let mut counts = vec![0usize; nlist];
@@ -326,9 +331,10 @@ pub fn train(vectors: &[f32], dims: usize, metric: Metric, p: &IvfParams) -> (Ve
             }
         }
     }
-    let assign = (0..n)
-        .into_par_iter()
-        .map(|i| nearest(row(i), &centroids))
+    let all: Vec<usize> = (0..n).collect();
+    let assign = all
+        .par_chunks(tile)
+        .flat_map_iter(|ids| nearest(ids, &centroids))
         .collect();
     (centroids, assign)
 }
@@ -371,5 +377,36 @@ mod tests {
         assert!(assign[..50].iter().all(|&c| c == assign[0]));
         assert!(assign[50..].iter().all(|&c| c == assign[50]));
         assert_ne!(assign[0], assign[50]);
+    }
+
+    /// Training compares a tile of rows with each centroid in turn; every
+    /// row still gets its nearest centroid (the first of equals), as a
+    /// row-by-row scan gives it. Duplicate rows make exact ties.
+    #[test]
+    fn tiled_assignment_gives_each_row_its_nearest_centroid() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(11);
+        for (dims, metric) in [(7, Metric::Euclidean), (40, Metric::Cosine), (300, Metric::Dot)] {
+            let n = 1_500;
+            let mut v: Vec<f32> = (0..n * dims).map(|_| rng.random_range(-1.0..1.0)).collect();
+            v.copy_within(0..100 * dims, 100 * dims);
+            let p = IvfParams {
+                nlist: Some(37),
+                ..Default::default()
+            };
+            let (cents, assign) = train(&v, dims, metric, &p);
+            assert!(super::super::tile_rows(dims) > 1);
+            let pm = probe_metric(metric);
+            for (i, row) in v.chunks_exact(dims).enumerate() {
+                let mut best = (f32::INFINITY, 0u32);
+                for (c, cv) in cents.chunks_exact(dims).enumerate() {
+                    let d = distance(pm, row, cv);
+                    if d < best.0 {
+                        best = (d, c as u32);
+                    }
+                }
+                assert_eq!(assign[i], best.1, "row {i} at {dims}-d");
+            }
+        }
     }
 }

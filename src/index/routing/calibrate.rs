@@ -70,31 +70,50 @@ impl Routing {
         }
         let k = ((K as f64 * n as f64 / rows.max(1) as f64).round() as usize).clamp(1, K.min(n));
         let (metric, pm) = (self.head.metric, probe_metric(self.head.metric));
+        // Each query's exact neighbours in the pool, a tile of queries at
+        // a time: the pool streams from memory once per tile, not once
+        // per query.
+        let tile = crate::index::tile_rows(d);
+        let neighbours = |qs: &[f32]| -> Vec<Vec<(f32, u32)>> {
+            let mut near: Vec<Vec<(f32, u32)>> =
+                qs.chunks_exact(d).map(|_| Vec::with_capacity(n)).collect();
+            for (i, v) in pool.chunks_exact(d).enumerate() {
+                for (q, near) in qs.chunks_exact(d).zip(near.iter_mut()) {
+                    near.push((distance(metric, q, v), i as u32));
+                }
+            }
+            for near in near.iter_mut() {
+                keep_nearest(near, k, |&(dist, i)| (dist, i));
+            }
+            near
+        };
+        // Where each neighbour's cluster falls in the query's route.
+        let ranks_of = |q: &[f32], near: Vec<(f32, u32)>| -> Vec<u32> {
+            let cents: Vec<f32> = (0..self.head.clusters)
+                .map(|c| distance(pm, q, self.centroid(c)))
+                .collect();
+            near.into_iter()
+                .map(|(_, i)| {
+                    let v = &pool[i as usize * d..(i as usize + 1) * d];
+                    let c = self.cluster_of(v);
+                    // Its cluster's place in the query's route: the
+                    // clusters before it by (distance, id).
+                    let at = (cents[c as usize], c);
+                    cents
+                        .iter()
+                        .zip(0u32..)
+                        .filter(|&(&x, j)| x.total_cmp(&at.0).then(j.cmp(&at.1)).is_lt())
+                        .count() as u32
+                })
+                .collect()
+        };
         let mut ranks: Vec<u32> = queries
-            .par_chunks_exact(d)
-            .flat_map_iter(|q| {
-                let mut near: Vec<(f32, u32)> = pool
-                    .chunks_exact(d)
-                    .enumerate()
-                    .map(|(i, v)| (distance(metric, q, v), i as u32))
-                    .collect();
-                keep_nearest(&mut near, k, |&(dist, i)| (dist, i));
-                let cents: Vec<f32> = (0..self.head.clusters)
-                    .map(|c| distance(pm, q, self.centroid(c)))
-                    .collect();
-                near.into_iter()
-                    .map(|(_, i)| {
-                        let v = &pool[i as usize * d..(i as usize + 1) * d];
-                        let c = self.cluster_of(v);
-                        // Its cluster's place in the query's route: the
-                        // clusters before it by (distance, id).
-                        let at = (cents[c as usize], c);
-                        cents
-                            .iter()
-                            .zip(0u32..)
-                            .filter(|&(&x, j)| x.total_cmp(&at.0).then(j.cmp(&at.1)).is_lt())
-                            .count() as u32
-                    })
+            .par_chunks(tile * d)
+            .flat_map_iter(|qs| {
+                let near = neighbours(qs);
+                qs.chunks_exact(d)
+                    .zip(near)
+                    .flat_map(|(q, near)| ranks_of(q, near))
                     .collect::<Vec<_>>()
             })
             .collect();

@@ -236,3 +236,38 @@ fn calibration_finds_the_probes_the_data_needs() {
     let small = Routing::train(&data[..1_000 * dims], dims, Metric::Euclidean, 1_000, 1);
     assert_eq!(small.head.calibrated_probes, 0);
 }
+
+/// Calibration's neighbour search takes a tile of queries at a time; it
+/// finds the probes a query-by-query search finds.
+#[test]
+fn calibration_by_tiles_matches_one_query_at_a_time() {
+    let dims = 24;
+    let pool = noise(6_000, dims, 12);
+    let queries = noise(90, dims, 13);
+    let r = Routing::train(&pool, dims, Metric::Euclidean, 60_000, 1);
+    let rows = 60_000u64;
+    let n = pool.len() / dims;
+    let k = ((10.0 * n as f64 / rows as f64).round() as usize).clamp(1, 10);
+    let mut ranks: Vec<u32> = Vec::new();
+    for q in queries.chunks_exact(dims) {
+        let mut near: Vec<(f32, u32)> = pool
+            .chunks_exact(dims)
+            .zip(0u32..)
+            .map(|(v, i)| (distance(Metric::Euclidean, q, v), i))
+            .collect();
+        keep_nearest(&mut near, k, |&(d, i)| (d, i));
+        let route: Vec<u32> = r
+            .nearest(q, r.head.groups(), r.head.clusters as usize)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        for (_, i) in near {
+            let c = r.cluster_of(&pool[i as usize * dims..(i as usize + 1) * dims]);
+            ranks.push(route.iter().position(|&x| x == c).unwrap() as u32);
+        }
+    }
+    ranks.sort_unstable();
+    let at = ((0.97 * ranks.len() as f64).ceil() as usize).clamp(1, ranks.len());
+    assert!(ranks[at - 1] > 3, "a spread worth measuring: {}", ranks[at - 1]);
+    assert_eq!(r.calibrate(&pool, &queries, rows), ranks[at - 1] + 1);
+}
