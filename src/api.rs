@@ -20,7 +20,9 @@ pub use crate::coord::instance::InstanceRecord;
 pub use crate::coord::paths::COMPACTOR_CURSOR_KEY;
 pub use crate::coord::{JoinOptions, RequestedSettings, Role};
 pub use crate::db::{CompactRequest, ProbeReport};
-pub use crate::inspect::{PartitionStatus, Problem, Status, TextIndexStatus, VerifyReport};
+pub use crate::inspect::{
+    PartitionStatus, Problem, RoutingStatus, Status, TextIndexStatus, VerifyReport,
+};
 pub use crate::reader::{
     Consistency, Hit, HitScores, KeyScore, PartitionFailure, QueryStats, QueryText, ReaderStats,
     SearchRequest, SearchResponse, WarmReport, MAX_K,

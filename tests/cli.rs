@@ -239,6 +239,30 @@ fn every_command(s: &Shoal) {
     assert!(s
         .ok(&["status"])
         .contains("index      generation 1, 1 shard(s), 5 live rows"));
+    // The routing the rows were assigned under, read from its head: too
+    // small a sample to calibrate, so every cluster is probed.
+    let r = &st["index"]["routing"];
+    assert_eq!(
+        (
+            &r["generation"],
+            &r["rows"],
+            &r["calibrated_probes"],
+            &r["live_routings"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(5),
+            &serde_json::json!(0),
+            &serde_json::json!(1)
+        ),
+        "{r}"
+    );
+    assert_eq!(r["probes_at_default_nprobe"], r["clusters"], "{r}");
+    assert!(
+        r["key"].as_str().unwrap().starts_with("index/routing/"),
+        "{r}"
+    );
+    assert!(s.ok(&["status"]).contains("routing    generation 1: "));
     let t = &s.json(&["status", "--live"])["totals"];
     assert_eq!(
         (t["live"].as_u64(), t["dead"].as_u64()),

@@ -304,6 +304,25 @@ async fn approximate_search_over_shards_keeps_recall_and_filters_keep_k() {
         w.upsert(chunk).await.unwrap();
     }
     common::index_now(store.as_ref(), &s).await;
+    // `status` shows the routing: sized for these rows and calibrated on
+    // them (a sample big enough to hold queries out of).
+    let db = shoal::Db::open_store(store.clone(), shoal::OpenOptions::observer())
+        .await
+        .unwrap();
+    let r = db.status(false).await.unwrap().index.routing.unwrap();
+    assert_eq!(
+        (r.generation, r.rows, r.trained_rows),
+        (1, 6000, 6000),
+        "{r:?}"
+    );
+    assert!(
+        r.calibrated_probes > 0 && r.calibrated_probes <= r.clusters,
+        "{r:?}"
+    );
+    assert!(
+        r.probes_at_default_nprobe >= u64::from(r.calibrated_probes),
+        "{r:?}"
+    );
     let reader = fresh_reader(&store, &s);
     let (mut found, mut total) = (0, 0);
     for qi in 0..40 {
@@ -861,6 +880,56 @@ async fn a_damaged_shard_is_rebuilt_from_its_readable_rows_or_dropped_saying_wha
                 assert_eq!(rec.vector, vector(i, 1), "{id} kept whole");
             }
         }
+    }
+}
+
+/// `status` reads the current routing's head (what it shows of the
+/// routing, calibration included, comes from there); a routing it cannot
+/// read, damaged or missing, is a problem naming its key, not an error.
+#[tokio::test]
+async fn status_names_a_routing_it_cannot_read() {
+    use shoal::coord::index_manifest::{update_index, RoutingEntry};
+    let store = common::memory_store();
+    common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
+    let listed = "index/routing/00000000000000000001-a.routing";
+    store
+        .put(listed, bytes::Bytes::from_static(b"not a routing"))
+        .await
+        .unwrap();
+    update_index(store.as_ref(), 2, Default::default(), |m| {
+        m.version = 2;
+        m.routings = vec![RoutingEntry {
+            key: listed.into(),
+            generation: 1,
+            clusters: 1,
+            trained_rows: 1,
+            bytes: 13,
+            head_bytes: 13,
+            created_at: "2026-12-04T00:00:00Z".into(),
+            extra: Default::default(),
+        }];
+        Ok(true)
+    })
+    .await
+    .unwrap();
+    let db = shoal::Db::open_store(store.clone(), shoal::OpenOptions::observer())
+        .await
+        .unwrap();
+    for (damage, expected) in [
+        ("damaged", "routing head unreadable"),
+        ("missing", "missing"),
+    ] {
+        if damage == "missing" {
+            store.delete(listed).await.unwrap();
+        }
+        let st = db.status(false).await.unwrap();
+        assert!(st.index.routing.is_none(), "{damage}");
+        let p = st.problems.iter().find(|p| p.key == listed);
+        assert!(
+            p.is_some_and(|p| p.message.contains(expected)),
+            "{damage}: {:?}",
+            st.problems
+        );
     }
 }
 

@@ -191,6 +191,27 @@ fn print_status(st: &shoal::api::Status, live: bool) {
             .as_ref()
             .map_or(String::new(), |h| format!(", indexer at work: {h}"))
     );
+    if let Some(r) = &ix.routing {
+        let calibrated = if r.calibrated_probes == 0 {
+            "not calibrated (small sample)".to_string()
+        } else {
+            format!("calibrated {} probes", r.calibrated_probes)
+        };
+        println!(
+            "routing    generation {}: {} clusters for {} rows ({} now), {calibrated}; \
+             a query probes {} clusters at the default nprobe{}",
+            r.generation,
+            r.clusters,
+            r.trained_rows,
+            r.rows,
+            r.probes_at_default_nprobe,
+            if r.live_routings > 1 {
+                format!("; {} routings live while shards move", r.live_routings)
+            } else {
+                String::new()
+            }
+        );
+    }
     for sh in &ix.shards {
         println!(
             "  shard {} level {}: {} rows ({} dead), {:.2} MB",

@@ -59,6 +59,10 @@ const GROUP_ENTRY_LEN: usize = 4 + 4 + 8 + 8 + 8;
 /// bigger routing (4,000 centroids per million rows) and more, smaller
 /// probe blocks, which adjacent cluster ids keep to few requests.
 pub(crate) const TARGET_CLUSTER_ROWS: usize = 250;
+/// Clusters a query probes per `nprobe`: at the default `nprobe` of 8,
+/// 128 clusters of about [`TARGET_CLUSTER_ROWS`] rows (~32k codes),
+/// whatever the size of the index.
+pub(crate) const PROBES_PER_NPROBE: usize = 16;
 /// Training rows per cluster (the sample is at most this many times the
 /// cluster count).
 const SAMPLE_PER_CLUSTER: usize = 48;
@@ -130,6 +134,30 @@ fn bad(m: impl Into<String>) -> RoutingError {
 }
 
 impl RoutingHead {
+    /// Clusters a query probes at `nprobe` over shards holding `rows`
+    /// live rows: [`PROBES_PER_NPROBE`] per `nprobe`, or more when the
+    /// calibration found this data needs more at the default `nprobe`
+    /// (its neighbours spread over more clusters); fewer in proportion
+    /// when the shards hold more rows than the routing was trained for
+    /// (its clusters have grown; the indexer trains a new routing before
+    /// they double), so the codes a query scans stay flat.
+    pub(crate) fn probes(&self, nprobe: usize, rows: u64) -> usize {
+        let probes = nprobe.saturating_mul(self.probes_per_nprobe()).max(1);
+        let trained = self.trained_rows.max(1);
+        if rows <= trained {
+            return probes;
+        }
+        ((probes as f64 * trained as f64 / rows as f64).ceil() as usize).max(1)
+    }
+
+    /// Clusters probed per `nprobe`: [`PROBES_PER_NPROBE`], or the
+    /// calibrated probes spread over the default `nprobe` when that is
+    /// more.
+    pub(crate) fn probes_per_nprobe(&self) -> usize {
+        let calibrated = self.calibrated_probes as usize;
+        PROBES_PER_NPROBE.max(calibrated.div_ceil(crate::vocab::DEFAULT_NPROBE as usize))
+    }
+
     pub(crate) fn groups(&self) -> usize {
         self.groups.len()
     }

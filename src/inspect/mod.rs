@@ -16,7 +16,7 @@ mod status;
 mod verify;
 
 pub(crate) use status::{status, text_index_status};
-pub use status::{PartitionStatus, Status, TextIndexStatus};
+pub use status::{PartitionStatus, RoutingStatus, Status, TextIndexStatus};
 pub(crate) use verify::verify;
 pub use verify::VerifyReport;
 

@@ -15,7 +15,6 @@ use async_trait::async_trait;
 use super::{row_slot, Centroid, RoutedShard, RoutingView};
 use crate::filter::Filter;
 use crate::index::shard::{estimate_lists, every_row, rerank_lists, ProbedList, ShardQuery};
-use crate::index::routing::RoutingHead;
 use crate::index::{ivf::probe_metric, route, QueryParams, Route, ScanStats};
 use crate::reader::ranged::{Block, Part};
 use crate::reader::shards::index_error;
@@ -23,10 +22,6 @@ use crate::reader::text::{TextQuery, TextSearched};
 use crate::reader::unit::{excludes, Found, Io, SearchUnit, Searched, Source, UnitQuery};
 use crate::reader::{PartitionError, ReadError, ShardFailure};
 
-/// Clusters a query probes per `nprobe`: at the default `nprobe` of 8,
-/// 128 clusters of about [`crate::index::routing::TARGET_CLUSTER_ROWS`]
-/// rows (~32k codes), whatever the size of the index.
-pub(crate) const PROBES_PER_NPROBE: usize = 16;
 /// Groups a query routes among per probed cluster, as a share of a
 /// group's clusters: probing `p` clusters looks among the clusters of
 /// the `SPREAD × p / (clusters per group)` nearest groups (at least
@@ -389,28 +384,10 @@ impl Run<'_> {
     }
 }
 
-/// Clusters to probe: [`PROBES_PER_NPROBE`] per `nprobe`, or more when
-/// the routing's calibration found this data needs more at the default
-/// `nprobe` (its neighbours spread over more clusters); fewer in
-/// proportion when the shards hold more rows than the routing was
-/// trained for (its clusters have grown; the indexer trains a new
-/// routing before they double), so the codes a query scans stay flat.
+/// Clusters to probe ([`crate::index::routing::RoutingHead::probes`] over the shards' live
+/// rows).
 fn scaled_probes(nprobe: usize, routing: &RoutingView, shards: &[Arc<RoutedShard>]) -> usize {
-    let probes = nprobe.saturating_mul(probes_per_nprobe(&routing.head)).max(1);
-    let rows: u64 = shards.iter().map(|s| s.live).sum();
-    let trained = routing.head.trained_rows.max(1);
-    if rows <= trained {
-        return probes;
-    }
-    ((probes as f64 * trained as f64 / rows as f64).ceil() as usize).max(1)
-}
-
-/// Clusters probed per `nprobe` under `routing`: [`PROBES_PER_NPROBE`],
-/// or its calibrated probes spread over the default `nprobe` when that
-/// is more.
-pub(super) fn probes_per_nprobe(routing: &RoutingHead) -> usize {
-    let calibrated = routing.calibrated_probes as usize;
-    PROBES_PER_NPROBE.max(calibrated.div_ceil(crate::vocab::DEFAULT_NPROBE as usize))
+    routing.head.probes(nprobe, shards.iter().map(|s| s.live).sum())
 }
 
 /// The shared filter policy over the probed rows' count (`live` allowed,

@@ -148,7 +148,7 @@ async fn a_query_reads_only_the_probed_clusters_blocks() {
     );
 
     // The clusters a query with nprobe 1 probes: the nearest few.
-    let probes = super::search::probes_per_nprobe(&routing.head);
+    let probes = routing.head.probes_per_nprobe();
     let groups = routing.head.groups() as u32;
     let probed: Vec<u32> = routing
         .nearest(&q, groups as usize, probes)
@@ -219,7 +219,7 @@ async fn a_query_probes_as_many_clusters_as_the_routing_calibrated() {
     let (m, _) = read_index_manifest(store.as_ref(), 2).await.unwrap().unwrap();
     let entry = m.current_routing().unwrap();
     let routing = Routing::decode(&store.get(&entry.key).await.unwrap().bytes).unwrap();
-    let default = 8 * super::search::PROBES_PER_NPROBE;
+    let default = 8 * crate::index::routing::PROBES_PER_NPROBE;
     let calibrated = routing.head.calibrated_probes as usize;
     assert!(
         calibrated > default && (calibrated as u32) < routing.head.clusters,
