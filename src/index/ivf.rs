@@ -286,15 +286,14 @@ pub fn train(vectors: &[f32], dims: usize, metric: Metric, p: &IvfParams) -> (Ve
     // Each row's nearest centroid (the first of equals), a tile of rows
     // at a time: the tile stays in cache while the centroids pass it.
     let nearest = |ids: &[usize], cents: &[f32]| -> Vec<u32> {
+        let rows: Vec<&[f32]> = ids.iter().map(|&i| row(i)).collect();
+        let cents: Vec<&[f32]> = cents.chunks_exact(dims).collect();
         let mut best = vec![(f32::INFINITY, 0u32); ids.len()];
-        for (c, cv) in cents.chunks_exact(dims).enumerate() {
-            for (b, &i) in best.iter_mut().zip(ids) {
-                let dist = distance(pm, row(i), cv);
-                if dist < b.0 {
-                    *b = (dist, c as u32);
-                }
+        super::distances_in_order(pm, &rows, &cents, |r, c, dist| {
+            if dist < best[r].0 {
+                best[r] = (dist, c as u32);
             }
-        }
+        });
         best.into_iter().map(|(_, c)| c).collect()
     };
     let tile = super::tile_rows(dims);

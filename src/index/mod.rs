@@ -192,6 +192,151 @@ pub(crate) mod wide {
         |x, y| (x - y) * (x - y)
     );
 
+    /// Whether this CPU has AVX-512F (detected once).
+    #[inline]
+    pub(crate) fn available_512() -> bool {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+
+    /// [`super::distance`] from each of two rows to each of two
+    /// centroids, `[row][centroid]`, in one pass over the four vectors.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F ([`available_512`]).
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn block_2x2(
+        metric: crate::vocab::Metric,
+        rows: [&[f32]; 2],
+        cents: [&[f32]; 2],
+    ) -> [[f32; 2]; 2] {
+        use crate::vocab::Metric;
+        // SAFETY: the caller checked the CPU.
+        let raw = unsafe {
+            match metric {
+                Metric::Cosine | Metric::Dot => dot_2x2(rows, cents),
+                Metric::Euclidean => l2_2x2(rows, cents),
+            }
+        };
+        raw.map(|r| r.map(|x| super::finish(metric, x)))
+    }
+
+    /// A kernel of [`kernel!`]'s sum for two rows and two centroids on
+    /// AVX-512: each pair's 32 lanes are two registers of sixteen, the
+    /// lanes [`super::lanes`] has (eight at a time into the first eight,
+    /// masked), summed as [`super::sum_lanes`] sums them; so each pair's
+    /// float is the portable kernel's, to the bit.
+    macro_rules! block {
+        ($name:ident, |$x:ident, $y:ident| $term:expr, |$sx:ident, $sy:ident| $scalar:expr) => {
+            /// # Safety
+            /// The CPU must have AVX-512F ([`available_512`]).
+            #[target_feature(enable = "avx512f")]
+            unsafe fn $name(a: [&[f32]; 2], b: [&[f32]; 2]) -> [[f32; 2]; 2] {
+                let n = a[0].len().min(a[1].len()).min(b[0].len()).min(b[1].len());
+                let mut acc = [[[_mm512_setzero_ps(); 2]; 2]; 2];
+                let mut i = 0;
+                while i + LANES <= n {
+                    for h in 0..2 {
+                        // SAFETY: `i + 16h + 16 <= n`, inside all four slices.
+                        let (x, y) = unsafe {
+                            (
+                                [load16(a[0], i + 16 * h), load16(a[1], i + 16 * h)],
+                                [load16(b[0], i + 16 * h), load16(b[1], i + 16 * h)],
+                            )
+                        };
+                        for r in 0..2 {
+                            for c in 0..2 {
+                                let ($x, $y) = (x[r], y[c]);
+                                acc[r][c][h] = _mm512_add_ps(acc[r][c][h], $term);
+                            }
+                        }
+                    }
+                    i += LANES;
+                }
+                while i + 8 <= n {
+                    // SAFETY: `i + 8 <= n`, inside all four slices.
+                    let (x, y) = unsafe {
+                        (
+                            [load8(a[0], i), load8(a[1], i)],
+                            [load8(b[0], i), load8(b[1], i)],
+                        )
+                    };
+                    for r in 0..2 {
+                        for c in 0..2 {
+                            let ($x, $y) = (x[r], y[c]);
+                            let t = $term;
+                            acc[r][c][0] = _mm512_mask_add_ps(acc[r][c][0], 0x00ff, acc[r][c][0], t);
+                        }
+                    }
+                    i += 8;
+                }
+                let mut out = [[0f32; 2]; 2];
+                for r in 0..2 {
+                    for c in 0..2 {
+                        let mut tail = 0.0;
+                        for (&$sx, &$sy) in a[r][i..n].iter().zip(&b[c][i..n]) {
+                            tail += $scalar;
+                        }
+                        // SAFETY: the caller checked the CPU.
+                        out[r][c] = unsafe { sum_32(acc[r][c]) } + tail;
+                    }
+                }
+                out
+            }
+        };
+    }
+
+    block!(dot_2x2, |x, y| _mm512_mul_ps(x, y), |x, y| x * y);
+
+    block!(
+        l2_2x2,
+        |x, y| {
+            let d = _mm512_sub_ps(x, y);
+            _mm512_mul_ps(d, d)
+        },
+        |x, y| (x - y) * (x - y)
+    );
+
+    /// [`super::sum_lanes`] of 32 lanes held as two registers: lane `i`
+    /// plus lane `i + 16`, then `i + 8`, `i + 4`, `i + 2`, `i + 1`.
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum_32(acc: [__m512; 2]) -> f32 {
+        let s = _mm512_add_ps(acc[0], acc[1]);
+        let lo = _mm512_castps512_ps256(s);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1));
+        let e = _mm256_add_ps(lo, hi);
+        let f = _mm_add_ps(_mm256_castps256_ps128(e), _mm256_extractf128_ps(e, 1));
+        let g = _mm_add_ps(f, _mm_movehl_ps(f, f));
+        let h = _mm_add_ss(g, _mm_shuffle_ps(g, g, 1));
+        _mm_cvtss_f32(h)
+    }
+
+    /// Sixteen floats of `v` at `i`.
+    ///
+    /// # Safety
+    /// AVX-512F, and `i + 16` within `v`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(v: &[f32], i: usize) -> __m512 {
+        // SAFETY: the caller keeps `i + 16` within `v`.
+        unsafe { _mm512_loadu_ps(v.as_ptr().add(i)) }
+    }
+
+    /// Eight floats of `v` at `i` in the low lanes, zeros above.
+    ///
+    /// # Safety
+    /// AVX-512F, and `i + 8` within `v`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load8(v: &[f32], i: usize) -> __m512 {
+        // SAFETY: the caller keeps `i + 8` within `v`.
+        unsafe { _mm512_zextps256_ps512(_mm256_loadu_ps(v.as_ptr().add(i))) }
+    }
+
     /// Eight floats of `v` at `i`.
     ///
     /// # Safety
@@ -209,10 +354,21 @@ pub(crate) mod wide {
 /// cosine distance is `1 - dot`; dot "distance" is `-dot`.
 #[inline]
 pub fn distance(metric: Metric, q: &[f32], v: &[f32]) -> f32 {
-    let d = match metric {
-        Metric::Cosine => 1.0 - dot(q, v),
-        Metric::Dot => -dot(q, v),
+    let raw = match metric {
+        Metric::Cosine | Metric::Dot => dot(q, v),
         Metric::Euclidean => l2_squared(q, v),
+    };
+    finish(metric, raw)
+}
+
+/// [`distance`] from its kernel's value (the inner product, or the
+/// squared Euclidean distance).
+#[inline(always)]
+fn finish(metric: Metric, raw: f32) -> f32 {
+    let d = match metric {
+        Metric::Cosine => 1.0 - raw,
+        Metric::Dot => -raw,
+        Metric::Euclidean => raw,
     };
     // Writes refuse vectors whose scores could overflow (`check_vector`);
     // should an older one still overflow, it ranks last, never first.
@@ -220,6 +376,51 @@ pub fn distance(metric: Metric, q: &[f32], v: &[f32]) -> f32 {
         f32::INFINITY
     } else {
         d
+    }
+}
+
+/// [`distance`] from each of `rows` to each of `cents`, handed to
+/// `visit(row, centroid, distance)`; each row meets the centroids in
+/// their order. Where the CPU has AVX-512, two rows and two centroids at
+/// a time ([`wide::block_2x2`]: four distances from one pass over the
+/// four vectors, a quarter of the loads of one at a time); the same
+/// floats as [`distance`] either way.
+pub(crate) fn distances_in_order(
+    metric: Metric,
+    rows: &[&[f32]],
+    cents: &[&[f32]],
+    mut visit: impl FnMut(usize, usize, f32),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide::available_512() {
+        let (r2, c2) = (rows.len() / 2 * 2, cents.len() / 2 * 2);
+        for c in (0..c2).step_by(2) {
+            for r in (0..r2).step_by(2) {
+                // SAFETY: the CPU has AVX-512F.
+                let d = unsafe {
+                    wide::block_2x2(metric, [rows[r], rows[r + 1]], [cents[c], cents[c + 1]])
+                };
+                visit(r, c, d[0][0]);
+                visit(r, c + 1, d[0][1]);
+                visit(r + 1, c, d[1][0]);
+                visit(r + 1, c + 1, d[1][1]);
+            }
+            for (r, row) in rows.iter().enumerate().skip(r2) {
+                visit(r, c, distance(metric, row, cents[c]));
+                visit(r, c + 1, distance(metric, row, cents[c + 1]));
+            }
+        }
+        for (c, cent) in cents.iter().enumerate().skip(c2) {
+            for (r, row) in rows.iter().enumerate() {
+                visit(r, c, distance(metric, row, cent));
+            }
+        }
+        return;
+    }
+    for (c, cent) in cents.iter().enumerate() {
+        for (r, row) in rows.iter().enumerate() {
+            visit(r, c, distance(metric, row, cent));
+        }
     }
 }
 
@@ -630,6 +831,45 @@ mod tests {
             }
         }
         assert_eq!(compared, 260);
+    }
+
+    /// The tiled distances (two rows by two centroids on AVX-512, where
+    /// the CPU has it) hand every pair its [`distance`], to the bit, and
+    /// each row meets the centroids in order; odd counts and every
+    /// length class (32-lane blocks, 8-lane steps, a scalar tail).
+    #[test]
+    fn distances_in_order_give_each_pair_its_distance_in_order() {
+        if !cfg!(target_arch = "x86_64") || !wide::available_512() {
+            eprintln!("this CPU lacks AVX-512: the portable path is what runs");
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut compared = 0;
+        for len in [1usize, 7, 8, 15, 16, 17, 31, 32, 33, 48, 100, 384, 385] {
+            for metric in [Metric::Euclidean, Metric::Cosine, Metric::Dot] {
+                let vecs = |n: usize, rng: &mut rand::rngs::StdRng| -> Vec<Vec<f32>> {
+                    (0..n)
+                        .map(|_| (0..len).map(|_| rng.random_range(-3.0..3.0)).collect())
+                        .collect()
+                };
+                let (rows, cents) = (vecs(5, &mut rng), vecs(7, &mut rng));
+                let r: Vec<&[f32]> = rows.iter().map(|v| v.as_slice()).collect();
+                let c: Vec<&[f32]> = cents.iter().map(|v| v.as_slice()).collect();
+                let mut seen = vec![Vec::new(); rows.len()];
+                distances_in_order(metric, &r, &c, |i, j, d| {
+                    assert_eq!(
+                        d.to_bits(),
+                        distance(metric, r[i], c[j]).to_bits(),
+                        "{metric:?} len {len} row {i} centroid {j}"
+                    );
+                    seen[i].push(j);
+                    compared += 1;
+                });
+                for s in &seen {
+                    assert_eq!(*s, (0..cents.len()).collect::<Vec<_>>(), "in order, each once");
+                }
+            }
+        }
+        assert_eq!(compared, 13 * 3 * 35);
     }
 
     #[test]

@@ -41,7 +41,7 @@
 use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::distance;
+use super::{distance, distances_in_order};
 use super::ivf::{probe_metric, train, IvfParams};
 use crate::vocab::Metric;
 
@@ -579,18 +579,19 @@ impl Routing {
         let mut best = vec![(f32::INFINITY, u32::MAX); batch.len() / d];
         let tile = super::tile_rows(d);
         for (e, rows) in self.head.groups.iter().zip(&reached) {
+            let cents: Vec<&[f32]> = (e.first..e.first + e.clusters).map(|c| self.centroid(c)).collect();
             for rows in rows.chunks(tile) {
-                for c in e.first..e.first + e.clusters {
-                    let centroid = self.centroid(c);
-                    for &i in rows {
-                        let v = &batch[i as usize * d..(i as usize + 1) * d];
-                        let b = &mut best[i as usize];
-                        let dist = distance(pm, v, centroid);
-                        if dist.total_cmp(&b.0).then(c.cmp(&b.1)).is_lt() {
-                            *b = (dist, c);
-                        }
+                let vs: Vec<&[f32]> = rows
+                    .iter()
+                    .map(|&i| &batch[i as usize * d..(i as usize + 1) * d])
+                    .collect();
+                distances_in_order(pm, &vs, &cents, |r, k, dist| {
+                    let c = e.first + k as u32;
+                    let b = &mut best[rows[r] as usize];
+                    if dist.total_cmp(&b.0).then(c.cmp(&b.1)).is_lt() {
+                        *b = (dist, c);
                     }
-                }
+                });
             }
         }
         best.into_iter().map(|(_, c)| c).collect()

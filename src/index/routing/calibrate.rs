@@ -22,7 +22,7 @@
 use rayon::prelude::*;
 
 use super::{keep_nearest, Routing};
-use crate::index::distance;
+use crate::index::{distance, distances_in_order};
 use crate::index::ivf::probe_metric;
 
 /// Neighbours per query the calibration is for (recall@10).
@@ -74,14 +74,14 @@ impl Routing {
         // a time: the pool streams from memory once per tile, not once
         // per query.
         let tile = crate::index::tile_rows(d);
+        let pool_rows: Vec<&[f32]> = pool.chunks_exact(d).collect();
         let neighbours = |qs: &[f32]| -> Vec<Vec<(f32, u32)>> {
             let mut near: Vec<Vec<(f32, u32)>> =
                 qs.chunks_exact(d).map(|_| Vec::with_capacity(n)).collect();
-            for (i, v) in pool.chunks_exact(d).enumerate() {
-                for (q, near) in qs.chunks_exact(d).zip(near.iter_mut()) {
-                    near.push((distance(metric, q, v), i as u32));
-                }
-            }
+            let rows: Vec<&[f32]> = qs.chunks_exact(d).collect();
+            distances_in_order(metric, &rows, &pool_rows, |q, i, dist| {
+                near[q].push((dist, i as u32));
+            });
             for near in near.iter_mut() {
                 keep_nearest(near, k, |&(dist, i)| (dist, i));
             }
