@@ -883,28 +883,19 @@ async fn a_damaged_shard_is_rebuilt_from_its_readable_rows_or_dropped_saying_wha
     }
 }
 
-/// `status` reads the current routing's head (what it shows of the
-/// routing, calibration included, comes from there); a routing it cannot
-/// read, damaged or missing, is a problem naming its key, not an error.
-#[tokio::test]
-async fn status_names_a_routing_it_cannot_read() {
+/// Lists `key` (holding `len` bytes) as the index's one routing, of
+/// generation 1, in a 2-partition index's manifest.
+async fn list_routing(store: &Arc<Counted>, key: &str, len: u64) {
     use shoal::coord::index_manifest::{update_index, RoutingEntry};
-    let store = common::memory_store();
-    common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
-    let listed = "index/routing/00000000000000000001-a.routing";
-    store
-        .put(listed, bytes::Bytes::from_static(b"not a routing"))
-        .await
-        .unwrap();
     update_index(store.as_ref(), 2, Default::default(), |m| {
         m.version = 2;
         m.routings = vec![RoutingEntry {
-            key: listed.into(),
+            key: key.into(),
             generation: 1,
             clusters: 1,
             trained_rows: 1,
-            bytes: 13,
-            head_bytes: 13,
+            bytes: len,
+            head_bytes: len,
             created_at: "2026-12-04T00:00:00Z".into(),
             extra: Default::default(),
         }];
@@ -912,6 +903,21 @@ async fn status_names_a_routing_it_cannot_read() {
     })
     .await
     .unwrap();
+}
+
+/// `status` reads the current routing's head (what it shows of the
+/// routing, calibration included, comes from there); a routing it cannot
+/// read, damaged or missing, is a problem naming its key, not an error.
+#[tokio::test]
+async fn status_names_a_routing_it_cannot_read() {
+    let store = common::memory_store();
+    common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
+    let listed = "index/routing/00000000000000000001-a.routing";
+    store
+        .put(listed, bytes::Bytes::from_static(b"not a routing"))
+        .await
+        .unwrap();
+    list_routing(&store, listed, 13).await;
     let db = shoal::Db::open_store(store.clone(), shoal::OpenOptions::observer())
         .await
         .unwrap();
@@ -938,7 +944,6 @@ async fn status_names_a_routing_it_cannot_read() {
 /// like any orphan under `index/`.
 #[tokio::test]
 async fn gc_keeps_listed_routings_and_deletes_orphan_ones() {
-    use shoal::coord::index_manifest::{update_index, RoutingEntry};
     let store = common::memory_store();
     let s = common::create_index(store.as_ref(), 2, DIMS as u32, Metric::Euclidean).await;
     let listed = "index/routing/00000000000000000001-a.routing";
@@ -949,22 +954,7 @@ async fn gc_keeps_listed_routings_and_deletes_orphan_ones() {
             .await
             .unwrap();
     }
-    update_index(store.as_ref(), 2, Default::default(), |m| {
-        m.version = 2;
-        m.routings = vec![RoutingEntry {
-            key: listed.into(),
-            generation: 1,
-            clusters: 1,
-            trained_rows: 1,
-            bytes: 7,
-            head_bytes: 7,
-            created_at: "2026-12-04T00:00:00Z".into(),
-            extra: Default::default(),
-        }];
-        Ok(true)
-    })
-    .await
-    .unwrap();
+    list_routing(&store, listed, 7).await;
     let report = gc_now(&store, &s).await;
     assert!(report.deleted.iter().any(|k| k == orphan), "{report:?}");
     assert!(!report.deleted.iter().any(|k| k == listed), "{report:?}");
