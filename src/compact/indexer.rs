@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde::Serialize;
 
 use super::lease::with_lease;
@@ -103,6 +104,9 @@ pub fn shard_target_rows(settings: &Settings) -> u64 {
     let row_bytes = u64::from(settings.dimensions) * 4 + 64;
     SHARD_TARGET_ROWS.min(SHARD_TARGET_BYTES / row_bytes).max(1)
 }
+
+/// Tail segments a round reads at once from one partition.
+const TAIL_READS: usize = 16;
 
 /// What one indexing round did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -399,9 +403,19 @@ async fn take_tails(
             }
         }
         let Some(last) = tail.last() else { continue };
+        // The tail's segments, several GETs in flight (on S3 each waits
+        // out a round trip), taken in seq order.
+        let loads: Vec<_> = tail
+            .iter()
+            .map(|e| segment::load_at(store, &e.key, e.range(), shape))
+            .collect();
+        let loaded: Vec<_> = futures::stream::iter(loads)
+            .buffered(TAIL_READS)
+            .collect()
+            .await;
         let mut segs = Vec::with_capacity(tail.len());
-        for e in &tail {
-            match segment::load_at(store, &e.key, e.range(), shape).await {
+        for got in loaded {
+            match got {
                 Ok(seg) => segs.push(Arc::new(seg)),
                 Err(err) => {
                     // The partition keeps its tail (and watermark) whole.
