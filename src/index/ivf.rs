@@ -285,11 +285,10 @@ pub fn train(vectors: &[f32], dims: usize, metric: Metric, p: &IvfParams) -> (Ve
     let spherical = metric != Metric::Euclidean;
     // Each row's nearest centroid (the first of equals), a tile of rows
     // at a time: the tile stays in cache while the centroids pass it.
-    let nearest = |ids: &[usize], cents: &[f32]| -> Vec<u32> {
+    let nearest = |ids: &[usize], cents: &[&[f32]]| -> Vec<u32> {
         let rows: Vec<&[f32]> = ids.iter().map(|&i| row(i)).collect();
-        let cents: Vec<&[f32]> = cents.chunks_exact(dims).collect();
         let mut best = vec![(f32::INFINITY, 0u32); ids.len()];
-        super::distances_in_order(pm, &rows, &cents, |r, c, dist| {
+        super::distances_in_order(pm, &rows, cents, |r, c, dist| {
             if dist < best[r].0 {
                 best[r] = (dist, c as u32);
             }
@@ -298,9 +297,10 @@ pub fn train(vectors: &[f32], dims: usize, metric: Metric, p: &IvfParams) -> (Ve
     };
     let tile = super::tile_rows(dims);
     for _ in 0..p.iterations {
+        let cents: Vec<&[f32]> = centroids.chunks_exact(dims).collect();
         let assign: Vec<u32> = train_ids
             .par_chunks(tile)
-            .flat_map_iter(|ids| nearest(ids, &centroids))
+            .flat_map_iter(|ids| nearest(ids, &cents))
             .collect();
         let mut sums = vec![0f64; nlist * dims];
         let mut counts = vec![0usize; nlist];
@@ -331,9 +331,10 @@ pub fn train(vectors: &[f32], dims: usize, metric: Metric, p: &IvfParams) -> (Ve
         }
     }
     let all: Vec<usize> = (0..n).collect();
+    let cents: Vec<&[f32]> = centroids.chunks_exact(dims).collect();
     let assign = all
         .par_chunks(tile)
-        .flat_map_iter(|ids| nearest(ids, &centroids))
+        .flat_map_iter(|ids| nearest(ids, &cents))
         .collect();
     (centroids, assign)
 }

@@ -76,9 +76,8 @@ impl Routing {
         let tile = crate::index::tile_rows(d);
         let pool_rows: Vec<&[f32]> = pool.chunks_exact(d).collect();
         let neighbours = |qs: &[f32]| -> Vec<Vec<(f32, u32)>> {
-            let mut near: Vec<Vec<(f32, u32)>> =
-                qs.chunks_exact(d).map(|_| Vec::with_capacity(n)).collect();
             let rows: Vec<&[f32]> = qs.chunks_exact(d).collect();
+            let mut near: Vec<Vec<(f32, u32)>> = rows.iter().map(|_| Vec::with_capacity(n)).collect();
             distances_in_order(metric, &rows, &pool_rows, |q, i, dist| {
                 near[q].push((dist, i as u32));
             });
