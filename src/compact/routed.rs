@@ -45,8 +45,6 @@ use crate::store::{ByteRange, ObjectStore};
 /// shards rewrites each row about once more over the index's growth (a
 /// geometric series).
 pub(super) const REGROW_FACTOR: u64 = 2;
-/// Most rows a routing is trained on.
-const MAX_SAMPLE: usize = 100_000;
 
 /// The routing a round builds with, and the entry to list when the round
 /// trained it.
@@ -85,7 +83,7 @@ pub(super) async fn routing_for_round(
         }
     }
     let shape = super::indexer::shape_of(settings);
-    let sample = sample_rows(store, index, shape, batch).await?;
+    let sample = sample_rows(store, index, shape, batch, Routing::sample_size(rows)).await?;
     let generation = index.current_routing().map_or(1, |r| r.generation + 1);
     let (d, metric) = (shape.dimensions, shape.metric);
     let routing =
@@ -139,16 +137,16 @@ pub(super) async fn load_routing(
     Ok(routing)
 }
 
-/// A uniform sample (at most [`MAX_SAMPLE`] rows, flat) of `batch` and the
-/// live rows of `index`'s shards, one shard loaded at a time.
+/// A uniform sample (at most `want` rows, flat) of `batch` and the live
+/// rows of `index`'s shards, one shard loaded at a time.
 async fn sample_rows(
     store: &dyn ObjectStore,
     index: &IndexManifest,
     shape: Shape,
     batch: &[Prepared],
+    want: usize,
 ) -> Result<Vec<f32>, CompactError> {
     let d = shape.dimensions;
-    let want = MAX_SAMPLE;
     let mut rng = StdRng::seed_from_u64(index.generation);
     let mut sample: Vec<f32> = Vec::with_capacity(want.min(batch.len() + 1) * d);
     let mut seen = 0usize;

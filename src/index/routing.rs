@@ -29,9 +29,25 @@
 //!         top centroids (groups × dimensions f32) |
 //!         per group: first cluster u32, clusters u32,
 //!                    block offset u64, block length u64, xxh3-64
-//! blocks  per group: its clusters' centroids (clusters × dimensions f32)
+//! blocks  per group: its clusters' centroids, either
+//!           f32:  clusters × dimensions f32, or
+//!           u8:   per cluster: lo f32 | step f32 | dimensions × u8
+//!                 (version 2 only)
 //! end     magic "SHOALEND" (8)
 //! ```
+//!
+//! A block's length tells its encoding (`dimensions × 4` or
+//! `8 + dimensions` bytes per cluster: never equal). In a `u8` block,
+//! centroid `c` of group `g` *is* `top[g] + (lo + step × code)`
+//! coordinate by coordinate, in f32: training snaps its centroids to
+//! what the block decodes to, so the indexer assigns rows and encodes
+//! their residuals against exactly the vectors a reader decodes. A
+//! group's centroids are stored as `u8` when that moves none of them by
+//! more than [`SNAP_TOLERANCE`] of the distance to its nearest sibling
+//! (which keeps each cluster's cell), else as f32: at 384 dimensions a
+//! block is a quarter the size, and a cold query over a routing read by
+//! range fetches a quarter of the bytes for its groups. Version 1
+//! objects (f32 blocks only) are read as before.
 //!
 //! A reader fetches the prefix and head (one ranged GET of
 //! [`RoutingHead::region_len`] bytes, or the whole object when it is
@@ -47,7 +63,9 @@ use crate::vocab::Metric;
 
 const MAGIC: &[u8; 8] = b"SHOALRTE";
 const END: &[u8; 8] = b"SHOALEND";
-const VERSION: u16 = 1;
+/// The version written; [`READS`] the versions read.
+const VERSION: u16 = 2;
+const READS: std::ops::RangeInclusive<u16> = 1..=2;
 const PREFIX_LEN: usize = 32;
 const FIXED_HEAD_LEN: usize = 4 + 1 + 3 + 8 + 8 + 4 + 4;
 const GROUP_ENTRY_LEN: usize = 4 + 4 + 8 + 8 + 8;
@@ -66,6 +84,15 @@ pub(crate) const PROBES_PER_NPROBE: usize = 16;
 /// Training rows per cluster (the sample is at most this many times the
 /// cluster count).
 const SAMPLE_PER_CLUSTER: usize = 48;
+/// Fewest training rows per cluster: a smaller sample trains fewer,
+/// bigger clusters than the rows ask for.
+const MIN_TRAIN_PER_CLUSTER: usize = 8;
+/// Rows a routing is trained on: at least this many (when there are)...
+const MIN_SAMPLE: usize = 100_000;
+/// ...and at most this many: enough for [`MIN_TRAIN_PER_CLUSTER`] rows in
+/// each of the clusters of an index of 8M rows (393 MB at 384
+/// dimensions); past that, clusters grow with the index.
+const MAX_SAMPLE: usize = 256_000;
 /// Groups whose clusters a row is routed among when it is assigned. A
 /// row whose nearest cluster lies outside them lands where a query may
 /// not probe: on the 1M noisy-copy set (63 groups), recall@10 0.9580
@@ -74,6 +101,16 @@ const SAMPLE_PER_CLUSTER: usize = 48;
 const ASSIGN_BEAM: usize = 8;
 /// Lloyd rounds over the whole sample after the hierarchical training.
 const REFINE_ROUNDS: usize = 2;
+/// A group's centroids are stored as `u8` codes when snapping them moves
+/// each by at most this share of the distance to its nearest sibling in
+/// the group: the boundary of its cell (the rows nearer it than any
+/// sibling) moves by at most half that. A code's error is about 0.7 %
+/// of the centroid's offset from its group's top centroid (a step of
+/// 1/255 of the offsets' range), and neighbouring clusters sit a few
+/// times closer to each other than to that top: real data snaps with
+/// room to spare, while a coordinate that spans far more than the gap
+/// between two clusters keeps the group in f32.
+const SNAP_TOLERANCE: f32 = 0.25;
 
 /// Rows [`Routing::assign`] takes a group at a time: enough that each
 /// group's centroids serve many rows while cached, few enough that the
@@ -94,11 +131,23 @@ impl Group {
     pub(crate) fn range(&self) -> std::ops::Range<u64> {
         self.offset..self.offset + self.len
     }
+
+    /// Whether its block holds `u8` codes (else f32 centroids).
+    pub(crate) fn snapped(&self, dims: usize) -> bool {
+        self.len == u64::from(self.clusters) * snapped_len(dims) as u64
+    }
+}
+
+/// Bytes of one cluster's centroid in a `u8` block.
+fn snapped_len(dims: usize) -> usize {
+    8 + dims
 }
 
 /// The part of a routing every reader holds: the top level.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct RoutingHead {
+    /// The object's format version.
+    pub version: u16,
     pub dimensions: usize,
     pub metric: Metric,
     pub generation: u64,
@@ -120,8 +169,10 @@ pub(crate) struct RoutingHead {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Routing {
     pub head: RoutingHead,
-    /// `clusters × dimensions`, by cluster id.
+    /// `clusters × dimensions`, by cluster id, as the blocks decode.
     pub centroids: Vec<f32>,
+    /// The groups' blocks, in order, as stored.
+    body: Vec<u8>,
 }
 
 /// Why a routing object (or part of one) cannot be used.
@@ -194,10 +245,21 @@ impl RoutingHead {
         if bytes.len() as u64 != e.len || xxh3_64(bytes) != e.checksum {
             return Err(bad(format!("checksum mismatch in the centroids of group {g}")));
         }
-        let out: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
+        let out: Vec<f32> = if e.snapped(self.dimensions) {
+            let top = self.top_centroid(g);
+            bytes
+                .chunks_exact(snapped_len(self.dimensions))
+                .flat_map(|c| {
+                    let (lo, step) = (f32_at(c, 0), f32_at(c, 4));
+                    c[8..].iter().zip(top).map(move |(&q, t)| unsnap(*t, lo, step, q))
+                })
+                .collect()
+        } else {
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        };
         if out.iter().any(|x| !x.is_finite()) {
             return Err(bad(format!("group {g} holds a non-finite centroid")));
         }
@@ -215,10 +277,12 @@ impl RoutingHead {
             return Err(bad("not a routing object (bad magic)"));
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != VERSION {
+        if !READS.contains(&version) {
             return Err(bad(format!(
                 "routing format version {version}, which this shoal cannot read (it reads \
-                 version {VERSION}); upgrade shoal"
+                 versions {} to {}); upgrade shoal",
+                READS.start(),
+                READS.end()
             )));
         }
         let len = u64_at(bytes, 16) as usize;
@@ -270,10 +334,11 @@ impl RoutingHead {
                 checksum: u64_at(head, at + 24),
             };
             at += GROUP_ENTRY_LEN;
+            let plain = e.len == u64::from(e.clusters) * dimensions as u64 * 4;
             if e.first != next
                 || e.clusters == 0
                 || e.offset != next_offset
-                || e.len != u64::from(e.clusters) * dimensions as u64 * 4
+                || !(plain || version >= 2 && e.snapped(dimensions))
             {
                 return Err(bad(format!("group {g}'s entry does not follow the one before")));
             }
@@ -285,6 +350,7 @@ impl RoutingHead {
             return Err(bad(format!("groups hold {next} clusters, the head says {clusters}")));
         }
         Ok(RoutingHead {
+            version,
             dimensions,
             metric,
             generation,
@@ -317,6 +383,18 @@ impl Routing {
         r
     }
 
+    /// Rows to sample for a routing of an index of `rows` rows: enough to
+    /// train every cluster it asks for (and the calibration's held-out
+    /// rows), within [`MIN_SAMPLE`]..=[`MAX_SAMPLE`]. With a fixed
+    /// 100,000, a routing for 4M rows trained 12,400 clusters of ~320
+    /// rows instead of 16,000 of 250, and a query probing 128 of them
+    /// scanned 1.5× the codes it scans at 250k rows.
+    pub(crate) fn sample_size(rows: u64) -> usize {
+        let clusters = (rows as usize).div_ceil(TARGET_CLUSTER_ROWS);
+        let wanted = clusters.saturating_mul(MIN_TRAIN_PER_CLUSTER) + calibrate::QUERIES;
+        wanted.clamp(MIN_SAMPLE, MAX_SAMPLE)
+    }
+
     fn train_on(
         sample: &[f32],
         dims: usize,
@@ -327,7 +405,7 @@ impl Routing {
         let n = sample.len() / dims.max(1);
         assert!(n > 0 && dims > 0, "a routing needs a sample");
         let wanted = (rows as usize).div_ceil(TARGET_CLUSTER_ROWS).max(1);
-        let clusters = wanted.min(n.div_ceil(8)).max(1);
+        let clusters = wanted.min(n.div_ceil(MIN_TRAIN_PER_CLUSTER)).max(1);
         let ngroups = ((clusters as f64).sqrt().round() as usize).clamp(1, clusters);
         let (top, of) = train(
             sample,
@@ -435,7 +513,8 @@ impl Routing {
     }
 
     /// A routing from its groups: each group's top centroid and its
-    /// clusters' centroids.
+    /// clusters' centroids, each group's snapped to `u8` codes where
+    /// that keeps their cells ([`SNAP_TOLERANCE`]).
     pub(crate) fn from_parts(
         dims: usize,
         metric: Metric,
@@ -443,12 +522,16 @@ impl Routing {
         trained_rows: u64,
         parts: Vec<(Vec<f32>, Vec<f32>)>,
     ) -> Routing {
+        let blocks: Vec<(Vec<u8>, Vec<f32>)> = parts
+            .par_iter()
+            .map(|(top, cents)| group_block(top, cents, dims))
+            .collect();
         let body_start = (PREFIX_LEN + head_len(parts.len(), dims)) as u64;
-        let (mut top, mut centroids, mut groups) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut top, mut centroids, mut groups, mut body) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut first, mut offset) = (0u32, body_start);
-        for (t, cents) in parts {
+        for ((t, _), (bytes, cents)) in parts.into_iter().zip(blocks) {
             let count = (cents.len() / dims) as u32;
-            let bytes: Vec<u8> = cents.iter().flat_map(|x| x.to_le_bytes()).collect();
             groups.push(Group {
                 first,
                 clusters: count,
@@ -460,9 +543,11 @@ impl Routing {
             offset += bytes.len() as u64;
             top.extend_from_slice(&t);
             centroids.extend_from_slice(&cents);
+            body.extend_from_slice(&bytes);
         }
         Routing {
             head: RoutingHead {
+                version: VERSION,
                 dimensions: dims,
                 metric,
                 generation,
@@ -473,6 +558,7 @@ impl Routing {
                 groups,
             },
             centroids,
+            body,
         }
     }
 
@@ -505,16 +591,14 @@ impl Routing {
             head.extend_from_slice(&g.len.to_le_bytes());
             head.extend_from_slice(&g.checksum.to_le_bytes());
         }
-        let mut out = Vec::with_capacity(PREFIX_LEN + head.len() + self.centroids.len() * 4 + 8);
+        let mut out = Vec::with_capacity(PREFIX_LEN + head.len() + self.body.len() + 8);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&h.version.to_le_bytes());
         out.extend_from_slice(&[0; 6]);
         out.extend_from_slice(&(head.len() as u64).to_le_bytes());
         out.extend_from_slice(&xxh3_64(&head).to_le_bytes());
         out.extend_from_slice(&head);
-        for x in &self.centroids {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
+        out.extend_from_slice(&self.body);
         out.extend_from_slice(END);
         out
     }
@@ -531,7 +615,12 @@ impl Routing {
             let r = e.range();
             centroids.extend(head.group_centroids(g, &bytes[r.start as usize..r.end as usize])?);
         }
-        Ok(Routing { head, centroids })
+        let start = head.region_len() as usize;
+        Ok(Routing {
+            body: bytes[start..end].to_vec(),
+            head,
+            centroids,
+        })
     }
 
     /// Parses a routing object the index manifest lists as generation
@@ -637,12 +726,67 @@ pub(crate) fn keep_nearest<T>(by: &mut Vec<T>, n: usize, key: impl Fn(&T) -> (f3
     by.sort_unstable_by(order);
 }
 
+/// A group's block and the centroids it decodes to: `u8` codes of each
+/// centroid's offset from the group's top centroid `top` when that moves
+/// no centroid by more than [`SNAP_TOLERANCE`] of the distance to its
+/// nearest sibling, else the centroids as f32.
+fn group_block(top: &[f32], cents: &[f32], dims: usize) -> (Vec<u8>, Vec<f32>) {
+    let mut bytes = Vec::with_capacity(cents.len() / dims * snapped_len(dims));
+    let mut snapped = Vec::with_capacity(cents.len());
+    for c in cents.chunks_exact(dims) {
+        let (lo, hi) = c
+            .iter()
+            .zip(top)
+            .map(|(x, t)| x - t)
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), r| (lo.min(r), hi.max(r)));
+        let step = (hi - lo) / 255.0;
+        bytes.extend_from_slice(&lo.to_le_bytes());
+        bytes.extend_from_slice(&step.to_le_bytes());
+        for (x, t) in c.iter().zip(top) {
+            let q = if step > 0.0 {
+                ((x - t - lo) / step).round().clamp(0.0, 255.0) as u8
+            } else {
+                0
+            };
+            bytes.push(q);
+            snapped.push(unsnap(*t, lo, step, q));
+        }
+    }
+    let keeps_cells = snapped.iter().all(|x| x.is_finite())
+        && cents.chunks_exact(dims).enumerate().all(|(i, c)| {
+            let moved = super::l2_squared(c, &snapped[i * dims..(i + 1) * dims]);
+            let sibling = cents
+                .chunks_exact(dims)
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, o)| super::l2_squared(c, o))
+                .fold(f32::INFINITY, f32::min);
+            moved <= SNAP_TOLERANCE * SNAP_TOLERANCE * sibling
+        });
+    if keeps_cells {
+        (bytes, snapped)
+    } else {
+        let bytes = cents.iter().flat_map(|x| x.to_le_bytes()).collect();
+        (bytes, cents.to_vec())
+    }
+}
+
+/// Coordinate `q` of a snapped centroid: its group's top centroid's
+/// coordinate `top` plus the code's offset.
+fn unsnap(top: f32, lo: f32, step: f32, q: u8) -> f32 {
+    top + (lo + step * f32::from(q))
+}
+
 fn head_len(groups: usize, dims: usize) -> usize {
     FIXED_HEAD_LEN + groups * dims * 4 + groups * GROUP_ENTRY_LEN
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn f32_at(b: &[u8], at: usize) -> f32 {
+    f32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {

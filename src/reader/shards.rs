@@ -557,7 +557,7 @@ async fn build(
         match kept {
             Some(r) => (entry.generation, Ok(r)),
             None => {
-                let loaded = RoutingView::load(store, entry, tally).await;
+                let loaded = RoutingView::load(store, entry, shared.shape.dimensions, tally).await;
                 (entry.generation, loaded.map(Arc::new))
             }
         }

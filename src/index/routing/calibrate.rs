@@ -32,7 +32,7 @@ const K: usize = 10;
 /// misses and the sampling noise of a few hundred queries.
 const TARGET: f64 = 0.97;
 /// Most held-out query rows.
-const QUERIES: usize = 500;
+pub(super) const QUERIES: usize = 500;
 /// Fewest sample rows a routing calibrates on (fewer: no calibration,
 /// the default probes hold).
 const MIN_SAMPLE: usize = 2_000;

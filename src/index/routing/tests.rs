@@ -2,6 +2,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::index::l2_squared;
 
 /// `n` rows of `dims`-d data around `centres` random centres.
 fn blobs(n: usize, dims: usize, centres: usize, seed: u64) -> Vec<f32> {
@@ -167,8 +168,8 @@ fn damaged_objects_are_refused_with_what_is_wrong() {
     b[0] = b'X';
     assert!(err(&b).contains("magic"));
     let mut b = bytes.clone();
-    b[8] = 2;
-    assert!(err(&b).contains("version 2"), "{}", err(&b));
+    b[8] = 3;
+    assert!(err(&b).contains("version 3"), "{}", err(&b));
     assert!(err(&bytes[..bytes.len() - 1]).contains("truncated"));
     assert!(err(&bytes[..region - 1]).contains("truncated"));
     assert!(err(&bytes[..10]).contains("truncated"));
@@ -178,6 +179,102 @@ fn damaged_objects_are_refused_with_what_is_wrong() {
         .head
         .group_centroids(1, &bytes[e0.start as usize..e0.end as usize])
         .is_err());
+}
+
+/// A routing trained on ordinary data stores its groups as `u8` codes (a
+/// quarter of the bytes at these dimensions) and holds in memory exactly
+/// the centroids those codes decode to: the indexer encodes residuals
+/// against what a reader will decode.
+#[test]
+fn trained_centroids_are_snapped_to_what_their_codes_decode_to() {
+    for metric in [Metric::Euclidean, Metric::Cosine] {
+        let dims = 64;
+        let mut data = blobs(20_000, dims, 200, 9);
+        if metric == Metric::Cosine {
+            for v in data.chunks_exact_mut(dims) {
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|x| *x /= n);
+            }
+        }
+        let r = Routing::train(&data, dims, metric, 200 * TARGET_CLUSTER_ROWS as u64, 1);
+        let h = &r.head;
+        assert_eq!(h.version, 2);
+        let snapped = h.groups.iter().filter(|g| g.snapped(dims)).count();
+        assert_eq!(snapped, h.groups(), "{metric}: {snapped} of {} groups snapped", h.groups());
+        let bytes = r.encode();
+        let (plain, body) = (h.clusters as usize * dims * 4, bytes.len() - h.region_len() as usize);
+        assert!(body * 3 < plain, "{metric}: {body} bytes of centroids, {plain} as f32");
+        // Each group's block, parsed alone, gives the centroids held.
+        for (g, e) in h.groups.iter().enumerate() {
+            let rg = e.range();
+            let got = h.group_centroids(g, &bytes[rg.start as usize..rg.end as usize]).unwrap();
+            let d = h.dimensions;
+            let held = &r.centroids[e.first as usize * d..(e.first + e.clusters) as usize * d];
+            assert_eq!(got, held, "{metric}: group {g}");
+        }
+        // And routing is as good as ever: rows land in their nearest
+        // cluster of the snapped centroids (the beam aside).
+        let assigned = r.assign(&data[..2_000 * dims]);
+        let agree = data[..2_000 * dims]
+            .chunks_exact(dims)
+            .zip(&assigned)
+            .filter(|(v, c)| exact_nearest(&r, v) == **c)
+            .count();
+        assert!(agree >= 1_940, "{metric}: {agree} of 2000");
+    }
+}
+
+/// Where a `u8` code cannot place a centroid closely enough to keep it
+/// apart from its sibling (a coordinate spanning far more than the gap
+/// between two clusters), the group keeps its centroids as f32, exact;
+/// other groups are still snapped, each centroid within the tolerance.
+#[test]
+fn a_group_that_would_lose_its_cells_keeps_f32_centroids() {
+    let dims = 4;
+    // Group 0: two clusters 0.01 apart in a coordinate whose offsets
+    // from the top span 1,000 (a code's step is ~4).
+    let close = vec![1000.0, 0.0, 0.0, 0.0, 1000.0, 0.01, 0.0, 0.0];
+    // Group 1: clusters far apart for the step.
+    let apart = vec![5.0, 1.0, 0.0, 2.0, 6.0, 3.0, 1.5, 0.0, 4.0, 2.0, 2.0, 1.0];
+    let parts = vec![(vec![0.0; dims], close.clone()), (vec![5.0, 2.0, 1.0, 1.0], apart.clone())];
+    let r = Routing::from_parts(dims, Metric::Euclidean, 1, 1_000, parts);
+    let g = &r.head.groups;
+    assert!(!g[0].snapped(dims) && g[0].len == 2 * dims as u64 * 4);
+    assert!(g[1].snapped(dims) && g[1].len == 3 * (8 + dims as u64));
+    assert_eq!(&r.centroids[..2 * dims], &close[..]);
+    for (i, c) in apart.chunks_exact(dims).enumerate() {
+        let held = r.centroid(2 + i as u32);
+        let moved = l2_squared(c, held).sqrt();
+        let sibling = apart
+            .chunks_exact(dims)
+            .filter(|o| o != &c)
+            .map(|o| l2_squared(c, o).sqrt())
+            .fold(f32::INFINITY, f32::min);
+        assert!(moved > 0.0 && moved <= SNAP_TOLERANCE * sibling, "{i}: moved {moved}");
+    }
+    assert_eq!(Routing::decode(&r.encode()).unwrap(), r);
+}
+
+/// Routings written before `u8` blocks (version 1: f32 blocks only) are
+/// read as they were; a version 1 object claiming a `u8` block is
+/// refused.
+#[test]
+fn version_1_objects_are_still_read() {
+    let dims = 4;
+    let close = vec![1000.0, 0.0, 0.0, 0.0, 1000.0, 0.01, 0.0, 0.0];
+    let mut old = Routing::from_parts(dims, Metric::Euclidean, 1, 1_000, vec![(vec![0.0; dims], close)]);
+    old.head.version = 1;
+    let bytes = old.encode();
+    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 1);
+    let read = Routing::decode(&bytes).unwrap();
+    assert_eq!(read, old);
+    assert_eq!(read.head.version, 1);
+
+    let mut snapped = Routing::train(&blobs(2_000, dims, 20, 4), dims, Metric::Euclidean, 20_000, 1);
+    assert!(snapped.head.groups.iter().any(|g| g.snapped(dims)));
+    snapped.head.version = 1;
+    let e = Routing::decode(&snapped.encode()).unwrap_err().0;
+    assert!(e.contains("does not follow"), "{e}");
 }
 
 /// `n` rows of `dims`-d uniform noise: no structure for clusters to find.

@@ -35,11 +35,27 @@ use crate::segment::{LoadError, SegmentError};
 use crate::store::{ByteRange, Counted, ObjectStore, StoreError};
 use crate::vocab::Metric;
 
-/// A routing whose object is at most this big is held whole (every
-/// centroid: 1.5 MB for 1M rows of 384 dimensions), which saves a cold
-/// query the round that fetches its groups; a bigger one is held as its
-/// top level, its groups fetched as parts.
-pub(super) const HOLD_WHOLE_BYTES: u64 = 8 << 20;
+/// A routing whose centroids, as they are and rotated, take at most this
+/// much memory is held whole (12 MB for 1M rows of 384 dimensions),
+/// which saves a cold query the round that fetches its groups; a bigger
+/// one is held as its top level, its groups fetched as parts. Decided
+/// on the decoded size: a routing of `u8` blocks is a quarter of it.
+pub(super) const HOLD_WHOLE_BYTES: u64 = 16 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: a smaller [`HOLD_WHOLE_BYTES`] for routings loaded on this
+    /// thread (a test's runtime), so a small routing is read by range.
+    pub(super) static HOLD_WHOLE_LIMIT: std::cell::Cell<u64> =
+        const { std::cell::Cell::new(HOLD_WHOLE_BYTES) };
+}
+
+fn hold_whole_limit() -> u64 {
+    #[cfg(test)]
+    return HOLD_WHOLE_LIMIT.with(|l| l.get());
+    #[cfg(not(test))]
+    HOLD_WHOLE_BYTES
+}
 
 /// A routing as a reader holds it.
 pub(crate) struct RoutingView {
@@ -50,7 +66,7 @@ pub(crate) struct RoutingView {
     /// these dimensions).
     pub rotation: Arc<Rotation>,
     /// Every centroid, by cluster, as a group part of them all, when the
-    /// routing is small enough ([`HOLD_WHOLE_BYTES`]).
+    /// routing is small enough ([`HOLD_WHOLE_BYTES`] decoded).
     held: Option<Arc<Block>>,
 }
 
@@ -78,15 +94,16 @@ fn group_block(centroids: Vec<f32>, rotation: &Rotation) -> Block {
 }
 
 impl RoutingView {
-    /// Fetches the routing `entry` lists: whole while small, else its
-    /// head region.
+    /// Fetches the routing `entry` lists for vectors of `dims`: whole
+    /// while small, else its head region.
     pub(super) async fn load(
         store: &dyn ObjectStore,
         entry: &RoutingEntry,
+        dims: usize,
         tally: &CacheTally,
     ) -> Result<Self, PartitionError> {
         let key = entry.key.as_str();
-        let whole = entry.bytes <= HOLD_WHOLE_BYTES;
+        let whole = u64::from(entry.clusters) * dims as u64 * 8 <= hold_whole_limit();
         let bytes = retrying(tally.deadline, StoreError::is_retryable, || async {
             if whole {
                 store.get(key).await.map(|g| g.bytes)

@@ -105,6 +105,70 @@ async fn routed_index_of(store: &DynStore, vectors: Vec<Vec<f32>>) -> Settings {
     settings
 }
 
+/// A routing too big to hold whole is held as its top level and its
+/// groups' blocks are read by range (`u8` codes, snapped at training):
+/// a reader routes through them exactly as through the whole routing.
+#[tokio::test]
+async fn a_routing_read_by_range_routes_as_one_held_whole() {
+    let inner: DynStore = Arc::new(MemoryStore::unique());
+    let settings = routed_index(&inner, 30_000).await;
+    let (m, _) = read_index_manifest(inner.as_ref(), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    let entry = m.current_routing().unwrap();
+    let routing = Routing::decode(&inner.get(&entry.key).await.unwrap().bytes).unwrap();
+    let h = &routing.head;
+    assert!(h.groups() >= 4, "{} groups", h.groups());
+    assert!(h.groups.iter().all(|g| g.snapped(h.dimensions)));
+
+    let search = |reader: Reader, q: Vec<f32>| async move {
+        let mut req = SearchRequest::new(q, 10);
+        req.consistency = Consistency::Strong;
+        req.nprobe = Some(1);
+        reader.search(&req).await.unwrap().results
+    };
+    let whole = Reader::new(inner.clone(), &settings, ReaderOptions::default());
+    // Loaded (routing and all) before the limit drops.
+    assert_eq!(search(whole.clone(), vector(1)).await.len(), 10);
+    let logged = Arc::new(Ranges {
+        inner: inner.clone(),
+        log: Mutex::default(),
+    });
+    super::HOLD_WHOLE_LIMIT.with(|l| l.set(0));
+    let by_range = Reader::new(logged.clone(), &settings, ReaderOptions::default());
+    let mut compared = 0;
+    for i in (0..30_000).step_by(1_499) {
+        let q: Vec<f32> = vector(i).iter().map(|x| x + 0.02).collect();
+        let a = search(whole.clone(), q.clone()).await;
+        let b = search(by_range.clone(), q).await;
+        assert_eq!(a.len(), 10);
+        let ids = |r: &[crate::reader::Hit]| r.iter().map(|h| (h.id.clone(), h.score)).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&b), "query {i}");
+        compared += 1;
+    }
+    super::HOLD_WHOLE_LIMIT.with(|l| l.set(super::HOLD_WHOLE_BYTES));
+    assert!(compared >= 20);
+    // The range-read reader fetched its head, then group blocks by
+    // their ranges (adjacent ones coalesced).
+    let log = logged.log.lock().unwrap().clone();
+    let reads: Vec<&Range<u64>> = log
+        .iter()
+        .filter(|(k, _)| *k == entry.key)
+        .map(|(_, r)| r)
+        .collect();
+    assert!(reads.iter().any(|r| r.start == 0 && r.end == h.region_len()));
+    let groups: Vec<&&Range<u64>> = reads.iter().filter(|r| r.start > 0).collect();
+    assert!(!groups.is_empty(), "no group block read by range");
+    for r in groups {
+        assert!(
+            h.groups.iter().any(|g| g.offset == r.start)
+                && h.groups.iter().any(|g| g.offset + g.len == r.end),
+            "{r:?} does not span whole group blocks"
+        );
+    }
+}
+
 /// A query reads, of each routed shard, its head and the blocks of the
 /// clusters it probes (their probe blocks and the rows it reranks),
 /// nothing of any other cluster beyond the small gaps a coalesced
