@@ -68,10 +68,23 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     lanes(a, b, |x, y| (x - y) * (x - y))
 }
 
+/// Inner product of `a` with bytes `b` taken as floats (a routing's `u8`
+/// centroid codes): the same lanes and order as [`dot`], on AVX2 where
+/// the CPU has it, so the same float everywhere.
+#[inline]
+pub(crate) fn dot_u8(a: &[f32], b: &[u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if wide::available() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { wide::dot_u8(a, b) };
+    }
+    lanes(a, b, |x, y| x * f32::from(y))
+}
+
 /// `Σ term(a_i, b_i)` over [`LANES`] accumulators, the order every
 /// build and CPU sums in.
 #[inline(always)]
-fn lanes(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
+fn lanes<B: Copy>(a: &[f32], b: &[B], term: impl Fn(f32, B) -> f32) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let n = a.len().min(b.len());
     let split = n - n % LANES;
@@ -80,7 +93,7 @@ fn lanes(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
         let x: &[f32; LANES] = x.try_into().expect("chunks of LANES");
-        let y: &[f32; LANES] = y.try_into().expect("chunks of LANES");
+        let y: &[B; LANES] = y.try_into().expect("chunks of LANES");
         for i in 0..LANES {
             acc[i] += term(x[i], y[i]);
         }
@@ -191,6 +204,55 @@ pub(crate) mod wide {
         },
         |x, y| (x - y) * (x - y)
     );
+
+    /// [`super::dot_u8`] on AVX2: [`kernel!`]'s layout, each eight bytes
+    /// widened to floats before the multiply.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 ([`available`]).
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn dot_u8(a: &[f32], b: &[u8]) -> f32 {
+        debug_assert_eq!(a.len(), b.len());
+        let n = a.len().min(b.len());
+        let mut acc = [_mm256_setzero_ps(); LANES / 8];
+        let mut i = 0;
+        while i + LANES <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `i + 8k + 8 <= n`, inside both slices.
+                let (x, y) = unsafe { (load(a, i + 8 * k), load_u8(b, i + 8 * k)) };
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, y));
+            }
+            i += LANES;
+        }
+        while i + 8 <= n {
+            // SAFETY: `i + 8 <= n`, inside both slices.
+            let (x, y) = unsafe { (load(a, i), load_u8(b, i)) };
+            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(x, y));
+            i += 8;
+        }
+        let mut tail = 0.0;
+        for (&x, &y) in a[i..n].iter().zip(&b[i..n]) {
+            tail += x * f32::from(y);
+        }
+        let mut out = [0f32; LANES];
+        for (k, acc) in acc.iter().enumerate() {
+            // SAFETY: `out` holds eight floats at `8k`.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * k), *acc) };
+        }
+        sum_lanes(out) + tail
+    }
+
+    /// Eight bytes of `v` at `i`, as floats.
+    ///
+    /// # Safety
+    /// AVX2, and `i + 8` within `v`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load_u8(v: &[u8], i: usize) -> __m256 {
+        // SAFETY: the caller keeps `i + 8` within `v`; an unaligned 8-byte load.
+        let b = unsafe { _mm_loadl_epi64(v.as_ptr().add(i).cast::<__m128i>()) };
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b))
+    }
 
     /// Whether this CPU has AVX-512F (detected once).
     #[inline]
@@ -827,6 +889,11 @@ mod tests {
                 let portable = (lanes(&a, &b, |x, y| x * y), lanes(&a, &b, |x, y| (x - y) * (x - y)));
                 assert_eq!(d.to_bits(), portable.0.to_bits(), "dot len {len}");
                 assert_eq!(l.to_bits(), portable.1.to_bits(), "l2 len {len}");
+                let codes: Vec<u8> = (0..len).map(|_| rng.random_range(0..=255u8)).collect();
+                // SAFETY: as above.
+                let u = unsafe { wide::dot_u8(&a, &codes) };
+                let portable = lanes(&a, &codes, |x, y| x * f32::from(y));
+                assert_eq!(u.to_bits(), portable.to_bits(), "dot_u8 len {len}");
                 compared += 1;
             }
         }

@@ -22,6 +22,7 @@ use super::view::CacheTally;
 use super::PartitionError;
 use crate::coord::watched::retrying;
 use crate::index::rabitq::ListCodes;
+use crate::index::routing::RankCodes;
 use crate::index::shard::{ShardQuery, ShardRouting, ShardSearch};
 use crate::index::ScanStats;
 use crate::segment::routed::text::TermBlock;
@@ -256,10 +257,12 @@ pub(crate) enum Block {
     /// A term block of a routed shard's text index.
     Terms(TermBlock),
     /// Centroids of consecutive clusters of a routing (a group, or all
-    /// of them), as they are and rotated for the codes.
+    /// of them), as they are and rotated for the codes, and each of its
+    /// groups' `u8` codes to rank them by (`None`: an f32 group).
     Group {
         centroids: Vec<f32>,
         rotated: Vec<f32>,
+        ranks: Vec<Option<RankCodes>>,
     },
 }
 
@@ -279,7 +282,16 @@ impl Block {
             Block::Codes(c) => c.memory_bytes(),
             Block::Meta { offsets, bytes, .. } => offsets.len() * 8 + bytes.len() * 3,
             Block::Rows(v) => v.len() * 4,
-            Block::Group { centroids, .. } => centroids.len() * 8,
+            Block::Group {
+                centroids, ranks, ..
+            } => {
+                centroids.len() * 8
+                    + ranks
+                        .iter()
+                        .flatten()
+                        .map(RankCodes::memory_bytes)
+                        .sum::<usize>()
+            }
             Block::Probe { codes, ids } => codes.memory_bytes() + ids.memory_bytes(),
             Block::Ids(b) => b.memory_bytes(),
             Block::ClusterIds(ids) => ids.memory_bytes(),
@@ -319,9 +331,18 @@ impl Block {
     /// Centroid `j` of a group part, as it is and rotated.
     pub(super) fn centroid(&self, j: usize, d: usize) -> (&[f32], &[f32]) {
         match self {
-            Block::Group { centroids, rotated } => {
-                (&centroids[j * d..(j + 1) * d], &rotated[j * d..(j + 1) * d])
-            }
+            Block::Group {
+                centroids, rotated, ..
+            } => (&centroids[j * d..(j + 1) * d], &rotated[j * d..(j + 1) * d]),
+            _ => unreachable!("a group part holds centroids"),
+        }
+    }
+
+    /// The rank codes of the `i`-th group a group part holds, if stored
+    /// as `u8`.
+    pub(super) fn rank_codes(&self, i: usize) -> Option<&RankCodes> {
+        match self {
+            Block::Group { ranks, .. } => ranks.get(i).and_then(Option::as_ref),
             _ => unreachable!("a group part holds centroids"),
         }
     }

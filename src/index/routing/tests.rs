@@ -224,6 +224,50 @@ fn trained_centroids_are_snapped_to_what_their_codes_decode_to() {
     }
 }
 
+/// A reader ranks a snapped group's centroids from their codes: each
+/// distance is the decoded centroid's, up to rounding, for every metric,
+/// and the nearest clusters come out the same.
+#[test]
+fn ranking_by_codes_gives_the_decoded_centroids_distances() {
+    for metric in [Metric::Euclidean, Metric::Cosine, Metric::Dot] {
+        let dims = 48;
+        let mut data = blobs(12_000, dims, 150, 21);
+        if metric != Metric::Euclidean {
+            for v in data.chunks_exact_mut(dims) {
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|x| *x /= n);
+            }
+        }
+        let r = Routing::train(&data, dims, metric, 150 * TARGET_CLUSTER_ROWS as u64, 1);
+        let (h, bytes) = (&r.head, r.encode());
+        let pm = probe_metric(metric);
+        let queries = blobs(50, dims, 150, 22);
+        let mut compared = 0;
+        for q in queries.chunks_exact(dims) {
+            let q_sum: f32 = q.iter().sum();
+            let mut by_codes = Vec::new();
+            for (g, e) in h.groups.iter().enumerate() {
+                let at = e.range();
+                let codes = h.group_rank_codes(g, &bytes[at.start as usize..at.end as usize]).unwrap();
+                let to_top = distance(pm, q, h.top_centroid(g));
+                codes.distances(pm, q, q_sum, to_top, |j, d| {
+                    let c = e.first + j as u32;
+                    let exact = distance(pm, q, r.centroid(c));
+                    let scale = exact.abs().max(1.0);
+                    assert!((d - exact).abs() <= 1e-4 * scale, "{metric} cluster {c}: {d} vs {exact}");
+                    by_codes.push((d, c));
+                    compared += 1;
+                });
+            }
+            keep_nearest(&mut by_codes, 8, |&(d, c)| (d, c));
+            let exact: Vec<u32> = r.nearest(q, h.groups(), 8).iter().map(|&(_, c)| c).collect();
+            let got: Vec<u32> = by_codes.iter().map(|&(_, c)| c).collect();
+            assert_eq!(got, exact, "{metric}");
+        }
+        assert_eq!(compared, 50 * h.clusters as usize);
+    }
+}
+
 /// Where a `u8` code cannot place a centroid closely enough to keep it
 /// apart from its sibling (a coordinate spanning far more than the gap
 /// between two clusters), the group keeps its centroids as f32, exact;
@@ -242,6 +286,10 @@ fn a_group_that_would_lose_its_cells_keeps_f32_centroids() {
     assert!(!g[0].snapped(dims) && g[0].len == 2 * dims as u64 * 4);
     assert!(g[1].snapped(dims) && g[1].len == 3 * (8 + dims as u64));
     assert_eq!(&r.centroids[..2 * dims], &close[..]);
+    let bytes = r.encode();
+    let at = |e: &Group| &bytes[e.offset as usize..(e.offset + e.len) as usize];
+    assert!(r.head.group_rank_codes(0, at(&g[0])).is_none());
+    assert!(r.head.group_rank_codes(1, at(&g[1])).is_some());
     for (i, c) in apart.chunks_exact(dims).enumerate() {
         let held = r.centroid(2 + i as u32);
         let moved = l2_squared(c, held).sqrt();

@@ -28,7 +28,7 @@ use crate::coord::index_manifest::{RoutingEntry, ShardEntry};
 use crate::coord::watched::retrying;
 use crate::index::distance;
 use crate::index::rabitq::{ListCodes, Rotation};
-use crate::index::routing::{keep_nearest, Routing, RoutingHead};
+use crate::index::routing::{keep_nearest, RankCodes, Routing, RoutingHead};
 use crate::segment::deletions::DeletionVector;
 use crate::segment::routed::RoutedHead;
 use crate::segment::{LoadError, SegmentError};
@@ -84,13 +84,18 @@ impl Centroid {
     }
 }
 
-/// A group part of `centroids` (rotating each).
-fn group_block(centroids: Vec<f32>, rotation: &Rotation) -> Block {
+/// A group part of `centroids` (rotating each), with its groups' rank
+/// codes.
+fn group_block(centroids: Vec<f32>, rotation: &Rotation, ranks: Vec<Option<RankCodes>>) -> Block {
     let mut rotated = centroids.clone();
     for c in rotated.chunks_exact_mut(rotation.dims().max(1)) {
         rotation.apply(c);
     }
-    Block::Group { centroids, rotated }
+    Block::Group {
+        centroids,
+        rotated,
+        ranks,
+    }
 }
 
 impl RoutingView {
@@ -120,7 +125,13 @@ impl RoutingView {
             if whole {
                 Routing::decode_listed(&bytes, generation).map(|r| {
                     let rotation = Rotation::new(r.head.dimensions);
-                    let held = Arc::new(group_block(r.centroids, &rotation));
+                    let ranks = (r.head.groups.iter().enumerate())
+                        .map(|(g, e)| {
+                            let at = e.range();
+                            r.head.group_rank_codes(g, &bytes[at.start as usize..at.end as usize])
+                        })
+                        .collect();
+                    let held = Arc::new(group_block(r.centroids, &rotation, ranks));
                     (r.head, Some(held))
                 })
             } else {
@@ -152,9 +163,11 @@ impl RoutingView {
             + self.held.as_ref().map_or(0, |b| b.memory_bytes())
     }
 
-    /// The `take` clusters of `groups` nearest `q` by `metric`, nearest
-    /// first (ties by cluster), with their centroids. Distances are taken
-    /// over the groups' blocks in place and the nearest selected before
+    /// The `take` clusters of `groups` (each with `q`'s distance from its
+    /// top centroid) nearest `q` by `metric`, nearest first (ties by
+    /// cluster), with their centroids. Distances are taken over the
+    /// groups' blocks in place (from the `u8` codes of a snapped group,
+    /// a quarter of the memory to read) and the nearest selected before
     /// sorting, so only the kept clusters become [`Centroid`]s: a wide
     /// beam costs its distances, not a sort and a handle per centroid.
     #[allow(clippy::too_many_arguments)]
@@ -163,7 +176,7 @@ impl RoutingView {
         blocks: &Blocks,
         store: &Counted,
         tally: &CacheTally,
-        groups: &[u32],
+        groups: &[(f32, u32)],
         q: &[f32],
         metric: Metric,
         take: usize,
@@ -171,30 +184,39 @@ impl RoutingView {
         let fetched = match &self.held {
             Some(_) => HashMap::new(),
             None => {
-                let parts: Vec<Part> = groups.iter().map(|&g| Part::Group(g)).collect();
+                let parts: Vec<Part> = groups.iter().map(|&(_, g)| Part::Group(g)).collect();
                 blocks.get(store, self, &parts, tally).await?
             }
         };
+        // A group's part, where its centroids start in it, and which of
+        // the part's groups it is.
         let block_of = |g: u32| match &self.held {
-            Some(all) => (all, self.head.groups[g as usize].first as usize),
-            None => (&fetched[&Part::Group(g)], 0),
+            Some(all) => (all, self.head.groups[g as usize].first as usize, g as usize),
+            None => (&fetched[&Part::Group(g)], 0, 0),
         };
         let d = self.head.dimensions;
+        let q_sum: f32 = q.iter().sum();
         // (distance, cluster, group, index in the group)
-        let mut by: Vec<(f32, u32, u32, u32)> = Vec::new();
-        for &g in groups {
+        let n = groups.iter().map(|&(_, g)| self.head.groups[g as usize].clusters as usize);
+        let mut by: Vec<(f32, u32, u32, u32)> = Vec::with_capacity(n.sum());
+        for &(to_top, g) in groups {
             let e = &self.head.groups[g as usize];
-            let (block, base) = block_of(g);
-            by.extend((0..e.clusters).map(|j| {
-                let c = block.centroid(base + j as usize, d).0;
-                (distance(metric, q, c), e.first + j, g, j)
-            }));
+            let (block, base, at) = block_of(g);
+            match block.rank_codes(at) {
+                Some(codes) => codes.distances(metric, q, q_sum, to_top, |j, dist| {
+                    by.push((dist, e.first + j as u32, g, j as u32));
+                }),
+                None => by.extend((0..e.clusters).map(|j| {
+                    let c = block.centroid(base + j as usize, d).0;
+                    (distance(metric, q, c), e.first + j, g, j)
+                })),
+            }
         }
         keep_nearest(&mut by, take, |&(d, c, _, _)| (d, c));
         Ok(by
             .into_iter()
             .map(|(_, cluster, g, j)| {
-                let (block, base) = block_of(g);
+                let (block, base, _) = block_of(g);
                 Centroid {
                     cluster,
                     block: block.clone(),
@@ -242,7 +264,10 @@ impl PartSource for RoutingView {
         };
         self.head
             .group_centroids(g as usize, bytes)
-            .map(|c| group_block(c, &self.rotation))
+            .map(|c| {
+                let ranks = vec![self.head.group_rank_codes(g as usize, bytes)];
+                group_block(c, &self.rotation, ranks)
+            })
             .map_err(|e| SegmentError::Corrupt {
                 key: self.key.to_string(),
                 reason: format!("routing: {e}"),
