@@ -149,13 +149,13 @@ pub(crate) mod wide {
     /// registers of eight lanes, then eight at a time into the first,
     /// then one at a time.
     macro_rules! kernel {
-        ($(#[$doc:meta])* $name:ident, |$x:ident, $y:ident| $term:expr, |$sx:ident, $sy:ident| $scalar:expr) => {
+        ($(#[$doc:meta])* $name:ident, $b:ty, $load_b:ident, |$x:ident, $y:ident| $term:expr, |$sx:ident, $sy:ident| $scalar:expr) => {
             $(#[$doc])*
             ///
             /// # Safety
             /// The CPU must have AVX2 ([`available`]).
             #[target_feature(enable = "avx2")]
-            pub(crate) unsafe fn $name(a: &[f32], b: &[f32]) -> f32 {
+            pub(crate) unsafe fn $name(a: &[f32], b: &[$b]) -> f32 {
                 debug_assert_eq!(a.len(), b.len());
                 let n = a.len().min(b.len());
                 let mut acc = [_mm256_setzero_ps(); LANES / 8];
@@ -163,14 +163,14 @@ pub(crate) mod wide {
                 while i + LANES <= n {
                     for (k, acc) in acc.iter_mut().enumerate() {
                         // SAFETY: `i + 8k + 8 <= n`, inside both slices.
-                        let ($x, $y) = unsafe { (load(a, i + 8 * k), load(b, i + 8 * k)) };
+                        let ($x, $y) = unsafe { (load(a, i + 8 * k), $load_b(b, i + 8 * k)) };
                         *acc = _mm256_add_ps(*acc, $term);
                     }
                     i += LANES;
                 }
                 while i + 8 <= n {
                     // SAFETY: `i + 8 <= n`, inside both slices.
-                    let ($x, $y) = unsafe { (load(a, i), load(b, i)) };
+                    let ($x, $y) = unsafe { (load(a, i), $load_b(b, i)) };
                     acc[0] = _mm256_add_ps(acc[0], $term);
                     i += 8;
                 }
@@ -191,6 +191,8 @@ pub(crate) mod wide {
     kernel!(
         /// [`super::dot`] on AVX2.
         dot,
+        f32,
+        load,
         |x, y| _mm256_mul_ps(x, y),
         |x, y| x * y
     );
@@ -198,6 +200,8 @@ pub(crate) mod wide {
     kernel!(
         /// [`super::l2_squared`] on AVX2.
         l2_squared,
+        f32,
+        load,
         |x, y| {
             let d = _mm256_sub_ps(x, y);
             _mm256_mul_ps(d, d)
@@ -205,42 +209,15 @@ pub(crate) mod wide {
         |x, y| (x - y) * (x - y)
     );
 
-    /// [`super::dot_u8`] on AVX2: [`kernel!`]'s layout, each eight bytes
-    /// widened to floats before the multiply.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 ([`available`]).
-    #[target_feature(enable = "avx2")]
-    pub(crate) unsafe fn dot_u8(a: &[f32], b: &[u8]) -> f32 {
-        debug_assert_eq!(a.len(), b.len());
-        let n = a.len().min(b.len());
-        let mut acc = [_mm256_setzero_ps(); LANES / 8];
-        let mut i = 0;
-        while i + LANES <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: `i + 8k + 8 <= n`, inside both slices.
-                let (x, y) = unsafe { (load(a, i + 8 * k), load_u8(b, i + 8 * k)) };
-                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, y));
-            }
-            i += LANES;
-        }
-        while i + 8 <= n {
-            // SAFETY: `i + 8 <= n`, inside both slices.
-            let (x, y) = unsafe { (load(a, i), load_u8(b, i)) };
-            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(x, y));
-            i += 8;
-        }
-        let mut tail = 0.0;
-        for (&x, &y) in a[i..n].iter().zip(&b[i..n]) {
-            tail += x * f32::from(y);
-        }
-        let mut out = [0f32; LANES];
-        for (k, acc) in acc.iter().enumerate() {
-            // SAFETY: `out` holds eight floats at `8k`.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * k), *acc) };
-        }
-        sum_lanes(out) + tail
-    }
+    kernel!(
+        /// [`super::dot_u8`] on AVX2: each eight bytes widened to floats
+        /// before the multiply.
+        dot_u8,
+        u8,
+        load_u8,
+        |x, y| _mm256_mul_ps(x, y),
+        |x, y| x * f32::from(y)
+    );
 
     /// Eight bytes of `v` at `i`, as floats.
     ///

@@ -105,6 +105,19 @@ async fn routed_index_of(store: &DynStore, vectors: Vec<Vec<f32>>) -> Settings {
     settings
 }
 
+/// The index manifest of partition 2's index and its current routing.
+async fn manifest_and_routing(
+    store: &DynStore,
+) -> (crate::coord::index_manifest::IndexManifest, Routing) {
+    let (m, _) = read_index_manifest(store.as_ref(), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    let entry = m.current_routing().unwrap();
+    let routing = Routing::decode(&store.get(&entry.key).await.unwrap().bytes).unwrap();
+    (m, routing)
+}
+
 /// A routing too big to hold whole is held as its top level and its
 /// groups' blocks are read by range (`u8` codes, snapped at training):
 /// a reader routes through them exactly as through the whole routing.
@@ -112,12 +125,8 @@ async fn routed_index_of(store: &DynStore, vectors: Vec<Vec<f32>>) -> Settings {
 async fn a_routing_read_by_range_routes_as_one_held_whole() {
     let inner: DynStore = Arc::new(MemoryStore::unique());
     let settings = routed_index(&inner, 30_000).await;
-    let (m, _) = read_index_manifest(inner.as_ref(), 2)
-        .await
-        .unwrap()
-        .unwrap();
+    let (m, routing) = manifest_and_routing(&inner).await;
     let entry = m.current_routing().unwrap();
-    let routing = Routing::decode(&inner.get(&entry.key).await.unwrap().bytes).unwrap();
     let h = &routing.head;
     assert!(h.groups() >= 4, "{} groups", h.groups());
     assert!(h.groups.iter().all(|g| g.snapped(h.dimensions)));
@@ -178,12 +187,7 @@ async fn a_routing_read_by_range_routes_as_one_held_whole() {
 async fn a_query_reads_only_the_probed_clusters_blocks() {
     let inner: DynStore = Arc::new(MemoryStore::unique());
     let settings = routed_index(&inner, 30_000).await;
-    let (m, _) = read_index_manifest(inner.as_ref(), 2)
-        .await
-        .unwrap()
-        .unwrap();
-    let entry = m.current_routing().unwrap();
-    let routing = Routing::decode(&inner.get(&entry.key).await.unwrap().bytes).unwrap();
+    let (m, routing) = manifest_and_routing(&inner).await;
     assert!(routing.head.clusters >= 20, "{}", routing.head.clusters);
     let mut heads = Vec::new();
     for s in &m.shards {
@@ -280,9 +284,7 @@ async fn a_query_probes_as_many_clusters_as_the_routing_calibrated() {
     let data = noise(rows);
     let store: DynStore = Arc::new(MemoryStore::unique());
     let settings = routed_index_of(&store, data.clone()).await;
-    let (m, _) = read_index_manifest(store.as_ref(), 2).await.unwrap().unwrap();
-    let entry = m.current_routing().unwrap();
-    let routing = Routing::decode(&store.get(&entry.key).await.unwrap().bytes).unwrap();
+    let (_, routing) = manifest_and_routing(&store).await;
     let default = 8 * crate::index::routing::PROBES_PER_NPROBE;
     let calibrated = routing.head.calibrated_probes as usize;
     assert!(
