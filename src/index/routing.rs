@@ -472,8 +472,7 @@ impl Routing {
     /// rows instead of 16,000 of 250, and a query probing 128 of them
     /// scanned 1.5× the codes it scans at 250k rows.
     pub(crate) fn sample_size(rows: u64) -> usize {
-        let clusters = (rows as usize).div_ceil(TARGET_CLUSTER_ROWS);
-        let wanted = clusters.saturating_mul(MIN_TRAIN_PER_CLUSTER) + calibrate::QUERIES;
+        let wanted = clusters_for(rows).saturating_mul(MIN_TRAIN_PER_CLUSTER) + calibrate::QUERIES;
         wanted.clamp(MIN_SAMPLE, MAX_SAMPLE)
     }
 
@@ -486,8 +485,7 @@ impl Routing {
     ) -> Routing {
         let n = sample.len() / dims.max(1);
         assert!(n > 0 && dims > 0, "a routing needs a sample");
-        let wanted = (rows as usize).div_ceil(TARGET_CLUSTER_ROWS).max(1);
-        let clusters = wanted.min(n.div_ceil(MIN_TRAIN_PER_CLUSTER)).max(1);
+        let clusters = clusters_for(rows).min(n.div_ceil(MIN_TRAIN_PER_CLUSTER)).max(1);
         let ngroups = ((clusters as f64).sqrt().round() as usize).clamp(1, clusters);
         let (top, of) = train(
             sample,
@@ -806,6 +804,12 @@ pub(crate) fn keep_nearest<T>(by: &mut Vec<T>, n: usize, key: impl Fn(&T) -> (f3
         by.truncate(n);
     }
     by.sort_unstable_by(order);
+}
+
+/// Clusters a routing for an index of `rows` rows asks for (at least
+/// one): about [`TARGET_CLUSTER_ROWS`] rows each.
+fn clusters_for(rows: u64) -> usize {
+    (rows as usize).div_ceil(TARGET_CLUSTER_ROWS).max(1)
 }
 
 /// A group's block and the centroids it decodes to: `u8` codes of each
