@@ -2,8 +2,9 @@
 //! reader with nothing cached answers in at most four sequential rounds
 //! of requests and reads only the parts it probes; concurrent queries
 //! share fetches; the cache budget holds under a workload larger than
-//! it; selective filters still return k; a warm-up leaves a query only
-//! the rows it reranks to fetch.
+//! it; selective filters still return k; a warm-up fills the cache with
+//! codes, then rows, so a warm query fetches nothing the cache could
+//! hold.
 
 mod common;
 
@@ -198,27 +199,73 @@ async fn selective_filters_return_k_when_k_rows_match() {
     }
 }
 
-/// After a warm-up (manifests, heads, codes), an eventual query fetches
-/// only the rows it reranks: one round.
+/// After a warm-up with room for the whole index (manifests, heads,
+/// codes, then rows), an eventual query fetches nothing at all: not
+/// even the rows it reranks.
 #[tokio::test]
-async fn after_a_warm_up_a_query_fetches_only_rows() {
+async fn after_a_warm_up_with_room_for_the_rows_a_query_fetches_nothing() {
     let (store, settings, _) = indexed().await;
     let r = slow_reader(&store, &settings);
     let report = r.warm_up().await.unwrap();
     assert_eq!(report.shards, 1);
     assert!(report.code_lists > 1, "{report:?}");
+    // Every cluster's rows, in chunks of 16: at least ROWS / 16 chunks.
+    assert!(report.row_chunks >= (ROWS / 16) as u64, "{report:?}");
     assert_eq!(report.live_records, ROWS as u64);
-    let req = SearchRequest {
-        consistency: Consistency::Eventual,
-        ..SearchRequest::new(query(4), 10)
-    };
-    let resp = r.search(&req).await.unwrap();
-    assert_eq!(resp.results.len(), 10);
-    assert_eq!(resp.stats.rounds, 1, "{:?}", resp.stats);
-    assert_eq!(resp.stats.requests.list, 0);
-    // Warm for its rows too now: nothing fetched at all.
-    let again = r.search(&req).await.unwrap();
-    assert_eq!(again.stats.requests.total(), 0, "{:?}", again.stats);
+    for i in 0..5 {
+        let req = SearchRequest {
+            consistency: Consistency::Eventual,
+            ..SearchRequest::new(query(i), 10)
+        };
+        let resp = r.search(&req).await.unwrap();
+        assert_eq!(resp.results.len(), 10);
+        assert_eq!(resp.stats.requests.total(), 0, "{:?}", resp.stats);
+        assert_eq!(resp.stats.rounds, 0, "{:?}", resp.stats);
+    }
+}
+
+/// Under a budget that holds the codes but not every row, a warm-up
+/// fetches the codes before any row, and a query fetches at most the
+/// rows it reranks: one round.
+#[tokio::test]
+async fn after_a_warm_up_that_cannot_hold_the_rows_a_query_fetches_only_rows() {
+    let (store, settings, _) = indexed().await;
+    let all = slow_reader(&store, &settings).warm_up().await.unwrap();
+    // The smallest budget (doubling) whose warm-up holds every code list.
+    let (mut budget, mut found) = (64 * 1024u64, None);
+    while found.is_none() {
+        let opts = ReaderOptions {
+            cache_bytes: budget,
+            ..ReaderOptions::default()
+        };
+        let slow: DynStore = Arc::new(store.with_latency(Duration::from_millis(5)));
+        let r = Reader::new(slow, &settings, opts);
+        let report = r.warm_up().await.unwrap();
+        if report.code_lists == all.code_lists {
+            found = Some((r, report));
+        } else {
+            assert_eq!(
+                report.row_chunks, 0,
+                "rows before every code list: {report:?}"
+            );
+            budget *= 2;
+        }
+    }
+    let (r, report) = found.unwrap();
+    assert!(report.row_chunks < all.row_chunks, "{report:?} / {all:?}");
+    let mut fetched = 0;
+    for i in 0..5 {
+        let req = SearchRequest {
+            consistency: Consistency::Eventual,
+            ..SearchRequest::new(query(i), 10)
+        };
+        let resp = r.search(&req).await.unwrap();
+        assert_eq!(resp.results.len(), 10);
+        assert!(resp.stats.rounds <= 1, "{:?}", resp.stats);
+        assert_eq!(resp.stats.requests.list, 0);
+        fetched += resp.stats.requests.total();
+    }
+    assert!(fetched > 0, "every row was cached under a budget for codes");
 }
 
 /// A warm-up under a cache budget far below the index fetches what the

@@ -290,10 +290,11 @@ class Db:
 
     def warm(self) -> Dict[str, Any]:
         """Fetches what queries plan with (manifests, shard heads, deletion
-        vectors, the codes of every list, as far as the cache budget holds
-        them), so the next query is warm; returns what it fetched
-        (`live_records`, `shards`, `code_lists`, `cache_bytes`,
-        `requests`, `ms`). A Lambda calls it at init."""
+        vectors), then the codes of every list and then the metadata and
+        rows, as far as the cache budget holds them, so the next query is
+        warm; returns what it fetched (`live_records`, `shards`,
+        `code_lists`, `row_chunks`, `cache_bytes`, `requests`, `ms`). A
+        Lambda calls it at init."""
         return json.loads(self._h.warm())  # type: ignore[no-any-return]
 
     def status(self, live: bool = False) -> Dict[str, Any]:

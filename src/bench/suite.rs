@@ -85,6 +85,10 @@ pub struct SuiteResults {
     /// What the warm reader holds of the index outside its cache: shard
     /// heads, routings, deletion vectors and any id map.
     pub reader_index_bytes: u64,
+    /// What the warm reader's warm-up cached: code lists, and metadata
+    /// and row parts (as far as the cache's budget held them).
+    pub warm_code_lists: u64,
+    pub warm_row_parts: u64,
     pub threads: usize,
     pub machine: String,
 }
@@ -347,6 +351,8 @@ async fn query_phases(
         index_bytes,
         reader_peak_rss_bytes: o.skip_ingest.then(peak_rss_bytes).flatten(),
         reader_index_bytes,
+        warm_code_lists: warmed.code_lists,
+        warm_row_parts: warmed.row_chunks,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         machine: machine(),
     })

@@ -255,6 +255,11 @@ fn build_rows(r: &SuiteResults) -> Vec<Row> {
         ),
         (
             "reader",
+            "warm-up: code lists / metadata and row parts cached".into(),
+            format!("{} / {}", r.warm_code_lists, r.warm_row_parts),
+        ),
+        (
+            "reader",
             "peak resident MB (--skip-ingest runs only)".into(),
             r.reader_peak_rss_bytes
                 .map_or("not measured".into(), |b| format!("{:.0}", b as f64 / 1e6)),

@@ -333,6 +333,10 @@ pub struct WarmReport {
     pub shards: u64,
     /// Code lists fetched (or found cached) across range-read shards.
     pub code_lists: u64,
+    /// Metadata and row chunk parts fetched (or found cached) once every
+    /// code list was, while the cache's budget lasted.
+    #[serde(default)]
+    pub row_chunks: u64,
     /// Bytes the reader caches after the warm-up.
     pub cache_bytes: u64,
     /// Store requests the warm-up made.

@@ -441,6 +441,10 @@ impl Blocks {
             let r = source.range(part);
             let len = r.end - r.start;
             if len > *budget {
+                // Spent: parts are warmed in priority order, so nothing
+                // after this one is fetched either (not this shard's
+                // next parts, nor another's, nor rows before codes).
+                *budget = 0;
                 break;
             }
             *budget -= len;

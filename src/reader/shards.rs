@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::load::Freshness;
-use super::ranged::{self, Blocks, Part, RangedShard};
+use super::ranged::{self, Blocks, Part, RangedShard, ROW_CHUNK};
 use super::routed::search::RoutedUnit;
 use super::routed::{RoutedShard, RoutingView};
 use super::unit::{Allowed, BrokenUnit, RangedUnit, SearchUnit, ShardLive, WholeShardUnit};
@@ -189,6 +189,36 @@ impl ShardView {
             .warm(store, r, parts, budget, tally)
             .await
             .map_err(|e| index_error(&e))
+    }
+
+    /// Fetches the metadata and row chunks of its lists (clusters) into
+    /// the part cache while `budget` lasts; returns the parts fetched (0
+    /// for a whole shard).
+    pub(super) async fn warm_rows(
+        &self,
+        blocks: &Blocks,
+        store: &Counted,
+        tally: &CacheTally,
+        budget: &mut u64,
+    ) -> Result<u64, ReadError> {
+        let warmed = match &self.body {
+            ShardBody::Ranged(r) => {
+                let head = &r.routing.head;
+                let mut parts = Vec::new();
+                for (list, l) in head.lists.iter().enumerate() {
+                    parts.push(Part::Meta(list as u32));
+                    let chunks = l.rows.div_ceil(ROW_CHUNK) as u32;
+                    parts.extend((0..chunks).map(|chunk| Part::Rows {
+                        list: list as u32,
+                        chunk,
+                    }));
+                }
+                blocks.warm(store, r, parts, budget, tally).await
+            }
+            ShardBody::Routed(r) => r.warm_rows(blocks, store, tally, budget).await,
+            _ => return Ok(0),
+        };
+        warmed.map_err(|e| index_error(&e))
     }
 }
 

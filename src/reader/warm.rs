@@ -1,7 +1,7 @@
 //! Warming a reader: every partition and the shard set loaded now, and
-//! (for [`warm_up`]) the routings' groups and the shards' codes, as far
-//! as the part cache's budget holds them, so the first query only
-//! fetches the rows it reranks.
+//! (for [`warm_up`]) the routings' groups, the shards' codes, then their
+//! rows, as far as the part cache's budget holds them: the first query
+//! fetches nothing the cache could have held.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +14,8 @@ use super::view::CacheTally;
 use super::{Consistency, ReadError, Shared, WarmReport};
 use crate::store::Counted;
 
-/// [`warm`], then the routings' groups and the shards' codes, as far as
-/// the part cache holds them.
+/// [`warm`], then the routings' groups, the shards' codes and then their
+/// rows, as far as the part cache holds them.
 pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadError> {
     let started = Instant::now();
     let counted = Counted::new(shared.store.clone());
@@ -37,10 +37,27 @@ pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadErro
             .warm(&shared.blocks, &counted, &tally, &mut budget)
             .await?;
     }
+    // Then the rows a query reranks (and the metadata it returns), while
+    // the budget lasts: an index whose rows fit the cache is served from
+    // memory alone. The budget is charged stored bytes, and parsed
+    // metadata weighs more than it is stored: the rows get half of the
+    // room the cache has left by weight, so they never evict the codes.
+    shared.blocks.run_pending_tasks().await;
+    let room = shared.blocks.capacity().saturating_sub(shared.blocks.weighted_size());
+    budget = budget.min(room / 2);
+    let mut row_chunks = 0;
+    for s in &snap.shards.shards {
+        row_chunks += s
+            .warm_rows(&shared.blocks, &counted, &tally, &mut budget)
+            .await?;
+    }
+    shared.blocks.run_pending_tasks().await;
+    shared.cache.run_pending_tasks().await;
     Ok(WarmReport {
         live_records: snap.live_total(shared, &counted, &tally).await?,
         shards: snap.shards.shards.len() as u64,
         code_lists: lists,
+        row_chunks,
         cache_bytes: shared.cache.weighted_size() + shared.blocks.weighted_size(),
         requests: counted.counts(),
         ms: started.elapsed().as_secs_f64() * 1e3,

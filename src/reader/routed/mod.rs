@@ -416,6 +416,26 @@ impl RoutedShard {
         let parts = (0..self.head.clusters.len() as u32).map(Part::Probe);
         blocks.warm(store, self, parts, budget, tally).await
     }
+
+    /// Fetches the clusters' metadata and row chunks into the cache
+    /// while `budget` lasts; returns how many parts.
+    pub(super) async fn warm_rows(
+        self: &Arc<Self>,
+        blocks: &Blocks,
+        store: &Counted,
+        tally: &CacheTally,
+        budget: &mut u64,
+    ) -> Result<u64, PartitionError> {
+        let mut parts = Vec::new();
+        for (pos, c) in self.head.clusters.iter().enumerate() {
+            parts.push(Part::Meta(pos as u32));
+            parts.extend((0..c.rows.div_ceil(ROW_CHUNK as u32)).map(|chunk| Part::Rows {
+                list: pos as u32,
+                chunk,
+            }));
+        }
+        blocks.warm(store, self, parts, budget, tally).await
+    }
 }
 
 /// The row chunk holding row `i` of cluster `pos`, and the row's place
