@@ -237,7 +237,11 @@ pub(crate) fn estimate_lists<'c>(
     let mut cands: Vec<Candidate> = Vec::new();
     let mut scanned = Vec::new();
     let mut uppers = KthBest::new(q.k);
-    for p in lists {
+    let mut lists = lists.peekable();
+    while let Some(p) = lists.next() {
+        if let Some(next) = lists.peek() {
+            next.codes.prefetch();
+        }
         let (l, c) = (p.list, p.codes);
         let lq = ListQuery::new(q.metric, &rq, q_norm, p.rotated, dot(q.vector, p.centroid));
         let bar = uppers.bar();
