@@ -225,34 +225,50 @@ async fn after_a_warm_up_with_room_for_the_rows_a_query_fetches_nothing() {
 }
 
 /// Under a budget that holds the codes but not every row, a warm-up
-/// fetches the codes before any row, and a query fetches at most the
-/// rows it reranks: one round.
+/// fetches the codes before any row, then fills the cache with rows
+/// without evicting a code: a query fetches at most the rows it
+/// reranks, in one round.
 #[tokio::test]
 async fn after_a_warm_up_that_cannot_hold_the_rows_a_query_fetches_only_rows() {
     let (store, settings, _) = indexed().await;
     let all = slow_reader(&store, &settings).warm_up().await.unwrap();
-    // The smallest budget (doubling) whose warm-up holds every code list.
-    let (mut budget, mut found) = (64 * 1024u64, None);
-    while found.is_none() {
+    let slow_reader_with = |cache_bytes| {
+        let slow: DynStore = Arc::new(store.with_latency(Duration::from_millis(5)));
         let opts = ReaderOptions {
-            cache_bytes: budget,
+            cache_bytes,
             ..ReaderOptions::default()
         };
-        let slow: DynStore = Arc::new(store.with_latency(Duration::from_millis(5)));
-        let r = Reader::new(slow, &settings, opts);
-        let report = r.warm_up().await.unwrap();
+        Reader::new(slow, &settings, opts)
+    };
+    // The smallest budget (doubling) whose warm-up holds every code list.
+    let mut budget = 64 * 1024u64;
+    loop {
+        let report = slow_reader_with(budget).warm_up().await.unwrap();
         if report.code_lists == all.code_lists {
-            found = Some((r, report));
-        } else {
-            assert_eq!(
-                report.row_chunks, 0,
-                "rows before every code list: {report:?}"
-            );
-            budget *= 2;
+            break;
         }
+        assert_eq!(
+            report.row_chunks, 0,
+            "rows before every code list: {report:?}"
+        );
+        budget *= 2;
     }
-    let (r, report) = found.unwrap();
-    assert!(report.row_chunks < all.row_chunks, "{report:?} / {all:?}");
+    // Twice that: room for the codes and some of the rows.
+    let r = slow_reader_with(2 * budget);
+    let report = r.warm_up().await.unwrap();
+    assert_eq!(report.code_lists, all.code_lists);
+    assert!(
+        report.row_chunks > 0 && report.row_chunks < all.row_chunks,
+        "{report:?} / {all:?}"
+    );
+    // The rows fill the part cache (three quarters of the budget), not
+    // just the half of its room they may take at once.
+    let parts = 2 * budget * 3 / 4;
+    assert!(
+        report.cache_bytes >= parts * 95 / 100,
+        "{} of {parts} bytes filled",
+        report.cache_bytes
+    );
     let mut fetched = 0;
     for i in 0..5 {
         let req = SearchRequest {

@@ -426,20 +426,42 @@ impl Blocks {
     /// Fetches `parts` of `source` into the cache, in order, while
     /// `budget` (bytes, charged each part's stored length) lasts, at most
     /// [`WARM_BATCH_BYTES`] at a time: a warm-up never holds more than a
-    /// batch beyond what the cache keeps, however large the index.
-    /// Returns how many parts it fetched (or found cached).
+    /// batch beyond what the cache keeps, however large the index. The
+    /// first part that does not fit spends the budget. With `by_room`,
+    /// the budget is instead half the room the cache has left by weight,
+    /// measured again after each batch (a quarter of it at most), so
+    /// parts that weigh up to twice their stored bytes fill the cache
+    /// without evicting what it holds. Returns how many parts it fetched
+    /// (or found cached).
     pub(super) async fn warm<S: PartSource>(
         &self,
         store: &Counted,
         source: &Arc<S>,
         parts: impl IntoIterator<Item = Part>,
         budget: &mut u64,
+        by_room: bool,
         tally: &CacheTally,
     ) -> Result<u64, PartitionError> {
+        // By room, a batch takes at most a quarter of what may still be
+        // fetched, so the room is measured again well before it runs out.
+        let limit = |budget: u64| match by_room {
+            true => WARM_BATCH_BYTES.min(budget / 4),
+            false => WARM_BATCH_BYTES,
+        };
         let (mut batch, mut batch_bytes, mut done) = (Vec::new(), 0u64, 0u64);
+        let mut batch_limit = limit(*budget);
         for part in parts {
             let r = source.range(part);
             let len = r.end - r.start;
+            if batch_bytes + len > batch_limit && !batch.is_empty() {
+                self.get(store, source, &batch, tally).await?;
+                done += batch.len() as u64;
+                (batch_bytes, batch) = (0, Vec::new());
+                if by_room {
+                    self.hold_to_room(budget).await;
+                    batch_limit = limit(*budget);
+                }
+            }
             if len > *budget {
                 // Spent: parts are warmed in priority order, so nothing
                 // after this one is fetched either (not this shard's
@@ -448,11 +470,6 @@ impl Blocks {
                 break;
             }
             *budget -= len;
-            if batch_bytes + len > WARM_BATCH_BYTES && !batch.is_empty() {
-                self.get(store, source, &batch, tally).await?;
-                done += batch.len() as u64;
-                (batch_bytes, batch) = (0, Vec::new());
-            }
             batch.push(part);
             batch_bytes += len;
         }
@@ -461,6 +478,12 @@ impl Blocks {
             done += batch.len() as u64;
         }
         Ok(done)
+    }
+
+    /// Sets `budget` to half the room the cache has left by weight.
+    pub(super) async fn hold_to_room(&self, budget: &mut u64) {
+        self.cache.run_pending_tasks().await;
+        *budget = self.capacity().saturating_sub(self.weighted_size()) / 2;
     }
 
     /// The bytes the cache may hold.

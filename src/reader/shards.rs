@@ -186,7 +186,7 @@ impl ShardView {
         };
         let parts = (0..r.routing.head.nlist() as u32).map(Part::Codes);
         blocks
-            .warm(store, r, parts, budget, tally)
+            .warm(store, r, parts, budget, false, tally)
             .await
             .map_err(|e| index_error(&e))
     }
@@ -213,7 +213,7 @@ impl ShardView {
                         chunk,
                     }));
                 }
-                blocks.warm(store, r, parts, budget, tally).await
+                blocks.warm(store, r, parts, budget, true, tally).await
             }
             ShardBody::Routed(r) => r.warm_rows(blocks, store, tally, budget).await,
             _ => return Ok(0),

@@ -40,11 +40,12 @@ pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadErro
     // Then the rows a query reranks (and the metadata it returns), while
     // the budget lasts: an index whose rows fit the cache is served from
     // memory alone. The budget is charged stored bytes, and parsed
-    // metadata weighs more than it is stored: the rows get half of the
-    // room the cache has left by weight, so they never evict the codes.
-    shared.blocks.run_pending_tasks().await;
-    let room = shared.blocks.capacity().saturating_sub(shared.blocks.weighted_size());
-    budget = budget.min(room / 2);
+    // metadata weighs more than it is stored: the rows are held to half
+    // the room the cache has left by weight, batch by batch, so they
+    // fill it without evicting a code. None if a code did not fit.
+    if budget > 0 {
+        shared.blocks.hold_to_room(&mut budget).await;
+    }
     let mut row_chunks = 0;
     for s in &snap.shards.shards {
         row_chunks += s

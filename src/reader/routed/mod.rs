@@ -236,7 +236,7 @@ impl RoutingView {
     ) -> Result<(), PartitionError> {
         if self.held.is_none() {
             let parts = (0..self.head.groups() as u32).map(Part::Group);
-            blocks.warm(store, self, parts, budget, tally).await?;
+            blocks.warm(store, self, parts, budget, false, tally).await?;
         }
         Ok(())
     }
@@ -414,7 +414,7 @@ impl RoutedShard {
         budget: &mut u64,
     ) -> Result<u64, PartitionError> {
         let parts = (0..self.head.clusters.len() as u32).map(Part::Probe);
-        blocks.warm(store, self, parts, budget, tally).await
+        blocks.warm(store, self, parts, budget, false, tally).await
     }
 
     /// Fetches the clusters' metadata and row chunks into the cache
@@ -434,7 +434,7 @@ impl RoutedShard {
                 chunk,
             }));
         }
-        blocks.warm(store, self, parts, budget, tally).await
+        blocks.warm(store, self, parts, budget, true, tally).await
     }
 }
 
