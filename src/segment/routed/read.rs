@@ -66,6 +66,13 @@ impl RoutedHead {
     /// The index in [`Self::clusters`] of routing cluster `cluster`, if
     /// this shard holds rows of it.
     pub(crate) fn position(&self, cluster: u32) -> Option<usize> {
+        // A shard holds a run of the routing's clusters: outside it is
+        // answered without the search (a query asks every shard of an
+        // index for each probed cluster).
+        let (first, last) = (self.clusters.first()?, self.clusters.last()?);
+        if cluster < first.cluster || cluster > last.cluster {
+            return None;
+        }
         self.clusters
             .binary_search_by_key(&cluster, |c| c.cluster)
             .ok()
