@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use shoal::coord::{Metric, Settings};
-use shoal::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
+use shoal::reader::{Consistency, QueryStats, Reader, ReaderOptions, SearchRequest};
 use shoal::record::Record;
 use shoal::store::{Counted, DynStore, ObjectStore};
 
@@ -212,6 +212,15 @@ async fn after_a_warm_up_with_room_for_the_rows_a_query_fetches_nothing() {
     // Every cluster's rows, in chunks of 16: at least ROWS / 16 chunks.
     assert!(report.row_chunks >= (ROWS / 16) as u64, "{report:?}");
     assert_eq!(report.live_records, ROWS as u64);
+    for stats in five_eventual_queries(&r).await {
+        assert_eq!(stats.requests.total(), 0, "{stats:?}");
+        assert_eq!(stats.rounds, 0, "{stats:?}");
+    }
+}
+
+/// Five eventual queries (each answered with 10 results): their stats.
+async fn five_eventual_queries(r: &Reader) -> Vec<QueryStats> {
+    let mut out = Vec::new();
     for i in 0..5 {
         let req = SearchRequest {
             consistency: Consistency::Eventual,
@@ -219,9 +228,9 @@ async fn after_a_warm_up_with_room_for_the_rows_a_query_fetches_nothing() {
         };
         let resp = r.search(&req).await.unwrap();
         assert_eq!(resp.results.len(), 10);
-        assert_eq!(resp.stats.requests.total(), 0, "{:?}", resp.stats);
-        assert_eq!(resp.stats.rounds, 0, "{:?}", resp.stats);
+        out.push(resp.stats);
     }
+    out
 }
 
 /// Under a budget that holds the codes but not every row, a warm-up
@@ -270,16 +279,10 @@ async fn after_a_warm_up_that_cannot_hold_the_rows_a_query_fetches_only_rows() {
         report.cache_bytes
     );
     let mut fetched = 0;
-    for i in 0..5 {
-        let req = SearchRequest {
-            consistency: Consistency::Eventual,
-            ..SearchRequest::new(query(i), 10)
-        };
-        let resp = r.search(&req).await.unwrap();
-        assert_eq!(resp.results.len(), 10);
-        assert!(resp.stats.rounds <= 1, "{:?}", resp.stats);
-        assert_eq!(resp.stats.requests.list, 0);
-        fetched += resp.stats.requests.total();
+    for stats in five_eventual_queries(&r).await {
+        assert!(stats.rounds <= 1, "{stats:?}");
+        assert_eq!(stats.requests.list, 0);
+        fetched += stats.requests.total();
     }
     assert!(fetched > 0, "every row was cached under a budget for codes");
 }

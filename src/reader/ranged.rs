@@ -427,8 +427,9 @@ impl Blocks {
     /// `budget` (bytes, charged each part's stored length) lasts, at most
     /// [`WARM_BATCH_BYTES`] at a time: a warm-up never holds more than a
     /// batch beyond what the cache keeps, however large the index. The
-    /// first part that does not fit spends the budget. With `by_room`,
-    /// the budget is instead half the room the cache has left by weight,
+    /// first part that does not fit spends the budget. For
+    /// [`WarmPhase::Rows`] the budget is instead half the room the cache
+    /// has left by weight,
     /// measured again after each batch (a quarter of it at most), so
     /// parts that weigh up to twice their stored bytes fill the cache
     /// without evicting what it holds. Returns how many parts it fetched
@@ -439,9 +440,10 @@ impl Blocks {
         source: &Arc<S>,
         parts: impl IntoIterator<Item = Part>,
         budget: &mut u64,
-        by_room: bool,
+        phase: WarmPhase,
         tally: &CacheTally,
     ) -> Result<u64, PartitionError> {
+        let by_room = phase == WarmPhase::Rows;
         // By room, a batch takes at most a quarter of what may still be
         // fetched, so the room is measured again well before it runs out.
         let limit = |budget: u64| match by_room {
@@ -597,6 +599,21 @@ impl Blocks {
             None => Ok(got),
         }
     }
+}
+
+/// What a warm-up fetches of a shard, in this order: the codes every
+/// query scans, then the metadata and rows it returns and reranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WarmPhase {
+    Codes,
+    Rows,
+}
+
+/// A list's (or cluster's) metadata part and row chunks, as a warm-up
+/// fetches them.
+pub(super) fn row_parts(list: u32, rows: u64) -> impl Iterator<Item = Part> {
+    let chunks = rows.div_ceil(ROW_CHUNK) as u32;
+    std::iter::once(Part::Meta(list)).chain((0..chunks).map(move |chunk| Part::Rows { list, chunk }))
 }
 
 /// One ranged GET covering `parts`, split and parsed.

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::load::Freshness;
-use super::ranged::{self, Blocks, Part, RangedShard, ROW_CHUNK};
+use super::ranged::{self, Blocks, Part, RangedShard, WarmPhase};
 use super::routed::search::RoutedUnit;
 use super::routed::{RoutedShard, RoutingView};
 use super::unit::{Allowed, BrokenUnit, RangedUnit, SearchUnit, ShardLive, WholeShardUnit};
@@ -164,58 +164,30 @@ impl ShardView {
         Ok(rec)
     }
 
-    /// Fetches the codes of its lists into the part cache while `budget`
-    /// lasts (`Blocks::warm`); returns the lists fetched (0 for a whole
-    /// shard, which loaded with its view).
+    /// Fetches the codes (or, for [`WarmPhase::Rows`], the metadata and
+    /// row chunks) of its lists into the part cache while `budget` lasts
+    /// (`Blocks::warm`); returns the parts fetched (0 for a whole shard,
+    /// which loaded with its view).
     pub(super) async fn warm(
         &self,
         blocks: &Blocks,
         store: &Counted,
         tally: &CacheTally,
         budget: &mut u64,
-    ) -> Result<u64, ReadError> {
-        let r = match &self.body {
-            ShardBody::Ranged(r) => r,
-            ShardBody::Routed(r) => {
-                return r
-                    .warm(blocks, store, tally, budget)
-                    .await
-                    .map_err(|e| index_error(&e))
-            }
-            _ => return Ok(0),
-        };
-        let parts = (0..r.routing.head.nlist() as u32).map(Part::Codes);
-        blocks
-            .warm(store, r, parts, budget, false, tally)
-            .await
-            .map_err(|e| index_error(&e))
-    }
-
-    /// Fetches the metadata and row chunks of its lists (clusters) into
-    /// the part cache while `budget` lasts; returns the parts fetched (0
-    /// for a whole shard).
-    pub(super) async fn warm_rows(
-        &self,
-        blocks: &Blocks,
-        store: &Counted,
-        tally: &CacheTally,
-        budget: &mut u64,
+        phase: WarmPhase,
     ) -> Result<u64, ReadError> {
         let warmed = match &self.body {
             ShardBody::Ranged(r) => {
                 let head = &r.routing.head;
-                let mut parts = Vec::new();
-                for (list, l) in head.lists.iter().enumerate() {
-                    parts.push(Part::Meta(list as u32));
-                    let chunks = l.rows.div_ceil(ROW_CHUNK) as u32;
-                    parts.extend((0..chunks).map(|chunk| Part::Rows {
-                        list: list as u32,
-                        chunk,
-                    }));
-                }
-                blocks.warm(store, r, parts, budget, true, tally).await
+                let parts: Vec<Part> = match phase {
+                    WarmPhase::Codes => (0..head.nlist() as u32).map(Part::Codes).collect(),
+                    WarmPhase::Rows => (head.lists.iter().enumerate())
+                        .flat_map(|(l, list)| ranged::row_parts(l as u32, list.rows))
+                        .collect(),
+                };
+                blocks.warm(store, r, parts, budget, phase, tally).await
             }
-            ShardBody::Routed(r) => r.warm_rows(blocks, store, tally, budget).await,
+            ShardBody::Routed(r) => r.warm(blocks, store, tally, budget, phase).await,
             _ => return Ok(0),
         };
         warmed.map_err(|e| index_error(&e))

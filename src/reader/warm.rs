@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::load::Freshness;
+use super::ranged::WarmPhase;
 use super::snapshot::{Snapshot, Want};
 use super::view::CacheTally;
 use super::{Consistency, ReadError, Shared, WarmReport};
@@ -34,7 +35,7 @@ pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadErro
     let mut lists = 0;
     for s in &snap.shards.shards {
         lists += s
-            .warm(&shared.blocks, &counted, &tally, &mut budget)
+            .warm(&shared.blocks, &counted, &tally, &mut budget, WarmPhase::Codes)
             .await?;
     }
     // Then the rows a query reranks (and the metadata it returns), while
@@ -49,7 +50,7 @@ pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadErro
     let mut row_chunks = 0;
     for s in &snap.shards.shards {
         row_chunks += s
-            .warm_rows(&shared.blocks, &counted, &tally, &mut budget)
+            .warm(&shared.blocks, &counted, &tally, &mut budget, WarmPhase::Rows)
             .await?;
     }
     shared.blocks.run_pending_tasks().await;

@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::ranged::{chunk_of, Block, Blocks, PackedIds, Part, PartSource, ROW_CHUNK};
+use super::ranged::{
+    chunk_of, row_parts, Block, Blocks, PackedIds, Part, PartSource, WarmPhase, ROW_CHUNK,
+};
 use super::view::CacheTally;
 use super::PartitionError;
 use crate::coord::index_manifest::{RoutingEntry, ShardEntry};
@@ -236,7 +238,7 @@ impl RoutingView {
     ) -> Result<(), PartitionError> {
         if self.held.is_none() {
             let parts = (0..self.head.groups() as u32).map(Part::Group);
-            blocks.warm(store, self, parts, budget, false, tally).await?;
+            (blocks.warm(store, self, parts, budget, WarmPhase::Codes, tally)).await?;
         }
         Ok(())
     }
@@ -404,37 +406,25 @@ impl RoutedShard {
         ))
     }
 
-    /// Fetches the clusters' probe blocks into the cache while `budget`
-    /// lasts ([`Blocks::warm`]); returns how many.
+    /// Fetches the clusters' probe blocks (or, for [`WarmPhase::Rows`],
+    /// their metadata and row chunks) into the cache while `budget` lasts
+    /// ([`Blocks::warm`]); returns how many parts.
     pub(super) async fn warm(
         self: &Arc<Self>,
         blocks: &Blocks,
         store: &Counted,
         tally: &CacheTally,
         budget: &mut u64,
+        phase: WarmPhase,
     ) -> Result<u64, PartitionError> {
-        let parts = (0..self.head.clusters.len() as u32).map(Part::Probe);
-        blocks.warm(store, self, parts, budget, false, tally).await
-    }
-
-    /// Fetches the clusters' metadata and row chunks into the cache
-    /// while `budget` lasts; returns how many parts.
-    pub(super) async fn warm_rows(
-        self: &Arc<Self>,
-        blocks: &Blocks,
-        store: &Counted,
-        tally: &CacheTally,
-        budget: &mut u64,
-    ) -> Result<u64, PartitionError> {
-        let mut parts = Vec::new();
-        for (pos, c) in self.head.clusters.iter().enumerate() {
-            parts.push(Part::Meta(pos as u32));
-            parts.extend((0..c.rows.div_ceil(ROW_CHUNK as u32)).map(|chunk| Part::Rows {
-                list: pos as u32,
-                chunk,
-            }));
-        }
-        blocks.warm(store, self, parts, budget, true, tally).await
+        let clusters = &self.head.clusters;
+        let parts: Vec<Part> = match phase {
+            WarmPhase::Codes => (0..clusters.len() as u32).map(Part::Probe).collect(),
+            WarmPhase::Rows => (clusters.iter().enumerate())
+                .flat_map(|(pos, c)| row_parts(pos as u32, u64::from(c.rows)))
+                .collect(),
+        };
+        blocks.warm(store, self, parts, budget, phase, tally).await
     }
 }
 
