@@ -429,11 +429,10 @@ impl Blocks {
     /// batch beyond what the cache keeps, however large the index. The
     /// first part that does not fit spends the budget. For
     /// [`WarmPhase::Rows`] the budget is instead half the room the cache
-    /// has left by weight,
-    /// measured again after each batch (a quarter of it at most), so
-    /// parts that weigh up to twice their stored bytes fill the cache
-    /// without evicting what it holds. Returns how many parts it fetched
-    /// (or found cached).
+    /// has left by weight, measured again after each batch (a quarter of
+    /// it at most), so parts that weigh up to twice their stored bytes
+    /// fill the cache without evicting what it holds. Returns how many
+    /// parts it fetched (or found cached).
     pub(super) async fn warm<S: PartSource>(
         &self,
         store: &Counted,
