@@ -603,16 +603,31 @@ impl Blocks {
 /// What a warm-up fetches of a shard, in this order: the codes every
 /// query scans, then the metadata and rows it returns and reranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WarmPhase {
+pub(super) enum WarmPhase {
     Codes,
     Rows,
 }
 
-/// A list's (or cluster's) metadata part and row chunks, as a warm-up
-/// fetches them.
-pub(super) fn row_parts(list: u32, rows: u64) -> impl Iterator<Item = Part> {
-    let chunks = rows.div_ceil(ROW_CHUNK) as u32;
-    std::iter::once(Part::Meta(list)).chain((0..chunks).map(move |chunk| Part::Rows { list, chunk }))
+/// The parts a warm-up's `phase` fetches of a shard whose lists (or
+/// clusters) hold `list_rows` rows each: every list's code part (`code`:
+/// `Part::Codes` or `Part::Probe`), or every list's metadata part and row
+/// chunks.
+pub(super) fn warm_parts(
+    phase: WarmPhase,
+    code: fn(u32) -> Part,
+    list_rows: impl Iterator<Item = u64>,
+) -> Vec<Part> {
+    let lists = (0u32..).zip(list_rows);
+    match phase {
+        WarmPhase::Codes => lists.map(|(list, _)| code(list)).collect(),
+        WarmPhase::Rows => lists
+            .flat_map(|(list, rows)| {
+                let chunks = rows.div_ceil(ROW_CHUNK) as u32;
+                let row_chunks = (0..chunks).map(move |chunk| Part::Rows { list, chunk });
+                std::iter::once(Part::Meta(list)).chain(row_chunks)
+            })
+            .collect(),
+    }
 }
 
 /// One ranged GET covering `parts`, split and parsed.

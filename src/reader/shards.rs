@@ -178,13 +178,8 @@ impl ShardView {
     ) -> Result<u64, ReadError> {
         let warmed = match &self.body {
             ShardBody::Ranged(r) => {
-                let head = &r.routing.head;
-                let parts: Vec<Part> = match phase {
-                    WarmPhase::Codes => (0..head.nlist() as u32).map(Part::Codes).collect(),
-                    WarmPhase::Rows => (head.lists.iter().enumerate())
-                        .flat_map(|(l, list)| ranged::row_parts(l as u32, list.rows))
-                        .collect(),
-                };
+                let rows = r.routing.head.lists.iter().map(|l| l.rows);
+                let parts = ranged::warm_parts(phase, Part::Codes, rows);
                 blocks.warm(store, r, parts, budget, phase, tally).await
             }
             ShardBody::Routed(r) => r.warm(blocks, store, tally, budget, phase).await,

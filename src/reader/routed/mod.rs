@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::ranged::{
-    chunk_of, row_parts, Block, Blocks, PackedIds, Part, PartSource, WarmPhase, ROW_CHUNK,
+    chunk_of, warm_parts, Block, Blocks, PackedIds, Part, PartSource, WarmPhase, ROW_CHUNK,
 };
 use super::view::CacheTally;
 use super::PartitionError;
@@ -417,13 +417,8 @@ impl RoutedShard {
         budget: &mut u64,
         phase: WarmPhase,
     ) -> Result<u64, PartitionError> {
-        let clusters = &self.head.clusters;
-        let parts: Vec<Part> = match phase {
-            WarmPhase::Codes => (0..clusters.len() as u32).map(Part::Probe).collect(),
-            WarmPhase::Rows => (clusters.iter().enumerate())
-                .flat_map(|(pos, c)| row_parts(pos as u32, u64::from(c.rows)))
-                .collect(),
-        };
+        let rows = self.head.clusters.iter().map(|c| u64::from(c.rows));
+        let parts = warm_parts(phase, Part::Probe, rows);
         blocks.warm(store, self, parts, budget, phase, tally).await
     }
 }
