@@ -5,9 +5,10 @@
 //! The routing's clusters are split into *groups*: the top level is one
 //! centroid per group, and each group's block holds its clusters'
 //! centroids. Cluster ids run through the groups in order, so a group's
-//! clusters are consecutive ids, and a shard that lays clusters out by id
-//! puts clusters that are near each other in space next to each other in
-//! its bytes: a query's probed clusters come in a few contiguous ranges.
+//! clusters are consecutive ids; training numbers groups, and each
+//! group's clusters, so that those near each other in space are near
+//! each other in id (`order`), and a shard that lays clusters out by id
+//! puts a query's probed clusters in fewer shards and fewer ranges.
 //!
 //! Training is hierarchical k-means (the groups over the sample, then
 //! each group's clusters over its part of the sample), so it costs
@@ -527,6 +528,7 @@ impl Routing {
                 (top[g * dims..(g + 1) * dims].to_vec(), cents)
             })
             .collect();
+        let parts = order::in_spatial_order(parts, dims);
         let first = Routing::from_parts(dims, metric, generation, rows, parts);
         first.refined(sample, REFINE_ROUNDS)
     }
@@ -880,5 +882,6 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 mod calibrate;
+mod order;
 #[cfg(test)]
 mod tests;
