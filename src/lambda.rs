@@ -64,11 +64,16 @@ pub async fn db_from_env(default_role: Role) -> Result<Db, ApiError> {
         None => default_role,
     };
     let db = open_function_db(&url, role, settings_from_env()?).await?;
-    if warm_on_init()? {
+    if let Some(limit) = warm_on_init()? {
         // Part of the cold start, so the first invocation is warm; a
         // failure is logged and queries load on demand as usual.
-        match db.warm_up().await {
-            Ok(r) => tracing::info!(live = r.live_records, ms = r.ms, "warmed up at init"),
+        match db.warm_up_within(limit).await {
+            Ok(r) => tracing::info!(
+                live = r.live_records,
+                ms = r.ms,
+                cut_short = r.cut_short,
+                "warmed up at init"
+            ),
             Err(e) => tracing::warn!(error = %e, "warm-up at init failed; queries load on demand"),
         }
     }
@@ -111,21 +116,38 @@ pub async fn open_function_db(
     }
 }
 
-/// `SHOAL_WARM_ON_INIT`: `true`/`1` fetches manifests, shard heads and
-/// codes during the cold start (the reader function's init option).
-fn warm_on_init() -> Result<bool, ApiError> {
-    match std::env::var("SHOAL_WARM_ON_INIT")
-        .ok()
-        .as_deref()
-        .map(str::trim)
-    {
-        None | Some("") | Some("0") | Some("false") => Ok(false),
-        Some("1") | Some("true") => Ok(true),
-        Some(other) => Err(ApiError::new(
+/// How long a warm-up at init may fetch by default: Lambda ends an init
+/// phase that runs past 10 seconds (and runs init again inside the first
+/// invocation), so the warm-up stops with room to spare for the rest.
+const WARM_ON_INIT_LIMIT: Duration = Duration::from_secs(7);
+
+/// `SHOAL_WARM_ON_INIT`: `true`/`1` warms the reader during the cold start
+/// for at most [`WARM_ON_INIT_LIMIT`]; a number of seconds (`30`, `2.5`)
+/// sets that limit (for init phases that may run longer, such as
+/// provisioned concurrency's); `false`/`0`/unset: no warm-up.
+fn warm_on_init() -> Result<Option<Duration>, ApiError> {
+    let raw = std::env::var("SHOAL_WARM_ON_INIT").ok();
+    parse_warm_on_init(raw.as_deref())
+}
+
+fn parse_warm_on_init(raw: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let bad = |other: &str| {
+        ApiError::new(
             500,
             "misconfigured",
-            format!("SHOAL_WARM_ON_INIT must be true or false, not {other:?}"),
-        )),
+            format!(
+                "SHOAL_WARM_ON_INIT must be true, false or a number of seconds to warm for, \
+                 not {other:?}"
+            ),
+        )
+    };
+    match raw.map(str::trim) {
+        None | Some("") | Some("0") | Some("false") => Ok(None),
+        Some("1") | Some("true") => Ok(Some(WARM_ON_INIT_LIMIT)),
+        Some(other) => match other.parse::<f64>() {
+            Ok(s) if s.is_finite() && s > 0.0 && s <= 900.0 => Ok(Some(Duration::from_secs_f64(s))),
+            _ => Err(bad(other)),
+        },
     }
 }
 
@@ -298,4 +320,26 @@ pub fn error_type(e: &ApiError) -> String {
         },
         e.code
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warm_on_init_reads_a_switch_or_a_time_limit() {
+        let limit = |raw| parse_warm_on_init(raw).unwrap();
+        for off in [None, Some(""), Some("0"), Some("false"), Some(" false ")] {
+            assert_eq!(limit(off), None, "{off:?}");
+        }
+        for on in [Some("true"), Some("1")] {
+            assert_eq!(limit(on), Some(WARM_ON_INIT_LIMIT), "{on:?}");
+        }
+        assert_eq!(limit(Some("30")), Some(Duration::from_secs(30)));
+        assert_eq!(limit(Some("2.5")), Some(Duration::from_millis(2500)));
+        for bad in ["yes", "-3", "nan", "inf", "1e9"] {
+            let e = parse_warm_on_init(Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("SHOAL_WARM_ON_INIT"), "{bad}: {e}");
+        }
+    }
 }

@@ -218,6 +218,36 @@ async fn after_a_warm_up_with_room_for_the_rows_a_query_fetches_nothing() {
     }
 }
 
+/// A warm-up given a time limit stops fetching when it passes, and says
+/// so: with none left it loads the snapshot (manifests, heads) but no
+/// code or row, and a query then fetches its probes; with time to spare
+/// it warms what an unlimited warm-up does.
+#[tokio::test]
+async fn a_warm_up_stops_fetching_when_its_time_limit_passes() {
+    let (store, settings, _) = indexed().await;
+    let all = slow_reader(&store, &settings).warm_up().await.unwrap();
+    assert!(!all.cut_short, "{all:?}");
+
+    let r = slow_reader(&store, &settings);
+    let cut = r.warm_up_within(Duration::ZERO).await.unwrap();
+    assert!(cut.cut_short, "{cut:?}");
+    assert_eq!((cut.code_lists, cut.row_chunks), (0, 0), "{cut:?}");
+    assert_eq!(
+        cut.live_records, ROWS as u64,
+        "the snapshot is loaded whole"
+    );
+    let first = five_eventual_queries(&r).await.remove(0);
+    assert!(first.requests.total() > 0, "{first:?}");
+
+    let r = slow_reader(&store, &settings);
+    let ample = r.warm_up_within(Duration::from_secs(3600)).await.unwrap();
+    assert!(!ample.cut_short, "{ample:?}");
+    assert_eq!(
+        (ample.code_lists, ample.row_chunks),
+        (all.code_lists, all.row_chunks)
+    );
+}
+
 /// Five eventual queries (each answered with 10 results): their stats.
 async fn five_eventual_queries(r: &Reader) -> Vec<QueryStats> {
     let mut out = Vec::new();

@@ -6,8 +6,9 @@ IAM: docs/deploy.md, "A Python Lambda".
 Environment: `SHOAL_BUCKET` (`s3://bucket/prefix`, required), `BRAINY_ROLE`
 (default `reader`), and optionally `SHOAL_DIMENSIONS`, `SHOAL_METRIC`,
 `SHOAL_PARTITIONS` (must agree with the index's config; a reader never
-creates it), `SHOAL_WARM_ON_INIT` (`true`: fetch manifests, shard heads
-and codes when the handle opens, so the first query is warm) and
+creates it), `SHOAL_WARM_ON_INIT` (`true`: fetch manifests, shard heads,
+codes and rows for up to 7 seconds when the handle opens, so the first
+query is warm; a number: that many seconds) and
 `BRAINY_INSTANCE_PREFIX` (read by the engine itself).
 
 Requests, as the Rust reader takes them:
@@ -30,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 from typing import Any, Dict, Optional, Tuple, Type, cast
 
@@ -93,11 +95,27 @@ def env_int(name: str) -> Optional[int]:
     return None if value is None else int(value)
 
 
-def warm_on_init() -> bool:
+# How long a warm-up at init may fetch by default: Lambda ends an init
+# phase that runs past 10 seconds (as the Rust reader).
+WARM_ON_INIT_SECONDS = 7.0
+
+
+def warm_on_init() -> Optional[float]:
+    """Seconds to warm for at init (`true`/`1`: WARM_ON_INIT_SECONDS, or a
+    number of seconds), or None for no warm-up (`false`/`0`/unset)."""
     value = (os.environ.get("SHOAL_WARM_ON_INIT") or "").strip()
-    if value not in ("", "0", "false", "1", "true"):
-        raise ApiError(500, "misconfigured", f"SHOAL_WARM_ON_INIT must be true or false, not {value!r}")
-    return value in ("1", "true")
+    if value in ("", "0", "false"):
+        return None
+    if value in ("1", "true"):
+        return WARM_ON_INIT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds <= 900):
+        raise ApiError(500, "misconfigured",
+                       f"SHOAL_WARM_ON_INIT must be true, false or a number of seconds to warm for, not {value!r}")
+    return seconds
 
 
 def db() -> shoal.Db:
@@ -129,9 +147,9 @@ def db() -> shoal.Db:
             ) from None
         except shoal.ShoalError as e:
             raise api_error(e) from None
-        if warm:
+        if warm is not None:
             try:
-                _db.warm()
+                _db.warm(seconds=warm)
             except shoal.ShoalError:
                 pass  # as the Rust reader: queries load what they need
     return _db

@@ -288,14 +288,16 @@ class Db:
         the indexer, as `shoal compact` does. Returns its report."""
         return json.loads(self._h.compact(force))  # type: ignore[no-any-return]
 
-    def warm(self) -> Dict[str, Any]:
+    def warm(self, seconds: Optional[float] = None) -> Dict[str, Any]:
         """Fetches what queries plan with (manifests, shard heads, deletion
         vectors), then the codes of every list and then the metadata and
         rows, as far as the cache budget holds them, so the next query is
         warm; returns what it fetched (`live_records`, `shards`,
-        `code_lists`, `row_chunks`, `cache_bytes`, `requests`, `ms`). A
-        Lambda calls it at init."""
-        return json.loads(self._h.warm())  # type: ignore[no-any-return]
+        `code_lists`, `row_chunks`, `cut_short`, `cache_bytes`,
+        `requests`, `ms`). With `seconds`, it fetches no more codes or
+        rows once that time has passed (`cut_short` says it stopped
+        there): a Lambda's init phase is cut off after 10 seconds."""
+        return json.loads(self._h.warm(seconds))  # type: ignore[no-any-return]
 
     def status(self, live: bool = False) -> Dict[str, Any]:
         """`shoal status --json` as a dict: config, instances, partitions,

@@ -465,10 +465,27 @@ impl Handle {
         Ok(json_text(&st))
     }
 
-    /// `Db::warm_up` (what a query plans with, fetched now) as JSON.
-    fn warm(&self, py: Python<'_>) -> PyResult<String> {
+    /// `Db::warm_up` (what a query plans with, fetched now) as JSON; with
+    /// `seconds`, `Db::warm_up_within` that long.
+    #[pyo3(signature = (seconds=None))]
+    fn warm(&self, py: Python<'_>, seconds: Option<f64>) -> PyResult<String> {
+        let limit = match seconds {
+            None => None,
+            Some(s) if s.is_finite() && s >= 0.0 => Some(std::time::Duration::from_secs_f64(s)),
+            Some(s) => {
+                return Err(invalid(
+                    py,
+                    format!("seconds must be a finite number of seconds, at least 0, not {s}"),
+                ))
+            }
+        };
         let db = self.db(py)?;
-        let report = engine(py, async move { db.warm_up().await })?;
+        let report = engine(py, async move {
+            match limit {
+                Some(l) => db.warm_up_within(l).await,
+                None => db.warm_up().await,
+            }
+        })?;
         Ok(json_text(&report))
     }
 

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import pytest
@@ -201,7 +201,13 @@ def test_warm_fetches_what_queries_plan_with(store: Store, writer: shoal.Db, han
     # SHOAL_WARM_ON_INIT warms the handle as it opens (and only then).
     warmed: List[Dict[str, Any]] = []
     real_warm = shoal.Db.warm
-    monkeypatch.setattr(shoal.Db, "warm", lambda self: warmed.append(real_warm(self)) or warmed[-1])
+    limits: List[Optional[float]] = []
+
+    def spy(self: shoal.Db, seconds: Optional[float] = None) -> Dict[str, Any]:
+        limits.append(seconds)
+        warmed.append(real_warm(self, seconds))
+        return warmed[-1]
+    monkeypatch.setattr(shoal.Db, "warm", spy)
     lambda_handler._db.close()  # type: ignore[union-attr]
     monkeypatch.setattr(lambda_handler, "_db", None)
     handler({"get": {"id": "doc-1"}}, None)
@@ -211,6 +217,13 @@ def test_warm_fetches_what_queries_plan_with(store: Store, writer: shoal.Db, han
     monkeypatch.setenv("SHOAL_WARM_ON_INIT", "true")
     opened = lambda_handler.db()
     assert len(warmed) == 1 and warmed[0]["live_records"] == len(IDS)
+    # Bounded in time (Lambda cuts init off at 10 s), and not cut short here.
+    assert limits == [lambda_handler.WARM_ON_INIT_SECONDS] and warmed[0]["cut_short"] is False
+    opened.close()
+    monkeypatch.setattr(lambda_handler, "_db", None)
+    monkeypatch.setenv("SHOAL_WARM_ON_INIT", "2.5")
+    opened = lambda_handler.db()
+    assert limits[-1] == 2.5
     monkeypatch.setattr(lambda_handler, "_db", None)
     monkeypatch.setenv("SHOAL_WARM_ON_INIT", "sometimes")
     e = lambda_error(handler, {"get": {"id": "x"}})

@@ -79,6 +79,12 @@ def test_upsert_search_get_delete_round_trip(store: Store) -> None:
         # Everything is cached after the strong search: warming checks
         # freshness (one LIST of the manifests) and fetches nothing more.
         assert warmed["live_records"] == DIM - 1 and warmed["requests"]["list"] == 1
+        assert warmed["cut_short"] is False
+        # With no time to spend, it still loads the snapshot.
+        cut = db.warm(seconds=0)
+        assert cut["live_records"] == DIM - 1 and isinstance(cut["cut_short"], bool)
+        with pytest.raises(shoal.InvalidInput, match="seconds"):
+            db.warm(seconds=-1)
     assert db.closed
     with pytest.raises(shoal.ShoalError, match="closed"):
         db.search(unit(0), k=1)

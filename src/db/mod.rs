@@ -461,10 +461,19 @@ impl Db {
     }
 
     /// Fetches what queries plan with (manifests, shard heads, deletion
-    /// vectors, every list's codes), so the next query is warm; see
+    /// vectors, every list's codes, then rows while the cache holds them),
+    /// so the next query is warm; see
     /// [`crate::reader::Reader::warm_up`].
     pub async fn warm_up(&self) -> Result<crate::reader::WarmReport, Error> {
         Ok(self.inner.reader.warm_up().await?)
+    }
+
+    /// [`Db::warm_up`], fetching no more once `limit` has passed.
+    pub async fn warm_up_within(
+        &self,
+        limit: std::time::Duration,
+    ) -> Result<crate::reader::WarmReport, Error> {
+        Ok(self.inner.reader.warm_up_within(limit).await?)
     }
 
     /// Loads every partition now, so the next query is warm. Returns the

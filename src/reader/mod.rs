@@ -337,6 +337,10 @@ pub struct WarmReport {
     /// code list was, while the cache's budget lasted.
     #[serde(default)]
     pub row_chunks: u64,
+    /// The warm-up's time limit ended it before the cache's budget did
+    /// (what it fetched stays cached; queries fetch the rest).
+    #[serde(default)]
+    pub cut_short: bool,
     /// Bytes the reader caches after the warm-up.
     pub cache_bytes: u64,
     /// Store requests the warm-up made.
@@ -579,13 +583,22 @@ impl Reader {
 
     /// Everything a query plans with, fetched now: every partition (and
     /// its tail), the index manifest, every shard's head and deletion
-    /// vector, then the routings' groups and the shards' codes as far as
-    /// the part cache's budget holds them (fetched a batch at a time, so a
-    /// warm-up holds little more than the cache), so the first query only
-    /// fetches the rows it reranks. `POST /v1/warm`, a Lambda's
-    /// `SHOAL_WARM_ON_INIT`, and a reader's prefetch run it.
+    /// vector, then the routings' groups, the shards' codes and then their
+    /// metadata and rows as far as the part cache's budget holds them
+    /// (fetched a batch at a time, so a warm-up holds little more than the
+    /// cache), so the first query fetches nothing the cache could hold.
+    /// `POST /v1/warm` and a reader's prefetch run it; a Lambda's
+    /// `SHOAL_WARM_ON_INIT` runs [`Reader::warm_up_within`].
     pub async fn warm_up(&self) -> Result<WarmReport, ReadError> {
-        warm::warm_up(&self.shared).await
+        warm::warm_up(&self.shared, None).await
+    }
+
+    /// [`Reader::warm_up`], fetching no more once `limit` has passed
+    /// since it started: a Lambda's init phase, for one, is cut off
+    /// after 10 seconds. Loading the snapshot (manifests, shard heads)
+    /// is not cut short.
+    pub async fn warm_up_within(&self, limit: Duration) -> Result<WarmReport, ReadError> {
+        warm::warm_up(&self.shared, Some(limit)).await
     }
 
     /// Starts [`Reader::warm_up`] in the background; a failure is logged,

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::future::{BoxFuture, FutureExt, Shared as SharedFuture};
 use serde_json::{Map, Value};
+use tokio::time::Instant;
 
 use super::view::CacheTally;
 use super::PartitionError;
@@ -424,7 +425,8 @@ impl Blocks {
     }
 
     /// Fetches `parts` of `source` into the cache, in order, while
-    /// `budget` (bytes, charged each part's stored length) lasts, at most
+    /// `budget` (bytes, charged each part's stored length, and time)
+    /// lasts, at most
     /// [`WARM_BATCH_BYTES`] at a time: a warm-up never holds more than a
     /// batch beyond what the cache keeps, however large the index. The
     /// first part that does not fit spends the budget. For
@@ -438,7 +440,7 @@ impl Blocks {
         store: &Counted,
         source: &Arc<S>,
         parts: impl IntoIterator<Item = Part>,
-        budget: &mut u64,
+        budget: &mut WarmBudget,
         phase: WarmPhase,
         tally: &CacheTally,
     ) -> Result<u64, PartitionError> {
@@ -450,7 +452,7 @@ impl Blocks {
             false => WARM_BATCH_BYTES,
         };
         let (mut batch, mut batch_bytes, mut done) = (Vec::new(), 0u64, 0u64);
-        let mut batch_limit = limit(*budget);
+        let mut batch_limit = limit(budget.bytes);
         for part in parts {
             let r = source.range(part);
             let len = r.end - r.start;
@@ -459,18 +461,24 @@ impl Blocks {
                 done += batch.len() as u64;
                 (batch_bytes, batch) = (0, Vec::new());
                 if by_room {
-                    self.hold_to_room(budget).await;
-                    batch_limit = limit(*budget);
+                    self.hold_to_room(&mut budget.bytes).await;
+                    batch_limit = limit(budget.bytes);
                 }
             }
-            if len > *budget {
+            if budget.out_of_time() {
+                // What is cached stays; nothing more is fetched.
+                budget.bytes = 0;
+                budget.timed_out = true;
+                break;
+            }
+            if len > budget.bytes {
                 // Spent: parts are warmed in priority order, so nothing
                 // after this one is fetched either (not this shard's
                 // next parts, nor another's, nor rows before codes).
-                *budget = 0;
+                budget.bytes = 0;
                 break;
             }
-            *budget -= len;
+            budget.bytes -= len;
             batch.push(part);
             batch_bytes += len;
         }
@@ -608,6 +616,20 @@ pub(super) enum WarmPhase {
     Rows,
 }
 
+/// What a warm-up may still fetch: stored bytes, until a time.
+pub(super) struct WarmBudget {
+    pub bytes: u64,
+    pub until: Option<Instant>,
+    /// The time ran out before the bytes did.
+    pub timed_out: bool,
+}
+
+impl WarmBudget {
+    fn out_of_time(&self) -> bool {
+        self.until.is_some_and(|t| Instant::now() >= t)
+    }
+}
+
 /// The parts a warm-up's `phase` fetches of a shard whose lists (or
 /// clusters) hold `list_rows` rows each: every list's code part (`code`:
 /// `Part::Codes` or `Part::Probe`), or every list's metadata part and row
@@ -636,7 +658,7 @@ async fn fetch<S: PartSource>(
     shard: Arc<S>,
     range: Range<u64>,
     parts: Vec<Part>,
-    deadline: tokio::time::Instant,
+    deadline: Instant,
 ) -> Fetched {
     let bytes = retrying(deadline, StoreError::is_retryable, || {
         store.get_range(shard.key(), ByteRange::new(range.start, range.end))

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::load::Freshness;
-use super::ranged::{self, Blocks, Part, RangedShard, WarmPhase};
+use super::ranged::{self, Blocks, Part, RangedShard, WarmBudget, WarmPhase};
 use super::routed::search::RoutedUnit;
 use super::routed::{RoutedShard, RoutingView};
 use super::unit::{Allowed, BrokenUnit, RangedUnit, SearchUnit, ShardLive, WholeShardUnit};
@@ -173,7 +173,7 @@ impl ShardView {
         blocks: &Blocks,
         store: &Counted,
         tally: &CacheTally,
-        budget: &mut u64,
+        budget: &mut WarmBudget,
         phase: WarmPhase,
     ) -> Result<u64, ReadError> {
         let warmed = match &self.body {

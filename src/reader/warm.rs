@@ -9,15 +9,20 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::load::Freshness;
-use super::ranged::WarmPhase;
+use super::ranged::{WarmBudget, WarmPhase};
 use super::snapshot::{Snapshot, Want};
 use super::view::CacheTally;
 use super::{Consistency, ReadError, Shared, WarmReport};
 use crate::store::Counted;
 
 /// [`warm`], then the routings' groups, the shards' codes and then their
-/// rows, as far as the part cache holds them.
-pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadError> {
+/// rows, as far as the part cache holds them and, with `limit`, until
+/// that much time has passed since it started (what it cached by then
+/// stays; the report says it was cut short).
+pub(super) async fn warm_up(
+    shared: &Arc<Shared>,
+    limit: Option<Duration>,
+) -> Result<WarmReport, ReadError> {
     let started = Instant::now();
     let counted = Counted::new(shared.store.clone());
     let snap = load_all(shared, &counted).await?;
@@ -26,7 +31,11 @@ pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadErro
     // then the shards in turn: fetching more would only be evicted, and
     // holding it at once could outgrow the process (a 4M-row index's
     // probe blocks are ~700 MB).
-    let mut budget = shared.blocks.capacity();
+    let mut budget = WarmBudget {
+        bytes: shared.blocks.capacity(),
+        until: limit.map(|l| started + l),
+        timed_out: false,
+    };
     for r in snap.shards.routings() {
         r.warm(&shared.blocks, &counted, &tally, &mut budget)
             .await
@@ -44,8 +53,8 @@ pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadErro
     // metadata weighs more than it is stored: the rows are held to half
     // the room the cache has left by weight, batch by batch, so they
     // fill it without evicting a code. None if a code did not fit.
-    if budget > 0 {
-        shared.blocks.hold_to_room(&mut budget).await;
+    if budget.bytes > 0 {
+        shared.blocks.hold_to_room(&mut budget.bytes).await;
     }
     let mut row_chunks = 0;
     for s in &snap.shards.shards {
@@ -60,6 +69,7 @@ pub(super) async fn warm_up(shared: &Arc<Shared>) -> Result<WarmReport, ReadErro
         shards: snap.shards.shards.len() as u64,
         code_lists: lists,
         row_chunks,
+        cut_short: budget.timed_out,
         cache_bytes: shared.cache.weighted_size() + shared.blocks.weighted_size(),
         requests: counted.counts(),
         ms: started.elapsed().as_secs_f64() * 1e3,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::ranged::{
-    chunk_of, warm_parts, Block, Blocks, PackedIds, Part, PartSource, WarmPhase, ROW_CHUNK,
+    chunk_of, warm_parts, Block, Blocks, PackedIds, Part, PartSource, WarmBudget, WarmPhase, ROW_CHUNK,
 };
 use super::view::CacheTally;
 use super::PartitionError;
@@ -234,7 +234,7 @@ impl RoutingView {
         blocks: &Blocks,
         store: &Counted,
         tally: &CacheTally,
-        budget: &mut u64,
+        budget: &mut WarmBudget,
     ) -> Result<(), PartitionError> {
         if self.held.is_none() {
             let parts = (0..self.head.groups() as u32).map(Part::Group);
@@ -414,7 +414,7 @@ impl RoutedShard {
         blocks: &Blocks,
         store: &Counted,
         tally: &CacheTally,
-        budget: &mut u64,
+        budget: &mut WarmBudget,
         phase: WarmPhase,
     ) -> Result<u64, PartitionError> {
         let rows = self.head.clusters.iter().map(|c| u64::from(c.rows));
