@@ -105,8 +105,12 @@ pub fn shard_target_rows(settings: &Settings) -> u64 {
     SHARD_TARGET_ROWS.min(SHARD_TARGET_BYTES / row_bytes).max(1)
 }
 
-/// Tail segments a round reads at once from one partition.
+/// Tail segments a round reads at once from one partition (and
+/// partition manifests at once).
 const TAIL_READS: usize = 16;
+/// Shards whose id indexes a round searches at once for the rows its
+/// batch supersedes.
+const SHARD_LOOKUPS: usize = 8;
 
 /// What one indexing round did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -363,8 +367,18 @@ async fn take_tails(
     } else {
         0
     };
-    'partitions: for p in (0..n).map(|i| (start + i) % n) {
-        let (m, _) = match load_manifest(store, p, settings.partitions_initialized).await {
+    // Every partition's manifest, several GETs in flight.
+    let order: Vec<u32> = (0..n).map(|i| (start + i) % n).collect();
+    let loads: Vec<_> = order
+        .iter()
+        .map(|&p| load_manifest(store, p, settings.partitions_initialized))
+        .collect();
+    let manifests: Vec<_> = futures::stream::iter(loads)
+        .buffered(TAIL_READS)
+        .collect()
+        .await;
+    'partitions: for (p, loaded) in order.into_iter().zip(manifests) {
+        let (m, _) = match loaded {
             Ok(found) => found,
             Err(e) => {
                 round.unreadable.push(damaged(e)?);
@@ -459,11 +473,14 @@ async fn supersede_rows(
     // Older shard rows the batch supersedes.
     let touched: HashSet<&str> = batch.iter().map(|r| r.id.as_str()).collect();
     let mut deletions: Vec<(usize, DeletionVector)> = Vec::new();
-    for (i, shard) in index.shards.iter().enumerate() {
-        let found = if shard.routing.is_some() {
+    // Each shard's rows holding a batch id, several shards at once (on S3
+    // each lookup waits out a round trip or two).
+    let touched = &touched;
+    let lookups: Vec<_> = index.shards.iter().map(|shard| async move {
+        if shard.routing.is_some() {
             // Through the shard's id index: its head and the blocks that
             // could hold the batch's ids, nothing per row in memory.
-            routed::routed_rows_of(store, shard, &touched).await
+            routed::routed_rows_of(store, shard, touched).await
         } else {
             shard_ids(store, shard, shape).await.map(|ids| {
                 ids.iter()
@@ -472,7 +489,19 @@ async fn supersede_rows(
                     .map(|(row, _)| (row as u64, Vec::new()))
                     .collect()
             })
-        };
+        }
+    }).collect();
+    // A shard of the older kind is read whole: one at a time, so the
+    // indexer holds at most one.
+    let at_once = match index.shards.iter().all(|s| s.routing.is_some()) {
+        true => SHARD_LOOKUPS,
+        false => 1,
+    };
+    let found: Vec<_> = futures::stream::iter(lookups)
+        .buffered(at_once)
+        .collect()
+        .await;
+    for (i, (shard, found)) in index.shards.iter().zip(found).enumerate() {
         let hits: Vec<(u64, Vec<u32>)> = match found {
             Ok(hits) => hits,
             Err(e) => {

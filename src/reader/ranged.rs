@@ -425,9 +425,8 @@ impl Blocks {
     }
 
     /// Fetches `parts` of `source` into the cache, in order, while
-    /// `budget` (bytes, charged each part's stored length, and time)
-    /// lasts, at most
-    /// [`WARM_BATCH_BYTES`] at a time: a warm-up never holds more than a
+    /// `budget` lasts (its bytes, charged each part's stored length, and
+    /// its time), at most [`WARM_BATCH_BYTES`] at a time: a warm-up never holds more than a
     /// batch beyond what the cache keeps, however large the index. The
     /// first part that does not fit spends the budget. For
     /// [`WarmPhase::Rows`] the budget is instead half the room the cache
