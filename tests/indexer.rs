@@ -395,6 +395,77 @@ async fn later_rounds_do_not_read_the_shards_again() {
     );
 }
 
+/// Three shards of 100 rows (fewer than a merge takes), each with a
+/// deletion vector.
+async fn three_shards_with_deletions() -> (Arc<dyn ObjectStore>, Settings) {
+    let store: Arc<dyn ObjectStore> = common::memory_store();
+    let s = common::create_index(store.as_ref(), 2, DIMS, Metric::Euclidean).await;
+    let w = common::writer(store.clone(), &s);
+    for shard in 0..3 {
+        let recs: Vec<Record> = (shard * 100..shard * 100 + 100)
+            .map(|i| Record::new(format!("r{i}"), vector(i, 1)))
+            .collect();
+        w.upsert(&recs).await.unwrap();
+        common::index_now(store.as_ref(), &s).await;
+    }
+    w.delete(&["r0".into(), "r100".into(), "r200".into()])
+        .await
+        .unwrap();
+    common::index_now(store.as_ref(), &s).await;
+    let m = index_manifest(store.as_ref(), 2).await;
+    assert_eq!(m.shards.len(), 3, "{:?}", m.shards);
+    assert!(
+        m.shards.iter().all(|s| s.deletions.is_some()),
+        "{:?}",
+        m.shards
+    );
+    (store, s)
+}
+
+/// Rewrites `ids` and indexes them through a counting store with a
+/// latency: the rounds of requests that took, and the shard rows it
+/// marked dead.
+async fn supersede(store: Arc<dyn ObjectStore>, s: &Settings, ids: &[usize]) -> (u64, u64) {
+    let recs: Vec<Record> = ids
+        .iter()
+        .map(|&i| Record::new(format!("r{i}"), vector(i, 2)))
+        .collect();
+    common::writer(store.clone(), s)
+        .upsert(&recs)
+        .await
+        .unwrap();
+    // A latency per request, so requests in flight together overlap (an
+    // in-memory store would answer each before the next is sent).
+    let counted = Counted::new(store).with_latency(Duration::from_millis(2));
+    let r = common::index_now(&counted, s).await;
+    (counted.rounds(), r.rows_killed)
+}
+
+/// A round whose batch supersedes rows in several shards searches their
+/// id indexes, reads their deletion vectors and writes the new ones for
+/// several shards at once: it takes no more rounds of requests (each a
+/// round trip on S3) than one that supersedes a row of a single shard.
+#[tokio::test]
+async fn superseding_rows_in_many_shards_takes_no_more_rounds_than_in_one() {
+    // Ids of one partition, so both rounds retire the same tails.
+    let p = shoal::coord::partition_of("r1", 2);
+    let in_shard = |shard: usize| {
+        (shard * 100 + 1..shard * 100 + 100)
+            .find(|i| shoal::coord::partition_of(&format!("r{i}"), 2) == p)
+            .expect("an id of the partition")
+    };
+    let (one, s) = three_shards_with_deletions().await;
+    let (rounds_one, killed) = supersede(one, &s, &[1]).await;
+    assert_eq!(killed, 1);
+    let (many, s) = three_shards_with_deletions().await;
+    let (rounds_many, killed) = supersede(many, &s, &[1, in_shard(1), in_shard(2)]).await;
+    assert_eq!(killed, 3, "a row in each shard");
+    assert!(
+        rounds_many <= rounds_one,
+        "three shards took {rounds_many} rounds, one took {rounds_one}"
+    );
+}
+
 /// A round with a row budget takes the tails of some partitions only,
 /// starting where the index generation points, so rounds too small for
 /// every tail still reach every partition in turn; the shards end up

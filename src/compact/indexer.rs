@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::lease::with_lease;
@@ -473,23 +473,27 @@ async fn supersede_rows(
     // Older shard rows the batch supersedes.
     let touched: HashSet<&str> = batch.iter().map(|r| r.id.as_str()).collect();
     let mut deletions: Vec<(usize, DeletionVector)> = Vec::new();
-    // Each shard's rows holding a batch id, several shards at once (on S3
-    // each lookup waits out a round trip or two).
+    // Each shard's rows holding a batch id, and the deletion vector of a
+    // shard that holds some, several shards at once (on S3 each lookup
+    // waits out a round trip or two).
     let touched = &touched;
     let lookups: Vec<_> = index.shards.iter().map(|shard| async move {
-        if shard.routing.is_some() {
+        let hits: Vec<(u64, Vec<u32>)> = if shard.routing.is_some() {
             // Through the shard's id index: its head and the blocks that
             // could hold the batch's ids, nothing per row in memory.
-            routed::routed_rows_of(store, shard, touched).await
+            routed::routed_rows_of(store, shard, touched).await?
         } else {
-            shard_ids(store, shard, shape).await.map(|ids| {
-                ids.iter()
-                    .enumerate()
-                    .filter(|(_, id)| touched.contains(id.as_str()))
-                    .map(|(row, _)| (row as u64, Vec::new()))
-                    .collect()
-            })
+            let ids = shard_ids(store, shard, shape).await?;
+            ids.iter()
+                .enumerate()
+                .filter(|(_, id)| touched.contains(id.as_str()))
+                .map(|(row, _)| (row as u64, Vec::new()))
+                .collect()
+        };
+        if hits.is_empty() {
+            return Ok(None);
         }
+        load_deletions(store, shard).await.map(|dv| Some((hits, dv)))
     }).collect();
     // A shard of the older kind is read whole: one at a time, so the
     // indexer holds at most one.
@@ -497,25 +501,16 @@ async fn supersede_rows(
         true => SHARD_LOOKUPS,
         false => 1,
     };
-    let found: Vec<_> = futures::stream::iter(lookups)
+    let found: Vec<Result<_, CompactError>> = futures::stream::iter(lookups)
         .buffered(at_once)
         .collect()
         .await;
-    for (i, (shard, found)) in index.shards.iter().zip(found).enumerate() {
-        let hits: Vec<(u64, Vec<u32>)> = match found {
-            Ok(hits) => hits,
+    for (i, found) in found.into_iter().enumerate() {
+        let (hits, mut dv) = match found {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
             Err(e) => {
                 // Never served while damaged; a repair must apply newer rows.
-                round.unreadable.push(damaged(e)?);
-                continue;
-            }
-        };
-        if hits.is_empty() {
-            continue;
-        }
-        let mut dv = match load_deletions(store, shard).await {
-            Ok(dv) => dv,
-            Err(e) => {
                 round.unreadable.push(damaged(e)?);
                 continue;
             }
@@ -536,7 +531,8 @@ async fn supersede_rows(
     Ok(deletions)
 }
 
-/// Writes the changed deletion vectors create-only under fresh keys.
+/// Writes the changed deletion vectors create-only under fresh keys,
+/// several at once.
 async fn write_deletions(
     store: &dyn ObjectStore,
     index: &IndexManifest,
@@ -544,17 +540,19 @@ async fn write_deletions(
     now: std::time::SystemTime,
     backoff: Backoff,
 ) -> Result<Vec<NewDeletions>, CompactError> {
-    let mut new_dvs = Vec::new();
-    for (i, dv) in deletions {
+    let writes = deletions.into_iter().map(|(i, dv)| async move {
         let key = new_deletions_key(now);
         put_new_object(store, &key, dv.encode(), backoff).await?;
-        new_dvs.push(NewDeletions {
+        Ok::<_, CompactError>(NewDeletions {
             shard: index.shards[i].key.clone(),
             key,
             dead: dv.dead(),
-        });
-    }
-    Ok(new_dvs)
+        })
+    });
+    futures::stream::iter(writes)
+        .buffered(SHARD_LOOKUPS)
+        .try_collect()
+        .await
 }
 
 /// Commits the round to the index manifest; the new generation, or `None`
