@@ -37,7 +37,7 @@
 //! A batch object holds sections of several partitions: it is kept while
 //! any manifest references it or retired it within the grace period.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -205,8 +205,11 @@ impl Age {
 struct Needed {
     /// Referenced, or retired too recently to go.
     keep: HashSet<String>,
-    /// Per partition, retired keys past the grace (their entries are trimmed).
-    expired: HashMap<u32, Vec<String>>,
+    /// Per partition, retired keys past the grace (their entries are
+    /// trimmed, partition by partition in order: a hash map's order would
+    /// differ from run to run, and with it which trim meets a writer's
+    /// commit first, which a seeded simulation must replay exactly).
+    expired: BTreeMap<u32, Vec<String>>,
     /// Retired index keys past the grace (their entries are trimmed).
     index_expired: Vec<String>,
     /// Partitions whose manifest is missing: nothing under them is deleted.
