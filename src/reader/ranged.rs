@@ -426,9 +426,9 @@ impl Blocks {
 
     /// Fetches `parts` of `source` into the cache, in order, while
     /// `budget` lasts (its bytes, charged each part's stored length, and
-    /// its time), at most [`WARM_BATCH_BYTES`] at a time: a warm-up never holds more than a
-    /// batch beyond what the cache keeps, however large the index. The
-    /// first part that does not fit spends the budget. For
+    /// its time), at most [`WARM_BATCH_BYTES`] at a time: a warm-up never
+    /// holds more than a batch beyond what the cache keeps, however large
+    /// the index. The first part that does not fit spends the budget. For
     /// [`WarmPhase::Rows`] the budget is instead half the room the cache
     /// has left by weight, measured again after each batch (a quarter of
     /// it at most), so parts that weigh up to twice their stored bytes
