@@ -126,6 +126,58 @@ pub(crate) fn sum_lanes<const N: usize>(mut acc: [f32; N]) -> f32 {
     acc[0]
 }
 
+/// The `k` smallest upper bounds (or exact distances) seen so far: a row
+/// whose lower bound exceeds the largest of them (the bar) cannot be
+/// among the best `k`.
+pub(crate) struct KthBest {
+    k: usize,
+    heap: BinaryHeap<OrdF32>,
+}
+
+impl KthBest {
+    pub(crate) fn new(k: usize) -> Self {
+        KthBest {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    /// The `k`-th best upper bound, infinite until `k` were offered.
+    pub(crate) fn bar(&self) -> f32 {
+        if self.heap.len() < self.k {
+            return f32::INFINITY;
+        }
+        self.heap.peek().map_or(f32::INFINITY, |u| u.0)
+    }
+
+    pub(crate) fn offer(&mut self, upper: f32) {
+        if self.heap.len() < self.k {
+            self.heap.push(OrdF32(upper));
+        } else if upper < self.bar() {
+            self.heap.pop();
+            self.heap.push(OrdF32(upper));
+        }
+    }
+}
+
+/// An `f32` ordered by `total_cmp`, for a heap of bounds.
+#[derive(PartialEq)]
+struct OrdF32(f32);
+
+impl Eq for OrdF32 {}
+
+impl PartialOrd for OrdF32 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdF32 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
 /// The float kernels on AVX2, chosen at run time: the same per-lane
 /// operations in the same order as the portable code (a multiply then an
 /// add, never fused), so the same result to the bit, on registers twice

@@ -58,7 +58,7 @@
 use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{distance, distances_in_order, dot_u8};
+use super::{distance, distances_in_order};
 use super::ivf::{probe_metric, train, IvfParams};
 use crate::vocab::Metric;
 
@@ -176,54 +176,6 @@ pub(crate) struct Routing {
     body: Vec<u8>,
 }
 
-/// A snapped group's centroids as a reader ranks them without decoding
-/// them: per centroid its base and step, its offset's inner product with
-/// the group's top centroid and its squared norm, and its codes. A
-/// quarter of the memory a query's ranking pass reads from f32
-/// centroids (which a wide beam reads from well beyond the CPU's
-/// caches: ~10,000 centroids per query at the default probes).
-#[derive(Debug)]
-pub(crate) struct RankCodes {
-    dims: usize,
-    lo: Vec<f32>,
-    step: Vec<f32>,
-    top_dot: Vec<f32>,
-    sq_norm: Vec<f32>,
-    codes: Vec<u8>,
-}
-
-impl RankCodes {
-    pub(crate) fn memory_bytes(&self) -> usize {
-        self.codes.len() + self.lo.len() * 16
-    }
-
-    /// Each centroid's distance from `q` by `metric` (the metric
-    /// centroids are compared with), handed to `visit(j, distance)` in
-    /// order: [`distance`] of `q` from the decoded centroid, up to
-    /// rounding. `q_sum` is `Σ q`; `to_top`, [`distance`] of `q` from the
-    /// group's top centroid.
-    pub(crate) fn distances(
-        &self,
-        metric: Metric,
-        q: &[f32],
-        q_sum: f32,
-        to_top: f32,
-        mut visit: impl FnMut(usize, f32),
-    ) {
-        for (j, code) in self.codes.chunks_exact(self.dims.max(1)).enumerate() {
-            // q · (c - top), the code's offset.
-            let qr = self.lo[j] * q_sum + self.step[j] * dot_u8(q, code);
-            let d = match metric {
-                // -q·c, or 1 - q·c: `to_top` less q's part of the offset.
-                Metric::Dot | Metric::Cosine => to_top - qr,
-                // |q - top - r|² = |q - top|² - 2 (q - top)·r + |r|².
-                Metric::Euclidean => to_top - 2.0 * (qr - self.top_dot[j]) + self.sq_norm[j],
-            };
-            visit(j, if d.is_nan() { f32::INFINITY } else { d });
-        }
-    }
-}
-
 /// Why a routing object (or part of one) cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -322,31 +274,7 @@ impl RoutingHead {
         if !e.snapped(d) || bytes.len() as u64 != e.len {
             return None;
         }
-        let top = self.top_centroid(g);
-        let n = e.clusters as usize;
-        let mut r = RankCodes {
-            dims: d,
-            lo: Vec::with_capacity(n),
-            step: Vec::with_capacity(n),
-            top_dot: Vec::with_capacity(n),
-            sq_norm: Vec::with_capacity(n),
-            codes: Vec::with_capacity(n * d),
-        };
-        for c in bytes.chunks_exact(snapped_len(d)) {
-            let (lo, step) = (f32_at(c, 0), f32_at(c, 4));
-            let (mut td, mut sq) = (0f64, 0f64);
-            for (&q, t) in c[8..].iter().zip(top) {
-                let off = f64::from(lo + step * f32::from(q));
-                td += off * f64::from(*t);
-                sq += off * off;
-            }
-            r.lo.push(lo);
-            r.step.push(step);
-            r.top_dot.push(td as f32);
-            r.sq_norm.push(sq as f32);
-            r.codes.extend_from_slice(&c[8..]);
-        }
-        Some(r)
+        Some(RankCodes::new(self.top_centroid(g), bytes, d))
     }
 
     /// Parses the prefix and head from the first bytes of the object
@@ -883,5 +811,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 mod calibrate;
 mod order;
+mod rank;
+pub(crate) use rank::{RankCodes, RankQuery};
 #[cfg(test)]
 mod tests;

@@ -242,21 +242,30 @@ fn ranking_by_codes_gives_the_decoded_centroids_distances() {
         let (h, bytes) = (&r.head, r.encode());
         let pm = probe_metric(metric);
         let queries = blobs(50, dims, 150, 22);
-        let mut compared = 0;
+        let (mut compared, mut bounded, mut widest) = (0, 0, 0f32);
         for q in queries.chunks_exact(dims) {
-            let q_sum: f32 = q.iter().sum();
+            let rq = RankQuery::new(q);
             let mut by_codes = Vec::new();
             for (g, e) in h.groups.iter().enumerate() {
                 let at = e.range();
                 let codes = h.group_rank_codes(g, &bytes[at.start as usize..at.end as usize]).unwrap();
                 let to_top = distance(pm, q, h.top_centroid(g));
-                codes.distances(pm, q, q_sum, to_top, |j, d| {
+                let mut exact_of = Vec::new();
+                codes.distances(pm, &rq, to_top, |j, d| {
                     let c = e.first + j as u32;
                     let exact = distance(pm, q, r.centroid(c));
                     let scale = exact.abs().max(1.0);
                     assert!((d - exact).abs() <= 1e-4 * scale, "{metric} cluster {c}: {d} vs {exact}");
                     by_codes.push((d, c));
+                    exact_of.push(d);
                     compared += 1;
+                });
+                // The integer bounds hold each float distance, closely.
+                codes.bounds(pm, &rq, to_top, |j, lower, upper| {
+                    let d = exact_of[j];
+                    assert!(lower <= d && d <= upper, "{metric} cluster {}: {d} outside [{lower}, {upper}]", e.first + j as u32);
+                    widest = widest.max((upper - lower) / d.abs().max(1.0));
+                    bounded += 1;
                 });
             }
             keep_nearest(&mut by_codes, 8, |&(d, c)| (d, c));
@@ -265,6 +274,9 @@ fn ranking_by_codes_gives_the_decoded_centroids_distances() {
             assert_eq!(got, exact, "{metric}");
         }
         assert_eq!(compared, 50 * h.clusters as usize);
+        assert_eq!(bounded, compared);
+        // Tight enough that only near-ties are ranked exactly.
+        assert!(widest < 1e-3, "{metric}: bounds {widest} wide");
     }
 }
 
@@ -416,3 +428,4 @@ fn calibration_by_tiles_matches_one_query_at_a_time() {
     assert!(ranks[at - 1] > 3, "a spread worth measuring: {}", ranks[at - 1]);
     assert_eq!(r.calibrate(&pool, &queries, rows), ranks[at - 1] + 1);
 }
+

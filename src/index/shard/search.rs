@@ -12,12 +12,11 @@
 //! selective, every list is read and every matching row reranked, so a
 //! query asking for k gets k when k rows match.
 
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use crate::index::ivf::probe_metric;
 use crate::index::rabitq::{ListCodes, ListQuery, Rotation};
-use crate::index::{distance, dot, route, QueryParams, Route, ScanStats};
+use crate::index::{distance, dot, route, KthBest, QueryParams, Route, ScanStats};
 use crate::segment::shard::ShardHead;
 use crate::vocab::Metric;
 
@@ -324,56 +323,4 @@ pub(crate) fn rerank_lists<'r>(
     best.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| id(a.1, a.2).cmp(id(b.1, b.2))));
     best.truncate(q.k);
     best
-}
-
-/// The `k` smallest upper bounds (or exact distances) seen so far: a row
-/// whose lower bound exceeds the largest of them (the bar) cannot be
-/// among the best `k`.
-struct KthBest {
-    k: usize,
-    heap: BinaryHeap<OrdF32>,
-}
-
-impl KthBest {
-    fn new(k: usize) -> Self {
-        KthBest {
-            k,
-            heap: BinaryHeap::with_capacity(k + 1),
-        }
-    }
-
-    /// The `k`-th best upper bound, infinite until `k` were offered.
-    fn bar(&self) -> f32 {
-        if self.heap.len() < self.k {
-            return f32::INFINITY;
-        }
-        self.heap.peek().map_or(f32::INFINITY, |u| u.0)
-    }
-
-    fn offer(&mut self, upper: f32) {
-        if self.heap.len() < self.k {
-            self.heap.push(OrdF32(upper));
-        } else if upper < self.bar() {
-            self.heap.pop();
-            self.heap.push(OrdF32(upper));
-        }
-    }
-}
-
-/// An `f32` ordered by `total_cmp`, for a heap of bounds.
-#[derive(PartialEq)]
-struct OrdF32(f32);
-
-impl Eq for OrdF32 {}
-
-impl PartialOrd for OrdF32 {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for OrdF32 {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
-    }
 }

@@ -28,9 +28,9 @@ use super::view::CacheTally;
 use super::PartitionError;
 use crate::coord::index_manifest::{RoutingEntry, ShardEntry};
 use crate::coord::watched::retrying;
-use crate::index::distance;
+use crate::index::{distance, KthBest};
 use crate::index::rabitq::{ListCodes, Rotation};
-use crate::index::routing::{keep_nearest, RankCodes, Routing, RoutingHead};
+use crate::index::routing::{keep_nearest, RankCodes, RankQuery, Routing, RoutingHead};
 use crate::segment::deletions::DeletionVector;
 use crate::segment::routed::RoutedHead;
 use crate::segment::{LoadError, SegmentError};
@@ -197,28 +197,46 @@ impl RoutingView {
             None => (&fetched[&Part::Group(g)], 0, 0),
         };
         let d = self.head.dimensions;
-        let q_sum: f32 = q.iter().sum();
-        // (distance, cluster, group, index in the group)
-        let n = groups.iter().map(|&(_, g)| self.head.groups[g as usize].clusters as usize);
-        let mut by: Vec<(f32, u32, u32, u32)> = Vec::with_capacity(n.sum());
-        for &(to_top, g) in groups {
+        let rq = RankQuery::new(q);
+        // Bounds first, from the codes' integer products: a centroid
+        // whose lower bound exceeds the `take`-th best upper bound cannot
+        // be among the nearest `take` (DESIGN 12; `index::routing::rank`).
+        // f32 blocks give their distance as both bounds.
+        let mut kth = KthBest::new(take);
+        // (lower, cluster, index in `groups`, index in the group)
+        let mut by: Vec<(f32, u32, u32, u32)> = Vec::new();
+        for (b, &(to_top, g)) in groups.iter().enumerate() {
             let e = &self.head.groups[g as usize];
             let (block, base, at) = block_of(g);
+            let mut offer = |j: usize, lower: f32, upper: f32| {
+                kth.offer(upper);
+                if lower <= kth.bar() {
+                    by.push((lower, e.first + j as u32, b as u32, j as u32));
+                }
+            };
             match block.rank_codes(at) {
-                Some(codes) => codes.distances(metric, q, q_sum, to_top, |j, dist| {
-                    by.push((dist, e.first + j as u32, g, j as u32));
+                Some(codes) => codes.bounds(metric, &rq, to_top, &mut offer),
+                None => (0..e.clusters as usize).for_each(|j| {
+                    let dist = distance(metric, q, block.centroid(base + j, d).0);
+                    offer(j, dist, dist);
                 }),
-                None => by.extend((0..e.clusters).map(|j| {
-                    let c = block.centroid(base + j as usize, d).0;
-                    (distance(metric, q, c), e.first + j, g, j)
-                })),
+            }
+        }
+        // The rest, exactly (a bar only falls, so what was kept early may
+        // be out now; an f32 block's lower bound is its distance).
+        let bar = kth.bar();
+        by.retain(|e| e.0 <= bar);
+        for e in &mut by {
+            let (to_top, g) = groups[e.2 as usize];
+            if let Some(codes) = block_of(g).0.rank_codes(block_of(g).2) {
+                e.0 = codes.distance(e.3 as usize, metric, &rq, to_top);
             }
         }
         keep_nearest(&mut by, take, |&(d, c, _, _)| (d, c));
         Ok(by
             .into_iter()
-            .map(|(_, cluster, g, j)| {
-                let (block, base, _) = block_of(g);
+            .map(|(_, cluster, b, j)| {
+                let (block, base, _) = block_of(groups[b as usize].1);
                 Centroid {
                     cluster,
                     block: block.clone(),

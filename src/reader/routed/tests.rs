@@ -9,12 +9,14 @@ use crate::coord::clock::{DynClock, SystemClock};
 use crate::coord::index_manifest::read_index_manifest;
 use crate::coord::Settings;
 use crate::index::routing::Routing;
+use crate::reader::ranged::Blocks;
+use crate::reader::view::CacheTally;
 use crate::reader::{Consistency, Reader, ReaderOptions, SearchRequest};
 use crate::record::Record;
 use crate::segment::routed::RoutedHead;
 use crate::store::memory::MemoryStore;
 use crate::store::{
-    ByteRange, Conditional, DynStore, ETag, GetResult, ObjectMeta, ObjectStore, Result,
+    ByteRange, Conditional, Counted, DynStore, ETag, GetResult, ObjectMeta, ObjectStore, Result,
 };
 
 /// A store that logs every ranged GET.
@@ -316,4 +318,43 @@ async fn a_query_probes_as_many_clusters_as_the_routing_calibrated() {
     let per_query = codes as f64 / queries.len() as f64;
     let per_cluster = rows as f64 / f64::from(routing.head.clusters);
     assert!(per_query > 1.2 * default as f64 * per_cluster, "{per_query} codes per query");
+}
+
+/// A query's route, ranked from the routing's codes by integer bounds
+/// (`index::routing::rank`), picks the clusters, in the order, that
+/// ranking every centroid of the same groups by its decoded distance
+/// does: held whole and read by range, for a few probes and for many.
+#[tokio::test]
+async fn the_route_picks_the_clusters_nearest_by_their_decoded_distances() {
+    let inner: DynStore = Arc::new(MemoryStore::unique());
+    routed_index(&inner, 30_000).await;
+    let (m, routing) = manifest_and_routing(&inner).await;
+    let entry = m.current_routing().unwrap();
+    let h = &routing.head;
+    assert!(h.groups.iter().all(|g| g.snapped(h.dimensions)));
+    let metric = crate::index::ivf::probe_metric(h.metric);
+    let store = Counted::new(inner.clone());
+    let tally = CacheTally::until(tokio::time::Instant::now() + std::time::Duration::from_secs(60));
+    let mut compared = 0;
+    for limit in [super::HOLD_WHOLE_BYTES, 0] {
+        super::HOLD_WHOLE_LIMIT.with(|l| l.set(limit));
+        let view = Arc::new(super::RoutingView::load(inner.as_ref(), entry, DIMS, &tally).await.unwrap());
+        super::HOLD_WHOLE_LIMIT.with(|l| l.set(super::HOLD_WHOLE_BYTES));
+        let blocks = Blocks::new(1 << 30, std::time::Duration::from_secs(60), None);
+        for i in (0..30_000).step_by(997) {
+            let q: Vec<f32> = vector(i).iter().map(|x| x + 0.03).collect();
+            let groups = view.head.nearest_groups(&q);
+            for take in [1, 8, 40] {
+                let got = view
+                    .nearest_of(&blocks, &store, &tally, &groups, &q, metric, take)
+                    .await
+                    .unwrap();
+                let got: Vec<u32> = got.iter().map(|c| c.cluster).collect();
+                let want: Vec<u32> = routing.nearest(&q, h.groups(), take).iter().map(|&(_, c)| c).collect();
+                assert_eq!(got, want, "query {i}, {take} probes, hold limit {limit}");
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 180);
 }
