@@ -305,7 +305,7 @@ impl<'a> QueryContext<'a> {
             ),
             // Filled in afterwards when asked for (`fill_vectors`).
             Source::Block { block, row } => (
-                req.include_metadata.then(|| block.metadata(row).clone()),
+                req.include_metadata.then(|| block.row_metadata(row)),
                 None,
             ),
             // Never shown: `routed::text::resolve` turns every kept one

@@ -420,7 +420,7 @@ impl RoutedShard {
         let d = self.head.dimensions;
         Ok((
             got[&chunk].rows()[at * d..(at + 1) * d].to_vec(),
-            got[&meta].metadata(i as usize).clone(),
+            got[&meta].row_metadata(i as usize),
         ))
     }
 

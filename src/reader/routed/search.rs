@@ -213,9 +213,7 @@ impl Run<'_> {
                 let p = &probed[l as usize];
                 let id = self.id(p, i).to_string();
                 let metadata = q.include_metadata.then(|| {
-                    self.got[p.shard][&Part::Meta(p.pos)]
-                        .metadata(i as usize)
-                        .clone()
+                    self.got[p.shard][&Part::Meta(p.pos)].row_metadata(i as usize)
                 });
                 Found {
                     distance,
