@@ -95,16 +95,23 @@ impl RankCodes {
     pub(crate) fn distance(&self, j: usize, metric: Metric, q: &RankQuery, to_top: f32) -> f32 {
         // q · (c - top), the code's offset.
         let qr = self.lo[j] * q.sum + self.step[j] * dot_u8(q.q, self.code(j));
-        let d = match metric {
-            // -q·c, or 1 - q·c: `to_top` less q's part of the offset.
-            Metric::Dot | Metric::Cosine => to_top - qr,
-            // |q - top - r|² = |q - top|² - 2 (q - top)·r + |r|².
-            Metric::Euclidean => to_top - 2.0 * (qr - self.top_dot[j]) + self.sq_norm[j],
-        };
+        let d = self.offset_distance(j, metric, to_top, qr);
         if d.is_nan() {
             f32::INFINITY
         } else {
             d
+        }
+    }
+
+    /// Centroid `j`'s distance given `qr`, the query's inner product with
+    /// its offset from the group's top centroid.
+    #[inline]
+    fn offset_distance(&self, j: usize, metric: Metric, to_top: f32, qr: f32) -> f32 {
+        match metric {
+            // -q·c, or 1 - q·c: `to_top` less q's part of the offset.
+            Metric::Dot | Metric::Cosine => to_top - qr,
+            // |q - top - r|² = |q - top|² - 2 (q - top)·r + |r|².
+            Metric::Euclidean => to_top - 2.0 * (qr - self.top_dot[j]) + self.sq_norm[j],
         }
     }
 
@@ -122,34 +129,22 @@ impl RankCodes {
     /// whose bytes cannot stand for it (not finite) gets infinite bounds:
     /// every centroid is then ranked exactly.
     pub(crate) fn bounds(&self, metric: Metric, q: &RankQuery, to_top: f32, mut visit: impl FnMut(usize, f32, f32)) {
-        let n = self.lo.len();
-        // q · code from the integer products, then the bounds in one
-        // branch-free pass over the columns.
-        let mut dots = vec![(0i32, 0i32); n];
+        let mut dots = vec![(0i32, 0i32); self.lo.len()];
         dot_codes_each(&self.codes, self.dims, &q.hi, &q.lo, &mut dots);
-        let euclidean = metric == Metric::Euclidean;
-        let twice = if euclidean { 2.0 } else { 1.0 };
+        let twice = if metric == Metric::Euclidean { 2.0 } else { 1.0 };
         // Per unit of a code's step × norm: the remainder's part and the
         // float kernel's rounding (relative to Σ|q_i| code_i ≤ ‖q‖ ‖code‖).
         let per_coef = twice * (q.rest_norm + q.norm * q.kernel_rounding);
-        let mut bounds = vec![(0f32, 0f32); n];
-        for (j, b) in bounds.iter_mut().enumerate() {
-            let (lo, step, td, sq) = (self.lo[j], self.step[j], self.top_dot[j], self.sq_norm[j]);
-            let coef = self.slack_coef[j];
-            let dot = q.hi_scale * dots[j].0 as f32 + q.lo_scale * dots[j].1 as f32;
-            let qr = lo * q.sum + step * dot;
-            let d = if euclidean {
-                to_top - 2.0 * (qr - td) + sq
-            } else {
-                to_top - qr
-            };
+        for (j, &(hi, lo)) in dots.iter().enumerate() {
+            let dot = q.hi_scale * hi as f32 + q.lo_scale * lo as f32;
+            let base = self.lo[j] * q.sum;
+            let d = self.offset_distance(j, metric, to_top, base + self.step[j] * dot);
             // The rounding of this estimate and of the float distance's
             // last operations: a few units of f32 rounding of the terms.
-            let terms = to_top.abs() + (lo * q.sum).abs() + coef * q.norm + td.abs() + sq;
+            let coef = self.slack_coef[j];
+            let terms = to_top.abs() + base.abs() + coef * q.norm + self.top_dot[j].abs() + self.sq_norm[j];
             let slack = coef * per_coef + terms * 2e-6;
-            *b = (d - slack, d + slack);
-        }
-        for (j, (lower, upper)) in bounds.into_iter().enumerate() {
+            let (lower, upper) = (d - slack, d + slack);
             if lower.is_finite() && upper.is_finite() {
                 visit(j, lower, upper);
             } else {

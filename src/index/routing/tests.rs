@@ -428,4 +428,3 @@ fn calibration_by_tiles_matches_one_query_at_a_time() {
     assert!(ranks[at - 1] > 3, "a spread worth measuring: {}", ranks[at - 1]);
     assert_eq!(r.calibrate(&pool, &queries, rows), ranks[at - 1] + 1);
 }
-

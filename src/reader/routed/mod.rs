@@ -228,7 +228,8 @@ impl RoutingView {
         by.retain(|e| e.0 <= bar);
         for e in &mut by {
             let (to_top, g) = groups[e.2 as usize];
-            if let Some(codes) = block_of(g).0.rank_codes(block_of(g).2) {
+            let (block, _, at) = block_of(g);
+            if let Some(codes) = block.rank_codes(at) {
                 e.0 = codes.distance(e.3 as usize, metric, &rq, to_top);
             }
         }
